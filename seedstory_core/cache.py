@@ -1,0 +1,552 @@
+"""KV-cache policies for long stories, with the multimodal attention sink as a real transformers ``Cache``.
+
+Policies (paper §3.2 and Fig. 4 right; SEED_STORY_SPEC.md §3.2; golden/README.md "Sink policy note"):
+
+* ``dense`` — keep every token.
+* ``window`` — keep only the tokens after the EOI of the newest evicted image (the last ``window_images``
+  image segments).
+* ``sink`` — StreamingLLM: the first ``n_start`` tokens + the window.
+* ``multimodal_sink`` — the first ``n_start`` tokens; for every image that left the window the positions
+  [BOI-``boi_before``, BOI+``boi_after``) and [EOI-``eoi_before``, EOI+``eoi_after``) (clipped, overlaps counted
+  once); plus the window. Defaults n=4, W=8 images, 4/8/8/4 (spec §3.2).
+
+An image "leaves the window" when it completes (its EOI is stored) and more than ``window_images`` complete images
+exist; eviction runs right after the chunk holding that EOI (so the EOI's own logits still saw everything).
+The same rule drives the planner (:func:`plan_kept_positions`, used by ``python -m seedstory_core.sink plan``) and
+:class:`StoryKVCache`, so the planner is exactly what the engine keeps.
+
+Positions after eviction (``positions`` setting):
+
+* ``rerotate`` (default) — kept keys are re-rotated so the cache is contiguous (positions 0..K-1) and new tokens
+  continue at K, as StreamingLLM and the former transformers ``SinkCache`` did. RoPE positions then stay within the
+  trained range however long the story runs.
+* ``original`` — keys keep the positions they were encoded at and new tokens continue at their story position.
+
+Storage is copy-on-write: a cache view is (shared per-layer buffers, its own length). Appending writes in place
+while the view owns the buffer's tail (``buffer.filled == view.length``); otherwise it copies its prefix first. A
+:class:`StoryKVCache` handed to two branches therefore never sees the other's tokens, and a parent is never
+modified by its children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+POLICIES = ("dense", "window", "sink", "multimodal_sink")
+POSITION_MODES = ("rerotate", "original")
+
+
+class TokenKind(enum.IntEnum):
+    """The kind of every token of a story stream (spec §5 layout)."""
+
+    BOS = 0
+    TEXT = 1
+    BOI = 2
+    IMG = 3
+    EOI = 4
+
+    @classmethod
+    def from_label(cls, label: str) -> "TokenKind":
+        """Parse a label of golden/sink_ranges_*.json: ``BOS``, ``T<i>.<j>``, ``BOI<i>``, ``IMG<i>.<j>``, ``EOI<i>``.
+
+        ``EOS`` and ``INST`` labels count as text. Raises ``ValueError`` for anything else.
+        """
+        text = str(label).strip()
+        upper = text.upper()
+        if upper == "BOS":
+            return cls.BOS
+        for prefix, kind in (("BOI", cls.BOI), ("EOI", cls.EOI), ("IMG", cls.IMG)):
+            if upper.startswith(prefix):
+                return kind
+        if upper.startswith("T") or upper in ("EOS", "INST", "PAD"):
+            return cls.TEXT
+        raise ValueError(f"Unknown token label {label!r}: expected BOS, T*, BOI*, IMG*, EOI* (golden sink_ranges format)")
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Which KV entries a story keeps (see module docstring). All sizes are in tokens except ``window_images``.
+
+    Attributes:
+        kind: one of ``dense``, ``window``, ``sink``, ``multimodal_sink``.
+        window_images: W, how many complete images (with their captions) the recent window keeps (8 at inference).
+        n_start: tokens kept from the very start (4; BOS + 3).
+        boi_before, boi_after, eoi_before, eoi_after: the sink ranges around each evicted image's BOI / EOI.
+        max_sink_images: keep the sink ranges of at most this many evicted images (oldest dropped); None = all.
+        positions: ``rerotate`` or ``original`` (module docstring).
+    """
+
+    kind: str = "multimodal_sink"
+    window_images: int = 8
+    n_start: int = 4
+    boi_before: int = 4
+    boi_after: int = 8
+    eoi_before: int = 8
+    eoi_after: int = 4
+    max_sink_images: Optional[int] = None
+    positions: str = "rerotate"
+
+    def __post_init__(self):
+        if self.kind not in POLICIES:
+            raise ValueError(f"Unknown cache policy {self.kind!r}; choose one of {POLICIES}")
+        if self.positions not in POSITION_MODES:
+            raise ValueError(f"Unknown position mode {self.positions!r}; choose one of {POSITION_MODES}")
+        for name in ("window_images", "n_start", "boi_before", "boi_after", "eoi_before", "eoi_after"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"CachePolicy.{name} must be >= 0, got {getattr(self, name)}")
+        if self.kind != "dense" and self.window_images < 1:
+            raise ValueError("CachePolicy.window_images must be >= 1 for windowed policies")
+        if self.max_sink_images is not None and self.max_sink_images < 0:
+            raise ValueError("CachePolicy.max_sink_images must be >= 0 or None")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CachePolicy":
+        data = dict(data)
+        if "policy" in data and "kind" not in data:
+            data["kind"] = data.pop("policy")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def token_bound(self, tokens_per_image_segment: int) -> Optional[int]:
+        """Upper bound on the kept length for any story length, or None for ``dense``.
+
+        ``tokens_per_image_segment`` = the longest caption + image (BOI, IMG*n, EOI) segment in tokens.
+        """
+        if self.kind == "dense":
+            return None
+        window = (self.window_images + 1) * tokens_per_image_segment
+        start = self.n_start if self.kind in ("sink", "multimodal_sink") else 0
+        if self.kind != "multimodal_sink":
+            return start + window
+        per_image = self.boi_before + self.boi_after + self.eoi_before + self.eoi_after
+        if self.max_sink_images is None:
+            return None  # grows by <= per_image per evicted image (paper §3.2); bounded only with a cap
+        return start + per_image * self.max_sink_images + window
+
+
+# ------------------------------------------------------------------------------------------------ policy core
+def _completed_images(positions: Sequence[int], kinds: Sequence[int]) -> List[Tuple[int, int]]:
+    """(boi, eoi) original positions of every complete image among the given entries, in order."""
+    images, open_boi = [], None
+    for pos, kind in zip(positions, kinds):
+        if kind == TokenKind.BOI:
+            open_boi = pos
+        elif kind == TokenKind.EOI and open_boi is not None:
+            images.append((open_boi, pos))
+            open_boi = None
+    return images
+
+
+def select_kept(policy: CachePolicy, kept: Sequence[int], images: Sequence[Tuple[int, int]]) -> List[int]:
+    """Apply one eviction: which of the currently kept original positions survive.
+
+    Args:
+        policy: the cache policy.
+        kept: sorted original positions currently stored.
+        images: (boi, eoi) of every complete image of the story so far (evicted ones included), in order.
+
+    Returns the sorted surviving positions (a subset of ``kept``); unchanged when nothing has to be evicted.
+    """
+    if policy.kind == "dense" or len(images) <= policy.window_images:
+        return list(kept)
+    evicted = list(images[: len(images) - policy.window_images])
+    window_start = evicted[-1][1] + 1
+    keep = set()
+    if policy.kind in ("sink", "multimodal_sink"):
+        keep.update(range(policy.n_start))
+    if policy.kind == "multimodal_sink":
+        sink_images = evicted if policy.max_sink_images is None else evicted[len(evicted) - policy.max_sink_images:] if policy.max_sink_images else []
+        for boi, eoi in sink_images:
+            keep.update(range(max(0, boi - policy.boi_before), boi + policy.boi_after))
+            keep.update(range(max(0, eoi - policy.eoi_before), eoi + policy.eoi_after))
+    return [p for p in kept if p >= window_start or p in keep]
+
+
+def plan_kept_positions(kinds: Sequence[int], policy: CachePolicy) -> List[int]:
+    """Original positions kept after processing a whole stream, evicting after each image completes.
+
+    ``kinds`` are :class:`TokenKind` values of the full, un-windowed story stream (BOS, text, BOI, IMG, EOI).
+    This simulates exactly what :class:`StoryKVCache` does when the stream is appended chunk by chunk with each
+    image ending a chunk.
+    """
+    kept: List[int] = []
+    images: List[Tuple[int, int]] = []
+    open_boi = None
+    for pos, kind in enumerate(kinds):
+        kept.append(pos)
+        if kind == TokenKind.BOI:
+            open_boi = pos
+        elif kind == TokenKind.EOI and open_boi is not None:
+            images.append((open_boi, pos))
+            open_boi = None
+            kept = select_kept(policy, kept, images)
+    return kept
+
+
+# ------------------------------------------------------------------------------------------------ RoPE
+def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Move RoPE-rotated keys by ``delta`` positions (rotate_half convention of transformers' LLaMA).
+
+    Args:
+        keys: (B, H, N, D) keys already rotated at their old positions.
+        delta: (N,) int64, new position minus old position of each key (may be negative).
+        inv_freq: (D/2,) float, the model's RoPE inverse frequencies (default RoPE, no scaling).
+
+    Returns (B, H, N, D) keys rotated as if encoded at old + delta, in ``keys``' dtype. Computed in float64
+    (angles can be large), so the result matches direct encoding to fp32 rounding.
+    """
+    angles = delta.to(torch.float64)[:, None] * inv_freq.to(device=delta.device, dtype=torch.float64)[None, :]
+    angles = torch.cat([angles, angles], dim=-1).to(keys.device)
+    cos, sin = angles.cos(), angles.sin()
+    k = keys.to(torch.float64)
+    half = k.shape[-1] // 2
+    rotated_half = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
+    return (k * cos + rotated_half * sin).to(keys.dtype)
+
+
+# ------------------------------------------------------------------------------------------------ storage
+class _Buffer:
+    """Append-only key/value storage of one layer, shared by cache views (copy-on-write by ``filled``)."""
+
+    __slots__ = ("keys", "values", "filled")
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int):
+        self.keys, self.values, self.filled = keys, values, filled
+
+    @classmethod
+    def allocate(cls, like: torch.Tensor, capacity: int) -> "_Buffer":
+        b, h, _, d = like.shape
+        keys = like.new_empty((b, h, capacity, d))
+        values = like.new_empty((b, h, capacity, d))
+        return cls(keys, values, 0)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[-2]
+
+    def nbytes(self) -> int:
+        return self.keys.numel() * self.keys.element_size() * 2
+
+
+class StoryKVLayer(CacheLayerMixin):
+    """One decoder layer's view: a shared :class:`_Buffer` plus this view's ``length`` (copy-on-write)."""
+
+    is_sliding = False
+    is_croppable = True
+
+    def __init__(self, buffer: Optional[_Buffer] = None, length: int = 0):
+        super().__init__()
+        self.buffer = buffer
+        self.length = length
+        self.is_initialized = buffer is not None
+
+    # -- transformers API
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.buffer = _Buffer.allocate(key_states, max(64, 2 * key_states.shape[-2]))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self.buffer is None:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        buf = self.buffer
+        if buf.filled != self.length:  # someone else owns the tail: copy our prefix (copy-on-write)
+            buf = self._copy_prefix(extra=n)
+        elif self.length + n > buf.capacity:
+            self._grow(buf, self.length + n)
+        buf.keys[:, :, self.length : self.length + n] = key_states.to(buf.keys.dtype)
+        buf.values[:, :, self.length : self.length + n] = value_states.to(buf.values.dtype)
+        self.length += n
+        buf.filled = self.length
+        self.buffer = buf
+        return buf.keys[:, :, : self.length], buf.values[:, :, : self.length]
+
+    def get_mask_sizes(self, query_length: int) -> Tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.buffer, self.length, self.is_initialized = None, 0, False
+
+    def crop(self, max_length: int) -> None:
+        """Shorten this view to ``max_length`` tokens (negative: drop that many). Frees the tail for reuse when
+        this view owns it."""
+        if max_length < 0:
+            max_length = self.length + max_length
+        max_length = max(0, min(max_length, self.length))
+        if self.buffer is not None and self.buffer.filled == self.length:
+            self.buffer.filled = max_length
+        self.length = max_length
+
+    # -- helpers
+    @staticmethod
+    def _grow(buf: _Buffer, needed: int) -> None:
+        capacity = max(needed, 2 * buf.capacity)
+        for name in ("keys", "values"):
+            old = getattr(buf, name)
+            new = old.new_empty(old.shape[:2] + (capacity,) + old.shape[3:])
+            new[:, :, : buf.filled] = old[:, :, : buf.filled]
+            setattr(buf, name, new)
+
+    def _copy_prefix(self, extra: int) -> _Buffer:
+        old = self.buffer
+        new = _Buffer.allocate(old.keys, max(64, 2 * (self.length + extra)))
+        new.keys[:, :, : self.length] = old.keys[:, :, : self.length]
+        new.values[:, :, : self.length] = old.values[:, :, : self.length]
+        new.filled = self.length
+        return new
+
+    def view(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) of this view, each (B, H, length, D); empty tensors when uninitialised."""
+        if self.buffer is None:
+            return torch.empty(0), torch.empty(0)
+        return self.buffer.keys[:, :, : self.length], self.buffer.values[:, :, : self.length]
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    """Bookkeeping shared by all layers of a :class:`StoryKVCache` (immutable; replaced, never mutated)."""
+
+    positions: Tuple[int, ...] = ()  # original story position of each stored entry
+    rope_positions: Tuple[int, ...] = ()  # RoPE position each stored key is currently rotated at
+    kinds: Tuple[int, ...] = ()  # TokenKind of each stored entry
+    images: Tuple[Tuple[int, int], ...] = ()  # (boi, eoi) of every complete image of the story, evicted or not
+    next_position: int = 0  # story position of the next token
+    open_boi: Optional[int] = None  # story position of a BOI whose EOI has not been stored yet
+    evictions: int = 0
+
+
+class StoryKVCache(Cache):
+    """A transformers ``Cache`` whose per-layer views evict by :class:`CachePolicy` after each image completes.
+
+    Use with any transformers decoder that calls ``past_key_values.update(k, v, layer_idx)`` (LLaMA does):
+
+    >>> with cache.chunk(kinds) as position_ids:          # kinds of the tokens about to be fed
+    ...     out = decoder(inputs_embeds=e, position_ids=position_ids, past_key_values=cache, use_cache=True)
+
+    The chunk is committed on exit (metadata recorded, eviction applied when an image completed). Use
+    ``cache.chunk(kinds, commit=False)`` for a look-ahead pass whose KV must not stay (the image-query pass).
+
+    Args:
+        num_layers: decoder layers.
+        policy: :class:`CachePolicy`.
+        inv_freq: (head_dim/2,) RoPE inverse frequencies of the decoder (needed for ``rerotate``).
+    """
+
+    def __init__(self, num_layers: int, policy: CachePolicy, inv_freq: torch.Tensor, *, _layers=None, _meta=None):
+        super().__init__(layers=_layers if _layers is not None else [StoryKVLayer() for _ in range(num_layers)])
+        self.policy = policy
+        self.inv_freq = inv_freq.detach().to("cpu", torch.float64)
+        self.meta = _meta if _meta is not None else CacheMeta()
+        self._pending: Optional[Tuple[int, ...]] = None
+
+    # ------------------------------------------------------------------ views
+    @property
+    def length(self) -> int:
+        return len(self.meta.positions)
+
+    def fork(self) -> "StoryKVCache":
+        """A new view sharing the stored tensors (copy-on-write). O(layers), no tensor copy."""
+        if self._pending is not None:
+            raise RuntimeError("fork() inside an open chunk")
+        layers = [StoryKVLayer(layer.buffer, layer.length) for layer in self.layers]
+        return StoryKVCache(len(layers), self.policy, self.inv_freq, _layers=layers, _meta=self.meta)
+
+    def next_position_ids(self, count: int) -> torch.Tensor:
+        """(1, count) int64 RoPE positions for the next ``count`` tokens."""
+        if self.policy.positions == "rerotate":
+            start = self.length
+        else:
+            start = self.meta.next_position
+        return torch.arange(start, start + count, dtype=torch.long).unsqueeze(0)
+
+    @contextlib.contextmanager
+    def chunk(self, kinds: Sequence[int], *, commit: bool = True) -> Iterator[torch.Tensor]:
+        """Context for one decoder forward over ``len(kinds)`` new tokens; yields their position ids (1, n).
+
+        On normal exit with ``commit=True`` the tokens are recorded and the policy is applied; with
+        ``commit=False`` (or on an exception) the layers are cropped back, leaving the cache as before.
+        """
+        if self._pending is not None:
+            raise RuntimeError("StoryKVCache.chunk() cannot be nested")
+        kinds = tuple(int(k) for k in kinds)
+        if not kinds:
+            raise ValueError("StoryKVCache.chunk() needs at least one token")
+        start_len = self.length
+        self._pending = kinds
+        try:
+            position_ids = self.next_position_ids(len(kinds))
+            yield position_ids
+            lengths = {layer.length for layer in self.layers if layer.is_initialized}
+            if lengths and lengths != {start_len + len(kinds)}:
+                raise RuntimeError(
+                    f"StoryKVCache: the forward stored {sorted(lengths)} entries per layer, expected {start_len + len(kinds)}; "
+                    "pass this cache as past_key_values and feed exactly the tokens announced to chunk()."
+                )
+        except BaseException:
+            self._rollback(start_len)
+            self._pending = None
+            raise
+        self._pending = None
+        if not commit:
+            self._rollback(start_len)
+            return
+        self._commit(kinds, position_ids[0].tolist())
+
+    def _rollback(self, length: int) -> None:
+        for layer in self.layers:
+            if layer.is_initialized and layer.length > length:
+                layer.crop(length)
+
+    def _commit(self, kinds: Tuple[int, ...], rope_positions: List[int]) -> None:
+        meta = self.meta
+        positions = list(meta.positions)
+        images = list(meta.images)
+        open_boi = meta.open_boi
+        completed = False
+        for offset, kind in enumerate(kinds):
+            pos = meta.next_position + offset
+            positions.append(pos)
+            if kind == TokenKind.BOI:
+                open_boi = pos
+            elif kind == TokenKind.EOI and open_boi is not None:
+                images.append((open_boi, pos))
+                open_boi = None
+                completed = True
+        self.meta = dataclasses.replace(
+            meta,
+            positions=tuple(positions),
+            rope_positions=meta.rope_positions + tuple(rope_positions),
+            kinds=meta.kinds + kinds,
+            images=tuple(images),
+            next_position=meta.next_position + len(kinds),
+            open_boi=open_boi,
+        )
+        if completed:
+            self._evict()
+
+    def _evict(self) -> None:
+        meta = self.meta
+        survivors = select_kept(self.policy, meta.positions, meta.images)
+        if len(survivors) == len(meta.positions):
+            return
+        index_of = {p: i for i, p in enumerate(meta.positions)}
+        idx = [index_of[p] for p in survivors]
+        old_rope = [meta.rope_positions[i] for i in idx]
+        if self.policy.positions == "rerotate":
+            new_rope = list(range(len(idx)))
+        else:
+            new_rope = old_rope
+        delta = torch.tensor([n - o for n, o in zip(new_rope, old_rope)], dtype=torch.long)
+        needs_rotation = bool(delta.abs().max() > 0) if len(idx) else False
+        for layer in self.layers:
+            if not layer.is_initialized:
+                continue
+            keys, values = layer.view()
+            index = torch.tensor(idx, dtype=torch.long, device=keys.device)
+            kept_k = keys.index_select(2, index)
+            kept_v = values.index_select(2, index)
+            if needs_rotation:
+                kept_k = rotate_keys(kept_k, delta.to(keys.device), self.inv_freq)
+            buf = _Buffer.allocate(kept_k, max(64, 2 * len(idx)))
+            buf.keys[:, :, : len(idx)] = kept_k
+            buf.values[:, :, : len(idx)] = kept_v
+            buf.filled = len(idx)
+            layer.buffer, layer.length = buf, len(idx)
+        self.meta = dataclasses.replace(
+            meta,
+            positions=tuple(meta.positions[i] for i in idx),
+            rope_positions=tuple(new_rope),
+            kinds=tuple(meta.kinds[i] for i in idx),
+            evictions=meta.evictions + 1,
+        )
+
+    # ------------------------------------------------------------------ memory, devices, persistence
+    def nbytes(self, *, used_only: bool = True) -> int:
+        """Bytes of key/value tensors: of the stored entries (default) or of the allocated buffers."""
+        total = 0
+        for layer in self.layers:
+            if not layer.is_initialized:
+                continue
+            if used_only:
+                k, v = layer.view()
+                total += k.numel() * k.element_size() + v.numel() * v.element_size()
+            else:
+                total += layer.buffer.nbytes()
+        return total
+
+    def to(self, device=None, dtype=None) -> "StoryKVCache":
+        """A copy on ``device`` / in ``dtype`` (the original is untouched)."""
+        layers = []
+        for layer in self.layers:
+            if not layer.is_initialized:
+                layers.append(StoryKVLayer())
+                continue
+            k, v = layer.view()
+            k = k.to(device=device, dtype=dtype).contiguous()
+            v = v.to(device=device, dtype=dtype).contiguous()
+            layers.append(StoryKVLayer(_Buffer(k, v, k.shape[-2]), k.shape[-2]))
+        return StoryKVCache(len(layers), self.policy, self.inv_freq, _layers=layers, _meta=self.meta)
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        """Contiguous copies of the stored entries, keyed ``layers.<i>.keys`` / ``layers.<i>.values``."""
+        out = {}
+        for i, layer in enumerate(self.layers):
+            if layer.is_initialized:
+                k, v = layer.view()
+                out[f"layers.{i}.keys"] = k.contiguous()
+                out[f"layers.{i}.values"] = v.contiguous()
+        return out
+
+    def meta_dict(self) -> dict:
+        m = self.meta
+        return {
+            "policy": self.policy.to_dict(),
+            "num_layers": len(self.layers),
+            "positions": list(m.positions),
+            "rope_positions": list(m.rope_positions),
+            "kinds": list(m.kinds),
+            "images": [list(x) for x in m.images],
+            "next_position": m.next_position,
+            "open_boi": m.open_boi,
+            "evictions": m.evictions,
+        }
+
+    @classmethod
+    def from_saved(cls, meta: dict, tensors: Dict[str, torch.Tensor], inv_freq: torch.Tensor) -> "StoryKVCache":
+        """Rebuild a cache from :meth:`meta_dict` and :meth:`tensors` output."""
+        layers = []
+        for i in range(int(meta["num_layers"])):
+            k, v = tensors.get(f"layers.{i}.keys"), tensors.get(f"layers.{i}.values")
+            if k is None:
+                layers.append(StoryKVLayer())
+            else:
+                layers.append(StoryKVLayer(_Buffer(k, v, k.shape[-2]), k.shape[-2]))
+        cache_meta = CacheMeta(
+            positions=tuple(meta["positions"]),
+            rope_positions=tuple(meta["rope_positions"]),
+            kinds=tuple(meta["kinds"]),
+            images=tuple(tuple(x) for x in meta["images"]),
+            next_position=int(meta["next_position"]),
+            open_boi=meta["open_boi"],
+            evictions=int(meta["evictions"]),
+        )
+        lengths = {layer.length for layer in layers if layer.is_initialized}
+        if lengths and lengths != {len(cache_meta.positions)}:
+            raise ValueError(f"saved cache is inconsistent: layer lengths {sorted(lengths)} vs {len(cache_meta.positions)} positions")
+        return cls(len(layers), CachePolicy.from_dict(meta["policy"]), inv_freq, _layers=layers, _meta=cache_meta)

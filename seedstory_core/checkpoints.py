@@ -1,0 +1,324 @@
+"""Safe checkpoint reading, key accounting and clear mismatch errors.
+
+The official SEED-Story loaders call ``torch.load`` and ``load_state_dict(strict=False)``, printing only counts,
+so a wrong prefix fails silently (SEED_STORY_SPEC.md, "Construction"). Every load here instead:
+
+* reads ``.safetensors`` first, and pickled ``.bin``/``.pt``/``.pth``/``.ckpt`` only through
+  ``torch.load(..., weights_only=True)`` (a pickle that would execute code is refused with
+  :class:`UnsafeCheckpointError`);
+* maps official key names onto this project's modules through an explicit, recorded key map;
+* accounts for every key (:class:`LoadReport`: loaded / missing / unexpected, grouped by prefix) and raises
+  :class:`CheckpointMismatchError` naming the file, key, expected shape and found shape on any shape mismatch;
+* recognises a file of the wrong model kind (:func:`detect_checkpoint_kind`) and says which kind it looks like;
+* assigns tensors into meta-device modules (``load_state_dict(assign=True)``) so a full-size load never holds
+  two copies of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+SAFETENSORS_EXTS = (".safetensors", ".sft")
+PICKLE_EXTS = (".bin", ".pt", ".pth", ".ckpt")
+
+
+class CheckpointError(RuntimeError):
+    """Base class of every checkpoint problem this module reports."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickled file needs code execution to load (``weights_only=True`` refused it)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A tensor's shape differs from the module's, or required keys are missing."""
+
+
+class WrongCheckpointKindError(CheckpointError):
+    """The file holds another model's weights (e.g. a ViT file given as the agent)."""
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def read_state_dict(path: PathLike, *, device: Union[str, torch.device] = "cpu") -> "OrderedDict[str, torch.Tensor]":
+    """Read every tensor of a checkpoint file (or of a sharded checkpoint folder / index JSON).
+
+    Args:
+        path: ``.safetensors``/``.sft`` (memory-mapped), a pickled ``.bin``/``.pt``/``.pth``/``.ckpt`` (loaded with
+            ``torch.load(weights_only=True, mmap=True)``), a ``*.index.json`` shard index, or a folder holding one
+            of ``model.safetensors(.index.json)`` / ``pytorch_model.bin(.index.json)``.
+        device: where tensors are placed (CPU by default; callers move them with the module).
+
+    Returns:
+        ``OrderedDict`` key -> tensor. Nested pickles of the form ``{"state_dict": {...}}`` / ``{"module": {...}}``
+        are unwrapped.
+
+    Raises:
+        FileNotFoundError: the path does not exist (message says what was looked for).
+        UnsafeCheckpointError: a pickle would execute code or contains non-tensor objects torch refuses.
+        CheckpointError: the file is not a recognised checkpoint format.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"):
+            if (path / name).exists():
+                return read_state_dict(path / name, device=device)
+        candidates = sorted(p.name for p in path.iterdir() if p.suffix in SAFETENSORS_EXTS + PICKLE_EXTS)
+        if len(candidates) == 1:
+            return read_state_dict(path / candidates[0], device=device)
+        raise FileNotFoundError(
+            f"No checkpoint found in folder {path}: expected model.safetensors, pytorch_model.bin or an index JSON"
+            + (f" (found several candidates: {candidates}; pass one file)" if candidates else "")
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    name = path.name
+    if name.endswith(".index.json"):
+        index = json.loads(path.read_text())
+        shards = sorted(set(index.get("weight_map", {}).values()))
+        if not shards:
+            raise CheckpointError(f"{path}: shard index has an empty 'weight_map'")
+        out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        for shard in shards:
+            out.update(read_state_dict(path.parent / shard, device=device))
+        return out
+    if path.suffix in SAFETENSORS_EXTS:
+        from safetensors.torch import load_file
+
+        return OrderedDict(load_file(str(path), device=str(device)))
+    if path.suffix in PICKLE_EXTS:
+        return _read_pickle(path, device)
+    raise CheckpointError(
+        f"{path}: unsupported checkpoint extension {path.suffix!r}; expected one of "
+        f"{SAFETENSORS_EXTS + PICKLE_EXTS} (convert other formats to .safetensors first)"
+    )
+
+
+def _read_pickle(path: Path, device) -> "OrderedDict[str, torch.Tensor]":
+    try:
+        try:
+            obj = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
+        except RuntimeError as err:  # old (non-zip) serialization cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            obj = torch.load(str(path), map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"Refused to load {path}: it is a pickle that needs more than plain tensors to load (torch.load with "
+            f"weights_only=True said: {str(err).splitlines()[0]}). Pickles can execute code; seedstory never unpickles "
+            "arbitrary objects. Convert the file with a trusted tool to .safetensors, or obtain the official file."
+        ) from None
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "module", "model"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a mapping of tensor names to tensors, found {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+    return OrderedDict(obj)
+
+
+def read_keys_and_shapes(path: PathLike) -> Dict[str, Tuple[int, ...]]:
+    """Key -> shape of a checkpoint without materialising tensors when possible (safetensors header)."""
+    path = Path(path)
+    if path.suffix in SAFETENSORS_EXTS:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+
+
+# ---------------------------------------------------------------------------------------------------- kinds
+_KIND_SIGNATURES: Dict[str, Tuple[str, ...]] = {
+    "visual_tokenizer": ("conv1.weight", "transformer.resblocks.", "attn_pool."),
+    "agent": ("llm.", "input_resampler.", "output_resampler."),
+    "detokenizer": ("resampler.", "unet."),
+    "llama": ("model.layers.", "model.embed_tokens.weight", "lm_head.weight"),
+    "sdxl_single_file": ("model.diffusion_model.", "first_stage_model.", "conditioner."),
+    "sdxl_unet": ("down_blocks.", "up_blocks.", "conv_in.weight"),
+}
+
+
+def detect_checkpoint_kind(keys: Iterable[str]) -> Optional[str]:
+    """Guess which model a set of state-dict keys belongs to.
+
+    Returns one of ``visual_tokenizer``, ``agent``, ``detokenizer``, ``llama``, ``sdxl_single_file``,
+    ``sdxl_unet`` or ``None`` when nothing matches. The kind with the largest fraction of matching keys wins.
+    """
+    keys = list(keys)
+    if not keys:
+        return None
+    best, best_score = None, 0.0
+    for kind, prefixes in _KIND_SIGNATURES.items():
+        hits = sum(1 for k in keys if any(k.startswith(p) for p in prefixes))
+        score = hits / len(keys)
+        if score > best_score:
+            best, best_score = kind, score
+    return best if best_score >= 0.5 else None
+
+
+def require_kind(keys: Iterable[str], expected: str, source: PathLike) -> None:
+    """Raise :class:`WrongCheckpointKindError` when ``keys`` clearly belong to another model than ``expected``."""
+    keys = list(keys)
+    kind = detect_checkpoint_kind(keys)
+    if kind is not None and kind != expected:
+        sample = ", ".join(keys[:3])
+        raise WrongCheckpointKindError(
+            f"{source} looks like a {kind} checkpoint (keys such as {sample}), but a {expected} checkpoint was "
+            f"expected. Pick the {expected} file in this loader."
+        )
+    if kind is None:
+        raise WrongCheckpointKindError(
+            f"{source} is not recognised as a {expected} checkpoint (first keys: {', '.join(keys[:3]) or 'none'}). "
+            "Check that you picked the right file."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- accounting
+def group_by_prefix(keys: Iterable[str], depth: int = 3) -> Dict[str, int]:
+    """Count keys per prefix, layer numbers folded into ``N`` (``llm.base_model.model`` -> count)."""
+    counts: Dict[str, int] = defaultdict(int)
+    for key in keys:
+        parts = [("N" if p.isdigit() else p) for p in key.split(".")]
+        counts[".".join(parts[:depth])] += 1
+    return dict(sorted(counts.items()))
+
+
+@dataclass
+class LoadReport:
+    """What a load did with every key. ``source`` names the file(s); keys are in the module's naming."""
+
+    source: str
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    consumed: List[str] = field(default_factory=list)  # official keys checked and dropped on purpose (documented)
+    notes: List[str] = field(default_factory=list)
+
+    def summary(self, depth: int = 4) -> str:
+        lines = [f"load report for {self.source}: {len(self.loaded)} loaded, {len(self.missing)} missing, "
+                 f"{len(self.unexpected)} unexpected, {len(self.consumed)} checked-and-dropped"]
+        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("checked-and-dropped", self.consumed)):
+            if keys:
+                lines.append(f"  {title}:")
+                lines += [f"    {prefix}: {n}" for prefix, n in group_by_prefix(keys, depth).items()]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "loaded": len(self.loaded), "missing": group_by_prefix(self.missing, 4),
+                "unexpected": group_by_prefix(self.unexpected, 4), "consumed": group_by_prefix(self.consumed, 4),
+                "notes": list(self.notes)}
+
+
+def check_shapes(module_shapes: Mapping[str, Tuple[int, ...]], state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointMismatchError` listing every key whose shape differs (file, key, expected, found)."""
+    problems = []
+    for key, tensor in state_dict.items():
+        expected = module_shapes.get(key)
+        if expected is not None and tuple(tensor.shape) != tuple(expected):
+            problems.append(f"  {key}: expected shape {tuple(expected)}, found {tuple(tensor.shape)}")
+    if problems:
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise CheckpointMismatchError(
+            f"{source}: {len(problems)} tensor(s) do not fit the model built from the config:\n"
+            + "\n".join(problems[:20]) + more
+            + "\nThe file was made for a model of another size; pick the matching config/preset or file."
+        )
+
+
+def apply_state_dict(
+    module: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    allowed_missing: Callable[[str], bool] = lambda key: False,
+    strict_unexpected: bool = True,
+    assign: Optional[bool] = None,
+) -> LoadReport:
+    """Load ``state_dict`` (already in the module's key naming) into ``module`` with full key accounting.
+
+    Args:
+        module: the target module; may live on the meta device (then tensors are assigned, not copied).
+        state_dict: key -> tensor in the module's naming.
+        source: file name(s) for messages.
+        allowed_missing: predicate for module keys that may be absent (documented per loader); any other missing
+            key raises.
+        strict_unexpected: raise on keys the module does not have (default) instead of only reporting them.
+        assign: force ``load_state_dict(assign=...)``; default: True when any parameter is on the meta device.
+
+    Returns: :class:`LoadReport`.
+
+    Raises:
+        CheckpointMismatchError: shape mismatches, unexpected keys (when strict) or missing required keys.
+    """
+    own = module.state_dict(keep_vars=True)
+    module_shapes = {k: tuple(v.shape) for k, v in own.items()}
+    check_shapes(module_shapes, state_dict, source)
+    unexpected = sorted(k for k in state_dict if k not in module_shapes)
+    missing = sorted(k for k in module_shapes if k not in state_dict)
+    required_missing = [k for k in missing if not allowed_missing(k)]
+    if unexpected and strict_unexpected:
+        raise CheckpointMismatchError(
+            f"{source}: {len(unexpected)} key(s) have no place in the model: "
+            + ", ".join(f"{p} ({n})" for p, n in group_by_prefix(unexpected, 4).items())
+            + ". The file is for another model or another key naming."
+        )
+    if required_missing:
+        raise CheckpointMismatchError(
+            f"{source}: {len(required_missing)} required key(s) are missing: "
+            + ", ".join(f"{p} ({n})" for p, n in group_by_prefix(required_missing, 4).items())
+            + f" (e.g. {required_missing[0]}). Supply the file that holds them (e.g. the base weights)."
+        )
+    if assign is None:
+        assign = any(t.is_meta for t in own.values())
+    to_load = {k: v for k, v in state_dict.items() if k in module_shapes}
+    if assign:
+        # Keep the module's dtype: assign=True would otherwise adopt the file's dtype.
+        to_load = {k: (v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v) for k, v in to_load.items()}
+    module.load_state_dict(to_load, strict=False, assign=assign)
+    return LoadReport(source=source, loaded=sorted(to_load), missing=missing, unexpected=unexpected)
+
+
+# ---------------------------------------------------------------------------------------------------- key maps
+@dataclass(frozen=True)
+class KeyRule:
+    """One regex rewrite from official key naming to this project's naming (recorded in converted files)."""
+
+    official: str  # regex matched against the whole official key
+    ours: str  # replacement (``re.sub`` syntax)
+    note: str = ""
+
+
+def apply_key_rules(keys: Iterable[str], rules: Sequence[KeyRule]) -> Dict[str, str]:
+    """Map each official key through the first matching rule (identity when none matches)."""
+    compiled = [(re.compile(r.official), r) for r in rules]
+    mapping = {}
+    for key in keys:
+        for pattern, rule in compiled:
+            if pattern.fullmatch(key):
+                mapping[key] = pattern.sub(rule.ours, key)
+                break
+        else:
+            mapping[key] = key
+    return mapping
+
+
+def meta_module_shapes(module: torch.nn.Module) -> Dict[str, Tuple[int, ...]]:
+    """State-dict key -> shape of a (possibly meta-device) module."""
+    return {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}

@@ -1,0 +1,580 @@
+"""The story engine: immutable story states, one story step at a time, with a real multimodal-sink KV cache.
+
+Prompt layout exactly as training (SEED_STORY_SPEC.md §5): ``[BOS] cap0 <img>IMG…</img>`` then
+``[INST]cap_i <img>IMG…</img>`` per frame, no spaces. One step (generation mode):
+
+1. If the previous step left an image pending, store it in the context: one forward of
+   [BOI, 64 input-resampler embeddings, EOI] on top of the kept cache (the official context uses the *regressed*
+   features of the generated image, spec §3.1 step 2; pass ``context_features`` to use e.g. the ViT features of the
+   rendered picture instead). The cache policy evicts right after this image completes.
+2. Text: decode token by token (greedy by default like the official; sampling optional), each token prefilled on
+   top of the cache. Optional user text is prefilled first (``[INST]`` + text): it steers the sentence
+   (generation mode) or replaces it (visualization mode: BOI is forced right after it — the StoryGPT-V task).
+   BOI is forced after ``max_sentence_tokens`` text tokens, or when the model emits EOS.
+3. Image: one forward over [BOI, IMG_0..IMG_63] (the image queries; not kept in the cache), output resampler →
+   (1, 256, 4096) regressed ViT features at full size (spec §2.6).
+
+``reencode_window=True`` reproduces the official loop instead (gen_george.py): every step rebuilds
+``[BOS] + window prompt`` and re-encodes it from scratch (no KV reuse) — a baseline for benchmarks and ablations.
+
+States are immutable values: a step never changes its input, so ComfyUI may hand one state to several branches
+and keep it in its cache. KV buffers are shared copy-on-write (:mod:`seedstory_core.cache`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from .cache import CachePolicy, StoryKVCache, TokenKind
+from .generation import (
+    ImageTokenRule,
+    ImageTokens,
+    forward_chunk,
+    image_query_pass,
+    logits_at,
+    new_cache,
+)
+
+MODES = ("generation", "visualization")
+
+
+class StoryCancelled(RuntimeError):
+    """Raised when the cancellation check returns True; the input state is untouched and still usable."""
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """How the next sentence is decoded.
+
+    Attributes:
+        do_sample: False = greedy (the official default, spec §2.6); True = sampling with the settings below.
+        temperature, top_p, top_k, repetition_penalty: standard transformers logits warpers (top_k 0 = off).
+        seed: sampling seed; the generator is seeded from (seed, story step) so branches are reproducible.
+        max_sentence_tokens: text tokens before BOI is forced.
+        suppress_image_tokens: ``neg_inf`` (default: IMG/EOI can never start inside text) or ``official``
+            (scores set to 0.0, spec §2.6).
+    """
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+    max_sentence_tokens: int = 100
+    suppress_image_tokens: str = "neg_inf"
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.max_sentence_tokens < 0 or self.repetition_penalty <= 0:
+            raise ValueError("top_k and max_sentence_tokens must be >= 0 and repetition_penalty > 0")
+
+
+@dataclass(frozen=True)
+class StorySettings:
+    """Story-level settings fixed at :meth:`StoryEngine.start`.
+
+    Attributes:
+        policy: the KV-cache policy (:class:`~seedstory_core.cache.CachePolicy`).
+        reencode_window: the official baseline (re-encode the whole window every step; ``policy.window_images``
+            is the window). The cache policy kind is then ignored.
+    """
+
+    policy: CachePolicy = field(default_factory=CachePolicy)
+    reencode_window: bool = False
+
+    def to_dict(self) -> dict:
+        return {"policy": self.policy.to_dict(), "reencode_window": self.reencode_window}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StorySettings":
+        return cls(policy=CachePolicy.from_dict(data.get("policy", {})), reencode_window=bool(data.get("reencode_window", False)))
+
+
+@dataclass(frozen=True, eq=False)
+class StoryState:
+    """A story so far (immutable).
+
+    Attributes:
+        settings: :class:`StorySettings`.
+        model_key: fingerprint of the agent/tokenizer that made it (a step with another model is refused).
+        token_ids, kinds: the whole story stream (never windowed), ids and :class:`TokenKind` values.
+        sentences: the opening sentence and every generated/given sentence (cleaned, without ``[INST]``).
+        step: number of completed story steps (frames generated).
+        cache: the kept KV cache (None in ``reencode_window`` mode).
+        next_logits: (V,) float32 logits after the last stored token, or None while an image is pending.
+        pending_image: (1, T, D) regressed features of the last generated image, not yet in the context.
+        window_ids, window_kinds, window_features: ``reencode_window`` mode only — the official window prompt
+            (without BOS) and the features of its images.
+        last_features: (1, T, D) features of the newest image (the start image after :meth:`StoryEngine.start`).
+    """
+
+    settings: StorySettings
+    model_key: str
+    token_ids: Tuple[int, ...]
+    kinds: Tuple[int, ...]
+    sentences: Tuple[str, ...]
+    step: int
+    cache: Optional[StoryKVCache]
+    next_logits: Optional[torch.Tensor]
+    pending_image: Optional[torch.Tensor]
+    last_features: torch.Tensor
+    window_ids: Tuple[int, ...] = ()
+    window_kinds: Tuple[int, ...] = ()
+    window_features: Tuple[torch.Tensor, ...] = ()
+
+    # ------------------------------------------------------------------ reporting
+    def get_ram_usage(self) -> int:
+        """Bytes held by this state's tensors (KV cache entries, features, logits). Used by ComfyUI's RAM cache."""
+        total = self.cache.nbytes() if self.cache is not None else 0
+        for t in (self.next_logits, self.pending_image, self.last_features, *self.window_features):
+            if t is not None:
+                total += t.numel() * t.element_size()
+        return total
+
+    @property
+    def kv_length(self) -> int:
+        """Tokens currently stored in the KV cache (0 in reencode mode)."""
+        return self.cache.length if self.cache is not None else 0
+
+    @property
+    def num_images(self) -> int:
+        return sum(1 for k in self.kinds if k == TokenKind.EOI) + (1 if self.pending_image is not None and TokenKind.EOI not in self.kinds[-1:] else 0)
+
+    def __repr__(self) -> str:
+        return (f"StoryState(step={self.step}, tokens={len(self.token_ids)}, kv={self.kv_length}, "
+                f"policy={'reencode_window' if self.settings.reencode_window else self.settings.policy.kind})")
+
+    # ------------------------------------------------------------------ devices and persistence
+    def to(self, device=None, dtype=None) -> "StoryState":
+        """A copy with every tensor on ``device`` (float tensors optionally cast to ``dtype``)."""
+
+        def mv(t):
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else None)
+
+        return dataclasses.replace(
+            self,
+            cache=self.cache.to(device, dtype) if self.cache is not None else None,
+            next_logits=None if self.next_logits is None else self.next_logits.to(device=device),
+            pending_image=mv(self.pending_image),
+            last_features=mv(self.last_features),
+            window_features=tuple(mv(t) for t in self.window_features),
+        )
+
+    def save(self, path) -> Path:
+        """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (everything else); returns the JSON path."""
+        from safetensors.torch import save_file
+
+        base = Path(path)
+        if base.suffix in (".json", ".safetensors"):
+            base = base.with_suffix("")
+        base.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"last_features": self.last_features.contiguous()}
+        if self.next_logits is not None:
+            tensors["next_logits"] = self.next_logits.contiguous()
+        if self.pending_image is not None:
+            tensors["pending_image"] = self.pending_image.contiguous()
+        for i, t in enumerate(self.window_features):
+            tensors[f"window_features.{i}"] = t.contiguous()
+        meta = {
+            "format": "seedstory-state/1",
+            "settings": self.settings.to_dict(),
+            "model_key": self.model_key,
+            "token_ids": list(self.token_ids),
+            "kinds": list(self.kinds),
+            "sentences": list(self.sentences),
+            "step": self.step,
+            "window_ids": list(self.window_ids),
+            "window_kinds": list(self.window_kinds),
+            "num_window_features": len(self.window_features),
+            "cache": None,
+        }
+        if self.cache is not None:
+            meta["cache"] = self.cache.meta_dict()
+            tensors.update({f"cache.{k}": v for k, v in self.cache.tensors().items()})
+            tensors["cache.inv_freq"] = self.cache.inv_freq.to(torch.float64)
+        save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(base.with_suffix(".safetensors")))
+        json_path = base.with_suffix(".json")
+        json_path.write_text(json.dumps(meta))
+        return json_path
+
+    @classmethod
+    def load(cls, path, device=None) -> "StoryState":
+        """Read a state written by :meth:`save`. Raises ``ValueError`` for files of another format."""
+        from safetensors.torch import load_file
+
+        base = Path(path)
+        if base.suffix in (".json", ".safetensors"):
+            base = base.with_suffix("")
+        meta = json.loads(base.with_suffix(".json").read_text())
+        if meta.get("format") != "seedstory-state/1":
+            raise ValueError(f"{base}.json is not a seedstory story state (format {meta.get('format')!r})")
+        tensors = load_file(str(base.with_suffix(".safetensors")), device=str(device or "cpu"))
+        cache = None
+        if meta["cache"] is not None:
+            cache_t = {k[len("cache."):]: v for k, v in tensors.items() if k.startswith("cache.") and k != "cache.inv_freq"}
+            cache = StoryKVCache.from_saved(meta["cache"], cache_t, tensors["cache.inv_freq"])
+        return cls(
+            settings=StorySettings.from_dict(meta["settings"]),
+            model_key=meta["model_key"],
+            token_ids=tuple(meta["token_ids"]),
+            kinds=tuple(meta["kinds"]),
+            sentences=tuple(meta["sentences"]),
+            step=int(meta["step"]),
+            cache=cache,
+            next_logits=tensors.get("next_logits"),
+            pending_image=tensors.get("pending_image"),
+            last_features=tensors["last_features"],
+            window_ids=tuple(meta["window_ids"]),
+            window_kinds=tuple(meta["window_kinds"]),
+            window_features=tuple(tensors[f"window_features.{i}"] for i in range(meta["num_window_features"])),
+        )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Output of one story step: the new state, the sentence (cleaned, no ``[INST]``) and the image features."""
+
+    state: StoryState
+    sentence: str
+    features: torch.Tensor  # (1, T, D)
+    forced_boi: bool = False
+
+
+class StoryEngine:
+    """Runs SEED-Story stories: :meth:`start`, :meth:`step`, :meth:`run`.
+
+    Args:
+        agent: :class:`~seedstory_core.agent.SeedStoryAgent` (LoRA LLaMA + resamplers).
+        tokenizer: :class:`~seedstory_core.tokenizer.SeedStoryTokenizer` with the 66 image tokens.
+        visual_tokenizer: optional :class:`~seedstory_core.visual_tokenizer.QwenVisualTokenizer` (needed to start
+            from a picture rather than from features).
+    """
+
+    def __init__(self, agent, tokenizer, visual_tokenizer=None):
+        self.agent = agent
+        self.tokenizer = tokenizer
+        self.visual_tokenizer = visual_tokenizer
+        self.image = ImageTokens.of(tokenizer.image_ids)
+        n_img = agent.config.image_tokens.num_img_tokens
+        if len(self.image.img) != n_img:
+            raise ValueError(f"tokenizer has {len(self.image.img)} IMG tokens but the agent expects {n_img}")
+        vocab = agent.lm_head.weight.shape[0]
+        if max(self.image.forced_sequence) >= vocab:
+            raise ValueError(f"image token ids reach {max(self.image.forced_sequence)} but the agent's vocabulary has {vocab} rows")
+        self.model_key = self._fingerprint()
+
+    # ------------------------------------------------------------------ helpers
+    def _fingerprint(self) -> str:
+        cfg = json.dumps(self.agent.config.to_dict(), sort_keys=True, default=str)
+        head = self.agent.lm_head.weight
+        probe = head[: min(4, head.shape[0])].detach().float().cpu().flatten()[:64].tolist()
+        return hashlib.sha1((cfg + repr(self.image) + repr([round(x, 5) for x in probe])).encode()).hexdigest()[:16]
+
+    @property
+    def device(self) -> torch.device:
+        return self.agent.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.agent.lm_head.weight.dtype
+
+    def _check(self, state: StoryState) -> None:
+        if not isinstance(state, StoryState):
+            raise TypeError(f"expected a StoryState (from StoryEngine.start or a previous step), got {type(state).__name__}")
+        if state.model_key != self.model_key:
+            raise ValueError(
+                "this story state was made with a different SEED-Story model (fingerprint "
+                f"{state.model_key} vs {self.model_key}); continue it with the same agent and tokenizer"
+            )
+
+    def _features(self, features: torch.Tensor) -> torch.Tensor:
+        if not isinstance(features, torch.Tensor) or features.dim() not in (2, 3):
+            raise ValueError(f"image features must be a (1, T, D) or (T, D) tensor, got {getattr(features, 'shape', type(features))}")
+        if features.dim() == 2:
+            features = features.unsqueeze(0)
+        expected_d = self.agent.config.input_resampler.kv_dim
+        if features.shape[0] != 1 or features.shape[-1] != expected_d:
+            raise ValueError(
+                f"image features must have shape (1, T, {expected_d}) (one image of visual-tokenizer features), got {tuple(features.shape)}"
+            )
+        return features.to(device=self.device, dtype=self.dtype)
+
+    def _embed(self, ids: Sequence[int]) -> torch.Tensor:
+        return self.agent.embed_tokens(torch.tensor([list(ids)], dtype=torch.long, device=self.device))
+
+    def _image_embeds(self, features: torch.Tensor) -> torch.Tensor:
+        """[BOI, input_resampler(features) (n rows), EOI] embeddings, (1, n+2, D)."""
+        boi_eoi = self._embed([self.image.boi, self.image.eoi])
+        img = self.agent.input_resampler(features)
+        return torch.cat([boi_eoi[:, :1], img, boi_eoi[:, 1:]], dim=1)
+
+    def _image_kinds(self) -> List[int]:
+        return [TokenKind.BOI] + [TokenKind.IMG] * len(self.image.img) + [TokenKind.EOI]
+
+    def _image_ids(self) -> List[int]:
+        return self.image.forced_sequence
+
+    def _encode_start_image(self, image) -> torch.Tensor:
+        if self.visual_tokenizer is None:
+            raise ValueError("start() got an image but the engine has no visual tokenizer; pass features or a visual tokenizer")
+        return self.visual_tokenizer.encode_images(image)[:1]
+
+    def _text_ids(self, text: str, *, instruction: bool) -> List[int]:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("story text must be a non-empty string")
+        text = text.strip()
+        return list(self.tokenizer.encode(("[INST]" + text) if instruction else text))
+
+    def _clean(self, ids: Sequence[int]) -> str:
+        tok = self.tokenizer
+        text = tok.clean_text(tok.decode(list(ids)))
+        return tok.strip_inst(text).strip()
+
+    # ------------------------------------------------------------------ start
+    @torch.no_grad()
+    def start(self, text: str, *, image=None, features: Optional[torch.Tensor] = None,
+              settings: StorySettings = StorySettings()) -> StoryState:
+        """Begin a story from a starting image (or its visual-tokenizer features) and its sentence.
+
+        Args:
+            text: the opening sentence (caption 0, no ``[INST]``; spec §5).
+            image: a picture (ComfyUI IMAGE tensor / PIL) — encoded with the visual tokenizer; or
+            features: (1, T, D) visual-tokenizer features of the start image.
+            settings: :class:`StorySettings`.
+
+        Returns the initial :class:`StoryState` with ``[BOS] cap0 <img>…</img>`` in its context.
+        """
+        if (image is None) == (features is None):
+            raise ValueError("start() needs exactly one of image= or features=")
+        feats = self._features(self._encode_start_image(image) if image is not None else features)
+        text_ids = self._text_ids(text, instruction=False)
+        bos = self.tokenizer.bos_id
+        ids = [bos] + text_ids + self._image_ids()
+        kinds = [TokenKind.BOS] + [TokenKind.TEXT] * len(text_ids) + self._image_kinds()
+        common = dict(settings=settings, model_key=self.model_key, token_ids=tuple(ids), kinds=tuple(kinds),
+                      sentences=(text.strip(),), step=0, pending_image=None, last_features=feats)
+        if settings.reencode_window:
+            return StoryState(cache=None, next_logits=None, window_ids=tuple(ids[1:]), window_kinds=tuple(kinds[1:]),
+                              window_features=(feats,), **common)
+        cache = new_cache(self.agent, settings.policy)
+        embeds = torch.cat([self._embed([bos] + text_ids), self._image_embeds(feats)], dim=1)
+        hidden = forward_chunk(self.agent, cache, embeds, kinds)
+        return StoryState(cache=cache, next_logits=logits_at(self.agent, hidden[0, -1]), **common)
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(
+        self,
+        state: StoryState,
+        *,
+        text: Optional[str] = None,
+        mode: str = "generation",
+        decoding: DecodingSettings = DecodingSettings(),
+        context_features: Optional[torch.Tensor] = None,
+        cancel: Optional[Callable[[], bool]] = None,
+        on_text: Optional[Callable[[str], None]] = None,
+    ) -> StepResult:
+        """Write the next sentence and regress the next image's features.
+
+        Args:
+            state: the story so far (not modified).
+            text: user text. Generation mode: optional, steers the sentence (prefilled after ``[INST]``, the model
+                continues it). Visualization mode: required, the sentence itself (the model only draws).
+            mode: ``generation`` or ``visualization``.
+            decoding: :class:`DecodingSettings`.
+            context_features: (1, T, D) features to store for the previous step's image instead of its regressed
+                features (e.g. the visual tokenizer's features of the rendered picture).
+            cancel: polled between decoder calls; returning True raises :class:`StoryCancelled`.
+            on_text: called with the sentence so far after every new text token (streaming).
+
+        Returns :class:`StepResult` (new state, sentence, (1, T, D) features).
+        """
+        self._check(state)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "visualization" and (text is None or not str(text).strip()):
+            raise ValueError("visualization mode needs the sentence to draw (text=...)")
+        if context_features is not None and state.pending_image is None and not state.settings.reencode_window:
+            raise ValueError("context_features replaces the previous step's image, but this state has no pending image")
+
+        def check_cancel():
+            if cancel is not None and cancel():
+                raise StoryCancelled("story step cancelled; the input state is unchanged")
+
+        check_cancel()
+        if state.settings.reencode_window:
+            cache, logits, window = self._reencode_context(state, context_features)
+        else:
+            cache = state.cache.fork()
+            window = None
+            if state.pending_image is not None:
+                feats = self._features(context_features) if context_features is not None else state.pending_image
+                hidden = forward_chunk(self.agent, cache, self._image_embeds(feats), self._image_kinds())
+                logits = logits_at(self.agent, hidden[0, -1])
+            else:
+                logits = state.next_logits
+        check_cancel()
+
+        sentence_ids: List[int] = []
+        forced_boi = False
+        if text is not None and str(text).strip():
+            prefix = self._text_ids(str(text), instruction=True)
+            hidden = forward_chunk(self.agent, cache, self._embed(prefix), [TokenKind.TEXT] * len(prefix))
+            logits = logits_at(self.agent, hidden[0, -1])
+            sentence_ids.extend(prefix)
+            if on_text is not None:
+                on_text(self._clean(sentence_ids))
+        if mode == "generation":
+            forced_boi = self._decode_text(state, cache, logits, sentence_ids, decoding, check_cancel, on_text)
+        check_cancel()
+        query = image_query_pass(self.agent, cache, self.image, commit=False)
+        features = query["features"]
+        check_cancel()
+
+        new_ids = state.token_ids + tuple(sentence_ids) + tuple(self._image_ids())
+        new_kinds = state.kinds + (TokenKind.TEXT,) * len(sentence_ids) + tuple(self._image_kinds())
+        sentence = self._clean(sentence_ids)
+        changes = dict(token_ids=new_ids, kinds=new_kinds, sentences=state.sentences + (sentence,), step=state.step + 1,
+                       pending_image=features, last_features=features, next_logits=None)
+        if state.settings.reencode_window:
+            w_ids, w_kinds, w_feats = window
+            changes.update(window_ids=w_ids + tuple(sentence_ids), window_kinds=w_kinds + (TokenKind.TEXT,) * len(sentence_ids),
+                           window_features=w_feats, cache=None)
+        else:
+            changes.update(cache=cache)
+        return StepResult(dataclasses.replace(state, **changes), sentence, features, forced_boi)
+
+    def _decode_text(self, state, cache, logits, sentence_ids, decoding: DecodingSettings, check_cancel, on_text) -> bool:
+        """Decode text tokens until BOI (appending them to ``sentence_ids``); returns True if BOI was forced."""
+        rule = ImageTokenRule(self.image, suppress=decoding.suppress_image_tokens)
+        processors = self._warpers(decoding)
+        generator = None
+        if decoding.do_sample:
+            generator = torch.Generator(device="cpu").manual_seed((decoding.seed * 1_000_003 + state.step) % (2**63))
+        history = [t for t, k in zip(state.token_ids, state.kinds) if k == TokenKind.TEXT]
+        last = self.image.eoi
+        generated_text = 0
+        while True:
+            check_cancel()
+            if generated_text >= decoding.max_sentence_tokens:
+                return True
+            scores = rule(last, logits)
+            if processors is not None:
+                context = torch.tensor([history + sentence_ids], dtype=torch.long)
+                scores = processors(context, scores.unsqueeze(0).cpu())[0]
+            if decoding.do_sample:
+                probs = torch.softmax(scores.float().cpu(), dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+            else:
+                token = int(scores.argmax())
+            if token == self.image.boi:
+                return False
+            if token == self.tokenizer.eos_id:
+                return True
+            sentence_ids.append(token)
+            generated_text += 1
+            hidden = forward_chunk(self.agent, cache, self._embed([token]), [TokenKind.TEXT])
+            logits = logits_at(self.agent, hidden[0, -1])
+            last = token
+            if on_text is not None:
+                on_text(self._clean(sentence_ids))
+
+    @staticmethod
+    def _warpers(decoding: DecodingSettings):
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        procs = LogitsProcessorList()
+        if decoding.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(decoding.repetition_penalty))
+        if decoding.do_sample:
+            if decoding.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(decoding.temperature))
+            if decoding.top_k > 0:
+                procs.append(TopKLogitsWarper(decoding.top_k))
+            if decoding.top_p < 1.0:
+                procs.append(TopPLogitsWarper(decoding.top_p))
+        return procs if len(procs) else None
+
+    def _reencode_context(self, state: StoryState, context_features):
+        """Official baseline: rebuild [BOS] + window prompt and re-encode it from scratch (spec §3.1 steps 4-6)."""
+        w_ids, w_kinds, w_feats = list(state.window_ids), list(state.window_kinds), list(state.window_features)
+        if state.pending_image is not None:
+            feats = self._features(context_features) if context_features is not None else state.pending_image
+            w_ids += self._image_ids()
+            w_kinds += self._image_kinds()
+            w_feats.append(feats)
+        inst = list(self.tokenizer.inst_ids)
+        while len(w_feats) > state.settings.policy.window_images:
+            cut = w_kinds.index(TokenKind.EOI) + 1
+            w_ids, w_kinds = w_ids[cut:], w_kinds[cut:]
+            if inst and w_ids[: len(inst)] == inst:  # the first remaining caption has no [INST] (as in training)
+                w_ids, w_kinds = w_ids[len(inst):], w_kinds[len(inst):]
+            w_feats.pop(0)
+        cache = new_cache(self.agent, CachePolicy(kind="dense"))
+        ids = [self.tokenizer.bos_id] + w_ids
+        kinds = [TokenKind.BOS] + w_kinds
+        embeds = self._embed(ids)
+        img_positions = [i for i, k in enumerate(kinds) if k == TokenKind.IMG]
+        if w_feats:
+            img_embeds = self.agent.input_resampler(torch.cat(w_feats, dim=0)).reshape(-1, embeds.shape[-1])
+            embeds = embeds.clone()
+            embeds[0, img_positions] = img_embeds.to(embeds.dtype)
+        hidden = forward_chunk(self.agent, cache, embeds, kinds)
+        return cache, logits_at(self.agent, hidden[0, -1]), (tuple(w_ids), tuple(w_kinds), tuple(w_feats))
+
+    # ------------------------------------------------------------------ run
+    def run(
+        self,
+        state: StoryState,
+        n_steps: int,
+        *,
+        captions: Optional[Sequence[str]] = None,
+        decoding: DecodingSettings = DecodingSettings(),
+        progress: Optional[Callable[[int, int, StepResult], None]] = None,
+        cancel: Optional[Callable[[], bool]] = None,
+        context: Optional[Callable[[StepResult], Optional[torch.Tensor]]] = None,
+    ) -> Tuple[StoryState, List[StepResult]]:
+        """Run ``n_steps`` steps (visualization mode when ``captions`` are given: one caption per step).
+
+        ``progress(i, n_steps, result)`` is called after each step; ``cancel`` is polled inside steps;
+        ``context(result)`` may return the features to store for that step's image (e.g. after rendering and
+        re-encoding it) or None to keep the regressed ones. Returns the final state and every step's result.
+        Raises :class:`StoryCancelled` (the input state is untouched).
+        """
+        if n_steps < 0:
+            raise ValueError("n_steps must be >= 0")
+        if captions is not None and len(captions) < n_steps:
+            raise ValueError(f"visualization needs one caption per step: got {len(captions)} captions for {n_steps} steps")
+        results: List[StepResult] = []
+        override = None
+        for i in range(n_steps):
+            kwargs = dict(decoding=decoding, cancel=cancel, context_features=override)
+            if captions is not None:
+                result = self.step(state, text=captions[i], mode="visualization", **kwargs)
+            else:
+                result = self.step(state, **kwargs)
+            results.append(result)
+            state = result.state
+            override = context(result) if context is not None else None
+            if progress is not None:
+                progress(i + 1, n_steps, result)
+        return state, results
