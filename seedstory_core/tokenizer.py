@@ -1,0 +1,836 @@
+"""The SEED-Story text tokenizer: LLaMA-2 (legacy sentencepiece behaviour) + 66 image tokens (spec §2.1, §3.1, §5).
+
+SEED-Story uses the slow ``LlamaTokenizer`` of transformers 4.34 (``legacy=True``) with 2 + 64 added tokens:
+BOI ``<img>``, EOI ``</img>`` and ``<img_00000>`` .. ``<img_00063>``. The official code never hard-codes their ids
+(it looks them up with ``encode(tok, add_special_tokens=False)[0]``); with the LLaMA-2 base vocabulary of 32000
+they are 32000 (BOI), 32001 (EOI), 32002..32065 (IMG), which this module reproduces by adding them in that order.
+
+Prompts are plain string concatenations without spaces (spec §3.1, §5)::
+
+    caption0<img><img_00000>...<img_00063></img>[INST]caption1<img>...</img>[INST]caption2...
+
+and ``ids = [BOS] + encode(prompt, add_special_tokens=False)``. In legacy mode the text is split on the added
+tokens first and every text chunk is then encoded by sentencepiece on its own, which prepends its dummy-prefix
+``'▁'`` to each chunk. Consequences this module relies on and the tests check:
+
+* the 66 image tokens always come out as exactly ``[boi, img_0, ..., img_63, eoi]``;
+* ``'[INST]'`` right after ``</img>`` tokenizes like the start of a text (LLaMA-2: ``'▁['``, ``'INST'``, ``']'``
+  = ``[518, 25580, 29962]``), not as a continuation;
+* **chunk independence**: ``encode_prompt(a + IMG + b) == encode(a) + image_run + encode(b)``, so a story can
+  be tokenized incrementally, chunk by chunk.
+
+The fast (``tokenizers``) backend reproduces this when the image tokens are registered with
+``normalized=False`` (the normaliser, which prepends ``'▁'``, then runs on each chunk separately). The slow
+sentencepiece backend of transformers (``legacy=True``) does it natively.
+
+:func:`build_tiny_tokenizer` / :func:`default_tiny_tokenizer` train a small LLaMA-like tokenizer with the same
+properties, for tests and tiny random-weight models.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+from .config import ImageTokenSettings
+
+__all__ = [
+    "ImageTokenIds",
+    "SeedStoryTokenizer",
+    "TokenizerError",
+    "build_tiny_tokenizer",
+    "default_tiny_tokenizer",
+    "tiny_story_corpus",
+    "INST",
+    "CLEAN_TEXT_PATTERN",
+]
+
+#: The instruction marker put before every caption but the first (spec §3.1, §5).
+INST = "[INST]"
+#: The official text-cleaning regex (spec §3.1): every ``<...>`` tag and the whitespace around it becomes one space.
+CLEAN_TEXT_PATTERN = re.compile(r"\s*<[^>]*>\s*")
+
+_SPIECE_UNDERLINE = "\u2581"
+#: Characters every tiny tokenizer knows as single pieces, whatever its corpus (printable ASCII without space).
+_BASE_ALPHABET = string.ascii_letters + string.digits + string.punctuation
+_UNK, _BOS, _EOS = "<unk>", "<s>", "</s>"
+
+PathLike = Union[str, Path]
+
+
+class TokenizerError(ValueError):
+    """A tokenizer folder or file is unusable for SEED-Story (missing files, bad image tokens, wrong behaviour)."""
+
+
+@dataclass(frozen=True)
+class ImageTokenIds:
+    """Token ids of the image tokens (spec §2.1): BOI, EOI and the ``num_img_tokens`` IMG tokens in order.
+
+    Attributes:
+        boi (int): id of ``<img>``.
+        eoi (int): id of ``</img>``.
+        img (tuple[int, ...]): ids of ``<img_00000>`` .. ``<img_{n-1:05d}>``, in order.
+
+    Raises:
+        ValueError: if an id is negative or not an int, ``img`` is empty, or ids repeat.
+    """
+
+    boi: int
+    eoi: int
+    img: Tuple[int, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "img", tuple(self.img))
+        ids = [self.boi, self.eoi, *self.img]
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+                raise ValueError(f"ImageTokenIds: expected non-negative int ids, found {i!r}.")
+        if not self.img:
+            raise ValueError("ImageTokenIds: expected at least one IMG token id, found none.")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"ImageTokenIds: expected {len(ids)} distinct ids, found repeats in {ids}.")
+
+    @property
+    def num_img_tokens(self) -> int:
+        """Number of IMG tokens per image (64 in SEED-Story)."""
+        return len(self.img)
+
+    @property
+    def all_ids(self) -> Tuple[int, ...]:
+        """``(boi, eoi, img_0, ..., img_{n-1})``: the order in which the tokens are added to the vocabulary."""
+        return (self.boi, self.eoi, *self.img)
+
+    def forced_sequence(self) -> List[int]:
+        """``[boi, img_0, ..., img_{n-1}, eoi]``: one image as it appears in a prompt (n + 2 ids, spec §2.1/§2.6)."""
+        return [self.boi, *self.img, self.eoi]
+
+    def is_image_token(self, token_id: int) -> bool:
+        """True if ``token_id`` is BOI, EOI or an IMG token."""
+        return token_id in self._id_set
+
+    @property
+    def _id_set(self) -> frozenset:
+        return frozenset(self.all_ids)
+
+
+def _image_token_strings(settings: ImageTokenSettings) -> List[str]:
+    if not isinstance(settings, ImageTokenSettings):
+        raise TypeError(f"expected image_tokens to be an ImageTokenSettings, found {type(settings).__name__}.")
+    if settings.num_img_tokens < 1:
+        raise ValueError(f"expected ImageTokenSettings.num_img_tokens >= 1, found {settings.num_img_tokens}.")
+    strings = [settings.boi, settings.eoi, *settings.img_strings()]
+    if len(set(strings)) != len(strings) or any(not s for s in strings):
+        raise ValueError(f"expected {len(strings)} distinct non-empty image token strings, found {strings[:4]}...")
+    return strings
+
+
+def _added_token(content: str, special: bool = False):
+    from tokenizers import AddedToken
+
+    # normalized=False: the text is split on the token BEFORE normalisation, so every text chunk gets its own
+    # dummy-prefix '▁' exactly like the legacy slow LlamaTokenizer (module docstring).
+    return AddedToken(content, single_word=False, lstrip=False, rstrip=False, normalized=False, special=special)
+
+
+class SeedStoryTokenizer:
+    """LLaMA tokenizer + SEED-Story image tokens, with the official prompt conventions (spec §2.1, §3.1, §5).
+
+    Wraps a transformers tokenizer: a fast ``PreTrainedTokenizerFast`` (from ``tokenizer.json``) or the slow
+    sentencepiece backend (from ``tokenizer.model``, ``legacy=True``). Build it with :meth:`from_folder`,
+    :meth:`from_tokenizer_json`, :func:`build_tiny_tokenizer` or :func:`default_tiny_tokenizer`; the constructor
+    takes an already-prepared transformers tokenizer.
+
+    Args:
+        hf_tokenizer: a transformers tokenizer (``PreTrainedTokenizerFast`` / ``TokenizersBackend`` or
+            ``SentencePieceBackend``) with BOS ``<s>`` and EOS ``</s>``.
+        image_tokens (ImageTokenSettings): the image token strings. Missing ones are added (in the order BOI,
+            EOI, IMG_0..IMG_{n-1}); present ones are read.
+
+    Raises:
+        TokenizerError: if only some image tokens are present, if an image token does not encode to exactly one
+            id, or if the tokenizer does not split text on the image tokens the legacy LLaMA way.
+        TypeError: if ``image_tokens`` is not an :class:`ImageTokenSettings`.
+    """
+
+    def __init__(self, hf_tokenizer, image_tokens: ImageTokenSettings = ImageTokenSettings()):
+        self._tok = hf_tokenizer
+        self._settings = image_tokens
+        strings = _image_token_strings(image_tokens)
+        self._ensure_image_tokens(strings)
+        ids = self._verify_single_tokens(strings)
+        self._image_ids = ImageTokenIds(boi=ids[0], eoi=ids[1], img=tuple(ids[2:]))
+        tag_ids = set(self._image_ids.all_ids) | set(int(i) for i in self._tok.added_tokens_decoder)
+        tag_ids |= {int(i) for i in self._tok.all_special_ids if i is not None}
+        self._tag_ids = frozenset(tag_ids)
+        self._image_strings = strings
+        self._image_run_string = image_tokens.boi + "".join(image_tokens.img_strings()) + image_tokens.eoi
+        self._verify_chunking()
+        self._inst_ids = tuple(self.encode(INST))
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_folder(cls, path: PathLike, image_tokens: ImageTokenSettings = ImageTokenSettings()) -> "SeedStoryTokenizer":
+        """Load a LLaMA tokenizer folder (e.g. the released ``cvlm_llama2_tokenizer`` or a base LLaMA-2 one).
+
+        ``tokenizer.json`` is preferred (fast backend); otherwise ``tokenizer.model`` is loaded with the slow
+        sentencepiece backend in legacy mode (needs the ``sentencepiece`` package), and the tokens listed in an
+        ``added_tokens.json`` are re-added in id order. Image tokens absent from the folder are added after the
+        base vocabulary in the order BOI, EOI, IMG_0..IMG_{n-1} (spec §2.1); present ones are read and verified.
+
+        Args:
+            path (str | Path): the folder.
+            image_tokens (ImageTokenSettings): the image token strings (defaults: spec §2.1).
+
+        Returns:
+            SeedStoryTokenizer
+
+        Raises:
+            FileNotFoundError: if ``path`` is not a folder or holds neither ``tokenizer.json`` nor
+                ``tokenizer.model``.
+            ImportError: if only ``tokenizer.model`` exists and ``sentencepiece`` is not installed.
+            TokenizerError: see the class docstring; also for an unreadable ``added_tokens.json``.
+        """
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"expected a tokenizer folder, found no folder at {folder}. For the LLaMA-2 tokenizer run "
+                "scripts/fetch_llama2_tokenizer.sh (writes .cache/llama2_tokenizer)."
+            )
+        json_file = folder / "tokenizer.json"
+        if json_file.is_file():
+            return cls.from_tokenizer_json(json_file, image_tokens)
+        model_file = folder / "tokenizer.model"
+        if model_file.is_file():
+            return cls(_load_sentencepiece_folder(folder), image_tokens)
+        raise FileNotFoundError(
+            f"expected tokenizer.json or tokenizer.model in {folder}, found {sorted(p.name for p in folder.iterdir())}. "
+            "Point to a LLaMA tokenizer folder (for LLaMA-2 run scripts/fetch_llama2_tokenizer.sh)."
+        )
+
+    @classmethod
+    def from_tokenizer_json(
+        cls, path: PathLike, image_tokens: ImageTokenSettings = ImageTokenSettings()
+    ) -> "SeedStoryTokenizer":
+        """Load a HuggingFace ``tokenizer.json`` (fast backend) of a LLaMA-style tokenizer.
+
+        Args:
+            path (str | Path): the ``tokenizer.json`` file.
+            image_tokens (ImageTokenSettings): the image token strings (defaults: spec §2.1).
+
+        Returns:
+            SeedStoryTokenizer
+
+        Raises:
+            FileNotFoundError: if the file does not exist.
+            TokenizerError: if the file cannot be parsed, lacks ``<s>``/``</s>``, or see the class docstring.
+        """
+        from tokenizers import Tokenizer
+
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"expected a tokenizer.json file, found nothing at {file}. For the LLaMA-2 tokenizer run "
+                "scripts/fetch_llama2_tokenizer.sh."
+            )
+        try:
+            backend = Tokenizer.from_file(str(file))
+        except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+            raise TokenizerError(
+                f"could not parse {file} as a HuggingFace tokenizer.json ({exc}). Re-create it, e.g. with "
+                "scripts/fetch_llama2_tokenizer.sh."
+            ) from exc
+        return cls(_wrap_fast(backend, source=str(file)), image_tokens)
+
+    def save(self, folder: PathLike) -> Path:
+        """Write the tokenizer (with its image tokens) to ``folder`` so :meth:`from_folder` re-reads the same ids.
+
+        Writes the transformers files (``tokenizer.json`` + ``tokenizer_config.json`` for the fast backend,
+        ``tokenizer.model`` + ``added_tokens.json`` for the slow one) and ``seedstory_tokenizer.json`` (the image
+        token strings and ids, informational).
+
+        Args:
+            folder (str | Path): created if missing.
+
+        Returns:
+            Path: the folder.
+        """
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        self._tok.save_pretrained(str(out))
+        if _is_sentencepiece(self._tok):
+            added = {s: i for s, i in zip(self._image_strings, self._image_ids.all_ids)}
+            (out / "added_tokens.json").write_text(json.dumps(added, indent=2), encoding="utf-8")
+        info = {
+            "image_tokens": self._settings.to_dict(),
+            "boi_id": self._image_ids.boi,
+            "eoi_id": self._image_ids.eoi,
+            "img_ids": list(self._image_ids.img),
+            "base_vocab_size": self.base_vocab_size,
+            "vocab_size": self.vocab_size,
+        }
+        (out / "seedstory_tokenizer.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        return out
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def hf_tokenizer(self):
+        """The wrapped transformers tokenizer (for ``resize_token_embeddings`` etc.)."""
+        return self._tok
+
+    @property
+    def image_tokens(self) -> ImageTokenSettings:
+        """The image token strings (spec §2.1)."""
+        return self._settings
+
+    @property
+    def bos_id(self) -> int:
+        """BOS id (1 for LLaMA, spec §2.1)."""
+        return int(self._tok.bos_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        """EOS id (2 for LLaMA, spec §2.1)."""
+        return int(self._tok.eos_token_id)
+
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's pad id if it has one, else ``<unk>`` = 0 (spec §2.1: value unknown, probably 0)."""
+        pad = self._tok.pad_token_id
+        if pad is not None:
+            return int(pad)
+        unk = self._tok.unk_token_id
+        return int(unk) if unk is not None else 0
+
+    @property
+    def unk_id(self) -> int:
+        """``<unk>`` id (0 for LLaMA)."""
+        unk = self._tok.unk_token_id
+        return int(unk) if unk is not None else 0
+
+    @property
+    def vocab_size(self) -> int:
+        """Total vocabulary size including the added tokens (32066 for SEED-Story, spec §2.1)."""
+        return len(self._tok)
+
+    @property
+    def base_vocab_size(self) -> int:
+        """Vocabulary size without added tokens (32000 for LLaMA-2)."""
+        return int(self._tok.vocab_size)
+
+    @property
+    def image_ids(self) -> ImageTokenIds:
+        """Ids of BOI, EOI and the IMG tokens."""
+        return self._image_ids
+
+    @property
+    def inst_ids(self) -> Tuple[int, ...]:
+        """Ids of ``'[INST]'`` at the start of a chunk, e.g. right after ``</img>`` (LLaMA-2: 518, 25580, 29962)."""
+        return self._inst_ids
+
+    @property
+    def num_img_tokens(self) -> int:
+        """IMG tokens per image (64, spec §2.1)."""
+        return self._image_ids.num_img_tokens
+
+    # ------------------------------------------------------------------ encoding
+
+    def image_token_string(self) -> str:
+        """The 66-token image string ``'<img><img_00000>...<img_00063></img>'`` (no spaces, spec §3.1)."""
+        return self._image_run_string
+
+    @staticmethod
+    def instruction(text: str) -> str:
+        """``'[INST]' + text``: how every caption after the first is written (spec §5)."""
+        if not isinstance(text, str):
+            raise TypeError(f"instruction: expected text to be a str, found {type(text).__name__}.")
+        return INST + text
+
+    def encode(self, text: str) -> List[int]:
+        """Ids of one text chunk as it tokenizes right after an image tag inside an official prompt (no BOS).
+
+        The chunk gets LLaMA's dummy-prefix ``'▁'`` (legacy behaviour), so ``encode('[INST]a')`` starts with
+        :attr:`inst_ids`. By chunk independence, ``encode_prompt(x + image_token_string() + y) ==
+        encode(x) + image_ids.forced_sequence() + encode(y)``.
+
+        Args:
+            text (str): a non-empty text without image tags.
+
+        Returns:
+            list[int]
+
+        Raises:
+            TypeError: if ``text`` is not a str.
+            ValueError: if ``text`` is empty or contains an image tag (use :meth:`encode_prompt`).
+        """
+        self._check_text(text, "encode")
+        found = [s for s in (self._settings.boi, self._settings.eoi) if s in text]
+        if found:
+            raise ValueError(
+                f"encode: expected a text chunk without image tags, found {found[0]!r} in {text[:60]!r}. "
+                "Use encode_prompt() for whole prompt strings."
+            )
+        return self._raw_encode(text)
+
+    def encode_prompt(self, prompt: str) -> List[int]:
+        """Ids of a whole official prompt string, without BOS: ``encode(prompt, add_special_tokens=False)``.
+
+        The model input is ``[bos_id] + encode_prompt(prompt)`` (spec §3.1).
+
+        Args:
+            prompt (str): e.g. ``cap0 + image_token_string() + '[INST]' + cap1 + image_token_string()``.
+
+        Returns:
+            list[int]
+
+        Raises:
+            TypeError: if ``prompt`` is not a str.
+            ValueError: if ``prompt`` is empty.
+        """
+        self._check_text(prompt, "encode_prompt")
+        return self._raw_encode(prompt)
+
+    # ------------------------------------------------------------------ decoding / text
+
+    def decode(self, ids: Iterable[int], *, keep_image_tags: bool = False) -> str:
+        """Decode ids to text.
+
+        Like the legacy slow tokenizer, the ids are split at the added/special tokens (image tokens, ``<s>``,
+        ``</s>``, ``<unk>``) and each text chunk is decoded on its own, dropping the one dummy-prefix space its
+        encoding added. The pieces are joined WITHOUT spaces, so ``decode(encode_prompt(p), keep_image_tags=True)
+        == p`` for any prompt built the official way (the official 4.34 decode put a space between special tokens;
+        after :meth:`clean_text` both give the same text). With ``keep_image_tags=False`` (default) the official
+        cleaning :meth:`clean_text` is applied: image tags and ``<s>``/``</s>`` are dropped, ``'[INST]'`` is kept
+        (spec §3.1).
+
+        Args:
+            ids (Iterable[int]): token ids (a list, tuple or 1-D tensor).
+            keep_image_tags (bool): see above.
+
+        Returns:
+            str
+
+        Raises:
+            TypeError: if an id is not an integer.
+            ValueError: if an id is outside ``[0, vocab_size)`` or ``ids`` is not 1-D.
+        """
+        id_list = self._check_ids(ids)
+        parts: List[str] = []
+        chunk: List[int] = []
+        for i in id_list:
+            if i in self._tag_ids:
+                if chunk:
+                    parts.append(self._decode_chunk(chunk))
+                    chunk = []
+                parts.append(self._tok.convert_ids_to_tokens(i))
+            else:
+                chunk.append(i)
+        if chunk:
+            parts.append(self._decode_chunk(chunk))
+        text = "".join(parts)
+        return text if keep_image_tags else self.clean_text(text)
+
+    def tokens(self, ids: Iterable[int]) -> List[str]:
+        """The piece strings of ``ids`` (e.g. ``['▁[', 'INST', ']']``), for inspection and error messages."""
+        return list(self._tok.convert_ids_to_tokens(self._check_ids(ids)))
+
+    @staticmethod
+    def clean_text(text: str) -> str:
+        """The official cleaning (spec §3.1): ``re.sub(r'\\s*<[^>]*>\\s*', ' ', text).strip()``.
+
+        Removes image tags and ``</s>`` (any ``<...>``), NOT ``'[INST]'``.
+
+        Raises:
+            TypeError: if ``text`` is not a str.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"clean_text: expected a str, found {type(text).__name__}.")
+        return CLEAN_TEXT_PATTERN.sub(" ", text).strip()
+
+    @staticmethod
+    def strip_inst(text: str) -> str:
+        """Remove every ``'[INST]'`` marker and surrounding whitespace at the ends (what the eval scripts do later).
+
+        Raises:
+            TypeError: if ``text`` is not a str.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"strip_inst: expected a str, found {type(text).__name__}.")
+        return text.replace(INST, "").strip()
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return (
+            f"SeedStoryTokenizer(backend={type(self._tok).__name__}, vocab_size={self.vocab_size}, "
+            f"boi={self._image_ids.boi}, eoi={self._image_ids.eoi}, img={self._image_ids.img[0]}.."
+            f"{self._image_ids.img[-1]}, inst_ids={list(self._inst_ids)})"
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _decode_chunk(self, ids: List[int]) -> str:
+        if _is_sentencepiece(self._tok):
+            return self._tok.sp_model.decode(ids)  # removes the dummy prefix, resolves byte pieces
+        return self._tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _raw_encode(self, text: str) -> List[int]:
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    @staticmethod
+    def _check_text(text, where: str) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"{where}: expected a str, found {type(text).__name__}.")
+        if not text:
+            raise ValueError(f"{where}: expected a non-empty string, found ''. Skip empty chunks before encoding.")
+
+    def _check_ids(self, ids) -> List[int]:
+        if hasattr(ids, "tolist") and hasattr(ids, "ndim"):
+            if ids.ndim != 1:
+                raise ValueError(f"expected a 1-D sequence of token ids, found shape {tuple(ids.shape)}.")
+            ids = ids.tolist()
+        if isinstance(ids, (str, bytes)):
+            raise TypeError("expected a sequence of token ids, found a string. Use encode() to get ids.")
+        out = []
+        n = self.vocab_size
+        for i in ids:
+            if isinstance(i, bool) or not hasattr(i, "__index__"):
+                raise TypeError(f"expected integer token ids, found {i!r} ({type(i).__name__}).")
+            i = int(i)
+            if not 0 <= i < n:
+                raise ValueError(f"expected token ids in [0, {n}), found {i}. Was it produced by another tokenizer?")
+            out.append(i)
+        return out
+
+    def _ensure_image_tokens(self, strings: Sequence[str]) -> None:
+        vocab = self._tok.get_vocab()
+        present = [s for s in strings if s in vocab]
+        if len(present) == len(strings):
+            return
+        if present:
+            missing = [s for s in strings if s not in vocab]
+            raise TokenizerError(
+                f"expected either all {len(strings)} image tokens or none in the tokenizer, found {len(present)} "
+                f"(e.g. {present[:3]}) and missing {len(missing)} (e.g. {missing[:3]}). Start from the base LLaMA "
+                "tokenizer folder without image tokens, or from a complete SEED-Story tokenizer folder."
+            )
+        start = len(self._tok)
+        if _is_sentencepiece(self._tok):
+            from tokenizers import AddedToken
+
+            tokens = [AddedToken(s, lstrip=False, rstrip=False, normalized=False, special=False) for s in strings]
+        else:
+            tokens = [_added_token(s) for s in strings]
+        added = self._tok.add_tokens(tokens)
+        if added != len(strings) or len(self._tok) != start + len(strings):
+            raise TokenizerError(
+                f"expected to add {len(strings)} image tokens at ids {start}..{start + len(strings) - 1}, but the "
+                f"tokenizer added {added} (size {start} -> {len(self._tok)})."
+            )
+
+    def _verify_single_tokens(self, strings: Sequence[str]) -> List[int]:
+        ids = []
+        bad = []
+        for s in strings:
+            enc = self._raw_encode(s)
+            if len(enc) != 1:
+                bad.append(f"{s!r} -> {enc} {self._tok.convert_ids_to_tokens(enc)}")
+            else:
+                ids.append(enc[0])
+        if bad:
+            raise TokenizerError(
+                f"expected every image token to encode to exactly one id, found {len(bad)} that do not: "
+                f"{'; '.join(bad[:3])}. The tokens are in the vocabulary but not registered as added tokens; "
+                "rebuild the tokenizer folder from the base LLaMA tokenizer (SeedStoryTokenizer.from_folder adds them)."
+            )
+        specials = {self._tok.bos_token_id, self._tok.eos_token_id, self._tok.unk_token_id}
+        clash = [i for i in ids if i in specials]
+        if clash or len(set(ids)) != len(ids):
+            raise TokenizerError(f"expected distinct image token ids different from BOS/EOS/UNK, found {ids[:6]}...")
+        return ids
+
+    def _verify_chunking(self) -> None:
+        # The legacy LLaMA behaviour: the text after an image tag is encoded as a fresh text (dummy prefix).
+        probe = "[INST]Ab, c."
+        run = self._image_run_string
+        got = self._raw_encode(run + probe + run)
+        want = self._image_ids.forced_sequence() + self._raw_encode(probe) + self._image_ids.forced_sequence()
+        if got != want:
+            raise TokenizerError(
+                "expected the legacy LLaMA chunking (text after an image tag tokenized like a fresh text, as in "
+                f"SEED-Story training, spec §5), found {self._tok.convert_ids_to_tokens(got[66:-66])} instead of "
+                f"{self._tok.convert_ids_to_tokens(want[66:-66])}. The image tokens are probably registered with "
+                "normalized=True; rebuild the folder from the base LLaMA tokenizer with SeedStoryTokenizer.from_folder."
+            )
+
+
+# ---------------------------------------------------------------------- backends
+
+
+def _wrap_fast(backend, source: str):
+    """Wrap a ``tokenizers.Tokenizer`` in transformers' ``PreTrainedTokenizerFast`` without changing it."""
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = backend.get_vocab(with_added_tokens=True)
+    missing = [t for t in (_BOS, _EOS) if t not in vocab]
+    if missing:
+        raise TokenizerError(
+            f"expected a LLaMA-style tokenizer with {_BOS!r} and {_EOS!r}, found none of {missing} in {source}."
+        )
+    kwargs = dict(tokenizer_object=backend, bos_token=_BOS, eos_token=_EOS, clean_up_tokenization_spaces=False)
+    if _UNK in vocab:
+        kwargs["unk_token"] = _UNK
+    return PreTrainedTokenizerFast(**kwargs)
+
+
+def _is_sentencepiece(tok) -> bool:
+    return hasattr(tok, "sp_model")
+
+
+def _load_sentencepiece_folder(folder: Path):
+    """The slow sentencepiece LLaMA tokenizer (legacy=True) from ``tokenizer.model`` + ``added_tokens.json``."""
+    try:
+        import sentencepiece  # noqa: F401
+        from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+    except ImportError as exc:
+        raise ImportError(
+            f"{folder} holds only tokenizer.model, which needs the 'sentencepiece' package: pip install "
+            "sentencepiece (or provide a tokenizer.json)."
+        ) from exc
+    tok = SentencePieceBackend(
+        vocab_file=str(folder / "tokenizer.model"),
+        legacy=True,
+        unk_token=_UNK,
+        bos_token=_BOS,
+        eos_token=_EOS,
+        clean_up_tokenization_spaces=False,
+    )
+    added_file = folder / "added_tokens.json"
+    if added_file.is_file():
+        from tokenizers import AddedToken
+
+        try:
+            added = json.loads(added_file.read_text(encoding="utf-8"))
+            items = sorted((int(i), str(s)) for s, i in added.items())
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise TokenizerError(
+                f"expected {added_file} to be a JSON object {{token: id}}, could not read it ({exc})."
+            ) from exc
+        for want_id, content in items:
+            if content in tok.get_vocab():
+                continue
+            tok.add_tokens([AddedToken(content, lstrip=False, rstrip=False, normalized=False, special=False)])
+            got = tok.convert_tokens_to_ids(content)
+            if got != want_id:
+                raise TokenizerError(
+                    f"{added_file} gives {content!r} id {want_id}, but adding it in id order produced id {got}. "
+                    "The added ids must follow the base vocabulary without gaps."
+                )
+    return tok
+
+
+# ---------------------------------------------------------------------- tiny tokenizer
+
+_NAMES = ["George", "Peppa", "Jim", "Anna", "Tom", "Lily", "Max", "Zoe", "Sam", "Mia", "Ben", "Rosa"]
+_ANIMALS = ["monkey", "pig", "dog", "cat", "rabbit", "bear", "duck", "fox", "owl", "horse"]
+_PLACES = ["the park", "the kitchen", "the garden", "the beach", "the zoo", "the forest", "school", "the city",
+           "the farm", "the lake", "the museum", "the playground"]
+_VERBS = ["runs to", "walks to", "looks at", "plays in", "jumps over", "smiles at", "waves at", "points at",
+          "climbs", "visits", "paints", "finds"]
+_OBJECTS = ["a red ball", "a big box", "a yellow hat", "two apples", "a small boat", "the blue kite",
+            "a funny book", "three balloons", "a new bike", "the old map", "a green umbrella", "a shiny key"]
+_ADJ = ["happy", "curious", "excited", "tired", "surprised", "brave", "hungry", "sleepy", "proud", "quiet"]
+_TIME = ["In the morning", "One sunny day", "Later", "After lunch", "At night", "Suddenly", "Then", "Soon",
+         "The next day", "Meanwhile"]
+_SAYS = ["\"Look at this!\"", "\"Let's go!\"", "\"What is that?\"", "\"I'm so happy!\"", "\"Can we play?\"",
+         "\"Oh no!\"", "\"That's fun!\"", "\"Wow, it's big!\""]
+
+
+def tiny_story_corpus(num_lines: int = 400) -> List[str]:
+    """A deterministic corpus of simple English story sentences, generated from built-in word lists.
+
+    Lines use names, punctuation, apostrophes, quotes, numbers and the ``'[INST]'`` marker (about one line in
+    three starts with it, as captions do in SEED-Story prompts, spec §5).
+
+    Args:
+        num_lines (int): number of lines (>= 1).
+
+    Returns:
+        list[str]
+
+    Raises:
+        ValueError: if ``num_lines`` < 1.
+    """
+    if not isinstance(num_lines, int) or num_lines < 1:
+        raise ValueError(f"tiny_story_corpus: expected num_lines >= 1, found {num_lines!r}.")
+    lines = []
+    for i in range(num_lines):
+        name = _NAMES[i % len(_NAMES)]
+        friend = _NAMES[(i * 5 + 3) % len(_NAMES)]
+        animal = _ANIMALS[(i * 3) % len(_ANIMALS)]
+        place = _PLACES[(i * 7) % len(_PLACES)]
+        verb = _VERBS[(i * 11) % len(_VERBS)]
+        obj = _OBJECTS[(i * 13) % len(_OBJECTS)]
+        adj = _ADJ[(i * 17) % len(_ADJ)]
+        when = _TIME[(i * 19) % len(_TIME)]
+        say = _SAYS[(i * 23) % len(_SAYS)]
+        kind = i % 6
+        if kind == 0:
+            line = f"{when}, {name} the {animal} {verb} {place}."
+        elif kind == 1:
+            line = f"{name} is {adj} because {friend} has {obj}. {say}"
+        elif kind == 2:
+            line = f"{name}'s friend {friend} {verb} {obj} in {place}, and they laugh."
+        elif kind == 3:
+            line = f"{when}, {name} and {friend} see {(i * 37) % 100} {animal}s at {place}! {say} says {friend}."
+        elif kind == 4:
+            line = f"{name} doesn't know where {obj} is, so {name} asks {friend}: {say}"
+        else:
+            line = f"At {i % 12 + 1} o'clock, the {adj} {animal} {verb} {place}; {name} is {adj} too ({i} steps)."
+        if i % 3 == 1:
+            line = INST + line
+        lines.append(line)
+    return lines
+
+
+def build_tiny_tokenizer(
+    texts: Iterable[str], vocab_size: int, image_tokens: ImageTokenSettings = ImageTokenSettings()
+) -> SeedStoryTokenizer:
+    """Train a small LLaMA-style tokenizer with the ``tokenizers`` library and add the image tokens.
+
+    Layout (like LLaMA-2): ``<unk>`` = 0, ``<s>`` = 1, ``</s>`` = 2, the 256 byte-fallback pieces ``<0x00>`` ..
+    ``<0xFF>`` = 3..258, then the characters (printable ASCII + those of ``texts``) and the BPE merges learned
+    from ``texts``, then (if the trainer yields
+    fewer) deterministic filler pieces ``<unused_NNNNN>`` (never produced by encoding) up to EXACTLY
+    ``vocab_size``; then the image tokens at ids ``vocab_size`` .. ``vocab_size + 2 + n - 1`` in the order BOI,
+    EOI, IMG_0.. (spec §2.1). Normalisation is LLaMA's legacy one (``Prepend('▁')`` + ``Replace(' ', '▁')``) with a
+    ``'▁'``-splitting pre-tokenizer, so text after an image tag gets a dummy prefix and the chunk-independence
+    property holds. Deterministic for the same inputs. Characters never seen in ``texts`` are encoded with byte
+    fallback.
+
+    Args:
+        texts (Iterable[str]): training lines (image tags inside them are ignored as plain text; avoid them).
+        vocab_size (int): base vocabulary size, >= 259 + number of distinct characters (printable ASCII and
+            those in ``texts``) + 3; about 360 for ASCII text.
+        image_tokens (ImageTokenSettings): the image token strings.
+
+    Returns:
+        SeedStoryTokenizer: with ``base_vocab_size == vocab_size``.
+
+    Raises:
+        ValueError: if ``texts`` is empty or holds no non-empty str, or ``vocab_size`` is too small.
+        TypeError: if an element of ``texts`` is not a str.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    lines = []
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"build_tiny_tokenizer: expected texts to be strings, found {type(t).__name__}.")
+        if t:
+            lines.append(t)
+    if not lines:
+        raise ValueError("build_tiny_tokenizer: expected at least one non-empty training text, found none.")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TypeError(f"build_tiny_tokenizer: expected vocab_size to be an int, found {type(vocab_size).__name__}.")
+
+    specials = [_UNK, _BOS, _EOS]
+    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
+    corpus_chars = {c for line in lines for c in line.replace(" ", _SPIECE_UNDERLINE)}
+    alphabet = sorted(corpus_chars | set(_BASE_ALPHABET) | {_SPIECE_UNDERLINE})
+    minimum = len(specials) + len(byte_pieces) + len(alphabet) + 3
+    if vocab_size < minimum:
+        raise ValueError(
+            f"build_tiny_tokenizer: expected vocab_size >= {minimum} (3 special + 256 byte pieces + "
+            f"{len(alphabet)} characters (printable ASCII + the corpus) + 3 merges), found {vocab_size}. "
+            "Increase vocab_size."
+        )
+
+    normalizer = normalizers.Sequence([normalizers.Prepend(_SPIECE_UNDERLINE), normalizers.Replace(" ", _SPIECE_UNDERLINE)])
+    pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPIECE_UNDERLINE, prepend_scheme="never", split=True)
+
+    # 1. learn characters + merges (the trainer's vocab holds the 3 specials, the alphabet and the merges).
+    trainer_model = Tokenizer(models.BPE(unk_token=_UNK))
+    trainer_model.normalizer = normalizer
+    trainer_model.pre_tokenizer = pre_tokenizer
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(byte_pieces),
+        min_frequency=2,
+        special_tokens=specials,
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        show_progress=False,
+    )
+    trainer_model.train_from_iterator(lines, trainer=trainer)
+    learned = json.loads(trainer_model.to_str())["model"]
+    learned_vocab = sorted(learned["vocab"].items(), key=lambda kv: kv[1])
+    merges = [m if isinstance(m, str) else " ".join(m) for m in learned["merges"]]
+
+    # 2. re-index LLaMA-style and pad to exactly vocab_size.
+    pieces = specials + byte_pieces
+    seen = set(pieces)
+    for piece, _ in learned_vocab:
+        if piece not in seen:
+            pieces.append(piece)
+            seen.add(piece)
+    if len(pieces) > vocab_size:  # cannot happen with the trainer budget above; guard the contract anyway
+        raise ValueError(f"build_tiny_tokenizer: trainer produced {len(pieces)} pieces, more than {vocab_size}.")
+    filler = 0
+    while len(pieces) < vocab_size:
+        piece = f"<unused_{filler:05d}>"
+        filler += 1
+        if piece not in seen:
+            pieces.append(piece)
+            seen.add(piece)
+
+    model = models.BPE(
+        vocab={p: i for i, p in enumerate(pieces)},
+        merges=[tuple(m.split(" ")) for m in merges],
+        unk_token=_UNK,
+        fuse_unk=True,
+        byte_fallback=True,
+    )
+    backend = Tokenizer(model)
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace(_SPIECE_UNDERLINE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    backend.add_special_tokens([_added_token(s, special=True) for s in specials])
+    tok = SeedStoryTokenizer(_wrap_fast(backend, source="build_tiny_tokenizer"), image_tokens)
+    if tok.base_vocab_size != vocab_size:
+        raise ValueError(
+            f"build_tiny_tokenizer: expected a base vocabulary of {vocab_size}, found {tok.base_vocab_size}."
+        )
+    return tok
+
+
+_DEFAULT_TINY_CACHE: dict = {}
+
+
+def default_tiny_tokenizer(vocab_size: int = 1000) -> SeedStoryTokenizer:
+    """:func:`build_tiny_tokenizer` on :func:`tiny_story_corpus` (400 lines), with the default image tokens.
+
+    Deterministic; the result for a given ``vocab_size`` is built once per process and shared (the tokenizer is
+    not meant to be mutated).
+
+    Args:
+        vocab_size (int): base vocabulary size (default 1000; image tokens get ids vocab_size..vocab_size+65).
+
+    Returns:
+        SeedStoryTokenizer
+
+    Raises:
+        ValueError: if ``vocab_size`` is too small for the corpus (see :func:`build_tiny_tokenizer`).
+    """
+    tok = _DEFAULT_TINY_CACHE.get(vocab_size)
+    if tok is None:
+        tok = build_tiny_tokenizer(tiny_story_corpus(), vocab_size)
+        _DEFAULT_TINY_CACHE[vocab_size] = tok
+    return tok
