@@ -137,8 +137,10 @@ class StoryState:
     def get_ram_usage(self) -> int:
         """Bytes held by this state's tensors (KV cache entries, features, logits). Used by ComfyUI's RAM cache."""
         total = self.cache.nbytes() if self.cache is not None else 0
+        seen = set()
         for t in (self.next_logits, self.pending_image, self.last_features, *self.window_features):
-            if t is not None:
+            if t is not None and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
                 total += t.numel() * t.element_size()
         return total
 
@@ -184,10 +186,11 @@ class StoryState:
         tensors = {"last_features": self.last_features.contiguous()}
         if self.next_logits is not None:
             tensors["next_logits"] = self.next_logits.contiguous()
-        if self.pending_image is not None:
+        pending_is_last = self.pending_image is not None and self.pending_image.data_ptr() == self.last_features.data_ptr()
+        if self.pending_image is not None and not pending_is_last:
             tensors["pending_image"] = self.pending_image.contiguous()
         for i, t in enumerate(self.window_features):
-            tensors[f"window_features.{i}"] = t.contiguous()
+            tensors[f"window_features.{i}"] = t.clone()
         meta = {
             "format": "seedstory-state/1",
             "settings": self.settings.to_dict(),
@@ -199,6 +202,7 @@ class StoryState:
             "window_ids": list(self.window_ids),
             "window_kinds": list(self.window_kinds),
             "num_window_features": len(self.window_features),
+            "pending_is_last": pending_is_last,
             "cache": None,
         }
         if self.cache is not None:
@@ -235,7 +239,7 @@ class StoryState:
             step=int(meta["step"]),
             cache=cache,
             next_logits=tensors.get("next_logits"),
-            pending_image=tensors.get("pending_image"),
+            pending_image=tensors["last_features"] if meta.get("pending_is_last") else tensors.get("pending_image"),
             last_features=tensors["last_features"],
             window_ids=tuple(meta["window_ids"]),
             window_kinds=tuple(meta["window_kinds"]),
