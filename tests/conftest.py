@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# The real-ComfyUI session fixture `comfy_server` (tests/comfy_harness.py); one server per test session.
+pytest_plugins = ["comfy_harness"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

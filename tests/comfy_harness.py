@@ -1,0 +1,134 @@
+"""pytest plugin: a real ComfyUI server with this pack linked, shared by the whole session.
+
+Register it once, in tests/conftest.py (tests/ is on sys.path under pytest's default
+"prepend" import mode)::
+
+    pytest_plugins = ["comfy_harness"]
+
+(a test module may also say ``pytest_plugins = ["comfy_harness"]``; registering twice is a
+no-op). Do not ``from comfy_harness import comfy_server`` into modules as well: that defines
+a second fixture and starts a second server.
+
+The fixture ``comfy_server``:
+  1. runs ``scripts/provision_comfyui.sh`` (uses ``$COMFYUI_DIR`` when set, else provisions
+     ComfyUI 0.3.75 into ``<repo>/.comfyui/ComfyUI``) which links this repo into
+     ``custom_nodes/seedstory``;
+  2. starts it with this interpreter (``sys.executable``) on a free 127.0.0.1 port with
+     ``--cpu`` and scratch input/output/temp/user folders (``scripts/comfy_server.py``);
+  3. yields a :class:`ComfyHarness` (a ``ComfyClient`` plus ``output_dir``, ``input_dir``,
+     ``log_path``, ``log_text()``, ``server``);
+  4. stops the server at the end of the session.
+
+When ComfyUI cannot be provisioned or its requirements are missing, tests that use the
+fixture are skipped with the reason -- except under ``CI=true`` (or
+``SEEDSTORY_REQUIRE_COMFYUI=1``), where that is an error.
+Extra ``main.py`` arguments: ``SEEDSTORY_COMFYUI_ARGS="--cache-none ..."``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO_ROOT / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+
+from comfy_server import (  # noqa: E402
+    ComfyClient,
+    ComfyPromptError,
+    ComfyServerError,
+    RunResult,
+    ServerHandle,
+    start,
+)
+
+__all__ = ["ComfyHarness", "ComfyPromptError", "RunResult", "comfy_server"]
+
+# Modules ComfyUI imports at start-up that come from requirements-comfyui.txt.
+_COMFY_RUNTIME_MODULES = ("aiohttp", "comfyui_frontend_package", "torchvision", "yaml", "sqlalchemy",
+                          "alembic", "av", "scipy", "einops", "torchsde", "kornia", "spandrel")
+
+
+def _must_run() -> bool:
+    truthy = {"1", "true", "yes"}
+    return (os.environ.get("CI", "").lower() in truthy
+            or os.environ.get("SEEDSTORY_REQUIRE_COMFYUI", "").lower() in truthy)
+
+
+def _unavailable(reason: str):
+    if _must_run():
+        pytest.fail(f"ComfyUI is required here (CI) but unavailable: {reason}", pytrace=False)
+    pytest.skip(f"ComfyUI unavailable: {reason}")
+
+
+class ComfyHarness(ComfyClient):
+    """Client for the session's server, with its folders and log."""
+
+    PromptError = ComfyPromptError  # raised by queue_prompt()/run() when validation fails
+
+    def __init__(self, server: ServerHandle):
+        super().__init__(server.base_url)
+        self.server = server
+        self.comfy_dir: Path = server.comfy_dir
+        self.output_dir: Path = server.output_dir
+        self.input_dir: Path = server.input_dir
+        self.temp_dir: Path = server.temp_dir
+        self.log_path: Path = server.log_path
+
+    def log_text(self) -> str:
+        return self.server.log_text()
+
+    def log_tail(self, n: int = 80) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def new_client(self) -> ComfyClient:
+        """Another client (its own websocket client id) on the same server."""
+        return ComfyClient(self.base_url)
+
+
+def provision_comfyui() -> Path:
+    """Run scripts/provision_comfyui.sh; returns the ComfyUI folder (skips/fails if it can't)."""
+    cmd = ["bash", str(SCRIPTS / "provision_comfyui.sh"), "--venv", sys.prefix]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        _unavailable(f"{' '.join(cmd)} failed: {e}")
+    if proc.returncode != 0:
+        _unavailable(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    lines = proc.stdout.strip().splitlines()
+    comfy_dir = Path(lines[-1]) if lines else None
+    if comfy_dir is None or not (comfy_dir / "main.py").is_file():
+        _unavailable(f"provision_comfyui.sh printed no ComfyUI folder: {proc.stdout!r}")
+    return comfy_dir
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """A running ComfyUI (this pack linked as custom_nodes/seedstory); yields ComfyHarness."""
+    missing = [m for m in _COMFY_RUNTIME_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        _unavailable(f"modules {missing} are not installed in {sys.prefix}; run scripts/setup_env.sh")
+    comfy_dir = provision_comfyui()
+    extra = shlex.split(os.environ.get("SEEDSTORY_COMFYUI_ARGS", ""))
+    scratch = tmp_path_factory.mktemp("comfyui")
+    try:
+        server = start(comfy_dir, extra_args=extra, python=sys.executable, scratch_dir=scratch)
+    except ComfyServerError as e:
+        pytest.fail(f"ComfyUI did not start: {e}", pytrace=False)
+    harness = ComfyHarness(server)
+    sys.stderr.write(f"\n[comfy_harness] ComfyUI {server.base_url} (pid {server.pid}), log {server.log_path}\n")
+    try:
+        yield harness
+    finally:
+        alive = server.is_running()
+        code = server.stop()
+        if not alive:
+            sys.stderr.write(f"\n[comfy_harness] ComfyUI had died (exit {code}); log {server.log_path}\n")
