@@ -44,10 +44,10 @@ def load_visual_tokenizer(path: PathLike, config: VisualTokenizerConfig, *, devi
     with torch.device("meta"):
         model = QwenVisualTokenizer(config)
     report = apply_state_dict(model, state, source=str(path), allowed_missing=lambda k: k == "attn_pool.pos_embed")
-    model.to(device=device or "cpu", dtype=dtype)
     if "attn_pool.pos_embed" in report.missing:
-        model.reset_non_persistent()
+        model.reset_non_persistent()  # recomputed on the device the assigned tensors live on
         report.notes.append("attn_pool.pos_embed recomputed (frozen 2-D sin-cos table)")
+    model.to(device=device or "cpu", dtype=dtype)
     return model.eval(), report
 
 
