@@ -151,7 +151,8 @@ class StoryState:
 
     @property
     def num_images(self) -> int:
-        return sum(1 for k in self.kinds if k == TokenKind.EOI) + (1 if self.pending_image is not None and TokenKind.EOI not in self.kinds[-1:] else 0)
+        """Images in the story so far (the start image and every generated one)."""
+        return self.kinds.count(TokenKind.EOI)
 
     def __repr__(self) -> str:
         return (f"StoryState(step={self.step}, tokens={len(self.token_ids)}, kv={self.kv_length}, "
