@@ -97,8 +97,14 @@ def make_batch(cfg: AgentConfig, seed: int = 0):
                 labels += [-100] * len(seg)
             gen_flags.append(target)
             cmp_flags.append(not target)
-        ids.append(2); cmp.append(False); genm.append(False); labels.append(2)
-        rows.append(ids); cmp_rows.append(cmp); gen_rows.append(genm); label_rows.append(labels)
+        ids.append(2)
+        cmp.append(False)
+        genm.append(False)
+        labels.append(2)
+        rows.append(ids)
+        cmp_rows.append(cmp)
+        gen_rows.append(genm)
+        label_rows.append(labels)
     length = max(len(r) for r in rows) + 2
     def pad(r, v):
         return r + [v] * (length - len(r))
