@@ -1,0 +1,196 @@
+"""Stage 2: story instruction tuning of the MLLM agent (spec §2.5, §5, §6 "Stage 2 SFT").
+
+Per micro-batch: ``--batch-size`` random-length story prefixes from the sample builder
+(:mod:`seedstory_core.data.samples`: k = randint(0, n-2), loss on the last caption + target BOI + EOS and the
+cosine regression of the last image), frozen visual-tokenizer features of every kept frame (official squash
+transform ``qwen_448_transform``; computed on the fly and cached in RAM), then ``SeedStoryAgent.forward``:
+total = CE + mean(1 - cos) per token.
+
+Trainable (official): LoRA (r16/alpha32/dropout 0.05 on q,k,v,o,gate,up,down), the RMSNorm copies
+(``modules_to_save``), ``embed_tokens``, ``lm_head`` and both resamplers except their frozen ``pos_embed``.
+``--train-base`` additionally trains every base LLaMA weight (a full fine-tune): a randomly initialised tiny
+LLaMA cannot learn a language through rank-16 LoRA adapters alone, so the tiny model needs it; the official
+7B run does not use it.
+
+Official optimiser defaults: AdamW lr 1e-4, wd 0.05, betas (0.9, 0.98), eps 1e-6, warmup 100, cosine floor 0.05,
+6000 steps, grad-norm clip 1.0, batch 30 per GPU x 8.
+
+Usage::
+
+    python -m training.stage2_instruction --data DIR --init bundle:runs/s1/model --out runs/s2 --train-base
+    accelerate launch --config_file training/configs/accelerate_deepspeed_zero2.yaml \
+        -m training.stage2_instruction --data DIR --init bundle:PATH --out runs/s2 --mixed-precision bf16 \
+        --gradient-checkpointing --batch-size 30
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .common import (
+    FeatureCache,
+    ImageSource,
+    StageTask,
+    base_parser,
+    frozen_dtype,
+    load_init_bundle,
+    load_records,
+    resolve_args,
+    run_training,
+)
+
+DEFAULTS = dict(max_steps=6000, batch_size=30, grad_accum=1, lr=1e-4, weight_decay=0.05, beta1=0.9, beta2=0.98,
+                eps=1e-6, warmup_steps=100, min_lr_ratio=0.05, save_every=3000)
+MAX_TRIES = 50
+
+
+def is_official_trainable(name: str) -> bool:
+    """The official stage-2 trainable set (spec §6), by our agent parameter name."""
+    if "original_module" in name:
+        return False  # peft keeps an unused copy of each wrapped norm (official: requires_grad but no gradient)
+    if name.endswith("pos_embed"):
+        return False
+    return ("lora_" in name or "modules_to_save" in name or "embed_tokens" in name or "lm_head" in name
+            or name.startswith(("input_resampler.", "output_resampler.")))
+
+
+def configure_agent_trainable(agent: nn.Module, train_base: bool = False) -> None:
+    for name, p in agent.named_parameters():
+        trainable = is_official_trainable(name)
+        if train_base and name.startswith("llm.") and "original_module" not in name:
+            trainable = True
+        p.requires_grad_(trainable)
+
+
+class AgentTrainModule(nn.Module):
+    """Wraps the agent for ``accelerator.prepare``: ``forward(**batch)`` -> ``{loss, lm_loss, rec_loss}``."""
+
+    def __init__(self, agent: nn.Module):
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, **batch):
+        out = self.agent(**batch, return_recon_image_embeds=False)
+        return {"loss": out["total_loss"], "lm_loss": out["lm_loss"], "rec_loss": out["rec_loss"]}
+
+
+class StoryBatches:
+    """Random story-prefix batches (spec §5) with cached frozen ViT features; shared by stages 2 and 3."""
+
+    def __init__(self, args, tokenizer, vit, vit_mode: str):
+        from seedstory_core.data.samples import StorySampleBuilder
+
+        self.args = args
+        self.records, root = load_records(args.data, getattr(args, "records", None), args.image_root, args.max_records)
+        self.images = ImageSource(self.records, root)
+        self.cache = FeatureCache(not args.no_feature_cache)
+        self.builder = StorySampleBuilder(tokenizer, max_length=int(args.max_length))
+        self.vit = vit
+        self.vit_mode = vit_mode
+        self.dropped = 0
+
+    def features(self, r: int, f: int) -> torch.Tensor:
+        def compute():
+            return self.vit.encode_images([self.images.open(r, f)], mode=self.vit_mode)[0].float().cpu()
+
+        return self.cache.get((self.images.key(r, f), "vit", self.vit_mode), compute)
+
+    def draw(self, rng: random.Random):
+        """-> (samples, per-sample feature stacks, [(record, frame) of each target])."""
+        samples, feats, targets = [], [], []
+        while len(samples) < int(self.args.batch_size):
+            for _ in range(MAX_TRIES):
+                r = rng.randrange(len(self.records))
+                s = self.builder.sample(self.records[r]["captions"], rng)
+                if s is not None:
+                    break
+                self.dropped += 1
+            else:
+                raise ValueError(f"no sample shorter than --max-length {self.args.max_length} in {MAX_TRIES} draws; raise it.")
+            samples.append(s)
+            feats.append(torch.stack([self.features(r, f) for f in s.image_indices]))
+            targets.append((r, s.image_indices[-1]))
+        return samples, feats, targets
+
+    def collate(self, samples, feats):
+        from seedstory_core.data.samples import collate
+
+        pad_to = int(self.args.max_length) if self.args.pad_to_max_length else None
+        return collate(samples, self.builder.pad_id, pad_to=pad_to, images=feats)
+
+
+def add_story_arguments(p) -> None:
+    g = p.add_argument_group("samples")
+    g.add_argument("--max-length", type=int, default=1280, help="samples with >= this many tokens are dropped (official 1280)")
+    g.add_argument("--pad-to-max-length", action="store_true",
+                   help="pad every batch to --max-length like the official collate (default: to the longest sample; same loss)")
+
+
+class InstructionTask(StageTask):
+    name = "stage2_instruction"
+
+    def __init__(self, args, accelerator):
+        super().__init__(args, accelerator)
+        self.bundle = load_init_bundle(args.init, args.seed)
+        device = accelerator.device
+        vit = self.bundle.visual_tokenizer.to(device=device, dtype=frozen_dtype(accelerator)).eval().requires_grad_(False)
+        self.data = StoryBatches(args, self.bundle.tokenizer, vit, "squash")
+        agent = self.bundle.agent.to(device)
+        configure_agent_trainable(agent, args.train_base)
+        if args.gradient_checkpointing:
+            agent.llm.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.agent = agent.train()
+        self.model = AgentTrainModule(agent)
+        self.device = device
+
+    @property
+    def dropped(self) -> int:
+        return self.data.dropped
+
+    def batch(self, rng: random.Random, gen: torch.Generator) -> Dict[str, Any]:
+        samples, feats, _ = self.data.draw(rng)
+        b = self.data.collate(samples, feats)
+        return {k: v.to(self.device) for k, v in b.items()}
+
+    def trainable_names(self) -> List[str]:
+        return [n for n, p in self.agent.named_parameters() if p.requires_grad]
+
+    def export(self, folder: Path, state_dict: Optional[Mapping[str, torch.Tensor]]) -> None:
+        from accelerate.utils import DistributedType
+
+        if state_dict is not None and self.accelerator.distributed_type == DistributedType.FSDP:
+            self.model.load_state_dict(state_dict)
+        if self.args.gradient_checkpointing:
+            self.agent.llm.base_model.model.gradient_checkpointing_disable()
+        self.agent.eval()
+        self.bundle.save(folder)
+
+
+def build_parser():
+    p = base_parser("python -m training.stage2_instruction", "SEED-Story stage 2: story instruction tuning of the MLLM agent.", DEFAULTS)
+    add_story_arguments(p)
+    p.add_argument("--train-base", action="store_true",
+                   help="also train every base LLaMA weight (full fine-tune; needed for a random tiny LLaMA)")
+    return p
+
+
+def train_stage2(args=None, *, progress: Optional[Callable[[int, int, float], None]] = None,
+                 cancel: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
+    """Run stage 2. ``args``: CLI list, dict of argument names (``records=[...]`` allowed) or Namespace."""
+    ns = resolve_args(build_parser(), args)
+    return run_training(InstructionTask, ns, progress=progress, cancel=cancel)
+
+
+def main(argv=None) -> int:
+    m = train_stage2(argv)
+    print({k: v for k, v in m.items() if k not in ("losses", "trainable")})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
