@@ -260,7 +260,10 @@ class StoryKVLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
         buf = self.buffer
-        if buf.filled != self.length:  # someone else owns the tail: copy our prefix (copy-on-write)
+        # Copy our prefix first (copy-on-write) when someone else owns the tail, or when the buffer was made under
+        # torch.inference_mode (ComfyUI runs nodes there) and we are outside it: such tensors refuse in-place writes.
+        frozen = buf.keys.is_inference() and not torch.is_inference_mode_enabled()
+        if buf.filled != self.length or frozen:
             buf = self._copy_prefix(extra=n)
         elif self.length + n > buf.capacity:
             self._grow(buf, self.length + n)

@@ -206,3 +206,13 @@ def test_run_with_progress_and_context_override(engine, start_features):
     assert seen == [(1, 3), (2, 3), (3, 3)] and final.step == 3 and len(results) == 3
     plain, _ = engine.run(state, 3, decoding=FAST)
     assert plain.step == 3
+
+
+def test_state_made_in_inference_mode_steps_outside_it(engine, start_features):
+    with torch.inference_mode():
+        state = start(engine, start_features, kind="dense")
+    outside = engine.step(state, decoding=FAST)
+    with torch.inference_mode():
+        inside = engine.step(state, decoding=FAST)
+    assert outside.state.token_ids == inside.state.token_ids
+    assert torch.equal(outside.features, inside.features)
