@@ -134,15 +134,22 @@ class SeedStoryBundle:
         return cls(config, tokenizer, vit, agent.eval(), detok.eval())
 
     @classmethod
-    def random_tiny(cls, seed: int = 0, *, base_vocab: int = 1000) -> "SeedStoryBundle":
-        """A seeded random-weight tiny model (tests and the demo before a trained model exists)."""
+    def random_tiny(cls, seed: int = 0, *, base_vocab: int = 1000, tokenizer=None) -> "SeedStoryBundle":
+        """A seeded random-weight tiny model (tests, the demo before a trained model exists, training init).
+
+        ``tokenizer``: a :class:`~seedstory_core.tokenizer.SeedStoryTokenizer` to use (e.g. one trained on the
+        training captions); its base vocabulary sets the model's vocabulary. Default: the built-in tiny tokenizer
+        with ``base_vocab`` pieces.
+        """
         from .agent import SeedStoryAgent
         from .detokenizer import SeedStoryDetokenizer
         from .tokenizer import default_tiny_tokenizer
         from .visual_tokenizer import QwenVisualTokenizer
 
+        if tokenizer is None:
+            tokenizer = default_tiny_tokenizer(base_vocab)
+        base_vocab = tokenizer.vocab_size - 2 - tokenizer.num_img_tokens
         config = tiny_config(base_vocab)
-        tokenizer = default_tiny_tokenizer(base_vocab)
         state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:

@@ -1,0 +1,150 @@
+"""One command that trains the bundled tiny SEED-Story model on StoryStream-mini (CPU, ~1 hour on 2 cores).
+
+    python -m training.tiny_recipe --out runs/tiny --export models/seedstory-tiny
+
+Steps (each a normal training entry point, resumable; ``--scale`` multiplies every step count for smoke runs):
+
+0. data   — StoryStream-mini, ``--stories`` stories of 30 frames (seed ``--data-seed``), chunked into 10-frame
+            stories as the official data (spec §5).
+1. init   — a tokenizer trained on the data's captions (+ the 66 image tokens) and a seeded random tiny model.
+2. vae    — the tiny VAE learns to reconstruct frames (a random VAE has no usable latent space; SD-XL's is given).
+3. stage1 — de-tokenizer pretraining: ViT features -> ResamplerXLV2 -> UNet (full UNet: it starts random).
+4. stage2 — instruction tuning on random-length story prefixes (CE + per-token cosine), base LLaMA trained too
+            (``--train-base``: LoRA alone cannot teach a random LLaMA a language).
+5. stage3 — de-tokenizer adaptation on the frozen stage-2 agent's regressed features (agent in eval mode).
+6. export — the final bundle, a held-out demo start frame/sentence, the attribute probe and ``MODEL_CARD.md``.
+
+Wall-clock per stage and the final losses are written to ``RUN/recipe.json`` and the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+#: (stage, extra CLI arguments) — step counts are scaled by --scale
+STAGES = {
+    "vae": ["--max-steps", "400", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "20"],
+    "stage1": ["--unet-train", "full", "--max-steps", "1500", "--batch-size", "16", "--lr", "5e-4", "--warmup-steps", "50",
+               "--min-lr-ratio", "0.1"],
+    "stage2": ["--train-base", "--max-steps", "900", "--batch-size", "4", "--lr", "5e-4", "--warmup-steps", "50"],
+    "stage3": ["--max-steps", "600", "--batch-size", "4", "--grad-accum", "1", "--lr", "1e-4", "--warmup-steps", "50"],
+}
+HELD_OUT_SEED = 1000
+
+
+def _scaled(args: List[str], scale: float) -> List[str]:
+    out = list(args)
+    for flag in ("--max-steps", "--warmup-steps"):
+        if flag in out:
+            i = out.index(flag) + 1
+            out[i] = str(max(1, int(round(int(out[i]) * scale))))
+    return out
+
+
+def _last_losses(run_dir: Path) -> Dict[str, float]:
+    import csv
+
+    log = run_dir / "train_log.csv"
+    if not log.is_file():
+        return {}
+    rows = list(csv.DictReader(log.open()))
+    if not rows:
+        return {}
+    tail = rows[-min(20, len(rows)):]
+    out = {}
+    for key in tail[0]:
+        if "loss" in key:
+            vals = [float(r[key]) for r in tail if r.get(key) not in (None, "")]
+            if vals:
+                out[key] = sum(vals) / len(vals)
+    first = {k: float(v) for k, v in rows[0].items() if "loss" in k and v not in (None, "")}
+    return {"final_mean_last20": out, "first": first, "steps": len(rows)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.tiny_recipe", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="run folder (data, checkpoints, logs)")
+    parser.add_argument("--export", type=Path, default=None, help="copy the final model bundle here (e.g. models/seedstory-tiny)")
+    parser.add_argument("--stories", type=int, default=400, help="StoryStream-mini training stories (30 frames each)")
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="model init / training seed")
+    parser.add_argument("--vocab", type=int, default=512, help="base vocabulary of the caption tokenizer")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (smoke runs)")
+    parser.add_argument("--stages", default="data,init,vae,stage1,stage2,stage3,export", help="comma list of steps to run")
+    args = parser.parse_args(argv)
+
+    from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.data import mini
+    from seedstory_core.tokenizer import build_tiny_tokenizer
+
+    run = args.out
+    run.mkdir(parents=True, exist_ok=True)
+    record_path = run / "recipe.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
+    steps = [s.strip() for s in args.stages.split(",") if s.strip()]
+    data_dir = run / "data"
+
+    def done(name, t0, **extra):
+        record["stages"][name] = {"seconds": round(time.time() - t0, 1), **extra}
+        record_path.write_text(json.dumps(record, indent=2))
+        print(f"[tiny_recipe] {name}: {record['stages'][name]['seconds']} s", flush=True)
+
+    if "data" in steps:
+        t0 = time.time()
+        mini.generate_dataset(data_dir, seed=args.data_seed, stories=args.stories, size=64, frames=30)
+        done("data", t0, stories=args.stories, seed=args.data_seed)
+
+    if "init" in steps:
+        t0 = time.time()
+        captions = [c for line in (data_dir / "stories.jsonl").read_text().splitlines() if line.strip()
+                    for c in json.loads(line)["captions"]]
+        tokenizer = build_tiny_tokenizer(captions, vocab_size=args.vocab)
+        bundle = SeedStoryBundle.random_tiny(args.seed, tokenizer=tokenizer)
+        bundle.save(run / "init")
+        done("init", t0, vocab=tokenizer.vocab_size)
+
+    previous = run / "init"
+    trainers = {
+        "vae": "training.vae",
+        "stage1": "training.stage1_detokenizer",
+        "stage2": "training.stage2_instruction",
+        "stage3": "training.stage3_adaptation",
+    }
+    for name in ("vae", "stage1", "stage2", "stage3"):
+        out = run / name
+        if name in steps:
+            import importlib
+
+            t0 = time.time()
+            module = importlib.import_module(trainers[name])
+            train = getattr(module, {"vae": "train_vae", "stage1": "train_stage1", "stage2": "train_stage2", "stage3": "train_stage3"}[name])
+            cli = ["--data", str(data_dir), "--init", f"bundle:{previous / 'model' if previous.name != 'init' else previous}",
+                   "--out", str(out), "--seed", str(args.seed), "--save-every", "200"] + _scaled(STAGES[name], args.scale)
+            metrics = train(cli)
+            done(name, t0, args=cli, losses=_last_losses(out),
+                 metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        previous = out
+
+    if "export" in steps and args.export is not None:
+        t0 = time.time()
+        final = run / "stage3" / "model"
+        export = args.export
+        if export.exists():
+            shutil.rmtree(export)
+        shutil.copytree(final, export)
+        story = mini.generate_story(HELD_OUT_SEED, 0)
+        mini.render_story(story, size=64)[0].save(export / "demo_start.png")
+        (export / "demo_start.txt").write_text(story["captions"][0] + "\n")
+        (export / "recipe.json").write_text(json.dumps(record, indent=2))
+        done("export", t0, path=str(export))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
