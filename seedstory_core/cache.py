@@ -194,6 +194,28 @@ def plan_kept_positions(kinds: Sequence[int], policy: CachePolicy) -> List[int]:
 
 
 # ------------------------------------------------------------------------------------------------ RoPE
+def rotation_tables(delta: torch.Tensor, inv_freq: torch.Tensor, *, dtype=torch.float32, device=None):
+    """cos/sin tables (N, D) that move RoPE keys by ``delta`` positions (angles computed in float64 once).
+
+    Args:
+        delta: (N,) int64 position shifts (new minus old; may be negative).
+        inv_freq: (D/2,) RoPE inverse frequencies (default RoPE, no scaling).
+        dtype, device: of the returned tables.
+    """
+    angles = delta.to(torch.float64)[:, None] * inv_freq.to(dtype=torch.float64, device=delta.device)[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(device=device, dtype=dtype), angles.sin().to(device=device, dtype=dtype)
+
+
+def apply_rotation(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, N, D) keys with (N, D) tables (rotate_half convention); computed in the tables' dtype and
+    returned in ``keys``' dtype."""
+    k = keys.to(cos.dtype)
+    half = k.shape[-1] // 2
+    rotated_half = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
+    return (k * cos + rotated_half * sin).to(keys.dtype)
+
+
 def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """Move RoPE-rotated keys by ``delta`` positions (rotate_half convention of transformers' LLaMA).
 
@@ -202,16 +224,12 @@ def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor)
         delta: (N,) int64, new position minus old position of each key (may be negative).
         inv_freq: (D/2,) float, the model's RoPE inverse frequencies (default RoPE, no scaling).
 
-    Returns (B, H, N, D) keys rotated as if encoded at old + delta, in ``keys``' dtype. Computed in float64
-    (angles can be large), so the result matches direct encoding to fp32 rounding.
+    Returns (B, H, N, D) keys rotated as if encoded at old + delta, in ``keys``' dtype. Angles are computed in
+    float64 (they can be large); the rotation itself runs in float32 (float64 for float64 keys).
     """
-    angles = delta.to(torch.float64)[:, None] * inv_freq.to(device=delta.device, dtype=torch.float64)[None, :]
-    angles = torch.cat([angles, angles], dim=-1).to(keys.device)
-    cos, sin = angles.cos(), angles.sin()
-    k = keys.to(torch.float64)
-    half = k.shape[-1] // 2
-    rotated_half = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
-    return (k * cos + rotated_half * sin).to(keys.dtype)
+    work = torch.promote_types(keys.dtype, torch.float32)
+    cos, sin = rotation_tables(delta, inv_freq, dtype=work, device=keys.device)
+    return apply_rotation(keys, cos, sin)
 
 
 # ------------------------------------------------------------------------------------------------ storage
@@ -411,6 +429,16 @@ class StoryKVCache(Cache):
             return
         self._commit(kinds, position_ids[0].tolist())
 
+    def rollback(self, snapshot: CacheMeta) -> None:
+        """Return to an earlier ``self.meta`` snapshot of this same view (tokens appended since are dropped).
+
+        Raises ``ValueError`` when an eviction happened since the snapshot (evicted entries cannot be restored).
+        """
+        if snapshot.evictions != self.meta.evictions or len(snapshot.positions) > self.length:
+            raise ValueError("StoryKVCache.rollback: the cache was evicted or shortened since the snapshot")
+        self._rollback(len(snapshot.positions))
+        self.meta = snapshot
+
     def _rollback(self, length: int) -> None:
         for layer in self.layers:
             if layer.is_initialized and layer.length > length:
@@ -418,26 +446,27 @@ class StoryKVCache(Cache):
 
     def _commit(self, kinds: Tuple[int, ...], rope_positions: List[int]) -> None:
         meta = self.meta
-        positions = list(meta.positions)
-        images = list(meta.images)
+        start = meta.next_position
+        images = meta.images
         open_boi = meta.open_boi
         completed = False
-        for offset, kind in enumerate(kinds):
-            pos = meta.next_position + offset
-            positions.append(pos)
-            if kind == TokenKind.BOI:
-                open_boi = pos
-            elif kind == TokenKind.EOI and open_boi is not None:
-                images.append((open_boi, pos))
-                open_boi = None
-                completed = True
+        if TokenKind.BOI in kinds or TokenKind.EOI in kinds:
+            images = list(images)
+            for offset, kind in enumerate(kinds):
+                if kind == TokenKind.BOI:
+                    open_boi = start + offset
+                elif kind == TokenKind.EOI and open_boi is not None:
+                    images.append((open_boi, start + offset))
+                    open_boi = None
+                    completed = True
+            images = tuple(images)
         self.meta = dataclasses.replace(
             meta,
-            positions=tuple(positions),
+            positions=meta.positions + tuple(range(start, start + len(kinds))),
             rope_positions=meta.rope_positions + tuple(rope_positions),
             kinds=meta.kinds + kinds,
-            images=tuple(images),
-            next_position=meta.next_position + len(kinds),
+            images=images,
+            next_position=start + len(kinds),
             open_boi=open_boi,
         )
         if completed:
@@ -457,18 +486,24 @@ class StoryKVCache(Cache):
             new_rope = old_rope
         delta = torch.tensor([n - o for n, o in zip(new_rope, old_rope)], dtype=torch.long)
         needs_rotation = bool(delta.abs().max() > 0) if len(idx) else False
+        tables = {}  # (device, dtype) -> cos/sin, shared by every layer
+        # The new buffers get headroom for roughly one more story step; an append past it grows them (doubling).
+        capacity = len(idx) + max(128, len(idx) // 4)
         for layer in self.layers:
             if not layer.is_initialized:
                 continue
             keys, values = layer.view()
             index = torch.tensor(idx, dtype=torch.long, device=keys.device)
+            buf = _Buffer.allocate(keys, capacity)
+            torch.index_select(values, 2, index, out=buf.values[:, :, : len(idx)])
             kept_k = keys.index_select(2, index)
-            kept_v = values.index_select(2, index)
             if needs_rotation:
-                kept_k = rotate_keys(kept_k, delta.to(keys.device), self.inv_freq)
-            buf = _Buffer.allocate(kept_k, max(64, 2 * len(idx)))
+                work = torch.promote_types(keys.dtype, torch.float32)
+                key = (keys.device, work)
+                if key not in tables:
+                    tables[key] = rotation_tables(delta, self.inv_freq, dtype=work, device=keys.device)
+                kept_k = apply_rotation(kept_k, *tables[key])
             buf.keys[:, :, : len(idx)] = kept_k
-            buf.values[:, :, : len(idx)] = kept_v
             buf.filled = len(idx)
             layer.buffer, layer.length = buf, len(idx)
         self.meta = dataclasses.replace(

@@ -120,8 +120,12 @@ def logits_at(agent, hidden: torch.Tensor) -> torch.Tensor:
     return agent.lm_head(hidden).float()
 
 
-def image_query_pass(agent, cache: StoryKVCache, image: ImageTokens, *, commit: bool = False) -> Dict[str, torch.Tensor]:
-    """One forward over [BOI, IMG_0..IMG_{n-1}] (+ EOI when ``commit``) with their word embeddings.
+def image_query_pass(agent, cache: StoryKVCache, image: ImageTokens, *, commit: bool = False, forced: bool = False) -> Dict[str, torch.Tensor]:
+    """The image queries: [BOI, IMG_0..IMG_{n-1}] (+ EOI when ``commit``) with their word embeddings.
+
+    ``forced=False`` (the engine): ONE forward over the whole run — once BOI is chosen the rest is fixed.
+    ``forced=True`` (the official loop, spec §2.6): one decode step per token, computing the logits of every step
+    as HF ``generate`` with the forcing processor does; used by the ``reencode_window`` baseline.
 
     Returns ``{'hidden': (1, n, D) hidden states at the IMG input positions, 'features': (1, T, D)
     output_resampler(hidden), 'all_hidden': hidden states of every fed token}``. With ``commit=False`` the cache
@@ -131,7 +135,18 @@ def image_query_pass(agent, cache: StoryKVCache, image: ImageTokens, *, commit: 
     kinds = [TokenKind.BOI] + [TokenKind.IMG] * len(image.img) + ([TokenKind.EOI] if commit else [])
     device = agent.lm_head.weight.device
     embeds = agent.embed_tokens(torch.tensor([ids], dtype=torch.long, device=device))
-    hidden = forward_chunk(agent, cache, embeds, kinds, commit=commit)
+    if not forced:
+        hidden = forward_chunk(agent, cache, embeds, kinds, commit=commit)
+    else:
+        snapshot = cache.meta
+        steps = []
+        for j, kind in enumerate(kinds):
+            h = forward_chunk(agent, cache, embeds[:, j : j + 1], [kind])
+            logits_at(agent, h[:, -1])  # the official loop scores every forced step
+            steps.append(h)
+        hidden = torch.cat(steps, dim=1)
+        if not commit:
+            cache.rollback(snapshot)
     n = len(image.img)
     img_hidden = hidden[:, 1 : 1 + n]
     features = agent.output_resampler(img_hidden)

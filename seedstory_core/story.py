@@ -15,7 +15,8 @@ Prompt layout exactly as training (SEED_STORY_SPEC.md §5): ``[BOS] cap0 <img>IM
    (1, 256, 4096) regressed ViT features at full size (spec §2.6).
 
 ``reencode_window=True`` reproduces the official loop instead (gen_george.py): every step rebuilds
-``[BOS] + window prompt`` and re-encodes it from scratch (no KV reuse) — a baseline for benchmarks and ablations.
+``[BOS] + window prompt`` and re-encodes it from scratch (no KV reuse), and the 64 IMG tokens + EOI are forced one
+decode step at a time — a baseline for benchmarks and ablations.
 
 States are immutable values: a step never changes its input, so ComfyUI may hand one state to several branches
 and keep it in its cache. KV buffers are shared copy-on-write (:mod:`seedstory_core.cache`).
@@ -86,8 +87,8 @@ class StorySettings:
 
     Attributes:
         policy: the KV-cache policy (:class:`~seedstory_core.cache.CachePolicy`).
-        reencode_window: the official baseline (re-encode the whole window every step; ``policy.window_images``
-            is the window). The cache policy kind is then ignored.
+        reencode_window: the official baseline (re-encode the whole window every step, ``policy.window_images``
+            being the window, and force the image tokens one decode step at a time). The policy kind is ignored.
     """
 
     policy: CachePolicy = field(default_factory=CachePolicy)
@@ -445,7 +446,8 @@ class StoryEngine:
         if mode == "generation":
             forced_boi = self._decode_text(state, cache, logits, sentence_ids, decoding, check_cancel, on_text)
         check_cancel()
-        query = image_query_pass(self.agent, cache, self.image, commit=False)
+        # The official loop (reencode_window baseline) forces the image tokens one decode step at a time.
+        query = image_query_pass(self.agent, cache, self.image, commit=False, forced=state.settings.reencode_window)
         features = query["features"]
         check_cancel()
 
@@ -469,7 +471,7 @@ class StoryEngine:
         generator = None
         if decoding.do_sample:
             generator = torch.Generator(device="cpu").manual_seed((decoding.seed * 1_000_003 + state.step) % (2**63))
-        history = [t for t, k in zip(state.token_ids, state.kinds) if k == TokenKind.TEXT]
+        history = [t for t, k in zip(state.token_ids, state.kinds) if k == TokenKind.TEXT] if decoding.repetition_penalty != 1.0 else []
         last = self.image.eoi
         generated_text = 0
         while True:

@@ -85,6 +85,11 @@ def test_one_pass_image_queries_equal_forced_decoding(engine, start_features):
         forced_hidden = torch.stack(forced[1:], dim=1)
     assert (one["hidden"] - forced_hidden).abs().max() <= 1e-5
     assert (one["features"] - agent.output_resampler(forced_hidden)).abs().max() <= 1e-5
+    with torch.no_grad():  # the official loop's forced path (reencode_window baseline) gives the same and restores
+        before = cache.meta
+        official = image_query_pass(agent, cache, image, commit=False, forced=True)
+    assert cache.meta == before and cache.length == state.cache.length + 66
+    assert (official["features"] - one["features"]).abs().max() <= 1e-5
 
 
 def test_fork_safety_both_orders_equal_isolated(engine, start_features):
