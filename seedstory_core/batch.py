@@ -1,0 +1,974 @@
+"""seedstory-batch: run many SEED-Story jobs through one or more ComfyUI servers (HTTP API + websocket).
+
+Usage::
+
+    seedstory-batch jobs.jsonl -o OUT [--server URL ...] [--template FILE] [--force] ...
+    python -m seedstory_core.batch --help
+
+jobs.jsonl has one JSON object per line (blank lines and lines starting with '#' are ignored)::
+
+    {"id": "boat", "image": "start.png", "text": "A little red boat sets out.", "frames": 3, "seed": 7}
+    {"image": "start.png", "text": "George woke up.", "captions": ["He ate.", "He played."], "seed": 1}
+    {"image": "start.png", "text": "Hi.", "frames": 2, "overrides": {"3.diffusion_steps": 4, "SeedStory Save Story.title": "T"}}
+
+For every job: the start image is uploaded (POST /upload/image, a per-job name, overwrite), the API-format
+template is filled (LoadImage.image, SeedStoryGenerateStory.opening_text/story_steps/seed/captions/mode,
+SeedStorySaveStory.filename_prefix, then the overrides), the prompt is queued (POST /prompt), followed over the
+websocket (a tqdm bar over frames x diffusion steps), and its outputs (/history -> /view: the frames, the texts
+and the storybook's index.html + story.json) are downloaded into OUT/<job id>/. OUT/summary.json is rewritten
+after every job. The library depends only on ``requests``, ``websocket-client`` and ``tqdm``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import queue
+import re
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TEMPLATE_DIR = PACKAGE_ROOT / "workflows" / "api"
+DEFAULT_TEMPLATE = "seedstory_tiny_story.json"
+CAPTIONS_TEMPLATE = "seedstory_visualize_captions.json"
+DEFAULT_SERVER = "http://127.0.0.1:8188"
+SUMMARY_NAME = "summary.json"
+
+GENERATE_CLASS = "SeedStoryGenerateStory"
+SAVE_CLASS = "SeedStorySaveStory"
+LOAD_IMAGE_CLASS = "LoadImage"
+
+# statuses in summary.json
+OK, ERROR, INVALID, INTERRUPTED = "ok", "error", "invalid", "interrupted"
+
+# exit codes
+EXIT_OK, EXIT_JOBS_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class JobInvalid(ValueError):
+    """The job cannot be queued as given (bad JSON fields, an override naming a missing input, ...)."""
+
+
+class PromptRefused(RuntimeError):
+    """POST /prompt refused the prompt (validation): ``node_errors`` has the details."""
+
+    def __init__(self, status_code: int, body: Any):
+        self.status_code = status_code
+        self.body = body if isinstance(body, dict) else {"error": {"message": str(body)}}
+        self.node_errors = self.body.get("node_errors") or {}
+        super().__init__(describe_refusal(self.body))
+
+
+class ExecutionFailed(RuntimeError):
+    """The prompt ran and failed (``execution_error``) or was interrupted (``execution_interrupted``)."""
+
+    def __init__(self, status: str, message: str, details: Optional[dict] = None):
+        self.status = status
+        self.details = details or {}
+        super().__init__(message)
+
+
+class ServerGone(RuntimeError):
+    """The server stayed unreachable through every retry."""
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+@dataclasses.dataclass
+class Job:
+    id: str
+    line: int
+    image: Optional[Path] = None
+    text: Optional[str] = None
+    frames: Optional[int] = None
+    seed: Optional[int] = None
+    captions: Optional[List[str]] = None
+    overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    template: Optional[str] = None  # per-job template (optional field "template")
+    invalid: Optional[str] = None  # set when the line itself is unusable
+
+
+_JOB_KEYS = {"id", "image", "text", "frames", "seed", "captions", "overrides", "template"}
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(job_id: str) -> str:
+    """A file-system-safe version of a job id (used for OUT/<id>/, upload names and filename prefixes)."""
+    s = _SAFE.sub("_", str(job_id)).strip("._") or "job"
+    return s[:80]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def parse_job(obj: Any, line: int, base_dir: Path) -> Job:
+    """One JSONL record -> Job (``invalid`` set instead of raising, so the batch goes on)."""
+    if not isinstance(obj, dict):
+        return Job(id=str(line), line=line, invalid=f"line {line}: expected a JSON object, got {type(obj).__name__}")
+    job = Job(id=str(obj.get("id", line)), line=line)
+    problems = []
+    unknown = sorted(set(obj) - _JOB_KEYS)
+    if unknown:
+        problems.append(f"unknown field(s) {unknown} (known: {sorted(_JOB_KEYS)})")
+    if ("id" in obj and not isinstance(obj["id"], (str, int))) or str(job.id).strip() == "":
+        problems.append(f"'id' must be a non-empty string or integer, got {obj.get('id')!r}")
+    image = obj.get("image")
+    if not isinstance(image, str) or not image:
+        problems.append("'image' (path to the start image) is required")
+    else:
+        p = Path(image).expanduser()
+        if not p.is_absolute():
+            p = base_dir / p if (base_dir / p).exists() or not p.exists() else p.resolve()
+        job.image = p
+        if not p.is_file():
+            problems.append(f"image {image!r} not found (looked at {p})")
+    text = obj.get("text")
+    if not isinstance(text, str):
+        problems.append("'text' (the opening sentence) is required and must be a string")
+    else:
+        job.text = text  # an empty/blank text is left for the server to refuse (node_errors)
+    if "frames" in obj:
+        if not _is_int(obj["frames"]) or obj["frames"] < 1:
+            problems.append(f"'frames' must be an integer >= 1, got {obj['frames']!r}")
+        else:
+            job.frames = obj["frames"]
+    if "seed" in obj:
+        if not _is_int(obj["seed"]) or obj["seed"] < 0:
+            problems.append(f"'seed' must be an integer >= 0, got {obj['seed']!r}")
+        else:
+            job.seed = obj["seed"]
+    if "captions" in obj and obj["captions"] is not None:
+        caps = obj["captions"]
+        if not isinstance(caps, list) or not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+            problems.append("'captions' must be a non-empty list of non-empty strings (one per frame)")
+        elif any("\n" in c for c in caps):
+            problems.append("a caption may not contain a newline (captions are sent one per line)")
+        else:
+            job.captions = [c.strip() for c in caps]
+            if job.frames is None:
+                job.frames = len(job.captions)
+            elif job.frames > len(job.captions):
+                problems.append(f"'frames'={job.frames} but only {len(job.captions)} caption(s): "
+                                "visualization needs one caption per frame")
+    if "overrides" in obj:
+        if not isinstance(obj["overrides"], dict):
+            problems.append("'overrides' must be an object {\"<node id or title>.<input>\": value}")
+        else:
+            job.overrides = dict(obj["overrides"])
+    if "template" in obj:
+        if not isinstance(obj["template"], str):
+            problems.append("'template' must be a path")
+        else:
+            job.template = obj["template"]
+    if problems:
+        job.invalid = f"job {job.id} (line {line}): " + "; ".join(problems)
+    return job
+
+
+def load_jobs(path: Path) -> List[Job]:
+    """Read a JSONL job file. Unparseable lines become invalid jobs; duplicate ids are an error (ValueError)."""
+    path = Path(path)
+    base = path.resolve().parent
+    jobs: List[Job] = []
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        s = raw.strip()
+        if not s or s.startswith("#"):
+            continue
+        try:
+            obj = json.loads(s)
+        except json.JSONDecodeError as e:
+            jobs.append(Job(id=str(n), line=n, invalid=f"line {n}: not valid JSON: {e}"))
+            continue
+        jobs.append(parse_job(obj, n, base))
+    seen: Dict[str, int] = {}
+    for j in jobs:
+        if j.id in seen:
+            raise ValueError(f"{path}: duplicate job id {j.id!r} (lines {seen[j.id]} and {j.line})")
+        seen[j.id] = j.line
+    safe_seen: Dict[str, str] = {}
+    for j in jobs:
+        s = safe_name(j.id)
+        if s in safe_seen and safe_seen[s] != j.id:
+            raise ValueError(f"{path}: job ids {safe_seen[s]!r} and {j.id!r} map to the same folder name {s!r}")
+        safe_seen[s] = j.id
+    return jobs
+
+
+# ------------------------------------------------------------------------------------------------ templates
+def resolve_template(name: Optional[str], captions: bool = False) -> Path:
+    """A template path: explicit file, a name in workflows/api/, or the default for the mode."""
+    if not name:
+        name = CAPTIONS_TEMPLATE if captions else DEFAULT_TEMPLATE
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    # the pack's own templates (editable install / ComfyUI custom_nodes checkout), then ./workflows/api
+    for folder in (DEFAULT_TEMPLATE_DIR, Path.cwd() / "workflows" / "api"):
+        for cand in (folder / name, folder / f"{name}.json"):
+            if cand.is_file():
+                return cand
+    raise FileNotFoundError(f"template {name!r} not found (neither a file nor in {DEFAULT_TEMPLATE_DIR})")
+
+
+def load_template(path: Path) -> dict:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not data or not all(
+            isinstance(v, dict) and "class_type" in v for v in data.values()):
+        raise ValueError(f"{path} is not an API-format workflow ({{id: {{class_type, inputs}}}}); "
+                         "export it with 'Export (API)' in ComfyUI")
+    return data
+
+
+def nodes_of(prompt: dict, class_type: str) -> List[str]:
+    return sorted((k for k, v in prompt.items() if v.get("class_type") == class_type), key=_node_sort_key)
+
+
+def _node_sort_key(k: str):
+    return (0, int(k), "") if str(k).isdigit() else (1, 0, str(k))
+
+
+def resolve_node(prompt: dict, ref: str) -> str:
+    """Node id for ``ref`` (an id, else a unique ``_meta.title``); JobInvalid otherwise."""
+    if ref in prompt:
+        return ref
+    hits = [k for k, v in prompt.items() if (v.get("_meta") or {}).get("title") == ref]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise JobInvalid(f"node title {ref!r} is ambiguous (nodes {sorted(hits, key=_node_sort_key)}); use the node id")
+    known = ", ".join(f"{k} ({(v.get('_meta') or {}).get('title') or v['class_type']})"
+                      for k, v in sorted(prompt.items(), key=lambda kv: _node_sort_key(kv[0])))
+    raise JobInvalid(f"no node {ref!r} in the template (nodes: {known})")
+
+
+def allowed_inputs(node: dict, object_info: Optional[dict] = None) -> set:
+    """Input names a node accepts: those in the template, plus required/optional ones from /object_info."""
+    names = set((node.get("inputs") or {}).keys())
+    info = (object_info or {}).get(node.get("class_type"))
+    if info:
+        for section in ("required", "optional"):
+            names.update((info.get("input") or {}).get(section, {}).keys())
+    return names
+
+
+def apply_overrides(prompt: dict, overrides: Dict[str, Any], object_info: Optional[dict] = None) -> List[str]:
+    """Set ``"<node id or title>.<input>": value`` pairs in ``prompt`` (in place). Every key is checked first;
+    JobInvalid lists all bad ones. Returns the applied keys as ``id.input``."""
+    problems, plan = [], []
+    for key, value in overrides.items():
+        if not isinstance(key, str) or "." not in key:
+            problems.append(f"override {key!r} must look like '<node id or title>.<input name>'")
+            continue
+        ref, name = key.rsplit(".", 1)
+        try:
+            nid = resolve_node(prompt, ref)
+        except JobInvalid as e:
+            problems.append(f"override {key!r}: {e}")
+            continue
+        node = prompt[nid]
+        ok = allowed_inputs(node, object_info)
+        if name not in ok:
+            problems.append(f"override {key!r}: node {nid} ({node['class_type']}) has no input {name!r} "
+                            f"(inputs: {', '.join(sorted(ok))})")
+            continue
+        plan.append((nid, name, value))
+    if problems:
+        raise JobInvalid("; ".join(problems))
+    for nid, name, value in plan:
+        prompt[nid].setdefault("inputs", {})[name] = value
+    return [f"{nid}.{name}" for nid, name, _ in plan]
+
+
+def job_prefix(job: Job) -> str:
+    return f"seedstory_batch/{safe_name(job.id)}/story"
+
+
+def upload_name(job: Job, data: bytes) -> str:
+    ext = (job.image.suffix.lower() if job.image else "") or ".png"
+    return f"seedstory_batch_{safe_name(job.id)}_{hashlib.sha256(data).hexdigest()[:10]}{ext}"
+
+
+def build_prompt(template: dict, job: Job, image_name: Optional[str] = None,
+                 object_info: Optional[dict] = None) -> dict:
+    """Fill a copy of the API-format ``template`` for ``job``. Raises JobInvalid."""
+    if job.invalid:
+        raise JobInvalid(job.invalid)
+    prompt = copy.deepcopy(template)
+    loads = nodes_of(prompt, LOAD_IMAGE_CLASS)
+    gens = nodes_of(prompt, GENERATE_CLASS)
+    saves = nodes_of(prompt, SAVE_CLASS)
+    if not loads:
+        raise JobInvalid(f"the template has no {LOAD_IMAGE_CLASS} node for the start image")
+    if not gens:
+        raise JobInvalid(f"the template has no {GENERATE_CLASS} node")
+    for nid in loads:
+        prompt[nid]["inputs"]["image"] = image_name or (job.image.name if job.image else "")
+    for nid in gens:
+        inp = prompt[nid]["inputs"]
+        inp["opening_text"] = job.text
+        if job.frames is not None:
+            inp["story_steps"] = job.frames
+        if job.seed is not None:
+            inp["seed"] = job.seed
+        if job.captions is not None:
+            inp["captions"] = "\n".join(job.captions)
+            inp["mode"] = "visualization"
+    for nid in saves:
+        prompt[nid]["inputs"]["filename_prefix"] = job_prefix(job) if len(saves) == 1 else f"{job_prefix(job)}_{nid}"
+    apply_overrides(prompt, job.overrides, object_info)
+    return prompt
+
+
+def total_progress(prompt: dict) -> int:
+    """Expected progress units of the Generate Story nodes: frames x diffusion steps (0 when unknown)."""
+    total = 0
+    for nid in nodes_of(prompt, GENERATE_CLASS):
+        inp = prompt[nid]["inputs"]
+        s, d = inp.get("story_steps"), inp.get("diffusion_steps")
+        if _is_int(s) and _is_int(d):
+            total += s * d
+    return total
+
+
+# ------------------------------------------------------------------------------------------------ messages
+def describe_node_errors(node_errors: dict, prompt: Optional[dict] = None) -> List[str]:
+    """One line per failed input: ``node 3 (SeedStoryGenerateStory) input 'opening_text': message: details``."""
+    lines = []
+    for nid, entry in sorted((node_errors or {}).items(), key=lambda kv: _node_sort_key(kv[0])):
+        cls = entry.get("class_type") or ((prompt or {}).get(nid) or {}).get("class_type") or "?"
+        for err in entry.get("errors") or [{}]:
+            name = (err.get("extra_info") or {}).get("input_name") or err.get("details") or "?"
+            msg = err.get("message") or err.get("type") or "error"
+            details = err.get("details") or ""
+            text = f"node {nid} ({cls}) input '{name}': {msg}"
+            if details and details != name:
+                text += f": {details}"
+            lines.append(text)
+    return lines
+
+
+def describe_refusal(body: dict) -> str:
+    err = body.get("error") or {}
+    head = err.get("message") if isinstance(err, dict) else str(err)
+    head = head or "prompt refused"
+    if isinstance(err, dict) and err.get("details"):
+        head += f" ({err['details']})"
+    lines = describe_node_errors(body.get("node_errors") or {})
+    return head + ("" if not lines else ": " + "; ".join(lines))
+
+
+def describe_execution_error(data: dict) -> str:
+    return (f"node {data.get('node_id')} ({data.get('node_type')}) raised {data.get('exception_type', 'an error')}: "
+            f"{str(data.get('exception_message', '')).strip()}")
+
+
+# ------------------------------------------------------------------------------------------------ transport
+class Transport:
+    """HTTP + websocket access to one ComfyUI server (requests + websocket-client). Tests swap in a fake."""
+
+    def __init__(self, base_url: str, client_id: Optional[str] = None, timeout: float = 60.0):
+        import requests
+
+        self.base_url = base_url.rstrip("/")
+        if "://" not in self.base_url:
+            self.base_url = "http://" + self.base_url
+        self.client_id = client_id or uuid.uuid4().hex
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    def _json(self, r):
+        r.raise_for_status()
+        return r.json()
+
+    def object_info(self) -> dict:
+        return self._json(self.session.get(self._url("/object_info"), timeout=self.timeout))
+
+    def upload_image(self, data: bytes, name: str) -> dict:
+        r = self.session.post(self._url("/upload/image"), files={"image": (name, data, "application/octet-stream")},
+                              data={"overwrite": "true", "type": "input"}, timeout=self.timeout)
+        return self._json(r)
+
+    def post_prompt(self, prompt: dict, prompt_id: Optional[str] = None) -> dict:
+        body = {"prompt": prompt, "client_id": self.client_id}
+        if prompt_id:
+            body["prompt_id"] = prompt_id
+        r = self.session.post(self._url("/prompt"), json=body, timeout=self.timeout)
+        if r.status_code >= 400:
+            try:
+                payload = r.json()
+            except ValueError:
+                payload = {"error": {"message": f"HTTP {r.status_code}: {r.text[:2000]}"}}
+            if r.status_code >= 500:
+                payload.setdefault("error", {"message": f"HTTP {r.status_code}"})
+            raise PromptRefused(r.status_code, payload)
+        return r.json()
+
+    def history(self, prompt_id: str) -> Optional[dict]:
+        data = self._json(self.session.get(self._url(f"/history/{prompt_id}"), timeout=self.timeout))
+        return data.get(prompt_id)
+
+    def queue(self) -> dict:
+        return self._json(self.session.get(self._url("/queue"), timeout=self.timeout))
+
+    def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
+        r = self.session.get(self._url("/view"), params={"filename": filename, "subfolder": subfolder, "type": type},
+                             timeout=self.timeout)
+        r.raise_for_status()
+        return r.content
+
+    def interrupt(self, prompt_id: str) -> None:
+        self.session.post(self._url("/interrupt"), json={"prompt_id": prompt_id}, timeout=self.timeout)
+        self.session.post(self._url("/queue"), json={"delete": [prompt_id]}, timeout=self.timeout)
+
+    def connect_ws(self, timeout: float = 30.0):
+        import websocket
+
+        ws_url = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        ws = websocket.WebSocket()
+        ws.connect(f"{ws_url}/ws?clientId={self.client_id}", timeout=timeout)
+        return ws
+
+
+def connection_errors() -> Tuple[type, ...]:
+    """Exceptions that mean 'the server went away' (retry), as opposed to answers."""
+    import requests
+    import websocket
+
+    return (requests.ConnectionError, requests.Timeout, websocket.WebSocketException, ConnectionError,
+            TimeoutError, OSError)
+
+
+# ------------------------------------------------------------------------------------------------ running
+@dataclasses.dataclass
+class RetryPolicy:
+    retries: int = 5  # reconnect attempts per job after a connection loss
+    backoff: float = 1.0  # first wait (s); doubles each attempt
+    max_backoff: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_backoff, self.backoff * (2 ** attempt))
+
+
+@dataclasses.dataclass
+class Options:
+    out_dir: Path
+    template: Optional[str] = None
+    force: bool = False
+    timeout: float = 3600.0  # per job, seconds of execution
+    poll: float = 5.0  # seconds of websocket silence before /history is polled
+    progress: bool = True
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+
+
+class JobRunner:
+    """Runs jobs on one server: upload, queue, follow, download; retries on connection loss."""
+
+    def __init__(self, transport: Transport, opts: Options, position: int = 0,
+                 stop: Optional[threading.Event] = None, log: Callable[[str], None] = None):
+        self.t = transport
+        self.opts = opts
+        self.position = position
+        self.stop = stop or threading.Event()
+        self.log = log or _log
+        self._object_info: Optional[dict] = None
+        self._conn_errors = connection_errors()
+
+    # ---- helpers ------------------------------------------------------------------------------------------
+    def object_info(self) -> Optional[dict]:
+        if self._object_info is None:
+            try:
+                self._object_info = self.t.object_info()
+            except self._conn_errors:
+                raise
+            except Exception:  # noqa: BLE001 - an old server without /object_info: validate against the template
+                self._object_info = {}
+        return self._object_info
+
+    def _bar(self, job: Job, total: int):
+        if not self.opts.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total or None, desc=f"job {job.id}", unit="step", position=self.position,
+                    leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    # ---- one job --------------------------------------------------------------------------------------------
+    def run(self, job: Job) -> dict:
+        """Run ``job``; returns its summary record (never raises for job-level problems)."""
+        t0 = time.monotonic()
+        rec: Dict[str, Any] = {"id": job.id, "line": job.line, "server": self.t.base_url, "status": None,
+                               "error": None, "node_errors": None, "prompt_id": None, "outputs": [],
+                               "storybook": None, "local_storybook": None, "texts": [], "attempts": 0}
+        try:
+            if job.invalid:
+                raise JobInvalid(job.invalid)
+            template_path = resolve_template(job.template or self.opts.template, captions=job.captions is not None)
+            rec["template"] = str(template_path)
+            template = load_template(template_path)
+            self._run_with_retries(job, template, rec)
+            rec["status"] = OK
+        except JobInvalid as e:
+            rec.update(status=INVALID, error=str(e))
+        except PromptRefused as e:
+            rec.update(status=INVALID if e.status_code < 500 else ERROR, error=str(e), node_errors=e.node_errors)
+            rec["node_error_lines"] = describe_node_errors(e.node_errors)
+        except ExecutionFailed as e:
+            rec.update(status=e.status, error=str(e), execution_error=e.details or None)
+        except ServerGone as e:
+            rec.update(status=ERROR, error=str(e), server_gone=True)
+        except (FileNotFoundError, ValueError) as e:
+            rec.update(status=INVALID, error=str(e))
+        except Exception as e:  # noqa: BLE001 - one broken job must not stop the batch
+            rec.update(status=ERROR, error=f"{type(e).__name__}: {e}")
+        rec["seconds"] = round(time.monotonic() - t0, 3)
+        return rec
+
+    def _run_with_retries(self, job: Job, template: dict, rec: dict) -> None:
+        pol = self.opts.retry
+        last: Optional[BaseException] = None
+        prompt: Optional[dict] = None
+        for attempt in range(pol.retries + 1):
+            rec["attempts"] = attempt + 1
+            if self.stop.is_set():
+                raise ExecutionFailed(INTERRUPTED, "stopped before the job finished (Ctrl-C)")
+            try:
+                ws = self.t.connect_ws()
+                try:
+                    if prompt is None:
+                        image_bytes = job.image.read_bytes()
+                        prompt = build_prompt(template, job, upload_name(job, image_bytes), self.object_info())
+                        rec["total_steps"] = total_progress(prompt)
+                    entry = None
+                    if rec["prompt_id"]:
+                        # reconnected: did it finish (or is it still queued/running) before re-queueing?
+                        entry = self.t.history(rec["prompt_id"])
+                        if entry is not None and (entry.get("status") or {}).get("completed") is None:
+                            entry = None  # listed but not finished: follow it
+                        if entry is not None:
+                            entry = self._checked(entry, None)
+                        elif not self._in_queue(rec["prompt_id"]):
+                            self.log(f"[batch] job {job.id}: prompt {rec['prompt_id']} is unknown to "
+                                     f"{self.t.base_url} (server restarted?); queueing it again")
+                            rec["prompt_id"] = None
+                    if rec["prompt_id"] is None:
+                        up = self.t.upload_image(image_bytes, upload_name(job, image_bytes))
+                        name = up.get("name") or upload_name(job, image_bytes)
+                        if up.get("subfolder"):
+                            name = f"{up['subfolder']}/{name}"
+                        for nid in nodes_of(prompt, LOAD_IMAGE_CLASS):
+                            prompt[nid]["inputs"]["image"] = name
+                        queued = self.t.post_prompt(prompt)
+                        rec["prompt_id"] = queued["prompt_id"]
+                        if queued.get("node_errors"):
+                            rec["node_errors"] = queued["node_errors"]
+                            rec["node_error_lines"] = describe_node_errors(queued["node_errors"], prompt)
+                    if entry is None:
+                        entry = self._follow(ws, job, rec["prompt_id"], rec.get("total_steps") or 0)
+                finally:
+                    try:
+                        ws.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                self._finish(job, entry, rec, prompt)
+                return
+            except self._conn_errors as e:
+                last = e
+                if attempt >= pol.retries:
+                    break
+                wait = pol.delay(attempt)
+                self.log(f"[batch] job {job.id}: connection to {self.t.base_url} lost ({type(e).__name__}: {e}); "
+                         f"retry {attempt + 1}/{pol.retries} in {wait:.1f} s")
+                pol.sleep(wait)
+        raise ServerGone(f"server {self.t.base_url} unreachable after {pol.retries + 1} attempt(s): "
+                         f"{type(last).__name__}: {last}")
+
+    def _in_queue(self, prompt_id: str) -> bool:
+        q = self.t.queue()
+        return any(len(item) > 1 and item[1] == prompt_id
+                   for key in ("queue_running", "queue_pending") for item in q.get(key, []))
+
+    def _follow(self, ws, job: Job, prompt_id: str, total: int) -> dict:
+        """Read the websocket until the prompt is done; returns its /history entry."""
+        bar = self._bar(job, total)
+        deadline = time.monotonic() + self.opts.timeout
+        last_msg = time.monotonic()
+        done_units: Dict[str, int] = {}
+        interrupted_sent = False
+        import websocket
+
+        try:
+            while True:
+                if self.stop.is_set() and not interrupted_sent:
+                    interrupted_sent = True
+                    try:
+                        self.t.interrupt(prompt_id)
+                    except Exception:  # noqa: BLE001
+                        pass
+                if time.monotonic() > deadline:
+                    try:
+                        self.t.interrupt(prompt_id)
+                    except Exception:  # noqa: BLE001
+                        pass
+                    raise ExecutionFailed(ERROR, f"prompt {prompt_id} did not finish within {self.opts.timeout:.0f} s "
+                                                 "(interrupted)")
+                try:
+                    ws.settimeout(1.0)
+                    frame = ws.recv()
+                except websocket.WebSocketTimeoutException:
+                    frame = None
+                if frame is None or frame == "":
+                    if frame == "":
+                        raise websocket.WebSocketConnectionClosedException("websocket closed by the server")
+                    if time.monotonic() - last_msg >= self.opts.poll:
+                        last_msg = time.monotonic()
+                        entry = self.t.history(prompt_id)  # guards against missed 'done' messages
+                        if entry is not None and (entry.get("status") or {}).get("completed") is not None:
+                            return self._checked(entry, None)
+                        if entry is None and interrupted_sent and not self._in_queue(prompt_id):
+                            raise ExecutionFailed(INTERRUPTED, f"prompt {prompt_id} removed from the queue (Ctrl-C)")
+                    continue
+                last_msg = time.monotonic()
+                if isinstance(frame, (bytes, bytearray)):
+                    continue  # previews / streamed text: not needed here
+                msg = json.loads(frame)
+                data = msg.get("data") or {}
+                if data.get("prompt_id") != prompt_id:
+                    continue
+                kind = msg.get("type")
+                if kind == "progress" and bar is not None:
+                    node = str(data.get("node"))
+                    done_units[node] = int(data.get("value", 0))
+                    if not total and data.get("max"):
+                        bar.total = int(data["max"])
+                    bar.n = sum(done_units.values()) if total else int(data.get("value", 0))
+                    bar.refresh()
+                elif kind == "execution_error":
+                    return self._checked(self.t.history(prompt_id) or {}, ("error", data))
+                elif kind == "execution_interrupted":
+                    return self._checked(self.t.history(prompt_id) or {}, ("interrupted", data))
+                elif kind == "executing" and data.get("node") is None:
+                    entry = self.t.history(prompt_id)
+                    if entry is None:
+                        raise ExecutionFailed(ERROR, f"prompt {prompt_id} finished but is not in /history")
+                    return self._checked(entry, None)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _checked(self, entry: dict, ws_failure: Optional[Tuple[str, dict]]) -> dict:
+        if ws_failure is None:
+            for m in (entry.get("status") or {}).get("messages") or []:
+                if isinstance(m, list) and len(m) == 2 and m[0] in ("execution_error", "execution_interrupted"):
+                    ws_failure = ("error" if m[0] == "execution_error" else "interrupted", m[1])
+        if ws_failure is not None:
+            kind, data = ws_failure
+            if kind == "interrupted" or self.stop.is_set():
+                raise ExecutionFailed(INTERRUPTED, f"interrupted at node {data.get('node_id')} "
+                                                   f"({data.get('node_type')})", data)
+            details = {k: data.get(k) for k in ("node_id", "node_type", "exception_type", "exception_message",
+                                                 "traceback")}
+            raise ExecutionFailed(ERROR, describe_execution_error(data), details)
+        return entry
+
+    # ---- outputs ------------------------------------------------------------------------------------------
+    def _finish(self, job: Job, entry: dict, rec: dict, prompt: dict) -> None:
+        out_dir = self.opts.out_dir / safe_name(job.id)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        outputs = entry.get("outputs") or {}
+        many = len(outputs) > 1
+        files: List[str] = []
+        texts: List[str] = []
+        for nid, out in sorted(outputs.items(), key=lambda kv: _node_sort_key(kv[0])):
+            dest = out_dir / f"node_{safe_name(nid)}" if many else out_dir
+            dest.mkdir(parents=True, exist_ok=True)
+            refs = list(out.get("images") or [])
+            for book in out.get("storybook") or []:
+                sub, _, _ = str(book).rpartition("/")
+                refs.append({"filename": "index.html", "subfolder": sub, "type": "output"})
+                refs.append({"filename": "story.json", "subfolder": sub, "type": "output"})
+                rec["storybook"] = str(book)
+                rec["local_storybook"] = str(dest / "index.html")
+            for ref in refs:
+                name = Path(ref["filename"]).name
+                data = self.t.view(ref["filename"], ref.get("subfolder", ""), ref.get("type", "output"))
+                _atomic_write(dest / name, data)
+                files.append(str(dest / name))
+            for i, text in enumerate(out.get("text") or []):
+                name = "story.txt" if i == 0 else f"story_{i}.txt"
+                _atomic_write(dest / name, (str(text).rstrip("\n") + "\n").encode("utf-8"))
+                files.append(str(dest / name))
+                texts.append(str(text))
+        _atomic_write(out_dir / "prompt.json", json.dumps(prompt, indent=2).encode("utf-8"))
+        _atomic_write(out_dir / "history.json", json.dumps(entry, indent=2, default=str).encode("utf-8"))
+        rec["outputs"] = files
+        rec["texts"] = texts
+        if not files:
+            raise ExecutionFailed(ERROR, "the prompt finished but produced no outputs (no output node ran?)")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}_{threading.get_ident()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _log(msg: str) -> None:
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(msg, file=sys.stderr)
+    except Exception:  # noqa: BLE001
+        print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def load_summary(out_dir: Path) -> dict:
+    path = Path(out_dir) / SUMMARY_NAME
+    if not path.is_file():
+        return {"jobs": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {"jobs": {}}
+    if not isinstance(data.get("jobs"), dict):
+        data["jobs"] = {}
+    return data
+
+
+def is_done(record: Optional[dict]) -> bool:
+    """Finished OK and every listed output still exists (resume skips it)."""
+    if not record or record.get("status") != OK or not record.get("outputs"):
+        return False
+    return all(Path(p).is_file() for p in record["outputs"])
+
+
+class Summary:
+    """OUT/summary.json, rewritten atomically after every job (thread-safe)."""
+
+    def __init__(self, out_dir: Path, jobs_file: Optional[str], servers: Sequence[str]):
+        self.path = Path(out_dir) / SUMMARY_NAME
+        self.lock = threading.Lock()
+        self.data = load_summary(out_dir)
+        self.data.update(jobs_file=jobs_file, servers=list(servers), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    def record(self, rec: dict) -> None:
+        with self.lock:
+            self.data["jobs"][rec["id"]] = rec
+            self._write()
+
+    def finish(self, order: Sequence[str]) -> None:
+        with self.lock:
+            jobs = self.data["jobs"]
+            counts: Dict[str, int] = {}
+            for jid in order:
+                st = (jobs.get(jid) or {}).get("status", "not run")
+                counts[st] = counts.get(st, 0) + 1
+            self.data["counts"] = counts
+            self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.path, json.dumps(self.data, indent=2, default=str).encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------------------------ batch
+def run_batch(jobs: Sequence[Job], servers: Sequence[str], opts: Options, *, jobs_file: Optional[str] = None,
+              transport_factory: Callable[[str], Transport] = Transport,
+              stop: Optional[threading.Event] = None, log: Callable[[str], None] = _log) -> dict:
+    """Run ``jobs`` over ``servers`` (one worker thread per server, a shared queue). Returns the summary dict.
+
+    A worker whose server stays unreachable puts its job back for the other workers (once per server) and
+    retires; the job fails only when no server is left.
+    """
+    opts.out_dir = Path(opts.out_dir)
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    summary = Summary(opts.out_dir, jobs_file, servers)
+    stop = stop or threading.Event()
+    todo: "queue.Queue[Tuple[Job, set]]" = queue.Queue()
+    for job in jobs:
+        prev = summary.data["jobs"].get(job.id)
+        if not opts.force and is_done(prev):
+            log(f"[batch] job {job.id}: already done ({len(prev['outputs'])} outputs), skipped (--force to redo)")
+            prev["skipped"] = True
+            summary.record(prev)
+            continue
+        if job.invalid:  # no server needed to refuse it
+            summary.record({"id": job.id, "line": job.line, "status": INVALID, "error": job.invalid,
+                            "server": None, "prompt_id": None, "outputs": [], "seconds": 0.0})
+            log(f"[batch] job {job.id}: INVALID: {job.invalid}")
+            continue
+        todo.put((job, set()))
+    alive = {s: True for s in servers}
+    alive_lock = threading.Lock()
+
+    def worker(pos: int, server: str) -> None:
+        runner = JobRunner(transport_factory(server), opts, position=pos, stop=stop, log=log)
+        while not stop.is_set():
+            try:
+                job, tried = todo.get_nowait()
+            except queue.Empty:
+                return
+            rec = runner.run(job)
+            if rec.get("server_gone"):
+                tried.add(server)
+                with alive_lock:
+                    alive[server] = False
+                    others = [s for s, ok in alive.items() if ok and s not in tried]
+                if others:
+                    log(f"[batch] job {job.id}: {server} is gone; handing the job to another server")
+                    todo.put((job, tried))
+                    return
+            _report(rec, log)
+            summary.record(rec)
+            if rec.get("server_gone"):
+                return
+
+    threads = [threading.Thread(target=worker, args=(i, s), name=f"seedstory-batch-{i}", daemon=True)
+               for i, s in enumerate(servers)]
+    for th in threads:
+        th.start()
+    try:
+        while any(th.is_alive() for th in threads):
+            for th in threads:
+                th.join(timeout=0.5)
+    except KeyboardInterrupt:
+        log("[batch] Ctrl-C: interrupting the running prompts (Ctrl-C again to abort at once)")
+        stop.set()
+        for th in threads:
+            th.join()
+    # jobs left in the queue (every server gone, or stopped)
+    while True:
+        try:
+            job, tried = todo.get_nowait()
+        except queue.Empty:
+            break
+        st = INTERRUPTED if stop.is_set() else ERROR
+        msg = "not run: stopped (Ctrl-C)" if stop.is_set() else f"not run: no reachable server (tried {sorted(tried)})"
+        summary.record({"id": job.id, "line": job.line, "status": st, "error": msg, "server": None,
+                        "prompt_id": None, "outputs": [], "seconds": 0.0})
+    summary.finish([j.id for j in jobs])
+    return summary.data
+
+
+def _report(rec: dict, log: Callable[[str], None]) -> None:
+    if rec["status"] == OK:
+        where = rec.get("local_storybook") or (rec["outputs"][0] if rec["outputs"] else "")
+        log(f"[batch] job {rec['id']}: ok in {rec['seconds']:.1f} s on {rec['server']} -> {where}")
+        for line in rec.get("node_error_lines") or []:
+            log(f"[batch]   warning: {line}")
+        return
+    log(f"[batch] job {rec['id']}: {rec['status'].upper()} ({rec.get('server')}): {rec.get('error')}")
+
+
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seedstory-batch",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a JSONL file of SEED-Story jobs through ComfyUI server(s) and download the results.",
+        epilog=f"""\
+JOBS FILE (JSONL, one object per line; blank and '#' lines are ignored):
+  id         job id (default: the line number); names OUT/<id>/
+  image      path of the start image (relative paths: to the JSONL file's folder)
+  text       the opening sentence (caption of the start image)
+  frames     number of new frames = story steps (the storybook has frames+1 pictures);
+             default: the template's value, or len(captions)
+  seed       sampling/rendering seed (default: the template's)
+  captions   ["...", ...] one caption per frame: visualization mode (template {CAPTIONS_TEMPLATE})
+  overrides  {{"<node id or node title>.<input name>": value}}, applied last, e.g.
+             {{"3.diffusion_steps": 4, "SeedStory Save Story.title": "My story"}};
+             an override naming a missing node/input makes the job 'invalid' (not queued)
+  template   per-job template (same rules as --template)
+
+TEMPLATES: API-format workflows (ComfyUI 'Export (API)'); a file path or a name in {DEFAULT_TEMPLATE_DIR}.
+  Filled by class: LoadImage.image <- the uploaded start image; SeedStoryGenerateStory.opening_text/
+  story_steps/seed (+ captions, mode=visualization); SeedStorySaveStory.filename_prefix <-
+  seedstory_batch/<id>/story.
+
+OUTPUT: OUT/<id>/ gets the frames (frame_000.png ...), index.html + story.json (the storybook),
+  story.txt, prompt.json and history.json; OUT/summary.json has per job: status (ok | error | invalid |
+  interrupted), error (with node_errors details: node id, class_type, input, message), seconds, outputs,
+  storybook (path under the server's output folder), local_storybook, prompt_id, server, attempts.
+  'invalid' = refused before running (bad job line, bad override, server validation/node_errors).
+
+RESUME: jobs with status ok in OUT/summary.json whose outputs still exist are skipped (--force redoes).
+RETRIES: on connection loss (HTTP or websocket) the client reconnects with exponential backoff, asks
+  /history (and /queue) about the prompt before queueing it again, at most --retries times per job;
+  with several servers, a job whose server stays down is handed to another server.
+SERVERS: --server is repeatable; one worker thread per server pulls jobs from a shared queue.
+EXIT CODE: 0 all jobs ok (or skipped); 1 some job failed/invalid/interrupted; 2 usage error.
+""")
+    p.add_argument("jobs", help="JSONL job file")
+    p.add_argument("-o", "--out", default="seedstory_batch_out", help="output folder (default: %(default)s)")
+    p.add_argument("-s", "--server", action="append", dest="servers", metavar="URL",
+                   help=f"ComfyUI base URL; repeat for several servers (default: $SEEDSTORY_COMFY_URL or "
+                        f"{DEFAULT_SERVER})")
+    p.add_argument("-t", "--template", default=None,
+                   help=f"API-format template (file or name in workflows/api; default {DEFAULT_TEMPLATE}, "
+                        f"{CAPTIONS_TEMPLATE} for jobs with captions)")
+    p.add_argument("--force", action="store_true", help="redo jobs that summary.json says are done")
+    p.add_argument("--retries", type=int, default=5, help="reconnect attempts per job (default: %(default)s)")
+    p.add_argument("--backoff", type=_positive_float, default=1.0,
+                   help="first reconnect wait in s, doubled each time, max 30 s (default: %(default)s)")
+    p.add_argument("--timeout", type=_positive_float, default=3600.0,
+                   help="per-job limit in s; the prompt is interrupted after it (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--print-storybooks", action="store_true",
+                   help="print each ok job's storybook (server-relative path) on stdout, one per line")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    servers = args.servers or [os.environ.get("SEEDSTORY_COMFY_URL") or DEFAULT_SERVER]
+    servers = list(dict.fromkeys(s.rstrip("/") for s in servers))
+    if args.retries < 0:
+        print("seedstory-batch: --retries must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        jobs = load_jobs(Path(args.jobs))
+        if args.template:
+            resolve_template(args.template)
+    except (OSError, ValueError) as e:
+        print(f"seedstory-batch: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not jobs:
+        print(f"seedstory-batch: no jobs in {args.jobs}", file=sys.stderr)
+        return EXIT_USAGE
+    opts = Options(out_dir=Path(args.out), template=args.template, force=args.force, timeout=args.timeout,
+                   progress=not args.no_progress,
+                   retry=RetryPolicy(retries=args.retries, backoff=args.backoff))
+    _log(f"[batch] {len(jobs)} job(s) from {args.jobs} on {len(servers)} server(s): {', '.join(servers)}")
+    data = run_batch(jobs, servers, opts, jobs_file=str(args.jobs))
+    recs = [data["jobs"].get(j.id) or {} for j in jobs]
+    failed = [r for r in recs if r.get("status") != OK]
+    _log(f"[batch] done: {data.get('counts')}; summary {Path(args.out) / SUMMARY_NAME}")
+    if args.print_storybooks:
+        for r in recs:
+            if r.get("status") == OK and r.get("storybook"):
+                print(r["storybook"], flush=True)
+    return EXIT_JOBS_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
