@@ -12,6 +12,7 @@
 #   3. pip install -e .[test]                      (the project, editable, with test extras)
 #   4. pip install -r requirements-comfyui.txt     (ComfyUI 0.3.75's requirements)
 #   5. scripts/fetch_llama2_tokenizer.sh           (when that script exists)
+#   6. scripts/setup_browser.sh                    (Debian chromium + npm playwright-core for tests/test_browser.py)
 # Steps 3-4 run under a constraints file that keeps torch/torchvision pinned and
 # transformers >= 5.
 set -euo pipefail
@@ -108,5 +109,9 @@ if [[ -f "$FETCH" ]]; then
 else
   log "skipping tokenizer: $FETCH does not exist"
 fi
+
+# 6. headless browser for the canvas tests (Debian chromium + npm playwright-core) -------
+log "setting up the headless browser: scripts/setup_browser.sh"
+bash "$REPO_ROOT/scripts/setup_browser.sh" || die "browser set-up failed (scripts/setup_browser.sh)"
 
 log "done in $(( (SECONDS - start_s) / 60 )) min $(( (SECONDS - start_s) % 60 )) s; venv: $VENV_DIR ($(du -sh "$VENV_DIR" 2>/dev/null | cut -f1))"

@@ -1,0 +1,242 @@
+// Headless-Chromium driver for tests/test_browser.py: the ComfyUI frontend as a user sees it.
+//
+//   node tests/browser/drive.mjs < job.json > result.json
+//
+// job (JSON on stdin):
+//   { "base": "http://127.0.0.1:PORT",        // the ComfyUI server (tests: fixture comfy_server)
+//     "chromium": "/usr/bin/chromium",         // optional; else $CHROMIUM or /usr/bin/chromium
+//     "action": "check" | "queue" | "shot",
+//     check: "module": "seedstory", "workflows": [names], "shots": DIR
+//       -> per workflow: load it the way the template browser does (GET /api/workflow_templates/<module>/<name>.json,
+//          then app.loadGraphData(json, true, true, name)), list the nodes (registered? widget values) and any
+//          dialogs (missing nodes), run the frontend's own app.graphToPrompt(), screenshot DIR/workflow_<name>.png
+//     queue: "module", "workflow", "node": SaveStory node id, "frames": N, "set": [[node, widget, value]...],
+//            "shot": PNG, "timeout_ms"
+//       -> loads the workflow, sets the listed widgets, clicks the Run (queue) button, waits until the node shows
+//          N loaded images, screenshots the canvas
+//     shot: "url", "shot": PNG, "viewport": [w, h]   -> a plain page screenshot (the storybook)
+//   }
+// Prints one JSON object on stdout; errors -> {"error": "..."} and exit code 1.
+// Only the server's own origin is reachable: every other request (api.comfy.org, fonts, ...) is aborted so runs
+// are offline and deterministic. Before the page loads, /api/settings gets the values that keep first-run dialogs,
+// the minimap and the "Nodes 2.0" banner away.
+
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import path from 'node:path';
+
+export const CHROMIUM_FLAGS = [
+  '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
+  '--disable-quic',
+];
+
+// Settings that a first start would otherwise ask about (COMFYUI_NOTES §9).
+export const SETTINGS = {
+  'Comfy.TutorialCompleted': true,            // no template browser popping up on first load
+  'Comfy.Workflow.ShowMissingModelsWarning': false, // the official workflows name files the test server lacks
+  'Comfy.Workflow.ShowMissingNodesWarning': true,   // kept on: a missing node must show up
+  'Comfy.Minimap.Visible': false,
+  'Comfy.Validation.Workflows': true,
+  'Comfy.Release.Version': '99.0.0',           // no "what's new" popup
+  'Comfy.Release.Status': 'skipped',
+};
+
+const VIEWPORT = { width: 1600, height: 1000 };
+
+function readStdin() {
+  return new Promise((resolve, reject) => {
+    let data = '';
+    process.stdin.setEncoding('utf8');
+    process.stdin.on('data', (c) => { data += c; });
+    process.stdin.on('end', () => resolve(data));
+    process.stdin.on('error', reject);
+  });
+}
+
+async function presetSettings(base) {
+  const r = await fetch(`${base}/api/settings`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(SETTINGS),
+  });
+  if (!r.ok) throw new Error(`POST /api/settings -> ${r.status}`);
+}
+
+async function openBrowser(job) {
+  const executablePath = job.chromium || process.env.CHROMIUM || '/usr/bin/chromium';
+  return chromium.launch({ executablePath, args: CHROMIUM_FLAGS, timeout: 60000 });
+}
+
+async function openComfy(browser, base, log) {
+  const context = await browser.newContext({ viewport: VIEWPORT, deviceScaleFactor: 1 });
+  const origin = new URL(base).origin;
+  await context.route('**/*', (route) => {
+    const url = route.request().url();
+    if (url.startsWith(origin) || url.startsWith('data:') || url.startsWith('blob:')) return route.continue();
+    log.blocked.push(url);
+    return route.abort();
+  });
+  // The "Introducing Nodes 2.0" banner is dismissed through localStorage, not a setting.
+  await context.addInitScript(() => { localStorage.setItem('vueNodesBannerDismissed', 'true'); });
+  const page = await context.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') log.console_errors.push(m.text().slice(0, 500)); });
+  page.on('pageerror', (e) => log.page_errors.push(String(e && e.stack || e).slice(0, 1000)));
+  await page.goto(`${base}/`, { waitUntil: 'domcontentloaded', timeout: 120000 });
+  await page.waitForFunction(() => window.app && window.app.graph && window.LiteGraph && window.app.canvas,
+    null, { timeout: 120000 });
+  // the node definitions must be in (registered from /object_info)
+  await page.waitForFunction(() => !!window.LiteGraph.registered_node_types.SeedStorySaveStory,
+    null, { timeout: 60000 }).catch(() => {});
+  await page.waitForTimeout(500);
+  return page;
+}
+
+// In the page: load a workflow exactly like the template browser does, then describe what the canvas holds.
+async function loadTemplate(page, module, name) {
+  return page.evaluate(async ({ module, name }) => {
+    const res = await fetch(`/api/workflow_templates/${module}/${name}.json`);
+    if (!res.ok) return { http_status: res.status };
+    const wf = await res.json();
+    await window.app.loadGraphData(wf, true, true, name);
+    return { http_status: res.status };
+  }, { module, name });
+}
+
+async function fitView(page) {
+  await page.evaluate(async () => {
+    try {
+      window.app.canvas.deselectAll?.();
+      await window.app.extensionManager.command.execute('Comfy.Canvas.FitView');
+    } catch (e) { /* older frontends: leave the view as stored */ }
+    window.app.canvas.setDirty(true, true);
+  });
+  await page.waitForTimeout(600);
+}
+
+async function describeGraph(page) {
+  return page.evaluate(() => {
+    const LG = window.LiteGraph;
+    const nodes = window.app.graph._nodes.map((n) => ({
+      id: n.id,
+      type: n.type,
+      registered: !!LG.registered_node_types[n.type],
+      has_errors: !!n.has_errors,
+      mode: n.mode,
+      widgets: (n.widgets || []).map((w) => ({ name: w.name, value: w.value, type: w.type,
+        serialize: w.serialize !== false && w.options?.serialize !== false })),
+      // what the frontend itself would save for this node
+      widgets_values: n.serialize().widgets_values ?? null,
+    }));
+    // dialogs open on the page (the missing-nodes warning is one)
+    const dialogs = [...document.querySelectorAll('.p-dialog')]
+      .filter((d) => d.offsetParent !== null || getComputedStyle(d).display !== 'none')
+      .map((d) => (d.innerText || '').slice(0, 400));
+    return { nodes, dialogs };
+  });
+}
+
+async function actionCheck(job, log) {
+  await presetSettings(job.base);
+  const browser = await openBrowser(job);
+  const results = {};
+  try {
+    const page = await openComfy(browser, job.base, log);
+    fs.mkdirSync(job.shots, { recursive: true });
+    for (const name of job.workflows) {
+      const t0 = Date.now();
+      const load = await loadTemplate(page, job.module, name);
+      if (load.http_status !== 200) { results[name] = load; continue; }
+      await fitView(page);
+      const graph = await describeGraph(page);
+      const prompt = await page.evaluate(async () => {
+        const p = await window.app.graphToPrompt();
+        return { output: p.output, workflow_nodes: p.workflow.nodes.length };
+      });
+      const shot = path.join(job.shots, `workflow_${name}.png`);
+      await page.screenshot({ path: shot });
+      results[name] = { ...load, ...graph, prompt: prompt.output, screenshot: shot, ms: Date.now() - t0 };
+    }
+  } finally {
+    await browser.close();
+  }
+  return { workflows: results };
+}
+
+async function actionQueue(job, log) {
+  await presetSettings(job.base);
+  const browser = await openBrowser(job);
+  try {
+    const page = await openComfy(browser, job.base, log);
+    const load = await loadTemplate(page, job.module, job.workflow);
+    if (load.http_status !== 200) return load;
+    await page.evaluate((sets) => {
+      for (const [id, name, value] of sets) {
+        const node = window.app.graph.getNodeById(id);
+        const w = node.widgets.find((x) => x.name === name);
+        w.value = value;
+        w.callback?.(value);
+      }
+    }, job.set || []);
+    await fitView(page);
+    const graph = await describeGraph(page);
+    // The queue button of the (new) menu bar, as a user clicks it.
+    // (frontend 1.32: a split button whose main part is labelled "Run"; older menus said "Queue")
+    const button = page.getByRole('button', { name: 'Run', exact: true })
+      .or(page.getByRole('button', { name: 'Queue Prompt', exact: true })).first();
+    await button.waitFor({ state: 'visible', timeout: 30000 });
+    const t0 = Date.now();
+    const posted = page.waitForResponse((r) => r.url().endsWith('/api/prompt') && r.request().method() === 'POST',
+      { timeout: 30000 });
+    await button.click();
+    const promptResponse = await (await posted).json();
+    const timeout = job.timeout_ms || 180000;
+    await page.waitForFunction(({ id, frames }) => {
+      const node = window.app.graph.getNodeById(id);
+      const imgs = node && node.imgs;
+      return !!imgs && imgs.length === frames && imgs.every((im) => im.complete && im.naturalWidth > 0);
+    }, { id: job.node, frames: job.frames }, { timeout, polling: 250 });
+    const ms = Date.now() - t0;
+    await page.waitForTimeout(500);
+    await fitView(page);
+    const shown = await page.evaluate((id) => {
+      const node = window.app.graph.getNodeById(id);
+      const outputs = window.app.nodeOutputs?.[String(id)] || null;
+      return { srcs: node.imgs.map((im) => im.src), sizes: node.imgs.map((im) => [im.naturalWidth, im.naturalHeight]), outputs };
+    }, job.node);
+    fs.mkdirSync(path.dirname(job.shot), { recursive: true });
+    await page.screenshot({ path: job.shot });
+    return { ...graph, ...shown, prompt_response: promptResponse, run_ms: ms, screenshot: job.shot };
+  } finally {
+    await browser.close();
+  }
+}
+
+async function actionShot(job) {
+  const browser = await openBrowser(job);
+  try {
+    const [width, height] = job.viewport || [1100, 900];
+    const page = await browser.newPage({ viewport: { width, height } });
+    await page.goto(job.url, { waitUntil: 'load', timeout: 60000 });
+    const imgs = await page.evaluate(() => [...document.images].map((im) => [im.complete, im.naturalWidth]));
+    fs.mkdirSync(path.dirname(job.shot), { recursive: true });
+    await page.screenshot({ path: job.shot, fullPage: !!job.full_page });
+    const title = await page.title();
+    return { title, images: imgs, screenshot: job.shot };
+  } finally {
+    await browser.close();
+  }
+}
+
+async function main() {
+  const job = JSON.parse(await readStdin());
+  const log = { blocked: [], console_errors: [], page_errors: [] };
+  const actions = { check: actionCheck, queue: actionQueue, shot: actionShot };
+  if (!actions[job.action]) throw new Error(`unknown action ${job.action}`);
+  const t0 = Date.now();
+  const out = await actions[job.action](job, log);
+  process.stdout.write(JSON.stringify({ ...out, log, total_ms: Date.now() - t0 }));
+}
+
+main().catch((e) => {
+  process.stdout.write(JSON.stringify({ error: String(e && e.stack || e) }));
+  process.exitCode = 1;
+});

@@ -1,0 +1,267 @@
+"""The example workflows in a real browser: headless Chromium on the real ComfyUI frontend (fixture ``comfy_server``).
+
+Driver: tests/browser/drive.mjs (Node, npm ``playwright-core`` pinned in tests/browser/package.json, Debian
+``chromium``; no browser download). ``bash scripts/setup_browser.sh`` installs both.
+
+For every workflows/*.json:
+  * load it the way the template browser does (GET /api/workflow_templates/seedstory/<name>.json, then
+    ``app.loadGraphData``) after pre-setting first-run settings through /api/settings;
+  * no node is missing (every type registered from /object_info, no missing-nodes dialog, no node errors) and
+    every widget shows the value saved in the file;
+  * the frontend's own ``app.graphToPrompt()`` gives exactly the API twin in workflows/api/ (class types, inputs,
+    links; ``_meta`` ignored);
+  * a screenshot of the canvas.
+And one test queues the tiny-model story from the UI (the Run button), waits for the frames to show up in the
+Save Story node, and screenshots the canvas and the storybook page it wrote.
+
+Screenshots go to this run's pytest temp folder; they are copied to docs/img/ (workflow_<name>.png,
+workflow_seedstory_tiny_story_run.png, storybook_sample.png) when a file there is missing or
+``SEEDSTORY_UPDATE_DOCS_IMG=1`` -- so a plain test run never dirties the checkout.
+
+Without Chromium / Node / playwright-core the module is skipped with the reason, except under ``CI=true`` (or
+``SEEDSTORY_REQUIRE_BROWSER=1``), where that is a failure. Marks: ``comfyui`` and ``browser``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["comfy_harness"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_workflows import API_DIR, WORKFLOWS  # noqa: E402
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
+
+BROWSER_DIR = REPO_ROOT / "tests" / "browser"
+DRIVER = BROWSER_DIR / "drive.mjs"
+DOCS_IMG = REPO_ROOT / "docs" / "img"
+START_PNG = WORKFLOWS / "assets" / "seedstory_start.png"
+MODULE = "seedstory"  # the template browser's folder name: ComfyUI/custom_nodes/<this pack's folder>
+NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+PNG = b"\x89PNG\r\n\x1a\n"
+
+#: The run-from-the-UI test: tiny story, its Save Story node, frames = story_steps + 1, and a widget set in the UI
+#: (a seed no other test uses, so ComfyUI's cache cannot answer it from an earlier identical prompt).
+RUN_WORKFLOW, SAVE_NODE, GENERATE_NODE, RUN_SEED = "seedstory_tiny_story", 4, 3, 7
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes"}
+
+
+def chromium_path() -> str:
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here (None when they can)."""
+    if shutil.which("node") is None:
+        return "node (Node.js >= 20) is not on PATH"
+    chrome = chromium_path()
+    if not (os.path.isfile(chrome) and os.access(chrome, os.X_OK)):
+        return f"Chromium not found at {chrome} (apt-get install chromium, or set CHROMIUM=...)"
+    pinned = json.loads((BROWSER_DIR / "package.json").read_text())["dependencies"]["playwright-core"]
+    installed = BROWSER_DIR / "node_modules" / "playwright-core" / "package.json"
+    if not installed.is_file():
+        return f"playwright-core is not installed in {BROWSER_DIR / 'node_modules'}"
+    version = json.loads(installed.read_text())["version"]
+    if version != pinned:
+        return f"playwright-core {version} installed, package.json pins {pinned}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    reason = browser_missing()
+    if reason:
+        reason += "; run: bash scripts/setup_browser.sh"
+        if _truthy("CI") or _truthy("SEEDSTORY_REQUIRE_BROWSER"):
+            pytest.fail(f"the browser tests are required here (CI) but cannot run: {reason}", pytrace=False)
+        pytest.skip(f"browser unavailable: {reason}")
+    return chromium_path()
+
+
+@pytest.fixture(scope="module")
+def server(browser, comfy_server):
+    """The session server with the workflows' start image in its input folder."""
+    up = comfy_server.upload_image(START_PNG.read_bytes(), name="seedstory_start.png")
+    assert up["name"] == "seedstory_start.png"
+    return comfy_server
+
+
+def drive(job: dict, chromium: str, timeout: float = 240) -> dict:
+    """Run tests/browser/drive.mjs with ``job``; returns its JSON (fails the test on a driver error)."""
+    job = {"chromium": chromium, **job}
+    try:
+        proc = subprocess.run(["node", str(DRIVER)], input=json.dumps(job), capture_output=True, text=True,
+                              timeout=timeout, cwd=BROWSER_DIR)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"browser driver timed out after {timeout}s ({job['action']}): {e.stderr!r}"[-3000:])
+    try:
+        out = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"browser driver printed no JSON (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                    f"{proc.stderr[-3000:]}")
+    if proc.returncode != 0 or "error" in out:
+        pytest.fail(f"browser driver failed ({job['action']}): {out.get('error')}\n{proc.stderr[-2000:]}")
+    return out
+
+
+def publish(shot: Path, name: str) -> None:
+    """Copy a screenshot into docs/img when it is missing there or SEEDSTORY_UPDATE_DOCS_IMG=1."""
+    dest = DOCS_IMG / name
+    if _truthy("SEEDSTORY_UPDATE_DOCS_IMG") or not dest.is_file():
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, dest)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = Path(path).read_bytes()
+    assert data.startswith(PNG), path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def same_value(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return a == b
+
+
+def strip(prompt: dict) -> dict:
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+
+
+# ------------------------------------------------------------------------------------------------ every workflow
+@pytest.fixture(scope="module")
+def loaded(server, browser, tmp_path_factory):
+    """One browser session: each workflow loaded through the template route, described, converted, screenshot."""
+    shots = tmp_path_factory.mktemp("browser_shots")
+    t0 = time.monotonic()
+    out = drive({"action": "check", "base": server.base_url, "module": MODULE, "workflows": NAMES,
+                 "shots": str(shots)}, browser)
+    out["seconds"] = time.monotonic() - t0
+    sys.stderr.write(f"\n[test_browser] {len(NAMES)} workflows checked in {out['seconds']:.1f} s; shots in {shots}\n")
+    return out
+
+
+def test_template_browser_lists_every_workflow(server):
+    listed = server.get("/api/workflow_templates").json()
+    assert sorted(listed.get(MODULE, [])) == NAMES, listed
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_loads_with_no_missing_nodes_and_saved_widget_values(loaded, name):
+    got = loaded["workflows"][name]
+    assert got.get("http_status") == 200, got
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    assert not got["dialogs"], f"{name}: a dialog opened on load (missing nodes?): {got['dialogs']}"
+    nodes = {n["id"]: n for n in got["nodes"]}
+    assert sorted(nodes) == sorted(n["id"] for n in ui["nodes"]), (name, sorted(nodes))
+    for saved in ui["nodes"]:
+        node = nodes[saved["id"]]
+        where = f"{name}: node {saved['id']} ({saved['type']})"
+        assert node["type"] == saved["type"], where
+        assert node["registered"], f"{where} is missing in the frontend (not in /object_info?)"
+        assert not node["has_errors"], f"{where} is flagged with errors"
+        assert node["mode"] == saved.get("mode", 0), where
+        want = saved.get("widgets_values") or []
+        # the live widgets, in order, show the file's values ('$$' widgets are canvas-only, e.g. the image preview)
+        live = [w for w in node["widgets"] if not w["name"].startswith("$$")]
+        assert len(live) == len(want), (where, [w["name"] for w in live], want)
+        for i, value in enumerate(want):
+            assert same_value(live[i]["value"], value), f"{where}: widget {live[i]['name']!r} shows " \
+                                                         f"{live[i]['value']!r}, the file says {value!r}"
+        # and what the frontend would save again is what the file holds
+        again = node["widgets_values"] or []
+        assert len(again) == len(want) and all(map(same_value, again, want)), (where, again, want)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_frontend_graph_to_prompt_equals_the_api_twin(loaded, name):
+    got = loaded["workflows"][name]["prompt"]
+    twin = json.loads((API_DIR / f"{name}.json").read_text())
+    got_s, twin_s = strip(got), strip(twin)
+    assert sorted(got_s) == sorted(twin_s), f"{name}: node ids differ: frontend {sorted(got_s)}, twin {sorted(twin_s)}"
+    for node_id in twin_s:
+        g, t = got_s[node_id], twin_s[node_id]
+        assert g["class_type"] == t["class_type"], (name, node_id)
+        assert sorted(g["inputs"]) == sorted(t["inputs"]), (name, node_id, sorted(g["inputs"]), sorted(t["inputs"]))
+        for inp, value in t["inputs"].items():
+            assert same_value(g["inputs"][inp], value), \
+                f"{name}: node {node_id} input {inp!r}: frontend {g['inputs'][inp]!r}, API twin {value!r}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_screenshot(loaded, name):
+    shot = Path(loaded["workflows"][name]["screenshot"])
+    assert png_size(shot) == (1600, 1000)
+    assert shot.stat().st_size > 20_000, "an empty canvas compresses to almost nothing"
+    publish(shot, f"workflow_{name}.png")
+
+
+def test_page_had_no_uncaught_errors(loaded):
+    assert not loaded["log"]["page_errors"], loaded["log"]["page_errors"]
+    assert loaded["seconds"] < 120, loaded["seconds"]
+
+
+# ------------------------------------------------------------------------------------------------ run from the UI
+def wait_history(server, prompt_id: str, timeout: float = 30.0) -> dict:
+    """The history entry of a finished prompt (it is written just after the last 'executed' message)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entry = server.history(prompt_id).get(prompt_id)
+        if entry and entry.get("status", {}).get("completed") is not None or time.monotonic() > deadline:
+            assert entry, f"prompt {prompt_id} not in /history after {timeout}s"
+            return entry
+        time.sleep(0.25)
+
+
+def test_queue_tiny_story_from_the_ui(server, browser, tmp_path):
+    run_shot = tmp_path / "run.png"
+    api = json.loads((API_DIR / f"{RUN_WORKFLOW}.json").read_text())
+    frames = api[str(GENERATE_NODE)]["inputs"]["story_steps"] + 1
+    out = drive({"action": "queue", "base": server.base_url, "module": MODULE, "workflow": RUN_WORKFLOW,
+                 "node": SAVE_NODE, "frames": frames, "set": [[GENERATE_NODE, "seed", RUN_SEED]],
+                 "shot": str(run_shot), "timeout_ms": 200_000}, browser, timeout=260)
+    assert not out["log"]["page_errors"], out["log"]["page_errors"]
+    response = out["prompt_response"]
+    assert response["node_errors"] == {}, response
+    # what the node shows: the frames written by Save Story, served by /view
+    assert len(out["srcs"]) == frames and all("/view?" in s and "type=output" in s for s in out["srcs"]), out["srcs"]
+    assert all(w > 0 and h > 0 for w, h in out["sizes"]), out["sizes"]
+    # the server ran exactly what the UI showed, with the widget the test set
+    hist = wait_history(server, response["prompt_id"])
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    ran = hist["prompt"][2]
+    assert ran[str(GENERATE_NODE)]["inputs"]["seed"] == RUN_SEED
+    expected = strip(api)
+    expected[str(GENERATE_NODE)]["inputs"]["seed"] = RUN_SEED
+    assert strip(ran) == expected
+    saved = hist["outputs"][str(SAVE_NODE)]
+    assert [i["filename"] for i in saved["images"]] == [f"frame_{i:03d}.png" for i in range(frames)]
+    book = server.output_dir / saved["storybook"][0]
+    assert book.is_file(), book
+    assert png_size(run_shot) == (1600, 1000)
+    publish(run_shot, f"workflow_{RUN_WORKFLOW}_run.png")
+
+    # the storybook page it wrote, as a reader sees it
+    book_shot = tmp_path / "storybook.png"
+    page = drive({"action": "shot", "url": book.as_uri(), "shot": str(book_shot), "viewport": [1000, 1100]}, browser,
+                 timeout=60)
+    assert page["title"] == api[str(SAVE_NODE)]["inputs"]["title"]
+    assert len(page["images"]) == frames and all(ok and w > 0 for ok, w in page["images"]), page["images"]
+    publish(book_shot, "storybook_sample.png")
+    sys.stderr.write(f"\n[test_browser] UI run: {out['run_ms'] / 1000:.1f} s from click to frames; {run_shot}\n")

@@ -1,0 +1,240 @@
+"""The documentation stays true: docs/nodes.md is generated from the nodes, and every command shown in a ```bash
+block of README.md or docs/*.md is exercised.
+
+Every documented command must match a rule in COMMANDS:
+  * ``run``   -- cheap: the test runs it exactly as written (from the repository root) and expects exit 0;
+  * ``help``  -- too slow / needs weights, data, network or GPUs: the test runs the tool's ``--help`` and checks that
+                 every ``--flag`` the command uses is accepted, and that every repository path it names exists;
+  * ``test``  -- run by another test (named; the test checks that test still exists), or by CI;
+  * ``server``-- run against the real ComfyUI (``test_api_command_from_readme_against_real_server``).
+An unmatched command fails: add a rule (or a test) when you document a new command.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import gen_node_docs  # noqa: E402
+
+DOC_FILES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+PY = sys.executable
+
+
+def _python_module_help(cmd: list[str]) -> list[str]:
+    """[python, -m, module, --help] for a `python -m module ...` command."""
+    i = cmd.index("-m")
+    return [PY, "-m", cmd[i + 1], "--help"]
+
+
+def _accelerate_help(cmd: list[str]) -> list[str]:
+    i = cmd.index("-m")
+    return [PY, "-m", cmd[i + 1], "--help"]
+
+
+#: (regex on the command, kind, detail)
+COMMANDS = [
+    (r"^bash scripts/demo\.sh$", "test", "CI entry (README top block, owned by the lead)"),
+    (r"^bash scripts/setup_env\.sh( --venv DIR)?$", "test", "CI entry: creates the venv every test run uses"),
+    (r"^bash scripts/setup_browser\.sh( --check| --no-apt)*$", "test", "tests/test_browser.py::browser_missing (its "
+                                                                   "skip reason names it)"),
+    (r"^\.venv/bin/python -m pytest", "test", "CI: the test run itself"),
+    (r"^\.venv/bin/python scripts/comfy_server\.py (start|stop)$", "test",
+     "tests/test_comfyui_server.py (the same module, scripts/comfy_server.py, starts every test server)"),
+    (r"^python scripts/gen_node_docs\.py( --check| --stdout)?$", "run", None),
+    (r"^python -m seedstory_core\.(convert|golden|sink|batch|data\.mini) --help$", "run", None),
+    (r"^python -m training\.(vae|stage1_detokenizer|stage2_instruction|stage3_adaptation) --help$", "run", None),
+    (r"^python -m seedstory_core\.convert (vit|agent|detokenizer) \S+ \S+", "help",
+     "tests/test_agent_checkpoints.py::test_convert_cli_round_trip runs the converter on a real file"),
+    (r"^python -m seedstory_core\.data\.mini ", "help", None),
+    (r"^python -m training\.(vae|stage1_detokenizer|stage2_instruction|stage3_adaptation) --data ", "help",
+     "tests/test_training.py::test_stage2_resume_in_new_process_matches_uninterrupted runs the stage CLIs"),
+    (r"^accelerate launch --config_file training/configs/\S+\.yaml -m training\.", "help",
+     "tests/test_training.py::test_accelerate_configs_parse parses the configs"),
+    (r"^hf download ", "help", "network: Hugging Face downloads are not run by tests"),
+    (r"^seedstory-batch ", "help", "seedstory_core/batch.py (python -m seedstory_core.batch)"),
+    (r"^python -c .*\| curl -s -X POST http://127\.0\.0\.1:8188/prompt ", "server", None),
+]
+
+
+def doc_commands() -> list[tuple[str, str]]:
+    """(file, command) for every command line in a ```bash / ```sh fence (continuations joined, comments dropped)."""
+    out = []
+    fence = re.compile(r"^```(\w*)\s*$")
+    for path in DOC_FILES:
+        lang, buf = None, []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            m = fence.match(line.strip())
+            if m and lang is None:
+                lang = m.group(1) or "text"
+                continue
+            if line.strip() == "```" and lang is not None:
+                if lang in ("bash", "sh", "shell"):
+                    joined = "\n".join(buf).replace("\\\n", " ")
+                    for cmd in joined.splitlines():
+                        cmd = re.sub(r"\s+#\s.*$", "", cmd).strip()
+                        if cmd and not cmd.startswith("#"):
+                            for part in cmd.split(" && "):  # `a && b` = two commands
+                                out.append((path.relative_to(REPO_ROOT).as_posix(), " ".join(part.split())))
+                lang, buf = None, []
+                continue
+            if lang is not None:
+                buf.append(line)
+    return out
+
+
+def rule_for(cmd: str):
+    for pattern, kind, detail in COMMANDS:
+        if re.search(pattern, cmd):
+            return kind, detail
+    return None
+
+
+ALL = doc_commands()
+
+
+# ------------------------------------------------------------------------------------------------ nodes.md
+def test_nodes_md_is_up_to_date():
+    current = gen_node_docs.OUT.read_text(encoding="utf-8")
+    assert current == gen_node_docs.render(), "docs/nodes.md is stale: run python scripts/gen_node_docs.py"
+
+
+def test_nodes_md_documents_every_node_and_input():
+    pack = gen_node_docs.load_pack()
+    text = gen_node_docs.OUT.read_text(encoding="utf-8")
+    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert f"id `{node_id}`" in text
+        assert " ".join(cls.DESCRIPTION.split()) in text
+        with gen_node_docs.without_comfyui():
+            spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, entry in spec.get(section, {}).items():
+                tip = " ".join(entry[1]["tooltip"].split()).replace("|", "\\|")
+                assert f"| `{name}`" in text and tip in text, (node_id, name)
+        for rname in cls.RETURN_NAMES:
+            assert f"| `{rname}` |" in text, (node_id, rname)
+
+
+def test_nodes_md_does_not_depend_on_importable_comfyui(monkeypatch):
+    """Stand-in ComfyUI modules in sys.modules (as the unit tests put there) must not change the page."""
+    import types
+
+    fake = types.ModuleType("folder_paths")
+    fake.get_filename_list = lambda name: ["should_not_appear.safetensors"]
+    fake.models_dir = "/nonexistent"
+    fake.folder_names_and_paths = {}
+    fake.get_folder_paths = lambda name: []
+    monkeypatch.setitem(sys.modules, "folder_paths", fake)
+    assert "should_not_appear" not in gen_node_docs.render()
+
+
+# ------------------------------------------------------------------------------------------------ links, images
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.name)
+def test_relative_links_and_images_exist(path):
+    text = path.read_text(encoding="utf-8")
+    missing = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"^(https?:|mailto:|#)", target):
+            continue
+        if not (path.parent / target.split("#")[0]).exists():
+            missing.append(target)
+    assert not missing, f"{path.name}: broken relative links {missing}"
+
+
+def test_training_md_keeps_the_tiny_recipe_section():
+    text = (REPO_ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    assert "## Tiny model recipe" in text
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def test_docs_show_commands():
+    files = {f for f, _ in ALL}
+    assert {"README.md", "docs/models.md", "docs/training.md"} <= files, files
+
+
+@pytest.mark.parametrize("where,cmd", ALL, ids=[f"{f}:{c[:60]}" for f, c in ALL])
+def test_documented_command_is_exercised(where, cmd):
+    rule = rule_for(cmd)
+    assert rule, f"{where}: no test runs `{cmd}` -- add a rule to tests/test_docs.py COMMANDS (or a test)"
+    kind, detail = rule
+    argv = shlex.split(cmd)
+    for tok in argv:  # repository paths the command names exist
+        if re.match(r"^(training/configs|workflows|scripts)/", tok):
+            assert (REPO_ROOT / tok).exists(), f"{where}: `{cmd}` names {tok}, which does not exist"
+    if kind == "run":
+        if argv[0] == "python":
+            argv[0] = PY
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180, env=env)
+        assert proc.returncode == 0, f"{where}: `{cmd}` exited {proc.returncode}:\n{proc.stderr[-2000:]}"
+    elif kind == "help":
+        if argv[0] == "python":
+            help_cmd = _python_module_help(argv)
+        elif argv[0] == "accelerate":
+            help_cmd = _accelerate_help(argv)
+            flags_of_launcher = {"--config_file"}
+            argv = [a for a in argv if a not in flags_of_launcher]
+        elif argv[0] == "seedstory-batch":
+            help_cmd = [PY, "-m", "seedstory_core.batch", "--help"]
+        elif argv[:2] == ["hf", "download"]:
+            hf = shutil.which("hf") or str(Path(PY).parent / "hf")
+            if not os.path.exists(hf):
+                pytest.skip("the `hf` CLI (huggingface_hub) is not installed")
+            help_cmd = [hf, "download", "--help"]
+        else:
+            pytest.fail(f"no --help recipe for `{cmd}`")
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               "COLUMNS": "200", "NO_COLOR": "1"}
+        proc = subprocess.run(help_cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180, env=env)
+        assert proc.returncode == 0, f"`{' '.join(help_cmd)}` exited {proc.returncode}: {proc.stderr[-2000:]}"
+        help_text = proc.stdout + proc.stderr
+        flags = {a.split("=")[0] for a in argv if a.startswith("--")}
+        unknown = sorted(f for f in flags if not re.search(re.escape(f) + r"\b", help_text))
+        assert not unknown, f"{where}: `{cmd}` uses {unknown}, which `{' '.join(help_cmd[-3:])}` does not list"
+    elif kind == "test":
+        m = re.match(r"^(tests/\S+\.py)::(\w+)", detail or "")
+        if m:
+            body = (REPO_ROOT / m.group(1)).read_text(encoding="utf-8")
+            assert re.search(rf"\b{m.group(2)}\b", body), f"rule for `{cmd}` names {detail}, which is gone"
+    # kind == "server": test_api_command_from_readme_against_real_server
+    if detail:
+        m = re.match(r"^(tests/\S+\.py)::(\w+)", detail)
+        if m:
+            body = (REPO_ROOT / m.group(1)).read_text(encoding="utf-8")
+            assert re.search(rf"\b{m.group(2)}\b", body), f"rule for `{cmd}` names {detail}, which is gone"
+
+
+@pytest.mark.comfyui
+def test_api_command_from_readme_against_real_server(comfy_server):
+    """README's `POST /prompt` one-liner, run as written (URL swapped for the test server's)."""
+    cmds = [c for _f, c in ALL if rule_for(c) and rule_for(c)[0] == "server"]
+    assert cmds, "README shows the POST /prompt example"
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    comfy_server.upload_image((REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(),
+                              name="seedstory_start.png")
+    import json
+
+    for cmd in cmds:
+        cmd = cmd.replace("http://127.0.0.1:8188", comfy_server.base_url).replace("python -c", f"{PY} -c", 1)
+        proc = subprocess.run(["bash", "-c", cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        answer = json.loads(proc.stdout)
+        assert answer.get("prompt_id") and answer.get("node_errors") == {}, answer
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            entry = comfy_server.history(answer["prompt_id"]).get(answer["prompt_id"])
+            if entry and entry.get("status", {}).get("completed") is not None:
+                break
+            time.sleep(0.5)
+        assert entry and entry["status"]["status_str"] == "success", entry and entry["status"]
