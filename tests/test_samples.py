@@ -188,3 +188,33 @@ def test_sd_target_crops_the_centre_and_maps_to_minus1_1():
     assert x.min() >= -1 and x.max() <= 1
     assert x[:, :, 8:56].mean() > 0.95  # the centre crop is (almost) all white
     assert tids.tolist() == [100, 200, 0, 32, 64, 64]
+
+
+def test_text_loss_all_labels_every_caption_after_the_first_image():
+    from seedstory_core.data.samples import IGNORE_INDEX, StorySampleBuilder
+    from seedstory_core.tokenizer import default_tiny_tokenizer
+
+    tok = default_tiny_tokenizer()
+    caps = ["Tom is at the park.", "He jumps.", "Lily comes.", "They dance."]
+    last = StorySampleBuilder(tok).build(caps, 2)
+    dense = StorySampleBuilder(tok, text_loss="all").build(caps, 2)
+    assert last.input_ids == dense.input_ids and last.ids_gen_mask == dense.ids_gen_mask
+    # the response part is labelled identically; the instruction part only in 'all' mode
+    for pos, lab in enumerate(last.labels):
+        if lab != IGNORE_INDEX:
+            assert dense.labels[pos] == lab
+    assert sum(t != IGNORE_INDEX for t in dense.labels) > sum(t != IGNORE_INDEX for t in last.labels)
+    labelled = [t for t in dense.labels if t != IGNORE_INDEX]
+    img = set(tok.image_ids.img) | {tok.image_ids.eoi}
+    assert not img & set(labelled)  # image tokens and EOI are never labels
+    cap0 = tok.encode(caps[0])
+    first_eoi = dense.input_ids.index(tok.image_ids.eoi)
+    assert all(l == IGNORE_INDEX for l in dense.labels[: first_eoi + 1])  # BOS, caption 0, its image: no loss
+    for cap in caps[1:]:
+        ids = tok.encode("[INST]" + cap)
+        start = next(i for i in range(len(dense.input_ids)) if dense.input_ids[i : i + len(ids)] == ids)
+        assert dense.labels[start : start + len(ids)] == ids
+    assert sum(t == tok.image_ids.boi for t in labelled) == 3  # BOI after captions 1, 2 and 3
+    assert cap0 and all(dense.labels[1 + i] == IGNORE_INDEX for i in range(len(cap0)))
+    with pytest.raises(ValueError, match="text_loss"):
+        StorySampleBuilder(tok, text_loss="some")

@@ -89,7 +89,7 @@ class StoryBatches:
         self.records, root = load_records(args.data, getattr(args, "records", None), args.image_root, args.max_records)
         self.images = ImageSource(self.records, root)
         self.cache = FeatureCache(not args.no_feature_cache)
-        self.builder = StorySampleBuilder(tokenizer, max_length=int(args.max_length))
+        self.builder = StorySampleBuilder(tokenizer, max_length=int(args.max_length), text_loss=getattr(args, "text_loss", "last"))
         self.vit = vit
         self.vit_mode = vit_mode
         self.dropped = 0
@@ -127,6 +127,9 @@ class StoryBatches:
 def add_story_arguments(p) -> None:
     g = p.add_argument_group("samples")
     g.add_argument("--max-length", type=int, default=1280, help="samples with >= this many tokens are dropped (official 1280)")
+    g.add_argument("--text-loss", choices=("last", "all"), default="last",
+                   help="'last' (official): loss on the last caption only; 'all': on every [INST] caption and BOI after "
+                        "the first image (more text signal for models trained from scratch)")
     g.add_argument("--pad-to-max-length", action="store_true",
                    help="pad every batch to --max-length like the official collate (default: to the longest sample; same loss)")
 

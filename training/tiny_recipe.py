@@ -10,7 +10,9 @@ Steps (each a normal training entry point, resumable; ``--scale`` multiplies eve
 2. vae    — the tiny VAE learns to reconstruct frames (a random VAE has no usable latent space; SD-XL's is given).
 3. stage1 — de-tokenizer pretraining: ViT features -> ResamplerXLV2 -> UNet (full UNet: it starts random).
 4. stage2 — instruction tuning on random-length story prefixes (CE + per-token cosine), base LLaMA trained too
-            (``--train-base``: LoRA alone cannot teach a random LLaMA a language).
+            (``--train-base``: LoRA alone cannot teach a random LLaMA a language) and the text loss on every caption
+            (``--text-loss all``: with the official last-caption-only loss the tiny model learned the marginal
+            caption distribution and ignored the story context in 900 steps — every greedy sentence was the same).
 5. stage3 — de-tokenizer adaptation on the frozen stage-2 agent's regressed features (agent in eval mode).
 6. export — the final bundle, a held-out demo start frame/sentence, the attribute probe and ``MODEL_CARD.md``.
 
@@ -32,7 +34,7 @@ STAGES = {
     "vae": ["--max-steps", "400", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "20"],
     "stage1": ["--unet-train", "full", "--max-steps", "1500", "--batch-size", "16", "--lr", "5e-4", "--warmup-steps", "50",
                "--min-lr-ratio", "0.1"],
-    "stage2": ["--train-base", "--max-steps", "900", "--batch-size", "4", "--lr", "5e-4", "--warmup-steps", "50"],
+    "stage2": ["--train-base", "--text-loss", "all", "--max-steps", "900", "--batch-size", "4", "--lr", "5e-4", "--warmup-steps", "50"],
     "stage3": ["--max-steps", "600", "--batch-size", "4", "--grad-accum", "1", "--lr", "1e-4", "--warmup-steps", "50"],
 }
 HELD_OUT_SEED = 1000

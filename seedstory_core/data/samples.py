@@ -93,11 +93,18 @@ class StorySampleBuilder:
     Args:
         tokenizer: the tokenizer (see above).
         max_length: samples with ``len(input_ids) >= max_length`` are dropped (official 1280).
+        text_loss: ``last`` (official, spec §5: the loss falls on the response only — ``[INST]``, the last
+            caption, its BOI and EOS) or ``all`` (this project's option for models trained from scratch: every
+            ``[INST]`` + caption after the first image and each following BOI are labelled too, as multi-turn chat
+            training does; image and EOI tokens stay -100). ``all`` gives ~k+1 times the text signal per sample.
     """
 
-    def __init__(self, tokenizer, max_length: int = 1280):
+    def __init__(self, tokenizer, max_length: int = 1280, text_loss: str = "last"):
         if max_length < 4:
             raise ValueError(f"StorySampleBuilder: max_length must be >= 4, found {max_length}.")
+        if text_loss not in ("last", "all"):
+            raise ValueError(f"StorySampleBuilder: text_loss must be 'last' or 'all', found {text_loss!r}.")
+        self.text_loss = text_loss
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         ids = tokenizer.image_ids
@@ -133,7 +140,14 @@ class StorySampleBuilder:
             return None
         n_instr = 1 + len(instr_ids)
         resp_labels = [IGNORE_INDEX if (i in self._img_ids or i == self._eoi) else i for i in resp_ids]
-        labels = [IGNORE_INDEX] * n_instr + resp_labels + [int(tok.eos_id)]
+        instr_labels = [IGNORE_INDEX] * n_instr
+        if self.text_loss == "all" and self._eoi in instr_ids:
+            first_eoi = 1 + instr_ids.index(self._eoi)  # position in input_ids (after BOS)
+            instr_labels = [
+                IGNORE_INDEX if (pos <= first_eoi or t in self._img_ids or t == self._eoi) else t
+                for pos, t in enumerate([int(tok.bos_id)] + instr_ids)
+            ]
+        labels = instr_labels + resp_labels + [int(tok.eos_id)]
         is_img = [i in self._img_ids for i in input_ids]
         ids_cmp = [flag and pos < n_instr for pos, flag in enumerate(is_img)]
         ids_gen = [flag and n_instr <= pos for pos, flag in enumerate(is_img)]
