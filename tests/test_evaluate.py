@@ -1,0 +1,67 @@
+"""The attribute probe, the story metrics and the evaluation CLI (training/evaluate.py)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seedstory_core.data import mini
+from seedstory_core.data.attribute_probe import (
+    AttributeProbe,
+    attribute_agreement,
+    consistency,
+    parse_rate,
+    probe_accuracy,
+    story_coherence,
+    train_probe,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def probe():
+    torch.set_num_threads(1)
+    return train_probe()  # the evaluation default: 80 stories x 30 frames, 8 epochs (~20 s)
+
+
+def test_probe_beats_chance_on_held_out_frames(probe, tmp_path):
+    acc = probe_accuracy(probe, seed=1001, stories=4)
+    assert acc["background_accuracy"] > 0.8  # chance: 1 / len(SCENES)
+    assert acc["character_f1"] > 0.6
+    probe.save(tmp_path / "p")
+    again = AttributeProbe.load(tmp_path / "p")
+    x = mini.render_story(mini.generate_story(1001, 0), size=64)[:3]
+    assert probe.predict(x) == again.predict(x)
+
+
+def test_metrics_on_ground_truth_are_high_and_on_nonsense_low(probe):
+    story = mini.generate_story(1002, 0)
+    frames = mini.render_story(story, size=64)[:10]
+    captions = story["captions"][:10]
+    preds = probe.predict(frames[1:])
+    assert parse_rate(captions[1:], context=captions[:1]) == 1.0
+    assert story_coherence(preds, captions) > 0.8
+    assert consistency(frames[1:], preds, captions) > 0.8
+    assert all(0.0 <= attribute_agreement(p, a) <= 1.0 for p, a in zip(preds, story["attributes"][1:10]))
+    nonsense = [captions[0]] + ["the the blue"] * 9
+    assert parse_rate(nonsense[1:], context=nonsense[:1]) == 0.0
+    assert story_coherence(preds, nonsense) == 0.0
+
+
+def test_evaluate_cli_runs_on_a_small_model(tmp_path, probe):
+    from seedstory_core.bundle import SeedStoryBundle
+
+    model = tmp_path / "model"
+    SeedStoryBundle.random_tiny(0).save(model)
+    probe.save(model / "probe")
+    out = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(model), "--stories", "1",
+                          "--no-ablation", "--diffusion-steps", "1"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("parse_rate", "coherence", "consistency", "gt_distance"):
+        assert key in result
+    assert 0.0 <= result["coherence"] <= 1.0

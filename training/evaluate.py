@@ -1,0 +1,212 @@
+"""Evaluate a SEED-Story model on held-out StoryStream-mini stories; prints one JSON object.
+
+    python -m training.evaluate [--model DIR] --seed S --stories N [--random-init] [--no-ablation]
+
+``--model`` defaults to the bundled tiny model (``models/seedstory-tiny``); ``--random-init`` evaluates a randomly
+initialised model of the same size and tokenizer (the baseline). Held-out stories come from
+``seedstory_core.data.mini`` with a seed the training data never used (seeds select disjoint stories).
+
+Keys of the JSON object:
+
+* ``parse_rate`` — fraction of generated sentences that parse as StoryStream-mini sentences (its grammar).
+* ``coherence`` — image–text coherence: the attribute probe's reading of each generated frame vs the attributes the
+  generated sentence states (characters mentioned are present, the scene matches).
+* ``consistency`` — character consistency across the frames of a story (the probe's measure).
+* ``gt_distance`` — visualization mode (ground-truth captions, the StoryGPT-V task): mean absolute pixel distance
+  (0..1) between generated and ground-truth frames, and the probe's attribute agreement with the ground truth.
+* ``ablation`` — the long-story ablation (paper §5.4, Table 8): the four cache policies, window = the training
+  length, visualizing 3x the training length; metrics per segment (1x, 2x, 3x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "models" / "seedstory-tiny"
+TRAIN_LENGTH = 10  # frames per training story (10-frame chunks, spec §5)
+POLICIES = ("dense", "window", "sink", "multimodal_sink")
+
+
+def load_model(model_dir: Optional[Path] = None, *, random_init: bool = False, seed: int = 0):
+    """The bundle at ``model_dir`` (default: the bundled tiny model), or a random model of the same size/tokenizer."""
+    from seedstory_core.bundle import SeedStoryBundle
+
+    path = Path(model_dir) if model_dir else DEFAULT_MODEL
+    bundle = SeedStoryBundle.load(path)
+    if random_init:
+        random = SeedStoryBundle.random_tiny(seed, tokenizer=bundle.tokenizer)
+        # a random de-tokenizer cannot draw at all; keep the trained renderer so the baseline isolates the MLLM
+        random.detokenizer = bundle.detokenizer
+        random.uncond_features = random.compute_uncond_features()
+        return random
+    return bundle
+
+
+def load_probe(model_dir: Optional[Path], bundle_seed_data: Optional[Path] = None):
+    """The attribute probe shipped with the model (``probe.safetensors``), else one trained now on fresh frames."""
+    from seedstory_core.data import attribute_probe as probe_mod
+
+    path = (Path(model_dir) if model_dir else DEFAULT_MODEL) / "probe"
+    if (path / "probe.safetensors").exists():
+        return probe_mod.AttributeProbe.load(path)
+    return probe_mod.train_probe()
+
+
+def _render(bundle, features: torch.Tensor, frame_index: int, steps: int, seed: int):
+    img = bundle.detokenizer.generate(features, bundle.uncond_features, num_inference_steps=steps, guidance_scale=3.0,
+                                      seed=seed, frame_index=frame_index, output="pil")
+    return img[0]
+
+
+def _pixel_distance(a, b) -> float:
+    x = np.asarray(a.convert("RGB").resize(b.size), dtype=np.float32) / 255.0
+    y = np.asarray(b.convert("RGB"), dtype=np.float32) / 255.0
+    return float(np.abs(x - y).mean())
+
+
+@torch.no_grad()
+def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: Optional[Sequence[str]] = None,
+                   diffusion_steps: int = 10, seed: int = 0, max_sentence_tokens: int = 40):
+    """Continue a held-out story from its first frame and sentence; returns (sentences, PIL frames).
+
+    ``captions`` (visualization mode): the sentences to draw for frames 1..frames-1.
+    """
+    from seedstory_core.cache import CachePolicy
+    from seedstory_core.data import mini
+    from seedstory_core.story import DecodingSettings, StorySettings
+
+    engine = bundle.engine()
+    start_img = mini.render_story({**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64)[0]
+    settings = StorySettings(policy=policy or CachePolicy(kind="multimodal_sink", window_images=TRAIN_LENGTH))
+    state = engine.start(story["captions"][0], image=start_img, settings=settings)
+    decoding = DecodingSettings(max_sentence_tokens=max_sentence_tokens)
+    sentences, images = [story["captions"][0]], [start_img]
+    for i in range(1, frames):
+        if captions is not None:
+            res = engine.step(state, text=captions[i - 1], mode="visualization", decoding=decoding)
+        else:
+            res = engine.step(state, decoding=decoding)
+        state = res.state
+        sentences.append(res.sentence)
+        images.append(_render(bundle, res.features, i, diffusion_steps, seed))
+    return sentences, images
+
+
+def _story_metrics(probe, sentences: List[str], images, gt_attrs=None) -> Dict[str, float]:
+    from seedstory_core.data import attribute_probe as probe_mod
+
+    preds = probe.predict(images[1:])
+    out = {
+        "parse_rate": probe_mod.parse_rate(sentences[1:], context=sentences[:1]),
+        "coherence": probe_mod.story_coherence(preds, sentences),
+        "consistency": probe_mod.consistency(images[1:], preds, sentences),
+    }
+    if gt_attrs is not None:
+        out["gt_attribute_agreement"] = float(np.mean([probe_mod.attribute_agreement(p, g) for p, g in zip(preds, gt_attrs)]))
+    return out
+
+
+def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, random_init: bool = False,
+             ablation: bool = True, ablation_stories: int = 2, diffusion_steps: int = 10) -> Dict:
+    """Run the whole evaluation; returns the JSON-ready dict (see module docstring)."""
+    from seedstory_core.data import mini
+
+    t0 = time.time()
+    bundle = load_model(model_dir, random_init=random_init)
+    probe = load_probe(model_dir)
+    gen, vis = [], []
+    for k in range(stories):
+        story = mini.generate_story(seed, k, frames=30)
+        sentences, images = generate_story(bundle, story, TRAIN_LENGTH, diffusion_steps=diffusion_steps, seed=seed)
+        gen.append(_story_metrics(probe, sentences, images))
+        gt = mini.render_story(story, size=64)
+        v_sent, v_img = generate_story(bundle, story, TRAIN_LENGTH, captions=story["captions"][1:TRAIN_LENGTH],
+                                       diffusion_steps=diffusion_steps, seed=seed)
+        metrics = _story_metrics(probe, v_sent, v_img, gt_attrs=story["attributes"][1:TRAIN_LENGTH])
+        metrics["pixel_distance"] = float(np.mean([_pixel_distance(a, b) for a, b in zip(v_img[1:], gt[1:TRAIN_LENGTH])]))
+        vis.append(metrics)
+    result = {
+        "model": str(model_dir or DEFAULT_MODEL) + (" (random init)" if random_init else ""),
+        "seed": seed,
+        "stories": stories,
+        "frames_per_story": TRAIN_LENGTH,
+        "parse_rate": float(np.mean([m["parse_rate"] for m in gen])),
+        "coherence": float(np.mean([m["coherence"] for m in gen])),
+        "consistency": float(np.mean([m["consistency"] for m in gen])),
+        "gt_distance": {
+            "pixel_l1": float(np.mean([m["pixel_distance"] for m in vis])),
+            "attribute_agreement": float(np.mean([m["gt_attribute_agreement"] for m in vis])),
+            "visualization_coherence": float(np.mean([m["coherence"] for m in vis])),
+        },
+    }
+    if ablation:
+        result["ablation"] = long_story_ablation(bundle=bundle, probe=probe, seed=seed, stories=ablation_stories,
+                                                 diffusion_steps=diffusion_steps)
+    result["seconds"] = round(time.time() - t0, 1)
+    return result
+
+
+def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Sequence[str] = POLICIES,
+                        length_multiples: Sequence[int] = (1, 2, 3), window_images: int = TRAIN_LENGTH,
+                        seed: int = 1000, stories: int = 2, diffusion_steps: int = 10, device=None, dtype=None) -> Dict:
+    """Visualize ground-truth captions for ``max(length_multiples) x`` the training length under each cache policy.
+
+    Returns ``{policy: {"1x": {pixel_l1, attribute_agreement}, "2x": ..., "3x": ...}}``, metrics over the frames
+    of each segment ((m-1)*L, m*L]. Also called by ``python -m bench --model DIR``.
+    """
+    from seedstory_core.cache import CachePolicy
+    from seedstory_core.data import mini
+    from seedstory_core.data import attribute_probe as probe_mod
+
+    bundle = bundle or load_model(model_dir)
+    if device is not None or dtype is not None:
+        bundle.to(device, dtype)
+    probe = probe or load_probe(model_dir)
+    total = TRAIN_LENGTH * max(length_multiples)
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for policy in policies:
+        seg: Dict[int, Dict[str, List[float]]] = {m: {"pixel_l1": [], "attribute_agreement": []} for m in length_multiples}
+        for k in range(stories):
+            story = mini.generate_story(seed + 1, k, frames=total)
+            gt = mini.render_story(story, size=64)
+            _, images = generate_story(bundle, story, total, policy=CachePolicy(kind=policy, window_images=window_images),
+                                       captions=story["captions"][1:total], diffusion_steps=diffusion_steps, seed=seed)
+            preds = probe.predict(images[1:])
+            for i in range(1, total):
+                m = (i - 1) // TRAIN_LENGTH + 1
+                if m in seg:
+                    seg[m]["pixel_l1"].append(_pixel_distance(images[i], gt[i]))
+                    seg[m]["attribute_agreement"].append(probe_mod.attribute_agreement(preds[i - 1], story["attributes"][i]))
+        out[policy] = {f"{m}x": {k: float(np.mean(v)) for k, v in vals.items()} for m, vals in seg.items()}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="model bundle folder (default: models/seedstory-tiny)")
+    parser.add_argument("--seed", type=int, default=1000, help="held-out StoryStream-mini seed (training used 0)")
+    parser.add_argument("--stories", type=int, default=10)
+    parser.add_argument("--random-init", action="store_true", help="evaluate a random model of the same size (baseline)")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the long-story cache-policy ablation")
+    parser.add_argument("--ablation-stories", type=int, default=2)
+    parser.add_argument("--diffusion-steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    result = evaluate(args.model, seed=args.seed, stories=args.stories, random_init=args.random_init,
+                      ablation=not args.no_ablation, ablation_stories=args.ablation_stories,
+                      diffusion_steps=args.diffusion_steps)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
