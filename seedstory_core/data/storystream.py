@@ -1,0 +1,231 @@
+"""StoryStream jsonl reading and the official 10-frame chunker (SEED_STORY_SPEC §5).
+
+A StoryStream line is a JSON object ``{"id", "images": [relative paths], "captions": [texts], "orders"}``; the
+images live under an ``image_dir`` (``data/image/george_full`` in the official configs). Records returned here
+are plain dicts, the format the training sample builder consumes::
+
+    {"id": ..., "images": [absolute paths], "captions": [str, ...], "orders": [...]?, "attributes": [...]?}
+
+Official quirks handled:
+
+* **empty records are dropped** (the datapipe's "drop empty" step): a line whose ``images`` or ``captions`` is
+  empty/missing-and-empty, or a blank line, yields nothing;
+* lines written by the GPT-4 story tools (``build_story.py``) are Python ``repr`` lines, not JSON: a line that
+  is not valid JSON is retried with :func:`ast.literal_eval` before it is reported;
+* anything else that is wrong (not a dict, bad JSON, ``images``/``captions`` of different lengths, non-string
+  captions) raises :class:`StoryStreamError` naming the file and the 1-based line number.
+
+:func:`chunk_stories` reproduces ``chunk_data.py``: chunks of ``chunk_len`` (10) consecutive frames, incomplete
+trailing chunks dropped (a 30-frame story gives exactly 3 chunks), ``id`` = index of the source story, ``orders``
+dropped. CLI::
+
+    python -m seedstory_core.data.storystream chunk IN.jsonl OUT.jsonl --len 10 [--keep attributes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+from PIL import Image
+
+__all__ = [
+    "StoryStreamError",
+    "parse_line",
+    "iter_jsonl",
+    "read_jsonl",
+    "write_jsonl",
+    "load_image",
+    "chunk_stories",
+    "main",
+]
+
+PathLike = Union[str, Path]
+
+
+class StoryStreamError(ValueError):
+    """A StoryStream jsonl line is malformed; the message names the file and the 1-based line number."""
+
+
+def parse_line(line: str, where: str = "<line>") -> Optional[Dict[str, Any]]:
+    """Parse one StoryStream line into a validated record (paths untouched), or ``None`` for an empty record.
+
+    Args:
+        line (str): the raw text of the line.
+        where (str): ``"file:line"`` used in error messages.
+
+    Returns:
+        dict | None: ``{"id", "images", "captions", ...}`` with every other key kept as is, or ``None`` when the
+        line is blank or the record has no frames (dropped like the official datapipe does).
+
+    Raises:
+        StoryStreamError: bad JSON (and not a Python literal either), not an object, ``images``/``captions`` not
+            lists, of different lengths, or captions that are not strings.
+    """
+    text = line.strip()
+    if not text:
+        return None
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        try:  # build_story.py writes Python repr lines (spec §5)
+            rec = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise StoryStreamError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(rec, dict):
+        raise StoryStreamError(f"{where}: expected a JSON object, found {type(rec).__name__}")
+    images = rec.get("images") or []
+    captions = rec.get("captions") or []
+    if not isinstance(images, list) or not isinstance(captions, list):
+        raise StoryStreamError(f"{where}: 'images' and 'captions' must be lists")
+    if not images and not captions:
+        return None  # the official "drop empty" step
+    if len(images) != len(captions):
+        raise StoryStreamError(
+            f"{where}: {len(images)} images but {len(captions)} captions (story id {rec.get('id')!r})"
+        )
+    for i, c in enumerate(captions):
+        if not isinstance(c, str):
+            raise StoryStreamError(f"{where}: caption {i} is {type(c).__name__}, expected a string")
+    for i, p in enumerate(images):
+        if not isinstance(p, str):
+            raise StoryStreamError(f"{where}: image {i} is {type(p).__name__}, expected a path string")
+    attrs = rec.get("attributes")
+    if attrs is not None and (not isinstance(attrs, list) or len(attrs) != len(images)):
+        raise StoryStreamError(f"{where}: 'attributes' must be a list with one entry per frame")
+    rec = dict(rec)
+    rec["images"] = list(images)
+    rec["captions"] = list(captions)
+    return rec
+
+
+def iter_jsonl(path: PathLike) -> Iterator[Dict[str, Any]]:
+    """Yield validated records of a StoryStream jsonl file with image paths exactly as stored (relative).
+
+    Raises:
+        StoryStreamError: see :func:`parse_line`.
+        FileNotFoundError: if ``path`` does not exist.
+    """
+    path = Path(path)
+    with open(path, "r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            rec = parse_line(line, where=f"{path}:{lineno}")
+            if rec is not None:
+                yield rec
+
+
+def _default_image_dir(path: Path) -> Path:
+    cand = path.parent / "images"
+    return cand if cand.is_dir() else path.parent
+
+
+def read_jsonl(path: PathLike, image_dir: Optional[PathLike] = None) -> Iterator[Dict[str, Any]]:
+    """Read a StoryStream jsonl file, yielding records whose ``images`` are absolute paths.
+
+    Args:
+        path: the jsonl file.
+        image_dir: folder the relative image paths are resolved against (``data/image/george_full`` for the
+            official data). ``None``: ``<jsonl folder>/images`` if it exists (the StoryStream-mini layout), else
+            the jsonl's folder. Absolute paths in the file are kept.
+
+    Yields:
+        dict: ``{"id", "images": [absolute str paths], "captions": [str], "orders"?, "attributes"?, ...}``.
+
+    Raises:
+        StoryStreamError: on a malformed line (message names the line), see :func:`parse_line`.
+    """
+    path = Path(path)
+    root = Path(image_dir) if image_dir is not None else _default_image_dir(path)
+    root = root.resolve()
+    for rec in iter_jsonl(path):
+        rec["images"] = [p if os.path.isabs(p) else str(root / p) for p in rec["images"]]
+        yield rec
+
+
+def write_jsonl(records: Iterable[Dict[str, Any]], path: PathLike) -> int:
+    """Write records as one compact JSON object per line; returns the number written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+            n += 1
+    return n
+
+
+def load_image(path: Union[PathLike, Image.Image]) -> Image.Image:
+    """Open an image as PIL RGB (a PIL image is converted and returned). The file is read fully and closed."""
+    if isinstance(path, Image.Image):
+        return path.convert("RGB")
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def chunk_stories(
+    records: Iterable[Dict[str, Any]], chunk_len: int = 10, keep: Sequence[str] = ()
+) -> List[Dict[str, Any]]:
+    """The official chunker (``chunk_data.py``, spec §5).
+
+    Every story is cut into consecutive chunks of ``chunk_len`` frames; an incomplete trailing chunk is dropped
+    (30 frames -> 3 chunks of 10; 25 frames -> 2 chunks). Each chunk is ``{"id": <index of the source story in
+    ``records``>, "images", "captions"}``; ``orders`` (and every other key) is dropped, as officially.
+
+    Args:
+        records: story records (as from :func:`read_jsonl` / :func:`iter_jsonl`).
+        chunk_len: frames per chunk (>= 1).
+        keep: extra keys to carry, an extension for StoryStream-mini: a per-frame list key (e.g.
+            ``"attributes"``) is sliced like the captions; ``"source_id"`` adds the source record's ``id``.
+            Empty (the default) reproduces the official output exactly.
+
+    Returns:
+        list[dict]
+    """
+    if not isinstance(chunk_len, int) or chunk_len < 1:
+        raise ValueError(f"chunk_stories: chunk_len must be an int >= 1, found {chunk_len!r}")
+    out = []
+    for idx, rec in enumerate(records):
+        images, captions = rec["images"], rec["captions"]
+        n = min(len(images), len(captions))
+        for start in range(0, n - chunk_len + 1, chunk_len):
+            chunk = {
+                "id": idx,
+                "images": list(images[start : start + chunk_len]),
+                "captions": list(captions[start : start + chunk_len]),
+            }
+            for key in keep:
+                if key == "source_id":
+                    chunk["source_id"] = rec.get("id")
+                elif isinstance(rec.get(key), list) and len(rec[key]) == len(images):
+                    chunk[key] = list(rec[key][start : start + chunk_len])
+            out.append(chunk)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m seedstory_core.data.storystream", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ch = sub.add_parser("chunk", help="cut stories into fixed-length chunks (official chunk_data.py)")
+    ch.add_argument("input", help="StoryStream jsonl")
+    ch.add_argument("output", help="output jsonl")
+    ch.add_argument("--len", dest="chunk_len", type=int, default=10)
+    ch.add_argument("--keep", nargs="*", default=[], help="extra keys to carry (attributes, source_id)")
+    args = parser.parse_args(argv)
+    try:
+        stories = list(iter_jsonl(args.input))
+    except StoryStreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    chunks = chunk_stories(stories, args.chunk_len, keep=args.keep)
+    write_jsonl(chunks, args.output)
+    print(f"{len(stories)} stories -> {len(chunks)} chunks of {args.chunk_len} -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
