@@ -15,6 +15,7 @@ from .story import (
     SeedStoryStoryStep,
     SeedStoryViTTokenize,
 )
+from .training import SeedStoryAdaptDetokenizer
 
 NODE_CLASS_MAPPINGS = {
     "SeedStoryTinyModelLoader": SeedStoryTinyModelLoader,
@@ -30,6 +31,7 @@ NODE_CLASS_MAPPINGS = {
     "SeedStoryFeaturesToConditioning": SeedStoryFeaturesToConditioning,
     "SeedStorySaveStory": SeedStorySaveStory,
     "SeedStoryFreeMemory": SeedStoryFreeMemory,
+    "SeedStoryAdaptDetokenizer": SeedStoryAdaptDetokenizer,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -46,6 +48,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SeedStoryFeaturesToConditioning": "SeedStory Features to Conditioning",
     "SeedStorySaveStory": "SeedStory Save Story",
     "SeedStoryFreeMemory": "SeedStory Free Memory",
+    "SeedStoryAdaptDetokenizer": "SeedStory Adapt De-tokenizer",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

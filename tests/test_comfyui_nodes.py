@@ -39,6 +39,10 @@ def server(comfy_server):
     """The session server with the workflows' start image uploaded to its input folder."""
     up = comfy_server.upload_image(START_PNG.read_bytes(), name="seedstory_start.png")
     assert up["name"] == "seedstory_start.png"
+    # the adaptation workflow (6) reads a small StoryStream-mini folder from the input folder
+    from test_adaptation_node import make_mini
+
+    make_mini(Path(comfy_server.input_dir) / "storystream_mini")
     return comfy_server
 
 

@@ -209,7 +209,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 def test_node_contract(node_id):
     cls = NODES[node_id]
     assert node_id.startswith("SeedStory") and node_id in pack.NODE_DISPLAY_NAME_MAPPINGS
-    assert cls.CATEGORY.startswith("SEED-Story/") and cls.CATEGORY.split("/")[1] in ("loaders", "story", "render", "output")
+    assert cls.CATEGORY.startswith("SEED-Story/") and cls.CATEGORY.split("/")[1] in ("loaders", "story", "render", "output", "training")
     assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 40
     assert callable(getattr(cls, cls.FUNCTION))
     spec = cls.INPUT_TYPES()

@@ -1,0 +1,280 @@
+"""Training nodes: stage 3 (de-tokenizer adaptation to the agent's regressed features) inside ComfyUI."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import comfy_glue as glue
+from .models import (
+    AGENT,
+    DETOKENIZER,
+    VISUAL_TOKENIZER,
+    AgentModel,
+    DetokenizerModel,
+    SeedStoryInputError,
+    VisualTokenizerModel,
+    require,
+)
+
+CATEGORY = "SEED-Story/training"
+DATA_COMMAND = "python -m seedstory_core.data.mini --seed 0 --stories 8 --out ComfyUI/input/storystream_mini"
+#: the official stage-3 schedule: 500 warmup steps of 1600 (scaled to the node's step count).
+OFFICIAL_WARMUP, OFFICIAL_STEPS = 500, 1600
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")
+
+
+def _folder_paths():
+    return glue._optional("folder_paths")
+
+
+def resolve_data_folder(data_folder: str, *, node: str) -> Path:
+    """Absolute StoryStream folder (or .jsonl file); relative paths resolve against ComfyUI's input folder."""
+    text = (data_folder or "").strip()
+    if not text:
+        raise SeedStoryInputError(
+            f"{node}: input 'data_folder' is empty. Give a StoryStream-format folder (a .jsonl of stories + their "
+            f"images), e.g. make one with: {DATA_COMMAND}")
+    path = Path(os.path.expanduser(text))
+    tried = [path]
+    if not path.is_absolute():
+        fp = _folder_paths()
+        base = fp.get_input_directory() if fp is not None and hasattr(fp, "get_input_directory") else os.getcwd()
+        path = Path(base) / path
+        tried = [path]
+    if path.is_file() and path.suffix == ".jsonl":
+        if path.stat().st_size == 0:
+            raise SeedStoryInputError(f"{node}: the data file {path} is empty.")
+        return path
+    if not path.is_dir():
+        raise SeedStoryInputError(
+            f"{node}: data folder {data_folder!r} not found (looked at {', '.join(str(t) for t in tried)}; relative "
+            f"paths are inside ComfyUI's input folder). Create a small StoryStream-mini set with: {DATA_COMMAND}")
+    jsonls = sorted(p for p in path.glob("*.jsonl") if p.stat().st_size > 0)
+    if not jsonls:
+        raise SeedStoryInputError(
+            f"{node}: data folder {path} holds no (non-empty) .jsonl of stories. Expected the StoryStream layout "
+            f"(chunks10.jsonl or stories.jsonl + images/); create one with: {DATA_COMMAND}")
+    return path
+
+
+def _check_output_name(name: str, *, node: str) -> str:
+    name = (name or "").strip()
+    if name.lower().endswith(".safetensors"):
+        name = name[: -len(".safetensors")]
+    if not name or not _NAME_OK.match(name) or ".." in name:
+        raise SeedStoryInputError(
+            f"{node}: input 'output_name' must be a plain file name (letters, digits, space, '.', '_', '-'), found "
+            f"{name!r}. The adapter is saved as models/seed_story/detokenizer/<output_name>.safetensors.")
+    return name
+
+
+def adapter_directory() -> Path:
+    """models/seed_story/detokenizer (the first folder registered for the de-tokenizer loader)."""
+    dirs = glue.folder_dirs("seed_story_detokenizer")
+    if not dirs:
+        raise RuntimeError("ComfyUI's folder_paths is not available: SeedStory Adapt De-tokenizer must run inside ComfyUI.")
+    return Path(dirs[0])
+
+
+def _run_directory(output_name: str) -> Path:
+    """Where the run's checkpoints and train_log.csv go: ComfyUI's temp folder (cleared when ComfyUI starts)."""
+    fp = _folder_paths()
+    base = fp.get_temp_directory() if fp is not None and hasattr(fp, "get_temp_directory") else tempfile.gettempdir()
+    return Path(base) / "seedstory_adapt" / output_name
+
+
+def _interrupt_probe():
+    """(cancel callback for run_stage3, list that receives the interruption exception if the probe consumed it)."""
+    seen = []
+
+    def cancel() -> bool:
+        mm = glue.model_management()
+        if mm is None:
+            return False
+        probe = getattr(mm, "processing_interrupted", None)
+        if probe is not None:
+            return bool(probe())
+        try:  # older ComfyUI: the throwing check (clears the flag, so keep the exception)
+            mm.throw_exception_if_processing_interrupted()
+        except Exception as err:  # InterruptProcessingException
+            seen.append(err)
+            return True
+        return False
+
+    return cancel, seen
+
+
+def _raise_interrupted(seen) -> None:
+    glue.check_interrupted()  # raises InterruptProcessingException and clears the flag
+    if seen:
+        raise seen[0]
+    mm = glue.model_management()
+    exc = getattr(mm, "InterruptProcessingException", None) if mm is not None else None
+    raise (exc() if exc is not None else RuntimeError("SeedStory Adapt De-tokenizer: interrupted"))
+
+
+def _save_init_bundle(agent: AgentModel, vit: VisualTokenizerModel, detok: DetokenizerModel, folder: Path) -> Path:
+    """The in-memory models as a SeedStoryBundle folder (run_stage3 starts from a bundle: --init bundle:PATH)."""
+    from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.config import SeedStoryConfig
+
+    config = SeedStoryConfig(name=f"comfyui ({detok.source})", visual_tokenizer=vit.config, agent=agent.config,
+                             detokenizer=detok.config)
+    try:
+        config.validate()
+    except ValueError as err:
+        raise SeedStoryInputError(
+            f"SeedStory Adapt De-tokenizer: the agent, visual tokenizer and de-tokenizer do not belong to one model "
+            f"({err}). Connect the three outputs of the same model (e.g. all from the Tiny Model Loader).") from err
+    bundle = SeedStoryBundle(config, agent.tokenizer, vit.module, agent.module, detok.module,
+                             uncond_features=detok.uncond_features)
+    return bundle.save(folder)
+
+
+class SeedStoryAdaptDetokenizer:
+    DESCRIPTION = ("Stage 3 of SEED-Story training inside ComfyUI: adapts the de-tokenizer (resampler + UNet "
+                   "to_k/to_v) to the image features the frozen agent REGRESSES, so frames rendered from story "
+                   "features look like the training pictures. Trains on a StoryStream-format folder (a .jsonl of "
+                   "stories + images; make a small one with " + DATA_COMMAND + "), shows a progress bar over the "
+                   "steps, stops cleanly on Cancel (a resumable checkpoint stays in ComfyUI's temp folder), saves "
+                   "the adapter to models/seed_story/detokenizer/<output_name>.safetensors (listed by the "
+                   "De-tokenizer Loader) and outputs the adapted de-tokenizer. The input models are not changed.")
+    CATEGORY = CATEGORY
+    FUNCTION = "adapt"
+    OUTPUT_NODE = True
+    RETURN_TYPES = (DETOKENIZER, "STRING")
+    RETURN_NAMES = ("detokenizer", "adapter_path")
+    OUTPUT_TOOLTIPS = (
+        "The adapted de-tokenizer (a copy; the input one is unchanged), for De-tokenize / Generate Story.",
+        "Absolute path of the saved adapter (.safetensors, resampler.* + unet.*to_k/to_v, the official layout).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "agent": (AGENT, {"tooltip": "The trained story agent (stage 2); frozen, it gives the regressed image "
+                                         "features the de-tokenizer learns to render."}),
+            "visual_tokenizer": (VISUAL_TOKENIZER, {
+                "tooltip": "The visual tokenizer of the same model (frozen; encodes the story frames for the agent)."}),
+            "detokenizer": (DETOKENIZER, {
+                "tooltip": "The de-tokenizer to adapt (stage 1 result); copied, the input is never changed."}),
+            "data_folder": ("STRING", {
+                "default": "storystream_mini",
+                "tooltip": "StoryStream-format training data: a folder with chunks10.jsonl / stories.jsonl (or a "
+                           "single .jsonl) and its images, or a .jsonl file. Relative paths are inside ComfyUI's "
+                           "input folder. Make a small set with: " + DATA_COMMAND}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 100000,
+                              "tooltip": "Optimizer steps (official 1600; a few are enough to try the tiny model). "
+                                         "Warmup and cosine decay follow the official schedule scaled to this count."}),
+            "learning_rate": ("FLOAT", {"default": 1e-4, "min": 0.0, "max": 1.0, "step": 0.00001,
+                                        "tooltip": "AdamW learning rate (official 1e-4, weight decay 0.03)."}),
+            "batch_size": ("INT", {"default": 4, "min": 1, "max": 256,
+                                   "tooltip": "Story samples per optimizer step (official: 4 per GPU x 4 gradient "
+                                              "accumulation; larger needs more memory)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True,
+                             "tooltip": "Seed of the data order and the diffusion noise (same seed + data = same run)."}),
+            "output_name": ("STRING", {
+                "default": "seedstory_adapted",
+                "tooltip": "File name of the adapter in models/seed_story/detokenizer (.safetensors is added; an "
+                           "existing file of that name is replaced)."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, data_folder="", **_kwargs):
+        # re-train when the data changes (same inputs otherwise = ComfyUI's cached result)
+        try:
+            path = resolve_data_folder(data_folder, node="SeedStory Adapt De-tokenizer")
+        except Exception:
+            return ""
+        files = [path] if path.is_file() else sorted(path.glob("*.jsonl"))
+        return "|".join(f"{f}:{f.stat().st_mtime_ns}:{f.stat().st_size}" for f in files)
+
+    def adapt(self, agent, visual_tokenizer, detokenizer, data_folder="storystream_mini", steps=20,
+              learning_rate=1e-4, batch_size=4, seed=0, output_name="seedstory_adapted"):
+        node = "SeedStory Adapt De-tokenizer"
+        agent = require(agent, AgentModel, node=node, name="agent", socket=AGENT,
+                        hint="agent output of a SeedStory loader")
+        vit = require(visual_tokenizer, VisualTokenizerModel, node=node, name="visual_tokenizer",
+                      socket=VISUAL_TOKENIZER, hint="visual_tokenizer output of a SeedStory loader")
+        detok = require(detokenizer, DetokenizerModel, node=node, name="detokenizer", socket=DETOKENIZER,
+                        hint="detokenizer output of a SeedStory loader")
+        data = resolve_data_folder(data_folder, node=node)
+        name = _check_output_name(output_name, node=node)
+        steps, batch_size = int(steps), int(batch_size)
+        if steps < 1 or batch_size < 1:
+            raise SeedStoryInputError(f"{node}: steps and batch_size must be >= 1, found {steps} and {batch_size}.")
+        glue.check_interrupted()
+
+        from ..training.stage3_adaptation import run_stage3
+
+        run_dir = _run_directory(name)
+        progress = glue.Progress(steps)
+        stream = glue.text_streamer(None)
+        cancel, seen = _interrupt_probe()
+
+        def on_step(step, total, loss):
+            progress.set(step)
+            if stream is not None:
+                stream(f"step {step}/{total}  loss {loss:.4f}")
+
+        options = dict(
+            data=str(data), out=str(run_dir), max_steps=steps, batch_size=batch_size, grad_accum=1,
+            lr=float(learning_rate), seed=int(seed), resume="none", save_every=0, keep_checkpoints=1,
+            warmup_steps=min(OFFICIAL_WARMUP, steps * OFFICIAL_WARMUP // OFFICIAL_STEPS),
+        )
+        if run_dir.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        # ComfyUI runs nodes under torch.inference_mode(): training needs autograd and normal tensors. The temp
+        # bundle re-creates every module from its saved weights, so the input models are never touched.
+        with tempfile.TemporaryDirectory(prefix="seedstory_stage3_init_") as tmp:
+            with torch.inference_mode(False), torch.enable_grad():
+                init = _save_init_bundle(agent, vit, detok, Path(tmp) / "init")
+                try:
+                    metrics = run_stage3(init=f"bundle:{init}", progress=on_step, cancel=cancel, **options)
+                except (FileNotFoundError, ValueError) as err:
+                    raise SeedStoryInputError(f"{node}: training on {data} failed: {err}") from err
+        if metrics.get("cancelled"):
+            print(f"[seedstory] {node}: cancelled at step {metrics['step']}/{steps}; checkpoint {metrics['checkpoint']}")
+            _raise_interrupted(seen)
+
+        exported = Path(metrics["model"]) / "detokenizer" / "adapter.safetensors"
+        from safetensors.torch import load_file
+
+        adapted_state = load_file(str(exported))
+        module = copy.deepcopy(detok.module)  # the input module is left as it was
+        params = module.trainable_parameters()
+        missing = sorted(set(params) - set(adapted_state))
+        if missing:
+            raise RuntimeError(f"{node}: the exported adapter lacks {missing[:5]} ...")
+        with torch.no_grad():
+            for key, p in params.items():
+                p.copy_(adapted_state[key].to(device=p.device, dtype=p.dtype))
+        target = adapter_directory() / f"{name}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_target = target.with_name(f".{name}.tmp.safetensors")
+        module.save_adapter(tmp_target)
+        os.replace(tmp_target, target)
+        shutil.rmtree(metrics["model"], ignore_errors=True)  # a full bundle copy; the adapter is what we keep
+
+        from .loaders import _detok_wrapper
+
+        if detok.patcher is not None:
+            load_device, offload_device = detok.patcher.load_device, detok.patcher.offload_device
+        else:
+            load_device = offload_device = torch.device("cpu")
+        out = _detok_wrapper(module.eval(), detok.config, detok.uncond_features, f"{name}.safetensors",
+                             load_device, offload_device)
+        loss = metrics.get("loss")
+        first = metrics["losses"][0] if metrics.get("losses") else None
+        summary = (f"adapted for {metrics['steps_run']} steps on {data.name}: final loss {loss:.4f}"
+                   + (f" (first {first:.4f})" if first is not None else "")
+                   + f"\nsaved {target}")
+        return {"ui": {"text": [summary]}, "result": (out, str(target))}
