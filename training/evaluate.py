@@ -168,6 +168,12 @@ def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Se
     from seedstory_core.data import attribute_probe as probe_mod
 
     bundle = bundle or load_model(model_dir)
+    if isinstance(dtype, str):
+        names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+        if dtype not in names:
+            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+        dtype = names[dtype]
     if device is not None or dtype is not None:
         bundle.to(device, dtype)
     probe = probe or load_probe(model_dir)
