@@ -82,14 +82,22 @@ def test_ratio_format_function():
     assert lines[0] == "step50_over_step5_dense: 1.2500"
 
 
-def test_quality_hook_skips_without_training_code(capsys, tmp_path):
+def test_quality_hook_writes_the_ablation_rows(tmp_path, monkeypatch):
+    import training.evaluate as te
+
+    calls = {}
+
+    def fake_ablation(model_dir, **kw):
+        calls.update(kw, model_dir=model_dir)
+        return {p: {f"{m}x": {"attribute_agreement": 0.5 / m, "pixel_l1": 0.1 * m} for m in kw["length_multiples"]}
+                for p in kw["policies"]}
+
+    monkeypatch.setattr(te, "long_story_ablation", fake_ablation)
     cfg = eb.BenchConfig(out_dir=tmp_path)
     messages = []
-    assert eb.quality_mode(str(tmp_path), cfg, log=messages.append) == 0
-    try:
-        import training.evaluate as te  # noqa: F401
-        has = hasattr(te, "long_story_ablation")
-    except ImportError:
-        has = False
-    if not has:
-        assert "skipped" in messages[0]
+    assert eb.quality_mode("some/model", cfg, log=messages.append) == 0
+    assert calls["model_dir"] == "some/model" and "reencode_window" not in calls["policies"]
+    rows = (tmp_path / "quality.csv").read_text().splitlines()
+    assert rows[0] == "policy,length,attribute_agreement,pixel_l1"
+    assert len(rows) == 1 + 3 * len(calls["policies"])
+    assert any("multimodal_sink" in m and "3x" in m for m in messages)
