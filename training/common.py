@@ -503,3 +503,10 @@ def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel)
         "trainable": task.trainable_names(),
         "dropped": getattr(task, "dropped", 0),
     }
+
+
+def entry_main(train: Callable[..., Dict[str, Any]], argv=None) -> int:
+    """The command-line body shared by the stage modules: run ``train(argv)`` and print its metrics summary."""
+    metrics = train(argv)
+    print({k: v for k, v in metrics.items() if k not in ("losses", "trainable")})
+    return 0

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import (
+    entry_main,
     FeatureCache,
     ImageSource,
     StageTask,
@@ -218,9 +219,7 @@ def train_stage1(args=None, *, progress: Optional[Callable[[int, int, float], No
 
 
 def main(argv=None) -> int:
-    m = train_stage1(argv)
-    print({k: v for k, v in m.items() if k not in ("losses", "trainable")})
-    return 0
+    return entry_main(train_stage1, argv)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .common import (
+    entry_main,
     FeatureCache,
     ImageSource,
     StageTask,
@@ -190,9 +191,7 @@ def train_stage2(args=None, *, progress: Optional[Callable[[int, int, float], No
 
 
 def main(argv=None) -> int:
-    m = train_stage2(argv)
-    print({k: v for k, v in m.items() if k not in ("losses", "trainable")})
-    return 0
+    return entry_main(train_stage2, argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from .common import StageTask, base_parser, frozen_dtype, resolve_args, run_training
+from .common import entry_main, StageTask, base_parser, frozen_dtype, resolve_args, run_training
 from .stage1_detokenizer import DetokenizerTask, add_detok_arguments
 from .stage2_instruction import StoryBatches, add_story_arguments
 
@@ -102,9 +102,7 @@ def run_stage3(*, progress: Optional[Callable[[int, int, float], None]] = None,
 
 
 def main(argv=None) -> int:
-    m = train_stage3(argv)
-    print({k: v for k, v in m.items() if k not in ("losses", "trainable")})
-    return 0
+    return entry_main(train_stage3, argv)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import FeatureCache, ImageSource, StageTask, base_parser, load_init_bundle, load_records, resolve_args, run_training
+from .common import entry_main, FeatureCache, ImageSource, StageTask, base_parser, load_init_bundle, load_records, resolve_args, run_training
 
 DEFAULTS = dict(max_steps=500, batch_size=16, grad_accum=1, lr=1e-3, weight_decay=0.0, beta1=0.9, beta2=0.999,
                 eps=1e-8, warmup_steps=20, min_lr_ratio=0.1)
@@ -112,9 +112,7 @@ def train_vae(args=None, *, progress: Optional[Callable[[int, int, float], None]
 
 
 def main(argv=None) -> int:
-    m = train_vae(argv)
-    print({k: v for k, v in m.items() if k not in ("losses", "trainable")})
-    return 0
+    return entry_main(train_vae, argv)
 
 
 if __name__ == "__main__":
