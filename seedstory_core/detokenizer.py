@@ -46,6 +46,8 @@ __all__ = [
     "make_scheduler",
     "frame_seed",
     "is_trainable_unet_key",
+    "normalize_latents",
+    "calibrate_vae_latents",
     "SeedStoryDetokenizer",
 ]
 
@@ -143,6 +145,62 @@ def is_trainable_unet_key(name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+#: VAE config entries that describe its latent statistics (read from a diffusers folder's vae/config.json)
+_VAE_LATENT_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
+
+
+def normalize_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Raw VAE latents (B, C, h, w) -> the diffusion model's latent space, the exact inverse of what diffusers'
+    ``StableDiffusionXLPipeline`` applies before decoding.
+
+    SD-XL's VAE: ``latents * scaling_factor`` (0.13025, spec §4.2/§6: ``latent_dist.sample() * scaling_factor``).
+    A VAE whose config also carries per-channel ``latents_mean`` / ``latents_std`` (diffusers' convention, set by
+    :func:`calibrate_vae_latents` for the tiny VAE trained from scratch):
+    ``(latents - mean) * scaling_factor / std``. Same dtype/device as ``latents``.
+    """
+    cfg = vae.config
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    if mean is not None and std is not None:
+        c = latents.shape[1]
+        m = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(1, c, 1, 1)
+        s = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(1, c, 1, 1)
+        return (latents - m) * cfg.scaling_factor / s
+    return latents * cfg.scaling_factor
+
+
+@torch.no_grad()
+def calibrate_vae_latents(vae: nn.Module, images: torch.Tensor, batch_size: int = 64) -> Dict[str, object]:
+    """Give a (tiny, from-scratch) VAE unit-variance latents: set ``latents_mean`` / ``latents_std`` (per channel,
+    over the posterior means of ``images``) and ``scaling_factor = 1`` in ``vae.config``; returns those values.
+
+    Why: SD-XL's ``scaling_factor`` 0.13025 was measured for SD-XL's own VAE (it makes its latents ~unit variance).
+    A VAE trained here has other statistics (the first tiny VAE: std 0.21 after x 0.13025, mean offset 0.11), and
+    diffusion on latents much smaller than the unit noise has a far lower signal-to-noise ratio at every timestep
+    than the noise schedule assumes, so the UNet barely learns to follow its condition. This is the LDM recipe
+    (scale = 1 / latent std of the training data), per channel, in diffusers' ``latents_mean``/``latents_std``
+    convention, which ``StableDiffusionXLPipeline`` honours when decoding. Never used for the real SD-XL VAE.
+
+    Args:
+        images: (N, 3, H, W) float in [-1, 1] (N >= 2), the frames the de-tokenizer will be trained on.
+    Raises:
+        ValueError: wrong image tensor shape.
+    """
+    if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] < 2:
+        raise ValueError(f"images must be (N>=2, 3, H, W) in [-1, 1], found {tuple(images.shape)}")
+    p = next(vae.parameters())
+    means = []
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size].to(device=p.device, dtype=p.dtype)
+        means.append(vae.encode(x).latent_dist.mean.float().cpu())
+    z = torch.cat(means)
+    mean = z.mean(dim=(0, 2, 3))
+    std = z.permute(1, 0, 2, 3).reshape(z.shape[1], -1).std(dim=1).clamp(min=1e-6)
+    values = {"latents_mean": [round(float(v), 6) for v in mean], "latents_std": [round(float(v), 6) for v in std],
+              "scaling_factor": 1.0}
+    vae.register_to_config(**values)
+    return values
+
+
 def _check_compatible(config: DetokenizerConfig, unet_cfg: Mapping) -> None:
     r = config.resampler
     problems = []
@@ -364,6 +422,14 @@ class SeedStoryDetokenizer(nn.Module):
             vae_src = str(vae_path)
             sched_file = sdxl_base / "scheduler" / "scheduler_config.json"
             sched_cfg = json.loads(sched_file.read_text()) if sched_file.is_file() else cfgs["scheduler"]
+            vae_cfg_file = sdxl_base / "vae" / "config.json"
+            if vae_cfg_file.is_file():
+                # the latent statistics belong to the VAE weights (a calibrated tiny VAE has its own), the layout
+                # to the preset: take only the former from the folder's config
+                vae_cfg = json.loads(vae_cfg_file.read_text())
+                stats = {k: vae_cfg[k] for k in _VAE_LATENT_KEYS if k in vae_cfg}
+                if stats:
+                    vae.register_to_config(**stats)
         else:
             single = read_state_dict(sdxl_base)
             kind = detect_checkpoint_kind(single)

@@ -127,6 +127,58 @@ def test_vae_stage_trains_only_the_vae(tmp_path, records, init_bundle):
     assert (tmp_path / "train_log.csv").read_text().count("\n") == 3
 
 
+def test_vae_export_calibrates_unit_variance_latents(tmp_path, records, init_bundle):
+    from seedstory_core.data.samples import sd_target
+    from seedstory_core.detokenizer import normalize_latents
+    from training.vae import train_vae
+
+    m = train_vae(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), lr=1e-3))
+    vae = _load(m["model"]).detokenizer.vae  # the loader takes the latent statistics from the saved vae/config.json
+    assert vae.config.scaling_factor == 1.0 and len(vae.config.latents_mean) == len(vae.config.latents_std) == 4
+    frames = torch.stack([sd_target(img, 64)[0] for r in records for img in r["images"]])
+    with torch.no_grad():
+        z = normalize_latents(vae, vae.encode(frames).latent_dist.mean)
+    per_channel = z.permute(1, 0, 2, 3).reshape(4, -1)
+    assert per_channel.mean(1).abs().max() < 0.35 and (per_channel.std(1) - 1).abs().max() < 0.35
+    # an untouched VAE (calibration off) keeps SD-XL's scaling
+    m0 = train_vae(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path / "raw"), calibration_frames=0))
+    raw = _load(m0["model"]).detokenizer.vae
+    assert raw.config.scaling_factor == pytest.approx(0.13025) and getattr(raw.config, "latents_std", None) is None
+
+
+def test_normalize_latents_inverts_the_sdxl_pipeline_decode_transform():
+    from types import SimpleNamespace
+
+    from seedstory_core.detokenizer import normalize_latents
+
+    z = torch.randn(2, 4, 3, 3)
+    plain = SimpleNamespace(config=SimpleNamespace(scaling_factor=0.13025))
+    assert torch.equal(normalize_latents(plain, z), z * 0.13025)
+    cfg = SimpleNamespace(scaling_factor=0.5, latents_mean=[0.1, -0.2, 0.3, 1.0], latents_std=[2.0, 0.5, 1.0, 4.0])
+    n = normalize_latents(SimpleNamespace(config=cfg), z)
+    # StableDiffusionXLPipeline before vae.decode: latents * latents_std / scaling_factor + latents_mean
+    back = n * torch.tensor(cfg.latents_std).view(1, 4, 1, 1) / cfg.scaling_factor + torch.tensor(cfg.latents_mean).view(1, 4, 1, 1)
+    assert torch.allclose(back, z, atol=1e-6)
+
+
+def test_cond_dropout_replaces_whole_samples_with_the_unconditional_features():
+    from types import SimpleNamespace
+
+    from training.stage1_detokenizer import DetokenizerTask
+
+    uncond = torch.randn(1, 5, 8)
+    feats = torch.randn(64, 5, 8)
+    fake = SimpleNamespace(args=SimpleNamespace(cond_dropout=0.0), bundle=SimpleNamespace(uncond_features=uncond))
+    assert DetokenizerTask.drop_condition(fake, feats, torch.Generator().manual_seed(0)) is feats
+    fake.args.cond_dropout = 0.5
+    out = DetokenizerTask.drop_condition(fake, feats, torch.Generator().manual_seed(0))
+    dropped = torch.tensor([torch.equal(o, uncond[0]) for o in out])
+    kept = torch.tensor([torch.equal(o, f) for o, f in zip(out, feats)])
+    assert bool((dropped ^ kept).all()) and 10 < int(dropped.sum()) < 54
+    fake.args.cond_dropout = 1.0
+    assert torch.equal(DetokenizerTask.drop_condition(fake, feats, torch.Generator()), uncond.expand_as(feats))
+
+
 def test_stage1_kv_changes_exactly_the_official_set(tmp_path, records, init_bundle):
     from seedstory_core.detokenizer import is_trainable_unet_key
     from training.stage1_detokenizer import train_stage1

@@ -7,7 +7,8 @@ checkpoint sizes it trains the same ``SDXLAdapter`` subset as stage 3. Per micro
    (short side -> S, centre crop: the same crop as the de-tokenizer target, and stage 3's transform);
 2. target ``sd_images`` = the frame bicubic-resized / centre-cropped to the de-tokenizer size, in [-1, 1], with
    SD-XL ``time_ids`` [H, W, top, left, S, S] (fixed crop offsets; ``--official-crop-swap`` for the bug);
-3. VAE latents ``latent_dist.sample() * scaling_factor`` (frozen VAE, fp32), DDPM noise with the SD-XL scheduler
+3. VAE latents ``latent_dist.sample() * scaling_factor`` (frozen VAE, fp32; a calibrated tiny VAE's per-channel
+   ``latents_mean``/``latents_std`` are applied too, see ``normalize_latents``), DDPM noise with the SD-XL scheduler
    config (diffusers ``DDPMScheduler.from_config``), ``t ~ U{0..999}``;
 4. ``UNet(noisy, t, prompt_embeds, added_cond={time_ids, text_embeds=pooled})``; loss = MSE(pred, noise) in fp32.
 
@@ -99,6 +100,10 @@ def add_detok_arguments(p) -> None:
     g.add_argument("--lora-rank", type=int, default=16)
     g.add_argument("--lora-alpha", type=int, default=16)
     g.add_argument("--resolution", type=int, default=0, help="de-tokenizer image size S (0 = config.detokenizer.default_size)")
+    g.add_argument("--cond-dropout", type=float, default=0.0,
+                   help="probability of replacing a sample's features by the unconditional ones (ViT features of the "
+                        "all-zero image, the CFG negative branch) so guidance has a trained unconditional branch "
+                        "(official stage 3: none, 0.0; the tiny recipe's stage 1 uses 0.1)")
     g.add_argument("--official-crop-swap", action="store_true",
                    help="reproduce the official swapped crop offsets in time_ids (ablation; default: fixed)")
 
@@ -169,10 +174,13 @@ class DetokenizerTask(StageTask):
     @torch.no_grad()
     def diffusion_inputs(self, sd_images: torch.Tensor, time_ids: torch.Tensor, gen: torch.Generator) -> Dict[str, torch.Tensor]:
         """VAE latents (sampled, x scaling factor), epsilon noise, t ~ U{0..T-1}, noisy latents (DDPM, SD-XL betas)."""
+        from seedstory_core.detokenizer import normalize_latents
+
         x = sd_images.to(self.device, torch.float32)
         dist = self.vae.encode(x).latent_dist
         eps = torch.randn(dist.mean.shape, generator=gen).to(self.device, torch.float32)
-        latents = (dist.mean + dist.std * eps) * self.vae.config.scaling_factor  # == latent_dist.sample()
+        # == latent_dist.sample() * scaling_factor (SD-XL); per-channel mean/std when the VAE config has them
+        latents = normalize_latents(self.vae, dist.mean + dist.std * eps)
         noise = torch.randn(latents.shape, generator=gen).to(self.device, torch.float32)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
@@ -186,8 +194,18 @@ class DetokenizerTask(StageTask):
             a, b, c = self.frame(r, f)
             feats.append(a), sds.append(b), tids.append(c)
         out = self.diffusion_inputs(torch.stack(sds), torch.stack(tids), gen)
-        out["features"] = torch.stack(feats).to(self.device)
+        out["features"] = self.drop_condition(torch.stack(feats), gen).to(self.device)
         return out
+
+    def drop_condition(self, features: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """(B, T, D) features with each sample replaced, with probability ``--cond-dropout``, by the unconditional
+        features (B-broadcast (1, T, D) ViT features of the all-zero image, as at inference, spec §4.2)."""
+        p = float(getattr(self.args, "cond_dropout", 0.0) or 0.0)
+        if p <= 0.0:
+            return features
+        drop = torch.rand(features.shape[0], generator=gen) < p
+        uncond = self.bundle.uncond_features.to(device=features.device, dtype=features.dtype)
+        return torch.where(drop.to(features.device)[:, None, None], uncond.expand_as(features), features)
 
     def trainable_names(self) -> List[str]:
         return [n for n, p in self.model.named_parameters() if p.requires_grad]

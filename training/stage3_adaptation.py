@@ -6,6 +6,8 @@ frozen stage-2 agent's forward (``no_grad``, ``return_recon_image_embeds``) -> t
 (B, T, D); the target frame -> ``sd_images`` + ``time_ids`` (crop offsets FIXED, see
 :mod:`seedstory_core.data.samples`; ``--official-crop-swap`` reproduces the bug); then the stage-1 loss
 (VAE latents, DDPM noise, epsilon-MSE). Trainable: resampler + UNet ``to_k``/``to_v`` (``--unet-train``).
+``--cond-dropout P`` (default 0, as the official: no condition dropout) replaces a sample's regressed features by
+the unconditional ones with probability P, so the adaptation keeps the guidance branch a stage 1 trained that way.
 
 **Agent mode.** The official script never calls ``agent.eval()``: peft's LoRA layers are in train mode, so LoRA
 dropout 0.05 is (probably) active while the teacher features are computed, i.e. the de-tokenizer learns from
@@ -71,7 +73,7 @@ class AdaptationTask(DetokenizerTask):
         recon = self.regressed_features(batch)
         sds, tids = zip(*[self.frame(r, f)[1:] for r, f in targets])
         out = self.diffusion_inputs(torch.stack(sds), torch.stack(tids), gen)
-        out["features"] = recon
+        out["features"] = self.drop_condition(recon, gen)
         return out
 
 

@@ -7,13 +7,16 @@ Steps (each a normal training entry point, resumable; ``--scale`` multiplies eve
 0. data   — StoryStream-mini, ``--stories`` stories of 30 frames (seed ``--data-seed``), chunked into 10-frame
             stories as the official data (spec §5).
 1. init   — a tokenizer trained on the data's captions (+ the 66 image tokens) and a seeded random tiny model.
-2. vae    — the tiny VAE learns to reconstruct frames (a random VAE has no usable latent space; SD-XL's is given).
-3. stage1 — de-tokenizer pretraining: ViT features -> ResamplerXLV2 -> UNet (full UNet: it starts random).
+2. vae    — the tiny VAE learns to reconstruct frames (a random VAE has no usable latent space; SD-XL's is given);
+            at export its latents are calibrated to unit variance (per-channel latents_mean/latents_std).
+3. stage1 — de-tokenizer pretraining: ViT features -> ResamplerXLV2 -> UNet (full UNet: it starts random), with 10%
+            condition dropout to the unconditional (all-zero image) features so classifier-free guidance works.
 4. stage2 — instruction tuning on random-length story prefixes (CE + per-token cosine), base LLaMA trained too
             (``--train-base``: LoRA alone cannot teach a random LLaMA a language) and the text loss on every caption
             (``--text-loss all``: with the official last-caption-only loss the tiny model learned the marginal
             caption distribution and ignored the story context in 900 steps — every greedy sentence was the same).
-5. stage3 — de-tokenizer adaptation on the frozen stage-2 agent's regressed features (agent in eval mode).
+5. stage3 — de-tokenizer adaptation on the frozen stage-2 agent's regressed features (agent in eval mode; the same
+            10% condition dropout, so adaptation keeps the unconditional branch).
 6. export — the final bundle, a held-out demo start frame/sentence and the attribute probe used by
             ``python -m training.evaluate`` (trained on real frames of seed 7; held-out accuracy recorded).
 
@@ -32,11 +35,12 @@ from typing import Dict, List
 
 #: (stage, extra CLI arguments) — step counts are scaled by --scale
 STAGES = {
-    "vae": ["--max-steps", "400", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "20"],
-    "stage1": ["--unet-train", "full", "--max-steps", "1500", "--batch-size", "16", "--lr", "5e-4", "--warmup-steps", "50",
-               "--min-lr-ratio", "0.1"],
+    "vae": ["--max-steps", "700", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "20"],
+    "stage1": ["--unet-train", "full", "--max-steps", "2400", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "50",
+               "--min-lr-ratio", "0.1", "--cond-dropout", "0.1"],
     "stage2": ["--train-base", "--text-loss", "all", "--max-steps", "900", "--batch-size", "4", "--lr", "5e-4", "--warmup-steps", "50"],
-    "stage3": ["--max-steps", "600", "--batch-size", "4", "--grad-accum", "1", "--lr", "1e-4", "--warmup-steps", "50"],
+    "stage3": ["--max-steps", "600", "--batch-size", "4", "--grad-accum", "1", "--lr", "1e-4", "--warmup-steps", "50",
+               "--cond-dropout", "0.1"],
 }
 HELD_OUT_SEED = 1000
 

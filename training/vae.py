@@ -8,7 +8,9 @@ must learn a fixed latent space, and a separate step keeps stages 1/3 exactly th
 Loss (LDM-style): MSE(reconstruction, frame) on posterior samples + ``--kl-weight`` (1e-6) x KL(q(z|x) || N(0, I))
 (per-sample KL sum, batch mean). Frames: bicubic short-side resize + centre crop to the de-tokenizer size, in
 [-1, 1] (the stage-1/3 target transform). Trainable: the whole VAE. The result is a bundle whose
-``detokenizer/sdxl/vae`` holds the trained VAE.
+``detokenizer/sdxl/vae`` holds the trained VAE. At export the VAE's latent statistics are measured on
+``--calibration-frames`` training frames and written into its config (``latents_mean``/``latents_std``, scaling 1):
+the LDM recipe of scaling latents to unit variance, which SD-XL's 0.13025 does for SD-XL's VAE only.
 
 Usage::
 
@@ -94,6 +96,14 @@ class VAETask(StageTask):
             self.model.load_state_dict(state_dict)
         self.model.vae.disable_gradient_checkpointing() if self.args.gradient_checkpointing else None
         self.model.vae.eval()
+        n = int(self.args.calibration_frames)
+        if n > 0:
+            from seedstory_core.detokenizer import calibrate_vae_latents
+
+            rng = random.Random(self.args.seed)
+            picks = [(r, rng.randrange(len(self.records[r]["images"]))) for r in (rng.randrange(len(self.records)) for _ in range(n))]
+            frames = torch.stack([self.frame(r, f) for r, f in picks])
+            self.calibration = calibrate_vae_latents(self.model.vae, frames)
         self.bundle.save(folder)
 
 
@@ -102,6 +112,9 @@ def build_parser():
     p.add_argument("--kl-weight", type=float, default=1e-6)
     p.add_argument("--resolution", type=int, default=0, help="image size (0 = config.detokenizer.default_size)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    p.add_argument("--calibration-frames", type=int, default=256,
+                   help="frames used at export to set the VAE's per-channel latents_mean/latents_std (unit-variance "
+                        "diffusion latents, see seedstory_core.detokenizer.calibrate_vae_latents); 0 = keep the config")
     return p
 
 
