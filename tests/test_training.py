@@ -219,6 +219,20 @@ def test_stage2_changes_exactly_the_official_set(tmp_path, records, init_bundle)
     assert row[0] == "1" and row[2] and row[3]  # lm_loss and rec_loss logged
 
 
+def test_stage2_rec_loss_scale_weights_only_the_regression_loss(tmp_path, records, init_bundle):
+    import csv
+
+    from training.stage2_instruction import train_stage2
+
+    m = train_stage2(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), rec_loss_scale=4.0))
+    rows = list(csv.DictReader((tmp_path / "train_log.csv").open()))
+    assert len(rows) == 2
+    for r in rows:
+        assert float(r["loss"]) == pytest.approx(float(r["lm_loss"]) + 4.0 * float(r["rec_loss"]), rel=1e-5)
+    # a training weight only: the exported agent config is unchanged
+    assert _load(m["model"]).agent.rec_loss_scale == _load(init_bundle).agent.rec_loss_scale
+
+
 def test_stage2_train_base_trains_base_weights(tmp_path, records, init_bundle):
     from training.stage2_instruction import train_stage2
 

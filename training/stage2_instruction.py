@@ -148,6 +148,9 @@ class InstructionTask(StageTask):
         configure_agent_trainable(agent, args.train_base)
         if args.gradient_checkpointing:
             agent.llm.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if getattr(args, "rec_loss_scale", None) is not None:
+            # a training-time weight only: the exported agent config keeps its own value
+            agent.rec_loss_scale = float(args.rec_loss_scale)
         self.agent = agent.train()
         self.model = AgentTrainModule(agent)
         self.device = device
@@ -180,6 +183,9 @@ def build_parser():
     add_story_arguments(p)
     p.add_argument("--train-base", action="store_true",
                    help="also train every base LLaMA weight (full fine-tune; needed for a random tiny LLaMA)")
+    p.add_argument("--rec-loss-scale", type=float, default=None,
+                   help="weight of the 1 - cos image-regression loss in the total (default: the agent config's, "
+                        "official 1.0); the LM loss keeps its weight")
     return p
 
 
