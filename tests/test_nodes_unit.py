@@ -4,7 +4,6 @@ like ComfyUI runs them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,21 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from pack_loader import PACK, load_pack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PACK = "seedstory_pack_under_test"
-
-
-def load_pack():
-    if PACK in sys.modules:
-        return sys.modules[PACK]
-    spec = importlib.util.spec_from_file_location(PACK, REPO_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(REPO_ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
 
 pack = load_pack()
 NODES = pack.NODE_CLASS_MAPPINGS

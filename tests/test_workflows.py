@@ -13,17 +13,16 @@ UI -> API conversion rule (what ComfyUI's frontend ``graphToPrompt`` does for V1
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from pack_loader import load_pack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS / "api"
-PACK = "seedstory_pack_under_test"
 VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
@@ -34,17 +33,6 @@ NEEDS_EXTERNAL_WEIGHTS = {
     "seedstory_native_ksampler": "an SD-XL base checkpoint plus the official visual tokenizer and de-tokenizer: "
                                  "the tiny model's conditioning (96/64 wide) cannot drive an SD-XL UNet (2048/1280)",
 }
-
-
-def load_pack():
-    if PACK in sys.modules:
-        return sys.modules[PACK]
-    spec = importlib.util.spec_from_file_location(PACK, REPO_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(REPO_ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _dyn(*_):
