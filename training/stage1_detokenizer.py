@@ -200,7 +200,7 @@ class DetokenizerTask(StageTask):
     def drop_condition(self, features: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """(B, T, D) features with each sample replaced, with probability ``--cond-dropout``, by the unconditional
         features (B-broadcast (1, T, D) ViT features of the all-zero image, as at inference, spec §4.2)."""
-        p = float(getattr(self.args, "cond_dropout", 0.0) or 0.0)
+        p = float(self.args.cond_dropout)
         if p <= 0.0:
             return features
         drop = torch.rand(features.shape[0], generator=gen) < p
