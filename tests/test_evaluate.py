@@ -65,3 +65,23 @@ def test_evaluate_cli_runs_on_a_small_model(tmp_path, probe):
     for key in ("parse_rate", "coherence", "consistency", "gt_distance"):
         assert key in result
     assert 0.0 <= result["coherence"] <= 1.0
+    assert result["probe"] == str(model / "probe")
+
+
+def test_probe_resolution_is_one_judge_for_all_models(tmp_path, probe, monkeypatch):
+    """An explicit --probe wins, then the model's own probe/, then the bundled model's; a --probe folder without
+    probe.safetensors is an error that names what was expected (not a silently re-trained judge)."""
+    from training import evaluate as ev
+
+    bundled, own, explicit = tmp_path / "bundled", tmp_path / "model", tmp_path / "judge"
+    probe.save(bundled / "probe")
+    probe.save(explicit)
+    monkeypatch.setattr(ev, "DEFAULT_MODEL", bundled)
+    assert ev.probe_path(own) == bundled / "probe"  # a run folder's model has no probe: the bundled judge
+    probe.save(own / "probe")
+    assert ev.probe_path(own) == own / "probe"
+    assert ev.probe_path(own, explicit) == explicit
+    with pytest.raises(FileNotFoundError, match="probe.safetensors"):
+        ev.probe_path(own, tmp_path / "empty")
+    monkeypatch.setattr(ev, "DEFAULT_MODEL", tmp_path / "nowhere")
+    assert ev.probe_path(tmp_path / "bare") is None  # nothing saved anywhere: evaluate trains one

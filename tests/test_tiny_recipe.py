@@ -9,10 +9,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "models" / "seedstory-tiny"
-#: floors for the 3-story check below. Measured on the bundled model (3 stories, seed 1000): parse rate 0.85,
-#: coherence 0.43, visualization agreement 0.50; a random-init model of the same size scores 0.0 / 0.0 / 0.20. The
-#: margin absorbs float differences between torch builds (greedy decoding can flip a token).
-QUALITY_FLOOR = {"parse_rate": 0.7, "coherence": 0.3, "visualization_agreement": 0.35}
+#: floors for the 3-story check below. Measured on the bundled model (3 stories, seed 1000, its own probe): parse rate
+#: 0.96, coherence 0.62, visualization agreement 0.62; a random-init model of the same size scores 0.0 / 0.0 / 0.20,
+#: the model before the stage-2b phase 0.93 / 0.46 / 0.50 (10 stories). The margin absorbs float differences between
+#: torch builds (greedy decoding can flip a token).
+QUALITY_FLOOR = {"parse_rate": 0.75, "coherence": 0.45, "visualization_agreement": 0.45}
 
 
 def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
@@ -23,7 +24,7 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
                           "--scale", "0.01", "--probe-stories", "4", "--export", str(export)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     record = json.loads((export / "recipe.json").read_text())
-    assert set(record["stages"]) >= {"data", "init", "vae", "stage1", "stage2", "stage3", "export"}
+    assert set(record["stages"]) >= {"data", "init", "vae", "stage1", "stage2", "stage2b", "stage3", "export"}
     bundle = SeedStoryBundle.load(export)
     assert bundle.tokenizer.vocab_size == bundle.config.agent.llm.vocab_size
     assert (export / "demo_start.png").is_file() and (export / "demo_start.txt").read_text().strip()

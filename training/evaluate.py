@@ -51,14 +51,33 @@ def load_model(model_dir: Optional[Path] = None, *, random_init: bool = False, s
     return bundle
 
 
-def load_probe(model_dir: Optional[Path], bundle_seed_data: Optional[Path] = None):
-    """The attribute probe shipped with the model (``probe.safetensors``), else one trained now on fresh frames."""
+def load_probe(model_dir: Optional[Path] = None, probe_dir: Optional[Path] = None):
+    """The attribute probe that scores the frames: the same judge for every model compared.
+
+    Order: ``probe_dir`` (must hold ``probe.safetensors``), else ``<model_dir>/probe``, else the bundled tiny model's
+    probe, else one trained now (seed 7, 80 stories: the recipe's own, but float differences between thread counts
+    make a re-trained probe differ slightly, so scores of two models are comparable only under one saved probe).
+
+    Raises:
+        FileNotFoundError: ``probe_dir`` is given but holds no ``probe.safetensors``.
+    """
     from seedstory_core.data import attribute_probe as probe_mod
 
-    path = (Path(model_dir) if model_dir else DEFAULT_MODEL) / "probe"
-    if (path / "probe.safetensors").exists():
-        return probe_mod.AttributeProbe.load(path)
-    return probe_mod.train_probe()
+    path = probe_path(model_dir, probe_dir)
+    return probe_mod.AttributeProbe.load(path) if path is not None else probe_mod.train_probe()
+
+
+def probe_path(model_dir: Optional[Path] = None, probe_dir: Optional[Path] = None) -> Optional[Path]:
+    """The saved probe folder :func:`load_probe` uses, or None when it has to train one (same errors)."""
+    if probe_dir is not None:
+        if not (Path(probe_dir) / "probe.safetensors").is_file():
+            raise FileNotFoundError(f"--probe {probe_dir}: expected a folder with probe.safetensors (as exported by "
+                                    "training.tiny_recipe into <bundle>/probe); none found there")
+        return Path(probe_dir)
+    for path in ((Path(model_dir) / "probe") if model_dir else None, DEFAULT_MODEL / "probe"):
+        if path is not None and (path / "probe.safetensors").is_file():
+            return path
+    return None
 
 
 #: classifier-free guidance of every rendered frame. The official default is 7.5 (spec §4.2); for the bundled tiny
@@ -124,13 +143,14 @@ def _story_metrics(probe, sentences: List[str], images, gt_attrs=None) -> Dict[s
 
 def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, random_init: bool = False,
              ablation: bool = True, ablation_stories: int = 2, diffusion_steps: int = 10,
-             guidance_scale: float = GUIDANCE_SCALE) -> Dict:
-    """Run the whole evaluation; returns the JSON-ready dict (see module docstring)."""
+             guidance_scale: float = GUIDANCE_SCALE, probe_dir: Optional[Path] = None) -> Dict:
+    """Run the whole evaluation; returns the JSON-ready dict (see module docstring). ``probe_dir``: see
+    :func:`load_probe`."""
     from seedstory_core.data import mini
 
     t0 = time.time()
     bundle = load_model(model_dir, random_init=random_init)
-    probe = load_probe(model_dir)
+    probe = load_probe(model_dir, probe_dir)
     gen, vis = [], []
     for k in range(stories):
         story = mini.generate_story(seed, k, frames=30)
@@ -150,6 +170,7 @@ def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, random_init
         "frames_per_story": TRAIN_LENGTH,
         "diffusion_steps": diffusion_steps,
         "guidance_scale": guidance_scale,
+        "probe": str(probe_path(model_dir, probe_dir) or "trained at evaluation time (seed 7, 80 stories)"),
         "parse_rate": float(np.mean([m["parse_rate"] for m in gen])),
         "coherence": float(np.mean([m["coherence"] for m in gen])),
         "consistency": float(np.mean([m["consistency"] for m in gen])),
@@ -220,11 +241,14 @@ def main(argv=None) -> int:
     parser.add_argument("--diffusion-steps", type=int, default=10)
     parser.add_argument("--guidance-scale", type=float, default=GUIDANCE_SCALE,
                         help="classifier-free guidance of the rendered frames (default 3.0; official 7.5)")
+    parser.add_argument("--probe", type=Path, default=None,
+                        help="attribute-probe folder (default: the model's probe/, else the bundled model's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     result = evaluate(args.model, seed=args.seed, stories=args.stories, random_init=args.random_init,
                       ablation=not args.no_ablation, ablation_stories=args.ablation_stories,
-                      diffusion_steps=args.diffusion_steps, guidance_scale=args.guidance_scale)
+                      diffusion_steps=args.diffusion_steps, guidance_scale=args.guidance_scale,
+                      probe_dir=args.probe)
     print(json.dumps(result))
     return 0
 
