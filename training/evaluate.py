@@ -15,7 +15,9 @@ Keys of the JSON object:
 * ``gt_distance`` — visualization mode (ground-truth captions, the StoryGPT-V task): mean absolute pixel distance
   (0..1) between generated and ground-truth frames, and the probe's attribute agreement with the ground truth.
 * ``ablation`` — the long-story ablation (paper §5.4, Table 8): the four cache policies, window = the training
-  length, visualizing 3x the training length; metrics per segment (1x, 2x, 3x).
+  length, visualizing 3x the training length; metrics per segment (1x = frames 1-10, 2x = 11-20, 3x = 21-29).
+* ``ablation_teacher_forced`` — the same with the ground-truth frames' features in the context instead of the
+  agent's regressed ones: what each policy keeps, without the agent's compounding errors.
 """
 
 from __future__ import annotations
@@ -101,10 +103,13 @@ def _pixel_distance(a, b) -> float:
 @torch.no_grad()
 def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: Optional[Sequence[str]] = None,
                    diffusion_steps: int = 10, seed: int = 0, max_sentence_tokens: int = 40,
-                   guidance_scale: float = GUIDANCE_SCALE):
+                   guidance_scale: float = GUIDANCE_SCALE, context_frames: Optional[Sequence] = None):
     """Continue a held-out story from its first frame and sentence; returns (sentences, PIL frames).
 
     ``captions`` (visualization mode): the sentences to draw for frames 1..frames-1.
+    ``context_frames`` (teacher forcing): PIL frames whose visual-tokenizer features replace the agent's regressed
+    features of frame i-1 in the context before frame i is drawn (``StoryEngine.step(context_features=...)``), so
+    every step sees a correct story so far; None = the agent's own regressed features stay in the context.
     """
     from seedstory_core.cache import CachePolicy
     from seedstory_core.data import mini
@@ -117,10 +122,13 @@ def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: O
     decoding = DecodingSettings(max_sentence_tokens=max_sentence_tokens)
     sentences, images = [story["captions"][0]], [start_img]
     for i in range(1, frames):
+        forced = None
+        if context_frames is not None and i > 1:
+            forced = engine.visual_tokenizer.encode_images(context_frames[i - 1])[:1]
         if captions is not None:
-            res = engine.step(state, text=captions[i - 1], mode="visualization", decoding=decoding)
+            res = engine.step(state, text=captions[i - 1], mode="visualization", decoding=decoding, context_features=forced)
         else:
-            res = engine.step(state, decoding=decoding)
+            res = engine.step(state, decoding=decoding, context_features=forced)
         state = res.state
         sentences.append(res.sentence)
         images.append(_render(bundle, res.features, i, diffusion_steps, seed, guidance_scale))
@@ -181,8 +189,10 @@ def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, random_init
         },
     }
     if ablation:
-        result["ablation"] = long_story_ablation(bundle=bundle, probe=probe, seed=seed, stories=ablation_stories,
-                                                 diffusion_steps=diffusion_steps, guidance_scale=guidance_scale)
+        for key, forced in (("ablation", False), ("ablation_teacher_forced", True)):
+            result[key] = long_story_ablation(bundle=bundle, probe=probe, seed=seed, stories=ablation_stories,
+                                              diffusion_steps=diffusion_steps, guidance_scale=guidance_scale,
+                                              teacher_forced=forced)
     result["seconds"] = round(time.time() - t0, 1)
     return result
 
@@ -190,11 +200,14 @@ def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, random_init
 def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Sequence[str] = POLICIES,
                         length_multiples: Sequence[int] = (1, 2, 3), window_images: int = TRAIN_LENGTH,
                         seed: int = 1000, stories: int = 2, diffusion_steps: int = 10, device=None, dtype=None,
-                        guidance_scale: float = GUIDANCE_SCALE) -> Dict:
+                        guidance_scale: float = GUIDANCE_SCALE, teacher_forced: bool = False) -> Dict:
     """Visualize ground-truth captions for ``max(length_multiples) x`` the training length under each cache policy.
 
     Returns ``{policy: {"1x": {pixel_l1, attribute_agreement}, "2x": ..., "3x": ...}}``, metrics over the frames
-    of each segment ((m-1)*L, m*L]. Also called by ``python -m bench --model DIR``.
+    of each segment ((m-1)*L, m*L] (L = 10: frames 1-10, 11-20, 21-29). Also called by ``python -m bench --model DIR``.
+    ``teacher_forced``: the context holds the ground-truth frames' visual-tokenizer features instead of the agent's
+    regressed ones (see :func:`generate_story`), which separates what the cache policy keeps from the agent's own
+    compounding errors (a missed scene change is otherwise carried forward by every policy).
     """
     from seedstory_core.cache import CachePolicy
     from seedstory_core.data import mini
@@ -219,7 +232,7 @@ def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Se
             gt = mini.render_story(story, size=64)
             _, images = generate_story(bundle, story, total, policy=CachePolicy(kind=policy, window_images=window_images),
                                        captions=story["captions"][1:total], diffusion_steps=diffusion_steps, seed=seed,
-                                       guidance_scale=guidance_scale)
+                                       guidance_scale=guidance_scale, context_frames=gt if teacher_forced else None)
             preds = probe.predict(images[1:])
             for i in range(1, total):
                 m = (i - 1) // TRAIN_LENGTH + 1
