@@ -88,13 +88,13 @@ def test_probe_resolution_is_one_judge_for_all_models(tmp_path, probe, monkeypat
 
 
 def test_teacher_forcing_puts_ground_truth_frames_in_the_context():
-    """generate_story(context_frames=...) replaces the agent's regressed features of frame i-1 with the visual
+    """generate_story(context_features=...) replaces the agent's regressed features of frame i-1 with the visual
     tokenizer's features of the given frame: frame 1 is drawn from the same context either way, later frames not."""
     import numpy as np
 
     from seedstory_core.bundle import SeedStoryBundle
     from seedstory_core.data import mini
-    from training.evaluate import generate_story
+    from training.evaluate import frame_features, generate_story
 
     torch.manual_seed(0)
     bundle = SeedStoryBundle.random_tiny(0)
@@ -102,8 +102,8 @@ def test_teacher_forcing_puts_ground_truth_frames_in_the_context():
     gt = mini.render_story(story, size=64)
     kw = dict(captions=story["captions"][1:4], diffusion_steps=1, seed=3)
     _, free = generate_story(bundle, story, 4, **kw)
-    _, forced = generate_story(bundle, story, 4, context_frames=gt, **kw)
-    _, again = generate_story(bundle, story, 4, context_frames=gt, **kw)
+    _, forced = generate_story(bundle, story, 4, context_features=frame_features(bundle, gt), **kw)
+    _, again = generate_story(bundle, story, 4, context_features=frame_features(bundle, gt), **kw)
     px = lambda im: np.asarray(im, dtype=np.int16)
     assert np.array_equal(px(free[1]), px(forced[1]))  # nothing forced before frame 1 is drawn
     assert not np.array_equal(px(free[2]), px(forced[2]))  # frame 2 sees gt[1], not the regressed frame 1

@@ -82,9 +82,10 @@ def probe_path(model_dir: Optional[Path] = None, probe_dir: Optional[Path] = Non
     return None
 
 
-#: classifier-free guidance of every rendered frame. The official default is 7.5 (spec §4.2); for the bundled tiny
-#: model 3.0 renders the agent's regressed features better (held-out coherence 0.468 at 3.0 vs 0.392 at 7.5, before
-#: adaptation), although 7.5 is better on ground-truth ViT features: guidance amplifies the regression's errors too.
+#: classifier-free guidance of every rendered frame. The official default is 7.5 (spec §4.2); for the tiny model 3.0
+#: renders the agent's regressed features better (measured on the earlier, stage-2-only tiny agent: held-out
+#: coherence 0.468 at 3.0 vs 0.392 at 7.5), although 7.5 is better on ground-truth ViT features: guidance amplifies
+#: the regression's errors too.
 GUIDANCE_SCALE = 3.0
 
 
@@ -103,13 +104,14 @@ def _pixel_distance(a, b) -> float:
 @torch.no_grad()
 def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: Optional[Sequence[str]] = None,
                    diffusion_steps: int = 10, seed: int = 0, max_sentence_tokens: int = 40,
-                   guidance_scale: float = GUIDANCE_SCALE, context_frames: Optional[Sequence] = None):
+                   guidance_scale: float = GUIDANCE_SCALE, context_features: Optional[Sequence[torch.Tensor]] = None):
     """Continue a held-out story from its first frame and sentence; returns (sentences, PIL frames).
 
     ``captions`` (visualization mode): the sentences to draw for frames 1..frames-1.
-    ``context_frames`` (teacher forcing): PIL frames whose visual-tokenizer features replace the agent's regressed
-    features of frame i-1 in the context before frame i is drawn (``StoryEngine.step(context_features=...)``), so
-    every step sees a correct story so far; None = the agent's own regressed features stay in the context.
+    ``context_features`` (teacher forcing): per frame, (1, T, D) visual-tokenizer features (:func:`frame_features`)
+    that replace the agent's regressed features of frame i-1 in the context before frame i is drawn
+    (``StoryEngine.step(context_features=...)``), so every step sees a correct story so far; None = the agent's own
+    regressed features stay in the context.
     """
     from seedstory_core.cache import CachePolicy
     from seedstory_core.data import mini
@@ -122,9 +124,7 @@ def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: O
     decoding = DecodingSettings(max_sentence_tokens=max_sentence_tokens)
     sentences, images = [story["captions"][0]], [start_img]
     for i in range(1, frames):
-        forced = None
-        if context_frames is not None and i > 1:
-            forced = engine.visual_tokenizer.encode_images(context_frames[i - 1])[:1]
+        forced = context_features[i - 1] if context_features is not None and i > 1 else None
         if captions is not None:
             res = engine.step(state, text=captions[i - 1], mode="visualization", decoding=decoding, context_features=forced)
         else:
@@ -133,6 +133,12 @@ def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: O
         sentences.append(res.sentence)
         images.append(_render(bundle, res.features, i, diffusion_steps, seed, guidance_scale))
     return sentences, images
+
+
+@torch.no_grad()
+def frame_features(bundle, frames) -> List[torch.Tensor]:
+    """(1, T, D) visual-tokenizer features of each PIL frame, for ``generate_story(context_features=...)``."""
+    return [bundle.visual_tokenizer.encode_images(frame)[:1] for frame in frames]
 
 
 def _story_metrics(probe, sentences: List[str], images, gt_attrs=None) -> Dict[str, float]:
@@ -224,15 +230,18 @@ def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Se
         bundle.to(device, dtype)
     probe = probe or load_probe(model_dir)
     total = TRAIN_LENGTH * max(length_multiples)
+    held_out = []  # (story, ground-truth frames, their features when teacher-forced), shared by every policy
+    for k in range(stories):
+        story = mini.generate_story(seed + 1, k, frames=total)
+        gt = mini.render_story(story, size=64)
+        held_out.append((story, gt, frame_features(bundle, gt) if teacher_forced else None))
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
     for policy in policies:
         seg: Dict[int, Dict[str, List[float]]] = {m: {"pixel_l1": [], "attribute_agreement": []} for m in length_multiples}
-        for k in range(stories):
-            story = mini.generate_story(seed + 1, k, frames=total)
-            gt = mini.render_story(story, size=64)
+        for story, gt, gt_features in held_out:
             _, images = generate_story(bundle, story, total, policy=CachePolicy(kind=policy, window_images=window_images),
                                        captions=story["captions"][1:total], diffusion_steps=diffusion_steps, seed=seed,
-                                       guidance_scale=guidance_scale, context_frames=gt if teacher_forced else None)
+                                       guidance_scale=guidance_scale, context_features=gt_features)
             preds = probe.predict(images[1:])
             for i in range(1, total):
                 m = (i - 1) // TRAIN_LENGTH + 1

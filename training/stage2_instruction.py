@@ -148,7 +148,7 @@ class InstructionTask(StageTask):
         configure_agent_trainable(agent, args.train_base)
         if args.gradient_checkpointing:
             agent.llm.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if getattr(args, "rec_loss_scale", None) is not None:
+        if args.rec_loss_scale is not None:
             # a training-time weight only: the exported agent config keeps its own value
             agent.rec_loss_scale = float(args.rec_loss_scale)
         self.agent = agent.train()

@@ -17,8 +17,9 @@ Steps (each a normal training entry point, resumable; ``--scale`` multiplies eve
             caption distribution and ignored the story context in 900 steps — every greedy sentence was the same).
 4b. stage2b — a short second phase of stage 2 from the stage-2 model with the regression loss weighted x10
             (``--rec-loss-scale 10``, 300 steps, lr 2e-4, seed + 1). Weighting the regression from the start halved
-            the parse rate in 900 steps; once the LM loss has settled, the emphasis teaches the agent to follow
-            scene changes instead of re-drawing the previous frame (held-out coherence 0.47 -> 0.63, see the card).
+            the parse rate in 900 steps; once the LM loss has settled, the emphasis brings the regressed features
+            closer to what the sentence says (held-out coherence 0.46 -> 0.63, visualization agreement 0.50 -> 0.60,
+            before adaptation; see the card).
 5. stage3 — de-tokenizer adaptation on the frozen stage-2 agent's regressed features (agent in eval mode; the same
             10% condition dropout, so adaptation keeps the unconditional branch).
 6. export — the final bundle, a held-out demo start frame/sentence and the attribute probe used by
@@ -43,12 +44,12 @@ STAGES = {
     "stage1": ["--unet-train", "full", "--max-steps", "2400", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "50",
                "--min-lr-ratio", "0.1", "--cond-dropout", "0.1"],
     "stage2": ["--train-base", "--text-loss", "all", "--max-steps", "900", "--batch-size", "4", "--lr", "5e-4", "--warmup-steps", "50"],
+    # a continuation of stage 2 (same trainer) with the regression loss emphasised
+    "stage2b": ["--train-base", "--text-loss", "all", "--max-steps", "300", "--batch-size", "4", "--lr", "2e-4",
+                "--warmup-steps", "10", "--rec-loss-scale", "10"],
     "stage3": ["--max-steps", "600", "--batch-size", "4", "--grad-accum", "1", "--lr", "1e-4", "--warmup-steps", "50",
                "--cond-dropout", "0.1"],
 }
-# the stage2b step is a continuation of stage 2 (same trainer) with the regression emphasised
-STAGES["stage2b"] = ["--train-base", "--text-loss", "all", "--max-steps", "300", "--batch-size", "4", "--lr", "2e-4",
-                     "--warmup-steps", "10", "--rec-loss-scale", "10"]
 #: training steps in order: (step name, trainer module, entry function, seed offset)
 TRAIN_STEPS = (
     ("vae", "training.vae", "train_vae", 0),
