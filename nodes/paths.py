@@ -35,7 +35,7 @@ import os
 import re
 import unicodedata
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import List, Union
 
 from .models import SeedStoryInputError
 
