@@ -151,10 +151,10 @@ PREFIX_TOOLTIP = (
 
 
 class SeedStorySaveStory:
-    DESCRIPTION = ("Saves a storybook into ComfyUI's output folder (never outside it): a new sub-folder per story with index.html "
-                   "(frames and sentences, open it in a browser), story.json and the PNG frames; shows the frames "
-                   "and the text on the node. Sentences pair with frames in order; with one sentence more than "
-                   "frames, the first is the opening line.")
+    DESCRIPTION = ("Saves a storybook into ComfyUI's output folder (never outside it): a new sub-folder per story "
+                   "with index.html (frames and sentences, open it in a browser), story.json and the PNG frames; "
+                   "shows the frames and the text on the node. Sentences pair with frames in order; with one "
+                   "sentence more than frames, the first is the opening line.")
     CATEGORY = "SEED-Story/output"
     FUNCTION = "save"
     OUTPUT_NODE = True

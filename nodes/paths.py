@@ -95,7 +95,8 @@ def check_relative(relative, *, node: str = "SeedStory", what: str = "path", exa
         names on disk), without empty and ``.`` components.
 
     Raises:
-        SeedStoryInputError: not text, empty, control characters (NUL, tab inside a name, ...), absolute path,
+        SeedStoryInputError: not text, empty, NUL or other control characters (tab, line break) other than white
+            space around the whole text, absolute path,
             drive letter (``C:``), UNC path, leading ``~``, or a ``..`` component (also with white space around
             it or written with Unicode lookalikes of '.', '/' or '\\').
     """
@@ -108,8 +109,10 @@ def check_relative(relative, *, node: str = "SeedStory", what: str = "path", exa
     norm = unicodedata.normalize("NFKC", text).strip()
     if not text:
         raise _fail(node, what, relative, "it is empty", example)
-    if any(unicodedata.category(c) == "Cc" and c not in " \t\r\n" for c in relative):
-        raise _fail(node, what, relative, "it contains a NUL or other control character", example)
+    if "\x00" in relative:
+        raise _fail(node, what, relative, "it contains a NUL character", example)
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise _fail(node, what, relative, "it contains a tab, line break or other control character", example)
     if norm.startswith(("/", "\\")):
         raise _fail(node, what, relative, "it is an absolute path", example)
     if _DRIVE.match(norm):
@@ -119,10 +122,10 @@ def check_relative(relative, *, node: str = "SeedStory", what: str = "path", exa
         raise _fail(node, what, relative, "'~' (a home folder) is not inside this folder", example)
     raw = [p.strip() for p in re.split(r"[/\\]", text)]
     for part in raw + _components(text):
-        if any(c in "\t\r\n" for c in part):
-            raise _fail(node, what, relative, "it contains a tab or line break inside a name", example)
-        if len(part) >= 2 and set(part) == {"."}:
-            raise _fail(node, what, relative, f"the name {part!r} is made of dots only ('..' means the parent folder)", example)
+        dots = re.sub(r"\s", "", part)
+        if len(dots) >= 2 and set(dots) == {"."}:
+            raise _fail(node, what, relative,
+                        f"the name {part!r} is made of dots only ('..' means the parent folder)", example)
     return [p for p in re.split(r"[/\\]", text) if p.strip() not in ("", ".")]
 
 
