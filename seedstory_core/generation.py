@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -93,6 +94,20 @@ def decoder_of(agent):
     return agent.decoder
 
 
+_CACHE_KWARG: Dict[type, str] = {}
+
+
+def cache_kwarg(decoder) -> str:
+    """Name of the decoder's KV-cache argument: ``cache`` in recent transformers 5 releases (5.24 here), where the
+    old ``past_key_values`` still works but logs a deprecation warning on every call; ``past_key_values`` in the
+    releases before the rename. The same cache object is passed either way."""
+    kind = type(decoder)
+    if kind not in _CACHE_KWARG:
+        params = inspect.signature(decoder.forward).parameters
+        _CACHE_KWARG[kind] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_KWARG[kind]
+
+
 def forward_chunk(agent, cache: StoryKVCache, embeds: torch.Tensor, kinds: Sequence[int], *, commit: bool = True) -> torch.Tensor:
     """Run the LoRA LLaMA over new tokens on top of ``cache``.
 
@@ -109,8 +124,8 @@ def forward_chunk(agent, cache: StoryKVCache, embeds: torch.Tensor, kinds: Seque
         out = decoder(
             inputs_embeds=embeds,
             position_ids=position_ids.to(embeds.device),
-            past_key_values=cache,
             use_cache=True,
+            **{cache_kwarg(decoder): cache},
         )
     return out.last_hidden_state
 
