@@ -24,6 +24,7 @@ NODE_NAME = "SeedStory Save Story"
 #: Name used when filename_prefix ends with a separator ("seedstory/" -> seedstory/story_00001/).
 DEFAULT_NAME = "story"
 PREFIX_EXAMPLE = "seedstory/story"
+OUTPUT_FOLDER = "ComfyUI's output folder"
 
 
 def parse_prefix(prefix, node: str = NODE_NAME) -> Tuple[str, str]:
@@ -36,11 +37,12 @@ def parse_prefix(prefix, node: str = NODE_NAME) -> Tuple[str, str]:
         SeedStoryInputError: '..', absolute paths, drive letters, '~', control characters, '%', characters
             Windows forbids, Windows device names, over-long names (limits in nodes/paths.py).
     """
-    parts = clean_name(prefix, node=node, what="filename_prefix", example=PREFIX_EXAMPLE)
+    parts = clean_name(prefix, node=node, what="filename_prefix", example=PREFIX_EXAMPLE,
+                       folder=OUTPUT_FOLDER)
     tail = unicodedata.normalize("NFKC", prefix).rstrip()
     if tail.endswith(("/", "\\")):
         parts = clean_name("/".join(parts + [DEFAULT_NAME]), node=node, what="filename_prefix",
-                           example=PREFIX_EXAMPLE)
+                           example=PREFIX_EXAMPLE, folder=OUTPUT_FOLDER)
     return "/".join(parts[:-1]), parts[-1]
 
 
@@ -52,7 +54,7 @@ def check_prefix_in(root: str, prefix, node: str = NODE_NAME) -> Tuple[str, str]
     """
     rel_dir, name = parse_prefix(prefix, node)
     resolve_inside(root, f"{rel_dir}/{name}" if rel_dir else name, node=node, what="filename_prefix",
-                   example=PREFIX_EXAMPLE)
+                   example=PREFIX_EXAMPLE, folder=OUTPUT_FOLDER)
     return rel_dir, name
 
 
@@ -236,7 +238,8 @@ class SeedStorySaveStory:
         intro, paired, extra = pair_frames(imgs.shape[0], lines)
 
         sub = _next_story_dir(root, rel_dir, name, node)
-        resolve_inside(root, sub, node=node, what="filename_prefix", example=PREFIX_EXAMPLE)  # after creating it
+        resolve_inside(root, sub, node=node, what="filename_prefix", example=PREFIX_EXAMPLE,
+                       folder=OUTPUT_FOLDER)  # after creating it
         folder = os.path.join(root, sub)
         frames, ui_images = [], []
         arr = (imgs.detach().cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)

@@ -70,10 +70,13 @@ _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
 PathText = Union[str, "os.PathLike[str]"]
 
 
-def _fail(node: str, what: str, text, problem: str, example: str) -> SeedStoryInputError:
+FOLDER = "the folder ComfyUI gives this input"
+
+
+def _fail(node: str, what: str, text, problem: str, example: str, folder: str = FOLDER) -> SeedStoryInputError:
     return SeedStoryInputError(
-        f"{node}: {what} {text!r} is not allowed: {problem}. Expected a relative path inside the folder ComfyUI "
-        f"gives this input (folders separated by '/'), such as {example!r}; change the {what} to such a path.")
+        f"{node}: {what} {text!r} is not allowed: {problem}. Expected a relative path inside {folder} (folders "
+        f"separated by '/'), such as {example!r}; change the {what} to such a path.")
 
 
 def _components(text: str) -> List[str]:
@@ -81,7 +84,8 @@ def _components(text: str) -> List[str]:
     return [p.strip() for p in re.split(r"[/\\]", unicodedata.normalize("NFKC", text))]
 
 
-def check_relative(relative, *, node: str = "SeedStory", what: str = "path", example: str = "folder/name") -> List[str]:
+def check_relative(relative, *, node: str = "SeedStory", what: str = "path", example: str = "folder/name",
+                   folder: str = FOLDER) -> List[str]:
     """Refuse, from the text alone, anything that is not a plain relative path; return its components.
 
     Args:
@@ -89,6 +93,7 @@ def check_relative(relative, *, node: str = "SeedStory", what: str = "path", exa
         node (str): node name that starts the error message, e.g. ``"SeedStory Save Story"``.
         what (str): what the text is, e.g. ``"filename_prefix"`` or ``"image path"`` (used in the message).
         example (str): an example of a good value, shown in the message.
+        folder (str): how the message names the root, e.g. ``"ComfyUI's output folder"``.
 
     Returns:
         list[str]: the components split on '/' and '\\' exactly as given (not normalised, so they match the
@@ -108,28 +113,30 @@ def check_relative(relative, *, node: str = "SeedStory", what: str = "path", exa
     text = relative.strip()
     norm = unicodedata.normalize("NFKC", text).strip()
     if not text:
-        raise _fail(node, what, relative, "it is empty", example)
+        raise _fail(node, what, relative, "it is empty", example, folder)
     if "\x00" in relative:
-        raise _fail(node, what, relative, "it contains a NUL character", example)
+        raise _fail(node, what, relative, "it contains a NUL character", example, folder)
     if any(unicodedata.category(c) == "Cc" for c in text):
-        raise _fail(node, what, relative, "it contains a tab, line break or other control character", example)
+        raise _fail(node, what, relative, "it contains a tab, line break or other control character", example,
+                    folder)
     if norm.startswith(("/", "\\")):
-        raise _fail(node, what, relative, "it is an absolute path", example)
+        raise _fail(node, what, relative, "it is an absolute path", example, folder)
     if _DRIVE.match(norm):
         raise _fail(node, what, relative, "it starts with a drive letter (Windows absolute or drive-relative path)",
-                    example)
+                    example, folder)
     if norm.startswith("~"):
-        raise _fail(node, what, relative, "'~' (a home folder) is not inside this folder", example)
+        raise _fail(node, what, relative, "'~' (a home folder) is not allowed", example, folder)
     raw = [p.strip() for p in re.split(r"[/\\]", text)]
     for part in raw + _components(text):
         dots = re.sub(r"\s", "", part)
         if len(dots) >= 2 and set(dots) == {"."}:
             raise _fail(node, what, relative,
-                        f"the name {part!r} is made of dots only ('..' means the parent folder)", example)
+                        f"the name {part!r} is made of dots only ('..' means the parent folder)", example, folder)
     return [p for p in re.split(r"[/\\]", text) if p.strip() not in ("", ".")]
 
 
-def clean_name(text, *, node: str = "SeedStory", what: str = "name", example: str = "seedstory/story") -> List[str]:
+def clean_name(text, *, node: str = "SeedStory", what: str = "name", example: str = "seedstory/story",
+               folder: str = FOLDER) -> List[str]:
     """A safe, portable relative name for something the pack creates: its normalised components.
 
     Applies :func:`check_relative`, then NFKC-normalises each component, strips the white space around it and
@@ -137,7 +144,7 @@ def clean_name(text, *, node: str = "SeedStory", what: str = "name", example: st
 
     Args:
         text (str): the relative name as typed, e.g. ``"seedstory/story"`` or ``"童话/故事"``.
-        node, what, example: used in error messages (see :func:`check_relative`).
+        node, what, example, folder: used in error messages (see :func:`check_relative`).
 
     Returns:
         list[str]: at least one component; each non-empty, at most :data:`MAX_COMPONENT_CHARS` characters and
@@ -148,7 +155,7 @@ def clean_name(text, *, node: str = "SeedStory", what: str = "name", example: st
             lookalikes (``\u2215`` ...), bidirectional-text controls, Windows device names (``CON``, ``NUL`` ...)
             and names over the length limits.
     """
-    check_relative(text, node=node, what=what, example=example)
+    check_relative(text, node=node, what=what, example=example, folder=folder)
     parts = []
     for norm in _components(text):
         norm = norm.rstrip(". \t")
@@ -158,20 +165,21 @@ def clean_name(text, *, node: str = "SeedStory", what: str = "name", example: st
                       or unicodedata.category(c) in ("Cc", "Cs", "Co")})
         if bad:
             raise _fail(node, what, text, "it contains " + ", ".join(repr(c) for c in bad)
-                        + " (not allowed in file names; '%' variables are not expanded)", example)
+                        + " (not allowed in file names; '%' variables are not expanded)", example, folder)
         if norm.split(".")[0].strip().upper() in _WINDOWS_DEVICES:
-            raise _fail(node, what, text, f"{norm!r} is a reserved device name on Windows", example)
+            raise _fail(node, what, text, f"{norm!r} is a reserved device name on Windows", example, folder)
         if len(norm) > MAX_COMPONENT_CHARS or len(norm.encode("utf-8")) > MAX_COMPONENT_BYTES:
             raise _fail(node, what, text if len(text) <= 60 else text[:57] + "...",
                         f"a folder or file name is {len(norm)} characters ({len(norm.encode('utf-8'))} bytes) long; "
-                        f"the limit is {MAX_COMPONENT_CHARS} characters and {MAX_COMPONENT_BYTES} bytes", example)
+                        f"the limit is {MAX_COMPONENT_CHARS} characters and {MAX_COMPONENT_BYTES} bytes", example,
+                        folder)
         parts.append(norm)
     if not parts:
-        raise _fail(node, what, text, "it names nothing (only separators, dots or spaces)", example)
+        raise _fail(node, what, text, "it names nothing (only separators, dots or spaces)", example, folder)
     joined = "/".join(parts)
     if len(joined) > MAX_TOTAL_CHARS:
         raise _fail(node, what, text if len(text) <= 60 else text[:57] + "...",
-                    f"it is {len(joined)} characters long; the limit is {MAX_TOTAL_CHARS}", example)
+                    f"it is {len(joined)} characters long; the limit is {MAX_TOTAL_CHARS}", example, folder)
     return parts
 
 
@@ -186,7 +194,7 @@ def is_inside(root: PathText, path: PathText) -> bool:
 
 
 def resolve_inside(root: PathText, relative, *, node: str = "SeedStory", what: str = "path",
-                   example: str = "folder/name") -> Path:
+                   example: str = "folder/name", folder: str = FOLDER) -> Path:
     """``root/relative`` resolved (symlinks followed), guaranteed to lie inside the resolved ``root``.
 
     Use it for every path a user (or a data file) gives: Save Story's prefix under the output folder, the
@@ -197,7 +205,7 @@ def resolve_inside(root: PathText, relative, *, node: str = "SeedStory", what: s
         root (str | os.PathLike): the folder ComfyUI gives (e.g. ``folder_paths.get_output_directory()``).
         relative (str | os.PathLike): the user's relative path; ``""``/``"."`` are refused (see
             :func:`check_relative`), so the result is always strictly below ``root``.
-        node, what, example: used in error messages.
+        node, what, example, folder: used in error messages (see :func:`check_relative`).
 
     Returns:
         pathlib.Path: the absolute, resolved path.
@@ -206,14 +214,14 @@ def resolve_inside(root: PathText, relative, *, node: str = "SeedStory", what: s
         SeedStoryInputError: the text is not a plain relative path (:func:`check_relative`), or it resolves
             outside ``root`` (e.g. through a symlink inside ``root`` that points elsewhere).
     """
-    parts = check_relative(relative, node=node, what=what, example=example)
+    parts = check_relative(relative, node=node, what=what, example=example, folder=folder)
     if not parts:
-        raise _fail(node, what, relative, "it names nothing (only separators, dots or spaces)", example)
+        raise _fail(node, what, relative, "it names nothing (only separators, dots or spaces)", example, folder)
     root_real = os.path.realpath(os.fspath(root))
     target = os.path.realpath(os.path.join(root_real, *parts))
     if target == root_real or not is_inside(root_real, target):
         raise SeedStoryInputError(
-            f"{node}: {what} {relative!r} resolves to {target}, which is outside {root_real} (a symbolic link "
-            f"inside that folder points elsewhere, or the path leaves it). Expected a path inside that folder; "
-            f"use a folder that really lies there (copy the files in rather than linking them).")
+            f"{node}: {what} {relative!r} resolves to {target}, which is outside {folder} ({root_real}): a symbolic "
+            f"link inside that folder points elsewhere. Expected a path inside that folder; use a folder that "
+            f"really lies there (copy the files in rather than linking them).")
     return Path(target)

@@ -6,11 +6,13 @@ import copy
 import os
 import re
 import shutil
+import struct
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import List
 
 import torch
+from PIL import Image
 
 from . import comfy_glue as glue
 from .models import (
@@ -23,6 +25,7 @@ from .models import (
     VisualTokenizerModel,
     require,
 )
+from .paths import check_relative, resolve_inside
 
 CATEGORY = "SEED-Story/training"
 DATA_COMMAND = "python -m seedstory_core.data.mini --seed 0 --stories 8 --out ComfyUI/input/storystream_mini"
@@ -35,34 +38,165 @@ def _folder_paths():
     return glue._optional("folder_paths")
 
 
+INPUT_FOLDER = "ComfyUI's input folder"
+DATA_EXAMPLE = "storystream_mini"
+#: Errors PIL raises for a file that is not a readable image (UnidentifiedImageError is an OSError).
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError)
+
+
+def input_directory(node: str) -> Path:
+    """ComfyUI's input folder, resolved (``folder_paths.get_input_directory()``).
+
+    Raises:
+        RuntimeError: outside ComfyUI (no ``folder_paths``): the node reads only from that folder.
+    """
+    fp = _folder_paths()
+    if fp is None or not hasattr(fp, "get_input_directory"):
+        raise RuntimeError(f"{node}: ComfyUI's folder_paths is not available; the node reads its training data "
+                           "only from ComfyUI's input folder and must run inside ComfyUI.")
+    return Path(os.path.realpath(fp.get_input_directory()))
+
+
+def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to the input folder, '/'-separated (for messages)."""
+    try:
+        return Path(os.path.relpath(path, root)).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def resolve_data_folder(data_folder: str, *, node: str) -> Path:
-    """Absolute StoryStream folder (or .jsonl file); relative paths resolve against ComfyUI's input folder."""
-    text = (data_folder or "").strip()
-    if not text:
+    """The StoryStream folder (or .jsonl file) named by ``data_folder``, inside ComfyUI's input folder.
+
+    ``data_folder`` is relative to ComfyUI's input folder: absolute paths, ``~``, ``..`` and symbolic links that
+    lead outside the input folder are refused (:func:`nodes.paths.resolve_inside`).
+
+    Returns:
+        pathlib.Path: the resolved folder (holding at least one non-empty .jsonl) or .jsonl file.
+
+    Raises:
+        SeedStoryInputError: empty, not confined to the input folder, not found, or no (non-empty) .jsonl.
+        RuntimeError: outside ComfyUI.
+    """
+    if not isinstance(data_folder, str) or not data_folder.strip():
         raise SeedStoryInputError(
             f"{node}: input 'data_folder' is empty. Give a StoryStream-format folder (a .jsonl of stories + their "
-            f"images), e.g. make one with: {DATA_COMMAND}")
-    path = Path(os.path.expanduser(text))
-    tried = [path]
-    if not path.is_absolute():
-        fp = _folder_paths()
-        base = fp.get_input_directory() if fp is not None and hasattr(fp, "get_input_directory") else os.getcwd()
-        path = Path(base) / path
-        tried = [path]
+            f"images) inside ComfyUI's input folder, e.g. make one with: {DATA_COMMAND}")
+    root = input_directory(node)
+    try:
+        path = resolve_inside(root, data_folder, node=node, what="data_folder", example=DATA_EXAMPLE,
+                              folder=INPUT_FOLDER)
+    except SeedStoryInputError as err:
+        raise SeedStoryInputError(f"{err} The node reads training data only from ComfyUI's input folder ({root}): "
+                                  f"copy or move the data there.") from None
+    shown = _rel(path, root)
     if path.is_file() and path.suffix == ".jsonl":
         if path.stat().st_size == 0:
-            raise SeedStoryInputError(f"{node}: the data file {path} is empty.")
+            raise SeedStoryInputError(f"{node}: the data file {shown} (in ComfyUI's input folder) is empty. Expected "
+                                      f"one JSON story per line; create a small set with: {DATA_COMMAND}")
         return path
     if not path.is_dir():
         raise SeedStoryInputError(
-            f"{node}: data folder {data_folder!r} not found (looked at {', '.join(str(t) for t in tried)}; relative "
-            f"paths are inside ComfyUI's input folder). Create a small StoryStream-mini set with: {DATA_COMMAND}")
+            f"{node}: data folder {data_folder!r} not found (looked at {path}; relative paths are inside ComfyUI's "
+            f"input folder). Create a small StoryStream-mini set with: {DATA_COMMAND}")
     jsonls = sorted(p for p in path.glob("*.jsonl") if p.stat().st_size > 0)
     if not jsonls:
         raise SeedStoryInputError(
-            f"{node}: data folder {path} holds no (non-empty) .jsonl of stories. Expected the StoryStream layout "
+            f"{node}: data folder {shown} holds no (non-empty) .jsonl of stories. Expected the StoryStream layout "
             f"(chunks10.jsonl or stories.jsonl + images/); create one with: {DATA_COMMAND}")
     return path
+
+
+def load_data_records(data: Path, *, node: str) -> List[dict]:
+    """The training records of ``data`` with every image path confined to ComfyUI's input folder and checked.
+
+    Reads the .jsonl the training picks (``chunks10.jsonl``, ``stories.jsonl`` or the only ``*.jsonl``; the file
+    itself when ``data`` is one) line by line. Image paths are relative to the .jsonl's folder or its ``images/``
+    sub-folder (as the training reads them); absolute paths, ``~``, ``..`` and symlinks leading outside the input
+    folder are refused. Every image is opened and verified with PIL, so a corrupt file is reported before training.
+
+    Returns:
+        list[dict]: ``{"id", "images": [absolute resolved paths], "captions": [str]}`` for every story with at least
+        two frames (shorter ones are skipped, as the training does).
+
+    Raises:
+        SeedStoryInputError: malformed line (file and line number), an image path that is not confined, a missing
+            or unreadable image (named relative to the input folder), or no usable story.
+    """
+    from PIL import UnidentifiedImageError
+
+    from seedstory_core.data.storystream import StoryStreamError, parse_line
+
+    from ..training.common import _find_jsonl
+
+    root = input_directory(node)
+    try:
+        jsonl = data if data.is_file() else _find_jsonl(data)
+    except FileNotFoundError as err:
+        raise SeedStoryInputError(f"{node}: {err}. Keep one story file in the folder (or name the .jsonl file in "
+                                  f"data_folder).") from None
+    jsonl_rel = _rel(jsonl, root)
+    bases = [jsonl.parent, jsonl.parent / "images"]
+    records, checked = [], {}
+    with open(jsonl, "r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            where = f"{jsonl_rel} line {lineno}"
+            try:
+                rec = parse_line(line, where=where)
+            except StoryStreamError as err:
+                raise SeedStoryInputError(
+                    f"{node}: the training data is malformed: {err}. Expected one JSON object per line "
+                    f"{{\"images\": [relative paths], \"captions\": [texts]}}; fix or remove that line.") from None
+            if rec is None or len(rec["images"]) < 2:
+                continue
+            images = []
+            for item in rec["images"]:
+                what = f"image path in {where}"
+                check_relative(item, node=node, what=what, example="images/story_0/00.png", folder=INPUT_FOLDER)
+                found = None
+                for base in bases:
+                    cand = base / item
+                    if os.path.lexists(cand):
+                        found = resolve_inside(root, _rel(cand, root), node=node, what=what,
+                                               example="images/story_0/00.png", folder=INPUT_FOLDER)
+                        if found.is_file():
+                            break
+                        found = None
+                if found is None:
+                    raise SeedStoryInputError(
+                        f"{node}: image {item!r} listed in {where} not found (looked for "
+                        f"{' and '.join(_rel(b / item, root) for b in bases)} in ComfyUI's input folder). Expected "
+                        f"image paths relative to the .jsonl's folder or its images/ folder; add the image or fix "
+                        f"the path.")
+                if found not in checked:
+                    try:
+                        with Image.open(found) as im:
+                            im.verify()
+                    except (UnidentifiedImageError, *_IMAGE_ERRORS) as err:
+                        shown = _rel(found, root)
+                        detail = str(err).replace(str(found), shown)
+                        raise SeedStoryInputError(
+                            f"{node}: image {shown} (in ComfyUI's input folder, listed in {where}) is "
+                            f"not a readable image ({type(err).__name__}: {detail}). Expected a PNG/JPEG/WebP picture; "
+                            f"replace the file or remove its story from {jsonl_rel}.") from None
+                    checked[found] = True
+                images.append(str(found))
+            records.append({"id": rec.get("id", len(records)), "images": images, "captions": list(rec["captions"])})
+    if not records:
+        raise SeedStoryInputError(f"{node}: {jsonl_rel} holds no story with at least 2 frames and as many captions. "
+                                  f"Create a small StoryStream-mini set with: {DATA_COMMAND}")
+    return records
+
+
+def _is_image_error(err: BaseException) -> bool:
+    """True for errors PIL raises while decoding a damaged image (not for disk or memory errors)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, (UnidentifiedImageError, SyntaxError, struct.error, Image.DecompressionBombError)):
+        return True
+    text = str(err).lower()
+    return isinstance(err, OSError) and any(k in text for k in ("image file", "broken data stream", "truncated",
+                                                                 "cannot identify", "decoder"))
 
 
 def _check_output_name(name: str, *, node: str) -> str:
@@ -142,8 +276,9 @@ def _save_init_bundle(agent: AgentModel, vit: VisualTokenizerModel, detok: Detok
 class SeedStoryAdaptDetokenizer:
     DESCRIPTION = ("Stage 3 of SEED-Story training inside ComfyUI: adapts the de-tokenizer (resampler + UNet "
                    "to_k/to_v) to the image features the frozen agent REGRESSES, so frames rendered from story "
-                   "features look like the training pictures. Trains on a StoryStream-format folder (a .jsonl of "
-                   "stories + images; make a small one with " + DATA_COMMAND + "), shows a progress bar over the "
+                   "features look like the training pictures. Trains on a StoryStream-format folder in ComfyUI's "
+                   "input folder (a .jsonl of stories + images; nothing outside the input folder is read; make a "
+                   "small one with " + DATA_COMMAND + "), shows a progress bar over the "
                    "steps, stops cleanly on Cancel (a resumable checkpoint stays in ComfyUI's temp folder), saves "
                    "the adapter to models/seed_story/detokenizer/<output_name>.safetensors (listed by the "
                    "De-tokenizer Loader) and outputs the adapted de-tokenizer. The input models are not changed.")
@@ -168,9 +303,12 @@ class SeedStoryAdaptDetokenizer:
                 "tooltip": "The de-tokenizer to adapt (stage 1 result); copied, the input is never changed."}),
             "data_folder": ("STRING", {
                 "default": "storystream_mini",
-                "tooltip": "StoryStream-format training data: a folder with chunks10.jsonl / stories.jsonl (or a "
-                           "single .jsonl) and its images, or a .jsonl file. Relative paths are inside ComfyUI's "
-                           "input folder. Make a small set with: " + DATA_COMMAND}),
+                "tooltip": "StoryStream-format training data inside ComfyUI's input folder: a folder with "
+                           "chunks10.jsonl / stories.jsonl (or a single .jsonl) and its images, or a .jsonl file, "
+                           "given relative to the input folder. Only the input folder is read: absolute paths, '~', "
+                           "'..' and symbolic links leading outside it are refused, also for the image paths in the "
+                           ".jsonl (relative to its folder or its images/ folder). Every image is checked before "
+                           "training. Make a small set with: " + DATA_COMMAND}),
             "steps": ("INT", {"default": 20, "min": 1, "max": 100000,
                               "tooltip": "Optimizer steps (official 1600; a few are enough to try the tiny model). "
                                          "Warmup and cosine decay follow the official schedule scaled to this count."}),
@@ -199,6 +337,18 @@ class SeedStoryAdaptDetokenizer:
 
     def adapt(self, agent, visual_tokenizer, detokenizer, data_folder="storystream_mini", steps=20,
               learning_rate=1e-4, batch_size=4, seed=0, output_name="seedstory_adapted"):
+        """Run stage 3 on ``data_folder`` and save the adapter; returns (adapted de-tokenizer, adapter path).
+
+        Reads only from ComfyUI's input folder: ``data_folder`` and every image path in its .jsonl must resolve
+        inside it (:func:`resolve_data_folder`, :func:`load_data_records`; no absolute paths, ``~``, ``..`` or
+        symlinks leading out). Writes only models/seed_story/detokenizer/<output_name>.safetensors and its run
+        folder in ComfyUI's temp folder.
+
+        Raises:
+            SeedStoryInputError: bad inputs, data outside the input folder, malformed .jsonl, missing or corrupt
+                images (named relative to the input folder); the input models are never changed.
+            InterruptProcessingException: Cancel pressed (a resumable checkpoint stays in the temp folder).
+        """
         node = "SeedStory Adapt De-tokenizer"
         agent = require(agent, AgentModel, node=node, name="agent", socket=AGENT,
                         hint="agent output of a SeedStory loader")
@@ -208,6 +358,7 @@ class SeedStoryAdaptDetokenizer:
                         hint="detokenizer output of a SeedStory loader")
         data = resolve_data_folder(data_folder, node=node)
         name = _check_output_name(output_name, node=node)
+        records = load_data_records(data, node=node)
         steps, batch_size = int(steps), int(batch_size)
         if steps < 1 or batch_size < 1:
             raise SeedStoryInputError(f"{node}: steps and batch_size must be >= 1, found {steps} and {batch_size}.")
@@ -226,7 +377,7 @@ class SeedStoryAdaptDetokenizer:
                 stream(f"step {step}/{total}  loss {loss:.4f}")
 
         options = dict(
-            data=str(data), out=str(run_dir), max_steps=steps, batch_size=batch_size, grad_accum=1,
+            data=str(data), records=records, out=str(run_dir), max_steps=steps, batch_size=batch_size, grad_accum=1,
             lr=float(learning_rate), seed=int(seed), resume="none", save_every=0, keep_checkpoints=1,
             warmup_steps=min(OFFICIAL_WARMUP, steps * OFFICIAL_WARMUP // OFFICIAL_STEPS),
         )
@@ -241,6 +392,13 @@ class SeedStoryAdaptDetokenizer:
                     metrics = run_stage3(init=f"bundle:{init}", progress=on_step, cancel=cancel, **options)
                 except (FileNotFoundError, ValueError) as err:
                     raise SeedStoryInputError(f"{node}: training on {data} failed: {err}") from err
+                except _IMAGE_ERRORS as err:  # an image that passed PIL's verify() but does not decode
+                    if not _is_image_error(err):
+                        raise
+                    raise SeedStoryInputError(
+                        f"{node}: an image of the training data in {data} could not be decoded during training "
+                        f"({type(err).__name__}: {err}). Expected complete PNG/JPEG/WebP pictures; re-export the "
+                        f"damaged image (e.g. a truncated download) or remove its story from the .jsonl.") from err
         if metrics.get("cancelled"):
             print(f"[seedstory] {node}: cancelled at step {metrics['step']}/{steps}; checkpoint {metrics['checkpoint']}")
             _raise_interrupted(seen)
