@@ -168,7 +168,8 @@ def test_cond_dropout_replaces_whole_samples_with_the_unconditional_features():
 
     uncond = torch.randn(1, 5, 8)
     feats = torch.randn(64, 5, 8)
-    fake = SimpleNamespace(args=SimpleNamespace(cond_dropout=0.0), bundle=SimpleNamespace(uncond_features=uncond))
+    fake = SimpleNamespace(args=SimpleNamespace(cond_dropout=0.0), bundle=SimpleNamespace(uncond_features=uncond),
+                           global_batch_size=64, local_slice=slice(0, 64))  # one process
     assert DetokenizerTask.drop_condition(fake, feats, torch.Generator().manual_seed(0)) is feats
     fake.args.cond_dropout = 0.5
     out = DetokenizerTask.drop_condition(fake, feats, torch.Generator().manual_seed(0))

@@ -12,11 +12,20 @@ micro-batches and computes the loss. The loop provides:
   scheduler ``num_processes`` times per step) and checkpointed with ``register_for_checkpointing``;
 * resumable checkpoints ``OUT/checkpoints/step-N`` written atomically (``.tmp-step-N`` then ``os.replace``),
   ``--resume auto`` picks the newest complete one; the data order does not depend on the process history:
-  every micro-batch is drawn from a ``random.Random`` keyed by (seed, step, micro-step, rank), and the torch RNG
+  every micro-batch is drawn from a ``random.Random`` keyed by (seed, step, micro-step), and the torch RNG
   is re-seeded from the same key before every micro-step (noise, timesteps, dropout), so N steps straight and
   N/2 + resume + N/2 give the same weights;
+* deterministic data sharding over processes (DDP / FSDP, ``accelerate launch --num_processes N``): a task that
+  sets ``shards_global_batch`` draws the GLOBAL micro-batch (``--batch-size`` x N samples, with its noise) from
+  the rank-independent key and keeps rank r's contiguous slice ``[r*B, (r+1)*B)``, so the union of the ranks'
+  micro-batches is exactly the micro-batch one process draws with ``--batch-size`` B x N (same seed, same steps).
+  Losses that are means over a varying number of elements (stage 2's token CE) are re-weighted per rank
+  (:func:`rank_weight`) so that the DDP gradient average equals the gradient of the global-batch mean. Dropout
+  masks are seeded per rank (different ranks must not share masks);
 * tqdm progress with the loss, a CSV log ``OUT/train_log.csv`` (step, loss, lm_loss, rec_loss, lr, grad_norm,
-  seconds) and TensorBoard through accelerate's tracker when the ``tensorboard`` package is installed;
+  seconds; losses are the global-batch values: the per-rank values are ``gather``-ed and averaged; written by
+  the main process only) and TensorBoard through accelerate's tracker when the ``tensorboard`` package is
+  installed;
 * the final model as a :class:`~seedstory_core.bundle.SeedStoryBundle` folder ``OUT/model`` (what the loaders
   and the ComfyUI nodes read); a progress callback and a cancel check for in-process use.
 """
@@ -50,6 +59,7 @@ __all__ = [
     "run_training",
     "latest_checkpoint",
     "micro_rng",
+    "rank_weight",
 ]
 
 CSV_FIELDS = ("step", "loss", "lm_loss", "rec_loss", "lr", "grad_norm", "seconds")
@@ -215,8 +225,26 @@ class FeatureCache:
 
 
 def micro_rng(seed: int, step: int, micro: int, rank: int) -> random.Random:
-    """The data RNG of one micro-step; independent of everything that happened before (resume-safe)."""
+    """The data RNG of one micro-step; independent of everything that happened before (resume-safe).
+
+    Sharding tasks (``StageTask.shards_global_batch``) always pass ``rank=0``: every process draws the same global
+    micro-batch and keeps its own slice. Other tasks get a per-rank stream (``rank`` = process index)."""
     return random.Random(f"seedstory-{seed}-{step}-{micro}-{rank}")
+
+
+def rank_weight(local_count, global_count: int, world: int) -> float:
+    """Weight that turns a per-rank MEAN into this rank's share of the global-batch mean under DDP averaging.
+
+    A loss that is a mean over ``local_count`` elements (e.g. label tokens) on each of ``world`` ranks, whose
+    gradients DDP averages, gives the gradient of the global mean over ``global_count`` elements when each rank's
+    loss is multiplied by ``local_count * world / global_count``. Exactly 1.0 in a single process. Returns 0.0 when
+    ``global_count`` is 0. Counts are plain ints (or 0-dim integer tensors)."""
+    local_count, global_count = int(local_count), int(global_count)
+    if global_count <= 0:
+        return 0.0
+    if world == 1 and local_count == global_count:
+        return 1.0
+    return float(local_count * int(world)) / float(global_count)
 
 
 def load_init_bundle(init: str, seed: int = 0):
@@ -245,10 +273,27 @@ class StageTask:
 
     name = "stage"
     model: nn.Module
+    #: True when :meth:`batch` draws the global micro-batch and returns this rank's slice (see the module doc);
+    #: the loop then keys the data RNG without the rank. False: every rank draws its own ``--batch-size`` samples
+    #: from a per-rank stream (e.g. ``training.vae``).
+    shards_global_batch = False
 
     def __init__(self, args, accelerator):
         self.args = args
         self.accelerator = accelerator
+        self.rank = int(accelerator.process_index)
+        self.world = int(accelerator.num_processes)
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per micro-step over all processes: ``--batch-size`` x number of processes."""
+        return int(self.args.batch_size) * self.world
+
+    @property
+    def local_slice(self) -> slice:
+        """This rank's samples within the global micro-batch: ``[rank*B, (rank+1)*B)``."""
+        b = int(self.args.batch_size)
+        return slice(self.rank * b, (self.rank + 1) * b)
 
     def trainable_parameters(self) -> List[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -327,14 +372,49 @@ def _make_accelerator(args):
 
     out = Path(args.out)
     trackers = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else None
-    return Accelerator(
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=int(args.grad_accum),
-        log_with=trackers,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-        # frozen copies inside the trained module (peft original_module, pos_embed) get no gradient under DDP
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    ), trackers
+
+    def make(cpu: bool):
+        return Accelerator(
+            cpu=cpu,
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=int(args.grad_accum),
+            log_with=trackers,
+            project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+            # frozen copies inside the trained module (peft original_module, pos_embed) get no gradient under DDP
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+
+    accelerator = make(False)
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and accelerator.num_processes == 1:
+        # `accelerate launch` (torchrun) started several processes but found no GPU/XPU/...: accelerate then falls back
+        # to one independent process per rank (each would train the whole batch alone). On the CPU the processes
+        # form a gloo process group only with cpu=True (accelerate's MULTI_CPU): training/configs/cpu_ddp.yaml.
+        _reset_accelerate_state()
+        accelerator = make(True)
+    _check_distributed_request(accelerator, launched)
+    return accelerator, trackers
+
+
+def _check_distributed_request(accelerator, launched: int) -> None:
+    """Refuse a launch whose requested backend accelerate did not set up (instead of silently running another one).
+
+    Raises RuntimeError when ``accelerate launch`` asked for FSDP or DeepSpeed (``ACCELERATE_USE_FSDP`` /
+    ``ACCELERATE_USE_DEEPSPEED``) but the Accelerator runs something else -- e.g. FSDP on the CPU, where accelerate
+    (1.x) only enables FSDP for GPU-like devices and would run plain MULTI_CPU DDP -- or when the launcher started
+    ``launched`` processes and the Accelerator sees a different number."""
+    from accelerate.utils import DistributedType
+
+    dt = accelerator.distributed_type
+    for env, want in (("ACCELERATE_USE_FSDP", DistributedType.FSDP), ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(env, "false").lower() == "true" and dt != want:
+            raise RuntimeError(
+                f"accelerate launch requested {want.value} ({env}=true) but the Accelerator runs {dt.value} on "
+                f"{accelerator.device} (accelerate only enables {want.value} on GPU-like devices, not the CPU). "
+                "On the CPU use DDP: accelerate launch --config_file training/configs/cpu_ddp.yaml ...")
+    if launched > 1 and accelerator.num_processes != launched:
+        raise RuntimeError(f"the launcher started {launched} processes (WORLD_SIZE) but the Accelerator sees "
+                           f"{accelerator.num_processes}; check the accelerate config (distributed_type, use_cpu).")
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -408,6 +488,8 @@ def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel)
         accelerator.init_trackers(task.name, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
     rank = accelerator.process_index
+    world = accelerator.num_processes
+    data_rank = 0 if getattr(task, "shards_global_batch", False) else rank
     total = int(args.max_steps)
     bar = tqdm(total=total, initial=start, desc=task.name,
                disable=args.no_progress or not accelerator.is_local_main_process)
@@ -423,9 +505,11 @@ def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel)
         sums: Dict[str, float] = {}
         grad_norm = None
         for micro in range(int(args.grad_accum)):
-            rng = micro_rng(args.seed, step, micro, rank)
+            rng = micro_rng(args.seed, step, micro, data_rank)
             seed = rng.getrandbits(62)
-            torch.manual_seed(seed)  # dropout etc. (all devices)
+            # dropout etc. (all devices); per rank, so that ranks do not share dropout masks (rank 0 == 1 process)
+            torch.manual_seed(seed + rank)
+            # data noise: the same stream on every rank (sharding tasks draw global tensors and slice them)
             gen = torch.Generator(device="cpu").manual_seed(seed + 1)
             batch = task.batch(rng, gen)
             with accelerator.accumulate(model):
@@ -438,9 +522,12 @@ def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel)
                     grad_norm = float(gn) if gn is not None else None
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            for k, v in result.items():
-                if k.endswith("loss") and v is not None:
-                    sums[k] = sums.get(k, 0.0) + float(v.detach().float()) / int(args.grad_accum)
+            keys = [k for k, v in result.items() if k.endswith("loss") and v is not None]
+            vals = torch.stack([result[k].detach().float().reshape(()) for k in keys])
+            if world > 1:  # the global-batch value: mean of the ranks' (re-weighted) losses
+                vals = accelerator.gather(vals[None]).mean(dim=0)
+            for k, v in zip(keys, vals.tolist()):
+                sums[k] = sums.get(k, 0.0) + v / int(args.grad_accum)
         if not accelerator.sync_gradients:  # pragma: no cover - accumulate() syncs on the last micro-step
             raise RuntimeError("gradient accumulation out of sync")
         lr = lr_sched.get_last_lr()[0]
@@ -463,9 +550,13 @@ def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel)
             progress(step, total, loss_val)
         if args.save_every and step % int(args.save_every) == 0 and step < total:
             last_ckpt = _save_checkpoint(accelerator, out, step, args, args.keep_checkpoints)
-        if cancel is not None and cancel():
-            cancelled = True
-            break
+        if cancel is not None:
+            flag = bool(cancel())
+            if world > 1:  # every rank must leave the loop at the same step (collectives follow)
+                flag = bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+            if flag:
+                cancelled = True
+                break
         if args.stop_after and step - start >= int(args.stop_after) and step < total:
             stopped = True
             break
@@ -502,11 +593,16 @@ def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel)
         "model": str(model_dir) if model_dir else None,
         "trainable": task.trainable_names(),
         "dropped": getattr(task, "dropped", 0),
+        "num_processes": int(world),
+        "distributed_type": str(accelerator.distributed_type.value),
+        "global_batch_size": int(args.batch_size) * int(world),
     }
 
 
 def entry_main(train: Callable[..., Dict[str, Any]], argv=None) -> int:
-    """The command-line body shared by the stage modules: run ``train(argv)`` and print its metrics summary."""
+    """The command-line body shared by the stage modules: run ``train(argv)`` and print its metrics summary (on the
+    main process only when launched with several processes)."""
     metrics = train(argv)
-    print({k: v for k, v in metrics.items() if k not in ("losses", "trainable")})
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print({k: v for k, v in metrics.items() if k not in ("losses", "trainable")}, flush=True)
     return 0

@@ -113,6 +113,7 @@ class DetokenizerTask(StageTask):
 
     name = "stage1_detokenizer"
     vit_mode = "keep_ratio"
+    shards_global_batch = True
 
     def __init__(self, args, accelerator):
         super().__init__(args, accelerator)
@@ -171,26 +172,40 @@ class DetokenizerTask(StageTask):
 
         return self.cache.get(key, compute)
 
+    def _global_randn(self, local_shape, gen: torch.Generator) -> torch.Tensor:
+        """N(0, 1) noise for this rank's samples: drawn for the whole global micro-batch (``global_batch_size`` x
+        ``local_shape[1:]``) from the shared generator and sliced, so any process count sees the same per-sample
+        noise as one process."""
+        full = torch.randn((self.global_batch_size, *tuple(local_shape)[1:]), generator=gen)
+        return full[self.local_slice].to(self.device, torch.float32)
+
     @torch.no_grad()
     def diffusion_inputs(self, sd_images: torch.Tensor, time_ids: torch.Tensor, gen: torch.Generator) -> Dict[str, torch.Tensor]:
-        """VAE latents (sampled, x scaling factor), epsilon noise, t ~ U{0..T-1}, noisy latents (DDPM, SD-XL betas)."""
+        """VAE latents (sampled, x scaling factor), epsilon noise, t ~ U{0..T-1}, noisy latents (DDPM, SD-XL betas).
+
+        ``sd_images`` (B, 3, S, S) / ``time_ids`` (B, 6) are this rank's slice of the global micro-batch; the random
+        draws (posterior eps, noise, t) are made for the global batch and sliced (see :meth:`_global_randn`)."""
         from seedstory_core.detokenizer import normalize_latents
 
         x = sd_images.to(self.device, torch.float32)
         dist = self.vae.encode(x).latent_dist
-        eps = torch.randn(dist.mean.shape, generator=gen).to(self.device, torch.float32)
+        eps = self._global_randn(dist.mean.shape, gen)
         # == latent_dist.sample() * scaling_factor (SD-XL); per-channel mean/std when the VAE config has them
         latents = normalize_latents(self.vae, dist.mean + dist.std * eps)
-        noise = torch.randn(latents.shape, generator=gen).to(self.device, torch.float32)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(self.device)
+        noise = self._global_randn(latents.shape, gen)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (self.global_batch_size,), generator=gen)
+        t = t[self.local_slice].to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         return {"noisy": noisy, "timesteps": t, "noise": noise, "time_ids": time_ids.to(self.device, torch.float32)}
 
     def batch(self, rng: random.Random, gen: torch.Generator) -> Dict[str, Any]:
-        feats, sds, tids = [], [], []
-        for _ in range(int(self.args.batch_size)):
+        # draw the (record, frame) pairs of the global micro-batch, keep and load this rank's slice
+        picks = []
+        for _ in range(self.global_batch_size):
             r = rng.randrange(len(self.records))
-            f = rng.randrange(len(self.records[r]["images"]))
+            picks.append((r, rng.randrange(len(self.records[r]["images"]))))
+        feats, sds, tids = [], [], []
+        for r, f in picks[self.local_slice]:
             a, b, c = self.frame(r, f)
             feats.append(a), sds.append(b), tids.append(c)
         out = self.diffusion_inputs(torch.stack(sds), torch.stack(tids), gen)
@@ -198,12 +213,13 @@ class DetokenizerTask(StageTask):
         return out
 
     def drop_condition(self, features: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """(B, T, D) features with each sample replaced, with probability ``--cond-dropout``, by the unconditional
-        features (B-broadcast (1, T, D) ViT features of the all-zero image, as at inference, spec §4.2)."""
+        """(B, T, D) features (this rank's slice) with each sample replaced, with probability ``--cond-dropout``, by
+        the unconditional features (B-broadcast (1, T, D) ViT features of the all-zero image, as at inference,
+        spec §4.2). The coin flips are drawn for the global micro-batch and sliced."""
         p = float(self.args.cond_dropout)
         if p <= 0.0:
             return features
-        drop = torch.rand(features.shape[0], generator=gen) < p
+        drop = (torch.rand(self.global_batch_size, generator=gen) < p)[self.local_slice]
         uncond = self.bundle.uncond_features.to(device=features.device, dtype=features.dtype)
         return torch.where(drop.to(features.device)[:, None, None], uncond.expand_as(features), features)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ from .common import (
     frozen_dtype,
     load_init_bundle,
     load_records,
+    rank_weight,
     resolve_args,
     run_training,
 )
@@ -68,16 +69,53 @@ def configure_agent_trainable(agent: nn.Module, train_base: bool = False) -> Non
         p.requires_grad_(trainable)
 
 
+def set_lora_dropout(agent: nn.Module, p: float) -> int:
+    """Set the dropout probability of every peft LoRA dropout (``*.lora_dropout.<adapter>``, nn.Dropout) to ``p``
+    for this training run (the saved agent config keeps its ``lora_dropout``). Returns the number of modules set.
+
+    Raises ValueError for ``p`` outside [0, 1), or for ``p > 0`` when the agent was built with LoRA dropout 0 (peft
+    then has ``nn.Identity`` there, nothing to set)."""
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"--lora-dropout must be in [0, 1), found {p}.")
+    n = 0
+    for name, m in agent.named_modules():
+        if ".lora_dropout." in f".{name}" and isinstance(m, nn.Dropout):
+            m.p = p
+            n += 1
+    if n == 0 and p > 0.0:
+        raise ValueError(f"--lora-dropout {p}: the agent has no LoRA dropout module (built with lora_dropout 0); "
+                         "set lora_dropout in the bundle's agent config instead.")
+    return n
+
+
 class AgentTrainModule(nn.Module):
-    """Wraps the agent for ``accelerator.prepare``: ``forward(**batch)`` -> ``{loss, lm_loss, rec_loss}``."""
+    """Wraps the agent for ``accelerator.prepare``: ``forward(**batch)`` -> ``{loss, lm_loss, rec_loss}``.
+
+    ``batch`` may carry ``lm_weight`` / ``rec_weight`` (python floats, default 1.0): multipliers of this rank's mean
+    LM / regression losses (:func:`training.common.rank_weight`) so that, averaged over the DDP ranks, loss and
+    gradient equal those of the global micro-batch (the CE is a mean over a rank-dependent number of label tokens).
+    ``loss = lm_loss_scale * lm_weight * lm + rec_loss_scale * rec_weight * rec``; the returned ``lm_loss`` /
+    ``rec_loss`` are the weighted ones too (their rank mean is the global value). With one process the weights are
+    exactly 1 and this is the agent's ``total_loss``."""
 
     def __init__(self, agent: nn.Module):
         super().__init__()
         self.agent = agent
 
-    def forward(self, **batch):
+    def forward(self, lm_weight: float = 1.0, rec_weight: float = 1.0, **batch):
         out = self.agent(**batch, return_recon_image_embeds=False)
-        return {"loss": out["total_loss"], "lm_loss": out["lm_loss"], "rec_loss": out["rec_loss"]}
+        if lm_weight == 1.0 and rec_weight == 1.0:
+            return {"loss": out["total_loss"], "lm_loss": out["lm_loss"], "rec_loss": out["rec_loss"]}
+        lm, rec = out["lm_loss"], out["rec_loss"]
+        if lm is not None:
+            # a rank without label tokens has a NaN mean CE (0/0); its weight is 0, keep the graph finite
+            lm = torch.nan_to_num(lm) * lm_weight if lm_weight != 0.0 else 0.0 * out["logits"].sum()
+        rec = rec * rec_weight
+        total = self.agent.rec_loss_scale * rec
+        if lm is not None:
+            total = self.agent.lm_loss_scale * lm + total
+        return {"loss": total, "lm_loss": lm, "rec_loss": rec}
 
 
 class StoryBatches:
@@ -101,10 +139,10 @@ class StoryBatches:
 
         return self.cache.get((self.images.key(r, f), "vit", self.vit_mode), compute)
 
-    def draw(self, rng: random.Random):
-        """-> (samples, per-sample feature stacks, [(record, frame) of each target])."""
-        samples, feats, targets = [], [], []
-        while len(samples) < int(self.args.batch_size):
+    def pick(self, rng: random.Random, n: int) -> List[Tuple[int, Any]]:
+        """``n`` (record index, :class:`StorySample`) pairs drawn from ``rng`` (token ids only, no images)."""
+        picks = []
+        while len(picks) < int(n):
             for _ in range(MAX_TRIES):
                 r = rng.randrange(len(self.records))
                 s = self.builder.sample(self.records[r]["captions"], rng)
@@ -113,10 +151,21 @@ class StoryBatches:
                 self.dropped += 1
             else:
                 raise ValueError(f"no sample shorter than --max-length {self.args.max_length} in {MAX_TRIES} draws; raise it.")
-            samples.append(s)
-            feats.append(torch.stack([self.features(r, f) for f in s.image_indices]))
-            targets.append((r, s.image_indices[-1]))
+            picks.append((r, s))
+        return picks
+
+    def load(self, picks: List[Tuple[int, Any]]):
+        """-> (samples, per-sample feature stacks (k_i + 2, T, D), [(record, frame) of each target])."""
+        samples = [s for _, s in picks]
+        feats = [torch.stack([self.features(r, f) for f in s.image_indices]) for r, s in picks]
+        targets = [(r, s.image_indices[-1]) for r, s in picks]
         return samples, feats, targets
+
+    def draw(self, rng: random.Random, total: Optional[int] = None, keep: Optional[slice] = None):
+        """Draw ``total`` samples (default ``--batch-size``) and load those in ``keep`` (default all): one rank's
+        slice of the global micro-batch. -> (samples, per-sample feature stacks, [(record, frame) of each target])."""
+        picks = self.pick(rng, int(self.args.batch_size) if total is None else total)
+        return self.load(picks if keep is None else picks[keep])
 
     def collate(self, samples, feats):
         from seedstory_core.data.samples import collate
@@ -137,6 +186,7 @@ def add_story_arguments(p) -> None:
 
 class InstructionTask(StageTask):
     name = "stage2_instruction"
+    shards_global_batch = True
 
     def __init__(self, args, accelerator):
         super().__init__(args, accelerator)
@@ -148,6 +198,8 @@ class InstructionTask(StageTask):
         configure_agent_trainable(agent, args.train_base)
         if args.gradient_checkpointing:
             agent.llm.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if args.lora_dropout is not None:
+            set_lora_dropout(agent, args.lora_dropout)
         if args.rec_loss_scale is not None:
             # a training-time weight only: the exported agent config keeps its own value
             agent.rec_loss_scale = float(args.rec_loss_scale)
@@ -160,9 +212,22 @@ class InstructionTask(StageTask):
         return self.data.dropped
 
     def batch(self, rng: random.Random, gen: torch.Generator) -> Dict[str, Any]:
-        samples, feats, _ = self.data.draw(rng)
-        b = self.data.collate(samples, feats)
-        return {k: v.to(self.device) for k, v in b.items()}
+        picks = self.data.pick(rng, self.global_batch_size)
+        mine = picks[self.local_slice]
+        samples, feats, _ = self.data.load(mine)
+        b = {k: v.to(self.device) for k, v in self.data.collate(samples, feats).items()}
+        if self.world > 1:
+            # CE is a mean over label tokens (shifted: positions 1..L-1), the regression a mean over target images:
+            # weight this rank's means by its share of the global micro-batch's counts
+            def n_lm(s):
+                return sum(1 for x in s.labels[1:] if x != -100)
+
+            def n_rec(s):
+                return sum(1 for x in s.embeds_gen_mask if x)
+
+            b["lm_weight"] = rank_weight(sum(n_lm(s) for _, s in mine), sum(n_lm(s) for _, s in picks), self.world)
+            b["rec_weight"] = rank_weight(sum(n_rec(s) for _, s in mine), sum(n_rec(s) for _, s in picks), self.world)
+        return b
 
     def trainable_names(self) -> List[str]:
         return [n for n, p in self.agent.named_parameters() if p.requires_grad]
@@ -183,6 +248,9 @@ def build_parser():
     add_story_arguments(p)
     p.add_argument("--train-base", action="store_true",
                    help="also train every base LLaMA weight (full fine-tune; needed for a random tiny LLaMA)")
+    p.add_argument("--lora-dropout", type=float, default=None,
+                   help="LoRA dropout for this run (default: the bundle's agent config, official 0.05); 0 makes the "
+                        "step deterministic given the data (used to compare 1 process with N processes)")
     p.add_argument("--rec-loss-scale", type=float, default=None,
                    help="weight of the 1 - cos image-regression loss in the total (default: the agent config's, "
                         "official 1.0); the LM loss keeps its weight")

@@ -68,7 +68,8 @@ class AdaptationTask(DetokenizerTask):
         return out["recon_image_embeds"].float()
 
     def batch(self, rng: random.Random, gen: torch.Generator) -> Dict[str, Any]:
-        samples, feats, targets = self.story.draw(rng)
+        # the global micro-batch's samples; this rank keeps (and runs the agent on) its own slice
+        samples, feats, targets = self.story.draw(rng, self.global_batch_size, self.local_slice)
         batch = self.story.collate(samples, feats)
         recon = self.regressed_features(batch)
         sds, tids = zip(*[self.frame(r, f)[1:] for r, f in targets])
