@@ -199,6 +199,18 @@ def _is_image_error(err: BaseException) -> bool:
                                                                  "cannot identify", "decoder"))
 
 
+def _find_undecodable(records: List[dict]):
+    """The first image path of ``records`` that PIL cannot fully decode, or None (only run after a failure)."""
+    for rec in records:
+        for path in rec["images"]:
+            try:
+                with Image.open(path) as im:
+                    im.load()
+            except Exception:  # noqa: BLE001 - any decoding failure marks the culprit
+                return path
+    return None
+
+
 def _check_output_name(name: str, *, node: str) -> str:
     name = (name or "").strip()
     if name.lower().endswith(".safetensors"):
@@ -395,10 +407,14 @@ class SeedStoryAdaptDetokenizer:
                 except _IMAGE_ERRORS as err:  # an image that passed PIL's verify() but does not decode
                     if not _is_image_error(err):
                         raise
+                    culprit = _find_undecodable(records)
+                    root = input_directory(node)
+                    named = (f"image {_rel(Path(culprit), root)} (in ComfyUI's input folder)" if culprit
+                             else "an image of the training data")
                     raise SeedStoryInputError(
-                        f"{node}: an image of the training data in {data} could not be decoded during training "
-                        f"({type(err).__name__}: {err}). Expected complete PNG/JPEG/WebP pictures; re-export the "
-                        f"damaged image (e.g. a truncated download) or remove its story from the .jsonl.") from err
+                        f"{node}: {named} could not be decoded during training ({type(err).__name__}: {err}). "
+                        f"Expected complete PNG/JPEG/WebP pictures; re-export the damaged image (e.g. a truncated "
+                        f"download) or remove its story from the .jsonl.") from err
         if metrics.get("cancelled"):
             print(f"[seedstory] {node}: cancelled at step {metrics['step']}/{steps}; checkpoint {metrics['checkpoint']}")
             _raise_interrupted(seen)

@@ -180,3 +180,25 @@ def test_outside_comfyui_the_node_says_it_needs_the_input_folder(monkeypatch):
     monkeypatch.setattr(training, "_folder_paths", lambda: None)
     with pytest.raises(RuntimeError, match="input folder"):
         training.resolve_data_folder("mini", node=N)
+
+
+def test_truncated_jpeg_that_passes_verify_is_named_when_training_reads_it(env):
+    """PIL's verify() does not decode JPEG data: a truncated JPEG is found when training opens it, and named."""
+    import io
+
+    from PIL import Image
+
+    images = sorted((env.tmp / "input" / "mini" / "images").rglob("*.png"))
+    for p in images:  # every frame a truncated JPEG (the file name does not matter to PIL)
+        buf = io.BytesIO()
+        Image.open(p).convert("RGB").save(buf, format="JPEG")
+        p.write_bytes(buf.getvalue()[: len(buf.getvalue()) * 8 // 10])  # headers kept, data cut
+    records = training.load_data_records(training.resolve_data_folder("mini", node=N), node=N)  # verify() passes
+    assert len(records) == 2
+    agent, vit, detok, _ = tiny()
+    with pytest.raises(InputError) as err:
+        run(NODE, _kwargs(agent, vit, detok, steps=1))
+    msg = str(err.value)
+    assert "image mini/images/mini-s0-00000/00.png (in ComfyUI's input folder) could not be decoded" in msg, msg
+    assert "truncated" in msg and "re-export the damaged image" in msg
+    assert not (env.tmp / "models" / "seed_story" / "detokenizer" / "adapted_test.safetensors").exists()
