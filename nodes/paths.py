@@ -25,6 +25,19 @@ Every refusal raises :class:`SeedStoryInputError` (a ``ValueError``) whose messa
 was found and what to do. Nothing here imports ComfyUI; callers pass the root folder
 (``folder_paths.get_output_directory()`` / ``get_input_directory()``).
 
+Example: a route that serves storybook files from the output folder::
+
+    from .paths import SeedStoryInputError, resolve_inside
+
+    try:
+        path = resolve_inside(folder_paths.get_output_directory(), request.match_info["path"],
+                              node="SeedStory storybook route", what="path", folder="ComfyUI's output folder")
+    except SeedStoryInputError as err:
+        logging.warning("%s", err)                 # the message names absolute server paths:
+        return web.Response(status=403)            # log it, do not send it to the client
+    if not path.is_file():
+        return web.Response(status=404)
+
 A check-then-use gap remains by nature: a symlink created inside the root between :func:`resolve_inside` and the
 write could still redirect it. Save Story therefore checks again after creating its folder (see nodes/output.py).
 """
@@ -164,8 +177,9 @@ def clean_name(text, *, node: str = "SeedStory", what: str = "name", example: st
         bad = sorted({c for c in norm if c in _NOT_PORTABLE or c in _SLASH_LOOKALIKES or c in _BIDI
                       or unicodedata.category(c) in ("Cc", "Cs", "Co")})
         if bad:
+            why = " ('%' variables and percent-encoding are not expanded)" if "%" in bad else ""
             raise _fail(node, what, text, "it contains " + ", ".join(repr(c) for c in bad)
-                        + " (not allowed in file names; '%' variables are not expanded)", example, folder)
+                        + f", not allowed in file names here{why}", example, folder)
         if norm.split(".")[0].strip().upper() in _WINDOWS_DEVICES:
             raise _fail(node, what, text, f"{norm!r} is a reserved device name on Windows", example, folder)
         if len(norm) > MAX_COMPONENT_CHARS or len(norm.encode("utf-8")) > MAX_COMPONENT_BYTES:

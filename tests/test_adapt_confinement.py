@@ -25,7 +25,7 @@ N = "SeedStory Adapt De-tokenizer"
 
 
 @pytest.fixture
-def env(adapt_env):
+def env(adapt_env):  # noqa: F811  (the imported fixture, used as a dependency)
     """adapt_env plus a complete StoryStream-mini set OUTSIDE the input folder (tmp/outside/mini)."""
     make_mini(adapt_env.tmp / "outside" / "mini", seed=1)
     return adapt_env
