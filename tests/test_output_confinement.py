@@ -266,3 +266,19 @@ def test_resolve_inside_helper(tmp_path):
     assert paths.is_inside(root, root / "d") and not paths.is_inside(root, root / "out")
     assert paths.clean_name(" \u7ae5\u8bdd / caf\u00e9 ") == ["\u7ae5\u8bdd", "caf\u00e9"]
     assert "PREFIX_TOOLTIP" in dir(output_mod) and "symbolic link" in output_mod.PREFIX_TOOLTIP
+
+
+def test_path_too_long_for_the_file_system_is_a_clear_error(tmp_path, monkeypatch):
+    """A prefix within the limits under an output folder whose own path is already ~3,900 characters long: the
+    file system's ENAMETOOLONG becomes a clear error, not a raw OSError."""
+    out = tmp_path
+    while len(str(out)) < 3900:
+        out = out / ("o" * 150)
+    out.mkdir(parents=True)
+    fp = types.ModuleType("folder_paths")
+    fp.get_output_directory = lambda: str(out)
+    monkeypatch.setitem(sys.modules, "folder_paths", fp)
+    prefix = "a" * 100 + "/" + "b" * 99
+    assert SaveStory.VALIDATE_INPUTS(filename_prefix=prefix) is True  # the text is fine
+    with pytest.raises(InputError, match="storybook path is too long for this file system .*shorter filename_prefix"):
+        save(prefix)
