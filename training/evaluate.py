@@ -1,23 +1,40 @@
-"""Evaluate a SEED-Story model on held-out StoryStream-mini stories; prints one JSON object.
+"""Evaluate a SEED-Story model (or a trivial baseline) on held-out StoryStream-mini stories; prints one JSON object.
 
-    python -m training.evaluate [--model DIR] --seed S --stories N [--random-init] [--no-ablation]
+    python -m training.evaluate [--model DIR] --seed S --stories N [--baseline copy_first|retrieval|ground_truth]
+                                [--frames 10] [--repetition-penalty R] [--sample --temperature T --top-p P]
+                                [--random-init] [--no-ablation]
 
 ``--model`` defaults to the bundled tiny model (``models/seedstory-tiny``); ``--random-init`` evaluates a randomly
-initialised model of the same size and tokenizer (the baseline). Held-out stories come from
-``seedstory_core.data.mini`` with a seed the training data never used (seeds select disjoint stories).
+initialised model of the same size and tokenizer. ``--baseline`` scores a trivial story-teller instead of a model:
 
-Keys of the JSON object:
+* ``copy_first`` — every frame is the start frame and every sentence the opening sentence;
+* ``retrieval`` — random (frame, caption) pairs of the training data (seed 0, the recipe's 400 stories), drawn with
+  ``numpy.random.default_rng([seed, story])``;
+* ``ground_truth`` — the held-out story's own continuation (the metric's ceiling).
 
-* ``parse_rate`` — fraction of generated sentences that parse as StoryStream-mini sentences (its grammar).
-* ``coherence`` — image–text coherence: the attribute probe's reading of each generated frame vs the attributes the
-  generated sentence states (characters mentioned are present, the scene matches).
-* ``consistency`` — character consistency across the frames of a story (the probe's measure).
-* ``gt_distance`` — visualization mode (ground-truth captions, the StoryGPT-V task): mean absolute pixel distance
-  (0..1) between generated and ground-truth frames, and the probe's attribute agreement with the ground truth.
-* ``ablation`` — the long-story ablation (paper §5.4, Table 8): the four cache policies, window = the training
-  length, visualizing 3x the training length; metrics per segment (1x = frames 1-10, 2x = 11-20, 3x = 21-29).
-* ``ablation_teacher_forced`` — the same with the ground-truth frames' features in the context instead of the
-  agent's regressed ones: what each policy keeps, without the agent's compounding errors.
+Held-out stories are stories ``0..N-1`` of ``--seed`` (``seedstory_core.data.mini``; seeds select disjoint
+stories). Each continues from its real first frame and sentence for ``--frames - 1`` generated frames.
+
+Every system is scored by ONE fixed judge, ``training/judge/`` (:mod:`training.judge`; its sha256 is in the JSON);
+a model's own ``probe/`` is never used. Keys of the JSON object (definitions: docs/evaluation.md,
+:mod:`training.judge.metrics`):
+
+* ``score`` — the headline: per story, the fraction of generated frames whose sentence parses, repeats no earlier
+  sentence, follows the story rules from the story so far, and whose image the judge reads as the place and cast the
+  sentence states; mean over stories. ``score_ci95``: percentile bootstrap over stories (2000 resamples, seeded).
+* ``parse_rate``, ``distinct_sentence_rate`` (generated sentences that repeat no earlier one), ``continuity_rate``,
+  ``shown_rate`` (the image check alone), ``score_strict`` (also the judge's object reading).
+* ``coherence`` — image–text agreement: judge reading vs the stated scene and cast (0.5 scene + 0.5 Jaccard of the
+  characters; an unparsable sentence scores 0).
+* ``consistency`` — from the pictures: does the figure at each named character's position read as the same
+  character across the frames where the story puts it on stage.
+* ``visualization_agreement`` — visualization mode (ground-truth captions given): judge reading of each drawn frame
+  vs the ground-truth attributes. ``gt_distance`` keeps it (``attribute_agreement``) with the pixel L1 to the
+  ground-truth frames and ``visualization_coherence`` (reading vs what the given captions state).
+* ``ci95`` — the bootstrap interval of every per-story key; ``per_story`` — the per-story values.
+* ``ablation`` / ``ablation_teacher_forced`` (models only, unless ``--no-ablation``) — the long-story ablation
+  (paper §5.4, Table 8): the four cache policies, window = the training length, visualizing 3x the training length;
+  metrics per segment (1x = frames 1-10, 2x = 11-20, 3x = 21-29), judged by the same judge.
 """
 
 from __future__ import annotations
@@ -36,6 +53,13 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "seedstory-tiny"
 TRAIN_LENGTH = 10  # frames per training story (10-frame chunks, spec §5)
 POLICIES = ("dense", "window", "sink", "multimodal_sink")
+BASELINES = ("copy_first", "retrieval", "ground_truth")
+#: the tiny recipe's training data: StoryStream-mini seed 0, 400 stories (the retrieval baseline's pool)
+TRAIN_SEED, TRAIN_STORIES = 0, 400
+BOOTSTRAP_RESAMPLES = 2000
+#: per-story keys of :func:`training.judge.metrics.story_metrics` that the JSON reports with an interval
+STORY_KEYS = ("score", "score_strict", "parse_rate", "distinct_sentence_rate", "continuity_rate", "shown_rate",
+              "coherence", "consistency")
 
 
 def load_model(model_dir: Optional[Path] = None, *, random_init: bool = False, seed: int = 0):
@@ -53,33 +77,17 @@ def load_model(model_dir: Optional[Path] = None, *, random_init: bool = False, s
     return bundle
 
 
-def load_probe(model_dir: Optional[Path] = None, probe_dir: Optional[Path] = None):
-    """The attribute probe that scores the frames: the same judge for every model compared.
+def load_judge():
+    """The evaluation's fixed judge (``training/judge/``, sha256-checked; see :mod:`training.judge`)."""
+    from training.judge import load_judge as _load
 
-    Order: ``probe_dir`` (must hold ``probe.safetensors``), else ``<model_dir>/probe``, else the bundled tiny model's
-    probe, else one trained now (seed 7, 80 stories: the recipe's own, but float differences between thread counts
-    make a re-trained probe differ slightly, so scores of two models are comparable only under one saved probe).
-
-    Raises:
-        FileNotFoundError: ``probe_dir`` is given but holds no ``probe.safetensors``.
-    """
-    from seedstory_core.data import attribute_probe as probe_mod
-
-    path = probe_path(model_dir, probe_dir)
-    return probe_mod.AttributeProbe.load(path) if path is not None else probe_mod.train_probe()
+    return _load()
 
 
-def probe_path(model_dir: Optional[Path] = None, probe_dir: Optional[Path] = None) -> Optional[Path]:
-    """The saved probe folder :func:`load_probe` uses, or None when it has to train one (same errors)."""
-    if probe_dir is not None:
-        if not (Path(probe_dir) / "probe.safetensors").is_file():
-            raise FileNotFoundError(f"--probe {probe_dir}: expected a folder with probe.safetensors (as exported by "
-                                    "training.tiny_recipe into <bundle>/probe); none found there")
-        return Path(probe_dir)
-    for path in ((Path(model_dir) / "probe") if model_dir else None, DEFAULT_MODEL / "probe"):
-        if path is not None and (path / "probe.safetensors").is_file():
-            return path
-    return None
+def load_probe(model_dir: Optional[Path] = None):
+    """The judge that scores frames: always the fixed one of :func:`load_judge`. ``model_dir`` is accepted for old
+    callers and ignored — a model's own ``probe/`` is never used (it would let each model bring its own judge)."""
+    return load_judge()
 
 
 #: classifier-free guidance of every rendered frame. The official default is 7.5 (spec §4.2); for the tiny model 3.0
@@ -104,7 +112,8 @@ def _pixel_distance(a, b) -> float:
 @torch.no_grad()
 def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: Optional[Sequence[str]] = None,
                    diffusion_steps: int = 10, seed: int = 0, max_sentence_tokens: int = 40,
-                   guidance_scale: float = GUIDANCE_SCALE, context_features: Optional[Sequence[torch.Tensor]] = None):
+                   guidance_scale: float = GUIDANCE_SCALE, context_features: Optional[Sequence[torch.Tensor]] = None,
+                   decoding=None, render: bool = True):
     """Continue a held-out story from its first frame and sentence; returns (sentences, PIL frames).
 
     ``captions`` (visualization mode): the sentences to draw for frames 1..frames-1.
@@ -112,6 +121,9 @@ def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: O
     that replace the agent's regressed features of frame i-1 in the context before frame i is drawn
     (``StoryEngine.step(context_features=...)``), so every step sees a correct story so far; None = the agent's own
     regressed features stay in the context.
+    ``decoding``: a ``DecodingSettings`` (default: greedy with ``max_sentence_tokens``).
+    ``render=False``: draw nothing (frames 1.. are None); the sentences are the same, since the context holds the
+    agent's regressed features, not the drawn frames.
     """
     from seedstory_core.cache import CachePolicy
     from seedstory_core.data import mini
@@ -121,7 +133,7 @@ def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: O
     start_img = mini.render_story({**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64)[0]
     settings = StorySettings(policy=policy or CachePolicy(kind="multimodal_sink", window_images=TRAIN_LENGTH))
     state = engine.start(story["captions"][0], image=start_img, settings=settings)
-    decoding = DecodingSettings(max_sentence_tokens=max_sentence_tokens)
+    decoding = decoding or DecodingSettings(max_sentence_tokens=max_sentence_tokens)
     sentences, images = [story["captions"][0]], [start_img]
     for i in range(1, frames):
         forced = context_features[i - 1] if context_features is not None and i > 1 else None
@@ -131,7 +143,7 @@ def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: O
             res = engine.step(state, decoding=decoding, context_features=forced)
         state = res.state
         sentences.append(res.sentence)
-        images.append(_render(bundle, res.features, i, diffusion_steps, seed, guidance_scale))
+        images.append(_render(bundle, res.features, i, diffusion_steps, seed, guidance_scale) if render else None)
     return sentences, images
 
 
@@ -141,64 +153,105 @@ def frame_features(bundle, frames) -> List[torch.Tensor]:
     return [bundle.visual_tokenizer.encode_images(frame)[:1] for frame in frames]
 
 
-def _story_metrics(probe, sentences: List[str], images, gt_attrs=None) -> Dict[str, float]:
-    from seedstory_core.data import attribute_probe as probe_mod
-
-    preds = probe.predict(images[1:])
-    out = {
-        "parse_rate": probe_mod.parse_rate(sentences[1:], context=sentences[:1]),
-        "coherence": probe_mod.story_coherence(preds, sentences),
-        "consistency": probe_mod.consistency(images[1:], preds, sentences),
-    }
-    if gt_attrs is not None:
-        out["gt_attribute_agreement"] = float(np.mean([probe_mod.attribute_agreement(p, g) for p, g in zip(preds, gt_attrs)]))
-    return out
-
-
-def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, random_init: bool = False,
-             ablation: bool = True, ablation_stories: int = 2, diffusion_steps: int = 10,
-             guidance_scale: float = GUIDANCE_SCALE, probe_dir: Optional[Path] = None) -> Dict:
-    """Run the whole evaluation; returns the JSON-ready dict (see module docstring). ``probe_dir``: see
-    :func:`load_probe`."""
+def baseline_story(kind: str, story: dict, frames: int, seed: int, index: int):
+    """A trivial story-teller's continuation of ``story`` (see the module docstring): (sentences, PIL frames), the
+    opening sentence and real first frame first, ``frames`` of each. Raises ValueError for an unknown ``kind``."""
     from seedstory_core.data import mini
 
+    gt = mini.render_story({**story, "attributes": story["attributes"][:frames]}, size=64)
+    if kind == "ground_truth":
+        return list(story["captions"][:frames]), gt
+    if kind == "copy_first":
+        return [story["captions"][0]] * frames, [gt[0]] * frames
+    if kind == "retrieval":
+        rng = np.random.default_rng([int(seed), int(index), 1])
+        sentences, images = [story["captions"][0]], [gt[0]]
+        for _ in range(1, frames):
+            pick = mini.generate_story(TRAIN_SEED, int(rng.integers(TRAIN_STORIES)), frames=30)
+            f = int(rng.integers(30))
+            sentences.append(pick["captions"][f])
+            images.append(mini.render_frame(pick["attributes"][f], size=64))
+        return sentences, images
+    raise ValueError(f"baseline must be one of {BASELINES}, got {kind!r}")
+
+
+def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, baseline: Optional[str] = None,
+             random_init: bool = False, ablation: bool = True, ablation_stories: int = 2, diffusion_steps: int = 10,
+             guidance_scale: float = GUIDANCE_SCALE, frames: int = TRAIN_LENGTH, decoding=None,
+             bootstrap_resamples: int = BOOTSTRAP_RESAMPLES) -> Dict:
+    """Run the whole evaluation; returns the JSON-ready dict (see the module docstring).
+
+    ``baseline``: one of :data:`BASELINES` to score a trivial story-teller instead of the model (no model is loaded,
+    no ablation). ``decoding``: ``DecodingSettings`` of the generated sentences (default greedy, 40 tokens).
+    Raises ValueError for an unknown baseline or fewer than 2 frames / 1 story."""
+    from seedstory_core.data import mini
+    from training.judge import metrics as jm
+
+    if baseline is not None and baseline not in BASELINES:
+        raise ValueError(f"--baseline must be one of {BASELINES}, got {baseline!r}")
+    if frames < 2 or stories < 1:
+        raise ValueError(f"need frames >= 2 and stories >= 1, got frames={frames}, stories={stories}")
     t0 = time.time()
-    bundle = load_model(model_dir, random_init=random_init)
-    probe = load_probe(model_dir, probe_dir)
-    gen, vis = [], []
+    judge = load_judge()
+    bundle = None if baseline else load_model(model_dir, random_init=random_init)
+    per_story: Dict[str, List[float]] = {k: [] for k in STORY_KEYS + ("visualization_agreement", "visualization_coherence",
+                                                                      "pixel_l1")}
+    samples = []
     for k in range(stories):
-        story = mini.generate_story(seed, k, frames=30)
-        sentences, images = generate_story(bundle, story, TRAIN_LENGTH, diffusion_steps=diffusion_steps, seed=seed,
-                                           guidance_scale=guidance_scale)
-        gen.append(_story_metrics(probe, sentences, images))
-        gt = mini.render_story(story, size=64)
-        v_sent, v_img = generate_story(bundle, story, TRAIN_LENGTH, captions=story["captions"][1:TRAIN_LENGTH],
-                                       diffusion_steps=diffusion_steps, seed=seed, guidance_scale=guidance_scale)
-        metrics = _story_metrics(probe, v_sent, v_img, gt_attrs=story["attributes"][1:TRAIN_LENGTH])
-        metrics["pixel_distance"] = float(np.mean([_pixel_distance(a, b) for a, b in zip(v_img[1:], gt[1:TRAIN_LENGTH])]))
-        vis.append(metrics)
+        story = mini.generate_story(seed, k, frames=max(30, frames))
+        gt = mini.render_story({**story, "attributes": story["attributes"][:frames]}, size=64)
+        if baseline:
+            sentences, images = baseline_story(baseline, story, frames, seed, k)
+            _, v_img = baseline_story(baseline, story, frames, seed, k)  # the baselines ignore given captions
+        else:
+            sentences, images = generate_story(bundle, story, frames, diffusion_steps=diffusion_steps, seed=seed,
+                                               guidance_scale=guidance_scale, decoding=decoding)
+            _, v_img = generate_story(bundle, story, frames, captions=story["captions"][1:frames],
+                                      diffusion_steps=diffusion_steps, seed=seed, guidance_scale=guidance_scale,
+                                      decoding=decoding)
+        m = jm.story_metrics(sentences, judge.predict(images))
+        for key in STORY_KEYS:
+            per_story[key].append(m[key])
+        v_read = judge.predict(v_img[1:])
+        per_story["visualization_agreement"].append(
+            float(np.mean([jm.attribute_agreement(r, a) for r, a in zip(v_read, story["attributes"][1:frames])])))
+        per_story["pixel_l1"].append(float(np.mean([_pixel_distance(a, b) for a, b in zip(v_img[1:], gt[1:])])))
+        stated = mini.parse_story(story["captions"][:frames])[1:]  # what the given captions state
+        per_story["visualization_coherence"].append(
+            float(np.mean([jm.attribute_agreement(r, a) if a.get("parsed") else 0.0 for r, a in zip(v_read, stated)])))
+        if k < 2:
+            samples.append(sentences)
+    mean = {key: float(np.mean(v)) for key, v in per_story.items()}
+    ci = {key: [round(x, 4) for x in jm.bootstrap_ci(v, bootstrap_resamples, seed=seed)] for key, v in per_story.items()}
     result = {
-        "model": str(model_dir or DEFAULT_MODEL) + (" (random init)" if random_init else ""),
+        "system": baseline or ("random_init" if random_init else "model"),
+        "model": None if baseline else str(model_dir or DEFAULT_MODEL) + (" (random init)" if random_init else ""),
         "seed": seed,
         "stories": stories,
-        "frames_per_story": TRAIN_LENGTH,
-        "diffusion_steps": diffusion_steps,
-        "guidance_scale": guidance_scale,
-        "probe": str(probe_path(model_dir, probe_dir) or "trained at evaluation time (seed 7, 80 stories)"),
-        "parse_rate": float(np.mean([m["parse_rate"] for m in gen])),
-        "coherence": float(np.mean([m["coherence"] for m in gen])),
-        "consistency": float(np.mean([m["consistency"] for m in gen])),
-        "gt_distance": {
-            "pixel_l1": float(np.mean([m["pixel_distance"] for m in vis])),
-            "attribute_agreement": float(np.mean([m["gt_attribute_agreement"] for m in vis])),
-            "visualization_coherence": float(np.mean([m["coherence"] for m in vis])),
-        },
+        "frames_per_story": frames,
+        "judge": {"path": str(Path(jm.__file__).parent), "sha256": judge.sha256,
+                  "accuracy_unseen_frames": judge.meta.get("accuracy_unseen_frames")},
+        "score": mean["score"],
+        "score_ci95": ci["score"],
+        **{key: mean[key] for key in STORY_KEYS if key != "score"},
+        "visualization_agreement": mean["visualization_agreement"],
+        "gt_distance": {"pixel_l1": mean["pixel_l1"], "attribute_agreement": mean["visualization_agreement"],
+                        "visualization_coherence": mean["visualization_coherence"]},
+        "ci95": ci,
+        "per_story": {key: [round(x, 4) for x in v] for key, v in per_story.items()},
+        "sample_sentences": samples,
     }
-    if ablation:
-        for key, forced in (("ablation", False), ("ablation_teacher_forced", True)):
-            result[key] = long_story_ablation(bundle=bundle, probe=probe, seed=seed, stories=ablation_stories,
-                                              diffusion_steps=diffusion_steps, guidance_scale=guidance_scale,
-                                              teacher_forced=forced)
+    if not baseline:
+        from dataclasses import asdict
+        from seedstory_core.story import DecodingSettings
+
+        result.update(diffusion_steps=diffusion_steps, guidance_scale=guidance_scale,
+                      decoding=asdict(decoding or DecodingSettings(max_sentence_tokens=40)))
+        if ablation:
+            for key, forced in (("ablation", False), ("ablation_teacher_forced", True)):
+                result[key] = long_story_ablation(bundle=bundle, probe=judge, seed=seed, stories=ablation_stories,
+                                                  diffusion_steps=diffusion_steps, guidance_scale=guidance_scale,
+                                                  teacher_forced=forced)
     result["seconds"] = round(time.time() - t0, 1)
     return result
 
@@ -206,7 +259,8 @@ def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, random_init
 def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Sequence[str] = POLICIES,
                         length_multiples: Sequence[int] = (1, 2, 3), window_images: int = TRAIN_LENGTH,
                         seed: int = 1000, stories: int = 2, diffusion_steps: int = 10, device=None, dtype=None,
-                        guidance_scale: float = GUIDANCE_SCALE, teacher_forced: bool = False) -> Dict:
+                        guidance_scale: float = GUIDANCE_SCALE, teacher_forced: bool = False,
+                        per_story_agreement: bool = False) -> Dict:
     """Visualize ground-truth captions for ``max(length_multiples) x`` the training length under each cache policy.
 
     Returns ``{policy: {"1x": {pixel_l1, attribute_agreement}, "2x": ..., "3x": ...}}``, metrics over the frames
@@ -214,6 +268,9 @@ def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Se
     ``teacher_forced``: the context holds the ground-truth frames' visual-tokenizer features instead of the agent's
     regressed ones (see :func:`generate_story`), which separates what the cache policy keeps from the agent's own
     compounding errors (a missed scene change is otherwise carried forward by every policy).
+    ``policies`` may also name a capped multimodal sink, ``multimodal_sink:K`` (:func:`policy_from_name`);
+    ``per_story_agreement`` adds each story's mean attribute agreement per segment
+    (``attribute_agreement_per_story``, for bootstrap intervals).
     """
     from seedstory_core.cache import CachePolicy
     from seedstory_core.data import mini
@@ -238,8 +295,10 @@ def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Se
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
     for policy in policies:
         seg: Dict[int, Dict[str, List[float]]] = {m: {"pixel_l1": [], "attribute_agreement": []} for m in length_multiples}
+        per_story: Dict[int, List[float]] = {m: [] for m in length_multiples}
         for story, gt, gt_features in held_out:
-            _, images = generate_story(bundle, story, total, policy=CachePolicy(kind=policy, window_images=window_images),
+            n_before = {m: len(seg[m]["attribute_agreement"]) for m in length_multiples}
+            _, images = generate_story(bundle, story, total, policy=policy_from_name(policy, window_images),
                                        captions=story["captions"][1:total], diffusion_steps=diffusion_steps, seed=seed,
                                        guidance_scale=guidance_scale, context_features=gt_features)
             preds = probe.predict(images[1:])
@@ -248,8 +307,29 @@ def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Se
                 if m in seg:
                     seg[m]["pixel_l1"].append(_pixel_distance(images[i], gt[i]))
                     seg[m]["attribute_agreement"].append(probe_mod.attribute_agreement(preds[i - 1], story["attributes"][i]))
+            for m in length_multiples:  # this story's mean agreement per segment (for bootstrap intervals)
+                per_story[m].append(float(np.mean(seg[m]["attribute_agreement"][n_before[m]:])))
         out[policy] = {f"{m}x": {k: float(np.mean(v)) for k, v in vals.items()} for m, vals in seg.items()}
+        if per_story_agreement:
+            for m in length_multiples:
+                out[policy][f"{m}x"]["attribute_agreement_per_story"] = per_story[m]
     return out
+
+
+def policy_from_name(name: str, window_images: int):
+    """A cache policy from an ablation name: a policy kind (``dense``, ``window``, ``sink``, ``multimodal_sink``) or
+    ``multimodal_sink:K`` = the multimodal sink keeping the sink tokens of only the K most recent evicted images
+    (``CachePolicy.max_sink_images``). Raises ``ValueError`` for anything else."""
+    from seedstory_core.cache import CachePolicy
+
+    kind, _, cap = str(name).partition(":")
+    if cap and kind != "multimodal_sink":
+        raise ValueError(f"policy {name!r}: only multimodal_sink takes a sink-image cap (multimodal_sink:K)")
+    try:
+        max_sink = int(cap) if cap else None
+    except ValueError:
+        raise ValueError(f"policy {name!r}: expected multimodal_sink:K with an integer K") from None
+    return CachePolicy(kind=kind, window_images=window_images, max_sink_images=max_sink)
 
 
 def main(argv=None) -> int:
@@ -257,20 +337,30 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="model bundle folder (default: models/seedstory-tiny)")
     parser.add_argument("--seed", type=int, default=1000, help="held-out StoryStream-mini seed (training used 0)")
     parser.add_argument("--stories", type=int, default=10)
+    parser.add_argument("--frames", type=int, default=TRAIN_LENGTH, help="frames per story, the opening one included")
+    parser.add_argument("--baseline", choices=BASELINES, default=None, help="score a trivial baseline instead of the model")
     parser.add_argument("--random-init", action="store_true", help="evaluate a random model of the same size (baseline)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the long-story cache-policy ablation")
     parser.add_argument("--ablation-stories", type=int, default=2)
     parser.add_argument("--diffusion-steps", type=int, default=10)
     parser.add_argument("--guidance-scale", type=float, default=GUIDANCE_SCALE,
                         help="classifier-free guidance of the rendered frames (default 3.0; official 7.5)")
-    parser.add_argument("--probe", type=Path, default=None,
-                        help="attribute-probe folder (default: the model's probe/, else the bundled model's)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="decoding: repetition penalty (1 = off)")
+    parser.add_argument("--sample", action="store_true", help="decoding: sample instead of greedy")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--decode-seed", type=int, default=0, help="sampling seed")
     args = parser.parse_args(argv)
+    from seedstory_core.story import DecodingSettings
+
+    decoding = DecodingSettings(do_sample=args.sample, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                repetition_penalty=args.repetition_penalty, seed=args.decode_seed, max_sentence_tokens=40)
     torch.set_num_threads(1)
-    result = evaluate(args.model, seed=args.seed, stories=args.stories, random_init=args.random_init,
-                      ablation=not args.no_ablation, ablation_stories=args.ablation_stories,
-                      diffusion_steps=args.diffusion_steps, guidance_scale=args.guidance_scale,
-                      probe_dir=args.probe)
+    result = evaluate(args.model, seed=args.seed, stories=args.stories, baseline=args.baseline,
+                      random_init=args.random_init, ablation=not args.no_ablation,
+                      ablation_stories=args.ablation_stories, diffusion_steps=args.diffusion_steps,
+                      guidance_scale=args.guidance_scale, frames=args.frames, decoding=decoding)
     print(json.dumps(result))
     return 0
 
