@@ -34,6 +34,10 @@ DECODING_CHOICES = ("greedy", "sample")
 RESIZE_CHOICES = ("squash", "keep_ratio")
 MAX_SEED = 2**63 - 1
 
+#: Appended to every free-text tooltip (the rule: max_text_tokens).
+LIMIT_TIP = (" At most max_position_embeddings / 8 - 66 tokens per sentence: 446 tokens (~1,500 characters) for the "
+             "tiny and the official model.")
+
 DECODING_TOOLTIPS = {
     "decoding": "greedy = always the most likely token (the official setting, deterministic); sample = draw tokens "
                 "with temperature / top_p / top_k (varies with the seed).",
@@ -156,8 +160,10 @@ class SeedStoryStorySettings:
             "boi_after": ("INT", {"default": 8, "min": 0, "max": 64, "tooltip": "multimodal_sink: tokens kept from each evicted image's BOI on."}),
             "eoi_before": ("INT", {"default": 8, "min": 0, "max": 64, "tooltip": "multimodal_sink: tokens kept up to each evicted image's EOI."}),
             "eoi_after": ("INT", {"default": 4, "min": 0, "max": 64, "tooltip": "multimodal_sink: tokens kept after each evicted image's EOI."}),
-            "max_sink_images": ("INT", {"default": 0, "min": 0, "max": 4096,
-                                        "tooltip": "multimodal_sink: keep the sink tokens of at most this many evicted images (0 = all)."}),
+            "max_sink_images": ("INT", {"default": 8, "min": 0, "max": 4096,
+                                        "tooltip": "multimodal_sink: keep the sink tokens of at most this many evicted images "
+                                                   "(default 8 = the pack's bounded default, seedstory_core.story."
+                                                   "DEFAULT_MAX_SINK_IMAGES; 0 = all, the paper's unbounded rule)."}),
             "positions": (list(POSITION_CHOICES), {
                 "default": "rerotate",
                 "tooltip": "rerotate = kept keys are re-rotated to consecutive positions (like transformers' SinkCache); "
@@ -165,7 +171,7 @@ class SeedStoryStorySettings:
         }}
 
     def make(self, cache_policy="multimodal_sink", window_images=8, n_start=4, boi_before=4, boi_after=8,
-             eoi_before=8, eoi_after=4, max_sink_images=0, positions="rerotate"):
+             eoi_before=8, eoi_after=4, max_sink_images=8, positions="rerotate"):
         from seedstory_core.cache import CachePolicy
         from seedstory_core.story import StorySettings
 
@@ -202,6 +208,42 @@ def _validate_text(node: str, name: str, value) -> object:
     return True
 
 
+def max_text_tokens(config) -> int:
+    """The longest sentence (opening text, a caption, a Story Step text) a SeedStory node accepts, in tokens.
+
+    Rule: ``max_position_embeddings // 8 - (num_img_tokens + 2)``. The agent's cache holds a window of 8 frames by
+    default (Story Settings), each one sentence plus the image's ``num_img_tokens + 2`` tokens (BOI, IMG x n, EOI),
+    so one frame may use an eighth of the position range the model was built for. Both the bundled tiny model and
+    SEED-Story-George have ``max_position_embeddings = 4096`` and 64 image tokens: 446 tokens (the official
+    training stories average ~60 text tokens per frame: max_length 1280 for 10 frames of 66 image tokens + text).
+
+    Args: config: the agent's ``AgentConfig`` (``llm.max_position_embeddings``, ``image_tokens.num_img_tokens``).
+    Returns: the limit in tokens of the agent's tokenizer (>= 16 for any config).
+    """
+    positions = int(config.llm.max_position_embeddings)
+    return max(16, positions // 8 - (int(config.image_tokens.num_img_tokens) + 2))
+
+
+def check_text_length(agent: AgentModel, text: str, *, node: str, name: str) -> str:
+    """Raise SeedStoryInputError when ``text`` is longer than :func:`max_text_tokens` of ``agent``; returns it.
+
+    Counted with the agent's own tokenizer on the stripped text (what the engine feeds the model)."""
+    text = str(text)
+    if not text.strip():
+        return text
+    limit = max_text_tokens(agent.config)
+    n = len(agent.tokenizer.encode(text.strip()))
+    if n > limit:
+        per_token = len(text.strip()) / n
+        raise SeedStoryInputError(
+            f"{node}: '{name}' is {n} tokens long ({len(text.strip())} characters), but this model takes at most "
+            f"{limit} tokens per sentence (max_position_embeddings {agent.config.llm.max_position_embeddings} / 8 - "
+            f"{int(agent.config.image_tokens.num_img_tokens) + 2} image tokens). Shorten it to about "
+            f"{int(limit * per_token)} characters; a story is told one sentence per frame, so put the rest in the "
+            "following steps (captions, or the text of Story Step).")
+    return text
+
+
 # ---------------------------------------------------------------------------------------------- start
 class SeedStoryStoryStart:
     DESCRIPTION = ("Starts a story: the start picture (as features, or an IMAGE plus the visual tokenizer) and its "
@@ -221,7 +263,7 @@ class SeedStoryStoryStart:
                 "agent": (AGENT, {"tooltip": "The story agent (SeedStory Agent Loader or Tiny Model Loader)."}),
                 "opening_text": ("STRING", {"multiline": True, "default": "",
                                             "placeholder": "The sentence that goes with the start image",
-                                            "tooltip": "The opening sentence (caption of the start image)."}),
+                                            "tooltip": "The opening sentence (caption of the start image)." + LIMIT_TIP}),
                 "batch_index": ("INT", {"default": 0, "min": 0, "max": 4095,
                                         "tooltip": "Which image of the batch starts the story (0 = the first)."}),
             },
@@ -240,7 +282,8 @@ class SeedStoryStoryStart:
     def start(self, agent, opening_text, batch_index=0, features=None, image=None, visual_tokenizer=None, settings=None):
         node = "SeedStory Story Start"
         agent = require(agent, AgentModel, node=node, name="agent", socket=AGENT, hint="agent output of a SeedStory loader")
-        text = check_text(opening_text, node=node, name="opening_text")
+        text = check_text_length(agent, check_text(opening_text, node=node, name="opening_text"), node=node,
+                                 name="opening_text")
         story_settings = _check_settings(settings, node)
         feats = _start_features(node, agent, features, image, visual_tokenizer, int(batch_index))
         engine = agent.engine()
@@ -309,7 +352,7 @@ class SeedStoryStoryStep:
             "optional": {
                 "text": ("STRING", {"multiline": True, "default": "",
                                     "tooltip": "Your text for this step: the start of the sentence (generation) or "
-                                               "the whole sentence (visualization, required). Empty = none."}),
+                                               "the whole sentence (visualization, required). Empty = none." + LIMIT_TIP}),
                 "context_features": (FEATURES, {
                     "tooltip": "Optional: features to store for the previous image instead of its regressed "
                                "features (e.g. ViT Tokenize of the rendered frame)."}),
@@ -322,6 +365,7 @@ class SeedStoryStoryStep:
         agent = require(agent, AgentModel, node=node, name="agent", socket=AGENT, hint="agent output of a SeedStory loader")
         state = _check_state(state, node)
         text = check_text(text if text is not None else "", node=node, name="text", allow_empty=True)
+        check_text_length(agent, text, node=node, name="text")
         if mode not in MODE_CHOICES:
             raise SeedStoryInputError(f"{node}: mode must be one of {MODE_CHOICES}, found {mode!r}.")
         if mode == "visualization" and not text.strip():
@@ -329,7 +373,11 @@ class SeedStoryStoryStep:
                                       "the sentence for this frame or switch mode to generation.")
         ctx = None
         if context_features is not None:
-            ctx = check_features(context_features, node=node, name="context_features", dim=agent.feature_dim)[:1]
+            ctx = check_features(context_features, node=node, name="context_features", dim=agent.feature_dim)
+            if ctx.shape[0] != 1:
+                raise SeedStoryInputError(
+                    f"{node}: 'context_features' holds features of {ctx.shape[0]} images, but they replace the one "
+                    "previous image of this story. Encode a single picture (e.g. ImageFromBatch before ViT Tokenize).")
         dec = make_decoding(decoding, temperature, top_p, top_k, repetition_penalty, max_sentence_tokens, seed, node)
         engine = agent.engine()
         try:
@@ -362,10 +410,11 @@ class SeedStoryGenerateStory:
                 "agent": (AGENT, {"tooltip": "The story agent."}),
                 "visual_tokenizer": (VISUAL_TOKENIZER, {"tooltip": "Encodes the start image."}),
                 "detokenizer": (DETOKENIZER, {"tooltip": "Renders every frame."}),
-                "start_image": ("IMAGE", {"tooltip": "The first picture of the story (first image of the batch)."}),
+                "start_image": ("IMAGE", {"tooltip": "The first picture of the story: one image (a batch is refused; "
+                                                     "pick one with ImageFromBatch)."}),
                 "opening_text": ("STRING", {"multiline": True, "default": "",
                                             "placeholder": "The sentence that goes with the start image",
-                                            "tooltip": "The opening sentence (caption of the start image)."}),
+                                            "tooltip": "The opening sentence (caption of the start image)." + LIMIT_TIP}),
                 "story_steps": ("INT", {"default": 4, "min": 1, "max": 200,
                                         "tooltip": "How many new frames (sentence + image) to generate."}),
                 "mode": (list(MODE_CHOICES), {
@@ -383,7 +432,8 @@ class SeedStoryGenerateStory:
             "optional": {
                 "captions": ("STRING", {"multiline": True, "default": "",
                                         "tooltip": "One line per step. visualization: the sentences to draw (at least "
-                                                   "story_steps lines); generation: optional beginnings (empty line = free)."}),
+                                                   "story_steps lines); generation: optional beginnings (empty line = free)."
+                                                   + LIMIT_TIP}),
                 "settings": (SETTINGS, {"tooltip": "Cache policy and window (default: multimodal sink, W=8)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
@@ -403,8 +453,15 @@ class SeedStoryGenerateStory:
                       socket=VISUAL_TOKENIZER, hint="visual_tokenizer output of a SeedStory loader")
         detok = require(detokenizer, DetokenizerModel, node=node, name="detokenizer", socket=DETOKENIZER,
                         hint="detokenizer output of a SeedStory loader")
-        img = check_image(start_image, node=node, name="start_image")[:1]
-        text = check_text(opening_text, node=node, name="opening_text")
+        img = check_image(start_image, node=node, name="start_image")
+        if img.shape[0] != 1:
+            raise SeedStoryInputError(
+                f"{node}: 'start_image' is a batch of {img.shape[0]} images, but Generate Story tells one story from "
+                "one start picture (its state output carries one story). Pick the picture with ComfyUI's "
+                "ImageFromBatch node (batch_index, length 1), or queue one prompt per picture (seedstory-batch does "
+                "that from a JSONL file). Nothing was generated.")
+        text = check_text_length(agent, check_text(opening_text, node=node, name="opening_text"), node=node,
+                                 name="opening_text")
         story_settings = _check_settings(settings, node)
         n = int(story_steps)
         if n < 1:
@@ -412,6 +469,8 @@ class SeedStoryGenerateStory:
         if mode not in MODE_CHOICES:
             raise SeedStoryInputError(f"{node}: mode must be one of {MODE_CHOICES}, found {mode!r}.")
         lines = [line.strip() for line in str(captions or "").splitlines()]
+        for k, line in enumerate(lines):
+            check_text_length(agent, line, node=node, name=f"captions (line {k + 1})")
         if mode == "visualization":
             lines = [line for line in lines if line]
             if len(lines) < n:
@@ -430,7 +489,7 @@ class SeedStoryGenerateStory:
         engine = agent.engine(vit)
         try:
             feats = vit.module.encode_images(img)
-            state = engine.start(text, features=feats[:1], settings=story_settings)
+            state = engine.start(text, features=feats, settings=story_settings)
         except ValueError as err:
             raise SeedStoryInputError(f"{node}: {err}") from err
         sentences: List[str] = [_one_line(text)]

@@ -55,6 +55,7 @@ from .checkpoints import (
     check_shapes,
     detect_checkpoint_kind,
     group_by_prefix,
+    open_safetensors,
     read_state_dict,
     require_kind,
 )
@@ -942,8 +943,6 @@ class _NullContext:
 # ---------------------------------------------------------------------------------------------------- base llama files
 def _llama_shards(path) -> Tuple[List[Path], List[str]]:
     """Shard files and all keys of a Llama checkpoint folder / file / index JSON."""
-    from safetensors import safe_open
-
     path = Path(path)
     if path.is_dir():
         for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"):
@@ -966,7 +965,7 @@ def _llama_shards(path) -> Tuple[List[Path], List[str]]:
                 raise FileNotFoundError(f"{path} lists shard {s.name}, which is missing; download the complete folder.")
         return shards, list(weight_map)
     if path.suffix in SAFETENSORS_EXTS:
-        with safe_open(str(path), framework="pt") as handle:
+        with open_safetensors(path) as handle:  # a damaged file -> CorruptCheckpointError
             return [path], list(handle.keys())
     if path.suffix in PICKLE_EXTS:
         return [path], list(read_state_dict(path).keys())
@@ -976,9 +975,7 @@ def _llama_shards(path) -> Tuple[List[Path], List[str]]:
 def _iter_tensors(shard: Path, *, device=None) -> Iterator[Tuple[str, torch.Tensor]]:
     """Yield (key, tensor) of one shard, one tensor at a time for safetensors (pickles: via read_state_dict, mmap)."""
     if shard.suffix in SAFETENSORS_EXTS:
-        from safetensors import safe_open
-
-        with safe_open(str(shard), framework="pt", device=str(device) if device is not None else "cpu") as handle:
+        with open_safetensors(shard, device=device if device is not None else "cpu") as handle:
             for key in handle.keys():
                 yield key, handle.get_tensor(key)
     else:

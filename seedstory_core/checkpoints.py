@@ -10,6 +10,9 @@ so a wrong prefix fails silently (SEED_STORY_SPEC.md, "Construction"). Every loa
 * accounts for every key (:class:`LoadReport`: loaded / missing / unexpected, grouped by prefix) and raises
   :class:`CheckpointMismatchError` naming the file, key, expected shape and found shape on any shape mismatch;
 * recognises a file of the wrong model kind (:func:`detect_checkpoint_kind`) and says which kind it looks like;
+* turns a damaged file (truncated download, junk, a Git LFS pointer, an HTML error page, a text file with a weights
+  extension) into :class:`CorruptCheckpointError`, which names the file, what was expected, what was found and what
+  to do, instead of the reader's raw ``SafetensorError`` / ``RuntimeError`` / ``EOFError``;
 * assigns tensors into meta-device modules (``load_state_dict(assign=True)``) so a full-size load never holds
   two copies of the weights.
 """
@@ -20,6 +23,7 @@ import json
 import os
 import pickle
 import re
+import zipfile
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +53,129 @@ class WrongCheckpointKindError(CheckpointError):
     """The file holds another model's weights (e.g. a ViT file given as the agent)."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """The file cannot be read as the format its extension promises (truncated, junk, not a checkpoint at all)."""
+
+
+# ---------------------------------------------------------------------------------------------------- damaged files
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_PROTO = 0x80  # the PROTO opcode every legacy torch.save (pickle protocol >= 2) starts with
+_REDO = "Re-download the file (check its size against the source) or convert it again."
+
+
+def _head(path: Path, n: int = 64) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(n)
+    except OSError:
+        return b""
+
+
+def _looks_like(head: bytes, *, safetensors_name: bool) -> Optional[Tuple[str, str]]:
+    """(what the file is, what to do) when its first bytes are recognisably not the format its name promises."""
+    text = head.lstrip()
+    if text.startswith(b"version https://git-lfs"):
+        return ("a Git LFS pointer, a small text file that stands for the real weights",
+                "Run `git lfs pull` in the repository it came from, or download the file itself.")
+    if text[:15].lower().startswith((b"<!doctype html", b"<html")):
+        return ("an HTML page (a failed download saves the server's error page under the file's name)",
+                "Download the file again (some hosts need you to log in or accept a licence first).")
+    if safetensors_name and (head.startswith(_ZIP_MAGIC) or (head and head[0] == _PICKLE_PROTO)):
+        return ("a PyTorch checkpoint (torch.save zip/pickle) with a .safetensors name",
+                "Rename it to .bin or .pt (read safely, weights_only=True), or convert it: "
+                "python -m seedstory_core.convert FILE OUTPUT_DIR.")
+    if not safetensors_name and len(head) >= 10 and head[8:10] == b'{"':
+        return ("a safetensors file with a PyTorch-pickle extension", "Rename it to .safetensors.")
+    if head.startswith((b"{", b"[")):
+        return ("JSON text", "Pick the weights file, not a config or index file.")
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return (f"plain text starting {head[:40].decode('ascii', 'replace')!r}", _REDO)
+    return None
+
+
+def _size(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size} bytes"
+    except OSError:
+        return "size unknown"
+
+
+def _detail(err: Optional[BaseException]) -> str:
+    if err is None:
+        return ""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _safetensors_detail(path: Path, err: BaseException) -> str:
+    """Why a safetensors file failed, in terms of its own header when that is readable (truncation: sizes)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            n = int.from_bytes(handle.read(8), "little")
+            if size >= 8 and 8 + n <= size and n < 100_000_000:
+                header = json.loads(handle.read(n))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items()
+                           if k != "__metadata__" and isinstance(v, Mapping) and "data_offsets" in v), default=0)
+                if 8 + n + end > size:
+                    return f"its header describes {8 + n + end} bytes of data, the file has only {size}"
+            elif size >= 8 and 8 + n > size:
+                return f"cut short or not safetensors: the first 8 bytes announce a {n}-byte header, the file has {size} bytes"
+    except (OSError, ValueError, TypeError, KeyError, IndexError):
+        pass
+    return _detail(err)
+
+
+def corrupt_safetensors(path: PathLike, err: BaseException) -> CorruptCheckpointError:
+    """The error for a ``.safetensors`` file the reader refused (``err``: the reader's own exception)."""
+    path = Path(path)
+    known = _looks_like(_head(path), safetensors_name=True)
+    what, todo = (f"it is {known[0]}", known[1]) if known else (f"truncated or corrupt: {_safetensors_detail(path, err)}", _REDO)
+    return CorruptCheckpointError(
+        f"{path} is not a valid safetensors file ({what}; {_size(path)}). Expected a safetensors file (an 8-byte "
+        f"header length, a JSON header, then the tensor data it describes). {todo}"
+    )
+
+
+def corrupt_pickle(path: PathLike, err: Optional[BaseException]) -> CorruptCheckpointError:
+    """The error for a ``.bin``/``.pt``/``.pth``/``.ckpt`` file that is not a readable PyTorch checkpoint."""
+    path = Path(path)
+    head = _head(path)
+    expected = ("Expected a PyTorch checkpoint written by torch.save (a zip archive, or a pickle in the old "
+                "format) holding a dict of tensors.")
+    if not head:
+        return CorruptCheckpointError(f"{path} is empty ({_size(path)}), not a PyTorch checkpoint. {expected} {_REDO}")
+    if head.startswith(_ZIP_MAGIC):
+        detail = ("the zip archive's central directory is missing, so the file was cut short"
+                  if not zipfile.is_zipfile(path) else _detail(err))
+        return CorruptCheckpointError(
+            f"{path} is not a valid PyTorch checkpoint: it starts like a torch.save zip archive but cannot be read "
+            f"(truncated or corrupt: {detail}; {_size(path)}). {_REDO}")
+    if head[0] == _PICKLE_PROTO:
+        return CorruptCheckpointError(
+            f"{path} is not a valid PyTorch checkpoint: it starts like an old-format torch.save pickle but cannot be "
+            f"read (truncated or corrupt: {_detail(err)}; {_size(path)}). {_REDO}")
+    known = _looks_like(head, safetensors_name=False)
+    what, todo = known if known else (f"the bytes {head[:16]!r}", _REDO)
+    return CorruptCheckpointError(
+        f"{path} is not a PyTorch checkpoint: it is neither a zip archive nor a pickle (it is {what}; "
+        f"{_size(path)}). {expected} {todo}"
+    )
+
+
+def open_safetensors(path: PathLike, *, device: Union[str, torch.device] = "cpu"):
+    """``safetensors.safe_open(path, framework="pt", device=device)``, with a damaged file reported as
+    :class:`CorruptCheckpointError` (the header is read and checked against the file size when opened)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise corrupt_safetensors(path, err) from None
+
+
 # ---------------------------------------------------------------------------------------------------- reading
 def read_state_dict(path: PathLike, *, device: Union[str, torch.device] = "cpu") -> "OrderedDict[str, torch.Tensor]":
     """Read every tensor of a checkpoint file (or of a sharded checkpoint folder / index JSON).
@@ -66,6 +193,7 @@ def read_state_dict(path: PathLike, *, device: Union[str, torch.device] = "cpu")
     Raises:
         FileNotFoundError: the path does not exist (message says what was looked for).
         UnsafeCheckpointError: a pickle would execute code or contains non-tensor objects torch refuses.
+        CorruptCheckpointError: the file is truncated, junk or not a checkpoint at all (the message says which).
         CheckpointError: the file is not a recognised checkpoint format.
     """
     path = Path(path)
@@ -84,7 +212,15 @@ def read_state_dict(path: PathLike, *, device: Union[str, torch.device] = "cpu")
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
     name = path.name
     if name.endswith(".index.json"):
-        index = json.loads(path.read_text())
+        try:
+            index = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CorruptCheckpointError(
+                f"{path} is not a valid shard index ({err}). Expected the JSON file written next to the shards "
+                f"(with a 'weight_map' of tensor name -> shard file). {_REDO}") from None
+        if not isinstance(index, Mapping) or not isinstance(index.get("weight_map", {}), Mapping):
+            raise CorruptCheckpointError(f"{path}: expected a JSON object with a 'weight_map' mapping, found "
+                                         f"{type(index).__name__}. {_REDO}")
         shards = sorted(set(index.get("weight_map", {}).values()))
         if not shards:
             raise CheckpointError(f"{path}: shard index has an empty 'weight_map'")
@@ -93,9 +229,8 @@ def read_state_dict(path: PathLike, *, device: Union[str, torch.device] = "cpu")
             out.update(read_state_dict(path.parent / shard, device=device))
         return out
     if path.suffix in SAFETENSORS_EXTS:
-        from safetensors.torch import load_file
-
-        return OrderedDict(load_file(str(path), device=str(device)))
+        with open_safetensors(path, device=device) as handle:
+            return OrderedDict((k, handle.get_tensor(k)) for k in handle.keys())
     if path.suffix in PICKLE_EXTS:
         return _read_pickle(path, device)
     raise CheckpointError(
@@ -105,6 +240,9 @@ def read_state_dict(path: PathLike, *, device: Union[str, torch.device] = "cpu")
 
 
 def _read_pickle(path: Path, device) -> "OrderedDict[str, torch.Tensor]":
+    head = _head(path, 2)
+    if not (head.startswith(_ZIP_MAGIC[:2]) or head[:1] == bytes([_PICKLE_PROTO])):
+        raise corrupt_pickle(path, None)  # text, junk, safetensors, empty: never handed to the unpickler
     try:
         try:
             obj = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
@@ -113,11 +251,17 @@ def _read_pickle(path: Path, device) -> "OrderedDict[str, torch.Tensor]":
                 raise
             obj = torch.load(str(path), map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():  # a damaged pickle, not a refused one
+            raise corrupt_pickle(path, err) from None
         raise UnsafeCheckpointError(
             f"Refused to load {path}: it is a pickle that needs more than plain tensors to load (torch.load with "
             f"weights_only=True said: {str(err).splitlines()[0]}). Pickles can execute code; seedstory never unpickles "
             "arbitrary objects. Convert the file with a trusted tool to .safetensors, or obtain the official file."
         ) from None
+    except (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError, zipfile.BadZipFile) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise corrupt_pickle(path, err) from None
     if isinstance(obj, Mapping):
         for wrapper in ("state_dict", "module", "model"):
             inner = obj.get(wrapper)
@@ -136,9 +280,9 @@ def read_keys_and_shapes(path: PathLike) -> Dict[str, Tuple[int, ...]]:
     """Key -> shape of a checkpoint without materialising tensors when possible (safetensors header)."""
     path = Path(path)
     if path.suffix in SAFETENSORS_EXTS:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
+        if not path.exists():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        with open_safetensors(path) as handle:
             return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
     return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
 

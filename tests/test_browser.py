@@ -19,7 +19,7 @@ workflow_seedstory_tiny_story_run.png, storybook_sample.png) when a file there i
 ``SEEDSTORY_UPDATE_DOCS_IMG=1`` -- so a plain test run never dirties the checkout.
 
 Without Chromium / Node / playwright-core the module is skipped with the reason, except under ``CI=true`` (or
-``SEEDSTORY_REQUIRE_BROWSER=1``), where that is a failure. Marks: ``comfyui`` and ``browser``.
+``SEEDSTORY_REQUIRE_BROWSER=1`` / ``SEEDSTORY_REQUIRE_ALL=1``), where that is a failure (conftest.require_or_skip). Marks: ``comfyui`` and ``browser``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ pytest_plugins = ["comfy_harness"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import require_or_skip  # noqa: E402
 from test_workflows import API_DIR, WORKFLOWS  # noqa: E402
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
@@ -81,14 +82,12 @@ def browser_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session scope: checked before the session's ComfyUI server is started
 def browser():
     reason = browser_missing()
     if reason:
         reason += "; run: bash scripts/setup_browser.sh"
-        if _truthy("CI") or _truthy("SEEDSTORY_REQUIRE_BROWSER"):
-            pytest.fail(f"the browser tests are required here (CI) but cannot run: {reason}", pytrace=False)
-        pytest.skip(f"browser unavailable: {reason}")
+        require_or_skip(f"browser unavailable: {reason}", "SEEDSTORY_REQUIRE_BROWSER")
     return chromium_path()
 
 

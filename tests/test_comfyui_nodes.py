@@ -141,7 +141,12 @@ def test_identical_requeue_is_cached_and_loader_not_rerun(server):
     prompt = api("seedstory_tiny_story")
     prompt["3"]["inputs"]["opening_text"] = "A tiny boat sails past a lighthouse."
     first = run_ok(server, prompt)
-    assert "1" not in first.cached or first.cached  # may be cached from an earlier test (same loader inputs)
+    ran_first = {e["data"]["node"] for e in first.events if e["type"] == "executing" and e["data"]["node"]}
+    # this opening text is used by no other test: the story node and the save really ran ...
+    assert {"3", "4"} <= ran_first and not {"3", "4"} & set(first.cached), (first.cached, ran_first)
+    # ... while the loader and the image, which earlier tests queued with the same inputs, may come from the
+    # cache: each node either ran or was cached, none is missing
+    assert {"1", "2", "3", "4"} <= ran_first | set(first.cached), (first.cached, ran_first)
     again = run_ok(server, prompt)
     assert {"1", "2", "3", "4"} <= set(again.cached), again.cached  # nothing re-ran, UNIQUE_ID included
     changed = copy.deepcopy(prompt)
@@ -173,6 +178,61 @@ def test_bad_inputs_give_clear_errors(server):
     assert res.error["node_id"] == "1" and res.error["node_type"] == "SeedStoryStoryStart"
     assert "input 'agent' expects a SEEDSTORY_AGENT" in res.error["exception_message"]
     assert "not-an-agent" in res.error["exception_message"]
+
+
+def test_bad_values_and_files_are_refused_by_comfyui_with_the_input_named(server):
+    """Cases ComfyUI itself handles (docs/reliability.md): out-of-range steps and an unknown model name are refused
+    by POST /prompt before anything runs, with the input named; a corrupt upload fails in Load Image, before any
+    SeedStory node, with PIL's message naming the file; a batch of start images and an over-long opening text
+    fail in Generate Story with our message."""
+    prompt = api("seedstory_tiny_story")
+    for name, value, kind, message in (
+            ("story_steps", 0, "value_smaller_than_min", "Value 0 smaller than min of 1"),
+            ("story_steps", 201, "value_bigger_than_max", "Value 201 bigger than max of 200"),
+            ("diffusion_steps", 0, "value_smaller_than_min", "Value 0 smaller than min of 1")):
+        bad = copy.deepcopy(prompt)
+        bad["3"]["inputs"][name] = value
+        with pytest.raises(server.PromptError) as err:
+            server.queue_prompt(bad)
+        [e] = [e for e in err.value.node_errors["3"]["errors"] if e["type"] == kind]
+        assert e["details"] == name and e["message"] == message, e
+
+    loader = {"1": {"class_type": "SeedStoryAgentLoader",
+                    "inputs": {"agent_name": "no_such_agent.safetensors", "tokenizer_name": "no_such_tokenizer",
+                               "base_llm": "none", "config": "auto", "precision": "auto", "device": "auto"}},
+              "2": {"class_type": "SeedStoryStoryStart",
+                    "inputs": {"agent": ["1", 0], "opening_text": "Hi.", "batch_index": 0}},
+              "3": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+              "4": {"class_type": "SeedStorySaveStory", "inputs": {"images": ["3", 0], "filename_prefix": "seedstory/x",
+                                                                    "title": "t", "state": ["2", 0]}}}
+    with pytest.raises(server.PromptError) as err:
+        server.queue_prompt(loader)
+    errors = {e["details"].split(":")[0]: e for e in err.value.node_errors["1"]["errors"]}
+    assert errors["agent_name"]["type"] == "value_not_in_list", errors
+    assert "'no_such_agent.safetensors' not in" in errors["agent_name"]["details"], errors
+
+    up = server.upload_image(b"this is not a PNG", name="corrupt_start.png")
+    broken = copy.deepcopy(prompt)
+    broken["2"]["inputs"]["image"] = up["name"]
+    res = server.run(broken, timeout=120)
+    assert res.status == "error" and res.error["node_type"] == "LoadImage", res.error
+    assert res.error["exception_type"].endswith("UnidentifiedImageError"), res.error
+    assert "cannot identify image file" in res.error["exception_message"], res.error
+    assert "corrupt_start.png" in res.error["exception_message"], res.error
+
+    batch = copy.deepcopy(prompt)
+    batch["9"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": 2}}
+    batch["3"]["inputs"]["start_image"] = ["9", 0]
+    res = server.run(batch, timeout=120)
+    assert res.status == "error" and res.error["node_id"] == "3", res.error
+    assert "'start_image' is a batch of 2 images" in res.error["exception_message"]
+    assert "ImageFromBatch" in res.error["exception_message"]
+
+    long = copy.deepcopy(prompt)
+    long["3"]["inputs"]["opening_text"] = ("Max and Zoe are at the beach. " * 700)[:20000]
+    res = server.run(long, timeout=120)
+    assert res.status == "error" and res.error["node_id"] == "3", res.error
+    assert "'opening_text' is" in res.error["exception_message"] and "at most 446 tokens" in res.error["exception_message"]
 
 
 def test_interrupt_stops_a_long_story_then_requeue_completes(server):

@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import require_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,8 @@ def test_pyproject_has_registry_metadata():
 def test_comfy_node_validate(tmp_path):
     exe = shutil.which("comfy", path=str(Path(sys.executable).parent)) or shutil.which("comfy")
     if exe is None:
-        pytest.skip("comfy-cli is not installed (it is in the test extras: pip install -e .[test])")
+        require_or_skip("comfy-cli is not installed (it is in the test extras: pip install -e .[test])",
+                        "SEEDSTORY_REQUIRE_COMFY_CLI")
     env = dict(os.environ, HOME=str(tmp_path), COMFY_CLI_NO_REMOTE_REFRESH="1")
     res = subprocess.run([exe, "--skip-prompt", "--no-enable-telemetry", "node", "validate"], cwd=REPO,
                          capture_output=True, text=True, env=env, timeout=300)

@@ -26,14 +26,22 @@ Steps (each a normal training entry point, resumable; ``--scale`` multiplies eve
             ``python -m training.evaluate`` (trained on real frames of seed 7; held-out accuracy recorded).
 
 Wall-clock per stage and the final losses are written to ``RUN/recipe.json`` and the model card.
+
+``--export DIR`` is built in a temporary folder next to DIR and swapped in only when complete. An existing DIR is
+replaced only when it is empty or a previous export (its ``recipe.json`` records an ``export`` stage); files a
+previous export did not write (e.g. a hand-written ``MODEL_CARD.md``) are carried over and listed. Any other
+non-empty folder is refused unless ``--force`` (which replaces it entirely); DIR may never be, or contain, the run
+folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -59,6 +67,57 @@ TRAIN_STEPS = (
     ("stage3", "training.stage3_adaptation", "train_stage3", 0),
 )
 HELD_OUT_SEED = 1000
+#: What an export writes (top-level names); anything else in a previous export is the user's and is kept.
+EXPORT_ENTRIES = ("seedstory_config.json", "tokenizer", "visual_tokenizer", "agent", "detokenizer", "demo_start.png",
+                  "demo_start.txt", "probe", "recipe.json")
+
+
+class ExportRefused(RuntimeError):
+    """--export points at a folder this recipe must not replace (see :func:`check_export_target`)."""
+
+
+def is_previous_export(folder: Path) -> bool:
+    """True when ``folder/recipe.json`` is a tiny_recipe record with an ``export`` stage (the export's marker)."""
+    try:
+        record = json.loads((folder / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("stages"), dict) and "export" in record["stages"]
+
+
+def check_export_target(export: Path, run: Path, *, force: bool = False) -> List[str]:
+    """Decide whether ``--export`` may replace ``export``; returns the names of user files to carry over.
+
+    Allowed: a missing or empty folder; a previous export (:func:`is_previous_export`), whose entries not in
+    :data:`EXPORT_ENTRIES` are returned (kept in the new export); anything with ``force``.
+
+    Raises:
+        ExportRefused: ``export`` is the run folder, lies inside it or contains it (even with ``force``: the export
+            would delete the model it copies); it is a file; or it is a non-empty folder that is not a previous
+            export and ``force`` is not set. The message lists what was found and what to do.
+    """
+    target, run_dir = export.resolve(), run.resolve()
+    if target == run_dir or run_dir.is_relative_to(target) or target.is_relative_to(run_dir):
+        raise ExportRefused(
+            f"--export {export}: it is {'the run folder' if target == run_dir else 'inside the run folder' if target.is_relative_to(run_dir) else 'a folder that holds the run folder'} "
+            f"(--out {run}); replacing it would delete the trained model it copies. Export to a separate folder, "
+            "e.g. models/seedstory-tiny.")
+    if not export.exists():
+        return []
+    if not export.is_dir():
+        raise ExportRefused(f"--export {export}: expected a folder (or nothing), found a file. Pick a folder name.")
+    entries = sorted(p.name for p in export.iterdir())
+    if not entries:
+        return []
+    if is_previous_export(export):
+        return [name for name in entries if name not in EXPORT_ENTRIES]
+    if force:
+        return []
+    shown = ", ".join(entries[:8]) + (f" ... ({len(entries)} entries)" if len(entries) > 8 else "")
+    raise ExportRefused(
+        f"--export {export}: the folder is not empty and is not a previous tiny_recipe export (no recipe.json with "
+        f"an 'export' stage); it holds: {shown}. Nothing was deleted. Export to a new or empty folder, or add "
+        "--force to replace this folder and everything in it.")
 
 
 def _scaled(args: List[str], scale: float) -> List[str]:
@@ -101,7 +160,14 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (smoke runs)")
     parser.add_argument("--stages", default="data,init,vae,stage1,stage2,stage2b,stage3,export", help="comma list of steps to run")
     parser.add_argument("--probe-stories", type=int, default=80, help="StoryStream-mini stories the attribute probe trains on")
+    parser.add_argument("--force", action="store_true",
+                        help="let --export replace a non-empty folder that is not a previous export (all of it)")
     args = parser.parse_args(argv)
+    if args.export is not None and "export" in [s.strip() for s in args.stages.split(",")]:
+        try:  # checked before hours of training, not after
+            check_export_target(args.export, args.out, force=args.force)
+        except ExportRefused as err:
+            parser.error(str(err))
 
     from seedstory_core.bundle import SeedStoryBundle
     from seedstory_core.data import mini
@@ -151,20 +217,39 @@ def main(argv=None) -> int:
     if "export" in steps and args.export is not None:
         t0 = time.time()
         final = run / "stage3" / "model"
-        export = args.export
-        if export.exists():
+        target = args.export
+        keep = check_export_target(target, run, force=args.force)  # again: the folder may have changed meanwhile
+        target.parent.mkdir(parents=True, exist_ok=True)
+        export = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
+        try:
             shutil.rmtree(export)
-        shutil.copytree(final, export)
-        story = mini.generate_story(HELD_OUT_SEED, 0)
-        mini.render_story(story, size=64)[0].save(export / "demo_start.png")
-        (export / "demo_start.txt").write_text(story["captions"][0] + "\n")
-        from seedstory_core.data.attribute_probe import probe_accuracy, train_probe
+            shutil.copytree(final, export)
+            story = mini.generate_story(HELD_OUT_SEED, 0)
+            mini.render_story(story, size=64)[0].save(export / "demo_start.png")
+            (export / "demo_start.txt").write_text(story["captions"][0] + "\n")
+            from seedstory_core.data.attribute_probe import probe_accuracy, train_probe
 
-        probe = train_probe(stories=args.probe_stories)
-        probe.save(export / "probe")
-        record["probe"] = probe_accuracy(probe, seed=HELD_OUT_SEED + 1, stories=10)
-        done("export", t0, path=str(export))
-        (export / "recipe.json").write_text(json.dumps(record, indent=2))
+            probe = train_probe(stories=args.probe_stories)
+            probe.save(export / "probe")
+            record["probe"] = probe_accuracy(probe, seed=HELD_OUT_SEED + 1, stories=10)
+            for name in keep:  # the user's own files in a previous export (e.g. MODEL_CARD.md)
+                src = target / name
+                (shutil.copytree if src.is_dir() else shutil.copy2)(src, export / name)
+            done("export", t0, path=str(target), kept=keep)
+            (export / "recipe.json").write_text(json.dumps(record, indent=2))
+            if target.exists():
+                old = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+                target.rename(old)
+                export.rename(target)
+                shutil.rmtree(old)
+            else:
+                export.rename(target)
+        except BaseException:
+            shutil.rmtree(export, ignore_errors=True)
+            raise
+        if keep:
+            print(f"[tiny_recipe] kept in {target} (not written by the recipe; update them for the new model): "
+                  + ", ".join(keep), flush=True)
     return 0
 
 
