@@ -8,19 +8,23 @@ Library use (the tests do this)::
         result = client.run({"1": {...}, "2": {...}})   # POST /prompt + follow /ws
         png = client.view(**result.images()[0])         # GET /view
 
-CLI::
+CLI (a server for you to use, like a hand-started ComfyUI)::
 
-    python scripts/comfy_server.py start [--comfy-dir DIR] [--port N] [--state FILE] [-- ARGS...]
+    python scripts/comfy_server.py start [--comfy-dir DIR] [--port N|auto] [--scratch-dir DIR] [--state FILE] [-- ARGS...]
     python scripts/comfy_server.py status [--state FILE]
     python scripts/comfy_server.py stop [--state FILE]
 
-``start`` leaves the server running in the background and writes its pid, URL, log and
-scratch folder to the state file (default ``<repo>/.comfyui/server.json``); ``stop`` reads it.
-``--comfy-dir`` defaults to ``$COMFYUI_DIR``, else ``<repo>/.comfyui/ComfyUI``.
+``start`` leaves the server running in the background on 127.0.0.1:8188 (``--port auto``: a free port) and
+writes its pid, URL, log and folders to the state file (default ``<repo>/.comfyui/server.json``); ``stop`` reads
+it. ``--comfy-dir`` defaults to ``$COMFYUI_DIR``, else ``<repo>/.comfyui/ComfyUI-0.30.0``. It uses the ComfyUI
+tree's own ``input/`` and ``output/`` folders (storybooks land in ``<ComfyUI>/output/seedstory/``), and in a tree
+that scripts/provision_comfyui.sh made it first refreshes the pack's copy in ``custom_nodes/seedstory``. With
+``--scratch-dir DIR`` the input/output/temp/user folders are DIR's instead (the demo does this).
 
-Every server gets its own scratch folder with ``input/ output/ temp/ user/`` and a file
-SQLite database (``sqlite:///:memory:`` gives cross-thread errors in 0.3.75), so runs never
-touch the ComfyUI tree's own folders. Needs ``requests`` and ``websocket-client``.
+The tests use :func:`start` with a scratch folder per server: ``input/ output/ temp/ user/``, a file SQLite
+database (``sqlite:///:memory:`` gives cross-thread errors in 0.3.75) and, with ``pack=True``, ComfyUI's
+``--base-directory`` with the pack copied into its ``custom_nodes``, so test runs never touch the ComfyUI tree.
+Needs ``requests`` and ``websocket-client``.
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ import requests
 import websocket  # websocket-client
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_COMFY_DIR = REPO_ROOT / ".comfyui" / "ComfyUI"
+DEFAULT_COMFY_DIR = REPO_ROOT / ".comfyui" / "ComfyUI-0.30.0"
 DEFAULT_STATE_FILE = REPO_ROOT / ".comfyui" / "server.json"
+DEFAULT_PORT = 8188  # ComfyUI's own default; the README's API examples use it
 HOST = "127.0.0.1"
 
 BINARY_PREVIEW_IMAGE = 1
@@ -112,22 +117,28 @@ class ServerHandle:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    own_folders: bool = False
+
+    @property
+    def _folders(self) -> Path:
+        return self.comfy_dir if self.own_folders else self.scratch_dir
+
     @property
     def input_dir(self) -> Path:
-        return self.scratch_dir / "input"
+        return self._folders / "input"
 
     @property
     def output_dir(self) -> Path:
-        return self.scratch_dir / "output"
+        return self._folders / "output"
 
     @property
     def temp_dir(self) -> Path:
-        # ComfyUI appends "temp" to --temp-directory
-        return self.scratch_dir / "temp" / "temp"
+        # ComfyUI appends "temp" to --temp-directory; its own default is <tree>/temp
+        return self.comfy_dir / "temp" if self.own_folders else self.scratch_dir / "temp" / "temp"
 
     @property
     def user_dir(self) -> Path:
-        return self.scratch_dir / "user"
+        return self._folders / "user"
 
     def client(self, client_id: str | None = None) -> "ComfyClient":
         return ComfyClient(self.base_url, client_id=client_id)
@@ -153,6 +164,7 @@ class ServerHandle:
             "log_path": str(self.log_path),
             "scratch_dir": str(self.scratch_dir),
             "command": self.command,
+            "own_folders": self.own_folders,
         }
 
     def __enter__(self) -> "ServerHandle":
@@ -228,6 +240,8 @@ def start(
     scratch_dir: str | os.PathLike | None = None,
     timeout: float = 300.0,
     env: Mapping[str, str] | None = None,
+    pack: bool = True,
+    own_folders: bool = False,
 ) -> ServerHandle:
     """Start ComfyUI from ``comfy_dir`` and wait until ``GET /object_info`` answers.
 
@@ -240,6 +254,13 @@ def start(
             (default: a new temporary folder).
         timeout: seconds to wait for the server to answer.
         env: extra environment variables for the server.
+        pack: (default True) make ``scratch_dir`` ComfyUI's base directory (``--base-directory``: its ``custom_nodes`` and
+            ``models`` are used instead of the tree's) and COPY this pack into ``scratch_dir/custom_nodes/seedstory``
+            (scripts/install_pack.py) -- the pack exactly as a user installs it, isolated from other servers
+            and from whatever the ComfyUI tree's own ``custom_nodes`` holds. False: the tree's own
+            ``custom_nodes`` and ``models`` (the CLI's ``start``).
+        own_folders: use the ComfyUI tree's own ``input/``, ``output/``, ``temp/`` and ``user/`` folders (as a
+            user's hand-started ComfyUI does) instead of scratch ones; the log still goes to ``scratch_dir``.
 
     Returns:
         A :class:`ServerHandle`; call ``stop()`` (or use it as a context manager).
@@ -254,13 +275,19 @@ def start(
     scratch = scratch.resolve()
     for sub in ("input", "output", "temp", "user"):
         (scratch / sub).mkdir(parents=True, exist_ok=True)
+    if pack:
+        from install_pack import copy_pack  # scripts/ is on sys.path when this module is imported
+
+        copy_pack(scratch / "custom_nodes" / "seedstory")
+        (scratch / "models").mkdir(exist_ok=True)
 
     attempts = 1 if port is not None else 3
     last_error: Exception | None = None
     for attempt in range(attempts):
         chosen = port if port is not None else free_port()
         try:
-            return _start_once(comfy_dir, chosen, extra_args, python, scratch, timeout, env, attempt)
+            return _start_once(comfy_dir, chosen, extra_args, python, scratch, timeout, env, attempt, pack,
+                               own_folders)
         except _PortTaken as e:
             last_error = e
     raise ComfyServerError(f"could not bind a port for ComfyUI: {last_error}")
@@ -270,19 +297,25 @@ class _PortTaken(ComfyServerError):
     pass
 
 
-def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, attempt) -> ServerHandle:
+def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, attempt, pack=False,
+                own_folders=False) -> ServerHandle:
     log_path = scratch / ("comfyui.log" if attempt == 0 else f"comfyui.{attempt}.log")
     cmd = [
         python or sys.executable, "-u", "main.py",
         "--listen", HOST, "--port", str(port), "--cpu",
         "--disable-auto-launch",
-        "--input-directory", str(scratch / "input"),
-        "--output-directory", str(scratch / "output"),
-        "--temp-directory", str(scratch / "temp"),
-        "--user-directory", str(scratch / "user"),
     ]
-    if _supports_flag(comfy_dir, "--database-url"):
-        cmd += ["--database-url", f"sqlite:///{scratch / 'comfyui.db'}"]
+    if pack:
+        cmd += ["--base-directory", str(scratch)]
+    if not own_folders:
+        cmd += [
+            "--input-directory", str(scratch / "input"),
+            "--output-directory", str(scratch / "output"),
+            "--temp-directory", str(scratch / "temp"),
+            "--user-directory", str(scratch / "user"),
+        ]
+        if _supports_flag(comfy_dir, "--database-url"):
+            cmd += ["--database-url", f"sqlite:///{scratch / 'comfyui.db'}"]
     cmd += list(extra_args)
     proc_env = dict(os.environ)
     proc_env["PYTHONUNBUFFERED"] = "1"
@@ -296,7 +329,7 @@ def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, atte
             cmd, cwd=comfy_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=proc_env, start_new_session=True,
         )
-    handle = ServerHandle(comfy_dir, port, process, process.pid, log_path, scratch, cmd)
+    handle = ServerHandle(comfy_dir, port, process, process.pid, log_path, scratch, cmd, own_folders=own_folders)
     deadline = time.monotonic() + timeout
     while True:
         code = process.poll()
@@ -561,8 +594,9 @@ def _cli(argv: Iterable[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     ps = sub.add_parser("start", help="start in the background; prints URL, PID, log")
     ps.add_argument("--comfy-dir", default=os.environ.get("COMFYUI_DIR") or str(DEFAULT_COMFY_DIR))
-    ps.add_argument("--port", type=int, default=None)
-    ps.add_argument("--scratch-dir", default=None, help="input/output/temp/user/log folder")
+    ps.add_argument("--port", default=str(DEFAULT_PORT), help=f"TCP port (default {DEFAULT_PORT}; 'auto': a free one)")
+    ps.add_argument("--scratch-dir", default=None,
+                    help="input/output/temp/user folder (default: the ComfyUI tree's own folders)")
     ps.add_argument("--timeout", type=float, default=300.0)
     ps.add_argument("--state", default=str(DEFAULT_STATE_FILE))
     ps.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more main.py arguments")
@@ -580,12 +614,20 @@ def _cli(argv: Iterable[str] | None = None) -> int:
                 print(old["base_url"])
                 return 0
         extra = [x for x in a.extra if x != "--"]
-        h = start(a.comfy_dir, a.port, extra, scratch_dir=a.scratch_dir, timeout=a.timeout)
+        port = None if a.port == "auto" else int(a.port)
+        comfy = Path(a.comfy_dir)
+        if (comfy / ".seedstory_provisioned").is_file():  # ours, not a user's own ComfyUI: refresh the pack copy
+            from install_pack import copy_pack
+
+            copy_pack(comfy / "custom_nodes" / "seedstory")
+        own = a.scratch_dir is None
+        scratch = a.scratch_dir or str(state.parent / "server_logs")
+        h = start(comfy, port, extra, scratch_dir=scratch, timeout=a.timeout, pack=False, own_folders=own)
         h.process = None  # leave it running after we exit
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps(h.to_json(), indent=2))
         print(f"ComfyUI running at {h.base_url} (pid {h.pid})\n  log:    {h.log_path}\n"
-              f"  output: {h.output_dir}\n  state:  {state}", file=sys.stderr)
+              f"  input:  {h.input_dir}\n  output: {h.output_dir}\n  state:  {state}", file=sys.stderr)
         print(h.base_url)
         return 0
 

@@ -4,7 +4,8 @@
 #   bash scripts/demo.sh [--venv DIR] [--skip-setup] [--frames N] [--seed S]
 #
 #   1. bash scripts/setup_env.sh --venv DIR   (Python 3.11 venv + everything; skipped with --skip-setup)
-#   2. bash scripts/provision_comfyui.sh      (ComfyUI 0.3.75 in .comfyui/ComfyUI, or $COMFYUI_DIR)
+#   2. bash scripts/provision_comfyui.sh      (ComfyUI 0.30.0 in .comfyui/ComfyUI-0.30.0, or $COMFYUI_DIR,
+#                                             with this pack copied into its custom_nodes)
 #   3. scripts/comfy_server.py start          (127.0.0.1, free port, --cpu, output folder <repo>/output)
 #   4. seedstory-batch with ONE job on the tiny model (workflows/api/seedstory_tiny_story.json):
 #      start image + sentence from models/seedstory-tiny/demo_start.{png,txt} when the trained
@@ -80,7 +81,7 @@ else
   bash "$REPO_ROOT/scripts/setup_env.sh" --venv "$VENV_DIR" >&2
 fi
 [[ -x "$PY" ]] || die "no Python at $PY (run without --skip-setup, or pass --venv DIR)"
-"$PY" -c 'import seedstory_core.batch, requests, websocket, tqdm' 2>/dev/null \
+(cd "$REPO_ROOT" && "$PY" -c 'import seedstory_core.batch, requests, websocket, tqdm') 2>/dev/null \
   || die "$VENV_DIR lacks seedstory and its dependencies; run: bash scripts/setup_env.sh --venv $VENV_DIR"
 
 # 2. ComfyUI -----------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ if [[ -f "$STATE" ]]; then
 fi
 log "starting ComfyUI ($COMFY) with output folder $OUTPUT_DIR"
 SERVER_STARTED=1
-URL="$("$PY" "$REPO_ROOT/scripts/comfy_server.py" start --comfy-dir "$COMFY" --state "$STATE" \
+URL="$("$PY" "$REPO_ROOT/scripts/comfy_server.py" start --comfy-dir "$COMFY" --state "$STATE" --port auto \
         --scratch-dir "$SCRATCH" -- --output-directory "$OUTPUT_DIR" | tail -n 1)"
 [[ "$URL" == http://* ]] || die "comfy_server.py start printed no URL (got '$URL')"
 log "ComfyUI is up at $URL"
@@ -130,7 +131,7 @@ PY
 
 log "running seedstory-batch (1 job, tiny model, $FRAMES frames)"
 set +e
-BOOKS="$("$PY" -m seedstory_core.batch "$JOBS" --out "$BATCH_OUT" --server "$URL" \
+BOOKS="$(cd "$REPO_ROOT" && "$PY" -m seedstory_core.batch "$JOBS" --out "$BATCH_OUT" --server "$URL" \
           --template "$REPO_ROOT/workflows/api/seedstory_tiny_story.json" --force --print-storybooks)"
 rc=$?
 set -e

@@ -1,4 +1,4 @@
-"""pytest plugin: a real ComfyUI server with this pack linked, shared by the whole session.
+"""pytest plugin: a real ComfyUI server with this pack installed as a user installs it, shared by the session.
 
 Register it once, in tests/conftest.py (tests/ is on sys.path under pytest's default
 "prepend" import mode)::
@@ -10,13 +10,15 @@ no-op). Do not ``from comfy_harness import comfy_server`` into modules as well: 
 a second fixture and starts a second server.
 
 The fixture ``comfy_server``:
-  1. runs ``scripts/provision_comfyui.sh`` (uses ``$COMFYUI_DIR`` when set, else provisions
-     ComfyUI 0.3.75 into ``<repo>/.comfyui/ComfyUI``) which links this repo into
-     ``custom_nodes/seedstory``;
-  2. starts it with this interpreter (``sys.executable``) on a free 127.0.0.1 port with
-     ``--cpu`` and scratch input/output/temp/user folders (``scripts/comfy_server.py``);
+  1. runs ``scripts/provision_comfyui.sh --no-pack`` (uses ``$COMFYUI_DIR`` when set, else ComfyUI
+     ``$SEEDSTORY_COMFYUI_VERSION`` -- default 0.30.0, or 0.3.75 -- in ``<repo>/.comfyui/ComfyUI-<version>``);
+  2. starts it with this interpreter (``sys.executable``, whose environment holds ComfyUI's requirements.txt
+     and this pack's requirements.txt, see scripts/setup_env.sh; the pack itself is not pip-installed) on a
+     free 127.0.0.1 port with ``--cpu`` and a scratch ``--base-directory`` holding input/output/temp/user/models
+     and ``custom_nodes/seedstory``, a COPY of this pack (scripts/install_pack.py), so every test session tests
+     exactly what a user installs and never touches the ComfyUI tree;
   3. yields a :class:`ComfyHarness` (a ``ComfyClient`` plus ``output_dir``, ``input_dir``,
-     ``log_path``, ``log_text()``, ``server``);
+     ``log_path``, ``log_text()``, ``server``, ``comfy_version``);
   4. stops the server at the end of the session.
 
 When ComfyUI cannot be provisioned or its requirements are missing, tests that use the
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -52,9 +55,12 @@ from comfy_server import (  # noqa: E402
 
 __all__ = ["ComfyHarness", "ComfyPromptError", "RunResult", "comfy_server"]
 
-# Modules ComfyUI imports at start-up that come from requirements-comfyui.txt.
-_COMFY_RUNTIME_MODULES = ("aiohttp", "comfyui_frontend_package", "torchvision", "yaml", "sqlalchemy",
-                          "alembic", "av", "scipy", "einops", "torchsde", "kornia", "spandrel")
+# Modules ComfyUI imports at start-up (from its requirements.txt). torchaudio: 0.30.0 does not start without it
+# (0.3.75 only logs IMPORT FAILED for its audio nodes), so it is checked once the version is known.
+_COMFY_RUNTIME_MODULES = ("aiohttp", "comfyui_frontend_package", "torchvision", "yaml",
+                          "sqlalchemy", "alembic", "av", "scipy", "einops", "torchsde", "kornia", "spandrel")
+#: The ComfyUI release provisioned when COMFYUI_DIR is not set (scripts/provision_comfyui.sh --version).
+DEFAULT_COMFYUI_VERSION = "0.30.0"
 
 
 def _must_run() -> bool:
@@ -82,6 +88,7 @@ class ComfyHarness(ComfyClient):
         self.input_dir: Path = server.input_dir
         self.temp_dir: Path = server.temp_dir
         self.log_path: Path = server.log_path
+        self.comfy_version: str = comfyui_version(server.comfy_dir)
 
     def log_text(self) -> str:
         return self.server.log_text()
@@ -94,9 +101,20 @@ class ComfyHarness(ComfyClient):
         return ComfyClient(self.base_url)
 
 
+def comfyui_version(comfy_dir: Path) -> str:
+    """``__version__`` from ``comfyui_version.py`` of a ComfyUI tree ('unknown' when it has none)."""
+    try:
+        text = (Path(comfy_dir) / "comfyui_version.py").read_text(encoding="utf-8")
+    except OSError:
+        return "unknown"
+    m = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", text)
+    return m.group(1) if m else "unknown"
+
+
 def provision_comfyui() -> Path:
     """Run scripts/provision_comfyui.sh; returns the ComfyUI folder (skips/fails if it can't)."""
-    cmd = ["bash", str(SCRIPTS / "provision_comfyui.sh"), "--venv", sys.prefix]
+    version = os.environ.get("SEEDSTORY_COMFYUI_VERSION", DEFAULT_COMFYUI_VERSION)
+    cmd = ["bash", str(SCRIPTS / "provision_comfyui.sh"), "--no-pack", "--version", version, "--venv", sys.prefix]
     try:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -110,25 +128,44 @@ def provision_comfyui() -> Path:
     return comfy_dir
 
 
-@pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory):
-    """A running ComfyUI (this pack linked as custom_nodes/seedstory); yields ComfyHarness."""
-    missing = [m for m in _COMFY_RUNTIME_MODULES if importlib.util.find_spec(m) is None]
-    if missing:
-        _unavailable(f"modules {missing} are not installed in {sys.prefix}; run scripts/setup_env.sh")
-    comfy_dir = provision_comfyui()
-    extra = shlex.split(os.environ.get("SEEDSTORY_COMFYUI_ARGS", ""))
-    scratch = tmp_path_factory.mktemp("comfyui")
+def _start(comfy_dir: Path, extra: list[str], scratch: Path) -> "ComfyHarness":
     try:
-        server = start(comfy_dir, extra_args=extra, python=sys.executable, scratch_dir=scratch)
+        server = start(comfy_dir, extra_args=extra, python=sys.executable, scratch_dir=scratch, pack=True)
     except ComfyServerError as e:
         pytest.fail(f"ComfyUI did not start: {e}", pytrace=False)
     harness = ComfyHarness(server)
-    sys.stderr.write(f"\n[comfy_harness] ComfyUI {server.base_url} (pid {server.pid}), log {server.log_path}\n")
+    sys.stderr.write(f"\n[comfy_harness] ComfyUI {harness.comfy_version} {server.base_url} (pid {server.pid}) "
+                     f"{' '.join(extra)}, log {server.log_path}\n")
+    return harness
+
+
+def _stop(harness: "ComfyHarness") -> None:
+    server = harness.server
+    alive = server.is_running()
+    code = server.stop()
+    if not alive:
+        sys.stderr.write(f"\n[comfy_harness] ComfyUI had died (exit {code}); log {server.log_path}\n")
+
+
+@pytest.fixture(scope="session")
+def comfy_dir() -> Path:
+    """The provisioned ComfyUI tree (or $COMFYUI_DIR)."""
+    missing = [m for m in _COMFY_RUNTIME_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        _unavailable(f"modules {missing} are not installed in {sys.prefix}; run scripts/setup_env.sh")
+    path = provision_comfyui()
+    if comfyui_version(path) != "0.3.75" and importlib.util.find_spec("torchaudio") is None:
+        _unavailable(f"ComfyUI {comfyui_version(path)} needs torchaudio, which is not installed in {sys.prefix}; "
+                     "run scripts/setup_env.sh (or SEEDSTORY_COMFYUI_VERSION=0.3.75 for the oldest release)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_dir, tmp_path_factory):
+    """A running ComfyUI (this pack copied into its custom_nodes); yields ComfyHarness."""
+    extra = shlex.split(os.environ.get("SEEDSTORY_COMFYUI_ARGS", ""))
+    harness = _start(comfy_dir, extra, tmp_path_factory.mktemp("comfyui"))
     try:
         yield harness
     finally:
-        alive = server.is_running()
-        code = server.stop()
-        if not alive:
-            sys.stderr.write(f"\n[comfy_harness] ComfyUI had died (exit {code}); log {server.log_path}\n")
+        _stop(harness)

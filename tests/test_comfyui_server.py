@@ -1,9 +1,12 @@
-"""Smoke tests of the real ComfyUI 0.3.75 server with this pack linked (fixture: comfy_harness)."""
+"""Smoke tests of the real ComfyUI server (0.30.0 by default, 0.3.75 in the oldest lane) with this pack installed
+as a copy in its custom_nodes (fixture: comfy_harness)."""
 
 from __future__ import annotations
 
 import io
+import json
 import re
+import sys
 import uuid
 from pathlib import Path
 
@@ -16,6 +19,9 @@ pytest_plugins = ["comfy_harness"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+#: A Python warning as the warnings module prints it ("path:line: FutureWarning: ...").
+PY_WARNING = re.compile(r"\b[A-Z]\w*Warning: ")
 
 
 def empty_image_to_save(width=64, height=48, color=0xFF0000, prefix="seedstory_smoke"):
@@ -127,3 +133,102 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, commands
     ci = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines() if line.strip()]
     assert ci[-1] == commands[1], (ci[-1], commands[1])
+
+
+@pytest.mark.comfyui
+def test_fresh_server_loads_every_node_and_logs_no_warning(comfy_dir, tmp_path):
+    """A server of its own (a fresh scratch base directory, the pack COPIED into its custom_nodes, nothing
+    pip-installed but ComfyUI's and the pack's requirements): all 14 nodes load, the tiny story runs, and the log has
+    no traceback, no IMPORT FAILED and no warning (e.g. transformers' deprecated-argument FutureWarning)."""
+    from comfy_server import start
+
+    from pack_loader import load_pack
+
+    pack = load_pack()
+    assert len(pack.NODE_CLASS_MAPPINGS) == 14
+    server = start(comfy_dir, python=sys.executable, scratch_dir=tmp_path / "fresh", pack=True)
+    try:
+        installed = tmp_path / "fresh" / "custom_nodes" / "seedstory"
+        assert installed.is_dir() and not installed.is_symlink()
+        assert (installed / "requirements.txt").is_file() and (installed / "__init__.py").is_file()
+        client = server.client()
+        info = client.object_info()
+        missing = sorted(set(pack.NODE_CLASS_MAPPINGS) - set(info))
+        assert not missing, f"nodes missing from /object_info: {missing}; log {server.log_path}"
+        client.upload_image((REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(),
+                            name="seedstory_start.png")
+        prompt = json.loads((REPO_ROOT / "workflows" / "api" / "seedstory_tiny_story.json").read_text())
+        res = client.run(prompt, timeout=300)
+        assert res.status == "success", res.error
+        # Save Story shows frames and sentences on the node, and its storybook opens through the pack's route
+        save = res.outputs()["4"]
+        assert save["images"] and save["text"][0].strip() and save["storybook"], save
+        check_storybook_route(client, save["storybook"][0], server.output_dir)
+    finally:
+        server.stop()
+    log = server.log_text()
+    lines = log.splitlines()
+    assert any(re.search(r"custom_nodes[/\\]seedstory\b", l) and "seconds" in l for l in lines), log[-3000:]
+    bad = [l for l in lines if "Traceback" in l or "IMPORT FAILED" in l or PY_WARNING.search(l)
+           or "[WARNING]" in l]
+    assert not bad, f"the server log has tracebacks or warnings ({server.log_path}):\n" + "\n".join(bad[:20])
+
+
+def _raw_get(base_url: str, raw_path: str) -> tuple[int, str, bytes]:
+    """GET with the path sent exactly as given (no client-side '..' normalisation)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(base_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.putrequest("GET", raw_path, skip_accept_encoding=True)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type", ""), r.read()
+    finally:
+        conn.close()
+
+
+def check_storybook_route(client, storybook: str, output_dir: Path) -> None:
+    """The storybook page opens inline from the pack's route (also under /api); hostile paths never get a file."""
+    from urllib.parse import quote
+
+    assert (output_dir / storybook).is_file()
+    for prefix in ("/seedstory/storybook/", "/api/seedstory/storybook/"):
+        r = client.get(prefix + quote(storybook))
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html"), (prefix, r.status_code)
+        assert "attachment" not in r.headers.get("Content-Disposition", "")
+        assert "<figure>" in r.text and "frame_000.png" in r.text
+        frame = storybook.rsplit("/", 1)[0] + "/frame_000.png"
+        assert client.get(prefix + quote(frame)).content.startswith(PNG_SIGNATURE)
+    secret = output_dir.parent / "secret.txt"
+    secret.write_text("not for the browser")
+    hostile = ["/seedstory/storybook/../secret.txt", "/seedstory/storybook/%2e%2e/secret.txt",
+               "/seedstory/storybook/%2e%2e%2fsecret.txt", "/seedstory/storybook/..%2f..%2fetc%2fpasswd",
+               "/seedstory/storybook/%2fetc%2fpasswd", "/seedstory/storybook/seedstory%00.png",
+               "/seedstory/storybook/" + quote(storybook.rsplit("/", 1)[0] + "/../../../secret.txt"),
+               "/api/seedstory/storybook/%2e%2e/%2e%2e/secret.txt"]
+    for path in hostile:
+        status, _kind, body = _raw_get(client.base_url, path)
+        assert status in (400, 403, 404), (path, status)
+        assert b"not for the browser" not in body and b"root:" not in body, path
+
+
+@pytest.mark.comfyui
+def test_in_app_help_pages_and_search_aliases_are_served(comfy_server):
+    """WEB_DIRECTORY: every node's help page (web/docs/<NodeId>.md) and the Save Story extension are served where the
+    frontend looks for them; on ComfyUI >= 0.30 /object_info carries the search aliases."""
+    from pack_loader import load_pack
+
+    pack = load_pack()
+    exts = comfy_server.get("/extensions").json()
+    assert "/extensions/seedstory/seedstory.js" in exts, exts
+    assert exts.count("/extensions/seedstory/seedstory.js") == 1  # registered once (WEB_DIRECTORY only)
+    for node_id in pack.NODE_CLASS_MAPPINGS:
+        r = comfy_server.get(f"/extensions/seedstory/docs/{node_id}.md")
+        assert r.status_code == 200, (node_id, r.status_code)
+        assert r.text == (REPO_ROOT / "web" / "docs" / f"{node_id}.md").read_text(encoding="utf-8")
+    info = comfy_server.object_info("SeedStoryGenerateStory")["SeedStoryGenerateStory"]
+    if "search_aliases" in info or comfy_server.comfy_version != "0.3.75":
+        assert {"story", "comic", "storyboard"} <= set(info["search_aliases"]), info.get("search_aliases")

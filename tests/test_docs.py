@@ -50,6 +50,8 @@ COMMANDS = [
     (r"^bash scripts/setup_browser\.sh( --check| --no-apt)*$", "test", "tests/test_browser.py::browser_missing (its "
                                                                    "skip reason names it)"),
     (r"^\.venv/bin/python -m pytest", "test", "CI: the test run itself"),
+    (r"^bash scripts/test\.sh( --lane (current|classic|oldest))?$", "test",
+     "tests/test_comfyui_server.py::test_ci_runs_the_readme_test_command (.ci/run runs it)"),
     (r"^\.venv/bin/python scripts/comfy_server\.py (start|stop)$", "test",
      "tests/test_comfyui_server.py (the same module, scripts/comfy_server.py, starts every test server)"),
     (r"^python scripts/gen_node_docs\.py( --check| --stdout)?$", "run", None),
@@ -68,6 +70,8 @@ COMMANDS = [
      "tests/test_evaluate.py::test_evaluate_cli_runs_on_a_small_model runs the evaluation CLI"),
     (r"^hf download ", "help", "network: Hugging Face downloads are not run by tests"),
     (r"^seedstory-batch ", "help", "seedstory_core/batch.py (python -m seedstory_core.batch)"),
+    (r"^python -m seedstory_core\.batch \S+\.jsonl ", "help",
+     "tests/test_docs.py::test_api_command_from_readme_against_real_server runs the batch client as written"),
     (r"^python -c .*\| curl -s -X POST http://127\.0\.0\.1:8188/prompt ", "server", None),
 ]
 
@@ -110,8 +114,29 @@ ALL = doc_commands()
 
 # ------------------------------------------------------------------------------------------------ nodes.md
 def test_nodes_md_is_up_to_date():
-    current = gen_node_docs.OUT.read_text(encoding="utf-8")
-    assert current == gen_node_docs.render(), "docs/nodes.md is stale: run python scripts/gen_node_docs.py"
+    """docs/nodes.md and the in-app help pages web/docs/<NodeId>.md come from one generator and are current."""
+    files = gen_node_docs.render_all()
+    assert gen_node_docs.stale(files) == [], "stale node docs: run python scripts/gen_node_docs.py"
+    pack = gen_node_docs.load_pack()
+    pages = {p.stem for p in gen_node_docs.WEB_DOCS.glob("*.md")}
+    assert pages == set(pack.NODE_CLASS_MAPPINGS), pages ^ set(pack.NODE_CLASS_MAPPINGS)
+    nodes_md = files[gen_node_docs.OUT]
+    for node_id in pack.NODE_CLASS_MAPPINGS:  # each help page is that node's section of docs/nodes.md
+        page = files[gen_node_docs.WEB_DOCS / f"{node_id}.md"]
+        body = page.split("\n", 1)[1].rsplit("<!--", 1)[0].strip()
+        assert body in nodes_md, node_id
+    assert pack.WEB_DIRECTORY == "./web"
+
+
+def test_every_node_has_search_aliases():
+    pack = gen_node_docs.load_pack()
+    from importlib import import_module
+
+    table = import_module(f"{gen_node_docs.PACK}.nodes").SEARCH_ALIASES
+    assert set(table) == set(pack.NODE_CLASS_MAPPINGS)
+    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert cls.SEARCH_ALIASES == table[node_id] and all(isinstance(a, str) and a for a in cls.SEARCH_ALIASES)
+    assert {"story", "comic", "storyboard"} <= set(pack.NODE_CLASS_MAPPINGS["SeedStoryGenerateStory"].SEARCH_ALIASES)
 
 
 def test_nodes_md_documents_every_node_and_input():
@@ -221,27 +246,69 @@ def test_documented_command_is_exercised(where, cmd):
 
 
 @pytest.mark.comfyui
-def test_api_command_from_readme_against_real_server(comfy_server):
-    """README's `POST /prompt` one-liner, run as written (URL swapped for the test server's)."""
+def test_api_command_from_readme_against_real_server(comfy_dir, tmp_path):
+    """The README's API and batch instructions, AS WRITTEN: the manual server (`scripts/comfy_server.py start`, port
+    8188, the ComfyUI tree's own input/ and output/ folders), the start picture copied into its input/ folder, the
+    `POST /prompt` one-liner unchanged, the storybook in output/seedstory/ and its page from the pack's route, then
+    the batch command from the README."""
+    import json
+    import socket
+    from urllib.parse import quote
+
+    import requests
+
     cmds = [c for _f, c in ALL if rule_for(c) and rule_for(c)[0] == "server"]
     assert cmds, "README shows the POST /prompt example"
+    batch = [c for _f, c in ALL if c.startswith("python -m seedstory_core.batch jobs.jsonl")]
+    assert batch, "README shows the batch command"
     if shutil.which("curl") is None:
         # curl is a system tool scripts/setup_env.sh does not install: not required by CI=true alone
         require_or_skip("curl is not installed (apt-get install curl)", "SEEDSTORY_REQUIRE_CURL", in_ci=False)
-    comfy_server.upload_image((REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(),
-                              name="seedstory_start.png")
-    import json
-
-    for cmd in cmds:
-        cmd = cmd.replace("http://127.0.0.1:8188", comfy_server.base_url).replace("python -c", f"{PY} -c", 1)
-        proc = subprocess.run(["bash", "-c", cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        answer = json.loads(proc.stdout)
-        assert answer.get("prompt_id") and answer.get("node_errors") == {}, answer
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            entry = comfy_server.history(answer["prompt_id"]).get(answer["prompt_id"])
-            if entry and entry.get("status", {}).get("completed") is not None:
-                break
-            time.sleep(0.5)
-        assert entry and entry["status"]["status_str"] == "success", entry and entry["status"]
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 8188)) == 0:
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail("port 8188 is taken; the README's instructions need it")
+            pytest.skip("port 8188 is taken by another server here; the README's instructions need it")
+    state = tmp_path / "server.json"
+    start = [PY, "scripts/comfy_server.py", "start", "--comfy-dir", str(comfy_dir), "--state", str(state)]
+    proc = subprocess.run(start, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "http://127.0.0.1:8188"
+    try:
+        installed = comfy_dir / "custom_nodes" / "seedstory"
+        if (comfy_dir / ".seedstory_provisioned").is_file():
+            assert installed.is_dir() and not installed.is_symlink()  # a copy, as a user gets it
+        shutil.copy(REPO_ROOT / "workflows" / "assets" / "seedstory_start.png", comfy_dir / "input")
+        for cmd in cmds:
+            cmd = cmd.replace("python -c", f"{PY} -c", 1)
+            proc = subprocess.run(["bash", "-c", cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            answer = json.loads(proc.stdout)
+            assert answer.get("prompt_id") and answer.get("node_errors") == {}, answer
+            deadline = time.monotonic() + 300
+            entry = None
+            while time.monotonic() < deadline:
+                entry = requests.get(f"http://127.0.0.1:8188/history/{answer['prompt_id']}",
+                                     timeout=30).json().get(answer["prompt_id"])
+                if entry and entry.get("status", {}).get("completed") is not None:
+                    break
+                time.sleep(0.5)
+            assert entry and entry["status"]["status_str"] == "success", entry and entry["status"]
+            book = [o["storybook"][0] for o in entry["outputs"].values() if "storybook" in o][0]
+            assert book.startswith("seedstory/") and (comfy_dir / "output" / book).is_file()
+            page = requests.get("http://127.0.0.1:8188/seedstory/storybook/" + quote(book), timeout=30)
+            assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text(json.dumps({"id": "readme", "image": str(REPO_ROOT / "workflows/assets/seedstory_start.png"),
+                                    "text": "A small boat leaves the harbour.", "frames": 2, "seed": 3}) + "\n")
+        argv = shlex.split(batch[0])
+        argv[0] = PY
+        argv[argv.index("jobs.jsonl")] = str(jobs)
+        argv[argv.index("out")] = str(tmp_path / "out")
+        proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (tmp_path / "out" / "summary.json").is_file()
+        assert proc.stdout.strip().splitlines()[-1].endswith("index.html"), proc.stdout
+    finally:
+        subprocess.run([PY, "scripts/comfy_server.py", "stop", "--state", str(state)], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=120)

@@ -1,6 +1,7 @@
 """Registry metadata: `comfy node validate` (comfy-cli) passes with no security warnings; pack layout."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,20 +14,83 @@ from conftest import require_or_skip
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _req_names(lines) -> dict:
+    """{normalised distribution name: specifier text} of requirement lines (comments and blanks dropped)."""
+    out = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.match(r"^([A-Za-z0-9_.\-]+)\s*(.*)$", line)
+        out[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2).replace(" ", "")
+    return out
+
+
 def test_pyproject_has_registry_metadata():
     data = tomllib.loads((REPO / "pyproject.toml").read_text())
     comfy = data["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"]
     assert data["project"]["name"] and data["project"]["version"]
-    deps = " ".join(data["project"]["dependencies"])
-    for core in ("torch", "transformers", "diffusers", "peft", "safetensors", "accelerate", "numpy", "pillow"):
-        assert core in deps, core
+    icon = comfy["Icon"]
+    assert icon and (REPO / icon).is_file() and (REPO / icon).read_bytes().startswith(b"\x89PNG"), icon
+    assert re.fullmatch(r">=\d+\.\d+\.\d+(,<=?\d+\.\d+\.\d+)?", comfy["requires-comfyui"]), comfy
+    classifiers = data["project"]["classifiers"]
+    assert any(c.startswith("Operating System :: ") for c in classifiers)
+    assert any(c.startswith("Environment :: GPU :: ") for c in classifiers)
+    assert "example.invalid" not in (REPO / "pyproject.toml").read_text()
+    for url in data["project"].get("urls", {}).values():
+        assert url.startswith("https://") and "example" not in url, url
+
+
+def test_requirements_txt_matches_project_dependencies():
+    """requirements.txt (what ComfyUI-Manager / `comfy node install` install) = [project].dependencies minus torch
+    (ComfyUI's own requirements provide torch; listing it could replace a user's CUDA build)."""
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = _req_names(data["project"]["dependencies"])
+    reqs = _req_names((REPO / "requirements.txt").read_text().splitlines())
+    assert project.pop("torch") and "torch" not in reqs and "torchvision" not in reqs
+    assert reqs == project
+    for core in ("transformers", "diffusers", "peft", "safetensors", "accelerate", "numpy", "pillow"):
+        assert core in reqs, core
+    # compatible with ComfyUI's own pin (transformers>=4.50.3): a lower bound only above it, no upper bound below 5
+    assert reqs["transformers"] == ">=5.0,<6"
+
+
+def test_requirements_cover_the_runtime_imports():
+    """Every third-party module imported by the pack's runtime code (nodes/, seedstory_core/, training/) comes from
+    requirements.txt or from what ComfyUI itself installs (torch, torchvision)."""
+    import ast
+    import sys as _sys
+
+    provided = {"torch", "torchvision", "transformers", "tokenizers", "sentencepiece", "diffusers", "peft",
+                "accelerate", "safetensors", "huggingface_hub", "numpy", "PIL", "tqdm", "requests", "websocket"}
+    dist_of = {"PIL": "pillow", "websocket": "websocket-client", "huggingface_hub": "huggingface-hub"}
+    reqs = _req_names((REPO / "requirements.txt").read_text().splitlines())
+    for mod in provided - {"torch", "torchvision"}:
+        assert dist_of.get(mod, mod).lower().replace("_", "-") in reqs, mod
+    local = {"seedstory_core", "training", "nodes", "bench"}
+    ComfyUI = {"comfy", "folder_paths", "server", "comfy_api", "node_helpers", "latent_preview", "aiohttp"}
+    found = {}
+    for folder in ("nodes", "seedstory_core", "training"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in _sys.stdlib_module_names and top not in local and top not in ComfyUI:
+                        found.setdefault(top, str(path.relative_to(REPO)))
+    missing = {m: where for m, where in found.items() if m not in provided}
+    assert not missing, f"imported but not in requirements.txt: {missing}"
 
 
 def test_comfy_node_validate(tmp_path):
     exe = shutil.which("comfy", path=str(Path(sys.executable).parent)) or shutil.which("comfy")
     if exe is None:
-        require_or_skip("comfy-cli is not installed (it is in the test extras: pip install -e .[test])",
+        require_or_skip("comfy-cli is not installed (requirements-dev.txt; scripts/setup_env.sh installs it)",
                         "SEEDSTORY_REQUIRE_COMFY_CLI")
     env = dict(os.environ, HOME=str(tmp_path), COMFY_CLI_NO_REMOTE_REFRESH="1")
     res = subprocess.run([exe, "--skip-prompt", "--no-enable-telemetry", "node", "validate"], cwd=REPO,
@@ -37,5 +101,49 @@ def test_comfy_node_validate(tmp_path):
 
 
 def test_pack_layout():
-    for path in ("nodes", "seedstory_core", "training", "workflows", "tests", "__init__.py", "pyproject.toml"):
+    for path in ("nodes", "seedstory_core", "training", "workflows", "tests", "__init__.py", "pyproject.toml",
+                 "requirements.txt", "web/seedstory.js", "web/icon.png"):
         assert (REPO / path).exists(), path
+
+
+def test_pack_copy_is_what_a_user_gets(tmp_path):
+    """scripts/install_pack.py copies the pack (no symlink, no environments or caches) and replaces old copies."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from install_pack import copy_pack
+
+    target = tmp_path / "custom_nodes" / "seedstory"
+    target.parent.mkdir()
+    target.symlink_to(REPO)  # what older versions of provision_comfyui.sh left behind
+    copy_pack(target)
+    assert target.is_dir() and not target.is_symlink()
+    for rel in ("__init__.py", "requirements.txt", "nodes/__init__.py", "seedstory_core/__init__.py",
+                "web/docs/SeedStoryGenerateStory.md", "models/seedstory-tiny/seedstory_config.json"):
+        assert (target / rel).is_file(), rel
+    for rel in (".venv", ".comfyui", ".git", "tests/browser/node_modules"):
+        assert not (target / rel).exists(), rel
+    (target / "stale.txt").write_text("old copy")
+    copy_pack(target)
+    assert not (target / "stale.txt").exists()
+    with pytest.raises(ValueError):
+        copy_pack(REPO / "nodes" / "copy")
+
+
+def test_pip_install_gives_the_seedstory_batch_command(tmp_path):
+    """README: `pip install .` (in a venv of the user's choice) gives the `seedstory-batch` command. Installed here
+    with --no-deps into a target folder, from a copy of the pack (so no build/ folder lands in the checkout)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from install_pack import copy_pack
+
+    src = copy_pack(tmp_path / "src")
+    target = tmp_path / "target"
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "--isolated", "--quiet", "--no-deps", "--target",
+                          str(target), str(src)], capture_output=True, text=True, timeout=600)
+    if res.returncode != 0 and "Could not find a version" in res.stderr and os.environ.get("CI") != "true":
+        pytest.skip(f"no package index for the build requirements: {res.stderr[-500:]}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    exe = target / "bin" / "seedstory-batch"
+    assert exe.is_file()
+    run = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(target)), cwd=tmp_path)
+    assert run.returncode == 0 and "usage: seedstory-batch" in run.stdout, run.stderr
+    assert (target / "seedstory_core" / "batch.py").is_file() and not (target / "nodes").exists()
