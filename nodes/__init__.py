@@ -51,4 +51,27 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SeedStoryAdaptDetokenizer": "SeedStory Adapt De-tokenizer",
 }
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+#: Other words users search for: ComfyUI 0.30.0 sends ``SEARCH_ALIASES`` as ``search_aliases`` in /object_info and
+#: its node search matches them (0.3.75 ignores the attribute). One table here, set on the classes below, so the node files stay untouched.
+SEARCH_ALIASES = {
+    "SeedStoryTinyModelLoader": ["story", "storybook", "comic", "storyboard", "seed story", "load story model"],
+    "SeedStoryVisualTokenizerLoader": ["load vit", "qwen-vl vit", "visual encoder", "seed story"],
+    "SeedStoryAgentLoader": ["load llm", "llama lora", "story model", "mllm", "seed story"],
+    "SeedStoryDetokenizerLoader": ["load detokenizer", "sdxl unet", "seed story"],
+    "SeedStoryViTTokenize": ["encode image", "image features", "clip vision encode"],
+    "SeedStoryStorySettings": ["attention sink", "kv cache", "sliding window", "long story"],
+    "SeedStoryStoryStart": ["story", "comic", "storyboard", "begin story", "first panel"],
+    "SeedStoryStoryStep": ["story", "comic", "storyboard", "next panel", "continue story", "branch"],
+    "SeedStoryGenerateStory": ["story", "comic", "storyboard", "storybook", "picture book", "illustrated story",
+                               "narrative", "panels"],
+    "SeedStoryDetokenize": ["render", "decode features", "image from features", "story frames"],
+    "SeedStoryFeaturesToConditioning": ["conditioning", "sdxl", "ksampler", "image prompt"],
+    "SeedStorySaveStory": ["save", "storybook", "comic", "storyboard", "html", "picture book"],
+    "SeedStoryFreeMemory": ["unload models", "clear cache", "free vram", "free memory"],
+    "SeedStoryAdaptDetokenizer": ["train", "fine-tune", "finetune", "training", "adapt"],
+}
+
+for _node_id, _aliases in SEARCH_ALIASES.items():
+    NODE_CLASS_MAPPINGS[_node_id].SEARCH_ALIASES = list(_aliases)
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "SEARCH_ALIASES"]

@@ -1,9 +1,11 @@
-"""Generate docs/nodes.md from the SeedStory nodes themselves (INPUT_TYPES, RETURN_*, OUTPUT_TOOLTIPS, DESCRIPTION,
-CATEGORY), without ComfyUI.
+"""Generate the node reference from the SeedStory nodes themselves (INPUT_TYPES, RETURN_*, OUTPUT_TOOLTIPS,
+DESCRIPTION, CATEGORY, SEARCH_ALIASES), without ComfyUI: docs/nodes.md (all nodes, for readers of the repository)
+and web/docs/<NodeId>.md (one page per node, the same text: ComfyUI's frontend shows it in its node help panel,
+served from the pack's WEB_DIRECTORY).
 
-    python scripts/gen_node_docs.py            # rewrite docs/nodes.md
-    python scripts/gen_node_docs.py --check    # exit 1 when docs/nodes.md is stale
-    python scripts/gen_node_docs.py --stdout   # print it
+    python scripts/gen_node_docs.py            # rewrite docs/nodes.md and web/docs/*.md
+    python scripts/gen_node_docs.py --check    # exit 1 when any of them is stale (or a stray page exists)
+    python scripts/gen_node_docs.py --stdout   # print docs/nodes.md
 
 The pack imports ComfyUI lazily, so the node classes import in a plain venv. Combos that ComfyUI fills from model
 folders (``folder_paths``) are empty here; they are documented by the folder their tooltip names. tests/test_docs.py
@@ -20,6 +22,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUT = REPO_ROOT / "docs" / "nodes.md"
+WEB_DOCS = REPO_ROOT / "web" / "docs"
 PACK = "seedstory_pack_for_docs"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
@@ -118,11 +121,49 @@ def _anchor(node_id: str) -> str:
 
 
 def render() -> str:
+    """docs/nodes.md."""
+    return render_all()[OUT]
+
+
+def render_all() -> dict:
+    """{path: text} for docs/nodes.md and every web/docs/<NodeId>.md."""
     with without_comfyui():
-        return _render()
+        return _render_all()
 
 
-def _render() -> str:
+def _node_section(node_id: str, cls, display: str, heading: str) -> list:
+    """The reference of one node (heading level ``heading``, e.g. "###"), shared by both outputs."""
+    out = [f"{heading} {display}", ""]
+    flags = [f"id `{node_id}`", f"category `{cls.CATEGORY}`"]
+    if getattr(cls, "OUTPUT_NODE", False):
+        flags.append("output node")
+    out += [" · ".join(flags), "", _cell(cls.DESCRIPTION), ""]
+    aliases = getattr(cls, "SEARCH_ALIASES", None)
+    if aliases:
+        out += ["Also found in the node search as: " + ", ".join(f"*{a}*" for a in aliases) + ".", ""]
+    spec = cls.INPUT_TYPES()
+    rows = []
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            kind = entry[0]
+            opts = entry[1] if len(entry) > 1 else {}
+            label = f"`{name}`" + (" (optional)" if section == "optional" else "")
+            rows.append(f"| {label} | {_type(kind, opts)} | {_default(kind, opts)} | {_range(kind, opts)} | "
+                        f"{_cell(opts.get('tooltip', ''))} |")
+    if rows:
+        out += ["**Inputs**", "", "| input | type | default | range | description |",
+                "|---|---|---|---|---|", *rows, ""]
+    if cls.RETURN_TYPES:
+        tips = getattr(cls, "OUTPUT_TOOLTIPS", None) or [""] * len(cls.RETURN_TYPES)
+        rnames = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+        out += ["**Outputs**", "", "| output | type | description |", "|---|---|---|"]
+        for rname, rtype, tip in zip(rnames, cls.RETURN_TYPES, tips):
+            out.append(f"| `{rname}` | `{rtype}` | {_cell(tip)} |")
+        out.append("")
+    return out
+
+
+def _render_all() -> dict:
     pack = load_pack()
     classes = pack.NODE_CLASS_MAPPINGS
     names = pack.NODE_DISPLAY_NAME_MAPPINGS
@@ -137,7 +178,8 @@ def _render() -> str:
         "DESCRIPTION and CATEGORY. Do not edit by hand: run `python scripts/gen_node_docs.py`. -->",
         "",
         f"{len(classes)} nodes in ComfyUI's node library under **SEED-Story** (double-click the canvas and type "
-        "\"SeedStory\"). Every input and output also has this text as its tooltip in ComfyUI.",
+        "\"SeedStory\"). Every input and output also has this text as its tooltip in ComfyUI, and each node's "
+        "section is also its page in ComfyUI's node help panel (web/docs/).",
         "",
         "Model-file combos are filled by ComfyUI from the folders named in their tooltips (see [models.md](models.md)); "
         "they are listed as \"combo (files found by ComfyUI)\" here. Sockets take a link from another node; "
@@ -148,35 +190,25 @@ def _render() -> str:
         out.append(f"- **{cat}**: " + ", ".join(f"[{names[n]}](#{_anchor(n)})" for n in by_cat[cat]))
     out.append("")
 
+    pages = {}
     for cat in sorted(by_cat):
         out += [f"## {cat}", ""]
         for node_id in by_cat[cat]:
             cls = classes[node_id]
-            out += [f'<a id="{_anchor(node_id)}"></a>', f"### {names[node_id]}", ""]
-            flags = [f"id `{node_id}`", f"category `{cls.CATEGORY}`"]
-            if getattr(cls, "OUTPUT_NODE", False):
-                flags.append("output node")
-            out += [" · ".join(flags), "", _cell(cls.DESCRIPTION), ""]
-            spec = cls.INPUT_TYPES()
-            rows = []
-            for section in ("required", "optional"):
-                for name, entry in spec.get(section, {}).items():
-                    kind = entry[0]
-                    opts = entry[1] if len(entry) > 1 else {}
-                    label = f"`{name}`" + (" (optional)" if section == "optional" else "")
-                    rows.append(f"| {label} | {_type(kind, opts)} | {_default(kind, opts)} | {_range(kind, opts)} | "
-                                f"{_cell(opts.get('tooltip', ''))} |")
-            if rows:
-                out += ["**Inputs**", "", "| input | type | default | range | description |",
-                        "|---|---|---|---|---|", *rows, ""]
-            if cls.RETURN_TYPES:
-                tips = getattr(cls, "OUTPUT_TOOLTIPS", None) or [""] * len(cls.RETURN_TYPES)
-                rnames = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
-                out += ["**Outputs**", "", "| output | type | description |", "|---|---|---|"]
-                for rname, rtype, tip in zip(rnames, cls.RETURN_TYPES, tips):
-                    out.append(f"| `{rname}` | `{rtype}` | {_cell(tip)} |")
-                out.append("")
-    return "\n".join(out).rstrip() + "\n"
+            out += [f'<a id="{_anchor(node_id)}"></a>', *_node_section(node_id, cls, names[node_id], "###")]
+            page = [*_node_section(node_id, cls, names[node_id], "#"),
+                    "<!-- Generated by scripts/gen_node_docs.py; the whole reference: docs/nodes.md -->"]
+            pages[WEB_DOCS / f"{node_id}.md"] = "\n".join(page).rstrip() + "\n"
+    return {OUT: "\n".join(out).rstrip() + "\n", **pages}
+
+
+def stale(files: dict | None = None) -> list:
+    """Generated files that differ from what is on disk, plus stray web/docs/*.md pages (relative paths)."""
+    files = render_all() if files is None else files
+    bad = [p for p, text in files.items() if not p.is_file() or p.read_text(encoding="utf-8") != text]
+    if WEB_DOCS.is_dir():
+        bad += [p for p in WEB_DOCS.glob("*.md") if p not in files]
+    return sorted(str(p.relative_to(REPO_ROOT)) for p in bad)
 
 
 def main(argv=None) -> int:
@@ -185,20 +217,25 @@ def main(argv=None) -> int:
     g.add_argument("--check", action="store_true", help="exit 1 when docs/nodes.md is not up to date")
     g.add_argument("--stdout", action="store_true", help="print the page instead of writing it")
     args = p.parse_args(argv)
-    text = render()
+    files = render_all()
     if args.stdout:
-        sys.stdout.write(text)
+        sys.stdout.write(files[OUT])
         return 0
     if args.check:
-        current = OUT.read_text(encoding="utf-8") if OUT.is_file() else ""
-        if current != text:
-            print(f"{OUT.relative_to(REPO_ROOT)} is stale: run python scripts/gen_node_docs.py", file=sys.stderr)
+        bad = stale(files)
+        if bad:
+            print(f"stale: {', '.join(bad)}: run python scripts/gen_node_docs.py", file=sys.stderr)
             return 1
-        print(f"{OUT.relative_to(REPO_ROOT)} is up to date")
+        print(f"{OUT.relative_to(REPO_ROOT)} and {len(files) - 1} pages in web/docs/ are up to date")
         return 0
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT.relative_to(REPO_ROOT)}")
+    WEB_DOCS.mkdir(parents=True, exist_ok=True)
+    for path in WEB_DOCS.glob("*.md"):
+        if path not in files:
+            path.unlink()
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    print(f"wrote {OUT.relative_to(REPO_ROOT)} and {len(files) - 1} pages in web/docs/")
     return 0
 
 

@@ -213,3 +213,14 @@ def test_start_image_asset_is_shipped():
     assert img.size[0] >= 64 and img.mode in ("RGB", "RGBA")
     uses = [p.name for p in ui_files() if '"seedstory_start.png"' in p.read_text()]
     assert len(uses) >= 3, uses
+
+
+def test_every_ui_workflow_has_a_template_thumbnail():
+    """workflows/<name>.jpg (scripts/make_thumbnails.py, from the browser tests' screenshot) for the template browser."""
+    from PIL import Image
+
+    for path in sorted(WORKFLOWS.glob("*.json")):
+        thumb = path.with_suffix(".jpg")
+        assert thumb.is_file(), f"{path.name} has no thumbnail: run python scripts/make_thumbnails.py"
+        with Image.open(thumb) as img:
+            assert img.format == "JPEG" and img.size == (512, 384), (thumb.name, img.format, img.size)
