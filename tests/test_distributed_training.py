@@ -17,6 +17,7 @@ stage 1, while the whole-model difference is ~1e-3 of the update in stage 1 and 
 Stage 2 runs with ``--lora-dropout 0``: dropout masks are drawn per process for differently shaped tensors, so with
 dropout on the two runs are equal in distribution only. Stages 1 and 3 have no dropout (stage 3's agent is in eval
 mode); their condition dropout is a per-sample coin drawn with the data and is on here (0.3).
+Stage 1's 2-process run is split: 2 steps, then a new launch resumes from the checkpoint (``--resume auto``).
 A control shows the comparison can fail: one process with ``--batch-size 2`` (what two ranks that both took the first
 half would train on) differs from the 4-sample curve far beyond the tolerance.
 Wall time: ~2-3 minutes on 2 CPU cores (each launch imports torch/diffusers/transformers in 2 processes).
@@ -114,7 +115,16 @@ def test_two_processes_match_one_process_at_the_same_global_batch(stage, tmp_pat
     train = getattr(importlib.import_module(module), entry)
     one = train(common + ["--batch-size", "4", "--out", str(tmp_path / "one")])
     assert one["num_processes"] == 1 and one["global_batch_size"] == 4
-    launched = _launch(module, common + ["--batch-size", "2", "--out", str(tmp_path / "two")])
+    two = common + ["--batch-size", "2", "--out", str(tmp_path / "two")]
+    if stage == "stage1":
+        # stage 1 (the cheapest) also stops after 2 steps and resumes in a NEW 2-process launch: the resumed curve is
+        # still the one-process curve (checkpoint written by save_state from both ranks, data keyed by step)
+        first = _launch(module, two + ["--stop-after", "2"])
+        assert "'stopped': True" in first.stdout and (tmp_path / "two" / "checkpoints" / "step-2").is_dir()
+        two = [a if a != "none" else "auto" for a in two]  # --resume auto
+    launched = _launch(module, two)
+    if stage == "stage1":
+        assert "'start_step': 2" in launched.stdout, launched.stdout[-2000:]
     # the summary is printed by the main process only, and it really ran 2 processes (gloo DDP on the CPU)
     summaries = [line for line in launched.stdout.splitlines() if line.startswith("{'stage'")]
     assert len(summaries) == 1, launched.stdout[-2000:]
@@ -137,8 +147,9 @@ def test_two_processes_match_one_process_at_the_same_global_batch(stage, tmp_pat
           f"{rel:.2g}; ||w1 - w2|| / ||w1 - w0|| = {diff / update:.2g}")
     assert diff <= WEIGHT_RTOL * update, (f"{stage}: ||w1 - w2|| = {diff:.3g} vs the update ||w1 - w0|| = {update:.3g} "
                                           f"(largest element difference {worst[0]:.3g} at {worst[1]})")
-    # a single checkpoint folder and one exported model, written once (main process)
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == [f"step-{STEPS}"]
+    # complete checkpoint folders only (no .tmp-* left by either rank); --keep-checkpoints 2 keeps the stop point
+    expected = ["step-2", f"step-{STEPS}"] if stage == "stage1" else [f"step-{STEPS}"]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == expected
 
 
 def test_half_batch_control_differs(tmp_path, data_dir, init_bundle):
