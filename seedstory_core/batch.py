@@ -17,6 +17,16 @@ SeedStorySaveStory.filename_prefix, then the overrides), the prompt is queued (P
 websocket (a tqdm bar over frames x diffusion steps), and its outputs (/history -> /view: the frames, the texts
 and the storybook's index.html + story.json) are downloaded into OUT/<job id>/. OUT/summary.json is rewritten
 after every job. The library depends only on ``requests``, ``websocket-client`` and ``tqdm``.
+
+Faults (each keeps every job in summary.json):
+  * Ctrl-C: the first one interrupts the running prompt(s) on the server(s) (``POST /queue {"delete": [id]}``
+    then ``POST /interrupt {"prompt_id": id}``), records them ``interrupted``, writes the summary and exits 130;
+    a second Ctrl-C quits at once (still recording the running jobs as ``interrupted``).
+  * Connection errors (refused, reset, timeouts, a dropped websocket) are retried with backoff; a server that
+    stays unreachable hands its job to another server or, when none is left, the rest are ``not run``.
+  * An HTTP error answer (4xx/5xx) is a job error with its status and body (``http_status``, ``http_body``); a
+    local file that cannot be read or written is a job error naming the file. Neither retires the server.
+  * A summary.json that cannot be parsed is kept as ``summary.json.corrupt-<time>`` with a warning.
 """
 
 from __future__ import annotations
@@ -24,11 +34,14 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import queue
 import re
+import signal
+import socket
 import sys
 import threading
 import time
@@ -51,7 +64,10 @@ LOAD_IMAGE_CLASS = "LoadImage"
 OK, ERROR, INVALID, INTERRUPTED = "ok", "error", "invalid", "interrupted"
 
 # exit codes
-EXIT_OK, EXIT_JOBS_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_JOBS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# after a first Ctrl-C: how long to wait for the server to confirm that it stopped the prompt
+INTERRUPT_GRACE_S = 20.0
 
 
 class JobInvalid(ValueError):
@@ -79,6 +95,37 @@ class ExecutionFailed(RuntimeError):
 
 class ServerGone(RuntimeError):
     """The server stayed unreachable through every retry."""
+
+
+class HTTPFailure(RuntimeError):
+    """The server answered, with an HTTP error status (4xx/5xx). A job error, never taken for connection loss.
+
+    Attributes: ``method``, ``path`` (e.g. ``/upload/image``), ``status_code`` (int), ``body`` (the answer's text,
+    at most 2000 characters), ``server`` (base URL).
+    """
+
+    def __init__(self, method: str, path: str, status_code: int, body: str, server: str = ""):
+        self.method, self.path, self.status_code, self.server = method, path, int(status_code), server
+        self.body = (body or "")[:2000]
+        snippet = " ".join(self.body.split())[:300] or "(empty body)"
+        where = f" on {server}" if server else ""
+        super().__init__(f"{method} {path}{where} answered HTTP {self.status_code}: {snippet}")
+
+
+class LocalFileError(RuntimeError):
+    """A local file (the start image, an output under OUT/) could not be read or written. A job error.
+
+    Attributes: ``path`` (Path), ``action`` ("read" or "write"), ``cause`` (the OSError).
+    """
+
+    def __init__(self, path: Path, action: str, cause: OSError, what: str = "file"):
+        self.path, self.action, self.cause = Path(path), action, cause
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(f"cannot {action} the {what} {self.path}: {reason} ({type(cause).__name__})")
+
+
+class SummaryError(RuntimeError):
+    """OUT/summary.json exists but cannot be read (permissions, ...): the batch does not start."""
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -388,17 +435,30 @@ class Transport:
     def _url(self, path: str) -> str:
         return self.base_url + path
 
-    def _json(self, r):
-        r.raise_for_status()
-        return r.json()
+    def _check(self, r, method: str, path: str):
+        """Raise HTTPFailure (status + body) for a 4xx/5xx answer; returns ``r`` otherwise."""
+        if r.status_code >= 400:
+            try:
+                body = r.text
+            except Exception:  # noqa: BLE001 - an undecodable body
+                body = repr(r.content[:2000])
+            raise HTTPFailure(method, path, r.status_code, body, self.base_url)
+        return r
+
+    def _json(self, r, method: str, path: str):
+        self._check(r, method, path)
+        try:
+            return r.json()
+        except ValueError:
+            raise HTTPFailure(method, path, r.status_code, "not JSON: " + r.text[:1900], self.base_url) from None
 
     def object_info(self) -> dict:
-        return self._json(self.session.get(self._url("/object_info"), timeout=self.timeout))
+        return self._json(self.session.get(self._url("/object_info"), timeout=self.timeout), "GET", "/object_info")
 
     def upload_image(self, data: bytes, name: str) -> dict:
         r = self.session.post(self._url("/upload/image"), files={"image": (name, data, "application/octet-stream")},
                               data={"overwrite": "true", "type": "input"}, timeout=self.timeout)
-        return self._json(r)
+        return self._json(r, "POST", "/upload/image")
 
     def post_prompt(self, prompt: dict, prompt_id: Optional[str] = None) -> dict:
         body = {"prompt": prompt, "client_id": self.client_id}
@@ -416,38 +476,80 @@ class Transport:
         return r.json()
 
     def history(self, prompt_id: str) -> Optional[dict]:
-        data = self._json(self.session.get(self._url(f"/history/{prompt_id}"), timeout=self.timeout))
-        return data.get(prompt_id)
+        path = f"/history/{prompt_id}"
+        data = self._json(self.session.get(self._url(path), timeout=self.timeout), "GET", path)
+        return data.get(prompt_id) if isinstance(data, dict) else None
 
     def queue(self) -> dict:
-        return self._json(self.session.get(self._url("/queue"), timeout=self.timeout))
+        return self._json(self.session.get(self._url("/queue"), timeout=self.timeout), "GET", "/queue")
 
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         r = self.session.get(self._url("/view"), params={"filename": filename, "subfolder": subfolder, "type": type},
                              timeout=self.timeout)
-        r.raise_for_status()
+        self._check(r, "GET", f"/view?filename={filename}&subfolder={subfolder}&type={type}")
         return r.content
 
     def interrupt(self, prompt_id: str) -> None:
-        self.session.post(self._url("/interrupt"), json={"prompt_id": prompt_id}, timeout=self.timeout)
-        self.session.post(self._url("/queue"), json={"delete": [prompt_id]}, timeout=self.timeout)
+        """Stop ``prompt_id``: first take it out of the pending queue (``POST /queue {"delete": [id]}``), then
+        interrupt it if it runs (``POST /interrupt {"prompt_id": id}``: ComfyUI 0.3.75 interrupts only the prompt
+        with that id, so other clients' prompts are left alone). In this order a prompt that starts running between
+        the two calls is still caught. Raises HTTPFailure or a connection error."""
+        self._check(self.session.post(self._url("/queue"), json={"delete": [prompt_id]}, timeout=self.timeout),
+                    "POST", "/queue")
+        self._check(self.session.post(self._url("/interrupt"), json={"prompt_id": prompt_id}, timeout=self.timeout),
+                    "POST", "/interrupt")
 
     def connect_ws(self, timeout: float = 30.0):
         import websocket
 
         ws_url = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         ws = websocket.WebSocket()
-        ws.connect(f"{ws_url}/ws?clientId={self.client_id}", timeout=timeout)
+        try:
+            ws.connect(f"{ws_url}/ws?clientId={self.client_id}", timeout=timeout)
+        except websocket.WebSocketBadStatusException as e:  # the server answered the handshake with an error
+            body = getattr(e, "resp_body", None)
+            body = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or e)
+            raise HTTPFailure("GET", "/ws", getattr(e, "status_code", 0) or 0, body, self.base_url) from None
         return ws
 
 
-def connection_errors() -> Tuple[type, ...]:
-    """Exceptions that mean 'the server went away' (retry), as opposed to answers."""
+# errno values of a network failure (a plain OSError from a raw socket, e.g. websocket-client's connect)
+_NET_ERRNOS = {getattr(errno, n) for n in (
+    "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH",
+    "EHOSTDOWN", "ENETDOWN", "ENETRESET", "ENOTCONN", "ESHUTDOWN") if hasattr(errno, n)}
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when ``exc`` means the server could not be reached or the connection broke (refused, reset, timed
+    out, DNS failure, a dropped websocket): retried, and a server that stays so is taken for gone.
+
+    False for everything else: an HTTP error answer (HTTPFailure, ``requests.HTTPError``, a refused websocket
+    handshake), a local file error (an OSError with a file name, or any errno that is not a network one), bad
+    JSON, ... -- those are job errors. (``requests.HTTPError`` and file errors are OSErrors, so an ``except
+    OSError`` cannot tell them apart.)
+    """
     import requests
     import websocket
 
-    return (requests.ConnectionError, requests.Timeout, websocket.WebSocketException, ConnectionError,
-            TimeoutError, OSError)
+    if isinstance(exc, (HTTPFailure, requests.HTTPError, websocket.WebSocketBadStatusException)):
+        return False
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                        websocket.WebSocketConnectionClosedException, websocket.WebSocketTimeoutException,
+                        websocket.WebSocketAddressException, ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    if isinstance(exc, OSError) and not getattr(exc, "filename", None) and exc.errno in _NET_ERRNOS:
+        return True
+    return False
+
+
+def connection_errors() -> Tuple[type, ...]:
+    """Exception classes that can mean 'the server went away'; use :func:`is_connection_error` to decide."""
+    import requests
+    import websocket
+
+    return (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+            websocket.WebSocketConnectionClosedException, websocket.WebSocketTimeoutException,
+            websocket.WebSocketAddressException, ConnectionError, TimeoutError, socket.gaierror)
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -456,7 +558,7 @@ class RetryPolicy:
     retries: int = 5  # reconnect attempts per job after a connection loss
     backoff: float = 1.0  # first wait (s); doubles each attempt
     max_backoff: float = 30.0
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Optional[Callable[[float], Any]] = None  # None: wait on the runner's stop event (Ctrl-C ends it)
 
     def delay(self, attempt: int) -> float:
         return min(self.max_backoff, self.backoff * (2 ** attempt))
@@ -471,10 +573,23 @@ class Options:
     poll: float = 5.0  # seconds of websocket silence before /history is polled
     progress: bool = True
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    interrupt_grace: float = INTERRUPT_GRACE_S  # after Ctrl-C: seconds to wait for the server to stop the prompt
+
+
+def read_start_image(job: Job) -> bytes:
+    """The bytes of the job's start image. Raises LocalFileError naming the file (a job error, not a lost server)."""
+    try:
+        return Path(job.image).read_bytes()
+    except OSError as e:
+        raise LocalFileError(job.image, "read", e, "start image") from None
 
 
 class JobRunner:
-    """Runs jobs on one server: upload, queue, follow, download; retries on connection loss."""
+    """Runs jobs on one server: upload, queue, follow, download; retries on connection loss.
+
+    ``current`` is the record of the job being run (``None`` between jobs): run_batch reads it when a second
+    Ctrl-C aborts the batch.
+    """
 
     def __init__(self, transport: Transport, opts: Options, position: int = 0,
                  stop: Optional[threading.Event] = None, log: Callable[[str], None] = None):
@@ -484,17 +599,17 @@ class JobRunner:
         self.stop = stop or threading.Event()
         self.log = log or _log
         self._object_info: Optional[dict] = None
-        self._conn_errors = connection_errors()
+        self.current: Optional[dict] = None
 
     # ---- helpers ------------------------------------------------------------------------------------------
     def object_info(self) -> Optional[dict]:
         if self._object_info is None:
             try:
                 self._object_info = self.t.object_info()
-            except self._conn_errors:
-                raise
-            except Exception:  # noqa: BLE001 - an old server without /object_info: validate against the template
-                self._object_info = {}
+            except Exception as e:  # noqa: BLE001
+                if is_connection_error(e):
+                    raise
+                self._object_info = {}  # an old server without /object_info: validate against the template
         return self._object_info
 
     def _bar(self, job: Job, total: int):
@@ -505,6 +620,13 @@ class JobRunner:
         return tqdm(total=total or None, desc=f"job {job.id}", unit="step", position=self.position,
                     leave=False, dynamic_ncols=True, file=sys.stderr)
 
+    def _wait(self, seconds: float) -> None:
+        pol = self.opts.retry
+        if pol.sleep is not None:
+            pol.sleep(seconds)
+        else:
+            self.stop.wait(seconds)
+
     # ---- one job --------------------------------------------------------------------------------------------
     def run(self, job: Job) -> dict:
         """Run ``job``; returns its summary record (never raises for job-level problems)."""
@@ -512,64 +634,77 @@ class JobRunner:
         rec: Dict[str, Any] = {"id": job.id, "line": job.line, "server": self.t.base_url, "status": None,
                                "error": None, "node_errors": None, "prompt_id": None, "outputs": [],
                                "storybook": None, "local_storybook": None, "texts": [], "attempts": 0}
+        self.current = rec
         try:
             if job.invalid:
                 raise JobInvalid(job.invalid)
             template_path = resolve_template(job.template or self.opts.template, captions=job.captions is not None)
             rec["template"] = str(template_path)
             template = load_template(template_path)
-            self._run_with_retries(job, template, rec)
+            image_bytes = read_start_image(job)
+            self._run_with_retries(job, template, rec, image_bytes)
             rec["status"] = OK
         except JobInvalid as e:
             rec.update(status=INVALID, error=str(e))
         except PromptRefused as e:
-            rec.update(status=INVALID if e.status_code < 500 else ERROR, error=str(e), node_errors=e.node_errors)
+            rec.update(status=INVALID if e.status_code < 500 else ERROR, error=str(e), node_errors=e.node_errors,
+                       http_status=e.status_code)
             rec["node_error_lines"] = describe_node_errors(e.node_errors)
         except ExecutionFailed as e:
             rec.update(status=e.status, error=str(e), execution_error=e.details or None)
         except ServerGone as e:
             rec.update(status=ERROR, error=str(e), server_gone=True)
-        except (FileNotFoundError, ValueError) as e:
+        except HTTPFailure as e:
+            rec.update(status=ERROR, error=str(e), http_status=e.status_code, http_body=e.body)
+        except LocalFileError as e:
+            rec.update(status=ERROR, error=str(e), file=str(e.path))
+        except (FileNotFoundError, ValueError) as e:  # template missing or not API format
             rec.update(status=INVALID, error=str(e))
         except Exception as e:  # noqa: BLE001 - one broken job must not stop the batch
             rec.update(status=ERROR, error=f"{type(e).__name__}: {e}")
+        finally:
+            self.current = None
         rec["seconds"] = round(time.monotonic() - t0, 3)
         return rec
 
-    def _run_with_retries(self, job: Job, template: dict, rec: dict) -> None:
+    def _run_with_retries(self, job: Job, template: dict, rec: dict, image_bytes: bytes) -> None:
         pol = self.opts.retry
         last: Optional[BaseException] = None
         prompt: Optional[dict] = None
+        name = upload_name(job, image_bytes)
         for attempt in range(pol.retries + 1):
             rec["attempts"] = attempt + 1
             if self.stop.is_set():
-                raise ExecutionFailed(INTERRUPTED, "stopped before the job finished (Ctrl-C)")
+                where = (f"; prompt {rec['prompt_id']} may still be queued on {self.t.base_url}"
+                         if rec["prompt_id"] else "")
+                raise ExecutionFailed(INTERRUPTED, f"stopped (Ctrl-C) before the job finished{where}")
             try:
                 ws = self.t.connect_ws()
                 try:
                     if prompt is None:
-                        image_bytes = job.image.read_bytes()
-                        prompt = build_prompt(template, job, upload_name(job, image_bytes), self.object_info())
+                        prompt = build_prompt(template, job, name, self.object_info())
                         rec["total_steps"] = total_progress(prompt)
                     entry = None
                     if rec["prompt_id"]:
-                        # reconnected: did it finish (or is it still queued/running) before re-queueing?
-                        entry = self.t.history(rec["prompt_id"])
-                        if entry is not None and (entry.get("status") or {}).get("completed") is None:
-                            entry = None  # listed but not finished: follow it
-                        if entry is not None:
-                            entry = self._checked(entry, None)
-                        elif not self._in_queue(rec["prompt_id"]):
-                            self.log(f"[batch] job {job.id}: prompt {rec['prompt_id']} is unknown to "
-                                     f"{self.t.base_url} (server restarted?); queueing it again")
-                            rec["prompt_id"] = None
+                        # reconnected: is it still queued/running, or did it finish, before re-queueing? (the
+                        # queue is asked first: a prompt only moves from the queue to the history, never back)
+                        if not self._in_queue(rec["prompt_id"]):
+                            entry = self.t.history(rec["prompt_id"])
+                            if entry is not None and (entry.get("status") or {}).get("completed") is None:
+                                entry = None
+                            if entry is not None:
+                                entry = self._checked(entry, None)
+                            else:
+                                self.log(f"[batch] job {job.id}: prompt {rec['prompt_id']} is unknown to "
+                                         f"{self.t.base_url} (server restarted?); queueing it again")
+                                rec["prompt_id"] = None
                     if rec["prompt_id"] is None:
-                        up = self.t.upload_image(image_bytes, upload_name(job, image_bytes))
-                        name = up.get("name") or upload_name(job, image_bytes)
+                        up = self.t.upload_image(image_bytes, name)
+                        uploaded = up.get("name") or name
                         if up.get("subfolder"):
-                            name = f"{up['subfolder']}/{name}"
+                            uploaded = f"{up['subfolder']}/{uploaded}"
                         for nid in nodes_of(prompt, LOAD_IMAGE_CLASS):
-                            prompt[nid]["inputs"]["image"] = name
+                            prompt[nid]["inputs"]["image"] = uploaded
                         queued = self.t.post_prompt(prompt)
                         rec["prompt_id"] = queued["prompt_id"]
                         if queued.get("node_errors"):
@@ -584,21 +719,54 @@ class JobRunner:
                         pass
                 self._finish(job, entry, rec, prompt)
                 return
-            except self._conn_errors as e:
+            except Exception as e:  # noqa: BLE001 - only connection errors are retried; the rest are job errors
+                if not is_connection_error(e):
+                    raise
                 last = e
                 if attempt >= pol.retries:
                     break
                 wait = pol.delay(attempt)
                 self.log(f"[batch] job {job.id}: connection to {self.t.base_url} lost ({type(e).__name__}: {e}); "
                          f"retry {attempt + 1}/{pol.retries} in {wait:.1f} s")
-                pol.sleep(wait)
+                self._wait(wait)
         raise ServerGone(f"server {self.t.base_url} unreachable after {pol.retries + 1} attempt(s): "
                          f"{type(last).__name__}: {last}")
 
     def _in_queue(self, prompt_id: str) -> bool:
+        return self._queue_state(prompt_id) is not None
+
+    def _queue_state(self, prompt_id: str) -> Optional[str]:
+        """'running', 'pending' or None (not in the server's queue)."""
         q = self.t.queue()
-        return any(len(item) > 1 and item[1] == prompt_id
-                   for key in ("queue_running", "queue_pending") for item in q.get(key, []))
+        for key, state in (("queue_running", "running"), ("queue_pending", "pending")):
+            if any(len(item) > 1 and item[1] == prompt_id for item in q.get(key, [])):
+                return state
+        return None
+
+    def _send_interrupt(self, prompt_id: str) -> None:
+        try:
+            self.t.interrupt(prompt_id)
+        except Exception as e:  # noqa: BLE001 - best effort; the confirmation is checked by polling
+            self.log(f"[batch] could not interrupt prompt {prompt_id} on {self.t.base_url}: {type(e).__name__}: {e}")
+
+    def _after_interrupt(self, prompt_id: str, sent_at: float, resend: bool = False) -> Optional[dict]:
+        """After a Ctrl-C interrupt was sent: the prompt's /history entry once the server has stopped (or finished)
+        it; None while it still runs. Raises ExecutionFailed(INTERRUPTED) when it left the queue without running
+        or the server did not stop it within ``opts.interrupt_grace`` s."""
+        state = self._queue_state(prompt_id)
+        if state is None:
+            entry = self.t.history(prompt_id)
+            if entry is not None and (entry.get("status") or {}).get("completed") is not None:
+                return entry
+            raise ExecutionFailed(INTERRUPTED, f"interrupted (Ctrl-C): prompt {prompt_id} was taken out of the "
+                                               f"queue of {self.t.base_url} before it ran")
+        if time.monotonic() - sent_at > self.opts.interrupt_grace:
+            raise ExecutionFailed(INTERRUPTED, f"interrupted (Ctrl-C): the interrupt was sent but prompt {prompt_id} "
+                                               f"was still {state} on {self.t.base_url} after "
+                                               f"{self.opts.interrupt_grace:.0f} s")
+        if resend:
+            self._send_interrupt(prompt_id)  # again: it may have started running after the first request
+        return None
 
     def _follow(self, ws, job: Job, prompt_id: str, total: int) -> dict:
         """Read the websocket until the prompt is done; returns its /history entry."""
@@ -606,26 +774,31 @@ class JobRunner:
         deadline = time.monotonic() + self.opts.timeout
         last_msg = time.monotonic()
         done_units: Dict[str, int] = {}
-        interrupted_sent = False
+        interrupt_sent: Optional[float] = None
+        next_check = 0.0
         import websocket
 
         try:
             while True:
-                if self.stop.is_set() and not interrupted_sent:
-                    interrupted_sent = True
-                    try:
-                        self.t.interrupt(prompt_id)
-                    except Exception:  # noqa: BLE001
-                        pass
-                if time.monotonic() > deadline:
-                    try:
-                        self.t.interrupt(prompt_id)
-                    except Exception:  # noqa: BLE001
-                        pass
+                now = time.monotonic()
+                if self.stop.is_set():
+                    if interrupt_sent is None:
+                        interrupt_sent = last_sent = next_check = now
+                        self.log(f"[batch] job {job.id}: interrupting prompt {prompt_id} on {self.t.base_url}")
+                        self._send_interrupt(prompt_id)
+                    if now >= next_check:
+                        next_check = now + 0.5
+                        resend = now - last_sent >= 2.0
+                        entry = self._after_interrupt(prompt_id, interrupt_sent, resend)
+                        last_sent = now if resend else last_sent
+                        if entry is not None:
+                            return self._checked(entry, None)
+                if now > deadline:
+                    self._send_interrupt(prompt_id)
                     raise ExecutionFailed(ERROR, f"prompt {prompt_id} did not finish within {self.opts.timeout:.0f} s "
                                                  "(interrupted)")
                 try:
-                    ws.settimeout(1.0)
+                    ws.settimeout(0.5 if interrupt_sent is not None else 1.0)
                     frame = ws.recv()
                 except websocket.WebSocketTimeoutException:
                     frame = None
@@ -637,8 +810,6 @@ class JobRunner:
                         entry = self.t.history(prompt_id)  # guards against missed 'done' messages
                         if entry is not None and (entry.get("status") or {}).get("completed") is not None:
                             return self._checked(entry, None)
-                        if entry is None and interrupted_sent and not self._in_queue(prompt_id):
-                            raise ExecutionFailed(INTERRUPTED, f"prompt {prompt_id} removed from the queue (Ctrl-C)")
                     continue
                 last_msg = time.monotonic()
                 if isinstance(frame, (bytes, bytearray)):
@@ -676,8 +847,10 @@ class JobRunner:
         if ws_failure is not None:
             kind, data = ws_failure
             if kind == "interrupted" or self.stop.is_set():
-                raise ExecutionFailed(INTERRUPTED, f"interrupted at node {data.get('node_id')} "
-                                                   f"({data.get('node_type')})", data)
+                by = "interrupted (Ctrl-C)" if self.stop.is_set() else "interrupted on the server"
+                raise ExecutionFailed(INTERRUPTED, f"{by} at node {data.get('node_id')} ({data.get('node_type')}); "
+                                                   f"prompt {data.get('prompt_id')} stopped on {self.t.base_url}",
+                                      data)
             details = {k: data.get(k) for k in ("node_id", "node_type", "exception_type", "exception_message",
                                                  "traceback")}
             raise ExecutionFailed(ERROR, describe_execution_error(data), details)
@@ -686,14 +859,14 @@ class JobRunner:
     # ---- outputs ------------------------------------------------------------------------------------------
     def _finish(self, job: Job, entry: dict, rec: dict, prompt: dict) -> None:
         out_dir = self.opts.out_dir / safe_name(job.id)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _mkdir(out_dir)
         outputs = entry.get("outputs") or {}
         many = len(outputs) > 1
         files: List[str] = []
         texts: List[str] = []
         for nid, out in sorted(outputs.items(), key=lambda kv: _node_sort_key(kv[0])):
             dest = out_dir / f"node_{safe_name(nid)}" if many else out_dir
-            dest.mkdir(parents=True, exist_ok=True)
+            _mkdir(dest)
             refs = list(out.get("images") or [])
             for book in out.get("storybook") or []:
                 sub, _, _ = str(book).rpartition("/")
@@ -719,10 +892,25 @@ class JobRunner:
             raise ExecutionFailed(ERROR, "the prompt finished but produced no outputs (no output node ran?)")
 
 
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LocalFileError(path, "create", e, "output folder") from None
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file + rename. Raises LocalFileError naming ``path``."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}_{threading.get_ident()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise LocalFileError(path, "write", e) from None
 
 
 def _log(msg: str) -> None:
@@ -735,17 +923,59 @@ def _log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ summary
-def load_summary(out_dir: Path) -> dict:
+def _corrupt_backup_path(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    cand = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while cand.exists():
+        cand = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    return cand
+
+
+def load_summary(out_dir: Path, log: Optional[Callable[[str], None]] = None) -> dict:
+    """OUT/summary.json as a dict with a ``jobs`` dict (empty when there is none yet).
+
+    A file that is not a summary (not JSON, truncated, not an object, ``jobs`` not an object of records) is not
+    dropped: it is renamed to ``summary.json.corrupt-<YYYYmmddTHHMMSS>`` and a warning naming the copy is logged;
+    the batch then starts a new summary (so every job runs again). Raises SummaryError when the file exists but
+    cannot be read (permissions, ...), or the corrupt file cannot be renamed.
+    """
+    log = log or _log
     path = Path(out_dir) / SUMMARY_NAME
-    if not path.is_file():
+    if not path.exists():
         return {"jobs": {}}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {"jobs": {}}
-    if not isinstance(data.get("jobs"), dict):
-        data["jobs"] = {}
-    return data
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SummaryError(f"cannot read {path} ({type(e).__name__}: {e.strerror or e}); fix its permissions, or "
+                           "choose another output folder with -o") from None
+    problem = None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        problem, data = f"not UTF-8 text ({e.reason} at byte {e.start})", None
+    except json.JSONDecodeError as e:
+        problem, data = f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", None
+    if problem is None:
+        if not isinstance(data, dict):
+            problem = f"a JSON {type(data).__name__}, not an object"
+        elif not isinstance(data.get("jobs", {}), dict):
+            problem = f"its 'jobs' is a {type(data['jobs']).__name__}, not an object"
+        elif any(not isinstance(r, dict) for r in data.get("jobs", {}).values()):
+            problem = "some job records are not objects"
+    if problem is None:
+        data.setdefault("jobs", {})
+        return data
+    backup = _corrupt_backup_path(path)
+    try:
+        os.replace(path, backup)
+    except OSError as e:
+        raise SummaryError(f"{path} is {problem} and could not be kept as {backup} ({e.strerror or e}); move it "
+                           "away yourself and run again") from None
+    log(f"[batch] warning: {path} is {problem}; kept it as {backup} and started a new summary "
+        "(jobs it listed as done will run again)")
+    return {"jobs": {}, "corrupt_backup": str(backup)}
 
 
 def is_done(record: Optional[dict]) -> bool:
@@ -756,48 +986,114 @@ def is_done(record: Optional[dict]) -> bool:
 
 
 class Summary:
-    """OUT/summary.json, rewritten atomically after every job (thread-safe)."""
+    """OUT/summary.json, rewritten atomically after every job (thread-safe).
 
-    def __init__(self, out_dir: Path, jobs_file: Optional[str], servers: Sequence[str]):
+    A write that fails (disk full, permissions) is logged once per failure with the job id and kept in memory
+    (``write_error``); the next write retries."""
+
+    def __init__(self, out_dir: Path, jobs_file: Optional[str], servers: Sequence[str],
+                 log: Optional[Callable[[str], None]] = None):
         self.path = Path(out_dir) / SUMMARY_NAME
         self.lock = threading.Lock()
-        self.data = load_summary(out_dir)
+        self.log = log or _log
+        self.write_error: Optional[str] = None
+        self.data = load_summary(out_dir, self.log)
+        self.data.pop("counts", None)
+        self.data.pop("finished", None)
+        self.data.pop("stopped", None)
         self.data.update(jobs_file=jobs_file, servers=list(servers), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
-    def record(self, rec: dict) -> None:
-        with self.lock:
+    def record(self, rec: dict, timeout: float = -1) -> bool:
+        """Store ``rec`` (keyed by its id) and rewrite the file. ``timeout`` (s) bounds the wait for the lock
+        (-1: no bound); returns False when it was not stored."""
+        if not self.lock.acquire(timeout=timeout):
+            return False
+        try:
             self.data["jobs"][rec["id"]] = rec
-            self._write()
+            self._write(rec["id"])
+        finally:
+            self.lock.release()
+        return True
 
-    def finish(self, order: Sequence[str]) -> None:
-        with self.lock:
+    def finish(self, order: Sequence[str], stopped: Optional[str] = None, timeout: float = -1) -> None:
+        if not self.lock.acquire(timeout=timeout):
+            return
+        try:
             jobs = self.data["jobs"]
             counts: Dict[str, int] = {}
             for jid in order:
                 st = (jobs.get(jid) or {}).get("status", "not run")
                 counts[st] = counts.get(st, 0) + 1
             self.data["counts"] = counts
+            if stopped:
+                self.data["stopped"] = stopped
             self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-            self._write()
+            self._write(None)
+        finally:
+            self.lock.release()
 
-    def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path, json.dumps(self.data, indent=2, default=str).encode("utf-8"))
+    def _write(self, job_id: Optional[str]) -> None:
+        try:
+            _mkdir(self.path.parent)
+            _atomic_write(self.path, json.dumps(self.data, indent=2, default=str).encode("utf-8"))
+            self.write_error = None
+        except LocalFileError as e:
+            self.write_error = str(e)
+            what = f"job {job_id}'s record" if job_id else "the final counts"
+            self.log(f"[batch] ERROR: {e}; {what} is kept in memory and written with the next update")
 
 
 # ------------------------------------------------------------------------------------------------ batch
+class _CtrlC:
+    """Ctrl-C policy of run_batch: the first press sets ``stop`` (every worker interrupts its prompt on the server,
+    records the job ``interrupted`` and ends; the summary is written); the second asks for an abort at once.
+
+    As a SIGINT handler it never raises on the first press, so the main thread is not disturbed while it waits for
+    the workers (in Python 3.11 a KeyboardInterrupt inside ``Thread.join()`` marks the still-running thread as
+    finished, which is how jobs used to vanish from summary.json); it raises KeyboardInterrupt on the second.
+    """
+
+    def __init__(self, stop: threading.Event, log: Callable[[str], None]):
+        self.stop = stop
+        self.log = log
+        self.presses = 0
+
+    def press(self) -> bool:
+        """Count one Ctrl-C; True when the batch must abort now (second press)."""
+        self.presses += 1
+        if self.presses == 1:
+            self.log("[batch] Ctrl-C: interrupting the running prompt(s) on the server(s), then writing the summary "
+                     "(press Ctrl-C again to quit at once)")
+            self.stop.set()
+            return False
+        return True
+
+    def __call__(self, signum, frame) -> None:
+        if self.press():
+            raise KeyboardInterrupt
+
+
 def run_batch(jobs: Sequence[Job], servers: Sequence[str], opts: Options, *, jobs_file: Optional[str] = None,
               transport_factory: Callable[[str], Transport] = Transport,
-              stop: Optional[threading.Event] = None, log: Callable[[str], None] = _log) -> dict:
+              stop: Optional[threading.Event] = None, log: Callable[[str], None] = _log,
+              handle_sigint: bool = True) -> dict:
     """Run ``jobs`` over ``servers`` (one worker thread per server, a shared queue). Returns the summary dict.
 
     A worker whose server stays unreachable puts its job back for the other workers (once per server) and
-    retires; the job fails only when no server is left.
+    retires; the job fails only when no server is left (the rest are recorded "not run", naming the servers).
+
+    Ctrl-C (when called from the main thread with ``handle_sigint``; SIGINT's handler is restored on return): the
+    first one stops the batch cleanly -- running prompts are interrupted on their servers and recorded
+    ``interrupted``, queued jobs are recorded ``interrupted`` ("not run"), the summary gets ``"stopped": "Ctrl-C"``.
+    A second Ctrl-C records the running jobs as ``interrupted`` (a best-effort interrupt is sent, for at most
+    about 1.5 s), writes the summary and raises KeyboardInterrupt. Setting ``stop`` from elsewhere stops the batch
+    like a first Ctrl-C (``"stopped": "stop requested"``).
     """
     opts.out_dir = Path(opts.out_dir)
-    opts.out_dir.mkdir(parents=True, exist_ok=True)
-    summary = Summary(opts.out_dir, jobs_file, servers)
+    _mkdir(opts.out_dir)
+    summary = Summary(opts.out_dir, jobs_file, servers, log)
     stop = stop or threading.Event()
+    ctrl_c = _CtrlC(stop, log)
     todo: "queue.Queue[Tuple[Job, set]]" = queue.Queue()
     for job in jobs:
         prev = summary.data["jobs"].get(job.id)
@@ -814,54 +1110,127 @@ def run_batch(jobs: Sequence[Job], servers: Sequence[str], opts: Options, *, job
         todo.put((job, set()))
     alive = {s: True for s in servers}
     alive_lock = threading.Lock()
+    runners: List[JobRunner] = []
+    remaining = [len(servers)]
+    all_done = threading.Event()
 
     def worker(pos: int, server: str) -> None:
-        runner = JobRunner(transport_factory(server), opts, position=pos, stop=stop, log=log)
-        while not stop.is_set():
-            try:
-                job, tried = todo.get_nowait()
-            except queue.Empty:
-                return
-            rec = runner.run(job)
-            if rec.get("server_gone"):
-                tried.add(server)
-                with alive_lock:
-                    alive[server] = False
-                    others = [s for s, ok in alive.items() if ok and s not in tried]
-                if others:
-                    log(f"[batch] job {job.id}: {server} is gone; handing the job to another server")
-                    todo.put((job, tried))
+        try:
+            runner = JobRunner(transport_factory(server), opts, position=pos, stop=stop, log=log)
+            runners.append(runner)
+            while not stop.is_set():
+                try:
+                    job, tried = todo.get_nowait()
+                except queue.Empty:
                     return
-            _report(rec, log)
-            summary.record(rec)
-            if rec.get("server_gone"):
-                return
+                rec = runner.run(job)
+                if rec.get("server_gone"):
+                    tried.add(server)
+                    with alive_lock:
+                        alive[server] = False
+                        others = [s for s, ok in alive.items() if ok and s not in tried]
+                    if others:
+                        log(f"[batch] job {job.id}: {server} is gone; handing the job to another server")
+                        todo.put((job, tried))
+                        return
+                _report(rec, log)
+                summary.record(rec)
+                if rec.get("server_gone"):
+                    return
+        except Exception as e:  # noqa: BLE001 - a bug here must not hang the batch
+            log(f"[batch] worker for {server} failed: {type(e).__name__}: {e}")
+        finally:
+            with alive_lock:
+                remaining[0] -= 1
+                if remaining[0] <= 0:
+                    all_done.set()
 
-    threads = [threading.Thread(target=worker, args=(i, s), name=f"seedstory-batch-{i}", daemon=True)
-               for i, s in enumerate(servers)]
-    for th in threads:
-        th.start()
+    installed, old_handler = False, None
+    if handle_sigint and threading.current_thread() is threading.main_thread():
+        try:
+            old_handler = signal.signal(signal.SIGINT, ctrl_c)
+            installed = True
+        except (ValueError, OSError):  # not allowed here (embedded interpreter, ...): KeyboardInterrupt path below
+            pass
     try:
-        while any(th.is_alive() for th in threads):
-            for th in threads:
-                th.join(timeout=0.5)
-    except KeyboardInterrupt:
-        log("[batch] Ctrl-C: interrupting the running prompts (Ctrl-C again to abort at once)")
-        stop.set()
+        threads = [threading.Thread(target=worker, args=(i, s), name=f"seedstory-batch-{i}", daemon=True)
+                   for i, s in enumerate(servers)]
         for th in threads:
-            th.join()
-    # jobs left in the queue (every server gone, or stopped)
+            th.start()
+        if not threads:
+            all_done.set()
+        while not all_done.is_set():
+            try:
+                all_done.wait(0.25)  # never Thread.join(): see _CtrlC
+            except KeyboardInterrupt:
+                # our handler raises only on the second press; without it, Python's raises on every press
+                if not installed and not ctrl_c.press():
+                    continue
+                _abort(runners, todo, summary, jobs, log)
+                raise
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, old_handler)
+    _record_left_over(todo, summary, stop, alive)
+    stopped = None
+    if stop.is_set():
+        stopped = "Ctrl-C" if ctrl_c.presses else "stop requested"
+    summary.finish([j.id for j in jobs], stopped=stopped)
+    if summary.write_error:
+        summary.data["write_error"] = summary.write_error
+    return summary.data
+
+
+def _record_left_over(todo: "queue.Queue", summary: Summary, stop: threading.Event, alive: Dict[str, bool],
+                      timeout: float = -1) -> None:
+    """Record the jobs still in the queue: 'interrupted' (stopped) or 'error' (every server gone)."""
+    gone = sorted(s for s, ok in alive.items() if not ok)
     while True:
         try:
             job, tried = todo.get_nowait()
         except queue.Empty:
             break
-        st = INTERRUPTED if stop.is_set() else ERROR
-        msg = "not run: stopped (Ctrl-C)" if stop.is_set() else f"not run: no reachable server (tried {sorted(tried)})"
+        if stop.is_set():
+            st, msg = INTERRUPTED, "not run: stopped (Ctrl-C) before it started; run the same command again to resume"
+        else:
+            names = sorted(set(tried) | set(gone)) or sorted(alive)
+            st, msg = ERROR, (f"not run: no reachable server (tried {', '.join(names)}: each stayed unreachable "
+                              "through its retries); run the same command again to resume")
         summary.record({"id": job.id, "line": job.line, "status": st, "error": msg, "server": None,
-                        "prompt_id": None, "outputs": [], "seconds": 0.0})
-    summary.finish([j.id for j in jobs])
-    return summary.data
+                        "prompt_id": None, "outputs": [], "seconds": 0.0}, timeout=timeout)
+
+
+def _abort(runners: Sequence[JobRunner], todo: "queue.Queue", summary: Summary, jobs: Sequence[Job],
+           log: Callable[[str], None]) -> None:
+    """Second Ctrl-C: send a last interrupt for every running prompt (at most ~1.5 s in all, in the background),
+    record those jobs 'interrupted' and the queued ones 'not run', write the summary. Never blocks for long."""
+    running = [(r, dict(r.current)) for r in list(runners) if r.current is not None]
+    done = threading.Event()
+
+    def send():
+        for r, rec in running:
+            if rec.get("prompt_id"):
+                try:
+                    r.t.interrupt(rec["prompt_id"])
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
+        done.set()
+
+    threading.Thread(target=send, name="seedstory-batch-abort", daemon=True).start()
+    done.wait(1.5)
+    for r, rec in running:
+        pid = rec.get("prompt_id")
+        where = (f"prompt {pid} on {r.t.base_url}: an interrupt was sent" + ("" if done.is_set() else
+                 " (not confirmed)")) if pid else "it had not been queued yet"
+        rec.update(status=INTERRUPTED, error=f"aborted by a second Ctrl-C while running; {where}")
+        rec.setdefault("seconds", 0.0)
+        summary.record(rec, timeout=1.0)
+    stop = threading.Event()
+    stop.set()
+    _record_left_over(todo, summary, stop, {}, timeout=1.0)
+    summary.finish([j.id for j in jobs], stopped="Ctrl-C (aborted)", timeout=1.0)
+    log(f"[batch] aborted (second Ctrl-C): {len(running)} running job(s) recorded as interrupted; "
+        f"summary {summary.path}")
 
 
 def _report(rec: dict, log: Callable[[str], None]) -> None:
@@ -911,12 +1280,23 @@ OUTPUT: OUT/<id>/ gets the frames (frame_000.png ...), index.html + story.json (
   storybook (path under the server's output folder), local_storybook, prompt_id, server, attempts.
   'invalid' = refused before running (bad job line, bad override, server validation/node_errors).
 
+  An HTTP error answer (4xx/5xx) makes that job 'error' with http_status and http_body; a local file that
+  cannot be read or written (start image, OUT/...) makes it 'error' naming the file; the batch goes on.
+
 RESUME: jobs with status ok in OUT/summary.json whose outputs still exist are skipped (--force redoes).
-RETRIES: on connection loss (HTTP or websocket) the client reconnects with exponential backoff, asks
-  /history (and /queue) about the prompt before queueing it again, at most --retries times per job;
-  with several servers, a job whose server stays down is handed to another server.
+  A summary.json that cannot be parsed is kept as summary.json.corrupt-<time> (with a warning) and a new
+  one is started.
+RETRIES: only on connection loss (refused, reset, timeout, dropped websocket) the client reconnects with
+  exponential backoff, asks /queue (and /history) about the prompt before queueing it again, at most
+  --retries times per job; with several servers, a job whose server stays down is handed to another
+  server; when none is left the remaining jobs are 'error' ("not run: no reachable server (tried URL...)").
+CTRL-C: the first Ctrl-C interrupts the running prompt(s) on the server(s) (removed from the queue if still
+  pending), records them 'interrupted', records the queued jobs 'interrupted' (not run), writes
+  summary.json and exits 130; run the same command again to resume. A second Ctrl-C quits at once
+  (running jobs still recorded 'interrupted').
 SERVERS: --server is repeatable; one worker thread per server pulls jobs from a shared queue.
-EXIT CODE: 0 all jobs ok (or skipped); 1 some job failed/invalid/interrupted; 2 usage error.
+EXIT CODE: 0 all jobs ok (or skipped); 1 some job failed/invalid/interrupted; 2 usage error (also: an
+  unreadable summary.json); 130 stopped by Ctrl-C.
 """)
     p.add_argument("jobs", help="JSONL job file")
     p.add_argument("-o", "--out", default="seedstory_batch_out", help="output folder (default: %(default)s)")
@@ -959,7 +1339,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    progress=not args.no_progress,
                    retry=RetryPolicy(retries=args.retries, backoff=args.backoff))
     _log(f"[batch] {len(jobs)} job(s) from {args.jobs} on {len(servers)} server(s): {', '.join(servers)}")
-    data = run_batch(jobs, servers, opts, jobs_file=str(args.jobs))
+    try:
+        data = run_batch(jobs, servers, opts, jobs_file=str(args.jobs))
+    except SummaryError as e:
+        print(f"seedstory-batch: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except LocalFileError as e:  # the output folder itself
+        print(f"seedstory-batch: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # second Ctrl-C: run_batch has recorded what it could
+        return EXIT_INTERRUPTED
     recs = [data["jobs"].get(j.id) or {} for j in jobs]
     failed = [r for r in recs if r.get("status") != OK]
     _log(f"[batch] done: {data.get('counts')}; summary {Path(args.out) / SUMMARY_NAME}")
@@ -967,7 +1356,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for r in recs:
             if r.get("status") == OK and r.get("storybook"):
                 print(r["storybook"], flush=True)
-    return EXIT_JOBS_FAILED if failed else EXIT_OK
+    if data.get("stopped"):
+        return EXIT_INTERRUPTED
+    return EXIT_JOBS_FAILED if failed or data.get("write_error") else EXIT_OK
 
 
 if __name__ == "__main__":
