@@ -763,7 +763,7 @@ class JobRunner:
         if time.monotonic() - sent_at > self.opts.interrupt_grace:
             raise ExecutionFailed(INTERRUPTED, f"interrupted (Ctrl-C): the interrupt was sent but prompt {prompt_id} "
                                                f"was still {state} on {self.t.base_url} after "
-                                               f"{self.opts.interrupt_grace:.0f} s")
+                                               f"{self.opts.interrupt_grace:g} s")
         if resend:
             self._send_interrupt(prompt_id)  # again: it may have started running after the first request
         return None

@@ -385,6 +385,31 @@ def test_corrupt_summary_is_kept_as_a_backup_with_a_warning(tmp_path, content, w
     assert len(list(out.glob("summary.json.corrupt-*"))) == 2
 
 
+def test_summary_write_failure_is_reported_and_retried(tmp_path, monkeypatch):
+    from test_batch import FakeTransport
+
+    real = B._atomic_write
+    fails = []
+
+    def flaky(path, data):
+        if path.name == "summary.json" and not fails:
+            fails.append(path)
+            raise B.LocalFileError(path, "write", OSError(28, "No space left on device"))
+        return real(path, data)
+
+    monkeypatch.setattr(B, "_atomic_write", flaky)
+    opts, _ = opts_for(tmp_path)
+    logs: list = []
+    data = B.run_batch([job("a"), job("b")], ["http://fake"], opts, transport_factory=FakeTransport, log=logs.append)
+    summary = tmp_path / "out" / "summary.json"
+    err = [m for m in logs if "ERROR" in m]
+    assert err == [f"[batch] ERROR: cannot write the file {summary}: No space left on device (OSError); "
+                   "job a's record is kept in memory and written with the next update"]
+    on_disk = json.loads(summary.read_text())["jobs"]
+    assert {j: r["status"] for j, r in on_disk.items()} == {"a": "ok", "b": "ok"}, "the next write caught up"
+    assert "write_error" not in data
+
+
 def test_cli_corrupt_summary_warning_and_unreadable_summary(tmp_path, capsys):
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"id": "a", "image": str(START_PNG), "text": "Hi."}) + "\n")
@@ -520,6 +545,20 @@ def test_second_ctrl_c_aborts_at_once_and_still_records_the_job(tmp_path):
     assert srv.interrupts.count(pid) >= 2, "the first press and the abort both sent an interrupt"
     assert took < 3.0, f"a second Ctrl-C must not wait for the server ({took:.1f} s)"
     assert any("aborted (second Ctrl-C)" in m for m in logs)
+
+
+def test_ctrl_c_when_the_server_does_not_stop_the_prompt(tmp_path):
+    srv = Running("ignore")
+    opts, _ = opts_for(tmp_path, interrupt_grace=0.5)
+    _sigint_when(lambda: srv.fake.running)
+    data = B.run_batch(_long_jobs()[:1], ["http://fake"], opts, transport_factory=lambda u: srv.fake,
+                       log=lambda m: None)
+    pid = srv.fake.posted[0][0]
+    rec = data["jobs"]["long"]
+    assert rec["status"] == "interrupted" and data["stopped"] == "Ctrl-C"
+    assert rec["error"] == (f"interrupted (Ctrl-C): the interrupt was sent but prompt {pid} was still running on "
+                            "http://fake after 0.5 s")
+    assert len(srv.interrupts) >= 1
 
 
 def test_ctrl_c_takes_a_pending_prompt_out_of_the_queue(tmp_path):
