@@ -320,6 +320,14 @@ def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, atte
     proc_env = dict(os.environ)
     proc_env["PYTHONUNBUFFERED"] = "1"
     proc_env.pop("PYTEST_CURRENT_TEST", None)
+    # ComfyUI loads the pack from custom_nodes only: never from this repository through PYTHONPATH (the tests
+    # export it for their own subprocesses, see tests/comfy_harness.py)
+    here = {str(REPO_ROOT), str(REPO_ROOT.resolve())}
+    kept = [p for p in proc_env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in here]
+    if kept:
+        proc_env["PYTHONPATH"] = os.pathsep.join(kept)
+    else:
+        proc_env.pop("PYTHONPATH", None)
     if env:
         proc_env.update(env)
     with open(log_path, "wb") as log:

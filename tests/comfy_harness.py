@@ -43,6 +43,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
+# The pack is not pip-installed (scripts/setup_env.sh): pytest puts the repository on sys.path (pyproject
+# `pythonpath`), and this puts it on PYTHONPATH for the Python subprocesses tests start (`python -m
+# seedstory_core.batch` from a temp folder, ...). comfy_server.start() removes it again for ComfyUI itself, which
+# must load the pack only from its copy in custom_nodes.
+_pp = os.environ.get("PYTHONPATH", "")
+if str(REPO_ROOT) not in _pp.split(os.pathsep):
+    os.environ["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + _pp if _pp else "")
 
 from comfy_server import (  # noqa: E402
     ComfyClient,
