@@ -265,3 +265,23 @@ def test_a_models_own_probe_is_never_used(tmp_path, judge):
     result = evaluate(model, seed=1000, stories=1, frames=3, ablation=False, diffusion_steps=1)
     assert result["judge"]["sha256"] == judge.sha256
     assert result["system"] == "model" and 0.0 <= result["score"] <= 1.0
+
+
+def test_decoding_setting_names():
+    """The decoding measurement's setting names map to DecodingSettings (and an n-gram rule it adds for the run)."""
+    from seedstory_core.story import StoryEngine
+    from training.judge.decoding import decoding_for, no_repeat_ngram
+
+    d, n = decoding_for("greedy")
+    assert not d.do_sample and d.repetition_penalty == 1.0 and n == 0
+    d, n = decoding_for("sample0.7+rep1.2", seed=3)
+    assert d.do_sample and d.temperature == 0.7 and d.top_p == 0.9 and d.repetition_penalty == 1.2 and d.seed == 3
+    d, n = decoding_for("ngram6")
+    assert n == 6
+    with pytest.raises(ValueError, match="unknown decoding setting"):
+        decoding_for("rep")
+    before = StoryEngine.__dict__["_warpers"]
+    with no_repeat_ngram(4):
+        procs = StoryEngine._warpers(d)
+        assert [type(p).__name__ for p in procs] == ["NoRepeatNGramLogitsProcessor"]
+    assert StoryEngine.__dict__["_warpers"] is before  # restored

@@ -150,7 +150,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(1)
     names = [s.strip() for s in a.settings.split(",") if s.strip()]
     for n in names:
-        decoding_for(n)  # fail early on a bad name
+        try:
+            decoding_for(n)  # fail early on a bad name
+        except ValueError as e:
+            ap.error(str(e))
     res = measure(names, a.seed, a.stories, a.frames, a.diffusion_steps, a.model,
                   log=lambda m: print(m, file=sys.stderr, flush=True), render=not a.no_render)
     print(json.dumps({"seed": a.seed, "stories": a.stories, "frames": a.frames, "rendered": not a.no_render,
