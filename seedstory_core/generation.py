@@ -90,6 +90,18 @@ class ImageTokenRule:
         return scores
 
 
+class InferenceModel:
+    """An agent seen through another decoder (e.g. its merged-LoRA inference decoder): ``.decoder`` is the given
+    module, every other attribute (``lm_head``, ``embed_tokens``, resamplers, ``config``) is the agent's own."""
+
+    def __init__(self, agent, decoder):
+        self.agent = agent
+        self.decoder = decoder
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["agent"], name)
+
+
 def decoder_of(agent):
     return agent.decoder
 

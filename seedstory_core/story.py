@@ -37,6 +37,7 @@ from .cache import CachePolicy, StoryKVCache, TokenKind
 from .generation import (
     ImageTokenRule,
     ImageTokens,
+    InferenceModel,
     forward_chunk,
     image_query_pass,
     logits_at,
@@ -44,6 +45,10 @@ from .generation import (
 )
 
 MODES = ("generation", "visualization")
+#: ``StoryEngine(merge_lora=None)`` merges the LoRA deltas into an inference copy of the projections when that copy
+#: takes at most this many bytes (the tiny model: ~2 MB; full-size SEED-Story in bf16: ~12.9 GB, not merged unless
+#: ``merge_lora=True``).
+AUTO_MERGE_MAX_BYTES = 1 << 30
 
 
 class StoryCancelled(RuntimeError):
@@ -81,17 +86,32 @@ class DecodingSettings:
             raise ValueError("top_k and max_sentence_tokens must be >= 0 and repetition_penalty > 0")
 
 
+#: The pack's default cap on sink images (``CachePolicy.max_sink_images`` of ``StorySettings()``): the multimodal
+#: sink keeps the BOI/EOI-neighbour tokens of only the most recent evicted images, so the cache is bounded however
+#: long the story runs. Chosen with the long-story ablation (docs/benchmarks.md, ``python -m bench.cap_ablation``).
+#: ``CachePolicy()`` itself keeps the paper's uncapped rule (``max_sink_images=None``).
+DEFAULT_MAX_SINK_IMAGES = 8
+
+
+def default_policy() -> CachePolicy:
+    """The pack's default cache policy: multimodal sink, W=8 images, sink tokens of the last
+    :data:`DEFAULT_MAX_SINK_IMAGES` evicted images (bounded)."""
+    return CachePolicy(kind="multimodal_sink", max_sink_images=DEFAULT_MAX_SINK_IMAGES)
+
+
 @dataclass(frozen=True)
 class StorySettings:
     """Story-level settings fixed at :meth:`StoryEngine.start`.
 
     Attributes:
-        policy: the KV-cache policy (:class:`~seedstory_core.cache.CachePolicy`).
+        policy: the KV-cache policy (:class:`~seedstory_core.cache.CachePolicy`); default :func:`default_policy`
+            (the multimodal sink capped at :data:`DEFAULT_MAX_SINK_IMAGES` sink images — bounded). The paper's
+            uncapped rule: ``CachePolicy(kind="multimodal_sink")``.
         reencode_window: the official baseline (re-encode the whole window every step, ``policy.window_images``
             being the window, and force the image tokens one decode step at a time). The policy kind is ignored.
     """
 
-    policy: CachePolicy = field(default_factory=CachePolicy)
+    policy: CachePolicy = field(default_factory=default_policy)
     reencode_window: bool = False
 
     def to_dict(self) -> dict:
@@ -269,10 +289,14 @@ class StoryEngine:
             from a picture rather than from features).
     """
 
-    def __init__(self, agent, tokenizer, visual_tokenizer=None):
+    def __init__(self, agent, tokenizer, visual_tokenizer=None, *, merge_lora: Optional[bool] = None):
         self.agent = agent
         self.tokenizer = tokenizer
         self.visual_tokenizer = visual_tokenizer
+        if merge_lora is None:
+            merge_lora = agent.lora_merge_bytes() <= AUTO_MERGE_MAX_BYTES
+        self.merge_lora = bool(merge_lora)
+        self._run = self.inference_model()
         self.image = ImageTokens.of(tokenizer.image_ids)
         n_img = agent.config.image_tokens.num_img_tokens
         if len(self.image.img) != n_img:
@@ -283,6 +307,12 @@ class StoryEngine:
         self.model_key = self._fingerprint()
 
     # ------------------------------------------------------------------ helpers
+    def inference_model(self) -> InferenceModel:
+        """The agent as the decoding primitives see it: its decoder replaced by the merged-LoRA inference decoder
+        (:meth:`~seedstory_core.agent.SeedStoryAgent.inference_decoder`) when ``merge_lora``; re-checked (and
+        rebuilt if the agent's weights changed) at every :meth:`start` / :meth:`step`."""
+        return InferenceModel(self.agent, self.agent.inference_decoder(self.merge_lora))
+
     def _fingerprint(self) -> str:
         cfg = json.dumps(self.agent.config.to_dict(), sort_keys=True, default=str)
         head = self.agent.lm_head.weight
@@ -366,6 +396,7 @@ class StoryEngine:
         if (image is None) == (features is None):
             raise ValueError("start() needs exactly one of image= or features=")
         feats = self._features(self._encode_start_image(image) if image is not None else features)
+        self._run = self.inference_model()
         text_ids = self._text_ids(text, instruction=False)
         bos = self.tokenizer.bos_id
         ids = [bos] + text_ids + self._image_ids()
@@ -375,10 +406,10 @@ class StoryEngine:
         if settings.reencode_window:
             return StoryState(cache=None, next_logits=None, window_ids=tuple(ids[1:]), window_kinds=tuple(kinds[1:]),
                               window_features=(feats,), **common)
-        cache = new_cache(self.agent, settings.policy)
+        cache = new_cache(self._run, settings.policy)
         embeds = torch.cat([self._embed([bos] + text_ids), self._image_embeds(feats)], dim=1)
-        hidden = forward_chunk(self.agent, cache, embeds, kinds)
-        return StoryState(cache=cache, next_logits=logits_at(self.agent, hidden[0, -1]), **common)
+        hidden = forward_chunk(self._run, cache, embeds, kinds)
+        return StoryState(cache=cache, next_logits=logits_at(self._run, hidden[0, -1]), **common)
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
@@ -421,6 +452,7 @@ class StoryEngine:
                 raise StoryCancelled("story step cancelled; the input state is unchanged")
 
         check_cancel()
+        self._run = self.inference_model()
         if state.settings.reencode_window:
             cache, logits, window = self._reencode_context(state, context_features)
         else:
@@ -428,8 +460,8 @@ class StoryEngine:
             window = None
             if state.pending_image is not None:
                 feats = self._features(context_features) if context_features is not None else state.pending_image
-                hidden = forward_chunk(self.agent, cache, self._image_embeds(feats), self._image_kinds())
-                logits = logits_at(self.agent, hidden[0, -1])
+                hidden = forward_chunk(self._run, cache, self._image_embeds(feats), self._image_kinds())
+                logits = logits_at(self._run, hidden[0, -1])
             else:
                 logits = state.next_logits
         check_cancel()
@@ -438,8 +470,8 @@ class StoryEngine:
         forced_boi = False
         if text is not None and str(text).strip():
             prefix = self._text_ids(str(text), instruction=True)
-            hidden = forward_chunk(self.agent, cache, self._embed(prefix), [TokenKind.TEXT] * len(prefix))
-            logits = logits_at(self.agent, hidden[0, -1])
+            hidden = forward_chunk(self._run, cache, self._embed(prefix), [TokenKind.TEXT] * len(prefix))
+            logits = logits_at(self._run, hidden[0, -1])
             sentence_ids.extend(prefix)
             if on_text is not None:
                 on_text(self._clean(sentence_ids))
@@ -447,7 +479,7 @@ class StoryEngine:
             forced_boi = self._decode_text(state, cache, logits, sentence_ids, decoding, check_cancel, on_text)
         check_cancel()
         # The official loop (reencode_window baseline) forces the image tokens one decode step at a time.
-        query = image_query_pass(self.agent, cache, self.image, commit=False, forced=state.settings.reencode_window)
+        query = image_query_pass(self._run, cache, self.image, commit=False, forced=state.settings.reencode_window)
         features = query["features"]
         check_cancel()
 
@@ -493,8 +525,8 @@ class StoryEngine:
                 return True
             sentence_ids.append(token)
             generated_text += 1
-            hidden = forward_chunk(self.agent, cache, self._embed([token]), [TokenKind.TEXT])
-            logits = logits_at(self.agent, hidden[0, -1])
+            hidden = forward_chunk(self._run, cache, self._embed([token]), [TokenKind.TEXT])
+            logits = logits_at(self._run, hidden[0, -1])
             last = token
             if on_text is not None:
                 on_text(self._clean(sentence_ids))
@@ -536,7 +568,7 @@ class StoryEngine:
             if inst and w_ids[: len(inst)] == inst:  # the first remaining caption has no [INST] (as in training)
                 w_ids, w_kinds = w_ids[len(inst):], w_kinds[len(inst):]
             w_feats.pop(0)
-        cache = new_cache(self.agent, CachePolicy(kind="dense"))
+        cache = new_cache(self._run, CachePolicy(kind="dense"))
         ids = [self.tokenizer.bos_id] + w_ids
         kinds = [TokenKind.BOS] + w_kinds
         embeds = self._embed(ids)
@@ -545,8 +577,8 @@ class StoryEngine:
             img_embeds = self.agent.input_resampler(torch.cat(w_feats, dim=0)).reshape(-1, embeds.shape[-1])
             embeds = embeds.clone()
             embeds[0, img_positions] = img_embeds.to(embeds.dtype)
-        hidden = forward_chunk(self.agent, cache, embeds, kinds)
-        return cache, logits_at(self.agent, hidden[0, -1]), (tuple(w_ids), tuple(w_kinds), tuple(w_feats))
+        hidden = forward_chunk(self._run, cache, embeds, kinds)
+        return cache, logits_at(self._run, hidden[0, -1]), (tuple(w_ids), tuple(w_kinds), tuple(w_feats))
 
     # ------------------------------------------------------------------ run
     def run(

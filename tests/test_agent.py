@@ -320,3 +320,62 @@ def test_cosine_loss_shape_check():
     with pytest.raises(ValueError, match="grid_size"):
         cosine_loss(torch.ones(1, 4, 8), torch.ones(1, 16, 8))
     assert cosine_loss(torch.ones(1, 4, 8), torch.ones(1, 4, 8)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- merged inference decoder
+def _decode_hidden(decoder, embeds):
+    return decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state
+
+
+def test_inference_decoder_merges_lora_to_float_tolerance():
+    agent = randomize(SeedStoryAgent.build(small_config()), seed=3).eval()
+    for name, p in agent.named_parameters():  # non-zero LoRA B and norm copies so every source matters
+        if "lora_B" in name or "modules_to_save" in name:
+            with torch.no_grad():
+                p.add_(torch.randn_like(p) * 0.05)
+    embeds = torch.randn(1, 7, agent.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = _decode_hidden(agent.decoder, embeds)
+        merged = agent.inference_decoder()
+        out = _decode_hidden(merged, embeds)
+    assert merged is not agent.decoder
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    # with the adapters turned off the two paths still agree (the merged copy follows peft's adapter state)
+    with agent.llm.disable_adapter(), torch.no_grad():
+        off_ref = _decode_hidden(agent.decoder, embeds)
+        off = _decode_hidden(agent.inference_decoder(), embeds)
+    torch.testing.assert_close(off, off_ref, rtol=1e-4, atol=1e-5)
+    assert (off_ref - ref).abs().max() > 1e-3  # LoRA really contributes
+    assert agent.inference_decoder(merge_lora=False) is agent.decoder
+    # shared, not copied: embeddings, final norm (the active modules_to_save copy), RoPE
+    assert merged.embed_tokens is agent.decoder.embed_tokens and merged.rotary_emb is agent.rotary_emb
+    assert merged.norm.weight is agent.decoder.norm.modules_to_save["default"].weight
+    extra = sum(p.numel() * p.element_size() for n, p in merged.named_parameters() if "proj" in n)
+    assert extra == agent.lora_merge_bytes() > 0
+
+
+def test_inference_decoder_leaves_training_intact_and_rebuilds_after_updates():
+    agent = randomize(SeedStoryAgent.build(small_config()), seed=4)
+    agent.train()
+    flags = {n: p.requires_grad for n, p in agent.named_parameters()}
+    state = {k: v.clone() for k, v in agent.state_dict().items()}
+    first = agent.inference_decoder()
+    assert agent.inference_decoder() is first  # cached while nothing changed
+    assert {n: p.requires_grad for n, p in agent.named_parameters()} == flags
+    assert all(torch.equal(v, agent.state_dict()[k]) for k, v in state.items())
+    assert agent.training and agent.decoder.norm.training and "_merged_decoder" not in agent.state_dict()
+    # LoRA training still works on the agent (gradients reach lora_A/B), and the merged copy follows the update
+    cfg = agent.config
+    batch = make_batch(cfg, seed=1)
+    opt = torch.optim.SGD([p for p in agent.parameters() if p.requires_grad], lr=0.5)
+    loss = agent(**batch)["total_loss"]
+    loss.backward()
+    lora_grads = [p.grad for n, p in agent.named_parameters() if "lora_B" in n]
+    assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+    opt.step()
+    second = agent.inference_decoder()
+    assert second is not first
+    agent.eval()
+    embeds = torch.randn(1, 5, agent.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(_decode_hidden(second, embeds), _decode_hidden(agent.decoder, embeds), rtol=1e-4, atol=1e-5)

@@ -221,3 +221,34 @@ def test_state_made_in_inference_mode_steps_outside_it(engine, start_features):
         inside = engine.step(state, decoding=FAST)
     assert outside.state.token_ids == inside.state.token_ids
     assert torch.equal(outside.features, inside.features)
+
+
+def test_default_settings_are_bounded_and_the_paper_rule_stays_selectable():
+    from seedstory_core.story import DEFAULT_MAX_SINK_IMAGES, default_policy
+
+    default = StorySettings().policy
+    assert default == default_policy() and default.kind == "multimodal_sink"
+    assert default.max_sink_images == DEFAULT_MAX_SINK_IMAGES >= 1
+    assert default.token_bound(100) is not None  # bounded however long the story runs
+    paper = CachePolicy(kind="multimodal_sink")
+    assert paper.max_sink_images is None and paper.token_bound(100) is None  # the paper's uncapped rule
+    # a saved state keeps its own policy (the default is applied only when nothing is given)
+    assert StorySettings.from_dict(StorySettings(policy=paper).to_dict()).policy == paper
+
+
+def test_merged_lora_engine_matches_the_peft_path(engine, start_features):
+    """StoryEngine(merge_lora=True) runs the merged inference decoder; the story equals the peft path to float
+    rounding (same greedy tokens, features within 1e-4), and the agent itself is not modified."""
+    agent = engine.agent
+    merged = StoryEngine(agent, engine.tokenizer, merge_lora=True)
+    peft = StoryEngine(agent, engine.tokenizer, merge_lora=False)
+    assert merged.inference_model().decoder is not agent.decoder and peft.inference_model().decoder is agent.decoder
+    settings = StorySettings(policy=CachePolicy(kind="multimodal_sink", window_images=2, max_sink_images=2))
+    a = merged.start("Tom the cat sat in the garden.", features=start_features, settings=settings)
+    b = peft.start("Tom the cat sat in the garden.", features=start_features, settings=settings)
+    torch.testing.assert_close(a.next_logits, b.next_logits, rtol=1e-4, atol=1e-4)
+    _, ids_a, feats_a = run_story(merged, a, 4)
+    _, ids_b, feats_b = run_story(peft, b, 4)
+    assert ids_a == ids_b
+    for x, y in zip(feats_a, feats_b):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
