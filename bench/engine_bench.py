@@ -47,13 +47,28 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-POLICIES = ("dense", "window", "sink", "multimodal_sink", "reencode_window")
+DEFAULT_OUT = REPO / "bench" / "out"  # untracked (bench/.gitignore); --update-docs writes the tracked copies below
+TRACKED_RESULTS = REPO / "bench" / "results"
+TRACKED_DOCS = REPO / "docs" / "benchmarks.md"
+TRACKED_IMG = REPO / "docs" / "img"
+#: ``default`` = the pack's default story settings (``StorySettings()``: the multimodal sink with a cap on sink
+#: images, bounded); ``multimodal_sink`` = the paper's uncapped rule (Table 8 reproduction).
+POLICIES = ("dense", "window", "sink", "multimodal_sink", "default", "reencode_window")
 RATIO_KEYS = (
-    "step50_over_step5_multimodal_sink",
+    "decode_ms_per_token_over_plain_transformers",
+    "step50_over_step5_default",
+    "kv_bytes_default_over_dense_at_50",
     "reencode_over_multimodal_sink",
     "forced_over_onepass_image_queries",
-    "kv_bytes_multimodal_sink_over_dense_at_50",
 )
+#: targets of issue 14 (printed next to the ratios in the docs): (comparison, value)
+RATIO_TARGETS = {
+    "decode_ms_per_token_over_plain_transformers": ("<=", 1.25),
+    "step50_over_step5_default": ("<=", 1.15),
+    "kv_bytes_default_over_dense_at_50": ("<=", 0.3),
+    "reencode_over_multimodal_sink": (">=", 2.5),
+    "forced_over_onepass_image_queries": (">=", 10),
+}
 # Paper Table 8 (seed_story_paper.txt): time and memory for generating 50 sequences, averaged over several runs.
 PAPER_TABLE8 = {
     "dense": dict(name="Dense Attn", fid=119.72, clip=0.705, time_s=569.67, memory_gb=37.99),
@@ -89,9 +104,15 @@ class BenchConfig:
     memory: bool = True
     memory_policies: Optional[Tuple[str, ...]] = None  # None = every policy
     seed: int = 0
-    out_dir: Path = REPO / "bench" / "results"
-    docs_path: Optional[Path] = REPO / "docs" / "benchmarks.md"
-    img_dir: Optional[Path] = REPO / "docs" / "img"
+    decode_tokens: int = 48  # tokens per decode-floor sample (ours vs plain transformers)
+    decode_reps: int = 7
+    merge_lora: Optional[bool] = None  # StoryEngine(merge_lora=...): None = auto
+    random_weights: bool = True
+    extras: bool = True  # image queries, decode floor, paired steps (off: --skip-extras, a quick path check)
+    layers: Optional[int] = None  # override the preset's decoder layer count (e.g. a 2-layer full-size run on CPU)
+    out_dir: Path = DEFAULT_OUT
+    docs_path: Optional[Path] = DEFAULT_OUT / "benchmarks.md"
+    img_dir: Optional[Path] = DEFAULT_OUT / "img"
 
     @property
     def max_frames(self) -> int:
@@ -100,10 +121,10 @@ class BenchConfig:
 
 MODES = {
     "smoke": dict(policies=("dense", "window"), lengths=(3, 6), reps=1, sentence_tokens=4, window_images=2,
-                  image_query_reps=1, warmup_steps=1, memory=False, pool_frames=1),
+                  image_query_reps=1, warmup_steps=1, memory=False, pool_frames=1, decode_tokens=4, decode_reps=1),
     # quick: peak RSS only for dense and multimodal_sink (each child re-runs a 50-frame story, ~15 s)
     "quick": dict(reps=3, image_query_reps=5, memory_policies=("dense", "multimodal_sink")),
-    "full": dict(reps=7, image_query_reps=11),
+    "full": dict(reps=7, image_query_reps=11, decode_reps=11),
 }
 
 
@@ -128,7 +149,10 @@ def build_engine(cfg: BenchConfig):
     from seedstory_core.tokenizer import default_tiny_tokenizer
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
-    config = get_preset(cfg.preset)
+    config = get_preset("official" if cfg.preset == "full" else cfg.preset)
+    if cfg.layers is not None:
+        llm = dataclasses.replace(config.agent.llm, num_hidden_layers=int(cfg.layers))
+        config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, llm=llm))
     n_img = config.agent.image_tokens.num_img_tokens
     base_vocab = config.agent.llm.vocab_size - 2 - n_img
     torch.manual_seed(cfg.seed)
@@ -144,7 +168,7 @@ def build_engine(cfg: BenchConfig):
         head = agent.lm_head.weight
         head[tokenizer.image_ids.boi].zero_()
         head[tokenizer.eos_id].zero_()
-    engine = StoryEngine(agent, tokenizer)
+    engine = StoryEngine(agent, tokenizer, merge_lora=cfg.merge_lora)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     feats = torch.randn(1, config.visual_tokenizer.n_queries, config.agent.input_resampler.kv_dim, generator=g)
     return engine, feats.to(device=cfg.device, dtype=dtype)
@@ -156,6 +180,9 @@ def settings_for(policy: str, cfg: BenchConfig):
 
     if policy == "reencode_window":
         return StorySettings(policy=CachePolicy(kind="window", window_images=cfg.window_images), reencode_window=True)
+    if policy == "default":
+        default = StorySettings()
+        return dataclasses.replace(default, policy=dataclasses.replace(default.policy, window_images=cfg.window_images))
     return StorySettings(policy=CachePolicy(kind=policy, window_images=cfg.window_images))
 
 
@@ -246,7 +273,7 @@ def run_policy(engine, feats, policy: str, cfg: BenchConfig, probe: PhaseProbe, 
             kv_tokens=state.kv_length, kv_bytes=cache.nbytes() if cache is not None else 0,
             kv_bytes_work=probe.kv_work, evictions=cache.meta.evictions if cache is not None else 0,
         ))
-        if keep_states is not None and frame in cfg.lengths:
+        if keep_states is not None and (frame in cfg.lengths or frame + 1 in cfg.lengths):
             keep_states[(policy, frame)] = state
     return rows
 
@@ -285,7 +312,7 @@ def measure_image_queries(engine, state, cfg: BenchConfig) -> Dict[str, float]:
     from seedstory_core.cache import TokenKind
     from seedstory_core.generation import forward_chunk, image_query_pass, logits_at
 
-    agent, image = engine.agent, engine.image
+    agent, image = engine.inference_model(), engine.image  # the decoder the engine itself runs
     cache = state.cache.fork()
     forward_chunk(agent, cache, engine._image_embeds(state.pending_image), engine._image_kinds())
     base_len = cache.length
@@ -327,9 +354,97 @@ def measure_image_queries(engine, state, cfg: BenchConfig) -> Dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def measure_step_pair(engine, states: Dict, policy: str, lo: int, hi: int, cfg: BenchConfig) -> Dict[str, float]:
+    """Per-step time at frame ``hi`` over frame ``lo`` for ``policy``, paired: the steps from the kept states of
+    frames ``lo - 1`` and ``hi - 1`` (states are immutable, so stepping from them again *is* frame lo / hi) are
+    timed alternately, ``cfg.reps * cfg.pool_frames`` pairs; returns the median of the per-pair ratios and the
+    medians of both. Robust to a CPU shared with other jobs: each pair runs back to back."""
+    decoding = decoding_for(cfg)
+    a_state, b_state = states.get((policy, lo - 1)), states.get((policy, hi - 1))
+    if a_state is None or b_state is None or lo < 2:
+        return {}
+    probe = PhaseProbe(cfg.device)
+    ta, tb, ratios = [], [], []
+    with probe.installed():
+        probe.timed_step(engine, a_state, decoding), probe.timed_step(engine, b_state, decoding)  # warm-up
+        for r in range(max(3, cfg.reps * cfg.pool_frames)):
+            order = (a_state, b_state) if r % 2 == 0 else (b_state, a_state)
+            t = {}
+            for st in order:
+                t[id(st)] = probe.timed_step(engine, st, decoding)[1]["total_s"]
+            ta.append(t[id(a_state)]); tb.append(t[id(b_state)]); ratios.append(t[id(b_state)] / t[id(a_state)])
+    return dict(ratio=statistics.median(ratios), lo_s=statistics.median(ta), hi_s=statistics.median(tb),
+                ratio_min=min(ratios), ratio_max=max(ratios), pairs=len(ratios))
+
+
+def plain_transformers_model(engine):
+    """A plain transformers ``LlamaForCausalLM`` with the engine's LLaMA config (SDPA), random weights, on the
+    engine's device and dtype: the per-token floor the engine's decode is compared with."""
+    from transformers import LlamaForCausalLM
+
+    lcfg = engine.agent.config.llm.to_transformers()
+    lcfg._attn_implementation = "sdpa"
+    with torch.device(engine.device):
+        model = LlamaForCausalLM(lcfg)
+    return model.to(dtype=engine.dtype).eval()
+
+
+@torch.no_grad()
+def measure_decode_floor(engine, state, cfg: BenchConfig, plain=None) -> Dict[str, float]:
+    """Decode time per token: the story engine vs a plain transformers ``LlamaForCausalLM`` + ``DynamicCache``.
+
+    Same config, dtype, device, torch threads and cache length, in the same process, paired and interleaved
+    (order alternating per repeat). Ours: the decode phase of ``engine.step(state)`` with
+    ``max_sentence_tokens=cfg.decode_tokens`` (greedy; every token = one decoder forward on the story cache +
+    lm_head + the image-token rule + argmax), divided by the tokens decoded. Plain: a ``DynamicCache`` prefilled
+    (untimed) with as many random tokens as our cache holds when decoding starts, then ``cfg.decode_tokens``
+    greedy steps (forward + argmax of the last logits). Returns medians and the median of per-repeat ratios.
+    """
+    from seedstory_core.story import DecodingSettings
+    from transformers import DynamicCache
+
+    plain = plain if plain is not None else plain_transformers_model(engine)
+    decoding = DecodingSettings(max_sentence_tokens=cfg.decode_tokens)
+    probe = PhaseProbe(cfg.device)
+    ctx = state.kv_length + (len(engine.image.forced_sequence) if state.pending_image is not None else 0)
+    vocab = engine.agent.config.llm.vocab_size
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def ours():
+        _, phases = probe.timed_step(engine, state, decoding)
+        return phases["decode_s"] / cfg.decode_tokens
+
+    def theirs():
+        cache = DynamicCache()
+        ids = torch.randint(0, vocab, (1, ctx), generator=gen).to(engine.device)
+        out = plain(input_ids=ids, cache=cache, use_cache=True)
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        _sync(cfg.device)
+        t0 = time.perf_counter()
+        for _ in range(cfg.decode_tokens):
+            out = plain(input_ids=tok, cache=cache, use_cache=True)
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        _sync(cfg.device)
+        return (time.perf_counter() - t0) / cfg.decode_tokens
+
+    with probe.installed():
+        ours(), theirs()  # warm-up
+        a, b, ratios = [], [], []
+        for r in range(cfg.decode_reps):
+            if r % 2 == 0:
+                x = ours(); y = theirs()
+            else:
+                y = theirs(); x = ours()
+            a.append(x); b.append(y); ratios.append(x / y)
+    return dict(ours_ms_per_token=1000 * statistics.median(a), plain_ms_per_token=1000 * statistics.median(b),
+                ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios), cache_tokens=ctx,
+                tokens=cfg.decode_tokens, reps=cfg.decode_reps, merge_lora=int(engine.merge_lora))
+
+
 def memory_child(payload: dict) -> dict:
     """Runs in a fresh process: one policy's story to ``frames``; reports ru_maxrss before and after."""
-    cfg = BenchConfig(**{k: v for k, v in payload.items() if k in ("preset", "device", "dtype", "sentence_tokens", "window_images", "seed", "threads")})
+    cfg = BenchConfig(**{k: v for k, v in payload.items() if k in ("preset", "device", "dtype", "sentence_tokens", "window_images", "seed", "threads", "merge_lora", "layers")})
     torch.set_num_threads(cfg.threads)
     engine, feats = build_engine(cfg)
     decoding = decoding_for(cfg)
@@ -359,7 +474,7 @@ def measure_memory(cfg: BenchConfig, log=print) -> Dict[str, dict]:
             continue
         payload = dict(policy=policy, frames=cfg.max_frames, lengths=list(cfg.lengths), preset=cfg.preset, device=cfg.device,
                        dtype=cfg.dtype, sentence_tokens=cfg.sentence_tokens, window_images=cfg.window_images,
-                       seed=cfg.seed, threads=cfg.threads)
+                       seed=cfg.seed, threads=cfg.threads, merge_lora=cfg.merge_lora, layers=cfg.layers)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "bench", "--memory-child", json.dumps(payload)], cwd=str(REPO),
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -405,8 +520,13 @@ def _get(summary, policy, frames, key):
     return None
 
 
-def compute_ratios(summary: List[dict], iq: Optional[dict], cfg: BenchConfig) -> Tuple[Dict[str, float], List[Tuple[str, float]]]:
-    """(the four headline ratios, every per-policy ratio line in print order)."""
+def compute_ratios(summary: List[dict], iq: Optional[dict], cfg: BenchConfig, decode: Optional[dict] = None,
+                   pairs: Optional[Dict[str, dict]] = None) -> Tuple[Dict[str, float], List[Tuple[str, float]]]:
+    """(the five headline ratios of :data:`RATIO_KEYS`, every per-policy ratio line in print order).
+
+    ``step50_over_step5_default`` is the paired measurement (:func:`measure_step_pair`) when available, else the
+    ratio of the summary medians (also printed per policy as ``step<hi>_over_step<lo>_<policy>``)."""
+    pairs = pairs or {}
     lo, hi = min(cfg.lengths), (50 if 50 in cfg.lengths else cfg.max_frames)
     lines: List[Tuple[str, float]] = []
 
@@ -425,12 +545,20 @@ def compute_ratios(summary: List[dict], iq: Optional[dict], cfg: BenchConfig) ->
         for p in cfg.policies:
             key = "kv_bytes_work" if p == "reencode_window" else "kv_bytes"
             lines.append((f"kv_bytes_{p}_over_dense_at_{hi}", div(_get(summary, p, hi, key), _get(summary, "dense", hi, "kv_bytes"))))
+    for p, pr in pairs.items():
+        if pr:
+            lines.append((f"step{hi}_over_step{lo}_{p}_paired", pr["ratio"]))
+    if decode:
+        lines.append(("decode_ours_ms_per_token", decode["ours_ms_per_token"]))
+        lines.append(("decode_plain_transformers_ms_per_token", decode["plain_ms_per_token"]))
     mm = "multimodal_sink"
     head = {
-        RATIO_KEYS[0]: div(_get(summary, mm, hi, "total_s"), _get(summary, mm, lo, "total_s")),
-        RATIO_KEYS[1]: div(_get(summary, "reencode_window", hi, "total_s"), _get(summary, mm, hi, "total_s")),
-        RATIO_KEYS[2]: div(iq["forced_s"], iq["onepass_s"]) if iq else float("nan"),
-        RATIO_KEYS[3]: div(_get(summary, mm, hi, "kv_bytes"), _get(summary, "dense", hi, "kv_bytes")),
+        "decode_ms_per_token_over_plain_transformers": decode["ratio"] if decode else float("nan"),
+        "step50_over_step5_default": (pairs["default"]["ratio"] if pairs.get("default") else
+                                      div(_get(summary, "default", hi, "total_s"), _get(summary, "default", lo, "total_s"))),
+        "kv_bytes_default_over_dense_at_50": div(_get(summary, "default", hi, "kv_bytes"), _get(summary, "dense", hi, "kv_bytes")),
+        "reencode_over_multimodal_sink": div(_get(summary, "reencode_window", hi, "total_s"), _get(summary, mm, hi, "total_s")),
+        "forced_over_onepass_image_queries": div(iq["forced_s"], iq["onepass_s"]) if iq else float("nan"),
     }
     return head, lines
 
@@ -532,116 +660,6 @@ def _fmt_bytes(n) -> str:
     return "—" if n is None else f"{n / 2**20:.2f} MiB"
 
 
-def write_docs(cfg: BenchConfig, summary, head, lines, iq, memory, cuda_peak, elapsed, command) -> None:
-    hi = 50 if 50 in cfg.lengths else cfg.max_frames
-    L = []
-    L.append("# Benchmarks: long-story efficiency (paper Table 8)\n")
-    L.append(f"_Generated by `{command}` — do not edit by hand; rerun the command to regenerate "
-             "(CSV in `bench/results/`, plots in `docs/img/bench_*.png`)._\n")
-    L.append("## What is measured\n")
-    L.append(
-        "Per story step (frame N = the N-th `StoryEngine.step` after `start`; the start image is frame 0) the MLLM "
-        "time split into **prefill** (step start → end of the context pass that stores the previous image; for "
-        "`reencode_window` the re-encoding of the whole window prompt; includes the cache fork and the eviction / key "
-        "re-rotation right after the image completes), **decode** (the sentence, token by token), **image** (the "
-        "64 image queries in one forward) and **other** (building the new immutable state). Phases come from "
-        "timestamps around `story.forward_chunk` / `story.image_query_pass` (wrapped by the benchmark; the engine is "
-        "unchanged). No de-tokenizer / diffusion time: this is the MLLM part only, while the paper's times include "
-        "the whole pipeline.\n")
-    L.append(
-        f"Policies: `dense`, `window`, `sink` (StreamingLLM, 4 start tokens), `multimodal_sink` (4 start tokens + "
-        f"[BOI-4, BOI+8) and [EOI-8, EOI+4) of every evicted image), all with `window_images={cfg.window_images}` "
-        f"like the paper (eviction starts after frame {cfg.window_images}), positions re-rotated; and "
-        f"`reencode_window`, the official `gen_george.py` loop (the {cfg.window_images}-image window prompt rebuilt "
-        "and re-encoded from scratch every step, no KV reuse; its image queries also use the one-pass forward, so the "
-        "comparison isolates the context cost).\n")
-    L.append(
-        f"**Fixed sentence length.** Weights are random. Every step decodes exactly {cfg.sentence_tokens} text tokens "
-        f"(`DecodingSettings(max_sentence_tokens={cfg.sentence_tokens})`, greedy): the lm_head rows of BOI and EOS are "
-        "zeroed so a random model never ends a sentence early, and every CSV row records `text_tokens`. Per-step work "
-        "is therefore identical across policies except for the context each policy keeps.\n")
-    L.append(
-        f"**Robustness.** {cfg.reps} interleaved repeats (every policy's full story in rep r before rep r+1, policy "
-        f"order rotated per rep), after a {cfg.warmup_steps}-step warm-up per policy; table numbers are medians over "
-        f"the repeats × frames N-{cfg.pool_frames - 1}..N ({cfg.reps * cfg.pool_frames} samples; frames 3-5 and 48-50 "
-        "are in the same eviction regime as 5 and 50), plots show per-frame medians. `torch.set_num_threads({cfg.threads})`. The CPU was shared with other jobs while these numbers were "
-        "taken, so absolute times are noisy; compare ratios, and look at min/max in the summary CSV.\n")
-    L.append(
-        "**Memory.** `kv_bytes` = `state.cache.nbytes()` after the step (keys+values kept). For `reencode_window` the "
-        "state keeps no cache; its column shows the transient re-encoded window cache (`kv_bytes_work`: window + the "
-        "step's sentence, measured right before the image queries). Peak process memory = `resource.getrusage"
-        "(RUSAGE_SELF).ru_maxrss` of a fresh child process per policy (tracemalloc does not see torch tensor "
-        "allocations); since ru_maxrss is set by the model build, the growth column uses the current RSS "
-        "(/proc/self/statm) sampled after every step: max RSS up to frame N minus RSS after frame 1.\n")
-    L.append("## Machine and settings\n")
-    L.append(f"- {machine_description(cfg)}")
-    L.append(f"- preset `{cfg.preset}` (random weights), mode `{cfg.mode}`, lengths {list(cfg.lengths)}, "
-             f"{cfg.sentence_tokens} text tokens/step, window {cfg.window_images} images, seed {cfg.seed}; "
-             f"wall time of the run {elapsed:.0f} s\n")
-    L.append(f"## Per-step MLLM time (median of {cfg.reps} reps × {cfg.pool_frames} frames, ms) and KV cache\n")
-    L.append("| policy | frame | total | prefill | decode | image | other | min–max total | KV tokens | KV bytes | cumulative to frame (s) |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in summary:
-        kvb = r["kv_bytes_work"] if r["policy"] == "reencode_window" else r["kv_bytes"]
-        kvt = "(window)" if r["policy"] == "reencode_window" else r["kv_tokens"]
-        L.append(f"| {r['policy']} | {r['frames']} | {1000*r['total_s']:.1f} | {1000*r['prefill_s']:.1f} | "
-                 f"{1000*r['decode_s']:.1f} | {1000*r['image_s']:.1f} | {1000*r['other_s']:.1f} | "
-                 f"{1000*r['total_s_min']:.0f}–{1000*r['total_s_max']:.0f} | {kvt} | {_fmt_bytes(kvb)} | {r['cumulative_s']:.2f} |")
-    L.append("")
-    L.append(f"## Next to the paper's Table 8 (frame {hi})\n")
-    L.append("The paper: SEED-Story 7B on GPU, 50 sequences, whole pipeline (MLLM + SD-XL de-tokenizer), averaged over "
-             "several runs; memory = GPU memory. Ours: MLLM only, this preset and device. Compare the *relative* "
-             "columns (vs dense).\n")
-    L.append("| policy | paper FID ↓ | paper CLIP ↑ | paper time (s) | paper memory (GB) | paper time / dense | "
-             f"ours: cumulative MLLM time to frame {hi} (s) | ours / dense | ours: KV at {hi} | KV / dense | peak RSS growth |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    dense_cum = _get(summary, "dense", hi, "cumulative_s")
-    dense_kv = _get(summary, "dense", hi, "kv_bytes")
-    for p in cfg.policies:
-        pt = PAPER_TABLE8.get(p)
-        cum = _get(summary, p, hi, "cumulative_s")
-        kvb = _get(summary, p, hi, "kv_bytes_work" if p == "reencode_window" else "kv_bytes")
-        mem = memory.get(p) if memory else None
-        if mem and str(hi) in {str(k) for k in mem["peak_kib"]}:
-            peak = {int(k): v for k, v in mem["peak_kib"].items()}[hi]
-            mem_s = f"{(peak - mem['baseline_kib']) / 1024:.1f} MiB (RSS {peak / 1024:.0f} MiB, ru_maxrss {mem.get('ru_maxrss_kib', 0) / 1024:.0f} MiB)"
-        elif cuda_peak and p in cuda_peak:
-            mem_s = f"CUDA peak {cuda_peak[p] / 2**30:.2f} GiB"
-        else:
-            mem_s = "—"
-        paper = (f"{pt['fid']} | {pt['clip']} | {pt['time_s']} | {pt['memory_gb']} | "
-                 f"{pt['time_s'] / PAPER_TABLE8['dense']['time_s']:.3f}") if pt else "— | — | — | — | —"
-        ratio = f"{cum / dense_cum:.3f}" if cum and dense_cum else "—"
-        kvr = f"{kvb / dense_kv:.3f}" if kvb is not None and dense_kv else "—"
-        L.append(f"| {p} | {paper} | {cum if cum is not None else '—'} | {ratio} | {_fmt_bytes(kvb)} | {kvr} | {mem_s} |")
-    L.append("")
-    L.append("FID / CLIP need a trained model: `python -m bench --model DIR` calls "
-             "`training.evaluate.long_story_ablation` (1x/2x/3x the training length) when it exists.\n")
-    if iq:
-        L.append(f"## Image queries: one pass vs forced token-by-token (multimodal_sink, frame {hi}, median of {cfg.image_query_reps})\n")
-        L.append(f"- context: {iq['context_tokens']} cached tokens; one pass over [BOI, IMG_0..IMG_63]: "
-                 f"{1000*iq['onepass_s']:.2f} ms")
-        L.append(f"- forced decoding, decoder forwards only (65 forwards of 1 token): {1000*iq['forced_s']:.2f} ms "
-                 f"(ratio {iq['forced_s']/iq['onepass_s']:.1f}x)")
-        L.append(f"- forced decoding + lm_head/argmax per token (what a generate loop does): {1000*iq['forced_logits_s']:.2f} ms "
-                 f"(ratio {iq['forced_logits_s']/iq['onepass_s']:.1f}x)")
-        L.append(f"- max |features(one pass) − features(forced)| = {iq['max_abs_diff']:.2e}\n")
-    L.append("## Ratios (the last lines printed by `python -m bench`)\n")
-    L.append("Targets from the issue: step50/step5 ≤ 1.15 · reencode/multimodal sink ≥ 5 · forced/one-pass ≥ 10 · "
-             "KV multimodal sink/dense at 50 ≤ 0.3.\n")
-    L.append("```")
-    L += format_ratio_lines(head, lines)
-    L.append("```\n")
-    L.append("![time per step](img/bench_time_per_step.png)\n")
-    L.append("![KV memory](img/bench_kv_memory.png)\n")
-    L.append("![phases](img/bench_phases.png)\n")
-    notes = REPO / "bench" / "NOTES.md"
-    if notes.exists():
-        L.append(notes.read_text())
-    cfg.docs_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.docs_path.write_text("\n".join(L) + "\n")
-
-
 # ------------------------------------------------------------------------------------------------ quality hook
 def quality_mode(model_dir: str, cfg: BenchConfig, log=print) -> int:
     """Quality side of Table 8 at 1x / 2x / 3x the training length with a trained bundle: ground-truth captions
@@ -677,7 +695,8 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
     log(f"seedstory bench: mode={cfg.mode} preset={cfg.preset} device={cfg.device} dtype={cfg.dtype} "
         f"policies={list(cfg.policies)} lengths={list(cfg.lengths)} reps={cfg.reps} text_tokens={cfg.sentence_tokens}")
     engine, feats = build_engine(cfg)
-    log(f"  model built ({sum(p.numel() for p in engine.agent.parameters()) / 1e6:.1f} M parameters)")
+    log(f"  model built ({sum(p.numel() for p in engine.agent.parameters()) / 1e6:.1f} M parameters, "
+        f"merge_lora={engine.merge_lora})")
     with torch.no_grad():
         rows, states = measure_steps(engine, feats, cfg, log)
         bad = [r for r in rows if r["text_tokens"] != cfg.sentence_tokens]
@@ -686,52 +705,111 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
         iq = None
         hi = 50 if 50 in cfg.lengths else cfg.max_frames
         iq_policy = "multimodal_sink" if ("multimodal_sink", hi) in states else cfg.policies[0]
-        if (iq_policy, hi) in states and states[(iq_policy, hi)].cache is not None:
+        if cfg.extras and (iq_policy, hi) in states and states[(iq_policy, hi)].cache is not None:
             iq = measure_image_queries(engine, states[(iq_policy, hi)], cfg)
             log(f"  image queries ({iq_policy}, frame {hi}): one-pass {1000*iq['onepass_s']:.2f} ms, forced {1000*iq['forced_s']:.2f} ms")
-    del states[(iq_policy, hi)]
+        decode = None
+        dec_policy = next((p for p in ("default", "multimodal_sink", "dense", "window", "sink") if (p, hi) in states), None)
+        if cfg.extras and dec_policy is not None:
+            decode = measure_decode_floor(engine, states[(dec_policy, hi)], cfg)
+            decode["policy"] = dec_policy
+            log(f"  decode ({dec_policy}, frame {hi}, {decode['cache_tokens']} cached tokens): ours "
+                f"{decode['ours_ms_per_token']:.3f} ms/token, plain transformers {decode['plain_ms_per_token']:.3f} ms/token")
+        pairs = {}
+        lo = min(cfg.lengths)
+        for p in ("default", "multimodal_sink"):
+            if cfg.extras and p in cfg.policies:
+                pairs[p] = measure_step_pair(engine, states, p, lo, hi, cfg)
+                if pairs[p]:
+                    log(f"  paired steps {p}: frame {hi} / frame {lo} = {pairs[p]['ratio']:.3f}")
+    states.pop((iq_policy, hi), None)
     memory = measure_memory(cfg, log) if cfg.memory and not str(cfg.device).startswith("cuda") else {}
     summary = summarize(rows, cfg)
-    head, lines = compute_ratios(summary, iq, cfg)
+    head, lines = compute_ratios(summary, iq, cfg, decode, pairs)
     prefix = f"engine_{cfg.mode}_{cfg.preset}"
     write_csv(cfg.out_dir / f"{prefix}_steps.csv", rows, STEP_COLUMNS)
     write_csv(cfg.out_dir / f"{prefix}_summary.csv", summary, SUMMARY_COLUMNS)
     extra = [dict(name=k, value=v) for k, v in lines] + [dict(name=k, value=head[k]) for k in RATIO_KEYS]
     if iq:
         extra += [dict(name=f"image_queries_{k}", value=v) for k, v in iq.items()]
+    if decode:
+        extra += [dict(name=f"decode_{k}", value=v) for k, v in decode.items() if k != "policy"]
+    for p, pr in pairs.items():
+        extra += [dict(name=f"paired_{p}_{k}", value=v) for k, v in pr.items()]
     for p, m in memory.items():
         extra.append(dict(name=f"rss_baseline_kib_{p}", value=m["baseline_kib"]))
         extra += [dict(name=f"rss_peak_kib_{p}_at_{f}", value=v) for f, v in m["peak_kib"].items()]
-    write_csv(cfg.out_dir / f"{prefix}_ratios.csv", extra, ("name", "value"))
+    for p, v in (states.get("cuda_peak") or {}).items():
+        extra.append(dict(name=f"cuda_peak_bytes_{p}", value=v))
     elapsed = time.perf_counter() - t_run
+    for key, (op, target) in RATIO_TARGETS.items():
+        extra += [dict(name=f"target_op_{key}", value=op), dict(name=f"target_{key}", value=target)]
+    write_csv(cfg.out_dir / f"{prefix}_ratios.csv", extra, ("name", "value"))
+    write_csv(cfg.out_dir / f"{prefix}_run.csv", run_info(cfg, elapsed, command, decode), ("name", "value"))
+    write_csv(cfg.out_dir / "paper_table8.csv",
+              [dict(policy=k, **v, time_over_dense=round(v["time_s"] / PAPER_TABLE8["dense"]["time_s"], 4))
+               for k, v in PAPER_TABLE8.items()], ("policy", "name", "fid", "clip", "time_s", "memory_gb", "time_over_dense"))
+    from bench import full_size
+
+    full_size.write(full_size.full_size_rows(frame=hi, sentence_tokens=cfg.sentence_tokens, window_images=cfg.window_images),
+                    cfg.out_dir / "full_size.csv")
     if cfg.img_dir is not None:
         make_plots(rows, cfg)
     if cfg.docs_path is not None:
-        write_docs(cfg, summary, head, lines, iq, memory, states.get("cuda_peak"), elapsed, command)
+        from bench import docs as bench_docs
+
+        bench_docs.write_docs(cfg.out_dir, path=cfg.docs_path, img_rel=os.path.relpath(cfg.img_dir, cfg.docs_path.parent)
+                              if cfg.img_dir is not None else None)
     log(f"  wrote {cfg.out_dir}/{prefix}_*.csv" + (f", {cfg.docs_path}" if cfg.docs_path else "") + f" ({elapsed:.0f} s)")
     for line in format_ratio_lines(head, lines):
         print(line, flush=True)
     return head
 
 
+def run_info(cfg: BenchConfig, elapsed: float, command: str, decode: Optional[dict]) -> List[dict]:
+    """(name, value) rows describing the run: settings, machine, wall time (the docs read them from the CSV)."""
+    from seedstory_core.story import StorySettings
+
+    default = StorySettings().policy
+    info = dict(command=command, mode=cfg.mode, preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
+                lengths=" ".join(str(x) for x in cfg.lengths), reps=cfg.reps, pool_frames=cfg.pool_frames,
+                samples=cfg.reps * cfg.pool_frames, sentence_tokens=cfg.sentence_tokens, window_images=cfg.window_images,
+                warmup_steps=cfg.warmup_steps, threads=cfg.threads, seed=cfg.seed, image_query_reps=cfg.image_query_reps,
+                decode_tokens=cfg.decode_tokens, decode_reps=cfg.decode_reps, wall_s=round(elapsed),
+                default_max_sink_images=default.max_sink_images, default_window_images=default.window_images,
+                machine=machine_description(cfg), policies=" ".join(cfg.policies),
+                decode_policy=(decode or {}).get("policy", ""))
+    return [dict(name=k, value=v) for k, v in info.items()]
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench", description="SEED-Story story-engine benchmarks (paper Table 8)")
-    ap.add_argument("--quick", action="store_true", help="fewer repeats (under 5 minutes on 2 CPU cores)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (about 5 minutes on 2 CPU cores)")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--preset", default="tiny", choices=("tiny", "official"))
+    ap.add_argument("--preset", default="tiny", choices=("tiny", "official", "full"),
+                    help="model size (full = official = the full-size SEED-Story config; random weights)")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="random weights (the only mode: timing does not depend on the weights; accepted for clarity)")
+    ap.add_argument("--layers", type=int, default=None, help="override the decoder layer count (e.g. --preset full --layers 2 on CPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
-    ap.add_argument("--policies", default=None, help="comma list (default: all five)")
+    ap.add_argument("--merge-lora", default="auto", choices=("auto", "on", "off"),
+                    help="StoryEngine(merge_lora=...): merged LoRA inference decoder (auto = when the copy is <= 1 GiB)")
+    ap.add_argument("--policies", default=None, help="comma list (default: all)")
     ap.add_argument("--lengths", default=None, help="comma list of frames, e.g. 5,10,25,50")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--sentence-tokens", type=int, default=None)
     ap.add_argument("--window-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 1 on CPU)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-policy child processes (peak RSS)")
-    ap.add_argument("--out-dir", default=None)
-    ap.add_argument("--docs", default=None, help="markdown file to write ('' = none)")
-    ap.add_argument("--img-dir", default=None, help="plot folder ('' = none)")
+    ap.add_argument("--skip-extras", action="store_true",
+                    help="only the per-step story runs (no image-query, decode-floor or paired-step measurement)")
+    ap.add_argument("--out-dir", default=None, help=f"results folder (default {DEFAULT_OUT.relative_to(REPO)}, untracked)")
+    ap.add_argument("--docs", default=None, help="markdown file to write (default <out-dir>/benchmarks.md; '' = none)")
+    ap.add_argument("--img-dir", default=None, help="plot folder (default <out-dir>/img; '' = none)")
+    ap.add_argument("--update-docs", action="store_true",
+                    help="write the tracked copies: bench/results/*.csv, docs/benchmarks.md, docs/img/bench_*.png")
     ap.add_argument("--model", default=None, help="trained bundle folder: quality side of Table 8 (FID/CLIP)")
     return ap.parse_args(argv)
 
@@ -739,9 +817,11 @@ def parse_args(argv=None):
 def config_from_args(args) -> BenchConfig:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     cfg = BenchConfig(mode=mode, **MODES[mode])
-    cfg.preset = args.preset
+    cfg.preset = "full" if args.preset == "official" else args.preset
+    cfg.layers = args.layers
     cfg.device = args.device
     cfg.dtype = args.dtype or ("bf16" if str(args.device).startswith("cuda") else "fp32")
+    cfg.merge_lora = {"auto": None, "on": True, "off": False}[args.merge_lora]
     if args.policies:
         cfg.policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
         unknown = set(cfg.policies) - set(POLICIES)
@@ -756,15 +836,21 @@ def config_from_args(args) -> BenchConfig:
         cfg.threads = torch.get_num_threads()
     if args.no_memory:
         cfg.memory = False
+    if args.skip_extras:
+        cfg.extras = False
+    if args.update_docs:
+        cfg.out_dir, cfg.docs_path, cfg.img_dir = TRACKED_RESULTS, TRACKED_DOCS, TRACKED_IMG
     if args.out_dir is not None:
         cfg.out_dir = Path(args.out_dir)
+        if not args.update_docs:
+            cfg.docs_path, cfg.img_dir = cfg.out_dir / "benchmarks.md", cfg.out_dir / "img"
     if args.docs is not None:
         cfg.docs_path = Path(args.docs) if args.docs else None
     if args.img_dir is not None:
         cfg.img_dir = Path(args.img_dir) if args.img_dir else None
-    if mode == "smoke" and args.docs is None:
+    if mode == "smoke" and args.docs is None and not args.update_docs:
         cfg.docs_path = None
-    if mode == "smoke" and args.img_dir is None:
+    if mode == "smoke" and args.img_dir is None and not args.update_docs:
         cfg.img_dir = None
     return cfg
 
@@ -776,6 +862,8 @@ def main(argv=None) -> int:
         return 0
     cfg = config_from_args(args)
     if args.model:
+        if args.update_docs:
+            cfg.out_dir = TRACKED_RESULTS
         return quality_mode(args.model, cfg)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
