@@ -11,6 +11,7 @@ Two parts:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -383,6 +384,14 @@ def test_stop_marks_jobs_interrupted(tmp_path):
 
 
 # ================================================================================================ real server
+def cli_env() -> dict:
+    """The environment for ``python -m seedstory_core.batch`` in a subprocess: this checkout first on PYTHONPATH
+    (the pack is not pip-installed: the README runs it from the repository folder)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
 def _summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())["jobs"]
 
@@ -404,7 +413,8 @@ def test_cli_end_to_end_with_an_invalid_job_then_resume(comfy_server, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "seedstory_core.batch", str(jobs), "-o", str(out), "-s", comfy_server.base_url,
            "--print-storybooks", "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                          env=cli_env())
     assert proc.returncode == 1, proc.stderr  # some jobs invalid
     recs = _summary(out)
     assert {k: r["status"] for k, r in recs.items()} == {"boat": "ok", "empty": "invalid", "caps": "ok",
@@ -432,7 +442,8 @@ def test_cli_end_to_end_with_an_invalid_job_then_resume(comfy_server, tmp_path):
     assert proc.stdout.split() == [recs["boat"]["storybook"], recs["caps"]["storybook"]]
 
     # resume: the ok jobs are skipped, the invalid ones tried again (and still invalid)
-    proc2 = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    proc2 = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                          env=cli_env())
     assert proc2.returncode == 1
     recs2 = _summary(out)
     for jid in ("boat", "caps"):

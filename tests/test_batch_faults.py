@@ -612,6 +612,14 @@ def _cli(jobs_file: Path, out: Path, *servers: str, extra=()) -> list:
     return cmd + list(extra)
 
 
+def cli_env() -> dict:
+    """The environment for ``python -m seedstory_core.batch`` in a subprocess: this checkout first on PYTHONPATH
+    (the pack is not pip-installed: the README runs it from the repository folder)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
 def _write_jobs(path: Path, objs) -> Path:
     path.write_text("".join(json.dumps(o) + "\n" for o in objs))
     return path
@@ -672,7 +680,7 @@ def test_real_ctrl_c_interrupts_the_prompt_on_the_server_and_records_the_job(com
     out = tmp_path / "out"
 
     # ---- one Ctrl-C: the prompt is interrupted on the server, the job recorded, exit 130
-    proc = subprocess.Popen(_cli(jobs, out, comfy_server.base_url), cwd=tmp_path, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_cli(jobs, out, comfy_server.base_url), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         pid = _running_prompt(client, proc)
@@ -705,7 +713,7 @@ def test_real_ctrl_c_interrupts_the_prompt_on_the_server_and_records_the_job(com
 
     # ---- two Ctrl-C: out at once; the running job is still recorded and the server still told to stop
     out2 = tmp_path / "out2"
-    proc = subprocess.Popen(_cli(jobs, out2, comfy_server.base_url), cwd=tmp_path, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_cli(jobs, out2, comfy_server.base_url), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         pid2 = _running_prompt(client, proc)
@@ -756,7 +764,7 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
     try:
         # ---- run 1 on A, killed mid-batch
         proc = subprocess.Popen(_cli(jobs, out, a.base_url, extra=["--retries", "1", "--backoff", "0.5"]),
-                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         client_a = a.client()
         try:
             deadline = time.monotonic() + 600
@@ -791,7 +799,7 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
 
         # ---- run 2 (resume) on a new server B
         b = start(comfy_server.comfy_dir, python=sys.executable, scratch_dir=tmp_path / "srvB")
-        proc2 = subprocess.run(_cli(jobs, out, b.base_url), cwd=tmp_path, capture_output=True, text=True,
+        proc2 = subprocess.run(_cli(jobs, out, b.base_url), cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
                                timeout=900)
         assert proc2.returncode == 0, proc2.stderr[-3000:]
         recs2 = _summary(out)
