@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -125,8 +127,11 @@ def cached_load(kind: str, key: Any, load: Callable[[], Any]) -> Any:
         hit = _CACHE.get(kind)
         if hit is not None and hit[0] == key:
             return hit[1]
+    t0 = time.perf_counter()
     value = load()
     LOAD_COUNTS[kind] += 1
+    # one line per real load (a cache hit logs nothing), so a server log shows how often models were loaded
+    logging.info("[SeedStory] loaded %s in %.1f s", kind, time.perf_counter() - t0)
     with _LOCK:
         _CACHE[kind] = (key, value)
     return value
