@@ -60,7 +60,9 @@ def copy_pack(target: str | os.PathLike, root: Path = REPO_ROOT) -> Path:
     target = Path(os.path.abspath(target))
     real_root = root.resolve()
     where = target.parent.resolve() / target.name  # a symlink at target is replaced, not followed
-    if where == real_root or real_root in where.parents:
+    # inside the repository only under a folder that is never copied (e.g. .comfyui/ComfyUI-0.30.0/custom_nodes)
+    if where == real_root or (real_root in where.parents
+                              and where.relative_to(real_root).parts[0] not in EXCLUDE_DIRS):
         raise ValueError(f"refusing to copy the pack into itself: {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new.", dir=target.parent))

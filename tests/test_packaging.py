@@ -126,6 +126,12 @@ def test_pack_copy_is_what_a_user_gets(tmp_path):
     assert not (target / "stale.txt").exists()
     with pytest.raises(ValueError):
         copy_pack(REPO / "nodes" / "copy")
+    with pytest.raises(ValueError):
+        copy_pack(REPO)
+    # the provisioned ComfyUIs live in the repository's (never copied) .comfyui folder: allowed there
+    from install_pack import EXCLUDE_DIRS
+
+    assert ".comfyui" in EXCLUDE_DIRS
 
 
 def test_pip_install_gives_the_seedstory_batch_command(tmp_path):
