@@ -953,7 +953,10 @@ class SeedStoryAgent(nn.Module):
         plan: Dict[str, Any] = {}
 
         def sig(t: torch.Tensor):
-            return (id(t), t._version, t.data_ptr(), t.dtype, t.device)
+            # tensors made under torch.inference_mode (ComfyUI loads and runs nodes under it) have no version
+            # counter; they cannot be changed in place outside inference mode, so identity and storage suffice
+            version = -1 if t.is_inference() else t._version
+            return (id(t), version, t.data_ptr(), t.dtype, t.device)
 
         for name, module in self.decoder.named_modules():
             if hasattr(module, "base_layer") and hasattr(module, "lora_A"):  # peft LoRA Linear

@@ -379,3 +379,14 @@ def test_inference_decoder_leaves_training_intact_and_rebuilds_after_updates():
     embeds = torch.randn(1, 5, agent.hidden_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(_decode_hidden(second, embeds), _decode_hidden(agent.decoder, embeds), rtol=1e-4, atol=1e-5)
+
+
+def test_inference_decoder_works_on_an_agent_built_under_inference_mode():
+    """ComfyUI loads models and runs nodes under torch.inference_mode: inference tensors have no version counter."""
+    with torch.inference_mode():
+        agent = randomize(SeedStoryAgent.build(small_config()), seed=5).eval()
+        embeds = torch.randn(1, 4, agent.hidden_size, generator=torch.Generator().manual_seed(2))
+        merged = agent.inference_decoder()
+        assert agent.inference_decoder() is merged  # cached: the fingerprint is stable for inference tensors
+        torch.testing.assert_close(_decode_hidden(merged, embeds), _decode_hidden(agent.decoder, embeds),
+                                   rtol=1e-4, atol=1e-5)
