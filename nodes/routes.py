@@ -16,6 +16,7 @@ without ComfyUI.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Tuple
@@ -60,6 +61,21 @@ def resolve_storybook_file(output_dir: str | os.PathLike, relative: str) -> Tupl
     return path, kind
 
 
+def client_message(err: Exception, output_dir: str | os.PathLike) -> str:
+    """The refusal text for an HTTP client: the reason, without absolute server paths.
+
+    A refusal from :func:`nodes.paths.resolve_inside` for a symbolic link names where the link leads and the
+    output folder's absolute path; those stay in the server log. Text-only refusals name just the client's own
+    path and are returned unchanged.
+    """
+    text = str(err)
+    real = os.path.realpath(os.fspath(output_dir))
+    if " resolves to " in text or real in text or os.fspath(output_dir) in text:
+        return ("SeedStory storybook route: the path leads outside ComfyUI's output folder (through a symbolic "
+                "link); only storybook files inside that folder are served.")
+    return text
+
+
 def register() -> bool:
     """Add the route to ComfyUI's server (once). Returns False when ComfyUI's server is not there."""
     global _registered
@@ -80,7 +96,8 @@ def register() -> bool:
         try:
             path, kind = resolve_storybook_file(folder_paths.get_output_directory(), request.match_info["path"])
         except SeedStoryInputError as e:
-            return web.Response(status=400, text=str(e))
+            logging.warning("%s", e)  # the full reason, which may name absolute server paths, stays in the log
+            return web.Response(status=400, text=client_message(e, folder_paths.get_output_directory()))
         except StorybookNotFound as e:
             return web.Response(status=404, text=str(e))
         return web.FileResponse(path, headers={"Content-Type": kind, "Content-Disposition": "inline",

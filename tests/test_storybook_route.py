@@ -77,3 +77,17 @@ def test_register_is_a_no_op_without_comfyui(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "server", None)  # `import server` raises ImportError
     monkeypatch.setattr(routes, "_registered", False)
     assert routes.register() is False
+
+
+def test_client_message_never_names_server_paths(output):
+    """The HTTP answer to a refused path keeps absolute server paths (the link's target, the output folder) out."""
+    for rel in HOSTILE:
+        with pytest.raises(SeedStoryInputError) as err:
+            routes.resolve_storybook_file(output, rel)
+        shown = routes.client_message(err.value, output)
+        assert str(output.parent) not in shown and os.path.realpath(output.parent) not in shown, (rel, shown)
+        assert shown.startswith("SeedStory storybook route")
+    with pytest.raises(SeedStoryInputError) as err:
+        routes.resolve_storybook_file(output, "seedstory/escape/index.html")
+    assert str(output.parent) in str(err.value)  # the full reason (for the log) does name them
+    assert "outside ComfyUI's output folder" in routes.client_message(err.value, output)
