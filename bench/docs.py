@@ -97,7 +97,11 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
     L.append(
         f"- `reencode_over_multimodal_sink`: the official loop (the window prompt re-encoded from scratch every step and "
         f"the image tokens forced one decode step at a time, as `gen_george.py` does) over our paper-rule multimodal "
-        f"sink (uncapped), per step at frame {hi}.")
+        f"sink (uncapped), per step at frame {hi}; paired like the step ratio ("
+        f"{ratios.get('paired_reencode_over_multimodal_sink_pairs', '—')} pairs, range "
+        f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_min'), 3)}–"
+        f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_max'), 3)}); the unpaired ratio of the table "
+        f"medians is `reencode_over_multimodal_sink_at_{hi}` below.")
     L.append(
         f"- `forced_over_onepass_image_queries`: the image queries decoded token by token (decoder forwards only, the "
         f"cheapest forced loop) over our single forward, at frame {hi} ({ratios.get('image_queries_context_tokens')} cached "

@@ -360,10 +360,17 @@ def measure_step_pair(engine, states: Dict, policy: str, lo: int, hi: int, cfg: 
     frames ``lo - 1`` and ``hi - 1`` (states are immutable, so stepping from them again *is* frame lo / hi) are
     timed alternately, ``cfg.reps * cfg.pool_frames`` pairs; returns the median of the per-pair ratios and the
     medians of both. Robust to a CPU shared with other jobs: each pair runs back to back."""
-    decoding = decoding_for(cfg)
     a_state, b_state = states.get((policy, lo - 1)), states.get((policy, hi - 1))
     if a_state is None or b_state is None or lo < 2:
         return {}
+    return measure_state_pair(engine, a_state, b_state, cfg)
+
+
+@torch.no_grad()
+def measure_state_pair(engine, a_state, b_state, cfg: BenchConfig) -> Dict[str, float]:
+    """One story step from ``a_state`` and one from ``b_state``, timed back to back (order alternating),
+    ``max(3, cfg.reps * cfg.pool_frames)`` pairs; ``ratio`` = median of (time b / time a)."""
+    decoding = decoding_for(cfg)
     probe = PhaseProbe(cfg.device)
     ta, tb, ratios = [], [], []
     with probe.installed():
@@ -546,8 +553,10 @@ def compute_ratios(summary: List[dict], iq: Optional[dict], cfg: BenchConfig, de
             key = "kv_bytes_work" if p == "reencode_window" else "kv_bytes"
             lines.append((f"kv_bytes_{p}_over_dense_at_{hi}", div(_get(summary, p, hi, key), _get(summary, "dense", hi, "kv_bytes"))))
     for p, pr in pairs.items():
-        if pr:
+        if pr and p != "reencode_over_multimodal_sink":
             lines.append((f"step{hi}_over_step{lo}_{p}_paired", pr["ratio"]))
+    if pairs.get("reencode_over_multimodal_sink"):
+        lines.append((f"reencode_over_multimodal_sink_at_{hi}_paired", pairs["reencode_over_multimodal_sink"]["ratio"]))
     if decode:
         lines.append(("decode_ours_ms_per_token", decode["ours_ms_per_token"]))
         lines.append(("decode_plain_transformers_ms_per_token", decode["plain_ms_per_token"]))
@@ -557,7 +566,8 @@ def compute_ratios(summary: List[dict], iq: Optional[dict], cfg: BenchConfig, de
         "step50_over_step5_default": (pairs["default"]["ratio"] if pairs.get("default") else
                                       div(_get(summary, "default", hi, "total_s"), _get(summary, "default", lo, "total_s"))),
         "kv_bytes_default_over_dense_at_50": div(_get(summary, "default", hi, "kv_bytes"), _get(summary, "dense", hi, "kv_bytes")),
-        "reencode_over_multimodal_sink": div(_get(summary, "reencode_window", hi, "total_s"), _get(summary, mm, hi, "total_s")),
+        "reencode_over_multimodal_sink": (pairs["reencode_over_multimodal_sink"]["ratio"] if pairs.get("reencode_over_multimodal_sink")
+                                          else div(_get(summary, "reencode_window", hi, "total_s"), _get(summary, mm, hi, "total_s"))),
         "forced_over_onepass_image_queries": div(iq["forced_s"], iq["onepass_s"]) if iq else float("nan"),
     }
     return head, lines
@@ -722,6 +732,10 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
                 pairs[p] = measure_step_pair(engine, states, p, lo, hi, cfg)
                 if pairs[p]:
                     log(f"  paired steps {p}: frame {hi} / frame {lo} = {pairs[p]['ratio']:.3f}")
+        mm_prev, re_prev = states.get(("multimodal_sink", hi - 1)), states.get(("reencode_window", hi - 1))
+        if cfg.extras and mm_prev is not None and re_prev is not None:
+            pairs["reencode_over_multimodal_sink"] = measure_state_pair(engine, mm_prev, re_prev, cfg)
+            log(f"  paired steps frame {hi}: reencode_window / multimodal_sink = {pairs['reencode_over_multimodal_sink']['ratio']:.3f}")
     states.pop((iq_policy, hi), None)
     memory = measure_memory(cfg, log) if cfg.memory and not str(cfg.device).startswith("cuda") else {}
     summary = summarize(rows, cfg)
