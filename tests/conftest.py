@@ -80,3 +80,13 @@ def golden_dir(reference) -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def init_bundle(tmp_path_factory):
+    """A random tiny bundle saved to disk (the ``--init bundle:DIR`` of the training-stage tests)."""
+    from seedstory_core.bundle import SeedStoryBundle
+
+    folder = tmp_path_factory.mktemp("init") / "bundle"
+    SeedStoryBundle.random_tiny(0).save(folder)
+    return folder

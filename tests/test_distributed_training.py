@@ -59,13 +59,6 @@ def data_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def init_bundle(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("init") / "bundle"
-    SeedStoryBundle.random_tiny(0).save(folder)
-    return folder
-
-
 def _common(data_dir, init_bundle, extra):
     return ["--data", str(data_dir), "--init", f"bundle:{init_bundle}", "--max-steps", str(STEPS), "--warmup-steps", "1",
             "--lr", "1e-3", "--no-progress", "--resume", "none", "--seed", "3", *extra]

@@ -53,13 +53,6 @@ def data_dir(tmp_path_factory, records):
     return root
 
 
-@pytest.fixture(scope="module")
-def init_bundle(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("init") / "bundle"
-    SeedStoryBundle.random_tiny(0).save(folder)
-    return folder
-
-
 def _load(folder):
     return SeedStoryBundle.load(folder)
 
