@@ -12,10 +12,12 @@ For every workflows/*.json:
     links; ``_meta`` ignored);
   * a screenshot of the canvas.
 And one test queues the tiny-model story from the UI (the Run button), waits for the frames to show up in the
-Save Story node, and screenshots the canvas and the storybook page it wrote.
+Save Story node, and screenshots the canvas and the storybook page it wrote. And one test opens the frontend's
+node help for a SeedStory node (select it, the selection toolbox's Info button: the right side panel's Info tab,
+which fetches /extensions/seedstory/docs/<NodeId>.md from our WEB_DIRECTORY) and checks that it shows our page.
 
 Screenshots go to this run's pytest temp folder; they are copied to docs/img/ (workflow_<name>.png,
-workflow_seedstory_tiny_story_run.png, storybook_sample.png) when a file there is missing or
+workflow_seedstory_tiny_story_run.png, storybook_sample.png, node_help_panel.png) when a file there is missing or
 ``SEEDSTORY_UPDATE_DOCS_IMG=1`` -- so a plain test run never dirties the checkout.
 
 Without Chromium / Node / playwright-core the module is skipped with the reason, except under ``CI=true`` (or
@@ -293,3 +295,52 @@ def test_queue_tiny_story_from_the_ui(server, browser, tmp_path):
     assert len(page["images"]) == frames and all(ok and w > 0 for ok, w in page["images"]), page["images"]
     publish(book_shot, "storybook_sample.png")
     sys.stderr.write(f"\n[test_browser] UI run: {out['run_ms'] / 1000:.1f} s from click to frames; {run_shot}\n")
+
+
+# ------------------------------------------------------------------------------------------------ in-app node help
+HELP_NODE = "SeedStoryGenerateStory"
+WEB_DOCS = REPO_ROOT / "web" / "docs"
+
+
+def _markdown_plain(line: str) -> str:
+    """A one-line markdown paragraph as the browser's innerText shows it (emphasis and code marks dropped)."""
+    return line.replace("**", "").replace("*", "").replace("`", "").strip()
+
+
+def test_node_help_panel_shows_our_docs_page(server, browser, tmp_path):
+    """Select a SeedStory node, press the selection toolbox's Info button: the panel renders web/docs/<NodeId>.md.
+
+    Frontend 1.47 (ComfyUI 0.30.0): the Info button opens the right side panel on its Info tab; that tab's node
+    help fetches ``/extensions/<pack folder>/docs/<NodeId>/<locale>.md``, then ``/extensions/<pack>/docs/<NodeId>.md``
+    (our WEB_DIRECTORY), and falls back to the node's description and an inputs table when neither is there.
+    What is checked comes from the page itself, and none of it is in that fallback: its title, the search-alias
+    line (the generator writes it from SEARCH_ALIASES, not from the node's description) and the columns of its
+    inputs table (the fallback table has name / type / description only).
+    """
+    page_md = (WEB_DOCS / f"{HELP_NODE}.md").read_text(encoding="utf-8").splitlines()
+    title = next(line[2:].strip() for line in page_md if line.startswith("# "))
+    aliases = _markdown_plain(next(line for line in page_md if line.startswith("Also found in the node search as")))
+    columns = [c.strip() for c in next(line for line in page_md if line.startswith("| input |")).strip("|").split("|")]
+    assert "range" in columns and "default" in columns, columns  # the columns only our page has
+
+    shot = tmp_path / "node_help_panel.png"
+    out = drive({"action": "help", "base": server.base_url, "node": HELP_NODE, "expect": [title, aliases],
+                 "shot": str(shot)}, browser, timeout=180)
+    assert not out["log"]["page_errors"], out["log"]["page_errors"]
+    assert out["selected"] == [HELP_NODE]
+    # the panel rendered our markdown (not the fallback), fetched from our pack's web folder
+    fetched = {d["path"]: d for d in out["docs"]}
+    ours = f"/extensions/{MODULE}/docs/{HELP_NODE}.md"
+    assert ours in fetched, out["docs"]
+    assert fetched[ours]["status"] == 200 and "html" not in fetched[ours]["content_type"], fetched[ours]
+    assert title in out["headings"], out["headings"]
+    assert aliases in out["text"], out["text"][:2000]
+    assert [c for c in columns if c not in out["table_headers"]] == [], (columns, out["table_headers"])
+    # every input of the node is named in the panel
+    inputs = server.object_info()[HELP_NODE]["input"]
+    names = [k for sec in ("required", "optional") for k in inputs.get(sec, {})]
+    assert [n for n in names if n not in out["text"]] == [], names
+    left, top, width, height = out["box"]
+    assert width > 200 and height > 200, out["box"]
+    assert png_size(shot) == (1600, 1000)
+    publish(shot, "node_help_panel.png")

@@ -5,7 +5,7 @@
 // job (JSON on stdin):
 //   { "base": "http://127.0.0.1:PORT",        // the ComfyUI server (tests: fixture comfy_server)
 //     "chromium": "/usr/bin/chromium",         // optional; else $CHROMIUM or /usr/bin/chromium
-//     "action": "check" | "queue" | "shot",
+//     "action": "check" | "queue" | "shot" | "help",
 //     check: "module": "seedstory", "workflows": [names], "shots": DIR
 //       -> per workflow: load it the way the template browser does (GET /api/workflow_templates/<module>/<name>.json,
 //          then app.loadGraphData(json, true, true, name)), list the nodes (registered? widget values) and any
@@ -15,6 +15,11 @@
 //       -> loads the workflow, sets the listed widgets, clicks the Run (queue) button, waits until the node shows
 //          N loaded images, screenshots the canvas
 //     shot: "url", "shot": PNG, "viewport": [w, h]   -> a plain page screenshot (the storybook)
+//     help: "node": node type (e.g. SeedStoryGenerateStory), "expect": [texts], "shot": PNG
+//       -> on an empty canvas adds that node, selects it with a mouse click on its title, clicks the selection
+//          toolbox's Info button (frontend >= 1.3x: opens the right side panel's Info tab, which renders the node's
+//          help page fetched from /extensions/<pack>/docs/<NodeId>.md), waits until the panel shows every "expect"
+//          text, screenshots the page; returns the panel's text, the docs URLs fetched (with status) and the panel box
 //   }
 // Prints one JSON object on stdout; errors -> {"error": "..."} and exit code 1.
 // Only the server's own origin is reachable: every other request (api.comfy.org, fonts, ...) is aborted so runs
@@ -226,10 +231,81 @@ async function actionShot(job) {
   }
 }
 
+async function actionHelp(job, log) {
+  await presetSettings(job.base);
+  const browser = await openBrowser(job);
+  try {
+    const page = await openComfy(browser, job.base, log);
+    const docs = [];  // every help-page request the panel makes (custom nodes: /extensions/<pack>/docs/...)
+    page.on('response', (r) => {
+      const u = new URL(r.url());
+      if (u.pathname.includes('/docs/') && u.pathname.endsWith('.md')) {
+        docs.push({ path: u.pathname, status: r.status(), content_type: r.headers()['content-type'] || '' });
+      }
+    });
+    // An empty canvas with the node at a known place, at scale 1.
+    const title = await page.evaluate((type) => {
+      const app = window.app;
+      app.canvas.deselectAll?.();
+      app.graph.clear();
+      const node = window.LiteGraph.createNode(type);
+      if (!node) throw new Error(`node type ${type} is not registered`);
+      node.pos = [220, 160];
+      app.graph.add(node);
+      app.canvas.ds.offset = [0, 0];
+      app.canvas.ds.scale = 1;
+      app.canvas.setDirty(true, true);
+      const th = window.LiteGraph.NODE_TITLE_HEIGHT;
+      const [x, y] = app.canvas.ds.convertCanvasToOffset([node.pos[0] + 60, node.pos[1] - th / 2]);
+      const box = app.canvas.canvas.getBoundingClientRect();
+      return { x: box.left + x, y: box.top + y, id: node.id };
+    }, job.node);
+    await page.waitForTimeout(300);
+    await page.mouse.click(title.x, title.y);  // select it as a user does: a click on its title bar
+    const selected = await page.evaluate(() => Object.values(window.app.canvas.selected_nodes || {}).map((n) => n.type));
+    if (selected.length !== 1 || selected[0] !== job.node) {
+      throw new Error(`clicking the title did not select the node (selected: ${JSON.stringify(selected)})`);
+    }
+    const info = page.locator('[data-testid="selection-toolbox"] [data-testid="info-button"]');
+    await info.waitFor({ state: 'visible', timeout: 30000 });
+    await info.click();
+    // The Info tab renders the fetched markdown into .node-help-content .markdown-content (NodeHelpContent);
+    // on a failed fetch it shows a fallback (description + inputs table) instead, without .markdown-content.
+    const panel = page.locator('.node-help-content .markdown-content');
+    await panel.first().waitFor({ state: 'visible', timeout: 30000 });
+    await page.waitForFunction((want) => {
+      const el = document.querySelector('.node-help-content .markdown-content');
+      const text = (el && el.innerText) || '';
+      return want.every((w) => text.includes(w));
+    }, job.expect || [], { timeout: 30000, polling: 200 }).catch(async (e) => {
+      const text = await page.evaluate(() => document.querySelector('.node-help-content')?.innerText || '(no panel)');
+      throw new Error(`the help panel does not show ${JSON.stringify(job.expect)}; it shows: ${text.slice(0, 800)} (${e})`);
+    });
+    await page.waitForTimeout(500);  // images/fonts settle
+    const shown = await page.evaluate(() => {
+      const el = document.querySelector('.node-help-content .markdown-content');
+      const tab = document.querySelector('[data-testid="panel-tab-info"]');
+      const r = el.getBoundingClientRect();
+      return {
+        text: el.innerText,
+        headings: [...el.querySelectorAll('h1, h2, h3')].map((h) => h.innerText.trim()),
+        table_headers: [...el.querySelectorAll('th')].map((h) => h.innerText.trim()),
+        box: [r.left, r.top, r.width, r.height],
+        info_tab_selected: tab ? (tab.getAttribute('aria-selected') || tab.getAttribute('data-state')) : null,
+      };
+    });
+    fs.mkdirSync(path.dirname(job.shot), { recursive: true });
+    await page.screenshot({ path: job.shot });
+    return { ...shown, docs, selected, screenshot: job.shot };
+  } finally {
+    await browser.close();
+  }
+}
+
 async function main() {
   const job = JSON.parse(await readStdin());
   const log = { blocked: [], console_errors: [], page_errors: [] };
-  const actions = { check: actionCheck, queue: actionQueue, shot: actionShot };
+  const actions = { check: actionCheck, queue: actionQueue, shot: actionShot, help: actionHelp };
   if (!actions[job.action]) throw new Error(`unknown action ${job.action}`);
   const t0 = Date.now();
   const out = await actions[job.action](job, log);
