@@ -3,6 +3,7 @@
 #
 #   bash scripts/setup_browser.sh [--no-apt] [--check]
 #
+#   0. Debian `curl` (the README's API example runs as written)  -- skipped when curl is on PATH
 #   1. Debian `chromium` (apt-get; as root, or with sudo)  -- skipped when $CHROMIUM or /usr/bin/chromium runs
 #   2. npm `playwright-core` at the version pinned in tests/browser/package.json + package-lock.json, with `npm ci`
 #      into tests/browser/node_modules (git-ignored)        -- skipped when that version is already there.
@@ -38,6 +39,17 @@ command -v node >/dev/null || die "node is not on PATH (Node.js >= 20 is needed;
 command -v npm >/dev/null || die "npm is not on PATH"
 NODE_MAJOR="$(node -p 'process.versions.node.split(".")[0]')"
 (( NODE_MAJOR >= 20 )) || die "Node.js $(node --version) is too old: playwright-core needs >= 20"
+
+# 0. curl (the README's API example is run as written by tests/test_docs.py) -------------------
+if ! command -v curl >/dev/null 2>&1; then
+  (( CHECK_ONLY )) && die "curl not found"
+  (( USE_APT )) || die "curl not found; run: apt-get update && apt-get install -y curl"
+  SUDO=()
+  [[ $(id -u) -ne 0 ]] && SUDO=(sudo)
+  log "installing Debian curl: apt-get install -y curl"
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq curl >/dev/null
+fi
 
 # 1. chromium --------------------------------------------------------------------------------
 chromium_ok() { [[ -x "$CHROMIUM" ]] && "$CHROMIUM" --version >/dev/null 2>&1; }

@@ -262,8 +262,9 @@ def test_api_command_from_readme_against_real_server(comfy_dir, tmp_path):
     batch = [c for _f, c in ALL if c.startswith("python -m seedstory_core.batch jobs.jsonl")]
     assert batch, "README shows the batch command"
     if shutil.which("curl") is None:
-        # curl is a system tool scripts/setup_env.sh does not install: not required by CI=true alone
-        require_or_skip("curl is not installed (apt-get install curl)", "SEEDSTORY_REQUIRE_CURL", in_ci=False)
+        # scripts/setup_env.sh installs curl (through scripts/setup_browser.sh): required under CI=true
+        require_or_skip("curl is not installed (apt-get install curl, or bash scripts/setup_browser.sh)",
+                        "SEEDSTORY_REQUIRE_CURL")
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 8188)) == 0:
             if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
