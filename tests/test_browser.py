@@ -4,14 +4,18 @@ Driver: tests/browser/drive.mjs (Node, npm ``playwright-core`` pinned in tests/b
 ``chromium``; no browser download). ``bash scripts/setup_browser.sh`` installs both.
 
 For every workflows/*.json:
-  * load it the way the template browser does (GET /api/workflow_templates/seedstory/<name>.json, then
-    ``app.loadGraphData``) after pre-setting first-run settings through /api/settings;
+  * load it from the frontend's template browser as a user does (after pre-setting first-run settings through
+    /api/settings): the left sidebar's Templates button, the dialog's "Extensions" > ``seedstory`` category (custom-node
+    templates, listed from GET /api/workflow_templates), a click on the workflow's card; the click must fetch
+    /api/workflow_templates/seedstory/<name>.json and open a workflow tab named <name>. The dialog must list
+    exactly our workflows there, each card with its thumbnail (workflows/<name>.jpg) loaded. No workflow is loaded
+    any other way (no direct fetch, no ``app.loadGraphData`` call of ours);
   * no node is missing (every type registered from /object_info, no missing-nodes dialog, no node errors) and
     every widget shows the value saved in the file;
   * the frontend's own ``app.graphToPrompt()`` gives exactly the API twin in workflows/api/ (class types, inputs,
     links; ``_meta`` ignored);
   * a screenshot of the canvas.
-And one test queues the tiny-model story from the UI (the Run button), waits for the frames to show up in the
+And one test loads the tiny-model story the same way, queues it from the UI (the Run button), waits for the frames to show up in the
 Save Story node, and screenshots the canvas and the storybook page it wrote. And one test opens the frontend's
 node help for a SeedStory node (select it, the selection toolbox's Info button: the right side panel's Info tab,
 which fetches /extensions/seedstory/docs/<NodeId>.md from our WEB_DIRECTORY) and checks that it shows our page.
@@ -154,7 +158,7 @@ def strip(prompt: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ every workflow
 @pytest.fixture(scope="module")
 def loaded(server, browser, tmp_path_factory):
-    """One browser session: each workflow loaded through the template route, described, converted, screenshot."""
+    """One browser session: each workflow loaded by a click in the template browser, described, converted, screenshot."""
     shots = tmp_path_factory.mktemp("browser_shots")
     _INFO.update(server.object_info())  # what this server offers (model-file combos)
     t0 = time.monotonic()
@@ -182,15 +186,40 @@ def _missing_model_values(info: dict, node_type: str, node: dict) -> list:
             or (w["name"] in combos and not combos[w["name"]])]
 
 
-def test_template_browser_lists_every_workflow(server):
+def test_template_browser_lists_every_workflow(server, loaded):
+    """The server lists our workflows as custom-node templates, and the frontend's Templates dialog shows them.
+
+    In the dialog (frontend 1.47.12), custom-node modules are items of the left nav's "Extensions" group; ours,
+    ``seedstory``, holds one card per workflows/*.json, each with its thumbnail fetched from
+    /api/workflow_templates/seedstory/<name>.jpg and decoded by the browser.
+    """
     listed = server.get("/api/workflow_templates").json()
     assert sorted(listed.get(MODULE, [])) == NAMES, listed
+    for name in NAMES:  # what the dialog showed each time it was opened to click a card
+        got = loaded["workflows"][name]
+        assert MODULE in got.get("extensions", []), (name, got.get("extensions"), got.get("error"))
+        cards = {c["name"]: c for c in got["listed"]}
+        assert sorted(cards) == NAMES, (name, sorted(cards))
+        for card, info in cards.items():
+            assert len(info["thumbnails"]) == 1, (card, info)
+            complete, width, height = info["thumbnails"][0]
+            assert complete and width > 0 and height > 0, f"{card}: the card's thumbnail did not load: {info}"
+            assert card in info["text"], (card, info["text"])
+    # the thumbnails came from our pack (workflows/<name>.jpg), served as JPEG
+    fetched = {r["path"]: r for w in loaded["workflows"].values() for r in w.get("requests", [])}
+    for name in NAMES:
+        jpg = fetched.get(f"/api/workflow_templates/{MODULE}/{name}.jpg")
+        assert jpg and jpg["status"] == 200 and jpg["content_type"] == "image/jpeg", (name, jpg)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_loads_with_no_missing_nodes_and_saved_widget_values(loaded, name):
     got = loaded["workflows"][name]
+    # loaded by the click on its card: that click fetched our template and opened a workflow tab of that name
+    assert got.get("via") == "template-browser" and not got.get("error"), got
     assert got.get("http_status") == 200, got
+    assert got["template_url"] == f"/api/workflow_templates/{MODULE}/{name}.json", got["template_url"]
+    assert got["active_workflow"] == name, got["active_workflow"]
     ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
     assert not got["dialogs"], f"{name}: a dialog opened on load (missing nodes?): {got['dialogs']}"
     # node ids are numbers in the file; frontend 1.47 (ComfyUI 0.30.0) reports them as strings
@@ -267,6 +296,11 @@ def test_queue_tiny_story_from_the_ui(server, browser, tmp_path):
                  "node": SAVE_NODE, "frames": frames, "set": [[GENERATE_NODE, "seed", RUN_SEED]],
                  "shot": str(run_shot), "timeout_ms": 200_000}, browser, timeout=260)
     assert not out["log"]["page_errors"], out["log"]["page_errors"]
+    # loaded by a click on its card in the template browser
+    load = out["load"]
+    assert load["via"] == "template-browser" and load["http_status"] == 200, load
+    assert load["template_url"] == f"/api/workflow_templates/{MODULE}/{RUN_WORKFLOW}.json", load
+    assert load["active_workflow"] == RUN_WORKFLOW, load
     response = out["prompt_response"]
     assert response["node_errors"] == {}, response
     # what the node shows: the frames written by Save Story, served by /view

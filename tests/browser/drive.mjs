@@ -7,13 +7,15 @@
 //     "chromium": "/usr/bin/chromium",         // optional; else $CHROMIUM or /usr/bin/chromium
 //     "action": "check" | "queue" | "shot" | "help",
 //     check: "module": "seedstory", "workflows": [names], "shots": DIR
-//       -> per workflow: load it the way the template browser does (GET /api/workflow_templates/<module>/<name>.json,
-//          then app.loadGraphData(json, true, true, name)), list the nodes (registered? widget values) and any
-//          dialogs (missing nodes), run the frontend's own app.graphToPrompt(), screenshot DIR/workflow_<name>.png
+//       -> per workflow: load it from the template browser as a user does (sidebar Templates button, the dialog's
+//          Extensions > <module> category, a click on the workflow's card; see loadTemplate), list the nodes
+//          (registered? widget values) and any dialogs (missing nodes), run the frontend's own app.graphToPrompt(),
+//          screenshot DIR/workflow_<name>.png; also what the dialog listed (cards, thumbnails) and the
+//          /api/workflow_templates/<module>/... requests the clicks made
 //     queue: "module", "workflow", "node": SaveStory node id, "frames": N, "set": [[node, widget, value]...],
 //            "shot": PNG, "timeout_ms"
-//       -> loads the workflow, sets the listed widgets, clicks the Run (queue) button, waits until the node shows
-//          N loaded images, screenshots the canvas
+//       -> loads the workflow from the template browser (as in check), sets the listed widgets, clicks the Run
+//          (queue) button, waits until the node shows N loaded images, screenshots the canvas
 //     shot: "url", "shot": PNG, "viewport": [w, h]   -> a plain page screenshot (the storybook)
 //     help: "node": node type (e.g. SeedStoryGenerateStory), "expect": [texts], "shot": PNG
 //       -> on an empty canvas adds that node, selects it with a mouse click on its title, clicks the selection
@@ -95,15 +97,88 @@ async function openComfy(browser, base, log) {
   return page;
 }
 
-// In the page: load a workflow exactly like the template browser does, then describe what the canvas holds.
-async function loadTemplate(page, module, name) {
-  return page.evaluate(async ({ module, name }) => {
-    const res = await fetch(`/api/workflow_templates/${module}/${name}.json`);
-    if (!res.ok) return { http_status: res.status };
-    const wf = await res.json();
-    await window.app.loadGraphData(wf, true, true, name);
-    return { http_status: res.status };
-  }, { module, name });
+// The template browser, driven as a user drives it (frontend 1.47.12, ComfyUI 0.30.0's pin; selectors read from its
+// bundle, components SidebarTemplatesButton and WorkflowTemplateSelectorDialog):
+//   * the left sidebar's Templates button (class `templates-tab-button`) opens the dialog
+//     (role=dialog, aria-labelledby="global-workflow-template-selector");
+//   * its left <nav> has a collapsible "Extensions" group with one item (role=button, the module name as its label)
+//     per custom-node module that GET /api/workflow_templates lists; clicking ours shows only our templates;
+//   * each template is a card with data-testid="template-workflow-<name>" and a thumbnail fetched from
+//     /api/workflow_templates/<module>/<name>.jpg; clicking a card fetches /api/workflow_templates/<module>/<name>.json,
+//     closes the dialog and loads the graph (app.loadGraphData, a new workflow tab named <name>).
+const TEMPLATE_DIALOG = '[role="dialog"][aria-labelledby="global-workflow-template-selector"]';
+const CARD_PREFIX = 'template-workflow-';
+
+function watchTemplateRequests(page, module) {
+  const seen = [];  // every /api/workflow_templates/<module>/... response (the card thumbnails, the template JSON)
+  page.on('response', (r) => {
+    const u = new URL(r.url());
+    if (u.pathname.startsWith(`/api/workflow_templates/${module}/`)) {
+      seen.push({ path: decodeURIComponent(u.pathname), status: r.status(),
+        content_type: r.headers()['content-type'] || '' });
+    }
+  });
+  return seen;
+}
+
+// Opens the Templates dialog and our module's category; returns what the dialog lists there.
+async function openTemplateBrowser(page, module) {
+  const button = page.locator('.templates-tab-button').first();
+  await button.waitFor({ state: 'visible', timeout: 30000 });
+  await button.click();
+  const dialog = page.locator(TEMPLATE_DIALOG);
+  await dialog.waitFor({ state: 'visible', timeout: 30000 });
+  const nav = dialog.locator('nav');
+  // the "Extensions" group: one item per custom-node module (open by default; a click on its heading toggles it)
+  const heading = nav.locator('h3', { hasText: /^\s*Extensions\s*$/i });
+  await heading.waitFor({ state: 'visible', timeout: 30000 });
+  const item = nav.getByRole('button', { name: module, exact: true });
+  if (!(await item.isVisible())) await heading.click();
+  await item.waitFor({ state: 'visible', timeout: 10000 });
+  const extensions = await heading.evaluate((h) => {
+    const group = h.parentElement.parentElement;
+    return [...group.querySelectorAll('[role="button"]')].map((b) => b.innerText.trim());
+  });
+  await item.click();
+  // the grid then holds our cards only; wait until their thumbnails are decoded (or 15 s, then report as found)
+  const cards = dialog.locator(`[data-testid^="${CARD_PREFIX}"]`);
+  await cards.first().waitFor({ state: 'visible', timeout: 30000 });
+  await page.waitForFunction((sel) => {
+    const imgs = [...document.querySelectorAll(`${sel} img`)];
+    return imgs.length > 0 && imgs.every((im) => im.complete && im.naturalWidth > 0);
+  }, `${TEMPLATE_DIALOG} [data-testid^="${CARD_PREFIX}"]`, { timeout: 15000, polling: 200 }).catch(() => {});
+  const listed = await cards.evaluateAll((els, prefix) => els.map((el) => ({
+    name: el.getAttribute('data-testid').slice(prefix.length),
+    text: (el.innerText || '').slice(0, 300),
+    thumbnails: [...el.querySelectorAll('img')].map((im) => [im.complete, im.naturalWidth, im.naturalHeight]),
+  })), CARD_PREFIX);
+  return { dialog, extensions, listed };
+}
+
+// Loads one of our templates by clicking its card in the template browser; describes what happened.
+async function loadTemplate(page, module, name, seen) {
+  const before = seen.length;
+  const { dialog, extensions, listed } = await openTemplateBrowser(page, module);
+  const card = dialog.locator(`[data-testid="${CARD_PREFIX}${name}"]`);
+  if (!(await card.count())) {
+    await page.keyboard.press('Escape');
+    return { via: 'template-browser', http_status: null, extensions, listed,
+      error: `no card ${CARD_PREFIX}${name} under Extensions > ${module}` };
+  }
+  const wantPath = `/api/workflow_templates/${module}/${name}.json`;
+  const fetched = page.waitForResponse((r) => decodeURIComponent(new URL(r.url()).pathname) === wantPath,
+    { timeout: 30000 });
+  await card.click();
+  const res = await fetched;
+  const template = await res.json();  // what the click fetched; the canvas must end up holding its nodes
+  await dialog.waitFor({ state: 'hidden', timeout: 30000 });  // the dialog closes before the graph loads
+  await page.waitForFunction(({ n, count }) => {
+    const wf = window.app.extensionManager?.workflow?.activeWorkflow;
+    return wf && wf.filename === n && window.app.graph._nodes.length === count;
+  }, { n: name, count: (template.nodes || []).length }, { timeout: 30000, polling: 100 });
+  const active = await page.evaluate(() => window.app.extensionManager.workflow.activeWorkflow.filename);
+  return { via: 'template-browser', http_status: res.status(), template_url: wantPath, active_workflow: active,
+    extensions, listed, requests: seen.slice(before) };
 }
 
 async function fitView(page) {
@@ -132,7 +207,8 @@ async function describeGraph(page) {
       widgets_values: n.serialize().widgets_values ?? null,
     }));
     // dialogs open on the page (the missing-nodes warning is one)
-    const dialogs = [...document.querySelectorAll('.p-dialog')]
+    // (PrimeVue .p-dialog in older frontends; frontend 1.47's reka dialogs are [role=dialog])
+    const dialogs = [...document.querySelectorAll('.p-dialog, [role="dialog"]')]
       .filter((d) => d.offsetParent !== null || getComputedStyle(d).display !== 'none')
       .map((d) => (d.innerText || '').slice(0, 400));
     return { nodes, dialogs };
@@ -145,10 +221,11 @@ async function actionCheck(job, log) {
   const results = {};
   try {
     const page = await openComfy(browser, job.base, log);
+    const seen = watchTemplateRequests(page, job.module);
     fs.mkdirSync(job.shots, { recursive: true });
     for (const name of job.workflows) {
       const t0 = Date.now();
-      const load = await loadTemplate(page, job.module, name);
+      const load = await loadTemplate(page, job.module, name, seen);
       if (load.http_status !== 200) { results[name] = load; continue; }
       await fitView(page);
       const graph = await describeGraph(page);
@@ -171,7 +248,8 @@ async function actionQueue(job, log) {
   const browser = await openBrowser(job);
   try {
     const page = await openComfy(browser, job.base, log);
-    const load = await loadTemplate(page, job.module, job.workflow);
+    const seen = watchTemplateRequests(page, job.module);
+    const load = await loadTemplate(page, job.module, job.workflow, seen);
     if (load.http_status !== 200) return load;
     await page.evaluate((sets) => {
       for (const [id, name, value] of sets) {
@@ -209,7 +287,7 @@ async function actionQueue(job, log) {
     }, job.node);
     fs.mkdirSync(path.dirname(job.shot), { recursive: true });
     await page.screenshot({ path: job.shot });
-    return { ...graph, ...shown, prompt_response: promptResponse, run_ms: ms, screenshot: job.shot };
+    return { ...graph, ...shown, load, prompt_response: promptResponse, run_ms: ms, screenshot: job.shot };
   } finally {
     await browser.close();
   }
