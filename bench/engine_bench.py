@@ -380,7 +380,9 @@ def measure_state_pair(engine, a_state, b_state, cfg: BenchConfig) -> Dict[str, 
             t = {}
             for st in order:
                 t[id(st)] = probe.timed_step(engine, st, decoding)[1]["total_s"]
-            ta.append(t[id(a_state)]); tb.append(t[id(b_state)]); ratios.append(t[id(b_state)] / t[id(a_state)])
+            ta.append(t[id(a_state)])
+            tb.append(t[id(b_state)])
+            ratios.append(t[id(b_state)] / t[id(a_state)])
     return dict(ratio=statistics.median(ratios), lo_s=statistics.median(ta), hi_s=statistics.median(tb),
                 ratio_min=min(ratios), ratio_max=max(ratios), pairs=len(ratios))
 
@@ -440,10 +442,14 @@ def measure_decode_floor(engine, state, cfg: BenchConfig, plain=None) -> Dict[st
         a, b, ratios = [], [], []
         for r in range(cfg.decode_reps):
             if r % 2 == 0:
-                x = ours(); y = theirs()
+                x = ours()
+                y = theirs()
             else:
-                y = theirs(); x = ours()
-            a.append(x); b.append(y); ratios.append(x / y)
+                y = theirs()
+                x = ours()
+            a.append(x)
+            b.append(y)
+            ratios.append(x / y)
     return dict(ours_ms_per_token=1000 * statistics.median(a), plain_ms_per_token=1000 * statistics.median(b),
                 ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios), cache_tokens=ctx,
                 tokens=cfg.decode_tokens, reps=cfg.decode_reps, merge_lora=int(engine.merge_lora))
