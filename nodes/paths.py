@@ -33,7 +33,7 @@ Example: a route that serves storybook files from the output folder::
         path = resolve_inside(folder_paths.get_output_directory(), request.match_info["path"],
                               node="SeedStory storybook route", what="path", folder="ComfyUI's output folder")
     except SeedStoryInputError as err:
-        logging.warning("%s", err)                 # the message names absolute server paths:
+        logging.info("%s", err)                    # the message names absolute server paths:
         return web.Response(status=403)            # log it, do not send it to the client
     if not path.is_file():
         return web.Response(status=404)

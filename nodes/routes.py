@@ -96,7 +96,9 @@ def register() -> bool:
         try:
             path, kind = resolve_storybook_file(folder_paths.get_output_directory(), request.match_info["path"])
         except SeedStoryInputError as e:
-            logging.warning("%s", e)  # the full reason, which may name absolute server paths, stays in the log
+            # a client's bad request, not a server fault: the full reason (it may name absolute server paths) is
+            # logged at INFO level only
+            logging.info("%s", e)
             return web.Response(status=400, text=client_message(e, folder_paths.get_output_directory()))
         except StorybookNotFound as e:
             return web.Response(status=404, text=str(e))
