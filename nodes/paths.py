@@ -52,8 +52,16 @@ from typing import List, Union
 
 from .models import SeedStoryInputError
 
+
+class OutsideFolderError(SeedStoryInputError):
+    """A well-formed relative path that resolves outside its folder (a symbolic link inside it leads out).
+
+    Its message names absolute server paths (where the link leads, the folder itself): fine for a node error shown
+    to the person who runs the server, not for an HTTP client (see nodes/routes.py)."""
+
 __all__ = [
     "SeedStoryInputError",
+    "OutsideFolderError",
     "MAX_COMPONENT_CHARS",
     "MAX_COMPONENT_BYTES",
     "MAX_TOTAL_CHARS",
@@ -225,8 +233,9 @@ def resolve_inside(root: PathText, relative, *, node: str = "SeedStory", what: s
         pathlib.Path: the absolute, resolved path.
 
     Raises:
-        SeedStoryInputError: the text is not a plain relative path (:func:`check_relative`), or it resolves
-            outside ``root`` (e.g. through a symlink inside ``root`` that points elsewhere).
+        SeedStoryInputError: the text is not a plain relative path (:func:`check_relative`).
+        OutsideFolderError: (a SeedStoryInputError) it resolves outside ``root`` (e.g. through a symlink inside
+            ``root`` that points elsewhere).
     """
     parts = check_relative(relative, node=node, what=what, example=example, folder=folder)
     if not parts:
@@ -234,7 +243,7 @@ def resolve_inside(root: PathText, relative, *, node: str = "SeedStory", what: s
     root_real = os.path.realpath(os.fspath(root))
     target = os.path.realpath(os.path.join(root_real, *parts))
     if target == root_real or not is_inside(root_real, target):
-        raise SeedStoryInputError(
+        raise OutsideFolderError(
             f"{node}: {what} {relative!r} resolves to {target}, which is outside {folder} ({root_real}): a symbolic "
             f"link inside that folder points elsewhere. Expected a path inside that folder; use a folder that "
             f"really lies there (copy the files in rather than linking them).")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Tuple
 
 from .models import SeedStoryInputError
-from .paths import resolve_inside
+from .paths import OutsideFolderError, resolve_inside
 
 ROUTE = "/seedstory/storybook/{path:.+}"
 URL_PREFIX = "/seedstory/storybook/"
@@ -61,19 +61,17 @@ def resolve_storybook_file(output_dir: str | os.PathLike, relative: str) -> Tupl
     return path, kind
 
 
-def client_message(err: Exception, output_dir: str | os.PathLike) -> str:
+def client_message(err: Exception) -> str:
     """The refusal text for an HTTP client: the reason, without absolute server paths.
 
-    A refusal from :func:`nodes.paths.resolve_inside` for a symbolic link names where the link leads and the
-    output folder's absolute path; those stay in the server log. Text-only refusals name just the client's own
-    path and are returned unchanged.
+    A refusal of :func:`nodes.paths.resolve_inside` for a path that leads out of the folder
+    (:class:`nodes.paths.OutsideFolderError`) names where the link leads and the output folder's absolute path; those
+    stay in the server log. Text-only refusals name just the client's own path and are returned unchanged.
     """
-    text = str(err)
-    real = os.path.realpath(os.fspath(output_dir))
-    if " resolves to " in text or real in text or os.fspath(output_dir) in text:
+    if isinstance(err, OutsideFolderError):
         return ("SeedStory storybook route: the path leads outside ComfyUI's output folder (through a symbolic "
                 "link); only storybook files inside that folder are served.")
-    return text
+    return str(err)
 
 
 def register() -> bool:
@@ -99,7 +97,7 @@ def register() -> bool:
             # a client's bad request, not a server fault: the full reason (it may name absolute server paths) is
             # logged at INFO level only
             logging.info("%s", e)
-            return web.Response(status=400, text=client_message(e, folder_paths.get_output_directory()))
+            return web.Response(status=400, text=client_message(e))
         except StorybookNotFound as e:
             return web.Response(status=404, text=str(e))
         return web.FileResponse(path, headers={"Content-Type": kind, "Content-Disposition": "inline",

@@ -84,10 +84,10 @@ def test_client_message_never_names_server_paths(output):
     for rel in HOSTILE:
         with pytest.raises(SeedStoryInputError) as err:
             routes.resolve_storybook_file(output, rel)
-        shown = routes.client_message(err.value, output)
+        shown = routes.client_message(err.value)
         assert str(output.parent) not in shown and os.path.realpath(output.parent) not in shown, (rel, shown)
         assert shown.startswith("SeedStory storybook route")
     with pytest.raises(SeedStoryInputError) as err:
         routes.resolve_storybook_file(output, "seedstory/escape/index.html")
     assert str(output.parent) in str(err.value)  # the full reason (for the log) does name them
-    assert "outside ComfyUI's output folder" in routes.client_message(err.value, output)
+    assert "outside ComfyUI's output folder" in routes.client_message(err.value)
