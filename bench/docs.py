@@ -262,7 +262,8 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
              "the ratios are what is compared.")
     L.append("- The full-size numbers are analytic (token counting on the engine's own rule); the GPU command above "
              "has not been run.")
-    L.append("- The quality judge is the tiny world's attribute probe, a stand-in for the paper's FID / CLIP score.")
+    L.append("- The quality judge is the evaluation's fixed frame classifier for the tiny world (`training/judge`, "
+             "docs/evaluation.md), a stand-in for the paper's FID / CLIP score.")
     return "\n".join(L) + "\n"
 
 
