@@ -98,3 +98,34 @@ def test_non_ascii_prefix_is_kept_and_saved_inside(comfy_server):
     folder = output / sub
     assert (folder / "index.html").is_file() and len(images) == 2
     assert os.path.commonpath([os.path.realpath(folder), os.path.realpath(output)]) == os.path.realpath(output)
+
+
+ADAPT = REPO_ROOT / "workflows" / "api" / "seedstory_adapt_detokenizer.json"
+
+
+@pytest.mark.comfyui
+def test_adapt_node_refuses_data_outside_the_input_folder_on_the_server(comfy_server):
+    """Through /prompt on a real server: absolute, '~', '..' and a link out of the input folder are refused with
+    the node's message before any training, and nothing is written."""
+    inp = Path(comfy_server.input_dir)
+    outside = inp.parent / "adapt_outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "stories.jsonl").write_text('{"images": ["a.png", "b.png"], "captions": ["x.", "y."]}\n')
+    link = inp / "adapt_escape_link"
+    if not link.is_symlink():
+        link.symlink_to(outside)
+    comfy_server.upload_image((REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(),
+                              name="seedstory_start.png")
+    prompt = json.loads(ADAPT.read_text(encoding="utf-8"))
+    adapt = next(k for k, v in prompt.items() if v["class_type"] == "SeedStoryAdaptDetokenizer")
+    before = _tree(Path(comfy_server.output_dir))
+    for value, words in [("/etc", "it is an absolute path"), ("~/data", "'~' (a home folder) is not allowed"),
+                         ("../adapt_outside", "is made of dots only"), ("adapt_escape_link", "which is outside")]:
+        bad = copy.deepcopy(prompt)
+        bad[adapt]["inputs"]["data_folder"] = value
+        res = comfy_server.run(bad, timeout=300)
+        assert res.status == "error", (value, res.status)
+        message = res.error.get("exception_message", "")
+        assert "data_folder" in message and words in message and "ComfyUI's input folder" in message, message
+        assert res.error.get("node_id") == adapt and not res.progress, (value, res.progress[:3])
+    assert _tree(Path(comfy_server.output_dir)) == before
