@@ -33,6 +33,9 @@ MODE_CHOICES = ("generation", "visualization")
 DECODING_CHOICES = ("greedy", "sample")
 RESIZE_CHOICES = ("squash", "keep_ratio")
 MAX_SEED = 2**63 - 1
+#: Greedy decoding with this penalty did not loop on held-out StoryStream-mini seeds (docs/evaluation.md, "Decoding that does not loop");
+#: 1.0 is the official setting.
+DEFAULT_REPETITION_PENALTY = 1.2
 
 #: Appended to every free-text tooltip (the rule: max_text_tokens).
 LIMIT_TIP = (" At most max_position_embeddings / 8 - 66 tokens per sentence: 446 tokens (~1,500 characters) for the "
@@ -44,7 +47,8 @@ DECODING_TOOLTIPS = {
     "temperature": "Sampling only: <1 makes the text more predictable, >1 more surprising.",
     "top_p": "Sampling only: keep the smallest set of tokens whose probabilities add up to top_p (1 = off).",
     "top_k": "Sampling only: keep the k most likely tokens (0 = off).",
-    "repetition_penalty": "Penalise tokens already used in the story (1 = off; 1.1-1.3 reduces repetition).",
+    "repetition_penalty": "Penalise tokens already used in the story (1 = off, the official setting; the default 1.2 "
+                          "keeps greedy stories from looping, see docs/evaluation.md).",
     "max_sentence_tokens": "Longest sentence in tokens; the image is started after this many text tokens.",
     "seed": "Seed for sampling (text) and, in Generate Story, for the de-tokenizer noise (frame i uses (seed, i)).",
 }
@@ -57,7 +61,7 @@ def decoding_inputs(default_max_tokens: int = 100):
         "temperature": ("FLOAT", {"default": 0.7, "min": 0.01, "max": 5.0, "step": 0.01, "tooltip": t["temperature"]}),
         "top_p": ("FLOAT", {"default": 0.9, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": t["top_p"]}),
         "top_k": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": t["top_k"]}),
-        "repetition_penalty": ("FLOAT", {"default": 1.0, "min": 0.5, "max": 3.0, "step": 0.01, "tooltip": t["repetition_penalty"]}),
+        "repetition_penalty": ("FLOAT", {"default": DEFAULT_REPETITION_PENALTY, "min": 0.5, "max": 3.0, "step": 0.01, "tooltip": t["repetition_penalty"]}),
         "max_sentence_tokens": ("INT", {"default": default_max_tokens, "min": 1, "max": 1024, "tooltip": t["max_sentence_tokens"]}),
         "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True, "tooltip": t["seed"]}),
     }
@@ -360,7 +364,7 @@ class SeedStoryStoryStep:
         }
 
     def step(self, agent, state, mode="generation", decoding="greedy", temperature=0.7, top_p=0.9, top_k=0,
-             repetition_penalty=1.0, max_sentence_tokens=100, seed=0, text="", context_features=None):
+             repetition_penalty=DEFAULT_REPETITION_PENALTY, max_sentence_tokens=100, seed=0, text="", context_features=None):
         node = "SeedStory Story Step"
         agent = require(agent, AgentModel, node=node, name="agent", socket=AGENT, hint="agent output of a SeedStory loader")
         state = _check_state(state, node)
@@ -444,7 +448,7 @@ class SeedStoryGenerateStory:
         return _validate_text("SeedStory Generate Story", "opening_text", opening_text)
 
     def generate(self, agent, visual_tokenizer, detokenizer, start_image, opening_text, story_steps=4,
-                 mode="generation", decoding="greedy", temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.0,
+                 mode="generation", decoding="greedy", temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=DEFAULT_REPETITION_PENALTY,
                  max_sentence_tokens=100, seed=0, diffusion_steps=30, guidance_scale=7.5, scheduler="euler",
                  width=0, height=0, same_noise=False, captions="", settings=None, unique_id=None):
         node = "SeedStory Generate Story"

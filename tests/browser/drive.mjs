@@ -143,9 +143,14 @@ async function openTemplateBrowser(page, module) {
   // the grid then holds our cards only; wait until their thumbnails are decoded (or 15 s, then report as found)
   const cards = dialog.locator(`[data-testid^="${CARD_PREFIX}"]`);
   await cards.first().waitFor({ state: 'visible', timeout: 30000 });
+  // (every card must hold its own decoded image: a card may render its text before its lazy <img> appears, so
+  // "all images present are decoded" alone passes too early)
   await page.waitForFunction((sel) => {
-    const imgs = [...document.querySelectorAll(`${sel} img`)];
-    return imgs.length > 0 && imgs.every((im) => im.complete && im.naturalWidth > 0);
+    const els = [...document.querySelectorAll(sel)];
+    return els.length > 0 && els.every((el) => {
+      const imgs = [...el.querySelectorAll('img')];
+      return imgs.length > 0 && imgs.every((im) => im.complete && im.naturalWidth > 0);
+    });
   }, `${TEMPLATE_DIALOG} [data-testid^="${CARD_PREFIX}"]`, { timeout: 15000, polling: 200 }).catch(() => {});
   const listed = await cards.evaluateAll((els, prefix) => els.map((el) => ({
     name: el.getAttribute('data-testid').slice(prefix.length),
