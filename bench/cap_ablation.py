@@ -64,11 +64,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from training.evaluate import load_model, load_probe, long_story_ablation
+    from training.evaluate import load_judge, load_model, long_story_ablation
 
     torch.set_num_threads(1)
     policies = ["multimodal_sink"] + [f"multimodal_sink:{int(k)}" for k in args.caps.split(",") if k.strip()]
-    bundle, probe = load_model(args.model), load_probe(args.model)
+    bundle, probe = load_model(args.model), load_judge()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, raw = [], {}
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     for mode in args.modes.split(","):
         result = {}
         for policy in policies:  # one policy at a time, saved as it completes (long runs on a shared CPU)
-            result.update(long_story_ablation(bundle=bundle, probe=probe, policies=(policy,), stories=args.stories,
+            result.update(long_story_ablation(bundle=bundle, judge=probe, policies=(policy,), stories=args.stories,
                                               seed=args.seed, teacher_forced=(mode == "teacher_forced"),
                                               per_story_agreement=True))
             raw[mode] = result

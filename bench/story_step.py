@@ -17,7 +17,7 @@ are zeroed as in ``bench.engine_bench``; the trained model stops at its own BOI,
 gives medians over the frames after the window is full (frames > ``window_images``, else all frames).
 
 Solver quality (``solver_quality.csv``): held-out StoryStream-mini frames, their *true* visual-tokenizer features
-rendered by the bundled de-tokenizer with each solver; the attribute probe (``training/evaluate.py``'s) reads every
+rendered by the bundled de-tokenizer with each solver; the evaluation's fixed judge (``training/judge``) reads every
 rendered frame and its agreement with the frame's true attributes is averaged. The fast solver must stay within 0.01
 of the official one.
 
@@ -129,12 +129,12 @@ def solver_quality_rows(*, quality_frames: int, candidates, guidance: float = OF
     import numpy as np
 
     from seedstory_core.bundle import SeedStoryBundle
-    from seedstory_core.data import attribute_probe as probe_mod
     from seedstory_core.data import mini
-    from training.evaluate import load_probe
+    from training.evaluate import load_judge
+    from training.judge.metrics import attribute_agreement
 
     bundle = SeedStoryBundle.load(REPO / "models" / "seedstory-tiny")
-    probe = load_probe()
+    judge = load_judge()
     frames, attrs = [], []
     k = 0
     while len(frames) < quality_frames:
@@ -152,11 +152,11 @@ def solver_quality_rows(*, quality_frames: int, candidates, guidance: float = OF
                                                 scheduler=sched, guidance_scale=guidance, seed=0,
                                                 frame_index=list(range(i, min(i + 8, len(frames)))), output="pil")
         dt = (time.perf_counter() - t0) / len(frames)
-        preds = probe.predict(imgs)
-        agree = float(np.mean([probe_mod.attribute_agreement(p, a) for p, a in zip(preds, attrs)]))
+        preds = judge.predict(imgs)
+        agree = float(np.mean([attribute_agreement(p, a) for p, a in zip(preds, attrs)]))
         renders[(sched, steps)] = imgs
         rows.append(dict(scheduler=sched, steps=steps, frames=len(frames), agreement=round(agree, 4), s_per_frame=round(dt, 5)))
-        log(f"  solver {sched} {steps} steps: probe agreement {agree:.4f} ({dt:.3f} s/frame)")
+        log(f"  solver {sched} {steps} steps: judge agreement {agree:.4f} ({dt:.3f} s/frame)")
     ref = renders[(OFFICIAL["scheduler"], official_steps)]
     for r in rows:
         r["agreement_minus_official"] = round(r["agreement"] - rows[0]["agreement"], 4)

@@ -255,8 +255,7 @@ def _fake_run(tmp: Path) -> Path:
 def _export(run_dir: Path, target: Path, *extra: str) -> int:
     from training import tiny_recipe
 
-    return tiny_recipe.main(["--out", str(run_dir), "--stages", "export", "--export", str(target),
-                             "--probe-stories", "2", *extra])
+    return tiny_recipe.main(["--out", str(run_dir), "--stages", "export", "--export", str(target), *extra])
 
 
 def test_export_refuses_a_folder_that_is_not_a_previous_export(tmp_path, capsys):

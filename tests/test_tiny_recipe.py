@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "models" / "seedstory-tiny"
@@ -20,15 +21,26 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
     from seedstory_core.bundle import SeedStoryBundle
 
     export = tmp_path / "export"
-    res = subprocess.run([sys.executable, "-m", "training.tiny_recipe", "--out", str(tmp_path / "run"), "--stories", "4",
-                          "--scale", "0.01", "--probe-stories", "4", "--export", str(export)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    run = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "training.tiny_recipe", "--out", str(run), "--stories", "4",
+                          "--scale", "0.01", "--measure-stories", "2", "--export", str(export)], cwd=REPO, capture_output=True,
+                         text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     record = json.loads((export / "recipe.json").read_text())
-    assert set(record["stages"]) >= {"data", "init", "vae", "stage1", "stage2", "stage2b", "stage3", "export"}
+    assert set(record["stages"]) >= {"data", "init", "stage0", "vae", "stage1", "stage2", "stage2b", "stage3", "export"}
+    features = record["stages"]["stage0"]["features"]["bundles"]
+    assert len(features) == 2 and all(0.0 <= m["probe_cast_exact"] <= 1.0 for m in features.values())
     bundle = SeedStoryBundle.load(export)
     assert bundle.tokenizer.vocab_size == bundle.config.agent.llm.vocab_size
     assert (export / "demo_start.png").is_file() and (export / "demo_start.txt").read_text().strip()
-    assert (export / "probe" / "probe.safetensors").is_file()
+    assert not (export / "probe").exists()  # no model ships its own judge
+    # the exported (frozen) visual tokenizer is exactly what stage 0 wrote, and stage 0 changed the random one
+    from safetensors.torch import load_file
+
+    vit = lambda folder: load_file(str(folder / "visual_tokenizer" / "model.safetensors"))
+    exported, stage0, init = vit(export), vit(run / "stage0" / "model"), vit(run / "init")
+    assert exported.keys() == stage0.keys() and all(torch.equal(exported[k], stage0[k]) for k in stage0)
+    assert any(not torch.equal(init[k], stage0[k]) for k in stage0)
 
 
 @pytest.mark.skipif(not BUNDLED.exists(), reason="the bundled tiny model (models/seedstory-tiny) is not in this checkout")

@@ -16,7 +16,7 @@ Held-out stories are stories ``0..N-1`` of ``--seed`` (``seedstory_core.data.min
 stories). Each continues from its real first frame and sentence for ``--frames - 1`` generated frames.
 
 Every system is scored by ONE fixed judge, ``training/judge/`` (:mod:`training.judge`; its sha256 is in the JSON);
-a model's own ``probe/`` is never used. Keys of the JSON object (definitions: docs/evaluation.md,
+no model ships or brings its own judge. Keys of the JSON object (definitions: docs/evaluation.md,
 :mod:`training.judge.metrics`):
 
 * ``score`` — the headline: per story, the fraction of generated frames whose sentence parses, repeats no earlier
@@ -82,12 +82,6 @@ def load_judge():
     from training.judge import load_judge as _load
 
     return _load()
-
-
-def load_probe(model_dir: Optional[Path] = None):
-    """The judge that scores frames: always the fixed one of :func:`load_judge`. ``model_dir`` is accepted for old
-    callers and ignored — a model's own ``probe/`` is never used (it would let each model bring its own judge)."""
-    return load_judge()
 
 
 #: classifier-free guidance of every rendered frame. The official default is 7.5 (spec §4.2); for the tiny model 3.0
@@ -249,14 +243,14 @@ def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, baseline: O
                       decoding=asdict(decoding or DecodingSettings(max_sentence_tokens=40)))
         if ablation:
             for key, forced in (("ablation", False), ("ablation_teacher_forced", True)):
-                result[key] = long_story_ablation(bundle=bundle, probe=judge, seed=seed, stories=ablation_stories,
+                result[key] = long_story_ablation(bundle=bundle, judge=judge, seed=seed, stories=ablation_stories,
                                                   diffusion_steps=diffusion_steps, guidance_scale=guidance_scale,
                                                   teacher_forced=forced)
     result["seconds"] = round(time.time() - t0, 1)
     return result
 
 
-def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Sequence[str] = POLICIES,
+def long_story_ablation(model_dir=None, *, bundle=None, judge=None, policies: Sequence[str] = POLICIES,
                         length_multiples: Sequence[int] = (1, 2, 3), window_images: int = TRAIN_LENGTH,
                         seed: int = 1000, stories: int = 2, diffusion_steps: int = 10, device=None, dtype=None,
                         guidance_scale: float = GUIDANCE_SCALE, teacher_forced: bool = False,
@@ -274,7 +268,7 @@ def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Se
     """
     from seedstory_core.cache import CachePolicy
     from seedstory_core.data import mini
-    from seedstory_core.data import attribute_probe as probe_mod
+    from training.judge.metrics import attribute_agreement
 
     bundle = bundle or load_model(model_dir)
     if isinstance(dtype, str):
@@ -285,7 +279,7 @@ def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Se
         dtype = names[dtype]
     if device is not None or dtype is not None:
         bundle.to(device, dtype)
-    probe = probe or load_probe(model_dir)
+    judge = judge or load_judge()
     total = TRAIN_LENGTH * max(length_multiples)
     held_out = []  # (story, ground-truth frames, their features when teacher-forced), shared by every policy
     for k in range(stories):
@@ -301,12 +295,12 @@ def long_story_ablation(model_dir=None, *, bundle=None, probe=None, policies: Se
             _, images = generate_story(bundle, story, total, policy=policy_from_name(policy, window_images),
                                        captions=story["captions"][1:total], diffusion_steps=diffusion_steps, seed=seed,
                                        guidance_scale=guidance_scale, context_features=gt_features)
-            preds = probe.predict(images[1:])
+            preds = judge.predict(images[1:])
             for i in range(1, total):
                 m = (i - 1) // TRAIN_LENGTH + 1
                 if m in seg:
                     seg[m]["pixel_l1"].append(_pixel_distance(images[i], gt[i]))
-                    seg[m]["attribute_agreement"].append(probe_mod.attribute_agreement(preds[i - 1], story["attributes"][i]))
+                    seg[m]["attribute_agreement"].append(attribute_agreement(preds[i - 1], story["attributes"][i]))
             for m in length_multiples:  # this story's mean agreement per segment (for bootstrap intervals)
                 per_story[m].append(float(np.mean(seg[m]["attribute_agreement"][n_before[m]:])))
         out[policy] = {f"{m}x": {k: float(np.mean(v)) for k, v in vals.items()} for m, vals in seg.items()}

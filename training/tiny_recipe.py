@@ -7,6 +7,11 @@ Steps (each a normal training entry point, resumable; ``--scale`` multiplies eve
 0. data   — StoryStream-mini, ``--stories`` stories of 30 frames (seed ``--data-seed``), chunked into 10-frame
             stories as the official data (spec §5).
 1. init   — a tokenizer trained on the data's captions (+ the 66 image tokens) and a seeded random tiny model.
+1b. stage0 — the visual tokenizer is pretrained CLIP-style on the training frames and their attribute descriptions
+            (``training.stage0_visual_tokenizer``); every later stage keeps it frozen, as the paper keeps its
+            pretrained ViT frozen. A random ViT hardly separates the characters. Before/after feature measurements
+            (cosine of consecutive frames with a different cast, a linear cast probe on held-out frames) are
+            recorded in ``RUN/recipe.json``. Leave ``stage0`` out of ``--stages`` to train on the random ViT.
 2. vae    — the tiny VAE learns to reconstruct frames (a random VAE has no usable latent space; SD-XL's is given);
             at export its latents are calibrated to unit variance (per-channel latents_mean/latents_std).
 3. stage1 — de-tokenizer pretraining: ViT features -> ResamplerXLV2 -> UNet (full UNet: it starts random), with 10%
@@ -16,14 +21,12 @@ Steps (each a normal training entry point, resumable; ``--scale`` multiplies eve
             (``--text-loss all``: with the official last-caption-only loss the tiny model learned the marginal
             caption distribution and ignored the story context in 900 steps — every greedy sentence was the same).
 4b. stage2b — a short second phase of stage 2 from the stage-2 model with the regression loss weighted x10
-            (``--rec-loss-scale 10``, 300 steps, lr 2e-4, seed + 1). Weighting the regression from the start halved
-            the parse rate in 900 steps; once the LM loss has settled, the emphasis brings the regressed features
-            closer to what the sentence says (held-out coherence 0.46 -> 0.63, visualization agreement 0.50 -> 0.60,
-            before adaptation; see the card).
+            (``--rec-loss-scale 10``, 300 steps, lr 2e-4, seed + 1): once the LM loss has settled, the emphasis
+            brings the regressed features closer to what the sentence says.
 5. stage3 — de-tokenizer adaptation on the frozen stage-2 agent's regressed features (agent in eval mode; the same
             10% condition dropout, so adaptation keeps the unconditional branch).
-6. export — the final bundle, a held-out demo start frame/sentence and the attribute probe used by
-            ``python -m training.evaluate`` (trained on real frames of seed 7; held-out accuracy recorded).
+6. export — the final bundle and a held-out demo start frame/sentence. No judge ships with a model: the evaluation
+            (``python -m training.evaluate``) uses its own fixed judge (``training/judge``).
 
 Wall-clock per stage and the final losses are written to ``RUN/recipe.json`` and the model card.
 
@@ -48,6 +51,7 @@ from typing import Dict, List
 
 #: (stage, extra CLI arguments) — step counts are scaled by --scale
 STAGES = {
+    "stage0": ["--max-steps", "500", "--batch-size", "128", "--lr", "1e-3", "--warmup-steps", "25"],
     "vae": ["--max-steps", "700", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "20"],
     "stage1": ["--unet-train", "full", "--max-steps", "2400", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "50",
                "--min-lr-ratio", "0.1", "--cond-dropout", "0.1"],
@@ -60,6 +64,7 @@ STAGES = {
 }
 #: training steps in order: (step name, trainer module, entry function, seed offset)
 TRAIN_STEPS = (
+    ("stage0", "training.stage0_visual_tokenizer", "train_stage0", 0),
     ("vae", "training.vae", "train_vae", 0),
     ("stage1", "training.stage1_detokenizer", "train_stage1", 0),
     ("stage2", "training.stage2_instruction", "train_stage2", 0),
@@ -69,7 +74,10 @@ TRAIN_STEPS = (
 HELD_OUT_SEED = 1000
 #: What an export writes (top-level names); anything else in a previous export is the user's and is kept.
 EXPORT_ENTRIES = ("seedstory_config.json", "tokenizer", "visual_tokenizer", "agent", "detokenizer", "demo_start.png",
-                  "demo_start.txt", "probe", "recipe.json")
+                  "demo_start.txt", "recipe.json")
+#: What earlier versions of the export wrote and this one no longer does: dropped when a previous export is replaced
+#: (``probe``: each model used to ship its own attribute probe; the evaluation now has one fixed judge).
+LEGACY_EXPORT_ENTRIES = ("probe",)
 
 
 class ExportRefused(RuntimeError):
@@ -110,7 +118,7 @@ def check_export_target(export: Path, run: Path, *, force: bool = False) -> List
     if not entries:
         return []
     if is_previous_export(export):
-        return [name for name in entries if name not in EXPORT_ENTRIES]
+        return [name for name in entries if name not in EXPORT_ENTRIES + LEGACY_EXPORT_ENTRIES]
     if force:
         return []
     shown = ", ".join(entries[:8]) + (f" ... ({len(entries)} entries)" if len(entries) > 8 else "")
@@ -158,8 +166,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="model init / training seed")
     parser.add_argument("--vocab", type=int, default=512, help="base vocabulary of the caption tokenizer")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (smoke runs)")
-    parser.add_argument("--stages", default="data,init,vae,stage1,stage2,stage2b,stage3,export", help="comma list of steps to run")
-    parser.add_argument("--probe-stories", type=int, default=80, help="StoryStream-mini stories the attribute probe trains on")
+    parser.add_argument("--stages", default="data,init,stage0,vae,stage1,stage2,stage2b,stage3,export",
+                        help="comma list of steps to run (without stage0 the later stages use the random ViT)")
+    parser.add_argument("--measure-stories", type=int, default=40,
+                        help="stories per seed for stage 0's before/after feature measurement (0 = skip it)")
     parser.add_argument("--force", action="store_true",
                         help="let --export replace a non-empty folder that is not a previous export (all of it)")
     args = parser.parse_args(argv)
@@ -207,12 +217,23 @@ def main(argv=None) -> int:
 
             t0 = time.time()
             train = getattr(importlib.import_module(module_name), entry)
-            cli = ["--data", str(data_dir), "--init", f"bundle:{previous / 'model' if previous.name != 'init' else previous}",
+            start_bundle = previous / "model" if previous.name != "init" else previous
+            cli = ["--data", str(data_dir), "--init", f"bundle:{start_bundle}",
                    "--out", str(out), "--seed", str(args.seed + seed_offset), "--save-every", "200"] + _scaled(STAGES[name], args.scale)
             metrics = train(cli)
+            extra = {}
+            if name == "stage0" and args.measure_stories > 0:
+                from training.stage0_visual_tokenizer import measure_bundles, training_frame_hashes
+
+                t_m = time.time()
+                extra["features"] = measure_bundles([str(start_bundle), str(out / "model")],
+                                                    exclude_hashes=training_frame_hashes(data_dir),
+                                                    stories=args.measure_stories)
+                extra["features"]["seconds"] = round(time.time() - t_m, 1)
             done(name, t0, args=cli, losses=_last_losses(out),
-                 metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
-        previous = out
+                 metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}, **extra)
+        if name in steps or (out / "model").is_dir():
+            previous = out  # a step left out and never run (e.g. stage0) is skipped: the next one starts from before it
 
     if "export" in steps and args.export is not None:
         t0 = time.time()
@@ -227,11 +248,6 @@ def main(argv=None) -> int:
             story = mini.generate_story(HELD_OUT_SEED, 0)
             mini.render_story(story, size=64)[0].save(export / "demo_start.png")
             (export / "demo_start.txt").write_text(story["captions"][0] + "\n")
-            from seedstory_core.data.attribute_probe import probe_accuracy, train_probe
-
-            probe = train_probe(stories=args.probe_stories)
-            probe.save(export / "probe")
-            record["probe"] = probe_accuracy(probe, seed=HELD_OUT_SEED + 1, stories=10)
             for name in keep:  # the user's own files in a previous export (e.g. MODEL_CARD.md)
                 src = target / name
                 (shutil.copytree if src.is_dir() else shutil.copy2)(src, export / name)
