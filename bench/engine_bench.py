@@ -369,17 +369,25 @@ def measure_step_pair(engine, states: Dict, policy: str, lo: int, hi: int, cfg: 
 @torch.no_grad()
 def measure_state_pair(engine, a_state, b_state, cfg: BenchConfig) -> Dict[str, float]:
     """One story step from ``a_state`` and one from ``b_state``, timed back to back (order alternating),
-    ``max(3, cfg.reps * cfg.pool_frames)`` pairs; ``ratio`` = median of (time b / time a)."""
+    ``max(3, cfg.reps * cfg.pool_frames)`` pairs; ``ratio`` = median of (time b / time a).
+
+    Each timed step starts from an untimed private copy of the state (:meth:`StoryKVCache.copy`): stepping twice
+    from one state would make every step after the first copy the shared cache prefix first (copy-on-write), an
+    O(context) cost that a story stepped in order never pays."""
     decoding = decoding_for(cfg)
     probe = PhaseProbe(cfg.device)
     ta, tb, ratios = [], [], []
+
+    def private(state):
+        return state if state.cache is None else dataclasses.replace(state, cache=state.cache.copy())
+
     with probe.installed():
-        probe.timed_step(engine, a_state, decoding), probe.timed_step(engine, b_state, decoding)  # warm-up
+        probe.timed_step(engine, private(a_state), decoding), probe.timed_step(engine, private(b_state), decoding)  # warm-up
         for r in range(max(3, cfg.reps * cfg.pool_frames)):
             order = (a_state, b_state) if r % 2 == 0 else (b_state, a_state)
             t = {}
             for st in order:
-                t[id(st)] = probe.timed_step(engine, st, decoding)[1]["total_s"]
+                t[id(st)] = probe.timed_step(engine, private(st), decoding)[1]["total_s"]
             ta.append(t[id(a_state)])
             tb.append(t[id(b_state)])
             ratios.append(t[id(b_state)] / t[id(a_state)])
@@ -733,7 +741,7 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
                 f"{decode['ours_ms_per_token']:.3f} ms/token, plain transformers {decode['plain_ms_per_token']:.3f} ms/token")
         pairs = {}
         lo = min(cfg.lengths)
-        for p in ("default", "multimodal_sink"):
+        for p in ("default", "window", "multimodal_sink"):  # window: the floor of any cache that keeps the window
             if cfg.extras and p in cfg.policies:
                 pairs[p] = measure_step_pair(engine, states, p, lo, hi, cfg)
                 if pairs[p]:

@@ -201,10 +201,16 @@ def rotation_tables(delta: torch.Tensor, inv_freq: torch.Tensor, *, dtype=torch.
         delta: (N,) int64 position shifts (new minus old; may be negative).
         inv_freq: (D/2,) RoPE inverse frequencies (default RoPE, no scaling).
         dtype, device: of the returned tables.
+
+    An eviction shifts whole runs of keys by the same amount, so the angles are computed once per distinct shift
+    (a handful) and gathered.
     """
-    angles = delta.to(torch.float64)[:, None] * inv_freq.to(dtype=torch.float64, device=delta.device)[None, :]
+    shifts, which = torch.unique(delta, return_inverse=True)
+    angles = shifts.to(torch.float64)[:, None] * inv_freq.to(dtype=torch.float64, device=delta.device)[None, :]
     angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().to(device=device, dtype=dtype), angles.sin().to(device=device, dtype=dtype)
+    cos, sin = angles.cos().to(device=device, dtype=dtype), angles.sin().to(device=device, dtype=dtype)
+    which = which.to(cos.device)
+    return cos.index_select(0, which), sin.index_select(0, which)
 
 
 def apply_rotation(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -214,6 +220,17 @@ def apply_rotation(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     half = k.shape[-1] // 2
     rotated_half = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
     return (k * cos + rotated_half * sin).to(keys.dtype)
+
+
+def rotate_into(out: torch.Tensor, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rotation` written into ``out`` (B, H, N, D) without temporaries; ``keys``, ``cos``, ``sin`` and
+    ``out`` share one dtype, and ``out`` must not overlap ``keys``. Uses that both halves of the tables are equal
+    (:func:`rotation_tables` repeats the angles): out₁ = k₁·cos − k₂·sin, out₂ = k₂·cos + k₁·sin. Returns ``out``."""
+    half = keys.shape[-1] // 2
+    torch.mul(keys, cos, out=out)
+    out[..., :half].addcmul_(keys[..., half:], sin[..., :half], value=-1)
+    out[..., half:].addcmul_(keys[..., :half], sin[..., half:])
+    return out
 
 
 def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -381,6 +398,29 @@ class StoryKVCache(Cache):
     def length(self) -> int:
         return len(self.meta.positions)
 
+    def copy(self, *, headroom: int = 256) -> "StoryKVCache":
+        """A copy that owns its tensors (nothing shared), with room for ``headroom`` more tokens per layer.
+
+        What a story holds after a step taken in order (its buffers are its own, with headroom after an eviction),
+        whereas a :meth:`fork` shares them and its first append copies the prefix (copy-on-write). The benchmark
+        uses it to time a frame's step as a story in progress pays it. O(tokens x layers) copy.
+        """
+        if self._pending is not None:
+            raise RuntimeError("copy() inside an open chunk")
+        layers = []
+        for layer in self.layers:
+            if not layer.is_initialized:
+                layers.append(StoryKVLayer())
+                continue
+            keys, values = layer.view()
+            n = keys.shape[-2]
+            buf = _Buffer.allocate(keys, n + max(1, int(headroom)))
+            buf.keys[:, :, :n] = keys
+            buf.values[:, :, :n] = values
+            buf.filled = n
+            layers.append(StoryKVLayer(buf, n))
+        return StoryKVCache(len(layers), self.policy, self.inv_freq, _layers=layers, _meta=self.meta)
+
     def fork(self) -> "StoryKVCache":
         """A new view sharing the stored tensors (copy-on-write). O(layers), no tensor copy."""
         if self._pending is not None:
@@ -496,14 +536,18 @@ class StoryKVCache(Cache):
             index = torch.tensor(idx, dtype=torch.long, device=keys.device)
             buf = _Buffer.allocate(keys, capacity)
             torch.index_select(values, 2, index, out=buf.values[:, :, : len(idx)])
-            kept_k = keys.index_select(2, index)
             if needs_rotation:
                 work = torch.promote_types(keys.dtype, torch.float32)
                 key = (keys.device, work)
                 if key not in tables:
                     tables[key] = rotation_tables(delta, self.inv_freq, dtype=work, device=keys.device)
-                kept_k = apply_rotation(kept_k, *tables[key])
-            buf.keys[:, :, : len(idx)] = kept_k
+                kept_k = keys.index_select(2, index)
+                if kept_k.dtype == work:  # rotate straight into the new buffer (no temporaries)
+                    rotate_into(buf.keys[:, :, : len(idx)], kept_k, *tables[key])
+                else:  # low-precision keys: rotate in float32, round once
+                    buf.keys[:, :, : len(idx)] = apply_rotation(kept_k, *tables[key])
+            else:
+                torch.index_select(keys, 2, index, out=buf.keys[:, :, : len(idx)])
             buf.filled = len(idx)
             layer.buffer, layer.length = buf, len(idx)
         self.meta = dataclasses.replace(

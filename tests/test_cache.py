@@ -9,7 +9,8 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from seedstory_core.cache import CachePolicy, StoryKVCache, TokenKind, plan_kept_positions, rotate_keys
+from seedstory_core.cache import (CachePolicy, StoryKVCache, TokenKind, apply_rotation, plan_kept_positions, rotate_into,
+                                  rotate_keys, rotation_tables)
 from seedstory_core.config import tiny_config
 from seedstory_core.sink import plan_from_spec
 
@@ -165,6 +166,18 @@ def test_rerotation_is_exact_in_float64_at_large_positions():
     assert (rotate_keys(encode(x, old), new - old, inv_freq) - encode(x, new)).abs().max() < 1e-9
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rotate_into_equals_apply_rotation(dtype):
+    """The eviction's in-place rotation (into the new buffer) computes what apply_rotation computes."""
+    inv_freq = LlamaRotaryEmbedding(tiny_config().agent.llm.to_transformers()).inv_freq
+    torch.manual_seed(3)
+    keys = torch.randn(1, 4, 37, inv_freq.numel() * 2, dtype=dtype)
+    cos, sin = rotation_tables(torch.randint(-500, 0, (37,)), inv_freq, dtype=dtype)
+    out = torch.full_like(keys, float("nan"))
+    rotate_into(out, keys, cos, sin)
+    assert torch.allclose(out, apply_rotation(keys, cos, sin), rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-12)
+
+
 # ------------------------------------------------------------------ the cache on a real decoder
 @pytest.fixture(scope="module")
 def tiny_llama():
@@ -232,6 +245,27 @@ def test_fork_is_copy_on_write(tiny_llama):
         ha_iso = feed(tiny_llama, root.fork(), ids[:, 10:15], [K.TEXT] * 5)
     assert root.length == 10 and a.length == 15 and b.length == 15
     assert torch.equal(ha, ha_iso) and torch.equal(hb, hb_iso)
+    for k, v in root.tensors().items():
+        assert torch.equal(v, before[k])
+
+
+def test_copy_owns_its_tensors_and_continues_like_the_original(tiny_llama):
+    """copy(): same entries and metadata, no shared storage, headroom for appends; stepping it equals stepping a
+    fork, and leaves the original untouched."""
+    ids = torch.randint(3, 900, (1, 16))
+    with torch.no_grad():
+        root = StoryKVCache(4, CachePolicy(kind="dense"), tiny_llama.model.rotary_emb.inv_freq)
+        feed(tiny_llama, root, ids[:, :10], [K.TEXT] * 10)
+        before = {k: v.clone() for k, v in root.tensors().items()}
+        own = root.copy(headroom=8)
+        assert own.meta == root.meta and own.length == root.length
+        for a, b in zip(own.layers, root.layers):
+            assert a.buffer is not b.buffer and a.buffer.keys.data_ptr() != b.buffer.keys.data_ptr()
+            assert a.buffer.capacity == 18 and a.buffer.filled == 10
+        h_own = feed(tiny_llama, own, ids[:, 10:16], [K.TEXT] * 6)
+        h_fork = feed(tiny_llama, root.fork(), ids[:, 10:16], [K.TEXT] * 6)
+    assert torch.equal(h_own, h_fork)
+    assert own.layers[0].buffer.capacity == 18  # the append fitted: no growth, no prefix copy
     for k, v in root.tensors().items():
         assert torch.equal(v, before[k])
 
