@@ -4,9 +4,9 @@ uncapped multimodal sink (the paper's rule) against capped ones, with paired boo
     python -m bench.cap_ablation [--caps 2,4,8] [--stories 12] [--out-dir bench/out]
 
 Held-out StoryStream-mini stories are visualized (ground-truth captions) for 3x the training length with the
-bundled tiny model, free-running and teacher-forced; the judge is the attribute probe of ``training/evaluate.py``
-(the current evaluation's probe). For every cap, each story's mean attribute agreement per segment (1x/2x/3x) is
-compared with the uncapped sink on the same story: the table gives the mean difference and a 95% percentile
+bundled tiny model, free-running and teacher-forced; the judge is the evaluation's fixed judge
+(``training.evaluate.load_judge()``, ``training/judge``; its sha256 is written into every row). For every cap, each
+story's mean attribute agreement per segment (1x/2x/3x) is compared with the uncapped sink on the same story: the table gives the mean difference and a 95% percentile
 bootstrap interval over stories (10,000 resamples, seed 0). Writes ``cap_ablation.csv`` and ``cap_ablation.json``
 into the output folder (never into tracked files).
 """
@@ -24,7 +24,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = ("mode", "policy", "segment", "stories", "agreement", "diff_vs_uncapped", "ci_low", "ci_high", "ci_level", "pixel_l1")
+COLUMNS = ("mode", "policy", "segment", "stories", "agreement", "diff_vs_uncapped", "ci_low", "ci_high", "ci_level", "pixel_l1",
+           "seed", "judge_sha256")
 
 
 def bootstrap_interval(diffs: Sequence[float], *, resamples: int = 10_000, seed: int = 0, level: float = 0.95):
@@ -38,7 +39,7 @@ def bootstrap_interval(diffs: Sequence[float], *, resamples: int = 10_000, seed:
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
-def table_rows(result: Dict, mode: str, baseline: str = "multimodal_sink") -> List[dict]:
+def table_rows(result: Dict, mode: str, baseline: str = "multimodal_sink", *, seed=None, judge_sha256=None) -> List[dict]:
     """CSV rows from ``long_story_ablation(..., per_story_agreement=True)`` output."""
     rows = []
     for policy, segs in result.items():
@@ -49,7 +50,7 @@ def table_rows(result: Dict, mode: str, baseline: str = "multimodal_sink") -> Li
             lo, hi = bootstrap_interval(diffs)
             rows.append(dict(mode=mode, policy=policy, segment=seg, stories=len(per), agreement=round(m["attribute_agreement"], 4),
                              diff_vs_uncapped=round(float(np.mean(diffs)), 4), ci_low=round(lo, 4), ci_high=round(hi, 4), ci_level=0.95,
-                             pixel_l1=round(m["pixel_l1"], 4)))
+                             pixel_l1=round(m["pixel_l1"], 4), seed=seed, judge_sha256=judge_sha256))
     return rows
 
 
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
             raw[mode] = result
             partial.write_text(json.dumps(raw))
             print(f"{mode} {policy} done ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-        rows += table_rows(result, mode)
+        rows += table_rows(result, mode, seed=args.seed, judge_sha256=getattr(probe, "sha256", None))
     with open(out / "cap_ablation.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS))
         w.writeheader()

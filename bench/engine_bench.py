@@ -101,6 +101,7 @@ class BenchConfig:
     warmup_steps: int = 3
     threads: int = 1
     pool_frames: int = 3  # summary medians pool frames N-2..N (see summarize)
+    step_pairs: int = 25  # back-to-back step pairs per paired ratio (median of the pair ratios)
     memory: bool = True
     memory_policies: Optional[Tuple[str, ...]] = None  # None = every policy
     seed: int = 0
@@ -121,7 +122,8 @@ class BenchConfig:
 
 MODES = {
     "smoke": dict(policies=("dense", "window"), lengths=(3, 6), reps=1, sentence_tokens=4, window_images=2,
-                  image_query_reps=1, warmup_steps=1, memory=False, pool_frames=1, decode_tokens=4, decode_reps=1),
+                  image_query_reps=1, warmup_steps=1, memory=False, pool_frames=1, decode_tokens=4, decode_reps=1,
+                  step_pairs=3),
     # quick: peak RSS only for dense and multimodal_sink (each child re-runs a 50-frame story, ~15 s)
     "quick": dict(reps=3, image_query_reps=5, memory_policies=("dense", "multimodal_sink")),
     "full": dict(reps=7, image_query_reps=11, decode_reps=11),
@@ -358,7 +360,7 @@ def measure_image_queries(engine, state, cfg: BenchConfig) -> Dict[str, float]:
 def measure_step_pair(engine, states: Dict, policy: str, lo: int, hi: int, cfg: BenchConfig) -> Dict[str, float]:
     """Per-step time at frame ``hi`` over frame ``lo`` for ``policy``, paired: the steps from the kept states of
     frames ``lo - 1`` and ``hi - 1`` (states are immutable, so stepping from them again *is* frame lo / hi) are
-    timed alternately, ``cfg.reps * cfg.pool_frames`` pairs; returns the median of the per-pair ratios and the
+    timed alternately, ``cfg.step_pairs`` pairs; returns the median of the per-pair ratios and the
     medians of both. Robust to a CPU shared with other jobs: each pair runs back to back."""
     a_state, b_state = states.get((policy, lo - 1)), states.get((policy, hi - 1))
     if a_state is None or b_state is None or lo < 2:
@@ -369,7 +371,7 @@ def measure_step_pair(engine, states: Dict, policy: str, lo: int, hi: int, cfg: 
 @torch.no_grad()
 def measure_state_pair(engine, a_state, b_state, cfg: BenchConfig) -> Dict[str, float]:
     """One story step from ``a_state`` and one from ``b_state``, timed back to back (order alternating),
-    ``max(3, cfg.reps * cfg.pool_frames)`` pairs; ``ratio`` = median of (time b / time a).
+    ``max(3, cfg.step_pairs)`` pairs; ``ratio`` = median of (time b / time a).
 
     Each timed step starts from an untimed private copy of the state (:meth:`StoryKVCache.copy`): stepping twice
     from one state would make every step after the first copy the shared cache prefix first (copy-on-write), an
@@ -383,7 +385,7 @@ def measure_state_pair(engine, a_state, b_state, cfg: BenchConfig) -> Dict[str, 
 
     with probe.installed():
         probe.timed_step(engine, private(a_state), decoding), probe.timed_step(engine, private(b_state), decoding)  # warm-up
-        for r in range(max(3, cfg.reps * cfg.pool_frames)):
+        for r in range(max(3, cfg.step_pairs)):
             order = (a_state, b_state) if r % 2 == 0 else (b_state, a_state)
             t = {}
             for st in order:
@@ -801,7 +803,7 @@ def run_info(cfg: BenchConfig, elapsed: float, command: str, decode: Optional[di
     default = StorySettings().policy
     info = dict(command=command, mode=cfg.mode, preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
                 lengths=" ".join(str(x) for x in cfg.lengths), reps=cfg.reps, pool_frames=cfg.pool_frames,
-                samples=cfg.reps * cfg.pool_frames, sentence_tokens=cfg.sentence_tokens, window_images=cfg.window_images,
+                samples=cfg.reps * cfg.pool_frames, step_pairs=cfg.step_pairs, sentence_tokens=cfg.sentence_tokens, window_images=cfg.window_images,
                 warmup_steps=cfg.warmup_steps, threads=cfg.threads, seed=cfg.seed, image_query_reps=cfg.image_query_reps,
                 decode_tokens=cfg.decode_tokens, decode_reps=cfg.decode_reps, wall_s=round(elapsed),
                 default_max_sink_images=default.max_sink_images, default_window_images=default.window_images,

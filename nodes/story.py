@@ -140,7 +140,8 @@ class SeedStoryViTTokenize:
 class SeedStoryStorySettings:
     DESCRIPTION = ("Story-level settings for Story Start / Generate Story: how the agent's KV cache forgets old "
                    "frames. multimodal_sink (the paper's attention sink, default) keeps the first tokens, a window "
-                   "of the last W images and the tokens around every older image's BOI/EOI; reencode_window is the "
+                   "of the last W images and the tokens around older images' BOI/EOI (by default of the most recent "
+                   "few, so the cache stays bounded; max_sink_images 0 = every one, the paper's rule); reencode_window is the "
                    "official code's baseline (re-encodes the last W images every step, no KV reuse).")
     CATEGORY = "SEED-Story/story"
     FUNCTION = "make"
@@ -150,6 +151,8 @@ class SeedStoryStorySettings:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from seedstory_core.story import DEFAULT_MAX_SINK_IMAGES
+
         return {"required": {
             "cache_policy": (list(POLICY_CHOICES), {
                 "default": "multimodal_sink",
@@ -164,10 +167,11 @@ class SeedStoryStorySettings:
             "boi_after": ("INT", {"default": 8, "min": 0, "max": 64, "tooltip": "multimodal_sink: tokens kept from each evicted image's BOI on."}),
             "eoi_before": ("INT", {"default": 8, "min": 0, "max": 64, "tooltip": "multimodal_sink: tokens kept up to each evicted image's EOI."}),
             "eoi_after": ("INT", {"default": 4, "min": 0, "max": 64, "tooltip": "multimodal_sink: tokens kept after each evicted image's EOI."}),
-            "max_sink_images": ("INT", {"default": 8, "min": 0, "max": 4096,
+            "max_sink_images": ("INT", {"default": DEFAULT_MAX_SINK_IMAGES, "min": 0, "max": 4096,
                                         "tooltip": "multimodal_sink: keep the sink tokens of at most this many evicted images "
-                                                   "(default 8 = the pack's bounded default, seedstory_core.story."
-                                                   "DEFAULT_MAX_SINK_IMAGES; 0 = all, the paper's unbounded rule)."}),
+                                                   f"(default {DEFAULT_MAX_SINK_IMAGES} = the pack's bounded default, "
+                                                   "seedstory_core.story.DEFAULT_MAX_SINK_IMAGES, chosen by the long-story "
+                                                   "ablation in docs/benchmarks.md; 0 = all, the paper's unbounded rule)."}),
             "positions": (list(POSITION_CHOICES), {
                 "default": "rerotate",
                 "tooltip": "rerotate = kept keys are re-rotated to consecutive positions (like transformers' SinkCache); "
@@ -175,11 +179,13 @@ class SeedStoryStorySettings:
         }}
 
     def make(self, cache_policy="multimodal_sink", window_images=8, n_start=4, boi_before=4, boi_after=8,
-             eoi_before=8, eoi_after=4, max_sink_images=8, positions="rerotate"):
+             eoi_before=8, eoi_after=4, max_sink_images=None, positions="rerotate"):
         from seedstory_core.cache import CachePolicy
-        from seedstory_core.story import StorySettings
+        from seedstory_core.story import DEFAULT_MAX_SINK_IMAGES, StorySettings
 
         node = "SeedStory Story Settings"
+        if max_sink_images is None:
+            max_sink_images = DEFAULT_MAX_SINK_IMAGES
         if cache_policy not in POLICY_CHOICES:
             raise SeedStoryInputError(f"{node}: cache_policy must be one of {POLICY_CHOICES}, found {cache_policy!r}.")
         reencode = cache_policy == "reencode_window"

@@ -90,11 +90,11 @@ class DecodingSettings:
 #: sink keeps the BOI/EOI-neighbour tokens of only the most recent evicted images, so the cache is bounded however
 #: long the story runs. Chosen with the long-story ablation (docs/benchmarks.md, ``python -m bench.cap_ablation``).
 #: ``CachePolicy()`` itself keeps the paper's uncapped rule (``max_sink_images=None``).
-DEFAULT_MAX_SINK_IMAGES = 8
+DEFAULT_MAX_SINK_IMAGES = 2
 
 
 def default_policy() -> CachePolicy:
-    """The pack's default cache policy: multimodal sink, W=8 images, sink tokens of the last
+    """The pack's default cache policy: multimodal sink, W=8 images, the sink tokens of the last
     :data:`DEFAULT_MAX_SINK_IMAGES` evicted images (bounded)."""
     return CachePolicy(kind="multimodal_sink", max_sink_images=DEFAULT_MAX_SINK_IMAGES)
 
