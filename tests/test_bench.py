@@ -168,3 +168,20 @@ def test_story_step_runs_and_splits_mllm_and_detokenizer(tmp_path):
     for r in rows:
         assert abs(float(r["mllm_s"]) + float(r["detok_s"]) - float(r["total_s"])) < 1e-4
         assert 0 < float(r["mllm_share"]) < 1
+
+
+def test_long_story_ablation_table_pairs_each_story_with_the_uncapped_sink():
+    """bench.cap_ablation.table_rows: per-policy means with intervals, and paired differences against the uncapped
+    multimodal sink story by story (a policy better on every story by 0.1 has its whole interval above 0)."""
+    from bench.cap_ablation import table_rows
+
+    base = [0.2, 0.5, 0.4, 0.9, 0.3, 0.6]
+    better = [b + 0.1 for b in base]
+    result = {p: {"1x": {"attribute_agreement": sum(v) / len(v), "pixel_l1": 0.1, "attribute_agreement_per_story": v}}
+              for p, v in (("multimodal_sink", base), ("window", better))}
+    rows = {r["policy"]: r for r in table_rows(result, "teacher_forced", seed=7, judge_sha256="abc")}
+    assert rows["multimodal_sink"]["diff_vs_uncapped"] == 0.0
+    w = rows["window"]
+    assert w["diff_vs_uncapped"] == pytest.approx(0.1) and w["ci_low"] == pytest.approx(0.1) and w["ci_high"] == pytest.approx(0.1)
+    assert w["agreement_ci_low"] < w["agreement"] < w["agreement_ci_high"]
+    assert (w["seed"], w["judge_sha256"], w["stories"]) == (7, "abc", 6)
