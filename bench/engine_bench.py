@@ -299,7 +299,10 @@ def measure_steps(engine, feats, cfg: BenchConfig, log=print) -> Tuple[List[dict
                 rows += run_policy(engine, feats, policy, cfg, probe, rep, cfg.max_frames, states if rep == 0 else None)
                 if str(cfg.device).startswith("cuda") and rep == 0:
                     cuda_peak[policy] = torch.cuda.max_memory_allocated()
-                log(f"  rep {rep} {policy:16s} {cfg.max_frames} frames in {time.perf_counter() - t0:.1f} s")
+                log(f"  rep {rep} {policy:16s} {cfg.max_frames} frames in {time.perf_counter() - t0:.1f} s"
+                    + (f", peak GPU memory {cuda_peak[policy] / 2**30:.2f} GiB" if policy in cuda_peak and rep == 0 else ""))
+                # kept as the run goes: a run stopped at a time limit still leaves every finished story's rows
+                write_csv(cfg.out_dir / f"engine_{cfg.mode}_{cfg.preset}_steps.partial.csv", rows, STEP_COLUMNS)
     states["cuda_peak"] = cuda_peak
     return rows, states
 
@@ -758,6 +761,7 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
     head, lines = compute_ratios(summary, iq, cfg, decode, pairs)
     prefix = f"engine_{cfg.mode}_{cfg.preset}"
     write_csv(cfg.out_dir / f"{prefix}_steps.csv", rows, STEP_COLUMNS)
+    (cfg.out_dir / f"{prefix}_steps.partial.csv").unlink(missing_ok=True)  # complete: the final CSV replaces it
     write_csv(cfg.out_dir / f"{prefix}_summary.csv", summary, SUMMARY_COLUMNS)
     extra = [dict(name=k, value=v) for k, v in lines] + [dict(name=k, value=head[k]) for k in RATIO_KEYS]
     if iq:
