@@ -1,7 +1,7 @@
-"""Markdown rows from the evaluation JSONs in this folder: python training/results/table.py NAME [NAME ...].
+"""Markdown rows from the evaluation JSONs in this folder: python training/results/table.py [LABEL=]NAME ...
 
 Each NAME is a JSON written by ``python -m training.evaluate`` (its last stdout line); a row gives every key with
-its 95% bootstrap interval over stories."""
+its 95% bootstrap interval over stories (LABEL replaces the file name in the first column)."""
 import json
 import sys
 from pathlib import Path
@@ -18,8 +18,9 @@ def cell(r, k):
 
 
 if __name__ == "__main__":
-    print("| file | seed | " + " | ".join(KEYS) + " |")
+    print("| seed | system | " + " | ".join(KEYS) + " |")
     print("|---|---|" + "---|" * len(KEYS))
-    for name in sys.argv[1:]:
+    for arg in sys.argv[1:]:
+        label, _, name = arg.rpartition("=")
         r = json.loads((HERE / f"{name}.json").read_text())
-        print(f"| {name} | {r['seed']} | " + " | ".join(cell(r, k) for k in KEYS) + " |")
+        print(f"| {r['seed']} | {label or name} | " + " | ".join(cell(r, k) for k in KEYS) + " |")
