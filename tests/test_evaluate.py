@@ -63,10 +63,11 @@ def test_pixel_distance_is_the_mean_absolute_difference():
 def test_trained_model_scores_above_a_random_one():
     """The same held-out story and the same fixed judge: the bundled (trained) tiny model must beat a random-init
     model of the same size on what it measures from the sentences and the drawn frames; an evaluation that ignored
-    the model would score them alike. Measured (1 story, 2 diffusion steps): parse rate 1.0 vs 0.0, continuity 1.0
-    vs 0.0, coherence 0.40 vs 0.0, visualization agreement 0.505 vs 0.361, pixel L1 0.149 vs 0.297. (The headline
-    ``score`` is 0 for both at 2 diffusion steps: the judge reads no frame as the stated place and cast, so it is
-    not compared here; tests/test_judge.py checks the score on the ground truth and the baselines.)"""
+    the model would score them alike. Measured on the previous (random-ViT) bundle (1 story, 2 diffusion steps):
+    parse rate 1.0 vs 0.0, continuity 1.0 vs 0.0, coherence 0.40 vs 0.0, visualization agreement 0.505 vs 0.361,
+    pixel L1 0.149 vs 0.297. (The headline ``score`` was 0 for both at 2 diffusion steps: the judge read no frame as
+    the stated place and cast, so it is not compared here; tests/test_judge.py checks the score on the ground truth
+    and the baselines.)"""
     from training.evaluate import DEFAULT_MODEL, evaluate
 
     if not (DEFAULT_MODEL / "seedstory_config.json").is_file():

@@ -10,11 +10,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "models" / "seedstory-tiny"
-#: floors for the 3-story check below. Measured on the bundled model (3 stories, seed 1000, its own probe): parse rate
-#: 0.96, coherence 0.62, visualization agreement 0.62; a random-init model of the same size scores 0.0 / 0.0 / 0.20,
-#: the model before the stage-2b phase 0.93 / 0.46 / 0.50 (10 stories). The margin absorbs float differences between
-#: torch builds (greedy decoding can flip a token).
-QUALITY_FLOOR = {"parse_rate": 0.75, "coherence": 0.45, "visualization_agreement": 0.45}
+#: floors for the 3-story check below (greedy decoding, as evaluate() defaults). Measured on the bundled model with
+#: stage 0 (3 stories, seed 1000, the fixed judge; training/results/new_model_greedy_1000_3.json): parse rate 1.0,
+#: coherence 0.73, visualization agreement 0.69; a random-init model of the same size scores 0.0 / 0.0 / ~0.2. The
+#: margin absorbs float differences between torch builds (greedy decoding can flip a token).
+QUALITY_FLOOR = {"parse_rate": 0.75, "coherence": 0.5, "visualization_agreement": 0.5}
 
 
 def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
