@@ -59,8 +59,8 @@ def _get_kv(summary: List[Dict[str, str]], policy: str, frames: int) -> str:
 def _ablation_intro(rows: List[Dict[str, str]], extra: str) -> List[str]:
     judge = rows[0].get("judge_sha256") or ""
     return [f"Written by `{rows[0].get('command') or 'python -m bench.cap_ablation'}` (held-out seed "
-            f"{rows[0].get('seed', '')}): the bundled tiny model (agent weights sha256 "
-            f"`{(rows[0].get('model_agent_sha256') or '')[:16]}…`) visualizes held-out stories (ground-truth captions) "
+            f"{rows[0].get('seed', '')}): the tiny model with agent weights sha256 "
+            f"`{(rows[0].get('model_agent_sha256') or '')[:16]}…` visualizes held-out stories (ground-truth captions) "
             "for 3x the training length, teacher-forced (the true frames' features in the context) and free-running "
             "(its own regressed features); the evaluation's fixed judge (`training/judge`, sha256 "
             f"`{judge[:16]}…`) scores every frame against the true attributes (`agreement`, with a "
@@ -338,7 +338,9 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         rows = read_csv(ca)
         L.append("## Choosing the default sink-image cap (long-story ablation)\n")
         L += _ablation_intro(rows, "`multimodal_sink:K` keeps the sink tokens of the K most recent evicted images. "
-                                   f"The pack's default is K = {run['default_max_sink_images']}.")
+                                   f"The pack's default is K = {run['default_max_sink_images']}. This ran on the bundled "
+                                   "model as it was before the stage-0 retrain (its agent hash above); the "
+                                   "long-story ablation below ran on the current one.")
         L += _ablation_table(rows)
     la = folder / "long_story_ablation.csv"
     if la.is_file():
