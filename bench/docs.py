@@ -323,9 +323,9 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         rows = read_csv(sq)
         L.append("### De-tokenizer solver: quality on ground-truth features\n")
         L.append("Written by `python -m bench.story_step`: held-out StoryStream-mini frames, their true ViT features "
-                 "rendered by the bundled de-tokenizer with each solver; the attribute probe's agreement with the "
-                 "frames' true attributes, read by `training.evaluate.load_probe()` — the evaluation's fixed judge (`training/judge`).\n")
-        L.append("| solver | steps | frames | probe agreement | − official | pixel L1 vs official render | s / frame |")
+                 "rendered by the bundled de-tokenizer (the model before the stage-0 retrain) with each solver; the "
+                 "fixed judge's (`training/judge`) agreement with the frames' true attributes.\n")
+        L.append("| solver | steps | frames | judge agreement | − official | pixel L1 vs official render | s / frame |")
         L.append("|---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             L.append(f"| {r['scheduler']} | {r['steps']} | {r['frames']} | {_f(r['agreement'], 4)} | "

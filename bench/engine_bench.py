@@ -693,7 +693,7 @@ def _fmt_bytes(n) -> str:
 def quality_mode(model_dir: str, cfg: BenchConfig, log=print) -> int:
     """Quality side of Table 8 at 1x / 2x / 3x the training length with a trained bundle: ground-truth captions
     visualized under each cache policy, scored against the ground-truth frames (attribute agreement read by the
-    StoryStream-mini attribute probe, pixel L1) — the tiny-world stand-ins for the paper's CLIP score and FID."""
+    evaluation's fixed judge, ``training/judge``; pixel L1) — the tiny-world stand-ins for the paper's CLIP score and FID."""
     try:
         from training.evaluate import long_story_ablation  # type: ignore
     except ImportError as exc:

@@ -331,19 +331,24 @@ def measure_bundles(bundles: Sequence[str], *, exclude_hashes: Optional[set] = N
     return {"frames": info, "bundles": results}
 
 
+def _measure_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m training.stage0_visual_tokenizer --measure",
+                                description="Second mode: measure how well bundles' visual tokenizers separate casts.")
+    p.add_argument("--measure", nargs="+", required=True, help="bundle folders ('tiny' = a random tiny bundle)")
+    p.add_argument("--data", default=None, help="the stage's training data: its frames are excluded from the test frames")
+    p.add_argument("--probe-train-seed", type=int, default=4000)
+    p.add_argument("--probe-test-seed", type=int, default=4001)
+    p.add_argument("--stories", type=int, default=40)
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    return p
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--measure" in argv:
-        import argparse
-
-        p = argparse.ArgumentParser(prog="python -m training.stage0_visual_tokenizer --measure")
-        p.add_argument("--measure", nargs="+", required=True, help="bundle folders ('tiny' = a random tiny bundle)")
-        p.add_argument("--data", default=None, help="the stage's training data: its frames are excluded from the test frames")
-        p.add_argument("--probe-train-seed", type=int, default=4000)
-        p.add_argument("--probe-test-seed", type=int, default=4001)
-        p.add_argument("--stories", type=int, default=40)
-        p.add_argument("--json", type=Path, default=None, help="also write the result here")
-        a = p.parse_args(argv)
+        a = _measure_parser().parse_args(argv)
         torch.set_num_threads(1)
         result = measure_bundles(a.measure, exclude_hashes=training_frame_hashes(a.data) if a.data else None,
                                  train_seed=a.probe_train_seed, test_seed=a.probe_test_seed, stories=a.stories)
@@ -354,6 +359,8 @@ def main(argv=None) -> int:
             a.json.write_text(text + "\n")
         print(text, flush=True)
         return 0
+    if "-h" in argv or "--help" in argv:  # list both modes: the measurement first, then training (which exits)
+        print(_measure_parser().format_help(), flush=True)
     return entry_main(train_stage0, argv)
 
 
