@@ -154,22 +154,34 @@ def _find_jsonl(folder: Path) -> Path:
     raise FileNotFoundError(f"{folder}: expected chunks10.jsonl, stories.jsonl or a single *.jsonl, found {[f.name for f in found]}")
 
 
+def read_records(data=None, records=None, image_root=None, *, what: str = "",
+                 hint: str = "StoryStream folder or .jsonl") -> Tuple[List[dict], Optional[Path]]:
+    """The raw records and image root: ``records`` as given, else every line of ``data`` (a folder's jsonl, see
+    :func:`_find_jsonl`, or a .jsonl file) with the image root defaulting to that file's folder.
+
+    Raises ValueError when neither is given, FileNotFoundError when the jsonl is missing; ``what`` prefixes the
+    messages (e.g. "stage 0: "), ``hint`` names the expected data.
+    """
+    root = Path(image_root) if image_root else None
+    if records is None:
+        if data is None:
+            raise ValueError(f"{what}no training data: pass --data ({hint}) or records=[...].")
+        path = Path(data)
+        jsonl = _find_jsonl(path) if path.is_dir() else path
+        if not jsonl.is_file():
+            raise FileNotFoundError(f"{what}training data not found: {jsonl}")
+        records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+        root = root or jsonl.parent
+    return records, root
+
+
 def load_records(data=None, records=None, image_root=None, max_records: int = 0) -> Tuple[List[dict], Optional[Path]]:
     """Story records ``{id, images: [paths or PIL images], captions: [...]}`` and the image root folder.
 
     ``records`` (a list of dicts, e.g. built in memory) wins over ``data`` (folder or jsonl file). Records with
     fewer than 2 frames or mismatched image/caption counts are skipped.
     """
-    root = Path(image_root) if image_root else None
-    if records is None:
-        if data is None:
-            raise ValueError("no training data: pass --data (StoryStream folder or .jsonl) or records=[...].")
-        path = Path(data)
-        jsonl = _find_jsonl(path) if path.is_dir() else path
-        if not jsonl.is_file():
-            raise FileNotFoundError(f"training data not found: {jsonl}")
-        records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
-        root = root or jsonl.parent
+    records, root = read_records(data, records, image_root)
     out = []
     for i, r in enumerate(records):
         images, captions = list(r.get("images", [])), list(r.get("captions", []))

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import StageTask, base_parser, entry_main, ImageSource, load_init_bundle, resolve_args, run_training, _find_jsonl
+from .common import StageTask, base_parser, entry_main, ImageSource, load_init_bundle, resolve_args, run_training, read_records
 
 DEFAULTS = dict(max_steps=400, batch_size=128, grad_accum=1, lr=1e-3, weight_decay=0.01, beta1=0.9, beta2=0.98,
                 eps=1e-6, warmup_steps=20, min_lr_ratio=0.1)
@@ -150,16 +150,7 @@ def load_attribute_records(data=None, records=None, image_root=None, max_records
         ValueError: no data, or no record with one attributes dict per image (stage 0 needs StoryStream-mini's
             ground truth; real StoryStream data has none: start from a pretrained ViT instead).
     """
-    root = Path(image_root) if image_root else None
-    if records is None:
-        if data is None:
-            raise ValueError("stage 0: no training data: pass --data (a StoryStream-mini folder or .jsonl).")
-        path = Path(data)
-        jsonl = _find_jsonl(path) if path.is_dir() else path
-        if not jsonl.is_file():
-            raise FileNotFoundError(f"stage 0: training data not found: {jsonl}")
-        records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
-        root = root or jsonl.parent
+    records, root = read_records(data, records, image_root, what="stage 0: ", hint="a StoryStream-mini folder or .jsonl")
     out = [{"id": r.get("id", i), "images": list(r["images"]), "attributes": list(r["attributes"])}
            for i, r in enumerate(records)
            if r.get("attributes") and len(r.get("attributes", [])) == len(r.get("images", []))]
