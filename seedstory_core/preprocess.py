@@ -24,7 +24,7 @@ from PIL import Image
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
-    "MODES",
+    "RESIZE_MODES",
     "to_pil_images",
     "preprocess_images",
     "zero_image_pixels",
@@ -35,7 +35,7 @@ __all__ = [
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: Resize modes accepted by :func:`preprocess_images`.
-MODES = ("squash", "keep_ratio")
+RESIZE_MODES = ("squash", "keep_ratio")
 
 _CHANNEL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 # How far outside [0, 1] a float image may stray before we assume it is in another range (0..255 or -1..1).
@@ -243,8 +243,8 @@ def preprocess_images(
         ValueError: bad image input (see :func:`to_pil_images`), unknown ``mode``, ``image_size`` < 1, or
             mean/std that are not 3 numbers (std non-zero).
     """
-    if mode not in MODES:
-        raise ValueError(f"preprocess_images: expected mode in {MODES}, found {mode!r}.")
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"preprocess_images: expected mode in {RESIZE_MODES}, found {mode!r}.")
     if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 1:
         raise ValueError(f"preprocess_images: expected a positive integer image_size, found {image_size!r}.")
     image_size = int(image_size)

@@ -38,7 +38,7 @@ def test_csv_columns_and_equal_work(smoke):
     assert {r["policy"] for r in steps} == {"dense", "window", "multimodal_sink", "default", "reencode_window"}
     assert {int(r["frames"]) for r in summary} == {3, 6}
     # fixed sentence length: every step decodes exactly max_sentence_tokens text tokens
-    assert {int(r["text_tokens"]) for r in steps} == {eb.MODES["smoke"]["sentence_tokens"]}
+    assert {int(r["text_tokens"]) for r in steps} == {eb.BENCH_CONFIG_BY_MODE["smoke"]["sentence_tokens"]}
     for r in steps:
         parts = sum(float(r[k]) for k in ("prefill_s", "decode_s", "image_s", "other_s"))
         assert abs(parts - float(r["total_s"])) < 1e-4
@@ -53,7 +53,7 @@ def test_kv_bytes_dense_grows_window_flat(smoke):
     dense = [int(r["kv_bytes"]) for r in steps if r["policy"] == "dense"]
     window = [int(r["kv_bytes"]) for r in steps if r["policy"] == "window"]
     assert all(b > a for a, b in zip(dense, dense[1:]))
-    w = eb.MODES["smoke"]["window_images"]
+    w = eb.BENCH_CONFIG_BY_MODE["smoke"]["window_images"]
     # window: evicting from the frame whose context holds > w images (start image + w frames) -> flat afterwards
     flat = window[w:]
     assert len(flat) >= 2 and len(set(flat)) == 1

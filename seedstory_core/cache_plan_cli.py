@@ -1,4 +1,4 @@
-"""``python -m seedstory_core.sink plan FILE``: which story positions a cache policy keeps.
+"""Command line: ``python -m seedstory_core.cache_plan_cli plan FILE`` prints which story positions a cache policy keeps.
 
 FILE is JSON ``{"token_types": [...], "policy": "multimodal_sink", "window_images": W, "n_start": 4,
 "boi_before": 4, "boi_after": 8, "eoi_before": 8, "eoi_after": 4}`` (optional ``max_sink_images``); labels as in
@@ -14,7 +14,8 @@ import argparse
 import json
 import sys
 
-from .cache import CachePolicy, TokenKind, plan_kept_positions
+from .cache import CachePolicy, plan_kept_positions
+from .tokens import TokenKind
 
 
 def plan_from_spec(spec: dict) -> list:
@@ -31,7 +32,7 @@ def plan_from_spec(spec: dict) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m seedstory_core.sink", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m seedstory_core.cache_plan_cli", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help="print the kept positions for a token stream and policy")
     plan.add_argument("file", help="planner JSON file, or - for stdin")
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
         text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
         kept = plan_from_spec(json.loads(text))
     except (OSError, ValueError, TypeError) as err:
-        print(f"sink plan: {err}", file=sys.stderr)
+        print(f"cache plan: {err}", file=sys.stderr)
         return 2
     print(json.dumps({"kept": kept}))
     return 0
