@@ -120,7 +120,9 @@ class BenchConfig:
         return max(self.lengths)
 
 
-MODES = {
+#: BenchConfig overrides of each run mode (--smoke / --quick / default full): how many policies, lengths and
+#: repetitions a run measures.
+BENCH_CONFIG_BY_MODE = {
     "smoke": dict(policies=("dense", "window"), lengths=(3, 6), reps=1, sentence_tokens=4, window_images=2,
                   image_query_reps=1, warmup_steps=1, memory=False, pool_frames=1, decode_tokens=4, decode_reps=1,
                   step_pairs=3),
@@ -146,12 +148,12 @@ def build_engine(cfg: BenchConfig):
     real work in every forward.
     """
     from seedstory_core.agent import SeedStoryAgent
-    from seedstory_core.config import get_preset
+    from seedstory_core.config import official_config
     from seedstory_core.story import StoryEngine
-    from seedstory_core.tokenizer import default_tiny_tokenizer
+    from seedstory_core.tiny import default_tiny_tokenizer, tiny_config
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
-    config = get_preset("official" if cfg.preset == "full" else cfg.preset)
+    config = official_config() if cfg.preset in ("official", "full") else tiny_config()
     if cfg.layers is not None:
         llm = dataclasses.replace(config.agent.llm, num_hidden_layers=int(cfg.layers))
         config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, llm=llm))
@@ -314,15 +316,15 @@ def measure_image_queries(engine, state, cfg: BenchConfig) -> Dict[str, float]:
     ``forced`` runs only the decoder forwards (no lm_head / logits processor per token: the cheapest possible
     token-by-token loop, so the ratio is a lower bound); ``forced_logits`` adds the lm_head per token as a real
     ``generate`` loop would."""
-    from seedstory_core.cache import TokenKind
     from seedstory_core.generation import forward_chunk, image_query_pass, logits_at
+    from seedstory_core.tokens import image_segment_kinds
 
     agent, image = engine.inference_model(), engine.image  # the decoder the engine itself runs
     cache = state.cache.fork()
     forward_chunk(agent, cache, engine._image_embeds(state.pending_image), engine._image_kinds())
     base_len = cache.length
     ids = [image.boi, *image.img]
-    kinds = [TokenKind.BOI] + [TokenKind.IMG] * len(image.img)
+    kinds = image_segment_kinds(len(image.img), eoi=False)
     embeds = [agent.embed_tokens(torch.tensor([[t]], device=engine.device)) for t in ids]
 
     def one_pass():
@@ -850,7 +852,7 @@ def parse_args(argv=None):
 
 def config_from_args(args) -> BenchConfig:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    cfg = BenchConfig(mode=mode, **MODES[mode])
+    cfg = BenchConfig(mode=mode, **BENCH_CONFIG_BY_MODE[mode])
     cfg.preset = "full" if args.preset == "official" else args.preset
     cfg.layers = args.layers
     cfg.device = args.device

@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from seedstory_core.cache import CachePolicy, TokenKind, select_kept
+from seedstory_core.cache import CachePolicy, select_kept
+from seedstory_core.tokens import TokenKind, image_segment_kinds
 
 #: Table 8 of the paper (GPU memory, GB) for the policies it lists.
 PAPER_MEMORY_GB = {"dense": 37.99, "window": 30.81, "sink": 30.81, "multimodal_sink": 31.82}
@@ -66,7 +67,7 @@ class _Stream:
 
 
 def _image(n_img: int) -> List[int]:
-    return [TokenKind.BOI] + [TokenKind.IMG] * n_img + [TokenKind.EOI]
+    return image_segment_kinds(n_img)
 
 
 def step_costs(policy: str, frame: int, *, sentence_tokens: int, window_images: int, n_img: int = 64,

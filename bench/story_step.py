@@ -2,7 +2,7 @@
 
     python -m bench.story_step [--frames 12] [--fast-steps 20] [--quality-frames 40] [--out-dir bench/out]
 
-Models: the ``tiny`` preset with random weights (``SeedStoryBundle.random_tiny``) and the bundled trained model
+Models: the ``tiny`` preset with random weights (``seedstory_core.tiny.random_tiny_bundle``) and the bundled trained model
 (``models/seedstory-tiny``). Loops, per frame (one :meth:`StoryEngine.step` + one rendering of its features):
 
 * ``official`` — the official ``gen_george.py`` loop: the window prompt re-encoded from scratch every step, the image
@@ -44,12 +44,13 @@ QUALITY_COLUMNS = ("scheduler", "steps", "frames", "agreement", "agreement_minus
 
 def _bundles(which: List[str]):
     from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.tiny import random_tiny_bundle
 
     out = {}
     trained = SeedStoryBundle.load(REPO / "models" / "seedstory-tiny")
     if "tiny-random" in which:
         torch.manual_seed(0)
-        rnd = SeedStoryBundle.random_tiny(0, tokenizer=trained.tokenizer)
+        rnd = random_tiny_bundle(0, tokenizer=trained.tokenizer)
         with torch.no_grad():  # equal work per step: a random model never picks BOI / EOS
             rnd.agent.lm_head.weight[rnd.tokenizer.image_ids.boi].zero_()
             rnd.agent.lm_head.weight[rnd.tokenizer.eos_id].zero_()

@@ -36,7 +36,8 @@ def _device_inputs():
 
 
 def _resolve_config(choice: str, path: str):
-    from seedstory_core.config import CONFIG_FILENAME, SeedStoryConfig, official_config, tiny_config
+    from seedstory_core.config import CONFIG_FILENAME, SeedStoryConfig, official_config
+    from seedstory_core.tiny import tiny_config
 
     if choice == "official":
         return official_config()
@@ -343,9 +344,10 @@ class SeedStoryTinyModelLoader:
 
         def load():
             from seedstory_core.bundle import SeedStoryBundle
+            from seedstory_core.tiny import random_tiny_bundle
 
             if fingerprint == "random":
-                bundle = SeedStoryBundle.random_tiny(int(random_seed)).to(offload_device, dtype)
+                bundle = random_tiny_bundle(int(random_seed)).to(offload_device, dtype)
                 info = f"tiny SEED-Story model with random weights (seed {int(random_seed)}); no trained bundle at {glue.TINY_BUNDLE_DIR}"
             else:
                 bundle = SeedStoryBundle.load(glue.TINY_BUNDLE_DIR, device=offload_device, dtype=dtype)

@@ -23,7 +23,7 @@ from typing import Optional, Union
 import torch
 
 from .checkpoints import LoadReport, apply_state_dict, read_state_dict, require_kind
-from .config import CONFIG_FILENAME, SeedStoryConfig, VisualTokenizerConfig, tiny_config
+from .config import CONFIG_FILENAME, SeedStoryConfig, VisualTokenizerConfig
 
 PathLike = Union[str, Path]
 
@@ -132,30 +132,3 @@ class SeedStoryBundle:
         if tokenizer.vocab_size != config.agent.llm.vocab_size:
             raise ValueError(f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the agent expects {config.agent.llm.vocab_size}")
         return cls(config, tokenizer, vit, agent.eval(), detok.eval())
-
-    @classmethod
-    def random_tiny(cls, seed: int = 0, *, base_vocab: int = 1000, tokenizer=None) -> "SeedStoryBundle":
-        """A seeded random-weight tiny model (tests, the demo before a trained model exists, training init).
-
-        ``tokenizer``: a :class:`~seedstory_core.tokenizer.SeedStoryTokenizer` to use (e.g. one trained on the
-        training captions); its base vocabulary sets the model's vocabulary. Default: the built-in tiny tokenizer
-        with ``base_vocab`` pieces.
-        """
-        from .agent import SeedStoryAgent
-        from .detokenizer import SeedStoryDetokenizer
-        from .tokenizer import default_tiny_tokenizer
-        from .visual_tokenizer import QwenVisualTokenizer
-
-        if tokenizer is None:
-            tokenizer = default_tiny_tokenizer(base_vocab)
-        base_vocab = tokenizer.vocab_size - 2 - tokenizer.num_img_tokens
-        config = tiny_config(base_vocab)
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            vit = QwenVisualTokenizer(config.visual_tokenizer).eval()
-            agent = SeedStoryAgent.build(config.agent).eval()
-            detok = SeedStoryDetokenizer.build(config.detokenizer).eval()
-        finally:
-            torch.random.set_rng_state(state)
-        return cls(config, tokenizer, vit, agent, detok)

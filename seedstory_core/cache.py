@@ -12,7 +12,7 @@ Policies (paper §3.2 and Fig. 4 right; SEED_STORY_SPEC.md §3.2; golden/README.
 
 An image "leaves the window" when it completes (its EOI is stored) and more than ``window_images`` complete images
 exist; eviction runs right after the chunk holding that EOI (so the EOI's own logits still saw everything).
-The same rule drives the planner (:func:`plan_kept_positions`, used by ``python -m seedstory_core.sink plan``) and
+The same rule drives the planner (:func:`plan_kept_positions`, used by ``python -m seedstory_core.cache_plan_cli plan``) and
 :class:`StoryKVCache`, so the planner is exactly what the engine keeps.
 
 Positions after eviction (``positions`` setting):
@@ -32,42 +32,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .tokens import TokenKind
+
 POLICIES = ("dense", "window", "sink", "multimodal_sink")
 POSITION_MODES = ("rerotate", "original")
-
-
-class TokenKind(enum.IntEnum):
-    """The kind of every token of a story stream (spec §5 layout)."""
-
-    BOS = 0
-    TEXT = 1
-    BOI = 2
-    IMG = 3
-    EOI = 4
-
-    @classmethod
-    def from_label(cls, label: str) -> "TokenKind":
-        """Parse a label of golden/sink_ranges_*.json: ``BOS``, ``T<i>.<j>``, ``BOI<i>``, ``IMG<i>.<j>``, ``EOI<i>``.
-
-        ``EOS`` and ``INST`` labels count as text. Raises ``ValueError`` for anything else.
-        """
-        text = str(label).strip()
-        upper = text.upper()
-        if upper == "BOS":
-            return cls.BOS
-        for prefix, kind in (("BOI", cls.BOI), ("EOI", cls.EOI), ("IMG", cls.IMG)):
-            if upper.startswith(prefix):
-                return kind
-        if upper.startswith("T") or upper in ("EOS", "INST", "PAD"):
-            return cls.TEXT
-        raise ValueError(f"Unknown token label {label!r}: expected BOS, T*, BOI*, IMG*, EOI* (golden sink_ranges format)")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ _KEEP_FP32 = re.compile(r".*rotary_emb\.inv_freq")
 
 
 def _agent_rules() -> List[KeyRule]:
-    from .agent import agent_key_rules
+    from .official_agent import agent_key_rules
 
     return agent_key_rules()
 

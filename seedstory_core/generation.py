@@ -7,55 +7,20 @@
   by 66 forced decode steps; they equal forced decoding to fp32 rounding (tested).
 * :class:`ImageTokenRule` — the official ``AutoImageTokenGenerationProcessor``: after BOI/IMG_j the next image token
   is forced (score = max + 10); otherwise IMG/EOI scores are set to 0.0 (official) or -inf (``suppress='neg_inf'``).
-* :func:`official_generate` — the official greedy ``generate`` (first prompt of gen_george.py) on top of the
-  same primitives; used by the golden agent check.
+
+The official greedy ``generate`` built on the same primitives (golden parity only) is
+:func:`seedstory_core.golden.official_generate`.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
-from .cache import CachePolicy, StoryKVCache, TokenKind
-
-
-@dataclass(frozen=True)
-class ImageTokens:
-    """Ids of BOI, EOI and the IMG tokens (spec §2.1). Build from a tokenizer's ``image_ids``."""
-
-    boi: int
-    eoi: int
-    img: tuple
-
-    @classmethod
-    def of(cls, obj) -> "ImageTokens":
-        return cls(int(obj.boi), int(obj.eoi), tuple(int(i) for i in obj.img))
-
-    @property
-    def forced_sequence(self) -> List[int]:
-        return [self.boi, *self.img, self.eoi]
-
-
-def kinds_from_ids(ids: Sequence[int], image: ImageTokens, bos_id: int) -> List[int]:
-    """TokenKind of each id (BOS, BOI, IMG, EOI, else TEXT)."""
-    img = set(image.img)
-    out = []
-    for i, t in enumerate(ids):
-        t = int(t)
-        if t == bos_id and i == 0:
-            out.append(TokenKind.BOS)
-        elif t == image.boi:
-            out.append(TokenKind.BOI)
-        elif t == image.eoi:
-            out.append(TokenKind.EOI)
-        elif t in img:
-            out.append(TokenKind.IMG)
-        else:
-            out.append(TokenKind.TEXT)
-    return out
+from .cache import CachePolicy, StoryKVCache
+from .tokens import ImageTokens, image_segment_kinds
 
 
 class ImageTokenRule:
@@ -159,7 +124,7 @@ def image_query_pass(agent, cache: StoryKVCache, image: ImageTokens, *, commit: 
     is left exactly as before (the story context later stores the image through the input resampler instead).
     """
     ids = [image.boi, *image.img] + ([image.eoi] if commit else [])
-    kinds = [TokenKind.BOI] + [TokenKind.IMG] * len(image.img) + ([TokenKind.EOI] if commit else [])
+    kinds = image_segment_kinds(len(image.img), eoi=commit)
     device = agent.lm_head.weight.device
     embeds = agent.embed_tokens(torch.tensor([ids], dtype=torch.long, device=device))
     if not forced:
@@ -184,89 +149,3 @@ def new_cache(agent, policy: CachePolicy) -> StoryKVCache:
     """An empty :class:`StoryKVCache` sized for the agent's decoder."""
     decoder = decoder_of(agent)
     return StoryKVCache(len(decoder.layers), policy, decoder.rotary_emb.inv_freq)
-
-
-@torch.no_grad()
-def official_generate(
-    agent,
-    input_ids: torch.Tensor,
-    image_embeds: Optional[torch.Tensor],
-    ids_cmp_mask: Optional[torch.Tensor],
-    *,
-    image: ImageTokens,
-    bos_id: int,
-    eos_id: int,
-    max_new_tokens: int,
-    one_pass: bool = True,
-) -> Dict[str, torch.Tensor]:
-    """The official greedy ``ContinuousLVLM.generate`` (spec §2.6) on the engine's primitives.
-
-    Args:
-        input_ids: (1, L) prompt ids (e.g. ``[BOS] caption <img> IMG... </img>``).
-        image_embeds: (N, T, D) ViT-space features of the prompt's input images (or None).
-        ids_cmp_mask: (1, L) bool, True at the prompt's input IMG positions.
-        one_pass: process the forced [IMG..., EOI] run in one forward (True) or token by token (False).
-
-    Returns ``generate_ids`` (n,) int64, ``has_img_output`` bool scalar, ``num_gen_imgs`` int64 scalar,
-    ``img_gen_feat`` (1, T, D) (zeros-shaped empty when no image), ``img_hidden_states`` (1, n_img, D),
-    ``step_scores`` (n, V) processed scores of every step.
-    """
-    device = agent.lm_head.weight.device
-    rule = ImageTokenRule(image, suppress="official")
-    cache = new_cache(agent, CachePolicy(kind="dense"))
-    ids = input_ids[0].tolist()
-    embeds = agent.embed_inputs(input_ids.to(device), image_embeds, ids_cmp_mask)
-    hidden = forward_chunk(agent, cache, embeds, kinds_from_ids(ids, image, bos_id))
-    logits = logits_at(agent, hidden[0, -1])
-    last = ids[-1]
-    generated: List[int] = []
-    scores_list: List[torch.Tensor] = []
-    hidden_by_input: List[torch.Tensor] = []  # hidden state whose INPUT is generated token j
-    n_img = len(image.img)
-    while len(generated) < max_new_tokens:
-        scores = rule(last, logits)
-        token = int(scores.argmax())
-        generated.append(token)
-        scores_list.append(scores)
-        if token == eos_id or len(generated) >= max_new_tokens:
-            break
-        if token == image.boi and one_pass:
-            # The run after BOI is fixed: IMG_0..IMG_{n-1}, EOI (spec §2.6). Feed it in one forward: BOI and the
-            # forced tokens (the last one only when generation continues after it).
-            forced = [*image.img, image.eoi][: max_new_tokens - len(generated)]
-            continues = len(generated) + len(forced) < max_new_tokens
-            feed = [token] + (forced if continues else forced[:-1])
-            kinds = kinds_from_ids([-1] + feed, image, bos_id)[1:]
-            emb = agent.embed_tokens(torch.tensor([feed], dtype=torch.long, device=device))
-            h = forward_chunk(agent, cache, emb, kinds)
-            step_logits = logits_at(agent, h[0])
-            prev = token
-            for j, tok in enumerate(forced):
-                scores_list.append(rule(prev, step_logits[j]))
-                generated.append(tok)
-                prev = tok
-            hidden_by_input.extend(h[0, i] for i in range(len(feed)))
-            if not continues:
-                break
-            logits = step_logits[len(forced)]
-            last = forced[-1]
-            continue
-        emb = agent.embed_tokens(torch.tensor([[token]], dtype=torch.long, device=device))
-        h = forward_chunk(agent, cache, emb, kinds_from_ids([-1, token], image, bos_id)[1:])
-        hidden_by_input.append(h[0, 0])
-        logits = logits_at(agent, h[0, -1])
-        last = token
-    gen = torch.tensor(generated, dtype=torch.long)
-    eoi_positions = [i for i, t in enumerate(generated) if t == image.eoi]
-    out = {
-        "generate_ids": gen,
-        "step_scores": torch.stack(scores_list) if scores_list else torch.empty(0),
-        "has_img_output": torch.tensor(bool(eoi_positions)),
-        "num_gen_imgs": torch.tensor(1 if eoi_positions else 0, dtype=torch.long),
-    }
-    if eoi_positions:
-        e = eoi_positions[-1]
-        img_hidden = torch.stack(hidden_by_input[e - n_img : e]).unsqueeze(0)
-        out["img_hidden_states"] = img_hidden
-        out["img_gen_feat"] = agent.output_resampler(img_hidden)
-    return out

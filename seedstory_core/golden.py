@@ -14,6 +14,11 @@ output is outside tolerance or missing (2 on unusable input).
 Fixture kinds (``fixture`` field of the sidecar): ``vit``, ``resampler_in``, ``resampler_out``,
 ``detok_resampler``, ``agent`` (forward losses and the official greedy ``generate`` through the story engine's
 decoding primitives). Sidecars without tensors (``sink_ranges``) are skipped by ``run``.
+
+This module also holds everything that exists only for agent parity: building and loading an agent from a
+golden sidecar (:func:`agent_config_from_golden_meta`, :func:`load_golden_agent`), its ``forward`` case
+(:func:`golden_agent_forward`) and the official greedy ``generate`` (:func:`official_generate`, on the story
+engine's decoding primitives of :mod:`seedstory_core.generation`).
 """
 
 from __future__ import annotations
@@ -23,11 +28,252 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from .agent import SeedStoryAgent
+from .cache import CachePolicy
+from .checkpoints import CheckpointMismatchError
+from .config import AgentConfig, ImageTokenSettings, LlamaSettings, LoraSettings, ResamplerConfig
+from .generation import ImageTokenRule, forward_chunk, logits_at, new_cache
+from .official_agent import load_official_state_dict
+from .tokens import ImageTokens, TokenKind
+
 Tensors = Dict[str, torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------------- agent fixtures
+def agent_config_from_golden_meta(meta: Mapping[str, Any]) -> AgentConfig:
+    """:class:`AgentConfig` from a golden ``agent_*.json`` sidecar (official constructor arguments).
+
+    Reads ``llama_config`` (official ``LlamaConfig`` names; ``vocab_size`` after the resize), ``lora_config``,
+    ``input_resampler``, ``output_resampler`` from ``meta['constructor_kwargs']`` if present, else from ``meta``.
+    LoRA dropout is taken from the JSON.
+
+    Raises: KeyError naming a missing section; ValueError for settings this implementation does not support
+    (non-silu activation, tied embeddings, RoPE scaling, LoRA bias, attention bias).
+    """
+    src = meta.get("constructor_kwargs", meta)
+    for section in ("llama_config", "lora_config", "input_resampler", "output_resampler"):
+        if section not in src:
+            raise KeyError(f"golden agent meta has no '{section}' section (looked in {'constructor_kwargs' if 'constructor_kwargs' in meta else 'the top level'})")
+    llama = dict(src["llama_config"])
+    if llama.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"llama_config.hidden_act={llama['hidden_act']!r}; only silu (Llama-2) is supported")
+    if llama.get("tie_word_embeddings", False):
+        raise ValueError("llama_config.tie_word_embeddings=True; the official agent has an untied lm_head (spec §2.2)")
+    if llama.get("rope_scaling") not in (None, {}):
+        raise ValueError(f"llama_config.rope_scaling={llama['rope_scaling']!r}; only plain RoPE is supported")
+    if llama.get("attention_bias", False) or llama.get("mlp_bias", False):
+        raise ValueError("llama_config has attention/mlp bias; Llama-2 has none")
+    fields = {f for f in LlamaSettings.__dataclass_fields__}
+    kwargs = {k: v for k, v in llama.items() if k in fields}
+    # the official modelling file ignores num_key_value_heads (no GQA): k/v have num_attention_heads heads
+    kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads", LlamaSettings.num_attention_heads)
+    if "rope_theta" not in kwargs and isinstance(llama.get("rope_parameters"), Mapping):
+        kwargs["rope_theta"] = float(llama["rope_parameters"].get("rope_theta", 10000.0))
+    if kwargs.get("pad_token_id") is None:
+        kwargs.pop("pad_token_id", None)
+    llm = LlamaSettings(**kwargs)
+    lora_dict = dict(src["lora_config"])
+    if lora_dict.get("bias", "none") != "none":
+        raise ValueError(f"lora_config.bias={lora_dict['bias']!r}; the official LoRA uses bias='none'")
+    lora = LoraSettings.from_dict({k: v for k, v in lora_dict.items() if k in LoraSettings.__dataclass_fields__ or k in ("task_type", "bias")})
+    in_res = ResamplerConfig.from_dict(src["input_resampler"])
+    out_res = ResamplerConfig.from_dict(src["output_resampler"])
+    return AgentConfig(
+        llm=llm,
+        lora=lora,
+        input_resampler=in_res,
+        output_resampler=out_res,
+        image_tokens=ImageTokenSettings(num_img_tokens=in_res.num_queries),
+        lm_loss_scale=float(src.get("lm_loss_scale", 1.0)),
+        rec_loss_scale=float(src.get("rec_loss_scale", 1.0)),
+    )
+
+
+def build_agent_from_golden_meta(meta: Mapping[str, Any]) -> SeedStoryAgent:
+    """Meta-device :class:`SeedStoryAgent` (float32) for a golden sidecar; load it with :func:`load_golden_agent`."""
+    return SeedStoryAgent.build(agent_config_from_golden_meta(meta), meta=True, dtype=torch.float32)
+
+
+def _strip_fixture_keys(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k: v for k, v in state_dict.items() if not k.startswith(("input.", "output."))}
+
+
+def load_golden_agent(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], *, device=None) -> SeedStoryAgent:
+    """Build the agent for a golden sidecar and load the fixture's official-named weights strictly.
+
+    ``state_dict`` may still contain the fixture's ``input.*`` / ``output.*`` entries (they are dropped).
+    Strict: every model tensor must come from the file (0 missing, pos_embed included) and no key may be
+    unexpected. Returns the agent in eval mode, float32.
+
+    Raises: CheckpointMismatchError when the fixture does not load strictly.
+    """
+    agent = build_agent_from_golden_meta(meta)
+    sd = _strip_fixture_keys(state_dict)
+    if device is not None:
+        sd = {k: v.to(device) for k, v in sd.items()}
+    report = load_official_state_dict(agent, sd, source="golden agent fixture")
+    if report.missing or report.unexpected:
+        raise CheckpointMismatchError(f"golden agent fixture did not load strictly:\n{report.summary()}")
+    agent.eval()
+    return agent
+
+
+_GOLDEN_FORWARD_INPUTS = (
+    "input_ids", "attention_mask", "labels", "image_embeds", "embeds_gen_mask", "embeds_cmp_mask", "ids_gen_mask", "ids_cmp_mask",
+)
+
+
+def golden_agent_forward(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Run a golden agent fixture's ``forward`` case with this implementation (README "agent forward").
+
+    Args:
+        meta: the fixture's JSON sidecar.
+        state_dict: the fixture's official-named tensors (``input.*`` / ``output.*`` entries are ignored).
+        inputs: ``'forward.<name>'`` -> tensor (the ``input.`` prefix stripped; the prefixed form is accepted too)
+            for input_ids, attention_mask, labels, image_embeds, embeds_gen_mask, embeds_cmp_mask, ids_gen_mask,
+            ids_cmp_mask.
+
+    Returns: ``forward.lm_loss``, ``forward.rec_loss``, ``forward.total_loss``, ``forward.recon_image_embeds``,
+    ``forward.intermediate.image_embeds_lm``, ``forward.intermediate.logits``,
+    ``forward.intermediate.last_hidden_state`` (float32, CPU, detached).
+
+    Raises: KeyError naming a missing input; CheckpointMismatchError when the weights do not load strictly.
+    """
+    agent = load_golden_agent(meta, state_dict)
+    kwargs = {}
+    for name in _GOLDEN_FORWARD_INPUTS:
+        for key in (f"forward.{name}", f"input.forward.{name}"):
+            if key in inputs:
+                kwargs[name] = inputs[key]
+                break
+        else:
+            raise KeyError(f"golden agent inputs lack 'forward.{name}' (have: {sorted(inputs)[:12]})")
+    with torch.no_grad():
+        out = agent(**kwargs, return_recon_image_embeds=True)
+
+    def f(t):
+        return None if t is None else t.detach().float().cpu()
+
+    return {
+        "forward.lm_loss": f(out["lm_loss"]),
+        "forward.rec_loss": f(out["rec_loss"]),
+        "forward.total_loss": f(out["total_loss"]),
+        "forward.recon_image_embeds": f(out["recon_image_embeds"]),
+        "forward.intermediate.image_embeds_lm": f(out["image_embeds_lm"]),
+        "forward.intermediate.logits": f(out["logits"]),
+        "forward.intermediate.last_hidden_state": f(out["last_hidden_state"]),
+    }
+
+
+def kinds_from_ids(ids: Sequence[int], image: ImageTokens, bos_id: int) -> List[int]:
+    """TokenKind of each id (BOS, BOI, IMG, EOI, else TEXT)."""
+    img = set(image.img)
+    out = []
+    for i, t in enumerate(ids):
+        t = int(t)
+        if t == bos_id and i == 0:
+            out.append(TokenKind.BOS)
+        elif t == image.boi:
+            out.append(TokenKind.BOI)
+        elif t == image.eoi:
+            out.append(TokenKind.EOI)
+        elif t in img:
+            out.append(TokenKind.IMG)
+        else:
+            out.append(TokenKind.TEXT)
+    return out
+
+
+@torch.no_grad()
+def official_generate(
+    agent,
+    input_ids: torch.Tensor,
+    image_embeds: Optional[torch.Tensor],
+    ids_cmp_mask: Optional[torch.Tensor],
+    *,
+    image: ImageTokens,
+    bos_id: int,
+    eos_id: int,
+    max_new_tokens: int,
+    one_pass: bool = True,
+) -> Dict[str, torch.Tensor]:
+    """The official greedy ``ContinuousLVLM.generate`` (spec §2.6) on the engine's primitives.
+
+    Args:
+        input_ids: (1, L) prompt ids (e.g. ``[BOS] caption <img> IMG... </img>``).
+        image_embeds: (N, T, D) ViT-space features of the prompt's input images (or None).
+        ids_cmp_mask: (1, L) bool, True at the prompt's input IMG positions.
+        one_pass: process the forced [IMG..., EOI] run in one forward (True) or token by token (False).
+
+    Returns ``generate_ids`` (n,) int64, ``has_img_output`` bool scalar, ``num_gen_imgs`` int64 scalar,
+    ``img_gen_feat`` (1, T, D) (zeros-shaped empty when no image), ``img_hidden_states`` (1, n_img, D),
+    ``step_scores`` (n, V) processed scores of every step.
+    """
+    device = agent.lm_head.weight.device
+    rule = ImageTokenRule(image, suppress="official")
+    cache = new_cache(agent, CachePolicy(kind="dense"))
+    ids = input_ids[0].tolist()
+    embeds = agent.embed_inputs(input_ids.to(device), image_embeds, ids_cmp_mask)
+    hidden = forward_chunk(agent, cache, embeds, kinds_from_ids(ids, image, bos_id))
+    logits = logits_at(agent, hidden[0, -1])
+    last = ids[-1]
+    generated: List[int] = []
+    scores_list: List[torch.Tensor] = []
+    hidden_by_input: List[torch.Tensor] = []  # hidden state whose INPUT is generated token j
+    n_img = len(image.img)
+    while len(generated) < max_new_tokens:
+        scores = rule(last, logits)
+        token = int(scores.argmax())
+        generated.append(token)
+        scores_list.append(scores)
+        if token == eos_id or len(generated) >= max_new_tokens:
+            break
+        if token == image.boi and one_pass:
+            # The run after BOI is fixed: IMG_0..IMG_{n-1}, EOI (spec §2.6). Feed it in one forward: BOI and the
+            # forced tokens (the last one only when generation continues after it).
+            forced = [*image.img, image.eoi][: max_new_tokens - len(generated)]
+            continues = len(generated) + len(forced) < max_new_tokens
+            feed = [token] + (forced if continues else forced[:-1])
+            kinds = kinds_from_ids([-1] + feed, image, bos_id)[1:]
+            emb = agent.embed_tokens(torch.tensor([feed], dtype=torch.long, device=device))
+            h = forward_chunk(agent, cache, emb, kinds)
+            step_logits = logits_at(agent, h[0])
+            prev = token
+            for j, tok in enumerate(forced):
+                scores_list.append(rule(prev, step_logits[j]))
+                generated.append(tok)
+                prev = tok
+            hidden_by_input.extend(h[0, i] for i in range(len(feed)))
+            if not continues:
+                break
+            logits = step_logits[len(forced)]
+            last = forced[-1]
+            continue
+        emb = agent.embed_tokens(torch.tensor([[token]], dtype=torch.long, device=device))
+        h = forward_chunk(agent, cache, emb, kinds_from_ids([-1, token], image, bos_id)[1:])
+        hidden_by_input.append(h[0, 0])
+        logits = logits_at(agent, h[0, -1])
+        last = token
+    gen = torch.tensor(generated, dtype=torch.long)
+    eoi_positions = [i for i, t in enumerate(generated) if t == image.eoi]
+    out = {
+        "generate_ids": gen,
+        "step_scores": torch.stack(scores_list) if scores_list else torch.empty(0),
+        "has_img_output": torch.tensor(bool(eoi_positions)),
+        "num_gen_imgs": torch.tensor(1 if eoi_positions else 0, dtype=torch.long),
+    }
+    if eoi_positions:
+        e = eoi_positions[-1]
+        img_hidden = torch.stack(hidden_by_input[e - n_img : e]).unsqueeze(0)
+        out["img_hidden_states"] = img_hidden
+        out["img_gen_feat"] = agent.output_resampler(img_hidden)
+    return out
+
+
 
 
 def _split(tensors: Tensors) -> Tuple[Tensors, Tensors]:
@@ -38,7 +284,6 @@ def _split(tensors: Tensors) -> Tuple[Tensors, Tensors]:
 
 def run_resampler(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
     """resampler_in / resampler_out: ``y = QwenResampler(x)`` (spec §2.3)."""
-    from .config import ResamplerConfig
     from .resampler import QwenResampler
 
     kwargs = {k: v for k, v in meta["constructor_kwargs"].items() if k in ("grid_size", "embed_dim", "num_heads", "kv_dim")}
@@ -62,9 +307,6 @@ def run_detok_resampler(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
 
 def run_agent(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
     """Agent forward (losses, intermediates) and the official greedy generate (spec §2.5, §2.6)."""
-    from .agent import golden_agent_forward, load_golden_agent
-    from .generation import ImageTokens, official_generate
-
     out = dict(golden_agent_forward(meta, state, inputs)) if any(k.startswith("forward.") for k in inputs) else {}
     if any(k.startswith("generate.") for k in inputs):
         agent = load_golden_agent(meta, state)

@@ -33,16 +33,16 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .cache import CachePolicy, StoryKVCache, TokenKind
+from .cache import CachePolicy, StoryKVCache
 from .generation import (
     ImageTokenRule,
-    ImageTokens,
     InferenceModel,
     forward_chunk,
     image_query_pass,
     logits_at,
     new_cache,
 )
+from .tokens import TokenKind, image_segment_kinds
 
 MODES = ("generation", "visualization")
 #: ``StoryEngine(merge_lora=None)`` merges the LoRA deltas into an inference copy of the projections when that copy
@@ -297,7 +297,7 @@ class StoryEngine:
             merge_lora = agent.lora_merge_bytes() <= AUTO_MERGE_MAX_BYTES
         self.merge_lora = bool(merge_lora)
         self._run = self.inference_model()
-        self.image = ImageTokens.of(tokenizer.image_ids)
+        self.image = tokenizer.image_ids
         n_img = agent.config.image_tokens.num_img_tokens
         if len(self.image.img) != n_img:
             raise ValueError(f"tokenizer has {len(self.image.img)} IMG tokens but the agent expects {n_img}")
@@ -358,7 +358,7 @@ class StoryEngine:
         return torch.cat([boi_eoi[:, :1], img, boi_eoi[:, 1:]], dim=1)
 
     def _image_kinds(self) -> List[int]:
-        return [TokenKind.BOI] + [TokenKind.IMG] * len(self.image.img) + [TokenKind.EOI]
+        return image_segment_kinds(len(self.image.img))
 
     def _image_ids(self) -> List[int]:
         return self.image.forced_sequence

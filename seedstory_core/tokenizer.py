@@ -23,28 +23,23 @@ The fast (``tokenizers``) backend reproduces this when the image tokens are regi
 ``normalized=False`` (the normaliser, which prepends ``'▁'``, then runs on each chunk separately). The slow
 sentencepiece backend of transformers (``legacy=True``) does it natively.
 
-:func:`build_tiny_tokenizer` / :func:`default_tiny_tokenizer` train a small LLaMA-like tokenizer with the same
-properties, for tests and tiny random-weight models.
+:func:`seedstory_core.tiny.build_tiny_tokenizer` trains a small LLaMA-like tokenizer with the same properties, for
+tests and tiny models.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import string
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Sequence, Tuple, Union
 
 from .config import ImageTokenSettings
+from .tokens import ImageTokens
 
 __all__ = [
-    "ImageTokenIds",
     "SeedStoryTokenizer",
     "TokenizerError",
-    "build_tiny_tokenizer",
-    "default_tiny_tokenizer",
-    "tiny_story_corpus",
     "INST",
     "CLEAN_TEXT_PATTERN",
 ]
@@ -54,9 +49,6 @@ INST = "[INST]"
 #: The official text-cleaning regex (spec §3.1): every ``<...>`` tag and the whitespace around it becomes one space.
 CLEAN_TEXT_PATTERN = re.compile(r"\s*<[^>]*>\s*")
 
-_SPIECE_UNDERLINE = "\u2581"
-#: Characters every tiny tokenizer knows as single pieces, whatever its corpus (printable ASCII without space).
-_BASE_ALPHABET = string.ascii_letters + string.digits + string.punctuation
 _UNK, _BOS, _EOS = "<unk>", "<s>", "</s>"
 
 PathLike = Union[str, Path]
@@ -64,57 +56,6 @@ PathLike = Union[str, Path]
 
 class TokenizerError(ValueError):
     """A tokenizer folder or file is unusable for SEED-Story (missing files, bad image tokens, wrong behaviour)."""
-
-
-@dataclass(frozen=True)
-class ImageTokenIds:
-    """Token ids of the image tokens (spec §2.1): BOI, EOI and the ``num_img_tokens`` IMG tokens in order.
-
-    Attributes:
-        boi (int): id of ``<img>``.
-        eoi (int): id of ``</img>``.
-        img (tuple[int, ...]): ids of ``<img_00000>`` .. ``<img_{n-1:05d}>``, in order.
-
-    Raises:
-        ValueError: if an id is negative or not an int, ``img`` is empty, or ids repeat.
-    """
-
-    boi: int
-    eoi: int
-    img: Tuple[int, ...]
-
-    def __post_init__(self):
-        object.__setattr__(self, "img", tuple(self.img))
-        ids = [self.boi, self.eoi, *self.img]
-        for i in ids:
-            if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-                raise ValueError(f"ImageTokenIds: expected non-negative int ids, found {i!r}.")
-        if not self.img:
-            raise ValueError("ImageTokenIds: expected at least one IMG token id, found none.")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"ImageTokenIds: expected {len(ids)} distinct ids, found repeats in {ids}.")
-
-    @property
-    def num_img_tokens(self) -> int:
-        """Number of IMG tokens per image (64 in SEED-Story)."""
-        return len(self.img)
-
-    @property
-    def all_ids(self) -> Tuple[int, ...]:
-        """``(boi, eoi, img_0, ..., img_{n-1})``: the order in which the tokens are added to the vocabulary."""
-        return (self.boi, self.eoi, *self.img)
-
-    def forced_sequence(self) -> List[int]:
-        """``[boi, img_0, ..., img_{n-1}, eoi]``: one image as it appears in a prompt (n + 2 ids, spec §2.1/§2.6)."""
-        return [self.boi, *self.img, self.eoi]
-
-    def is_image_token(self, token_id: int) -> bool:
-        """True if ``token_id`` is BOI, EOI or an IMG token."""
-        return token_id in self._id_set
-
-    @property
-    def _id_set(self) -> frozenset:
-        return frozenset(self.all_ids)
 
 
 def _image_token_strings(settings: ImageTokenSettings) -> List[str]:
@@ -162,7 +103,7 @@ class SeedStoryTokenizer:
         strings = _image_token_strings(image_tokens)
         self._ensure_image_tokens(strings)
         ids = self._verify_single_tokens(strings)
-        self._image_ids = ImageTokenIds(boi=ids[0], eoi=ids[1], img=tuple(ids[2:]))
+        self._image_ids = ImageTokens(boi=ids[0], eoi=ids[1], img=tuple(ids[2:]))
         tag_ids = set(self._image_ids.all_ids) | set(int(i) for i in self._tok.added_tokens_decoder)
         tag_ids |= {int(i) for i in self._tok.all_special_ids if i is not None}
         self._tag_ids = frozenset(tag_ids)
@@ -324,7 +265,7 @@ class SeedStoryTokenizer:
         return int(self._tok.vocab_size)
 
     @property
-    def image_ids(self) -> ImageTokenIds:
+    def image_ids(self) -> ImageTokens:
         """Ids of BOI, EOI and the IMG tokens."""
         return self._image_ids
 
@@ -356,7 +297,7 @@ class SeedStoryTokenizer:
 
         The chunk gets LLaMA's dummy-prefix ``'▁'`` (legacy behaviour), so ``encode('[INST]a')`` starts with
         :attr:`inst_ids`. By chunk independence, ``encode_prompt(x + image_token_string() + y) ==
-        encode(x) + image_ids.forced_sequence() + encode(y)``.
+        encode(x) + image_ids.forced_sequence + encode(y)``.
 
         Args:
             text (str): a non-empty text without image tags.
@@ -560,7 +501,7 @@ class SeedStoryTokenizer:
         probe = "[INST]Ab, c."
         run = self._image_run_string
         got = self._raw_encode(run + probe + run)
-        want = self._image_ids.forced_sequence() + self._raw_encode(probe) + self._image_ids.forced_sequence()
+        want = self._image_ids.forced_sequence + self._raw_encode(probe) + self._image_ids.forced_sequence
         if got != want:
             raise TokenizerError(
                 "expected the legacy LLaMA chunking (text after an image tag tokenized like a fresh text, as in "
@@ -632,205 +573,4 @@ def _load_sentencepiece_folder(folder: Path):
                     f"{added_file} gives {content!r} id {want_id}, but adding it in id order produced id {got}. "
                     "The added ids must follow the base vocabulary without gaps."
                 )
-    return tok
-
-
-# ---------------------------------------------------------------------- tiny tokenizer
-
-_NAMES = ["George", "Peppa", "Jim", "Anna", "Tom", "Lily", "Max", "Zoe", "Sam", "Mia", "Ben", "Rosa"]
-_ANIMALS = ["monkey", "pig", "dog", "cat", "rabbit", "bear", "duck", "fox", "owl", "horse"]
-_PLACES = ["the park", "the kitchen", "the garden", "the beach", "the zoo", "the forest", "school", "the city",
-           "the farm", "the lake", "the museum", "the playground"]
-_VERBS = ["runs to", "walks to", "looks at", "plays in", "jumps over", "smiles at", "waves at", "points at",
-          "climbs", "visits", "paints", "finds"]
-_OBJECTS = ["a red ball", "a big box", "a yellow hat", "two apples", "a small boat", "the blue kite",
-            "a funny book", "three balloons", "a new bike", "the old map", "a green umbrella", "a shiny key"]
-_ADJ = ["happy", "curious", "excited", "tired", "surprised", "brave", "hungry", "sleepy", "proud", "quiet"]
-_TIME = ["In the morning", "One sunny day", "Later", "After lunch", "At night", "Suddenly", "Then", "Soon",
-         "The next day", "Meanwhile"]
-_SAYS = ["\"Look at this!\"", "\"Let's go!\"", "\"What is that?\"", "\"I'm so happy!\"", "\"Can we play?\"",
-         "\"Oh no!\"", "\"That's fun!\"", "\"Wow, it's big!\""]
-
-
-def tiny_story_corpus(num_lines: int = 400) -> List[str]:
-    """A deterministic corpus of simple English story sentences, generated from built-in word lists.
-
-    Lines use names, punctuation, apostrophes, quotes, numbers and the ``'[INST]'`` marker (about one line in
-    three starts with it, as captions do in SEED-Story prompts, spec §5).
-
-    Args:
-        num_lines (int): number of lines (>= 1).
-
-    Returns:
-        list[str]
-
-    Raises:
-        ValueError: if ``num_lines`` < 1.
-    """
-    if not isinstance(num_lines, int) or num_lines < 1:
-        raise ValueError(f"tiny_story_corpus: expected num_lines >= 1, found {num_lines!r}.")
-    lines = []
-    for i in range(num_lines):
-        name = _NAMES[i % len(_NAMES)]
-        friend = _NAMES[(i * 5 + 3) % len(_NAMES)]
-        animal = _ANIMALS[(i * 3) % len(_ANIMALS)]
-        place = _PLACES[(i * 7) % len(_PLACES)]
-        verb = _VERBS[(i * 11) % len(_VERBS)]
-        obj = _OBJECTS[(i * 13) % len(_OBJECTS)]
-        adj = _ADJ[(i * 17) % len(_ADJ)]
-        when = _TIME[(i * 19) % len(_TIME)]
-        say = _SAYS[(i * 23) % len(_SAYS)]
-        kind = i % 6
-        if kind == 0:
-            line = f"{when}, {name} the {animal} {verb} {place}."
-        elif kind == 1:
-            line = f"{name} is {adj} because {friend} has {obj}. {say}"
-        elif kind == 2:
-            line = f"{name}'s friend {friend} {verb} {obj} in {place}, and they laugh."
-        elif kind == 3:
-            line = f"{when}, {name} and {friend} see {(i * 37) % 100} {animal}s at {place}! {say} says {friend}."
-        elif kind == 4:
-            line = f"{name} doesn't know where {obj} is, so {name} asks {friend}: {say}"
-        else:
-            line = f"At {i % 12 + 1} o'clock, the {adj} {animal} {verb} {place}; {name} is {adj} too ({i} steps)."
-        if i % 3 == 1:
-            line = INST + line
-        lines.append(line)
-    return lines
-
-
-def build_tiny_tokenizer(
-    texts: Iterable[str], vocab_size: int, image_tokens: ImageTokenSettings = ImageTokenSettings()
-) -> SeedStoryTokenizer:
-    """Train a small LLaMA-style tokenizer with the ``tokenizers`` library and add the image tokens.
-
-    Layout (like LLaMA-2): ``<unk>`` = 0, ``<s>`` = 1, ``</s>`` = 2, the 256 byte-fallback pieces ``<0x00>`` ..
-    ``<0xFF>`` = 3..258, then the characters (printable ASCII + those of ``texts``) and the BPE merges learned
-    from ``texts``, then (if the trainer yields
-    fewer) deterministic filler pieces ``<unused_NNNNN>`` (never produced by encoding) up to EXACTLY
-    ``vocab_size``; then the image tokens at ids ``vocab_size`` .. ``vocab_size + 2 + n - 1`` in the order BOI,
-    EOI, IMG_0.. (spec §2.1). Normalisation is LLaMA's legacy one (``Prepend('▁')`` + ``Replace(' ', '▁')``) with a
-    ``'▁'``-splitting pre-tokenizer, so text after an image tag gets a dummy prefix and the chunk-independence
-    property holds. Deterministic for the same inputs. Characters never seen in ``texts`` are encoded with byte
-    fallback.
-
-    Args:
-        texts (Iterable[str]): training lines (image tags inside them are ignored as plain text; avoid them).
-        vocab_size (int): base vocabulary size, >= 259 + number of distinct characters (printable ASCII and
-            those in ``texts``) + 3; about 360 for ASCII text.
-        image_tokens (ImageTokenSettings): the image token strings.
-
-    Returns:
-        SeedStoryTokenizer: with ``base_vocab_size == vocab_size``.
-
-    Raises:
-        ValueError: if ``texts`` is empty or holds no non-empty str, or ``vocab_size`` is too small.
-        TypeError: if an element of ``texts`` is not a str.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    lines = []
-    for t in texts:
-        if not isinstance(t, str):
-            raise TypeError(f"build_tiny_tokenizer: expected texts to be strings, found {type(t).__name__}.")
-        if t:
-            lines.append(t)
-    if not lines:
-        raise ValueError("build_tiny_tokenizer: expected at least one non-empty training text, found none.")
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-        raise TypeError(f"build_tiny_tokenizer: expected vocab_size to be an int, found {type(vocab_size).__name__}.")
-
-    specials = [_UNK, _BOS, _EOS]
-    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
-    corpus_chars = {c for line in lines for c in line.replace(" ", _SPIECE_UNDERLINE)}
-    alphabet = sorted(corpus_chars | set(_BASE_ALPHABET) | {_SPIECE_UNDERLINE})
-    minimum = len(specials) + len(byte_pieces) + len(alphabet) + 3
-    if vocab_size < minimum:
-        raise ValueError(
-            f"build_tiny_tokenizer: expected vocab_size >= {minimum} (3 special + 256 byte pieces + "
-            f"{len(alphabet)} characters (printable ASCII + the corpus) + 3 merges), found {vocab_size}. "
-            "Increase vocab_size."
-        )
-
-    normalizer = normalizers.Sequence([normalizers.Prepend(_SPIECE_UNDERLINE), normalizers.Replace(" ", _SPIECE_UNDERLINE)])
-    pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPIECE_UNDERLINE, prepend_scheme="never", split=True)
-
-    # 1. learn characters + merges (the trainer's vocab holds the 3 specials, the alphabet and the merges).
-    trainer_model = Tokenizer(models.BPE(unk_token=_UNK))
-    trainer_model.normalizer = normalizer
-    trainer_model.pre_tokenizer = pre_tokenizer
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(byte_pieces),
-        min_frequency=2,
-        special_tokens=specials,
-        initial_alphabet=alphabet,
-        limit_alphabet=len(alphabet),
-        show_progress=False,
-    )
-    trainer_model.train_from_iterator(lines, trainer=trainer)
-    learned = json.loads(trainer_model.to_str())["model"]
-    learned_vocab = sorted(learned["vocab"].items(), key=lambda kv: kv[1])
-    merges = [m if isinstance(m, str) else " ".join(m) for m in learned["merges"]]
-
-    # 2. re-index LLaMA-style and pad to exactly vocab_size.
-    pieces = specials + byte_pieces
-    seen = set(pieces)
-    for piece, _ in learned_vocab:
-        if piece not in seen:
-            pieces.append(piece)
-            seen.add(piece)
-    if len(pieces) > vocab_size:  # cannot happen with the trainer budget above; guard the contract anyway
-        raise ValueError(f"build_tiny_tokenizer: trainer produced {len(pieces)} pieces, more than {vocab_size}.")
-    filler = 0
-    while len(pieces) < vocab_size:
-        piece = f"<unused_{filler:05d}>"
-        filler += 1
-        if piece not in seen:
-            pieces.append(piece)
-            seen.add(piece)
-
-    model = models.BPE(
-        vocab={p: i for i, p in enumerate(pieces)},
-        merges=[tuple(m.split(" ")) for m in merges],
-        unk_token=_UNK,
-        fuse_unk=True,
-        byte_fallback=True,
-    )
-    backend = Tokenizer(model)
-    backend.normalizer = normalizer
-    backend.pre_tokenizer = pre_tokenizer
-    backend.decoder = decoders.Sequence(
-        [decoders.Replace(_SPIECE_UNDERLINE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    backend.add_special_tokens([_added_token(s, special=True) for s in specials])
-    tok = SeedStoryTokenizer(_wrap_fast(backend, source="build_tiny_tokenizer"), image_tokens)
-    if tok.base_vocab_size != vocab_size:
-        raise ValueError(
-            f"build_tiny_tokenizer: expected a base vocabulary of {vocab_size}, found {tok.base_vocab_size}."
-        )
-    return tok
-
-
-_DEFAULT_TINY_CACHE: dict = {}
-
-
-def default_tiny_tokenizer(vocab_size: int = 1000) -> SeedStoryTokenizer:
-    """:func:`build_tiny_tokenizer` on :func:`tiny_story_corpus` (400 lines), with the default image tokens.
-
-    Deterministic; the result for a given ``vocab_size`` is built once per process and shared (the tokenizer is
-    not meant to be mutated).
-
-    Args:
-        vocab_size (int): base vocabulary size (default 1000; image tokens get ids vocab_size..vocab_size+65).
-
-    Returns:
-        SeedStoryTokenizer
-
-    Raises:
-        ValueError: if ``vocab_size`` is too small for the corpus (see :func:`build_tiny_tokenizer`).
-    """
-    tok = _DEFAULT_TINY_CACHE.get(vocab_size)
-    if tok is None:
-        tok = build_tiny_tokenizer(tiny_story_corpus(), vocab_size)
-        _DEFAULT_TINY_CACHE[vocab_size] = tok
     return tok

@@ -85,8 +85,8 @@ def _seed_and_threads():
 @pytest.fixture(scope="session")
 def init_bundle(tmp_path_factory):
     """A random tiny bundle saved to disk (the ``--init bundle:DIR`` of the training-stage tests)."""
-    from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.tiny import random_tiny_bundle
 
     folder = tmp_path_factory.mktemp("init") / "bundle"
-    SeedStoryBundle.random_tiny(0).save(folder)
+    random_tiny_bundle(0).save(folder)
     return folder

@@ -9,14 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seedstory_core.agent import (
-    SeedStoryAgent,
-    agent_config_from_golden_meta,
-    cosine_loss,
-    golden_agent_forward,
-    load_golden_agent,
-)
+from seedstory_core.agent import SeedStoryAgent, cosine_loss
 from seedstory_core.config import AgentConfig, ImageTokenSettings, LlamaSettings, LoraSettings, ResamplerConfig
+from seedstory_core.golden import agent_config_from_golden_meta, golden_agent_forward, load_golden_agent
 
 RTOL, ATOL = 1e-4, 1e-5
 GOLDEN_OUTPUTS = (

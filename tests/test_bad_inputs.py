@@ -118,7 +118,7 @@ def test_good_files_still_load_and_unsafe_pickles_are_still_refused(tmp_path):
 
 
 def test_corrupt_shard_index_and_base_llama_files(tmp_path):
-    from seedstory_core.agent import _iter_tensors, _llama_shards
+    from seedstory_core.official_agent import _iter_tensors, _llama_shards
 
     (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-00001.safet')
     with pytest.raises(CorruptCheckpointError, match="not a valid shard index.*weight_map"):
@@ -192,7 +192,8 @@ def test_story_start_picks_batch_index_and_step_refuses_batched_context(comfy):
 
 # ------------------------------------------------------------------------------------------------ text length
 def test_text_limit_is_derived_from_the_model_config():
-    from seedstory_core.config import official_config, tiny_config
+    from seedstory_core.config import official_config
+    from seedstory_core.tiny import tiny_config
 
     max_text_tokens = story_nodes.max_text_tokens
     official, small = official_config().agent, tiny_config().agent
@@ -245,10 +246,10 @@ def test_long_opening_text_and_captions_are_refused_with_the_limit(comfy):
 # ------------------------------------------------------------------------------------------------ tiny_recipe --export
 def _fake_run(tmp: Path) -> Path:
     """A run folder with only what the export stage reads (stage3/model: the trained bundle)."""
-    from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.tiny import random_tiny_bundle
 
     run_dir = tmp / "run"
-    SeedStoryBundle.random_tiny(0).save(run_dir / "stage3" / "model")
+    random_tiny_bundle(0).save(run_dir / "stage3" / "model")
     return run_dir
 
 

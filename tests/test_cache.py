@@ -1,4 +1,4 @@
-"""Cache policies, the sink planner CLI and the StoryKVCache on a real (tiny) transformers LLaMA."""
+"""Cache policies, the cache-plan CLI and the StoryKVCache on a real (tiny) transformers LLaMA."""
 
 import json
 import subprocess
@@ -9,10 +9,11 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from seedstory_core.cache import (CachePolicy, StoryKVCache, TokenKind, apply_rotation, plan_kept_positions, rotate_into,
+from seedstory_core.cache import (CachePolicy, StoryKVCache, apply_rotation, plan_kept_positions, rotate_into,
                                   rotate_keys, rotation_tables)
-from seedstory_core.config import tiny_config
-from seedstory_core.sink import plan_from_spec
+from seedstory_core.cache_plan_cli import plan_from_spec
+from seedstory_core.tiny import tiny_config
+from seedstory_core.tokens import TokenKind
 
 K = TokenKind
 
@@ -61,11 +62,11 @@ def test_planner_cli(tmp_path, golden_dir):
             "boi_before": 4, "boi_after": 8, "eoi_before": 8, "eoi_after": 4}
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(spec))
-    out = subprocess.run([sys.executable, "-m", "seedstory_core.sink", "plan", str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "seedstory_core.cache_plan_cli", "plan", str(path)], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["kept"] == plan_from_spec(spec)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"token_types": ["BOS", "X1"]}))
-    res = subprocess.run([sys.executable, "-m", "seedstory_core.sink", "plan", str(bad)], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "seedstory_core.cache_plan_cli", "plan", str(bad)], capture_output=True, text=True)
     assert res.returncode == 2 and "Unknown token label" in res.stderr
 
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from seedstory_core.checkpoints import CheckpointMismatchError, WrongCheckpointKindError
-from seedstory_core.config import DetokenizerConfig, tiny_config
+from seedstory_core.config import DetokenizerConfig
 from seedstory_core.detokenizer import (
     SCHEDULER_NAMES,
     SeedStoryDetokenizer,
     frame_seed,
     load_sdxl_configs,
 )
+from seedstory_core.tiny import tiny_config
 
 STEPS = 3
 

@@ -17,10 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 def test_evaluate_cli_runs_on_a_small_model(tmp_path):
     """A random-init model through the CLI: every metric is a fraction in [0, 1], and a model that writes no
     StoryStream-mini sentence scores ~0 on everything the judge reads from its sentences."""
-    from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.tiny import random_tiny_bundle
 
     model = tmp_path / "model"
-    SeedStoryBundle.random_tiny(0).save(model)
+    random_tiny_bundle(0).save(model)
     out = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(model), "--stories", "1",
                           "--no-ablation", "--diffusion-steps", "1"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -91,12 +91,12 @@ def test_teacher_forcing_puts_ground_truth_frames_in_the_context():
     tokenizer's features of the given frame: frame 1 is drawn from the same context either way, later frames not."""
     import numpy as np
 
-    from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.tiny import random_tiny_bundle
     from seedstory_core.data import mini
     from training.evaluate import frame_features, generate_story
 
     torch.manual_seed(0)
-    bundle = SeedStoryBundle.random_tiny(0)
+    bundle = random_tiny_bundle(0)
     story = mini.generate_story(1001, 0, frames=4)
     gt = mini.render_story(story, size=64)
     kw = dict(captions=story["captions"][1:4], diffusion_steps=1, seed=3)

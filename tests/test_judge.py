@@ -255,11 +255,11 @@ def test_cli_prints_one_json_object_last_with_the_judge_hash(judge):
 
 def test_a_models_own_probe_is_never_used(tmp_path, judge):
     """A model folder that ships a (broken) probe/ is still judged by the fixed judge."""
-    from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.tiny import random_tiny_bundle
     from training.evaluate import evaluate
 
     model = tmp_path / "model"
-    SeedStoryBundle.random_tiny(0).save(model)
+    random_tiny_bundle(0).save(model)
     (model / "probe").mkdir()
     (model / "probe" / "probe.safetensors").write_bytes(b"not a probe")
     result = evaluate(model, seed=1000, stories=1, frames=3, ablation=False, diffusion_steps=1)

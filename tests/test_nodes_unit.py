@@ -392,10 +392,10 @@ def test_clear_errors_for_bad_inputs(comfy):
 
 def _write_component_folders(root: Path):
     """The tiny bundle saved, then laid out like a user would in models/seed_story/... (configs next to files)."""
-    from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.tiny import random_tiny_bundle
 
     with torch.inference_mode(False):
-        bundle = SeedStoryBundle.random_tiny(3)
+        bundle = random_tiny_bundle(3)
         saved = bundle.save(root / "bundle")
     ss = root / "models" / "seed_story"
     import shutil

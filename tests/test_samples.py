@@ -83,7 +83,7 @@ def test_golden_training_batch_exact(golden):
 
 
 def _sample_with_real_tokenizer(k=2, max_length=1280):
-    from seedstory_core.tokenizer import default_tiny_tokenizer
+    from seedstory_core.tiny import default_tiny_tokenizer
 
     tok = default_tiny_tokenizer()
     caps = ["George the pig runs to the park.", "Peppa smiles at George.", "They find a red ball!", "Later, they go home."]
@@ -192,7 +192,7 @@ def test_sd_target_crops_the_centre_and_maps_to_minus1_1():
 
 def test_text_loss_all_labels_every_caption_after_the_first_image():
     from seedstory_core.data.samples import IGNORE_INDEX, StorySampleBuilder
-    from seedstory_core.tokenizer import default_tiny_tokenizer
+    from seedstory_core.tiny import default_tiny_tokenizer
 
     tok = default_tiny_tokenizer()
     caps = ["Tom is at the park.", "He jumps.", "Lily comes.", "They dance."]

@@ -53,9 +53,9 @@ def test_a_few_steps_lower_the_contrastive_loss(stage0_run):
     assert (out / "model" / "visual_tokenizer" / "model.safetensors").is_file()
     assert (out / "text_encoder.safetensors").is_file()
     # the whole ViT was trained (no part left at its random init)
-    from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.tiny import random_tiny_bundle
 
-    init = SeedStoryBundle.random_tiny(0).visual_tokenizer.state_dict()
+    init = random_tiny_bundle(0).visual_tokenizer.state_dict()
     trained = _vit_weights(out / "model")
     assert metrics["trainable"] and all(n in trained for n in metrics["trainable"])
     changed = [k for k in metrics["trainable"] if not torch.equal(trained[k], init[k].float())]

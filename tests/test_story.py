@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from seedstory_core.agent import SeedStoryAgent
-from seedstory_core.cache import CachePolicy, TokenKind, plan_kept_positions
-from seedstory_core.config import tiny_config
-from seedstory_core.generation import ImageTokens, forward_chunk, image_query_pass, new_cache
+from seedstory_core.cache import CachePolicy, plan_kept_positions
+from seedstory_core.generation import forward_chunk, image_query_pass, new_cache
 from seedstory_core.story import DecodingSettings, StoryCancelled, StoryEngine, StorySettings, StoryState
-from seedstory_core.tokenizer import default_tiny_tokenizer
+from seedstory_core.tiny import default_tiny_tokenizer, tiny_config
+from seedstory_core.tokens import TokenKind
 
 FAST = DecodingSettings(max_sentence_tokens=6)
 SAMPLE = DecodingSettings(do_sample=True, temperature=1.3, top_k=50, top_p=0.95, max_sentence_tokens=6)

@@ -16,14 +16,9 @@ import pytest
 from conftest import require_or_skip
 
 from seedstory_core.config import ImageTokenSettings
-from seedstory_core.tokenizer import (
-    ImageTokenIds,
-    SeedStoryTokenizer,
-    TokenizerError,
-    build_tiny_tokenizer,
-    default_tiny_tokenizer,
-    tiny_story_corpus,
-)
+from seedstory_core.tiny import build_tiny_tokenizer, default_tiny_tokenizer, tiny_story_corpus
+from seedstory_core.tokenizer import SeedStoryTokenizer, TokenizerError
+from seedstory_core.tokens import ImageTokens, TokenKind, image_segment_kinds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,22 +62,26 @@ def story_prompt(tok, captions):
 
 
 def incremental_ids(tok, captions):
-    run = tok.image_ids.forced_sequence()
+    run = tok.image_ids.forced_sequence
     ids = tok.encode(captions[0])
     for c in captions[1:]:
         ids += run + tok.encode(tok.instruction(c))
     return ids
 
 
-# ---------------------------------------------------------------------------------------------- ImageTokenIds
+# ---------------------------------------------------------------------------------------------- ImageTokens
 
 
 def test_image_token_ids_helpers():
-    ids = ImageTokenIds(boi=10, eoi=11, img=(12, 13, 14))
+    ids = ImageTokens(boi=10, eoi=11, img=(12, 13, 14))
     assert ids.all_ids == (10, 11, 12, 13, 14)
-    assert ids.forced_sequence() == [10, 12, 13, 14, 11]
+    assert ids.forced_sequence == [10, 12, 13, 14, 11]
     assert ids.num_img_tokens == 3
-    assert ids.is_image_token(10) and ids.is_image_token(14) and not ids.is_image_token(9)
+    K = TokenKind
+    assert image_segment_kinds(ids.num_img_tokens) == [K.BOI, K.IMG, K.IMG, K.IMG, K.EOI]
+    assert image_segment_kinds(2, eoi=False) == [K.BOI, K.IMG, K.IMG]
+    with pytest.raises(ValueError, match="num_img_tokens >= 1"):
+        image_segment_kinds(0)
 
 
 @pytest.mark.parametrize(
@@ -90,8 +89,8 @@ def test_image_token_ids_helpers():
                dict(boi=1, eoi=2, img=(3.0,))]
 )
 def test_image_token_ids_rejects_bad_ids(kwargs):
-    with pytest.raises(ValueError, match="ImageTokenIds: expected"):
-        ImageTokenIds(**kwargs)
+    with pytest.raises(ValueError, match="ImageTokens: expected"):
+        ImageTokens(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- text helpers
@@ -180,7 +179,7 @@ def test_real_chunk_independence(llama2, shift):
 def test_real_chunk_independence_with_trailing_image(llama2):
     caps = CAPTIONS[:4]
     prompt = story_prompt(llama2, caps) + llama2.image_token_string()
-    assert llama2.encode_prompt(prompt) == incremental_ids(llama2, caps) + llama2.image_ids.forced_sequence()
+    assert llama2.encode_prompt(prompt) == incremental_ids(llama2, caps) + llama2.image_ids.forced_sequence
 
 
 def test_real_window_cut_matches_training_layout(llama2):
@@ -188,7 +187,7 @@ def test_real_window_cut_matches_training_layout(llama2):
     prompt = story_prompt(llama2, CAPTIONS[:3]) + llama2.image_token_string()
     cut = prompt[prompt.index("</img>") + len("</img>") + len("[INST]") :]
     assert cut.startswith(CAPTIONS[1])
-    expected = incremental_ids(llama2, CAPTIONS[1:3]) + llama2.image_ids.forced_sequence()
+    expected = incremental_ids(llama2, CAPTIONS[1:3]) + llama2.image_ids.forced_sequence
     assert llama2.encode_prompt(cut) == expected
 
 
@@ -197,7 +196,7 @@ def test_real_decode_round_trips(llama2):
         assert llama2.decode(llama2.encode(cap)) == cap
         chunk = llama2.instruction(cap)
         assert llama2.decode(llama2.encode(chunk)) == chunk
-        generated = llama2.encode(chunk) + llama2.image_ids.forced_sequence() + [llama2.eos_id]
+        generated = llama2.encode(chunk) + llama2.image_ids.forced_sequence + [llama2.eos_id]
         assert llama2.decode(generated) == chunk  # official cleaning keeps '[INST]', drops tags and </s>
         raw = llama2.decode(generated, keep_image_tags=True)
         assert raw.startswith(chunk) and "<img_00063></img>" in raw and raw.endswith("</s>")
@@ -264,7 +263,7 @@ def test_tiny_deterministic_in_process_and_across_processes(tiny):
     a = build_tiny_tokenizer(texts, 1000)
     assert a.hf_tokenizer.backend_tokenizer.to_str() == tiny.hf_tokenizer.backend_tokenizer.to_str()
     code = (
-        "from seedstory_core.tokenizer import default_tiny_tokenizer as d;"
+        "from seedstory_core.tiny import default_tiny_tokenizer as d;"
         "t=d();import hashlib,sys;"
         "sys.stdout.write(hashlib.sha256(t.hf_tokenizer.backend_tokenizer.to_str().encode()).hexdigest())"
     )
@@ -280,11 +279,11 @@ def test_tiny_deterministic_in_process_and_across_processes(tiny):
 def test_tiny_chunk_independence(tiny, shift):
     caps = CAPTIONS[shift : shift + 3]
     prompt = story_prompt(tiny, caps) + tiny.image_token_string()
-    assert tiny.encode_prompt(prompt) == incremental_ids(tiny, caps) + tiny.image_ids.forced_sequence()
+    assert tiny.encode_prompt(prompt) == incremental_ids(tiny, caps) + tiny.image_ids.forced_sequence
 
 
 def test_tiny_text_after_image_tag_gets_dummy_prefix(tiny):
-    run = tiny.image_ids.forced_sequence()
+    run = tiny.image_ids.forced_sequence
     ids = tiny.encode_prompt(tiny.image_token_string() + "[INST]George")
     assert ids[:66] == run
     assert ids[66:] == tiny.encode("[INST]George")
@@ -309,7 +308,7 @@ def test_tiny_save_and_reload(tiny, tmp_path):
 def test_tiny_custom_image_tokens():
     settings = ImageTokenSettings(num_img_tokens=4)
     tok = build_tiny_tokenizer(tiny_story_corpus(50), 400, settings)
-    assert tok.image_ids.forced_sequence() == [400, 402, 403, 404, 405, 401]
+    assert tok.image_ids.forced_sequence == [400, 402, 403, 404, 405, 401]
     assert tok.image_token_string() == "<img><img_00000><img_00001><img_00002><img_00003></img>"
     assert tok.vocab_size == 406
 
@@ -409,7 +408,7 @@ def test_sentencepiece_folder_legacy_behaviour(tmp_path):
     caps = CAPTIONS[:3]
     prompt = story_prompt(tok, caps)
     assert tok.encode_prompt(prompt) == incremental_ids(tok, caps)
-    assert tok.decode(tok.encode(tok.instruction(caps[1])) + tok.image_ids.forced_sequence()) == "[INST]" + caps[1]
+    assert tok.decode(tok.encode(tok.instruction(caps[1])) + tok.image_ids.forced_sequence) == "[INST]" + caps[1]
     # Saved like the released cvlm_llama2_tokenizer: tokenizer.model + added_tokens.json.
     tok.save(tmp_path / "saved")
     added = json.loads((tmp_path / "saved" / "added_tokens.json").read_text())

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from seedstory_core.bundle import SeedStoryBundle
-from seedstory_core.tokenizer import tiny_story_corpus
+from seedstory_core.tiny import tiny_story_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(max_steps=2, batch_size=2, warmup_steps=0, no_progress=True, resume="none")

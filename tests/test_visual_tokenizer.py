@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from seedstory_core.config import VisualTokenizerConfig, official_config, tiny_config
+from seedstory_core.config import VisualTokenizerConfig, official_config
 from seedstory_core.preprocess import preprocess_images
 from seedstory_core.resampler import sincos_pos_embed_2d
+from seedstory_core.tiny import tiny_config
 from seedstory_core.visual_tokenizer import (
     GOLDEN_OUTPUT_NAMES,
     QwenVisualTokenizer,

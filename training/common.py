@@ -260,11 +260,12 @@ def rank_weight(local_count, global_count: int, world: int) -> float:
 
 
 def load_init_bundle(init: str, seed: int = 0):
-    """``'tiny'`` -> ``SeedStoryBundle.random_tiny(seed)``; ``'bundle:PATH'`` or ``PATH`` -> ``SeedStoryBundle.load``."""
+    """``'tiny'`` -> ``random_tiny_bundle(seed)``; ``'bundle:PATH'`` or ``PATH`` -> ``SeedStoryBundle.load``."""
     from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.tiny import random_tiny_bundle
 
     if init == "tiny":
-        return SeedStoryBundle.random_tiny(seed)
+        return random_tiny_bundle(seed)
     path = init[len("bundle:"):] if init.startswith("bundle:") else init
     return SeedStoryBundle.load(path)
 

@@ -65,11 +65,12 @@ STORY_KEYS = ("score", "score_strict", "parse_rate", "distinct_sentence_rate", "
 def load_model(model_dir: Optional[Path] = None, *, random_init: bool = False, seed: int = 0):
     """The bundle at ``model_dir`` (default: the bundled tiny model), or a random model of the same size/tokenizer."""
     from seedstory_core.bundle import SeedStoryBundle
+    from seedstory_core.tiny import random_tiny_bundle
 
     path = Path(model_dir) if model_dir else DEFAULT_MODEL
     bundle = SeedStoryBundle.load(path)
     if random_init:
-        random = SeedStoryBundle.random_tiny(seed, tokenizer=bundle.tokenizer)
+        random = random_tiny_bundle(seed, tokenizer=bundle.tokenizer)
         # a random de-tokenizer cannot draw at all; keep the trained renderer so the baseline isolates the MLLM
         random.detokenizer = bundle.detokenizer
         random.uncond_features = random.compute_uncond_features()

@@ -179,9 +179,8 @@ def main(argv=None) -> int:
         except ExportRefused as err:
             parser.error(str(err))
 
-    from seedstory_core.bundle import SeedStoryBundle
     from seedstory_core.data import mini
-    from seedstory_core.tokenizer import build_tiny_tokenizer
+    from seedstory_core.tiny import build_tiny_tokenizer, random_tiny_bundle
 
     run = args.out
     run.mkdir(parents=True, exist_ok=True)
@@ -205,7 +204,7 @@ def main(argv=None) -> int:
         captions = [c for line in (data_dir / "stories.jsonl").read_text().splitlines() if line.strip()
                     for c in json.loads(line)["captions"]]
         tokenizer = build_tiny_tokenizer(captions, vocab_size=args.vocab)
-        bundle = SeedStoryBundle.random_tiny(args.seed, tokenizer=tokenizer)
+        bundle = random_tiny_bundle(args.seed, tokenizer=tokenizer)
         bundle.save(run / "init")
         done("init", t0, vocab=tokenizer.vocab_size)
 
