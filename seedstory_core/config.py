@@ -1,4 +1,4 @@
-"""Plain-dataclass configuration of every SEED-Story component, with the ``official`` and ``tiny`` presets.
+"""Plain-dataclass configuration of every SEED-Story component; the defaults are the official sizes.
 
 Every config round-trips through JSON (``to_dict`` / ``from_dict``) so it can be saved next to the weights it
 describes (``seedstory_config.json``). Field names follow the official constructor arguments where one exists
@@ -11,6 +11,8 @@ Dimension chaining (golden/README.md "Dimension chaining", spec §0):
 * ``input_resampler.num_queries == number of <img_xxxxx> tokens per image``
 
 :func:`SeedStoryConfig.validate` checks these and raises ``ValueError`` naming the mismatching fields.
+:func:`official_config` is the released model; the small sizes of tests and the bundled demo model are
+:func:`seedstory_core.tiny.tiny_config`.
 """
 
 from __future__ import annotations
@@ -298,7 +300,7 @@ class SeedStoryConfig(_JsonMixin):
         return self
 
 
-# ---------------------------------------------------------------------- presets
+# ---------------------------------------------------------------------- the official sizes
 def official_config() -> SeedStoryConfig:
     """Full-size SEED-Story (spec §1, §2, §4): ViT-G 448, Llama-2-7b + LoRA r16, SD-XL base de-tokenizer."""
     return SeedStoryConfig(name="official").validate()

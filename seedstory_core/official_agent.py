@@ -124,6 +124,7 @@ def official_state_dict(agent: "SeedStoryAgent", *, trainable_only: bool = False
     and drops peft's ``.base_layer`` level. On a meta-built agent the tensors are meta (shapes only).
 
     Args:
+        agent: a built :class:`~seedstory_core.agent.SeedStoryAgent` (meta or materialised).
         trainable_only: only what the released ``zero_to_fp32`` ``.bin`` presumably holds (spec §2.4,
             ``manifest_agent_trainable.json``): the tensors trainable in the official run (LoRA A/B, both norm
             copies -- peft 0.4.0 leaves ``original_module`` trainable --, ``embed_tokens``, ``lm_head``, both
@@ -174,6 +175,7 @@ def _verify_inv_freq(agent: "SeedStoryAgent", key: str, value: torch.Tensor, sou
         )
 
 
+# ---------------------------------------------------------------------------------------------------- loading
 def _load_items(
     agent: "SeedStoryAgent",
     items: Iterable[Tuple[str, torch.Tensor]],
@@ -238,6 +240,8 @@ def load_official_state_dict(
     materialised one (values copied in place). Calls :meth:`SeedStoryAgent.materialize_constants` at the end.
 
     Args:
+        agent: the :class:`~seedstory_core.agent.SeedStoryAgent` to fill, built from the matching config
+            (``SeedStoryAgent.build(config, meta=True)`` avoids a second copy of the weights).
         state_dict: key -> tensor (official or our naming).
         source: file name for messages.
         base_llama: path of the base Llama weights (folder or file) or None.
@@ -361,7 +365,7 @@ def _base_providable(key: str) -> bool:
 
 
 def base_key_targets(agent: "SeedStoryAgent", base_key: str, own_keys: Optional[Iterable[str]] = None) -> List[str]:
-    """Where a key of a plain Llama checkpoint (``model.*`` / ``lm_head.weight``) goes in this agent.
+    """Where a key of a plain Llama checkpoint (``model.*`` / ``lm_head.weight``) goes in ``agent``.
 
     Returns our keys (empty list when it has no place): ``model.layers.i.self_attn.q_proj.weight`` ->
     ``llm.base_model.model.model.layers.i.self_attn.q_proj.base_layer.weight``; a norm weight -> both its
