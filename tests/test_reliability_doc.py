@@ -7,8 +7,9 @@ every row:
 * the message is really what users see: the message is split at its placeholders (``<...>`` and ``…``), and
   every literal piece of 12 characters or more must occur inside one string literal of the pack's code
   (``nodes/``, ``seedstory_core/``, ``seedstory_client/``, ``training/``, ``scripts/``; an f-string's ``{...}``
-  fields count as placeholders too) or of a cited test (which then asserts the rendered text). Rows whose message comes from
-  ComfyUI or a library, not from us, start with ``ComfyUI:`` or ``Python:``; only their tests are checked.
+  fields count as placeholders too) or of a cited test (which then asserts the rendered text). Rows whose message
+  comes from ComfyUI or a library, not from us, start with ``ComfyUI:`` or ``Python:``; only their tests are
+  checked.
 
 So a reworded error fails here until the document says what users now see, and a renamed or deleted test fails
 here until the document cites what keeps the row true.
