@@ -1,10 +1,12 @@
-"""Start/stop a real ComfyUI server and talk to it over HTTP and the websocket.
+"""Start/stop a real ComfyUI server (ports, logs, scratch folders, the pack's copy in custom_nodes).
+
+Talking to it is :mod:`seedstory_client` (``ComfyClient``: HTTP + websocket); this module only manages the process.
 
 Library use (the tests do this)::
 
     from comfy_server import start
     with start("/path/to/ComfyUI") as server:          # free port on 127.0.0.1, --cpu
-        client = server.client()
+        client = server.client()                        # a seedstory_client.client.ComfyClient
         result = client.run({"1": {...}, "2": {...}})   # POST /prompt + follow /ws
         png = client.view(**result.images()[0])         # GET /view
 
@@ -24,7 +26,7 @@ that scripts/provision_comfyui.sh made it first refreshes the pack's copy in ``c
 The tests use :func:`start` with a scratch folder per server: ``input/ output/ temp/ user/``, a file SQLite
 database (``sqlite:///:memory:`` gives cross-thread errors in 0.3.75) and, with ``pack=True``, ComfyUI's
 ``--base-directory`` with the pack copied into its ``custom_nodes``, so test runs never touch the ComfyUI tree.
-Needs ``requests`` and ``websocket-client``.
+Needs the ``client`` extra (``requests``, ``websocket-client``) for :mod:`seedstory_client`.
 """
 
 from __future__ import annotations
@@ -34,44 +36,29 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
-
-import requests
-import websocket  # websocket-client
+from typing import Iterable, Mapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))  # seedstory_client, when run as `python scripts/comfy_server.py`
+
+from seedstory_client.client import ComfyClient, connection_errors  # noqa: E402
+from seedstory_client.errors import HTTPFailure  # noqa: E402
+
 DEFAULT_COMFY_DIR = REPO_ROOT / ".comfyui" / "ComfyUI-0.30.0"
 DEFAULT_STATE_FILE = REPO_ROOT / ".comfyui" / "server.json"
 DEFAULT_PORT = 8188  # ComfyUI's own default; the README's API examples use it
 HOST = "127.0.0.1"
 
-BINARY_PREVIEW_IMAGE = 1
-BINARY_UNENCODED_PREVIEW_IMAGE = 2
-BINARY_TEXT = 3
-BINARY_PREVIEW_IMAGE_WITH_METADATA = 4
-
 
 class ComfyServerError(RuntimeError):
     """The server did not start, died, or did not answer in time."""
-
-
-class ComfyPromptError(RuntimeError):
-    """POST /prompt was refused (validation). ``body`` is the server's JSON answer."""
-
-    def __init__(self, status_code: int, body: Any):
-        self.status_code = status_code
-        self.body = body
-        self.node_errors: dict = body.get("node_errors", {}) if isinstance(body, dict) else {}
-        self.error: dict = body.get("error", {}) if isinstance(body, dict) else {}
-        super().__init__(f"POST /prompt -> HTTP {status_code}: {json.dumps(body)[:2000]}")
 
 
 # --------------------------------------------------------------------------------------
@@ -140,7 +127,8 @@ class ServerHandle:
     def user_dir(self) -> Path:
         return self._folders / "user"
 
-    def client(self, client_id: str | None = None) -> "ComfyClient":
+    def client(self, client_id: str | None = None) -> ComfyClient:
+        """A :class:`seedstory_client.client.ComfyClient` for this server."""
         return ComfyClient(self.base_url, client_id=client_id)
 
     def is_running(self) -> bool:
@@ -338,6 +326,7 @@ def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, atte
             env=proc_env, start_new_session=True,
         )
     handle = ServerHandle(comfy_dir, port, process, process.pid, log_path, scratch, cmd, own_folders=own_folders)
+    probe = ComfyClient(handle.base_url, timeout=10)
     deadline = time.monotonic() + timeout
     while True:
         code = process.poll()
@@ -349,10 +338,9 @@ def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, atte
                 f"ComfyUI exited with code {code} before answering; log {log_path}:\n{tail}"
             )
         try:
-            r = requests.get(f"{handle.base_url}/object_info", timeout=10)
-            if r.status_code == 200 and isinstance(r.json(), dict):
+            if isinstance(probe.object_info(), dict):
                 return handle
-        except (requests.RequestException, ValueError):
+        except (HTTPFailure, ValueError, *connection_errors()):
             pass
         if time.monotonic() > deadline:
             handle.stop()
@@ -361,235 +349,6 @@ def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, atte
                 f"log {log_path}:\n{_tail(log_path)}"
             )
         time.sleep(0.5)
-
-
-# --------------------------------------------------------------------------------------
-# Client
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunResult:
-    """What the websocket said about one prompt, plus its ``/history`` entry."""
-
-    prompt_id: str
-    number: int | None = None
-    events: list[dict] = field(default_factory=list)  # every JSON message for this prompt
-    progress: list[dict] = field(default_factory=list)  # "progress" data, in order
-    executed: dict[str, dict] = field(default_factory=dict)  # node id -> ui output
-    cached: list[str] = field(default_factory=list)  # node ids served from the cache
-    error: dict | None = None  # "execution_error" data
-    interrupted: dict | None = None  # "execution_interrupted" data
-    success: bool = False  # "execution_success" was seen
-    texts: list[tuple[str, str]] = field(default_factory=list)  # binary type 3: (node id, text)
-    previews: list[tuple[int, bytes]] = field(default_factory=list)  # binary types 1/2/4
-    history: dict | None = None  # GET /history/{id} [id]
-    node_errors: dict = field(default_factory=dict)
-
-    @property
-    def status(self) -> str:
-        if self.error is not None:
-            return "error"
-        if self.interrupted is not None:
-            return "interrupted"
-        return "success" if self.success else "unknown"
-
-    def outputs(self) -> dict:
-        """``history["outputs"]`` (node id -> ui output), or what ``executed`` reported."""
-        if self.history and "outputs" in self.history:
-            return self.history["outputs"]
-        return self.executed
-
-    def images(self) -> list[dict]:
-        """Every ``{"filename","subfolder","type"}`` image in the outputs."""
-        return [img for out in self.outputs().values() for img in out.get("images", [])]
-
-
-class ComfyClient:
-    """A small client for ComfyUI's HTTP API and websocket (see COMFYUI_NOTES §7)."""
-
-    def __init__(self, base_url: str, client_id: str | None = None, timeout: float = 60.0):
-        self.base_url = base_url.rstrip("/")
-        self.client_id = client_id or uuid.uuid4().hex
-        self.timeout = timeout
-        self.session = requests.Session()
-
-    # ---- plain HTTP ------------------------------------------------------------------
-    def get(self, path: str, **kw) -> requests.Response:
-        return self.session.get(self.base_url + path, timeout=kw.pop("timeout", self.timeout), **kw)
-
-    def post(self, path: str, **kw) -> requests.Response:
-        return self.session.post(self.base_url + path, timeout=kw.pop("timeout", self.timeout), **kw)
-
-    def object_info(self, node_class: str | None = None) -> dict:
-        r = self.get("/object_info" + (f"/{node_class}" if node_class else ""))
-        r.raise_for_status()
-        return r.json()
-
-    def system_stats(self) -> dict:
-        r = self.get("/system_stats")
-        r.raise_for_status()
-        return r.json()
-
-    def queue_state(self) -> dict:
-        r = self.get("/queue")
-        r.raise_for_status()
-        return r.json()
-
-    def post_prompt(self, prompt: dict, *, extra_data: dict | None = None,
-                    prompt_id: str | None = None, front: bool = False) -> requests.Response:
-        """POST /prompt and return the raw response (no status check)."""
-        body: dict[str, Any] = {"prompt": prompt, "client_id": self.client_id}
-        if extra_data:
-            body["extra_data"] = extra_data
-        if prompt_id:
-            body["prompt_id"] = prompt_id
-        if front:
-            body["front"] = True
-        return self.post("/prompt", json=body)
-
-    def queue_prompt(self, prompt: dict, **kw) -> dict:
-        """POST /prompt; returns ``{"prompt_id","number","node_errors"}``.
-
-        Raises:
-            ComfyPromptError: the server refused the prompt (its ``node_errors`` attached).
-        """
-        r = self.post_prompt(prompt, **kw)
-        try:
-            body = r.json()
-        except ValueError:
-            body = {"error": {"type": "non_json_response", "message": r.text[:2000]}}
-        if r.status_code != 200:
-            raise ComfyPromptError(r.status_code, body)
-        return body
-
-    def history(self, prompt_id: str | None = None, max_items: int | None = None) -> dict:
-        path = f"/history/{prompt_id}" if prompt_id else "/history"
-        r = self.get(path, params={"max_items": max_items} if max_items else None)
-        r.raise_for_status()
-        return r.json()
-
-    def view(self, filename: str, subfolder: str = "", type: str = "output", **params) -> bytes:
-        """GET /view: the bytes of an output/input/temp file."""
-        r = self.get("/view", params={"filename": filename, "subfolder": subfolder, "type": type, **params})
-        r.raise_for_status()
-        return r.content
-
-    def interrupt(self, prompt_id: str | None = None) -> requests.Response:
-        r = self.post("/interrupt", json={"prompt_id": prompt_id} if prompt_id else {})
-        r.raise_for_status()
-        return r
-
-    def free(self, unload_models: bool = True, free_memory: bool = True) -> requests.Response:
-        r = self.post("/free", json={"unload_models": unload_models, "free_memory": free_memory})
-        r.raise_for_status()
-        return r
-
-    def upload_image(self, image: str | os.PathLike | bytes, name: str | None = None,
-                     subfolder: str = "", overwrite: bool = True, type: str = "input") -> dict:
-        """POST /upload/image; returns ``{"name","subfolder","type"}``."""
-        if isinstance(image, (bytes, bytearray)):
-            data, name = bytes(image), name or "upload.png"
-        else:
-            path = Path(image)
-            data, name = path.read_bytes(), name or path.name
-        r = self.post(
-            "/upload/image",
-            files={"image": (name, data, "image/png")},
-            data={"overwrite": "true" if overwrite else "false", "subfolder": subfolder, "type": type},
-        )
-        r.raise_for_status()
-        return r.json()
-
-    # ---- websocket -------------------------------------------------------------------
-    def connect_ws(self, timeout: float = 30.0) -> websocket.WebSocket:
-        ws_url = self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        ws = websocket.WebSocket()
-        ws.connect(f"{ws_url}/ws?clientId={self.client_id}", timeout=timeout)
-        return ws
-
-    def follow(self, ws: websocket.WebSocket, prompt_id: str, timeout: float = 600.0,
-               on_event: Callable[[RunResult, dict | None, bytes | None], None] | None = None,
-               result: RunResult | None = None) -> RunResult:
-        """Read the websocket until ``executing`` with ``node: null`` for ``prompt_id``.
-
-        ``on_event(result, message, binary)`` is called for every frame (e.g. to interrupt).
-        Raises TimeoutError when the prompt has not finished within ``timeout`` s.
-        """
-        res = result or RunResult(prompt_id)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s "
-                                   f"(last events: {[e.get('type') for e in res.events[-5:]]})")
-            ws.settimeout(min(left, 5.0))
-            try:
-                frame = ws.recv()
-            except websocket.WebSocketTimeoutException:
-                continue
-            if isinstance(frame, (bytes, bytearray)):
-                self._binary(res, bytes(frame))
-                if on_event:
-                    on_event(res, None, bytes(frame))
-                continue
-            msg = json.loads(frame)
-            data = msg.get("data") or {}
-            if data.get("prompt_id") not in (None, prompt_id):
-                continue
-            kind = msg.get("type")
-            if data.get("prompt_id") == prompt_id:
-                res.events.append(msg)
-            if kind == "progress" and data.get("prompt_id") == prompt_id:
-                res.progress.append(data)
-            elif kind == "executed" and data.get("prompt_id") == prompt_id:
-                res.executed[str(data.get("node"))] = data.get("output") or {}
-            elif kind == "execution_cached" and data.get("prompt_id") == prompt_id:
-                res.cached.extend(str(n) for n in data.get("nodes", []))
-            elif kind == "execution_error" and data.get("prompt_id") == prompt_id:
-                res.error = data
-            elif kind == "execution_interrupted" and data.get("prompt_id") == prompt_id:
-                res.interrupted = data
-            elif kind == "execution_success" and data.get("prompt_id") == prompt_id:
-                res.success = True
-            if on_event:
-                on_event(res, msg, None)
-            if kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                return res
-
-    @staticmethod
-    def _binary(res: RunResult, frame: bytes) -> None:
-        if len(frame) < 4:
-            return
-        (kind,) = struct.unpack(">I", frame[:4])
-        body = frame[4:]
-        if kind == BINARY_TEXT and len(body) >= 4:
-            (n,) = struct.unpack(">I", body[:4])
-            node = body[4:4 + n].decode("utf-8", errors="replace")
-            res.texts.append((node, body[4 + n:].decode("utf-8", errors="replace")))
-        else:
-            res.previews.append((kind, body))
-
-    def run(self, prompt: dict, timeout: float = 600.0, *, extra_data: dict | None = None,
-            on_event: Callable[[RunResult, dict | None, bytes | None], None] | None = None,
-            fetch_history: bool = True) -> RunResult:
-        """Queue ``prompt`` (API format), follow it to the end, then read ``/history``.
-
-        Raises:
-            ComfyPromptError: the prompt was refused at validation.
-            TimeoutError: it did not finish within ``timeout`` s.
-        """
-        ws = self.connect_ws()
-        try:
-            queued = self.queue_prompt(prompt, extra_data=extra_data)
-            res = RunResult(queued["prompt_id"], queued.get("number"),
-                            node_errors=queued.get("node_errors") or {})
-            self.follow(ws, res.prompt_id, timeout, on_event=on_event, result=res)
-        finally:
-            ws.close()
-        if fetch_history:
-            res.history = self.history(res.prompt_id).get(res.prompt_id)
-        return res
 
 
 # --------------------------------------------------------------------------------------

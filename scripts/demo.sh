@@ -81,7 +81,7 @@ else
   bash "$REPO_ROOT/scripts/setup_env.sh" --venv "$VENV_DIR" >&2
 fi
 [[ -x "$PY" ]] || die "no Python at $PY (run without --skip-setup, or pass --venv DIR)"
-(cd "$REPO_ROOT" && "$PY" -c 'import seedstory_core.batch, requests, websocket, tqdm') 2>/dev/null \
+(cd "$REPO_ROOT" && "$PY" -c 'import seedstory_client.batch, requests, websocket, tqdm') 2>/dev/null \
   || die "$VENV_DIR lacks seedstory and its dependencies; run: bash scripts/setup_env.sh --venv $VENV_DIR"
 
 # 2. ComfyUI -----------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ PY
 
 log "running seedstory-batch (1 job, tiny model, $FRAMES frames)"
 set +e
-BOOKS="$(cd "$REPO_ROOT" && "$PY" -m seedstory_core.batch "$JOBS" --out "$BATCH_OUT" --server "$URL" \
+BOOKS="$(cd "$REPO_ROOT" && "$PY" -m seedstory_client.batch "$JOBS" --out "$BATCH_OUT" --server "$URL" \
           --template "$REPO_ROOT/workflows/api/seedstory_tiny_story.json" --force --print-storybooks)"
 rc=$?
 set -e

@@ -14,11 +14,12 @@
 #      $COMFYUI_DIR) -- and 0.3.75 in .comfyui/ComfyUI-0.3.75 for the oldest-version test lane
 #   4. pip install -r <ComfyUI>/requirements.txt    (ComfyUI's own requirements, unchanged)
 #   5. pip install -r requirements.txt              (this pack's runtime requirements, as Manager does)
-#   6. pip install -r requirements-dev.txt          (pytest, comfy-cli, matplotlib)
+#   6. pip install -r requirements-dev.txt          (requests + websocket-client for seedstory_client,
+#      the ComfyUI client the tests use; pytest, comfy-cli, matplotlib)
 #   7. scripts/fetch_llama2_tokenizer.sh            (when that script exists)
 #   8. scripts/setup_browser.sh                     (Debian chromium + npm playwright-core)
 # Steps 4-6 run under a constraints file that keeps the torch trio pinned.
-# For the `seedstory-batch` command: `pip install .` (see README).
+# For the `seedstory-batch` command: `pip install '.[client]'` (see README).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

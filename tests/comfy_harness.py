@@ -17,7 +17,7 @@ The fixture ``comfy_server``:
      free 127.0.0.1 port with ``--cpu`` and a scratch ``--base-directory`` holding input/output/temp/user/models
      and ``custom_nodes/seedstory``, a COPY of this pack (scripts/install_pack.py), so every test session tests
      exactly what a user installs and never touches the ComfyUI tree;
-  3. yields a :class:`ComfyHarness` (a ``ComfyClient`` plus ``output_dir``, ``input_dir``,
+  3. yields a :class:`ComfyHarness` (a ``seedstory_client`` ``ComfyClient`` plus ``output_dir``, ``input_dir``,
      ``log_path``, ``log_text()``, ``server``, ``comfy_version``);
   4. stops the server at the end of the session.
 
@@ -45,22 +45,18 @@ if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 # The pack is not pip-installed (scripts/setup_env.sh): pytest puts the repository on sys.path (pyproject
 # `pythonpath`), and this puts it on PYTHONPATH for the Python subprocesses tests start (`python -m
-# seedstory_core.batch` from a temp folder, ...). comfy_server.start() removes it again for ComfyUI itself, which
+# seedstory_client.batch` from a temp folder, ...). comfy_server.start() removes it again for ComfyUI itself, which
 # must load the pack only from its copy in custom_nodes.
 _pp = os.environ.get("PYTHONPATH", "")
 if str(REPO_ROOT) not in _pp.split(os.pathsep):
     os.environ["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + _pp if _pp else "")
 
-from comfy_server import (  # noqa: E402
-    ComfyClient,
-    ComfyPromptError,
-    ComfyServerError,
-    RunResult,
-    ServerHandle,
-    start,
-)
+from comfy_server import ComfyServerError, ServerHandle, start  # noqa: E402
 
-__all__ = ["ComfyHarness", "ComfyPromptError", "RunResult", "comfy_server"]
+from seedstory_client.client import ComfyClient  # noqa: E402
+from seedstory_client.errors import PromptRefused  # noqa: E402
+
+__all__ = ["ComfyHarness", "comfy_server"]
 
 # Modules ComfyUI imports at start-up (from its requirements.txt). torchaudio: 0.30.0 does not start without it
 # (0.3.75 only logs IMPORT FAILED for its audio nodes), so it is checked once the version is known.
@@ -85,7 +81,7 @@ def _unavailable(reason: str):
 class ComfyHarness(ComfyClient):
     """Client for the session's server, with its folders and log."""
 
-    PromptError = ComfyPromptError  # raised by queue_prompt()/run() when validation fails
+    PromptError = PromptRefused  # raised by queue_prompt()/run() when validation fails
 
     def __init__(self, server: ServerHandle):
         super().__init__(server.base_url)

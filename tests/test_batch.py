@@ -1,4 +1,4 @@
-"""seedstory-batch (seedstory_core/batch.py).
+"""seedstory-batch (seedstory_client/batch.py).
 
 Two parts:
   * pure unit tests (no ComfyUI): job parsing, template filling, override validation, node_errors messages,
@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import websocket
 
-from seedstory_core import batch as B
+from seedstory_client import batch as B
+from seedstory_client.errors import PromptRefused, describe_execution_error, describe_node_errors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_PNG = REPO_ROOT / "workflows" / "assets" / "seedstory_start.png"
@@ -125,13 +126,13 @@ def test_node_errors_are_described():
                 "1": {"class_type": "EmptyImage", "errors": [
                     {"type": "value_smaller_than_min", "message": "Value 0 smaller than min of 1",
                      "details": "width", "extra_info": {"input_name": "width"}}]}}}
-    lines = B.describe_node_errors(body["node_errors"])
+    lines = describe_node_errors(body["node_errors"])
     assert lines == ["node 1 (EmptyImage) input 'width': Value 0 smaller than min of 1",
                      "node 3 (SeedStoryGenerateStory) input 'opening_text': Custom validation failed for node: "
                      "opening_text - is empty"]
-    err = B.PromptRefused(400, body)
+    err = PromptRefused(400, body)
     assert str(err).startswith("Prompt outputs failed validation: node 1 (EmptyImage)")
-    assert B.describe_execution_error({"node_id": "3", "node_type": "X", "exception_type": "ValueError",
+    assert describe_execution_error({"node_id": "3", "node_type": "X", "exception_type": "ValueError",
                                        "exception_message": "boom\n"}) == "node 3 (X) raised ValueError: boom"
 
 
@@ -199,7 +200,7 @@ class FakeTransport:
         self.uploads.append(name)
         return {"name": name, "subfolder": "", "type": "input"}
 
-    def post_prompt(self, prompt, prompt_id=None):
+    def queue_prompt(self, prompt, prompt_id=None):
         pid = f"{self.base_url}-p{len(self.posted)}"
         self.posted.append((pid, prompt))
         self.running.append(pid)
@@ -239,16 +240,16 @@ class FakeTransport:
             self._complete(json.loads(frame)["data"]["prompt_id"])
         return frame
 
-    def history(self, pid):
+    def history_entry(self, pid):
         return self.histories.get(pid)
 
-    def queue(self):
+    def queue_state(self):
         return {"queue_running": [[0, pid, {}, {}, []] for pid in self.running], "queue_pending": []}
 
     def view(self, filename, subfolder="", type="output"):
         return b"\x89PNG fake " + f"{subfolder}/{filename}".encode()
 
-    def interrupt(self, pid):
+    def cancel(self, pid):
         pass
 
 
@@ -364,7 +365,7 @@ def test_dead_server_hands_jobs_to_the_others(tmp_path):
 
 def test_stop_marks_jobs_interrupted(tmp_path):
     class Interruptible(FakeTransport):
-        def interrupt(self, pid):
+        def cancel(self, pid):
             self.interrupted = pid
             self.frames = [json.dumps({"type": "execution_interrupted",
                                        "data": {"prompt_id": pid, "node_id": "3", "node_type": "X"}})]
@@ -385,7 +386,7 @@ def test_stop_marks_jobs_interrupted(tmp_path):
 
 # ================================================================================================ real server
 def cli_env() -> dict:
-    """The environment for ``python -m seedstory_core.batch`` in a subprocess: this checkout first on PYTHONPATH
+    """The environment for ``python -m seedstory_client.batch`` in a subprocess: this checkout first on PYTHONPATH
     (the pack is not pip-installed: the README runs it from the repository folder)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -411,7 +412,7 @@ def test_cli_end_to_end_with_an_invalid_job_then_resume(comfy_server, tmp_path):
         {"id": "typo", "image": str(START_PNG), "text": "Hello.", "frames": 1, "overrides": {"3.diffusion_stepz": 2}},
     )
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "seedstory_core.batch", str(jobs), "-o", str(out), "-s", comfy_server.base_url,
+    cmd = [sys.executable, "-m", "seedstory_client.batch", str(jobs), "-o", str(out), "-s", comfy_server.base_url,
            "--print-storybooks", "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
                           env=cli_env())

@@ -2,7 +2,7 @@
 
 Unit tests (no ComfyUI):
   * HTTP error answers are job errors carrying status and body, never "connection lost" (the real
-    ``Transport`` against a tiny local HTTP server, ``MiniComfy``; a custom transport raising
+    ``ComfyClient`` against a tiny local HTTP server, ``MiniComfy``; a custom transport raising
     ``requests.HTTPError`` / ``PermissionError``);
   * local file errors (start image gone or a folder, output folder blocked) are job errors naming the file;
   * only connection errors are retried; when every server is gone the rest are "not run" naming the servers;
@@ -37,7 +37,9 @@ import pytest
 import requests
 import websocket
 
-from seedstory_core import batch as B
+from seedstory_client import batch as B
+from seedstory_client.client import ComfyClient, is_connection_error
+from seedstory_client.errors import HTTPFailure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_PNG = REPO_ROOT / "workflows" / "assets" / "seedstory_start.png"
@@ -63,7 +65,7 @@ def closed_port() -> int:
 
 # ================================================================================================ MiniComfy
 class MiniComfy:
-    """A tiny local HTTP server with just enough of ComfyUI's API for the real ``Transport``'s HTTP calls.
+    """A tiny local HTTP server with just enough of ComfyUI's API for the real ``ComfyClient``'s HTTP calls.
 
     Every prompt "runs" at once: POST /prompt puts a finished entry in /history. ``fail(method, path, job)``
     makes requests whose path starts with ``path`` (and, when ``job`` is given, that concern that job: its
@@ -187,8 +189,8 @@ class SilentWS:
         pass
 
 
-class HTTPOnlyTransport(B.Transport):
-    """The real Transport (requests, HTTPFailure) with a silent websocket, for MiniComfy."""
+class HTTPOnlyTransport(ComfyClient):
+    """The real client (requests, HTTPFailure) with a silent websocket, for MiniComfy."""
 
     def connect_ws(self, timeout: float = 30.0):
         return SilentWS()
@@ -275,7 +277,7 @@ def test_http_error_and_local_oserror_from_any_transport_are_not_connection_loss
     (websocket.WebSocketConnectionClosedException("lost"), True),
     (websocket.WebSocketTimeoutException("timed out"), True),
     (requests.HTTPError("500 Server Error"), False),
-    (B.HTTPFailure("GET", "/queue", 500, "boom"), False),
+    (HTTPFailure("GET", "/queue", 500, "boom"), False),
     (websocket.WebSocketBadStatusException("Handshake status %d %s", 403, "Forbidden"), False),
     (FileNotFoundError(2, "No such file or directory", "/x/start.png"), False),
     (PermissionError(13, "Permission denied", "/x/out"), False),
@@ -284,7 +286,7 @@ def test_http_error_and_local_oserror_from_any_transport_are_not_connection_loss
     (ValueError("bad json"), False),
 ])
 def test_is_connection_error(exc, expected):
-    assert B.is_connection_error(exc) is expected
+    assert is_connection_error(exc) is expected
 
 
 def test_bad_handshake_on_the_websocket_is_an_http_error(tmp_path):
@@ -292,7 +294,7 @@ def test_bad_handshake_on_the_websocket_is_an_http_error(tmp_path):
     srv = MiniComfy()  # has no /ws route: answers 404
     try:
         opts, sleeps = opts_for(tmp_path)
-        rec = B.JobRunner(B.Transport(srv.base_url), opts, log=lambda m: None).run(job("w"))
+        rec = B.JobRunner(ComfyClient(srv.base_url), opts, log=lambda m: None).run(job("w"))
     finally:
         srv.close()
     assert rec["status"] == "error" and rec["http_status"] == 404 and "GET /ws" in rec["error"], rec
@@ -442,11 +444,11 @@ class Running:
         from test_batch import FakeTransport
 
         self.fake = FakeTransport(base_url, delay=0.02)
-        self.fake.interrupt = self.interrupt
-        self.fake.queue = self.queue
+        self.fake.cancel = self.cancel
+        self.fake.queue_state = self.queue_state
         self.on_interrupt, self.pending = on_interrupt, pending
         self.interrupts: list = []
-        orig_post = self.fake.post_prompt
+        orig_post = self.fake.queue_prompt
 
         def post(prompt, prompt_id=None):
             res = orig_post(prompt, prompt_id)
@@ -454,13 +456,13 @@ class Running:
                 self.fake.frames = []  # nothing happens while it waits
             return res
 
-        self.fake.post_prompt = post
+        self.fake.queue_prompt = post
 
-    def queue(self):
+    def queue_state(self):
         ids = [[0, pid, {}, {}, []] for pid in self.fake.running]
         return {"queue_running": [] if self.pending else ids, "queue_pending": ids if self.pending else []}
 
-    def interrupt(self, pid):
+    def cancel(self, pid):
         self.interrupts.append(pid)
         f = self.fake
         if self.on_interrupt == "ignore" or pid not in f.running:
@@ -599,21 +601,21 @@ def test_ctrl_c_ends_a_retry_wait_at_once(tmp_path):
 
 
 def test_interrupt_deletes_from_the_queue_then_interrupts_that_prompt(mini):
-    B.Transport(mini.base_url).interrupt("abc")
+    ComfyClient(mini.base_url).cancel("abc")
     sent = [(m, p, json.loads(b)) for m, p, b in mini.requests]
     assert sent == [("POST", "/queue", {"delete": ["abc"]}), ("POST", "/interrupt", {"prompt_id": "abc"})]
 
 
 # ================================================================================================ real server
 def _cli(jobs_file: Path, out: Path, *servers: str, extra=()) -> list:
-    cmd = [sys.executable, "-m", "seedstory_core.batch", str(jobs_file), "-o", str(out), "--no-progress"]
+    cmd = [sys.executable, "-m", "seedstory_client.batch", str(jobs_file), "-o", str(out), "--no-progress"]
     for s in servers:
         cmd += ["-s", s]
     return cmd + list(extra)
 
 
 def cli_env() -> dict:
-    """The environment for ``python -m seedstory_core.batch`` in a subprocess: this checkout first on PYTHONPATH
+    """The environment for ``python -m seedstory_client.batch`` in a subprocess: this checkout first on PYTHONPATH
     (the pack is not pip-installed: the README runs it from the repository folder)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))

@@ -55,7 +55,8 @@ COMMANDS = [
     (r"^\.venv/bin/python scripts/comfy_server\.py (start|stop)$", "test",
      "tests/test_comfyui_server.py (the same module, scripts/comfy_server.py, starts every test server)"),
     (r"^python scripts/gen_node_docs\.py( --check| --stdout)?$", "run", None),
-    (r"^python -m seedstory_core\.(convert|golden|sink|batch|data\.mini) --help$", "run", None),
+    (r"^python -m seedstory_core\.(convert|golden|sink|data\.mini) --help$", "run", None),
+    (r"^python -m seedstory_client\.batch --help$", "run", None),
     (r"^python -m training\.(vae|stage0_visual_tokenizer|stage1_detokenizer|stage2_instruction|stage3_adaptation) --help$", "run", None),
     (r"^python -m seedstory_core\.convert (vit|agent|detokenizer) \S+ \S+", "help",
      "tests/test_agent_checkpoints.py::test_convert_cli_round_trip runs the converter on a real file"),
@@ -72,8 +73,8 @@ COMMANDS = [
     (r"^python -m training\.evaluate ", "help",
      "tests/test_evaluate.py::test_evaluate_cli_runs_on_a_small_model runs the evaluation CLI"),
     (r"^hf download ", "help", "network: Hugging Face downloads are not run by tests"),
-    (r"^seedstory-batch ", "help", "seedstory_core/batch.py (python -m seedstory_core.batch)"),
-    (r"^python -m seedstory_core\.batch \S+\.jsonl ", "help",
+    (r"^seedstory-batch ", "help", "seedstory_client/batch.py (python -m seedstory_client.batch)"),
+    (r"^python -m seedstory_client\.batch \S+\.jsonl ", "help",
      "tests/test_docs.py::test_api_command_from_readme_against_real_server runs the batch client as written"),
     (r"^python -c .*\| curl -s -X POST http://127\.0\.0\.1:8188/prompt ", "server", None),
 ]
@@ -218,7 +219,7 @@ def test_documented_command_is_exercised(where, cmd):
             flags_of_launcher = {"--config_file"}
             argv = [a for a in argv if a not in flags_of_launcher]
         elif argv[0] == "seedstory-batch":
-            help_cmd = [PY, "-m", "seedstory_core.batch", "--help"]
+            help_cmd = [PY, "-m", "seedstory_client.batch", "--help"]
         elif argv[:2] == ["hf", "download"]:
             hf = shutil.which("hf") or str(Path(PY).parent / "hf")
             if not os.path.exists(hf):
@@ -262,7 +263,7 @@ def test_api_command_from_readme_against_real_server(comfy_dir, tmp_path):
 
     cmds = [c for _f, c in ALL if rule_for(c) and rule_for(c)[0] == "server"]
     assert cmds, "README shows the POST /prompt example"
-    batch = [c for _f, c in ALL if c.startswith("python -m seedstory_core.batch jobs.jsonl")]
+    batch = [c for _f, c in ALL if c.startswith("python -m seedstory_client.batch jobs.jsonl")]
     assert batch, "README shows the batch command"
     if shutil.which("curl") is None:
         # scripts/setup_env.sh installs curl (through scripts/setup_browser.sh): required under CI=true

@@ -6,9 +6,10 @@ every row:
 * each cited test (``tests/<file>.py::<name>``, a parametrised id allowed) exists as a test function;
 * the message is really what users see: the message is split at its placeholders (``<...>`` and ``…``), and
   every literal piece of 12 characters or more must occur inside one string literal of the pack's code
-  (``nodes/``, ``seedstory_core/``, ``training/``, ``scripts/``; an f-string's ``{...}`` fields count as
-  placeholders too) or of a cited test (which then asserts the rendered text). Rows whose message comes from
-  ComfyUI or a library, not from us, start with ``ComfyUI:`` or ``Python:``; only their tests are checked.
+  (``nodes/``, ``seedstory_core/``, ``seedstory_client/``, ``training/``, ``scripts/``; an f-string's ``{...}``
+  fields count as placeholders too) or of a cited test (which then asserts the rendered text). Rows whose message
+  comes from ComfyUI or a library, not from us, start with ``ComfyUI:`` or ``Python:``; only their tests are
+  checked.
 
 So a reworded error fails here until the document says what users now see, and a renamed or deleted test fails
 here until the document cites what keeps the row true.
@@ -25,7 +26,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOC = REPO_ROOT / "docs" / "reliability.md"
-CODE_DIRS = ("nodes", "seedstory_core", "training", "scripts")
+CODE_DIRS = ("nodes", "seedstory_core", "seedstory_client", "training", "scripts")
 HOLE = "\x00"
 MIN_PIECE = 12
 TEST_REF = re.compile(r"tests/(?P<file>[\w/]+\.py)::(?P<name>\w+)")

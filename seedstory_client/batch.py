@@ -3,7 +3,7 @@
 Usage::
 
     seedstory-batch jobs.jsonl -o OUT [--server URL ...] [--template FILE] [--force] ...
-    python -m seedstory_core.batch --help
+    python -m seedstory_client.batch --help
 
 jobs.jsonl has one JSON object per line (blank lines and lines starting with '#' are ignored)::
 
@@ -16,7 +16,8 @@ template is filled (LoadImage.image, SeedStoryGenerateStory.opening_text/story_s
 SeedStorySaveStory.filename_prefix, then the overrides), the prompt is queued (POST /prompt), followed over the
 websocket (a tqdm bar over frames x diffusion steps), and its outputs (/history -> /view: the frames, the texts
 and the storybook's index.html + story.json) are downloaded into OUT/<job id>/. OUT/summary.json is rewritten
-after every job. The library depends only on ``requests``, ``websocket-client`` and ``tqdm``.
+after every job. All HTTP and websocket traffic goes through :class:`seedstory_client.client.ComfyClient` (one per
+server); besides that client's ``requests`` and ``websocket-client`` it needs only ``tqdm``.
 
 Faults (each keeps every job in summary.json):
   * Ctrl-C: the first one interrupts the running prompt(s) on the server(s) (``POST /queue {"delete": [id]}``
@@ -34,20 +35,28 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import errno
 import hashlib
 import json
 import os
 import queue
 import re
 import signal
-import socket
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .client import ComfyClient, is_connection_error, read_message
+from .errors import (
+    ExecutionFailed,
+    HTTPFailure,
+    PromptRefused,
+    ServerGone,
+    describe_execution_error,
+    describe_node_errors,
+    node_sort_key,
+)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEMPLATE_DIR = PACKAGE_ROOT / "workflows" / "api"
@@ -72,44 +81,6 @@ INTERRUPT_GRACE_S = 20.0
 
 class JobInvalid(ValueError):
     """The job cannot be queued as given (bad JSON fields, an override naming a missing input, ...)."""
-
-
-class PromptRefused(RuntimeError):
-    """POST /prompt refused the prompt (validation): ``node_errors`` has the details."""
-
-    def __init__(self, status_code: int, body: Any):
-        self.status_code = status_code
-        self.body = body if isinstance(body, dict) else {"error": {"message": str(body)}}
-        self.node_errors = self.body.get("node_errors") or {}
-        super().__init__(describe_refusal(self.body))
-
-
-class ExecutionFailed(RuntimeError):
-    """The prompt ran and failed (``execution_error``) or was interrupted (``execution_interrupted``)."""
-
-    def __init__(self, status: str, message: str, details: Optional[dict] = None):
-        self.status = status
-        self.details = details or {}
-        super().__init__(message)
-
-
-class ServerGone(RuntimeError):
-    """The server stayed unreachable through every retry."""
-
-
-class HTTPFailure(RuntimeError):
-    """The server answered, with an HTTP error status (4xx/5xx). A job error, never taken for connection loss.
-
-    Attributes: ``method``, ``path`` (e.g. ``/upload/image``), ``status_code`` (int), ``body`` (the answer's text,
-    at most 2000 characters), ``server`` (base URL).
-    """
-
-    def __init__(self, method: str, path: str, status_code: int, body: str, server: str = ""):
-        self.method, self.path, self.status_code, self.server = method, path, int(status_code), server
-        self.body = (body or "")[:2000]
-        snippet = " ".join(self.body.split())[:300] or "(empty body)"
-        where = f" on {server}" if server else ""
-        super().__init__(f"{method} {path}{where} answered HTTP {self.status_code}: {snippet}")
 
 
 class LocalFileError(RuntimeError):
@@ -276,11 +247,7 @@ def load_template(path: Path) -> dict:
 
 
 def nodes_of(prompt: dict, class_type: str) -> List[str]:
-    return sorted((k for k, v in prompt.items() if v.get("class_type") == class_type), key=_node_sort_key)
-
-
-def _node_sort_key(k: str):
-    return (0, int(k), "") if str(k).isdigit() else (1, 0, str(k))
+    return sorted((k for k, v in prompt.items() if v.get("class_type") == class_type), key=node_sort_key)
 
 
 def resolve_node(prompt: dict, ref: str) -> str:
@@ -291,9 +258,9 @@ def resolve_node(prompt: dict, ref: str) -> str:
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:
-        raise JobInvalid(f"node title {ref!r} is ambiguous (nodes {sorted(hits, key=_node_sort_key)}); use the node id")
+        raise JobInvalid(f"node title {ref!r} is ambiguous (nodes {sorted(hits, key=node_sort_key)}); use the node id")
     known = ", ".join(f"{k} ({(v.get('_meta') or {}).get('title') or v['class_type']})"
-                      for k, v in sorted(prompt.items(), key=lambda kv: _node_sort_key(kv[0])))
+                      for k, v in sorted(prompt.items(), key=lambda kv: node_sort_key(kv[0])))
     raise JobInvalid(f"no node {ref!r} in the template (nodes: {known})")
 
 
@@ -386,172 +353,6 @@ def total_progress(prompt: dict) -> int:
     return total
 
 
-# ------------------------------------------------------------------------------------------------ messages
-def describe_node_errors(node_errors: dict, prompt: Optional[dict] = None) -> List[str]:
-    """One line per failed input: ``node 3 (SeedStoryGenerateStory) input 'opening_text': message: details``."""
-    lines = []
-    for nid, entry in sorted((node_errors or {}).items(), key=lambda kv: _node_sort_key(kv[0])):
-        cls = entry.get("class_type") or ((prompt or {}).get(nid) or {}).get("class_type") or "?"
-        for err in entry.get("errors") or [{}]:
-            name = (err.get("extra_info") or {}).get("input_name") or err.get("details") or "?"
-            msg = err.get("message") or err.get("type") or "error"
-            details = err.get("details") or ""
-            text = f"node {nid} ({cls}) input '{name}': {msg}"
-            if details and details != name:
-                text += f": {details}"
-            lines.append(text)
-    return lines
-
-
-def describe_refusal(body: dict) -> str:
-    err = body.get("error") or {}
-    head = err.get("message") if isinstance(err, dict) else str(err)
-    head = head or "prompt refused"
-    if isinstance(err, dict) and err.get("details"):
-        head += f" ({err['details']})"
-    lines = describe_node_errors(body.get("node_errors") or {})
-    return head + ("" if not lines else ": " + "; ".join(lines))
-
-
-def describe_execution_error(data: dict) -> str:
-    return (f"node {data.get('node_id')} ({data.get('node_type')}) raised {data.get('exception_type', 'an error')}: "
-            f"{str(data.get('exception_message', '')).strip()}")
-
-
-# ------------------------------------------------------------------------------------------------ transport
-class Transport:
-    """HTTP + websocket access to one ComfyUI server (requests + websocket-client). Tests swap in a fake."""
-
-    def __init__(self, base_url: str, client_id: Optional[str] = None, timeout: float = 60.0):
-        import requests
-
-        self.base_url = base_url.rstrip("/")
-        if "://" not in self.base_url:
-            self.base_url = "http://" + self.base_url
-        self.client_id = client_id or uuid.uuid4().hex
-        self.timeout = timeout
-        self.session = requests.Session()
-
-    def _url(self, path: str) -> str:
-        return self.base_url + path
-
-    def _check(self, r, method: str, path: str):
-        """Raise HTTPFailure (status + body) for a 4xx/5xx answer; returns ``r`` otherwise."""
-        if r.status_code >= 400:
-            try:
-                body = r.text
-            except Exception:  # noqa: BLE001 - an undecodable body
-                body = repr(r.content[:2000])
-            raise HTTPFailure(method, path, r.status_code, body, self.base_url)
-        return r
-
-    def _json(self, r, method: str, path: str):
-        self._check(r, method, path)
-        try:
-            return r.json()
-        except ValueError:
-            raise HTTPFailure(method, path, r.status_code, "not JSON: " + r.text[:1900], self.base_url) from None
-
-    def object_info(self) -> dict:
-        return self._json(self.session.get(self._url("/object_info"), timeout=self.timeout), "GET", "/object_info")
-
-    def upload_image(self, data: bytes, name: str) -> dict:
-        r = self.session.post(self._url("/upload/image"), files={"image": (name, data, "application/octet-stream")},
-                              data={"overwrite": "true", "type": "input"}, timeout=self.timeout)
-        return self._json(r, "POST", "/upload/image")
-
-    def post_prompt(self, prompt: dict, prompt_id: Optional[str] = None) -> dict:
-        body = {"prompt": prompt, "client_id": self.client_id}
-        if prompt_id:
-            body["prompt_id"] = prompt_id
-        r = self.session.post(self._url("/prompt"), json=body, timeout=self.timeout)
-        if r.status_code >= 400:
-            try:
-                payload = r.json()
-            except ValueError:
-                payload = {"error": {"message": f"HTTP {r.status_code}: {r.text[:2000]}"}}
-            if r.status_code >= 500:
-                payload.setdefault("error", {"message": f"HTTP {r.status_code}"})
-            raise PromptRefused(r.status_code, payload)
-        return r.json()
-
-    def history(self, prompt_id: str) -> Optional[dict]:
-        path = f"/history/{prompt_id}"
-        data = self._json(self.session.get(self._url(path), timeout=self.timeout), "GET", path)
-        return data.get(prompt_id) if isinstance(data, dict) else None
-
-    def queue(self) -> dict:
-        return self._json(self.session.get(self._url("/queue"), timeout=self.timeout), "GET", "/queue")
-
-    def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
-        r = self.session.get(self._url("/view"), params={"filename": filename, "subfolder": subfolder, "type": type},
-                             timeout=self.timeout)
-        self._check(r, "GET", f"/view?filename={filename}&subfolder={subfolder}&type={type}")
-        return r.content
-
-    def interrupt(self, prompt_id: str) -> None:
-        """Stop ``prompt_id``: first take it out of the pending queue (``POST /queue {"delete": [id]}``), then
-        interrupt it if it runs (``POST /interrupt {"prompt_id": id}``: ComfyUI 0.3.75 interrupts only the prompt
-        with that id, so other clients' prompts are left alone). In this order a prompt that starts running between
-        the two calls is still caught. Raises HTTPFailure or a connection error."""
-        self._check(self.session.post(self._url("/queue"), json={"delete": [prompt_id]}, timeout=self.timeout),
-                    "POST", "/queue")
-        self._check(self.session.post(self._url("/interrupt"), json={"prompt_id": prompt_id}, timeout=self.timeout),
-                    "POST", "/interrupt")
-
-    def connect_ws(self, timeout: float = 30.0):
-        import websocket
-
-        ws_url = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-        ws = websocket.WebSocket()
-        try:
-            ws.connect(f"{ws_url}/ws?clientId={self.client_id}", timeout=timeout)
-        except websocket.WebSocketBadStatusException as e:  # the server answered the handshake with an error
-            body = getattr(e, "resp_body", None)
-            body = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or e)
-            raise HTTPFailure("GET", "/ws", getattr(e, "status_code", 0) or 0, body, self.base_url) from None
-        return ws
-
-
-# errno values of a network failure (a plain OSError from a raw socket, e.g. websocket-client's connect)
-_NET_ERRNOS = {getattr(errno, n) for n in (
-    "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH",
-    "EHOSTDOWN", "ENETDOWN", "ENETRESET", "ENOTCONN", "ESHUTDOWN") if hasattr(errno, n)}
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """True when ``exc`` means the server could not be reached or the connection broke (refused, reset, timed
-    out, DNS failure, a dropped websocket): retried, and a server that stays so is taken for gone.
-
-    False for everything else: an HTTP error answer (HTTPFailure, ``requests.HTTPError``, a refused websocket
-    handshake), a local file error (an OSError with a file name, or any errno that is not a network one), bad
-    JSON, ... -- those are job errors. (``requests.HTTPError`` and file errors are OSErrors, so an ``except
-    OSError`` cannot tell them apart.)
-    """
-    import requests
-    import websocket
-
-    if isinstance(exc, (HTTPFailure, requests.HTTPError, websocket.WebSocketBadStatusException)):
-        return False
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                        websocket.WebSocketConnectionClosedException, websocket.WebSocketTimeoutException,
-                        websocket.WebSocketAddressException, ConnectionError, TimeoutError, socket.gaierror)):
-        return True
-    if isinstance(exc, OSError) and not getattr(exc, "filename", None) and exc.errno in _NET_ERRNOS:
-        return True
-    return False
-
-
-def connection_errors() -> Tuple[type, ...]:
-    """Exception classes that can mean 'the server went away'; use :func:`is_connection_error` to decide."""
-    import requests
-    import websocket
-
-    return (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-            websocket.WebSocketConnectionClosedException, websocket.WebSocketTimeoutException,
-            websocket.WebSocketAddressException, ConnectionError, TimeoutError, socket.gaierror)
-
-
 # ------------------------------------------------------------------------------------------------ running
 @dataclasses.dataclass
 class RetryPolicy:
@@ -591,7 +392,7 @@ class JobRunner:
     Ctrl-C aborts the batch.
     """
 
-    def __init__(self, transport: Transport, opts: Options, position: int = 0,
+    def __init__(self, transport: ComfyClient, opts: Options, position: int = 0,
                  stop: Optional[threading.Event] = None, log: Callable[[str], None] = None):
         self.t = transport
         self.opts = opts
@@ -689,7 +490,7 @@ class JobRunner:
                         # reconnected: is it still queued/running, or did it finish, before re-queueing? (the
                         # queue is asked first: a prompt only moves from the queue to the history, never back)
                         if not self._in_queue(rec["prompt_id"]):
-                            entry = self.t.history(rec["prompt_id"])
+                            entry = self.t.history_entry(rec["prompt_id"])
                             if entry is not None and (entry.get("status") or {}).get("completed") is None:
                                 entry = None
                             if entry is not None:
@@ -705,7 +506,7 @@ class JobRunner:
                             uploaded = f"{up['subfolder']}/{uploaded}"
                         for nid in nodes_of(prompt, LOAD_IMAGE_CLASS):
                             prompt[nid]["inputs"]["image"] = uploaded
-                        queued = self.t.post_prompt(prompt)
+                        queued = self.t.queue_prompt(prompt)
                         rec["prompt_id"] = queued["prompt_id"]
                         if queued.get("node_errors"):
                             rec["node_errors"] = queued["node_errors"]
@@ -737,7 +538,7 @@ class JobRunner:
 
     def _queue_state(self, prompt_id: str) -> Optional[str]:
         """'running', 'pending' or None (not in the server's queue)."""
-        q = self.t.queue()
+        q = self.t.queue_state()
         for key, state in (("queue_running", "running"), ("queue_pending", "pending")):
             if any(len(item) > 1 and item[1] == prompt_id for item in q.get(key, [])):
                 return state
@@ -745,7 +546,7 @@ class JobRunner:
 
     def _send_interrupt(self, prompt_id: str) -> None:
         try:
-            self.t.interrupt(prompt_id)
+            self.t.cancel(prompt_id)
         except Exception as e:  # noqa: BLE001 - best effort; the confirmation is checked by polling
             self.log(f"[batch] could not interrupt prompt {prompt_id} on {self.t.base_url}: {type(e).__name__}: {e}")
 
@@ -755,7 +556,7 @@ class JobRunner:
         or the server did not stop it within ``opts.interrupt_grace`` s."""
         state = self._queue_state(prompt_id)
         if state is None:
-            entry = self.t.history(prompt_id)
+            entry = self.t.history_entry(prompt_id)
             if entry is not None and (entry.get("status") or {}).get("completed") is not None:
                 return entry
             raise ExecutionFailed(INTERRUPTED, f"interrupted (Ctrl-C): prompt {prompt_id} was taken out of the "
@@ -776,8 +577,6 @@ class JobRunner:
         done_units: Dict[str, int] = {}
         interrupt_sent: Optional[float] = None
         next_check = 0.0
-        import websocket
-
         try:
             while True:
                 now = time.monotonic()
@@ -797,28 +596,18 @@ class JobRunner:
                     self._send_interrupt(prompt_id)
                     raise ExecutionFailed(ERROR, f"prompt {prompt_id} did not finish within {self.opts.timeout:.0f} s "
                                                  "(interrupted)")
-                try:
-                    ws.settimeout(0.5 if interrupt_sent is not None else 1.0)
-                    frame = ws.recv()
-                except websocket.WebSocketTimeoutException:
-                    frame = None
-                if frame is None or frame == "":
-                    if frame == "":
-                        raise websocket.WebSocketConnectionClosedException("websocket closed by the server")
+                msg = read_message(ws, 0.5 if interrupt_sent is not None else 1.0)
+                if msg is None:
                     if time.monotonic() - last_msg >= self.opts.poll:
                         last_msg = time.monotonic()
-                        entry = self.t.history(prompt_id)  # guards against missed 'done' messages
+                        entry = self.t.history_entry(prompt_id)  # guards against missed 'done' messages
                         if entry is not None and (entry.get("status") or {}).get("completed") is not None:
                             return self._checked(entry, None)
                     continue
                 last_msg = time.monotonic()
-                if isinstance(frame, (bytes, bytearray)):
-                    continue  # previews / streamed text: not needed here
-                msg = json.loads(frame)
-                data = msg.get("data") or {}
-                if data.get("prompt_id") != prompt_id:
-                    continue
-                kind = msg.get("type")
+                if msg.is_binary or msg.prompt_id != prompt_id:
+                    continue  # previews / streamed text, other prompts: not needed here
+                kind, data = msg.type, msg.data
                 if kind == "progress" and bar is not None:
                     node = str(data.get("node"))
                     done_units[node] = int(data.get("value", 0))
@@ -827,11 +616,11 @@ class JobRunner:
                     bar.n = sum(done_units.values()) if total else int(data.get("value", 0))
                     bar.refresh()
                 elif kind == "execution_error":
-                    return self._checked(self.t.history(prompt_id) or {}, ("error", data))
+                    return self._checked(self.t.history_entry(prompt_id) or {}, ("error", data))
                 elif kind == "execution_interrupted":
-                    return self._checked(self.t.history(prompt_id) or {}, ("interrupted", data))
-                elif kind == "executing" and data.get("node") is None:
-                    entry = self.t.history(prompt_id)
+                    return self._checked(self.t.history_entry(prompt_id) or {}, ("interrupted", data))
+                elif msg.ends(prompt_id):
+                    entry = self.t.history_entry(prompt_id)
                     if entry is None:
                         raise ExecutionFailed(ERROR, f"prompt {prompt_id} finished but is not in /history")
                     return self._checked(entry, None)
@@ -864,7 +653,7 @@ class JobRunner:
         many = len(outputs) > 1
         files: List[str] = []
         texts: List[str] = []
-        for nid, out in sorted(outputs.items(), key=lambda kv: _node_sort_key(kv[0])):
+        for nid, out in sorted(outputs.items(), key=lambda kv: node_sort_key(kv[0])):
             dest = out_dir / f"node_{safe_name(nid)}" if many else out_dir
             _mkdir(dest)
             refs = list(out.get("images") or [])
@@ -1074,7 +863,7 @@ class _CtrlC:
 
 
 def run_batch(jobs: Sequence[Job], servers: Sequence[str], opts: Options, *, jobs_file: Optional[str] = None,
-              transport_factory: Callable[[str], Transport] = Transport,
+              transport_factory: Callable[[str], ComfyClient] = ComfyClient,
               stop: Optional[threading.Event] = None, log: Callable[[str], None] = _log,
               handle_sigint: bool = True) -> dict:
     """Run ``jobs`` over ``servers`` (one worker thread per server, a shared queue). Returns the summary dict.
@@ -1211,7 +1000,7 @@ def _abort(runners: Sequence[JobRunner], todo: "queue.Queue", summary: Summary, 
         for r, rec in running:
             if rec.get("prompt_id"):
                 try:
-                    r.t.interrupt(rec["prompt_id"])
+                    r.t.cancel(rec["prompt_id"])
                 except Exception:  # noqa: BLE001 - best effort
                     pass
         done.set()

@@ -1,0 +1,12 @@
+"""seedstory_client: talk to a running ComfyUI server from outside it (HTTP API + websocket).
+
+Modules:
+  * :mod:`seedstory_client.errors` -- the client's errors (``PromptRefused``, ``ExecutionFailed``, ``HTTPFailure``,
+    ``ServerGone``) and one-line descriptions of a server's error answers (no HTTP library needed);
+  * :mod:`seedstory_client.client` -- ``ComfyClient`` (queue a prompt, history, object_info, view, upload,
+    interrupt, free; the websocket follower) and ``is_connection_error``;
+  * :mod:`seedstory_client.batch` -- the ``seedstory-batch`` tool (``python -m seedstory_client.batch --help``).
+
+A peer of :mod:`seedstory_core`, which never imports it: the nodes run inside ComfyUI and need no HTTP client.
+Needs the ``client`` extra (``requests``, ``websocket-client``): ``pip install '.[client]'``.
+"""
