@@ -18,7 +18,7 @@ order) and summarised by the median, so a noisy shared CPU affects all policies 
 Frame N = the N-th :meth:`StoryEngine.step` after :meth:`StoryEngine.start` (the start image is frame 0). With
 ``window_images=8`` nothing is evicted up to frame 8.
 
-Memory: ``kv_bytes`` = ``state.cache.nbytes()`` after the step (the kept cache); ``kv_bytes_work`` = the cache in use
+Memory: ``kv_bytes`` = ``state.context.nbytes()`` after the step (the kept cache); ``kv_bytes_work`` = the cache in use
 right before the image queries (kept context + this step's sentence; for ``reencode_window`` the transient
 re-encoded window, since its state keeps no cache). Peak process memory = ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
 of a fresh child process per policy (tracemalloc does not see torch's tensor allocations); on CUDA
@@ -138,6 +138,34 @@ class SyntheticTokenizer:
     LLaMA-layout tokenizer with 32000 pieces and the 66 image tokens at 32000..32065 — only ids matter here."""
 
 
+class AnyPolicyEngine:
+    """The bench's engine for every policy of one run: ``start``/``step`` go to the engine that runs the story's
+    policy (:func:`seedstory_core.story.engine_for`: the KV engine, or the official re-encode loop's engine, both
+    over the same agent, merged decoder and tokenizer); every other attribute is the KV engine's."""
+
+    def __init__(self, engine):
+        self.kv = engine
+        self._engines = {}
+
+    def _for(self, policy):
+        from seedstory_core.story import engine_for
+
+        key = type(policy)
+        if key not in self._engines:
+            self._engines[key] = (self.kv if key is self.kv.policy_type else
+                                  engine_for(policy, self.kv.agent, self.kv.tokenizer, merge_lora=self.kv.merge_lora))
+        return self._engines[key]
+
+    def start(self, text, **kw):
+        return self._for(kw["settings"].policy).start(text, **kw)
+
+    def step(self, state, **kw):
+        return self._for(state.settings.policy).step(state, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["kv"], name)
+
+
 def build_engine(cfg: BenchConfig):
     """A random-weight :class:`StoryEngine` for ``cfg.preset`` plus a (1, T, D) start-feature tensor.
 
@@ -172,7 +200,7 @@ def build_engine(cfg: BenchConfig):
         head = agent.lm_head.weight
         head[tokenizer.image_ids.boi].zero_()
         head[tokenizer.eos_id].zero_()
-    engine = StoryEngine(agent, tokenizer, merge_lora=cfg.merge_lora)
+    engine = AnyPolicyEngine(StoryEngine(agent, tokenizer, merge_lora=cfg.merge_lora))
     g = torch.Generator().manual_seed(cfg.seed + 1)
     feats = torch.randn(1, config.visual_tokenizer.n_queries, config.agent.input_resampler.kv_dim, generator=g)
     return engine, feats.to(device=cfg.device, dtype=dtype)
@@ -180,10 +208,11 @@ def build_engine(cfg: BenchConfig):
 
 def settings_for(policy: str, cfg: BenchConfig):
     from seedstory_core.cache import CachePolicy
+    from seedstory_core.reencode import ReencodePolicy
     from seedstory_core.story import StorySettings
 
     if policy == "reencode_window":
-        return StorySettings(policy=CachePolicy(kind="window", window_images=cfg.window_images), reencode_window=True)
+        return StorySettings(policy=ReencodePolicy(window_images=cfg.window_images))
     if policy == "default":
         default = StorySettings()
         return dataclasses.replace(default, policy=dataclasses.replace(default.policy, window_images=cfg.window_images))
@@ -262,6 +291,8 @@ class PhaseProbe:
 # ------------------------------------------------------------------------------------------------ measurements
 def run_policy(engine, feats, policy: str, cfg: BenchConfig, probe: PhaseProbe, rep: int, n_frames: int,
                keep_states: Optional[Dict] = None) -> List[dict]:
+    from seedstory_core.cache import StoryKVCache
+
     decoding = decoding_for(cfg)
     state = start_story(engine, feats, policy, cfg)
     rows = []
@@ -269,7 +300,7 @@ def run_policy(engine, feats, policy: str, cfg: BenchConfig, probe: PhaseProbe, 
         prev_len = len(state.token_ids)
         result, phases = probe.timed_step(engine, state, decoding)
         state = result.state
-        cache = state.cache
+        cache = state.context if isinstance(state.context, StoryKVCache) else None
         rows.append(dict(
             mode=cfg.mode, preset=cfg.preset, device=cfg.device, dtype=cfg.dtype, policy=policy, rep=rep, frame=frame,
             **{k: round(v, 7) for k, v in phases.items()},
@@ -320,7 +351,7 @@ def measure_image_queries(engine, state, cfg: BenchConfig) -> Dict[str, float]:
     from seedstory_core.tokens import image_segment_kinds
 
     agent, image = engine.inference_model(), engine.image  # the decoder the engine itself runs
-    cache = state.cache.fork()
+    cache = state.context.fork()
     forward_chunk(agent, cache, engine._image_embeds(state.pending_image), engine._image_kinds())
     base_len = cache.length
     ids = [image.boi, *image.img]
@@ -385,8 +416,12 @@ def measure_state_pair(engine, a_state, b_state, cfg: BenchConfig) -> Dict[str, 
     probe = PhaseProbe(cfg.device)
     ta, tb, ratios = [], [], []
 
+    from seedstory_core.cache import StoryKVCache
+
     def private(state):
-        return state if state.cache is None else dataclasses.replace(state, cache=state.cache.copy())
+        if not isinstance(state.context, StoryKVCache):
+            return state
+        return dataclasses.replace(state, context=state.context.copy())
 
     with probe.installed():
         probe.timed_step(engine, private(a_state), decoding), probe.timed_step(engine, private(b_state), decoding)  # warm-up
@@ -736,7 +771,7 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
         iq = None
         hi = 50 if 50 in cfg.lengths else cfg.max_frames
         iq_policy = "multimodal_sink" if ("multimodal_sink", hi) in states else cfg.policies[0]
-        if cfg.extras and (iq_policy, hi) in states and states[(iq_policy, hi)].cache is not None:
+        if cfg.extras and (iq_policy, hi) in states and states[(iq_policy, hi)].kv_length > 0:
             iq = measure_image_queries(engine, states[(iq_policy, hi)], cfg)
             log(f"  image queries ({iq_policy}, frame {hi}): one-pass {1000*iq['onepass_s']:.2f} ms, forced {1000*iq['forced_s']:.2f} ms")
         decode = None

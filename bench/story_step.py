@@ -6,7 +6,7 @@ Models: the ``tiny`` preset with random weights (``seedstory_core.tiny.random_ti
 (``models/seedstory-tiny``). Loops, per frame (one :meth:`StoryEngine.step` + one rendering of its features):
 
 * ``official`` — the official ``gen_george.py`` loop: the window prompt re-encoded from scratch every step, the image
-  tokens forced one decode step at a time (``StorySettings(reencode_window=True)``), rendered with the official
+  tokens forced one decode step at a time (``ReencodePolicy``), rendered with the official
   solver and step count (SD-XL Euler, 50 steps, guidance 7.5; SEED_STORY_SPEC §3.1/§4.2);
 * ``ours`` — the cached engine with the pack's default settings (``StorySettings()``: bounded multimodal sink, one-pass
   image queries), rendered with the official solver, and again with a faster one (DPM-Solver++ 2M multistep,
@@ -68,18 +68,18 @@ def run_loop(bundle, *, official: bool, scheduler: str, steps: int, frames: int,
     """Per-frame (mllm_s, detok_s) of one story of ``frames`` steps from a held-out StoryStream-mini start."""
     import dataclasses
 
-    from seedstory_core.cache import CachePolicy
     from seedstory_core.data import mini
+    from seedstory_core.reencode import ReencodePolicy
     from seedstory_core.story import DecodingSettings, StorySettings
 
-    engine = bundle.engine()
     story = mini.generate_story(1001, 0, frames=2)
     start = mini.render_story({**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64)[0]
     if official:
-        settings = StorySettings(policy=CachePolicy(kind="window", window_images=window_images), reencode_window=True)
+        settings = StorySettings(policy=ReencodePolicy(window_images=window_images))
     else:
         default = StorySettings()
         settings = dataclasses.replace(default, policy=dataclasses.replace(default.policy, window_images=window_images))
+    engine = bundle.engine(settings.policy)
     state = engine.start(story["captions"][0], image=start, settings=settings)
     decoding = DecodingSettings(max_sentence_tokens=sentence_tokens)
     mllm, detok = [], []

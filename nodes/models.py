@@ -66,12 +66,20 @@ class AgentModel:
     config: Any  # AgentConfig
     source: str
 
-    def engine(self, visual_tokenizer: Optional[VisualTokenizerModel] = None):
-        """A StoryEngine over the loaded (on-device) agent, and the visual tokenizer when given."""
-        from seedstory_core.story import StoryEngine
+    def engine(self, visual_tokenizer: Optional[VisualTokenizerModel] = None, policy=None):
+        """The story engine over the loaded (on-device) agent, and the visual tokenizer when given, for ``policy``
+        (a story's ``settings.policy``; default: the pack's default policy), see
+        :func:`seedstory_core.story.engine_for`."""
+        from seedstory_core.story import default_policy, engine_for
 
+        self.ensure_loaded(visual_tokenizer)
+        return engine_for(policy if policy is not None else default_policy(), self.module, self.tokenizer,
+                          visual_tokenizer.module if visual_tokenizer is not None else None)
+
+    def ensure_loaded(self, visual_tokenizer: Optional[VisualTokenizerModel] = None) -> None:
+        """Ask ComfyUI's model management to (re)load the agent, and the visual tokenizer when given, onto their
+        load device (after a render may have offloaded them)."""
         glue.load_models([self.patcher] + ([visual_tokenizer.patcher] if visual_tokenizer is not None else []))
-        return StoryEngine(self.module, self.tokenizer, visual_tokenizer.module if visual_tokenizer is not None else None)
 
     @property
     def feature_dim(self) -> int:

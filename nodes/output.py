@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import errno
-import html
-import json
 import os
 import re
-import time
 import unicodedata
-from typing import List, Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from . import comfy_glue as glue
 from .models import STATE, SeedStoryInputError, check_image, clear_cache, image_to_rgb
@@ -118,32 +113,6 @@ def _os_error(node: str, path: str, err: OSError) -> Exception:
                               "ComfyUI's output folder is writable and has free space.")
 
 
-def pair_frames(n_frames: int, sentences: List[str]):
-    """(intro sentence or None, [sentence or '' per frame], [unpaired extra sentences])."""
-    if len(sentences) == n_frames + 1:
-        return sentences[0], sentences[1:], []
-    paired = sentences[:n_frames] + [""] * max(0, n_frames - len(sentences))
-    return None, paired, sentences[n_frames:]
-
-
-def render_html(title: str, intro: Optional[str], frames, extra: List[str]) -> str:
-    esc = html.escape
-    rows = "\n".join(
-        f'  <figure><img src="{esc(f["image"])}" alt="frame {f["index"]}"><figcaption>{esc(f["sentence"])}'
-        "</figcaption></figure>" for f in frames)
-    intro_html = f"  <p class=\"intro\">{esc(intro)}</p>\n" if intro else ""
-    extra_html = "".join(f"  <p>{esc(s)}</p>\n" for s in extra)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{esc(title)}</title>\n"
-        "<style>body{font-family:Georgia,serif;max-width:760px;margin:2em auto;padding:0 1em;background:#fbf8f1}"
-        "figure{margin:1.5em 0;text-align:center}img{max-width:100%;image-rendering:auto;border-radius:6px;"
-        "min-width:256px}figcaption{margin-top:.5em;font-size:1.1em}.intro{font-style:italic}</style>\n"
-        f"</head>\n<body>\n  <h1>{esc(title)}</h1>\n{intro_html}{rows}\n{extra_html}"
-        "  <p><small>Made with SEED-Story in ComfyUI (seedstory).</small></p>\n</body>\n</html>\n"
-    )
-
-
 PREFIX_TOOLTIP = (
     "Folder/name inside ComfyUI's output folder; a counter is appended (seedstory/story -> seedstory/story_00001/). "
     "Ending with '/' uses the name 'story' (seedstory/ -> seedstory/story_00001/). Letters of any language are "
@@ -223,7 +192,7 @@ class SeedStorySaveStory:
             if not isinstance(state, StoryState):
                 raise SeedStoryInputError(f"{node}: input 'state' expects a {STATE}, but found a {type(state).__name__}.")
             meta = {"step": state.step, "tokens": len(state.token_ids), "kv_length": state.kv_length,
-                    "policy": "reencode_window" if state.settings.reencode_window else state.settings.policy.kind,
+                    "policy": state.settings.policy.kind,
                     "settings": state.settings.to_dict()}
         if sentences is not None:
             if not isinstance(sentences, str):
@@ -235,29 +204,16 @@ class SeedStorySaveStory:
             lines = [" ".join(s.split()) for s in state.sentences]
         else:
             lines = []
-        intro, paired, extra = pair_frames(imgs.shape[0], lines)
-
         sub = _next_story_dir(root, rel_dir, name, node)
         resolve_inside(root, sub, node=node, what="filename_prefix", example=PREFIX_EXAMPLE,
                        folder=OUTPUT_FOLDER)  # after creating it
-        folder = os.path.join(root, sub)
-        frames, ui_images = [], []
+        from seedstory_core.storybook import write_storybook
+
         arr = (imgs.detach().cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
-        for i in range(arr.shape[0]):
-            fname = f"frame_{i:03d}.png"
-            info = PngInfo()
-            info.add_text("seedstory_sentence", paired[i])
-            Image.fromarray(arr[i]).save(os.path.join(folder, fname), pnginfo=info, compress_level=4)
-            frames.append({"index": i, "image": fname, "sentence": paired[i]})
-            ui_images.append({"filename": fname, "subfolder": sub, "type": "output"})
-        story = {"format": "seedstory-storybook/1", "title": title, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                 "intro": intro, "frames": frames, "extra_sentences": extra, "sentences": lines, "state": meta}
-        with open(os.path.join(folder, "story.json"), "w", encoding="utf-8") as f:
-            json.dump(story, f, indent=2, ensure_ascii=False)
-        index = os.path.join(folder, "index.html")
-        with open(index, "w", encoding="utf-8") as f:
-            f.write(render_html(title, intro, frames, extra))
-        text = "\n".join(([intro] if intro else []) + [fr["sentence"] for fr in frames] + extra)
+        book = write_storybook(os.path.join(root, sub), list(arr), lines, title=title, state=meta)
+        ui_images = [{"filename": f, "subfolder": sub, "type": "output"} for f in book.files]
+        index = str(book.index)
+        text = book.text
         return {"ui": {"images": ui_images, "text": [text], "storybook": [sub + "/index.html"]}, "result": (index,)}
 
 

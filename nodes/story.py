@@ -27,15 +27,9 @@ from .models import (
 )
 from .render import RENDER_TOOLTIPS, render_features
 
-POLICY_CHOICES = ("multimodal_sink", "sink", "window", "dense", "reencode_window")
-POSITION_CHOICES = ("rerotate", "original")
-MODE_CHOICES = ("generation", "visualization")
 DECODING_CHOICES = ("greedy", "sample")
 RESIZE_CHOICES = ("squash", "keep_ratio")
 MAX_SEED = 2**63 - 1
-#: Greedy decoding with this penalty did not loop on held-out StoryStream-mini seeds (docs/evaluation.md, "Decoding that does not loop");
-#: 1.0 is the official setting.
-DEFAULT_REPETITION_PENALTY = 1.2
 
 #: Appended to every free-text tooltip (the rule: max_text_tokens).
 LIMIT_TIP = (" At most max_position_embeddings / 8 - 66 tokens per sentence: 446 tokens (~1,500 characters) for the "
@@ -55,6 +49,8 @@ DECODING_TOOLTIPS = {
 
 
 def decoding_inputs(default_max_tokens: int = 100):
+    from seedstory_core.story import DEFAULT_REPETITION_PENALTY
+
     t = DECODING_TOOLTIPS
     return {
         "decoding": (list(DECODING_CHOICES), {"default": "greedy", "tooltip": t["decoding"]}),
@@ -68,8 +64,11 @@ def decoding_inputs(default_max_tokens: int = 100):
 
 
 def make_decoding(decoding, temperature, top_p, top_k, repetition_penalty, max_sentence_tokens, seed, node):
-    from seedstory_core.story import DecodingSettings
+    """DecodingSettings from a node's decoding inputs (``repetition_penalty=None``: the pack's default)."""
+    from seedstory_core.story import DEFAULT_REPETITION_PENALTY, DecodingSettings
 
+    if repetition_penalty is None:
+        repetition_penalty = DEFAULT_REPETITION_PENALTY
     if decoding not in DECODING_CHOICES:
         raise SeedStoryInputError(f"{node}: decoding must be one of {DECODING_CHOICES}, found {decoding!r}.")
     try:
@@ -78,6 +77,19 @@ def make_decoding(decoding, temperature, top_p, top_k, repetition_penalty, max_s
                                 max_sentence_tokens=int(max_sentence_tokens))
     except ValueError as err:
         raise SeedStoryInputError(f"{node}: {err}") from err
+
+
+def story_modes():
+    """The step modes, defined by the core library (seedstory_core.story.STORY_MODES; imported when needed so
+    that loading the pack stays light)."""
+    from seedstory_core.story import STORY_MODES
+
+    return STORY_MODES
+
+
+def _check_mode(mode, node: str) -> None:
+    if mode not in story_modes():
+        raise SeedStoryInputError(f"{node}: mode must be one of {story_modes()}, found {mode!r}.")
 
 
 def _one_line(text: str) -> str:
@@ -151,7 +163,8 @@ class SeedStoryStorySettings:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from seedstory_core.story import DEFAULT_MAX_SINK_IMAGES
+        from seedstory_core.cache import POSITION_MODES
+        from seedstory_core.story import DEFAULT_MAX_SINK_IMAGES, POLICY_CHOICES
 
         return {"required": {
             "cache_policy": (list(POLICY_CHOICES), {
@@ -172,7 +185,7 @@ class SeedStoryStorySettings:
                                                    f"(default {DEFAULT_MAX_SINK_IMAGES} = the pack's bounded default, "
                                                    "seedstory_core.story.DEFAULT_MAX_SINK_IMAGES, chosen by the long-story "
                                                    "ablation in docs/benchmarks.md; 0 = all, the paper's unbounded rule)."}),
-            "positions": (list(POSITION_CHOICES), {
+            "positions": (list(POSITION_MODES), {
                 "default": "rerotate",
                 "tooltip": "rerotate = kept keys are re-rotated to consecutive positions (like transformers' SinkCache); "
                            "original = keep their original positions."}),
@@ -180,23 +193,18 @@ class SeedStoryStorySettings:
 
     def make(self, cache_policy="multimodal_sink", window_images=8, n_start=4, boi_before=4, boi_after=8,
              eoi_before=8, eoi_after=4, max_sink_images=None, positions="rerotate"):
-        from seedstory_core.cache import CachePolicy
         from seedstory_core.story import DEFAULT_MAX_SINK_IMAGES, StorySettings
 
         node = "SeedStory Story Settings"
         if max_sink_images is None:
             max_sink_images = DEFAULT_MAX_SINK_IMAGES
-        if cache_policy not in POLICY_CHOICES:
-            raise SeedStoryInputError(f"{node}: cache_policy must be one of {POLICY_CHOICES}, found {cache_policy!r}.")
-        reencode = cache_policy == "reencode_window"
         try:
-            policy = CachePolicy(kind="window" if reencode else cache_policy, window_images=int(window_images),
-                                 n_start=int(n_start), boi_before=int(boi_before), boi_after=int(boi_after),
-                                 eoi_before=int(eoi_before), eoi_after=int(eoi_after),
-                                 max_sink_images=int(max_sink_images) or None, positions=positions)
+            return (StorySettings.for_choice(
+                cache_policy, window_images=int(window_images), n_start=int(n_start), boi_before=int(boi_before),
+                boi_after=int(boi_after), eoi_before=int(eoi_before), eoi_after=int(eoi_after),
+                max_sink_images=int(max_sink_images) or None, positions=positions),)
         except ValueError as err:
             raise SeedStoryInputError(f"{node}: {err}") from err
-        return (StorySettings(policy=policy, reencode_window=reencode),)
 
 
 def _check_settings(settings, node):
@@ -296,7 +304,7 @@ class SeedStoryStoryStart:
                                  name="opening_text")
         story_settings = _check_settings(settings, node)
         feats = _start_features(node, agent, features, image, visual_tokenizer, int(batch_index))
-        engine = agent.engine()
+        engine = agent.engine(policy=story_settings.policy)
         try:
             state = engine.start(text, features=feats, settings=story_settings)
         except ValueError as err:
@@ -353,7 +361,7 @@ class SeedStoryStoryStep:
             "required": {
                 "agent": (AGENT, {"tooltip": "The same agent that started the story."}),
                 "state": (STATE, {"tooltip": "The story so far (Story Start, Story Step or Generate Story)."}),
-                "mode": (list(MODE_CHOICES), {
+                "mode": (list(story_modes()), {
                     "default": "generation",
                     "tooltip": "generation = the agent writes the sentence (your text, if any, is its beginning); "
                                "visualization = your text is the sentence and the agent only draws it."}),
@@ -370,14 +378,13 @@ class SeedStoryStoryStep:
         }
 
     def step(self, agent, state, mode="generation", decoding="greedy", temperature=0.7, top_p=0.9, top_k=0,
-             repetition_penalty=DEFAULT_REPETITION_PENALTY, max_sentence_tokens=100, seed=0, text="", context_features=None):
+             repetition_penalty=None, max_sentence_tokens=100, seed=0, text="", context_features=None):
         node = "SeedStory Story Step"
         agent = require(agent, AgentModel, node=node, name="agent", socket=AGENT, hint="agent output of a SeedStory loader")
         state = _check_state(state, node)
         text = check_text(text if text is not None else "", node=node, name="text", allow_empty=True)
         check_text_length(agent, text, node=node, name="text")
-        if mode not in MODE_CHOICES:
-            raise SeedStoryInputError(f"{node}: mode must be one of {MODE_CHOICES}, found {mode!r}.")
+        _check_mode(mode, node)
         if mode == "visualization" and not text.strip():
             raise SeedStoryInputError(f"{node}: visualization mode draws your sentence, but 'text' is empty. Type "
                                       "the sentence for this frame or switch mode to generation.")
@@ -389,7 +396,7 @@ class SeedStoryStoryStep:
                     f"{node}: 'context_features' holds features of {ctx.shape[0]} images, but they replace the one "
                     "previous image of this story. Encode a single picture (e.g. ImageFromBatch before ViT Tokenize).")
         dec = make_decoding(decoding, temperature, top_p, top_k, repetition_penalty, max_sentence_tokens, seed, node)
-        engine = agent.engine()
+        engine = agent.engine(policy=state.settings.policy)
         try:
             result = engine.step(_on_device(state, engine), text=text.strip() or None, mode=mode, decoding=dec,
                                  context_features=ctx, cancel=glue.cancel_callback)
@@ -427,7 +434,7 @@ class SeedStoryGenerateStory:
                                             "tooltip": "The opening sentence (caption of the start image)." + LIMIT_TIP}),
                 "story_steps": ("INT", {"default": 4, "min": 1, "max": 200,
                                         "tooltip": "How many new frames (sentence + image) to generate."}),
-                "mode": (list(MODE_CHOICES), {
+                "mode": (list(story_modes()), {
                     "default": "generation",
                     "tooltip": "generation = the agent writes the story (captions, if given, start each sentence); "
                                "visualization = the agent draws your captions (one per line, one per step)."}),
@@ -454,7 +461,7 @@ class SeedStoryGenerateStory:
         return _validate_text("SeedStory Generate Story", "opening_text", opening_text)
 
     def generate(self, agent, visual_tokenizer, detokenizer, start_image, opening_text, story_steps=4,
-                 mode="generation", decoding="greedy", temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=DEFAULT_REPETITION_PENALTY,
+                 mode="generation", decoding="greedy", temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=None,
                  max_sentence_tokens=100, seed=0, diffusion_steps=30, guidance_scale=7.5, scheduler="euler",
                  width=0, height=0, same_noise=False, captions="", settings=None, unique_id=None):
         node = "SeedStory Generate Story"
@@ -476,8 +483,7 @@ class SeedStoryGenerateStory:
         n = int(story_steps)
         if n < 1:
             raise SeedStoryInputError(f"{node}: story_steps must be >= 1, found {n}.")
-        if mode not in MODE_CHOICES:
-            raise SeedStoryInputError(f"{node}: mode must be one of {MODE_CHOICES}, found {mode!r}.")
+        _check_mode(mode, node)
         lines = [line.strip() for line in str(captions or "").splitlines()]
         for k, line in enumerate(lines):
             check_text_length(agent, line, node=node, name=f"captions (line {k + 1})")
@@ -496,7 +502,7 @@ class SeedStoryGenerateStory:
 
         stream = glue.text_streamer(unique_id)
         progress = glue.Progress(n * int(diffusion_steps))
-        engine = agent.engine(vit)
+        engine = agent.engine(vit, policy=story_settings.policy)
         try:
             feats = vit.module.encode_images(img)
             state = engine.start(text, features=feats, settings=story_settings)
@@ -511,25 +517,27 @@ class SeedStoryGenerateStory:
             shown = list(sentences) + ([_one_line(partial)] if partial is not None else [])
             stream("\n".join(f"{i}. {s}" for i, s in enumerate(shown)))
 
-        show()
-        for i in range(n):
-            glue.check_interrupted()
-            user = lines[i] if i < len(lines) and lines[i] else None
-            try:
-                result = engine.step(state, text=user, mode=mode, decoding=dec, cancel=glue.cancel_callback,
-                                     on_text=(lambda s: show(s)) if stream is not None else None)
-            except ValueError as err:
-                raise SeedStoryInputError(f"{node}: step {i + 1}: {err}") from err
-            state = result.state
+        def on_frame(i: int, _total: int, result) -> None:
+            """Render frame i (progress over the diffusion steps of every frame), then reload the agent, which the
+            render may have offloaded."""
             sentences.append(_one_line(result.sentence))
             show()
-            done = i * int(diffusion_steps)
-            frame = render_features(detok, result.features, steps=int(diffusion_steps),
-                                    guidance_scale=float(guidance_scale), scheduler=scheduler, seed=int(seed),
-                                    frame_index=i + 1, same_noise=bool(same_noise), width=w, height=h,
-                                    on_step=lambda s, _t, base=done: progress.set(base + s), node=node)
-            frames.append(frame)
-            engine = agent.engine(vit)  # re-assert the models are loaded (rendering may have offloaded them)
+            done = (i - 1) * int(diffusion_steps)
+            frames.append(render_features(
+                detok, result.features, steps=int(diffusion_steps), guidance_scale=float(guidance_scale),
+                scheduler=scheduler, seed=int(seed), frame_index=i, same_noise=bool(same_noise), width=w, height=h,
+                on_step=lambda s, _t: progress.set(done + s), node=node))
+            agent.ensure_loaded(vit)
+            return None
+
+        show()
+        glue.check_interrupted()
+        try:
+            state, _ = engine.run(state, n, texts=lines, mode=mode, decoding=dec, cancel=glue.cancel_callback,
+                                  on_text=(lambda _i, partial: show(partial)) if stream is not None else None,
+                                  on_frame=on_frame)
+        except ValueError as err:
+            raise SeedStoryInputError(f"{node}: step {len(sentences)}: {err}") from err
         images = torch.cat([f.to(frames[0].device) for f in frames], dim=0)
         return (images, "\n".join(sentences), state)
 

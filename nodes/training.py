@@ -267,8 +267,14 @@ def _raise_interrupted(seen) -> None:
     raise (exc() if exc is not None else RuntimeError("SeedStory Adapt De-tokenizer: interrupted"))
 
 
-def _save_init_bundle(agent: AgentModel, vit: VisualTokenizerModel, detok: DetokenizerModel, folder: Path) -> Path:
-    """The in-memory models as a SeedStoryBundle folder (run_stage3 starts from a bundle: --init bundle:PATH)."""
+def _training_bundle(agent: AgentModel, vit: VisualTokenizerModel, detok: DetokenizerModel):
+    """The loaded models as one in-memory SeedStoryBundle for stage 3: the agent and visual tokenizer as they are
+    (frozen, never changed in place), and an fp32 COPY of the de-tokenizer, which stage 3 trains in place (the input
+    de-tokenizer stays as it was; trainable weights are kept in fp32 as in the training stages).
+
+    Raises:
+        SeedStoryInputError: the three models do not belong to one model (their configurations disagree).
+    """
     from seedstory_core.bundle import SeedStoryBundle
     from seedstory_core.config import SeedStoryConfig
 
@@ -280,9 +286,36 @@ def _save_init_bundle(agent: AgentModel, vit: VisualTokenizerModel, detok: Detok
         raise SeedStoryInputError(
             f"SeedStory Adapt De-tokenizer: the agent, visual tokenizer and de-tokenizer do not belong to one model "
             f"({err}). Connect the three outputs of the same model (e.g. all from the Tiny Model Loader).") from err
-    bundle = SeedStoryBundle(config, agent.tokenizer, vit.module, agent.module, detok.module,
-                             uncond_features=detok.uncond_features)
-    return bundle.save(folder)
+    return SeedStoryBundle(config, agent.tokenizer, vit.module, agent.module, _trainable_copy(detok.module),
+                           uncond_features=detok.uncond_features)
+
+
+def _trainable_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose parameters and buffers are new fp32 (floating) tensors made outside inference
+    mode: ComfyUI loads models under ``torch.inference_mode()``, and an inference tensor can never require grad.
+    Call it outside inference mode."""
+    twin = copy.deepcopy(module)
+    with torch.no_grad():
+        for sub in twin.modules():
+            for name, p in sub._parameters.items():
+                if p is not None:
+                    t = p.detach().clone()
+                    sub._parameters[name] = torch.nn.Parameter(t.float() if t.is_floating_point() else t,
+                                                               requires_grad=False)
+            for name, b in sub._buffers.items():
+                if b is not None:
+                    sub._buffers[name] = b.detach().clone().float() if b.is_floating_point() else b.clone()
+    return twin
+
+
+def _like_input(trained: torch.nn.Module, original: torch.nn.Module) -> torch.nn.Module:
+    """The trained copy with every parameter back in the input de-tokenizer's dtype (it trained in fp32)."""
+    dtypes = {name: p.dtype for name, p in original.named_parameters()}
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if name in dtypes and p.dtype != dtypes[name]:
+                p.data = p.data.to(dtypes[name])
+    return trained.requires_grad_(False)
 
 
 class SeedStoryAdaptDetokenizer:
@@ -390,53 +423,39 @@ class SeedStoryAdaptDetokenizer:
 
         options = dict(
             data=str(data), records=records, out=str(run_dir), max_steps=steps, batch_size=batch_size, grad_accum=1,
-            lr=float(learning_rate), seed=int(seed), resume="none", save_every=0, keep_checkpoints=1,
+            lr=float(learning_rate), seed=int(seed), resume="none", save_every=0, keep_checkpoints=1, no_export=True,
             warmup_steps=min(OFFICIAL_WARMUP, steps * OFFICIAL_WARMUP // OFFICIAL_STEPS),
         )
         if run_dir.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
-        # ComfyUI runs nodes under torch.inference_mode(): training needs autograd and normal tensors. The temp
-        # bundle re-creates every module from its saved weights, so the input models are never touched.
-        with tempfile.TemporaryDirectory(prefix="seedstory_stage3_init_") as tmp:
-            with torch.inference_mode(False), torch.enable_grad():
-                init = _save_init_bundle(agent, vit, detok, Path(tmp) / "init")
-                try:
-                    metrics = run_stage3(init=f"bundle:{init}", progress=on_step, cancel=cancel, **options)
-                except (FileNotFoundError, ValueError) as err:
-                    raise SeedStoryInputError(f"{node}: training on {data} failed: {err}") from err
-                except _IMAGE_ERRORS as err:  # an image that passed PIL's verify() but does not decode
-                    if not _is_image_error(err):
-                        raise
-                    culprit = _find_undecodable(records)
-                    root = input_directory(node)
-                    named = (f"image {_rel(Path(culprit), root)} (in ComfyUI's input folder)" if culprit
-                             else "an image of the training data")
-                    raise SeedStoryInputError(
-                        f"{node}: {named} could not be decoded during training ({type(err).__name__}: {err}). "
-                        f"Expected complete PNG/JPEG/WebP pictures; re-export the damaged image (e.g. a truncated "
-                        f"download) or remove its story from the .jsonl.") from err
+        # ComfyUI runs nodes under torch.inference_mode(): training needs autograd and normal tensors.
+        with torch.inference_mode(False), torch.enable_grad():
+            bundle = _training_bundle(agent, vit, detok)
+            try:
+                metrics = run_stage3(init=bundle, progress=on_step, cancel=cancel, **options)
+            except (FileNotFoundError, ValueError) as err:
+                raise SeedStoryInputError(f"{node}: training on {data} failed: {err}") from err
+            except _IMAGE_ERRORS as err:  # an image that passed PIL's verify() but does not decode
+                if not _is_image_error(err):
+                    raise
+                culprit = _find_undecodable(records)
+                root = input_directory(node)
+                named = (f"image {_rel(Path(culprit), root)} (in ComfyUI's input folder)" if culprit
+                         else "an image of the training data")
+                raise SeedStoryInputError(
+                    f"{node}: {named} could not be decoded during training ({type(err).__name__}: {err}). "
+                    f"Expected complete PNG/JPEG/WebP pictures; re-export the damaged image (e.g. a truncated "
+                    f"download) or remove its story from the .jsonl.") from err
         if metrics.get("cancelled"):
             print(f"[seedstory] {node}: cancelled at step {metrics['step']}/{steps}; checkpoint {metrics['checkpoint']}")
             _raise_interrupted(seen)
 
-        exported = Path(metrics["model"]) / "detokenizer" / "adapter.safetensors"
-        from safetensors.torch import load_file
-
-        adapted_state = load_file(str(exported))
-        module = copy.deepcopy(detok.module)  # the input module is left as it was
-        params = module.trainable_parameters()
-        missing = sorted(set(params) - set(adapted_state))
-        if missing:
-            raise RuntimeError(f"{node}: the exported adapter lacks {missing[:5]} ...")
-        with torch.no_grad():
-            for key, p in params.items():
-                p.copy_(adapted_state[key].to(device=p.device, dtype=p.dtype))
+        module = _like_input(bundle.detokenizer, detok.module)  # the trained copy
         target = adapter_directory() / f"{name}.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp_target = target.with_name(f".{name}.tmp.safetensors")
         module.save_adapter(tmp_target)
         os.replace(tmp_target, target)
-        shutil.rmtree(metrics["model"], ignore_errors=True)  # a full bundle copy; the adapter is what we keep
 
         from .loaders import _detok_wrapper
 

@@ -75,11 +75,23 @@ class SeedStoryBundle:
         pixels = zero_image_pixels(self.config.visual_tokenizer.image_size)
         return vit(pixels.to(device=vit.device, dtype=vit.dtype))
 
-    def engine(self):
-        """A :class:`~seedstory_core.story.StoryEngine` over this bundle's agent, tokenizer and ViT."""
-        from .story import StoryEngine
+    def engine(self, policy=None):
+        """The story engine over this bundle's agent, tokenizer and ViT that runs ``policy`` (a
+        :class:`~seedstory_core.cache.CachePolicy` or :class:`~seedstory_core.reencode.ReencodePolicy`; default
+        the pack's default policy): see :func:`seedstory_core.story.engine_for`."""
+        from .story import default_policy, engine_for
 
-        return StoryEngine(self.agent, self.tokenizer, self.visual_tokenizer)
+        return engine_for(policy if policy is not None else default_policy(), self.agent, self.tokenizer,
+                          self.visual_tokenizer)
+
+    def render(self, features, *, frame_index: int = 0, steps: int = 30, guidance_scale: float = 7.5,
+               seed: int = 0):
+        """One frame from (1, T, D) regressed features with the de-tokenizer (classifier-free guidance against
+        :attr:`uncond_features`; noise seeded by ``(seed, frame_index)``). Returns a PIL image of the
+        de-tokenizer's default size."""
+        return self.detokenizer.generate(features, self.uncond_features, num_inference_steps=steps,
+                                         guidance_scale=guidance_scale, seed=seed, frame_index=frame_index,
+                                         output="pil")[0]
 
     def to(self, device=None, dtype=None) -> "SeedStoryBundle":
         for module in (self.visual_tokenizer, self.agent, self.detokenizer):

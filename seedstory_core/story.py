@@ -14,9 +14,13 @@ Prompt layout exactly as training (SEED_STORY_SPEC.md §5): ``[BOS] cap0 <img>IM
 3. Image: one forward over [BOI, IMG_0..IMG_63] (the image queries; not kept in the cache), output resampler →
    (1, 256, 4096) regressed ViT features at full size (spec §2.6).
 
-``reencode_window=True`` reproduces the official loop instead (gen_george.py): every step rebuilds
-``[BOS] + window prompt`` and re-encodes it from scratch (no KV reuse), and the 64 IMG tokens + EOI are forced one
-decode step at a time — a baseline for benchmarks and ablations.
+:meth:`StoryEngine.run` is the story loop (one frame per step, with a per-frame callback that renders, reports
+progress and may replace the context features). What a state keeps of its past is its policy's *context*: a
+:class:`~seedstory_core.cache.StoryKVCache` for the KV-cache policies (:class:`StoryEngine`), or the window prompt
+of the official loop (:class:`ReencodeStoryEngine`, :mod:`seedstory_core.reencode`: every step re-encodes
+``[BOS] + window prompt`` from scratch and forces the image tokens one decode step at a time, a baseline for
+benchmarks and ablations). The step itself is the same code for both; the engines differ only in how they open a
+step, query the image and close the step. :func:`engine_for` gives the engine for a policy.
 
 States are immutable values: a step never changes its input, so ComfyUI may hand one state to several branches
 and keep it in its cache. KV buffers are shared copy-on-write (:mod:`seedstory_core.cache`).
@@ -29,11 +33,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .cache import CachePolicy, StoryKVCache
+from .cache import POLICIES, CachePolicy, StoryKVCache
 from .generation import (
     ImageTokenRule,
     InferenceModel,
@@ -42,9 +46,12 @@ from .generation import (
     logits_at,
     new_cache,
 )
+from .reencode import REENCODE_WINDOW, ReencodePolicy, ReencodeWindow
 from .tokens import TokenKind, image_segment_kinds
 
-MODES = ("generation", "visualization")
+#: What a story step does: ``generation`` (the agent writes the sentence, then draws it) or ``visualization`` (the
+#: agent draws a sentence it is given, the StoryGPT-V task).
+STORY_MODES = ("generation", "visualization")
 #: ``StoryEngine(merge_lora=None)`` merges the LoRA deltas into an inference copy of the projections when that copy
 #: takes at most this many bytes (the tiny model: ~2 MB; full-size SEED-Story in bf16: ~12.9 GB, not merged unless
 #: ``merge_lora=True``).
@@ -53,6 +60,12 @@ AUTO_MERGE_MAX_BYTES = 1 << 30
 
 class StoryCancelled(RuntimeError):
     """Raised when the cancellation check returns True; the input state is untouched and still usable."""
+
+
+#: The pack's repetition penalty (the nodes' and ``python -m seedstory_core.tell``'s default): greedy decoding with it
+#: did not loop on held-out StoryStream-mini seeds (docs/evaluation.md, "Decoding that does not loop").
+#: ``DecodingSettings()`` keeps the official 1.0.
+DEFAULT_REPETITION_PENALTY = 1.2
 
 
 @dataclass(frozen=True)
@@ -99,27 +112,55 @@ def default_policy() -> CachePolicy:
     return CachePolicy(kind="multimodal_sink", max_sink_images=DEFAULT_MAX_SINK_IMAGES)
 
 
+#: The context policies a story can use, the Story Settings node's ``cache_policy`` choices: the KV-cache policies
+#: (:data:`seedstory_core.cache.POLICIES`, from the one that keeps the least structure to the paper's default,
+#: listed default first) and the official re-encode loop.
+POLICY_CHOICES = tuple(reversed(POLICIES)) + (REENCODE_WINDOW,)
+
+
 @dataclass(frozen=True)
 class StorySettings:
     """Story-level settings fixed at :meth:`StoryEngine.start`.
 
     Attributes:
-        policy: the KV-cache policy (:class:`~seedstory_core.cache.CachePolicy`); default :func:`default_policy`
-            (the multimodal sink capped at :data:`DEFAULT_MAX_SINK_IMAGES` sink images — bounded). The paper's
-            uncapped rule: ``CachePolicy(kind="multimodal_sink")``.
-        reencode_window: the official baseline (re-encode the whole window every step, ``policy.window_images``
-            being the window, and force the image tokens one decode step at a time). The policy kind is ignored.
+        policy: what the story keeps of its past for the next step: a KV-cache policy
+            (:class:`~seedstory_core.cache.CachePolicy`; default :func:`default_policy`, the multimodal sink capped
+            at :data:`DEFAULT_MAX_SINK_IMAGES` sink images, bounded; the paper's uncapped rule is
+            ``CachePolicy(kind="multimodal_sink")``), or :class:`~seedstory_core.reencode.ReencodePolicy` (the
+            official loop: no cache, the window prompt re-encoded every step; run by :class:`ReencodeStoryEngine`).
     """
 
-    policy: CachePolicy = field(default_factory=default_policy)
-    reencode_window: bool = False
+    policy: Union[CachePolicy, ReencodePolicy] = field(default_factory=default_policy)
 
     def to_dict(self) -> dict:
-        return {"policy": self.policy.to_dict(), "reencode_window": self.reencode_window}
+        return {"policy": self.policy.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "StorySettings":
-        return cls(policy=CachePolicy.from_dict(data.get("policy", {})), reencode_window=bool(data.get("reencode_window", False)))
+        """Inverse of :meth:`to_dict`."""
+        policy = dict(data.get("policy", {}))
+        if policy.get("kind") == REENCODE_WINDOW:
+            return cls(policy=ReencodePolicy.from_dict(policy))
+        return cls(policy=CachePolicy.from_dict(policy))
+
+    @classmethod
+    def for_choice(cls, choice: str, **policy_fields) -> "StorySettings":
+        """Settings for one of :data:`POLICY_CHOICES` with the given :class:`CachePolicy` fields (the re-encode
+        loop takes only ``window_images``).
+
+        Raises:
+            ValueError: an unknown choice or field value.
+        """
+        if choice == REENCODE_WINDOW:
+            return cls(policy=ReencodePolicy(window_images=policy_fields.get("window_images", 8)))
+        if choice not in POLICIES:
+            raise ValueError(f"unknown cache policy {choice!r}; choose one of {POLICY_CHOICES}")
+        return cls(policy=CachePolicy(kind=choice, **policy_fields))
+
+
+#: Story contexts by the name saved states record (see :meth:`StoryState.save`).
+_CONTEXT_TYPES = {"kv_cache": StoryKVCache, REENCODE_WINDOW: ReencodeWindow}
+STATE_FORMAT = "seedstory-state/2"
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,11 +173,12 @@ class StoryState:
         token_ids, kinds: the whole story stream (never windowed), ids and :class:`TokenKind` values.
         sentences: the opening sentence and every generated/given sentence (cleaned, without ``[INST]``).
         step: number of completed story steps (frames generated).
-        cache: the kept KV cache (None in ``reencode_window`` mode).
-        next_logits: (V,) float32 logits after the last stored token, or None while an image is pending.
+        context: what the policy keeps of the story for the next step: the
+            :class:`~seedstory_core.cache.StoryKVCache` (KV-cache policies), or the
+            :class:`~seedstory_core.reencode.ReencodeWindow` prompt (the official re-encode loop).
+        next_logits: (V,) float32 logits after the last stored token, or None while an image is pending (and
+            always None for the re-encode loop, which computes them at the next step).
         pending_image: (1, T, D) regressed features of the last generated image, not yet in the context.
-        window_ids, window_kinds, window_features: ``reencode_window`` mode only — the official window prompt
-            (without BOS) and the features of its images.
         last_features: (1, T, D) features of the newest image (the start image after :meth:`StoryEngine.start`).
     """
 
@@ -146,20 +188,17 @@ class StoryState:
     kinds: Tuple[int, ...]
     sentences: Tuple[str, ...]
     step: int
-    cache: Optional[StoryKVCache]
+    context: Union[StoryKVCache, ReencodeWindow]
     next_logits: Optional[torch.Tensor]
     pending_image: Optional[torch.Tensor]
     last_features: torch.Tensor
-    window_ids: Tuple[int, ...] = ()
-    window_kinds: Tuple[int, ...] = ()
-    window_features: Tuple[torch.Tensor, ...] = ()
 
     # ------------------------------------------------------------------ reporting
     def get_ram_usage(self) -> int:
-        """Bytes held by this state's tensors (KV cache entries, features, logits). Used by ComfyUI's RAM cache."""
-        total = self.cache.nbytes() if self.cache is not None else 0
+        """Bytes held by this state's tensors (context, features, logits). Used by ComfyUI's RAM cache."""
+        total = self.context.nbytes()
         seen = set()
-        for t in (self.next_logits, self.pending_image, self.last_features, *self.window_features):
+        for t in (self.next_logits, self.pending_image, self.last_features):
             if t is not None and t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
                 total += t.numel() * t.element_size()
@@ -167,8 +206,8 @@ class StoryState:
 
     @property
     def kv_length(self) -> int:
-        """Tokens currently stored in the KV cache (0 in reencode mode)."""
-        return self.cache.length if self.cache is not None else 0
+        """Tokens currently stored in the KV cache (0 for the re-encode loop, which keeps none)."""
+        return self.context.length
 
     @property
     def num_images(self) -> int:
@@ -177,7 +216,7 @@ class StoryState:
 
     def __repr__(self) -> str:
         return (f"StoryState(step={self.step}, tokens={len(self.token_ids)}, kv={self.kv_length}, "
-                f"policy={'reencode_window' if self.settings.reencode_window else self.settings.policy.kind})")
+                f"policy={self.settings.policy.kind})")
 
     # ------------------------------------------------------------------ devices and persistence
     def to(self, device=None, dtype=None) -> "StoryState":
@@ -190,11 +229,10 @@ class StoryState:
 
         return dataclasses.replace(
             self,
-            cache=self.cache.to(device, dtype) if self.cache is not None else None,
+            context=self.context.to(device, dtype),
             next_logits=None if self.next_logits is None else self.next_logits.to(device=device),
             pending_image=mv(self.pending_image),
             last_features=mv(self.last_features),
-            window_features=tuple(mv(t) for t in self.window_features),
         )
 
     def save(self, path) -> Path:
@@ -211,26 +249,23 @@ class StoryState:
         pending_is_last = self.pending_image is not None and self.pending_image.data_ptr() == self.last_features.data_ptr()
         if self.pending_image is not None and not pending_is_last:
             tensors["pending_image"] = self.pending_image.contiguous()
-        for i, t in enumerate(self.window_features):
-            tensors[f"window_features.{i}"] = t.clone()
+        context_type = next(name for name, cls in _CONTEXT_TYPES.items() if isinstance(self.context, cls))
+        tensors.update({f"context.{k}": v for k, v in self.context.tensors().items()})
+        inv_freq = getattr(self.context, "inv_freq", None)
+        if inv_freq is not None:
+            tensors["context_inv_freq"] = inv_freq.to(torch.float64)
         meta = {
-            "format": "seedstory-state/1",
+            "format": STATE_FORMAT,
             "settings": self.settings.to_dict(),
             "model_key": self.model_key,
             "token_ids": list(self.token_ids),
             "kinds": list(self.kinds),
             "sentences": list(self.sentences),
             "step": self.step,
-            "window_ids": list(self.window_ids),
-            "window_kinds": list(self.window_kinds),
-            "num_window_features": len(self.window_features),
             "pending_is_last": pending_is_last,
-            "cache": None,
+            "context_type": context_type,
+            "context": self.context.meta_dict(),
         }
-        if self.cache is not None:
-            meta["cache"] = self.cache.meta_dict()
-            tensors.update({f"cache.{k}": v for k, v in self.cache.tensors().items()})
-            tensors["cache.inv_freq"] = self.cache.inv_freq.to(torch.float64)
         save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(base.with_suffix(".safetensors")))
         json_path = base.with_suffix(".json")
         json_path.write_text(json.dumps(meta))
@@ -238,20 +273,24 @@ class StoryState:
 
     @classmethod
     def load(cls, path, device=None) -> "StoryState":
-        """Read a state written by :meth:`save`. Raises ``ValueError`` for files of another format."""
+        """Read a state written by :meth:`save`.
+
+        Raises:
+            ValueError: the files are not a seedstory story state.
+        """
         from safetensors.torch import load_file
 
         base = Path(path)
         if base.suffix in (".json", ".safetensors"):
             base = base.with_suffix("")
         meta = json.loads(base.with_suffix(".json").read_text())
-        if meta.get("format") != "seedstory-state/1":
-            raise ValueError(f"{base}.json is not a seedstory story state (format {meta.get('format')!r})")
         tensors = load_file(str(base.with_suffix(".safetensors")), device=str(device or "cpu"))
-        cache = None
-        if meta["cache"] is not None:
-            cache_t = {k[len("cache."):]: v for k, v in tensors.items() if k.startswith("cache.") and k != "cache.inv_freq"}
-            cache = StoryKVCache.from_saved(meta["cache"], cache_t, tensors["cache.inv_freq"])
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError(f"{base}.json is not a seedstory story state (format {meta.get('format')!r}, "
+                             f"expected {STATE_FORMAT!r})")
+        context_t = {k[len("context."):]: v for k, v in tensors.items() if k.startswith("context.")}
+        context_cls = _CONTEXT_TYPES[meta["context_type"]]
+        context = context_cls.from_saved(meta["context"], context_t, tensors.get("context_inv_freq"))
         return cls(
             settings=StorySettings.from_dict(meta["settings"]),
             model_key=meta["model_key"],
@@ -259,13 +298,10 @@ class StoryState:
             kinds=tuple(meta["kinds"]),
             sentences=tuple(meta["sentences"]),
             step=int(meta["step"]),
-            cache=cache,
+            context=context,
             next_logits=tensors.get("next_logits"),
             pending_image=tensors["last_features"] if meta.get("pending_is_last") else tensors.get("pending_image"),
             last_features=tensors["last_features"],
-            window_ids=tuple(meta["window_ids"]),
-            window_kinds=tuple(meta["window_kinds"]),
-            window_features=tuple(tensors[f"window_features.{i}"] for i in range(meta["num_window_features"])),
         )
 
 
@@ -288,6 +324,9 @@ class StoryEngine:
         visual_tokenizer: optional :class:`~seedstory_core.visual_tokenizer.QwenVisualTokenizer` (needed to start
             from a picture rather than from features).
     """
+
+    #: The policies this engine runs (:func:`engine_for` picks the engine for a policy).
+    policy_type = CachePolicy
 
     def __init__(self, agent, tokenizer, visual_tokenizer=None, *, merge_lora: Optional[bool] = None):
         self.agent = agent
@@ -335,6 +374,14 @@ class StoryEngine:
                 "this story state was made with a different SEED-Story model (fingerprint "
                 f"{state.model_key} vs {self.model_key}); continue it with the same agent and tokenizer"
             )
+        self._check_policy(state.settings.policy)
+
+    def _check_policy(self, policy) -> None:
+        if not isinstance(policy, self.policy_type):
+            raise ValueError(
+                f"{type(self).__name__} runs {self.policy_type.__name__} stories, but this one uses the "
+                f"{getattr(policy, 'kind', type(policy).__name__)!r} policy; get the engine for it with "
+                "seedstory_core.story.engine_for(policy, ...)")
 
     def _features(self, features: torch.Tensor) -> torch.Tensor:
         if not isinstance(features, torch.Tensor) or features.dim() not in (2, 3):
@@ -382,34 +429,34 @@ class StoryEngine:
     # ------------------------------------------------------------------ start
     @torch.no_grad()
     def start(self, text: str, *, image=None, features: Optional[torch.Tensor] = None,
-              settings: StorySettings = StorySettings()) -> StoryState:
+              settings: Optional[StorySettings] = None) -> StoryState:
         """Begin a story from a starting image (or its visual-tokenizer features) and its sentence.
 
         Args:
-            text: the opening sentence (caption 0, no ``[INST]``; spec §5).
+            text: the opening sentence (caption 0, no ``[INST]``; docs/reference.md §5).
             image: a picture (ComfyUI IMAGE tensor / PIL) — encoded with the visual tokenizer; or
             features: (1, T, D) visual-tokenizer features of the start image.
-            settings: :class:`StorySettings`.
+            settings: :class:`StorySettings` (default ``StorySettings()``); its policy must be one this engine runs
+                (see :func:`engine_for`).
 
         Returns the initial :class:`StoryState` with ``[BOS] cap0 <img>…</img>`` in its context.
+
+        Raises:
+            ValueError: bad text, features or image; a policy this engine does not run.
         """
+        settings = settings if settings is not None else StorySettings()
+        self._check_policy(settings.policy)
         if (image is None) == (features is None):
             raise ValueError("start() needs exactly one of image= or features=")
         feats = self._features(self._encode_start_image(image) if image is not None else features)
         self._run = self.inference_model()
         text_ids = self._text_ids(text, instruction=False)
-        bos = self.tokenizer.bos_id
-        ids = [bos] + text_ids + self._image_ids()
+        ids = [self.tokenizer.bos_id] + text_ids + self._image_ids()
         kinds = [TokenKind.BOS] + [TokenKind.TEXT] * len(text_ids) + self._image_kinds()
-        common = dict(settings=settings, model_key=self.model_key, token_ids=tuple(ids), kinds=tuple(kinds),
-                      sentences=(text.strip(),), step=0, pending_image=None, last_features=feats)
-        if settings.reencode_window:
-            return StoryState(cache=None, next_logits=None, window_ids=tuple(ids[1:]), window_kinds=tuple(kinds[1:]),
-                              window_features=(feats,), **common)
-        cache = new_cache(self._run, settings.policy)
-        embeds = torch.cat([self._embed([bos] + text_ids), self._image_embeds(feats)], dim=1)
-        hidden = forward_chunk(self._run, cache, embeds, kinds)
-        return StoryState(cache=cache, next_logits=logits_at(self._run, hidden[0, -1]), **common)
+        context, logits = self._start_context(ids, kinds, feats, settings.policy)
+        return StoryState(settings=settings, model_key=self.model_key, token_ids=tuple(ids), kinds=tuple(kinds),
+                          sentences=(text.strip(),), step=0, context=context, next_logits=logits,
+                          pending_image=None, last_features=feats)
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
@@ -430,7 +477,7 @@ class StoryEngine:
             state: the story so far (not modified).
             text: user text. Generation mode: optional, steers the sentence (prefilled after ``[INST]``, the model
                 continues it). Visualization mode: required, the sentence itself (the model only draws).
-            mode: ``generation`` or ``visualization``.
+            mode: one of :data:`STORY_MODES`.
             decoding: :class:`DecodingSettings`.
             context_features: (1, T, D) features to store for the previous step's image instead of its regressed
                 features (e.g. the visual tokenizer's features of the rendered picture).
@@ -438,13 +485,17 @@ class StoryEngine:
             on_text: called with the sentence so far after every new text token (streaming).
 
         Returns :class:`StepResult` (new state, sentence, (1, T, D) features).
+
+        Raises:
+            TypeError, ValueError: a state of another model or policy, bad mode, text or features.
+            StoryCancelled: ``cancel()`` returned True (the input state is unchanged).
         """
         self._check(state)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in STORY_MODES:
+            raise ValueError(f"mode must be one of {STORY_MODES}, got {mode!r}")
         if mode == "visualization" and (text is None or not str(text).strip()):
             raise ValueError("visualization mode needs the sentence to draw (text=...)")
-        if context_features is not None and state.pending_image is None and not state.settings.reencode_window:
+        if context_features is not None and state.pending_image is None:
             raise ValueError("context_features replaces the previous step's image, but this state has no pending image")
 
         def check_cancel():
@@ -453,17 +504,10 @@ class StoryEngine:
 
         check_cancel()
         self._run = self.inference_model()
-        if state.settings.reencode_window:
-            cache, logits, window = self._reencode_context(state, context_features)
-        else:
-            cache = state.cache.fork()
-            window = None
-            if state.pending_image is not None:
-                feats = self._features(context_features) if context_features is not None else state.pending_image
-                hidden = forward_chunk(self._run, cache, self._image_embeds(feats), self._image_kinds())
-                logits = logits_at(self._run, hidden[0, -1])
-            else:
-                logits = state.next_logits
+        pending = None
+        if state.pending_image is not None:
+            pending = self._features(context_features) if context_features is not None else state.pending_image
+        cache, logits, carry = self._open_step(state, pending)
         check_cancel()
 
         sentence_ids: List[int] = []
@@ -478,23 +522,42 @@ class StoryEngine:
         if mode == "generation":
             forced_boi = self._decode_text(state, cache, logits, sentence_ids, decoding, check_cancel, on_text)
         check_cancel()
-        # The official loop (reencode_window baseline) forces the image tokens one decode step at a time.
-        query = image_query_pass(self._run, cache, self.image, commit=False, forced=state.settings.reencode_window)
-        features = query["features"]
+        features = self._image_queries(cache)
         check_cancel()
 
         new_ids = state.token_ids + tuple(sentence_ids) + tuple(self._image_ids())
         new_kinds = state.kinds + (TokenKind.TEXT,) * len(sentence_ids) + tuple(self._image_kinds())
         sentence = self._clean(sentence_ids)
-        changes = dict(token_ids=new_ids, kinds=new_kinds, sentences=state.sentences + (sentence,), step=state.step + 1,
-                       pending_image=features, last_features=features, next_logits=None)
-        if state.settings.reencode_window:
-            w_ids, w_kinds, w_feats = window
-            changes.update(window_ids=w_ids + tuple(sentence_ids), window_kinds=w_kinds + (TokenKind.TEXT,) * len(sentence_ids),
-                           window_features=w_feats, cache=None)
-        else:
-            changes.update(cache=cache)
-        return StepResult(dataclasses.replace(state, **changes), sentence, features, forced_boi)
+        new_state = dataclasses.replace(
+            state, token_ids=new_ids, kinds=new_kinds, sentences=state.sentences + (sentence,), step=state.step + 1,
+            pending_image=features, last_features=features, next_logits=None,
+            context=self._close_step(cache, carry, sentence_ids))
+        return StepResult(new_state, sentence, features, forced_boi)
+
+    # ------------------------------------------------------------------ the context (KV-cache policies)
+    def _start_context(self, ids, kinds, feats, policy):
+        """Prefill ``[BOS] cap0 <img>…</img>`` into a new cache: (cache, logits after EOI)."""
+        cache = new_cache(self._run, policy)
+        embeds = torch.cat([self._embed(ids[: -len(self._image_ids())]), self._image_embeds(feats)], dim=1)
+        hidden = forward_chunk(self._run, cache, embeds, kinds)
+        return cache, logits_at(self._run, hidden[0, -1])
+
+    def _open_step(self, state: StoryState, pending: Optional[torch.Tensor]):
+        """The working cache of a step: a fork of the kept one with the pending image stored (the policy evicts
+        right after it). Returns (cache, logits for the first text token, carry for :meth:`_close_step`)."""
+        cache = state.context.fork()
+        if pending is None:
+            return cache, state.next_logits, None
+        hidden = forward_chunk(self._run, cache, self._image_embeds(pending), self._image_kinds())
+        return cache, logits_at(self._run, hidden[0, -1]), None
+
+    def _image_queries(self, cache: StoryKVCache) -> torch.Tensor:
+        """(1, T, D) regressed features: the image queries in one forward, not kept in the cache."""
+        return image_query_pass(self._run, cache, self.image, commit=False)["features"]
+
+    def _close_step(self, cache: StoryKVCache, carry, sentence_ids: List[int]):
+        """The context the new state keeps: the working cache, which holds the sentence."""
+        return cache
 
     def _decode_text(self, state, cache, logits, sentence_ids, decoding: DecodingSettings, check_cancel, on_text) -> bool:
         """Decode text tokens until BOI (appending them to ``sentence_ids``); returns True if BOI was forced."""
@@ -553,14 +616,88 @@ class StoryEngine:
                 procs.append(TopPLogitsWarper(decoding.top_p))
         return procs if len(procs) else None
 
-    def _reencode_context(self, state: StoryState, context_features):
-        """Official baseline: rebuild [BOS] + window prompt and re-encode it from scratch (spec §3.1 steps 4-6)."""
-        w_ids, w_kinds, w_feats = list(state.window_ids), list(state.window_kinds), list(state.window_features)
-        if state.pending_image is not None:
-            feats = self._features(context_features) if context_features is not None else state.pending_image
+    # ------------------------------------------------------------------ run
+    def run(
+        self,
+        state: StoryState,
+        n_steps: int,
+        *,
+        texts: Optional[Sequence[Optional[str]]] = None,
+        mode: str = "generation",
+        decoding: DecodingSettings = DecodingSettings(),
+        cancel: Optional[Callable[[], bool]] = None,
+        on_text: Optional[Callable[[int, str], None]] = None,
+        on_frame: Optional[Callable[[int, int, StepResult], Optional[torch.Tensor]]] = None,
+    ) -> Tuple[StoryState, List[StepResult]]:
+        """The story loop: ``n_steps`` steps from ``state``, one frame each.
+
+        Used by the Generate Story node, ``python -m seedstory_core.tell`` and the evaluation.
+
+        Args:
+            state: the story so far (not modified).
+            n_steps: frames to add (>= 0).
+            texts: per step, the user text of :meth:`step` or None: in generation mode optional beginnings of the
+                sentences (None or '' = free); in visualization mode the sentences to draw (one per step, required).
+            mode: one of :data:`STORY_MODES`, for every step.
+            decoding: :class:`DecodingSettings`.
+            cancel: polled inside every step; returning True raises :class:`StoryCancelled`. A callback may also
+                raise its own exception (ComfyUI's interrupt does), which propagates unchanged.
+            on_text: ``on_text(frame, sentence_so_far)`` after every decoded token (streaming), frame 1-based.
+            on_frame: ``on_frame(frame, n_steps, result)`` after each step, frame 1-based: render the frame, report
+                progress. It may return (1, T, D) features to store in the context for this frame instead of the
+                regressed ones (e.g. the visual tokenizer's features of the rendered picture, or of the true frame
+                for teacher forcing), or None.
+
+        Returns:
+            (final state, the :class:`StepResult` of every step).
+
+        Raises:
+            ValueError: ``n_steps`` < 0, too few texts in visualization mode, bad inputs of a step.
+            StoryCancelled: see ``cancel``; the input state is untouched.
+        """
+        if n_steps < 0:
+            raise ValueError("n_steps must be >= 0")
+        if mode not in STORY_MODES:
+            raise ValueError(f"mode must be one of {STORY_MODES}, got {mode!r}")
+        texts = list(texts) if texts is not None else []
+        if mode == "visualization" and len([t for t in texts[:n_steps] if t and str(t).strip()]) < n_steps:
+            raise ValueError(f"visualization needs one sentence per step: got {len(texts)} texts for {n_steps} steps")
+        results: List[StepResult] = []
+        override = None
+        for i in range(n_steps):
+            text = texts[i] if i < len(texts) and texts[i] and str(texts[i]).strip() else None
+            streaming = (lambda partial, frame=i + 1: on_text(frame, partial)) if on_text is not None else None
+            result = self.step(state, text=text, mode=mode, decoding=decoding, context_features=override,
+                               cancel=cancel, on_text=streaming)
+            results.append(result)
+            state = result.state
+            override = on_frame(i + 1, n_steps, result) if on_frame is not None else None
+        return state, results
+
+
+class ReencodeStoryEngine(StoryEngine):
+    """The official story loop (gen_george.py, docs/reference.md §3.1): no KV cache is kept between steps.
+
+    Every step rebuilds ``[BOS] + window prompt`` (the last ``window_images`` images and their captions), encodes
+    it from scratch, and forces the 64 IMG tokens + EOI one decode step at a time, scoring each as the official
+    ``generate`` does. Runs stories whose policy is a :class:`~seedstory_core.reencode.ReencodePolicy`; the
+    baseline of the benchmarks and ablations.
+    """
+
+    policy_type = ReencodePolicy
+
+    def _start_context(self, ids, kinds, feats, policy):
+        return ReencodeWindow(tuple(ids[1:]), tuple(kinds[1:]), (feats,)), None
+
+    def _open_step(self, state: StoryState, pending: Optional[torch.Tensor]):
+        """Re-encode ``[BOS] + window prompt`` (with the pending image, oldest images dropped) into a fresh dense
+        cache (docs/reference.md §3.1 steps 4-6). Returns (cache, logits, the new window)."""
+        window = state.context
+        w_ids, w_kinds, w_feats = list(window.ids), list(window.kinds), list(window.features)
+        if pending is not None:
             w_ids += self._image_ids()
             w_kinds += self._image_kinds()
-            w_feats.append(feats)
+            w_feats.append(pending)
         inst = list(self.tokenizer.inst_ids)
         while len(w_feats) > state.settings.policy.window_images:
             cut = w_kinds.index(TokenKind.EOI) + 1
@@ -578,42 +715,30 @@ class StoryEngine:
             embeds = embeds.clone()
             embeds[0, img_positions] = img_embeds.to(embeds.dtype)
         hidden = forward_chunk(self._run, cache, embeds, kinds)
-        return cache, logits_at(self._run, hidden[0, -1]), (tuple(w_ids), tuple(w_kinds), tuple(w_feats))
+        return cache, logits_at(self._run, hidden[0, -1]), ReencodeWindow(tuple(w_ids), tuple(w_kinds), tuple(w_feats))
 
-    # ------------------------------------------------------------------ run
-    def run(
-        self,
-        state: StoryState,
-        n_steps: int,
-        *,
-        captions: Optional[Sequence[str]] = None,
-        decoding: DecodingSettings = DecodingSettings(),
-        progress: Optional[Callable[[int, int, StepResult], None]] = None,
-        cancel: Optional[Callable[[], bool]] = None,
-        context: Optional[Callable[[StepResult], Optional[torch.Tensor]]] = None,
-    ) -> Tuple[StoryState, List[StepResult]]:
-        """Run ``n_steps`` steps (visualization mode when ``captions`` are given: one caption per step).
+    def _image_queries(self, cache: StoryKVCache) -> torch.Tensor:
+        return image_query_pass(self._run, cache, self.image, commit=False, forced=True)["features"]
 
-        ``progress(i, n_steps, result)`` is called after each step; ``cancel`` is polled inside steps;
-        ``context(result)`` may return the features to store for that step's image (e.g. after rendering and
-        re-encoding it) or None to keep the regressed ones. Returns the final state and every step's result.
-        Raises :class:`StoryCancelled` (the input state is untouched).
-        """
-        if n_steps < 0:
-            raise ValueError("n_steps must be >= 0")
-        if captions is not None and len(captions) < n_steps:
-            raise ValueError(f"visualization needs one caption per step: got {len(captions)} captions for {n_steps} steps")
-        results: List[StepResult] = []
-        override = None
-        for i in range(n_steps):
-            kwargs = dict(decoding=decoding, cancel=cancel, context_features=override)
-            if captions is not None:
-                result = self.step(state, text=captions[i], mode="visualization", **kwargs)
-            else:
-                result = self.step(state, **kwargs)
-            results.append(result)
-            state = result.state
-            override = context(result) if context is not None else None
-            if progress is not None:
-                progress(i + 1, n_steps, result)
-        return state, results
+    def _close_step(self, cache: StoryKVCache, carry: ReencodeWindow, sentence_ids: List[int]):
+        return ReencodeWindow(carry.ids + tuple(sentence_ids), carry.kinds + (TokenKind.TEXT,) * len(sentence_ids),
+                              carry.features)
+
+
+#: The engine class that runs each kind of policy.
+_ENGINES = {CachePolicy: StoryEngine, ReencodePolicy: ReencodeStoryEngine}
+
+
+def engine_for(policy: Union[CachePolicy, ReencodePolicy], agent, tokenizer, visual_tokenizer=None, *,
+               merge_lora: Optional[bool] = None) -> StoryEngine:
+    """The engine that runs stories with ``policy`` (a state's ``settings.policy``, or the settings a story will
+    start with): :class:`StoryEngine` for KV-cache policies, :class:`ReencodeStoryEngine` for the official loop.
+
+    Raises:
+        TypeError: ``policy`` is neither a :class:`CachePolicy` nor a :class:`ReencodePolicy`.
+    """
+    try:
+        cls = _ENGINES[type(policy)]
+    except KeyError:
+        raise TypeError(f"expected a CachePolicy or ReencodePolicy, got {type(policy).__name__}") from None
+    return cls(agent, tokenizer, visual_tokenizer, merge_lora=merge_lora)

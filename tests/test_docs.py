@@ -70,6 +70,8 @@ COMMANDS = [
      "tests/test_training.py::test_accelerate_configs_parse parses the configs"),
     (r"^python -m training\.tiny_recipe ", "help",
      "tests/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs the whole recipe at 1% scale"),
+    (r"^python -m seedstory_core\.tell ", "help",
+     "tests/test_storybook_writer.py::test_tell_command_writes_a_storybook runs the command on the bundled model"),
     (r"^python -m training\.evaluate ", "help",
      "tests/test_evaluate.py::test_evaluate_cli_runs_on_a_small_model runs the evaluation CLI"),
     (r"^hf download ", "help", "network: Hugging Face downloads are not run by tests"),

@@ -9,7 +9,15 @@ import torch
 from seedstory_core.agent import SeedStoryAgent
 from seedstory_core.cache import CachePolicy, plan_kept_positions
 from seedstory_core.generation import forward_chunk, image_query_pass, new_cache
-from seedstory_core.story import DecodingSettings, StoryCancelled, StoryEngine, StorySettings, StoryState
+from seedstory_core.reencode import ReencodePolicy, ReencodeWindow
+from seedstory_core.story import (
+    DecodingSettings,
+    StoryCancelled,
+    StoryEngine,
+    StorySettings,
+    StoryState,
+    engine_for,
+)
 from seedstory_core.tiny import default_tiny_tokenizer, tiny_config
 from seedstory_core.tokens import TokenKind
 
@@ -37,9 +45,18 @@ def start_features():
 
 
 def start(engine, feats, **policy):
-    reencode = policy.pop("reencode_window", False)
     return engine.start("Tom the cat sat in the garden.", features=feats,
-                        settings=StorySettings(policy=CachePolicy(**policy), reencode_window=reencode))
+                        settings=StorySettings(policy=CachePolicy(**policy)))
+
+
+@pytest.fixture(scope="module")
+def reencode_engine(engine):
+    return engine_for(ReencodePolicy(), engine.agent, engine.tokenizer)
+
+
+def start_reencode(engine, feats, window_images):
+    return engine.start("Tom the cat sat in the garden.", features=feats,
+                        settings=StorySettings(policy=ReencodePolicy(window_images=window_images)))
 
 
 def run_story(engine, state, n, decoding=FAST):
@@ -61,10 +78,10 @@ def test_policies_agree_when_nothing_is_evicted(engine, start_features):
             assert torch.equal(a, b)
 
 
-def test_kv_reuse_equals_full_reencode(engine, start_features):
+def test_kv_reuse_equals_full_reencode(engine, reencode_engine, start_features):
     """Incremental prefill on the kept cache == re-encoding the same tokens from scratch every step."""
     _, ids_dense, f_dense = run_story(engine, start(engine, start_features, kind="dense"), 4)
-    _, ids_re, f_re = run_story(engine, start(engine, start_features, window_images=50, reencode_window=True), 4)
+    _, ids_re, f_re = run_story(reencode_engine, start_reencode(reencode_engine, start_features, 50), 4)
     assert ids_dense == ids_re
     for a, b in zip(f_dense, f_re):
         assert (a - b).abs().max() < 1e-4
@@ -73,11 +90,11 @@ def test_kv_reuse_equals_full_reencode(engine, start_features):
 def test_one_pass_image_queries_equal_forced_decoding(engine, start_features):
     state = engine.step(start(engine, start_features, kind="dense"), decoding=FAST).state
     agent, image = engine.agent, engine.image
-    cache = state.cache.fork()
+    cache = state.context.fork()
     with torch.no_grad():
         forward_chunk(agent, cache, engine._image_embeds(state.pending_image), engine._image_kinds())
         one = image_query_pass(agent, cache, image, commit=False)
-        assert cache.length == state.cache.length + 66  # look-ahead pass left the cache as it was
+        assert cache.length == state.context.length + 66  # look-ahead pass left the cache as it was
         forced = []
         step_cache = cache.fork()
         for tok, kind in zip([image.boi, *image.img], [TokenKind.BOI] + [TokenKind.IMG] * len(image.img)):
@@ -89,13 +106,13 @@ def test_one_pass_image_queries_equal_forced_decoding(engine, start_features):
     with torch.no_grad():  # the official loop's forced path (reencode_window baseline) gives the same and restores
         before = cache.meta
         official = image_query_pass(agent, cache, image, commit=False, forced=True)
-    assert cache.meta == before and cache.length == state.cache.length + 66
+    assert cache.meta == before and cache.length == state.context.length + 66
     assert (official["features"] - one["features"]).abs().max() <= 1e-5
 
 
 def test_fork_safety_both_orders_equal_isolated(engine, start_features):
     root = engine.step(start(engine, start_features, window_images=2), decoding=FAST).state
-    snapshot = (root.token_ids, root.cache.length, {k: v.clone() for k, v in root.cache.tensors().items()})
+    snapshot = (root.token_ids, root.context.length, {k: v.clone() for k, v in root.context.tensors().items()})
     da, db = dataclasses.replace(SAMPLE, seed=1), dataclasses.replace(SAMPLE, seed=2)
     a1 = engine.step(root, decoding=da)
     b1 = engine.step(root, decoding=db)
@@ -113,8 +130,8 @@ def test_fork_safety_both_orders_equal_isolated(engine, start_features):
     a_iso = engine.step(a3.state, decoding=FAST)
     assert torch.equal(a_next.features, a_iso.features) and a_next.state.token_ids == a_iso.state.token_ids
     assert b_next.state.token_ids[: len(b1.state.token_ids)] == b1.state.token_ids
-    assert root.token_ids == snapshot[0] and root.cache.length == snapshot[1]
-    for k, v in root.cache.tensors().items():
+    assert root.token_ids == snapshot[0] and root.context.length == snapshot[1]
+    for k, v in root.context.tensors().items():
         assert torch.equal(v, snapshot[2][k])
 
 
@@ -148,7 +165,7 @@ def test_cache_bounded_over_60_steps_and_matches_planner(engine, start_features,
     bound = CachePolicy(**policy).token_bound(segment)
     assert max(lengths) <= bound
     assert max(lengths[30:]) == max(lengths[10:30])  # flat after the sink fills
-    cache = state.cache
+    cache = state.context
     assert list(cache.meta.positions) == plan_kept_positions(state.kinds[: cache.meta.next_position], cache.policy)
 
 
@@ -157,9 +174,9 @@ def test_multimodal_sink_growth_without_cap(engine, start_features):
     sizes = []
     for _ in range(8):
         state = engine.step(state, decoding=DecodingSettings(max_sentence_tokens=3)).state
-        sizes.append((state.cache.meta.evictions, state.kv_length))
-    evicted = len(state.cache.meta.images) - 2
-    window_len = state.cache.meta.next_position - (state.cache.meta.images[-3][1] + 1)
+        sizes.append((state.context.meta.evictions, state.kv_length))
+    evicted = len(state.context.meta.images) - 2
+    window_len = state.context.meta.next_position - (state.context.meta.images[-3][1] + 1)
     assert state.kv_length <= 4 + 24 * evicted + window_len
 
 
@@ -205,13 +222,65 @@ def test_state_checks(engine, start_features):
 
 
 def test_run_with_progress_and_context_override(engine, start_features):
-    seen = []
+    seen, streamed = [], []
     state = start(engine, start_features, window_images=2)
-    final, results = engine.run(state, 3, decoding=FAST, progress=lambda i, n, r: seen.append((i, n)),
-                                context=lambda r: torch.zeros_like(r.features))
-    assert seen == [(1, 3), (2, 3), (3, 3)] and final.step == 3 and len(results) == 3
-    plain, _ = engine.run(state, 3, decoding=FAST)
+
+    def on_frame(i, n, result):
+        seen.append((i, n, result.sentence))
+        return torch.zeros_like(result.features)
+
+    final, results = engine.run(state, 3, decoding=FAST, on_frame=on_frame,
+                                on_text=lambda i, partial: streamed.append(i))
+    assert [(i, n) for i, n, _ in seen] == [(1, 3), (2, 3), (3, 3)] and final.step == 3 and len(results) == 3
+    assert [s for _, _, s in seen] == [r.sentence for r in results] and set(streamed) <= {1, 2, 3}
+    plain, plain_results = engine.run(state, 3, decoding=FAST)
     assert plain.step == 3
+    # the loop is step() in order: the same as stepping by hand, with the returned features stored in the context
+    by_hand = state
+    for i in range(3):
+        by_hand = engine.step(by_hand, decoding=FAST,
+                              context_features=None if i == 0 else torch.zeros_like(results[i - 1].features)).state
+    assert by_hand.token_ids == final.token_ids
+    assert plain.token_ids != final.token_ids or all(  # zeroed context features change the story or its features
+        not torch.equal(a.features, b.features) for a, b in zip(results[1:], plain_results[1:]))
+
+
+def test_run_texts_steer_or_give_the_sentences(engine, start_features):
+    state = start(engine, start_features, kind="dense")
+    final, results = engine.run(state, 2, texts=["The dog barks.", "Tom runs home."], mode="visualization",
+                                decoding=FAST)
+    assert [r.sentence for r in results] == ["The dog barks.", "Tom runs home."]
+    with pytest.raises(ValueError, match="one sentence per step"):
+        engine.run(state, 3, texts=["only one"], mode="visualization", decoding=FAST)
+    _, steered = engine.run(state, 2, texts=["", "Tom"], decoding=FAST)
+    assert steered[1].sentence.startswith("Tom")
+
+
+def test_reencode_policy_has_its_own_engine_and_context(engine, reencode_engine, start_features):
+    assert type(reencode_engine).__name__ == "ReencodeStoryEngine" and type(engine_for(CachePolicy(), engine.agent,
+                                                                                        engine.tokenizer)) is StoryEngine
+    state = start_reencode(reencode_engine, start_features, 2)
+    assert isinstance(state.context, ReencodeWindow) and state.kv_length == 0 and state.next_logits is None
+    for _ in range(3):
+        state = reencode_engine.step(state, decoding=FAST).state
+    assert len(state.context.features) == 2  # the oldest images left the window
+    with pytest.raises(ValueError, match="engine_for"):
+        engine.step(state, decoding=FAST)  # a KV engine refuses a re-encode story, and the other way round
+    with pytest.raises(ValueError, match="engine_for"):
+        reencode_engine.step(start(engine, start_features, kind="dense"), decoding=FAST)
+    settings = StorySettings(policy=ReencodePolicy(window_images=3))
+    assert StorySettings.from_dict(settings.to_dict()) == settings
+    assert StorySettings.for_choice("reencode_window", window_images=3).policy == ReencodePolicy(3)
+    with pytest.raises(ValueError, match="unknown cache policy"):
+        StorySettings.for_choice("nope")
+
+
+def test_reencode_state_save_load_roundtrip(reencode_engine, start_features, tmp_path):
+    state = reencode_engine.step(start_reencode(reencode_engine, start_features, 2), decoding=FAST).state
+    loaded = StoryState.load(state.save(tmp_path / "re"))
+    a = reencode_engine.step(state, decoding=FAST)
+    b = reencode_engine.step(loaded, decoding=FAST)
+    assert a.state.token_ids == b.state.token_ids and torch.equal(a.features, b.features)
 
 
 def test_state_made_in_inference_mode_steps_outside_it(engine, start_features):

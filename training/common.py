@@ -33,6 +33,7 @@ micro-batches and computes the loss. The loop provides:
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -259,15 +260,40 @@ def rank_weight(local_count, global_count: int, world: int) -> float:
     return float(local_count * int(world)) / float(global_count)
 
 
-def load_init_bundle(init: str, seed: int = 0):
-    """``'tiny'`` -> ``random_tiny_bundle(seed)``; ``'bundle:PATH'`` or ``PATH`` -> ``SeedStoryBundle.load``."""
+def load_init_bundle(init, seed: int = 0):
+    """The model a stage starts from: ``'tiny'`` -> a random tiny bundle seeded by ``seed``; ``'bundle:PATH'`` or
+    ``PATH`` -> ``SeedStoryBundle.load``; a :class:`~seedstory_core.bundle.SeedStoryBundle` object -> itself (an
+    in-memory model, e.g. the ComfyUI node's loaded models: see :func:`frozen_module`).
+
+    Raises:
+        FileNotFoundError: ``PATH`` is not a complete bundle folder.
+    """
     from seedstory_core.bundle import SeedStoryBundle
     from seedstory_core.tiny import random_tiny_bundle
 
+    if isinstance(init, SeedStoryBundle):
+        return init
     if init == "tiny":
         return random_tiny_bundle(seed)
     path = init[len("bundle:"):] if init.startswith("bundle:") else init
     return SeedStoryBundle.load(path)
+
+
+def frozen_module(module: nn.Module, device, dtype: torch.dtype, *, borrowed: bool) -> nn.Module:
+    """``module`` frozen for training: eval mode, no gradients, on ``device`` in ``dtype`` (floating tensors).
+
+    A *borrowed* module (one of an in-memory bundle given by the caller, e.g. ComfyUI's loaded agent) is never moved
+    or cast in place: when it is not already on ``device`` in ``dtype``, a copy is made and frozen instead, so the
+    caller's model keeps its device and weights. A module the stage loaded itself is moved in place.
+    """
+    device = torch.device(device)
+    elsewhere = any(
+        p.device.type != device.type or (device.index is not None and p.device.index != device.index)
+        or (p.is_floating_point() and p.dtype != dtype)
+        for p in module.parameters())
+    if borrowed and elsewhere:
+        module = copy.deepcopy(module)
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def frozen_dtype(accelerator) -> torch.dtype:
@@ -335,6 +361,14 @@ def latest_checkpoint(out: Path) -> Optional[Path]:
     return best
 
 
+def _json_value(value) -> str:
+    """How a checkpoint records an argument JSON cannot hold: an in-memory init bundle by its kind (not by its
+    repr, which lists every module), anything else (paths ...) as text."""
+    from seedstory_core.bundle import SeedStoryBundle
+
+    return "<in-memory SeedStoryBundle>" if isinstance(value, SeedStoryBundle) else str(value)
+
+
 def _save_checkpoint(accelerator, out: Path, step: int, args, keep: int) -> Path:
     ckpts = out / "checkpoints"
     final = ckpts / f"step-{step}"
@@ -347,7 +381,7 @@ def _save_checkpoint(accelerator, out: Path, step: int, args, keep: int) -> Path
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = {"step": step, "args": {k: v for k, v in vars(args).items() if k != "records"}}
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, default=_json_value))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -92,12 +92,6 @@ def load_judge():
 GUIDANCE_SCALE = 3.0
 
 
-def _render(bundle, features: torch.Tensor, frame_index: int, steps: int, seed: int, guidance_scale: float = GUIDANCE_SCALE):
-    img = bundle.detokenizer.generate(features, bundle.uncond_features, num_inference_steps=steps, guidance_scale=guidance_scale,
-                                      seed=seed, frame_index=frame_index, output="pil")
-    return img[0]
-
-
 def _pixel_distance(a, b) -> float:
     x = np.asarray(a.convert("RGB").resize(b.size), dtype=np.float32) / 255.0
     y = np.asarray(b.convert("RGB"), dtype=np.float32) / 255.0
@@ -124,22 +118,22 @@ def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: O
     from seedstory_core.data import mini
     from seedstory_core.story import DecodingSettings, StorySettings
 
-    engine = bundle.engine()
-    start_img = mini.render_story({**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64)[0]
     settings = StorySettings(policy=policy or CachePolicy(kind="multimodal_sink", window_images=TRAIN_LENGTH))
+    engine = bundle.engine(settings.policy)
+    start_img = mini.render_story({**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64)[0]
     state = engine.start(story["captions"][0], image=start_img, settings=settings)
     decoding = decoding or DecodingSettings(max_sentence_tokens=max_sentence_tokens)
-    sentences, images = [story["captions"][0]], [start_img]
-    for i in range(1, frames):
-        forced = context_features[i - 1] if context_features is not None and i > 1 else None
-        if captions is not None:
-            res = engine.step(state, text=captions[i - 1], mode="visualization", decoding=decoding, context_features=forced)
-        else:
-            res = engine.step(state, decoding=decoding, context_features=forced)
-        state = res.state
-        sentences.append(res.sentence)
-        images.append(_render(bundle, res.features, i, diffusion_steps, seed, guidance_scale) if render else None)
-    return sentences, images
+    images = [start_img]
+
+    def on_frame(i, _total, result):
+        images.append(bundle.render(result.features, frame_index=i, steps=diffusion_steps, guidance_scale=guidance_scale,
+                                    seed=seed) if render else None)
+        return context_features[i] if context_features is not None and i < frames - 1 else None
+
+    _, results = engine.run(state, frames - 1, texts=list(captions) if captions is not None else None,
+                            mode="visualization" if captions is not None else "generation", decoding=decoding,
+                            on_frame=on_frame)
+    return [story["captions"][0]] + [r.sentence for r in results], images
 
 
 @torch.no_grad()

@@ -43,6 +43,7 @@ from .common import (
     StageTask,
     base_parser,
     frozen_dtype,
+    frozen_module,
     load_init_bundle,
     load_records,
     resolve_args,
@@ -121,9 +122,12 @@ class DetokenizerTask(StageTask):
         self.images = ImageSource(self.records, root)
         self.cache = FeatureCache(not args.no_feature_cache)
         self.bundle = load_init_bundle(args.init, args.seed)
+        #: an in-memory bundle given by the caller: its frozen parts are never moved or cast in place (its
+        #: de-tokenizer, the trained part, is trained in place: pass a copy to keep the original)
+        self.borrowed = not isinstance(args.init, str)
         device, fdt = accelerator.device, frozen_dtype(accelerator)
         self.device = device
-        self.vit = self.bundle.visual_tokenizer.to(device=device, dtype=fdt).eval().requires_grad_(False)
+        self.vit = frozen_module(self.bundle.visual_tokenizer, device, fdt, borrowed=self.borrowed)
         detok = self.bundle.detokenizer
         detok.requires_grad_(False)
         detok.to(device)

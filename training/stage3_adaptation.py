@@ -22,6 +22,8 @@ In-process use (ComfyUI)::
     from training.stage3_adaptation import run_stage3
     metrics = run_stage3(data=DIR, init="bundle:runs/s2/model", out="runs/s3", max_steps=200,
                          progress=lambda step, total, loss: ..., cancel=lambda: False)
+    # or from models already in memory: the bundle's de-tokenizer is trained in place
+    run_stage3(data=DIR, init=bundle, out="runs/s3", max_steps=200, no_export=True)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from .common import entry_main, StageTask, base_parser, frozen_dtype, resolve_args, run_training
+from .common import StageTask, base_parser, entry_main, frozen_dtype, frozen_module, resolve_args, run_training
 from .stage1_detokenizer import DetokenizerTask, add_detok_arguments
 from .stage2_instruction import StoryBatches, add_story_arguments
 
@@ -45,9 +47,8 @@ class AdaptationTask(DetokenizerTask):
 
     def __init__(self, args, accelerator):
         super().__init__(args, accelerator)
-        agent = self.bundle.agent.to(device=self.device, dtype=frozen_dtype(accelerator))
-        agent.requires_grad_(False)
-        self.agent = agent.train() if args.agent_train_mode else agent.eval()
+        agent = frozen_module(self.bundle.agent, self.device, frozen_dtype(accelerator), borrowed=self.borrowed)
+        self.agent = agent.train() if args.agent_train_mode else agent
         self.story = StoryBatches(args, self.bundle.tokenizer, self.vit, "keep_ratio")
         # share the ViT feature cache with the per-frame cache of the parent (same transform)
         self.story.features = lambda r, f: self.frame(r, f)[0]
@@ -96,10 +97,18 @@ def train_stage3(args=None, *, progress: Optional[Callable[[int, int, float], No
 
 def run_stage3(*, progress: Optional[Callable[[int, int, float], None]] = None,
                cancel: Optional[Callable[[], bool]] = None, **kwargs) -> Dict[str, Any]:
-    """In-process stage 3 for the ComfyUI node: keyword arguments = the CLI options (``data``, ``init``, ``out``,
-    ``max_steps``, ``batch_size``, ``records`` ...). ``progress(step, total, loss)`` is called after every optimizer
-    step; when ``cancel()`` returns True the run stops after the current step, saves a checkpoint
-    (``OUT/checkpoints/step-N``, resumable) and exports ``OUT/model``; metrics['cancelled'] is then True."""
+    """In-process stage 3 (the ComfyUI Adapt De-tokenizer node): keyword arguments = the CLI options (``data``,
+    ``init``, ``out``, ``max_steps``, ``batch_size``, ``records`` ...).
+
+    ``init`` may be an in-memory :class:`~seedstory_core.bundle.SeedStoryBundle`: training then needs no model on
+    disk. Its de-tokenizer is trained IN PLACE (pass a copy to keep the original); its agent and visual tokenizer
+    stay frozen and are never moved or cast in place (a frozen copy is made only when they are not already on the
+    training device in the training dtype; :func:`training.common.frozen_module`). With ``no_export=True`` nothing
+    but the checkpoints and the log is written to ``out``.
+
+    ``progress(step, total, loss)`` is called after every optimizer step; when ``cancel()`` returns True the run
+    stops after the current step, saves a checkpoint (``OUT/checkpoints/step-N``, resumable) and exports
+    ``OUT/model`` unless ``no_export``; metrics['cancelled'] is then True."""
     kwargs.setdefault("no_progress", True)
     return train_stage3(kwargs, progress=progress, cancel=cancel)
 
