@@ -41,12 +41,12 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["comfy_harness"]
+from tests.conftest import require_or_skip
+from tests.support.workflows import API_DIR, NEEDS_EXTERNAL_WEIGHTS, WORKFLOWS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import require_or_skip  # noqa: E402
-from test_workflows import API_DIR, NEEDS_EXTERNAL_WEIGHTS, WORKFLOWS  # noqa: E402
+pytest_plugins = ["tests.support.comfy_harness"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
 
@@ -232,7 +232,7 @@ def test_workflow_loads_with_no_missing_nodes_and_saved_widget_values(loaded, na
         assert node["registered"], f"{where} is missing in the frontend (not in /object_info?)"
         if node["has_errors"]:
             # frontend 1.47 flags a model combo whose file is not on this server; only the workflows that need
-            # external weights (test_workflows.NEEDS_EXTERNAL_WEIGHTS) may have those, and only on such a combo
+            # external weights (tests/support/workflows.py NEEDS_EXTERNAL_WEIGHTS) may have those, and only on such a combo
             missing = _missing_model_values(server_info(), saved["type"], node)
             assert name in NEEDS_EXTERNAL_WEIGHTS and missing, f"{where} is flagged with errors"
         assert node["mode"] == saved.get("mode", 0), where

@@ -22,7 +22,7 @@ from seedstory_core.checkpoints import (
 from seedstory_core.config import AgentConfig, ImageTokenSettings, LlamaSettings, LoraSettings, ResamplerConfig, official_config
 from seedstory_core.convert import main as convert_main, parse_size
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 

@@ -7,7 +7,7 @@
 * the sentence-length limit in tokens (nodes.story.max_text_tokens) on the opening text, captions and Story Step text;
 * ``python -m training.tiny_recipe --export`` refuses to replace a folder that is not a previous export.
 
-Node functions run with the stand-ins for ``comfy``/``folder_paths`` of tests/test_nodes_unit.py.
+Node functions run with the stand-ins for ``comfy``/``folder_paths`` of tests/support/comfy_stubs.py (fixture ``comfy``).
 """
 
 from __future__ import annotations
@@ -21,16 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_nodes_unit import NODES, STEP, InputError, comfy, run, start_image, tiny  # noqa: E402,F401
-
-from seedstory_core.checkpoints import (  # noqa: E402
+from seedstory_core.checkpoints import (
     CheckpointError,
     CorruptCheckpointError,
     UnsafeCheckpointError,
     read_keys_and_shapes,
     read_state_dict,
 )
+from tests.support.comfy_stubs import NODES, STEP, InputError, run, start_image, tiny
 
 story_nodes = sys.modules[NODES["SeedStoryGenerateStory"].__module__]
 
@@ -135,9 +133,9 @@ def test_corrupt_shard_index_and_base_llama_files(tmp_path):
 
 
 def test_loader_nodes_report_damaged_files(comfy, tmp_path):
-    from test_nodes_unit import _write_component_folders
+    from tests.support.comfy_stubs import write_component_folders
 
-    _write_component_folders(comfy.tmp)
+    write_component_folders(comfy.tmp)
     agents = comfy.tmp / "models" / "seed_story" / "agent"
     vits = comfy.tmp / "models" / "seed_story" / "visual_tokenizer"
     _cut(agents / "tiny" / "model.safetensors", agents / "cut.safetensors")

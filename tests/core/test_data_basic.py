@@ -12,7 +12,7 @@ import pytest
 from seedstory_core.data import mini
 from seedstory_core.data.storystream import StoryStreamError, chunk_stories, iter_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_official_chunking():

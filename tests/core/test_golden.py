@@ -17,7 +17,7 @@ from seedstory_core.config import VisualTokenizerConfig
 from seedstory_core.golden import find_fixtures, run_fixture
 from seedstory_core.visual_tokenizer import QwenVisualTokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, cwd=REPO):

@@ -231,7 +231,7 @@ def test_default_settings_are_bounded_and_the_paper_rule_stays_selectable():
     assert default == default_policy() and default.kind == "multimodal_sink"
     assert default.max_sink_images == DEFAULT_MAX_SINK_IMAGES >= 1
     assert default.token_bound(100) is not None  # bounded however long the story runs
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert f"`DEFAULT_MAX_SINK_IMAGES` = {DEFAULT_MAX_SINK_IMAGES}" in readme  # the README states the cap in use
     paper = CachePolicy(kind="multimodal_sink")
     assert paper.max_sink_images is None and paper.token_bound(100) is None  # the paper's uncapped rule

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_or_skip
+from tests.conftest import require_or_skip
 
 from seedstory_core.config import ImageTokenSettings
 from seedstory_core.tokenizer import (
@@ -25,7 +25,7 @@ from seedstory_core.tokenizer import (
     tiny_story_corpus,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Realistic captions: leading capitals, punctuation, apostrophes, quotes, numbers, a non-ASCII word.
 CAPTIONS = [

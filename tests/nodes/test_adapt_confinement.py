@@ -2,7 +2,7 @@
 
 ``data_folder`` and every image path in its .jsonl must resolve inside the input folder (no absolute paths, no
 ``~``, no ``..``, no symbolic link leading out); a corrupt image is named (relative to the input folder) before any
-training. Stand-ins for ComfyUI as in tests/test_adaptation_node.py (``adapt_env``: input folder = tmp/input with a
+training. Stand-ins for ComfyUI as in tests/nodes/test_adaptation_node.py (``adapt_env``, tests/conftest.py: input folder = tmp/input with a
 2-story StoryStream-mini set in input/mini). Files outside the input folder are real, readable data, so a refusal
 can only come from the confinement rule.
 """
@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_adaptation_node import NODE, _kwargs, adapt_env, make_mini  # noqa: F401  (adapt_env: fixture)
-from test_nodes_unit import PACK, comfy, models, run, tiny  # noqa: F401  (comfy: fixture used by adapt_env)
+
+from tests.nodes.test_adaptation_node import NODE, _kwargs
+from tests.support.comfy_stubs import PACK, make_mini, models, run, tiny
 
 training = sys.modules[f"{PACK}.nodes.training"]
 InputError = models.SeedStoryInputError
@@ -25,7 +26,7 @@ N = "SeedStory Adapt De-tokenizer"
 
 
 @pytest.fixture
-def env(adapt_env):  # noqa: F811  (the imported fixture, used as a dependency)
+def env(adapt_env):
     """adapt_env plus a complete StoryStream-mini set OUTSIDE the input folder (tmp/outside/mini)."""
     make_mini(adapt_env.tmp / "outside" / "mini", seed=1)
     return adapt_env

@@ -1,43 +1,22 @@
-"""SeedStory Adapt De-tokenizer (stage 3 in ComfyUI): node functions with stand-ins for ComfyUI (as in
-tests/test_nodes_unit.py) on the random tiny model and a 2-story StoryStream-mini folder, and the example workflow
+"""SeedStory Adapt De-tokenizer (stage 3 in ComfyUI): node functions with stand-ins for ComfyUI (fixture ``adapt_env``,
+tests/conftest.py) on the random tiny model and a 2-story StoryStream-mini folder, and the example workflow
 workflows/api/seedstory_adapt_detokenizer.json queued on a real ComfyUI server (marker ``comfyui``)."""
 
 from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_nodes_unit import NODES, Interrupted, comfy, models, run, tiny  # noqa: E402,F401  (comfy: fixture)
+from tests.support.comfy_stubs import NODES, Interrupted, make_mini, models, run, tiny
+from tests.support.workflows import API_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = "seedstory_adapt_detokenizer"
 NODE = "SeedStoryAdaptDetokenizer"
-
-
-def make_mini(folder: Path, seed: int = 0) -> Path:
-    from seedstory_core.data.mini import generate_dataset
-
-    generate_dataset(folder, seed=seed, stories=2, size=64, frames=6, chunk_len=3)
-    return folder
-
-
-@pytest.fixture
-def adapt_env(comfy, tmp_path):
-    """The stand-ins plus ComfyUI's input/temp folders and the non-throwing interrupt probe."""
-    fp = comfy.folder_paths
-    (tmp_path / "input").mkdir()
-    fp.get_input_directory = lambda: str(tmp_path / "input")
-    fp.get_temp_directory = lambda: str(tmp_path / "temp")
-    comfy.interrupt_requested = False
-    sys.modules["comfy.model_management"].processing_interrupted = lambda: comfy.interrupt_requested
-    make_mini(tmp_path / "input" / "mini")
-    return comfy
 
 
 def _kwargs(agent, vit, detok, **over):
@@ -121,8 +100,6 @@ def test_adapt_clear_errors(adapt_env):
 # ------------------------------------------------------------------------------------------------ real server
 @pytest.mark.comfyui
 def test_adapt_workflow_on_a_real_server(comfy_server):
-    from test_workflows import API_DIR
-
     prompt = json.loads((API_DIR / f"{WORKFLOW}.json").read_text())
     up = comfy_server.upload_image((REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(),
                                    name="seedstory_start.png")

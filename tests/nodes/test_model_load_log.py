@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from pack_loader import PACK, load_pack
+from tests.support.pack_loader import PACK, load_pack
 
 load_pack()
 models = sys.modules[f"{PACK}.nodes.models"]

@@ -1,5 +1,5 @@
 """Pure-python tests of the SeedStory node classes (no ComfyUI): stand-ins for ``comfy``, ``folder_paths`` and
-``server`` are put into ``sys.modules`` by the tests themselves; node functions run under ``torch.inference_mode``
+``server`` (tests/support/comfy_stubs.py) are put into ``sys.modules`` by the ``comfy`` fixture (tests/conftest.py); node functions run under ``torch.inference_mode``
 like ComfyUI runs them."""
 
 from __future__ import annotations
@@ -9,167 +9,15 @@ import math
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
-from pack_loader import PACK, load_pack
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.comfy_stubs import (NODES, STEP, InputError, Interrupted, glue, models, pack, run, start_image, tiny,
+                                       write_component_folders)
 
-pack = load_pack()
-NODES = pack.NODE_CLASS_MAPPINGS
-glue = sys.modules[f"{PACK}.nodes.comfy_glue"]
-models = sys.modules[f"{PACK}.nodes.models"]
-InputError = models.SeedStoryInputError
-
-
-# ------------------------------------------------------------------------------------------------ stand-ins
-class Interrupted(Exception):
-    pass
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-
-def make_stubs(tmp: Path):
-    rec = Recorder()
-    rec.interrupt_after = None  # raise on the n-th interrupt check
-    rec.checks = 0
-
-    mm = types.ModuleType("comfy.model_management")
-    mm.InterruptProcessingException = Interrupted
-    mm.get_torch_device = lambda: torch.device("cpu")
-    mm.unet_offload_device = lambda: torch.device("cpu")
-    mm.intermediate_device = lambda: torch.device("cpu")
-    mm.should_use_fp16 = lambda device=None, **kw: False
-    mm.should_use_bf16 = lambda device=None, **kw: False
-
-    def load_models_gpu(models_, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
-                        force_full_load=False):
-        rec.calls.append(("load_models_gpu", len(models_), force_full_load))
-
-    def throw():
-        rec.checks += 1
-        if rec.interrupt_after is not None and rec.checks >= rec.interrupt_after:
-            raise Interrupted("interrupted")
-
-    mm.load_models_gpu = load_models_gpu
-    mm.unload_all_models = lambda: rec.calls.append(("unload_all_models",))
-    mm.soft_empty_cache = lambda force=False: rec.calls.append(("soft_empty_cache",))
-    mm.throw_exception_if_processing_interrupted = throw
-
-    mp = types.ModuleType("comfy.model_patcher")
-
-    class ModelPatcher:
-        def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
-            assert isinstance(model, torch.nn.Module)
-            self.model, self.load_device, self.offload_device = model, load_device, offload_device
-            model.device = offload_device  # what the real one does; must not hit a read-only property
-            assert size > 0 and not list(model.children())  # our modules are hidden from the module walk
-            rec.calls.append(("ModelPatcher", sorted(model.hidden)))
-
-    mp.ModelPatcher = ModelPatcher
-
-    ut = types.ModuleType("comfy.utils")
-
-    class ProgressBar:
-        def __init__(self, total, node_id=None):
-            self.total = total
-            rec.calls.append(("ProgressBar", total))
-
-        def update_absolute(self, value, total=None, preview=None):
-            rec.calls.append(("progress", value, total))
-
-    ut.ProgressBar = ProgressBar
-
-    comfy = types.ModuleType("comfy")
-    comfy.__path__ = []
-    comfy.model_management, comfy.model_patcher, comfy.utils = mm, mp, ut
-
-    fp = types.ModuleType("folder_paths")
-    fp.models_dir = str(tmp / "models")
-    fp.supported_pt_extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
-    fp.folder_names_and_paths = {
-        "checkpoints": ([str(tmp / "models" / "checkpoints")], set(fp.supported_pt_extensions)),
-        "diffusers": ([str(tmp / "models" / "diffusers")], {"folder"}),
-        # what a user's extra_model_paths.yaml could have added before the pack loads
-        "seed_story_agent": ([str(tmp / "elsewhere" / "agents")], {".safetensors"}),
-    }
-
-    def get_folder_paths(name):
-        return list(fp.folder_names_and_paths[name][0])
-
-    def get_filename_list(name):
-        dirs, exts = fp.folder_names_and_paths[name]
-        out = []
-        for d in dirs:
-            for root, _ds, files in os.walk(d):
-                for f in files:
-                    if not exts or os.path.splitext(f)[1].lower() in exts:
-                        out.append(os.path.relpath(os.path.join(root, f), d).replace(os.sep, "/"))
-        return sorted(out)
-
-    fp.get_folder_paths, fp.get_filename_list = get_folder_paths, get_filename_list
-    fp.get_output_directory = lambda: str(tmp / "output")
-
-    srv = types.ModuleType("server")
-
-    class Queue:
-        def set_flag(self, name, value):
-            rec.calls.append(("set_flag", name, value))
-
-    class PromptServer:
-        instance = None
-
-        def __init__(self):
-            self.client_id = "client-1"
-            self.prompt_queue = Queue()
-
-        def send_progress_text(self, text, node_id, sid=None):
-            rec.calls.append(("text", node_id, text, sid))
-
-    PromptServer.instance = PromptServer()
-    srv.PromptServer = PromptServer
-    mods = {"comfy": comfy, "comfy.model_management": mm, "comfy.model_patcher": mp, "comfy.utils": ut,
-            "folder_paths": fp, "server": srv}
-    return mods, rec
-
-
-@pytest.fixture
-def comfy(tmp_path, monkeypatch):
-    mods, rec = make_stubs(tmp_path)
-    for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(glue, "_REGISTERED", False)
-    monkeypatch.setattr(glue, "TINY_BUNDLE_DIR", str(tmp_path / "no-bundle"))
-    models.clear_cache()
-    rec.tmp = tmp_path
-    rec.folder_paths = mods["folder_paths"]
-    yield rec
-    models.clear_cache()
-
-
-def run(node_id, fn_kwargs):
-    cls = NODES[node_id]
-    with torch.inference_mode():
-        return getattr(cls(), cls.FUNCTION)(**fn_kwargs)
-
-
-def tiny(comfy_rec=None):
-    return run("SeedStoryTinyModelLoader", {"random_seed": 0, "precision": "auto", "device": "auto"})
-
-
-def start_image(h=80, w=96, c=3, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(1, h, w, c, generator=g)
-
-
-STEP = dict(mode="generation", decoding="greedy", temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.0,
-            max_sentence_tokens=6, seed=0)
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------------ contract
@@ -390,32 +238,8 @@ def test_clear_errors_for_bad_inputs(comfy):
         run("SeedStorySaveStory", {"images": torch.rand(1, 8, 8, 3), "filename_prefix": "../x", "title": "t"})
 
 
-def _write_component_folders(root: Path):
-    """The tiny bundle saved, then laid out like a user would in models/seed_story/... (configs next to files)."""
-    from seedstory_core.bundle import SeedStoryBundle
-
-    with torch.inference_mode(False):
-        bundle = SeedStoryBundle.random_tiny(3)
-        saved = bundle.save(root / "bundle")
-    ss = root / "models" / "seed_story"
-    import shutil
-
-    (ss / "visual_tokenizer" / "tiny").mkdir(parents=True)
-    shutil.copy(saved / "visual_tokenizer" / "model.safetensors", ss / "visual_tokenizer" / "tiny" / "vit.safetensors")
-    shutil.copy(saved / "seedstory_config.json", ss / "visual_tokenizer" / "tiny")
-    shutil.copytree(saved / "agent", ss / "agent" / "tiny")
-    shutil.copytree(saved / "tokenizer", ss / "tokenizer" / "tiny")
-    (ss / "detokenizer" / "tiny").mkdir(parents=True)
-    shutil.copy(saved / "detokenizer" / "adapter.safetensors", ss / "detokenizer" / "tiny")
-    shutil.copy(saved / "seedstory_config.json", ss / "detokenizer" / "tiny")
-    shutil.copytree(saved / "detokenizer" / "sdxl", ss / "sdxl" / "tiny-sdxl")
-    # a file of the wrong kind: the ViT weights where the agent belongs
-    shutil.copy(saved / "visual_tokenizer" / "model.safetensors", ss / "agent" / "oops_vit.safetensors")
-    return bundle
-
-
 def test_component_loaders_from_model_folders(comfy):
-    bundle = _write_component_folders(comfy.tmp)
+    bundle = write_component_folders(comfy.tmp)
     req = NODES["SeedStoryAgentLoader"].INPUT_TYPES()["required"]
     assert "tiny/model.safetensors" in req["agent_name"][0] and "oops_vit.safetensors" in req["agent_name"][0]
     assert req["base_llm"][0] == ["none"]

@@ -4,7 +4,7 @@ Every prefix is offered to ``VALIDATE_INPUTS`` (what ComfyUI calls before runnin
 function itself (the run-time check, defence in depth). Each one must be either refused with a clear message or
 saved inside the output folder; a snapshot of the whole sandbox (the output folder sits three levels deep in it,
 next to symlink targets) shows nothing appeared anywhere else. A stand-in ``folder_paths`` gives the output
-folder, as in tests/test_nodes_unit.py. Also: integer / NaN images are refused and write nothing, and the helper
+folder, as in tests/support/comfy_stubs.py. Also: integer / NaN images are refused and write nothing, and the helper
 in nodes/paths.py is checked directly.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pack_loader import PACK, load_pack
+from tests.support.pack_loader import PACK, load_pack
 
 pack = load_pack()
 SaveStory = pack.NODE_CLASS_MAPPINGS["SeedStorySaveStory"]

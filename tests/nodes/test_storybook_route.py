@@ -1,6 +1,6 @@
 """The storybook route (nodes/routes.py): serves storybook files from the output folder only, refuses hostile paths.
 
-The pure resolver is tested here without ComfyUI; tests/test_comfyui_server.py::test_storybook_route_on_real_server
+The pure resolver is tested here without ComfyUI; tests/server/test_comfyui_server.py::test_storybook_route_on_real_server
 asks a real server over HTTP (raw, un-normalised URLs included).
 """
 
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from pack_loader import load_pack
+from tests.support.pack_loader import load_pack
 
 pack = load_pack()
 routes = pack.nodes.routes

@@ -10,7 +10,7 @@ import pytest
 
 from bench import engine_bench as eb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RATIO_LINE = re.compile(r"^[a-z0-9_]+: (-?\d+\.\d+|nan)$")
 
 

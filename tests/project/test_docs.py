@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require_or_skip
+from tests.conftest import require_or_skip
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import gen_node_docs  # noqa: E402
 
@@ -47,34 +47,34 @@ def _accelerate_help(cmd: list[str]) -> list[str]:
 COMMANDS = [
     (r"^bash scripts/demo\.sh$", "test", "CI entry (README top block, owned by the lead)"),
     (r"^bash scripts/setup_env\.sh( --venv DIR)?$", "test", "CI entry: creates the venv every test run uses"),
-    (r"^bash scripts/setup_browser\.sh( --check| --no-apt)*$", "test", "tests/test_browser.py::browser_missing (its "
+    (r"^bash scripts/setup_browser\.sh( --check| --no-apt)*$", "test", "tests/browser/test_browser.py::browser_missing (its "
                                                                    "skip reason names it)"),
     (r"^\.venv/bin/python -m pytest", "test", "CI: the test run itself"),
     (r"^bash scripts/test\.sh( --lane (current|classic|oldest))?$", "test",
-     "tests/test_comfyui_server.py::test_ci_runs_the_readme_test_command (.ci/run runs it)"),
+     "tests/server/test_comfyui_server.py::test_ci_runs_the_readme_test_command (.ci/run runs it)"),
     (r"^\.venv/bin/python scripts/comfy_server\.py (start|stop)$", "test",
-     "tests/test_comfyui_server.py (the same module, scripts/comfy_server.py, starts every test server)"),
+     "tests/server/test_comfyui_server.py (the same module, scripts/comfy_server.py, starts every test server)"),
     (r"^python scripts/gen_node_docs\.py( --check| --stdout)?$", "run", None),
     (r"^python -m seedstory_core\.(convert|golden|sink|batch|data\.mini) --help$", "run", None),
     (r"^python -m training\.(vae|stage0_visual_tokenizer|stage1_detokenizer|stage2_instruction|stage3_adaptation) --help$", "run", None),
     (r"^python -m seedstory_core\.convert (vit|agent|detokenizer) \S+ \S+", "help",
-     "tests/test_agent_checkpoints.py::test_convert_cli_round_trip runs the converter on a real file"),
+     "tests/core/test_agent_checkpoints.py::test_convert_cli_round_trip runs the converter on a real file"),
     (r"^python -m seedstory_core\.data\.mini ", "help", None),
     (r"^python -m training\.(vae|stage1_detokenizer|stage2_instruction|stage3_adaptation) --data ", "help",
-     "tests/test_training.py::test_stage2_resume_in_new_process_matches_uninterrupted runs the stage CLIs"),
+     "tests/training/test_training.py::test_stage2_resume_in_new_process_matches_uninterrupted runs the stage CLIs"),
     (r"^python -m training\.stage0_visual_tokenizer --(data|measure) ", "help",
-     "tests/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs stage 0 from its CLI arguments "
-     "and its measurement; tests/test_stage0.py runs train_stage0 and measure_bundles"),
+     "tests/training/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs stage 0 from its CLI arguments "
+     "and its measurement; tests/training/test_stage0.py runs train_stage0 and measure_bundles"),
     (r"^accelerate launch --config_file training/configs/\S+\.yaml -m training\.", "help",
-     "tests/test_training.py::test_accelerate_configs_parse parses the configs"),
+     "tests/training/test_training.py::test_accelerate_configs_parse parses the configs"),
     (r"^python -m training\.tiny_recipe ", "help",
-     "tests/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs the whole recipe at 1% scale"),
+     "tests/training/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs the whole recipe at 1% scale"),
     (r"^python -m training\.evaluate ", "help",
-     "tests/test_evaluate.py::test_evaluate_cli_runs_on_a_small_model runs the evaluation CLI"),
+     "tests/training/test_evaluate.py::test_evaluate_cli_runs_on_a_small_model runs the evaluation CLI"),
     (r"^hf download ", "help", "network: Hugging Face downloads are not run by tests"),
     (r"^seedstory-batch ", "help", "seedstory_core/batch.py (python -m seedstory_core.batch)"),
     (r"^python -m seedstory_core\.batch \S+\.jsonl ", "help",
-     "tests/test_docs.py::test_api_command_from_readme_against_real_server runs the batch client as written"),
+     "tests/project/test_docs.py::test_api_command_from_readme_against_real_server runs the batch client as written"),
     (r"^python -c .*\| curl -s -X POST http://127\.0\.0\.1:8188/prompt ", "server", None),
 ]
 
@@ -198,7 +198,7 @@ def test_docs_show_commands():
 @pytest.mark.parametrize("where,cmd", ALL, ids=[f"{f}:{c[:60]}" for f, c in ALL])
 def test_documented_command_is_exercised(where, cmd):
     rule = rule_for(cmd)
-    assert rule, f"{where}: no test runs `{cmd}` -- add a rule to tests/test_docs.py COMMANDS (or a test)"
+    assert rule, f"{where}: no test runs `{cmd}` -- add a rule to tests/project/test_docs.py COMMANDS (or a test)"
     kind, detail = rule
     argv = shlex.split(cmd)
     for tok in argv:  # repository paths the command names exist

@@ -9,9 +9,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import require_or_skip
+from tests.conftest import require_or_skip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _req_names(lines) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DOC = REPO_ROOT / "docs" / "reliability.md"
 CODE_DIRS = ("nodes", "seedstory_core", "training", "scripts")
 HOLE = "\x00"

@@ -10,16 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MISSING = "/nonexistent/seedstory-missing-component"
 
 #: (test id, env that hides the component, words the reason must contain)
 CASES = [
-    ("tests/test_agent_checkpoints.py::test_full_size_meta_keys_equal_official_manifest",
+    ("tests/core/test_agent_checkpoints.py::test_full_size_meta_keys_equal_official_manifest",
      {"SEEDSTORY_REFERENCE": MISSING}, "reference material not found", "SEEDSTORY_REQUIRE_REFERENCE"),
-    ("tests/test_tokenizer.py::test_real_base_and_image_ids",
+    ("tests/core/test_tokenizer.py::test_real_base_and_image_ids",
      {"SEEDSTORY_LLAMA2_TOKENIZER": MISSING}, "real LLaMA-2 tokenizer not found", "SEEDSTORY_REQUIRE_LLAMA_TOKENIZER"),
-    ("tests/test_browser.py::test_template_browser_lists_every_workflow",
+    ("tests/browser/test_browser.py::test_template_browser_lists_every_workflow",
      {"CHROMIUM": MISSING}, "browser unavailable: Chromium not found", "SEEDSTORY_REQUIRE_BROWSER"),
 ]
 

@@ -15,24 +15,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
-from pack_loader import load_pack
+from tests.support.pack_loader import load_pack
+from tests.support.workflows import API_DIR, NEEDS_EXTERNAL_WEIGHTS, WORKFLOWS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = REPO_ROOT / "workflows"
-API_DIR = WORKFLOWS / "api"
 VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-
-#: Workflows that need model files this repository does not ship (excluded from the real-server run), with why.
-NEEDS_EXTERNAL_WEIGHTS = {
-    "seedstory_official_george": "the released SEED-Story-George weights (ViT-G, agent, tokenizer, Llama-2-7b, "
-                                 "de-tokenizer) and SD-XL base 1.0, ~35 GB, see the note node",
-    "seedstory_native_ksampler": "an SD-XL base checkpoint plus the official visual tokenizer and de-tokenizer: "
-                                 "the tiny model's conditioning (96/64 wide) cannot drive an SD-XL UNet (2048/1280)",
-}
 
 
 def _dyn(*_):

@@ -23,7 +23,7 @@ import websocket
 
 from seedstory_core import batch as B
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 START_PNG = REPO_ROOT / "workflows" / "assets" / "seedstory_start.png"
 TINY = B.load_template(B.DEFAULT_TEMPLATE_DIR / B.DEFAULT_TEMPLATE)
 VIS = B.load_template(B.DEFAULT_TEMPLATE_DIR / B.CAPTIONS_TEMPLATE)

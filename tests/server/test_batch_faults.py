@@ -39,7 +39,7 @@ import websocket
 
 from seedstory_core import batch as B
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 START_PNG = REPO_ROOT / "workflows" / "assets" / "seedstory_start.png"
 
 
@@ -241,7 +241,7 @@ def test_http_4xx_on_view_history_and_prompt_are_job_errors_with_status_and_body
 
 def test_http_error_and_local_oserror_from_any_transport_are_not_connection_loss(tmp_path):
     """requests.HTTPError and PermissionError are OSErrors: they must still be job errors, not retried."""
-    from test_batch import FakeTransport
+    from tests.server.test_batch import FakeTransport
 
     class Flaky(FakeTransport):
         def upload_image(self, data, name):
@@ -361,7 +361,7 @@ def test_refused_connections_are_retried_then_the_rest_name_the_servers_tried(tm
     (b'{"jobs": {"a": 3}}', "some job records are not objects"),
 ])
 def test_corrupt_summary_is_kept_as_a_backup_with_a_warning(tmp_path, content, why):
-    from test_batch import FakeTransport
+    from tests.server.test_batch import FakeTransport
 
     out = tmp_path / "out"
     out.mkdir()
@@ -386,7 +386,7 @@ def test_corrupt_summary_is_kept_as_a_backup_with_a_warning(tmp_path, content, w
 
 
 def test_summary_write_failure_is_reported_and_retried(tmp_path, monkeypatch):
-    from test_batch import FakeTransport
+    from tests.server.test_batch import FakeTransport
 
     real = B._atomic_write
     fails = []
@@ -439,7 +439,7 @@ class Running:
     ``pending``: the prompt waits in queue_pending (behind another client's prompt) until interrupted."""
 
     def __init__(self, on_interrupt="stop", pending=False, base_url="http://fake"):
-        from test_batch import FakeTransport
+        from tests.server.test_batch import FakeTransport
 
         self.fake = FakeTransport(base_url, delay=0.02)
         self.fake.interrupt = self.interrupt

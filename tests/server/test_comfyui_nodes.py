@@ -1,7 +1,7 @@
-"""The SeedStory nodes and example workflows on a REAL ComfyUI server (fixture ``comfy_server``, tests/comfy_harness.py).
+"""The SeedStory nodes and example workflows on a REAL ComfyUI server (fixture ``comfy_server``, tests/support/comfy_harness.py).
 
 Everything runs the bundled tiny model at 64 px with 2-4 diffusion steps, so the module stays within a few minutes
-on 2 CPU cores. Workflows that need external weights (test_workflows.NEEDS_EXTERNAL_WEIGHTS) are only validated
+on 2 CPU cores. Workflows that need external weights (tests/support/workflows.py NEEDS_EXTERNAL_WEIGHTS) are only validated
 against /object_info, not queued.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -18,11 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest_plugins = ["comfy_harness"]
+from tests.support.pack_loader import load_pack
+from tests.support.workflows import API_DIR, NEEDS_EXTERNAL_WEIGHTS, WORKFLOWS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_workflows import API_DIR, NEEDS_EXTERNAL_WEIGHTS, WORKFLOWS, load_pack  # noqa: E402
+pytest_plugins = ["tests.support.comfy_harness"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.comfyui
 START_PNG = WORKFLOWS / "assets" / "seedstory_start.png"
@@ -40,7 +40,7 @@ def server(comfy_server):
     up = comfy_server.upload_image(START_PNG.read_bytes(), name="seedstory_start.png")
     assert up["name"] == "seedstory_start.png"
     # the adaptation workflow (6) reads a small StoryStream-mini folder from the input folder
-    from test_adaptation_node import make_mini
+    from tests.support.comfy_stubs import make_mini
 
     make_mini(Path(comfy_server.input_dir) / "storystream_mini")
     return comfy_server

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-# The session fixture ``comfy_server`` comes from tests/comfy_harness.py (tests/ is on sys.path).
+# The session fixture ``comfy_server`` comes from tests/support/comfy_harness.py.
 # Registering it here is harmless when tests/conftest.py registers it too.
-pytest_plugins = ["comfy_harness"]
+pytest_plugins = ["tests.support.comfy_harness"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 #: A Python warning as the warnings module prints it ("path:line: FutureWarning: ...").
 PY_WARNING = re.compile(r"\b[A-Z]\w*Warning: ")
@@ -142,7 +142,7 @@ def test_fresh_server_loads_every_node_and_logs_no_warning(comfy_dir, tmp_path):
     no traceback, no IMPORT FAILED and no warning (e.g. transformers' deprecated-argument FutureWarning)."""
     from comfy_server import start
 
-    from pack_loader import load_pack
+    from tests.support.pack_loader import load_pack
 
     pack = load_pack()
     assert len(pack.NODE_CLASS_MAPPINGS) == 14
@@ -219,7 +219,7 @@ def check_storybook_route(client, storybook: str, output_dir: Path) -> None:
 def test_in_app_help_pages_and_search_aliases_are_served(comfy_server):
     """WEB_DIRECTORY: every node's help page (web/docs/<NodeId>.md) and the Save Story extension are served where the
     frontend looks for them; on ComfyUI >= 0.30 /object_info carries the search aliases."""
-    from pack_loader import load_pack
+    from tests.support.pack_loader import load_pack
 
     pack = load_pack()
     exts = comfy_server.get("/extensions").json()

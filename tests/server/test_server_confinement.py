@@ -1,7 +1,7 @@
 """Save Story's filename_prefix on a real ComfyUI server: hostile prefixes are refused at validation (HTTP 400,
 before anything runs), nothing is written outside (or inside) the output folder; a non-ASCII prefix is kept.
 
-Fixture ``comfy_server`` (tests/comfy_harness.py): a real ComfyUI with this pack linked; skipped with the reason
+Fixture ``comfy_server`` (tests/support/comfy_harness.py): a real ComfyUI with this pack linked; skipped with the reason
 when ComfyUI is unavailable, an error under ``CI=true``.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["comfy_harness"]
+pytest_plugins = ["tests.support.comfy_harness"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_STORY = REPO_ROOT / "workflows" / "api" / "seedstory_tiny_story.json"
 HOSTILE = ["a/ ../ ../ ../x", "a/ .. / .. /x", "a/ ..\\ ..\\x", "/tmp/x", "%2e%2e%2fx", "x" * 300,
            "seedstory_escape_link/x"]

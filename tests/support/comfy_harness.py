@@ -1,12 +1,11 @@
 """pytest plugin: a real ComfyUI server with this pack installed as a user installs it, shared by the session.
 
-Register it once, in tests/conftest.py (tests/ is on sys.path under pytest's default
-"prepend" import mode)::
+Register it once, in tests/conftest.py (tests/ is a package; the repository root is on sys.path)::
 
-    pytest_plugins = ["comfy_harness"]
+    pytest_plugins = ["tests.support.comfy_harness"]
 
-(a test module may also say ``pytest_plugins = ["comfy_harness"]``; registering twice is a
-no-op). Do not ``from comfy_harness import comfy_server`` into modules as well: that defines
+(a test module may also say ``pytest_plugins = ["tests.support.comfy_harness"]``; registering twice is a
+no-op). Do not ``from tests.support.comfy_harness import comfy_server`` into modules as well: that defines
 a second fixture and starts a second server.
 
 The fixture ``comfy_server``:
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "scripts"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))

@@ -6,7 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: the package name the pack is imported under in tests (its modules are ``PACK.nodes.*``)
 PACK = "seedstory_pack_under_test"
 

@@ -36,7 +36,7 @@ import torch
 
 from seedstory_core.bundle import SeedStoryBundle
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "training" / "configs" / "cpu_ddp.yaml"
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-7
 WEIGHT_RTOL = 1e-2

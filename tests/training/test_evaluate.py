@@ -1,5 +1,5 @@
 """The evaluation (training/evaluate.py: values, not just keys; its fixed judge and story metrics are tested in
-tests/test_judge.py)."""
+tests/training/test_judge.py)."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ import torch
 
 from training.judge.metrics import attribute_agreement
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_evaluate_cli_runs_on_a_small_model(tmp_path):
@@ -66,12 +66,12 @@ def test_trained_model_scores_above_a_random_one():
     the model would score them alike. Measured on the previous (random-ViT) bundle (1 story, 2 diffusion steps):
     parse rate 1.0 vs 0.0, continuity 1.0 vs 0.0, coherence 0.40 vs 0.0, visualization agreement 0.505 vs 0.361,
     pixel L1 0.149 vs 0.297. (The headline ``score`` was 0 for both at 2 diffusion steps: the judge read no frame as
-    the stated place and cast, so it is not compared here; tests/test_judge.py checks the score on the ground truth
+    the stated place and cast, so it is not compared here; tests/training/test_judge.py checks the score on the ground truth
     and the baselines.)"""
     from training.evaluate import DEFAULT_MODEL, evaluate
 
     if not (DEFAULT_MODEL / "seedstory_config.json").is_file():
-        from conftest import require_or_skip
+        from tests.conftest import require_or_skip
 
         require_or_skip(f"the bundled tiny model is not in this checkout ({DEFAULT_MODEL})")
     kw = dict(seed=1000, stories=1, ablation=False, diffusion_steps=2)

@@ -15,7 +15,7 @@ from seedstory_core.data import mini
 from training.judge import JUDGE_CHECK_SEED, JUDGE_TRAIN_SEED, load_judge, pixel_hash
 from training.judge import metrics as jm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JUDGE_DIR = REPO / "training" / "judge"
 #: thresholds from measurement with the shipped judge (docs/evaluation.md). 10 stories of seed 1000: ground truth
 #: 0.978 (its own sentences repeat now and then: 0.947 with a perfect reader on 100 stories), copy_first 0.000

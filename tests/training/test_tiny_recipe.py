@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "models" / "seedstory-tiny"
 #: floors for the 3-story check below (greedy decoding, as evaluate() defaults). Measured on the bundled model with
 #: stage 0 (3 stories, seed 1000, the fixed judge; training/results/new_model_greedy_1000_3.json): parse rate 1.0,

@@ -16,7 +16,7 @@ from PIL import Image
 from seedstory_core.bundle import SeedStoryBundle
 from seedstory_core.tokenizer import tiny_story_corpus
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = dict(max_steps=2, batch_size=2, warmup_steps=0, no_progress=True, resume="none")
 
 
@@ -101,7 +101,7 @@ def test_accelerate_configs_parse():
     assert ds.deepspeed_config["deepspeed_config_file"].endswith("deepspeed_zero2_bf16.json")
     fsdp = load_config_from_file(str(cfg / "accelerate_fsdp.yaml"))
     assert fsdp.distributed_type == DistributedType.FSDP and fsdp.fsdp_config["fsdp_use_orig_params"]
-    # the config the 2-process CPU runs use (tests/test_distributed_training.py launches it): torchrun + cpu
+    # the config the 2-process CPU runs use (tests/training/test_distributed_training.py launches it): torchrun + cpu
     ddp = load_config_from_file(str(cfg / "cpu_ddp.yaml"))
     assert ddp.distributed_type == DistributedType.MULTI_GPU and ddp.num_processes == 2 and ddp.use_cpu
     assert ddp.main_process_port == 0 and ddp.mixed_precision == "no"
