@@ -38,6 +38,7 @@ import requests
 import websocket
 
 from seedstory_core import batch as B
+from tests.server.test_batch import cli_env  # one copy of the subprocess environment, with the fake transport
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_PNG = REPO_ROOT / "workflows" / "assets" / "seedstory_start.png"
@@ -610,14 +611,6 @@ def _cli(jobs_file: Path, out: Path, *servers: str, extra=()) -> list:
     for s in servers:
         cmd += ["-s", s]
     return cmd + list(extra)
-
-
-def cli_env() -> dict:
-    """The environment for ``python -m seedstory_core.batch`` in a subprocess: this checkout first on PYTHONPATH
-    (the pack is not pip-installed: the README runs it from the repository folder)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
 
 
 def _write_jobs(path: Path, objs) -> Path:
