@@ -1,6 +1,6 @@
 """Render ``docs/benchmarks.md`` from the CSV files of one results folder — nothing else.
 
-Every number in the generated page is read from a CSV of that folder (``tests/test_bench_docs.py`` checks it), so
+Every number in the generated page is read from a CSV of that folder (``tests/project/test_bench_docs.py`` checks it), so
 the page can never drift from the measurements. The CSVs and the commands that write them:
 
 * ``engine_<mode>_<preset>_{run,summary,steps,ratios}.csv``, ``paper_table8.csv``, ``full_size.csv`` —
@@ -165,7 +165,7 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
     L.append("# Benchmarks: long stories, the decode floor and the whole story step\n")
     L.append(f"_Generated from the CSV files in `bench/results/` by `{run['command']}` (and the commands named in each "
              "section). Do not edit by hand: every number here is read from those CSVs "
-             "(checked by `tests/test_bench_docs.py`). A plain `python -m bench` writes to `bench/out/` (untracked) "
+             "(checked by `tests/project/test_bench_docs.py`). A plain `python -m bench` writes to `bench/out/` (untracked) "
              "and changes no tracked file._\n")
 
     # ---------------------------------------------------------------- headline ratios
@@ -295,7 +295,7 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         L.append("**GPU command:** `python -m bench --device cuda --preset full --random-weights --quick` measures "
                  "per-step time and `torch.cuda.max_memory_allocated` per policy with the full-size random-weight agent "
                  "in bf16, which is what Table 8 reports for the MLLM (CPU tests run it with `--preset full --layers N`, "
-                 "tests/test_bench.py). What of it has run on a GPU is in the next section.\n")
+                 "tests/project/test_bench.py). What of it has run on a GPU is in the next section.\n")
     L += _gpu_section(folder / GPU.name)
 
     # ---------------------------------------------------------------- whole step

@@ -309,7 +309,7 @@ def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, atte
     proc_env["PYTHONUNBUFFERED"] = "1"
     proc_env.pop("PYTEST_CURRENT_TEST", None)
     # ComfyUI loads the pack from custom_nodes only: never from this repository through PYTHONPATH (the tests
-    # export it for their own subprocesses, see tests/comfy_harness.py)
+    # export it for their own subprocesses, see tests/support/comfy_harness.py)
     here = {str(REPO_ROOT), str(REPO_ROOT.resolve())}
     kept = [p for p in proc_env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in here]
     if kept:

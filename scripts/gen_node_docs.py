@@ -8,7 +8,7 @@ served from the pack's WEB_DIRECTORY).
     python scripts/gen_node_docs.py --stdout   # print docs/nodes.md
 
 The pack imports ComfyUI lazily, so the node classes import in a plain venv. Combos that ComfyUI fills from model
-folders (``folder_paths``) are empty here; they are documented by the folder their tooltip names. tests/test_docs.py
+folders (``folder_paths``) are empty here; they are documented by the folder their tooltip names. tests/project/test_docs.py
 regenerates the page in memory and fails when the committed one differs.
 """
 

@@ -9,7 +9,7 @@ then swapped in, so a server that imports from TARGET never sees a half-written 
 older copy, or a symlink made by older versions of scripts/provision_comfyui.sh) is replaced. Nothing is
 pip-installed: the pack's Python requirements come from its ``requirements.txt``.
 
-Library use: ``copy_pack(target) -> Path`` (tests/comfy_harness.py copies the pack into each test server's own
+Library use: ``copy_pack(target) -> Path`` (tests/support/comfy_harness.py copies the pack into each test server's own
 ``custom_nodes``).
 """
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what the browser tests (tests/test_browser.py, marker `browser`) need, and check that it works.
+# Install what the browser tests (tests/browser/test_browser.py, marker `browser`) need, and check that it works.
 #
 #   bash scripts/setup_browser.sh [--no-apt] [--check]
 #
@@ -40,7 +40,7 @@ command -v npm >/dev/null || die "npm is not on PATH"
 NODE_MAJOR="$(node -p 'process.versions.node.split(".")[0]')"
 (( NODE_MAJOR >= 20 )) || die "Node.js $(node --version) is too old: playwright-core needs >= 20"
 
-# 0. curl (the README's API example is run as written by tests/test_docs.py) -------------------
+# 0. curl (the README's API example is run as written by tests/project/test_docs.py) -------------------
 if ! command -v curl >/dev/null 2>&1; then
   (( CHECK_ONLY )) && die "curl not found"
   (( USE_APT )) || die "curl not found; run: apt-get update && apt-get install -y curl"

@@ -63,7 +63,7 @@ if [[ "$LANE" == all || "$LANE" == current ]]; then
 fi
 if [[ "$LANE" == all || "$LANE" == classic ]]; then
   run_lane classic "SEEDSTORY_COMFYUI_VERSION=0.30.0" "SEEDSTORY_COMFYUI_ARGS=--cache-classic" -- \
-    -q -m comfyui tests/test_comfyui_nodes.py tests/test_comfyui_server.py -k "$CACHE_TESTS"
+    -q -m comfyui tests/server/test_comfyui_nodes.py tests/server/test_comfyui_server.py -k "$CACHE_TESTS"
 fi
 if [[ "$LANE" == all || "$LANE" == oldest ]]; then
   if [[ -n "${COMFYUI_DIR:-}" ]]; then

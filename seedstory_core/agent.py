@@ -616,7 +616,7 @@ class SeedStoryAgent(nn.Module):
         Args:
             merge_lora: False returns :attr:`decoder` itself (the peft path, exactly the training forward).
 
-        Results equal the peft path to float rounding (tested: tests/test_agent.py). DoRA adapters are not
+        Results equal the peft path to float rounding (tested: tests/core/test_agent.py). DoRA adapters are not
         supported (raises ``NotImplementedError``); they are not part of SEED-Story.
         """
         if not merge_lora or self.lm_head.weight.is_meta:

@@ -6,18 +6,28 @@ with the reason. Outside CI that is a skip that names what is missing and how to
 CI runs on a fresh clone with ``../shared`` present, after ``scripts/setup_env.sh``, which installs all of them --
 or with the component's own ``SEEDSTORY_REQUIRE_<NAME>=1`` (or ``SEEDSTORY_REQUIRE_ALL=1``), it is a failure.
 The one exception is curl, a system tool the set-up does not install (``in_ci=False``: its flag still applies).
-(ComfyUI's own rule lives in tests/comfy_harness.py and is the same.)
+(ComfyUI's own rule lives in tests/support/comfy_harness.py and is the same.)
+
+Also here: the fixtures more than one test folder uses -- ``comfy`` and ``adapt_env`` (the ComfyUI stand-ins of
+tests/support/comfy_stubs.py put into ``sys.modules`` for one test) and ``init_bundle``.
+
+Layout: tests/core (seedstory_core), tests/nodes (nodes/ with the stand-ins, no server), tests/server (a real
+ComfyUI server and the batch client), tests/browser, tests/training, tests/project (docs, packaging, workflows,
+benchmarks, these skip rules); shared helpers in tests/support. Every folder is a package (``tests.core.test_agent``
+...), so helpers are imported by their full name (``from tests.support.comfy_stubs import run``) and no folder name
+can shadow a real module (a bare ``import server`` must keep failing outside ComfyUI).
 """
 
 import os
+import sys
 from pathlib import Path
 from typing import NoReturn, Optional
 
 import pytest
 import torch
 
-# The real-ComfyUI session fixture `comfy_server` (tests/comfy_harness.py); one server per test session.
-pytest_plugins = ["comfy_harness"]
+# The real-ComfyUI session fixture `comfy_server` (tests/support/comfy_harness.py); one server per test session.
+pytest_plugins = ["tests.support.comfy_harness"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRUTHY = {"1", "true", "yes", "on"}
@@ -90,3 +100,37 @@ def init_bundle(tmp_path_factory):
     folder = tmp_path_factory.mktemp("init") / "bundle"
     random_tiny_bundle(0).save(folder)
     return folder
+
+
+@pytest.fixture
+def comfy(tmp_path, monkeypatch):
+    """The ComfyUI stand-ins (tests/support/comfy_stubs.py) in ``sys.modules`` for one test, model folders and the
+    output folder under ``tmp_path``, the pack's loader cache cleared before and after; yields the ``Recorder``
+    (``tmp`` and ``folder_paths`` added)."""
+    from tests.support.comfy_stubs import glue, make_stubs, models
+
+    mods, rec = make_stubs(tmp_path)
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(glue, "_REGISTERED", False)
+    monkeypatch.setattr(glue, "TINY_BUNDLE_DIR", str(tmp_path / "no-bundle"))
+    models.clear_cache()
+    rec.tmp = tmp_path
+    rec.folder_paths = mods["folder_paths"]
+    yield rec
+    models.clear_cache()
+
+
+@pytest.fixture
+def adapt_env(comfy, tmp_path):
+    """The stand-ins plus ComfyUI's input/temp folders and the non-throwing interrupt probe."""
+    from tests.support.comfy_stubs import make_mini
+
+    fp = comfy.folder_paths
+    (tmp_path / "input").mkdir()
+    fp.get_input_directory = lambda: str(tmp_path / "input")
+    fp.get_temp_directory = lambda: str(tmp_path / "temp")
+    comfy.interrupt_requested = False
+    sys.modules["comfy.model_management"].processing_interrupted = lambda: comfy.interrupt_requested
+    make_mini(tmp_path / "input" / "mini")
+    return comfy

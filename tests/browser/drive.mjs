@@ -1,4 +1,4 @@
-// Headless-Chromium driver for tests/test_browser.py: the ComfyUI frontend as a user sees it.
+// Headless-Chromium driver for tests/browser/test_browser.py: the ComfyUI frontend as a user sees it.
 //
 //   node tests/browser/drive.mjs < job.json > result.json
 //

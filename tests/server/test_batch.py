@@ -1,0 +1,503 @@
+"""seedstory-batch (seedstory_client/batch.py).
+
+Two parts:
+  * pure unit tests (no ComfyUI): job parsing, template filling, override validation, node_errors messages,
+    summary/resume logic, retry logic and multi-server distribution against a fake transport;
+  * real-server tests (``comfyui`` marker, fixture ``comfy_server``): a 4-job batch end to end through the CLI
+    (2 ok, 2 invalid) and its resume, two servers sharing a batch, and a server killed and restarted mid-job.
+    Everything runs the tiny model at 64 px with 2-3 diffusion steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import websocket
+
+from seedstory_client import batch as B
+from seedstory_client.errors import PromptRefused, describe_execution_error, describe_node_errors
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_PNG = REPO_ROOT / "workflows" / "assets" / "seedstory_start.png"
+TINY = B.load_template(B.DEFAULT_TEMPLATE_DIR / B.DEFAULT_TEMPLATE)
+VIS = B.load_template(B.DEFAULT_TEMPLATE_DIR / B.CAPTIONS_TEMPLATE)
+
+
+def job(**kw) -> B.Job:
+    return B.parse_job({"image": str(START_PNG), "text": "A boat sails.", **kw}, 1, REPO_ROOT)
+
+
+def write_jobs(path: Path, *objs) -> Path:
+    path.write_text("\n".join(json.dumps(o) for o in objs) + "\n")
+    return path
+
+
+# ================================================================================================ pure unit
+def test_parse_job_fields_and_defaults(tmp_path):
+    (tmp_path / "start.png").write_bytes(START_PNG.read_bytes())
+    f = tmp_path / "jobs.jsonl"
+    f.write_text("\n".join([
+        json.dumps({"image": "start.png", "text": "Hi.", "frames": 2, "seed": 5}),
+        "# a comment",
+        "",
+        json.dumps({"id": "caps", "image": "start.png", "text": "Hi.", "captions": ["One.", "Two.", "Three."]}),
+        "{not json",
+        json.dumps({"id": "bad", "image": "missing.png", "text": 3, "frames": 0, "seed": -1, "colour": 1}),
+    ]) + "\n")
+    jobs = B.load_jobs(f)
+    assert [j.id for j in jobs] == ["1", "caps", "5", "bad"]  # default id = line number
+    assert jobs[0].image == tmp_path / "start.png" and jobs[0].frames == 2 and jobs[0].seed == 5
+    assert jobs[0].invalid is None
+    assert jobs[1].frames == 3 and jobs[1].captions == ["One.", "Two.", "Three."]
+    assert "not valid JSON" in jobs[2].invalid
+    msg = jobs[3].invalid
+    for part in ("unknown field", "not found", "'text'", "'frames'", "'seed'"):
+        assert part in msg, (part, msg)
+
+
+def test_duplicate_ids_are_a_usage_error(tmp_path):
+    f = write_jobs(tmp_path / "j.jsonl", {"id": "x", "image": str(START_PNG), "text": "a"},
+                   {"id": "x", "image": str(START_PNG), "text": "b"})
+    with pytest.raises(ValueError, match="duplicate job id 'x'"):
+        B.load_jobs(f)
+
+
+def test_captions_need_one_per_frame():
+    assert "one caption per frame" in job(captions=["a"], frames=2).invalid
+    assert job(captions=["a", "b"], frames=1).invalid is None
+
+
+def test_build_prompt_fills_the_template():
+    j = job(id="my job/1", frames=5, seed=9, overrides={"3.diffusion_steps": 2, "SeedStory Save Story.title": "T"})
+    p = B.build_prompt(TINY, j, "up.png")
+    assert p["2"]["inputs"]["image"] == "up.png"
+    g = p["3"]["inputs"]
+    assert (g["opening_text"], g["story_steps"], g["seed"], g["diffusion_steps"]) == ("A boat sails.", 5, 9, 2)
+    assert g["mode"] == "generation"
+    assert p["4"]["inputs"]["filename_prefix"] == "seedstory_batch/my_job_1/story"
+    assert p["4"]["inputs"]["title"] == "T"
+    assert p["3"]["inputs"]["agent"] == ["1", 0]  # links untouched
+    assert TINY["3"]["inputs"]["story_steps"] == 3  # template not mutated
+    assert B.total_progress(p) == 10
+
+
+def test_build_prompt_captions_switch_to_visualization():
+    p = B.build_prompt(TINY, job(captions=["One.", "Two."]), "x.png")
+    assert p["3"]["inputs"]["mode"] == "visualization" and p["3"]["inputs"]["captions"] == "One.\nTwo."
+    assert p["3"]["inputs"]["story_steps"] == 2
+    assert B.resolve_template(None, captions=True).name == B.CAPTIONS_TEMPLATE
+    assert B.resolve_template(None).name == B.DEFAULT_TEMPLATE
+    assert B.resolve_template("seedstory_visualize_captions") == B.DEFAULT_TEMPLATE_DIR / B.CAPTIONS_TEMPLATE
+
+
+def test_override_validation():
+    with pytest.raises(B.JobInvalid) as e:
+        B.build_prompt(TINY, job(overrides={"3.nope": 1, "99.seed": 1, "no_dot": 1, "Start image.image": "a.png"}))
+    msg = str(e.value)
+    assert "node 3 (SeedStoryGenerateStory) has no input 'nope'" in msg
+    assert "no node '99'" in msg and "'no_dot'" in msg
+    assert "Start image.image" not in msg  # that one is fine (title lookup)
+    # optional inputs absent from the template are accepted when /object_info lists them
+    info = {"SeedStoryGenerateStory": {"input": {"required": {}, "optional": {"settings": ["X", {}]}}}}
+    with pytest.raises(B.JobInvalid):
+        B.build_prompt(TINY, job(overrides={"3.settings": ["9", 0]}))
+    p = B.build_prompt(TINY, job(overrides={"3.settings": ["9", 0]}), "x.png", object_info=info)
+    assert p["3"]["inputs"]["settings"] == ["9", 0]
+    # ambiguous titles
+    dup = json.loads(json.dumps(TINY))
+    dup["1"]["_meta"]["title"] = dup["3"]["_meta"]["title"]
+    with pytest.raises(B.JobInvalid, match="ambiguous"):
+        B.apply_overrides(dup, {"SeedStory Generate Story.seed": 1})
+
+
+def test_node_errors_are_described():
+    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                      "details": ""},
+            "node_errors": {"3": {"class_type": "SeedStoryGenerateStory", "dependent_outputs": ["4"], "errors": [
+                {"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                 "details": "opening_text - is empty", "extra_info": {"input_name": "opening_text"}}]},
+                "1": {"class_type": "EmptyImage", "errors": [
+                    {"type": "value_smaller_than_min", "message": "Value 0 smaller than min of 1",
+                     "details": "width", "extra_info": {"input_name": "width"}}]}}}
+    lines = describe_node_errors(body["node_errors"])
+    assert lines == ["node 1 (EmptyImage) input 'width': Value 0 smaller than min of 1",
+                     "node 3 (SeedStoryGenerateStory) input 'opening_text': Custom validation failed for node: "
+                     "opening_text - is empty"]
+    err = PromptRefused(400, body)
+    assert str(err).startswith("Prompt outputs failed validation: node 1 (EmptyImage)")
+    assert describe_execution_error({"node_id": "3", "node_type": "X", "exception_type": "ValueError",
+                                       "exception_message": "boom\n"}) == "node 3 (X) raised ValueError: boom"
+
+
+def test_help_documents_everything(capsys):
+    with pytest.raises(SystemExit) as e:
+        B.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("--server", "--template", "--force", "--retries", "--backoff", "--timeout", "overrides",
+                 "captions", "summary.json", "RESUME", "EXIT CODE", "interrupted", "node_errors"):
+        assert word in out, word
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    assert B.main([str(tmp_path / "missing.jsonl")]) == B.EXIT_USAGE
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n# nothing\n")
+    assert B.main([str(empty)]) == B.EXIT_USAGE
+
+
+# ------------------------------------------------------------------------------------------------ fake server
+class FakeWS:
+    def __init__(self, srv: "FakeTransport"):
+        self.srv = srv
+
+    def settimeout(self, t):
+        pass
+
+    def recv(self):
+        return self.srv.next_frame()
+
+    def close(self):
+        pass
+
+
+class FakeTransport:
+    """Enough of ComfyUI for JobRunner: queue -> (progress, done) over the 'websocket', /history, /view.
+
+    ``drop``: a list of actions, one per websocket drop, consumed in order while a prompt runs:
+      "finish"  - the prompt completes while we are disconnected (history has it; must NOT be re-queued)
+      "running" - it is still running when we come back (in /queue; follow it again)
+      "restart" - the server restarted: history and queue are empty (re-upload and re-queue)
+    ``down``: connect_ws raises ConnectionRefusedError this many times (or always, when True).
+    """
+
+    def __init__(self, base_url="http://fake", drop=(), down=0, delay=0.0):
+        self.base_url = base_url
+        self.drop = list(drop)
+        self.down = down
+        self.delay = delay
+        self.posted, self.uploads, self.connects = [], [], 0
+        self.histories, self.running, self.frames = {}, [], []
+        self.lock = threading.Lock()
+
+    def object_info(self):
+        return {}
+
+    def connect_ws(self):
+        self.connects += 1
+        if self.down is True or (self.down and self.connects <= self.down):
+            raise ConnectionRefusedError(111, "Connection refused")
+        return FakeWS(self)
+
+    def upload_image(self, data, name):
+        self.uploads.append(name)
+        return {"name": name, "subfolder": "", "type": "input"}
+
+    def queue_prompt(self, prompt, prompt_id=None):
+        pid = f"{self.base_url}-p{len(self.posted)}"
+        self.posted.append((pid, prompt))
+        self.running.append(pid)
+        n = prompt["3"]["inputs"]["story_steps"] * prompt["3"]["inputs"]["diffusion_steps"]
+        self.frames = [json.dumps({"type": "progress", "data": {"prompt_id": pid, "node": "3", "value": i + 1,
+                                                                   "max": n}}) for i in range(n)]
+        self.frames.append(json.dumps({"type": "executing", "data": {"prompt_id": pid, "node": None}}))
+        return {"prompt_id": pid, "number": len(self.posted), "node_errors": {}}
+
+    def _complete(self, pid):
+        prompt = dict(self.posted)[pid]
+        n = prompt["3"]["inputs"]["story_steps"] + 1
+        sub = f"seedstory_batch/x/story_{len(self.histories) + 1:05d}"
+        imgs = [{"filename": f"frame_{i:03d}.png", "subfolder": sub, "type": "output"} for i in range(n)]
+        self.histories[pid] = {"outputs": {"4": {"images": imgs, "text": ["one\ntwo"],
+                                                  "storybook": [sub + "/index.html"]}},
+                               "status": {"status_str": "success", "completed": True, "messages": []}}
+        self.running.remove(pid)
+
+    def next_frame(self):
+        if self.delay:
+            time.sleep(self.delay)
+        if not self.frames:
+            raise websocket.WebSocketTimeoutException("idle")
+        if self.drop and len(self.frames) == 2:  # mid-run
+            action = self.drop.pop(0)
+            pid = self.running[-1]
+            if action == "finish":
+                self._complete(pid)
+                self.frames = []
+            elif action == "restart":
+                self.running.clear()
+                self.frames = []
+            raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")
+        frame = self.frames.pop(0)
+        if '"node": null' in frame:
+            self._complete(json.loads(frame)["data"]["prompt_id"])
+        return frame
+
+    def history_entry(self, pid):
+        return self.histories.get(pid)
+
+    def queue_state(self):
+        return {"queue_running": [[0, pid, {}, {}, []] for pid in self.running], "queue_pending": []}
+
+    def view(self, filename, subfolder="", type="output"):
+        return b"\x89PNG fake " + f"{subfolder}/{filename}".encode()
+
+    def cancel(self, pid):
+        pass
+
+
+def fake_opts(tmp_path, retries=3, **kw):
+    sleeps = []
+    pol = B.RetryPolicy(retries=retries, backoff=0.5, sleep=sleeps.append)
+    return B.Options(out_dir=tmp_path / "out", progress=False, retry=pol, poll=0.05, **kw), sleeps
+
+
+def run_one(tmp_path, fake, retries=3, **jobkw):
+    opts, sleeps = fake_opts(tmp_path, retries)
+    runner = B.JobRunner(fake, opts, log=lambda m: None)
+    return runner.run(job(id="j", frames=2, overrides={"3.diffusion_steps": 2}, **jobkw)), sleeps
+
+
+def test_fake_job_ok_downloads_outputs(tmp_path):
+    fake = FakeTransport()
+    rec, sleeps = run_one(tmp_path, fake)
+    assert rec["status"] == "ok", rec
+    assert rec["attempts"] == 1 and len(fake.posted) == 1 and sleeps == []
+    names = sorted(Path(p).name for p in rec["outputs"])
+    assert names == ["frame_000.png", "frame_001.png", "frame_002.png", "index.html", "story.json", "story.txt"]
+    assert rec["storybook"].endswith("/index.html") and Path(rec["local_storybook"]).is_file()
+    assert (tmp_path / "out" / "j" / "prompt.json").is_file()
+
+
+def test_retry_after_drop_finds_finished_prompt_in_history(tmp_path):
+    fake = FakeTransport(drop=["finish"])
+    rec, sleeps = run_one(tmp_path, fake)
+    assert rec["status"] == "ok", rec
+    assert len(fake.posted) == 1, "a prompt that finished while disconnected must not be queued again"
+    assert rec["attempts"] == 2 and sleeps == [0.5]
+
+
+def test_retry_after_drop_follows_still_running_prompt(tmp_path):
+    fake = FakeTransport(drop=["running"])
+    rec, sleeps = run_one(tmp_path, fake)
+    assert rec["status"] == "ok", rec
+    assert len(fake.posted) == 1 and rec["attempts"] == 2
+
+
+def test_retry_after_server_restart_requeues(tmp_path):
+    fake = FakeTransport(drop=["restart"], down=0)
+    rec, sleeps = run_one(tmp_path, fake)
+    assert rec["status"] == "ok", rec
+    assert len(fake.posted) == 2 and len(fake.uploads) == 2, "lost prompt: upload + queue again"
+    assert rec["prompt_id"] == fake.posted[1][0]
+
+
+def test_retry_backoff_then_success(tmp_path):
+    fake = FakeTransport(down=2)
+    rec, sleeps = run_one(tmp_path, fake, retries=3)
+    assert rec["status"] == "ok" and rec["attempts"] == 3 and sleeps == [0.5, 1.0]
+
+
+def test_retries_are_bounded(tmp_path):
+    fake = FakeTransport(down=True)
+    rec, sleeps = run_one(tmp_path, fake, retries=3)
+    assert rec["status"] == "error" and "unreachable after 4 attempt(s)" in rec["error"]
+    assert sleeps == [0.5, 1.0, 2.0] and fake.connects == 4 and not fake.posted
+
+
+def test_invalid_override_is_not_queued(tmp_path):
+    fake = FakeTransport()
+    opts, _ = fake_opts(tmp_path)
+    rec = B.JobRunner(fake, opts, log=lambda m: None).run(job(id="j", overrides={"3.nope": 1}))
+    assert rec["status"] == "invalid" and "has no input 'nope'" in rec["error"] and not fake.posted
+
+
+def test_distribution_over_servers_and_resume(tmp_path):
+    fakes = {u: FakeTransport(u, delay=0.01) for u in ("http://a", "http://b")}
+    jobs = [job(id=f"j{i}", frames=2, overrides={"3.diffusion_steps": 2}) for i in range(6)]
+    jobs.append(job(id="bad", overrides={"9.seed": 1}))
+    opts, _ = fake_opts(tmp_path)
+    data = B.run_batch(jobs, list(fakes), opts, transport_factory=fakes.__getitem__, log=lambda m: None)
+    recs = data["jobs"]
+    assert {recs[f"j{i}"]["status"] for i in range(6)} == {"ok"} and recs["bad"]["status"] == "invalid"
+    assert all(len(f.posted) >= 1 for f in fakes.values()), "both servers got work"
+    assert sum(len(f.posted) for f in fakes.values()) == 6
+    assert {recs[f"j{i}"]["server"] for i in range(6)} == {"http://a", "http://b"}
+    assert data["counts"] == {"ok": 6, "invalid": 1}
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk["jobs"]["j0"]["status"] == "ok"
+
+    # resume: finished jobs are skipped, a job whose outputs were deleted runs again, --force redoes all
+    Path(recs["j0"]["outputs"][0]).unlink()
+    again = {u: FakeTransport(u) for u in fakes}
+    data2 = B.run_batch(jobs, list(again), opts, transport_factory=again.__getitem__, log=lambda m: None)
+    assert sum(len(f.posted) for f in again.values()) == 1
+    assert data2["jobs"]["j0"]["status"] == "ok" and not data2["jobs"]["j0"].get("skipped")
+    assert all(data2["jobs"][f"j{i}"].get("skipped") for i in range(1, 6))
+    opts.force = True
+    third = {u: FakeTransport(u) for u in fakes}
+    B.run_batch(jobs, list(third), opts, transport_factory=third.__getitem__, log=lambda m: None)
+    assert sum(len(f.posted) for f in third.values()) == 6
+
+
+def test_dead_server_hands_jobs_to_the_others(tmp_path):
+    fakes = {"http://up": FakeTransport("http://up"), "http://down": FakeTransport("http://down", down=True)}
+    jobs = [job(id=f"j{i}", frames=1, overrides={"3.diffusion_steps": 1}) for i in range(4)]
+    opts, _ = fake_opts(tmp_path, retries=1)
+    data = B.run_batch(jobs, list(fakes), opts, transport_factory=fakes.__getitem__, log=lambda m: None)
+    assert {r["status"] for r in data["jobs"].values()} == {"ok"}
+    assert {r["server"] for r in data["jobs"].values()} == {"http://up"}
+
+    # every server down: jobs fail with a clear message instead of hanging
+    dead = {"http://x": FakeTransport("http://x", down=True), "http://y": FakeTransport("http://y", down=True)}
+    opts2, _ = fake_opts(tmp_path / "2", retries=0)
+    data = B.run_batch(jobs, list(dead), opts2, transport_factory=dead.__getitem__, log=lambda m: None)
+    assert {r["status"] for r in data["jobs"].values()} == {"error"}
+    assert all("unreachable" in r["error"] or "no reachable server" in r["error"] for r in data["jobs"].values())
+
+
+def test_stop_marks_jobs_interrupted(tmp_path):
+    class Interruptible(FakeTransport):
+        def cancel(self, pid):
+            self.interrupted = pid
+            self.frames = [json.dumps({"type": "execution_interrupted",
+                                       "data": {"prompt_id": pid, "node_id": "3", "node_type": "X"}})]
+            self.histories[pid] = {"outputs": {}, "status": {"status_str": "error", "completed": False,
+                                                              "messages": []}}
+
+    stop = threading.Event()
+    fake = Interruptible(delay=0.01)
+    opts, _ = fake_opts(tmp_path)
+    runner = B.JobRunner(fake, opts, stop=stop, log=lambda m: None)
+    threading.Timer(0.03, stop.set).start()
+    rec = runner.run(job(id="j", frames=5, overrides={"3.diffusion_steps": 4}))
+    assert rec["status"] == "interrupted" and fake.interrupted == rec["prompt_id"], rec
+    data = B.run_batch([job(id="k")], ["http://fake"], opts, transport_factory=lambda u: FakeTransport(u),
+                       stop=stop, log=lambda m: None)
+    assert data["jobs"]["k"]["status"] == "interrupted" and "stopped" in data["jobs"]["k"]["error"]
+
+
+# ================================================================================================ real server
+def cli_env() -> dict:
+    """The environment for ``python -m seedstory_client.batch`` in a subprocess: this checkout first on PYTHONPATH
+    (the pack is not pip-installed: the README runs it from the repository folder)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())["jobs"]
+
+
+FAST = {"3.diffusion_steps": 2}
+
+
+@pytest.mark.comfyui
+def test_cli_end_to_end_with_an_invalid_job_then_resume(comfy_server, tmp_path):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "boat", "image": str(START_PNG), "text": "A little boat leaves the harbour.", "frames": 2, "seed": 3,
+         "overrides": FAST},
+        {"id": "empty", "image": str(START_PNG), "text": "   ", "frames": 2, "seed": 1, "overrides": FAST},
+        {"id": "caps", "image": str(START_PNG), "text": "George woke up.", "captions": ["He ate.", "He played."],
+         "seed": 2, "overrides": {"SeedStory Generate Story.diffusion_steps": 2, "SeedStory Save Story.title": "C"}},
+        {"id": "typo", "image": str(START_PNG), "text": "Hello.", "frames": 1, "overrides": {"3.diffusion_stepz": 2}},
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "seedstory_client.batch", str(jobs), "-o", str(out), "-s", comfy_server.base_url,
+           "--print-storybooks", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                          env=cli_env())
+    assert proc.returncode == 1, proc.stderr  # some jobs invalid
+    recs = _summary(out)
+    assert {k: r["status"] for k, r in recs.items()} == {"boat": "ok", "empty": "invalid", "caps": "ok",
+                                                           "typo": "invalid"}, proc.stderr
+    # the refused job: node_errors details, clearly reported
+    empty = recs["empty"]
+    assert empty["node_errors"]["3"]["class_type"] == "SeedStoryGenerateStory"
+    assert "node 3 (SeedStoryGenerateStory) input 'opening_text'" in empty["error"] and "empty" in empty["error"]
+    assert "node 3 (SeedStoryGenerateStory) input 'opening_text'" in proc.stderr
+    assert "has no input 'diffusion_stepz'" in recs["typo"]["error"] and recs["typo"]["prompt_id"] is None
+    # the good jobs: frames + storybook on disk, locally and on the server
+    for jid, n_frames in (("boat", 3), ("caps", 3)):
+        r = recs[jid]
+        assert r["prompt_id"] and r["server"] == comfy_server.base_url and r["seconds"] > 0
+        frames = sorted((out / jid).glob("frame_*.png"))
+        assert len(frames) == n_frames and all(f.read_bytes().startswith(b"\x89PNG") for f in frames)
+        story = json.loads((out / jid / "story.json").read_text())
+        assert len(story["frames"]) == n_frames
+        assert (out / jid / "index.html").is_file() and Path(r["local_storybook"]) == out / jid / "index.html"
+        assert (comfy_server.output_dir / r["storybook"]).is_file()
+        assert r["storybook"].startswith(f"seedstory_batch/{jid}/story_")
+    caps_text = (out / "caps" / "story.txt").read_text().splitlines()
+    assert caps_text[1:] == ["He ate.", "He played."]
+    assert json.loads((out / "caps" / "story.json").read_text())["title"] == "C"
+    assert proc.stdout.split() == [recs["boat"]["storybook"], recs["caps"]["storybook"]]
+
+    # resume: the ok jobs are skipped, the invalid ones tried again (and still invalid)
+    proc2 = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                          env=cli_env())
+    assert proc2.returncode == 1
+    recs2 = _summary(out)
+    for jid in ("boat", "caps"):
+        assert recs2[jid]["skipped"] and recs2[jid]["prompt_id"] == recs[jid]["prompt_id"]
+    assert "already done" in proc2.stderr
+    assert recs2["empty"]["status"] == "invalid"
+
+
+@pytest.mark.comfyui
+def test_two_servers_then_restart_mid_job(comfy_server, tmp_path):
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from comfy_server import start
+
+    second = start(comfy_server.comfy_dir, python=sys.executable, scratch_dir=tmp_path / "srv2")
+    try:
+        servers = [comfy_server.base_url, second.base_url]
+        jobs = [job(id=f"m{i}", frames=1, seed=i, overrides=FAST) for i in range(4)]
+        opts = B.Options(out_dir=tmp_path / "multi", progress=False)
+        data = B.run_batch(jobs, servers, opts)
+        recs = data["jobs"]
+        assert {r["status"] for r in recs.values()} == {"ok"}, recs
+        assert {r["server"] for r in recs.values()} == set(servers), "jobs were spread over both servers"
+        for r in recs.values():
+            assert len([p for p in r["outputs"] if p.endswith(".png")]) == 2
+
+        # kill the second server while a job runs on it, restart it on the same port: the client reconnects,
+        # finds the prompt gone (history is in memory) and queues it again
+        # long enough (12 frames x 4 diffusion steps, several seconds on 2 idle cores) to be still running half a
+        # second after it started, short enough to run again in time on a busy machine
+        long = job(id="restart", frames=12, seed=1, overrides={"3.diffusion_steps": 4})
+        opts = B.Options(out_dir=tmp_path / "restart", progress=False,
+                         retry=B.RetryPolicy(retries=10, backoff=0.5, max_backoff=8.0))
+        result: dict = {}
+        runner = threading.Thread(target=lambda: result.update(B.run_batch([long], [second.base_url], opts)))
+        runner.start()
+        client = second.client()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not client.queue_state()["queue_running"]:
+            time.sleep(0.2)
+        assert client.queue_state()["queue_running"], "the job never started"
+        time.sleep(0.5)
+        port = second.port
+        killed_log = second.log_path
+        second.stop()
+        ran_before = sum(1 for r in recs.values() if r["server"] == second.base_url)  # the 4-job batch's share
+        assert killed_log.read_text().count("Prompt executed") == ran_before, "the job finished before the stop"
+        second = start(comfy_server.comfy_dir, port=port, python=sys.executable, scratch_dir=tmp_path / "srv2b")
+        runner.join(timeout=400)
+        assert not runner.is_alive()
+        rec = result["jobs"]["restart"]
+        assert rec["status"] == "ok", rec
+        assert rec["attempts"] >= 2
+        assert second.client().history(rec["prompt_id"]), "the final prompt ran on the restarted server"
+        assert len(list((tmp_path / "restart" / "restart").glob("frame_*.png"))) == 13
+    finally:
+        second.stop()

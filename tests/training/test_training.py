@@ -1,0 +1,304 @@
+"""Training stages on the tiny preset (a few optimizer steps each): exactly the trainable tensors change, frozen
+ones stay bit-identical, outputs load as bundles, resume == uninterrupted run, stage-3 cancel, configs parse."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from seedstory_core.bundle import SeedStoryBundle
+from seedstory_core.tiny import tiny_story_corpus
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = dict(max_steps=2, batch_size=2, warmup_steps=0, no_progress=True, resume="none")
+
+
+def _records(n=3, frames=4, seed=0):
+    rng = np.random.default_rng(seed)
+    corpus = [c.replace("[INST]", "") for c in tiny_story_corpus(40)]
+    out = []
+    for s in range(n):
+        h, w = (48, 80) if s % 2 == 0 else (90, 60)
+        imgs = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(frames)]
+        out.append({"id": s, "images": imgs, "captions": [corpus[(s * frames + i) % 40] for i in range(frames)]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def records():
+    return _records()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, records):
+    """The same stories in StoryStream format on disk (stories.jsonl + images/<story>/<frame>.png)."""
+    root = tmp_path_factory.mktemp("storystream")
+    lines = []
+    for r in records:
+        paths = []
+        for i, img in enumerate(r["images"]):
+            rel = Path("images") / str(r["id"]) / f"{i:02d}.png"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            img.save(root / rel)
+            paths.append(str(rel))
+        lines.append(json.dumps({"id": r["id"], "images": paths, "captions": r["captions"]}))
+    (root / "stories.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _load(folder):
+    return SeedStoryBundle.load(folder)
+
+
+def _sd(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _check_changed(before, after, trainable, what):
+    trainable = set(trainable)
+    assert trainable and trainable <= set(before), f"{what}: trainable names not in the state dict"
+    frozen_changed = [k for k in before if k not in trainable and not torch.equal(before[k], after[k])]
+    assert not frozen_changed, f"{what}: frozen tensors changed: {frozen_changed[:5]}"
+    unchanged = [k for k in trainable if torch.equal(before[k], after[k])]
+    assert not unchanged, f"{what}: trainable tensors unchanged: {unchanged[:5]}"
+
+
+def _check_identical(a, b, what):
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"{what}: changed: {diff[:5]}"
+
+
+# ---------------------------------------------------------------------------------------------- schedule / configs
+def test_cosine_with_floor_schedule():
+    from training.common import cosine_with_floor
+
+    assert cosine_with_floor(0, 100, 1000, 0.05) == 0.0
+    assert cosine_with_floor(50, 100, 1000, 0.05) == pytest.approx(0.5)
+    assert cosine_with_floor(100, 100, 1000, 0.05) == pytest.approx(1.0)
+    assert cosine_with_floor(550, 100, 1000, 0.05) == pytest.approx(0.5 * (1.05 + 0.95 * math.cos(math.pi / 2)))
+    assert cosine_with_floor(1000, 100, 1000, 0.05) == pytest.approx(0.05)
+    assert cosine_with_floor(5000, 100, 1000, 0.05) == pytest.approx(0.05)
+
+
+def test_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    cfg = REPO / "training" / "configs"
+    cpu = load_config_from_file(str(cfg / "accelerate_cpu.yaml"))
+    assert cpu.distributed_type == DistributedType.NO and cpu.use_cpu
+    ds = load_config_from_file(str(cfg / "accelerate_deepspeed_zero2.yaml"))
+    assert ds.distributed_type == DistributedType.DEEPSPEED and ds.num_processes == 8
+    ds_json = json.loads((cfg / "deepspeed_zero2_bf16.json").read_text())
+    assert ds_json["zero_optimization"]["stage"] == 2 and ds_json["zero_optimization"]["overlap_comm"]
+    assert ds.deepspeed_config["deepspeed_config_file"].endswith("deepspeed_zero2_bf16.json")
+    fsdp = load_config_from_file(str(cfg / "accelerate_fsdp.yaml"))
+    assert fsdp.distributed_type == DistributedType.FSDP and fsdp.fsdp_config["fsdp_use_orig_params"]
+    # the config the 2-process CPU runs use (tests/training/test_distributed_training.py launches it): torchrun + cpu
+    ddp = load_config_from_file(str(cfg / "cpu_ddp.yaml"))
+    assert ddp.distributed_type == DistributedType.MULTI_GPU and ddp.num_processes == 2 and ddp.use_cpu
+    assert ddp.main_process_port == 0 and ddp.mixed_precision == "no"
+
+
+def test_cli_help():
+    out = subprocess.run([sys.executable, "-m", "training.stage2_instruction", "--help"], cwd=REPO,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert out.returncode == 0 and "--train-base" in out.stdout and "--grad-accum" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def test_vae_stage_trains_only_the_vae(tmp_path, records, init_bundle):
+    from training.vae import train_vae
+
+    m = train_vae(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), lr=1e-3))
+    before, after = _load(init_bundle), _load(m["model"])
+    _check_changed(_sd(before.detokenizer.vae), _sd(after.detokenizer.vae), m["trainable"], "vae")
+    _check_identical(_sd(before.detokenizer), _sd(after.detokenizer), "unet/resampler")
+    assert (tmp_path / "train_log.csv").read_text().count("\n") == 3
+
+
+def test_vae_export_calibrates_unit_variance_latents(tmp_path, records, init_bundle):
+    from seedstory_core.data.samples import sd_target
+    from seedstory_core.detokenizer import normalize_latents
+    from training.vae import train_vae
+
+    m = train_vae(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), lr=1e-3))
+    vae = _load(m["model"]).detokenizer.vae  # the loader takes the latent statistics from the saved vae/config.json
+    assert vae.config.scaling_factor == 1.0 and len(vae.config.latents_mean) == len(vae.config.latents_std) == 4
+    frames = torch.stack([sd_target(img, 64)[0] for r in records for img in r["images"]])
+    with torch.no_grad():
+        z = normalize_latents(vae, vae.encode(frames).latent_dist.mean)
+    per_channel = z.permute(1, 0, 2, 3).reshape(4, -1)
+    assert per_channel.mean(1).abs().max() < 0.35 and (per_channel.std(1) - 1).abs().max() < 0.35
+    # an untouched VAE (calibration off) keeps SD-XL's scaling
+    m0 = train_vae(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path / "raw"), calibration_frames=0))
+    raw = _load(m0["model"]).detokenizer.vae
+    assert raw.config.scaling_factor == pytest.approx(0.13025) and getattr(raw.config, "latents_std", None) is None
+
+
+def test_normalize_latents_inverts_the_sdxl_pipeline_decode_transform():
+    from types import SimpleNamespace
+
+    from seedstory_core.detokenizer import normalize_latents
+
+    z = torch.randn(2, 4, 3, 3)
+    plain = SimpleNamespace(config=SimpleNamespace(scaling_factor=0.13025))
+    assert torch.equal(normalize_latents(plain, z), z * 0.13025)
+    cfg = SimpleNamespace(scaling_factor=0.5, latents_mean=[0.1, -0.2, 0.3, 1.0], latents_std=[2.0, 0.5, 1.0, 4.0])
+    n = normalize_latents(SimpleNamespace(config=cfg), z)
+    # StableDiffusionXLPipeline before vae.decode: latents * latents_std / scaling_factor + latents_mean
+    back = n * torch.tensor(cfg.latents_std).view(1, 4, 1, 1) / cfg.scaling_factor + torch.tensor(cfg.latents_mean).view(1, 4, 1, 1)
+    assert torch.allclose(back, z, atol=1e-6)
+
+
+def test_cond_dropout_replaces_whole_samples_with_the_unconditional_features():
+    from types import SimpleNamespace
+
+    from training.stage1_detokenizer import DetokenizerTask
+
+    uncond = torch.randn(1, 5, 8)
+    feats = torch.randn(64, 5, 8)
+    fake = SimpleNamespace(args=SimpleNamespace(cond_dropout=0.0), bundle=SimpleNamespace(uncond_features=uncond),
+                           global_batch_size=64, local_slice=slice(0, 64))  # one process
+    assert DetokenizerTask.drop_condition(fake, feats, torch.Generator().manual_seed(0)) is feats
+    fake.args.cond_dropout = 0.5
+    out = DetokenizerTask.drop_condition(fake, feats, torch.Generator().manual_seed(0))
+    dropped = torch.tensor([torch.equal(o, uncond[0]) for o in out])
+    kept = torch.tensor([torch.equal(o, f) for o, f in zip(out, feats)])
+    assert bool((dropped ^ kept).all()) and 10 < int(dropped.sum()) < 54
+    fake.args.cond_dropout = 1.0
+    assert torch.equal(DetokenizerTask.drop_condition(fake, feats, torch.Generator()), uncond.expand_as(feats))
+
+
+def test_stage1_kv_changes_exactly_the_official_set(tmp_path, records, init_bundle):
+    from seedstory_core.detokenizer import is_trainable_unet_key
+    from training.stage1_detokenizer import train_stage1
+
+    m = train_stage1(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), unet_train="kv"))
+    assert all(n.startswith("resampler.") or is_trainable_unet_key(n) for n in m["trainable"])
+    before, after = _load(init_bundle), _load(m["model"])
+    _check_changed(_sd(before.detokenizer), _sd(after.detokenizer), m["trainable"], "detokenizer")
+    _check_identical(_sd(before.detokenizer.vae), _sd(after.detokenizer.vae), "vae")
+    _check_identical(_sd(before.agent), _sd(after.agent), "agent")
+    assert len(m["losses"]) == 2 and all(math.isfinite(x) for x in m["losses"])
+
+
+def test_stage1_lora_exports_merged_unet(tmp_path, records, init_bundle):
+    from training.stage1_detokenizer import train_stage1
+
+    m = train_stage1(dict(FAST, max_steps=1, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path),
+                          unet_train="lora", lora_rank=4, lr=1e-2))
+    assert any("lora_" in n for n in m["trainable"])
+    before, after = _sd(_load(init_bundle).detokenizer.unet), _sd(_load(m["model"]).detokenizer.unet)
+    assert set(before) == set(after)  # plain UNet keys, LoRA merged
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(k.rsplit(".", 2)[-2] in ("to_q", "to_k", "to_v", "0") for k in changed)
+
+
+def test_stage2_changes_exactly_the_official_set(tmp_path, records, init_bundle):
+    from training.stage2_instruction import is_official_trainable, train_stage2
+
+    m = train_stage2(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path)))
+    assert all(is_official_trainable(n) for n in m["trainable"])
+    assert any("lora_A" in n for n in m["trainable"]) and any("embed_tokens" in n for n in m["trainable"])
+    assert not any("pos_embed" in n for n in m["trainable"])
+    before, after = _load(init_bundle), _load(m["model"])
+    _check_changed(_sd(before.agent), _sd(after.agent), m["trainable"], "agent")
+    _check_identical(_sd(before.detokenizer), _sd(after.detokenizer), "detokenizer")
+    _check_identical(_sd(before.visual_tokenizer), _sd(after.visual_tokenizer), "vit")
+    row = (tmp_path / "train_log.csv").read_text().splitlines()[1].split(",")
+    assert row[0] == "1" and row[2] and row[3]  # lm_loss and rec_loss logged
+
+
+def test_stage2_rec_loss_scale_weights_only_the_regression_loss(tmp_path, records, init_bundle):
+    import csv
+
+    from training.stage2_instruction import train_stage2
+
+    m = train_stage2(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), rec_loss_scale=4.0))
+    rows = list(csv.DictReader((tmp_path / "train_log.csv").open()))
+    assert len(rows) == 2
+    for r in rows:
+        assert float(r["loss"]) == pytest.approx(float(r["lm_loss"]) + 4.0 * float(r["rec_loss"]), rel=1e-5)
+    # a training weight only: the exported agent config is unchanged
+    assert _load(m["model"]).agent.rec_loss_scale == _load(init_bundle).agent.rec_loss_scale
+
+
+def test_stage2_train_base_trains_base_weights(tmp_path, records, init_bundle):
+    from training.stage2_instruction import train_stage2
+
+    m = train_stage2(dict(FAST, max_steps=1, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path),
+                          train_base=True, no_export=True))
+    assert any(n.endswith("q_proj.base_layer.weight") for n in m["trainable"])
+
+
+def test_stage3_changes_only_the_adapter(tmp_path, records, init_bundle):
+    from training.stage3_adaptation import train_stage3
+
+    m = train_stage3(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), grad_accum=2))
+    before, after = _load(init_bundle), _load(m["model"])
+    _check_changed(_sd(before.detokenizer), _sd(after.detokenizer), m["trainable"], "detokenizer")
+    _check_identical(_sd(before.agent), _sd(after.agent), "agent")
+    _check_identical(_sd(before.detokenizer.vae), _sd(after.detokenizer.vae), "vae")
+
+
+def test_stage3_cancel_stops_cleanly_with_checkpoint(tmp_path, records, init_bundle):
+    from training.stage3_adaptation import run_stage3
+
+    seen = []
+    m = run_stage3(records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), max_steps=10, batch_size=1,
+                   grad_accum=1, warmup_steps=0, resume="none",
+                   progress=lambda step, total, loss: seen.append((step, total, loss)),
+                   cancel=lambda: len(seen) >= 2)
+    assert m["cancelled"] and m["step"] == 2
+    assert [s[:2] for s in seen] == [(1, 10), (2, 10)] and all(math.isfinite(s[2]) for s in seen)
+    assert Path(m["checkpoint"]).name == "step-2" and (Path(m["checkpoint"]) / "trainer_state.json").is_file()
+    assert not any(p.name.startswith(".tmp") for p in (tmp_path / "checkpoints").iterdir())
+    _load(m["model"])  # the exported model loads
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def _run_cli(module, args):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_stage2_resume_in_new_process_matches_uninterrupted(tmp_path, data_dir, init_bundle):
+    """4 steps straight vs 2 steps + checkpoint + a NEW process that resumes for 2 more (LoRA dropout on)."""
+    common = ["--data", str(data_dir), "--init", f"bundle:{init_bundle}", "--max-steps", "4", "--batch-size", "2",
+              "--warmup-steps", "2", "--no-progress", "--grad-accum", "2"]
+    _run_cli("training.stage2_instruction", common + ["--out", str(tmp_path / "straight")])
+    _run_cli("training.stage2_instruction", common + ["--out", str(tmp_path / "split"), "--stop-after", "2"])
+    assert (tmp_path / "split" / "checkpoints" / "step-2").is_dir() and not (tmp_path / "split" / "model").exists()
+    resumed = _run_cli("training.stage2_instruction", common + ["--out", str(tmp_path / "split")])
+    assert "'start_step': 2" in resumed.stdout  # really resumed, not restarted
+    a, b = _sd(_load(tmp_path / "straight" / "model").agent), _sd(_load(tmp_path / "split" / "model").agent)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k
+    log = (tmp_path / "split" / "train_log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in log[1:]] == ["1", "2", "3", "4"]
+
+
+def test_stage1_resume_matches_uninterrupted(tmp_path, records, init_bundle):
+    """Diffusion noise / timesteps are keyed by step: 3 straight == 1 + resume (new Accelerator) + 2."""
+    from training.stage1_detokenizer import train_stage1
+
+    kw = dict(FAST, max_steps=3, records=records, init=f"bundle:{init_bundle}", unet_train="full", warmup_steps=1)
+    straight = train_stage1(dict(kw, out=str(tmp_path / "a")))
+    first = train_stage1(dict(kw, out=str(tmp_path / "b"), stop_after=1))
+    assert first["stopped"] and first["step"] == 1
+    second = train_stage1(dict(kw, out=str(tmp_path / "b"), resume="auto"))
+    assert second["start_step"] == 1 and second["step"] == 3
+    assert straight["losses"][1:] == pytest.approx(second["losses"], abs=1e-6)
+    a, b = _sd(_load(straight["model"]).detokenizer), _sd(_load(second["model"]).detokenizer)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k
