@@ -57,7 +57,7 @@ def register_folders() -> None:
     """Merge our model folders into ``folder_paths.folder_names_and_paths`` (idempotent).
 
     Keeps any entries the user's extra_model_paths.yaml already added under the same names and sets explicit
-    extension sets (an empty set would mean "no filtering"; COMFYUI_NOTES §3).
+    extension sets (an empty set would mean "no filtering" to ComfyUI's folder_paths).
     """
     global _REGISTERED
     fp = _optional("folder_paths")

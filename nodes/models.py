@@ -13,7 +13,7 @@ import torch
 
 from . import comfy_glue as glue
 
-# Socket types (namespaced; COMFYUI_NOTES §1 "Use custom socket types, not *").
+# Socket types (namespaced custom types, never "*": they connect only to the sockets meant for them).
 AGENT = "SEEDSTORY_AGENT"
 VISUAL_TOKENIZER = "SEEDSTORY_VISUAL_TOKENIZER"
 DETOKENIZER = "SEEDSTORY_DETOKENIZER"
@@ -95,7 +95,7 @@ class AgentModel:
 @dataclass(eq=False)
 class DetokenizerModel:
     """The de-tokenizer (ResamplerXLV2 + SD-XL UNet/VAE), its ModelPatcher, config and the unconditional
-    features (ViT features of an all-zero image, computed once at load time; spec §4.2)."""
+    features (ViT features of an all-zero image, computed once at load time; docs/reference.md §4.2)."""
 
     module: torch.nn.Module
     patcher: Any

@@ -13,7 +13,7 @@
 # the *Mistral-7B* tokenizer, not LLaMA-2 ("Hello" -> 22557 and "[INST]" -> [733, 16289, 28793], where LLaMA-2
 # gives 15043 and [518, 25580, 29962]). Using it would silently give wrong ids for every word.
 #
-# SEED-Story's 66 image tokens (SEED_STORY_SPEC.md §2.1) are NOT added here; seedstory_core.tokenizer.
+# SEED-Story's 66 image tokens (docs/reference.md §2.1) are NOT added here; seedstory_core.tokenizer.
 # SeedStoryTokenizer.from_folder adds them (ids 32000..32065).
 #
 # Usage:  scripts/fetch_llama2_tokenizer.sh [DEST_DIR]      (default: <repo>/.cache/llama2_tokenizer)

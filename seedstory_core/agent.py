@@ -1,6 +1,6 @@
 """The SEED-Story MLLM agent: LLaMA + peft LoRA + input/output Qwen resamplers (``ContinuousLVLM``).
 
-Source facts: SEED_STORY_SPEC.md §2.2 (LLaMA + LoRA wrapping), §2.3 (resamplers), §2.5 (training forward and
+Source facts: docs/reference.md §2.2 (LLaMA + LoRA wrapping), §2.3 (resamplers), §2.5 (training forward and
 loss), §8 quirk 9 (padding mask ignored); the golden fixture README ("agent forward").
 
 Structure (module names equal the official ones, so our ``state_dict()`` differs from an official checkpoint
@@ -65,7 +65,7 @@ AGENT_WEIGHTS_PATTERN = "model{suffix}.safetensors"
 
 # ---------------------------------------------------------------------------------------------------- losses
 def cosine_loss(rec: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Official reconstruction loss: mean over all tokens of ``1 - cos(rec, target)`` along the last dim (spec §2.5).
+    """Official reconstruction loss: mean over all tokens of ``1 - cos(rec, target)`` along the last dim (docs/reference.md §2.5).
 
     Args:
         rec, target: (N, T, D) float tensors of the same shape.
@@ -108,7 +108,7 @@ def _check_right_padding(attention_mask: Optional[torch.Tensor], input_ids: torc
         rows = bad.nonzero().flatten().tolist()
         raise ValueError(
             f"attention_mask rows {rows} are not right-padded (a padded 0 is followed by a real 1). The official "
-            "SEED-Story attention ignores the padding mask and is causal-only (spec §2.2, §8.9), which is only "
+            "SEED-Story attention ignores the padding mask and is causal-only (docs/reference.md §2.2, §8.9), which is only "
             "correct with right padding. Pad on the right (tokenizer.padding_side='right')."
         )
 
@@ -122,12 +122,12 @@ def _assert_tensor(name: str, value: Any, dims: Optional[int] = None) -> None:
 
 # ---------------------------------------------------------------------------------------------------- the agent
 class SeedStoryAgent(nn.Module):
-    """SEED-Story ``ContinuousLVLM`` (spec §2): LLaMA-2 + LoRA and the input/output resamplers.
+    """SEED-Story ``ContinuousLVLM`` (docs/reference.md §2): LLaMA-2 + LoRA and the input/output resamplers.
 
     Build with :meth:`build` (random init, or ``meta=True`` for no memory) or :meth:`from_pretrained`.
     Submodules: ``llm`` (peft ``PeftModelForCausalLM``), ``input_resampler``, ``output_resampler``
     (:class:`~seedstory_core.resampler.QwenResampler`). The frozen RoPE ``inv_freq`` is always kept in float32,
-    whatever dtype the module is cast to (the official cos/sin tables are computed in float32, spec §2.2).
+    whatever dtype the module is cast to (the official cos/sin tables are computed in float32, docs/reference.md §2.2).
     """
 
     def __init__(self, config: AgentConfig, llm: nn.Module, input_resampler: QwenResampler, output_resampler: QwenResampler):
@@ -142,7 +142,7 @@ class SeedStoryAgent(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def build(cls, config: AgentConfig, *, device=None, dtype=None, meta: bool = False) -> "SeedStoryAgent":
-        """Construct the agent from ``config`` (spec §2.2 wrapping steps).
+        """Construct the agent from ``config`` (docs/reference.md §2.2 wrapping steps).
 
         Steps: ``LlamaForCausalLM(config.llm)`` with SDPA attention and ``config.llm.vocab_size`` rows (the size
         after the official ``resize_token_embeddings``), peft ``get_peft_model`` with ``LoraConfig(r, lora_alpha,
@@ -167,7 +167,7 @@ class SeedStoryAgent(nn.Module):
         hidden = config.llm.hidden_size
         for label, rc in (("input_resampler", config.input_resampler), ("output_resampler", config.output_resampler)):
             if rc.embed_dim != hidden:
-                raise ValueError(f"AgentConfig.{label}.embed_dim={rc.embed_dim} but llm.hidden_size={hidden}; they must be equal (spec §2.3).")
+                raise ValueError(f"AgentConfig.{label}.embed_dim={rc.embed_dim} but llm.hidden_size={hidden}; they must be equal (docs/reference.md §2.3).")
         llama_config = config.llm.to_transformers()
         llama_config._attn_implementation = "sdpa"
         llama_config.use_cache = False
@@ -191,9 +191,9 @@ class SeedStoryAgent(nn.Module):
             input_resampler = QwenResampler(config.input_resampler)
             output_resampler = QwenResampler(config.output_resampler)
         agent = cls(config, llm, input_resampler, output_resampler)
-        # official: resize_token_embeddings creates a plain nn.Embedding (no padding_idx), spec §2.2 step 1
+        # official: resize_token_embeddings creates a plain nn.Embedding (no padding_idx), docs/reference.md §2.2 step 1
         agent.decoder.embed_tokens.padding_idx = None
-        # official: embed_tokens and lm_head are fully trainable (spec §2.2 step 3)
+        # official: embed_tokens and lm_head are fully trainable (docs/reference.md §2.2 step 3)
         agent.decoder.embed_tokens.weight.requires_grad_(True)
         agent.lm_head.weight.requires_grad_(True)
         if meta:
@@ -223,7 +223,7 @@ class SeedStoryAgent(nn.Module):
 
     @property
     def num_img_tokens(self) -> int:
-        """IMG tokens per image = input-resampler queries (spec §2.1: 64 officially)."""
+        """IMG tokens per image = input-resampler queries (docs/reference.md §2.1: 64 officially)."""
         return self.input_resampler.num_queries
 
     @property
@@ -247,7 +247,7 @@ class SeedStoryAgent(nn.Module):
             raise ValueError(
                 f"ids_cmp_mask marks {n_pos} IMG positions, but {n_img} input image(s) x {n_tok} tokens = "
                 f"{n_img * n_tok} image embeddings were given. Each input image needs exactly {n_tok} <img_xxxxx> "
-                "tokens between BOI and EOI (spec §2.1), and one feature tensor per image."
+                "tokens between BOI and EOI (docs/reference.md §2.1), and one feature tensor per image."
             )
         values = image_embeds_lm.reshape(-1, dim).to(embeds.dtype)
         return embeds.masked_scatter(ids_cmp_mask.to(embeds.device).bool().unsqueeze(-1), values)
@@ -258,7 +258,7 @@ class SeedStoryAgent(nn.Module):
         image_features: Optional[torch.Tensor] = None,
         ids_cmp_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Input embeddings with the input images written in (spec §2.5 steps 1-2).
+        """Input embeddings with the input images written in (docs/reference.md §2.5 steps 1-2).
 
         Args:
             input_ids: (B, L) int64 token ids.
@@ -299,12 +299,12 @@ class SeedStoryAgent(nn.Module):
         ids_cmp_mask: Optional[torch.Tensor] = None,
         return_recon_image_embeds: bool = True,
     ) -> Dict[str, Optional[torch.Tensor]]:
-        """Official ``ContinuousLVLM.forward`` (spec §2.5).
+        """Official ``ContinuousLVLM.forward`` (docs/reference.md §2.5).
 
         Args:
             input_ids: (B, L) int64.
             attention_mask: (B, L) 0/1, right padding only. It is checked but NOT given to the LLM: the official
-                attention is causal-only (spec §2.2, §8.9); logits at pads are those of pads attending to the past.
+                attention is causal-only (docs/reference.md §2.2, §8.9); logits at pads are those of pads attending to the past.
             labels: (B, L) int64 with -100 = ignore; None -> ``lm_loss`` is None and not part of the total.
             image_embeds: (N_img, T_vit, D) ViT features of every image of the batch (or None).
             embeds_gen_mask / embeds_cmp_mask: (N_img,) bool: target / input images. ``embeds_cmp_mask=None``
@@ -363,7 +363,7 @@ class SeedStoryAgent(nn.Module):
                 dummy_lm = image_embeds_lm[:1]
             embeds = embeds + 0.0 * dummy_lm.sum()
 
-        # The official attention ignores attention_mask (causal only); do not pass it (spec §2.2, §8.9).
+        # The official attention ignores attention_mask (causal only); do not pass it (docs/reference.md §2.2, §8.9).
         out = self.decoder(inputs_embeds=embeds, use_cache=False, return_dict=True)
         last_hidden_state = out.last_hidden_state
         logits = self.lm_head(last_hidden_state)
@@ -417,7 +417,7 @@ class SeedStoryAgent(nn.Module):
 
         cfg = self.rotary_emb.config
         if self.rotary_emb.rope_type != "default":
-            raise NotImplementedError(f"Only the default RoPE is supported (Llama-2, spec §2.2); found {self.rotary_emb.rope_type!r}")
+            raise NotImplementedError(f"Only the default RoPE is supported (Llama-2, docs/reference.md §2.2); found {self.rotary_emb.rope_type!r}")
         with torch.device("cpu"):
             inv_freq, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg)
         return inv_freq.float()
@@ -454,7 +454,7 @@ class SeedStoryAgent(nn.Module):
         """Recompute non-persistent / frozen constants after a meta build + assign-load.
 
         Recomputes the RoPE ``inv_freq`` (float32) and, where they are still on the meta device, the resamplers'
-        frozen sin-cos ``pos_embed`` tables (spec §2.3). ``device`` defaults to the device of the first loaded
+        frozen sin-cos ``pos_embed`` tables (docs/reference.md §2.3). ``device`` defaults to the device of the first loaded
         parameter (else torch's default device).
 
         Raises: CheckpointMismatchError if any parameter or buffer is still on the meta device afterwards (names
@@ -501,7 +501,7 @@ class SeedStoryAgent(nn.Module):
                 (sharded folders with an index JSON are fine).
             config: the :class:`AgentConfig`; None -> read ``agent_config.json`` from the folder.
             base_llama: Llama-2-7b-hf folder/file for the frozen base weights when the agent file holds only the
-                trainable tensors (spec §2.4).
+                trainable tensors (docs/reference.md §2.4).
             device: target device (default: torch's default device); tensors are read straight onto it.
             dtype: parameter dtype (default float32); RoPE stays float32.
 

@@ -7,7 +7,7 @@ model and the training stages use it)::
     tokenizer/                        SeedStoryTokenizer.save (tokenizer.json + the 66 image tokens)
     visual_tokenizer/model.safetensors   ViT state dict, official key names (= qwen_vit_G.pt keys)
     agent/                            SeedStoryAgent.save_pretrained (model.safetensors + agent_config.json)
-    detokenizer/adapter.safetensors   resampler.* + unet.*to_k/to_v (the official adapter layout, spec §4.2)
+    detokenizer/adapter.safetensors   resampler.* + unet.*to_k/to_v (the official adapter layout, docs/reference.md §4.2)
     detokenizer/sdxl/                 diffusers folder (unet/, vae/, scheduler/) standing in for SD-XL base
 
 The official release is not a bundle: load its files with the per-component loaders (see
@@ -54,7 +54,7 @@ def load_visual_tokenizer(path: PathLike, config: VisualTokenizerConfig, *, devi
 @dataclass
 class SeedStoryBundle:
     """Every component of one model, ready to run. ``uncond_features`` = ViT features of an all-zero image
-    (the de-tokenizer's unconditional branch, spec §4.2), computed once."""
+    (the de-tokenizer's unconditional branch, docs/reference.md §4.2), computed once."""
 
     config: SeedStoryConfig
     tokenizer: object

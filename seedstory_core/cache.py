@@ -1,6 +1,6 @@
 """KV-cache policies for long stories, with the multimodal attention sink as a real transformers ``Cache``.
 
-Policies (paper §3.2 and Fig. 4 right; SEED_STORY_SPEC.md §3.2; golden/README.md "Sink policy note"):
+Policies (paper §3.2 and Fig. 4 right; docs/reference.md §3.2 "Sink policy note"):
 
 * ``dense`` — keep every token.
 * ``window`` — keep only the tokens after the EOI of the newest evicted image (the last ``window_images``
@@ -8,7 +8,7 @@ Policies (paper §3.2 and Fig. 4 right; SEED_STORY_SPEC.md §3.2; golden/README.
 * ``sink`` — StreamingLLM: the first ``n_start`` tokens + the window.
 * ``multimodal_sink`` — the first ``n_start`` tokens; for every image that left the window the positions
   [BOI-``boi_before``, BOI+``boi_after``) and [EOI-``eoi_before``, EOI+``eoi_after``) (clipped, overlaps counted
-  once); plus the window. Defaults n=4, W=8 images, 4/8/8/4 (spec §3.2).
+  once); plus the window. Defaults n=4, W=8 images, 4/8/8/4 (docs/reference.md §3.2).
 
 An image "leaves the window" when it completes (its EOI is stored) and more than ``window_images`` complete images
 exist; eviction runs right after the chunk holding that EOI (so the EOI's own logits still saw everything).

@@ -1,7 +1,7 @@
 """Safe checkpoint reading, key accounting and clear mismatch errors.
 
 The official SEED-Story loaders call ``torch.load`` and ``load_state_dict(strict=False)``, printing only counts,
-so a wrong prefix fails silently (SEED_STORY_SPEC.md, "Construction"). Every load here instead:
+so a wrong prefix fails silently (docs/reference.md §0 "Construction"). Every load here instead:
 
 * reads ``.safetensors`` first, and pickled ``.bin``/``.pt``/``.pth``/``.ckpt`` only through
   ``torch.load(..., weights_only=True)`` (a pickle that would execute code is refused with

@@ -2,9 +2,9 @@
 
 Every config round-trips through JSON (``to_dict`` / ``from_dict``) so it can be saved next to the weights it
 describes (``seedstory_config.json``). Field names follow the official constructor arguments where one exists
-(SEED_STORY_SPEC.md §1, §2.2-2.3, §4.1), so a golden fixture's ``constructor_kwargs`` maps 1:1 onto them.
+(docs/reference.md §1, §2.2-2.3, §4.1), so a golden fixture's ``constructor_kwargs`` maps 1:1 onto them.
 
-Dimension chaining (golden/README.md "Dimension chaining", spec §0):
+Dimension chaining (docs/reference.md §0 "Dimension chaining"):
 
 * ``vit.output_dim == llm.hidden_size == input/output resampler embed_dim == detokenizer.embedding_dim``
 * ``vit.n_queries == output_resampler.num_queries == number of ViT tokens the de-tokenizer reads``
@@ -49,7 +49,7 @@ class _JsonMixin:
 
 @dataclass(frozen=True)
 class VisualTokenizerConfig(_JsonMixin):
-    """Qwen-VL ViT-G/14 with attention pooling (spec §1).
+    """Qwen-VL ViT-G/14 with attention pooling (docs/reference.md §1).
 
     Field names are the official ``VisionTransformerWithAttnPool`` constructor arguments. The trunk LayerNorms
     and the attention-pool LayerNorms use ``layernorm_eps`` (1e-6 officially). Output: (B, n_queries, output_dim).
@@ -71,7 +71,7 @@ class VisualTokenizerConfig(_JsonMixin):
 
     @property
     def mlp_width(self) -> int:
-        # Truncation, not rounding (spec §1: int(1664 x 4.9231) = 8192).
+        # Truncation, not rounding (docs/reference.md §1: int(1664 x 4.9231) = 8192).
         return int(self.width * self.mlp_ratio)
 
     @property
@@ -81,7 +81,7 @@ class VisualTokenizerConfig(_JsonMixin):
 
 @dataclass(frozen=True)
 class ResamplerConfig(_JsonMixin):
-    """Qwen ``Resampler`` used as the agent's input / output resampler (spec §2.3).
+    """Qwen ``Resampler`` used as the agent's input / output resampler (docs/reference.md §2.3).
 
     ``num_queries = grid_size ** 2``. ``kv_dim == embed_dim`` makes ``kv_proj`` an identity with no weights.
     """
@@ -99,7 +99,7 @@ class ResamplerConfig(_JsonMixin):
 
 @dataclass(frozen=True)
 class LoraSettings(_JsonMixin):
-    """peft LoRA of the official ``llama2chat7b_lora.yaml`` (spec §2.2)."""
+    """peft LoRA of the official ``llama2chat7b_lora.yaml`` (docs/reference.md §2.2)."""
 
     r: int = 16
     lora_alpha: int = 32
@@ -118,7 +118,7 @@ class LoraSettings(_JsonMixin):
 
 @dataclass(frozen=True)
 class LlamaSettings(_JsonMixin):
-    """The LLaMA decoder (transformers ``LlamaConfig`` fields; spec §2.2). ``vocab_size`` is after the resize."""
+    """The LLaMA decoder (transformers ``LlamaConfig`` fields; docs/reference.md §2.2). ``vocab_size`` is after the resize."""
 
     vocab_size: int = 32066
     hidden_size: int = 4096
@@ -152,7 +152,7 @@ class LlamaSettings(_JsonMixin):
 
 @dataclass(frozen=True)
 class ImageTokenSettings(_JsonMixin):
-    """The 2 + n image tokens added to the LLaMA vocabulary (spec §2.1)."""
+    """The 2 + n image tokens added to the LLaMA vocabulary (docs/reference.md §2.1)."""
 
     boi: str = "<img>"
     eoi: str = "</img>"
@@ -165,7 +165,7 @@ class ImageTokenSettings(_JsonMixin):
 
 @dataclass(frozen=True)
 class AgentConfig(_JsonMixin):
-    """ContinuousLVLM: LLaMA + LoRA + input/output resamplers (spec §2)."""
+    """ContinuousLVLM: LLaMA + LoRA + input/output resamplers (docs/reference.md §2)."""
 
     llm: LlamaSettings = field(default_factory=LlamaSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -190,7 +190,7 @@ class AgentConfig(_JsonMixin):
 
 @dataclass(frozen=True)
 class DetokenizerResamplerConfig(_JsonMixin):
-    """``ResamplerXLV2`` + its ``unet_attnpool`` head (spec §4.1); official constructor argument names."""
+    """``ResamplerXLV2`` + its ``unet_attnpool`` head (docs/reference.md §4.1); official constructor argument names."""
 
     dim: int = 1024
     depth: int = 4
@@ -209,7 +209,7 @@ class DetokenizerResamplerConfig(_JsonMixin):
 
 @dataclass(frozen=True)
 class DetokenizerConfig(_JsonMixin):
-    """De-tokenizer: ``ResamplerXLV2`` feeding an SD-XL UNet (spec §4).
+    """De-tokenizer: ``ResamplerXLV2`` feeding an SD-XL UNet (docs/reference.md §4).
 
     ``sdxl_preset`` names a folder under ``seedstory_core/configs/`` holding diffusers ``unet/``, ``vae/`` and
     ``scheduler/`` config JSONs (``sdxl_base`` = the official SD-XL base 1.0 layout, ``sdxl_tiny`` = tests).
@@ -302,5 +302,5 @@ class SeedStoryConfig(_JsonMixin):
 
 # ---------------------------------------------------------------------- the official sizes
 def official_config() -> SeedStoryConfig:
-    """Full-size SEED-Story (spec §1, §2, §4): ViT-G 448, Llama-2-7b + LoRA r16, SD-XL base de-tokenizer."""
+    """Full-size SEED-Story (docs/reference.md §1, §2, §4): ViT-G 448, Llama-2-7b + LoRA r16, SD-XL base de-tokenizer."""
     return SeedStoryConfig(name="official").validate()

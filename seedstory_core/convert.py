@@ -17,7 +17,7 @@ Usage::
 * ``--dtype`` casts floating tensors (``keep`` = as stored); RoPE ``inv_freq`` buffers stay float32 (they are
   checked to 1e-6 on load).
 
-Official checkpoint names and layouts: SEED_STORY_SPEC.md §0, §1, §2.4, §4, §9.
+Official checkpoint names and layouts: docs/reference.md §0, §1, §2.4, §4, §9.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _identity_rules(kind: str) -> Callable[[], List[KeyRule]]:
 
 
 #: kind -> function returning the official -> ours :class:`KeyRule` list recorded in ``key_map.json``. The ViT
-#: (``qwen_vit_G.pt``, spec §1) and de-tokenizer modules use the official names; their loader modules may register
+#: (``qwen_vit_G.pt``, docs/reference.md §1) and de-tokenizer modules use the official names; their loader modules may register
 #: their own rules here.
 KEY_RULE_PROVIDERS: Dict[str, Callable[[], List[KeyRule]]] = {
     "agent": _agent_rules,

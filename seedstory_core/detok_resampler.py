@@ -1,4 +1,4 @@
-"""``ResamplerXLV2``: the de-tokenizer's feature resampler with its ``unet_attnpool`` head (SEED_STORY_SPEC.md §4.1).
+"""``ResamplerXLV2``: the de-tokenizer's feature resampler with its ``unet_attnpool`` head (docs/reference.md §4.1).
 
 It turns ViT-space features (B, T, E) (T = 256, E = 4096 officially) into SD-XL conditioning:
 
@@ -10,7 +10,7 @@ Parameter names equal the official state-dict keys (``latents``, ``proj_in.*``, 
 to_kv,to_out}.*``, ``layers.{i}.1.{0,1,3}.*``, ``norm_out.*``, ``unet_proj_1/2.*``, ``unet_attnpool.*``), so an
 official SDXLAdapter checkpoint loads after stripping its ``resampler.`` prefix, with no key map.
 
-Official quirk kept on purpose (spec §4.1 step 2, §8 item 2): ``forward`` starts with ``F.normalize(x)`` using the
+Official quirk kept on purpose (docs/reference.md §4.1 step 2, §8 item 2): ``forward`` starts with ``F.normalize(x)`` using the
 default ``dim=1``, i.e. an L2 normalisation over the **token** axis (per channel), not over the channel axis.
 """
 
@@ -35,7 +35,7 @@ __all__ = [
 
 
 class PerceiverAttention(nn.Module):
-    """Latent cross-attention block of ``ResamplerXLV2`` (spec §4.1 step 4).
+    """Latent cross-attention block of ``ResamplerXLV2`` (docs/reference.md §4.1 step 4).
 
     ``norm1`` normalises the input tokens, ``norm2`` the latents; ``to_q`` reads the latents, ``to_kv`` reads
     [x; latents] concatenated along the token axis. ``heads`` heads of ``dim_head`` channels (inner width
@@ -76,7 +76,7 @@ class PerceiverAttention(nn.Module):
 def feed_forward(dim: int, mult: float) -> nn.Sequential:
     """``Sequential(LayerNorm(dim), Linear(dim, int(dim*mult), no bias), GELU, Linear(.., dim, no bias))``.
 
-    The Sequential indices 0/1/3 are the official key names ``layers.{i}.1.{0,1,3}`` (spec §4.1 step 4).
+    The Sequential indices 0/1/3 are the official key names ``layers.{i}.1.{0,1,3}`` (docs/reference.md §4.1 step 4).
     """
     inner = int(dim * mult)
     return nn.Sequential(
@@ -88,7 +88,7 @@ def feed_forward(dim: int, mult: float) -> nn.Sequential:
 
 
 class AttentionPool2d(nn.Module):
-    """CLIP-style attention pooling over the resampler's Q output tokens (spec §4.1 "Outputs").
+    """CLIP-style attention pooling over the resampler's Q output tokens (docs/reference.md §4.1 "Outputs").
 
     Prepends the token mean, adds ``positional_embedding`` ((seq_len + 1) x embed_dim, official init
     randn / sqrt(embed_dim)), runs ``num_heads``-head attention with separate q/k/v projections (embed_dim ->
@@ -152,7 +152,7 @@ class AttentionPool2d(nn.Module):
 
 
 class ResamplerXLV2(nn.Module):
-    """SEED-Story's de-tokenizer resampler (official ``src.models_ipa.resampler.ResamplerXLV2``; spec §4.1).
+    """SEED-Story's de-tokenizer resampler (official ``src.models_ipa.resampler.ResamplerXLV2``; docs/reference.md §4.1).
 
     Args:
         config: :class:`~seedstory_core.config.DetokenizerResamplerConfig` (official: dim 1024, depth 4,
@@ -196,7 +196,7 @@ class ResamplerXLV2(nn.Module):
         """
         self._check_input(x)
         latents = self.latents.expand(x.shape[0], -1, -1)
-        # Official quirk (spec §4.1 step 2): default dim=1 = L2 over the token axis, per channel.
+        # Official quirk (docs/reference.md §4.1 step 2): default dim=1 = L2 over the token axis, per channel.
         x = F.normalize(x)
         x = self.proj_in(x)
         for attn, ff in self.layers:
@@ -214,7 +214,7 @@ class ResamplerXLV2(nn.Module):
 
 
 def golden_detok_resampler(meta: Mapping, state_dict: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Run a ``detok_resampler`` golden fixture (golden/README.md) through :class:`ResamplerXLV2`.
+    """Run a ``detok_resampler`` golden fixture (docs/reference.md §10) through :class:`ResamplerXLV2`.
 
     Args:
         meta: the fixture's JSON sidecar; ``meta['constructor_kwargs']`` holds the official constructor arguments.

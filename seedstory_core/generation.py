@@ -1,4 +1,4 @@
-"""Decoding primitives shared by the story engine and the official-parity ``generate`` (spec §2.6).
+"""Decoding primitives shared by the story engine and the official-parity ``generate`` (docs/reference.md §2.6).
 
 * :func:`forward_chunk` — one decoder forward of new tokens on top of a :class:`~seedstory_core.cache.StoryKVCache`
   (prefill only the new tokens; never re-encode the kept context).
@@ -24,7 +24,7 @@ from .tokens import ImageTokens, image_segment_kinds
 
 
 class ImageTokenRule:
-    """The official image-token logits rule (spec §2.6 "Logits processor").
+    """The official image-token logits rule (docs/reference.md §2.6 "Logits processor").
 
     Args:
         image: image token ids.
@@ -116,7 +116,7 @@ def image_query_pass(agent, cache: StoryKVCache, image: ImageTokens, *, commit: 
     """The image queries: [BOI, IMG_0..IMG_{n-1}] (+ EOI when ``commit``) with their word embeddings.
 
     ``forced=False`` (the engine): ONE forward over the whole run — once BOI is chosen the rest is fixed.
-    ``forced=True`` (the official loop, spec §2.6): one decode step per token, computing the logits of every step
+    ``forced=True`` (the official loop, docs/reference.md §2.6): one decode step per token, computing the logits of every step
     as HF ``generate`` with the forcing processor does; used by the ``reencode_window`` baseline.
 
     Returns ``{'hidden': (1, n, D) hidden states at the IMG input positions, 'features': (1, T, D)

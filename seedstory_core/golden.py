@@ -1,7 +1,7 @@
 """Golden parity CLI: run this project's modules on official test vectors and compare.
 
 ``python -m seedstory_core.golden run FIXTURE_DIR OUT_DIR`` — for every fixture in FIXTURE_DIR (a
-``<name>.json`` sidecar + ``<name>.safetensors`` in the format of golden/README.md), build this project's module
+``<name>.json`` sidecar + ``<name>.safetensors`` in the format of docs/reference.md §10), build this project's module
 from the sidecar, load the fixture's state dict (official key names, mapped through the documented key maps),
 run its ``input.*`` tensors and write ``OUT_DIR/<name>.safetensors`` holding ``output.*`` tensors under the
 fixture's own names. ``output.*`` tensors of the fixture are never read by ``run``.
@@ -62,7 +62,7 @@ def agent_config_from_golden_meta(meta: Mapping[str, Any]) -> AgentConfig:
     if llama.get("hidden_act", "silu") != "silu":
         raise ValueError(f"llama_config.hidden_act={llama['hidden_act']!r}; only silu (Llama-2) is supported")
     if llama.get("tie_word_embeddings", False):
-        raise ValueError("llama_config.tie_word_embeddings=True; the official agent has an untied lm_head (spec §2.2)")
+        raise ValueError("llama_config.tie_word_embeddings=True; the official agent has an untied lm_head (docs/reference.md §2.2)")
     if llama.get("rope_scaling") not in (None, {}):
         raise ValueError(f"llama_config.rope_scaling={llama['rope_scaling']!r}; only plain RoPE is supported")
     if llama.get("attention_bias", False) or llama.get("mlp_bias", False):
@@ -201,7 +201,7 @@ def official_generate(
     max_new_tokens: int,
     one_pass: bool = True,
 ) -> Dict[str, torch.Tensor]:
-    """The official greedy ``ContinuousLVLM.generate`` (spec §2.6) on the engine's primitives.
+    """The official greedy ``ContinuousLVLM.generate`` (docs/reference.md §2.6) on the engine's primitives.
 
     Args:
         input_ids: (1, L) prompt ids (e.g. ``[BOS] caption <img> IMG... </img>``).
@@ -233,7 +233,7 @@ def official_generate(
         if token == eos_id or len(generated) >= max_new_tokens:
             break
         if token == image.boi and one_pass:
-            # The run after BOI is fixed: IMG_0..IMG_{n-1}, EOI (spec §2.6). Feed it in one forward: BOI and the
+            # The run after BOI is fixed: IMG_0..IMG_{n-1}, EOI (docs/reference.md §2.6). Feed it in one forward: BOI and the
             # forced tokens (the last one only when generation continues after it).
             forced = [*image.img, image.eoi][: max_new_tokens - len(generated)]
             continues = len(generated) + len(forced) < max_new_tokens
@@ -283,7 +283,7 @@ def _split(tensors: Tensors) -> Tuple[Tensors, Tensors]:
 
 
 def run_resampler(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
-    """resampler_in / resampler_out: ``y = QwenResampler(x)`` (spec §2.3)."""
+    """resampler_in / resampler_out: ``y = QwenResampler(x)`` (docs/reference.md §2.3)."""
     from .resampler import QwenResampler
 
     kwargs = {k: v for k, v in meta["constructor_kwargs"].items() if k in ("grid_size", "embed_dim", "num_heads", "kv_dim")}
@@ -306,7 +306,7 @@ def run_detok_resampler(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
 
 
 def run_agent(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
-    """Agent forward (losses, intermediates) and the official greedy generate (spec §2.5, §2.6)."""
+    """Agent forward (losses, intermediates) and the official greedy generate (docs/reference.md §2.5, §2.6)."""
     out = dict(golden_agent_forward(meta, state, inputs)) if any(k.startswith("forward.") for k in inputs) else {}
     if any(k.startswith("generate.") for k in inputs):
         agent = load_golden_agent(meta, state)

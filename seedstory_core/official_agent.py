@@ -1,6 +1,6 @@
 """Loading the official SEED-Story agent checkpoint and the base Llama-2 weights into a :class:`SeedStoryAgent`.
 
-Source facts: SEED_STORY_SPEC.md §2.4 (checkpoint keys), §8 quirk 11 (peft 0.4.0 key naming); the golden
+Source facts: docs/reference.md §2.4 (checkpoint keys), §8 quirk 11 (peft 0.4.0 key naming); the golden
 fixture README ("Key naming").
 
 The model itself (:class:`~seedstory_core.agent.SeedStoryAgent`) has this project's module names, which differ
@@ -81,7 +81,7 @@ _BASE_INV_FREQ_RE = re.compile(r"model\.layers\.(\d+)\.self_attn\.rotary_emb\.in
 
 # ---------------------------------------------------------------------------------------------------- key maps
 def agent_key_rules(target_modules: Sequence[str] = OFFICIAL_TARGET_MODULES) -> List[KeyRule]:
-    """Official (peft 0.4.0 / ``modeling_llama_xformer``) -> our key rules for the agent (spec §2.4, §8.11).
+    """Official (peft 0.4.0 / ``modeling_llama_xformer``) -> our key rules for the agent (docs/reference.md §2.4, §8.11).
 
     Keys not matched by any rule are identical in both namings (LoRA A/B, norm copies, embeddings, lm_head,
     resamplers). The ``inv_freq`` rule maps every per-layer official buffer onto our single RoPE table; loaders
@@ -112,20 +112,20 @@ def official_to_ours_key_map(keys: Iterable[str], target_modules: Sequence[str] 
 
 
 def ours_to_official_key(key: str) -> str:
-    """Our agent key -> official (peft 0.4.0) key: drops peft's ``.base_layer`` level (spec §2.4)."""
+    """Our agent key -> official (peft 0.4.0) key: drops peft's ``.base_layer`` level (docs/reference.md §2.4)."""
     return key.replace(".base_layer.", ".")
 
 
 # ---------------------------------------------------------------------------------------------------- official naming
 def official_state_dict(agent: "SeedStoryAgent", *, trainable_only: bool = False) -> "OrderedDict[str, torch.Tensor]":
-    """Our weights in official ``ContinuousLVLM`` naming (peft 0.4.0; spec §2.4), ready to save.
+    """Our weights in official ``ContinuousLVLM`` naming (peft 0.4.0; docs/reference.md §2.4), ready to save.
 
     Adds the per-layer ``self_attn.rotary_emb.inv_freq`` buffers (float32, regenerated from our RoPE table)
     and drops peft's ``.base_layer`` level. On a meta-built agent the tensors are meta (shapes only).
 
     Args:
         agent: a built :class:`~seedstory_core.agent.SeedStoryAgent` (meta or materialised).
-        trainable_only: only what the released ``zero_to_fp32`` ``.bin`` presumably holds (spec §2.4,
+        trainable_only: only what the released ``zero_to_fp32`` ``.bin`` presumably holds (docs/reference.md §2.4,
             ``manifest_agent_trainable.json``): the tensors trainable in the official run (LoRA A/B, both norm
             copies -- peft 0.4.0 leaves ``original_module`` trainable --, ``embed_tokens``, ``lm_head``, both
             resamplers except ``pos_embed``) plus the persistent ``inv_freq`` buffers.
@@ -310,7 +310,7 @@ def load_official_state_dict(
             f"{source}: {len(base_needed)} frozen base LLaMA tensor(s) are missing: "
             + ", ".join(f"{p} ({n})" for p, n in group_by_prefix([ours_to_official_key(k) for k in base_needed], 5).items())
             + f" (e.g. {ours_to_official_key(base_needed[0])}). The agent file holds only the trainable tensors "
-            f"(spec §2.4); they come from {BASE_CHECKPOINT_HINT}."
+            f"(docs/reference.md §2.4); they come from {BASE_CHECKPOINT_HINT}."
         )
 
     loaded: List[str] = []
@@ -338,7 +338,7 @@ def load_official_state_dict(
             res = agent.input_resampler if key.startswith("input_") else agent.output_resampler
             if not res.query.is_meta:
                 res.reset_pos_embed()
-        notes.append("resampler pos_embed missing from the file: recomputed (frozen deterministic sin-cos table, spec §2.3)")
+        notes.append("resampler pos_embed missing from the file: recomputed (frozen deterministic sin-cos table, docs/reference.md §2.3)")
     agent.materialize_constants(device)
     if consumed:
         notes.append(f"{len(consumed)} RoPE inv_freq buffer(s) checked against the model's table and not stored")
@@ -415,7 +415,7 @@ def _load_base_llama(agent: "SeedStoryAgent", base_llama, needed: set, *, device
                         if tkey.endswith(("embed_tokens.weight", "lm_head.weight")) and tensor.shape[1:] == exp[1:] and tensor.shape[0] < exp[0]:
                             raise CheckpointMismatchError(
                                 f"{shard}: {bkey} has {tensor.shape[0]} rows but the agent needs {exp[0]} (base vocabulary + "
-                                f"BOI/EOI/IMG tokens, spec §2.1). The image-token rows exist only in {AGENT_CHECKPOINT_HINT}, "
+                                f"BOI/EOI/IMG tokens, docs/reference.md §2.1). The image-token rows exist only in {AGENT_CHECKPOINT_HINT}, "
                                 f"which must contain {ours_to_official_key(tkey)}."
                             )
                         raise CheckpointMismatchError(

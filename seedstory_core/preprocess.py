@@ -1,4 +1,4 @@
-"""Image input handling for the visual tokenizer (SEED_STORY_SPEC.md §1 "Preprocessing", §4.2).
+"""Image input handling for the visual tokenizer (docs/reference.md §1 "Preprocessing", §4.2).
 
 Importable without torchvision: the official transforms are re-created with PIL, which is exactly what
 torchvision's ``Resize`` / ``CenterCrop`` / ``ToTensor`` / ``Normalize`` do for PIL input:
@@ -31,7 +31,7 @@ __all__ = [
     "to_comfy_image",
 ]
 
-#: CLIP normalisation (spec §1 "Preprocessing").
+#: CLIP normalisation (docs/reference.md §1 "Preprocessing").
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: Resize modes accepted by :func:`preprocess_images`.
@@ -155,7 +155,7 @@ def _array_to_pils(arr: np.ndarray, what: str) -> List[Image.Image]:
 
 # ---------------------------------------------------------------------- public API
 def to_pil_images(images: ImageInput) -> List[Image.Image]:
-    """Turn any supported image input into a list of 8-bit RGB PIL images (spec §1 "Preprocessing").
+    """Turn any supported image input into a list of 8-bit RGB PIL images (docs/reference.md §1 "Preprocessing").
 
     Accepted:
         * ComfyUI IMAGE tensor, float [B, H, W, C] (or [H, W, C]) in 0..1 with C in 1, 2, 3, 4; quantised with
@@ -232,8 +232,8 @@ def preprocess_images(
     Args:
         images: anything :func:`to_pil_images` accepts.
         image_size: output side S (448 officially; use the model's ``config.image_size``).
-        mode: ``'squash'`` — ``Resize((S, S))`` bilinear (spec §1 ``qwen_448_transform``, inference / stage 2);
-            ``'keep_ratio'`` — short side to S, then centre crop S x S (spec §1, stage-3 transform).
+        mode: ``'squash'`` — ``Resize((S, S))`` bilinear (docs/reference.md §1 ``qwen_448_transform``, inference / stage 2);
+            ``'keep_ratio'`` — short side to S, then centre crop S x S (docs/reference.md §1, stage-3 transform).
         mean, std: per-channel normalisation (CLIP values by default).
 
     Returns:

@@ -1,6 +1,6 @@
 """Qwen-VL attention-pool ``Resampler``: the ViT's ``attn_pool`` and the agent's input/output resamplers.
 
-Source: SEED_STORY_SPEC.md §1 step 5 (ViT attention pool, LayerNorm eps 1e-6, ``kv_proj`` 1664→4096) and §2.3
+Source: docs/reference.md §1 step 5 (ViT attention pool, LayerNorm eps 1e-6, ``kv_proj`` 1664→4096) and §2.3
 (agent resamplers: embed 4096, 32 heads, ``kv_dim == embed_dim`` so ``kv_proj`` is an identity, eps 1e-5).
 Parameter names equal the official state-dict keys (``query``, ``pos_embed``, ``kv_proj.weight``,
 ``attn.in_proj_weight``, ``attn.in_proj_bias``, ``attn.out_proj.*``, ``ln_q.*``, ``ln_kv.*``), so official
@@ -73,7 +73,7 @@ class QwenResampler(nn.Module):
         Returns (B, grid_size**2, embed_dim) in x's dtype.
 
     Queries = ln_q(query) + pos_embed; keys = ln_kv(kv_proj(x)) + resized pos_embed; values = ln_kv(kv_proj(x));
-    attention is a standard ``nn.MultiheadAttention`` (spec §1 step 5, §2.3).
+    attention is a standard ``nn.MultiheadAttention`` (docs/reference.md §1 step 5, §2.3).
     """
 
     def __init__(self, config: ResamplerConfig):

@@ -1,18 +1,18 @@
 """The story engine: immutable story states, one story step at a time, with a real multimodal-sink KV cache.
 
-Prompt layout exactly as training (SEED_STORY_SPEC.md §5): ``[BOS] cap0 <img>IMG…</img>`` then
+Prompt layout exactly as training (docs/reference.md §5): ``[BOS] cap0 <img>IMG…</img>`` then
 ``[INST]cap_i <img>IMG…</img>`` per frame, no spaces. One step (generation mode):
 
 1. If the previous step left an image pending, store it in the context: one forward of
    [BOI, 64 input-resampler embeddings, EOI] on top of the kept cache (the official context uses the *regressed*
-   features of the generated image, spec §3.1 step 2; pass ``context_features`` to use e.g. the ViT features of the
+   features of the generated image, docs/reference.md §3.1 step 2; pass ``context_features`` to use e.g. the ViT features of the
    rendered picture instead). The cache policy evicts right after this image completes.
 2. Text: decode token by token (greedy by default like the official; sampling optional), each token prefilled on
    top of the cache. Optional user text is prefilled first (``[INST]`` + text): it steers the sentence
    (generation mode) or replaces it (visualization mode: BOI is forced right after it — the StoryGPT-V task).
    BOI is forced after ``max_sentence_tokens`` text tokens, or when the model emits EOS.
 3. Image: one forward over [BOI, IMG_0..IMG_63] (the image queries; not kept in the cache), output resampler →
-   (1, 256, 4096) regressed ViT features at full size (spec §2.6).
+   (1, 256, 4096) regressed ViT features at full size (docs/reference.md §2.6).
 
 :meth:`StoryEngine.run` is the story loop (one frame per step, with a per-frame callback that renders, reports
 progress and may replace the context features). What a state keeps of its past is its policy's *context*: a
@@ -73,12 +73,12 @@ class DecodingSettings:
     """How the next sentence is decoded.
 
     Attributes:
-        do_sample: False = greedy (the official default, spec §2.6); True = sampling with the settings below.
+        do_sample: False = greedy (the official default, docs/reference.md §2.6); True = sampling with the settings below.
         temperature, top_p, top_k, repetition_penalty: standard transformers logits warpers (top_k 0 = off).
         seed: sampling seed; the generator is seeded from (seed, story step) so branches are reproducible.
         max_sentence_tokens: text tokens before BOI is forced.
         suppress_image_tokens: ``neg_inf`` (default: IMG/EOI can never start inside text) or ``official``
-            (scores set to 0.0, spec §2.6).
+            (scores set to 0.0, docs/reference.md §2.6).
     """
 
     do_sample: bool = False

@@ -68,7 +68,7 @@ def tiny_story_corpus(num_lines: int = 400) -> List[str]:
     """A deterministic corpus of simple English story sentences, generated from built-in word lists.
 
     Lines use names, punctuation, apostrophes, quotes, numbers and the ``'[INST]'`` marker (about one line in
-    three starts with it, as captions do in SEED-Story prompts, spec §5).
+    three starts with it, as captions do in SEED-Story prompts, docs/reference.md §5).
 
     Args:
         num_lines (int): number of lines (>= 1).
@@ -122,7 +122,7 @@ def build_tiny_tokenizer(
     from ``texts``, then (if the trainer yields
     fewer) deterministic filler pieces ``<unused_NNNNN>`` (never produced by encoding) up to EXACTLY
     ``vocab_size``; then the image tokens at ids ``vocab_size`` .. ``vocab_size + 2 + n - 1`` in the order BOI,
-    EOI, IMG_0.. (spec §2.1). Normalisation is LLaMA's legacy one (``Prepend('▁')`` + ``Replace(' ', '▁')``) with a
+    EOI, IMG_0.. (docs/reference.md §2.1). Normalisation is LLaMA's legacy one (``Prepend('▁')`` + ``Replace(' ', '▁')``) with a
     ``'▁'``-splitting pre-tokenizer, so text after an image tag gets a dummy prefix and the chunk-independence
     property holds. Deterministic for the same inputs. Characters never seen in ``texts`` are encoded with byte
     fallback.

@@ -1,11 +1,11 @@
-"""The SEED-Story text tokenizer: LLaMA-2 (legacy sentencepiece behaviour) + 66 image tokens (spec §2.1, §3.1, §5).
+"""The SEED-Story text tokenizer: LLaMA-2 (legacy sentencepiece behaviour) + 66 image tokens (docs/reference.md §2.1, §3.1, §5).
 
 SEED-Story uses the slow ``LlamaTokenizer`` of transformers 4.34 (``legacy=True``) with 2 + 64 added tokens:
 BOI ``<img>``, EOI ``</img>`` and ``<img_00000>`` .. ``<img_00063>``. The official code never hard-codes their ids
 (it looks them up with ``encode(tok, add_special_tokens=False)[0]``); with the LLaMA-2 base vocabulary of 32000
 they are 32000 (BOI), 32001 (EOI), 32002..32065 (IMG), which this module reproduces by adding them in that order.
 
-Prompts are plain string concatenations without spaces (spec §3.1, §5)::
+Prompts are plain string concatenations without spaces (docs/reference.md §3.1, §5)::
 
     caption0<img><img_00000>...<img_00063></img>[INST]caption1<img>...</img>[INST]caption2...
 
@@ -44,9 +44,9 @@ __all__ = [
     "CLEAN_TEXT_PATTERN",
 ]
 
-#: The instruction marker put before every caption but the first (spec §3.1, §5).
+#: The instruction marker put before every caption but the first (docs/reference.md §3.1, §5).
 INST = "[INST]"
-#: The official text-cleaning regex (spec §3.1): every ``<...>`` tag and the whitespace around it becomes one space.
+#: The official text-cleaning regex (docs/reference.md §3.1): every ``<...>`` tag and the whitespace around it becomes one space.
 CLEAN_TEXT_PATTERN = re.compile(r"\s*<[^>]*>\s*")
 
 _UNK, _BOS, _EOS = "<unk>", "<s>", "</s>"
@@ -78,7 +78,7 @@ def _added_token(content: str, special: bool = False):
 
 
 class SeedStoryTokenizer:
-    """LLaMA tokenizer + SEED-Story image tokens, with the official prompt conventions (spec §2.1, §3.1, §5).
+    """LLaMA tokenizer + SEED-Story image tokens, with the official prompt conventions (docs/reference.md §2.1, §3.1, §5).
 
     Wraps a transformers tokenizer: a fast ``PreTrainedTokenizerFast`` (from ``tokenizer.json``) or the slow
     sentencepiece backend (from ``tokenizer.model``, ``legacy=True``). Build it with :meth:`from_folder`,
@@ -121,11 +121,11 @@ class SeedStoryTokenizer:
         ``tokenizer.json`` is preferred (fast backend); otherwise ``tokenizer.model`` is loaded with the slow
         sentencepiece backend in legacy mode (needs the ``sentencepiece`` package), and the tokens listed in an
         ``added_tokens.json`` are re-added in id order. Image tokens absent from the folder are added after the
-        base vocabulary in the order BOI, EOI, IMG_0..IMG_{n-1} (spec §2.1); present ones are read and verified.
+        base vocabulary in the order BOI, EOI, IMG_0..IMG_{n-1} (docs/reference.md §2.1); present ones are read and verified.
 
         Args:
             path (str | Path): the folder.
-            image_tokens (ImageTokenSettings): the image token strings (defaults: spec §2.1).
+            image_tokens (ImageTokenSettings): the image token strings (defaults: docs/reference.md §2.1).
 
         Returns:
             SeedStoryTokenizer
@@ -161,7 +161,7 @@ class SeedStoryTokenizer:
 
         Args:
             path (str | Path): the ``tokenizer.json`` file.
-            image_tokens (ImageTokenSettings): the image token strings (defaults: spec §2.1).
+            image_tokens (ImageTokenSettings): the image token strings (defaults: docs/reference.md §2.1).
 
         Returns:
             SeedStoryTokenizer
@@ -226,22 +226,22 @@ class SeedStoryTokenizer:
 
     @property
     def image_tokens(self) -> ImageTokenSettings:
-        """The image token strings (spec §2.1)."""
+        """The image token strings (docs/reference.md §2.1)."""
         return self._settings
 
     @property
     def bos_id(self) -> int:
-        """BOS id (1 for LLaMA, spec §2.1)."""
+        """BOS id (1 for LLaMA, docs/reference.md §2.1)."""
         return int(self._tok.bos_token_id)
 
     @property
     def eos_id(self) -> int:
-        """EOS id (2 for LLaMA, spec §2.1)."""
+        """EOS id (2 for LLaMA, docs/reference.md §2.1)."""
         return int(self._tok.eos_token_id)
 
     @property
     def pad_id(self) -> int:
-        """The tokenizer's pad id if it has one, else ``<unk>`` = 0 (spec §2.1: value unknown, probably 0)."""
+        """The tokenizer's pad id if it has one, else ``<unk>`` = 0 (docs/reference.md §2.1: value unknown, probably 0)."""
         pad = self._tok.pad_token_id
         if pad is not None:
             return int(pad)
@@ -256,7 +256,7 @@ class SeedStoryTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """Total vocabulary size including the added tokens (32066 for SEED-Story, spec §2.1)."""
+        """Total vocabulary size including the added tokens (32066 for SEED-Story, docs/reference.md §2.1)."""
         return len(self._tok)
 
     @property
@@ -276,18 +276,18 @@ class SeedStoryTokenizer:
 
     @property
     def num_img_tokens(self) -> int:
-        """IMG tokens per image (64, spec §2.1)."""
+        """IMG tokens per image (64, docs/reference.md §2.1)."""
         return self._image_ids.num_img_tokens
 
     # ------------------------------------------------------------------ encoding
 
     def image_token_string(self) -> str:
-        """The 66-token image string ``'<img><img_00000>...<img_00063></img>'`` (no spaces, spec §3.1)."""
+        """The 66-token image string ``'<img><img_00000>...<img_00063></img>'`` (no spaces, docs/reference.md §3.1)."""
         return self._image_run_string
 
     @staticmethod
     def instruction(text: str) -> str:
-        """``'[INST]' + text``: how every caption after the first is written (spec §5)."""
+        """``'[INST]' + text``: how every caption after the first is written (docs/reference.md §5)."""
         if not isinstance(text, str):
             raise TypeError(f"instruction: expected text to be a str, found {type(text).__name__}.")
         return INST + text
@@ -321,7 +321,7 @@ class SeedStoryTokenizer:
     def encode_prompt(self, prompt: str) -> List[int]:
         """Ids of a whole official prompt string, without BOS: ``encode(prompt, add_special_tokens=False)``.
 
-        The model input is ``[bos_id] + encode_prompt(prompt)`` (spec §3.1).
+        The model input is ``[bos_id] + encode_prompt(prompt)`` (docs/reference.md §3.1).
 
         Args:
             prompt (str): e.g. ``cap0 + image_token_string() + '[INST]' + cap1 + image_token_string()``.
@@ -347,7 +347,7 @@ class SeedStoryTokenizer:
         == p`` for any prompt built the official way (the official 4.34 decode put a space between special tokens;
         after :meth:`clean_text` both give the same text). With ``keep_image_tags=False`` (default) the official
         cleaning :meth:`clean_text` is applied: image tags and ``<s>``/``</s>`` are dropped, ``'[INST]'`` is kept
-        (spec §3.1).
+        (docs/reference.md §3.1).
 
         Args:
             ids (Iterable[int]): token ids (a list, tuple or 1-D tensor).
@@ -382,7 +382,7 @@ class SeedStoryTokenizer:
 
     @staticmethod
     def clean_text(text: str) -> str:
-        """The official cleaning (spec §3.1): ``re.sub(r'\\s*<[^>]*>\\s*', ' ', text).strip()``.
+        """The official cleaning (docs/reference.md §3.1): ``re.sub(r'\\s*<[^>]*>\\s*', ' ', text).strip()``.
 
         Removes image tags and ``</s>`` (any ``<...>``), NOT ``'[INST]'``.
 
@@ -505,7 +505,7 @@ class SeedStoryTokenizer:
         if got != want:
             raise TokenizerError(
                 "expected the legacy LLaMA chunking (text after an image tag tokenized like a fresh text, as in "
-                f"SEED-Story training, spec §5), found {self._tok.convert_ids_to_tokens(got[66:-66])} instead of "
+                f"SEED-Story training, docs/reference.md §5), found {self._tok.convert_ids_to_tokens(got[66:-66])} instead of "
                 f"{self._tok.convert_ids_to_tokens(want[66:-66])}. The image tokens are probably registered with "
                 "normalized=True; rebuild the folder from the base LLaMA tokenizer with SeedStoryTokenizer.from_folder."
             )

@@ -1,4 +1,4 @@
-"""The vocabulary of a story stream: the kind of each token and the ids of the image tokens (spec §2.1, §5).
+"""The vocabulary of a story stream: the kind of each token and the ids of the image tokens (docs/reference.md §2.1, §5).
 
 A SEED-Story stream is ``[BOS] caption_0 <img> IMG_0 .. IMG_{n-1} </img> [INST] caption_1 <img> ...``: every
 image is one *image segment* of ``n + 2`` tokens, BOI, the ``n`` IMG tokens (64 officially) and EOI.
@@ -21,7 +21,7 @@ __all__ = ["TokenKind", "ImageTokens", "image_segment_kinds"]
 
 
 class TokenKind(enum.IntEnum):
-    """The kind of every token of a story stream (spec §5 layout)."""
+    """The kind of every token of a story stream (docs/reference.md §5 layout)."""
 
     BOS = 0
     TEXT = 1
@@ -67,7 +67,7 @@ def image_segment_kinds(num_img_tokens: int, *, eoi: bool = True) -> List[TokenK
 
 @dataclass(frozen=True)
 class ImageTokens:
-    """Token ids of the image tokens (spec §2.1): BOI, EOI and the ``num_img_tokens`` IMG tokens in order.
+    """Token ids of the image tokens (docs/reference.md §2.1): BOI, EOI and the ``num_img_tokens`` IMG tokens in order.
 
     Get it from a tokenizer (:attr:`seedstory_core.tokenizer.SeedStoryTokenizer.image_ids`); with the LLaMA-2
     vocabulary the ids are BOI 32000, EOI 32001, IMG 32002..32065.
@@ -110,5 +110,5 @@ class ImageTokens:
     @property
     def forced_sequence(self) -> List[int]:
         """``[boi, img_0, ..., img_{n-1}, eoi]``: one image segment as it appears in a prompt (n + 2 ids, spec
-        §2.1); after BOI the official generation forces the rest of it (spec §2.6)."""
+        §2.1); after BOI the official generation forces the rest of it (docs/reference.md §2.6)."""
         return [self.boi, *self.img, self.eoi]

@@ -1,8 +1,8 @@
-"""Qwen-VL ViT-G/14 with attention pooling: SEED-Story's visual tokenizer (SEED_STORY_SPEC.md §1).
+"""Qwen-VL ViT-G/14 with attention pooling: SEED-Story's visual tokenizer (docs/reference.md §1).
 
 :class:`QwenVisualTokenizer` reproduces the official ``VisionTransformerWithAttnPool`` (``src/models/qwen_visual.py``,
 a verbatim copy of Qwen-VL's ``visual.py``). Parameter names equal the official state-dict keys, so the released
-``qwen_vit_G.pt`` (594 keys, no prefix, spec §1 "The weight file") loads with ``load_state_dict(strict=True)``
+``qwen_vit_G.pt`` (594 keys, no prefix, docs/reference.md §1 "The weight file") loads with ``load_state_dict(strict=True)``
 and no key map:
 
 * ``conv1.weight`` (no bias), ``positional_embedding`` (always 256 x width, a 16x16 grid), ``ln_pre.*``
@@ -36,12 +36,12 @@ __all__ = [
     "POSITIONAL_EMBEDDING_ROWS",
 ]
 
-#: The official ``positional_embedding`` always has 256 rows (a 16x16 grid), whatever the image size (spec §1 step 2).
+#: The official ``positional_embedding`` always has 256 rows (a 16x16 grid), whatever the image size (docs/reference.md §1 step 2).
 POSITIONAL_EMBEDDING_ROWS = 256
 
 
 class VisualAttention(nn.Module):
-    """Qwen-VL ``VisualAttention``: self-attention with a fused, per-head interleaved ``in_proj`` (spec §1 step 4).
+    """Qwen-VL ``VisualAttention``: self-attention with a fused, per-head interleaved ``in_proj`` (docs/reference.md §1 step 4).
 
     Args:
         width: model width D. heads: number of heads H; ``D % H == 0``, head dim hd = D // H.
@@ -77,7 +77,7 @@ class VisualAttention(nn.Module):
 
 
 class VisualMLP(nn.Module):
-    """``c_fc`` Linear(D -> M) -> exact (erf) GELU -> ``c_proj`` Linear(M -> D); M = int(D * mlp_ratio) (spec §1 step 4).
+    """``c_fc`` Linear(D -> M) -> exact (erf) GELU -> ``c_proj`` Linear(M -> D); M = int(D * mlp_ratio) (docs/reference.md §1 step 4).
 
     Forward: x (..., D) -> (..., D).
     """
@@ -93,7 +93,7 @@ class VisualMLP(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN block: x += attn(ln_1(x)); x += mlp(ln_2(x)) (spec §1 step 4). x: (B, T, D) -> (B, T, D)."""
+    """Pre-LN block: x += attn(ln_1(x)); x += mlp(ln_2(x)) (docs/reference.md §1 step 4). x: (B, T, D) -> (B, T, D)."""
 
     def __init__(self, width: int, heads: int, mlp_width: int, eps: float):
         super().__init__()
@@ -124,7 +124,7 @@ class VisualTransformer(nn.Module):
 
 
 class QwenVisualTokenizer(nn.Module):
-    """Qwen-VL ViT-G/14 + attention pooling, SEED-Story's image encoder (spec §1).
+    """Qwen-VL ViT-G/14 + attention pooling, SEED-Story's image encoder (docs/reference.md §1).
 
     Args:
         config: :class:`~seedstory_core.config.VisualTokenizerConfig` (official: 448 px, patch 14, width 1664,
@@ -136,7 +136,7 @@ class QwenVisualTokenizer(nn.Module):
         (as the official code does).
         Returns (B, n_queries, output_dim) in the parameter dtype.
 
-    Steps (spec §1): conv1 patchify (no bias) -> + positional_embedding (256 rows, bicubic-resized to grid x grid)
+    Steps (docs/reference.md §1): conv1 patchify (no bias) -> + positional_embedding (256 rows, bicubic-resized to grid x grid)
     -> ln_pre -> ``layers`` pre-LN blocks -> attn_pool (QwenResampler, grid sqrt(n_queries), output_dim // 128
     heads, kv_proj width -> output_dim) -> ln_post -> x @ proj.
 
@@ -194,7 +194,7 @@ class QwenVisualTokenizer(nn.Module):
         if c.output_dim % 4:
             problems.append(f"output_dim {c.output_dim} must be divisible by 4 (2-D sin-cos pos_embed)")
         if problems:
-            raise ValueError("Invalid VisualTokenizerConfig: " + "; ".join(problems) + " (spec §1).")
+            raise ValueError("Invalid VisualTokenizerConfig: " + "; ".join(problems) + " (docs/reference.md §1).")
 
     def _check_pixels(self, pixel_values: torch.Tensor) -> None:
         s = self.config.image_size
@@ -231,7 +231,7 @@ class QwenVisualTokenizer(nn.Module):
         return self.conv1.weight
 
     def forward_with_intermediates(self, pixel_values: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Forward pass that also returns the golden-fixture intermediates (spec §1 steps 1-6).
+        """Forward pass that also returns the golden-fixture intermediates (docs/reference.md §1 steps 1-6).
 
         Args:
             pixel_values: (B, 3, image_size, image_size) float, CLIP-normalised.
@@ -264,7 +264,7 @@ class QwenVisualTokenizer(nn.Module):
         }
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, image_size, image_size) CLIP-normalised float -> (B, n_queries, output_dim) (spec §1).
+        """(B, 3, image_size, image_size) CLIP-normalised float -> (B, n_queries, output_dim) (docs/reference.md §1).
 
         Raises ``ValueError`` for a wrong rank, channel count, spatial size or non-floating dtype.
         """
@@ -273,7 +273,7 @@ class QwenVisualTokenizer(nn.Module):
     # ------------------------------------------------------------------ conveniences
     @torch.no_grad()
     def encode_images(self, images, mode: str = "squash") -> torch.Tensor:
-        """Preprocess arbitrary images and encode them (spec §1 "Preprocessing").
+        """Preprocess arbitrary images and encode them (docs/reference.md §1 "Preprocessing").
 
         Args:
             images: anything :func:`seedstory_core.preprocess.to_pil_images` accepts (a ComfyUI IMAGE tensor
@@ -295,7 +295,7 @@ class QwenVisualTokenizer(nn.Module):
         return self(pixels.to(device=ref.device, dtype=ref.dtype))
 
     def reset_non_persistent(self) -> None:
-        """Recompute deterministic constants: the attn_pool's frozen 2-D sin-cos ``pos_embed`` (spec §1 step 5).
+        """Recompute deterministic constants: the attn_pool's frozen 2-D sin-cos ``pos_embed`` (docs/reference.md §1 step 5).
 
         Call after building on the ``meta`` device and ``to_empty()`` when the checkpoint does not carry
         ``attn_pool.pos_embed`` (the official file does; loading it afterwards overrides this value anyway).
@@ -329,7 +329,7 @@ GOLDEN_OUTPUT_NAMES = (
 def config_from_constructor_kwargs(kwargs: Mapping, layernorm_eps: Optional[float] = None) -> VisualTokenizerConfig:
     """Map official ``VisionTransformerWithAttnPool`` constructor arguments onto a :class:`VisualTokenizerConfig`.
 
-    Keys that are not config fields (e.g. the stray ``image_start_id"`` of the official YAML, spec §1) are ignored.
+    Keys that are not config fields (e.g. the stray ``image_start_id"`` of the official YAML, docs/reference.md §1) are ignored.
     ``layernorm_eps`` (when given and not in ``kwargs``) sets the LayerNorm eps; otherwise the config default 1e-6.
     Raises ``ValueError`` when ``kwargs`` is not a mapping.
     """
@@ -343,7 +343,7 @@ def config_from_constructor_kwargs(kwargs: Mapping, layernorm_eps: Optional[floa
 
 
 def golden_vit(meta: dict, state_dict: Dict[str, torch.Tensor], inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Run a ``vit`` golden fixture through :class:`QwenVisualTokenizer` (golden/README.md, spec §1).
+    """Run a ``vit`` golden fixture through :class:`QwenVisualTokenizer` (docs/reference.md §10, §1).
 
     Args:
         meta: the fixture JSON; ``meta['constructor_kwargs']`` gives the sizes (non-config keys ignored) and

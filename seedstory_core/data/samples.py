@@ -1,4 +1,4 @@
-"""SEED-Story training samples: random-length story prefixes (spec §5 "Building one sample") + stage-3 extras.
+"""SEED-Story training samples: random-length story prefixes (docs/reference.md §5 "Building one sample") + stage-3 extras.
 
 One sample of a story with n frames (captions ``c_0..c_{n-1}``), for a drawn ``k = rng.randint(0, n - 2)``::
 
@@ -16,7 +16,7 @@ DROPPED (``build`` returns None), never truncated. :func:`collate` right-pads (p
 and stacks the token tensors; per-image tensors (ViT pixels / features) and the per-image embed masks are
 concatenated across samples in sample order, exactly like the official ``single_turn_edit_collate``.
 
-Stage 3 (spec §5 "Stage 3 extras"): :func:`sd_target` gives the de-tokenizer target ``sd_images`` (bicubic
+Stage 3 (docs/reference.md §5 "Stage 3 extras"): :func:`sd_target` gives the de-tokenizer target ``sd_images`` (bicubic
 short-side resize to S, centre crop S x S, mapped to [-1, 1]) and the SD-XL ``time_ids``
 ``[H, W, crop_top, crop_left, S, S]`` with the ORIGINAL frame size H x W.
 
@@ -57,7 +57,7 @@ INST = "[INST]"
 
 
 def draw_k(n_images: int, rng: random.Random) -> int:
-    """Number of GIVEN images minus one: ``rng.randint(0, n - 2)`` (official ``num_image_given``, spec §5).
+    """Number of GIVEN images minus one: ``rng.randint(0, n - 2)`` (official ``num_image_given``, docs/reference.md §5).
 
     The sample keeps images ``0..k+1`` (2..n images); image ``k+1`` is the target. Raises ValueError for n < 2.
     """
@@ -85,7 +85,7 @@ class StorySample:
 
 
 class StorySampleBuilder:
-    """Build SEED-Story instruction-tuning samples (spec §5) with any tokenizer that offers the
+    """Build SEED-Story instruction-tuning samples (docs/reference.md §5) with any tokenizer that offers the
     :class:`~seedstory_core.tokenizer.SeedStoryTokenizer` surface used here: ``encode_prompt(str) -> list[int]``
     (no BOS), ``image_token_string()``, ``image_ids`` (``.boi``, ``.eoi``, ``.img``), ``bos_id``, ``eos_id``,
     ``pad_id``.
@@ -93,7 +93,7 @@ class StorySampleBuilder:
     Args:
         tokenizer: the tokenizer (see above).
         max_length: samples with ``len(input_ids) >= max_length`` are dropped (official 1280).
-        text_loss: ``last`` (official, spec §5: the loss falls on the response only — ``[INST]``, the last
+        text_loss: ``last`` (official, docs/reference.md §5: the loss falls on the response only — ``[INST]``, the last
             caption, its BOI and EOS) or ``all`` (this project's option for models trained from scratch: every
             ``[INST]`` + caption after the first image and each following BOI are labelled too, as multi-turn chat
             training does; image and EOI tokens stay -100). ``all`` gives ~k+1 times the text signal per sample.
@@ -117,7 +117,7 @@ class StorySampleBuilder:
         return int(self.tokenizer.pad_id)
 
     def texts(self, captions: Sequence[str], k: int) -> Tuple[str, str]:
-        """The official (instruction, response) strings for a given k (no spaces or newlines, spec §5)."""
+        """The official (instruction, response) strings for a given k (no spaces or newlines, docs/reference.md §5)."""
         img = self._image_string
         instruction = captions[0] + img + "".join(INST + captions[i] + img for i in range(1, k + 1))
         response = INST + captions[k + 1] + img
@@ -271,7 +271,7 @@ def sd_time_ids(height: int, width: int, size: int, *, official_crop_swap: bool 
 
 
 def sd_target(image, size: int, *, official_crop_swap: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The stage-3 de-tokenizer target of one frame (spec §5 "Stage 3 extras").
+    """The stage-3 de-tokenizer target of one frame (docs/reference.md §5 "Stage 3 extras").
 
     Args:
         image: a PIL image (converted to RGB).

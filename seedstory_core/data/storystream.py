@@ -1,4 +1,4 @@
-"""StoryStream jsonl reading and the official 10-frame chunker (SEED_STORY_SPEC §5).
+"""StoryStream jsonl reading and the official 10-frame chunker (docs/reference.md §5).
 
 A StoryStream line is a JSON object ``{"id", "images": [relative paths], "captions": [texts], "orders"}``; the
 images live under an ``image_dir`` (``data/image/george_full`` in the official configs). Records returned here
@@ -73,7 +73,7 @@ def parse_line(line: str, where: str = "<line>") -> Optional[Dict[str, Any]]:
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as exc:
-        try:  # build_story.py writes Python repr lines (spec §5)
+        try:  # build_story.py writes Python repr lines (docs/reference.md §5)
             rec = ast.literal_eval(text)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             raise StoryStreamError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
@@ -170,7 +170,7 @@ def load_image(path: Union[PathLike, Image.Image]) -> Image.Image:
 def chunk_stories(
     records: Iterable[Dict[str, Any]], chunk_len: int = 10, keep: Sequence[str] = ()
 ) -> List[Dict[str, Any]]:
-    """The official chunker (``chunk_data.py``, spec §5).
+    """The official chunker (``chunk_data.py``, docs/reference.md §5).
 
     Every story is cut into consecutive chunks of ``chunk_len`` frames; an incomplete trailing chunk is dropped
     (30 frames -> 3 chunks of 10; 25 frames -> 2 chunks). Each chunk is ``{"id": <index of the source story in

@@ -38,7 +38,7 @@ export const CHROMIUM_FLAGS = [
   '--disable-quic',
 ];
 
-// Settings that a first start would otherwise ask about (COMFYUI_NOTES §9).
+// Settings that a first start would otherwise ask about.
 export const SETTINGS = {
   'Comfy.TutorialCompleted': true,            // no template browser popping up on first load
   'Comfy.Workflow.ShowMissingModelsWarning': false, // the official workflows name files the test server lacks

@@ -1,6 +1,6 @@
 """SeedStoryAgent: golden forward parity with the official ContinuousLVLM, and the forward's contracts.
 
-Golden facts: golden/README.md ("agent forward", "Key naming", "Tolerances"); spec §2.2, §2.5, §8.9.
+Golden facts: docs/reference.md §10 ("agent forward", "Key naming", "Tolerances"); docs/reference.md §2.2, §2.5, §8.9.
 """
 
 import json
@@ -244,7 +244,7 @@ def test_embed_inputs_places_features_and_checks_counts():
 
 
 def test_forward_matches_manual_computation():
-    """Independent recomputation of spec §2.5 on a random small agent (CE over labels, cos loss at gen positions)."""
+    """Independent recomputation of docs/reference.md §2.5 on a random small agent (CE over labels, cos loss at gen positions)."""
     cfg = small_config()
     agent = randomize(SeedStoryAgent.build(cfg), seed=3).eval()
     b = make_batch(cfg, seed=1)

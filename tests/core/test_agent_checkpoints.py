@@ -1,4 +1,4 @@
-"""Agent checkpoints: official key compatibility (spec §2.4, golden README "Key naming"), trainable-only files +
+"""Agent checkpoints: official key compatibility (docs/reference.md §2.4, docs/reference.md §10 "Key naming"), trainable-only files +
 base Llama folder, safe loading, the convert CLI, and peak-RAM of meta construction."""
 
 import json

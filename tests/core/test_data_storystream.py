@@ -1,4 +1,4 @@
-"""StoryStream jsonl reader and the official chunker (SEED_STORY_SPEC §5)."""
+"""StoryStream jsonl reader and the official chunker (docs/reference.md §5)."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""ResamplerXLV2 (spec §4.1): golden parity with the official class, the token-axis normalisation quirk, key names."""
+"""ResamplerXLV2 (docs/reference.md §4.1): golden parity with the official class, the token-axis normalisation quirk, key names."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""SeedStoryDetokenizer (spec §4.2): official layout on meta, tiny end-to-end generation, loading and its errors."""
+"""SeedStoryDetokenizer (docs/reference.md §4.2): official layout on meta, tiny end-to-end generation, loading and its errors."""
 
 import json
 
@@ -40,7 +40,7 @@ def test_official_trainable_set_is_manifest_resampler_plus_kv(official_meta, ref
     assert set(trainable) == set(kv) | set(res)
     assert {k: list(v.shape) for k, v in trainable.items()} == {**{k: list(v) for k, v in kv.items()},
                                                                 **{k: list(v) for k, v in res.items()}}
-    assert sum(p.numel() for p in trainable.values()) == 606_832_896  # spec §4.2: 61,245,696 + 545,587,200
+    assert sum(p.numel() for p in trainable.values()) == 606_832_896  # docs/reference.md §4.2: 61,245,696 + 545,587,200
 
 
 def test_official_unet_and_vae_configs(official_meta):

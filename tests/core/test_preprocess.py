@@ -1,4 +1,4 @@
-"""seedstory_core.preprocess (spec §1 "Preprocessing", §4.2): input kinds, official transforms, errors."""
+"""seedstory_core.preprocess (docs/reference.md §1 "Preprocessing", §4.2): input kinds, official transforms, errors."""
 
 import subprocess
 import sys

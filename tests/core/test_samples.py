@@ -1,4 +1,4 @@
-"""Training sample builder (spec §5): golden parity with the official decode_long_story_data + collate,
+"""Training sample builder (docs/reference.md §5): golden parity with the official decode_long_story_data + collate,
 dropping of over-long samples, right padding, collate shapes, and the stage-3 time_ids crop-offset fix."""
 
 import json

@@ -1,4 +1,4 @@
-"""Tests of seedstory_core.tokenizer: the LLaMA-2 tokenizer + 66 image tokens (spec §2.1, §3.1, §5).
+"""Tests of seedstory_core.tokenizer: the LLaMA-2 tokenizer + 66 image tokens (docs/reference.md §2.1, §3.1, §5).
 
 Tests marked "real" need the LLaMA-2 tokenizer: $SEEDSTORY_LLAMA2_TOKENIZER or <repo>/.cache/llama2_tokenizer,
 written by scripts/fetch_llama2_tokenizer.sh. They skip (with that hint) when it is absent -- except under
@@ -56,7 +56,7 @@ def tiny() -> SeedStoryTokenizer:
 
 
 def story_prompt(tok, captions):
-    """caption0 + IMG + '[INST]' + caption1 + IMG + ... (spec §3.1 / §5), ending with the last caption."""
+    """caption0 + IMG + '[INST]' + caption1 + IMG + ... (docs/reference.md §3.1 / §5), ending with the last caption."""
     img = tok.image_token_string()
     return img.join([captions[0]] + [tok.instruction(c) for c in captions[1:]])
 
@@ -123,7 +123,7 @@ def test_real_base_and_image_ids(llama2):
     assert (ids.boi, ids.eoi) == (32000, 32001)
     assert ids.img == tuple(range(32002, 32066))
     assert llama2.num_img_tokens == 64
-    # The official look-up: encode(tok, add_special_tokens=False)[0] (spec §2.1).
+    # The official look-up: encode(tok, add_special_tokens=False)[0] (docs/reference.md §2.1).
     assert llama2.encode_prompt("<img>") == [32000]
     assert llama2.encode_prompt("</img>") == [32001]
     assert llama2.encode_prompt("<img_00063>") == [32065]
@@ -183,7 +183,7 @@ def test_real_chunk_independence_with_trailing_image(llama2):
 
 
 def test_real_window_cut_matches_training_layout(llama2):
-    # gen_george.py's window (spec §3.1 step 5): cut after the first '</img>' plus len('[INST]') characters.
+    # gen_george.py's window (docs/reference.md §3.1 step 5): cut after the first '</img>' plus len('[INST]') characters.
     prompt = story_prompt(llama2, CAPTIONS[:3]) + llama2.image_token_string()
     cut = prompt[prompt.index("</img>") + len("</img>") + len("[INST]") :]
     assert cut.startswith(CAPTIONS[1])

@@ -1,4 +1,4 @@
-"""QwenVisualTokenizer (spec §1): golden parity, official state-dict layout, per-head QKV, input checks."""
+"""QwenVisualTokenizer (docs/reference.md §1): golden parity, official state-dict layout, per-head QKV, input checks."""
 
 import copy
 import json
@@ -64,7 +64,7 @@ def test_golden_parity_all_outputs(vit_fixture):
 def test_golden_vit_ignores_stray_constructor_keys(vit_fixture):
     meta, sd, inputs, expected = vit_fixture
     meta = copy.deepcopy(meta)
-    meta["constructor_kwargs"]['image_start_id"'] = 151857  # the official YAML's stray key (spec §1)
+    meta["constructor_kwargs"]['image_start_id"'] = 151857  # the official YAML's stray key (docs/reference.md §1)
     meta.pop("derived", None)  # eps falls back to the config default 1e-6
     out = golden_vit(meta, sd, inputs)
     assert torch.allclose(out["features"], expected["features"], rtol=RTOL, atol=ATOL)
@@ -79,7 +79,7 @@ def test_golden_vit_strict_load_rejects_missing_keys(vit_fixture):
 
 
 def test_golden_pixel_values_match_preprocess_normalisation(vit_fixture):
-    # pixel_values_01 normalised with the CLIP constants reproduces pixel_values (spec §1 "Preprocessing").
+    # pixel_values_01 normalised with the CLIP constants reproduces pixel_values (docs/reference.md §1 "Preprocessing").
     from seedstory_core.preprocess import CLIP_MEAN, CLIP_STD
 
     _, _, inputs, _ = vit_fixture
@@ -99,8 +99,8 @@ def test_meta_official_state_dict_matches_manifest(reference):
     wrong = {k: (list(sd[k].shape), manifest[k]) for k in manifest if list(sd[k].shape) != manifest[k]}
     assert not wrong
     assert all(t.device.type == "meta" for t in sd.values())
-    assert sum(t.numel() for t in sd.values()) == 1_935_610_624  # spec §1
-    # a full-size forward pass on meta gives (B, 256, 4096) (spec §1 step 7)
+    assert sum(t.numel() for t in sd.values()) == 1_935_610_624  # docs/reference.md §1
+    # a full-size forward pass on meta gives (B, 256, 4096) (docs/reference.md §1 step 7)
     out = model(torch.empty(2, 3, 448, 448, device="meta"))
     assert out.shape == (2, 256, 4096)
 

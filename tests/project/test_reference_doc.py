@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = REPO_ROOT / "docs" / "reference.md"
 
 #: Suffixes of the files whose citations are checked.
@@ -127,15 +127,15 @@ def test_every_reference_citation_names_an_existing_section():
 
 
 # (b) -------------------------------------------------------------------------------------------------------------
-# No tracked file may cite the old specification, which is not part of the repository. This part fails until
-# scripts/rewrite_citations.py has been run over the tree (re-run it after merging branches that move code).
+# No tracked file may cite the old specification, which is not part of the repository (every citation was rewritten
+# to point into docs/reference.md).
 OLD_CITATION = re.compile(r"(?<![\w/.-])spec §|SEED_STORY_SPEC")
-#: Files that name the old forms on purpose: this test and the rewrite script.
-OLD_CITATION_ALLOWED = {"tests/test_reference_doc.py", "scripts/rewrite_citations.py"}
+#: Files that name the old forms on purpose: this test.
+OLD_CITATION_ALLOWED = {"tests/project/test_reference_doc.py"}
 
 
 def test_no_file_cites_the_out_of_repository_spec():
-    """(b) "spec §N" and "SEED_STORY_SPEC" are gone: run ``python scripts/rewrite_citations.py`` if this fails."""
+    """(b) "spec §N" and "SEED_STORY_SPEC" are gone: cite ``docs/reference.md §N`` instead."""
     left = []
     for path in _tracked_text_files():
         rel = path.relative_to(REPO_ROOT).as_posix()
@@ -144,24 +144,4 @@ def test_no_file_cites_the_out_of_repository_spec():
         for lineno, line in enumerate(_read(path).splitlines(), 1):
             if OLD_CITATION.search(line):
                 left.append(f"{rel}:{lineno}: {line.strip()[:120]}")
-    assert not left, "old specification citations left (run python scripts/rewrite_citations.py):\n" + "\n".join(left)
-
-
-@pytest.mark.skipif(not (REPO_ROOT / "scripts" / "rewrite_citations.py").is_file(),
-                    reason="scripts/rewrite_citations.py has been retired")
-def test_rewrite_rules_map_every_old_form_and_are_idempotent():
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    try:
-        import rewrite_citations
-    finally:
-        sys.path.remove(str(REPO_ROOT / "scripts"))
-    old = ('(spec §5) spec §2.1/§2.6 SEED_STORY_SPEC.md §1 "Preprocessing" SEED_STORY_SPEC §5 '
-           '(SEED_STORY_SPEC.md, "Construction") (golden/README.md "Dimension chaining", spec §0) '
-           '(SEED_STORY_SPEC.md §3.2; golden/README.md "Sink policy note") find_spec §x')
-    new, n = rewrite_citations.rewrite_text(old)
-    assert new == ('(docs/reference.md §5) docs/reference.md §2.1/§2.6 docs/reference.md §1 "Preprocessing" '
-                   'docs/reference.md §5 (docs/reference.md §0 "Construction") '
-                   '(docs/reference.md §0 "Dimension chaining") (docs/reference.md §3.2 "Sink policy note") '
-                   'find_spec §x')
-    assert n == 7
-    assert rewrite_citations.rewrite_text(new) == (new, 0)
+    assert not left, "citations of the old, out-of-repository specification (cite docs/reference.md §N):\n" + "\n".join(left)
