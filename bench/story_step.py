@@ -7,7 +7,7 @@ Models: the ``tiny`` preset with random weights (``seedstory_core.tiny.random_ti
 
 * ``official`` — the official ``gen_george.py`` loop: the window prompt re-encoded from scratch every step, the image
   tokens forced one decode step at a time (``ReencodePolicy``), rendered with the official
-  solver and step count (SD-XL Euler, 50 steps, guidance 7.5; SEED_STORY_SPEC §3.1/§4.2);
+  solver and step count (SD-XL Euler, 50 steps, guidance 7.5; docs/reference.md §3.1/§4.2);
 * ``ours`` — the cached engine with the pack's default settings (``StorySettings()``: bounded multimodal sink, one-pass
   image queries), rendered with the official solver, and again with a faster one (DPM-Solver++ 2M multistep,
   ``--fast-steps``).

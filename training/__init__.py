@@ -1,4 +1,4 @@
-"""SEED-Story training (spec §6) on HuggingFace accelerate.
+"""SEED-Story training (docs/reference.md §6) on HuggingFace accelerate.
 
 Stages (each a module runnable with ``python -m`` or ``accelerate launch -m``, and a Python function):
 

@@ -1,4 +1,4 @@
-"""Shared machinery of the SEED-Story training stages (spec §6 "Common setup"), built on HuggingFace accelerate.
+"""Shared machinery of the SEED-Story training stages (docs/reference.md §6 "Common setup"), built on HuggingFace accelerate.
 
 One loop (:func:`run_training`) drives every stage; a stage is a :class:`StageTask` that builds its models, draws
 micro-batches and computes the loss. The loop provides:
@@ -69,7 +69,7 @@ STATE_FILE = "trainer_state.json"
 
 # ---------------------------------------------------------------------------------------------- schedule
 def cosine_with_floor(step: int, warmup: int, total: int, min_lr_ratio: float) -> float:
-    """LR multiplier of the official schedule (spec §6): linear warmup ``step / warmup``, then
+    """LR multiplier of the official schedule (docs/reference.md §6): linear warmup ``step / warmup``, then
     ``0.5 * ((1 + m) + (1 - m) * cos(pi * progress))`` with ``progress = (step - warmup) / (total - warmup)``
     (clamped to [0, 1]) and ``m = min_lr_ratio``: it decays from 1 to the floor ``m`` (never to 0)."""
     if step < warmup:
@@ -85,7 +85,7 @@ def make_lr_lambda(warmup: int, total: int, min_lr_ratio: float) -> Callable[[in
 
 # ---------------------------------------------------------------------------------------------- arguments
 def base_parser(prog: str, description: str, defaults: Mapping[str, Any]) -> argparse.ArgumentParser:
-    """The arguments every stage shares; ``defaults`` gives the stage's official values (spec §6)."""
+    """The arguments every stage shares; ``defaults`` gives the stage's official values (docs/reference.md §6)."""
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data / model / output")

@@ -51,7 +51,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "seedstory-tiny"
-TRAIN_LENGTH = 10  # frames per training story (10-frame chunks, spec §5)
+TRAIN_LENGTH = 10  # frames per training story (10-frame chunks, docs/reference.md §5)
 POLICIES = ("dense", "window", "sink", "multimodal_sink")
 BASELINES = ("copy_first", "retrieval", "ground_truth")
 #: the tiny recipe's training data: StoryStream-mini seed 0, 400 stories (the retrieval baseline's pool)
@@ -85,7 +85,7 @@ def load_judge():
     return _load()
 
 
-#: classifier-free guidance of every rendered frame. The official default is 7.5 (spec §4.2); for the tiny model 3.0
+#: classifier-free guidance of every rendered frame. The official default is 7.5 (docs/reference.md §4.2); for the tiny model 3.0
 #: renders the agent's regressed features better (measured on the earlier, stage-2-only tiny agent: held-out
 #: coherence 0.468 at 3.0 vs 0.392 at 7.5), although 7.5 is better on ground-truth ViT features: guidance amplifies
 #: the regression's errors too.

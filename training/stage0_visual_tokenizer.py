@@ -1,6 +1,6 @@
 """Stage 0 (models built from scratch): pretrain the visual tokenizer CLIP-style, then it stays frozen.
 
-SEED-Story's visual tokenizer is Qwen-VL's pretrained ViT-G, frozen in every stage (spec §1, §6). A tiny bundle
+SEED-Story's visual tokenizer is Qwen-VL's pretrained ViT-G, frozen in every stage (docs/reference.md §1, §6). A tiny bundle
 built from scratch (``seedstory_core.tiny.random_tiny_bundle``) has a RANDOM ViT instead, whose features hardly separate the
 characters (cosine ~0.99 between consecutive frames with a different cast), so neither the stage-2 regression nor
 the de-tokenizer can learn who is who. This stage gives the tiny ViT what pretraining gives the real one: it trains

@@ -1,4 +1,4 @@
-"""Stage 1: de-tokenizer pretraining -- ViT features -> ResamplerXLV2 -> SD-XL UNet, epsilon-MSE (spec §4.2, §6).
+"""Stage 1: de-tokenizer pretraining -- ViT features -> ResamplerXLV2 -> SD-XL UNet, epsilon-MSE (docs/reference.md §4.2, §6).
 
 The official stage 1 is not in the SEED-Story repository (it comes from SEED-X, recipe UNKNOWN); from the
 checkpoint sizes it trains the same ``SDXLAdapter`` subset as stage 3. Per micro-batch:
@@ -219,7 +219,7 @@ class DetokenizerTask(StageTask):
     def drop_condition(self, features: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """(B, T, D) features (this rank's slice) with each sample replaced, with probability ``--cond-dropout``, by
         the unconditional features (B-broadcast (1, T, D) ViT features of the all-zero image, as at inference,
-        spec §4.2). The coin flips are drawn for the global micro-batch and sliced."""
+        docs/reference.md §4.2). The coin flips are drawn for the global micro-batch and sliced."""
         p = float(self.args.cond_dropout)
         if p <= 0.0:
             return features

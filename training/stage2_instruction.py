@@ -1,4 +1,4 @@
-"""Stage 2: story instruction tuning of the MLLM agent (spec §2.5, §5, §6 "Stage 2 SFT").
+"""Stage 2: story instruction tuning of the MLLM agent (docs/reference.md §2.5, §5, §6 "Stage 2 SFT").
 
 Per micro-batch: ``--batch-size`` random-length story prefixes from the sample builder
 (:mod:`seedstory_core.data.samples`: k = randint(0, n-2), loss on the last caption + target BOI + EOS and the
@@ -52,7 +52,7 @@ MAX_TRIES = 50
 
 
 def is_official_trainable(name: str) -> bool:
-    """The official stage-2 trainable set (spec §6), by our agent parameter name."""
+    """The official stage-2 trainable set (docs/reference.md §6), by our agent parameter name."""
     if "original_module" in name:
         return False  # peft keeps an unused copy of each wrapped norm (official: requires_grad but no gradient)
     if name.endswith("pos_embed"):
@@ -119,7 +119,7 @@ class AgentTrainModule(nn.Module):
 
 
 class StoryBatches:
-    """Random story-prefix batches (spec §5) with cached frozen ViT features; shared by stages 2 and 3."""
+    """Random story-prefix batches (docs/reference.md §5) with cached frozen ViT features; shared by stages 2 and 3."""
 
     def __init__(self, args, tokenizer, vit, vit_mode: str):
         from seedstory_core.data.samples import StorySampleBuilder

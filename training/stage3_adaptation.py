@@ -1,4 +1,4 @@
-"""Stage 3: de-tokenizer adaptation to the agent's regressed features (spec §5 "Stage 3 extras", §6).
+"""Stage 3: de-tokenizer adaptation to the agent's regressed features (docs/reference.md §5 "Stage 3 extras", §6).
 
 Per micro-batch: ``--batch-size`` random-length story prefixes (the stage-2 sample builder), frozen ViT
 features of every kept frame with the KEEP-RATIO transform (official ``qwen_448_transform_keep_ratio``), the

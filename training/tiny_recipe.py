@@ -5,7 +5,7 @@
 Steps (each a normal training entry point, resumable; ``--scale`` multiplies every step count for smoke runs):
 
 0. data   — StoryStream-mini, ``--stories`` stories of 30 frames (seed ``--data-seed``), chunked into 10-frame
-            stories as the official data (spec §5).
+            stories as the official data (docs/reference.md §5).
 1. init   — a tokenizer trained on the data's captions (+ the 66 image tokens) and a seeded random tiny model.
 1b. stage0 — the visual tokenizer is pretrained CLIP-style on the training frames and their attribute descriptions
             (``training.stage0_visual_tokenizer``); every later stage keeps it frozen, as the paper keeps its
