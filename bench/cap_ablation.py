@@ -26,8 +26,25 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = ("mode", "policy", "segment", "stories", "agreement", "agreement_ci_low", "agreement_ci_high", "diff_vs_uncapped",
-           "ci_low", "ci_high", "ci_level", "pixel_l1", "seed", "judge_sha256", "window_images", "model_agent_sha256", "command")
+COLUMNS = (
+    "mode",
+    "policy",
+    "segment",
+    "stories",
+    "agreement",
+    "agreement_ci_low",
+    "agreement_ci_high",
+    "diff_vs_uncapped",
+    "ci_low",
+    "ci_high",
+    "ci_level",
+    "pixel_l1",
+    "seed",
+    "judge_sha256",
+    "window_images",
+    "model_agent_sha256",
+    "command",
+)
 
 
 def bootstrap_interval(diffs: Sequence[float], *, resamples: int = 10_000, seed: int = 0, level: float = 0.95):
@@ -41,8 +58,17 @@ def bootstrap_interval(diffs: Sequence[float], *, resamples: int = 10_000, seed:
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
-def table_rows(result: Dict, mode: str, baseline: str = "multimodal_sink", *, seed=None, judge_sha256=None,
-               window_images=None, model_agent_sha256=None, command=None) -> List[dict]:
+def table_rows(
+    result: Dict,
+    mode: str,
+    baseline: str = "multimodal_sink",
+    *,
+    seed=None,
+    judge_sha256=None,
+    window_images=None,
+    model_agent_sha256=None,
+    command=None,
+) -> List[dict]:
     """CSV rows from ``long_story_ablation(..., per_story_agreement=True)`` output."""
     rows = []
     for policy, segs in result.items():
@@ -52,10 +78,27 @@ def table_rows(result: Dict, mode: str, baseline: str = "multimodal_sink", *, se
             diffs = [a - b for a, b in zip(per, base)]
             lo, hi = bootstrap_interval(diffs)
             a_lo, a_hi = bootstrap_interval(per)
-            rows.append(dict(mode=mode, policy=policy, segment=seg, stories=len(per), agreement=round(m["attribute_agreement"], 4),
-                             agreement_ci_low=round(a_lo, 4), agreement_ci_high=round(a_hi, 4), diff_vs_uncapped=round(float(np.mean(diffs)), 4), ci_low=round(lo, 4), ci_high=round(hi, 4), ci_level=0.95,
-                             pixel_l1=round(m["pixel_l1"], 4), seed=seed, judge_sha256=judge_sha256,
-                             window_images=window_images, model_agent_sha256=model_agent_sha256, command=command))
+            rows.append(
+                dict(
+                    mode=mode,
+                    policy=policy,
+                    segment=seg,
+                    stories=len(per),
+                    agreement=round(m["attribute_agreement"], 4),
+                    agreement_ci_low=round(a_lo, 4),
+                    agreement_ci_high=round(a_hi, 4),
+                    diff_vs_uncapped=round(float(np.mean(diffs)), 4),
+                    ci_low=round(lo, 4),
+                    ci_high=round(hi, 4),
+                    ci_level=0.95,
+                    pixel_l1=round(m["pixel_l1"], 4),
+                    seed=seed,
+                    judge_sha256=judge_sha256,
+                    window_images=window_images,
+                    model_agent_sha256=model_agent_sha256,
+                    command=command,
+                )
+            )
     return rows
 
 
@@ -72,8 +115,13 @@ def agent_sha256(model_dir=None) -> str:
 
 def command_line(args) -> str:
     """The command that reproduces a run (the output folder left out)."""
-    parts = ["python -m bench.cap_ablation", f"--caps {args.caps or chr(39) * 2}", f"--stories {args.stories}",
-             f"--seed {args.seed}", f"--modes {args.modes}"]
+    parts = [
+        "python -m bench.cap_ablation",
+        f"--caps {args.caps or chr(39) * 2}",
+        f"--stories {args.stories}",
+        f"--seed {args.seed}",
+        f"--modes {args.modes}",
+    ]
     if getattr(args, "policies", ""):
         parts.append(f"--policies {args.policies}")
     if getattr(args, "window_images", None) is not None:
@@ -88,8 +136,12 @@ def command_line(args) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.cap_ablation", description=__doc__.split("\n")[0])
     ap.add_argument("--caps", default="2,8", help="comma list of sink-image caps K")
-    ap.add_argument("--policies", default="", help="extra policies to compare with the uncapped sink, e.g. "
-                    "dense,window,sink (the paper's long-story ablation)")
+    ap.add_argument(
+        "--policies",
+        default="",
+        help="extra policies to compare with the uncapped sink, e.g. "
+        "dense,window,sink (the paper's long-story ablation)",
+    )
     ap.add_argument("--window-images", type=int, default=None, help="window W in images (default: the training length)")
     ap.add_argument("--csv-name", default="cap_ablation.csv", help="output file name (the JSON gets the same stem)")
     ap.add_argument("--stories", type=int, default=10)
@@ -119,14 +171,30 @@ def main(argv=None) -> int:
         result = {}
         for policy in policies:  # one policy at a time, saved as it completes (long runs on a shared CPU)
             extra = {} if args.window_images is None else {"window_images": args.window_images}
-            result.update(long_story_ablation(bundle=bundle, judge=probe, policies=(policy,), stories=args.stories, **extra,
-                                              seed=args.seed, teacher_forced=(mode == "teacher_forced"),
-                                              per_story_agreement=True))
+            result.update(
+                long_story_ablation(
+                    bundle=bundle,
+                    judge=probe,
+                    policies=(policy,),
+                    stories=args.stories,
+                    **extra,
+                    seed=args.seed,
+                    teacher_forced=(mode == "teacher_forced"),
+                    per_story_agreement=True,
+                )
+            )
             raw[mode] = result
             partial.write_text(json.dumps(raw))
             print(f"{mode} {policy} done ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-        rows += table_rows(result, mode, seed=args.seed, judge_sha256=getattr(probe, "sha256", None),
-                           window_images=window, model_agent_sha256=agent_sha256(args.model), command=command_line(args))
+        rows += table_rows(
+            result,
+            mode,
+            seed=args.seed,
+            judge_sha256=getattr(probe, "sha256", None),
+            window_images=window,
+            model_agent_sha256=agent_sha256(args.model),
+            command=command_line(args),
+        )
     with open(out / args.csv_name, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS))
         w.writeheader()

@@ -58,25 +58,32 @@ def _get_kv(summary: List[Dict[str, str]], policy: str, frames: int) -> str:
 
 def _ablation_intro(rows: List[Dict[str, str]], extra: str) -> List[str]:
     judge = rows[0].get("judge_sha256") or ""
-    return [f"Written by `{rows[0].get('command') or 'python -m bench.cap_ablation'}` (held-out seed "
-            f"{rows[0].get('seed', '')}): the tiny model with agent weights sha256 "
-            f"`{(rows[0].get('model_agent_sha256') or '')[:16]}…` visualizes held-out stories (ground-truth captions) "
-            "for 3x the training length, teacher-forced (the true frames' features in the context) and free-running "
-            "(its own regressed features); the evaluation's fixed judge (`training/judge`, sha256 "
-            f"`{judge[:16]}…`) scores every frame against the true attributes (`agreement`, with a "
-            f"{_f(rows[0]['ci_level'], 0, 100)}% percentile bootstrap interval over stories). Window "
-            f"{rows[0].get('window_images') or '—'} images (the training length). `Δ vs uncapped` is paired per story "
-            "against the paper's uncapped multimodal sink, with its interval. " + extra + "\n"]
+    return [
+        f"Written by `{rows[0].get('command') or 'python -m bench.cap_ablation'}` (held-out seed "
+        f"{rows[0].get('seed', '')}): the tiny model with agent weights sha256 "
+        f"`{(rows[0].get('model_agent_sha256') or '')[:16]}…` visualizes held-out stories (ground-truth captions) "
+        "for 3x the training length, teacher-forced (the true frames' features in the context) and free-running "
+        "(its own regressed features); the evaluation's fixed judge (`training/judge`, sha256 "
+        f"`{judge[:16]}…`) scores every frame against the true attributes (`agreement`, with a "
+        f"{_f(rows[0]['ci_level'], 0, 100)}% percentile bootstrap interval over stories). Window "
+        f"{rows[0].get('window_images') or '—'} images (the training length). `Δ vs uncapped` is paired per story "
+        "against the paper's uncapped multimodal sink, with its interval. " + extra + "\n"
+    ]
 
 
 def _ablation_table(rows: List[Dict[str, str]]) -> List[str]:
-    L = ["| mode | policy | segment | stories | agreement | interval | Δ vs uncapped | interval | pixel L1 |",
-         "|---|---|---|---:|---:|---|---:|---|---:|"]
+    L = [
+        "| mode | policy | segment | stories | agreement | interval | Δ vs uncapped | interval | pixel L1 |",
+        "|---|---|---|---:|---:|---|---:|---|---:|",
+    ]
     for r in rows:
-        interval = (f"[{_f(r['agreement_ci_low'], 4)}, {_f(r['agreement_ci_high'], 4)}]"
-                    if r.get("agreement_ci_low") else "—")
-        L.append(f"| {r['mode']} | {r['policy']} | {r['segment']} | {r['stories']} | {_f(r['agreement'], 4)} | {interval} | "
-                 f"{_f(r['diff_vs_uncapped'], 4)} | [{_f(r['ci_low'], 4)}, {_f(r['ci_high'], 4)}] | {_f(r['pixel_l1'], 4)} |")
+        interval = (
+            f"[{_f(r['agreement_ci_low'], 4)}, {_f(r['agreement_ci_high'], 4)}]" if r.get("agreement_ci_low") else "—"
+        )
+        L.append(
+            f"| {r['mode']} | {r['policy']} | {r['segment']} | {r['stories']} | {_f(r['agreement'], 4)} | {interval} | "
+            f"{_f(r['diff_vs_uncapped'], 4)} | [{_f(r['ci_low'], 4)}, {_f(r['ci_high'], 4)}] | {_f(r['pixel_l1'], 4)} |"
+        )
     L.append("")
     return L
 
@@ -88,39 +95,53 @@ def _gpu_section(folder: Path) -> List[str]:
     if not run or not ratios:
         return []
     L = ["## Full size on a GPU (random weights, measured once)\n"]
-    L.append(f"Machine: {run['machine']}. The full SEED-Story agent ({run['preset']} preset, {run['dtype']}, random weights, "
-             "LoRA merged for inference), two runs within one session's GPU time.\n")
+    L.append(
+        f"Machine: {run['machine']}. The full SEED-Story agent ({run['preset']} preset, {run['dtype']}, random weights, "
+        "LoRA merged for inference), two runs within one session's GPU time.\n"
+    )
     if stories:
-        L.append(f"**Run 1**, `{stories[0]['command']}`: one {stories[0]['frames']}-frame story per policy, "
-                 "whole-story seconds as printed; the run reached its time limit during the re-encode baseline's story, "
-                 "before it wrote its CSVs, so its per-step rows and its `torch.cuda.max_memory_allocated` per policy "
-                 "were lost. One story each, on a machine whose step times jumped between two levels within a run "
-                 "(run 2's step rows show it): not a ranking.\n")
+        L.append(
+            f"**Run 1**, `{stories[0]['command']}`: one {stories[0]['frames']}-frame story per policy, "
+            "whole-story seconds as printed; the run reached its time limit during the re-encode baseline's story, "
+            "before it wrote its CSVs, so its per-step rows and its `torch.cuda.max_memory_allocated` per policy "
+            "were lost. One story each, on a machine whose step times jumped between two levels within a run "
+            "(run 2's step rows show it): not a ranking.\n"
+        )
         L.append("| policy | frames | seconds |")
         L.append("|---|---:|---:|")
         for r in stories:
             L.append(f"| {r['policy']} | {r['frames']} | {r['seconds']} |")
         L.append("")
-    L.append(f"**Run 2**, `{run['command']}` ({run['wall_s']} s): the paired measurements, each timed back to back "
-             "against its reference so that a drifting machine cancels out.\n")
+    L.append(
+        f"**Run 2**, `{run['command']}` ({run['wall_s']} s): the paired measurements, each timed back to back "
+        "against its reference so that a drifting machine cancels out.\n"
+    )
     L.append("| ratio | value | range over the pairs | what |")
     L.append("|---|---:|---|---|")
-    L.append(f"| `decode_ms_per_token_over_plain_transformers` | {_f(ratios.get('decode_ratio'), 3)} | "
-             f"{_f(ratios.get('decode_ratio_min'), 3)} – {_f(ratios.get('decode_ratio_max'), 3)} | ours "
-             f"{_f(ratios.get('decode_ours_ms_per_token'), 1)} ms/token vs plain transformers "
-             f"{_f(ratios.get('decode_plain_ms_per_token'), 1)} at {ratios.get('decode_cache_tokens')} cached tokens |")
-    L.append(f"| `reencode_over_multimodal_sink` (frame 10) | {_f(ratios.get('paired_reencode_over_multimodal_sink_ratio'), 3)} | "
-             f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_min'), 3)} – "
-             f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_max'), 3)} | the official loop's step over ours "
-             f"({_f(ratios.get('paired_reencode_over_multimodal_sink_hi_s'), 3)} s vs "
-             f"{_f(ratios.get('paired_reencode_over_multimodal_sink_lo_s'), 3)} s) |")
-    L.append(f"| `forced_over_onepass_image_queries` | {_f(ratios.get('forced_over_onepass_image_queries'), 1)} | — | "
-             f"the image queries one token per forward ({_f(ratios.get('image_queries_forced_s'), 1, 1e3)} ms) vs one pass "
-             f"({_f(ratios.get('image_queries_onepass_s'), 1, 1e3)} ms) |")
+    L.append(
+        f"| `decode_ms_per_token_over_plain_transformers` | {_f(ratios.get('decode_ratio'), 3)} | "
+        f"{_f(ratios.get('decode_ratio_min'), 3)} – {_f(ratios.get('decode_ratio_max'), 3)} | ours "
+        f"{_f(ratios.get('decode_ours_ms_per_token'), 1)} ms/token vs plain transformers "
+        f"{_f(ratios.get('decode_plain_ms_per_token'), 1)} at {ratios.get('decode_cache_tokens')} cached tokens |"
+    )
+    L.append(
+        f"| `reencode_over_multimodal_sink` (frame 10) | {_f(ratios.get('paired_reencode_over_multimodal_sink_ratio'), 3)} | "
+        f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_min'), 3)} – "
+        f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_max'), 3)} | the official loop's step over ours "
+        f"({_f(ratios.get('paired_reencode_over_multimodal_sink_hi_s'), 3)} s vs "
+        f"{_f(ratios.get('paired_reencode_over_multimodal_sink_lo_s'), 3)} s) |"
+    )
+    L.append(
+        f"| `forced_over_onepass_image_queries` | {_f(ratios.get('forced_over_onepass_image_queries'), 1)} | — | "
+        f"the image queries one token per forward ({_f(ratios.get('image_queries_forced_s'), 1, 1e3)} ms) vs one pass "
+        f"({_f(ratios.get('image_queries_onepass_s'), 1, 1e3)} ms) |"
+    )
     L.append("")
-    L.append("Not measured on the GPU: the 50-frame ratios (`step50_over_step5_default`, KV at frame 50; run 2 stopped at "
-             "frame 10 to fit) and the GPU memory per policy, so the paper's Table 8 memory column is compared "
-             "analytically only (above).\n")
+    L.append(
+        "Not measured on the GPU: the 50-frame ratios (`step50_over_step5_default`, KV at frame 50; run 2 stopped at "
+        "frame 10 to fit) and the GPU memory per policy, so the paper's Table 8 memory column is compared "
+        "analytically only (above).\n"
+    )
     return L
 
 
@@ -163,19 +184,28 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
     lo = min(int(r["frames"]) for r in summary)
     L: List[str] = []
     L.append("# Benchmarks: long stories, the decode floor and the whole story step\n")
-    L.append(f"_Generated from the CSV files in `bench/results/` by `{run['command']}` (and the commands named in each "
-             "section). Do not edit by hand: every number here is read from those CSVs "
-             "(checked by `tests/project/test_bench_docs.py`). A plain `python -m bench` writes to `bench/out/` (untracked) "
-             "and changes no tracked file._\n")
+    L.append(
+        f"_Generated from the CSV files in `bench/results/` by `{run['command']}` (and the commands named in each "
+        "section). Do not edit by hand: every number here is read from those CSVs "
+        "(checked by `tests/project/test_bench_docs.py`). A plain `python -m bench` writes to `bench/out/` (untracked) "
+        "and changes no tracked file._\n"
+    )
 
     # ---------------------------------------------------------------- headline ratios
     L.append("## The five ratios (one run)\n")
     L.append(f"Printed last by `{run['command']}`; all five come from the same process.\n")
     L.append("| ratio | value | target |")
     L.append("|---|---:|---:|")
-    for key in ("decode_ms_per_token_over_plain_transformers", "step50_over_step5_default", "kv_bytes_default_over_dense_at_50",
-                "reencode_over_multimodal_sink", "forced_over_onepass_image_queries"):
-        L.append(f"| `{key}` | {_f(ratios.get(key), 4)} | {ratios.get('target_op_' + key, '')} {ratios.get('target_' + key, '')} |")
+    for key in (
+        "decode_ms_per_token_over_plain_transformers",
+        "step50_over_step5_default",
+        "kv_bytes_default_over_dense_at_50",
+        "reencode_over_multimodal_sink",
+        "forced_over_onepass_image_queries",
+    ):
+        L.append(
+            f"| `{key}` | {_f(ratios.get(key), 4)} | {ratios.get('target_op_' + key, '')} {ratios.get('target_' + key, '')} |"
+        )
     L.append("")
     L.append(
         "- `decode_ms_per_token_over_plain_transformers`: the engine's decode time per text token divided by a plain "
@@ -185,7 +215,8 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         f"{_f(ratios.get('decode_plain_transformers_ms_per_token'), 3)} ms/token at {ratios.get('decode_cache_tokens')} "
         f"cached tokens (`{run.get('decode_policy')}` story at frame {hi}; {run['decode_reps']} repeats of "
         f"{run['decode_tokens']} tokens; per-repeat ratio range {_f(ratios.get('decode_ratio_min'), 3)}–"
-        f"{_f(ratios.get('decode_ratio_max'), 3)}).")
+        f"{_f(ratios.get('decode_ratio_max'), 3)})."
+    )
     L.append(
         f"- `step50_over_step5_default` / `kv_bytes_default_over_dense_at_50`: the pack's default story settings "
         f"(`StorySettings()`: multimodal sink with the sink tokens of at most {run['default_max_sink_images']} evicted "
@@ -199,7 +230,8 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         f"keeps the last {run['window_images']} images is the plain window policy, measured the same way: "
         f"`step{hi}_over_step{lo}_window_paired` = {_f(ratios.get(f'step{hi}_over_step{lo}_window_paired'), 3)}. On this "
         f"preset attention over the context is a large share of a step, so the window's own growth (frame {lo} holds "
-        f"{_get_kv(summary, 'window', lo)} tokens, frame {hi} {_get_kv(summary, 'window', hi)}) sets that floor.")
+        f"{_get_kv(summary, 'window', lo)} tokens, frame {hi} {_get_kv(summary, 'window', hi)}) sets that floor."
+    )
     L.append(
         f"- `reencode_over_multimodal_sink`: the official loop (the window prompt re-encoded from scratch every step and "
         f"the image tokens forced one decode step at a time, as `gen_george.py` does) over our paper-rule multimodal "
@@ -207,37 +239,47 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         f"{ratios.get('paired_reencode_over_multimodal_sink_pairs', '—')} pairs, range "
         f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_min'), 3)}–"
         f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_max'), 3)}); the unpaired ratio of the table "
-        f"medians is `reencode_over_multimodal_sink_at_{hi}` below.")
+        f"medians is `reencode_over_multimodal_sink_at_{hi}` below."
+    )
     L.append(
         f"- `forced_over_onepass_image_queries`: the image queries decoded token by token (decoder forwards only, the "
         f"cheapest forced loop) over our single forward, at frame {hi} ({ratios.get('image_queries_context_tokens')} cached "
-        f"tokens; max |Δfeatures| = {float(ratios.get('image_queries_max_abs_diff', 'nan')):.2e}).\n")
+        f"tokens; max |Δfeatures| = {float(ratios.get('image_queries_max_abs_diff', 'nan')):.2e}).\n"
+    )
 
     # ---------------------------------------------------------------- settings
     L.append("## Machine and settings\n")
     L.append(f"- {run['machine']}")
-    L.append(f"- preset `{run['preset']}` (random weights), mode `{run['mode']}`, frames {run['lengths'].replace(' ', ', ')}, "
-             f"{run['sentence_tokens']} text tokens per step (BOI/EOS rows of the random lm_head zeroed, so every step "
-             f"decodes exactly that many), window {run['window_images']} images, {run['reps']} interleaved repeats "
-             f"after a {run['warmup_steps']}-step warm-up; table values are medians over repeats × the last "
-             f"{run['pool_frames']} frames up to N ({run['samples']} samples); `torch.set_num_threads({run['threads']})`; "
-             f"wall time {run['wall_s']} s.")
+    L.append(
+        f"- preset `{run['preset']}` (random weights), mode `{run['mode']}`, frames {run['lengths'].replace(' ', ', ')}, "
+        f"{run['sentence_tokens']} text tokens per step (BOI/EOS rows of the random lm_head zeroed, so every step "
+        f"decodes exactly that many), window {run['window_images']} images, {run['reps']} interleaved repeats "
+        f"after a {run['warmup_steps']}-step warm-up; table values are medians over repeats × the last "
+        f"{run['pool_frames']} frames up to N ({run['samples']} samples); `torch.set_num_threads({run['threads']})`; "
+        f"wall time {run['wall_s']} s."
+    )
     L.append("- The CPU is shared with other jobs: absolute times are noisy; ratios are measured within one run.\n")
 
     # ---------------------------------------------------------------- per-step table
     L.append("## Per-step MLLM time (ms) and KV cache\n")
-    L.append("Phases: **prefill** = step start → end of the context pass storing the previous image (cache fork and the "
-             "eviction/re-rotation included; for `reencode_window` the re-encoding of the whole window prompt), "
-             "**decode** = the sentence token by token, **image** = the image queries (one forward; for "
-             "`reencode_window` forced token by token like the official loop), **other** = building the new state.\n")
-    L.append("| policy | frame | total | prefill | decode | image | other | min–max total | KV tokens | KV bytes | cumulative (s) |")
+    L.append(
+        "Phases: **prefill** = step start → end of the context pass storing the previous image (cache fork and the "
+        "eviction/re-rotation included; for `reencode_window` the re-encoding of the whole window prompt), "
+        "**decode** = the sentence token by token, **image** = the image queries (one forward; for "
+        "`reencode_window` forced token by token like the official loop), **other** = building the new state.\n"
+    )
+    L.append(
+        "| policy | frame | total | prefill | decode | image | other | min–max total | KV tokens | KV bytes | cumulative (s) |"
+    )
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in summary:
         re_ = r["policy"] == "reencode_window"
-        L.append(f"| {r['policy']} | {r['frames']} | {_f(r['total_s'], 1, 1e3)} | {_f(r['prefill_s'], 1, 1e3)} | "
-                 f"{_f(r['decode_s'], 1, 1e3)} | {_f(r['image_s'], 1, 1e3)} | {_f(r['other_s'], 1, 1e3)} | "
-                 f"{_f(r['total_s_min'], 0, 1e3)}–{_f(r['total_s_max'], 0, 1e3)} | {'(window)' if re_ else r['kv_tokens']} | "
-                 f"{_mib(r['kv_bytes_work'] if re_ else r['kv_bytes'])} | {_f(r['cumulative_s'], 2)} |")
+        L.append(
+            f"| {r['policy']} | {r['frames']} | {_f(r['total_s'], 1, 1e3)} | {_f(r['prefill_s'], 1, 1e3)} | "
+            f"{_f(r['decode_s'], 1, 1e3)} | {_f(r['image_s'], 1, 1e3)} | {_f(r['other_s'], 1, 1e3)} | "
+            f"{_f(r['total_s_min'], 0, 1e3)}–{_f(r['total_s_max'], 0, 1e3)} | {'(window)' if re_ else r['kv_tokens']} | "
+            f"{_mib(r['kv_bytes_work'] if re_ else r['kv_bytes'])} | {_f(r['cumulative_s'], 2)} |"
+        )
     L.append("")
     L.append("```")
     for name, value in ratios.items():
@@ -245,26 +287,40 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
             L.append(f"{name}: {_f(value, 4)}")
     L.append("```\n")
     if img_rel is not None:
-        for name, title in (("bench_time_per_step.png", "time per step"), ("bench_kv_memory.png", "KV memory"),
-                            ("bench_phases.png", "phases")):
+        for name, title in (
+            ("bench_time_per_step.png", "time per step"),
+            ("bench_kv_memory.png", "KV memory"),
+            ("bench_phases.png", "phases"),
+        ):
             L.append(f"![{title}]({img_rel}/{name})\n")
 
     # ---------------------------------------------------------------- Table 8
-    paper = {r["policy"]: r for r in read_csv(folder / "paper_table8.csv")} if (folder / "paper_table8.csv").is_file() else {}
+    paper = (
+        {r["policy"]: r for r in read_csv(folder / "paper_table8.csv")}
+        if (folder / "paper_table8.csv").is_file()
+        else {}
+    )
     if paper:
         L.append(f"## Next to the paper's Table 8 (frame {hi})\n")
-        L.append("Paper: SEED-Story 7B on a GPU, 50 sequences, whole pipeline (MLLM + SD-XL), memory = GPU memory. Ours: "
-                 "MLLM only, this preset and device; compare the columns relative to dense. `multimodal_sink` is the "
-                 "paper's uncapped rule, `default` the pack's capped default.\n")
-        L.append("| policy | paper FID | paper CLIP | paper time (s) | paper memory (GB) | paper time / dense | "
-                 "ours: cumulative MLLM time (s) | ours: KV | KV / dense |")
+        L.append(
+            "Paper: SEED-Story 7B on a GPU, 50 sequences, whole pipeline (MLLM + SD-XL), memory = GPU memory. Ours: "
+            "MLLM only, this preset and device; compare the columns relative to dense. `multimodal_sink` is the "
+            "paper's uncapped rule, `default` the pack's capped default.\n"
+        )
+        L.append(
+            "| policy | paper FID | paper CLIP | paper time (s) | paper memory (GB) | paper time / dense | "
+            "ours: cumulative MLLM time (s) | ours: KV | KV / dense |"
+        )
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         at = {r["policy"]: r for r in summary if int(r["frames"]) == hi}
         for policy, r in at.items():
             p = paper.get(policy)
             kv = r["kv_bytes_work"] if policy == "reencode_window" else r["kv_bytes"]
-            cols = (f"{p['fid']} | {p['clip']} | {p['time_s']} | {p['memory_gb']} | {_f(p['time_over_dense'], 3)}"
-                    if p else "— | — | — | — | —")
+            cols = (
+                f"{p['fid']} | {p['clip']} | {p['time_s']} | {p['memory_gb']} | {_f(p['time_over_dense'], 3)}"
+                if p
+                else "— | — | — | — | —"
+            )
             rel_kv = _f(ratios.get(f"kv_bytes_{policy}_over_dense_at_{hi}"), 4)
             L.append(f"| {policy} | {cols} | {_f(r['cumulative_s'], 2)} | {_mib(kv)} | {rel_kv} |")
         L.append("")
@@ -274,28 +330,36 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
     if fs.is_file():
         rows = read_csv(fs)
         L.append("## Full size on paper (analytic, no weights)\n")
-        L.append(f"Written by the same run (`bench.full_size`): the official SEED-Story config "
-                 f"({rows[0]['layers']} layers, {rows[0]['kv_heads']} KV heads × {rows[0]['head_dim']} dims, "
-                 f"{rows[0]['dtype_bytes']}-byte KV), {rows[0]['sentence_tokens']} text tokens per sentence, window "
-                 f"{rows[0]['window_images']} images, at frame {rows[0]['frame']}. Token counts come from the engine's "
-                 "own eviction rule (`plan_kept_positions`); KV bytes = (keys + values) × layers × KV heads × head dim × bytes × "
-                 "tokens; attention FLOPs per step = the two attention matmuls (QKᵀ and AV, a multiply-add counted as "
-                 "two FLOPs) × layers × heads × head dim × Σ over the step's queries of the keys they attend to "
-                 "(projections/MLP excluded — equal for every policy except the re-encode, whose prompt length is "
-                 "listed). Paper memory is the whole process "
-                 "(weights, SD-XL, activations), so compare differences, not totals.\n")
-        L.append("| policy | kept tokens | KV (GiB) | KV − dense (GiB) | attention GFLOPs / step | "
-                 "re-encoded prompt tokens / step | paper memory (GB) | paper − dense (GB) |")
+        L.append(
+            f"Written by the same run (`bench.full_size`): the official SEED-Story config "
+            f"({rows[0]['layers']} layers, {rows[0]['kv_heads']} KV heads × {rows[0]['head_dim']} dims, "
+            f"{rows[0]['dtype_bytes']}-byte KV), {rows[0]['sentence_tokens']} text tokens per sentence, window "
+            f"{rows[0]['window_images']} images, at frame {rows[0]['frame']}. Token counts come from the engine's "
+            "own eviction rule (`plan_kept_positions`); KV bytes = (keys + values) × layers × KV heads × head dim × bytes × "
+            "tokens; attention FLOPs per step = the two attention matmuls (QKᵀ and AV, a multiply-add counted as "
+            "two FLOPs) × layers × heads × head dim × Σ over the step's queries of the keys they attend to "
+            "(projections/MLP excluded — equal for every policy except the re-encode, whose prompt length is "
+            "listed). Paper memory is the whole process "
+            "(weights, SD-XL, activations), so compare differences, not totals.\n"
+        )
+        L.append(
+            "| policy | kept tokens | KV (GiB) | KV − dense (GiB) | attention GFLOPs / step | "
+            "re-encoded prompt tokens / step | paper memory (GB) | paper − dense (GB) |"
+        )
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
-            L.append(f"| {r['policy']} | {r['kv_tokens']} | {_f(r['kv_bytes'], 3, 1 / 2**30)} | "
-                     f"{_f(r['kv_bytes_minus_dense'], 3, 1 / 2**30)} | {_f(r['attn_flops'], 2, 1e-9)} | {r['reencode_tokens']} | "
-                     f"{r['paper_memory_gb'] or '—'} | {r['paper_minus_dense_gb'] or '—'} |")
+            L.append(
+                f"| {r['policy']} | {r['kv_tokens']} | {_f(r['kv_bytes'], 3, 1 / 2**30)} | "
+                f"{_f(r['kv_bytes_minus_dense'], 3, 1 / 2**30)} | {_f(r['attn_flops'], 2, 1e-9)} | {r['reencode_tokens']} | "
+                f"{r['paper_memory_gb'] or '—'} | {r['paper_minus_dense_gb'] or '—'} |"
+            )
         L.append("")
-        L.append("**GPU command:** `python -m bench --device cuda --preset full --random-weights --quick` measures "
-                 "per-step time and `torch.cuda.max_memory_allocated` per policy with the full-size random-weight agent "
-                 "in bf16, which is what Table 8 reports for the MLLM (CPU tests run it with `--preset full --layers N`, "
-                 "tests/project/test_bench.py). What of it has run on a GPU is in the next section.\n")
+        L.append(
+            "**GPU command:** `python -m bench --device cuda --preset full --random-weights --quick` measures "
+            "per-step time and `torch.cuda.max_memory_allocated` per policy with the full-size random-weight agent "
+            "in bf16, which is what Table 8 reports for the MLLM (CPU tests run it with `--preset full --layers N`, "
+            "tests/project/test_bench.py). What of it has run on a GPU is in the next section.\n"
+        )
     L += _gpu_section(folder / GPU.name)
 
     # ---------------------------------------------------------------- whole step
@@ -303,33 +367,43 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
     if ss.is_file():
         rows = read_csv(ss)
         L.append("## The whole story step (MLLM + de-tokenizer), per frame\n")
-        L.append("Written by `python -m bench.story_step`: median seconds per frame over the frames of one story "
-                 "(after warm-up), ours (cached multimodal-sink engine, one-pass image queries) vs the official loop "
-                 "(re-encode the window every step, image tokens forced one by one, Euler at the official step count). "
-                 "`detok` = rendering the frame from the regressed features. `total / ours` is relative to the first "
-                 "`ours` row with DPM-Solver++ of the same model. The shared CPU was heavily loaded (other jobs) and "
-                 "each cell is the median of the frames after the window filled, so single cells are noisy (the "
-                 "official and our Euler rows render the same amount of work). The DPM-Solver++ rows with more steps come "
-                 "from a second run of the same loop (`bench.story_step.run_loop`), added after the solver-quality "
-                 "check below.\n")
-        L.append("| model | loop | solver | steps | frames | MLLM (s) | de-tokenizer (s) | total (s) | MLLM share | total / ours |")
+        L.append(
+            "Written by `python -m bench.story_step`: median seconds per frame over the frames of one story "
+            "(after warm-up), ours (cached multimodal-sink engine, one-pass image queries) vs the official loop "
+            "(re-encode the window every step, image tokens forced one by one, Euler at the official step count). "
+            "`detok` = rendering the frame from the regressed features. `total / ours` is relative to the first "
+            "`ours` row with DPM-Solver++ of the same model. The shared CPU was heavily loaded (other jobs) and "
+            "each cell is the median of the frames after the window filled, so single cells are noisy (the "
+            "official and our Euler rows render the same amount of work). The DPM-Solver++ rows with more steps come "
+            "from a second run of the same loop (`bench.story_step.run_loop`), added after the solver-quality "
+            "check below.\n"
+        )
+        L.append(
+            "| model | loop | solver | steps | frames | MLLM (s) | de-tokenizer (s) | total (s) | MLLM share | total / ours |"
+        )
         L.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
-            L.append(f"| {r['model']} | {r['loop']} | {r['scheduler']} | {r['steps']} | {r['frames']} | {_f(r['mllm_s'], 4)} | "
-                     f"{_f(r['detok_s'], 4)} | {_f(r['total_s'], 4)} | {_f(r['mllm_share'], 3)} | {_f(r['total_over_ours'], 3)} |")
+            L.append(
+                f"| {r['model']} | {r['loop']} | {r['scheduler']} | {r['steps']} | {r['frames']} | {_f(r['mllm_s'], 4)} | "
+                f"{_f(r['detok_s'], 4)} | {_f(r['total_s'], 4)} | {_f(r['mllm_share'], 3)} | {_f(r['total_over_ours'], 3)} |"
+            )
         L.append("")
     sq = folder / "solver_quality.csv"
     if sq.is_file():
         rows = read_csv(sq)
         L.append("### De-tokenizer solver: quality on ground-truth features\n")
-        L.append("Written by `python -m bench.story_step`: held-out StoryStream-mini frames, their true ViT features "
-                 "rendered by the bundled de-tokenizer (the model before the stage-0 retrain) with each solver; the "
-                 "fixed judge's (`training/judge`) agreement with the frames' true attributes.\n")
+        L.append(
+            "Written by `python -m bench.story_step`: held-out StoryStream-mini frames, their true ViT features "
+            "rendered by the bundled de-tokenizer (the model before the stage-0 retrain) with each solver; the "
+            "fixed judge's (`training/judge`) agreement with the frames' true attributes.\n"
+        )
         L.append("| solver | steps | frames | judge agreement | − official | pixel L1 vs official render | s / frame |")
         L.append("|---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
-            L.append(f"| {r['scheduler']} | {r['steps']} | {r['frames']} | {_f(r['agreement'], 4)} | "
-                     f"{_f(r['agreement_minus_official'], 4)} | {_f(r['pixel_l1_vs_official'], 4)} | {_f(r['s_per_frame'], 4)} |")
+            L.append(
+                f"| {r['scheduler']} | {r['steps']} | {r['frames']} | {_f(r['agreement'], 4)} | "
+                f"{_f(r['agreement_minus_official'], 4)} | {_f(r['pixel_l1_vs_official'], 4)} | {_f(r['s_per_frame'], 4)} |"
+            )
         L.append("")
 
     # ---------------------------------------------------------------- cap ablation, long-story ablation
@@ -337,25 +411,33 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
     if ca.is_file():
         rows = read_csv(ca)
         L.append("## Choosing the default sink-image cap (long-story ablation)\n")
-        L += _ablation_intro(rows, "`multimodal_sink:K` keeps the sink tokens of the K most recent evicted images. "
-                                   f"The pack's default is K = {run['default_max_sink_images']}. This ran on the bundled "
-                                   "model as it was before the stage-0 retrain (its agent hash above); the "
-                                   "long-story ablation below ran on the current one.")
+        L += _ablation_intro(
+            rows,
+            "`multimodal_sink:K` keeps the sink tokens of the K most recent evicted images. "
+            f"The pack's default is K = {run['default_max_sink_images']}. This ran on the bundled "
+            "model as it was before the stage-0 retrain (its agent hash above); the "
+            "long-story ablation below ran on the current one.",
+        )
         L += _ablation_table(rows)
     la = folder / "long_story_ablation.csv"
     if la.is_file():
         rows = read_csv(la)
         L.append("## The paper's long-story claim: every cache policy at 1x, 2x and 3x the training length\n")
-        L += _ablation_intro(rows, "`dense` keeps everything; `window` only the last images; `sink` adds the first "
-                                   "tokens; `multimodal_sink` adds the tokens around every evicted image's BOI and EOI.")
+        L += _ablation_intro(
+            rows,
+            "`dense` keeps everything; `window` only the last images; `sink` adds the first "
+            "tokens; `multimodal_sink` adds the tokens around every evicted image's BOI and EOI.",
+        )
         L += _ablation_table(rows)
 
     qa = folder / "quality.csv"
     if qa.is_file():
         rows = read_csv(qa)
         L.append("## Quality side of Table 8 (trained tiny model)\n")
-        L.append("Written by `python -m bench --model models/seedstory-tiny --update-docs` "
-                 "(`training.evaluate.long_story_ablation`, free-running, the bundled model at the time of the run).\n")
+        L.append(
+            "Written by `python -m bench --model models/seedstory-tiny --update-docs` "
+            "(`training.evaluate.long_story_ablation`, free-running, the bundled model at the time of the run).\n"
+        )
         L.append("| policy | length | attribute agreement | pixel L1 |")
         L.append("|---|---|---:|---:|")
         for r in rows:
@@ -363,13 +445,19 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         L.append("")
 
     L.append("## Known weaknesses\n")
-    L.append("- Random weights, tiny model, shared CPU: absolute times say little about a GPU deployment; "
-             "the ratios are what is compared.")
-    L.append("- The full-size KV and FLOPs columns are analytic (token counting on the engine's own rule); on a GPU "
-             "only the decode floor, the re-encode comparison and the image queries were measured, once each, and not "
-             "the GPU memory per policy.")
-    L.append("- The quality judge is the evaluation's fixed frame classifier for the tiny world (`training/judge`, "
-             "docs/evaluation.md), a stand-in for the paper's FID / CLIP score.")
+    L.append(
+        "- Random weights, tiny model, shared CPU: absolute times say little about a GPU deployment; "
+        "the ratios are what is compared."
+    )
+    L.append(
+        "- The full-size KV and FLOPs columns are analytic (token counting on the engine's own rule); on a GPU "
+        "only the decode floor, the re-encode comparison and the image queries were measured, once each, and not "
+        "the GPU memory per policy."
+    )
+    L.append(
+        "- The quality judge is the evaluation's fixed frame classifier for the tiny world (`training/judge`, "
+        "docs/evaluation.md), a stand-in for the paper's FID / CLIP score."
+    )
     return "\n".join(L) + "\n"
 
 

@@ -40,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -77,12 +77,41 @@ PAPER_TABLE8 = {
     "multimodal_sink": dict(name="Ours (multimodal sink)", fid=79.67, clip=0.728, time_s=473.98, memory_gb=31.82),
 }
 STEP_COLUMNS = (
-    "mode", "preset", "device", "dtype", "policy", "rep", "frame", "total_s", "prefill_s", "decode_s", "image_s",
-    "other_s", "text_tokens", "kv_tokens", "kv_bytes", "kv_bytes_work", "evictions",
+    "mode",
+    "preset",
+    "device",
+    "dtype",
+    "policy",
+    "rep",
+    "frame",
+    "total_s",
+    "prefill_s",
+    "decode_s",
+    "image_s",
+    "other_s",
+    "text_tokens",
+    "kv_tokens",
+    "kv_bytes",
+    "kv_bytes_work",
+    "evictions",
 )
 SUMMARY_COLUMNS = (
-    "mode", "preset", "policy", "frames", "reps", "total_s", "prefill_s", "decode_s", "image_s", "other_s",
-    "total_s_min", "total_s_max", "kv_tokens", "kv_bytes", "kv_bytes_work", "cumulative_s",
+    "mode",
+    "preset",
+    "policy",
+    "frames",
+    "reps",
+    "total_s",
+    "prefill_s",
+    "decode_s",
+    "image_s",
+    "other_s",
+    "total_s_min",
+    "total_s_max",
+    "kv_tokens",
+    "kv_bytes",
+    "kv_bytes_work",
+    "cumulative_s",
 )
 
 
@@ -123,9 +152,20 @@ class BenchConfig:
 #: BenchConfig overrides of each run mode (--smoke / --quick / default full): how many policies, lengths and
 #: repetitions a run measures.
 BENCH_CONFIG_BY_MODE = {
-    "smoke": dict(policies=("dense", "window"), lengths=(3, 6), reps=1, sentence_tokens=4, window_images=2,
-                  image_query_reps=1, warmup_steps=1, memory=False, pool_frames=1, decode_tokens=4, decode_reps=1,
-                  step_pairs=3),
+    "smoke": dict(
+        policies=("dense", "window"),
+        lengths=(3, 6),
+        reps=1,
+        sentence_tokens=4,
+        window_images=2,
+        image_query_reps=1,
+        warmup_steps=1,
+        memory=False,
+        pool_frames=1,
+        decode_tokens=4,
+        decode_reps=1,
+        step_pairs=3,
+    ),
     # quick: peak RSS only for dense and multimodal_sink (each child re-runs a 50-frame story, ~15 s)
     "quick": dict(reps=3, image_query_reps=5, memory_policies=("dense", "multimodal_sink")),
     "full": dict(reps=7, image_query_reps=11, decode_reps=11),
@@ -152,8 +192,11 @@ class AnyPolicyEngine:
 
         key = type(policy)
         if key not in self._engines:
-            self._engines[key] = (self.kv if key is self.kv.policy_type else
-                                  engine_for(policy, self.kv.agent, self.kv.tokenizer, merge_lora=self.kv.merge_lora))
+            self._engines[key] = (
+                self.kv
+                if key is self.kv.policy_type
+                else engine_for(policy, self.kv.agent, self.kv.tokenizer, merge_lora=self.kv.merge_lora)
+            )
         return self._engines[key]
 
     def start(self, text, **kw):
@@ -283,14 +326,27 @@ class PhaseProbe:
         if fcs and fcs[0][1] > 1:  # the context pass (66 tokens, or the whole re-encoded window)
             prefill_end = fcs[0][2]
         iq = [e for e in self.events if e[0] == "iq"][-1]
-        phases = dict(total_s=t_end - t_start, prefill_s=prefill_end - t_start, decode_s=iq[1] - prefill_end,
-                      image_s=iq[2] - iq[1], other_s=t_end - iq[2])
+        phases = dict(
+            total_s=t_end - t_start,
+            prefill_s=prefill_end - t_start,
+            decode_s=iq[1] - prefill_end,
+            image_s=iq[2] - iq[1],
+            other_s=t_end - iq[2],
+        )
         return result, phases
 
 
 # ------------------------------------------------------------------------------------------------ measurements
-def run_policy(engine, feats, policy: str, cfg: BenchConfig, probe: PhaseProbe, rep: int, n_frames: int,
-               keep_states: Optional[Dict] = None) -> List[dict]:
+def run_policy(
+    engine,
+    feats,
+    policy: str,
+    cfg: BenchConfig,
+    probe: PhaseProbe,
+    rep: int,
+    n_frames: int,
+    keep_states: Optional[Dict] = None,
+) -> List[dict]:
     from seedstory_core.cache import StoryKVCache
 
     decoding = decoding_for(cfg)
@@ -301,13 +357,23 @@ def run_policy(engine, feats, policy: str, cfg: BenchConfig, probe: PhaseProbe, 
         result, phases = probe.timed_step(engine, state, decoding)
         state = result.state
         cache = state.context if isinstance(state.context, StoryKVCache) else None
-        rows.append(dict(
-            mode=cfg.mode, preset=cfg.preset, device=cfg.device, dtype=cfg.dtype, policy=policy, rep=rep, frame=frame,
-            **{k: round(v, 7) for k, v in phases.items()},
-            text_tokens=len(state.token_ids) - prev_len - len(engine.image.forced_sequence),
-            kv_tokens=state.kv_length, kv_bytes=cache.nbytes() if cache is not None else 0,
-            kv_bytes_work=probe.kv_work, evictions=cache.meta.evictions if cache is not None else 0,
-        ))
+        rows.append(
+            dict(
+                mode=cfg.mode,
+                preset=cfg.preset,
+                device=cfg.device,
+                dtype=cfg.dtype,
+                policy=policy,
+                rep=rep,
+                frame=frame,
+                **{k: round(v, 7) for k, v in phases.items()},
+                text_tokens=len(state.token_ids) - prev_len - len(engine.image.forced_sequence),
+                kv_tokens=state.kv_length,
+                kv_bytes=cache.nbytes() if cache is not None else 0,
+                kv_bytes_work=probe.kv_work,
+                evictions=cache.meta.evictions if cache is not None else 0,
+            )
+        )
         if keep_states is not None and (frame in cfg.lengths or frame + 1 in cfg.lengths):
             keep_states[(policy, frame)] = state
     return rows
@@ -324,7 +390,7 @@ def measure_steps(engine, feats, cfg: BenchConfig, log=print) -> Tuple[List[dict
             run_policy(engine, feats, policy, cfg, probe, -1, min(cfg.warmup_steps, cfg.max_frames))
         order = list(cfg.policies)
         for rep in range(cfg.reps):
-            rot = order[rep % len(order):] + order[: rep % len(order)]
+            rot = order[rep % len(order) :] + order[: rep % len(order)]
             for policy in rot:
                 t0 = time.perf_counter()
                 if str(cfg.device).startswith("cuda") and rep == 0:
@@ -332,8 +398,14 @@ def measure_steps(engine, feats, cfg: BenchConfig, log=print) -> Tuple[List[dict
                 rows += run_policy(engine, feats, policy, cfg, probe, rep, cfg.max_frames, states if rep == 0 else None)
                 if str(cfg.device).startswith("cuda") and rep == 0:
                     cuda_peak[policy] = torch.cuda.max_memory_allocated()
-                log(f"  rep {rep} {policy:16s} {cfg.max_frames} frames in {time.perf_counter() - t0:.1f} s"
-                    + (f", peak GPU memory {cuda_peak[policy] / 2**30:.2f} GiB" if policy in cuda_peak and rep == 0 else ""))
+                log(
+                    f"  rep {rep} {policy:16s} {cfg.max_frames} frames in {time.perf_counter() - t0:.1f} s"
+                    + (
+                        f", peak GPU memory {cuda_peak[policy] / 2**30:.2f} GiB"
+                        if policy in cuda_peak and rep == 0
+                        else ""
+                    )
+                )
                 # kept as the run goes: a run stopped at a time limit still leaves every finished story's rows
                 write_csv(cfg.out_dir / f"engine_{cfg.mode}_{cfg.preset}_steps.partial.csv", rows, STEP_COLUMNS)
     states["cuda_peak"] = cuda_peak
@@ -379,7 +451,7 @@ def measure_image_queries(engine, state, cfg: BenchConfig) -> Dict[str, float]:
     for k, f in fns.items():  # warm-up
         f()
     for r in range(cfg.image_query_reps):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+        for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
             _sync(cfg.device)
             t0 = time.perf_counter()
             fns[k]()
@@ -424,7 +496,10 @@ def measure_state_pair(engine, a_state, b_state, cfg: BenchConfig) -> Dict[str, 
         return dataclasses.replace(state, context=state.context.copy())
 
     with probe.installed():
-        probe.timed_step(engine, private(a_state), decoding), probe.timed_step(engine, private(b_state), decoding)  # warm-up
+        (
+            probe.timed_step(engine, private(a_state), decoding),
+            probe.timed_step(engine, private(b_state), decoding),
+        )  # warm-up
         for r in range(max(3, cfg.step_pairs)):
             order = (a_state, b_state) if r % 2 == 0 else (b_state, a_state)
             t = {}
@@ -433,8 +508,14 @@ def measure_state_pair(engine, a_state, b_state, cfg: BenchConfig) -> Dict[str, 
             ta.append(t[id(a_state)])
             tb.append(t[id(b_state)])
             ratios.append(t[id(b_state)] / t[id(a_state)])
-    return dict(ratio=statistics.median(ratios), lo_s=statistics.median(ta), hi_s=statistics.median(tb),
-                ratio_min=min(ratios), ratio_max=max(ratios), pairs=len(ratios))
+    return dict(
+        ratio=statistics.median(ratios),
+        lo_s=statistics.median(ta),
+        hi_s=statistics.median(tb),
+        ratio_min=min(ratios),
+        ratio_max=max(ratios),
+        pairs=len(ratios),
+    )
 
 
 def plain_transformers_model(engine):
@@ -500,25 +581,52 @@ def measure_decode_floor(engine, state, cfg: BenchConfig, plain=None) -> Dict[st
             a.append(x)
             b.append(y)
             ratios.append(x / y)
-    return dict(ours_ms_per_token=1000 * statistics.median(a), plain_ms_per_token=1000 * statistics.median(b),
-                ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios), cache_tokens=ctx,
-                tokens=cfg.decode_tokens, reps=cfg.decode_reps, merge_lora=int(engine.merge_lora))
+    return dict(
+        ours_ms_per_token=1000 * statistics.median(a),
+        plain_ms_per_token=1000 * statistics.median(b),
+        ratio=statistics.median(ratios),
+        ratio_min=min(ratios),
+        ratio_max=max(ratios),
+        cache_tokens=ctx,
+        tokens=cfg.decode_tokens,
+        reps=cfg.decode_reps,
+        merge_lora=int(engine.merge_lora),
+    )
 
 
 def memory_child(payload: dict) -> dict:
     """Runs in a fresh process: one policy's story to ``frames``; reports ru_maxrss before and after."""
-    cfg = BenchConfig(**{k: v for k, v in payload.items() if k in ("preset", "device", "dtype", "sentence_tokens", "window_images", "seed", "threads", "merge_lora", "layers")})
+    cfg = BenchConfig(
+        **{
+            k: v
+            for k, v in payload.items()
+            if k
+            in (
+                "preset",
+                "device",
+                "dtype",
+                "sentence_tokens",
+                "window_images",
+                "seed",
+                "threads",
+                "merge_lora",
+                "layers",
+            )
+        }
+    )
     torch.set_num_threads(cfg.threads)
     engine, feats = build_engine(cfg)
     decoding = decoding_for(cfg)
     with torch.no_grad():
         state = start_story(engine, feats, payload["policy"], cfg)
         state = engine.step(state, decoding=decoding).state
+
     def rss_kib():  # current resident set (sampled after each step); ru_maxrss is dominated by the model build
         try:
             return int(Path("/proc/self/statm").read_text().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
         except (OSError, ValueError):
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
     base = rss_kib()
     peaks, high = {}, base
     for frame in range(2, payload["frames"] + 1):
@@ -526,8 +634,12 @@ def memory_child(payload: dict) -> dict:
         high = max(high, rss_kib())
         if frame in payload["lengths"]:
             peaks[frame] = high
-    return {"policy": payload["policy"], "baseline_kib": base, "peak_kib": peaks,
-            "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    return {
+        "policy": payload["policy"],
+        "baseline_kib": base,
+        "peak_kib": peaks,
+        "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
 
 
 def measure_memory(cfg: BenchConfig, log=print) -> Dict[str, dict]:
@@ -535,12 +647,28 @@ def measure_memory(cfg: BenchConfig, log=print) -> Dict[str, dict]:
     for policy in cfg.policies:
         if cfg.memory_policies is not None and policy not in cfg.memory_policies:
             continue
-        payload = dict(policy=policy, frames=cfg.max_frames, lengths=list(cfg.lengths), preset=cfg.preset, device=cfg.device,
-                       dtype=cfg.dtype, sentence_tokens=cfg.sentence_tokens, window_images=cfg.window_images,
-                       seed=cfg.seed, threads=cfg.threads, merge_lora=cfg.merge_lora, layers=cfg.layers)
+        payload = dict(
+            policy=policy,
+            frames=cfg.max_frames,
+            lengths=list(cfg.lengths),
+            preset=cfg.preset,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            sentence_tokens=cfg.sentence_tokens,
+            window_images=cfg.window_images,
+            seed=cfg.seed,
+            threads=cfg.threads,
+            merge_lora=cfg.merge_lora,
+            layers=cfg.layers,
+        )
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "bench", "--memory-child", json.dumps(payload)], cwd=str(REPO),
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench", "--memory-child", json.dumps(payload)],
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         if proc.returncode != 0:
             log(f"  memory child for {policy} failed:\n{proc.stderr[-2000:]}")
             continue
@@ -558,21 +686,42 @@ def summarize(rows: List[dict], cfg: BenchConfig) -> List[dict]:
             sel = [r for r in rows if r["policy"] == policy and r["frame"] == frame and r["rep"] >= 0]
             if not sel:
                 continue
-            med = {k: statistics.median(r[k] for r in sel) for k in ("total_s", "prefill_s", "decode_s", "image_s", "other_s")}
+            med = {
+                k: statistics.median(r[k] for r in sel)
+                for k in ("total_s", "prefill_s", "decode_s", "image_s", "other_s")
+            }
             cum += med["total_s"]
             if frame not in cfg.lengths:
                 continue
             # robust statistic: median over repeats x the frames [N - pool + 1, N] (same eviction regime for the
             # headline frames 5 and 50; per-frame medians are in the plots and every raw row in the steps CSV)
-            sel = [r for r in rows if r["policy"] == policy and frame - cfg.pool_frames < r["frame"] <= frame and r["rep"] >= 0]
-            med = {k: statistics.median(r[k] for r in sel) for k in ("total_s", "prefill_s", "decode_s", "image_s", "other_s")}
+            sel = [
+                r
+                for r in rows
+                if r["policy"] == policy and frame - cfg.pool_frames < r["frame"] <= frame and r["rep"] >= 0
+            ]
+            med = {
+                k: statistics.median(r[k] for r in sel)
+                for k in ("total_s", "prefill_s", "decode_s", "image_s", "other_s")
+            }
             totals = [r["total_s"] for r in sel]
             sel = [r for r in sel if r["frame"] == frame]
-            out.append(dict(mode=cfg.mode, preset=cfg.preset, policy=policy, frames=frame, reps=len(totals),
-                            **{k: round(v, 6) for k, v in med.items()},
-                            total_s_min=round(min(totals), 6), total_s_max=round(max(totals), 6),
-                            kv_tokens=sel[0]["kv_tokens"], kv_bytes=sel[0]["kv_bytes"], kv_bytes_work=sel[0]["kv_bytes_work"],
-                            cumulative_s=round(cum, 4)))
+            out.append(
+                dict(
+                    mode=cfg.mode,
+                    preset=cfg.preset,
+                    policy=policy,
+                    frames=frame,
+                    reps=len(totals),
+                    **{k: round(v, 6) for k, v in med.items()},
+                    total_s_min=round(min(totals), 6),
+                    total_s_max=round(max(totals), 6),
+                    kv_tokens=sel[0]["kv_tokens"],
+                    kv_bytes=sel[0]["kv_bytes"],
+                    kv_bytes_work=sel[0]["kv_bytes_work"],
+                    cumulative_s=round(cum, 4),
+                )
+            )
     return out
 
 
@@ -583,8 +732,13 @@ def _get(summary, policy, frames, key):
     return None
 
 
-def compute_ratios(summary: List[dict], iq: Optional[dict], cfg: BenchConfig, decode: Optional[dict] = None,
-                   pairs: Optional[Dict[str, dict]] = None) -> Tuple[Dict[str, float], List[Tuple[str, float]]]:
+def compute_ratios(
+    summary: List[dict],
+    iq: Optional[dict],
+    cfg: BenchConfig,
+    decode: Optional[dict] = None,
+    pairs: Optional[Dict[str, dict]] = None,
+) -> Tuple[Dict[str, float], List[Tuple[str, float]]]:
     """(the five headline ratios of :data:`RATIO_KEYS`, every per-policy ratio line in print order).
 
     ``step50_over_step5_default`` is the paired measurement (:func:`measure_step_pair`) when available, else the
@@ -597,17 +751,34 @@ def compute_ratios(summary: List[dict], iq: Optional[dict], cfg: BenchConfig, de
         return float("nan") if a is None or b in (None, 0) else a / b
 
     for p in cfg.policies:
-        lines.append((f"step{hi}_over_step{lo}_{p}", div(_get(summary, p, hi, "total_s"), _get(summary, p, lo, "total_s"))))
+        lines.append(
+            (f"step{hi}_over_step{lo}_{p}", div(_get(summary, p, hi, "total_s"), _get(summary, p, lo, "total_s")))
+        )
     for p in cfg.policies:
         if p != "reencode_window" and "reencode_window" in cfg.policies:
-            lines.append((f"reencode_over_{p}_at_{hi}", div(_get(summary, "reencode_window", hi, "total_s"), _get(summary, p, hi, "total_s"))))
-            lines.append((f"reencode_over_{p}_prefill_at_{hi}", div(_get(summary, "reencode_window", hi, "prefill_s"), _get(summary, p, hi, "prefill_s"))))
+            lines.append(
+                (
+                    f"reencode_over_{p}_at_{hi}",
+                    div(_get(summary, "reencode_window", hi, "total_s"), _get(summary, p, hi, "total_s")),
+                )
+            )
+            lines.append(
+                (
+                    f"reencode_over_{p}_prefill_at_{hi}",
+                    div(_get(summary, "reencode_window", hi, "prefill_s"), _get(summary, p, hi, "prefill_s")),
+                )
+            )
     if iq:
         lines.append(("forced_over_onepass_with_logits", div(iq["forced_logits_s"], iq["onepass_s"])))
     if "dense" in cfg.policies:
         for p in cfg.policies:
             key = "kv_bytes_work" if p == "reencode_window" else "kv_bytes"
-            lines.append((f"kv_bytes_{p}_over_dense_at_{hi}", div(_get(summary, p, hi, key), _get(summary, "dense", hi, "kv_bytes"))))
+            lines.append(
+                (
+                    f"kv_bytes_{p}_over_dense_at_{hi}",
+                    div(_get(summary, p, hi, key), _get(summary, "dense", hi, "kv_bytes")),
+                )
+            )
     for p, pr in pairs.items():
         if pr and p != "reencode_over_multimodal_sink":
             lines.append((f"step{hi}_over_step{lo}_{p}_paired", pr["ratio"]))
@@ -619,11 +790,19 @@ def compute_ratios(summary: List[dict], iq: Optional[dict], cfg: BenchConfig, de
     mm = "multimodal_sink"
     head = {
         "decode_ms_per_token_over_plain_transformers": decode["ratio"] if decode else float("nan"),
-        "step50_over_step5_default": (pairs["default"]["ratio"] if pairs.get("default") else
-                                      div(_get(summary, "default", hi, "total_s"), _get(summary, "default", lo, "total_s"))),
-        "kv_bytes_default_over_dense_at_50": div(_get(summary, "default", hi, "kv_bytes"), _get(summary, "dense", hi, "kv_bytes")),
-        "reencode_over_multimodal_sink": (pairs["reencode_over_multimodal_sink"]["ratio"] if pairs.get("reencode_over_multimodal_sink")
-                                          else div(_get(summary, "reencode_window", hi, "total_s"), _get(summary, mm, hi, "total_s"))),
+        "step50_over_step5_default": (
+            pairs["default"]["ratio"]
+            if pairs.get("default")
+            else div(_get(summary, "default", hi, "total_s"), _get(summary, "default", lo, "total_s"))
+        ),
+        "kv_bytes_default_over_dense_at_50": div(
+            _get(summary, "default", hi, "kv_bytes"), _get(summary, "dense", hi, "kv_bytes")
+        ),
+        "reencode_over_multimodal_sink": (
+            pairs["reencode_over_multimodal_sink"]["ratio"]
+            if pairs.get("reencode_over_multimodal_sink")
+            else div(_get(summary, "reencode_window", hi, "total_s"), _get(summary, mm, hi, "total_s"))
+        ),
         "forced_over_onepass_image_queries": div(iq["forced_s"], iq["onepass_s"]) if iq else float("nan"),
     }
     return head, lines
@@ -656,9 +835,11 @@ def machine_description(cfg: BenchConfig) -> str:
     dev = cfg.device
     if str(dev).startswith("cuda") and torch.cuda.is_available():
         dev = f"{dev} ({torch.cuda.get_device_name()})"
-    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} logical CPUs visible, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads), python {platform.python_version()}, "
-            f"device {dev}, dtype {cfg.dtype}")
+    return (
+        f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} logical CPUs visible, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads), python {platform.python_version()}, "
+        f"device {dev}, dtype {cfg.dtype}"
+    )
 
 
 def make_plots(rows: List[dict], cfg: BenchConfig) -> List[Path]:
@@ -734,19 +915,31 @@ def quality_mode(model_dir: str, cfg: BenchConfig, log=print) -> int:
     try:
         from training.evaluate import long_story_ablation  # type: ignore
     except ImportError as exc:
-        log("quality mode skipped: `training.evaluate.long_story_ablation` is not available yet "
+        log(
+            "quality mode skipped: `training.evaluate.long_story_ablation` is not available yet "
             f"({exc}). It needs the trained tiny model and its evaluation code; once "
             "`training/evaluate.py` defines long_story_ablation(model_dir, policies, length_multiples, window_images, "
-            "device, dtype) -> list of row dicts, `python -m bench --model DIR` writes bench/results/quality.csv.")
+            "device, dtype) -> list of row dicts, `python -m bench --model DIR` writes bench/results/quality.csv."
+        )
         return 0
     from seedstory_core.cache import POLICIES
 
     # the official reencode_window loop is a context strategy, not a cache policy: it has no ablation row
-    table = long_story_ablation(model_dir, policies=tuple(p for p in cfg.policies if p in POLICIES), length_multiples=(1, 2, 3),
-                                window_images=cfg.window_images, device=cfg.device, dtype=cfg.dtype)
-    rows = [{"policy": policy, "length": seg, **metrics} for policy, segs in table.items() for seg, metrics in segs.items()]
+    table = long_story_ablation(
+        model_dir,
+        policies=tuple(p for p in cfg.policies if p in POLICIES),
+        length_multiples=(1, 2, 3),
+        window_images=cfg.window_images,
+        device=cfg.device,
+        dtype=cfg.dtype,
+    )
+    rows = [
+        {"policy": policy, "length": seg, **metrics} for policy, segs in table.items() for seg, metrics in segs.items()
+    ]
     for r in rows:
-        log(f"  {r['policy']:16s} {r['length']}: attribute agreement {r['attribute_agreement']:.3f}, pixel L1 {r['pixel_l1']:.3f}")
+        log(
+            f"  {r['policy']:16s} {r['length']}: attribute agreement {r['attribute_agreement']:.3f}, pixel L1 {r['pixel_l1']:.3f}"
+        )
     cols = ["policy", "length", "attribute_agreement", "pixel_l1"]
     write_csv(cfg.out_dir / "quality.csv", rows, cols)
     log(f"quality: {len(rows)} rows -> {cfg.out_dir / 'quality.csv'}")
@@ -758,11 +951,15 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
     t_run = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
-    log(f"seedstory bench: mode={cfg.mode} preset={cfg.preset} device={cfg.device} dtype={cfg.dtype} "
-        f"policies={list(cfg.policies)} lengths={list(cfg.lengths)} reps={cfg.reps} text_tokens={cfg.sentence_tokens}")
+    log(
+        f"seedstory bench: mode={cfg.mode} preset={cfg.preset} device={cfg.device} dtype={cfg.dtype} "
+        f"policies={list(cfg.policies)} lengths={list(cfg.lengths)} reps={cfg.reps} text_tokens={cfg.sentence_tokens}"
+    )
     engine, feats = build_engine(cfg)
-    log(f"  model built ({sum(p.numel() for p in engine.agent.parameters()) / 1e6:.1f} M parameters, "
-        f"merge_lora={engine.merge_lora})")
+    log(
+        f"  model built ({sum(p.numel() for p in engine.agent.parameters()) / 1e6:.1f} M parameters, "
+        f"merge_lora={engine.merge_lora})"
+    )
     with torch.no_grad():
         rows, states = measure_steps(engine, feats, cfg, log)
         bad = [r for r in rows if r["text_tokens"] != cfg.sentence_tokens]
@@ -773,14 +970,20 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
         iq_policy = "multimodal_sink" if ("multimodal_sink", hi) in states else cfg.policies[0]
         if cfg.extras and (iq_policy, hi) in states and states[(iq_policy, hi)].kv_length > 0:
             iq = measure_image_queries(engine, states[(iq_policy, hi)], cfg)
-            log(f"  image queries ({iq_policy}, frame {hi}): one-pass {1000*iq['onepass_s']:.2f} ms, forced {1000*iq['forced_s']:.2f} ms")
+            log(
+                f"  image queries ({iq_policy}, frame {hi}): one-pass {1000 * iq['onepass_s']:.2f} ms, forced {1000 * iq['forced_s']:.2f} ms"
+            )
         decode = None
-        dec_policy = next((p for p in ("default", "multimodal_sink", "dense", "window", "sink") if (p, hi) in states), None)
+        dec_policy = next(
+            (p for p in ("default", "multimodal_sink", "dense", "window", "sink") if (p, hi) in states), None
+        )
         if cfg.extras and dec_policy is not None:
             decode = measure_decode_floor(engine, states[(dec_policy, hi)], cfg)
             decode["policy"] = dec_policy
-            log(f"  decode ({dec_policy}, frame {hi}, {decode['cache_tokens']} cached tokens): ours "
-                f"{decode['ours_ms_per_token']:.3f} ms/token, plain transformers {decode['plain_ms_per_token']:.3f} ms/token")
+            log(
+                f"  decode ({dec_policy}, frame {hi}, {decode['cache_tokens']} cached tokens): ours "
+                f"{decode['ours_ms_per_token']:.3f} ms/token, plain transformers {decode['plain_ms_per_token']:.3f} ms/token"
+            )
         pairs = {}
         lo = min(cfg.lengths)
         for p in ("default", "window", "multimodal_sink"):  # window: the floor of any cache that keeps the window
@@ -791,7 +994,9 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
         mm_prev, re_prev = states.get(("multimodal_sink", hi - 1)), states.get(("reencode_window", hi - 1))
         if cfg.extras and mm_prev is not None and re_prev is not None:
             pairs["reencode_over_multimodal_sink"] = measure_state_pair(engine, mm_prev, re_prev, cfg)
-            log(f"  paired steps frame {hi}: reencode_window / multimodal_sink = {pairs['reencode_over_multimodal_sink']['ratio']:.3f}")
+            log(
+                f"  paired steps frame {hi}: reencode_window / multimodal_sink = {pairs['reencode_over_multimodal_sink']['ratio']:.3f}"
+            )
     states.pop((iq_policy, hi), None)
     memory = measure_memory(cfg, log) if cfg.memory and not str(cfg.device).startswith("cuda") else {}
     summary = summarize(rows, cfg)
@@ -817,21 +1022,35 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
         extra += [dict(name=f"target_op_{key}", value=op), dict(name=f"target_{key}", value=target)]
     write_csv(cfg.out_dir / f"{prefix}_ratios.csv", extra, ("name", "value"))
     write_csv(cfg.out_dir / f"{prefix}_run.csv", run_info(cfg, elapsed, command, decode), ("name", "value"))
-    write_csv(cfg.out_dir / "paper_table8.csv",
-              [dict(policy=k, **v, time_over_dense=round(v["time_s"] / PAPER_TABLE8["dense"]["time_s"], 4))
-               for k, v in PAPER_TABLE8.items()], ("policy", "name", "fid", "clip", "time_s", "memory_gb", "time_over_dense"))
+    write_csv(
+        cfg.out_dir / "paper_table8.csv",
+        [
+            dict(policy=k, **v, time_over_dense=round(v["time_s"] / PAPER_TABLE8["dense"]["time_s"], 4))
+            for k, v in PAPER_TABLE8.items()
+        ],
+        ("policy", "name", "fid", "clip", "time_s", "memory_gb", "time_over_dense"),
+    )
     from bench import full_size
 
-    full_size.write(full_size.full_size_rows(frame=hi, sentence_tokens=cfg.sentence_tokens, window_images=cfg.window_images),
-                    cfg.out_dir / "full_size.csv")
+    full_size.write(
+        full_size.full_size_rows(frame=hi, sentence_tokens=cfg.sentence_tokens, window_images=cfg.window_images),
+        cfg.out_dir / "full_size.csv",
+    )
     if cfg.img_dir is not None:
         make_plots(rows, cfg)
     if cfg.docs_path is not None:
         from bench import docs as bench_docs
 
-        bench_docs.write_docs(cfg.out_dir, path=cfg.docs_path, img_rel=os.path.relpath(cfg.img_dir, cfg.docs_path.parent)
-                              if cfg.img_dir is not None else None)
-    log(f"  wrote {cfg.out_dir}/{prefix}_*.csv" + (f", {cfg.docs_path}" if cfg.docs_path else "") + f" ({elapsed:.0f} s)")
+        bench_docs.write_docs(
+            cfg.out_dir,
+            path=cfg.docs_path,
+            img_rel=os.path.relpath(cfg.img_dir, cfg.docs_path.parent) if cfg.img_dir is not None else None,
+        )
+    log(
+        f"  wrote {cfg.out_dir}/{prefix}_*.csv"
+        + (f", {cfg.docs_path}" if cfg.docs_path else "")
+        + f" ({elapsed:.0f} s)"
+    )
     for line in format_ratio_lines(head, lines):
         print(line, flush=True)
     return head
@@ -842,31 +1061,67 @@ def run_info(cfg: BenchConfig, elapsed: float, command: str, decode: Optional[di
     from seedstory_core.story import StorySettings
 
     default = StorySettings().policy
-    info = dict(command=command, mode=cfg.mode, preset=cfg.preset, device=cfg.device, dtype=cfg.dtype,
-                lengths=" ".join(str(x) for x in cfg.lengths), reps=cfg.reps, pool_frames=cfg.pool_frames,
-                samples=cfg.reps * cfg.pool_frames, step_pairs=cfg.step_pairs, sentence_tokens=cfg.sentence_tokens, window_images=cfg.window_images,
-                warmup_steps=cfg.warmup_steps, threads=cfg.threads, seed=cfg.seed, image_query_reps=cfg.image_query_reps,
-                decode_tokens=cfg.decode_tokens, decode_reps=cfg.decode_reps, wall_s=round(elapsed),
-                default_max_sink_images=default.max_sink_images, default_window_images=default.window_images,
-                machine=machine_description(cfg), policies=" ".join(cfg.policies),
-                decode_policy=(decode or {}).get("policy", ""))
+    info = dict(
+        command=command,
+        mode=cfg.mode,
+        preset=cfg.preset,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        lengths=" ".join(str(x) for x in cfg.lengths),
+        reps=cfg.reps,
+        pool_frames=cfg.pool_frames,
+        samples=cfg.reps * cfg.pool_frames,
+        step_pairs=cfg.step_pairs,
+        sentence_tokens=cfg.sentence_tokens,
+        window_images=cfg.window_images,
+        warmup_steps=cfg.warmup_steps,
+        threads=cfg.threads,
+        seed=cfg.seed,
+        image_query_reps=cfg.image_query_reps,
+        decode_tokens=cfg.decode_tokens,
+        decode_reps=cfg.decode_reps,
+        wall_s=round(elapsed),
+        default_max_sink_images=default.max_sink_images,
+        default_window_images=default.window_images,
+        machine=machine_description(cfg),
+        policies=" ".join(cfg.policies),
+        decode_policy=(decode or {}).get("policy", ""),
+    )
     return [dict(name=k, value=v) for k, v in info.items()]
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m bench", description="SEED-Story story-engine benchmarks (paper Table 8)")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench", description="SEED-Story story-engine benchmarks (paper Table 8)"
+    )
     ap.add_argument("--quick", action="store_true", help="fewer repeats (about 5 minutes on 2 CPU cores)")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--preset", default="tiny", choices=("tiny", "official", "full"),
-                    help="model size (full = official = the full-size SEED-Story config; random weights)")
-    ap.add_argument("--random-weights", action="store_true",
-                    help="random weights (the only mode: timing does not depend on the weights; accepted for clarity)")
-    ap.add_argument("--layers", type=int, default=None, help="override the decoder layer count (e.g. --preset full --layers 2 on CPU)")
+    ap.add_argument(
+        "--preset",
+        default="tiny",
+        choices=("tiny", "official", "full"),
+        help="model size (full = official = the full-size SEED-Story config; random weights)",
+    )
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random weights (the only mode: timing does not depend on the weights; accepted for clarity)",
+    )
+    ap.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="override the decoder layer count (e.g. --preset full --layers 2 on CPU)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
-    ap.add_argument("--merge-lora", default="auto", choices=("auto", "on", "off"),
-                    help="StoryEngine(merge_lora=...): merged LoRA inference decoder (auto = when the copy is <= 1 GiB)")
+    ap.add_argument(
+        "--merge-lora",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="StoryEngine(merge_lora=...): merged LoRA inference decoder (auto = when the copy is <= 1 GiB)",
+    )
     ap.add_argument("--policies", default=None, help="comma list (default: all)")
     ap.add_argument("--lengths", default=None, help="comma list of frames, e.g. 5,10,25,50")
     ap.add_argument("--reps", type=int, default=None)
@@ -874,13 +1129,21 @@ def parse_args(argv=None):
     ap.add_argument("--window-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 1 on CPU)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-policy child processes (peak RSS)")
-    ap.add_argument("--skip-extras", action="store_true",
-                    help="only the per-step story runs (no image-query, decode-floor or paired-step measurement)")
-    ap.add_argument("--out-dir", default=None, help=f"results folder (default {DEFAULT_OUT.relative_to(REPO)}, untracked)")
+    ap.add_argument(
+        "--skip-extras",
+        action="store_true",
+        help="only the per-step story runs (no image-query, decode-floor or paired-step measurement)",
+    )
+    ap.add_argument(
+        "--out-dir", default=None, help=f"results folder (default {DEFAULT_OUT.relative_to(REPO)}, untracked)"
+    )
     ap.add_argument("--docs", default=None, help="markdown file to write (default <out-dir>/benchmarks.md; '' = none)")
     ap.add_argument("--img-dir", default=None, help="plot folder (default <out-dir>/img; '' = none)")
-    ap.add_argument("--update-docs", action="store_true",
-                    help="write the tracked copies: bench/results/*.csv, docs/benchmarks.md, docs/img/bench_*.png")
+    ap.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="write the tracked copies: bench/results/*.csv, docs/benchmarks.md, docs/img/bench_*.png",
+    )
     ap.add_argument("--model", default=None, help="trained bundle folder: quality side of Table 8 (FID/CLIP)")
     return ap.parse_args(argv)
 
@@ -936,7 +1199,7 @@ def main(argv=None) -> int:
         if args.update_docs:
             cfg.out_dir = TRACKED_RESULTS
         return quality_mode(args.model, cfg)
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
     run(cfg, command=f"python -m bench {argv_s}".strip(), log=log)
     return 0

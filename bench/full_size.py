@@ -35,9 +35,24 @@ from seedstory_core.tokens import TokenKind, image_segment_kinds
 
 #: Table 8 of the paper (GPU memory, GB) for the policies it lists.
 PAPER_MEMORY_GB = {"dense": 37.99, "window": 30.81, "sink": 30.81, "multimodal_sink": 31.82}
-COLUMNS = ("policy", "frame", "sentence_tokens", "window_images", "layers", "heads", "kv_heads", "head_dim", "dtype_bytes",
-           "kv_tokens", "kv_bytes", "kv_bytes_minus_dense", "attn_flops", "reencode_tokens", "paper_memory_gb",
-           "paper_minus_dense_gb")
+COLUMNS = (
+    "policy",
+    "frame",
+    "sentence_tokens",
+    "window_images",
+    "layers",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "dtype_bytes",
+    "kv_tokens",
+    "kv_bytes",
+    "kv_bytes_minus_dense",
+    "attn_flops",
+    "reencode_tokens",
+    "paper_memory_gb",
+    "paper_minus_dense_gb",
+)
 
 
 class _Stream:
@@ -70,8 +85,15 @@ def _image(n_img: int) -> List[int]:
     return image_segment_kinds(n_img)
 
 
-def step_costs(policy: str, frame: int, *, sentence_tokens: int, window_images: int, n_img: int = 64,
-               max_sink_images: Optional[int] = None) -> Dict[str, int]:
+def step_costs(
+    policy: str,
+    frame: int,
+    *,
+    sentence_tokens: int,
+    window_images: int,
+    n_img: int = 64,
+    max_sink_images: Optional[int] = None,
+) -> Dict[str, int]:
     """Kept KV tokens after step ``frame`` and the attention "query × key" count of that step (see module doc)."""
     image = _image(n_img)
     text = [TokenKind.TEXT] * sentence_tokens
@@ -104,8 +126,13 @@ def step_costs(policy: str, frame: int, *, sentence_tokens: int, window_images: 
     return dict(kv_tokens=len(s.kept), qk=qk, reencode_tokens=0)
 
 
-def full_size_rows(frame: int = 50, sentence_tokens: int = 24, window_images: int = 8, dtype_bytes: int = 2,
-                   default_max_sink_images: Optional[int] = None) -> List[dict]:
+def full_size_rows(
+    frame: int = 50,
+    sentence_tokens: int = 24,
+    window_images: int = 8,
+    dtype_bytes: int = 2,
+    default_max_sink_images: Optional[int] = None,
+) -> List[dict]:
     """One row per policy (dense, window, sink, multimodal_sink, default, reencode_window) at ``frame``."""
     from seedstory_core.config import official_config
     from seedstory_core.story import StorySettings
@@ -122,17 +149,33 @@ def full_size_rows(frame: int = 50, sentence_tokens: int = 24, window_images: in
     for name in ("dense", "window", "sink", "multimodal_sink", "default", "reencode_window"):
         kind = "multimodal_sink" if name == "default" else name
         cap = default_max_sink_images if name == "default" else None
-        c = step_costs(kind, frame, sentence_tokens=sentence_tokens, window_images=window_images, n_img=n_img, max_sink_images=cap)
-        rows.append(dict(policy=name, frame=frame, sentence_tokens=sentence_tokens, window_images=window_images, layers=layers,
-                         heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype_bytes=dtype_bytes,
-                         kv_tokens=c["kv_tokens"], kv_bytes=c["kv_tokens"] * per_token,
-                         attn_flops=4 * layers * heads * head_dim * c["qk"], reencode_tokens=c["reencode_tokens"],
-                         paper_memory_gb=PAPER_MEMORY_GB.get(name, "")))
+        c = step_costs(
+            kind, frame, sentence_tokens=sentence_tokens, window_images=window_images, n_img=n_img, max_sink_images=cap
+        )
+        rows.append(
+            dict(
+                policy=name,
+                frame=frame,
+                sentence_tokens=sentence_tokens,
+                window_images=window_images,
+                layers=layers,
+                heads=heads,
+                kv_heads=kv_heads,
+                head_dim=head_dim,
+                dtype_bytes=dtype_bytes,
+                kv_tokens=c["kv_tokens"],
+                kv_bytes=c["kv_tokens"] * per_token,
+                attn_flops=4 * layers * heads * head_dim * c["qk"],
+                reencode_tokens=c["reencode_tokens"],
+                paper_memory_gb=PAPER_MEMORY_GB.get(name, ""),
+            )
+        )
     dense = rows[0]
     for r in rows:
         r["kv_bytes_minus_dense"] = r["kv_bytes"] - dense["kv_bytes"]
-        r["paper_minus_dense_gb"] = (round(r["paper_memory_gb"] - PAPER_MEMORY_GB["dense"], 2)
-                                     if r["paper_memory_gb"] != "" else "")
+        r["paper_minus_dense_gb"] = (
+            round(r["paper_memory_gb"] - PAPER_MEMORY_GB["dense"], 2) if r["paper_memory_gb"] != "" else ""
+        )
     return rows
 
 

@@ -38,8 +38,27 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = dict(scheduler="euler", steps=50, guidance=7.5)
-STEP_COLUMNS = ("model", "loop", "scheduler", "steps", "frames", "mllm_s", "detok_s", "total_s", "mllm_share", "total_over_ours")
-QUALITY_COLUMNS = ("scheduler", "steps", "frames", "agreement", "agreement_minus_official", "pixel_l1_vs_official", "s_per_frame")
+STEP_COLUMNS = (
+    "model",
+    "loop",
+    "scheduler",
+    "steps",
+    "frames",
+    "mllm_s",
+    "detok_s",
+    "total_s",
+    "mllm_share",
+    "total_over_ours",
+)
+QUALITY_COLUMNS = (
+    "scheduler",
+    "steps",
+    "frames",
+    "agreement",
+    "agreement_minus_official",
+    "pixel_l1_vs_official",
+    "s_per_frame",
+)
 
 
 def _bundles(which: List[str]):
@@ -63,8 +82,17 @@ def _bundles(which: List[str]):
 
 
 @torch.no_grad()
-def run_loop(bundle, *, official: bool, scheduler: str, steps: int, frames: int, sentence_tokens: int,
-             window_images: int, guidance: float) -> Dict[str, List[float]]:
+def run_loop(
+    bundle,
+    *,
+    official: bool,
+    scheduler: str,
+    steps: int,
+    frames: int,
+    sentence_tokens: int,
+    window_images: int,
+    guidance: float,
+) -> Dict[str, List[float]]:
     """Per-frame (mllm_s, detok_s) of one story of ``frames`` steps from a held-out StoryStream-mini start."""
     import dataclasses
 
@@ -73,7 +101,9 @@ def run_loop(bundle, *, official: bool, scheduler: str, steps: int, frames: int,
     from seedstory_core.story import DecodingSettings, StorySettings
 
     story = mini.generate_story(1001, 0, frames=2)
-    start = mini.render_story({**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64)[0]
+    start = mini.render_story(
+        {**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64
+    )[0]
     if official:
         settings = StorySettings(policy=ReencodePolicy(window_images=window_images))
     else:
@@ -87,8 +117,16 @@ def run_loop(bundle, *, official: bool, scheduler: str, steps: int, frames: int,
         t0 = time.perf_counter()
         res = engine.step(state, decoding=decoding)
         t1 = time.perf_counter()
-        bundle.detokenizer.generate(res.features, bundle.uncond_features, num_inference_steps=steps, scheduler=scheduler,
-                                    guidance_scale=guidance, seed=0, frame_index=i, output="tensor")
+        bundle.detokenizer.generate(
+            res.features,
+            bundle.uncond_features,
+            num_inference_steps=steps,
+            scheduler=scheduler,
+            guidance_scale=guidance,
+            seed=0,
+            frame_index=i,
+            output="tensor",
+        )
         t2 = time.perf_counter()
         state = res.state
         mllm.append(t1 - t0)
@@ -96,24 +134,61 @@ def run_loop(bundle, *, official: bool, scheduler: str, steps: int, frames: int,
     return {"mllm": mllm, "detok": detok}
 
 
-def whole_step_rows(models: List[str], *, frames: int, fast_steps: int, sentence_tokens: int, window_images: int,
-                    official_steps: int = OFFICIAL["steps"], log=print):
-    loops = [("official", True, OFFICIAL["scheduler"], official_steps),
-             ("ours", False, OFFICIAL["scheduler"], official_steps),
-             ("ours", False, "dpmpp_2m", fast_steps)]
+def whole_step_rows(
+    models: List[str],
+    *,
+    frames: int,
+    fast_steps: int,
+    sentence_tokens: int,
+    window_images: int,
+    official_steps: int = OFFICIAL["steps"],
+    log=print,
+):
+    loops = [
+        ("official", True, OFFICIAL["scheduler"], official_steps),
+        ("ours", False, OFFICIAL["scheduler"], official_steps),
+        ("ours", False, "dpmpp_2m", fast_steps),
+    ]
     rows = []
     for name, bundle in _bundles(models).items():
         # warm-up (lazy imports, allocator) with a short story
-        run_loop(bundle, official=False, scheduler="euler", steps=2, frames=2, sentence_tokens=sentence_tokens,
-                 window_images=window_images, guidance=OFFICIAL["guidance"])
+        run_loop(
+            bundle,
+            official=False,
+            scheduler="euler",
+            steps=2,
+            frames=2,
+            sentence_tokens=sentence_tokens,
+            window_images=window_images,
+            guidance=OFFICIAL["guidance"],
+        )
         per = []
         for loop, official, sched, steps in loops:
-            t = run_loop(bundle, official=official, scheduler=sched, steps=steps, frames=frames, sentence_tokens=sentence_tokens,
-                         window_images=window_images, guidance=OFFICIAL["guidance"])
+            t = run_loop(
+                bundle,
+                official=official,
+                scheduler=sched,
+                steps=steps,
+                frames=frames,
+                sentence_tokens=sentence_tokens,
+                window_images=window_images,
+                guidance=OFFICIAL["guidance"],
+            )
             sel = slice(window_images, None) if frames > window_images else slice(None)
             m, d = statistics.median(t["mllm"][sel]), statistics.median(t["detok"][sel])
-            per.append(dict(model=name, loop=loop, scheduler=sched, steps=steps, frames=len(t["mllm"][sel]),
-                            mllm_s=round(m, 5), detok_s=round(d, 5), total_s=round(m + d, 5), mllm_share=round(m / (m + d), 4)))
+            per.append(
+                dict(
+                    model=name,
+                    loop=loop,
+                    scheduler=sched,
+                    steps=steps,
+                    frames=len(t["mllm"][sel]),
+                    mllm_s=round(m, 5),
+                    detok_s=round(d, 5),
+                    total_s=round(m + d, 5),
+                    mllm_share=round(m / (m + d), 4),
+                )
+            )
             log(f"  {name:12s} {loop:8s} {sched:9s} {steps:3d} steps: MLLM {m:.3f} s + detok {d:.3f} s per frame")
         ours = next(r for r in per if r["loop"] == "ours" and r["scheduler"] == "dpmpp_2m")["total_s"]
         for r in per:
@@ -123,8 +198,14 @@ def whole_step_rows(models: List[str], *, frames: int, fast_steps: int, sentence
 
 
 @torch.no_grad()
-def solver_quality_rows(*, quality_frames: int, candidates, guidance: float = OFFICIAL["guidance"],
-                        official_steps: int = OFFICIAL["steps"], log=print):
+def solver_quality_rows(
+    *,
+    quality_frames: int,
+    candidates,
+    guidance: float = OFFICIAL["guidance"],
+    official_steps: int = OFFICIAL["steps"],
+    log=print,
+):
     """Render true visual-tokenizer features of held-out frames with the official solver and each candidate
     ``(scheduler, steps)``; one row each (same noise per frame for every solver)."""
     import numpy as np
@@ -149,21 +230,39 @@ def solver_quality_rows(*, quality_frames: int, candidates, guidance: float = OF
     for sched, steps in ((OFFICIAL["scheduler"], official_steps), *candidates):
         imgs, t0 = [], time.perf_counter()
         for i in range(0, len(frames), 8):
-            imgs += bundle.detokenizer.generate(feats[i:i + 8], bundle.uncond_features, num_inference_steps=steps,
-                                                scheduler=sched, guidance_scale=guidance, seed=0,
-                                                frame_index=list(range(i, min(i + 8, len(frames)))), output="pil")
+            imgs += bundle.detokenizer.generate(
+                feats[i : i + 8],
+                bundle.uncond_features,
+                num_inference_steps=steps,
+                scheduler=sched,
+                guidance_scale=guidance,
+                seed=0,
+                frame_index=list(range(i, min(i + 8, len(frames)))),
+                output="pil",
+            )
         dt = (time.perf_counter() - t0) / len(frames)
         preds = judge.predict(imgs)
         agree = float(np.mean([attribute_agreement(p, a) for p, a in zip(preds, attrs)]))
         renders[(sched, steps)] = imgs
-        rows.append(dict(scheduler=sched, steps=steps, frames=len(frames), agreement=round(agree, 4), s_per_frame=round(dt, 5)))
+        rows.append(
+            dict(scheduler=sched, steps=steps, frames=len(frames), agreement=round(agree, 4), s_per_frame=round(dt, 5))
+        )
         log(f"  solver {sched} {steps} steps: judge agreement {agree:.4f} ({dt:.3f} s/frame)")
     ref = renders[(OFFICIAL["scheduler"], official_steps)]
     for r in rows:
         r["agreement_minus_official"] = round(r["agreement"] - rows[0]["agreement"], 4)
         imgs = renders[(r["scheduler"], r["steps"])]
-        r["pixel_l1_vs_official"] = round(float(np.mean([
-            np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean() / 255.0 for a, b in zip(imgs, ref)])), 5)
+        r["pixel_l1_vs_official"] = round(
+            float(
+                np.mean(
+                    [
+                        np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean() / 255.0
+                        for a, b in zip(imgs, ref)
+                    ]
+                )
+            ),
+            5,
+        )
     return rows
 
 
@@ -180,31 +279,49 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="tiny-random,bundled")
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--fast-steps", type=int, default=20)
-    ap.add_argument("--official-steps", type=int, default=OFFICIAL["steps"], help="official solver steps (50; lower only for tests)")
+    ap.add_argument(
+        "--official-steps", type=int, default=OFFICIAL["steps"], help="official solver steps (50; lower only for tests)"
+    )
     ap.add_argument("--sentence-tokens", type=int, default=24)
     ap.add_argument("--window-images", type=int, default=8)
     ap.add_argument("--quality-frames", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-steps", action="store_true", help="only the solver-quality table")
-    ap.add_argument("--quality-candidates", default=None,
-                    help="comma list of scheduler:steps for the quality table (default: dpmpp_2m:<fast-steps>)")
+    ap.add_argument(
+        "--quality-candidates",
+        default=None,
+        help="comma list of scheduler:steps for the quality table (default: dpmpp_2m:<fast-steps>)",
+    )
     ap.add_argument("--out-dir", default=str(REPO / "bench" / "out"))
-    ap.add_argument("--update-docs", action="store_true", help="write into bench/results and regenerate docs/benchmarks.md")
+    ap.add_argument(
+        "--update-docs", action="store_true", help="write into bench/results and regenerate docs/benchmarks.md"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = REPO / "bench" / "results" if args.update_docs else Path(args.out_dir)
-    log = (lambda m: print(m, file=sys.stderr, flush=True))
+    log = lambda m: print(m, file=sys.stderr, flush=True)
     rows = []
     if not args.skip_steps:
-        rows = whole_step_rows(args.models.split(","), frames=args.frames, fast_steps=args.fast_steps,
-                               sentence_tokens=args.sentence_tokens, window_images=args.window_images,
-                               official_steps=args.official_steps, log=log)
+        rows = whole_step_rows(
+            args.models.split(","),
+            frames=args.frames,
+            fast_steps=args.fast_steps,
+            sentence_tokens=args.sentence_tokens,
+            window_images=args.window_images,
+            official_steps=args.official_steps,
+            log=log,
+        )
         write(rows, STEP_COLUMNS, out / "story_step.csv")
     if not args.skip_quality:
-        cands = [(c.split(":")[0], int(c.split(":")[1])) for c in args.quality_candidates.split(",")] \
-            if args.quality_candidates else [("dpmpp_2m", args.fast_steps)]
-        q = solver_quality_rows(quality_frames=args.quality_frames, candidates=cands, official_steps=args.official_steps, log=log)
+        cands = (
+            [(c.split(":")[0], int(c.split(":")[1])) for c in args.quality_candidates.split(",")]
+            if args.quality_candidates
+            else [("dpmpp_2m", args.fast_steps)]
+        )
+        q = solver_quality_rows(
+            quality_frames=args.quality_frames, candidates=cands, official_steps=args.official_steps, log=log
+        )
         write(q, QUALITY_COLUMNS, out / "solver_quality.csv")
     if args.update_docs:
         from bench import docs

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -30,11 +30,15 @@ FOLDERS: Dict[str, Tuple[str, set]] = {
 
 DEVICES = ("auto", "cpu")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-DEVICE_TOOLTIP = ("Where the model runs. auto = ComfyUI's main device (GPU when there is one, else CPU; honours "
-                  "--cpu / --lowvram). cpu = always on the CPU (slow but no VRAM).")
-PRECISION_TOOLTIP = ("Weight precision. auto = fp16 or bf16 when ComfyUI says the device supports it, else fp32. "
-                     "fp16/bf16 halve memory (the official SEED-Story-George agent needs ~14 GB in fp16, ~28 GB in "
-                     "fp32); fp16/bf16 on a CPU is slow or unsupported.")
+DEVICE_TOOLTIP = (
+    "Where the model runs. auto = ComfyUI's main device (GPU when there is one, else CPU; honours "
+    "--cpu / --lowvram). cpu = always on the CPU (slow but no VRAM)."
+)
+PRECISION_TOOLTIP = (
+    "Weight precision. auto = fp16 or bf16 when ComfyUI says the device supports it, else fp32. "
+    "fp16/bf16 halve memory (the official SEED-Story-George agent needs ~14 GB in fp16, ~28 GB in "
+    "fp32); fp16/bf16 on a CPU is slow or unsupported."
+)
 
 
 def _optional(name: str):
@@ -134,7 +138,7 @@ def full_path(name: str, relative: str, *, folder: bool = False) -> str:
     dirs = folder_dirs(name)
     for root in dirs:
         p = os.path.join(root, relative)
-        if (os.path.isdir(p) if folder else os.path.isfile(p)):
+        if os.path.isdir(p) if folder else os.path.isfile(p):
             return p
     kind = "folder" if folder else "file"
     raise FileNotFoundError(

@@ -22,9 +22,11 @@ from .models import (
 
 CATEGORY = "SEED-Story/loaders"
 CONFIG_CHOICES = ("auto", "official", "tiny")
-CONFIG_TOOLTIP = ("Model sizes. auto = read seedstory_config.json next to the file (or one folder up) when there is "
-                  "one, else the official SEED-Story sizes. official = the released SEED-Story-George model. tiny = "
-                  "the small test/demo model.")
+CONFIG_TOOLTIP = (
+    "Model sizes. auto = read seedstory_config.json next to the file (or one folder up) when there is "
+    "one, else the official SEED-Story sizes. official = the released SEED-Story-George model. tiny = "
+    "the small test/demo model."
+)
 NONE = "none"
 
 
@@ -87,28 +89,40 @@ def _detok_wrapper(module, config, uncond, source, load_device, offload_device) 
 
 # ---------------------------------------------------------------------------------------------- visual tokenizer
 class SeedStoryVisualTokenizerLoader:
-    DESCRIPTION = ("Loads the SEED-Story visual tokenizer (the Qwen-VL ViT-G that turns a picture into 64 feature "
-                   "vectors) from ComfyUI/models/seed_story/visual_tokenizer, e.g. qwen_vit_G.pt of the official "
-                   "release. Needed to start a story from an IMAGE and by the de-tokenizer loader.")
+    DESCRIPTION = (
+        "Loads the SEED-Story visual tokenizer (the Qwen-VL ViT-G that turns a picture into 64 feature "
+        "vectors) from ComfyUI/models/seed_story/visual_tokenizer, e.g. qwen_vit_G.pt of the official "
+        "release. Needed to start a story from an IMAGE and by the de-tokenizer loader."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (VISUAL_TOKENIZER,)
     RETURN_NAMES = ("visual_tokenizer",)
-    OUTPUT_TOOLTIPS = ("The visual tokenizer, for ViT Tokenize, Story Start, Generate Story and the de-tokenizer loader.",)
+    OUTPUT_TOOLTIPS = (
+        "The visual tokenizer, for ViT Tokenize, Story Start, Generate Story and the de-tokenizer loader.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "vit_name": (glue.list_files("seed_story_visual_tokenizer"), {
-                "tooltip": "Visual tokenizer weights in models/seed_story/visual_tokenizer (official: qwen_vit_G.pt; "
-                           ".safetensors copies are loaded without pickle)."}),
-            "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
-            **_device_inputs(),
-        }}
+        return {
+            "required": {
+                "vit_name": (
+                    glue.list_files("seed_story_visual_tokenizer"),
+                    {
+                        "tooltip": "Visual tokenizer weights in models/seed_story/visual_tokenizer (official: qwen_vit_G.pt; "
+                        ".safetensors copies are loaded without pickle)."
+                    },
+                ),
+                "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
+                **_device_inputs(),
+            }
+        }
 
     def load(self, vit_name, config="auto", precision="auto", device="auto"):
         node = "SeedStory Visual Tokenizer Loader"
-        path = _loading_errors(node, "visual tokenizer", lambda: glue.full_path("seed_story_visual_tokenizer", vit_name))
+        path = _loading_errors(
+            node, "visual tokenizer", lambda: glue.full_path("seed_story_visual_tokenizer", vit_name)
+        )
         load_device, offload_device, dtype = _placement(precision, device)
         key = (os.path.realpath(path), os.path.getmtime(path), config, str(load_device), str(dtype))
 
@@ -124,11 +138,13 @@ class SeedStoryVisualTokenizerLoader:
 
 # ---------------------------------------------------------------------------------------------- agent
 class SeedStoryAgentLoader:
-    DESCRIPTION = ("Loads the SEED-Story MLLM agent (LLaMA-2 + LoRA + input/output resamplers) that writes the story "
-                   "and regresses each next image's features. Agent weights from models/seed_story/agent (official: "
-                   "SEED-Story-George pytorch_model.bin), the tokenizer folder from models/seed_story/tokenizer "
-                   "(cvlm_llama2_tokenizer) and, for agent files that hold only the trainable tensors, the base "
-                   "Llama-2-7b-hf folder from models/seed_story/llm.")
+    DESCRIPTION = (
+        "Loads the SEED-Story MLLM agent (LLaMA-2 + LoRA + input/output resamplers) that writes the story "
+        "and regresses each next image's features. Agent weights from models/seed_story/agent (official: "
+        "SEED-Story-George pytorch_model.bin), the tokenizer folder from models/seed_story/tokenizer "
+        "(cvlm_llama2_tokenizer) and, for agent files that hold only the trainable tensors, the base "
+        "Llama-2-7b-hf folder from models/seed_story/llm."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (AGENT,)
@@ -137,31 +153,54 @@ class SeedStoryAgentLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "agent_name": (glue.list_files("seed_story_agent"), {
-                "tooltip": "Agent weights in models/seed_story/agent: the official pytorch_model.bin, a .safetensors "
-                           "file, or model.safetensors(.index.json) written by seedstory (agent_config.json next to it)."}),
-            "tokenizer_name": (glue.list_subfolders("seed_story_tokenizer"), {
-                "tooltip": "Tokenizer folder in models/seed_story/tokenizer (official: cvlm_llama2_tokenizer, the "
-                           "LLaMA-2 tokenizer with the 66 image tokens)."}),
-            "base_llm": ([NONE] + glue.list_subfolders("seed_story_llm", depth=1) + glue.list_files("seed_story_llm"), {
-                "default": NONE,
-                "tooltip": "Base LLaMA weights (folder in models/seed_story/llm, e.g. Llama-2-7b-hf) for agent files "
-                           "that hold only the trainable LoRA/resampler tensors. none = the agent file is complete."}),
-            "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
-            **_device_inputs(),
-        }}
+        return {
+            "required": {
+                "agent_name": (
+                    glue.list_files("seed_story_agent"),
+                    {
+                        "tooltip": "Agent weights in models/seed_story/agent: the official pytorch_model.bin, a .safetensors "
+                        "file, or model.safetensors(.index.json) written by seedstory (agent_config.json next to it)."
+                    },
+                ),
+                "tokenizer_name": (
+                    glue.list_subfolders("seed_story_tokenizer"),
+                    {
+                        "tooltip": "Tokenizer folder in models/seed_story/tokenizer (official: cvlm_llama2_tokenizer, the "
+                        "LLaMA-2 tokenizer with the 66 image tokens)."
+                    },
+                ),
+                "base_llm": (
+                    [NONE] + glue.list_subfolders("seed_story_llm", depth=1) + glue.list_files("seed_story_llm"),
+                    {
+                        "default": NONE,
+                        "tooltip": "Base LLaMA weights (folder in models/seed_story/llm, e.g. Llama-2-7b-hf) for agent files "
+                        "that hold only the trainable LoRA/resampler tensors. none = the agent file is complete.",
+                    },
+                ),
+                "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
+                **_device_inputs(),
+            }
+        }
 
     def load(self, agent_name, tokenizer_name, base_llm=NONE, config="auto", precision="auto", device="auto"):
         node = "SeedStory Agent Loader"
         path = _loading_errors(node, "agent", lambda: glue.full_path("seed_story_agent", agent_name))
-        tok_path = _loading_errors(node, "tokenizer", lambda: glue.full_path("seed_story_tokenizer", tokenizer_name, folder=True))
+        tok_path = _loading_errors(
+            node, "tokenizer", lambda: glue.full_path("seed_story_tokenizer", tokenizer_name, folder=True)
+        )
         llm_path: Optional[str] = None
         if base_llm and base_llm != NONE:
             llm_path = _loading_errors(node, "base LLaMA", lambda: _file_or_folder("seed_story_llm", base_llm))
         load_device, offload_device, dtype = _placement(precision, device)
-        key = (os.path.realpath(path), os.path.getmtime(path), os.path.realpath(tok_path), llm_path, config,
-               str(load_device), str(dtype))
+        key = (
+            os.path.realpath(path),
+            os.path.getmtime(path),
+            os.path.realpath(tok_path),
+            llm_path,
+            config,
+            str(load_device),
+            str(dtype),
+        )
 
         def load():
             from seedstory_core.agent import SeedStoryAgent
@@ -175,8 +214,9 @@ class SeedStoryAgentLoader:
                     f"({cfg_name}) expects {agent_cfg.llm.vocab_size}. Pick the tokenizer that belongs to this agent "
                     "(official: cvlm_llama2_tokenizer) or the matching config."
                 )
-            module, _report = SeedStoryAgent.from_pretrained(path, agent_cfg, base_llama=llm_path,
-                                                             device=offload_device, dtype=dtype)
+            module, _report = SeedStoryAgent.from_pretrained(
+                path, agent_cfg, base_llama=llm_path, device=offload_device, dtype=dtype
+            )
             return _agent_wrapper(module.eval(), tokenizer, agent_cfg, agent_name, load_device, offload_device)
 
         return (cached_load("agent", key, lambda: _loading_errors(node, "agent", load)),)
@@ -221,18 +261,21 @@ def sdxl_choices():
 def resolve_sdxl(choice: str) -> str:
     for prefix, name in SDXL_PREFIXES.items():
         if choice.startswith(prefix + "/"):
-            rel = choice[len(prefix) + 1:]
+            rel = choice[len(prefix) + 1 :]
             return glue.full_path(name, rel, folder=(name != "checkpoints"))
     raise FileNotFoundError(
-        f"sdxl_base {choice!r} is not one of 'checkpoints/<file>', 'seed_story/sdxl/<folder>' or 'diffusers/<folder>'.")
+        f"sdxl_base {choice!r} is not one of 'checkpoints/<file>', 'seed_story/sdxl/<folder>' or 'diffusers/<folder>'."
+    )
 
 
 class SeedStoryDetokenizerLoader:
-    DESCRIPTION = ("Loads the SEED-Story de-tokenizer: the adapter (resampler + adapted UNet to_k/to_v; official: "
-                   "detokenizer pytorch_model.bin) from models/seed_story/detokenizer on top of SD-XL base "
-                   "(sd_xl_base_1.0.safetensors in models/checkpoints, or a diffusers folder in "
-                   "models/seed_story/sdxl or models/diffusers). The visual tokenizer computes the unconditional "
-                   "(all-zero image) features once, for classifier-free guidance.")
+    DESCRIPTION = (
+        "Loads the SEED-Story de-tokenizer: the adapter (resampler + adapted UNet to_k/to_v; official: "
+        "detokenizer pytorch_model.bin) from models/seed_story/detokenizer on top of SD-XL base "
+        "(sd_xl_base_1.0.safetensors in models/checkpoints, or a diffusers folder in "
+        "models/seed_story/sdxl or models/diffusers). The visual tokenizer computes the unconditional "
+        "(all-zero image) features once, for classifier-free guidance."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (DETOKENIZER,)
@@ -241,28 +284,57 @@ class SeedStoryDetokenizerLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "visual_tokenizer": (VISUAL_TOKENIZER, {
-                "tooltip": "The visual tokenizer of the same model; used once to compute the unconditional features."}),
-            "adapter_name": (glue.list_files("seed_story_detokenizer"), {
-                "tooltip": "De-tokenizer adapter in models/seed_story/detokenizer (official: pytorch_model.bin with "
-                           "resampler.* and unet.*to_k/to_v keys)."}),
-            "sdxl_base": (sdxl_choices(), {
-                "tooltip": "SD-XL base 1.0: a single file in models/checkpoints (sd_xl_base_1.0.safetensors) or a "
-                           "diffusers folder (with unet/ and vae/) in models/seed_story/sdxl or models/diffusers."}),
-            "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
-            **_device_inputs(),
-        }}
+        return {
+            "required": {
+                "visual_tokenizer": (
+                    VISUAL_TOKENIZER,
+                    {
+                        "tooltip": "The visual tokenizer of the same model; used once to compute the unconditional features."
+                    },
+                ),
+                "adapter_name": (
+                    glue.list_files("seed_story_detokenizer"),
+                    {
+                        "tooltip": "De-tokenizer adapter in models/seed_story/detokenizer (official: pytorch_model.bin with "
+                        "resampler.* and unet.*to_k/to_v keys)."
+                    },
+                ),
+                "sdxl_base": (
+                    sdxl_choices(),
+                    {
+                        "tooltip": "SD-XL base 1.0: a single file in models/checkpoints (sd_xl_base_1.0.safetensors) or a "
+                        "diffusers folder (with unet/ and vae/) in models/seed_story/sdxl or models/diffusers."
+                    },
+                ),
+                "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
+                **_device_inputs(),
+            }
+        }
 
     def load(self, visual_tokenizer, adapter_name, sdxl_base, config="auto", precision="auto", device="auto"):
         node = "SeedStory De-tokenizer Loader"
-        vit = require(visual_tokenizer, VisualTokenizerModel, node=node, name="visual_tokenizer",
-                      socket=VISUAL_TOKENIZER, hint="SeedStory Visual Tokenizer Loader output")
-        path = _loading_errors(node, "de-tokenizer adapter", lambda: glue.full_path("seed_story_detokenizer", adapter_name))
+        vit = require(
+            visual_tokenizer,
+            VisualTokenizerModel,
+            node=node,
+            name="visual_tokenizer",
+            socket=VISUAL_TOKENIZER,
+            hint="SeedStory Visual Tokenizer Loader output",
+        )
+        path = _loading_errors(
+            node, "de-tokenizer adapter", lambda: glue.full_path("seed_story_detokenizer", adapter_name)
+        )
         base = _loading_errors(node, "SD-XL base", lambda: resolve_sdxl(sdxl_base))
         load_device, offload_device, dtype = _placement(precision, device)
-        key = (os.path.realpath(path), os.path.getmtime(path), os.path.realpath(base), id(vit), config,
-               str(load_device), str(dtype))
+        key = (
+            os.path.realpath(path),
+            os.path.getmtime(path),
+            os.path.realpath(base),
+            id(vit),
+            config,
+            str(load_device),
+            str(dtype),
+        )
 
         def load():
             from seedstory_core.detokenizer import SeedStoryDetokenizer
@@ -272,8 +344,11 @@ class SeedStoryDetokenizerLoader:
                 raise SeedStoryInputError(
                     f"{node}: the de-tokenizer config ({cfg.name}) takes features of width "
                     f"{cfg.detokenizer.resampler.embedding_dim} but the visual tokenizer gives "
-                    f"{vit.config.output_dim}. Use the visual tokenizer and de-tokenizer of the same model.")
-            module = SeedStoryDetokenizer.from_pretrained(path, base, cfg.detokenizer, device=offload_device, dtype=dtype)
+                    f"{vit.config.output_dim}. Use the visual tokenizer and de-tokenizer of the same model."
+                )
+            module = SeedStoryDetokenizer.from_pretrained(
+                path, base, cfg.detokenizer, device=offload_device, dtype=dtype
+            )
             uncond = uncond_features(vit)
             return _detok_wrapper(module, cfg.detokenizer, uncond, adapter_name, load_device, offload_device)
 
@@ -307,10 +382,12 @@ def tiny_bundle_fingerprint(folder: str = None) -> str:
 
 
 class SeedStoryTinyModelLoader:
-    DESCRIPTION = ("One click: the bundled tiny SEED-Story model (agent, visual tokenizer, de-tokenizer) for demos "
-                   "and tests; runs on a CPU in seconds at 64x64 px. Loads the trained bundle in "
-                   "<this pack>/models/seedstory-tiny/ when it exists, otherwise builds seeded random weights "
-                   "(the story text is then gibberish; the pipeline is the real one).")
+    DESCRIPTION = (
+        "One click: the bundled tiny SEED-Story model (agent, visual tokenizer, de-tokenizer) for demos "
+        "and tests; runs on a CPU in seconds at 64x64 px. Loads the trained bundle in "
+        "<this pack>/models/seedstory-tiny/ when it exists, otherwise builds seeded random weights "
+        "(the story text is then gibberish; the pipeline is the real one)."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (AGENT, VISUAL_TOKENIZER, DETOKENIZER, "STRING")
@@ -324,12 +401,21 @@ class SeedStoryTinyModelLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "random_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
-                                    "tooltip": "Seed of the random weights, used only when the trained bundle "
-                                               "(models/seedstory-tiny in this pack) is not there."}),
-            **_device_inputs(),
-        }}
+        return {
+            "required": {
+                "random_seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 2**31 - 1,
+                        "tooltip": "Seed of the random weights, used only when the trained bundle "
+                        "(models/seedstory-tiny in this pack) is not there.",
+                    },
+                ),
+                **_device_inputs(),
+            }
+        }
 
     @classmethod
     def IS_CHANGED(cls, random_seed=0, precision="auto", device="auto"):
@@ -354,10 +440,15 @@ class SeedStoryTinyModelLoader:
                 info = f"trained tiny SEED-Story model from {glue.TINY_BUNDLE_DIR}"
             source = "tiny (random)" if fingerprint == "random" else "tiny (trained)"
             cfg = bundle.config
-            agent = _agent_wrapper(bundle.agent.eval(), bundle.tokenizer, cfg.agent, source, load_device, offload_device)
-            vit = _vit_wrapper(bundle.visual_tokenizer.eval(), cfg.visual_tokenizer, source, load_device, offload_device)
-            detok = _detok_wrapper(bundle.detokenizer.eval(), cfg.detokenizer, bundle.uncond_features, source,
-                                   load_device, offload_device)
+            agent = _agent_wrapper(
+                bundle.agent.eval(), bundle.tokenizer, cfg.agent, source, load_device, offload_device
+            )
+            vit = _vit_wrapper(
+                bundle.visual_tokenizer.eval(), cfg.visual_tokenizer, source, load_device, offload_device
+            )
+            detok = _detok_wrapper(
+                bundle.detokenizer.eval(), cfg.detokenizer, bundle.uncond_features, source, load_device, offload_device
+            )
             return agent, vit, detok, info
 
         return cached_load("tiny", key, lambda: _loading_errors(node, "tiny model", load))

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -73,8 +73,12 @@ class AgentModel:
         from seedstory_core.story import default_policy, engine_for
 
         self.ensure_loaded(visual_tokenizer)
-        return engine_for(policy if policy is not None else default_policy(), self.module, self.tokenizer,
-                          visual_tokenizer.module if visual_tokenizer is not None else None)
+        return engine_for(
+            policy if policy is not None else default_policy(),
+            self.module,
+            self.tokenizer,
+            visual_tokenizer.module if visual_tokenizer is not None else None,
+        )
 
     def ensure_loaded(self, visual_tokenizer: Optional[VisualTokenizerModel] = None) -> None:
         """Ask ComfyUI's model management to (re)load the agent, and the visual tokenizer when given, onto their
@@ -185,11 +189,18 @@ def check_image(value, *, node: str, name: str) -> torch.Tensor:
     """A ComfyUI IMAGE: float tensor [B, H, W, C] with C in 1..4 (any size; alpha/grayscale handled later)."""
     if not isinstance(value, torch.Tensor):
         raise SeedStoryInputError(
-            f"{node}: input '{name}' expects an IMAGE (e.g. from Load Image), but found {_found(value)}.")
+            f"{node}: input '{name}' expects an IMAGE (e.g. from Load Image), but found {_found(value)}."
+        )
     original = tuple(value.shape)
     if value.dim() == 3 and value.shape[-1] in (1, 2, 3, 4):  # one [H, W, C] picture
         value = value.unsqueeze(0)
-    if value.dim() != 4 or value.shape[0] < 1 or value.shape[-1] not in (1, 2, 3, 4) or value.shape[1] < 1 or value.shape[2] < 1:
+    if (
+        value.dim() != 4
+        or value.shape[0] < 1
+        or value.shape[-1] not in (1, 2, 3, 4)
+        or value.shape[1] < 1
+        or value.shape[2] < 1
+    ):
         raise SeedStoryInputError(
             f"{node}: input '{name}' expects an IMAGE batch [B, H, W, C] with C in 1..4, but found a tensor of shape "
             f"{original}. Connect an IMAGE output (Load Image, VAE Decode, ...), not a mask or latent."
@@ -208,7 +219,8 @@ def check_features(value, *, node: str, name: str, dim: Optional[int] = None) ->
         value = value.unsqueeze(0)
     if value.dim() != 3 or not value.is_floating_point() or value.shape[0] < 1:
         raise SeedStoryInputError(
-            f"{node}: input '{name}' expects image features of shape (B, T, D), but found {_found(value)}.")
+            f"{node}: input '{name}' expects image features of shape (B, T, D), but found {_found(value)}."
+        )
     if dim is not None and value.shape[-1] != dim:
         raise SeedStoryInputError(
             f"{node}: input '{name}' has features of width {value.shape[-1]}, but this model expects {dim}. The "

@@ -32,12 +32,16 @@ def parse_prefix(prefix, node: str = NODE_NAME) -> Tuple[str, str]:
         SeedStoryInputError: '..', absolute paths, drive letters, '~', control characters, '%', characters
             Windows forbids, Windows device names, over-long names (limits in nodes/paths.py).
     """
-    parts = clean_name(prefix, node=node, what="filename_prefix", example=PREFIX_EXAMPLE,
-                       folder=OUTPUT_FOLDER)
+    parts = clean_name(prefix, node=node, what="filename_prefix", example=PREFIX_EXAMPLE, folder=OUTPUT_FOLDER)
     tail = unicodedata.normalize("NFKC", prefix).rstrip()
     if tail.endswith(("/", "\\")):
-        parts = clean_name("/".join(parts + [DEFAULT_NAME]), node=node, what="filename_prefix",
-                           example=PREFIX_EXAMPLE, folder=OUTPUT_FOLDER)
+        parts = clean_name(
+            "/".join(parts + [DEFAULT_NAME]),
+            node=node,
+            what="filename_prefix",
+            example=PREFIX_EXAMPLE,
+            folder=OUTPUT_FOLDER,
+        )
     return "/".join(parts[:-1]), parts[-1]
 
 
@@ -48,8 +52,14 @@ def check_prefix_in(root: str, prefix, node: str = NODE_NAME) -> Tuple[str, str]
         SeedStoryInputError: see :func:`parse_prefix` and :func:`nodes.paths.resolve_inside`.
     """
     rel_dir, name = parse_prefix(prefix, node)
-    resolve_inside(root, f"{rel_dir}/{name}" if rel_dir else name, node=node, what="filename_prefix",
-                   example=PREFIX_EXAMPLE, folder=OUTPUT_FOLDER)
+    resolve_inside(
+        root,
+        f"{rel_dir}/{name}" if rel_dir else name,
+        node=node,
+        what="filename_prefix",
+        example=PREFIX_EXAMPLE,
+        folder=OUTPUT_FOLDER,
+    )
     return rel_dir, name
 
 
@@ -68,7 +78,8 @@ def check_pixels(images: torch.Tensor, node: str = NODE_NAME) -> None:
             f"{node}: input 'images' expects a ComfyUI IMAGE (float pixel values in [0, 1]), but found a "
             f"{str(images.dtype).replace('torch.', '')} tensor (values {lo}..{hi}); nothing was saved. The node "
             f"that made these images returns integers (e.g. 0..255): convert them to float and divide by 255 "
-            f"there, or connect an IMAGE output such as VAE Decode or SeedStory De-tokenize.")
+            f"there, or connect an IMAGE output such as VAE Decode or SeedStory De-tokenize."
+        )
     bad = ~torch.isfinite(images)
     if bool(bad.any()):
         frames = bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten().tolist()
@@ -77,7 +88,8 @@ def check_pixels(images: torch.Tensor, node: str = NODE_NAME) -> None:
             f"{node}: input 'images' expects finite pixel values in [0, 1], but found {n_nan} NaN and "
             f"{int(bad.sum()) - n_nan} infinite values in frame(s) {frames[:10]}{' ...' if len(frames) > 10 else ''}"
             f" of {images.shape[0]}; nothing was saved. The node that rendered them failed numerically (often fp16 "
-            f"overflow): run the models in fp32 (precision input of the loader) or try another seed.")
+            f"overflow): run the models in fp32 (precision input of the loader) or try another seed."
+        )
 
 
 def _next_story_dir(root: str, rel_dir: str, name: str, node: str = NODE_NAME) -> str:
@@ -88,8 +100,10 @@ def _next_story_dir(root: str, rel_dir: str, name: str, node: str = NODE_NAME) -
     except OSError as err:
         raise _os_error(node, parent, err) from err
     if not is_inside(root, parent):  # a symlink appeared after the check
-        raise SeedStoryInputError(f"{node}: the folder {parent} resolves outside ComfyUI's output folder {root}; "
-                                  "nothing was saved. Remove the symbolic link or choose another filename_prefix.")
+        raise SeedStoryInputError(
+            f"{node}: the folder {parent} resolves outside ComfyUI's output folder {root}; "
+            "nothing was saved. Remove the symbolic link or choose another filename_prefix."
+        )
     pat = re.compile(re.escape(name) + r"_(\d{5})$")
     used = [int(m.group(1)) for d in os.listdir(parent) if (m := pat.match(d))]
     n = max(used, default=0) + 1
@@ -108,9 +122,13 @@ def _os_error(node: str, path: str, err: OSError) -> Exception:
     if err.errno == errno.ENAMETOOLONG:
         return SeedStoryInputError(
             f"{node}: the storybook path is too long for this file system ({len(path)} characters: {path[:80]}...); "
-            "nothing was saved. Use a shorter filename_prefix (or a shorter --output-directory for ComfyUI).")
-    return OSError(err.errno, f"{node}: could not create the storybook folder {path}: {err.strerror}. Check that "
-                              "ComfyUI's output folder is writable and has free space.")
+            "nothing was saved. Use a shorter filename_prefix (or a shorter --output-directory for ComfyUI)."
+        )
+    return OSError(
+        err.errno,
+        f"{node}: could not create the storybook folder {path}: {err.strerror}. Check that "
+        "ComfyUI's output folder is writable and has free space.",
+    )
 
 
 PREFIX_TOOLTIP = (
@@ -118,14 +136,17 @@ PREFIX_TOOLTIP = (
     "Ending with '/' uses the name 'story' (seedstory/ -> seedstory/story_00001/). Letters of any language are "
     f"kept. Refused before the prompt runs: '..', absolute paths, drive letters (C:), '~', '%', <>:\"|?*, control "
     f"characters, a path through a symbolic link leading outside the output folder, names over "
-    f"{MAX_COMPONENT_CHARS} characters per folder or {MAX_TOTAL_CHARS} in all.")
+    f"{MAX_COMPONENT_CHARS} characters per folder or {MAX_TOTAL_CHARS} in all."
+)
 
 
 class SeedStorySaveStory:
-    DESCRIPTION = ("Saves a storybook into ComfyUI's output folder (never outside it): a new sub-folder per story "
-                   "with index.html (frames and sentences, open it in a browser), story.json and the PNG frames; "
-                   "shows the frames and the text on the node. Sentences pair with frames in order; with one "
-                   "sentence more than frames, the first is the opening line.")
+    DESCRIPTION = (
+        "Saves a storybook into ComfyUI's output folder (never outside it): a new sub-folder per story "
+        "with index.html (frames and sentences, open it in a browser), story.json and the PNG frames; "
+        "shows the frames and the text on the node. Sentences pair with frames in order; with one "
+        "sentence more than frames, the first is the opening line."
+    )
     CATEGORY = "SEED-Story/output"
     FUNCTION = "save"
     OUTPUT_NODE = True
@@ -137,17 +158,29 @@ class SeedStorySaveStory:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "images": ("IMAGE", {"tooltip": "The story frames, in order (e.g. Generate Story's images): float "
-                                                "pixels in [0, 1] (values outside are clipped); integer or NaN "
-                                                "images are refused with an error."}),
+                "images": (
+                    "IMAGE",
+                    {
+                        "tooltip": "The story frames, in order (e.g. Generate Story's images): float "
+                        "pixels in [0, 1] (values outside are clipped); integer or NaN "
+                        "images are refused with an error."
+                    },
+                ),
                 "filename_prefix": ("STRING", {"default": PREFIX_EXAMPLE, "tooltip": PREFIX_TOOLTIP}),
                 "title": ("STRING", {"default": "A SEED-Story story", "tooltip": "Title of the storybook page."}),
             },
             "optional": {
-                "sentences": ("STRING", {"forceInput": True,
-                                         "tooltip": "The sentences, one per line (Generate Story's sentences output)."}),
-                "state": (STATE, {"tooltip": "Optional story state: its sentences are used when 'sentences' is not "
-                                             "connected, and its step/policy go into story.json."}),
+                "sentences": (
+                    "STRING",
+                    {"forceInput": True, "tooltip": "The sentences, one per line (Generate Story's sentences output)."},
+                ),
+                "state": (
+                    STATE,
+                    {
+                        "tooltip": "Optional story state: its sentences are used when 'sentences' is not "
+                        "connected, and its step/policy go into story.json."
+                    },
+                ),
             },
         }
 
@@ -190,14 +223,22 @@ class SeedStorySaveStory:
             from seedstory_core.story import StoryState
 
             if not isinstance(state, StoryState):
-                raise SeedStoryInputError(f"{node}: input 'state' expects a {STATE}, but found a {type(state).__name__}.")
-            meta = {"step": state.step, "tokens": len(state.token_ids), "kv_length": state.kv_length,
-                    "policy": state.settings.policy.kind,
-                    "settings": state.settings.to_dict()}
+                raise SeedStoryInputError(
+                    f"{node}: input 'state' expects a {STATE}, but found a {type(state).__name__}."
+                )
+            meta = {
+                "step": state.step,
+                "tokens": len(state.token_ids),
+                "kv_length": state.kv_length,
+                "policy": state.settings.policy.kind,
+                "settings": state.settings.to_dict(),
+            }
         if sentences is not None:
             if not isinstance(sentences, str):
-                raise SeedStoryInputError(f"{node}: input 'sentences' expects text (one sentence per line), found a "
-                                          f"{type(sentences).__name__}.")
+                raise SeedStoryInputError(
+                    f"{node}: input 'sentences' expects text (one sentence per line), found a "
+                    f"{type(sentences).__name__}."
+                )
             # one sentence per line; empty lines are kept (a model may write an empty sentence), trailing ones not
             lines = [line.strip() for line in sentences.rstrip("\n").split("\n")] if sentences.strip() else []
         elif state is not None:
@@ -205,8 +246,9 @@ class SeedStorySaveStory:
         else:
             lines = []
         sub = _next_story_dir(root, rel_dir, name, node)
-        resolve_inside(root, sub, node=node, what="filename_prefix", example=PREFIX_EXAMPLE,
-                       folder=OUTPUT_FOLDER)  # after creating it
+        resolve_inside(
+            root, sub, node=node, what="filename_prefix", example=PREFIX_EXAMPLE, folder=OUTPUT_FOLDER
+        )  # after creating it
         from seedstory_core.storybook import write_storybook
 
         arr = (imgs.detach().cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
@@ -218,9 +260,11 @@ class SeedStorySaveStory:
 
 
 class SeedStoryFreeMemory:
-    DESCRIPTION = ("Frees memory: unloads every model from ComfyUI's model management (unload_all_models + "
-                   "soft_empty_cache), drops SeedStory's own model cache and asks ComfyUI to clear cached node "
-                   "outputs (story states, KV caches) after this run. Runs every time it is queued.")
+    DESCRIPTION = (
+        "Frees memory: unloads every model from ComfyUI's model management (unload_all_models + "
+        "soft_empty_cache), drops SeedStory's own model cache and asks ComfyUI to clear cached node "
+        "outputs (story states, KV caches) after this run. Runs every time it is queued."
+    )
     CATEGORY = "SEED-Story/output"
     FUNCTION = "free"
     OUTPUT_NODE = True
@@ -232,13 +276,23 @@ class SeedStoryFreeMemory:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "clear_node_cache": ("BOOLEAN", {"default": True,
-                                                 "tooltip": "Also drop ComfyUI's cached node outputs (loaded models, "
-                                                            "story states) once this run ends; the next run reloads."}),
+                "clear_node_cache": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": "Also drop ComfyUI's cached node outputs (loaded models, "
+                        "story states) once this run ends; the next run reloads.",
+                    },
+                ),
             },
             "optional": {
-                "after": ("STRING", {"forceInput": True,
-                                     "tooltip": "Connect any text output (e.g. the storybook path) so this runs after it."}),
+                "after": (
+                    "STRING",
+                    {
+                        "forceInput": True,
+                        "tooltip": "Connect any text output (e.g. the storybook path) so this runs after it.",
+                    },
+                ),
             },
         }
 

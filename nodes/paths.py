@@ -59,6 +59,7 @@ class OutsideFolderError(SeedStoryInputError):
     Its message names absolute server paths (where the link leads, the folder itself): fine for a node error shown
     to the person who runs the server, not for an HTTP client (see nodes/routes.py)."""
 
+
 __all__ = [
     "SeedStoryInputError",
     "OutsideFolderError",
@@ -85,8 +86,16 @@ _NOT_PORTABLE = set('<>:"|?*%')
 _SLASH_LOOKALIKES = set("\u2215\u2044\u29f8\u29f9\u2216\u29f5\u2571\u2572\u27cb\u27cd")
 #: Bidirectional-text controls: they make a name display differently from what it is.
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
-_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
-                    *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+_WINDOWS_DEVICES = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    "CONIN$",
+    "CONOUT$",
+    *(f"COM{i}" for i in range(10)),
+    *(f"LPT{i}" for i in range(10)),
+}
 
 PathText = Union[str, "os.PathLike[str]"]
 
@@ -97,7 +106,8 @@ FOLDER = "the folder ComfyUI gives this input"
 def _fail(node: str, what: str, text, problem: str, example: str, folder: str = FOLDER) -> SeedStoryInputError:
     return SeedStoryInputError(
         f"{node}: {what} {text!r} is not allowed: {problem}. Expected a relative path inside {folder} (folders "
-        f"separated by '/'), such as {example!r}; change the {what} to such a path.")
+        f"separated by '/'), such as {example!r}; change the {what} to such a path."
+    )
 
 
 def _components(text: str) -> List[str]:
@@ -105,8 +115,9 @@ def _components(text: str) -> List[str]:
     return [p.strip() for p in re.split(r"[/\\]", unicodedata.normalize("NFKC", text))]
 
 
-def check_relative(relative, *, node: str = "SeedStory", what: str = "path", example: str = "folder/name",
-                   folder: str = FOLDER) -> List[str]:
+def check_relative(
+    relative, *, node: str = "SeedStory", what: str = "path", example: str = "folder/name", folder: str = FOLDER
+) -> List[str]:
     """Refuse, from the text alone, anything that is not a plain relative path; return its components.
 
     Args:
@@ -129,8 +140,9 @@ def check_relative(relative, *, node: str = "SeedStory", what: str = "path", exa
     if isinstance(relative, os.PathLike):
         relative = os.fspath(relative)
     if not isinstance(relative, str):
-        raise SeedStoryInputError(f"{node}: {what} expects text (a relative path such as {example!r}), but found "
-                                  f"{type(relative).__name__}.")
+        raise SeedStoryInputError(
+            f"{node}: {what} expects text (a relative path such as {example!r}), but found {type(relative).__name__}."
+        )
     text = relative.strip()
     norm = unicodedata.normalize("NFKC", text).strip()
     if not text:
@@ -138,26 +150,38 @@ def check_relative(relative, *, node: str = "SeedStory", what: str = "path", exa
     if "\x00" in relative:
         raise _fail(node, what, relative, "it contains a NUL character", example, folder)
     if any(unicodedata.category(c) == "Cc" for c in text):
-        raise _fail(node, what, relative, "it contains a tab, line break or other control character", example,
-                    folder)
+        raise _fail(node, what, relative, "it contains a tab, line break or other control character", example, folder)
     if norm.startswith(("/", "\\")):
         raise _fail(node, what, relative, "it is an absolute path", example, folder)
     if _DRIVE.match(norm):
-        raise _fail(node, what, relative, "it starts with a drive letter (Windows absolute or drive-relative path)",
-                    example, folder)
+        raise _fail(
+            node,
+            what,
+            relative,
+            "it starts with a drive letter (Windows absolute or drive-relative path)",
+            example,
+            folder,
+        )
     if norm.startswith("~"):
         raise _fail(node, what, relative, "'~' (a home folder) is not allowed", example, folder)
     raw = [p.strip() for p in re.split(r"[/\\]", text)]
     for part in raw + _components(text):
         dots = re.sub(r"\s", "", part)
         if len(dots) >= 2 and set(dots) == {"."}:
-            raise _fail(node, what, relative,
-                        f"the name {part!r} is made of dots only ('..' means the parent folder)", example, folder)
+            raise _fail(
+                node,
+                what,
+                relative,
+                f"the name {part!r} is made of dots only ('..' means the parent folder)",
+                example,
+                folder,
+            )
     return [p for p in re.split(r"[/\\]", text) if p.strip() not in ("", ".")]
 
 
-def clean_name(text, *, node: str = "SeedStory", what: str = "name", example: str = "seedstory/story",
-               folder: str = FOLDER) -> List[str]:
+def clean_name(
+    text, *, node: str = "SeedStory", what: str = "name", example: str = "seedstory/story", folder: str = FOLDER
+) -> List[str]:
     """A safe, portable relative name for something the pack creates: its normalised components.
 
     Applies :func:`check_relative`, then NFKC-normalises each component, strips the white space around it and
@@ -182,26 +206,51 @@ def clean_name(text, *, node: str = "SeedStory", what: str = "name", example: st
         norm = norm.rstrip(". \t")
         if not norm:
             continue
-        bad = sorted({c for c in norm if c in _NOT_PORTABLE or c in _SLASH_LOOKALIKES or c in _BIDI
-                      or unicodedata.category(c) in ("Cc", "Cs", "Co")})
+        bad = sorted(
+            {
+                c
+                for c in norm
+                if c in _NOT_PORTABLE
+                or c in _SLASH_LOOKALIKES
+                or c in _BIDI
+                or unicodedata.category(c) in ("Cc", "Cs", "Co")
+            }
+        )
         if bad:
             why = " ('%' variables and percent-encoding are not expanded)" if "%" in bad else ""
-            raise _fail(node, what, text, "it contains " + ", ".join(repr(c) for c in bad)
-                        + f", not allowed in file names here{why}", example, folder)
+            raise _fail(
+                node,
+                what,
+                text,
+                "it contains " + ", ".join(repr(c) for c in bad) + f", not allowed in file names here{why}",
+                example,
+                folder,
+            )
         if norm.split(".")[0].strip().upper() in _WINDOWS_DEVICES:
             raise _fail(node, what, text, f"{norm!r} is a reserved device name on Windows", example, folder)
         if len(norm) > MAX_COMPONENT_CHARS or len(norm.encode("utf-8")) > MAX_COMPONENT_BYTES:
-            raise _fail(node, what, text if len(text) <= 60 else text[:57] + "...",
-                        f"a folder or file name is {len(norm)} characters ({len(norm.encode('utf-8'))} bytes) long; "
-                        f"the limit is {MAX_COMPONENT_CHARS} characters and {MAX_COMPONENT_BYTES} bytes", example,
-                        folder)
+            raise _fail(
+                node,
+                what,
+                text if len(text) <= 60 else text[:57] + "...",
+                f"a folder or file name is {len(norm)} characters ({len(norm.encode('utf-8'))} bytes) long; "
+                f"the limit is {MAX_COMPONENT_CHARS} characters and {MAX_COMPONENT_BYTES} bytes",
+                example,
+                folder,
+            )
         parts.append(norm)
     if not parts:
         raise _fail(node, what, text, "it names nothing (only separators, dots or spaces)", example, folder)
     joined = "/".join(parts)
     if len(joined) > MAX_TOTAL_CHARS:
-        raise _fail(node, what, text if len(text) <= 60 else text[:57] + "...",
-                    f"it is {len(joined)} characters long; the limit is {MAX_TOTAL_CHARS}", example, folder)
+        raise _fail(
+            node,
+            what,
+            text if len(text) <= 60 else text[:57] + "...",
+            f"it is {len(joined)} characters long; the limit is {MAX_TOTAL_CHARS}",
+            example,
+            folder,
+        )
     return parts
 
 
@@ -215,8 +264,15 @@ def is_inside(root: PathText, path: PathText) -> bool:
         return False
 
 
-def resolve_inside(root: PathText, relative, *, node: str = "SeedStory", what: str = "path",
-                   example: str = "folder/name", folder: str = FOLDER) -> Path:
+def resolve_inside(
+    root: PathText,
+    relative,
+    *,
+    node: str = "SeedStory",
+    what: str = "path",
+    example: str = "folder/name",
+    folder: str = FOLDER,
+) -> Path:
     """``root/relative`` resolved (symlinks followed), guaranteed to lie inside the resolved ``root``.
 
     Use it for every path a user (or a data file) gives: Save Story's prefix under the output folder, the
@@ -246,5 +302,6 @@ def resolve_inside(root: PathText, relative, *, node: str = "SeedStory", what: s
         raise OutsideFolderError(
             f"{node}: {what} {relative!r} resolves to {target}, which is outside {folder} ({root_real}): a symbolic "
             f"link inside that folder points elsewhere. Expected a path inside that folder; use a folder that "
-            f"really lies there (copy the files in rather than linking them).")
+            f"really lies there (copy the files in rather than linking them)."
+        )
     return Path(target)

@@ -14,7 +14,7 @@ RENDER_TOOLTIPS = {
     "guidance_scale": "Classifier-free guidance against the all-zero image (official 7.5; <=1 turns it off).",
     "scheduler": "Diffusion sampler (euler = the official choice).",
     "seed": "Noise seed. Frame i of a batch uses the noise of (seed, frame_index + i) so every frame differs "
-            "reproducibly; frame 0 with seed 42 matches the official code.",
+    "reproducibly; frame 0 with seed 42 matches the official code.",
     "frame_index": "Index of the first frame (sets its noise, see seed); use the story step number.",
     "same_noise": "Use the same starting noise (the seed) for every frame, like the official scripts.",
     "width": "Output width in pixels, a multiple of 8 (0 = the model's native size: 1024 official, 64 tiny).",
@@ -28,9 +28,21 @@ def _scheduler_names():
     return SCHEDULER_NAMES
 
 
-def render_features(detok: DetokenizerModel, features: torch.Tensor, *, steps: int, guidance_scale: float,
-                    scheduler: str, seed: int, frame_index: int, same_noise: bool, width: int, height: int,
-                    on_step: Optional[Callable[[int, int], None]] = None, node: str = "SeedStory De-tokenize") -> torch.Tensor:
+def render_features(
+    detok: DetokenizerModel,
+    features: torch.Tensor,
+    *,
+    steps: int,
+    guidance_scale: float,
+    scheduler: str,
+    seed: int,
+    frame_index: int,
+    same_noise: bool,
+    width: int,
+    height: int,
+    on_step: Optional[Callable[[int, int], None]] = None,
+    node: str = "SeedStory De-tokenize",
+) -> torch.Tensor:
     """Render (B, T, D) features -> IMAGE [B, H, W, 3] float 0..1 on ComfyUI's intermediate device."""
     if scheduler not in _scheduler_names():
         raise SeedStoryInputError(f"{node}: scheduler must be one of {list(_scheduler_names())}, found {scheduler!r}.")
@@ -42,18 +54,30 @@ def render_features(detok: DetokenizerModel, features: torch.Tensor, *, steps: i
             on_step(step, total)
 
     try:
-        images = module.generate(features, detok.uncond_features, num_inference_steps=int(steps),
-                                 guidance_scale=float(guidance_scale), scheduler=scheduler, width=int(width),
-                                 height=int(height), seed=int(seed), frame_index=int(frame_index),
-                                 same_noise_every_frame=bool(same_noise), callback=callback, output="tensor")
+        images = module.generate(
+            features,
+            detok.uncond_features,
+            num_inference_steps=int(steps),
+            guidance_scale=float(guidance_scale),
+            scheduler=scheduler,
+            width=int(width),
+            height=int(height),
+            seed=int(seed),
+            frame_index=int(frame_index),
+            same_noise_every_frame=bool(same_noise),
+            callback=callback,
+            output="tensor",
+        )
     except ValueError as err:
         raise SeedStoryInputError(f"{node}: {err}") from err
     return images.to(glue.intermediate_device())
 
 
 class SeedStoryDetokenize:
-    DESCRIPTION = ("Renders SEED-Story image features into pictures with the de-tokenizer (resampler -> SD-XL UNet "
-                   "-> VAE). A batch of features gives a batch of images; progress is shown per diffusion step.")
+    DESCRIPTION = (
+        "Renders SEED-Story image features into pictures with the de-tokenizer (resampler -> SD-XL UNet "
+        "-> VAE). A batch of features gives a batch of images; progress is shown per diffusion step."
+    )
     CATEGORY = "SEED-Story/render"
     FUNCTION = "render"
     RETURN_TYPES = ("IMAGE",)
@@ -63,69 +87,141 @@ class SeedStoryDetokenize:
     @classmethod
     def INPUT_TYPES(cls):
         t = RENDER_TOOLTIPS
-        return {"required": {
-            "detokenizer": (DETOKENIZER, {"tooltip": "The de-tokenizer (SeedStory De-tokenizer Loader or Tiny Model Loader)."}),
-            "features": (FEATURES, {"tooltip": "Image features from Story Step / Story Start / ViT Tokenize."}),
-            "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": t["steps"]}),
-            "guidance_scale": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": t["guidance_scale"]}),
-            "scheduler": (list(_scheduler_names()), {"default": "euler", "tooltip": t["scheduler"]}),
-            "seed": ("INT", {"default": 42, "min": 0, "max": 2**63 - 1, "control_after_generate": True, "tooltip": t["seed"]}),
-            "frame_index": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": t["frame_index"]}),
-            "same_noise": ("BOOLEAN", {"default": False, "tooltip": t["same_noise"]}),
-            "width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": t["width"]}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": t["height"]}),
-        }}
+        return {
+            "required": {
+                "detokenizer": (
+                    DETOKENIZER,
+                    {"tooltip": "The de-tokenizer (SeedStory De-tokenizer Loader or Tiny Model Loader)."},
+                ),
+                "features": (FEATURES, {"tooltip": "Image features from Story Step / Story Start / ViT Tokenize."}),
+                "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": t["steps"]}),
+                "guidance_scale": (
+                    "FLOAT",
+                    {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": t["guidance_scale"]},
+                ),
+                "scheduler": (list(_scheduler_names()), {"default": "euler", "tooltip": t["scheduler"]}),
+                "seed": (
+                    "INT",
+                    {"default": 42, "min": 0, "max": 2**63 - 1, "control_after_generate": True, "tooltip": t["seed"]},
+                ),
+                "frame_index": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": t["frame_index"]}),
+                "same_noise": ("BOOLEAN", {"default": False, "tooltip": t["same_noise"]}),
+                "width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": t["width"]}),
+                "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": t["height"]}),
+            }
+        }
 
-    def render(self, detokenizer, features, steps=30, guidance_scale=7.5, scheduler="euler", seed=42, frame_index=0,
-               same_noise=False, width=0, height=0):
+    def render(
+        self,
+        detokenizer,
+        features,
+        steps=30,
+        guidance_scale=7.5,
+        scheduler="euler",
+        seed=42,
+        frame_index=0,
+        same_noise=False,
+        width=0,
+        height=0,
+    ):
         node = "SeedStory De-tokenize"
-        detok = require(detokenizer, DetokenizerModel, node=node, name="detokenizer", socket=DETOKENIZER,
-                        hint="detokenizer output of a SeedStory loader")
+        detok = require(
+            detokenizer,
+            DetokenizerModel,
+            node=node,
+            name="detokenizer",
+            socket=DETOKENIZER,
+            hint="detokenizer output of a SeedStory loader",
+        )
         feats = check_features(features, node=node, name="features", dim=detok.feature_dim)
         progress = glue.Progress(int(steps))
-        images = render_features(detok, feats, steps=int(steps), guidance_scale=guidance_scale, scheduler=scheduler,
-                                 seed=int(seed), frame_index=int(frame_index), same_noise=same_noise,
-                                 width=int(width) or detok.native_size, height=int(height) or detok.native_size,
-                                 on_step=lambda s, total: progress.set(s), node=node)
+        images = render_features(
+            detok,
+            feats,
+            steps=int(steps),
+            guidance_scale=guidance_scale,
+            scheduler=scheduler,
+            seed=int(seed),
+            frame_index=int(frame_index),
+            same_noise=same_noise,
+            width=int(width) or detok.native_size,
+            height=int(height) or detok.native_size,
+            on_step=lambda s, total: progress.set(s),
+            node=node,
+        )
         return (images,)
 
 
 class SeedStoryFeaturesToConditioning:
-    DESCRIPTION = ("Turns SEED-Story image features into SD-XL CONDITIONING (the de-tokenizer resampler's prompt "
-                   "embeddings + pooled vector) so the native KSampler / VAE Decode can render frames with an SD-XL "
-                   "checkpoint. Note: the official de-tokenizer also adapts the UNet (to_k/to_v weights differ from "
-                   "plain SD-XL), so a stock SD-XL UNet gives lower quality than SeedStory De-tokenize. The "
-                   "conditioning width must match the checkpoint (2048/1280 for the official model and SD-XL).")
+    DESCRIPTION = (
+        "Turns SEED-Story image features into SD-XL CONDITIONING (the de-tokenizer resampler's prompt "
+        "embeddings + pooled vector) so the native KSampler / VAE Decode can render frames with an SD-XL "
+        "checkpoint. Note: the official de-tokenizer also adapts the UNet (to_k/to_v weights differ from "
+        "plain SD-XL), so a stock SD-XL UNet gives lower quality than SeedStory De-tokenize. The "
+        "conditioning width must match the checkpoint (2048/1280 for the official model and SD-XL)."
+    )
     CATEGORY = "SEED-Story/render"
     FUNCTION = "convert"
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
-    OUTPUT_TOOLTIPS = ("SD-XL conditioning of the features (one entry per frame in the batch).",
-                       "SD-XL conditioning of the all-zero image (the de-tokenizer's unconditional branch).")
+    OUTPUT_TOOLTIPS = (
+        "SD-XL conditioning of the features (one entry per frame in the batch).",
+        "SD-XL conditioning of the all-zero image (the de-tokenizer's unconditional branch).",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "detokenizer": (DETOKENIZER, {"tooltip": "The de-tokenizer whose resampler encodes the features."}),
-            "features": (FEATURES, {"tooltip": "Image features (B, T, D)."}),
-            "width": ("INT", {"default": 1024, "min": 8, "max": 8192, "step": 8,
-                              "tooltip": "SD-XL size conditioning: the image width you will sample."}),
-            "height": ("INT", {"default": 1024, "min": 8, "max": 8192, "step": 8,
-                               "tooltip": "SD-XL size conditioning: the image height you will sample."}),
-        }}
+        return {
+            "required": {
+                "detokenizer": (DETOKENIZER, {"tooltip": "The de-tokenizer whose resampler encodes the features."}),
+                "features": (FEATURES, {"tooltip": "Image features (B, T, D)."}),
+                "width": (
+                    "INT",
+                    {
+                        "default": 1024,
+                        "min": 8,
+                        "max": 8192,
+                        "step": 8,
+                        "tooltip": "SD-XL size conditioning: the image width you will sample.",
+                    },
+                ),
+                "height": (
+                    "INT",
+                    {
+                        "default": 1024,
+                        "min": 8,
+                        "max": 8192,
+                        "step": 8,
+                        "tooltip": "SD-XL size conditioning: the image height you will sample.",
+                    },
+                ),
+            }
+        }
 
     def convert(self, detokenizer, features, width=1024, height=1024):
         node = "SeedStory Features to Conditioning"
-        detok = require(detokenizer, DetokenizerModel, node=node, name="detokenizer", socket=DETOKENIZER,
-                        hint="detokenizer output of a SeedStory loader")
+        detok = require(
+            detokenizer,
+            DetokenizerModel,
+            node=node,
+            name="detokenizer",
+            socket=DETOKENIZER,
+            hint="detokenizer output of a SeedStory loader",
+        )
         feats = check_features(features, node=node, name="features", dim=detok.feature_dim)
         module = detok.loaded()
         with torch.no_grad():
             embeds, pooled = module.encode(feats)
             neg_embeds, neg_pooled = module.encode(detok.uncond_features)
         dev = glue.intermediate_device()
-        size = {"width": int(width), "height": int(height), "crop_w": 0, "crop_h": 0,
-                "target_width": int(width), "target_height": int(height)}
+        size = {
+            "width": int(width),
+            "height": int(height),
+            "crop_w": 0,
+            "crop_h": 0,
+            "target_width": int(width),
+            "target_height": int(height),
+        }
         positive = [[embeds.float().to(dev), {"pooled_output": pooled.float().to(dev), **size}]]
         negative = [[neg_embeds.float().to(dev), {"pooled_output": neg_pooled.float().to(dev), **size}]]
         return (positive, negative)

@@ -49,13 +49,20 @@ def resolve_storybook_file(output_dir: str | os.PathLike, relative: str) -> Tupl
             or its suffix is not .html/.json/.png.
         StorybookNotFound: no such file, or its folder is not a storybook (no story.json).
     """
-    path = resolve_inside(output_dir, relative, node="SeedStory storybook route", what="storybook path",
-                          example="seedstory/story_00001/index.html", folder="ComfyUI's output folder")
+    path = resolve_inside(
+        output_dir,
+        relative,
+        node="SeedStory storybook route",
+        what="storybook path",
+        example="seedstory/story_00001/index.html",
+        folder="ComfyUI's output folder",
+    )
     kind = CONTENT_TYPES.get(path.suffix.lower())
     if kind is None:
         raise SeedStoryInputError(
             f"SeedStory storybook route: {relative!r} is not a storybook file; expected index.html, story.json or a "
-            f"PNG frame of a storybook folder, such as 'seedstory/story_00001/index.html'.")
+            f"PNG frame of a storybook folder, such as 'seedstory/story_00001/index.html'."
+        )
     if not path.is_file() or not (path.parent / "story.json").is_file():
         raise StorybookNotFound(f"no storybook file {relative!r} in ComfyUI's output folder")
     return path, kind
@@ -69,8 +76,10 @@ def client_message(err: Exception) -> str:
     stay in the server log. Text-only refusals name just the client's own path and are returned unchanged.
     """
     if isinstance(err, OutsideFolderError):
-        return ("SeedStory storybook route: the path leads outside ComfyUI's output folder (through a symbolic "
-                "link); only storybook files inside that folder are served.")
+        return (
+            "SeedStory storybook route: the path leads outside ComfyUI's output folder (through a symbolic "
+            "link); only storybook files inside that folder are served."
+        )
     return str(err)
 
 
@@ -100,8 +109,9 @@ def register() -> bool:
             return web.Response(status=400, text=client_message(e))
         except StorybookNotFound as e:
             return web.Response(status=404, text=str(e))
-        return web.FileResponse(path, headers={"Content-Type": kind, "Content-Disposition": "inline",
-                                               "Cache-Control": "no-cache"})
+        return web.FileResponse(
+            path, headers={"Content-Type": kind, "Content-Disposition": "inline", "Cache-Control": "no-cache"}
+        )
 
     _registered = True
     return True

@@ -52,8 +52,10 @@ def input_directory(node: str) -> Path:
     """
     fp = _folder_paths()
     if fp is None or not hasattr(fp, "get_input_directory"):
-        raise RuntimeError(f"{node}: ComfyUI's folder_paths is not available; the node reads its training data "
-                           "only from ComfyUI's input folder and must run inside ComfyUI.")
+        raise RuntimeError(
+            f"{node}: ComfyUI's folder_paths is not available; the node reads its training data "
+            "only from ComfyUI's input folder and must run inside ComfyUI."
+        )
     return Path(os.path.realpath(fp.get_input_directory()))
 
 
@@ -81,29 +83,37 @@ def resolve_data_folder(data_folder: str, *, node: str) -> Path:
     if not isinstance(data_folder, str) or not data_folder.strip():
         raise SeedStoryInputError(
             f"{node}: input 'data_folder' is empty. Give a StoryStream-format folder (a .jsonl of stories + their "
-            f"images) inside ComfyUI's input folder, e.g. make one with: {DATA_COMMAND}")
+            f"images) inside ComfyUI's input folder, e.g. make one with: {DATA_COMMAND}"
+        )
     root = input_directory(node)
     try:
-        path = resolve_inside(root, data_folder, node=node, what="data_folder", example=DATA_EXAMPLE,
-                              folder=INPUT_FOLDER)
+        path = resolve_inside(
+            root, data_folder, node=node, what="data_folder", example=DATA_EXAMPLE, folder=INPUT_FOLDER
+        )
     except SeedStoryInputError as err:
-        raise SeedStoryInputError(f"{err} The node reads training data only from ComfyUI's input folder ({root}): "
-                                  f"copy or move the data there.") from None
+        raise SeedStoryInputError(
+            f"{err} The node reads training data only from ComfyUI's input folder ({root}): "
+            f"copy or move the data there."
+        ) from None
     shown = _rel(path, root)
     if path.is_file() and path.suffix == ".jsonl":
         if path.stat().st_size == 0:
-            raise SeedStoryInputError(f"{node}: the data file {shown} (in ComfyUI's input folder) is empty. Expected "
-                                      f"one JSON story per line; create a small set with: {DATA_COMMAND}")
+            raise SeedStoryInputError(
+                f"{node}: the data file {shown} (in ComfyUI's input folder) is empty. Expected "
+                f"one JSON story per line; create a small set with: {DATA_COMMAND}"
+            )
         return path
     if not path.is_dir():
         raise SeedStoryInputError(
             f"{node}: data folder {data_folder!r} not found (looked at {path}; relative paths are inside ComfyUI's "
-            f"input folder). Create a small StoryStream-mini set with: {DATA_COMMAND}")
+            f"input folder). Create a small StoryStream-mini set with: {DATA_COMMAND}"
+        )
     jsonls = sorted(p for p in path.glob("*.jsonl") if p.stat().st_size > 0)
     if not jsonls:
         raise SeedStoryInputError(
             f"{node}: data folder {shown} holds no (non-empty) .jsonl of stories. Expected the StoryStream layout "
-            f"(chunks10.jsonl or stories.jsonl + images/); create one with: {DATA_COMMAND}")
+            f"(chunks10.jsonl or stories.jsonl + images/); create one with: {DATA_COMMAND}"
+        )
     return path
 
 
@@ -133,8 +143,9 @@ def load_data_records(data: Path, *, node: str) -> List[dict]:
     try:
         jsonl = data if data.is_file() else _find_jsonl(data)
     except FileNotFoundError as err:
-        raise SeedStoryInputError(f"{node}: {err}. Keep one story file in the folder (or name the .jsonl file in "
-                                  f"data_folder).") from None
+        raise SeedStoryInputError(
+            f"{node}: {err}. Keep one story file in the folder (or name the .jsonl file in data_folder)."
+        ) from None
     jsonl_rel = _rel(jsonl, root)
     bases = [jsonl.parent, jsonl.parent / "images"]
     records, checked = [], {}
@@ -146,7 +157,8 @@ def load_data_records(data: Path, *, node: str) -> List[dict]:
             except StoryStreamError as err:
                 raise SeedStoryInputError(
                     f"{node}: the training data is malformed: {err}. Expected one JSON object per line "
-                    f"{{\"images\": [relative paths], \"captions\": [texts]}}; fix or remove that line.") from None
+                    f'{{"images": [relative paths], "captions": [texts]}}; fix or remove that line.'
+                ) from None
             if rec is None or len(rec["images"]) < 2:
                 continue
             images = []
@@ -157,8 +169,14 @@ def load_data_records(data: Path, *, node: str) -> List[dict]:
                 for base in bases:
                     cand = base / item
                     if os.path.lexists(cand):
-                        found = resolve_inside(root, _rel(cand, root), node=node, what=what,
-                                               example="images/story_0/00.png", folder=INPUT_FOLDER)
+                        found = resolve_inside(
+                            root,
+                            _rel(cand, root),
+                            node=node,
+                            what=what,
+                            example="images/story_0/00.png",
+                            folder=INPUT_FOLDER,
+                        )
                         if found.is_file():
                             break
                         found = None
@@ -167,7 +185,8 @@ def load_data_records(data: Path, *, node: str) -> List[dict]:
                         f"{node}: image {item!r} listed in {where} not found (looked for "
                         f"{' and '.join(_rel(b / item, root) for b in bases)} in ComfyUI's input folder). Expected "
                         f"image paths relative to the .jsonl's folder or its images/ folder; add the image or fix "
-                        f"the path.")
+                        f"the path."
+                    )
                 if found not in checked:
                     try:
                         with Image.open(found) as im:
@@ -178,13 +197,16 @@ def load_data_records(data: Path, *, node: str) -> List[dict]:
                         raise SeedStoryInputError(
                             f"{node}: image {shown} (in ComfyUI's input folder, listed in {where}) is "
                             f"not a readable image ({type(err).__name__}: {detail}). Expected a PNG/JPEG/WebP picture; "
-                            f"replace the file or remove its story from {jsonl_rel}.") from None
+                            f"replace the file or remove its story from {jsonl_rel}."
+                        ) from None
                     checked[found] = True
                 images.append(str(found))
             records.append({"id": rec.get("id", len(records)), "images": images, "captions": list(rec["captions"])})
     if not records:
-        raise SeedStoryInputError(f"{node}: {jsonl_rel} holds no story with at least 2 frames and as many captions. "
-                                  f"Create a small StoryStream-mini set with: {DATA_COMMAND}")
+        raise SeedStoryInputError(
+            f"{node}: {jsonl_rel} holds no story with at least 2 frames and as many captions. "
+            f"Create a small StoryStream-mini set with: {DATA_COMMAND}"
+        )
     return records
 
 
@@ -195,8 +217,9 @@ def _is_image_error(err: BaseException) -> bool:
     if isinstance(err, (UnidentifiedImageError, SyntaxError, struct.error, Image.DecompressionBombError)):
         return True
     text = str(err).lower()
-    return isinstance(err, OSError) and any(k in text for k in ("image file", "broken data stream", "truncated",
-                                                                 "cannot identify", "decoder"))
+    return isinstance(err, OSError) and any(
+        k in text for k in ("image file", "broken data stream", "truncated", "cannot identify", "decoder")
+    )
 
 
 def _find_undecodable(records: List[dict]):
@@ -218,7 +241,8 @@ def _check_output_name(name: str, *, node: str) -> str:
     if not name or not _NAME_OK.match(name) or ".." in name:
         raise SeedStoryInputError(
             f"{node}: input 'output_name' must be a plain file name (letters, digits, space, '.', '_', '-'), found "
-            f"{name!r}. The adapter is saved as models/seed_story/detokenizer/<output_name>.safetensors.")
+            f"{name!r}. The adapter is saved as models/seed_story/detokenizer/<output_name>.safetensors."
+        )
     return name
 
 
@@ -226,7 +250,9 @@ def adapter_directory() -> Path:
     """models/seed_story/detokenizer (the first folder registered for the de-tokenizer loader)."""
     dirs = glue.folder_dirs("seed_story_detokenizer")
     if not dirs:
-        raise RuntimeError("ComfyUI's folder_paths is not available: SeedStory Adapt De-tokenizer must run inside ComfyUI.")
+        raise RuntimeError(
+            "ComfyUI's folder_paths is not available: SeedStory Adapt De-tokenizer must run inside ComfyUI."
+        )
     return Path(dirs[0])
 
 
@@ -278,16 +304,24 @@ def _training_bundle(agent: AgentModel, vit: VisualTokenizerModel, detok: Detoke
     from seedstory_core.bundle import SeedStoryBundle
     from seedstory_core.config import SeedStoryConfig
 
-    config = SeedStoryConfig(name=f"comfyui ({detok.source})", visual_tokenizer=vit.config, agent=agent.config,
-                             detokenizer=detok.config)
+    config = SeedStoryConfig(
+        name=f"comfyui ({detok.source})", visual_tokenizer=vit.config, agent=agent.config, detokenizer=detok.config
+    )
     try:
         config.validate()
     except ValueError as err:
         raise SeedStoryInputError(
             f"SeedStory Adapt De-tokenizer: the agent, visual tokenizer and de-tokenizer do not belong to one model "
-            f"({err}). Connect the three outputs of the same model (e.g. all from the Tiny Model Loader).") from err
-    return SeedStoryBundle(config, agent.tokenizer, vit.module, agent.module, _trainable_copy(detok.module),
-                           uncond_features=detok.uncond_features)
+            f"({err}). Connect the three outputs of the same model (e.g. all from the Tiny Model Loader)."
+        ) from err
+    return SeedStoryBundle(
+        config,
+        agent.tokenizer,
+        vit.module,
+        agent.module,
+        _trainable_copy(detok.module),
+        uncond_features=detok.uncond_features,
+    )
 
 
 def _trainable_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -300,8 +334,9 @@ def _trainable_copy(module: torch.nn.Module) -> torch.nn.Module:
             for name, p in sub._parameters.items():
                 if p is not None:
                     t = p.detach().clone()
-                    sub._parameters[name] = torch.nn.Parameter(t.float() if t.is_floating_point() else t,
-                                                               requires_grad=False)
+                    sub._parameters[name] = torch.nn.Parameter(
+                        t.float() if t.is_floating_point() else t, requires_grad=False
+                    )
             for name, b in sub._buffers.items():
                 if b is not None:
                     sub._buffers[name] = b.detach().clone().float() if b.is_floating_point() else b.clone()
@@ -319,14 +354,16 @@ def _like_input(trained: torch.nn.Module, original: torch.nn.Module) -> torch.nn
 
 
 class SeedStoryAdaptDetokenizer:
-    DESCRIPTION = ("Stage 3 of SEED-Story training inside ComfyUI: adapts the de-tokenizer (resampler + UNet "
-                   "to_k/to_v) to the image features the frozen agent REGRESSES, so frames rendered from story "
-                   "features look like the training pictures. Trains on a StoryStream-format folder in ComfyUI's "
-                   "input folder (a .jsonl of stories + images; nothing outside the input folder is read; make a "
-                   "small one with " + DATA_COMMAND + "), shows a progress bar over the "
-                   "steps, stops cleanly on Cancel (a resumable checkpoint stays in ComfyUI's temp folder), saves "
-                   "the adapter to models/seed_story/detokenizer/<output_name>.safetensors (listed by the "
-                   "De-tokenizer Loader) and outputs the adapted de-tokenizer. The input models are not changed.")
+    DESCRIPTION = (
+        "Stage 3 of SEED-Story training inside ComfyUI: adapts the de-tokenizer (resampler + UNet "
+        "to_k/to_v) to the image features the frozen agent REGRESSES, so frames rendered from story "
+        "features look like the training pictures. Trains on a StoryStream-format folder in ComfyUI's "
+        "input folder (a .jsonl of stories + images; nothing outside the input folder is read; make a "
+        "small one with " + DATA_COMMAND + "), shows a progress bar over the "
+        "steps, stops cleanly on Cancel (a resumable checkpoint stays in ComfyUI's temp folder), saves "
+        "the adapter to models/seed_story/detokenizer/<output_name>.safetensors (listed by the "
+        "De-tokenizer Loader) and outputs the adapted de-tokenizer. The input models are not changed."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "adapt"
     OUTPUT_NODE = True
@@ -339,36 +376,87 @@ class SeedStoryAdaptDetokenizer:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "agent": (AGENT, {"tooltip": "The trained story agent (stage 2); frozen, it gives the regressed image "
-                                         "features the de-tokenizer learns to render."}),
-            "visual_tokenizer": (VISUAL_TOKENIZER, {
-                "tooltip": "The visual tokenizer of the same model (frozen; encodes the story frames for the agent)."}),
-            "detokenizer": (DETOKENIZER, {
-                "tooltip": "The de-tokenizer to adapt (stage 1 result); copied, the input is never changed."}),
-            "data_folder": ("STRING", {
-                "default": "storystream_mini",
-                "tooltip": "StoryStream-format training data inside ComfyUI's input folder: a folder with "
-                           "chunks10.jsonl / stories.jsonl (or a single .jsonl) and its images, or a .jsonl file, "
-                           "given relative to the input folder. Only the input folder is read: absolute paths, '~', "
-                           "'..' and symbolic links leading outside it are refused, also for the image paths in the "
-                           ".jsonl (relative to its folder or its images/ folder). Every image is checked before "
-                           "training. Make a small set with: " + DATA_COMMAND}),
-            "steps": ("INT", {"default": 20, "min": 1, "max": 100000,
-                              "tooltip": "Optimizer steps (official 1600; a few are enough to try the tiny model). "
-                                         "Warmup and cosine decay follow the official schedule scaled to this count."}),
-            "learning_rate": ("FLOAT", {"default": 1e-4, "min": 0.0, "max": 1.0, "step": 0.00001,
-                                        "tooltip": "AdamW learning rate (official 1e-4, weight decay 0.03)."}),
-            "batch_size": ("INT", {"default": 4, "min": 1, "max": 256,
-                                   "tooltip": "Story samples per optimizer step (official: 4 per GPU x 4 gradient "
-                                              "accumulation; larger needs more memory)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True,
-                             "tooltip": "Seed of the data order and the diffusion noise (same seed + data = same run)."}),
-            "output_name": ("STRING", {
-                "default": "seedstory_adapted",
-                "tooltip": "File name of the adapter in models/seed_story/detokenizer (.safetensors is added; an "
-                           "existing file of that name is replaced)."}),
-        }}
+        return {
+            "required": {
+                "agent": (
+                    AGENT,
+                    {
+                        "tooltip": "The trained story agent (stage 2); frozen, it gives the regressed image "
+                        "features the de-tokenizer learns to render."
+                    },
+                ),
+                "visual_tokenizer": (
+                    VISUAL_TOKENIZER,
+                    {
+                        "tooltip": "The visual tokenizer of the same model (frozen; encodes the story frames for the agent)."
+                    },
+                ),
+                "detokenizer": (
+                    DETOKENIZER,
+                    {"tooltip": "The de-tokenizer to adapt (stage 1 result); copied, the input is never changed."},
+                ),
+                "data_folder": (
+                    "STRING",
+                    {
+                        "default": "storystream_mini",
+                        "tooltip": "StoryStream-format training data inside ComfyUI's input folder: a folder with "
+                        "chunks10.jsonl / stories.jsonl (or a single .jsonl) and its images, or a .jsonl file, "
+                        "given relative to the input folder. Only the input folder is read: absolute paths, '~', "
+                        "'..' and symbolic links leading outside it are refused, also for the image paths in the "
+                        ".jsonl (relative to its folder or its images/ folder). Every image is checked before "
+                        "training. Make a small set with: " + DATA_COMMAND,
+                    },
+                ),
+                "steps": (
+                    "INT",
+                    {
+                        "default": 20,
+                        "min": 1,
+                        "max": 100000,
+                        "tooltip": "Optimizer steps (official 1600; a few are enough to try the tiny model). "
+                        "Warmup and cosine decay follow the official schedule scaled to this count.",
+                    },
+                ),
+                "learning_rate": (
+                    "FLOAT",
+                    {
+                        "default": 1e-4,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.00001,
+                        "tooltip": "AdamW learning rate (official 1e-4, weight decay 0.03).",
+                    },
+                ),
+                "batch_size": (
+                    "INT",
+                    {
+                        "default": 4,
+                        "min": 1,
+                        "max": 256,
+                        "tooltip": "Story samples per optimizer step (official: 4 per GPU x 4 gradient "
+                        "accumulation; larger needs more memory).",
+                    },
+                ),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 2**31 - 1,
+                        "control_after_generate": True,
+                        "tooltip": "Seed of the data order and the diffusion noise (same seed + data = same run).",
+                    },
+                ),
+                "output_name": (
+                    "STRING",
+                    {
+                        "default": "seedstory_adapted",
+                        "tooltip": "File name of the adapter in models/seed_story/detokenizer (.safetensors is added; an "
+                        "existing file of that name is replaced).",
+                    },
+                ),
+            }
+        }
 
     @classmethod
     def IS_CHANGED(cls, data_folder="", **_kwargs):
@@ -380,8 +468,18 @@ class SeedStoryAdaptDetokenizer:
         files = [path] if path.is_file() else sorted(path.glob("*.jsonl"))
         return "|".join(f"{f}:{f.stat().st_mtime_ns}:{f.stat().st_size}" for f in files)
 
-    def adapt(self, agent, visual_tokenizer, detokenizer, data_folder="storystream_mini", steps=20,
-              learning_rate=1e-4, batch_size=4, seed=0, output_name="seedstory_adapted"):
+    def adapt(
+        self,
+        agent,
+        visual_tokenizer,
+        detokenizer,
+        data_folder="storystream_mini",
+        steps=20,
+        learning_rate=1e-4,
+        batch_size=4,
+        seed=0,
+        output_name="seedstory_adapted",
+    ):
         """Run stage 3 on ``data_folder`` and save the adapter; returns (adapted de-tokenizer, adapter path).
 
         Reads only from ComfyUI's input folder: ``data_folder`` and every image path in its .jsonl must resolve
@@ -395,12 +493,25 @@ class SeedStoryAdaptDetokenizer:
             InterruptProcessingException: Cancel pressed (a resumable checkpoint stays in the temp folder).
         """
         node = "SeedStory Adapt De-tokenizer"
-        agent = require(agent, AgentModel, node=node, name="agent", socket=AGENT,
-                        hint="agent output of a SeedStory loader")
-        vit = require(visual_tokenizer, VisualTokenizerModel, node=node, name="visual_tokenizer",
-                      socket=VISUAL_TOKENIZER, hint="visual_tokenizer output of a SeedStory loader")
-        detok = require(detokenizer, DetokenizerModel, node=node, name="detokenizer", socket=DETOKENIZER,
-                        hint="detokenizer output of a SeedStory loader")
+        agent = require(
+            agent, AgentModel, node=node, name="agent", socket=AGENT, hint="agent output of a SeedStory loader"
+        )
+        vit = require(
+            visual_tokenizer,
+            VisualTokenizerModel,
+            node=node,
+            name="visual_tokenizer",
+            socket=VISUAL_TOKENIZER,
+            hint="visual_tokenizer output of a SeedStory loader",
+        )
+        detok = require(
+            detokenizer,
+            DetokenizerModel,
+            node=node,
+            name="detokenizer",
+            socket=DETOKENIZER,
+            hint="detokenizer output of a SeedStory loader",
+        )
         data = resolve_data_folder(data_folder, node=node)
         name = _check_output_name(output_name, node=node)
         records = load_data_records(data, node=node)
@@ -422,8 +533,18 @@ class SeedStoryAdaptDetokenizer:
                 stream(f"step {step}/{total}  loss {loss:.4f}")
 
         options = dict(
-            data=str(data), records=records, out=str(run_dir), max_steps=steps, batch_size=batch_size, grad_accum=1,
-            lr=float(learning_rate), seed=int(seed), resume="none", save_every=0, keep_checkpoints=1, no_export=True,
+            data=str(data),
+            records=records,
+            out=str(run_dir),
+            max_steps=steps,
+            batch_size=batch_size,
+            grad_accum=1,
+            lr=float(learning_rate),
+            seed=int(seed),
+            resume="none",
+            save_every=0,
+            keep_checkpoints=1,
+            no_export=True,
             warmup_steps=min(OFFICIAL_WARMUP, steps * OFFICIAL_WARMUP // OFFICIAL_STEPS),
         )
         if run_dir.exists():
@@ -440,14 +561,20 @@ class SeedStoryAdaptDetokenizer:
                     raise
                 culprit = _find_undecodable(records)
                 root = input_directory(node)
-                named = (f"image {_rel(Path(culprit), root)} (in ComfyUI's input folder)" if culprit
-                         else "an image of the training data")
+                named = (
+                    f"image {_rel(Path(culprit), root)} (in ComfyUI's input folder)"
+                    if culprit
+                    else "an image of the training data"
+                )
                 raise SeedStoryInputError(
                     f"{node}: {named} could not be decoded during training ({type(err).__name__}: {err}). "
                     f"Expected complete PNG/JPEG/WebP pictures; re-export the damaged image (e.g. a truncated "
-                    f"download) or remove its story from the .jsonl.") from err
+                    f"download) or remove its story from the .jsonl."
+                ) from err
         if metrics.get("cancelled"):
-            print(f"[seedstory] {node}: cancelled at step {metrics['step']}/{steps}; checkpoint {metrics['checkpoint']}")
+            print(
+                f"[seedstory] {node}: cancelled at step {metrics['step']}/{steps}; checkpoint {metrics['checkpoint']}"
+            )
             _raise_interrupted(seen)
 
         module = _like_input(bundle.detokenizer, detok.module)  # the trained copy
@@ -463,11 +590,14 @@ class SeedStoryAdaptDetokenizer:
             load_device, offload_device = detok.patcher.load_device, detok.patcher.offload_device
         else:
             load_device = offload_device = torch.device("cpu")
-        out = _detok_wrapper(module.eval(), detok.config, detok.uncond_features, f"{name}.safetensors",
-                             load_device, offload_device)
+        out = _detok_wrapper(
+            module.eval(), detok.config, detok.uncond_features, f"{name}.safetensors", load_device, offload_device
+        )
         loss = metrics.get("loss")
         first = metrics["losses"][0] if metrics.get("losses") else None
-        summary = (f"adapted for {metrics['steps_run']} steps on {data.name}: final loss {loss:.4f}"
-                   + (f" (first {first:.4f})" if first is not None else "")
-                   + f"\nsaved {target}")
+        summary = (
+            f"adapted for {metrics['steps_run']} steps on {data.name}: final loss {loss:.4f}"
+            + (f" (first {first:.4f})" if first is not None else "")
+            + f"\nsaved {target}"
+        )
         return {"ui": {"text": [summary]}, "result": (out, str(target))}

@@ -274,8 +274,7 @@ def start(
     for attempt in range(attempts):
         chosen = port if port is not None else free_port()
         try:
-            return _start_once(comfy_dir, chosen, extra_args, python, scratch, timeout, env, attempt, pack,
-                               own_folders)
+            return _start_once(comfy_dir, chosen, extra_args, python, scratch, timeout, env, attempt, pack, own_folders)
         except _PortTaken as e:
             last_error = e
     raise ComfyServerError(f"could not bind a port for ComfyUI: {last_error}")
@@ -285,22 +284,33 @@ class _PortTaken(ComfyServerError):
     pass
 
 
-def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, attempt, pack=False,
-                own_folders=False) -> ServerHandle:
+def _start_once(
+    comfy_dir, port, extra_args, python, scratch, timeout, env, attempt, pack=False, own_folders=False
+) -> ServerHandle:
     log_path = scratch / ("comfyui.log" if attempt == 0 else f"comfyui.{attempt}.log")
     cmd = [
-        python or sys.executable, "-u", "main.py",
-        "--listen", HOST, "--port", str(port), "--cpu",
+        python or sys.executable,
+        "-u",
+        "main.py",
+        "--listen",
+        HOST,
+        "--port",
+        str(port),
+        "--cpu",
         "--disable-auto-launch",
     ]
     if pack:
         cmd += ["--base-directory", str(scratch)]
     if not own_folders:
         cmd += [
-            "--input-directory", str(scratch / "input"),
-            "--output-directory", str(scratch / "output"),
-            "--temp-directory", str(scratch / "temp"),
-            "--user-directory", str(scratch / "user"),
+            "--input-directory",
+            str(scratch / "input"),
+            "--output-directory",
+            str(scratch / "output"),
+            "--temp-directory",
+            str(scratch / "temp"),
+            "--user-directory",
+            str(scratch / "user"),
         ]
         if _supports_flag(comfy_dir, "--database-url"):
             cmd += ["--database-url", f"sqlite:///{scratch / 'comfyui.db'}"]
@@ -322,8 +332,13 @@ def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, atte
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
         process = subprocess.Popen(
-            cmd, cwd=comfy_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=proc_env, start_new_session=True,
+            cmd,
+            cwd=comfy_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=proc_env,
+            start_new_session=True,
         )
     handle = ServerHandle(comfy_dir, port, process, process.pid, log_path, scratch, cmd, own_folders=own_folders)
     probe = ComfyClient(handle.base_url, timeout=10)
@@ -334,9 +349,7 @@ def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, atte
             tail = _tail(log_path)
             if "address already in use" in tail.lower() or "errno 98" in tail.lower():
                 raise _PortTaken(f"port {port} taken")
-            raise ComfyServerError(
-                f"ComfyUI exited with code {code} before answering; log {log_path}:\n{tail}"
-            )
+            raise ComfyServerError(f"ComfyUI exited with code {code} before answering; log {log_path}:\n{tail}")
         try:
             if isinstance(probe.object_info(), dict):
                 return handle
@@ -345,8 +358,7 @@ def _start_once(comfy_dir, port, extra_args, python, scratch, timeout, env, atte
         if time.monotonic() > deadline:
             handle.stop()
             raise ComfyServerError(
-                f"ComfyUI did not answer GET /object_info within {timeout:.0f} s; "
-                f"log {log_path}:\n{_tail(log_path)}"
+                f"ComfyUI did not answer GET /object_info within {timeout:.0f} s; log {log_path}:\n{_tail(log_path)}"
             )
         time.sleep(0.5)
 
@@ -362,8 +374,9 @@ def _cli(argv: Iterable[str] | None = None) -> int:
     ps = sub.add_parser("start", help="start in the background; prints URL, PID, log")
     ps.add_argument("--comfy-dir", default=os.environ.get("COMFYUI_DIR") or str(DEFAULT_COMFY_DIR))
     ps.add_argument("--port", default=str(DEFAULT_PORT), help=f"TCP port (default {DEFAULT_PORT}; 'auto': a free one)")
-    ps.add_argument("--scratch-dir", default=None,
-                    help="input/output/temp/user folder (default: the ComfyUI tree's own folders)")
+    ps.add_argument(
+        "--scratch-dir", default=None, help="input/output/temp/user folder (default: the ComfyUI tree's own folders)"
+    )
     ps.add_argument("--timeout", type=float, default=300.0)
     ps.add_argument("--state", default=str(DEFAULT_STATE_FILE))
     ps.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more main.py arguments")
@@ -393,8 +406,11 @@ def _cli(argv: Iterable[str] | None = None) -> int:
         h.process = None  # leave it running after we exit
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps(h.to_json(), indent=2))
-        print(f"ComfyUI running at {h.base_url} (pid {h.pid})\n  log:    {h.log_path}\n"
-              f"  input:  {h.input_dir}\n  output: {h.output_dir}\n  state:  {state}", file=sys.stderr)
+        print(
+            f"ComfyUI running at {h.base_url} (pid {h.pid})\n  log:    {h.log_path}\n"
+            f"  input:  {h.input_dir}\n  output: {h.output_dir}\n  state:  {state}",
+            file=sys.stderr,
+        )
         print(h.base_url)
         return 0
 

@@ -24,15 +24,32 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Never copied (environments, caches, outputs, provisioned ComfyUIs, the browser tests' node_modules).
-EXCLUDE_DIRS = {".git", ".venv", ".comfyui", ".cache", "output", "node_modules", "__pycache__", ".pytest_cache",
-                "build", "dist", "runs", ".whl"}
+EXCLUDE_DIRS = {
+    ".git",
+    ".venv",
+    ".comfyui",
+    ".cache",
+    "output",
+    "node_modules",
+    "__pycache__",
+    ".pytest_cache",
+    "build",
+    "dist",
+    "runs",
+    ".whl",
+}
 
 
 def pack_files(root: Path = REPO_ROOT) -> list[str]:
     """Relative paths (``/``-separated) of the files that make up the pack."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=root, check=True,
-                             capture_output=True, timeout=60).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "-co", "--exclude-standard"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        ).stdout
         files = [f for f in out.decode("utf-8", "surrogateescape").split("\0") if f]
     except (OSError, subprocess.SubprocessError):
         files = []
@@ -61,8 +78,7 @@ def copy_pack(target: str | os.PathLike, root: Path = REPO_ROOT) -> Path:
     real_root = root.resolve()
     where = target.parent.resolve() / target.name  # a symlink at target is replaced, not followed
     # inside the repository only under a folder that is never copied (e.g. .comfyui/ComfyUI-0.30.0/custom_nodes)
-    if where == real_root or (real_root in where.parents
-                              and where.relative_to(real_root).parts[0] not in EXCLUDE_DIRS):
+    if where == real_root or (real_root in where.parents and where.relative_to(real_root).parts[0] not in EXCLUDE_DIRS):
         raise ValueError(f"refusing to copy the pack into itself: {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new.", dir=target.parent))

@@ -24,8 +24,7 @@ SIZE = (512, 384)  # 4:3, the template browser's card shape
 def thumbnail(src: Path, dst: Path) -> None:
     img = Image.open(src).convert("RGB")
     scale = max(SIZE[0] / img.width, SIZE[1] / img.height)
-    img = img.resize((max(SIZE[0], round(img.width * scale)), max(SIZE[1], round(img.height * scale))),
-                     Image.LANCZOS)
+    img = img.resize((max(SIZE[0], round(img.width * scale)), max(SIZE[1], round(img.height * scale))), Image.LANCZOS)
     left, top = (img.width - SIZE[0]) // 2, (img.height - SIZE[1]) // 2
     img.crop((left, top, left + SIZE[0], top + SIZE[1])).save(dst, quality=85, optimize=True)
 

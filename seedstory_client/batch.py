@@ -175,8 +175,10 @@ def parse_job(obj: Any, line: int, base_dir: Path) -> Job:
             if job.frames is None:
                 job.frames = len(job.captions)
             elif job.frames > len(job.captions):
-                problems.append(f"'frames'={job.frames} but only {len(job.captions)} caption(s): "
-                                "visualization needs one caption per frame")
+                problems.append(
+                    f"'frames'={job.frames} but only {len(job.captions)} caption(s): "
+                    "visualization needs one caption per frame"
+                )
     if "overrides" in obj:
         if not isinstance(obj["overrides"], dict):
             problems.append("'overrides' must be an object {\"<node id or title>.<input>\": value}")
@@ -239,10 +241,15 @@ def resolve_template(name: Optional[str], captions: bool = False) -> Path:
 
 def load_template(path: Path) -> dict:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not data or not all(
-            isinstance(v, dict) and "class_type" in v for v in data.values()):
-        raise ValueError(f"{path} is not an API-format workflow ({{id: {{class_type, inputs}}}}); "
-                         "export it with 'Export (API)' in ComfyUI")
+    if (
+        not isinstance(data, dict)
+        or not data
+        or not all(isinstance(v, dict) and "class_type" in v for v in data.values())
+    ):
+        raise ValueError(
+            f"{path} is not an API-format workflow ({{id: {{class_type, inputs}}}}); "
+            "export it with 'Export (API)' in ComfyUI"
+        )
     return data
 
 
@@ -259,8 +266,10 @@ def resolve_node(prompt: dict, ref: str) -> str:
         return hits[0]
     if len(hits) > 1:
         raise JobInvalid(f"node title {ref!r} is ambiguous (nodes {sorted(hits, key=node_sort_key)}); use the node id")
-    known = ", ".join(f"{k} ({(v.get('_meta') or {}).get('title') or v['class_type']})"
-                      for k, v in sorted(prompt.items(), key=lambda kv: node_sort_key(kv[0])))
+    known = ", ".join(
+        f"{k} ({(v.get('_meta') or {}).get('title') or v['class_type']})"
+        for k, v in sorted(prompt.items(), key=lambda kv: node_sort_key(kv[0]))
+    )
     raise JobInvalid(f"no node {ref!r} in the template (nodes: {known})")
 
 
@@ -291,8 +300,10 @@ def apply_overrides(prompt: dict, overrides: Dict[str, Any], object_info: Option
         node = prompt[nid]
         ok = allowed_inputs(node, object_info)
         if name not in ok:
-            problems.append(f"override {key!r}: node {nid} ({node['class_type']}) has no input {name!r} "
-                            f"(inputs: {', '.join(sorted(ok))})")
+            problems.append(
+                f"override {key!r}: node {nid} ({node['class_type']}) has no input {name!r} "
+                f"(inputs: {', '.join(sorted(ok))})"
+            )
             continue
         plan.append((nid, name, value))
     if problems:
@@ -311,8 +322,9 @@ def upload_name(job: Job, data: bytes) -> str:
     return f"seedstory_batch_{safe_name(job.id)}_{hashlib.sha256(data).hexdigest()[:10]}{ext}"
 
 
-def build_prompt(template: dict, job: Job, image_name: Optional[str] = None,
-                 object_info: Optional[dict] = None) -> dict:
+def build_prompt(
+    template: dict, job: Job, image_name: Optional[str] = None, object_info: Optional[dict] = None
+) -> dict:
     """Fill a copy of the API-format ``template`` for ``job``. Raises JobInvalid."""
     if job.invalid:
         raise JobInvalid(job.invalid)
@@ -362,7 +374,7 @@ class RetryPolicy:
     sleep: Optional[Callable[[float], Any]] = None  # None: wait on the runner's stop event (Ctrl-C ends it)
 
     def delay(self, attempt: int) -> float:
-        return min(self.max_backoff, self.backoff * (2 ** attempt))
+        return min(self.max_backoff, self.backoff * (2**attempt))
 
 
 @dataclasses.dataclass
@@ -392,8 +404,14 @@ class JobRunner:
     Ctrl-C aborts the batch.
     """
 
-    def __init__(self, transport: ComfyClient, opts: Options, position: int = 0,
-                 stop: Optional[threading.Event] = None, log: Callable[[str], None] = None):
+    def __init__(
+        self,
+        transport: ComfyClient,
+        opts: Options,
+        position: int = 0,
+        stop: Optional[threading.Event] = None,
+        log: Callable[[str], None] = None,
+    ):
         self.t = transport
         self.opts = opts
         self.position = position
@@ -418,8 +436,15 @@ class JobRunner:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total or None, desc=f"job {job.id}", unit="step", position=self.position,
-                    leave=False, dynamic_ncols=True, file=sys.stderr)
+        return tqdm(
+            total=total or None,
+            desc=f"job {job.id}",
+            unit="step",
+            position=self.position,
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def _wait(self, seconds: float) -> None:
         pol = self.opts.retry
@@ -432,9 +457,20 @@ class JobRunner:
     def run(self, job: Job) -> dict:
         """Run ``job``; returns its summary record (never raises for job-level problems)."""
         t0 = time.monotonic()
-        rec: Dict[str, Any] = {"id": job.id, "line": job.line, "server": self.t.base_url, "status": None,
-                               "error": None, "node_errors": None, "prompt_id": None, "outputs": [],
-                               "storybook": None, "local_storybook": None, "texts": [], "attempts": 0}
+        rec: Dict[str, Any] = {
+            "id": job.id,
+            "line": job.line,
+            "server": self.t.base_url,
+            "status": None,
+            "error": None,
+            "node_errors": None,
+            "prompt_id": None,
+            "outputs": [],
+            "storybook": None,
+            "local_storybook": None,
+            "texts": [],
+            "attempts": 0,
+        }
         self.current = rec
         try:
             if job.invalid:
@@ -448,8 +484,12 @@ class JobRunner:
         except JobInvalid as e:
             rec.update(status=INVALID, error=str(e))
         except PromptRefused as e:
-            rec.update(status=INVALID if e.status_code < 500 else ERROR, error=str(e), node_errors=e.node_errors,
-                       http_status=e.status_code)
+            rec.update(
+                status=INVALID if e.status_code < 500 else ERROR,
+                error=str(e),
+                node_errors=e.node_errors,
+                http_status=e.status_code,
+            )
             rec["node_error_lines"] = describe_node_errors(e.node_errors)
         except ExecutionFailed as e:
             rec.update(status=e.status, error=str(e), execution_error=e.details or None)
@@ -476,8 +516,9 @@ class JobRunner:
         for attempt in range(pol.retries + 1):
             rec["attempts"] = attempt + 1
             if self.stop.is_set():
-                where = (f"; prompt {rec['prompt_id']} may still be queued on {self.t.base_url}"
-                         if rec["prompt_id"] else "")
+                where = (
+                    f"; prompt {rec['prompt_id']} may still be queued on {self.t.base_url}" if rec["prompt_id"] else ""
+                )
                 raise ExecutionFailed(INTERRUPTED, f"stopped (Ctrl-C) before the job finished{where}")
             try:
                 ws = self.t.connect_ws()
@@ -496,8 +537,10 @@ class JobRunner:
                             if entry is not None:
                                 entry = self._checked(entry, None)
                             else:
-                                self.log(f"[batch] job {job.id}: prompt {rec['prompt_id']} is unknown to "
-                                         f"{self.t.base_url} (server restarted?); queueing it again")
+                                self.log(
+                                    f"[batch] job {job.id}: prompt {rec['prompt_id']} is unknown to "
+                                    f"{self.t.base_url} (server restarted?); queueing it again"
+                                )
                                 rec["prompt_id"] = None
                     if rec["prompt_id"] is None:
                         up = self.t.upload_image(image_bytes, name)
@@ -527,11 +570,14 @@ class JobRunner:
                 if attempt >= pol.retries:
                     break
                 wait = pol.delay(attempt)
-                self.log(f"[batch] job {job.id}: connection to {self.t.base_url} lost ({type(e).__name__}: {e}); "
-                         f"retry {attempt + 1}/{pol.retries} in {wait:.1f} s")
+                self.log(
+                    f"[batch] job {job.id}: connection to {self.t.base_url} lost ({type(e).__name__}: {e}); "
+                    f"retry {attempt + 1}/{pol.retries} in {wait:.1f} s"
+                )
                 self._wait(wait)
-        raise ServerGone(f"server {self.t.base_url} unreachable after {pol.retries + 1} attempt(s): "
-                         f"{type(last).__name__}: {last}")
+        raise ServerGone(
+            f"server {self.t.base_url} unreachable after {pol.retries + 1} attempt(s): {type(last).__name__}: {last}"
+        )
 
     def _in_queue(self, prompt_id: str) -> bool:
         return self._queue_state(prompt_id) is not None
@@ -559,12 +605,18 @@ class JobRunner:
             entry = self.t.history_entry(prompt_id)
             if entry is not None and (entry.get("status") or {}).get("completed") is not None:
                 return entry
-            raise ExecutionFailed(INTERRUPTED, f"interrupted (Ctrl-C): prompt {prompt_id} was taken out of the "
-                                               f"queue of {self.t.base_url} before it ran")
+            raise ExecutionFailed(
+                INTERRUPTED,
+                f"interrupted (Ctrl-C): prompt {prompt_id} was taken out of the "
+                f"queue of {self.t.base_url} before it ran",
+            )
         if time.monotonic() - sent_at > self.opts.interrupt_grace:
-            raise ExecutionFailed(INTERRUPTED, f"interrupted (Ctrl-C): the interrupt was sent but prompt {prompt_id} "
-                                               f"was still {state} on {self.t.base_url} after "
-                                               f"{self.opts.interrupt_grace:g} s")
+            raise ExecutionFailed(
+                INTERRUPTED,
+                f"interrupted (Ctrl-C): the interrupt was sent but prompt {prompt_id} "
+                f"was still {state} on {self.t.base_url} after "
+                f"{self.opts.interrupt_grace:g} s",
+            )
         if resend:
             self._send_interrupt(prompt_id)  # again: it may have started running after the first request
         return None
@@ -594,8 +646,9 @@ class JobRunner:
                             return self._checked(entry, None)
                 if now > deadline:
                     self._send_interrupt(prompt_id)
-                    raise ExecutionFailed(ERROR, f"prompt {prompt_id} did not finish within {self.opts.timeout:.0f} s "
-                                                 "(interrupted)")
+                    raise ExecutionFailed(
+                        ERROR, f"prompt {prompt_id} did not finish within {self.opts.timeout:.0f} s (interrupted)"
+                    )
                 msg = read_message(ws, 0.5 if interrupt_sent is not None else 1.0)
                 if msg is None:
                     if time.monotonic() - last_msg >= self.opts.poll:
@@ -637,11 +690,15 @@ class JobRunner:
             kind, data = ws_failure
             if kind == "interrupted" or self.stop.is_set():
                 by = "interrupted (Ctrl-C)" if self.stop.is_set() else "interrupted on the server"
-                raise ExecutionFailed(INTERRUPTED, f"{by} at node {data.get('node_id')} ({data.get('node_type')}); "
-                                                   f"prompt {data.get('prompt_id')} stopped on {self.t.base_url}",
-                                      data)
-            details = {k: data.get(k) for k in ("node_id", "node_type", "exception_type", "exception_message",
-                                                 "traceback")}
+                raise ExecutionFailed(
+                    INTERRUPTED,
+                    f"{by} at node {data.get('node_id')} ({data.get('node_type')}); "
+                    f"prompt {data.get('prompt_id')} stopped on {self.t.base_url}",
+                    data,
+                )
+            details = {
+                k: data.get(k) for k in ("node_id", "node_type", "exception_type", "exception_message", "traceback")
+            }
             raise ExecutionFailed(ERROR, describe_execution_error(data), details)
         return entry
 
@@ -737,8 +794,10 @@ def load_summary(out_dir: Path, log: Optional[Callable[[str], None]] = None) -> 
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise SummaryError(f"cannot read {path} ({type(e).__name__}: {e.strerror or e}); fix its permissions, or "
-                           "choose another output folder with -o") from None
+        raise SummaryError(
+            f"cannot read {path} ({type(e).__name__}: {e.strerror or e}); fix its permissions, or "
+            "choose another output folder with -o"
+        ) from None
     problem = None
     try:
         data = json.loads(raw.decode("utf-8"))
@@ -760,10 +819,14 @@ def load_summary(out_dir: Path, log: Optional[Callable[[str], None]] = None) -> 
     try:
         os.replace(path, backup)
     except OSError as e:
-        raise SummaryError(f"{path} is {problem} and could not be kept as {backup} ({e.strerror or e}); move it "
-                           "away yourself and run again") from None
-    log(f"[batch] warning: {path} is {problem}; kept it as {backup} and started a new summary "
-        "(jobs it listed as done will run again)")
+        raise SummaryError(
+            f"{path} is {problem} and could not be kept as {backup} ({e.strerror or e}); move it "
+            "away yourself and run again"
+        ) from None
+    log(
+        f"[batch] warning: {path} is {problem}; kept it as {backup} and started a new summary "
+        "(jobs it listed as done will run again)"
+    )
     return {"jobs": {}, "corrupt_backup": str(backup)}
 
 
@@ -780,8 +843,13 @@ class Summary:
     A write that fails (disk full, permissions) is logged once per failure with the job id and kept in memory
     (``write_error``); the next write retries."""
 
-    def __init__(self, out_dir: Path, jobs_file: Optional[str], servers: Sequence[str],
-                 log: Optional[Callable[[str], None]] = None):
+    def __init__(
+        self,
+        out_dir: Path,
+        jobs_file: Optional[str],
+        servers: Sequence[str],
+        log: Optional[Callable[[str], None]] = None,
+    ):
         self.path = Path(out_dir) / SUMMARY_NAME
         self.lock = threading.Lock()
         self.log = log or _log
@@ -851,8 +919,10 @@ class _CtrlC:
         """Count one Ctrl-C; True when the batch must abort now (second press)."""
         self.presses += 1
         if self.presses == 1:
-            self.log("[batch] Ctrl-C: interrupting the running prompt(s) on the server(s), then writing the summary "
-                     "(press Ctrl-C again to quit at once)")
+            self.log(
+                "[batch] Ctrl-C: interrupting the running prompt(s) on the server(s), then writing the summary "
+                "(press Ctrl-C again to quit at once)"
+            )
             self.stop.set()
             return False
         return True
@@ -862,10 +932,17 @@ class _CtrlC:
             raise KeyboardInterrupt
 
 
-def run_batch(jobs: Sequence[Job], servers: Sequence[str], opts: Options, *, jobs_file: Optional[str] = None,
-              transport_factory: Callable[[str], ComfyClient] = ComfyClient,
-              stop: Optional[threading.Event] = None, log: Callable[[str], None] = _log,
-              handle_sigint: bool = True) -> dict:
+def run_batch(
+    jobs: Sequence[Job],
+    servers: Sequence[str],
+    opts: Options,
+    *,
+    jobs_file: Optional[str] = None,
+    transport_factory: Callable[[str], ComfyClient] = ComfyClient,
+    stop: Optional[threading.Event] = None,
+    log: Callable[[str], None] = _log,
+    handle_sigint: bool = True,
+) -> dict:
     """Run ``jobs`` over ``servers`` (one worker thread per server, a shared queue). Returns the summary dict.
 
     A worker whose server stays unreachable puts its job back for the other workers (once per server) and
@@ -892,8 +969,18 @@ def run_batch(jobs: Sequence[Job], servers: Sequence[str], opts: Options, *, job
             summary.record(prev)
             continue
         if job.invalid:  # no server needed to refuse it
-            summary.record({"id": job.id, "line": job.line, "status": INVALID, "error": job.invalid,
-                            "server": None, "prompt_id": None, "outputs": [], "seconds": 0.0})
+            summary.record(
+                {
+                    "id": job.id,
+                    "line": job.line,
+                    "status": INVALID,
+                    "error": job.invalid,
+                    "server": None,
+                    "prompt_id": None,
+                    "outputs": [],
+                    "seconds": 0.0,
+                }
+            )
             log(f"[batch] job {job.id}: INVALID: {job.invalid}")
             continue
         todo.put((job, set()))
@@ -942,8 +1029,10 @@ def run_batch(jobs: Sequence[Job], servers: Sequence[str], opts: Options, *, job
         except (ValueError, OSError):  # not allowed here (embedded interpreter, ...): KeyboardInterrupt path below
             pass
     try:
-        threads = [threading.Thread(target=worker, args=(i, s), name=f"seedstory-batch-{i}", daemon=True)
-                   for i, s in enumerate(servers)]
+        threads = [
+            threading.Thread(target=worker, args=(i, s), name=f"seedstory-batch-{i}", daemon=True)
+            for i, s in enumerate(servers)
+        ]
         for th in threads:
             th.start()
         if not threads:
@@ -970,8 +1059,9 @@ def run_batch(jobs: Sequence[Job], servers: Sequence[str], opts: Options, *, job
     return summary.data
 
 
-def _record_left_over(todo: "queue.Queue", summary: Summary, stop: threading.Event, alive: Dict[str, bool],
-                      timeout: float = -1) -> None:
+def _record_left_over(
+    todo: "queue.Queue", summary: Summary, stop: threading.Event, alive: Dict[str, bool], timeout: float = -1
+) -> None:
     """Record the jobs still in the queue: 'interrupted' (stopped) or 'error' (every server gone)."""
     gone = sorted(s for s, ok in alive.items() if not ok)
     while True:
@@ -983,14 +1073,31 @@ def _record_left_over(todo: "queue.Queue", summary: Summary, stop: threading.Eve
             st, msg = INTERRUPTED, "not run: stopped (Ctrl-C) before it started; run the same command again to resume"
         else:
             names = sorted(set(tried) | set(gone)) or sorted(alive)
-            st, msg = ERROR, (f"not run: no reachable server (tried {', '.join(names)}: each stayed unreachable "
-                              "through its retries); run the same command again to resume")
-        summary.record({"id": job.id, "line": job.line, "status": st, "error": msg, "server": None,
-                        "prompt_id": None, "outputs": [], "seconds": 0.0}, timeout=timeout)
+            st, msg = (
+                ERROR,
+                (
+                    f"not run: no reachable server (tried {', '.join(names)}: each stayed unreachable "
+                    "through its retries); run the same command again to resume"
+                ),
+            )
+        summary.record(
+            {
+                "id": job.id,
+                "line": job.line,
+                "status": st,
+                "error": msg,
+                "server": None,
+                "prompt_id": None,
+                "outputs": [],
+                "seconds": 0.0,
+            },
+            timeout=timeout,
+        )
 
 
-def _abort(runners: Sequence[JobRunner], todo: "queue.Queue", summary: Summary, jobs: Sequence[Job],
-           log: Callable[[str], None]) -> None:
+def _abort(
+    runners: Sequence[JobRunner], todo: "queue.Queue", summary: Summary, jobs: Sequence[Job], log: Callable[[str], None]
+) -> None:
     """Second Ctrl-C: send a last interrupt for every running prompt (at most ~1.5 s in all, in the background),
     record those jobs 'interrupted' and the queued ones 'not run', write the summary. Never blocks for long."""
     running = [(r, dict(r.current)) for r in list(runners) if r.current is not None]
@@ -1009,8 +1116,11 @@ def _abort(runners: Sequence[JobRunner], todo: "queue.Queue", summary: Summary, 
     done.wait(1.5)
     for r, rec in running:
         pid = rec.get("prompt_id")
-        where = (f"prompt {pid} on {r.t.base_url}: an interrupt was sent" + ("" if done.is_set() else
-                 " (not confirmed)")) if pid else "it had not been queued yet"
+        where = (
+            (f"prompt {pid} on {r.t.base_url}: an interrupt was sent" + ("" if done.is_set() else " (not confirmed)"))
+            if pid
+            else "it had not been queued yet"
+        )
         rec.update(status=INTERRUPTED, error=f"aborted by a second Ctrl-C while running; {where}")
         rec.setdefault("seconds", 0.0)
         summary.record(rec, timeout=1.0)
@@ -1018,8 +1128,10 @@ def _abort(runners: Sequence[JobRunner], todo: "queue.Queue", summary: Summary, 
     stop.set()
     _record_left_over(todo, summary, stop, {}, timeout=1.0)
     summary.finish([j.id for j in jobs], stopped="Ctrl-C (aborted)", timeout=1.0)
-    log(f"[batch] aborted (second Ctrl-C): {len(running)} running job(s) recorded as interrupted; "
-        f"summary {summary.path}")
+    log(
+        f"[batch] aborted (second Ctrl-C): {len(running)} running job(s) recorded as interrupted; "
+        f"summary {summary.path}"
+    )
 
 
 def _report(rec: dict, log: Callable[[str], None]) -> None:
@@ -1086,24 +1198,45 @@ CTRL-C: the first Ctrl-C interrupts the running prompt(s) on the server(s) (remo
 SERVERS: --server is repeatable; one worker thread per server pulls jobs from a shared queue.
 EXIT CODE: 0 all jobs ok (or skipped); 1 some job failed/invalid/interrupted; 2 usage error (also: an
   unreadable summary.json); 130 stopped by Ctrl-C.
-""")
+""",
+    )
     p.add_argument("jobs", help="JSONL job file")
     p.add_argument("-o", "--out", default="seedstory_batch_out", help="output folder (default: %(default)s)")
-    p.add_argument("-s", "--server", action="append", dest="servers", metavar="URL",
-                   help=f"ComfyUI base URL; repeat for several servers (default: $SEEDSTORY_COMFY_URL or "
-                        f"{DEFAULT_SERVER})")
-    p.add_argument("-t", "--template", default=None,
-                   help=f"API-format template (file or name in workflows/api; default {DEFAULT_TEMPLATE}, "
-                        f"{CAPTIONS_TEMPLATE} for jobs with captions)")
+    p.add_argument(
+        "-s",
+        "--server",
+        action="append",
+        dest="servers",
+        metavar="URL",
+        help=f"ComfyUI base URL; repeat for several servers (default: $SEEDSTORY_COMFY_URL or {DEFAULT_SERVER})",
+    )
+    p.add_argument(
+        "-t",
+        "--template",
+        default=None,
+        help=f"API-format template (file or name in workflows/api; default {DEFAULT_TEMPLATE}, "
+        f"{CAPTIONS_TEMPLATE} for jobs with captions)",
+    )
     p.add_argument("--force", action="store_true", help="redo jobs that summary.json says are done")
     p.add_argument("--retries", type=int, default=5, help="reconnect attempts per job (default: %(default)s)")
-    p.add_argument("--backoff", type=_positive_float, default=1.0,
-                   help="first reconnect wait in s, doubled each time, max 30 s (default: %(default)s)")
-    p.add_argument("--timeout", type=_positive_float, default=3600.0,
-                   help="per-job limit in s; the prompt is interrupted after it (default: %(default)s)")
+    p.add_argument(
+        "--backoff",
+        type=_positive_float,
+        default=1.0,
+        help="first reconnect wait in s, doubled each time, max 30 s (default: %(default)s)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=3600.0,
+        help="per-job limit in s; the prompt is interrupted after it (default: %(default)s)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    p.add_argument("--print-storybooks", action="store_true",
-                   help="print each ok job's storybook (server-relative path) on stdout, one per line")
+    p.add_argument(
+        "--print-storybooks",
+        action="store_true",
+        help="print each ok job's storybook (server-relative path) on stdout, one per line",
+    )
     return p
 
 
@@ -1124,9 +1257,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not jobs:
         print(f"seedstory-batch: no jobs in {args.jobs}", file=sys.stderr)
         return EXIT_USAGE
-    opts = Options(out_dir=Path(args.out), template=args.template, force=args.force, timeout=args.timeout,
-                   progress=not args.no_progress,
-                   retry=RetryPolicy(retries=args.retries, backoff=args.backoff))
+    opts = Options(
+        out_dir=Path(args.out),
+        template=args.template,
+        force=args.force,
+        timeout=args.timeout,
+        progress=not args.no_progress,
+        retry=RetryPolicy(retries=args.retries, backoff=args.backoff),
+    )
     _log(f"[batch] {len(jobs)} job(s) from {args.jobs} on {len(servers)} server(s): {', '.join(servers)}")
     try:
         data = run_batch(jobs, servers, opts, jobs_file=str(args.jobs))

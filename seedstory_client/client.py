@@ -35,8 +35,10 @@ try:
     import requests
     import websocket  # websocket-client
 except ImportError as _missing:  # pragma: no cover - depends on the environment
-    raise ImportError(f"seedstory_client needs requests and websocket-client ({_missing}); install the 'client' "
-                      "extra: pip install '.[client]'") from _missing
+    raise ImportError(
+        f"seedstory_client needs requests and websocket-client ({_missing}); install the 'client' "
+        "extra: pip install '.[client]'"
+    ) from _missing
 
 from .errors import HTTPFailure, PromptRefused
 
@@ -49,16 +51,39 @@ BINARY_PREVIEW_IMAGE_WITH_METADATA = 4
 
 # ------------------------------------------------------------------------------------------------ connection loss
 # errno values of a network failure (a plain OSError from a raw socket, e.g. websocket-client's connect)
-_NET_ERRNOS = {getattr(errno, n) for n in (
-    "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH",
-    "EHOSTDOWN", "ENETDOWN", "ENETRESET", "ENOTCONN", "ESHUTDOWN") if hasattr(errno, n)}
+_NET_ERRNOS = {
+    getattr(errno, n)
+    for n in (
+        "ECONNREFUSED",
+        "ECONNRESET",
+        "ECONNABORTED",
+        "EPIPE",
+        "ETIMEDOUT",
+        "EHOSTUNREACH",
+        "ENETUNREACH",
+        "EHOSTDOWN",
+        "ENETDOWN",
+        "ENETRESET",
+        "ENOTCONN",
+        "ESHUTDOWN",
+    )
+    if hasattr(errno, n)
+}
 
 
 def connection_errors() -> Tuple[type, ...]:
     """Exception classes that can mean 'the server went away'; use :func:`is_connection_error` to decide."""
-    return (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-            websocket.WebSocketConnectionClosedException, websocket.WebSocketTimeoutException,
-            websocket.WebSocketAddressException, ConnectionError, TimeoutError, socket.gaierror)
+    return (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+        websocket.WebSocketConnectionClosedException,
+        websocket.WebSocketTimeoutException,
+        websocket.WebSocketAddressException,
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+    )
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -171,8 +196,8 @@ class RunResult:
             body = m.payload or b""
             if m.binary_type == BINARY_TEXT and len(body) >= 4:
                 (n,) = struct.unpack(">I", body[:4])
-                node = body[4:4 + n].decode("utf-8", errors="replace")
-                self.texts.append((node, body[4 + n:].decode("utf-8", errors="replace")))
+                node = body[4 : 4 + n].decode("utf-8", errors="replace")
+                self.texts.append((node, body[4 + n :].decode("utf-8", errors="replace")))
             else:
                 self.previews.append((m.binary_type, body))
             return
@@ -262,8 +287,9 @@ class ComfyClient:
         Raises HTTPFailure."""
         return self._json(self.get("/queue"), "GET", "/queue")
 
-    def post_prompt(self, prompt: dict, *, extra_data: dict | None = None,
-                    prompt_id: str | None = None, front: bool = False) -> requests.Response:
+    def post_prompt(
+        self, prompt: dict, *, extra_data: dict | None = None, prompt_id: str | None = None, front: bool = False
+    ) -> requests.Response:
         """``POST /prompt`` and return the raw response (no status check); :meth:`queue_prompt` checks it."""
         body: dict[str, Any] = {"prompt": prompt, "client_id": self.client_id}
         if extra_data:
@@ -313,8 +339,9 @@ class ComfyClient:
     def interrupt(self, prompt_id: str | None = None) -> requests.Response:
         """``POST /interrupt`` (with ``prompt_id``: only that prompt, when it is the one running; without: whatever
         runs). Raises HTTPFailure."""
-        return self._check(self.post("/interrupt", json={"prompt_id": prompt_id} if prompt_id else {}),
-                           "POST", "/interrupt")
+        return self._check(
+            self.post("/interrupt", json={"prompt_id": prompt_id} if prompt_id else {}), "POST", "/interrupt"
+        )
 
     def cancel(self, prompt_id: str) -> None:
         """Stop ``prompt_id``: first take it out of the pending queue (``POST /queue {"delete": [id]}``), then
@@ -326,11 +353,18 @@ class ComfyClient:
 
     def free(self, unload_models: bool = True, free_memory: bool = True) -> requests.Response:
         """``POST /free`` (unload models / free memory). Raises HTTPFailure."""
-        return self._check(self.post("/free", json={"unload_models": unload_models, "free_memory": free_memory}),
-                           "POST", "/free")
+        return self._check(
+            self.post("/free", json={"unload_models": unload_models, "free_memory": free_memory}), "POST", "/free"
+        )
 
-    def upload_image(self, image: str | os.PathLike | bytes, name: str | None = None,
-                     subfolder: str = "", overwrite: bool = True, type: str = "input") -> dict:
+    def upload_image(
+        self,
+        image: str | os.PathLike | bytes,
+        name: str | None = None,
+        subfolder: str = "",
+        overwrite: bool = True,
+        type: str = "input",
+    ) -> dict:
         """``POST /upload/image`` of a file or bytes (``name``: the file name on the server, default the file's
         own, ``upload.png`` for bytes). Returns ``{"name", "subfolder", "type"}``. Raises HTTPFailure."""
         if isinstance(image, (bytes, bytearray)):
@@ -339,8 +373,11 @@ class ComfyClient:
             path = Path(image)
             data, name = path.read_bytes(), name or path.name
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        r = self.post("/upload/image", files={"image": (name, data, ctype)},
-                      data={"overwrite": "true" if overwrite else "false", "subfolder": subfolder, "type": type})
+        r = self.post(
+            "/upload/image",
+            files={"image": (name, data, ctype)},
+            data={"overwrite": "true" if overwrite else "false", "subfolder": subfolder, "type": type},
+        )
         return self._json(r, "POST", "/upload/image")
 
     # ---- websocket --------------------------------------------------------------------------------------------
@@ -361,9 +398,14 @@ class ComfyClient:
             raise HTTPFailure("GET", "/ws", getattr(e, "status_code", 0) or 0, body, self.base_url) from None
         return ws
 
-    def follow(self, ws: websocket.WebSocket, prompt_id: str, timeout: float = 600.0,
-               on_event: Callable[[RunResult, dict | None, bytes | None], None] | None = None,
-               result: RunResult | None = None) -> RunResult:
+    def follow(
+        self,
+        ws: websocket.WebSocket,
+        prompt_id: str,
+        timeout: float = 600.0,
+        on_event: Callable[[RunResult, dict | None, bytes | None], None] | None = None,
+        result: RunResult | None = None,
+    ) -> RunResult:
         """Read the websocket until ``executing`` with ``node: null`` for ``prompt_id``.
 
         ``on_event(result, message, binary)`` is called for every frame (e.g. to interrupt): JSON messages of this
@@ -375,8 +417,10 @@ class ComfyClient:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s "
-                                   f"(last events: {[e.get('type') for e in res.events[-5:]]})")
+                raise TimeoutError(
+                    f"prompt {prompt_id} did not finish within {timeout:.0f} s "
+                    f"(last events: {[e.get('type') for e in res.events[-5:]]})"
+                )
             m = read_message(ws, min(left, 5.0))
             if m is None:
                 continue
@@ -393,9 +437,15 @@ class ComfyClient:
             if m.ends(prompt_id):
                 return res
 
-    def run(self, prompt: dict, timeout: float = 600.0, *, extra_data: dict | None = None,
-            on_event: Callable[[RunResult, dict | None, bytes | None], None] | None = None,
-            fetch_history: bool = True) -> RunResult:
+    def run(
+        self,
+        prompt: dict,
+        timeout: float = 600.0,
+        *,
+        extra_data: dict | None = None,
+        on_event: Callable[[RunResult, dict | None, bytes | None], None] | None = None,
+        fetch_history: bool = True,
+    ) -> RunResult:
         """Queue ``prompt`` (API format), follow it to the end, then read ``/history``.
 
         Raises:
@@ -405,8 +455,7 @@ class ComfyClient:
         ws = self.connect_ws()
         try:
             queued = self.queue_prompt(prompt, extra_data=extra_data)
-            res = RunResult(queued["prompt_id"], queued.get("number"),
-                            node_errors=queued.get("node_errors") or {})
+            res = RunResult(queued["prompt_id"], queued.get("number"), node_errors=queued.get("node_errors") or {})
             self.follow(ws, res.prompt_id, timeout, on_event=on_event, result=res)
         finally:
             ws.close()

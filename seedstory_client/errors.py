@@ -56,8 +56,10 @@ def describe_refusal(body: dict) -> str:
 
 def describe_execution_error(data: dict) -> str:
     """One line for the data of an ``execution_error`` websocket message (node id, class, exception)."""
-    return (f"node {data.get('node_id')} ({data.get('node_type')}) raised {data.get('exception_type', 'an error')}: "
-            f"{str(data.get('exception_message', '')).strip()}")
+    return (
+        f"node {data.get('node_id')} ({data.get('node_type')}) raised {data.get('exception_type', 'an error')}: "
+        f"{str(data.get('exception_message', '')).strip()}"
+    )
 
 
 class PromptRefused(RuntimeError):

@@ -86,8 +86,14 @@ def cosine_loss(rec: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _as_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+    }
     if dtype not in names:
         raise ValueError(f"Unknown dtype {dtype!r}; expected a torch.dtype or one of {sorted(names)}")
     return names[dtype]
@@ -130,7 +136,9 @@ class SeedStoryAgent(nn.Module):
     whatever dtype the module is cast to (the official cos/sin tables are computed in float32, docs/reference.md §2.2).
     """
 
-    def __init__(self, config: AgentConfig, llm: nn.Module, input_resampler: QwenResampler, output_resampler: QwenResampler):
+    def __init__(
+        self, config: AgentConfig, llm: nn.Module, input_resampler: QwenResampler, output_resampler: QwenResampler
+    ):
         super().__init__()
         self.config = config
         self.llm = llm
@@ -167,7 +175,9 @@ class SeedStoryAgent(nn.Module):
         hidden = config.llm.hidden_size
         for label, rc in (("input_resampler", config.input_resampler), ("output_resampler", config.output_resampler)):
             if rc.embed_dim != hidden:
-                raise ValueError(f"AgentConfig.{label}.embed_dim={rc.embed_dim} but llm.hidden_size={hidden}; they must be equal (docs/reference.md §2.3).")
+                raise ValueError(
+                    f"AgentConfig.{label}.embed_dim={rc.embed_dim} but llm.hidden_size={hidden}; they must be equal (docs/reference.md §2.3)."
+                )
         llama_config = config.llm.to_transformers()
         llama_config._attn_implementation = "sdpa"
         llama_config.use_cache = False
@@ -234,7 +244,9 @@ class SeedStoryAgent(nn.Module):
         """Word embeddings: (B, L) int64 -> (B, L, D) in the parameter dtype."""
         return self.decoder.embed_tokens(input_ids)
 
-    def _write_image_embeds(self, embeds: torch.Tensor, ids_cmp_mask: torch.Tensor, image_embeds_lm: torch.Tensor) -> torch.Tensor:
+    def _write_image_embeds(
+        self, embeds: torch.Tensor, ids_cmp_mask: torch.Tensor, image_embeds_lm: torch.Tensor
+    ) -> torch.Tensor:
         """Return ``embeds`` with ``image_embeds_lm`` (N, n_img, D) written at the True positions of ``ids_cmp_mask``."""
         if ids_cmp_mask.shape != embeds.shape[:2]:
             raise ValueError(
@@ -282,7 +294,9 @@ class SeedStoryAgent(nn.Module):
             return embeds
         _assert_tensor("image_features", image_features, 3)
         if ids_cmp_mask is None:
-            raise ValueError("image_features were given without ids_cmp_mask; pass the (B, L) bool mask of their IMG positions.")
+            raise ValueError(
+                "image_features were given without ids_cmp_mask; pass the (B, L) bool mask of their IMG positions."
+            )
         feats = self.input_resampler(image_features.to(device=embeds.device, dtype=embeds.dtype))
         return self._write_image_embeds(embeds, ids_cmp_mask, feats)
 
@@ -343,7 +357,9 @@ class SeedStoryAgent(nn.Module):
             embeds_gen_mask = embeds_gen_mask.to(param.device).bool()
             for name, m in (("embeds_cmp_mask", embeds_cmp_mask), ("embeds_gen_mask", embeds_gen_mask)):
                 if m.shape != (n_all,):
-                    raise ValueError(f"{name} must have shape ({n_all},) (one flag per image of image_embeds), found {tuple(m.shape)}")
+                    raise ValueError(
+                        f"{name} must have shape ({n_all},) (one flag per image of image_embeds), found {tuple(m.shape)}"
+                    )
         else:
             image_embeds_lm = None
         has_image_input = has_image and bool(embeds_cmp_mask.any())
@@ -351,13 +367,20 @@ class SeedStoryAgent(nn.Module):
 
         if has_image_input:
             if ids_cmp_mask is None:
-                raise ValueError("embeds_cmp_mask marks input images but ids_cmp_mask is None; pass the (B, L) IMG-position mask.")
+                raise ValueError(
+                    "embeds_cmp_mask marks input images but ids_cmp_mask is None; pass the (B, L) IMG-position mask."
+                )
             embeds = self._write_image_embeds(embeds, ids_cmp_mask, image_embeds_lm[embeds_cmp_mask])
         else:
             # official: input_embeds[:1, :nq] += 0.0 * image_embeds_lm[:1] keeps the input resampler in the graph
             if image_embeds_lm is None:
-                dummy = torch.zeros(1, self.output_resampler.num_queries, self.input_resampler.config.kv_dim,
-                                    device=param.device, dtype=param.dtype)
+                dummy = torch.zeros(
+                    1,
+                    self.output_resampler.num_queries,
+                    self.input_resampler.config.kv_dim,
+                    device=param.device,
+                    dtype=param.dtype,
+                )
                 dummy_lm = self.input_resampler(dummy)
             else:
                 dummy_lm = image_embeds_lm[:1]
@@ -380,7 +403,9 @@ class SeedStoryAgent(nn.Module):
         recon = None
         if has_image_output:
             if ids_gen_mask is None:
-                raise ValueError("embeds_gen_mask marks target images but ids_gen_mask is None; pass the (B, L) IMG-position mask.")
+                raise ValueError(
+                    "embeds_gen_mask marks target images but ids_gen_mask is None; pass the (B, L) IMG-position mask."
+                )
             if ids_gen_mask.shape != (bsz, seq_len):
                 raise ValueError(f"ids_gen_mask shape {tuple(ids_gen_mask.shape)} != input_ids shape {(bsz, seq_len)}")
             target = image_embeds[embeds_gen_mask]
@@ -417,7 +442,9 @@ class SeedStoryAgent(nn.Module):
 
         cfg = self.rotary_emb.config
         if self.rotary_emb.rope_type != "default":
-            raise NotImplementedError(f"Only the default RoPE is supported (Llama-2, docs/reference.md §2.2); found {self.rotary_emb.rope_type!r}")
+            raise NotImplementedError(
+                f"Only the default RoPE is supported (Llama-2, docs/reference.md §2.2); found {self.rotary_emb.rope_type!r}"
+            )
         with torch.device("cpu"):
             inv_freq, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg)
         return inv_freq.float()
@@ -523,7 +550,9 @@ class SeedStoryAgent(nn.Module):
         state_dict = read_state_dict(path, device=read_device)
         require_kind(list(state_dict.keys()), "agent", path)
         agent = cls.build(config, meta=True, dtype=dtype)
-        report = load_official_state_dict(agent, state_dict, source=str(path), base_llama=base_llama, device=read_device)
+        report = load_official_state_dict(
+            agent, state_dict, source=str(path), base_llama=base_llama, device=read_device
+        )
         del state_dict
         agent.to(read_device)
         agent.eval()
@@ -551,11 +580,14 @@ class SeedStoryAgent(nn.Module):
             folder,
             filename_pattern=AGENT_WEIGHTS_PATTERN,
             max_shard_size=max_shard_size,
-            metadata={"format": "pt", "seedstory_kind": "agent", "key_naming": "official" if official_names else "seedstory"},
+            metadata={
+                "format": "pt",
+                "seedstory_kind": "agent",
+                "key_naming": "official" if official_names else "seedstory",
+            },
         )
         (folder / AGENT_CONFIG_FILENAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
         return folder
-
 
     # ------------------------------------------------------------------ inference: merged LoRA decoder
     def lora_merge_bytes(self) -> int:
@@ -586,15 +618,37 @@ class SeedStoryAgent(nn.Module):
         for name, module in self.decoder.named_modules():
             if hasattr(module, "base_layer") and hasattr(module, "lora_A"):  # peft LoRA Linear
                 base = module.base_layer
-                adapters = () if module.disable_adapters or module.merged else tuple(
-                    a for a in module.active_adapters if a in module.lora_A)
-                fp.append((name, sig(base.weight), bool(module.merged), bool(module.disable_adapters), adapters,
-                           tuple((sig(module.lora_A[a].weight), sig(module.lora_B[a].weight), float(module.scaling[a]),
-                                  bool(getattr(module, "use_dora", {}).get(a, False))) for a in adapters)))
+                adapters = (
+                    ()
+                    if module.disable_adapters or module.merged
+                    else tuple(a for a in module.active_adapters if a in module.lora_A)
+                )
+                fp.append(
+                    (
+                        name,
+                        sig(base.weight),
+                        bool(module.merged),
+                        bool(module.disable_adapters),
+                        adapters,
+                        tuple(
+                            (
+                                sig(module.lora_A[a].weight),
+                                sig(module.lora_B[a].weight),
+                                float(module.scaling[a]),
+                                bool(getattr(module, "use_dora", {}).get(a, False)),
+                            )
+                            for a in adapters
+                        ),
+                    )
+                )
                 plan[name] = ("lora", module, adapters)
             elif hasattr(module, "modules_to_save") and hasattr(module, "original_module"):  # peft ModulesToSaveWrapper
                 active = module.active_adapters
-                inner = module.original_module if (module.disable_adapters or not active) else module.modules_to_save[active[0]]
+                inner = (
+                    module.original_module
+                    if (module.disable_adapters or not active)
+                    else module.modules_to_save[active[0]]
+                )
                 fp.append((name, id(inner), sig(inner.weight)))
                 plan[name] = ("wrapped", inner)
         fp.append(("embed", id(self.decoder.embed_tokens), "rotary", id(self.rotary_emb)))

@@ -22,7 +22,7 @@ from typing import Optional, Union
 
 import torch
 
-from .checkpoints import LoadReport, apply_state_dict, read_state_dict, require_kind
+from .checkpoints import apply_state_dict, read_state_dict, require_kind
 from .config import CONFIG_FILENAME, SeedStoryConfig, VisualTokenizerConfig
 
 PathLike = Union[str, Path]
@@ -81,17 +81,23 @@ class SeedStoryBundle:
         the pack's default policy): see :func:`seedstory_core.story.engine_for`."""
         from .story import default_policy, engine_for
 
-        return engine_for(policy if policy is not None else default_policy(), self.agent, self.tokenizer,
-                          self.visual_tokenizer)
+        return engine_for(
+            policy if policy is not None else default_policy(), self.agent, self.tokenizer, self.visual_tokenizer
+        )
 
-    def render(self, features, *, frame_index: int = 0, steps: int = 30, guidance_scale: float = 7.5,
-               seed: int = 0):
+    def render(self, features, *, frame_index: int = 0, steps: int = 30, guidance_scale: float = 7.5, seed: int = 0):
         """One frame from (1, T, D) regressed features with the de-tokenizer (classifier-free guidance against
         :attr:`uncond_features`; noise seeded by ``(seed, frame_index)``). Returns a PIL image of the
         de-tokenizer's default size."""
-        return self.detokenizer.generate(features, self.uncond_features, num_inference_steps=steps,
-                                         guidance_scale=guidance_scale, seed=seed, frame_index=frame_index,
-                                         output="pil")[0]
+        return self.detokenizer.generate(
+            features,
+            self.uncond_features,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            frame_index=frame_index,
+            output="pil",
+        )[0]
 
     def to(self, device=None, dtype=None) -> "SeedStoryBundle":
         for module in (self.visual_tokenizer, self.agent, self.detokenizer):
@@ -112,8 +118,10 @@ class SeedStoryBundle:
         self.config.save(folder)
         self.tokenizer.save(folder / "tokenizer")
         (folder / "visual_tokenizer").mkdir(exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.visual_tokenizer.state_dict().items()},
-                  str(folder / "visual_tokenizer" / "model.safetensors"))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.visual_tokenizer.state_dict().items()},
+            str(folder / "visual_tokenizer" / "model.safetensors"),
+        )
         self.agent.save_pretrained(folder / "agent")
         det = folder / "detokenizer"
         det.mkdir(exist_ok=True)
@@ -131,16 +139,31 @@ class SeedStoryBundle:
         from .tokenizer import SeedStoryTokenizer
 
         folder = Path(folder)
-        for part in (CONFIG_FILENAME, "tokenizer", "visual_tokenizer/model.safetensors", "agent",
-                     "detokenizer/adapter.safetensors", "detokenizer/sdxl"):
+        for part in (
+            CONFIG_FILENAME,
+            "tokenizer",
+            "visual_tokenizer/model.safetensors",
+            "agent",
+            "detokenizer/adapter.safetensors",
+            "detokenizer/sdxl",
+        ):
             if not (folder / part).exists():
                 raise FileNotFoundError(f"{folder} is not a complete seedstory model folder: {part} is missing")
         config = SeedStoryConfig.load(folder)
         tokenizer = SeedStoryTokenizer.from_folder(folder / "tokenizer", config.agent.image_tokens)
-        vit, _ = load_visual_tokenizer(folder / "visual_tokenizer" / "model.safetensors", config.visual_tokenizer, device=device, dtype=dtype)
+        vit, _ = load_visual_tokenizer(
+            folder / "visual_tokenizer" / "model.safetensors", config.visual_tokenizer, device=device, dtype=dtype
+        )
         agent, _ = SeedStoryAgent.from_pretrained(folder / "agent", config.agent, device=device, dtype=dtype)
-        detok = SeedStoryDetokenizer.from_pretrained(folder / "detokenizer" / "adapter.safetensors", folder / "detokenizer" / "sdxl",
-                                                     config.detokenizer, device=device, dtype=dtype)
+        detok = SeedStoryDetokenizer.from_pretrained(
+            folder / "detokenizer" / "adapter.safetensors",
+            folder / "detokenizer" / "sdxl",
+            config.detokenizer,
+            device=device,
+            dtype=dtype,
+        )
         if tokenizer.vocab_size != config.agent.llm.vocab_size:
-            raise ValueError(f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the agent expects {config.agent.llm.vocab_size}")
+            raise ValueError(
+                f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the agent expects {config.agent.llm.vocab_size}"
+            )
         return cls(config, tokenizer, vit, agent.eval(), detok.eval())

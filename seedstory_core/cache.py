@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -139,7 +139,13 @@ def select_kept(policy: CachePolicy, kept: Sequence[int], images: Sequence[Tuple
     if policy.kind in ("sink", "multimodal_sink"):
         keep.update(range(policy.n_start))
     if policy.kind == "multimodal_sink":
-        sink_images = evicted if policy.max_sink_images is None else evicted[len(evicted) - policy.max_sink_images:] if policy.max_sink_images else []
+        sink_images = (
+            evicted
+            if policy.max_sink_images is None
+            else evicted[len(evicted) - policy.max_sink_images :]
+            if policy.max_sink_images
+            else []
+        )
         for boi, eoi in sink_images:
             keep.update(range(max(0, boi - policy.boi_before), boi + policy.boi_after))
             keep.update(range(max(0, eoi - policy.eoi_before), eoi + policy.eoi_after))
@@ -604,5 +610,7 @@ class StoryKVCache(Cache):
         )
         lengths = {layer.length for layer in layers if layer.is_initialized}
         if lengths and lengths != {len(cache_meta.positions)}:
-            raise ValueError(f"saved cache is inconsistent: layer lengths {sorted(lengths)} vs {len(cache_meta.positions)} positions")
+            raise ValueError(
+                f"saved cache is inconsistent: layer lengths {sorted(lengths)} vs {len(cache_meta.positions)} positions"
+            )
         return cls(len(layers), CachePolicy.from_dict(meta["policy"]), inv_freq, _layers=layers, _meta=cache_meta)

@@ -75,15 +75,21 @@ def _looks_like(head: bytes, *, safetensors_name: bool) -> Optional[Tuple[str, s
     """(what the file is, what to do) when its first bytes are recognisably not the format its name promises."""
     text = head.lstrip()
     if text.startswith(b"version https://git-lfs"):
-        return ("a Git LFS pointer, a small text file that stands for the real weights",
-                "Run `git lfs pull` in the repository it came from, or download the file itself.")
+        return (
+            "a Git LFS pointer, a small text file that stands for the real weights",
+            "Run `git lfs pull` in the repository it came from, or download the file itself.",
+        )
     if text[:15].lower().startswith((b"<!doctype html", b"<html")):
-        return ("an HTML page (a failed download saves the server's error page under the file's name)",
-                "Download the file again (some hosts need you to log in or accept a licence first).")
+        return (
+            "an HTML page (a failed download saves the server's error page under the file's name)",
+            "Download the file again (some hosts need you to log in or accept a licence first).",
+        )
     if safetensors_name and (head.startswith(_ZIP_MAGIC) or (head and head[0] == _PICKLE_PROTO)):
-        return ("a PyTorch checkpoint (torch.save zip/pickle) with a .safetensors name",
-                "Rename it to .bin or .pt (read safely, weights_only=True), or convert it: "
-                "python -m seedstory_core.convert FILE OUTPUT_DIR.")
+        return (
+            "a PyTorch checkpoint (torch.save zip/pickle) with a .safetensors name",
+            "Rename it to .bin or .pt (read safely, weights_only=True), or convert it: "
+            "python -m seedstory_core.convert FILE OUTPUT_DIR.",
+        )
     if not safetensors_name and len(head) >= 10 and head[8:10] == b'{"':
         return ("a safetensors file with a PyTorch-pickle extension", "Rename it to .safetensors.")
     if head.startswith((b"{", b"[")):
@@ -115,8 +121,14 @@ def _safetensors_detail(path: Path, err: BaseException) -> str:
             n = int.from_bytes(handle.read(8), "little")
             if size >= 8 and 8 + n <= size and n < 100_000_000:
                 header = json.loads(handle.read(n))
-                end = max((int(v["data_offsets"][1]) for k, v in header.items()
-                           if k != "__metadata__" and isinstance(v, Mapping) and "data_offsets" in v), default=0)
+                end = max(
+                    (
+                        int(v["data_offsets"][1])
+                        for k, v in header.items()
+                        if k != "__metadata__" and isinstance(v, Mapping) and "data_offsets" in v
+                    ),
+                    default=0,
+                )
                 if 8 + n + end > size:
                     return f"its header describes {8 + n + end} bytes of data, the file has only {size}"
             elif size >= 8 and 8 + n > size:
@@ -130,7 +142,9 @@ def corrupt_safetensors(path: PathLike, err: BaseException) -> CorruptCheckpoint
     """The error for a ``.safetensors`` file the reader refused (``err``: the reader's own exception)."""
     path = Path(path)
     known = _looks_like(_head(path), safetensors_name=True)
-    what, todo = (f"it is {known[0]}", known[1]) if known else (f"truncated or corrupt: {_safetensors_detail(path, err)}", _REDO)
+    what, todo = (
+        (f"it is {known[0]}", known[1]) if known else (f"truncated or corrupt: {_safetensors_detail(path, err)}", _REDO)
+    )
     return CorruptCheckpointError(
         f"{path} is not a valid safetensors file ({what}; {_size(path)}). Expected a safetensors file (an 8-byte "
         f"header length, a JSON header, then the tensor data it describes). {todo}"
@@ -141,20 +155,27 @@ def corrupt_pickle(path: PathLike, err: Optional[BaseException]) -> CorruptCheck
     """The error for a ``.bin``/``.pt``/``.pth``/``.ckpt`` file that is not a readable PyTorch checkpoint."""
     path = Path(path)
     head = _head(path)
-    expected = ("Expected a PyTorch checkpoint written by torch.save (a zip archive, or a pickle in the old "
-                "format) holding a dict of tensors.")
+    expected = (
+        "Expected a PyTorch checkpoint written by torch.save (a zip archive, or a pickle in the old "
+        "format) holding a dict of tensors."
+    )
     if not head:
         return CorruptCheckpointError(f"{path} is empty ({_size(path)}), not a PyTorch checkpoint. {expected} {_REDO}")
     if head.startswith(_ZIP_MAGIC):
-        detail = ("the zip archive's central directory is missing, so the file was cut short"
-                  if not zipfile.is_zipfile(path) else _detail(err))
+        detail = (
+            "the zip archive's central directory is missing, so the file was cut short"
+            if not zipfile.is_zipfile(path)
+            else _detail(err)
+        )
         return CorruptCheckpointError(
             f"{path} is not a valid PyTorch checkpoint: it starts like a torch.save zip archive but cannot be read "
-            f"(truncated or corrupt: {detail}; {_size(path)}). {_REDO}")
+            f"(truncated or corrupt: {detail}; {_size(path)}). {_REDO}"
+        )
     if head[0] == _PICKLE_PROTO:
         return CorruptCheckpointError(
             f"{path} is not a valid PyTorch checkpoint: it starts like an old-format torch.save pickle but cannot be "
-            f"read (truncated or corrupt: {_detail(err)}; {_size(path)}). {_REDO}")
+            f"read (truncated or corrupt: {_detail(err)}; {_size(path)}). {_REDO}"
+        )
     known = _looks_like(head, safetensors_name=False)
     what, todo = known if known else (f"the bytes {head[:16]!r}", _REDO)
     return CorruptCheckpointError(
@@ -198,7 +219,12 @@ def read_state_dict(path: PathLike, *, device: Union[str, torch.device] = "cpu")
     """
     path = Path(path)
     if path.is_dir():
-        for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"):
+        for name in (
+            "model.safetensors.index.json",
+            "model.safetensors",
+            "pytorch_model.bin.index.json",
+            "pytorch_model.bin",
+        ):
             if (path / name).exists():
                 return read_state_dict(path / name, device=device)
         candidates = sorted(p.name for p in path.iterdir() if p.suffix in SAFETENSORS_EXTS + PICKLE_EXTS)
@@ -217,10 +243,12 @@ def read_state_dict(path: PathLike, *, device: Union[str, torch.device] = "cpu")
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise CorruptCheckpointError(
                 f"{path} is not a valid shard index ({err}). Expected the JSON file written next to the shards "
-                f"(with a 'weight_map' of tensor name -> shard file). {_REDO}") from None
+                f"(with a 'weight_map' of tensor name -> shard file). {_REDO}"
+            ) from None
         if not isinstance(index, Mapping) or not isinstance(index.get("weight_map", {}), Mapping):
-            raise CorruptCheckpointError(f"{path}: expected a JSON object with a 'weight_map' mapping, found "
-                                         f"{type(index).__name__}. {_REDO}")
+            raise CorruptCheckpointError(
+                f"{path}: expected a JSON object with a 'weight_map' mapping, found {type(index).__name__}. {_REDO}"
+            )
         shards = sorted(set(index.get("weight_map", {}).values()))
         if not shards:
             raise CheckpointError(f"{path}: shard index has an empty 'weight_map'")
@@ -355,9 +383,15 @@ class LoadReport:
     notes: List[str] = field(default_factory=list)
 
     def summary(self, depth: int = 4) -> str:
-        lines = [f"load report for {self.source}: {len(self.loaded)} loaded, {len(self.missing)} missing, "
-                 f"{len(self.unexpected)} unexpected, {len(self.consumed)} checked-and-dropped"]
-        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("checked-and-dropped", self.consumed)):
+        lines = [
+            f"load report for {self.source}: {len(self.loaded)} loaded, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, {len(self.consumed)} checked-and-dropped"
+        ]
+        for title, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("checked-and-dropped", self.consumed),
+        ):
             if keys:
                 lines.append(f"  {title}:")
                 lines += [f"    {prefix}: {n}" for prefix, n in group_by_prefix(keys, depth).items()]
@@ -365,12 +399,19 @@ class LoadReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "loaded": len(self.loaded), "missing": group_by_prefix(self.missing, 4),
-                "unexpected": group_by_prefix(self.unexpected, 4), "consumed": group_by_prefix(self.consumed, 4),
-                "notes": list(self.notes)}
+        return {
+            "source": self.source,
+            "loaded": len(self.loaded),
+            "missing": group_by_prefix(self.missing, 4),
+            "unexpected": group_by_prefix(self.unexpected, 4),
+            "consumed": group_by_prefix(self.consumed, 4),
+            "notes": list(self.notes),
+        }
 
 
-def check_shapes(module_shapes: Mapping[str, Tuple[int, ...]], state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+def check_shapes(
+    module_shapes: Mapping[str, Tuple[int, ...]], state_dict: Mapping[str, torch.Tensor], source: str
+) -> None:
     """Raise :class:`CheckpointMismatchError` listing every key whose shape differs (file, key, expected, found)."""
     problems = []
     for key, tensor in state_dict.items():
@@ -381,7 +422,8 @@ def check_shapes(module_shapes: Mapping[str, Tuple[int, ...]], state_dict: Mappi
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise CheckpointMismatchError(
             f"{source}: {len(problems)} tensor(s) do not fit the model built from the config:\n"
-            + "\n".join(problems[:20]) + more
+            + "\n".join(problems[:20])
+            + more
             + "\nThe file was made for a model of another size; pick the matching config/preset or file."
         )
 
@@ -434,7 +476,10 @@ def apply_state_dict(
     to_load = {k: v for k, v in state_dict.items() if k in module_shapes}
     if assign:
         # Keep the module's dtype: assign=True would otherwise adopt the file's dtype.
-        to_load = {k: (v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v) for k, v in to_load.items()}
+        to_load = {
+            k: (v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v)
+            for k, v in to_load.items()
+        }
     module.load_state_dict(to_load, strict=False, assign=assign)
     return LoadReport(source=source, loaded=sorted(to_load), missing=missing, unexpected=unexpected)
 

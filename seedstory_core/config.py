@@ -22,7 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 CONFIG_FILENAME = "seedstory_config.json"
 
@@ -223,7 +223,9 @@ class DetokenizerConfig(_JsonMixin):
     @classmethod
     def from_dict(cls, data: Dict[str, Any]):
         data = dict(data)
-        return cls(resampler=DetokenizerResamplerConfig.from_dict(data.pop("resampler", {})), **_filter_kwargs(cls, data))
+        return cls(
+            resampler=DetokenizerResamplerConfig.from_dict(data.pop("resampler", {})), **_filter_kwargs(cls, data)
+        )
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,9 @@ class SeedStoryConfig(_JsonMixin):
         if path.is_dir():
             path = path / CONFIG_FILENAME
         if not path.is_file():
-            raise FileNotFoundError(f"No SEED-Story config at {path}: expected a {CONFIG_FILENAME} written by seedstory.")
+            raise FileNotFoundError(
+                f"No SEED-Story config at {path}: expected a {CONFIG_FILENAME} written by seedstory."
+            )
         cfg = cls.from_dict(json.loads(path.read_text()))
         cfg.validate()
         return cfg

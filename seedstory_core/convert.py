@@ -28,7 +28,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -152,7 +152,11 @@ def convert_checkpoint(
     output_dir = Path(output_dir)
     if not input_path.exists():
         raise FileNotFoundError(f"Input checkpoint not found: {input_path}")
-    existing = sorted(output_dir.glob("model*.safetensors")) + sorted(output_dir.glob("model.safetensors.index.json")) if output_dir.is_dir() else []
+    existing = (
+        sorted(output_dir.glob("model*.safetensors")) + sorted(output_dir.glob("model.safetensors.index.json"))
+        if output_dir.is_dir()
+        else []
+    )
     if existing and not overwrite:
         raise FileExistsError(
             f"{output_dir} already holds converted files ({', '.join(p.name for p in existing[:3])}); "
@@ -165,8 +169,12 @@ def convert_checkpoint(
     target = DTYPES[dtype]
 
     # plan shards on meta stand-ins of the converted tensors (nothing is materialised)
-    plan_dict = {k: torch.empty(tuple(v.shape), dtype=_target_dtype(k, v, target), device="meta") for k, v in state_dict.items()}
-    split = split_torch_state_dict_into_shards(plan_dict, filename_pattern="model{suffix}.safetensors", max_shard_size=max_bytes)
+    plan_dict = {
+        k: torch.empty(tuple(v.shape), dtype=_target_dtype(k, v, target), device="meta") for k, v in state_dict.items()
+    }
+    split = split_torch_state_dict_into_shards(
+        plan_dict, filename_pattern="model{suffix}.safetensors", max_shard_size=max_bytes
+    )
 
     output_dir.mkdir(parents=True, exist_ok=True)
     if overwrite:
@@ -188,7 +196,10 @@ def convert_checkpoint(
         save_file(tensors, str(output_dir / filename), metadata=metadata)
         del tensors
     if split.is_sharded:
-        index = {"metadata": dict(split.metadata, **{"seedstory_kind": kind, "key_naming": "official"}), "weight_map": split.tensor_to_filename}
+        index = {
+            "metadata": dict(split.metadata, **{"seedstory_kind": kind, "key_naming": "official"}),
+            "weight_map": split.tensor_to_filename,
+        }
         out_path = output_dir / "model.safetensors.index.json"
         out_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     else:
@@ -212,7 +223,8 @@ def convert_checkpoint(
         "mapping": mapping,
         "notes": (
             ["keys matching the inv_freq rule are checked against the model's RoPE table on load, not stored"]
-            if kind == "agent" else ["the loader uses these official key names unchanged"]
+            if kind == "agent"
+            else ["the loader uses these official key names unchanged"]
         ),
     }
     (output_dir / KEY_MAP_FILENAME).write_text(json.dumps(key_map, indent=2) + "\n")
@@ -233,7 +245,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace converted files already in output_dir")
     args = parser.parse_args(argv)
     try:
-        out = convert_checkpoint(args.kind, args.input, args.output_dir, shard_size=args.shard_size, dtype=args.dtype, overwrite=args.overwrite)
+        out = convert_checkpoint(
+            args.kind,
+            args.input,
+            args.output_dir,
+            shard_size=args.shard_size,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+        )
     except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

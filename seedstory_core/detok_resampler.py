@@ -213,7 +213,9 @@ class ResamplerXLV2(nn.Module):
         return prompt_embeds, pooled
 
 
-def golden_detok_resampler(meta: Mapping, state_dict: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def golden_detok_resampler(
+    meta: Mapping, state_dict: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]
+) -> Dict[str, torch.Tensor]:
     """Run a ``detok_resampler`` golden fixture (docs/reference.md §10) through :class:`ResamplerXLV2`.
 
     Args:

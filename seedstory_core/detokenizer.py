@@ -118,7 +118,9 @@ def make_scheduler(name: str, base_config: Mapping):
         from diffusers.utils import is_scipy_available
 
         if not is_scipy_available():
-            raise ImportError("The 'lms' scheduler needs scipy (pip install scipy); pick another scheduler or install it.")
+            raise ImportError(
+                "The 'lms' scheduler needs scipy (pip install scipy); pick another scheduler or install it."
+            )
     return getattr(diffusers, cls_name).from_config(dict(base_config), **extra)
 
 
@@ -195,8 +197,11 @@ def calibrate_vae_latents(vae: nn.Module, images: torch.Tensor, batch_size: int 
     z = torch.cat(means)
     mean = z.mean(dim=(0, 2, 3))
     std = z.permute(1, 0, 2, 3).reshape(z.shape[1], -1).std(dim=1).clamp(min=1e-6)
-    values = {"latents_mean": [round(float(v), 6) for v in mean], "latents_std": [round(float(v), 6) for v in std],
-              "scaling_factor": 1.0}
+    values = {
+        "latents_mean": [round(float(v), 6) for v in mean],
+        "latents_std": [round(float(v), 6) for v in std],
+        "scaling_factor": 1.0,
+    }
     vae.register_to_config(**values)
     return values
 
@@ -210,7 +215,10 @@ def _check_compatible(config: DetokenizerConfig, unet_cfg: Mapping) -> None:
             f"{r.prompt_embeds_dim}"
         )
     expected_add = 6 * int(unet_cfg.get("addition_time_embed_dim") or 0) + r.output2_dim
-    if unet_cfg.get("addition_embed_type") != "text_time" or unet_cfg.get("projection_class_embeddings_input_dim") != expected_add:
+    if (
+        unet_cfg.get("addition_embed_type") != "text_time"
+        or unet_cfg.get("projection_class_embeddings_input_dim") != expected_add
+    ):
         problems.append(
             f"unet needs addition_embed_type='text_time' and projection_class_embeddings_input_dim = 6 * "
             f"addition_time_embed_dim + output2_dim = {expected_add}; found {unet_cfg.get('addition_embed_type')!r}, "
@@ -218,7 +226,8 @@ def _check_compatible(config: DetokenizerConfig, unet_cfg: Mapping) -> None:
         )
     if problems:
         raise ValueError(
-            f"De-tokenizer config does not fit SD-XL preset {config.sdxl_preset!r}:\n  " + "\n  ".join(problems)
+            f"De-tokenizer config does not fit SD-XL preset {config.sdxl_preset!r}:\n  "
+            + "\n  ".join(problems)
             + "\nPick the matching preset (official resampler -> 'sdxl_base', tiny -> 'sdxl_tiny')."
         )
 
@@ -249,7 +258,9 @@ def _find_diffusers_weights(folder: Path, component: str) -> Path:
     )
 
 
-def _convert_single_file(checkpoint: Mapping[str, torch.Tensor], cfgs: Mapping[str, dict], source: str, want_unet: bool):
+def _convert_single_file(
+    checkpoint: Mapping[str, torch.Tensor], cfgs: Mapping[str, dict], source: str, want_unet: bool
+):
     """LDM/SGM single-file keys -> diffusers UNet / VAE keys with diffusers' own single-file mapping functions."""
     from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
 
@@ -316,7 +327,9 @@ class SeedStoryDetokenizer(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def build(cls, config: DetokenizerConfig, *, device=None, dtype: Optional[torch.dtype] = None, meta: bool = False) -> "SeedStoryDetokenizer":
+    def build(
+        cls, config: DetokenizerConfig, *, device=None, dtype: Optional[torch.dtype] = None, meta: bool = False
+    ) -> "SeedStoryDetokenizer":
         """Randomly initialised de-tokenizer from the shipped SD-XL config preset ``config.sdxl_preset``.
 
         Args:
@@ -376,15 +389,17 @@ class SeedStoryDetokenizer(nn.Module):
         config = config if config is not None else DetokenizerConfig()
         adapter_path, sdxl_base = Path(adapter_path), Path(sdxl_base)
         if not sdxl_base.exists():
-            raise FileNotFoundError(f"SD-XL base not found: {sdxl_base} (expected a diffusers folder or a single file).")
+            raise FileNotFoundError(
+                f"SD-XL base not found: {sdxl_base} (expected a diffusers folder or a single file)."
+            )
         src = str(adapter_path)
 
         # 1. The adapter: kind, split, shapes -- before touching the large base weights.
         adapter = read_state_dict(adapter_path)
         require_kind(list(adapter), "detokenizer", adapter_path)
         resampler, unet, vae, cfgs = _build_modules(config, torch.device("meta"), dtype)
-        res_sd = {k[len("resampler."):]: v for k, v in adapter.items() if k.startswith("resampler.")}
-        unet_ad = {k[len("unet."):]: v for k, v in adapter.items() if k.startswith("unet.")}
+        res_sd = {k[len("resampler.") :]: v for k, v in adapter.items() if k.startswith("resampler.")}
+        unet_ad = {k[len("unet.") :]: v for k, v in adapter.items() if k.startswith("unet.")}
         stray = [k for k in adapter if not k.startswith(("resampler.", "unet."))]
         if stray:
             raise CheckpointMismatchError(
@@ -393,9 +408,14 @@ class SeedStoryDetokenizer(nn.Module):
                 + ". A de-tokenizer (SDXLAdapter) file holds only those two prefixes."
             )
         unet_shapes = meta_module_shapes(unet)
-        check_shapes({f"unet.{k}": s for k, s in unet_shapes.items()}, {f"unet.{k}": v for k, v in unet_ad.items()}, src)
-        check_shapes({f"resampler.{k}": s for k, s in meta_module_shapes(resampler).items()},
-                     {f"resampler.{k}": v for k, v in res_sd.items()}, src)
+        check_shapes(
+            {f"unet.{k}": s for k, s in unet_shapes.items()}, {f"unet.{k}": v for k, v in unet_ad.items()}, src
+        )
+        check_shapes(
+            {f"resampler.{k}": s for k, s in meta_module_shapes(resampler).items()},
+            {f"resampler.{k}": v for k, v in res_sd.items()},
+            src,
+        )
         unknown = sorted(k for k in unet_ad if k not in unet_shapes)
         if unknown:
             raise CheckpointMismatchError(
@@ -440,11 +460,15 @@ class SeedStoryDetokenizer(nn.Module):
             sched_cfg = cfgs["scheduler"]
             unused = [k for k in single if not k.startswith(("model.diffusion_model.", "first_stage_model."))]
             if unused:
-                notes.append(f"{sdxl_base} ({kind}): {len(unused)} keys not used by the de-tokenizer: "
-                             + ", ".join(f"{p} ({n})" for p, n in group_by_prefix(unused, 2).items()))
+                notes.append(
+                    f"{sdxl_base} ({kind}): {len(unused)} keys not used by the de-tokenizer: "
+                    + ", ".join(f"{p} ({n})" for p, n in group_by_prefix(unused, 2).items())
+                )
             del single
         base_src = str(sdxl_base)
-        check_shapes({f"unet.{k}": s for k, s in unet_shapes.items()}, {f"unet.{k}": v for k, v in base_unet.items()}, base_src)
+        check_shapes(
+            {f"unet.{k}": s for k, s in unet_shapes.items()}, {f"unet.{k}": v for k, v in base_unet.items()}, base_src
+        )
         overridden = sorted(k for k in unet_ad if k in base_unet)
         merged = OrderedDict(base_unet)
         merged.update(unet_ad)
@@ -455,7 +479,9 @@ class SeedStoryDetokenizer(nn.Module):
         report.loaded += [f"unet.{k}" for k in sorted(unet_ad)]
         report.missing = [f"unet.{k}" for k in sorted(unet_shapes) if k not in unet_ad]
         report.consumed = [f"sdxl_base:unet.{k}" for k in overridden]
-        notes.insert(0, f"{len(report.missing)} UNet keys absent from the adapter were loaded from SD-XL base {base_src}")
+        notes.insert(
+            0, f"{len(report.missing)} UNet keys absent from the adapter were loaded from SD-XL base {base_src}"
+        )
         if overridden:
             notes.insert(1, f"{len(overridden)} SD-XL base UNet tensors were replaced by the adapter's values")
         notes.append(f"VAE loaded from {vae_src}")
@@ -491,10 +517,15 @@ class SeedStoryDetokenizer(nn.Module):
 
         path = Path(path)
         if path.suffix != ".safetensors":
-            raise ValueError(f"save_adapter writes safetensors only; expected a '.safetensors' path, found {path.name!r}.")
+            raise ValueError(
+                f"save_adapter writes safetensors only; expected a '.safetensors' path, found {path.name!r}."
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}, str(path),
-                  metadata={"format": "pt", "seedstory": "detokenizer-adapter"})
+        save_file(
+            {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()},
+            str(path),
+            metadata={"format": "pt", "seedstory": "detokenizer-adapter"},
+        )
         return path
 
     # ------------------------------------------------------------------ inference
@@ -545,7 +576,9 @@ class SeedStoryDetokenizer(nn.Module):
         if isinstance(frame_index, (list, tuple)):
             frames = [int(f) for f in frame_index]
             if len(frames) != batch:
-                raise ValueError(f"frame_index lists {len(frames)} frames but the batch has {batch}; give one index per frame.")
+                raise ValueError(
+                    f"frame_index lists {len(frames)} frames but the batch has {batch}; give one index per frame."
+                )
         else:
             frames = [int(frame_index) + i for i in range(batch)]
         device = torch.device(device) if device is not None else self.unet.device
@@ -628,13 +661,25 @@ class SeedStoryDetokenizer(nn.Module):
             neg_pooled = neg_pooled.expand(batch, -1)
 
         pipe = StableDiffusionXLPipeline(
-            vae=self.vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
-            unet=self.unet, scheduler=sched, force_zeros_for_empty_prompt=False, add_watermarker=False,
+            vae=self.vae,
+            text_encoder=None,
+            text_encoder_2=None,
+            tokenizer=None,
+            tokenizer_2=None,
+            unet=self.unet,
+            scheduler=sched,
+            force_zeros_for_empty_prompt=False,
+            add_watermarker=False,
         )
         pipe.set_progress_bar_config(disable=True)
         latents, generators = self.initial_latents(
-            batch, height, width, seed=seed, frame_index=frame_index,
-            same_noise_every_frame=same_noise_every_frame, device=pipe._execution_device,
+            batch,
+            height,
+            width,
+            seed=seed,
+            frame_index=frame_index,
+            same_noise_every_frame=same_noise_every_frame,
+            device=pipe._execution_device,
         )
 
         def _on_step_end(p, step, timestep, kwargs):

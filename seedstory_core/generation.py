@@ -85,7 +85,9 @@ def cache_kwarg(decoder) -> str:
     return _CACHE_KWARG[kind]
 
 
-def forward_chunk(agent, cache: StoryKVCache, embeds: torch.Tensor, kinds: Sequence[int], *, commit: bool = True) -> torch.Tensor:
+def forward_chunk(
+    agent, cache: StoryKVCache, embeds: torch.Tensor, kinds: Sequence[int], *, commit: bool = True
+) -> torch.Tensor:
     """Run the LoRA LLaMA over new tokens on top of ``cache``.
 
     Args:
@@ -112,7 +114,9 @@ def logits_at(agent, hidden: torch.Tensor) -> torch.Tensor:
     return agent.lm_head(hidden).float()
 
 
-def image_query_pass(agent, cache: StoryKVCache, image: ImageTokens, *, commit: bool = False, forced: bool = False) -> Dict[str, torch.Tensor]:
+def image_query_pass(
+    agent, cache: StoryKVCache, image: ImageTokens, *, commit: bool = False, forced: bool = False
+) -> Dict[str, torch.Tensor]:
     """The image queries: [BOI, IMG_0..IMG_{n-1}] (+ EOI when ``commit``) with their word embeddings.
 
     ``forced=False`` (the engine): ONE forward over the whole run — once BOI is chosen the rest is fixed.

@@ -57,12 +57,16 @@ def agent_config_from_golden_meta(meta: Mapping[str, Any]) -> AgentConfig:
     src = meta.get("constructor_kwargs", meta)
     for section in ("llama_config", "lora_config", "input_resampler", "output_resampler"):
         if section not in src:
-            raise KeyError(f"golden agent meta has no '{section}' section (looked in {'constructor_kwargs' if 'constructor_kwargs' in meta else 'the top level'})")
+            raise KeyError(
+                f"golden agent meta has no '{section}' section (looked in {'constructor_kwargs' if 'constructor_kwargs' in meta else 'the top level'})"
+            )
     llama = dict(src["llama_config"])
     if llama.get("hidden_act", "silu") != "silu":
         raise ValueError(f"llama_config.hidden_act={llama['hidden_act']!r}; only silu (Llama-2) is supported")
     if llama.get("tie_word_embeddings", False):
-        raise ValueError("llama_config.tie_word_embeddings=True; the official agent has an untied lm_head (docs/reference.md §2.2)")
+        raise ValueError(
+            "llama_config.tie_word_embeddings=True; the official agent has an untied lm_head (docs/reference.md §2.2)"
+        )
     if llama.get("rope_scaling") not in (None, {}):
         raise ValueError(f"llama_config.rope_scaling={llama['rope_scaling']!r}; only plain RoPE is supported")
     if llama.get("attention_bias", False) or llama.get("mlp_bias", False):
@@ -79,7 +83,9 @@ def agent_config_from_golden_meta(meta: Mapping[str, Any]) -> AgentConfig:
     lora_dict = dict(src["lora_config"])
     if lora_dict.get("bias", "none") != "none":
         raise ValueError(f"lora_config.bias={lora_dict['bias']!r}; the official LoRA uses bias='none'")
-    lora = LoraSettings.from_dict({k: v for k, v in lora_dict.items() if k in LoraSettings.__dataclass_fields__ or k in ("task_type", "bias")})
+    lora = LoraSettings.from_dict(
+        {k: v for k, v in lora_dict.items() if k in LoraSettings.__dataclass_fields__ or k in ("task_type", "bias")}
+    )
     in_res = ResamplerConfig.from_dict(src["input_resampler"])
     out_res = ResamplerConfig.from_dict(src["output_resampler"])
     return AgentConfig(
@@ -102,7 +108,9 @@ def _strip_fixture_keys(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, tor
     return {k: v for k, v in state_dict.items() if not k.startswith(("input.", "output."))}
 
 
-def load_golden_agent(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], *, device=None) -> SeedStoryAgent:
+def load_golden_agent(
+    meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], *, device=None
+) -> SeedStoryAgent:
     """Build the agent for a golden sidecar and load the fixture's official-named weights strictly.
 
     ``state_dict`` may still contain the fixture's ``input.*`` / ``output.*`` entries (they are dropped).
@@ -123,11 +131,20 @@ def load_golden_agent(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Te
 
 
 _GOLDEN_FORWARD_INPUTS = (
-    "input_ids", "attention_mask", "labels", "image_embeds", "embeds_gen_mask", "embeds_cmp_mask", "ids_gen_mask", "ids_cmp_mask",
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "image_embeds",
+    "embeds_gen_mask",
+    "embeds_cmp_mask",
+    "ids_gen_mask",
+    "ids_cmp_mask",
 )
 
 
-def golden_agent_forward(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def golden_agent_forward(
+    meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]
+) -> Dict[str, torch.Tensor]:
     """Run a golden agent fixture's ``forward`` case with this implementation (README "agent forward").
 
     Args:
@@ -274,11 +291,9 @@ def official_generate(
     return out
 
 
-
-
 def _split(tensors: Tensors) -> Tuple[Tensors, Tensors]:
     state = {k: v for k, v in tensors.items() if not k.startswith(("input.", "output."))}
-    inputs = {k[len("input."):]: v for k, v in tensors.items() if k.startswith("input.")}
+    inputs = {k[len("input.") :]: v for k, v in tensors.items() if k.startswith("input.")}
     return state, inputs
 
 
@@ -286,7 +301,9 @@ def run_resampler(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
     """resampler_in / resampler_out: ``y = QwenResampler(x)`` (docs/reference.md §2.3)."""
     from .resampler import QwenResampler
 
-    kwargs = {k: v for k, v in meta["constructor_kwargs"].items() if k in ("grid_size", "embed_dim", "num_heads", "kv_dim")}
+    kwargs = {
+        k: v for k, v in meta["constructor_kwargs"].items() if k in ("grid_size", "embed_dim", "num_heads", "kv_dim")
+    }
     module = QwenResampler(ResamplerConfig(**kwargs)).float().eval()
     module.load_state_dict(state, strict=True)
     with torch.no_grad():
@@ -433,11 +450,15 @@ def compare(fixture_dir: Path, out_dir: Path) -> bool:
                 if exp.is_floating_point():
                     err = (got.double() - exp.double()).abs().max().item() if exp.numel() else 0.0
                     passed = bool(torch.allclose(got.to(exp.dtype), exp, rtol=rtol, atol=atol))
-                    print(f"{'ok  ' if passed else 'FAIL'} {name} {key}: max abs err {err:.3e} (rtol {rtol:g}, atol {atol:g})")
+                    print(
+                        f"{'ok  ' if passed else 'FAIL'} {name} {key}: max abs err {err:.3e} (rtol {rtol:g}, atol {atol:g})"
+                    )
                 else:
                     passed = torch.equal(got.to(exp.dtype), exp)
                     err = 0.0 if passed else float((got.long() - exp.long()).abs().max()) if got.numel() else 0.0
-                    print(f"{'ok  ' if passed else 'FAIL'} {name} {key}: exact {'match' if passed else f'mismatch (max abs diff {err:g})'}")
+                    print(
+                        f"{'ok  ' if passed else 'FAIL'} {name} {key}: exact {'match' if passed else f'mismatch (max abs diff {err:g})'}"
+                    )
                 ok &= passed
     return ok
 

@@ -106,7 +106,9 @@ def agent_key_rules(target_modules: Sequence[str] = OFFICIAL_TARGET_MODULES) -> 
 AGENT_KEY_RULES: List[KeyRule] = agent_key_rules()
 
 
-def official_to_ours_key_map(keys: Iterable[str], target_modules: Sequence[str] = OFFICIAL_TARGET_MODULES) -> Dict[str, str]:
+def official_to_ours_key_map(
+    keys: Iterable[str], target_modules: Sequence[str] = OFFICIAL_TARGET_MODULES
+) -> Dict[str, str]:
     """Map official agent keys to our keys with :func:`agent_key_rules` (our own names map to themselves)."""
     return apply_key_rules(keys, agent_key_rules(target_modules))
 
@@ -134,7 +136,9 @@ def official_state_dict(agent: "SeedStoryAgent", *, trainable_only: bool = False
     """
     trainable = {n for n, p in agent.named_parameters() if p.requires_grad}
     inv = agent.rotary_emb.inv_freq
-    inv = inv.detach().float().clone() if not inv.is_meta else torch.empty(inv.shape, device="meta", dtype=torch.float32)
+    inv = (
+        inv.detach().float().clone() if not inv.is_meta else torch.empty(inv.shape, device="meta", dtype=torch.float32)
+    )
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     n_layers = agent.config.llm.num_hidden_layers
     for key, tensor in agent.state_dict().items():
@@ -142,10 +146,14 @@ def official_state_dict(agent: "SeedStoryAgent", *, trainable_only: bool = False
             continue
         out[ours_to_official_key(key)] = tensor
         # place each layer's inv_freq after its o_proj entries, as the official module order does
-        m = re.fullmatch(r"llm\.base_model\.model\.model\.layers\.(\d+)\.self_attn\.o_proj\.lora_B\.default\.weight", key)
+        m = re.fullmatch(
+            r"llm\.base_model\.model\.model\.layers\.(\d+)\.self_attn\.o_proj\.lora_B\.default\.weight", key
+        )
         if m:
             out[f"{_DECODER_PREFIX}layers.{m.group(1)}.self_attn.rotary_emb.inv_freq"] = inv.clone()
-    missing_inv = [i for i in range(n_layers) if f"{_DECODER_PREFIX}layers.{i}.self_attn.rotary_emb.inv_freq" not in out]
+    missing_inv = [
+        i for i in range(n_layers) if f"{_DECODER_PREFIX}layers.{i}.self_attn.rotary_emb.inv_freq" not in out
+    ]
     for i in missing_inv:  # targets without o_proj: append at the end
         out[f"{_DECODER_PREFIX}layers.{i}.self_attn.rotary_emb.inv_freq"] = inv.clone()
     return out
@@ -200,7 +208,9 @@ def _load_items(
     for key, tensor in items:
         target = own.get(key)
         if target is None:
-            raise CheckpointMismatchError(f"{source}: key {key} has no place in the agent model (internal key-map error).")
+            raise CheckpointMismatchError(
+                f"{source}: key {key} has no place in the agent model (internal key-map error)."
+            )
         dev = target.device if not target.is_meta else (device if device is not None else tensor.device)
         dt = target.dtype if (tensor.is_floating_point() and target.is_floating_point()) else tensor.dtype
         chunk[key] = tensor.to(device=dev, dtype=dt)
@@ -289,7 +299,9 @@ def load_official_state_dict(
     dup = {}
     for fk, ok in mapping.items():
         if ok in dup:
-            raise CheckpointMismatchError(f"{source}: keys {dup[ok]} and {fk} both map to {ok}; the file mixes two namings.")
+            raise CheckpointMismatchError(
+                f"{source}: keys {dup[ok]} and {fk} both map to {ok}; the file mixes two namings."
+            )
         dup[ok] = fk
     for fk, ok in mapping.items():
         payload[ok] = state_dict[fk]
@@ -301,14 +313,18 @@ def load_official_state_dict(
     if agent_only:
         raise CheckpointMismatchError(
             f"{source}: {len(agent_only)} agent tensor(s) are missing: "
-            + ", ".join(f"{p} ({n})" for p, n in group_by_prefix([ours_to_official_key(k) for k in agent_only], 5).items())
+            + ", ".join(
+                f"{p} ({n})" for p, n in group_by_prefix([ours_to_official_key(k) for k in agent_only], 5).items()
+            )
             + f" (e.g. {ours_to_official_key(agent_only[0])}). Only {AGENT_CHECKPOINT_HINT} provides them; "
             "the file is incomplete or for another LoRA config."
         )
     if base_needed and base_llama is None:
         raise CheckpointMismatchError(
             f"{source}: {len(base_needed)} frozen base LLaMA tensor(s) are missing: "
-            + ", ".join(f"{p} ({n})" for p, n in group_by_prefix([ours_to_official_key(k) for k in base_needed], 5).items())
+            + ", ".join(
+                f"{p} ({n})" for p, n in group_by_prefix([ours_to_official_key(k) for k in base_needed], 5).items()
+            )
             + f" (e.g. {ours_to_official_key(base_needed[0])}). The agent file holds only the trainable tensors "
             f"(docs/reference.md §2.4); they come from {BASE_CHECKPOINT_HINT}."
         )
@@ -320,14 +336,18 @@ def load_official_state_dict(
     _load_items(agent, payload.items(), source=source, device=device, loaded=loaded)
     sources = [str(source)]
     if base_needed:
-        base_report = _load_base_llama(agent, base_llama, set(base_needed), device=device, loaded=loaded, consumed=consumed)
+        base_report = _load_base_llama(
+            agent, base_llama, set(base_needed), device=device, loaded=loaded, consumed=consumed
+        )
         notes.extend(base_report)
         sources.append(str(base_llama))
         still = sorted(set(base_needed) - set(loaded))
         if still:
             raise CheckpointMismatchError(
                 f"{base_llama}: {len(still)} base tensor(s) still missing after reading the base LLaMA weights: "
-                + ", ".join(f"{p} ({n})" for p, n in group_by_prefix([ours_to_official_key(k) for k in still], 5).items())
+                + ", ".join(
+                    f"{p} ({n})" for p, n in group_by_prefix([ours_to_official_key(k) for k in still], 5).items()
+                )
                 + f" (e.g. {ours_to_official_key(still[0])}). Check that base_llama is the Llama-2-7b-hf the agent "
                 f"was trained on, or use {AGENT_CHECKPOINT_HINT} that contains them."
             )
@@ -338,7 +358,9 @@ def load_official_state_dict(
             res = agent.input_resampler if key.startswith("input_") else agent.output_resampler
             if not res.query.is_meta:
                 res.reset_pos_embed()
-        notes.append("resampler pos_embed missing from the file: recomputed (frozen deterministic sin-cos table, docs/reference.md §2.3)")
+        notes.append(
+            "resampler pos_embed missing from the file: recomputed (frozen deterministic sin-cos table, docs/reference.md §2.3)"
+        )
     agent.materialize_constants(device)
     if consumed:
         notes.append(f"{len(consumed)} RoPE inv_freq buffer(s) checked against the model's table and not stored")
@@ -383,7 +405,9 @@ def base_key_targets(agent: "SeedStoryAgent", base_key: str, own_keys: Optional[
     return []
 
 
-def _load_base_llama(agent: "SeedStoryAgent", base_llama, needed: set, *, device, loaded: List[str], consumed: List[str]) -> List[str]:
+def _load_base_llama(
+    agent: "SeedStoryAgent", base_llama, needed: set, *, device, loaded: List[str], consumed: List[str]
+) -> List[str]:
     notes: List[str] = []
     shards, all_keys = _llama_shards(base_llama)
     require_kind(all_keys, "llama", base_llama)
@@ -392,6 +416,7 @@ def _load_base_llama(agent: "SeedStoryAgent", base_llama, needed: set, *, device
     used = 0
     superseded = 0
     for shard in shards:
+
         def items():
             nonlocal used, superseded
             for bkey, tensor in _iter_tensors(shard, device=device):
@@ -412,7 +437,11 @@ def _load_base_llama(agent: "SeedStoryAgent", base_llama, needed: set, *, device
                 for tkey in wanted:
                     exp = tuple(own[tkey].shape)
                     if tuple(tensor.shape) != exp:
-                        if tkey.endswith(("embed_tokens.weight", "lm_head.weight")) and tensor.shape[1:] == exp[1:] and tensor.shape[0] < exp[0]:
+                        if (
+                            tkey.endswith(("embed_tokens.weight", "lm_head.weight"))
+                            and tensor.shape[1:] == exp[1:]
+                            and tensor.shape[0] < exp[0]
+                        ):
                             raise CheckpointMismatchError(
                                 f"{shard}: {bkey} has {tensor.shape[0]} rows but the agent needs {exp[0]} (base vocabulary + "
                                 f"BOI/EOI/IMG tokens, docs/reference.md §2.1). The image-token rows exist only in {AGENT_CHECKPOINT_HINT}, "
@@ -424,6 +453,7 @@ def _load_base_llama(agent: "SeedStoryAgent", base_llama, needed: set, *, device
                         )
                     used += 1
                     yield tkey, tensor
+
         _load_items(agent, items(), source=str(shard), device=device, loaded=loaded)
     notes.append(f"{used} frozen tensor(s) taken from base_llama {base_llama}")
     from_base_copies = sorted(k for k in needed if ".modules_to_save.default." in k and k in loaded)
@@ -433,7 +463,9 @@ def _load_base_llama(agent: "SeedStoryAgent", base_llama, needed: set, *, device
             "initialised from the base norms, as peft does before training: check that this is intended"
         )
     if superseded:
-        notes.append(f"{superseded} base_llama tensor(s) superseded by the agent file (e.g. full-vocabulary embed_tokens / lm_head, norm copies)")
+        notes.append(
+            f"{superseded} base_llama tensor(s) superseded by the agent file (e.g. full-vocabulary embed_tokens / lm_head, norm copies)"
+        )
     return notes
 
 
@@ -442,7 +474,12 @@ def _llama_shards(path) -> Tuple[List[Path], List[str]]:
     """Shard files and all keys of a Llama checkpoint folder / file / index JSON."""
     path = Path(path)
     if path.is_dir():
-        for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"):
+        for name in (
+            "model.safetensors.index.json",
+            "model.safetensors",
+            "pytorch_model.bin.index.json",
+            "pytorch_model.bin",
+        ):
             if (path / name).exists():
                 return _llama_shards(path / name)
         raise FileNotFoundError(
@@ -466,7 +503,9 @@ def _llama_shards(path) -> Tuple[List[Path], List[str]]:
             return [path], list(handle.keys())
     if path.suffix in PICKLE_EXTS:
         return [path], list(read_state_dict(path).keys())
-    raise CheckpointMismatchError(f"{path}: unsupported base Llama file type {path.suffix!r}; expected .safetensors or .bin")
+    raise CheckpointMismatchError(
+        f"{path}: unsupported base Llama file type {path.suffix!r}; expected .safetensors or .bin"
+    )
 
 
 def _iter_tensors(shard: Path, *, device=None) -> Iterator[Tuple[str, torch.Tensor]]:

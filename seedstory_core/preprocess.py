@@ -62,7 +62,9 @@ def _quantise_float(arr: np.ndarray, what: str) -> np.ndarray:
     lo, hi = float(arr.min()), float(arr.max())
     if lo < -_FLOAT_RANGE_SLACK or hi > 1.0 + _FLOAT_RANGE_SLACK:
         hint = "divide by 255" if hi > 1.0 + _FLOAT_RANGE_SLACK else "map -1..1 images with (x + 1) / 2"
-        raise ValueError(f"{what}: expected float pixel values in 0..1, found range [{lo:.4g}, {hi:.4g}]; {hint} first.")
+        raise ValueError(
+            f"{what}: expected float pixel values in 0..1, found range [{lo:.4g}, {hi:.4g}]; {hint} first."
+        )
     return np.clip(np.round(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -136,7 +138,9 @@ def _tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
 def _array_to_pils(arr: np.ndarray, what: str) -> List[Image.Image]:
     if arr.ndim == 4:
         if arr.shape[0] == 0:
-            raise ValueError(f"{what}: expected at least one image in the batch [B,H,W,C], found an empty batch {arr.shape}.")
+            raise ValueError(
+                f"{what}: expected at least one image in the batch [B,H,W,C], found an empty batch {arr.shape}."
+            )
         return [_hwc_to_pil(a, f"{what}[{i}]") for i, a in enumerate(arr)]
     if arr.ndim == 3:
         if arr.shape[-1] not in _CHANNEL_MODES:
@@ -188,7 +192,9 @@ def to_pil_images(images: ImageInput) -> List[Image.Image]:
         out: List[Image.Image] = []
         for i, item in enumerate(images):
             if isinstance(item, (list, tuple)):
-                raise ValueError(f"{what}: expected a flat list of images, found a nested {type(item).__name__} at index {i}.")
+                raise ValueError(
+                    f"{what}: expected a flat list of images, found a nested {type(item).__name__} at index {i}."
+                )
             try:
                 out.extend(to_pil_images(item))
             except ValueError as exc:

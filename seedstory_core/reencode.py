@@ -80,8 +80,12 @@ class ReencodeWindow:
         return {"ids": list(self.ids), "kinds": list(self.kinds), "num_features": len(self.features)}
 
     @classmethod
-    def from_saved(cls, meta: dict, tensors: Dict[str, torch.Tensor],
-                   inv_freq: Optional[torch.Tensor] = None) -> "ReencodeWindow":
+    def from_saved(
+        cls, meta: dict, tensors: Dict[str, torch.Tensor], inv_freq: Optional[torch.Tensor] = None
+    ) -> "ReencodeWindow":
         """Rebuild from :meth:`meta_dict` and :meth:`tensors` (``inv_freq`` is unused: nothing is rotated)."""
-        return cls(tuple(meta["ids"]), tuple(meta["kinds"]),
-                   tuple(tensors[f"features.{i}"] for i in range(int(meta["num_features"]))))
+        return cls(
+            tuple(meta["ids"]),
+            tuple(meta["kinds"]),
+            tuple(tensors[f"features.{i}"] for i in range(int(meta["num_features"]))),
+        )

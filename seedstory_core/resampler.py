@@ -101,11 +101,15 @@ class QwenResampler(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.dim() != 3:
-            raise ValueError(f"QwenResampler expects (B, tokens, {self.config.kv_dim}) features, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"QwenResampler expects (B, tokens, {self.config.kv_dim}) features, got shape {tuple(x.shape)}"
+            )
         key_pos = resize_pos_embed(self.pos_embed, x.shape[1])
         kv = self.ln_kv(self.kv_proj(x)).permute(1, 0, 2)  # (T, B, D)
         batch = kv.shape[1]
         q = self.ln_q(self.query)
         q = q.unsqueeze(1).expand(-1, batch, -1)
-        out = self.attn(q + self.pos_embed.unsqueeze(1), kv + key_pos.unsqueeze(1), kv, attn_mask=attn_mask, need_weights=False)[0]
+        out = self.attn(
+            q + self.pos_embed.unsqueeze(1), kv + key_pos.unsqueeze(1), kv, attn_mask=attn_mask, need_weights=False
+        )[0]
         return out.permute(1, 0, 2)

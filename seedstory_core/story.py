@@ -215,8 +215,10 @@ class StoryState:
         return self.kinds.count(TokenKind.EOI)
 
     def __repr__(self) -> str:
-        return (f"StoryState(step={self.step}, tokens={len(self.token_ids)}, kv={self.kv_length}, "
-                f"policy={self.settings.policy.kind})")
+        return (
+            f"StoryState(step={self.step}, tokens={len(self.token_ids)}, kv={self.kv_length}, "
+            f"policy={self.settings.policy.kind})"
+        )
 
     # ------------------------------------------------------------------ devices and persistence
     def to(self, device=None, dtype=None) -> "StoryState":
@@ -246,7 +248,9 @@ class StoryState:
         tensors = {"last_features": self.last_features.contiguous()}
         if self.next_logits is not None:
             tensors["next_logits"] = self.next_logits.contiguous()
-        pending_is_last = self.pending_image is not None and self.pending_image.data_ptr() == self.last_features.data_ptr()
+        pending_is_last = (
+            self.pending_image is not None and self.pending_image.data_ptr() == self.last_features.data_ptr()
+        )
         if self.pending_image is not None and not pending_is_last:
             tensors["pending_image"] = self.pending_image.contiguous()
         context_type = next(name for name, cls in _CONTEXT_TYPES.items() if isinstance(self.context, cls))
@@ -286,9 +290,10 @@ class StoryState:
         meta = json.loads(base.with_suffix(".json").read_text())
         tensors = load_file(str(base.with_suffix(".safetensors")), device=str(device or "cpu"))
         if meta.get("format") != STATE_FORMAT:
-            raise ValueError(f"{base}.json is not a seedstory story state (format {meta.get('format')!r}, "
-                             f"expected {STATE_FORMAT!r})")
-        context_t = {k[len("context."):]: v for k, v in tensors.items() if k.startswith("context.")}
+            raise ValueError(
+                f"{base}.json is not a seedstory story state (format {meta.get('format')!r}, expected {STATE_FORMAT!r})"
+            )
+        context_t = {k[len("context.") :]: v for k, v in tensors.items() if k.startswith("context.")}
         context_cls = _CONTEXT_TYPES[meta["context_type"]]
         context = context_cls.from_saved(meta["context"], context_t, tensors.get("context_inv_freq"))
         return cls(
@@ -342,7 +347,9 @@ class StoryEngine:
             raise ValueError(f"tokenizer has {len(self.image.img)} IMG tokens but the agent expects {n_img}")
         vocab = agent.lm_head.weight.shape[0]
         if max(self.image.forced_sequence) >= vocab:
-            raise ValueError(f"image token ids reach {max(self.image.forced_sequence)} but the agent's vocabulary has {vocab} rows")
+            raise ValueError(
+                f"image token ids reach {max(self.image.forced_sequence)} but the agent's vocabulary has {vocab} rows"
+            )
         self.model_key = self._fingerprint()
 
     # ------------------------------------------------------------------ helpers
@@ -368,7 +375,9 @@ class StoryEngine:
 
     def _check(self, state: StoryState) -> None:
         if not isinstance(state, StoryState):
-            raise TypeError(f"expected a StoryState (from StoryEngine.start or a previous step), got {type(state).__name__}")
+            raise TypeError(
+                f"expected a StoryState (from StoryEngine.start or a previous step), got {type(state).__name__}"
+            )
         if state.model_key != self.model_key:
             raise ValueError(
                 "this story state was made with a different SEED-Story model (fingerprint "
@@ -381,11 +390,14 @@ class StoryEngine:
             raise ValueError(
                 f"{type(self).__name__} runs {self.policy_type.__name__} stories, but this one uses the "
                 f"{getattr(policy, 'kind', type(policy).__name__)!r} policy; get the engine for it with "
-                "seedstory_core.story.engine_for(policy, ...)")
+                "seedstory_core.story.engine_for(policy, ...)"
+            )
 
     def _features(self, features: torch.Tensor) -> torch.Tensor:
         if not isinstance(features, torch.Tensor) or features.dim() not in (2, 3):
-            raise ValueError(f"image features must be a (1, T, D) or (T, D) tensor, got {getattr(features, 'shape', type(features))}")
+            raise ValueError(
+                f"image features must be a (1, T, D) or (T, D) tensor, got {getattr(features, 'shape', type(features))}"
+            )
         if features.dim() == 2:
             features = features.unsqueeze(0)
         expected_d = self.agent.config.input_resampler.kv_dim
@@ -412,7 +424,9 @@ class StoryEngine:
 
     def _encode_start_image(self, image) -> torch.Tensor:
         if self.visual_tokenizer is None:
-            raise ValueError("start() got an image but the engine has no visual tokenizer; pass features or a visual tokenizer")
+            raise ValueError(
+                "start() got an image but the engine has no visual tokenizer; pass features or a visual tokenizer"
+            )
         return self.visual_tokenizer.encode_images(image)[:1]
 
     def _text_ids(self, text: str, *, instruction: bool) -> List[int]:
@@ -428,8 +442,14 @@ class StoryEngine:
 
     # ------------------------------------------------------------------ start
     @torch.no_grad()
-    def start(self, text: str, *, image=None, features: Optional[torch.Tensor] = None,
-              settings: Optional[StorySettings] = None) -> StoryState:
+    def start(
+        self,
+        text: str,
+        *,
+        image=None,
+        features: Optional[torch.Tensor] = None,
+        settings: Optional[StorySettings] = None,
+    ) -> StoryState:
         """Begin a story from a starting image (or its visual-tokenizer features) and its sentence.
 
         Args:
@@ -454,9 +474,18 @@ class StoryEngine:
         ids = [self.tokenizer.bos_id] + text_ids + self._image_ids()
         kinds = [TokenKind.BOS] + [TokenKind.TEXT] * len(text_ids) + self._image_kinds()
         context, logits = self._start_context(ids, kinds, feats, settings.policy)
-        return StoryState(settings=settings, model_key=self.model_key, token_ids=tuple(ids), kinds=tuple(kinds),
-                          sentences=(text.strip(),), step=0, context=context, next_logits=logits,
-                          pending_image=None, last_features=feats)
+        return StoryState(
+            settings=settings,
+            model_key=self.model_key,
+            token_ids=tuple(ids),
+            kinds=tuple(kinds),
+            sentences=(text.strip(),),
+            step=0,
+            context=context,
+            next_logits=logits,
+            pending_image=None,
+            last_features=feats,
+        )
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
@@ -529,9 +558,16 @@ class StoryEngine:
         new_kinds = state.kinds + (TokenKind.TEXT,) * len(sentence_ids) + tuple(self._image_kinds())
         sentence = self._clean(sentence_ids)
         new_state = dataclasses.replace(
-            state, token_ids=new_ids, kinds=new_kinds, sentences=state.sentences + (sentence,), step=state.step + 1,
-            pending_image=features, last_features=features, next_logits=None,
-            context=self._close_step(cache, carry, sentence_ids))
+            state,
+            token_ids=new_ids,
+            kinds=new_kinds,
+            sentences=state.sentences + (sentence,),
+            step=state.step + 1,
+            pending_image=features,
+            last_features=features,
+            next_logits=None,
+            context=self._close_step(cache, carry, sentence_ids),
+        )
         return StepResult(new_state, sentence, features, forced_boi)
 
     # ------------------------------------------------------------------ the context (KV-cache policies)
@@ -559,14 +595,20 @@ class StoryEngine:
         """The context the new state keeps: the working cache, which holds the sentence."""
         return cache
 
-    def _decode_text(self, state, cache, logits, sentence_ids, decoding: DecodingSettings, check_cancel, on_text) -> bool:
+    def _decode_text(
+        self, state, cache, logits, sentence_ids, decoding: DecodingSettings, check_cancel, on_text
+    ) -> bool:
         """Decode text tokens until BOI (appending them to ``sentence_ids``); returns True if BOI was forced."""
         rule = ImageTokenRule(self.image, suppress=decoding.suppress_image_tokens)
         processors = self._warpers(decoding)
         generator = None
         if decoding.do_sample:
             generator = torch.Generator(device="cpu").manual_seed((decoding.seed * 1_000_003 + state.step) % (2**63))
-        history = [t for t, k in zip(state.token_ids, state.kinds) if k == TokenKind.TEXT] if decoding.repetition_penalty != 1.0 else []
+        history = (
+            [t for t, k in zip(state.token_ids, state.kinds) if k == TokenKind.TEXT]
+            if decoding.repetition_penalty != 1.0
+            else []
+        )
         last = self.image.eoi
         generated_text = 0
         while True:
@@ -667,8 +709,15 @@ class StoryEngine:
         for i in range(n_steps):
             text = texts[i] if i < len(texts) and texts[i] and str(texts[i]).strip() else None
             streaming = (lambda partial, frame=i + 1: on_text(frame, partial)) if on_text is not None else None
-            result = self.step(state, text=text, mode=mode, decoding=decoding, context_features=override,
-                               cancel=cancel, on_text=streaming)
+            result = self.step(
+                state,
+                text=text,
+                mode=mode,
+                decoding=decoding,
+                context_features=override,
+                cancel=cancel,
+                on_text=streaming,
+            )
             results.append(result)
             state = result.state
             override = on_frame(i + 1, n_steps, result) if on_frame is not None else None
@@ -703,7 +752,7 @@ class ReencodeStoryEngine(StoryEngine):
             cut = w_kinds.index(TokenKind.EOI) + 1
             w_ids, w_kinds = w_ids[cut:], w_kinds[cut:]
             if inst and w_ids[: len(inst)] == inst:  # the first remaining caption has no [INST] (as in training)
-                w_ids, w_kinds = w_ids[len(inst):], w_kinds[len(inst):]
+                w_ids, w_kinds = w_ids[len(inst) :], w_kinds[len(inst) :]
             w_feats.pop(0)
         cache = new_cache(self._run, CachePolicy(kind="dense"))
         ids = [self.tokenizer.bos_id] + w_ids
@@ -721,16 +770,23 @@ class ReencodeStoryEngine(StoryEngine):
         return image_query_pass(self._run, cache, self.image, commit=False, forced=True)["features"]
 
     def _close_step(self, cache: StoryKVCache, carry: ReencodeWindow, sentence_ids: List[int]):
-        return ReencodeWindow(carry.ids + tuple(sentence_ids), carry.kinds + (TokenKind.TEXT,) * len(sentence_ids),
-                              carry.features)
+        return ReencodeWindow(
+            carry.ids + tuple(sentence_ids), carry.kinds + (TokenKind.TEXT,) * len(sentence_ids), carry.features
+        )
 
 
 #: The engine class that runs each kind of policy.
 _ENGINES = {CachePolicy: StoryEngine, ReencodePolicy: ReencodeStoryEngine}
 
 
-def engine_for(policy: Union[CachePolicy, ReencodePolicy], agent, tokenizer, visual_tokenizer=None, *,
-               merge_lora: Optional[bool] = None) -> StoryEngine:
+def engine_for(
+    policy: Union[CachePolicy, ReencodePolicy],
+    agent,
+    tokenizer,
+    visual_tokenizer=None,
+    *,
+    merge_lora: Optional[bool] = None,
+) -> StoryEngine:
     """The engine that runs stories with ``policy`` (a state's ``settings.policy``, or the settings a story will
     start with): :class:`StoryEngine` for KV-cache policies, :class:`ReencodeStoryEngine` for the official loop.
 

@@ -78,11 +78,13 @@ def render_html(title: str, intro: Optional[str], frames: Sequence[dict], extra:
     esc = html.escape
     rows = "\n".join(
         f'  <figure><img src="{esc(f["image"])}" alt="frame {f["index"]}"><figcaption>{esc(f["sentence"])}'
-        "</figcaption></figure>" for f in frames)
-    intro_html = f"  <p class=\"intro\">{esc(intro)}</p>\n" if intro else ""
+        "</figcaption></figure>"
+        for f in frames
+    )
+    intro_html = f'  <p class="intro">{esc(intro)}</p>\n' if intro else ""
     extra_html = "".join(f"  <p>{esc(s)}</p>\n" for s in extra)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{esc(title)}</title>\n"
         "<style>body{font-family:Georgia,serif;max-width:760px;margin:2em auto;padding:0 1em;background:#fbf8f1}"
         "figure{margin:1.5em 0;text-align:center}img{max-width:100%;image-rendering:auto;border-radius:6px;"
@@ -103,8 +105,14 @@ def _as_uint8(image: FrameImage) -> np.ndarray:
     return arr
 
 
-def write_storybook(folder, images: Sequence[FrameImage], sentences: Sequence[str], *,
-                    title: str = "A SEED-Story story", state: Optional[dict] = None) -> Storybook:
+def write_storybook(
+    folder,
+    images: Sequence[FrameImage],
+    sentences: Sequence[str],
+    *,
+    title: str = "A SEED-Story story",
+    state: Optional[dict] = None,
+) -> Storybook:
     """Write a storybook into ``folder`` (created if missing; files of the same names are replaced).
 
     Args:
@@ -134,9 +142,16 @@ def write_storybook(folder, images: Sequence[FrameImage], sentences: Sequence[st
         Image.fromarray(arr).save(folder / name, pnginfo=info, compress_level=4)
         frames.append({"index": i, "image": name, "sentence": paired[i]})
         files.append(name)
-    story = {"format": STORYBOOK_FORMAT, "title": title, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-             "intro": intro, "frames": frames, "extra_sentences": extra, "sentences": list(sentences),
-             "state": state or {}}
+    story = {
+        "format": STORYBOOK_FORMAT,
+        "title": title,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "intro": intro,
+        "frames": frames,
+        "extra_sentences": extra,
+        "sentences": list(sentences),
+        "state": state or {},
+    }
     (folder / "story.json").write_text(json.dumps(story, indent=2, ensure_ascii=False), encoding="utf-8")
     index = folder / "index.html"
     index.write_text(render_html(title, intro, frames, extra), encoding="utf-8")

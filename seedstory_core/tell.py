@@ -35,14 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=4, help="frames to add after the start picture (default 4)")
     p.add_argument("--out", required=True, help="storybook folder to write (created; files in it are replaced)")
     p.add_argument("--title", default="A SEED-Story story", help="storybook title")
-    p.add_argument("--mode", choices=STORY_MODES, default="generation",
-                   help="generation: the agent writes the sentences; visualization: it draws --captions")
+    p.add_argument(
+        "--mode",
+        choices=STORY_MODES,
+        default="generation",
+        help="generation: the agent writes the sentences; visualization: it draws --captions",
+    )
     p.add_argument("--captions", help="text file, one line per frame (see above)")
     p.add_argument("--policy", choices=POLICY_CHOICES, default=POLICY_CHOICES[0], help="cache policy")
     p.add_argument("--window-images", type=int, default=8, help="W: images kept in full (default 8)")
-    p.add_argument("--max-sink-images", type=int, default=DEFAULT_MAX_SINK_IMAGES,
-                   help=f"multimodal sink: evicted images whose sink tokens are kept (default {DEFAULT_MAX_SINK_IMAGES}; "
-                        "0 = all, the paper's rule)")
+    p.add_argument(
+        "--max-sink-images",
+        type=int,
+        default=DEFAULT_MAX_SINK_IMAGES,
+        help=f"multimodal sink: evicted images whose sink tokens are kept (default {DEFAULT_MAX_SINK_IMAGES}; "
+        "0 = all, the paper's rule)",
+    )
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
@@ -78,17 +86,26 @@ def tell(args: argparse.Namespace, *, log=print) -> Path:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     captions = _read_captions(args.captions)
     if args.mode == "visualization" and len([c for c in captions or [] if c][: args.frames]) < args.frames:
-        raise ValueError(f"visualization draws one caption per frame: --frames {args.frames} needs {args.frames} "
-                         f"non-empty lines in --captions, found {len([c for c in captions or [] if c])}")
+        raise ValueError(
+            f"visualization draws one caption per frame: --frames {args.frames} needs {args.frames} "
+            f"non-empty lines in --captions, found {len([c for c in captions or [] if c])}"
+        )
     picture = Image.open(args.image)
     picture.load()
     picture = picture.convert("RGB")
-    settings = StorySettings.for_choice(args.policy, window_images=args.window_images,
-                                        **({"max_sink_images": args.max_sink_images or None}
-                                           if args.policy == "multimodal_sink" else {}))
-    decoding = DecodingSettings(do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
-                                repetition_penalty=args.repetition_penalty, seed=args.seed,
-                                max_sentence_tokens=args.max_sentence_tokens)
+    settings = StorySettings.for_choice(
+        args.policy,
+        window_images=args.window_images,
+        **({"max_sink_images": args.max_sink_images or None} if args.policy == "multimodal_sink" else {}),
+    )
+    decoding = DecodingSettings(
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        max_sentence_tokens=args.max_sentence_tokens,
+    )
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bundle = SeedStoryBundle.load(args.model, device=device)
     engine = bundle.engine(settings.policy)
@@ -99,14 +116,25 @@ def tell(args: argparse.Namespace, *, log=print) -> Path:
 
     def on_frame(i, _total, result):
         log(f"{i}. {result.sentence}")
-        frames.append(bundle.render(result.features, frame_index=i, steps=args.diffusion_steps,
-                                    guidance_scale=args.guidance_scale, seed=args.seed))
+        frames.append(
+            bundle.render(
+                result.features,
+                frame_index=i,
+                steps=args.diffusion_steps,
+                guidance_scale=args.guidance_scale,
+                seed=args.seed,
+            )
+        )
         return None
 
     state, _ = engine.run(state, args.frames, texts=captions, mode=args.mode, decoding=decoding, on_frame=on_frame)
-    book = write_storybook(args.out, frames, list(state.sentences), title=args.title,
-                           state={"step": state.step, "policy": settings.policy.kind,
-                                  "settings": settings.to_dict()})
+    book = write_storybook(
+        args.out,
+        frames,
+        list(state.sentences),
+        title=args.title,
+        state={"step": state.step, "policy": settings.policy.kind, "settings": settings.to_dict()},
+    )
     return book.index
 
 

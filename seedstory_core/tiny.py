@@ -51,17 +51,71 @@ _BASE_ALPHABET = string.ascii_letters + string.digits + string.punctuation
 # ---------------------------------------------------------------------- corpus
 _NAMES = ["George", "Peppa", "Jim", "Anna", "Tom", "Lily", "Max", "Zoe", "Sam", "Mia", "Ben", "Rosa"]
 _ANIMALS = ["monkey", "pig", "dog", "cat", "rabbit", "bear", "duck", "fox", "owl", "horse"]
-_PLACES = ["the park", "the kitchen", "the garden", "the beach", "the zoo", "the forest", "school", "the city",
-           "the farm", "the lake", "the museum", "the playground"]
-_VERBS = ["runs to", "walks to", "looks at", "plays in", "jumps over", "smiles at", "waves at", "points at",
-          "climbs", "visits", "paints", "finds"]
-_OBJECTS = ["a red ball", "a big box", "a yellow hat", "two apples", "a small boat", "the blue kite",
-            "a funny book", "three balloons", "a new bike", "the old map", "a green umbrella", "a shiny key"]
+_PLACES = [
+    "the park",
+    "the kitchen",
+    "the garden",
+    "the beach",
+    "the zoo",
+    "the forest",
+    "school",
+    "the city",
+    "the farm",
+    "the lake",
+    "the museum",
+    "the playground",
+]
+_VERBS = [
+    "runs to",
+    "walks to",
+    "looks at",
+    "plays in",
+    "jumps over",
+    "smiles at",
+    "waves at",
+    "points at",
+    "climbs",
+    "visits",
+    "paints",
+    "finds",
+]
+_OBJECTS = [
+    "a red ball",
+    "a big box",
+    "a yellow hat",
+    "two apples",
+    "a small boat",
+    "the blue kite",
+    "a funny book",
+    "three balloons",
+    "a new bike",
+    "the old map",
+    "a green umbrella",
+    "a shiny key",
+]
 _ADJ = ["happy", "curious", "excited", "tired", "surprised", "brave", "hungry", "sleepy", "proud", "quiet"]
-_TIME = ["In the morning", "One sunny day", "Later", "After lunch", "At night", "Suddenly", "Then", "Soon",
-         "The next day", "Meanwhile"]
-_SAYS = ["\"Look at this!\"", "\"Let's go!\"", "\"What is that?\"", "\"I'm so happy!\"", "\"Can we play?\"",
-         "\"Oh no!\"", "\"That's fun!\"", "\"Wow, it's big!\""]
+_TIME = [
+    "In the morning",
+    "One sunny day",
+    "Later",
+    "After lunch",
+    "At night",
+    "Suddenly",
+    "Then",
+    "Soon",
+    "The next day",
+    "Meanwhile",
+]
+_SAYS = [
+    '"Look at this!"',
+    '"Let\'s go!"',
+    '"What is that?"',
+    '"I\'m so happy!"',
+    '"Can we play?"',
+    '"Oh no!"',
+    '"That\'s fun!"',
+    '"Wow, it\'s big!"',
+]
 
 
 def tiny_story_corpus(num_lines: int = 400) -> List[str]:
@@ -165,7 +219,9 @@ def build_tiny_tokenizer(
             "Increase vocab_size."
         )
 
-    normalizer = normalizers.Sequence([normalizers.Prepend(_SPIECE_UNDERLINE), normalizers.Replace(" ", _SPIECE_UNDERLINE)])
+    normalizer = normalizers.Sequence(
+        [normalizers.Prepend(_SPIECE_UNDERLINE), normalizers.Replace(" ", _SPIECE_UNDERLINE)]
+    )
     pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPIECE_UNDERLINE, prepend_scheme="never", split=True)
 
     # 1. learn characters + merges (the trainer's vocab holds the 3 specials, the alphabet and the merges).
@@ -262,7 +318,14 @@ def tiny_config(base_vocab: int = 1000) -> SeedStoryConfig:
     return SeedStoryConfig(
         name="tiny",
         visual_tokenizer=VisualTokenizerConfig(
-            image_size=112, patch_size=14, width=128, layers=2, heads=4, mlp_ratio=4.9231, n_queries=64, output_dim=hidden
+            image_size=112,
+            patch_size=14,
+            width=128,
+            layers=2,
+            heads=4,
+            mlp_ratio=4.9231,
+            n_queries=64,
+            output_dim=hidden,
         ),
         agent=AgentConfig(
             llm=LlamaSettings(
@@ -281,8 +344,15 @@ def tiny_config(base_vocab: int = 1000) -> SeedStoryConfig:
         ),
         detokenizer=DetokenizerConfig(
             resampler=DetokenizerResamplerConfig(
-                dim=128, depth=2, dim_head=32, heads=4, num_queries=16, embedding_dim=hidden,
-                output1_dim=32, output2_dim=64, ff_mult=4,
+                dim=128,
+                depth=2,
+                dim_head=32,
+                heads=4,
+                num_queries=16,
+                embedding_dim=hidden,
+                output1_dim=32,
+                output2_dim=64,
+                ff_mult=4,
             ),
             sdxl_preset="sdxl_tiny",
             default_size=64,
@@ -290,7 +360,9 @@ def tiny_config(base_vocab: int = 1000) -> SeedStoryConfig:
     ).validate()
 
 
-def random_tiny_bundle(seed: int = 0, *, base_vocab: int = 1000, tokenizer: Optional[SeedStoryTokenizer] = None) -> "SeedStoryBundle":
+def random_tiny_bundle(
+    seed: int = 0, *, base_vocab: int = 1000, tokenizer: Optional[SeedStoryTokenizer] = None
+) -> "SeedStoryBundle":
     """A seeded random-weight tiny model (tests, the demo before a trained model exists, training init).
 
     Args:

@@ -115,7 +115,9 @@ class SeedStoryTokenizer:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_folder(cls, path: PathLike, image_tokens: ImageTokenSettings = ImageTokenSettings()) -> "SeedStoryTokenizer":
+    def from_folder(
+        cls, path: PathLike, image_tokens: ImageTokenSettings = ImageTokenSettings()
+    ) -> "SeedStoryTokenizer":
         """Load a LLaMA tokenizer folder (e.g. the released ``cvlm_llama2_tokenizer`` or a base LLaMA-2 one).
 
         ``tokenizer.json`` is preferred (fast backend); otherwise ``tokenizer.model`` is loaded with the slow

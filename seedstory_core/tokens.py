@@ -44,7 +44,9 @@ class TokenKind(enum.IntEnum):
                 return kind
         if upper.startswith("T") or upper in ("EOS", "INST", "PAD"):
             return cls.TEXT
-        raise ValueError(f"Unknown token label {label!r}: expected BOS, T*, BOI*, IMG*, EOI* (golden sink_ranges format)")
+        raise ValueError(
+            f"Unknown token label {label!r}: expected BOS, T*, BOI*, IMG*, EOI* (golden sink_ranges format)"
+        )
 
 
 def image_segment_kinds(num_img_tokens: int, *, eoi: bool = True) -> List[TokenKind]:

@@ -57,7 +57,9 @@ class VisualAttention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
         if width % heads:
-            raise ValueError(f"VisualAttention: width {width} is not divisible by heads {heads}; choose heads dividing width.")
+            raise ValueError(
+                f"VisualAttention: width {width} is not divisible by heads {heads}; choose heads dividing width."
+            )
         self.width = width
         self.heads = heads
         self.head_dim = width // heads
@@ -190,7 +192,9 @@ class QwenVisualTokenizer(nn.Module):
         if math.isqrt(c.n_queries) ** 2 != c.n_queries:
             problems.append(f"n_queries {c.n_queries} is not a square number")
         if c.attn_pool_heads < 1 or c.output_dim % c.attn_pool_heads:
-            problems.append(f"output_dim {c.output_dim} must be >= 128 and divisible by output_dim // 128 attn_pool heads")
+            problems.append(
+                f"output_dim {c.output_dim} must be >= 128 and divisible by output_dim // 128 attn_pool heads"
+            )
         if c.output_dim % 4:
             problems.append(f"output_dim {c.output_dim} must be divisible by 4 (2-D sin-cos pos_embed)")
         if problems:
@@ -219,7 +223,9 @@ class QwenVisualTokenizer(nn.Module):
                 "resize with seedstory_core.preprocess.preprocess_images(images, image_size=model.config.image_size)."
             )
         if shape[0] == 0:
-            raise ValueError(f"QwenVisualTokenizer expected at least one image {expected}, found an empty batch {shape}.")
+            raise ValueError(
+                f"QwenVisualTokenizer expected at least one image {expected}, found an empty batch {shape}."
+            )
         if not pixel_values.is_floating_point():
             raise ValueError(
                 f"QwenVisualTokenizer expected floating-point {expected}, found dtype {pixel_values.dtype}; "
@@ -334,7 +340,9 @@ def config_from_constructor_kwargs(kwargs: Mapping, layernorm_eps: Optional[floa
     Raises ``ValueError`` when ``kwargs`` is not a mapping.
     """
     if not isinstance(kwargs, Mapping):
-        raise ValueError(f"constructor_kwargs must be a dict of VisionTransformerWithAttnPool arguments, found {type(kwargs).__name__}.")
+        raise ValueError(
+            f"constructor_kwargs must be a dict of VisionTransformerWithAttnPool arguments, found {type(kwargs).__name__}."
+        )
     names = {f.name for f in dataclasses.fields(VisualTokenizerConfig)}
     picked = {k: v for k, v in kwargs.items() if k in names}
     if layernorm_eps is not None and "layernorm_eps" not in picked:
@@ -342,7 +350,9 @@ def config_from_constructor_kwargs(kwargs: Mapping, layernorm_eps: Optional[floa
     return VisualTokenizerConfig(**picked)
 
 
-def golden_vit(meta: dict, state_dict: Dict[str, torch.Tensor], inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def golden_vit(
+    meta: dict, state_dict: Dict[str, torch.Tensor], inputs: Dict[str, torch.Tensor]
+) -> Dict[str, torch.Tensor]:
     """Run a ``vit`` golden fixture through :class:`QwenVisualTokenizer` (docs/reference.md §10, §1).
 
     Args:
@@ -362,7 +372,9 @@ def golden_vit(meta: dict, state_dict: Dict[str, torch.Tensor], inputs: Dict[str
     if "constructor_kwargs" not in meta:
         raise KeyError(f"golden_vit: the fixture JSON has no 'constructor_kwargs' (keys found: {sorted(meta)}).")
     if "pixel_values" not in inputs:
-        raise KeyError(f"golden_vit: inputs need 'pixel_values' (found {sorted(inputs)}); strip the 'input.' prefix first.")
+        raise KeyError(
+            f"golden_vit: inputs need 'pixel_values' (found {sorted(inputs)}); strip the 'input.' prefix first."
+        )
     eps = (meta.get("derived") or {}).get("vit_layernorm_eps")
     config = config_from_constructor_kwargs(meta["constructor_kwargs"], layernorm_eps=eps)
     model = QwenVisualTokenizer(config)

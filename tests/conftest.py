@@ -41,8 +41,7 @@ def env_flag(name: str) -> bool:
 def must_run(flag: Optional[str] = None, *, in_ci: bool = True) -> bool:
     """Whether a missing component is an error here: under ``CI=true`` (unless ``in_ci`` is False),
     ``SEEDSTORY_REQUIRE_ALL=1`` or ``flag=1``."""
-    return ((in_ci and env_flag("CI")) or env_flag("SEEDSTORY_REQUIRE_ALL")
-            or (flag is not None and env_flag(flag)))
+    return (in_ci and env_flag("CI")) or env_flag("SEEDSTORY_REQUIRE_ALL") or (flag is not None and env_flag(flag))
 
 
 def require_or_skip(reason: str, flag: Optional[str] = None, *, in_ci: bool = True) -> NoReturn:
@@ -57,7 +56,11 @@ def require_or_skip(reason: str, flag: Optional[str] = None, *, in_ci: bool = Tr
     Raises: ``pytest.fail`` under :func:`must_run`, else ``pytest.skip`` (both end the test).
     """
     if must_run(flag, in_ci=in_ci):
-        why = "CI=true" if (in_ci and env_flag("CI")) else ("SEEDSTORY_REQUIRE_ALL=1" if env_flag("SEEDSTORY_REQUIRE_ALL") else f"{flag}=1")
+        why = (
+            "CI=true"
+            if (in_ci and env_flag("CI"))
+            else ("SEEDSTORY_REQUIRE_ALL=1" if env_flag("SEEDSTORY_REQUIRE_ALL") else f"{flag}=1")
+        )
         pytest.fail(f"required here ({why}) but missing: {reason}", pytrace=False)
     pytest.skip(reason)
 
@@ -72,8 +75,11 @@ def reference_dir() -> Path:
 def reference() -> Path:
     path = reference_dir()
     if not path.is_dir():
-        require_or_skip(f"reference material not found at {path} (clone the shared folder next to the repository, "
-                        "or set SEEDSTORY_REFERENCE)", "SEEDSTORY_REQUIRE_REFERENCE")
+        require_or_skip(
+            f"reference material not found at {path} (clone the shared folder next to the repository, "
+            "or set SEEDSTORY_REFERENCE)",
+            "SEEDSTORY_REQUIRE_REFERENCE",
+        )
     return path
 
 
@@ -81,8 +87,9 @@ def reference() -> Path:
 def golden_dir(reference) -> Path:
     path = reference / "golden"
     if not path.is_dir():
-        require_or_skip(f"golden fixtures not found at {path} (the reference set is incomplete)",
-                        "SEEDSTORY_REQUIRE_REFERENCE")
+        require_or_skip(
+            f"golden fixtures not found at {path} (the reference set is incomplete)", "SEEDSTORY_REQUIRE_REFERENCE"
+        )
     return path
 
 

@@ -20,14 +20,18 @@ __all__ = ["train_vae", "train_stage1", "train_stage2", "train_stage3", "run_sta
 def __getattr__(name):  # lazy: importing the package stays cheap
     if name == "train_vae":
         from .vae import train_vae
+
         return train_vae
     if name == "train_stage1":
         from .stage1_detokenizer import train_stage1
+
         return train_stage1
     if name == "train_stage2":
         from .stage2_instruction import train_stage2
+
         return train_stage2
     if name in ("train_stage3", "run_stage3"):
         from . import stage3_adaptation
+
         return getattr(stage3_adaptation, name)
     raise AttributeError(name)

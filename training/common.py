@@ -42,7 +42,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -86,20 +86,34 @@ def make_lr_lambda(warmup: int, total: int, min_lr_ratio: float) -> Callable[[in
 # ---------------------------------------------------------------------------------------------- arguments
 def base_parser(prog: str, description: str, defaults: Mapping[str, Any]) -> argparse.ArgumentParser:
     """The arguments every stage shares; ``defaults`` gives the stage's official values (docs/reference.md §6)."""
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     g = p.add_argument_group("data / model / output")
-    g.add_argument("--data", default=None,
-                   help="StoryStream-format data: a folder (chunks10.jsonl, else stories.jsonl, else the only *.jsonl; "
-                        "image paths relative to the folder or its images/) or a .jsonl file")
-    g.add_argument("--image-root", default=None, help="folder the record image paths are relative to (default: next to the jsonl)")
-    g.add_argument("--init", default="tiny", help="'tiny' (random tiny model, seeded by --seed) or 'bundle:PATH' / PATH (a SeedStoryBundle folder)")
+    g.add_argument(
+        "--data",
+        default=None,
+        help="StoryStream-format data: a folder (chunks10.jsonl, else stories.jsonl, else the only *.jsonl; "
+        "image paths relative to the folder or its images/) or a .jsonl file",
+    )
+    g.add_argument(
+        "--image-root", default=None, help="folder the record image paths are relative to (default: next to the jsonl)"
+    )
+    g.add_argument(
+        "--init",
+        default="tiny",
+        help="'tiny' (random tiny model, seeded by --seed) or 'bundle:PATH' / PATH (a SeedStoryBundle folder)",
+    )
     g.add_argument("--out", default=None, help="output folder: checkpoints/, train_log.csv, model/ (a SeedStoryBundle)")
     g.add_argument("--max-records", type=int, default=0, help="use only the first N records (0 = all)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--max-steps", type=int, default=defaults.get("max_steps", 100), help="optimizer steps")
-    o.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 4), help="samples per micro-batch per process")
-    o.add_argument("--grad-accum", type=int, default=defaults.get("grad_accum", 1), help="gradient accumulation micro-steps")
+    o.add_argument(
+        "--batch-size", type=int, default=defaults.get("batch_size", 4), help="samples per micro-batch per process"
+    )
+    o.add_argument(
+        "--grad-accum", type=int, default=defaults.get("grad_accum", 1), help="gradient accumulation micro-steps"
+    )
     o.add_argument("--lr", type=float, default=defaults.get("lr", 1e-4))
     o.add_argument("--weight-decay", type=float, default=defaults.get("weight_decay", 0.0))
     o.add_argument("--beta1", type=float, default=defaults.get("beta1", 0.9))
@@ -108,28 +122,53 @@ def base_parser(prog: str, description: str, defaults: Mapping[str, Any]) -> arg
     o.add_argument("--warmup-steps", type=int, default=defaults.get("warmup_steps", 0))
     o.add_argument("--min-lr-ratio", type=float, default=defaults.get("min_lr_ratio", 0.0))
     o.add_argument("--max-grad-norm", type=float, default=1.0)
-    o.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
-                   help="autocast precision (official: bf16); trainable weights stay fp32. Default: the accelerate "
-                        "launch config's value, else 'no'")
+    o.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16", "fp16"),
+        default=None,
+        help="autocast precision (official: bf16); trainable weights stay fp32. Default: the accelerate "
+        "launch config's value, else 'no'",
+    )
     o.add_argument("--gradient-checkpointing", action="store_true")
     o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--torch-threads", type=int, default=-1,
-                   help="intra-op CPU threads while training: -1 = 1 on the CPU (tiny models; OpenMP spinning makes >1 "
-                        "thread many times slower on a busy shared machine), 0 = leave torch's setting, N = N")
+    o.add_argument(
+        "--torch-threads",
+        type=int,
+        default=-1,
+        help="intra-op CPU threads while training: -1 = 1 on the CPU (tiny models; OpenMP spinning makes >1 "
+        "thread many times slower on a busy shared machine), 0 = leave torch's setting, N = N",
+    )
     c = p.add_argument_group("checkpoints / logging")
-    c.add_argument("--save-every", type=int, default=defaults.get("save_every", 0), help="checkpoint every N steps (0: only at the end)")
+    c.add_argument(
+        "--save-every",
+        type=int,
+        default=defaults.get("save_every", 0),
+        help="checkpoint every N steps (0: only at the end)",
+    )
     c.add_argument("--keep-checkpoints", type=int, default=2, help="keep the newest N step-* folders (0 = all)")
-    c.add_argument("--resume", default="auto", help="'auto' (newest OUT/checkpoints/step-N), 'none', or a checkpoint folder")
-    c.add_argument("--stop-after", type=int, default=0,
-                   help="stop (with a checkpoint, without exporting) after this many steps of this run; 0 = off. "
-                        "For interruption tests and time-boxed runs")
+    c.add_argument(
+        "--resume", default="auto", help="'auto' (newest OUT/checkpoints/step-N), 'none', or a checkpoint folder"
+    )
+    c.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop (with a checkpoint, without exporting) after this many steps of this run; 0 = off. "
+        "For interruption tests and time-boxed runs",
+    )
     c.add_argument("--no-export", action="store_true", help="do not write OUT/model at the end")
     c.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    c.add_argument("--no-feature-cache", action="store_true", help="recompute frozen ViT features every time (default: cache in RAM)")
+    c.add_argument(
+        "--no-feature-cache",
+        action="store_true",
+        help="recompute frozen ViT features every time (default: cache in RAM)",
+    )
     return p
 
 
-def resolve_args(parser: argparse.ArgumentParser, args: Union[None, Sequence[str], Mapping[str, Any], argparse.Namespace]) -> argparse.Namespace:
+def resolve_args(
+    parser: argparse.ArgumentParser, args: Union[None, Sequence[str], Mapping[str, Any], argparse.Namespace]
+) -> argparse.Namespace:
     """CLI list, dict (``{'max_steps': 4}`` or ``{'max-steps': 4}``) or Namespace -> a complete Namespace."""
     if args is None or isinstance(args, (list, tuple)):
         return parser.parse_args(list(args) if args is not None else None)
@@ -152,11 +191,14 @@ def _find_jsonl(folder: Path) -> Path:
     found = sorted(folder.glob("*.jsonl"))
     if len(found) == 1:
         return found[0]
-    raise FileNotFoundError(f"{folder}: expected chunks10.jsonl, stories.jsonl or a single *.jsonl, found {[f.name for f in found]}")
+    raise FileNotFoundError(
+        f"{folder}: expected chunks10.jsonl, stories.jsonl or a single *.jsonl, found {[f.name for f in found]}"
+    )
 
 
-def read_records(data=None, records=None, image_root=None, *, what: str = "",
-                 hint: str = "StoryStream folder or .jsonl") -> Tuple[List[dict], Optional[Path]]:
+def read_records(
+    data=None, records=None, image_root=None, *, what: str = "", hint: str = "StoryStream folder or .jsonl"
+) -> Tuple[List[dict], Optional[Path]]:
     """The raw records and image root: ``records`` as given, else every line of ``data`` (a folder's jsonl, see
     :func:`_find_jsonl`, or a .jsonl file) with the image root defaulting to that file's folder.
 
@@ -214,12 +256,16 @@ class ImageSource:
         if isinstance(item, Image.Image):
             return item.convert("RGB")
         path = Path(item)
-        candidates = [path] if path.is_absolute() else [self.root / path, self.root / "images" / path] if self.root else [path]
+        candidates = (
+            [path] if path.is_absolute() else [self.root / path, self.root / "images" / path] if self.root else [path]
+        )
         for c in candidates:
             if c.is_file():
                 with Image.open(c) as img:
                     return img.convert("RGB")
-        raise FileNotFoundError(f"image {item!r} of record {self.records[r]['id']} not found (tried {[str(c) for c in candidates]})")
+        raise FileNotFoundError(
+            f"image {item!r} of record {self.records[r]['id']} not found (tried {[str(c) for c in candidates]})"
+        )
 
 
 class FeatureCache:
@@ -275,7 +321,7 @@ def load_init_bundle(init, seed: int = 0):
         return init
     if init == "tiny":
         return random_tiny_bundle(seed)
-    path = init[len("bundle:"):] if init.startswith("bundle:") else init
+    path = init[len("bundle:") :] if init.startswith("bundle:") else init
     return SeedStoryBundle.load(path)
 
 
@@ -288,9 +334,11 @@ def frozen_module(module: nn.Module, device, dtype: torch.dtype, *, borrowed: bo
     """
     device = torch.device(device)
     elsewhere = any(
-        p.device.type != device.type or (device.index is not None and p.device.index != device.index)
+        p.device.type != device.type
+        or (device.index is not None and p.device.index != device.index)
         or (p.is_floating_point() and p.dtype != dtype)
-        for p in module.parameters())
+        for p in module.parameters()
+    )
     if borrowed and elsewhere:
         module = copy.deepcopy(module)
     return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -386,8 +434,10 @@ def _save_checkpoint(accelerator, out: Path, step: int, args, keep: int) -> Path
             shutil.rmtree(final)
         os.replace(tmp, final)
         if keep > 0:
-            old = sorted((d for d in ckpts.iterdir() if d.is_dir() and d.name.startswith("step-") and d.name[5:].isdigit()),
-                         key=lambda d: int(d.name[5:]))
+            old = sorted(
+                (d for d in ckpts.iterdir() if d.is_dir() and d.name.startswith("step-") and d.name[5:].isdigit()),
+                key=lambda d: int(d.name[5:]),
+            )
             for d in old[:-keep]:
                 shutil.rmtree(d, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -453,15 +503,21 @@ def _check_distributed_request(accelerator, launched: int) -> None:
     from accelerate.utils import DistributedType
 
     dt = accelerator.distributed_type
-    for env, want in (("ACCELERATE_USE_FSDP", DistributedType.FSDP), ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+    for env, want in (
+        ("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+        ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED),
+    ):
         if os.environ.get(env, "false").lower() == "true" and dt != want:
             raise RuntimeError(
                 f"accelerate launch requested {want.value} ({env}=true) but the Accelerator runs {dt.value} on "
                 f"{accelerator.device} (accelerate only enables {want.value} on GPU-like devices, not the CPU). "
-                "On the CPU use DDP: accelerate launch --config_file training/configs/cpu_ddp.yaml ...")
+                "On the CPU use DDP: accelerate launch --config_file training/configs/cpu_ddp.yaml ..."
+            )
     if launched > 1 and accelerator.num_processes != launched:
-        raise RuntimeError(f"the launcher started {launched} processes (WORLD_SIZE) but the Accelerator sees "
-                           f"{accelerator.num_processes}; check the accelerate config (distributed_type, use_cpu).")
+        raise RuntimeError(
+            f"the launcher started {launched} processes (WORLD_SIZE) but the Accelerator sees "
+            f"{accelerator.num_processes}; check the accelerate config (distributed_type, use_cpu)."
+        )
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -506,9 +562,12 @@ def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel)
     params = task.trainable_parameters()
     if not params:
         raise ValueError(f"{task.name}: no trainable parameters.")
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
-                                  weight_decay=args.weight_decay)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(args.warmup_steps, args.max_steps, args.min_lr_ratio))
+    optimizer = torch.optim.AdamW(
+        params, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps, weight_decay=args.weight_decay
+    )
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, make_lr_lambda(args.warmup_steps, args.max_steps, args.min_lr_ratio)
+    )
     model, optimizer = accelerator.prepare(task.model, optimizer)
     accelerator.register_for_checkpointing(lr_sched)
 
@@ -532,14 +591,17 @@ def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel)
             w.writeheader()
             w.writerows(rows)
     if trackers:
-        accelerator.init_trackers(task.name, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            task.name, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        )
 
     rank = accelerator.process_index
     world = accelerator.num_processes
     data_rank = 0 if getattr(task, "shards_global_batch", False) else rank
     total = int(args.max_steps)
-    bar = tqdm(total=total, initial=start, desc=task.name,
-               disable=args.no_progress or not accelerator.is_local_main_process)
+    bar = tqdm(
+        total=total, initial=start, desc=task.name, disable=args.no_progress or not accelerator.is_local_main_process
+    )
     losses: List[float] = []
     times: List[float] = []
     cancelled = stopped = False
@@ -584,8 +646,15 @@ def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel)
         times.append(dt)
         loss_val = sums.get("loss", float("nan"))
         losses.append(loss_val)
-        row = {"step": step, "loss": loss_val, "lm_loss": sums.get("lm_loss", ""), "rec_loss": sums.get("rec_loss", ""),
-               "lr": lr, "grad_norm": grad_norm if grad_norm is not None else "", "seconds": round(dt, 4)}
+        row = {
+            "step": step,
+            "loss": loss_val,
+            "lm_loss": sums.get("lm_loss", ""),
+            "rec_loss": sums.get("rec_loss", ""),
+            "lr": lr,
+            "grad_norm": grad_norm if grad_norm is not None else "",
+            "seconds": round(dt, 4),
+        }
         if accelerator.is_main_process:
             with log_path.open("a", newline="") as f:
                 csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
@@ -600,7 +669,9 @@ def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel)
         if cancel is not None:
             flag = bool(cancel())
             if world > 1:  # every rank must leave the loop at the same step (collectives follow)
-                flag = bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+                flag = bool(
+                    accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0
+                )
             if flag:
                 cancelled = True
                 break
@@ -631,7 +702,9 @@ def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel)
         "max_steps": total,
         "loss": losses[-1] if losses else None,
         "losses": losses,
-        "seconds_per_step": (sum(times[1:]) / max(1, len(times) - 1)) if len(times) > 1 else (times[0] if times else None),
+        "seconds_per_step": (sum(times[1:]) / max(1, len(times) - 1))
+        if len(times) > 1
+        else (times[0] if times else None),
         "seconds": time.perf_counter() - t_run,
         "steps_run": run_steps,
         "cancelled": cancelled,

@@ -58,8 +58,16 @@ BASELINES = ("copy_first", "retrieval", "ground_truth")
 TRAIN_SEED, TRAIN_STORIES = 0, 400
 BOOTSTRAP_RESAMPLES = 2000
 #: per-story keys of :func:`training.judge.metrics.story_metrics` that the JSON reports with an interval
-STORY_KEYS = ("score", "score_strict", "parse_rate", "distinct_sentence_rate", "continuity_rate", "shown_rate",
-              "coherence", "consistency")
+STORY_KEYS = (
+    "score",
+    "score_strict",
+    "parse_rate",
+    "distinct_sentence_rate",
+    "continuity_rate",
+    "shown_rate",
+    "coherence",
+    "consistency",
+)
 
 
 def load_model(model_dir: Optional[Path] = None, *, random_init: bool = False, seed: int = 0):
@@ -99,10 +107,21 @@ def _pixel_distance(a, b) -> float:
 
 
 @torch.no_grad()
-def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: Optional[Sequence[str]] = None,
-                   diffusion_steps: int = 10, seed: int = 0, max_sentence_tokens: int = 40,
-                   guidance_scale: float = GUIDANCE_SCALE, context_features: Optional[Sequence[torch.Tensor]] = None,
-                   decoding=None, render: bool = True):
+def generate_story(
+    bundle,
+    story: dict,
+    frames: int,
+    *,
+    policy=None,
+    captions: Optional[Sequence[str]] = None,
+    diffusion_steps: int = 10,
+    seed: int = 0,
+    max_sentence_tokens: int = 40,
+    guidance_scale: float = GUIDANCE_SCALE,
+    context_features: Optional[Sequence[torch.Tensor]] = None,
+    decoding=None,
+    render: bool = True,
+):
     """Continue a held-out story from its first frame and sentence; returns (sentences, PIL frames).
 
     ``captions`` (visualization mode): the sentences to draw for frames 1..frames-1.
@@ -120,19 +139,31 @@ def generate_story(bundle, story: dict, frames: int, *, policy=None, captions: O
 
     settings = StorySettings(policy=policy or CachePolicy(kind="multimodal_sink", window_images=TRAIN_LENGTH))
     engine = bundle.engine(settings.policy)
-    start_img = mini.render_story({**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64)[0]
+    start_img = mini.render_story(
+        {**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64
+    )[0]
     state = engine.start(story["captions"][0], image=start_img, settings=settings)
     decoding = decoding or DecodingSettings(max_sentence_tokens=max_sentence_tokens)
     images = [start_img]
 
     def on_frame(i, _total, result):
-        images.append(bundle.render(result.features, frame_index=i, steps=diffusion_steps, guidance_scale=guidance_scale,
-                                    seed=seed) if render else None)
+        images.append(
+            bundle.render(
+                result.features, frame_index=i, steps=diffusion_steps, guidance_scale=guidance_scale, seed=seed
+            )
+            if render
+            else None
+        )
         return context_features[i] if context_features is not None and i < frames - 1 else None
 
-    _, results = engine.run(state, frames - 1, texts=list(captions) if captions is not None else None,
-                            mode="visualization" if captions is not None else "generation", decoding=decoding,
-                            on_frame=on_frame)
+    _, results = engine.run(
+        state,
+        frames - 1,
+        texts=list(captions) if captions is not None else None,
+        mode="visualization" if captions is not None else "generation",
+        decoding=decoding,
+        on_frame=on_frame,
+    )
     return [story["captions"][0]] + [r.sentence for r in results], images
 
 
@@ -164,10 +195,21 @@ def baseline_story(kind: str, story: dict, frames: int, seed: int, index: int):
     raise ValueError(f"baseline must be one of {BASELINES}, got {kind!r}")
 
 
-def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, baseline: Optional[str] = None,
-             random_init: bool = False, ablation: bool = True, ablation_stories: int = 2, diffusion_steps: int = 10,
-             guidance_scale: float = GUIDANCE_SCALE, frames: int = TRAIN_LENGTH, decoding=None,
-             bootstrap_resamples: int = BOOTSTRAP_RESAMPLES) -> Dict:
+def evaluate(
+    model_dir=None,
+    *,
+    seed: int = 1000,
+    stories: int = 10,
+    baseline: Optional[str] = None,
+    random_init: bool = False,
+    ablation: bool = True,
+    ablation_stories: int = 2,
+    diffusion_steps: int = 10,
+    guidance_scale: float = GUIDANCE_SCALE,
+    frames: int = TRAIN_LENGTH,
+    decoding=None,
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
+) -> Dict:
     """Run the whole evaluation; returns the JSON-ready dict (see the module docstring).
 
     ``baseline``: one of :data:`BASELINES` to score a trivial story-teller instead of the model (no model is loaded,
@@ -183,8 +225,9 @@ def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, baseline: O
     t0 = time.time()
     judge = load_judge()
     bundle = None if baseline else load_model(model_dir, random_init=random_init)
-    per_story: Dict[str, List[float]] = {k: [] for k in STORY_KEYS + ("visualization_agreement", "visualization_coherence",
-                                                                      "pixel_l1")}
+    per_story: Dict[str, List[float]] = {
+        k: [] for k in STORY_KEYS + ("visualization_agreement", "visualization_coherence", "pixel_l1")
+    }
     samples = []
     for k in range(stories):
         story = mini.generate_story(seed, k, frames=max(30, frames))
@@ -193,39 +236,63 @@ def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, baseline: O
             sentences, images = baseline_story(baseline, story, frames, seed, k)
             _, v_img = baseline_story(baseline, story, frames, seed, k)  # the baselines ignore given captions
         else:
-            sentences, images = generate_story(bundle, story, frames, diffusion_steps=diffusion_steps, seed=seed,
-                                               guidance_scale=guidance_scale, decoding=decoding)
-            _, v_img = generate_story(bundle, story, frames, captions=story["captions"][1:frames],
-                                      diffusion_steps=diffusion_steps, seed=seed, guidance_scale=guidance_scale,
-                                      decoding=decoding)
+            sentences, images = generate_story(
+                bundle,
+                story,
+                frames,
+                diffusion_steps=diffusion_steps,
+                seed=seed,
+                guidance_scale=guidance_scale,
+                decoding=decoding,
+            )
+            _, v_img = generate_story(
+                bundle,
+                story,
+                frames,
+                captions=story["captions"][1:frames],
+                diffusion_steps=diffusion_steps,
+                seed=seed,
+                guidance_scale=guidance_scale,
+                decoding=decoding,
+            )
         m = jm.story_metrics(sentences, judge.predict(images))
         for key in STORY_KEYS:
             per_story[key].append(m[key])
         v_read = judge.predict(v_img[1:])
         per_story["visualization_agreement"].append(
-            float(np.mean([jm.attribute_agreement(r, a) for r, a in zip(v_read, story["attributes"][1:frames])])))
+            float(np.mean([jm.attribute_agreement(r, a) for r, a in zip(v_read, story["attributes"][1:frames])]))
+        )
         per_story["pixel_l1"].append(float(np.mean([_pixel_distance(a, b) for a, b in zip(v_img[1:], gt[1:])])))
         stated = mini.parse_story(story["captions"][:frames])[1:]  # what the given captions state
         per_story["visualization_coherence"].append(
-            float(np.mean([jm.attribute_agreement(r, a) if a.get("parsed") else 0.0 for r, a in zip(v_read, stated)])))
+            float(np.mean([jm.attribute_agreement(r, a) if a.get("parsed") else 0.0 for r, a in zip(v_read, stated)]))
+        )
         if k < 2:
             samples.append(sentences)
     mean = {key: float(np.mean(v)) for key, v in per_story.items()}
-    ci = {key: [round(x, 4) for x in jm.bootstrap_ci(v, bootstrap_resamples, seed=seed)] for key, v in per_story.items()}
+    ci = {
+        key: [round(x, 4) for x in jm.bootstrap_ci(v, bootstrap_resamples, seed=seed)] for key, v in per_story.items()
+    }
     result = {
         "system": baseline or ("random_init" if random_init else "model"),
         "model": None if baseline else str(model_dir or DEFAULT_MODEL) + (" (random init)" if random_init else ""),
         "seed": seed,
         "stories": stories,
         "frames_per_story": frames,
-        "judge": {"path": str(Path(jm.__file__).parent), "sha256": judge.sha256,
-                  "accuracy_unseen_frames": judge.meta.get("accuracy_unseen_frames")},
+        "judge": {
+            "path": str(Path(jm.__file__).parent),
+            "sha256": judge.sha256,
+            "accuracy_unseen_frames": judge.meta.get("accuracy_unseen_frames"),
+        },
         "score": mean["score"],
         "score_ci95": ci["score"],
         **{key: mean[key] for key in STORY_KEYS if key != "score"},
         "visualization_agreement": mean["visualization_agreement"],
-        "gt_distance": {"pixel_l1": mean["pixel_l1"], "attribute_agreement": mean["visualization_agreement"],
-                        "visualization_coherence": mean["visualization_coherence"]},
+        "gt_distance": {
+            "pixel_l1": mean["pixel_l1"],
+            "attribute_agreement": mean["visualization_agreement"],
+            "visualization_coherence": mean["visualization_coherence"],
+        },
         "ci95": ci,
         "per_story": {key: [round(x, 4) for x in v] for key, v in per_story.items()},
         "sample_sentences": samples,
@@ -234,22 +301,43 @@ def evaluate(model_dir=None, *, seed: int = 1000, stories: int = 10, baseline: O
         from dataclasses import asdict
         from seedstory_core.story import DecodingSettings
 
-        result.update(diffusion_steps=diffusion_steps, guidance_scale=guidance_scale,
-                      decoding=asdict(decoding or DecodingSettings(max_sentence_tokens=40)))
+        result.update(
+            diffusion_steps=diffusion_steps,
+            guidance_scale=guidance_scale,
+            decoding=asdict(decoding or DecodingSettings(max_sentence_tokens=40)),
+        )
         if ablation:
             for key, forced in (("ablation", False), ("ablation_teacher_forced", True)):
-                result[key] = long_story_ablation(bundle=bundle, judge=judge, seed=seed, stories=ablation_stories,
-                                                  diffusion_steps=diffusion_steps, guidance_scale=guidance_scale,
-                                                  teacher_forced=forced)
+                result[key] = long_story_ablation(
+                    bundle=bundle,
+                    judge=judge,
+                    seed=seed,
+                    stories=ablation_stories,
+                    diffusion_steps=diffusion_steps,
+                    guidance_scale=guidance_scale,
+                    teacher_forced=forced,
+                )
     result["seconds"] = round(time.time() - t0, 1)
     return result
 
 
-def long_story_ablation(model_dir=None, *, bundle=None, judge=None, policies: Sequence[str] = POLICIES,
-                        length_multiples: Sequence[int] = (1, 2, 3), window_images: int = TRAIN_LENGTH,
-                        seed: int = 1000, stories: int = 2, diffusion_steps: int = 10, device=None, dtype=None,
-                        guidance_scale: float = GUIDANCE_SCALE, teacher_forced: bool = False,
-                        per_story_agreement: bool = False) -> Dict:
+def long_story_ablation(
+    model_dir=None,
+    *,
+    bundle=None,
+    judge=None,
+    policies: Sequence[str] = POLICIES,
+    length_multiples: Sequence[int] = (1, 2, 3),
+    window_images: int = TRAIN_LENGTH,
+    seed: int = 1000,
+    stories: int = 2,
+    diffusion_steps: int = 10,
+    device=None,
+    dtype=None,
+    guidance_scale: float = GUIDANCE_SCALE,
+    teacher_forced: bool = False,
+    per_story_agreement: bool = False,
+) -> Dict:
     """Visualize ground-truth captions for ``max(length_multiples) x`` the training length under each cache policy.
 
     Returns ``{policy: {"1x": {pixel_l1, attribute_agreement}, "2x": ..., "3x": ...}}``, metrics over the frames
@@ -261,14 +349,19 @@ def long_story_ablation(model_dir=None, *, bundle=None, judge=None, policies: Se
     ``per_story_agreement`` adds each story's mean attribute agreement per segment
     (``attribute_agreement_per_story``, for bootstrap intervals).
     """
-    from seedstory_core.cache import CachePolicy
     from seedstory_core.data import mini
     from training.judge.metrics import attribute_agreement
 
     bundle = bundle or load_model(model_dir)
     if isinstance(dtype, str):
-        names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+        names = {
+            "fp32": torch.float32,
+            "float32": torch.float32,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+        }
         if dtype not in names:
             raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
         dtype = names[dtype]
@@ -283,13 +376,23 @@ def long_story_ablation(model_dir=None, *, bundle=None, judge=None, policies: Se
         held_out.append((story, gt, frame_features(bundle, gt) if teacher_forced else None))
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
     for policy in policies:
-        seg: Dict[int, Dict[str, List[float]]] = {m: {"pixel_l1": [], "attribute_agreement": []} for m in length_multiples}
+        seg: Dict[int, Dict[str, List[float]]] = {
+            m: {"pixel_l1": [], "attribute_agreement": []} for m in length_multiples
+        }
         per_story: Dict[int, List[float]] = {m: [] for m in length_multiples}
         for story, gt, gt_features in held_out:
             n_before = {m: len(seg[m]["attribute_agreement"]) for m in length_multiples}
-            _, images = generate_story(bundle, story, total, policy=policy_from_name(policy, window_images),
-                                       captions=story["captions"][1:total], diffusion_steps=diffusion_steps, seed=seed,
-                                       guidance_scale=guidance_scale, context_features=gt_features)
+            _, images = generate_story(
+                bundle,
+                story,
+                total,
+                policy=policy_from_name(policy, window_images),
+                captions=story["captions"][1:total],
+                diffusion_steps=diffusion_steps,
+                seed=seed,
+                guidance_scale=guidance_scale,
+                context_features=gt_features,
+            )
             preds = judge.predict(images[1:])
             for i in range(1, total):
                 m = (i - 1) // TRAIN_LENGTH + 1
@@ -297,7 +400,7 @@ def long_story_ablation(model_dir=None, *, bundle=None, judge=None, policies: Se
                     seg[m]["pixel_l1"].append(_pixel_distance(images[i], gt[i]))
                     seg[m]["attribute_agreement"].append(attribute_agreement(preds[i - 1], story["attributes"][i]))
             for m in length_multiples:  # this story's mean agreement per segment (for bootstrap intervals)
-                per_story[m].append(float(np.mean(seg[m]["attribute_agreement"][n_before[m]:])))
+                per_story[m].append(float(np.mean(seg[m]["attribute_agreement"][n_before[m] :])))
         out[policy] = {f"{m}x": {k: float(np.mean(v)) for k, v in vals.items()} for m, vals in seg.items()}
         if per_story_agreement:
             for m in length_multiples:
@@ -327,13 +430,21 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1000, help="held-out StoryStream-mini seed (training used 0)")
     parser.add_argument("--stories", type=int, default=10)
     parser.add_argument("--frames", type=int, default=TRAIN_LENGTH, help="frames per story, the opening one included")
-    parser.add_argument("--baseline", choices=BASELINES, default=None, help="score a trivial baseline instead of the model")
-    parser.add_argument("--random-init", action="store_true", help="evaluate a random model of the same size (baseline)")
+    parser.add_argument(
+        "--baseline", choices=BASELINES, default=None, help="score a trivial baseline instead of the model"
+    )
+    parser.add_argument(
+        "--random-init", action="store_true", help="evaluate a random model of the same size (baseline)"
+    )
     parser.add_argument("--no-ablation", action="store_true", help="skip the long-story cache-policy ablation")
     parser.add_argument("--ablation-stories", type=int, default=2)
     parser.add_argument("--diffusion-steps", type=int, default=10)
-    parser.add_argument("--guidance-scale", type=float, default=GUIDANCE_SCALE,
-                        help="classifier-free guidance of the rendered frames (default 3.0; official 7.5)")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=GUIDANCE_SCALE,
+        help="classifier-free guidance of the rendered frames (default 3.0; official 7.5)",
+    )
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="decoding: repetition penalty (1 = off)")
     parser.add_argument("--sample", action="store_true", help="decoding: sample instead of greedy")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -343,13 +454,29 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from seedstory_core.story import DecodingSettings
 
-    decoding = DecodingSettings(do_sample=args.sample, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                repetition_penalty=args.repetition_penalty, seed=args.decode_seed, max_sentence_tokens=40)
+    decoding = DecodingSettings(
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.decode_seed,
+        max_sentence_tokens=40,
+    )
     torch.set_num_threads(1)
-    result = evaluate(args.model, seed=args.seed, stories=args.stories, baseline=args.baseline,
-                      random_init=args.random_init, ablation=not args.no_ablation,
-                      ablation_stories=args.ablation_stories, diffusion_steps=args.diffusion_steps,
-                      guidance_scale=args.guidance_scale, frames=args.frames, decoding=decoding)
+    result = evaluate(
+        args.model,
+        seed=args.seed,
+        stories=args.stories,
+        baseline=args.baseline,
+        random_init=args.random_init,
+        ablation=not args.no_ablation,
+        ablation_stories=args.ablation_stories,
+        diffusion_steps=args.diffusion_steps,
+        guidance_scale=args.guidance_scale,
+        frames=args.frames,
+        decoding=decoding,
+    )
     print(json.dumps(result))
     return 0
 

@@ -53,10 +53,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import StageTask, base_parser, entry_main, ImageSource, load_init_bundle, resolve_args, run_training, read_records
+from .common import (
+    StageTask,
+    base_parser,
+    entry_main,
+    ImageSource,
+    load_init_bundle,
+    resolve_args,
+    run_training,
+    read_records,
+)
 
-DEFAULTS = dict(max_steps=400, batch_size=128, grad_accum=1, lr=1e-3, weight_decay=0.01, beta1=0.9, beta2=0.98,
-                eps=1e-6, warmup_steps=20, min_lr_ratio=0.1)
+DEFAULTS = dict(
+    max_steps=400,
+    batch_size=128,
+    grad_accum=1,
+    lr=1e-3,
+    weight_decay=0.01,
+    beta1=0.9,
+    beta2=0.98,
+    eps=1e-6,
+    warmup_steps=20,
+    min_lr_ratio=0.1,
+)
 
 
 # ---------------------------------------------------------------------------------------------- the text side
@@ -135,8 +154,10 @@ class Stage0Module(nn.Module):
         scale = self.logit_scale.clamp(max=float(torch.log(torch.tensor(100.0)))).exp()
         logits = scale * img @ txt.t()
         target = same.float() / same.float().sum(dim=1, keepdim=True)
-        loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, dim=1), dim=1).mean()
-                      + torch.sum(-target * F.log_softmax(logits.t(), dim=1), dim=1).mean())
+        loss = 0.5 * (
+            torch.sum(-target * F.log_softmax(logits, dim=1), dim=1).mean()
+            + torch.sum(-target * F.log_softmax(logits.t(), dim=1), dim=1).mean()
+        )
         with torch.no_grad():  # retrieval accuracy: the best text of each image is a positive
             acc = same.gather(1, logits.argmax(dim=1, keepdim=True)).float().mean()
         return {"loss": loss, "acc_loss": 1.0 - acc}
@@ -150,15 +171,21 @@ def load_attribute_records(data=None, records=None, image_root=None, max_records
         ValueError: no data, or no record with one attributes dict per image (stage 0 needs StoryStream-mini's
             ground truth; real StoryStream data has none: start from a pretrained ViT instead).
     """
-    records, root = read_records(data, records, image_root, what="stage 0: ", hint="a StoryStream-mini folder or .jsonl")
-    out = [{"id": r.get("id", i), "images": list(r["images"]), "attributes": list(r["attributes"])}
-           for i, r in enumerate(records)
-           if r.get("attributes") and len(r.get("attributes", [])) == len(r.get("images", []))]
+    records, root = read_records(
+        data, records, image_root, what="stage 0: ", hint="a StoryStream-mini folder or .jsonl"
+    )
+    out = [
+        {"id": r.get("id", i), "images": list(r["images"]), "attributes": list(r["attributes"])}
+        for i, r in enumerate(records)
+        if r.get("attributes") and len(r.get("attributes", [])) == len(r.get("images", []))
+    ]
     if max_records:
         out = out[: int(max_records)]
     if not out:
-        raise ValueError("stage 0: no record has one 'attributes' dict per image; stage 0 trains on StoryStream-mini "
-                         "(python -m seedstory_core.data.mini) ground truth. For other data use a pretrained ViT.")
+        raise ValueError(
+            "stage 0: no record has one 'attributes' dict per image; stage 0 trains on StoryStream-mini "
+            "(python -m seedstory_core.data.mini) ground truth. For other data use a pretrained ViT."
+        )
     return out, root
 
 
@@ -167,8 +194,9 @@ class Stage0Task(StageTask):
 
     def __init__(self, args, accelerator):
         super().__init__(args, accelerator)
-        self.records, root = load_attribute_records(args.data, getattr(args, "records", None), args.image_root,
-                                                    args.max_records)
+        self.records, root = load_attribute_records(
+            args.data, getattr(args, "records", None), args.image_root, args.max_records
+        )
         self.images = ImageSource(self.records, root)
         self.bundle = load_init_bundle(args.init, args.seed)
         self.device = accelerator.device
@@ -186,7 +214,9 @@ class Stage0Task(StageTask):
 
         key = self.images.key(r, f)
         if key not in self._pixels:
-            self._pixels[key] = preprocess_images([self.images.open(r, f)], image_size=self.image_size, mode="squash")[0].half()
+            self._pixels[key] = preprocess_images([self.images.open(r, f)], image_size=self.image_size, mode="squash")[
+                0
+            ].half()
         return self._pixels[key].float()
 
     def batch(self, rng: random.Random, gen: torch.Generator) -> Dict[str, Any]:
@@ -200,31 +230,44 @@ class Stage0Task(StageTask):
             ids.extend(self.vocab[t] for t in toks)
             keys.append("|".join(toks))
         same = torch.tensor([[a == b for b in keys] for a in keys])
-        return {"pixels": torch.stack(pix).to(self.device), "ids": torch.tensor(ids, device=self.device),
-                "offsets": torch.tensor(offsets, device=self.device), "same": same.to(self.device)}
+        return {
+            "pixels": torch.stack(pix).to(self.device),
+            "ids": torch.tensor(ids, device=self.device),
+            "offsets": torch.tensor(offsets, device=self.device),
+            "same": same.to(self.device),
+        }
 
     def trainable_names(self) -> List[str]:
-        return [n[len("vit."):] for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("vit.")]
+        return [n[len("vit.") :] for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("vit.")]
 
     def export(self, folder: Path, state_dict: Optional[Mapping[str, torch.Tensor]]) -> None:
         from safetensors.torch import save_file
 
         self.model.vit.eval()
         self.bundle.save(folder)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.text.state_dict().items()},
-                  str(Path(folder).parent / "text_encoder.safetensors"))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.model.text.state_dict().items()},
+            str(Path(folder).parent / "text_encoder.safetensors"),
+        )
 
 
 def build_parser():
-    p = base_parser("python -m training.stage0_visual_tokenizer",
-                    "Stage 0 (models from scratch): CLIP-style pretraining of the visual tokenizer on frames and "
-                    "their attribute descriptions.", DEFAULTS)
+    p = base_parser(
+        "python -m training.stage0_visual_tokenizer",
+        "Stage 0 (models from scratch): CLIP-style pretraining of the visual tokenizer on frames and "
+        "their attribute descriptions.",
+        DEFAULTS,
+    )
     p.add_argument("--text-width", type=int, default=256, help="width of the attribute text encoder")
     return p
 
 
-def train_stage0(args=None, *, progress: Optional[Callable[[int, int, float], None]] = None,
-                 cancel: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
+def train_stage0(
+    args=None,
+    *,
+    progress: Optional[Callable[[int, int, float], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> Dict[str, Any]:
     """Run stage 0 (see the module doc). ``args``: CLI list, dict or Namespace. Returns :func:`run_training`'s metrics."""
     ns = resolve_args(build_parser(), args)
     return run_training(Stage0Task, ns, progress=progress, cancel=cancel)
@@ -243,7 +286,7 @@ def _encode(vit, images, batch: int = 64) -> torch.Tensor:
     vit = vit.eval()
     out = []
     for i in range(0, len(images), batch):
-        px = preprocess_images(images[i:i + batch], image_size=vit.config.image_size, mode="squash")
+        px = preprocess_images(images[i : i + batch], image_size=vit.config.image_size, mode="squash")
         out.append(vit(px.to(vit.device, vit.dtype)).float().cpu())
     return torch.cat(out)
 
@@ -255,8 +298,15 @@ def training_frame_hashes(data) -> set:
     return {_frame_hash(src.open(r, f)) for r in range(len(records)) for f in range(len(records[r]["images"]))}
 
 
-def measure_bundles(bundles: Sequence[str], *, exclude_hashes: Optional[set] = None, train_seed: int = 4000,
-                    test_seed: int = 4001, stories: int = 40, epochs: int = 300) -> Dict[str, Any]:
+def measure_bundles(
+    bundles: Sequence[str],
+    *,
+    exclude_hashes: Optional[set] = None,
+    train_seed: int = 4000,
+    test_seed: int = 4001,
+    stories: int = 40,
+    epochs: int = 300,
+) -> Dict[str, Any]:
     """Does a visual tokenizer see the cast? For each bundle path (or ``'tiny'``: a seeded random tiny bundle):
 
     * ``cos_consecutive_diff_cast``: mean cosine between the flattened (n_queries x output_dim) features of
@@ -287,10 +337,19 @@ def measure_bundles(bundles: Sequence[str], *, exclude_hashes: Optional[set] = N
     banned = set(exclude_hashes or ()) | {_frame_hash(i) for i in tr_imgs}
     keep = [i for i, im in enumerate(te_imgs) if _frame_hash(im) not in banned]
     # consecutive pairs (same story) with a different cast, over all test frames
-    pairs = [(i, i + 1) for i in range(len(te_imgs) - 1)
-             if te_story[i] == te_story[i + 1] and not torch.equal(te_y[i], te_y[i + 1])]
-    info = {"train_seed": train_seed, "test_seed": test_seed, "probe_train_frames": len(tr_imgs),
-            "test_frames": len(te_imgs), "test_frames_kept": len(keep), "diff_cast_pairs": len(pairs)}
+    pairs = [
+        (i, i + 1)
+        for i in range(len(te_imgs) - 1)
+        if te_story[i] == te_story[i + 1] and not torch.equal(te_y[i], te_y[i + 1])
+    ]
+    info = {
+        "train_seed": train_seed,
+        "test_seed": test_seed,
+        "probe_train_frames": len(tr_imgs),
+        "test_frames": len(te_imgs),
+        "test_frames_kept": len(keep),
+        "diff_cast_pairs": len(pairs),
+    }
     keys = [tuple(y.tolist()) for y in te_y[keep]]
     majority = max(keys.count(k) for k in set(keys)) / len(keys)
     results = {}
@@ -301,7 +360,9 @@ def measure_bundles(bundles: Sequence[str], *, exclude_hashes: Optional[set] = N
         a = te[[i for i, _ in pairs]].flatten(1)
         b = te[[j for _, j in pairs]].flatten(1)
         cos_flat = F.cosine_similarity(a, b).mean().item()
-        cos_pool = F.cosine_similarity(te[[i for i, _ in pairs]].mean(1), te[[j for _, j in pairs]].mean(1)).mean().item()
+        cos_pool = (
+            F.cosine_similarity(te[[i for i, _ in pairs]].mean(1), te[[j for _, j in pairs]].mean(1)).mean().item()
+        )
         xtr, xte = tr.mean(1), te.mean(1)[keep]
         mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
         xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
@@ -315,20 +376,27 @@ def measure_bundles(bundles: Sequence[str], *, exclude_hashes: Optional[set] = N
         with torch.no_grad():
             pred = (lin(xte) > 0).float()
         y = te_y[keep]
-        results[path] = {"cos_consecutive_diff_cast": round(cos_flat, 4), "cos_pooled_consecutive_diff_cast": round(cos_pool, 4),
-                         "probe_cast_exact": round((pred == y).all(1).float().mean().item(), 4),
-                         "probe_char_acc": round((pred == y).float().mean().item(), 4),
-                         "chance_cast_exact": round(majority, 4)}
+        results[path] = {
+            "cos_consecutive_diff_cast": round(cos_flat, 4),
+            "cos_pooled_consecutive_diff_cast": round(cos_pool, 4),
+            "probe_cast_exact": round((pred == y).all(1).float().mean().item(), 4),
+            "probe_char_acc": round((pred == y).float().mean().item(), 4),
+            "chance_cast_exact": round(majority, 4),
+        }
     return {"frames": info, "bundles": results}
 
 
 def _measure_parser():
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m training.stage0_visual_tokenizer --measure",
-                                description="Second mode: measure how well bundles' visual tokenizers separate casts.")
+    p = argparse.ArgumentParser(
+        prog="python -m training.stage0_visual_tokenizer --measure",
+        description="Second mode: measure how well bundles' visual tokenizers separate casts.",
+    )
     p.add_argument("--measure", nargs="+", required=True, help="bundle folders ('tiny' = a random tiny bundle)")
-    p.add_argument("--data", default=None, help="the stage's training data: its frames are excluded from the test frames")
+    p.add_argument(
+        "--data", default=None, help="the stage's training data: its frames are excluded from the test frames"
+    )
     p.add_argument("--probe-train-seed", type=int, default=4000)
     p.add_argument("--probe-test-seed", type=int, default=4001)
     p.add_argument("--stories", type=int, default=40)
@@ -341,8 +409,13 @@ def main(argv=None) -> int:
     if "--measure" in argv:
         a = _measure_parser().parse_args(argv)
         torch.set_num_threads(1)
-        result = measure_bundles(a.measure, exclude_hashes=training_frame_hashes(a.data) if a.data else None,
-                                 train_seed=a.probe_train_seed, test_seed=a.probe_test_seed, stories=a.stories)
+        result = measure_bundles(
+            a.measure,
+            exclude_hashes=training_frame_hashes(a.data) if a.data else None,
+            train_seed=a.probe_train_seed,
+            test_seed=a.probe_test_seed,
+            stories=a.stories,
+        )
         result["excluded_training_data"] = a.data
         text = json.dumps(result, indent=2)
         if a.json:

@@ -51,8 +51,18 @@ from .common import (
 )
 
 #: Stage-1 recipe is UNKNOWN officially: we use the stage-3 optimiser values (same module, same trainable set).
-DEFAULTS = dict(max_steps=1000, batch_size=8, grad_accum=1, lr=1e-4, weight_decay=0.03, beta1=0.9, beta2=0.999,
-                eps=1e-8, warmup_steps=500, min_lr_ratio=0.01)
+DEFAULTS = dict(
+    max_steps=1000,
+    batch_size=8,
+    grad_accum=1,
+    lr=1e-4,
+    weight_decay=0.03,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    warmup_steps=500,
+    min_lr_ratio=0.01,
+)
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -70,8 +80,12 @@ class DetokTrainModule(nn.Module):
     def forward(self, features, noisy, timesteps, time_ids, noise):
         ref = self.resampler.latents
         prompt_embeds, pooled = self.resampler(features.to(device=ref.device, dtype=ref.dtype))
-        pred = self.unet(noisy, timesteps, encoder_hidden_states=prompt_embeds,
-                         added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        pred = self.unet(
+            noisy,
+            timesteps,
+            encoder_hidden_states=prompt_embeds,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+        ).sample
         return {"loss": F.mse_loss(pred.float(), noise.float(), reduction="mean")}
 
 
@@ -96,17 +110,30 @@ def merged_unet(unet: nn.Module) -> nn.Module:
 
 def add_detok_arguments(p) -> None:
     g = p.add_argument_group("de-tokenizer")
-    g.add_argument("--unet-train", choices=("kv", "full", "lora"), default="kv",
-                   help="UNet trainable set: kv = to_k/to_v (official), full, lora (peft on to_q/k/v/out)")
+    g.add_argument(
+        "--unet-train",
+        choices=("kv", "full", "lora"),
+        default="kv",
+        help="UNet trainable set: kv = to_k/to_v (official), full, lora (peft on to_q/k/v/out)",
+    )
     g.add_argument("--lora-rank", type=int, default=16)
     g.add_argument("--lora-alpha", type=int, default=16)
-    g.add_argument("--resolution", type=int, default=0, help="de-tokenizer image size S (0 = config.detokenizer.default_size)")
-    g.add_argument("--cond-dropout", type=float, default=0.0,
-                   help="probability of replacing a sample's features by the unconditional ones (ViT features of the "
-                        "all-zero image, the CFG negative branch) so guidance has a trained unconditional branch "
-                        "(official stage 3: none, 0.0; the tiny recipe's stage 1 uses 0.1)")
-    g.add_argument("--official-crop-swap", action="store_true",
-                   help="reproduce the official swapped crop offsets in time_ids (ablation; default: fixed)")
+    g.add_argument(
+        "--resolution", type=int, default=0, help="de-tokenizer image size S (0 = config.detokenizer.default_size)"
+    )
+    g.add_argument(
+        "--cond-dropout",
+        type=float,
+        default=0.0,
+        help="probability of replacing a sample's features by the unconditional ones (ViT features of the "
+        "all-zero image, the CFG negative branch) so guidance has a trained unconditional branch "
+        "(official stage 3: none, 0.0; the tiny recipe's stage 1 uses 0.1)",
+    )
+    g.add_argument(
+        "--official-crop-swap",
+        action="store_true",
+        help="reproduce the official swapped crop offsets in time_ids (ablation; default: fixed)",
+    )
 
 
 class DetokenizerTask(StageTask):
@@ -156,8 +183,14 @@ class DetokenizerTask(StageTask):
         else:
             from peft import LoraConfig
 
-            unet.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, init_lora_weights="gaussian",
-                                        target_modules=list(LORA_TARGETS)))
+            unet.add_adapter(
+                LoraConfig(
+                    r=args.lora_rank,
+                    lora_alpha=args.lora_alpha,
+                    init_lora_weights="gaussian",
+                    target_modules=list(LORA_TARGETS),
+                )
+            )
             for name, p in unet.named_parameters():
                 p.requires_grad_("lora_" in name)
 
@@ -184,7 +217,9 @@ class DetokenizerTask(StageTask):
         return full[self.local_slice].to(self.device, torch.float32)
 
     @torch.no_grad()
-    def diffusion_inputs(self, sd_images: torch.Tensor, time_ids: torch.Tensor, gen: torch.Generator) -> Dict[str, torch.Tensor]:
+    def diffusion_inputs(
+        self, sd_images: torch.Tensor, time_ids: torch.Tensor, gen: torch.Generator
+    ) -> Dict[str, torch.Tensor]:
         """VAE latents (sampled, x scaling factor), epsilon noise, t ~ U{0..T-1}, noisy latents (DDPM, SD-XL betas).
 
         ``sd_images`` (B, 3, S, S) / ``time_ids`` (B, 6) are this rank's slice of the global micro-batch; the random
@@ -244,13 +279,21 @@ class DetokenizerTask(StageTask):
 
 
 def build_parser():
-    p = base_parser("python -m training.stage1_detokenizer", "SEED-Story stage 1: de-tokenizer pretraining (ViT features -> SD-XL).", DEFAULTS)
+    p = base_parser(
+        "python -m training.stage1_detokenizer",
+        "SEED-Story stage 1: de-tokenizer pretraining (ViT features -> SD-XL).",
+        DEFAULTS,
+    )
     add_detok_arguments(p)
     return p
 
 
-def train_stage1(args=None, *, progress: Optional[Callable[[int, int, float], None]] = None,
-                 cancel: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
+def train_stage1(
+    args=None,
+    *,
+    progress: Optional[Callable[[int, int, float], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> Dict[str, Any]:
     """Run stage 1. ``args``: CLI list, dict of argument names (``records=[...]`` allowed) or Namespace."""
     ns = resolve_args(build_parser(), args)
     return run_training(DetokenizerTask, ns, progress=progress, cancel=cancel)

@@ -46,8 +46,19 @@ from .common import (
     run_training,
 )
 
-DEFAULTS = dict(max_steps=6000, batch_size=30, grad_accum=1, lr=1e-4, weight_decay=0.05, beta1=0.9, beta2=0.98,
-                eps=1e-6, warmup_steps=100, min_lr_ratio=0.05, save_every=3000)
+DEFAULTS = dict(
+    max_steps=6000,
+    batch_size=30,
+    grad_accum=1,
+    lr=1e-4,
+    weight_decay=0.05,
+    beta1=0.9,
+    beta2=0.98,
+    eps=1e-6,
+    warmup_steps=100,
+    min_lr_ratio=0.05,
+    save_every=3000,
+)
 MAX_TRIES = 50
 
 
@@ -57,8 +68,13 @@ def is_official_trainable(name: str) -> bool:
         return False  # peft keeps an unused copy of each wrapped norm (official: requires_grad but no gradient)
     if name.endswith("pos_embed"):
         return False
-    return ("lora_" in name or "modules_to_save" in name or "embed_tokens" in name or "lm_head" in name
-            or name.startswith(("input_resampler.", "output_resampler.")))
+    return (
+        "lora_" in name
+        or "modules_to_save" in name
+        or "embed_tokens" in name
+        or "lm_head" in name
+        or name.startswith(("input_resampler.", "output_resampler."))
+    )
 
 
 def configure_agent_trainable(agent: nn.Module, train_base: bool = False) -> None:
@@ -84,8 +100,10 @@ def set_lora_dropout(agent: nn.Module, p: float) -> int:
             m.p = p
             n += 1
     if n == 0 and p > 0.0:
-        raise ValueError(f"--lora-dropout {p}: the agent has no LoRA dropout module (built with lora_dropout 0); "
-                         "set lora_dropout in the bundle's agent config instead.")
+        raise ValueError(
+            f"--lora-dropout {p}: the agent has no LoRA dropout module (built with lora_dropout 0); "
+            "set lora_dropout in the bundle's agent config instead."
+        )
     return n
 
 
@@ -128,7 +146,9 @@ class StoryBatches:
         self.records, root = load_records(args.data, getattr(args, "records", None), args.image_root, args.max_records)
         self.images = ImageSource(self.records, root)
         self.cache = FeatureCache(not args.no_feature_cache)
-        self.builder = StorySampleBuilder(tokenizer, max_length=int(args.max_length), text_loss=getattr(args, "text_loss", "last"))
+        self.builder = StorySampleBuilder(
+            tokenizer, max_length=int(args.max_length), text_loss=getattr(args, "text_loss", "last")
+        )
         self.vit = vit
         self.vit_mode = vit_mode
         self.dropped = 0
@@ -150,7 +170,9 @@ class StoryBatches:
                     break
                 self.dropped += 1
             else:
-                raise ValueError(f"no sample shorter than --max-length {self.args.max_length} in {MAX_TRIES} draws; raise it.")
+                raise ValueError(
+                    f"no sample shorter than --max-length {self.args.max_length} in {MAX_TRIES} draws; raise it."
+                )
             picks.append((r, s))
         return picks
 
@@ -176,12 +198,21 @@ class StoryBatches:
 
 def add_story_arguments(p) -> None:
     g = p.add_argument_group("samples")
-    g.add_argument("--max-length", type=int, default=1280, help="samples with >= this many tokens are dropped (official 1280)")
-    g.add_argument("--text-loss", choices=("last", "all"), default="last",
-                   help="'last' (official): loss on the last caption only; 'all': on every [INST] caption and BOI after "
-                        "the first image (more text signal for models trained from scratch)")
-    g.add_argument("--pad-to-max-length", action="store_true",
-                   help="pad every batch to --max-length like the official collate (default: to the longest sample; same loss)")
+    g.add_argument(
+        "--max-length", type=int, default=1280, help="samples with >= this many tokens are dropped (official 1280)"
+    )
+    g.add_argument(
+        "--text-loss",
+        choices=("last", "all"),
+        default="last",
+        help="'last' (official): loss on the last caption only; 'all': on every [INST] caption and BOI after "
+        "the first image (more text signal for models trained from scratch)",
+    )
+    g.add_argument(
+        "--pad-to-max-length",
+        action="store_true",
+        help="pad every batch to --max-length like the official collate (default: to the longest sample; same loss)",
+    )
 
 
 class InstructionTask(StageTask):
@@ -192,12 +223,16 @@ class InstructionTask(StageTask):
         super().__init__(args, accelerator)
         self.bundle = load_init_bundle(args.init, args.seed)
         device = accelerator.device
-        vit = self.bundle.visual_tokenizer.to(device=device, dtype=frozen_dtype(accelerator)).eval().requires_grad_(False)
+        vit = (
+            self.bundle.visual_tokenizer.to(device=device, dtype=frozen_dtype(accelerator)).eval().requires_grad_(False)
+        )
         self.data = StoryBatches(args, self.bundle.tokenizer, vit, "squash")
         agent = self.bundle.agent.to(device)
         configure_agent_trainable(agent, args.train_base)
         if args.gradient_checkpointing:
-            agent.llm.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            agent.llm.base_model.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         if args.lora_dropout is not None:
             set_lora_dropout(agent, args.lora_dropout)
         if args.rec_loss_scale is not None:
@@ -244,21 +279,40 @@ class InstructionTask(StageTask):
 
 
 def build_parser():
-    p = base_parser("python -m training.stage2_instruction", "SEED-Story stage 2: story instruction tuning of the MLLM agent.", DEFAULTS)
+    p = base_parser(
+        "python -m training.stage2_instruction",
+        "SEED-Story stage 2: story instruction tuning of the MLLM agent.",
+        DEFAULTS,
+    )
     add_story_arguments(p)
-    p.add_argument("--train-base", action="store_true",
-                   help="also train every base LLaMA weight (full fine-tune; needed for a random tiny LLaMA)")
-    p.add_argument("--lora-dropout", type=float, default=None,
-                   help="LoRA dropout for this run (default: the bundle's agent config, official 0.05); 0 makes the "
-                        "step deterministic given the data (used to compare 1 process with N processes)")
-    p.add_argument("--rec-loss-scale", type=float, default=None,
-                   help="weight of the 1 - cos image-regression loss in the total (default: the agent config's, "
-                        "official 1.0); the LM loss keeps its weight")
+    p.add_argument(
+        "--train-base",
+        action="store_true",
+        help="also train every base LLaMA weight (full fine-tune; needed for a random tiny LLaMA)",
+    )
+    p.add_argument(
+        "--lora-dropout",
+        type=float,
+        default=None,
+        help="LoRA dropout for this run (default: the bundle's agent config, official 0.05); 0 makes the "
+        "step deterministic given the data (used to compare 1 process with N processes)",
+    )
+    p.add_argument(
+        "--rec-loss-scale",
+        type=float,
+        default=None,
+        help="weight of the 1 - cos image-regression loss in the total (default: the agent config's, "
+        "official 1.0); the LM loss keeps its weight",
+    )
     return p
 
 
-def train_stage2(args=None, *, progress: Optional[Callable[[int, int, float], None]] = None,
-                 cancel: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
+def train_stage2(
+    args=None,
+    *,
+    progress: Optional[Callable[[int, int, float], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> Dict[str, Any]:
     """Run stage 2. ``args``: CLI list, dict of argument names (``records=[...]`` allowed) or Namespace."""
     ns = resolve_args(build_parser(), args)
     return run_training(InstructionTask, ns, progress=progress, cancel=cancel)

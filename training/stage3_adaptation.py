@@ -29,17 +29,27 @@ In-process use (ComfyUI)::
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from .common import StageTask, base_parser, entry_main, frozen_dtype, frozen_module, resolve_args, run_training
+from .common import base_parser, entry_main, frozen_dtype, frozen_module, resolve_args, run_training
 from .stage1_detokenizer import DetokenizerTask, add_detok_arguments
 from .stage2_instruction import StoryBatches, add_story_arguments
 
-DEFAULTS = dict(max_steps=1600, batch_size=4, grad_accum=4, lr=1e-4, weight_decay=0.03, beta1=0.9, beta2=0.999,
-                eps=1e-8, warmup_steps=500, min_lr_ratio=0.01, save_every=0)
+DEFAULTS = dict(
+    max_steps=1600,
+    batch_size=4,
+    grad_accum=4,
+    lr=1e-4,
+    weight_decay=0.03,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    warmup_steps=500,
+    min_lr_ratio=0.01,
+    save_every=0,
+)
 
 
 class AdaptationTask(DetokenizerTask):
@@ -80,23 +90,38 @@ class AdaptationTask(DetokenizerTask):
 
 
 def build_parser():
-    p = base_parser("python -m training.stage3_adaptation", "SEED-Story stage 3: de-tokenizer adaptation to the agent's regressed features.", DEFAULTS)
+    p = base_parser(
+        "python -m training.stage3_adaptation",
+        "SEED-Story stage 3: de-tokenizer adaptation to the agent's regressed features.",
+        DEFAULTS,
+    )
     add_detok_arguments(p)
     add_story_arguments(p)
-    p.add_argument("--agent-train-mode", action="store_true",
-                   help="keep the agent in train mode (official: LoRA dropout active for the teacher features)")
+    p.add_argument(
+        "--agent-train-mode",
+        action="store_true",
+        help="keep the agent in train mode (official: LoRA dropout active for the teacher features)",
+    )
     return p
 
 
-def train_stage3(args=None, *, progress: Optional[Callable[[int, int, float], None]] = None,
-                 cancel: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
+def train_stage3(
+    args=None,
+    *,
+    progress: Optional[Callable[[int, int, float], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> Dict[str, Any]:
     """Run stage 3. ``args``: CLI list, dict of argument names (``records=[...]`` allowed) or Namespace."""
     ns = resolve_args(build_parser(), args)
     return run_training(AdaptationTask, ns, progress=progress, cancel=cancel)
 
 
-def run_stage3(*, progress: Optional[Callable[[int, int, float], None]] = None,
-               cancel: Optional[Callable[[], bool]] = None, **kwargs) -> Dict[str, Any]:
+def run_stage3(
+    *,
+    progress: Optional[Callable[[int, int, float], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+    **kwargs,
+) -> Dict[str, Any]:
     """In-process stage 3 (the ComfyUI Adapt De-tokenizer node): keyword arguments = the CLI options (``data``,
     ``init``, ``out``, ``max_steps``, ``batch_size``, ``records`` ...).
 

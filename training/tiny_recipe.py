@@ -53,14 +53,65 @@ from typing import Dict, List
 STAGES = {
     "stage0": ["--max-steps", "500", "--batch-size", "128", "--lr", "1e-3", "--warmup-steps", "25"],
     "vae": ["--max-steps", "700", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "20"],
-    "stage1": ["--unet-train", "full", "--max-steps", "2400", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "50",
-               "--min-lr-ratio", "0.1", "--cond-dropout", "0.1"],
-    "stage2": ["--train-base", "--text-loss", "all", "--max-steps", "900", "--batch-size", "4", "--lr", "5e-4", "--warmup-steps", "50"],
+    "stage1": [
+        "--unet-train",
+        "full",
+        "--max-steps",
+        "2400",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "50",
+        "--min-lr-ratio",
+        "0.1",
+        "--cond-dropout",
+        "0.1",
+    ],
+    "stage2": [
+        "--train-base",
+        "--text-loss",
+        "all",
+        "--max-steps",
+        "900",
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-4",
+        "--warmup-steps",
+        "50",
+    ],
     # a continuation of stage 2 (same trainer) with the regression loss emphasised
-    "stage2b": ["--train-base", "--text-loss", "all", "--max-steps", "300", "--batch-size", "4", "--lr", "2e-4",
-                "--warmup-steps", "10", "--rec-loss-scale", "10"],
-    "stage3": ["--max-steps", "600", "--batch-size", "4", "--grad-accum", "1", "--lr", "1e-4", "--warmup-steps", "50",
-               "--cond-dropout", "0.1"],
+    "stage2b": [
+        "--train-base",
+        "--text-loss",
+        "all",
+        "--max-steps",
+        "300",
+        "--batch-size",
+        "4",
+        "--lr",
+        "2e-4",
+        "--warmup-steps",
+        "10",
+        "--rec-loss-scale",
+        "10",
+    ],
+    "stage3": [
+        "--max-steps",
+        "600",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "1e-4",
+        "--warmup-steps",
+        "50",
+        "--cond-dropout",
+        "0.1",
+    ],
 }
 #: training steps in order: (step name, trainer module, entry function, seed offset)
 TRAIN_STEPS = (
@@ -73,8 +124,16 @@ TRAIN_STEPS = (
 )
 HELD_OUT_SEED = 1000
 #: What an export writes (top-level names); anything else in a previous export is the user's and is kept.
-EXPORT_ENTRIES = ("seedstory_config.json", "tokenizer", "visual_tokenizer", "agent", "detokenizer", "demo_start.png",
-                  "demo_start.txt", "recipe.json")
+EXPORT_ENTRIES = (
+    "seedstory_config.json",
+    "tokenizer",
+    "visual_tokenizer",
+    "agent",
+    "detokenizer",
+    "demo_start.png",
+    "demo_start.txt",
+    "recipe.json",
+)
 #: What earlier versions of the export wrote and this one no longer does: dropped when a previous export is replaced
 #: (``probe``: each model used to ship its own attribute probe; the evaluation now has one fixed judge).
 LEGACY_EXPORT_ENTRIES = ("probe",)
@@ -109,7 +168,8 @@ def check_export_target(export: Path, run: Path, *, force: bool = False) -> List
         raise ExportRefused(
             f"--export {export}: it is {'the run folder' if target == run_dir else 'inside the run folder' if target.is_relative_to(run_dir) else 'a folder that holds the run folder'} "
             f"(--out {run}); replacing it would delete the trained model it copies. Export to a separate folder, "
-            "e.g. models/seedstory-tiny.")
+            "e.g. models/seedstory-tiny."
+        )
     if not export.exists():
         return []
     if not export.is_dir():
@@ -125,7 +185,8 @@ def check_export_target(export: Path, run: Path, *, force: bool = False) -> List
     raise ExportRefused(
         f"--export {export}: the folder is not empty and is not a previous tiny_recipe export (no recipe.json with "
         f"an 'export' stage); it holds: {shown}. Nothing was deleted. Export to a new or empty folder, or add "
-        "--force to replace this folder and everything in it.")
+        "--force to replace this folder and everything in it."
+    )
 
 
 def _scaled(args: List[str], scale: float) -> List[str]:
@@ -146,7 +207,7 @@ def _last_losses(run_dir: Path) -> Dict[str, float]:
     rows = list(csv.DictReader(log.open()))
     if not rows:
         return {}
-    tail = rows[-min(20, len(rows)):]
+    tail = rows[-min(20, len(rows)) :]
     out = {}
     for key in tail[0]:
         if "loss" in key:
@@ -160,18 +221,30 @@ def _last_losses(run_dir: Path) -> Dict[str, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.tiny_recipe", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="run folder (data, checkpoints, logs)")
-    parser.add_argument("--export", type=Path, default=None, help="copy the final model bundle here (e.g. models/seedstory-tiny)")
+    parser.add_argument(
+        "--export", type=Path, default=None, help="copy the final model bundle here (e.g. models/seedstory-tiny)"
+    )
     parser.add_argument("--stories", type=int, default=400, help="StoryStream-mini training stories (30 frames each)")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="model init / training seed")
     parser.add_argument("--vocab", type=int, default=512, help="base vocabulary of the caption tokenizer")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (smoke runs)")
-    parser.add_argument("--stages", default="data,init,stage0,vae,stage1,stage2,stage2b,stage3,export",
-                        help="comma list of steps to run (without stage0 the later stages use the random ViT)")
-    parser.add_argument("--measure-stories", type=int, default=40,
-                        help="stories per seed for stage 0's before/after feature measurement (0 = skip it)")
-    parser.add_argument("--force", action="store_true",
-                        help="let --export replace a non-empty folder that is not a previous export (all of it)")
+    parser.add_argument(
+        "--stages",
+        default="data,init,stage0,vae,stage1,stage2,stage2b,stage3,export",
+        help="comma list of steps to run (without stage0 the later stages use the random ViT)",
+    )
+    parser.add_argument(
+        "--measure-stories",
+        type=int,
+        default=40,
+        help="stories per seed for stage 0's before/after feature measurement (0 = skip it)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="let --export replace a non-empty folder that is not a previous export (all of it)",
+    )
     args = parser.parse_args(argv)
     if args.export is not None and "export" in [s.strip() for s in args.stages.split(",")]:
         try:  # checked before hours of training, not after
@@ -201,8 +274,12 @@ def main(argv=None) -> int:
 
     if "init" in steps:
         t0 = time.time()
-        captions = [c for line in (data_dir / "stories.jsonl").read_text().splitlines() if line.strip()
-                    for c in json.loads(line)["captions"]]
+        captions = [
+            c
+            for line in (data_dir / "stories.jsonl").read_text().splitlines()
+            if line.strip()
+            for c in json.loads(line)["captions"]
+        ]
         tokenizer = build_tiny_tokenizer(captions, vocab_size=args.vocab)
         bundle = random_tiny_bundle(args.seed, tokenizer=tokenizer)
         bundle.save(run / "init")
@@ -217,20 +294,38 @@ def main(argv=None) -> int:
             t0 = time.time()
             train = getattr(importlib.import_module(module_name), entry)
             start_bundle = previous / "model" if previous.name != "init" else previous
-            cli = ["--data", str(data_dir), "--init", f"bundle:{start_bundle}",
-                   "--out", str(out), "--seed", str(args.seed + seed_offset), "--save-every", "200"] + _scaled(STAGES[name], args.scale)
+            cli = [
+                "--data",
+                str(data_dir),
+                "--init",
+                f"bundle:{start_bundle}",
+                "--out",
+                str(out),
+                "--seed",
+                str(args.seed + seed_offset),
+                "--save-every",
+                "200",
+            ] + _scaled(STAGES[name], args.scale)
             metrics = train(cli)
             extra = {}
             if name == "stage0" and args.measure_stories > 0:
                 from training.stage0_visual_tokenizer import measure_bundles, training_frame_hashes
 
                 t_m = time.time()
-                extra["features"] = measure_bundles([str(start_bundle), str(out / "model")],
-                                                    exclude_hashes=training_frame_hashes(data_dir),
-                                                    stories=args.measure_stories)
+                extra["features"] = measure_bundles(
+                    [str(start_bundle), str(out / "model")],
+                    exclude_hashes=training_frame_hashes(data_dir),
+                    stories=args.measure_stories,
+                )
                 extra["features"]["seconds"] = round(time.time() - t_m, 1)
-            done(name, t0, args=cli, losses=_last_losses(out),
-                 metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}, **extra)
+            done(
+                name,
+                t0,
+                args=cli,
+                losses=_last_losses(out),
+                metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+                **extra,
+            )
         if name in steps or (out / "model").is_dir():
             previous = out  # a step left out and never run (e.g. stage0) is skipped: the next one starts from before it
 
@@ -263,8 +358,11 @@ def main(argv=None) -> int:
             shutil.rmtree(export, ignore_errors=True)
             raise
         if keep:
-            print(f"[tiny_recipe] kept in {target} (not written by the recipe; update them for the new model): "
-                  + ", ".join(keep), flush=True)
+            print(
+                f"[tiny_recipe] kept in {target} (not written by the recipe; update them for the new model): "
+                + ", ".join(keep),
+                flush=True,
+            )
     return 0
 
 

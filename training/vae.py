@@ -27,10 +27,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import entry_main, FeatureCache, ImageSource, StageTask, base_parser, load_init_bundle, load_records, resolve_args, run_training
+from .common import (
+    entry_main,
+    FeatureCache,
+    ImageSource,
+    StageTask,
+    base_parser,
+    load_init_bundle,
+    load_records,
+    resolve_args,
+    run_training,
+)
 
-DEFAULTS = dict(max_steps=500, batch_size=16, grad_accum=1, lr=1e-3, weight_decay=0.0, beta1=0.9, beta2=0.999,
-                eps=1e-8, warmup_steps=20, min_lr_ratio=0.1)
+DEFAULTS = dict(
+    max_steps=500,
+    batch_size=16,
+    grad_accum=1,
+    lr=1e-3,
+    weight_decay=0.0,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    warmup_steps=20,
+    min_lr_ratio=0.1,
+)
 
 
 class VAETrainModule(nn.Module):
@@ -71,7 +91,9 @@ class VAETask(StageTask):
     def frame(self, r: int, f: int) -> torch.Tensor:
         from seedstory_core.data.samples import sd_target
 
-        return self.cache.get((self.images.key(r, f), "sd", self.size), lambda: sd_target(self.images.open(r, f), self.size)[0])
+        return self.cache.get(
+            (self.images.key(r, f), "sd", self.size), lambda: sd_target(self.images.open(r, f), self.size)[0]
+        )
 
     def batch(self, rng: random.Random, gen: torch.Generator) -> Dict[str, Any]:
         imgs = []
@@ -87,7 +109,7 @@ class VAETask(StageTask):
         return {"images": x.to(self.device), "eps": eps.to(self.device)}
 
     def trainable_names(self) -> List[str]:
-        return [n[len("vae."):] for n, p in self.model.named_parameters() if p.requires_grad]
+        return [n[len("vae.") :] for n, p in self.model.named_parameters() if p.requires_grad]
 
     def export(self, folder: Path, state_dict: Optional[Mapping[str, torch.Tensor]]) -> None:
         from accelerate.utils import DistributedType
@@ -101,25 +123,38 @@ class VAETask(StageTask):
             from seedstory_core.detokenizer import calibrate_vae_latents
 
             rng = random.Random(self.args.seed)
-            picks = [(r, rng.randrange(len(self.records[r]["images"]))) for r in (rng.randrange(len(self.records)) for _ in range(n))]
+            picks = [
+                (r, rng.randrange(len(self.records[r]["images"])))
+                for r in (rng.randrange(len(self.records)) for _ in range(n))
+            ]
             frames = torch.stack([self.frame(r, f) for r, f in picks])
             self.calibration = calibrate_vae_latents(self.model.vae, frames)
         self.bundle.save(folder)
 
 
 def build_parser():
-    p = base_parser("python -m training.vae", "Stage 0 (tiny models): train the de-tokenizer VAE on story frames.", DEFAULTS)
+    p = base_parser(
+        "python -m training.vae", "Stage 0 (tiny models): train the de-tokenizer VAE on story frames.", DEFAULTS
+    )
     p.add_argument("--kl-weight", type=float, default=1e-6)
     p.add_argument("--resolution", type=int, default=0, help="image size (0 = config.detokenizer.default_size)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    p.add_argument("--calibration-frames", type=int, default=256,
-                   help="frames used at export to set the VAE's per-channel latents_mean/latents_std (unit-variance "
-                        "diffusion latents, see seedstory_core.detokenizer.calibrate_vae_latents); 0 = keep the config")
+    p.add_argument(
+        "--calibration-frames",
+        type=int,
+        default=256,
+        help="frames used at export to set the VAE's per-channel latents_mean/latents_std (unit-variance "
+        "diffusion latents, see seedstory_core.detokenizer.calibrate_vae_latents); 0 = keep the config",
+    )
     return p
 
 
-def train_vae(args=None, *, progress: Optional[Callable[[int, int, float], None]] = None,
-              cancel: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
+def train_vae(
+    args=None,
+    *,
+    progress: Optional[Callable[[int, int, float], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> Dict[str, Any]:
     ns = resolve_args(build_parser(), args)
     return run_training(VAETask, ns, progress=progress, cancel=cancel)
 

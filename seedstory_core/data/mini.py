@@ -51,7 +51,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -170,9 +170,21 @@ _VERBS = {
 }
 # kind -> action shown in the frame (None: the sentence sets no action)
 _KIND_ACTION = {
-    "at": None, "travel": "walk", "arrive": "walk", "hello": "wave", "leave": None, "bring": None, "has": None,
-    "play": "play", "eat": "eat", "putaway": None, "jump": "jump", "wave": "wave", "dance": "dance",
-    "sleep": "sleep", "walk": "walk",
+    "at": None,
+    "travel": "walk",
+    "arrive": "walk",
+    "hello": "wave",
+    "leave": None,
+    "bring": None,
+    "has": None,
+    "play": "play",
+    "eat": "eat",
+    "putaway": None,
+    "jump": "jump",
+    "wave": "wave",
+    "dance": "dance",
+    "sleep": "sleep",
+    "walk": "walk",
 }
 
 _NAME_RE = "|".join(CHARACTER_NAMES)
@@ -230,8 +242,14 @@ class StoryContext:
     last_f: Optional[str] = None
 
     def copy(self) -> "StoryContext":
-        return StoryContext(self.scene, list(self.present), [dict(o) for o in self.objects],
-                            list(self.last_mentions), self.last_m, self.last_f)
+        return StoryContext(
+            self.scene,
+            list(self.present),
+            [dict(o) for o in self.objects],
+            list(self.last_mentions),
+            self.last_m,
+            self.last_f,
+        )
 
     def resolve(self, pronoun: str) -> Optional[List[str]]:
         """Referent(s) of ``He``/``She``/``They`` in this context, or None when unresolvable."""
@@ -632,8 +650,14 @@ def _draw_background(d: ImageDraw.ImageDraw, scene: str, S: int) -> None:
     elif scene == "forest":
         box(0, 0, 1, 0.64, (70, 130, 70))
         for cx in (0.1, 0.35, 0.65, 0.9):
-            d.polygon([(int((cx - 0.1) * S), int(0.4 * S)), (int(cx * S), int(0.02 * S)),
-                       (int((cx + 0.1) * S), int(0.4 * S))], fill=(25, 80, 35))
+            d.polygon(
+                [
+                    (int((cx - 0.1) * S), int(0.4 * S)),
+                    (int(cx * S), int(0.02 * S)),
+                    (int((cx + 0.1) * S), int(0.4 * S)),
+                ],
+                fill=(25, 80, 35),
+            )
         box(0, 0.64, 1, 1, (120, 85, 50))
     elif scene == "night":
         box(0, 0, 1, 0.64, (20, 25, 70))
@@ -727,8 +751,11 @@ def _draw_character(d: ImageDraw.ImageDraw, c: Character, cx: float, action: str
             d.rectangle([*P(ex - 0.008, ey - 0.008), *P(ex + 0.008, ey + 0.008)], fill=_BLACK)
     if c.accessory == "glasses" and action != "sleep":
         for dx in (-0.04, 0.04):
-            d.ellipse([*P(cx + dx - er - 0.01, ey - er - 0.01), *P(cx + dx + er + 0.01, ey + er + 0.01)],
-                      outline=_BLACK, width=lw)
+            d.ellipse(
+                [*P(cx + dx - er - 0.01, ey - er - 0.01), *P(cx + dx + er + 0.01, ey + er + 0.01)],
+                outline=_BLACK,
+                width=lw,
+            )
     if action == "eat":
         d.ellipse([*P(cx - 0.025, ey + 0.06), *P(cx + 0.025, ey + 0.1)], fill=_BLACK)
     # accessory on top
@@ -741,8 +768,18 @@ def _draw_character(d: ImageDraw.ImageDraw, c: Character, cx: float, action: str
         d.polygon([P(tx, ty), P(tx + 0.07, ty - 0.05), P(tx + 0.07, ty + 0.04)], fill=(255, 170, 210))
     elif c.accessory == "crown":
         ty = top - 0.02
-        d.polygon([P(cx - 0.07, ty), P(cx - 0.07, ty - 0.08), P(cx - 0.035, ty - 0.04), P(cx, ty - 0.09),
-                   P(cx + 0.035, ty - 0.04), P(cx + 0.07, ty - 0.08), P(cx + 0.07, ty)], fill=(230, 190, 0))
+        d.polygon(
+            [
+                P(cx - 0.07, ty),
+                P(cx - 0.07, ty - 0.08),
+                P(cx - 0.035, ty - 0.04),
+                P(cx, ty - 0.09),
+                P(cx + 0.035, ty - 0.04),
+                P(cx + 0.07, ty - 0.08),
+                P(cx + 0.07, ty),
+            ],
+            fill=(230, 190, 0),
+        )
     elif c.accessory == "cap":
         d.pieslice([*P(cx - 0.08, top - 0.07), *P(cx + 0.08, top + 0.05)], 180, 360, fill=(40, 60, 200))
         d.rectangle([*P(cx, top - 0.015), *P(cx + 0.13, top - 0.005)], fill=(40, 60, 200))
@@ -795,8 +832,9 @@ def make_records(seed: int, stories: int, size: int = 64, frames: int = 30, star
     return out
 
 
-def generate_dataset(out_dir, seed: int, stories: int, size: int = 64, frames: int = 30,
-                     chunk_len: int = 10) -> Dict[str, Any]:
+def generate_dataset(
+    out_dir, seed: int, stories: int, size: int = 64, frames: int = 30, chunk_len: int = 10
+) -> Dict[str, Any]:
     """Write a StoryStream-mini dataset (see the module doc for the layout). Returns a summary dict."""
     from .storystream import chunk_stories, write_jsonl
 
@@ -813,21 +851,38 @@ def generate_dataset(out_dir, seed: int, stories: int, size: int = 64, frames: i
             rel = f"{st['id']}/{f:02d}.png"
             render_frame(a, size).save(out / "images" / rel, optimize=False, compress_level=1)
             paths.append(rel)
-        records.append({"id": st["id"], "images": paths, "captions": st["captions"],
-                        "orders": list(range(frames)), "attributes": st["attributes"]})
+        records.append(
+            {
+                "id": st["id"],
+                "images": paths,
+                "captions": st["captions"],
+                "orders": list(range(frames)),
+                "attributes": st["attributes"],
+            }
+        )
     write_jsonl(records, out / "stories.jsonl")
     chunks = chunk_stories(records, chunk_len, keep=("attributes", "source_id"))
     write_jsonl(chunks, out / f"chunks{chunk_len}.jsonl")
-    meta = {"generator": "seedstory_core.data.mini", "seed": seed, "stories": stories, "frames": frames,
-            "size": size, "chunk_len": chunk_len, "characters": [c.__dict__ for c in CHARACTERS],
-            "scenes": list(SCENES), "objects": list(OBJECT_NAMES), "actions": list(ACTIONS)}
+    meta = {
+        "generator": "seedstory_core.data.mini",
+        "seed": seed,
+        "stories": stories,
+        "frames": frames,
+        "size": size,
+        "chunk_len": chunk_len,
+        "characters": [c.__dict__ for c in CHARACTERS],
+        "scenes": list(SCENES),
+        "objects": list(OBJECT_NAMES),
+        "actions": list(ACTIONS),
+    }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return {"stories": len(records), "chunks": len(chunks), "seconds": time.perf_counter() - t0, "out": str(out)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m seedstory_core.data.mini",
-                                 description="Generate a StoryStream-mini dataset.")
+    ap = argparse.ArgumentParser(
+        prog="python -m seedstory_core.data.mini", description="Generate a StoryStream-mini dataset."
+    )
     ap.add_argument("--seed", type=int, required=True, help="dataset seed (different seeds = disjoint stories)")
     ap.add_argument("--stories", type=int, required=True)
     ap.add_argument("--out", required=True)

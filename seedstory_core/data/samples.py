@@ -231,7 +231,9 @@ def collate(
             raise ValueError(f"collate: expected {b} image tensors (one per sample), found {len(images)}.")
         for s, t in zip(samples, images):
             if t.shape[0] != len(s.embeds_cmp_mask):
-                raise ValueError(f"collate: a sample uses {len(s.embeds_cmp_mask)} images but its tensor has {t.shape[0]}.")
+                raise ValueError(
+                    f"collate: a sample uses {len(s.embeds_cmp_mask)} images but its tensor has {t.shape[0]}."
+                )
         out["image_embeds"] = torch.cat(list(images), dim=0)
     for key in ("sd_images", "time_ids"):
         if all(key in s.extras for s in samples):

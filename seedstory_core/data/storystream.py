@@ -208,7 +208,9 @@ def chunk_stories(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m seedstory_core.data.storystream", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m seedstory_core.data.storystream", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     ch = sub.add_parser("chunk", help="cut stories into fixed-length chunks (official chunk_data.py)")
     ch.add_argument("input", help="StoryStream jsonl")

@@ -109,15 +109,22 @@ def drive(job: dict, chromium: str, timeout: float = 240) -> dict:
     """Run tests/browser/drive.mjs with ``job``; returns its JSON (fails the test on a driver error)."""
     job = {"chromium": chromium, **job}
     try:
-        proc = subprocess.run(["node", str(DRIVER)], input=json.dumps(job), capture_output=True, text=True,
-                              timeout=timeout, cwd=BROWSER_DIR)
+        proc = subprocess.run(
+            ["node", str(DRIVER)],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=BROWSER_DIR,
+        )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"browser driver timed out after {timeout}s ({job['action']}): {e.stderr!r}"[-3000:])
     try:
         out = json.loads(proc.stdout)
     except json.JSONDecodeError:
-        pytest.fail(f"browser driver printed no JSON (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
-                    f"{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"browser driver printed no JSON (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
     if proc.returncode != 0 or "error" in out:
         pytest.fail(f"browser driver failed ({job['action']}): {out.get('error')}\n{proc.stderr[-2000:]}")
     return out
@@ -129,7 +136,7 @@ def publish(shot: Path, name: str) -> None:
     if _truthy("SEEDSTORY_UPDATE_DOCS_IMG") or not dest.is_file():
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, dest)
-        workflow = WORKFLOWS / (name[len("workflow_"):-len(".png")] + ".json")
+        workflow = WORKFLOWS / (name[len("workflow_") : -len(".png")] + ".json")
         if name.startswith("workflow_") and workflow.is_file():  # its template-browser thumbnail too
             sys.path.insert(0, str(REPO_ROOT / "scripts"))
             from make_thumbnails import thumbnail
@@ -162,8 +169,9 @@ def loaded(server, browser, tmp_path_factory):
     shots = tmp_path_factory.mktemp("browser_shots")
     _INFO.update(server.object_info())  # what this server offers (model-file combos)
     t0 = time.monotonic()
-    out = drive({"action": "check", "base": server.base_url, "module": MODULE, "workflows": NAMES,
-                 "shots": str(shots)}, browser)
+    out = drive(
+        {"action": "check", "base": server.base_url, "module": MODULE, "workflows": NAMES, "shots": str(shots)}, browser
+    )
     out["seconds"] = time.monotonic() - t0
     sys.stderr.write(f"\n[test_browser] {len(NAMES)} workflows checked in {out['seconds']:.1f} s; shots in {shots}\n")
     return out
@@ -179,11 +187,17 @@ def server_info() -> dict:
 def _missing_model_values(info: dict, node_type: str, node: dict) -> list:
     """Widget values of ``node`` that are model-file combo choices missing from this server's /object_info list."""
     spec = info.get(node_type, {}).get("input", {})
-    combos = {k: v[0] for sec in ("required", "optional") for k, v in spec.get(sec, {}).items()
-              if isinstance(v[0], list)}
-    return [w["value"] for w in node["widgets"] if w["name"] in combos and w["value"] not in combos[w["name"]]
-            and str(w["value"]).endswith((".safetensors", ".bin", ".pt", ".ckpt", ".json", ".model"))
-            or (w["name"] in combos and not combos[w["name"]])]
+    combos = {
+        k: v[0] for sec in ("required", "optional") for k, v in spec.get(sec, {}).items() if isinstance(v[0], list)
+    }
+    return [
+        w["value"]
+        for w in node["widgets"]
+        if w["name"] in combos
+        and w["value"] not in combos[w["name"]]
+        and str(w["value"]).endswith((".safetensors", ".bin", ".pt", ".ckpt", ".json", ".model"))
+        or (w["name"] in combos and not combos[w["name"]])
+    ]
 
 
 def test_template_browser_lists_every_workflow(server, loaded):
@@ -241,8 +255,9 @@ def test_workflow_loads_with_no_missing_nodes_and_saved_widget_values(loaded, na
         live = [w for w in node["widgets"] if not w["name"].startswith("$$")]
         assert len(live) == len(want), (where, [w["name"] for w in live], want)
         for i, value in enumerate(want):
-            assert same_value(live[i]["value"], value), f"{where}: widget {live[i]['name']!r} shows " \
-                                                         f"{live[i]['value']!r}, the file says {value!r}"
+            assert same_value(live[i]["value"], value), (
+                f"{where}: widget {live[i]['name']!r} shows {live[i]['value']!r}, the file says {value!r}"
+            )
         # and what the frontend would save again is what the file holds
         again = node["widgets_values"] or []
         assert len(again) == len(want) and all(map(same_value, again, want)), (where, again, want)
@@ -259,8 +274,9 @@ def test_frontend_graph_to_prompt_equals_the_api_twin(loaded, name):
         assert g["class_type"] == t["class_type"], (name, node_id)
         assert sorted(g["inputs"]) == sorted(t["inputs"]), (name, node_id, sorted(g["inputs"]), sorted(t["inputs"]))
         for inp, value in t["inputs"].items():
-            assert same_value(g["inputs"][inp], value), \
+            assert same_value(g["inputs"][inp], value), (
                 f"{name}: node {node_id} input {inp!r}: frontend {g['inputs'][inp]!r}, API twin {value!r}"
+            )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -292,9 +308,21 @@ def test_queue_tiny_story_from_the_ui(server, browser, tmp_path):
     run_shot = tmp_path / "run.png"
     api = json.loads((API_DIR / f"{RUN_WORKFLOW}.json").read_text())
     frames = api[str(GENERATE_NODE)]["inputs"]["story_steps"] + 1
-    out = drive({"action": "queue", "base": server.base_url, "module": MODULE, "workflow": RUN_WORKFLOW,
-                 "node": SAVE_NODE, "frames": frames, "set": [[GENERATE_NODE, "seed", RUN_SEED]],
-                 "shot": str(run_shot), "timeout_ms": 200_000}, browser, timeout=260)
+    out = drive(
+        {
+            "action": "queue",
+            "base": server.base_url,
+            "module": MODULE,
+            "workflow": RUN_WORKFLOW,
+            "node": SAVE_NODE,
+            "frames": frames,
+            "set": [[GENERATE_NODE, "seed", RUN_SEED]],
+            "shot": str(run_shot),
+            "timeout_ms": 200_000,
+        },
+        browser,
+        timeout=260,
+    )
     assert not out["log"]["page_errors"], out["log"]["page_errors"]
     # loaded by a click on its card in the template browser
     load = out["load"]
@@ -323,8 +351,9 @@ def test_queue_tiny_story_from_the_ui(server, browser, tmp_path):
 
     # the storybook page it wrote, as a reader sees it
     book_shot = tmp_path / "storybook.png"
-    page = drive({"action": "shot", "url": book.as_uri(), "shot": str(book_shot), "viewport": [1000, 1100]}, browser,
-                 timeout=60)
+    page = drive(
+        {"action": "shot", "url": book.as_uri(), "shot": str(book_shot), "viewport": [1000, 1100]}, browser, timeout=60
+    )
     assert page["title"] == api[str(SAVE_NODE)]["inputs"]["title"]
     assert len(page["images"]) == frames and all(ok and w > 0 for ok, w in page["images"]), page["images"]
     publish(book_shot, "storybook_sample.png")
@@ -358,8 +387,11 @@ def test_node_help_panel_shows_our_docs_page(server, browser, tmp_path):
     assert "range" in columns and "default" in columns, columns  # the columns only our page has
 
     shot = tmp_path / "node_help_panel.png"
-    out = drive({"action": "help", "base": server.base_url, "node": HELP_NODE, "expect": [title, aliases],
-                 "shot": str(shot)}, browser, timeout=180)
+    out = drive(
+        {"action": "help", "base": server.base_url, "node": HELP_NODE, "expect": [title, aliases], "shot": str(shot)},
+        browser,
+        timeout=180,
+    )
     assert not out["log"]["page_errors"], out["log"]["page_errors"]
     assert out["selected"] == [HELP_NODE]
     # the panel rendered our markdown (not the fallback), fetched from our pack's web folder

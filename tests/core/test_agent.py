@@ -31,23 +31,39 @@ def golden(golden_dir):
     tensors = load_file(str(golden_dir / "agent_public.safetensors"))
     meta = json.loads((golden_dir / "agent_public.json").read_text())
     sd = {k: v for k, v in tensors.items() if not k.startswith(("input.", "output."))}
-    inputs = {k[len("input."):]: v for k, v in tensors.items() if k.startswith("input.")}
-    expected = {k[len("output."):]: v for k, v in tensors.items() if k.startswith("output.")}
+    inputs = {k[len("input.") :]: v for k, v in tensors.items() if k.startswith("input.")}
+    expected = {k[len("output.") :]: v for k, v in tensors.items() if k.startswith("output.")}
     return meta, sd, inputs, expected
 
 
 def forward_kwargs(inputs):
-    names = ("input_ids", "attention_mask", "labels", "image_embeds", "embeds_gen_mask", "embeds_cmp_mask", "ids_gen_mask", "ids_cmp_mask")
+    names = (
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "image_embeds",
+        "embeds_gen_mask",
+        "embeds_cmp_mask",
+        "ids_gen_mask",
+        "ids_cmp_mask",
+    )
     return {n: inputs[f"forward.{n}"] for n in names}
 
 
 def small_config(base_vocab=50, n_img=4, vit_grid=4, hidden=64) -> AgentConfig:
     """A fast agent config (2 layers) with the official structure."""
     return AgentConfig(
-        llm=LlamaSettings(vocab_size=base_vocab + 2 + n_img, hidden_size=hidden, intermediate_size=2 * hidden,
-                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256),
+        llm=LlamaSettings(
+            vocab_size=base_vocab + 2 + n_img,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=256,
+        ),
         lora=LoraSettings(r=4, lora_alpha=8, lora_dropout=0.0),
-        input_resampler=ResamplerConfig(grid_size=int(n_img ** 0.5), embed_dim=hidden, num_heads=4, kv_dim=hidden),
+        input_resampler=ResamplerConfig(grid_size=int(n_img**0.5), embed_dim=hidden, num_heads=4, kv_dim=hidden),
         output_resampler=ResamplerConfig(grid_size=vit_grid, embed_dim=hidden, num_heads=4, kv_dim=hidden),
         image_tokens=ImageTokenSettings(num_img_tokens=n_img),
     )
@@ -61,7 +77,11 @@ def randomize(agent: SeedStoryAgent, seed: int = 0) -> SeedStoryAgent:
             if name.endswith("pos_embed"):
                 continue
             noise = torch.randn(p.shape, generator=gen) * 0.1
-            p.copy_((1.0 + noise) if p.dim() == 1 and ("norm" in name or ".ln_" in name) and name.endswith("weight") else noise * (3.0 if p.dim() > 1 else 1.0))
+            p.copy_(
+                (1.0 + noise)
+                if p.dim() == 1 and ("norm" in name or ".ln_" in name) and name.endswith("weight")
+                else noise * (3.0 if p.dim() > 1 else 1.0)
+            )
     return agent
 
 
@@ -87,7 +107,7 @@ def make_batch(cfg: AgentConfig, seed: int = 0):
             cmp += [False] * (len(seg) - len(imgs) - 1) + [not target] * len(imgs) + [False]
             genm += [False] * (len(seg) - len(imgs) - 1) + [target] * len(imgs) + [False]
             if target:
-                labels += [t for t in seg[:-len(imgs) - 1]] + [-100] * (len(imgs) + 1)
+                labels += [t for t in seg[: -len(imgs) - 1]] + [-100] * (len(imgs) + 1)
             else:
                 labels += [-100] * len(seg)
             gen_flags.append(target)
@@ -101,8 +121,10 @@ def make_batch(cfg: AgentConfig, seed: int = 0):
         gen_rows.append(genm)
         label_rows.append(labels)
     length = max(len(r) for r in rows) + 2
+
     def pad(r, v):
         return r + [v] * (length - len(r))
+
     attention = [pad([1] * len(r), 0) for r in rows]
     batch = {
         "input_ids": torch.tensor([pad(r, 0) for r in rows]),
@@ -126,14 +148,20 @@ def test_golden_forward_parity(golden):
         got, exp = out[name], expected[name]
         assert got.shape == exp.shape, name
         # the official attention ignores padding, and so do we: pads are compared too
-        assert torch.allclose(got, exp, rtol=RTOL, atol=ATOL), f"{name}: max |diff| {(got - exp).abs().max().item():.3g}"
+        assert torch.allclose(got, exp, rtol=RTOL, atol=ATOL), (
+            f"{name}: max |diff| {(got - exp).abs().max().item():.3g}"
+        )
     # the recorded numbers, as a sanity anchor
     assert abs(out["forward.lm_loss"].item() - meta["numerics"]["lm_loss"]) < 1e-5
 
 
 def test_golden_runner_accepts_constructor_kwargs_layout(golden):
     meta, sd, inputs, expected = golden
-    wrapped = {"constructor_kwargs": {k: meta[k] for k in ("llama_config", "lora_config", "input_resampler", "output_resampler")}}
+    wrapped = {
+        "constructor_kwargs": {
+            k: meta[k] for k in ("llama_config", "lora_config", "input_resampler", "output_resampler")
+        }
+    }
     fixture_style = dict(sd)
     fixture_style.update({"input." + k: v for k, v in inputs.items()})  # fixture keys are ignored by the loader
     prefixed = {"input." + k: v for k, v in inputs.items()}
@@ -253,7 +281,9 @@ def test_forward_matches_manual_computation():
         emb = agent.embed_inputs(b["input_ids"], b["image_embeds"][b["embeds_cmp_mask"]], b["ids_cmp_mask"])
         logits = agent.llm(inputs_embeds=emb).logits
         hidden = agent.decoder(inputs_embeds=emb).last_hidden_state
-        ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1))
+        ce = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1)
+        )
         tgt = b["image_embeds"][b["embeds_gen_mask"]]
         rec = agent.output_resampler(hidden[b["ids_gen_mask"]].view(tgt.shape[0], -1, cfg.llm.hidden_size))
         cos = 1 - torch.nn.functional.cosine_similarity(rec, tgt, dim=-1)
@@ -373,7 +403,9 @@ def test_inference_decoder_leaves_training_intact_and_rebuilds_after_updates():
     agent.eval()
     embeds = torch.randn(1, 5, agent.hidden_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(_decode_hidden(second, embeds), _decode_hidden(agent.decoder, embeds), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            _decode_hidden(second, embeds), _decode_hidden(agent.decoder, embeds), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_inference_decoder_works_on_an_agent_built_under_inference_mode():
@@ -383,5 +415,6 @@ def test_inference_decoder_works_on_an_agent_built_under_inference_mode():
         embeds = torch.randn(1, 4, agent.hidden_size, generator=torch.Generator().manual_seed(2))
         merged = agent.inference_decoder()
         assert agent.inference_decoder() is merged  # cached: the fingerprint is stable for inference tensors
-        torch.testing.assert_close(_decode_hidden(merged, embeds), _decode_hidden(agent.decoder, embeds),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            _decode_hidden(merged, embeds), _decode_hidden(agent.decoder, embeds), rtol=1e-4, atol=1e-5
+        )

@@ -19,7 +19,14 @@ from seedstory_core.checkpoints import (
     WrongCheckpointKindError,
     read_state_dict,
 )
-from seedstory_core.config import AgentConfig, ImageTokenSettings, LlamaSettings, LoraSettings, ResamplerConfig, official_config
+from seedstory_core.config import (
+    AgentConfig,
+    ImageTokenSettings,
+    LlamaSettings,
+    LoraSettings,
+    ResamplerConfig,
+    official_config,
+)
 from seedstory_core.convert import main as convert_main, parse_size
 from seedstory_core.official_agent import (
     AGENT_KEY_RULES,
@@ -36,10 +43,17 @@ PY = sys.executable
 # ---------------------------------------------------------------------------------------------------- helpers
 def small_config(base_vocab=50, n_img=4, vit_grid=4, hidden=64) -> AgentConfig:
     return AgentConfig(
-        llm=LlamaSettings(vocab_size=base_vocab + 2 + n_img, hidden_size=hidden, intermediate_size=2 * hidden,
-                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256),
+        llm=LlamaSettings(
+            vocab_size=base_vocab + 2 + n_img,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=256,
+        ),
         lora=LoraSettings(r=4, lora_alpha=8, lora_dropout=0.0),
-        input_resampler=ResamplerConfig(grid_size=int(n_img ** 0.5), embed_dim=hidden, num_heads=4, kv_dim=hidden),
+        input_resampler=ResamplerConfig(grid_size=int(n_img**0.5), embed_dim=hidden, num_heads=4, kv_dim=hidden),
         output_resampler=ResamplerConfig(grid_size=vit_grid, embed_dim=hidden, num_heads=4, kv_dim=hidden),
         image_tokens=ImageTokenSettings(num_img_tokens=n_img),
     )
@@ -103,7 +117,7 @@ def save_base_llama(agent: SeedStoryAgent, folder: Path, base_vocab: int, max_sh
     for key, value in agent.state_dict().items():
         if not key.startswith("llm.base_model.model.") or ".lora_" in key or ".modules_to_save." in key:
             continue
-        k = key[len("llm.base_model.model."):].replace(".base_layer.", ".").replace(".original_module.", ".")
+        k = key[len("llm.base_model.model.") :].replace(".base_layer.", ".").replace(".original_module.", ".")
         if k in ("model.embed_tokens.weight", "lm_head.weight"):
             value = value[:base_vocab]
         sd[k] = value.clone()
@@ -129,7 +143,14 @@ def test_full_size_meta_keys_equal_official_manifest(reference):
     # our own requires_grad set = official minus the never-used original_module copies (peft >= 0.14 freezes them)
     ours = {ours_to_official_key(n) for n, p in agent.named_parameters() if p.requires_grad}
     assert ours == {k for k in trainable_manifest["trainable_params"] if ".original_module." not in k}
-    assert sum(p.numel() for n, p in agent.named_parameters() if ours_to_official_key(n) in trainable_manifest["trainable_params"]) == 438_788_096
+    assert (
+        sum(
+            p.numel()
+            for n, p in agent.named_parameters()
+            if ours_to_official_key(n) in trainable_manifest["trainable_params"]
+        )
+        == 438_788_096
+    )
 
 
 def test_key_rules_map_official_names(golden_dir):
@@ -137,9 +158,18 @@ def test_key_rules_map_official_names(golden_dir):
 
     keys = json.loads((golden_dir / "agent_public.json").read_text())["state_dict"].keys()
     mapping = official_to_ours_key_map(keys)
-    assert mapping["llm.base_model.model.model.layers.0.self_attn.q_proj.weight"] == "llm.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
-    assert mapping["llm.base_model.model.model.layers.1.mlp.down_proj.lora_A.default.weight"] == "llm.base_model.model.model.layers.1.mlp.down_proj.lora_A.default.weight"
-    assert mapping["llm.base_model.model.model.layers.1.self_attn.rotary_emb.inv_freq"] == "llm.base_model.model.model.rotary_emb.inv_freq"
+    assert (
+        mapping["llm.base_model.model.model.layers.0.self_attn.q_proj.weight"]
+        == "llm.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+    )
+    assert (
+        mapping["llm.base_model.model.model.layers.1.mlp.down_proj.lora_A.default.weight"]
+        == "llm.base_model.model.model.layers.1.mlp.down_proj.lora_A.default.weight"
+    )
+    assert (
+        mapping["llm.base_model.model.model.layers.1.self_attn.rotary_emb.inv_freq"]
+        == "llm.base_model.model.model.rotary_emb.inv_freq"
+    )
     assert len(AGENT_KEY_RULES) == 2
 
 
@@ -214,8 +244,12 @@ def test_inv_freq_mismatch_raises():
 
 
 def test_vit_file_is_refused(tmp_path):
-    vit_like = {"conv1.weight": torch.zeros(4, 3, 14, 14), "transformer.resblocks.0.attn.in_proj_weight": torch.zeros(12, 4),
-                "attn_pool.query": torch.zeros(4, 4), "ln_post.weight": torch.zeros(4)}
+    vit_like = {
+        "conv1.weight": torch.zeros(4, 3, 14, 14),
+        "transformer.resblocks.0.attn.in_proj_weight": torch.zeros(12, 4),
+        "attn_pool.query": torch.zeros(4, 4),
+        "ln_post.weight": torch.zeros(4),
+    }
     save_file(vit_like, str(tmp_path / "qwen_vit_G.safetensors"))
     with pytest.raises(WrongCheckpointKindError, match="visual_tokenizer"):
         SeedStoryAgent.from_pretrained(tmp_path / "qwen_vit_G.safetensors", small_config())
@@ -272,15 +306,23 @@ def test_convert_cli_round_trip(tmp_path):
     bin_path = tmp_path / "pytorch_model.bin"
     torch.save({k: v.clone() for k, v in official_state_dict(full).items()}, bin_path)
     out_dir = tmp_path / "converted"
-    proc = subprocess.run([PY, "-m", "seedstory_core.convert", "agent", str(bin_path), str(out_dir), "--shard-size", "50KB"],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [PY, "-m", "seedstory_core.convert", "agent", str(bin_path), str(out_dir), "--shard-size", "50KB"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     index = json.loads((out_dir / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     key_map = json.loads((out_dir / "key_map.json").read_text())
-    assert key_map["source"]["name"] == "pytorch_model.bin" and key_map["source"]["size_bytes"] == bin_path.stat().st_size
+    assert (
+        key_map["source"]["name"] == "pytorch_model.bin" and key_map["source"]["size_bytes"] == bin_path.stat().st_size
+    )
     assert len(key_map["source"]["sha256"]) == 64
-    assert key_map["mapping"]["llm.base_model.model.model.layers.0.mlp.up_proj.weight"].endswith("up_proj.base_layer.weight")
+    assert key_map["mapping"]["llm.base_model.model.model.layers.0.mlp.up_proj.weight"].endswith(
+        "up_proj.base_layer.weight"
+    )
     assert set(key_map["mapping"]) == set(index["weight_map"])  # official names kept in the files
     agent, report = SeedStoryAgent.from_pretrained(out_dir, cfg)
     assert report.missing == []
@@ -327,18 +369,24 @@ def peak_mb():
 
 def _peak_mb(body: str, tmp_path: Path) -> float:
     code = _RSS_HELPER + textwrap.dedent(body) + "\nprint('PEAK_MB', peak_mb())\n"
-    proc = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True, env=dict(os.environ, TMP_DIR=str(tmp_path)))
+    proc = subprocess.run(
+        [PY, "-c", code], cwd=REPO, capture_output=True, text=True, env=dict(os.environ, TMP_DIR=str(tmp_path))
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return float(proc.stdout.split("PEAK_MB")[-1].split()[0])
 
 
 def test_peak_ram_of_meta_build_and_tiny_save_load(tmp_path):
-    baseline = _peak_mb("""
+    baseline = _peak_mb(
+        """
         import torch, transformers, peft
         import seedstory_core.agent
         from transformers import LlamaForCausalLM
-    """, tmp_path)
-    full_meta = _peak_mb("""
+    """,
+        tmp_path,
+    )
+    full_meta = _peak_mb(
+        """
         import torch
         from seedstory_core.agent import SeedStoryAgent
         from seedstory_core.config import official_config
@@ -348,8 +396,11 @@ def test_peak_ram_of_meta_build_and_tiny_save_load(tmp_path):
         assert len(sd) == 856
         n = sum(p.numel() for p in agent.parameters())
         assert n > 6.9e9, n
-    """, tmp_path)
-    tiny = _peak_mb("""
+    """,
+        tmp_path,
+    )
+    tiny = _peak_mb(
+        """
         import os, torch
         from seedstory_core.agent import SeedStoryAgent
         from seedstory_core.tiny import tiny_config
@@ -359,8 +410,12 @@ def test_peak_ram_of_meta_build_and_tiny_save_load(tmp_path):
         del agent
         loaded, report = SeedStoryAgent.from_pretrained(os.path.join(os.environ['TMP_DIR'], 'tiny'))
         assert report.missing == []
-    """, tmp_path)
-    print(f"\npeak RSS: python+torch+transformers+peft imports {baseline:.0f} MB; full-size official agent on meta "
-          f"(6.9e9 params, would be 13.8 GB in bf16) {full_meta:.0f} MB; tiny preset build+save+load {tiny:.0f} MB")
+    """,
+        tmp_path,
+    )
+    print(
+        f"\npeak RSS: python+torch+transformers+peft imports {baseline:.0f} MB; full-size official agent on meta "
+        f"(6.9e9 params, would be 13.8 GB in bf16) {full_meta:.0f} MB; tiny preset build+save+load {tiny:.0f} MB"
+    )
     assert full_meta < baseline + 600, "the meta build must not allocate the weights"
     assert tiny < baseline + 600

@@ -15,14 +15,12 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from seedstory_core.checkpoints import (
-    CheckpointError,
     CorruptCheckpointError,
     UnsafeCheckpointError,
     read_keys_and_shapes,
@@ -52,36 +50,73 @@ def _cut(src: Path, dst: Path, keep: float = 0.5) -> Path:
 
 # (file name, how to make it from the good files, regex the message must match)
 BAD_FILES = [
-    ("trunc.safetensors", lambda t: _cut(t / "good.safetensors", t / "trunc.safetensors"),
-     r"trunc\.safetensors is not a valid safetensors file \(truncated or corrupt: its header describes \d+ bytes "
-     r"of data, the file has only \d+;.*Re-download the file"),
-    ("junk.safetensors", lambda t: (t / "junk.safetensors").write_bytes(b"junk " * 50),
-     r"junk\.safetensors is not a valid safetensors file \(it is plain text starting 'junk junk.*Expected a "
-     r"safetensors file.*Re-download"),
-    ("binary.safetensors", lambda t: (t / "binary.safetensors").write_bytes(bytes(range(256)) * 4),
-     r"binary\.safetensors is not a valid safetensors file \(truncated or corrupt: .*Re-download"),
-    ("empty.safetensors", lambda t: (t / "empty.safetensors").write_bytes(b""),
-     r"empty\.safetensors is not a valid safetensors file \(truncated or corrupt: .*; 0 bytes\)"),
-    ("lfs.safetensors", lambda t: (t / "lfs.safetensors").write_text(
-        "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n"),
-     r"it is a Git LFS pointer.*git lfs pull"),
-    ("torch.safetensors", lambda t: shutil.copy(t / "good.bin", t / "torch.safetensors"),
-     r"it is a PyTorch checkpoint \(torch.save zip/pickle\) with a \.safetensors name.*Rename it to \.bin or \.pt"),
-    ("trunc.bin", lambda t: _cut(t / "good.bin", t / "trunc.bin"),
-     r"trunc\.bin is not a valid PyTorch checkpoint: it starts like a torch\.save zip archive but cannot be read "
-     r"\(truncated or corrupt: the zip archive's central directory is missing.*Re-download"),
-    ("trunc_legacy.pt", lambda t: _cut(t / "legacy.pt", t / "trunc_legacy.pt", 0.9),
-     r"trunc_legacy\.pt is not a valid PyTorch checkpoint: it starts like an old-format torch\.save pickle but "
-     r"cannot be read \(truncated or corrupt"),
-    ("notes.pt", lambda t: (t / "notes.pt").write_text("these are my training notes\n" * 10),
-     r"notes\.pt is not a PyTorch checkpoint: it is neither a zip archive nor a pickle \(it is plain text starting "
-     r"'these are my.*Expected a PyTorch checkpoint written by torch\.save"),
-    ("page.bin", lambda t: (t / "page.bin").write_text("<!DOCTYPE html><html><body>Access denied</body></html>"),
-     r"it is an HTML page.*Download the file again"),
-    ("st.pt", lambda t: shutil.copy(t / "good.safetensors", t / "st.pt"),
-     r"it is a safetensors file with a PyTorch-pickle extension.*Rename it to \.safetensors"),
-    ("empty.ckpt", lambda t: (t / "empty.ckpt").write_bytes(b""),
-     r"empty\.ckpt is empty \(0 bytes\), not a PyTorch checkpoint"),
+    (
+        "trunc.safetensors",
+        lambda t: _cut(t / "good.safetensors", t / "trunc.safetensors"),
+        r"trunc\.safetensors is not a valid safetensors file \(truncated or corrupt: its header describes \d+ bytes "
+        r"of data, the file has only \d+;.*Re-download the file",
+    ),
+    (
+        "junk.safetensors",
+        lambda t: (t / "junk.safetensors").write_bytes(b"junk " * 50),
+        r"junk\.safetensors is not a valid safetensors file \(it is plain text starting 'junk junk.*Expected a "
+        r"safetensors file.*Re-download",
+    ),
+    (
+        "binary.safetensors",
+        lambda t: (t / "binary.safetensors").write_bytes(bytes(range(256)) * 4),
+        r"binary\.safetensors is not a valid safetensors file \(truncated or corrupt: .*Re-download",
+    ),
+    (
+        "empty.safetensors",
+        lambda t: (t / "empty.safetensors").write_bytes(b""),
+        r"empty\.safetensors is not a valid safetensors file \(truncated or corrupt: .*; 0 bytes\)",
+    ),
+    (
+        "lfs.safetensors",
+        lambda t: (t / "lfs.safetensors").write_text(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n"
+        ),
+        r"it is a Git LFS pointer.*git lfs pull",
+    ),
+    (
+        "torch.safetensors",
+        lambda t: shutil.copy(t / "good.bin", t / "torch.safetensors"),
+        r"it is a PyTorch checkpoint \(torch.save zip/pickle\) with a \.safetensors name.*Rename it to \.bin or \.pt",
+    ),
+    (
+        "trunc.bin",
+        lambda t: _cut(t / "good.bin", t / "trunc.bin"),
+        r"trunc\.bin is not a valid PyTorch checkpoint: it starts like a torch\.save zip archive but cannot be read "
+        r"\(truncated or corrupt: the zip archive's central directory is missing.*Re-download",
+    ),
+    (
+        "trunc_legacy.pt",
+        lambda t: _cut(t / "legacy.pt", t / "trunc_legacy.pt", 0.9),
+        r"trunc_legacy\.pt is not a valid PyTorch checkpoint: it starts like an old-format torch\.save pickle but "
+        r"cannot be read \(truncated or corrupt",
+    ),
+    (
+        "notes.pt",
+        lambda t: (t / "notes.pt").write_text("these are my training notes\n" * 10),
+        r"notes\.pt is not a PyTorch checkpoint: it is neither a zip archive nor a pickle \(it is plain text starting "
+        r"'these are my.*Expected a PyTorch checkpoint written by torch\.save",
+    ),
+    (
+        "page.bin",
+        lambda t: (t / "page.bin").write_text("<!DOCTYPE html><html><body>Access denied</body></html>"),
+        r"it is an HTML page.*Download the file again",
+    ),
+    (
+        "st.pt",
+        lambda t: shutil.copy(t / "good.safetensors", t / "st.pt"),
+        r"it is a safetensors file with a PyTorch-pickle extension.*Rename it to \.safetensors",
+    ),
+    (
+        "empty.ckpt",
+        lambda t: (t / "empty.ckpt").write_bytes(b""),
+        r"empty\.ckpt is empty \(0 bytes\), not a PyTorch checkpoint",
+    ),
 ]
 
 
@@ -140,15 +175,32 @@ def test_loader_nodes_report_damaged_files(comfy, tmp_path):
     vits = comfy.tmp / "models" / "seed_story" / "visual_tokenizer"
     _cut(agents / "tiny" / "model.safetensors", agents / "cut.safetensors")
     (vits / "readme.pt").write_text("Put qwen_vit_G.pt here.\n")
-    with pytest.raises(InputError, match=r"SeedStory Agent Loader: could not load the agent: .*cut\.safetensors is not "
-                                         r"a valid safetensors file \(truncated or corrupt: its header describes"):
-        run("SeedStoryAgentLoader", {"agent_name": "cut.safetensors", "tokenizer_name": "tiny", "base_llm": "none",
-                                     "config": "tiny", "precision": "auto", "device": "auto"})
-    with pytest.raises(InputError, match=r"SeedStory Visual Tokenizer Loader: could not load the visual tokenizer: "
-                                         r".*readme\.pt is not a PyTorch checkpoint: it is neither a zip archive nor a "
-                                         r"pickle \(it is plain text starting 'Put qwen_vit_G"):
-        run("SeedStoryVisualTokenizerLoader", {"vit_name": "readme.pt", "config": "tiny", "precision": "fp32",
-                                               "device": "cpu"})
+    with pytest.raises(
+        InputError,
+        match=r"SeedStory Agent Loader: could not load the agent: .*cut\.safetensors is not "
+        r"a valid safetensors file \(truncated or corrupt: its header describes",
+    ):
+        run(
+            "SeedStoryAgentLoader",
+            {
+                "agent_name": "cut.safetensors",
+                "tokenizer_name": "tiny",
+                "base_llm": "none",
+                "config": "tiny",
+                "precision": "auto",
+                "device": "auto",
+            },
+        )
+    with pytest.raises(
+        InputError,
+        match=r"SeedStory Visual Tokenizer Loader: could not load the visual tokenizer: "
+        r".*readme\.pt is not a PyTorch checkpoint: it is neither a zip archive nor a "
+        r"pickle \(it is plain text starting 'Put qwen_vit_G",
+    ):
+        run(
+            "SeedStoryVisualTokenizerLoader",
+            {"vit_name": "readme.pt", "config": "tiny", "precision": "fp32", "device": "cpu"},
+        )
 
 
 # ------------------------------------------------------------------------------------------------ image batches
@@ -161,14 +213,36 @@ def test_generate_story_refuses_an_image_batch(comfy):
     agent, vit, detok, _ = tiny()
     batch = torch.rand(3, 40, 40, 3)
     comfy.calls.clear()
-    with pytest.raises(InputError, match=r"'start_image' is a batch of 3 images, but Generate Story tells one story "
-                                         r"from one start picture.*ImageFromBatch.*Nothing was generated"):
-        run("SeedStoryGenerateStory", {"agent": agent, "visual_tokenizer": vit, "detokenizer": detok,
-                                       "start_image": batch, "opening_text": "Hi.", "story_steps": 1, **GEN})
+    with pytest.raises(
+        InputError,
+        match=r"'start_image' is a batch of 3 images, but Generate Story tells one story "
+        r"from one start picture.*ImageFromBatch.*Nothing was generated",
+    ):
+        run(
+            "SeedStoryGenerateStory",
+            {
+                "agent": agent,
+                "visual_tokenizer": vit,
+                "detokenizer": detok,
+                "start_image": batch,
+                "opening_text": "Hi.",
+                "story_steps": 1,
+                **GEN,
+            },
+        )
     assert not [c for c in comfy.calls if c[0] in ("load_models_gpu", "ProgressBar", "text")]  # nothing ran
-    images, sentences, state = run("SeedStoryGenerateStory", {
-        "agent": agent, "visual_tokenizer": vit, "detokenizer": detok, "start_image": batch[1:2],
-        "opening_text": "Hi.", "story_steps": 1, **GEN})
+    images, sentences, state = run(
+        "SeedStoryGenerateStory",
+        {
+            "agent": agent,
+            "visual_tokenizer": vit,
+            "detokenizer": detok,
+            "start_image": batch[1:2],
+            "opening_text": "Hi.",
+            "story_steps": 1,
+            **GEN,
+        },
+    )
     assert images.shape[0] == 2 and state.step == 1
 
 
@@ -176,12 +250,16 @@ def test_story_start_picks_batch_index_and_step_refuses_batched_context(comfy):
     agent, vit, _detok, _ = tiny()
     batch = torch.rand(3, 40, 40, 3)
     (feats,) = run("SeedStoryViTTokenize", {"visual_tokenizer": vit, "image": batch, "resize_mode": "squash"})
-    _, picked = run("SeedStoryStoryStart", {"agent": agent, "opening_text": "Hi.", "batch_index": 2,
-                                            "image": batch, "visual_tokenizer": vit})
+    _, picked = run(
+        "SeedStoryStoryStart",
+        {"agent": agent, "opening_text": "Hi.", "batch_index": 2, "image": batch, "visual_tokenizer": vit},
+    )
     assert torch.allclose(picked, feats[2:3], atol=1e-5)  # the chosen image, not the first
     with pytest.raises(InputError, match=r"batch_index 3 but the image batch has 3 image\(s\)"):
-        run("SeedStoryStoryStart", {"agent": agent, "opening_text": "Hi.", "batch_index": 3, "image": batch,
-                                    "visual_tokenizer": vit})
+        run(
+            "SeedStoryStoryStart",
+            {"agent": agent, "opening_text": "Hi.", "batch_index": 3, "image": batch, "visual_tokenizer": vit},
+        )
     state, _ = run("SeedStoryStoryStart", {"agent": agent, "opening_text": "Hi.", "features": feats[:1]})
     first, _, _ = run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP})
     with pytest.raises(InputError, match=r"'context_features' holds features of 3 images.*one previous image"):
@@ -214,20 +292,43 @@ def test_long_opening_text_and_captions_are_refused_with_the_limit(comfy):
     huge = ("Max and Zoe are at the beach. " * 700)[:20000]
     n = len(agent.tokenizer.encode(huge.strip()))
     assert n > limit
-    pattern = (rf"'opening_text' is {n} tokens long \(\d+ characters\), but this model takes at most {limit} tokens "
-               r"per sentence \(max_position_embeddings 4096 / 8 - 66 image tokens\)\. Shorten it to about \d+ "
-               r"characters.*following steps")
+    pattern = (
+        rf"'opening_text' is {n} tokens long \(\d+ characters\), but this model takes at most {limit} tokens "
+        r"per sentence \(max_position_embeddings 4096 / 8 - 66 image tokens\)\. Shorten it to about \d+ "
+        r"characters.*following steps"
+    )
     comfy.calls.clear()
     with pytest.raises(InputError, match="SeedStory Generate Story: " + pattern):
-        run("SeedStoryGenerateStory", {"agent": agent, "visual_tokenizer": vit, "detokenizer": detok,
-                                       "start_image": start_image(), "opening_text": huge, "story_steps": 1, **GEN})
+        run(
+            "SeedStoryGenerateStory",
+            {
+                "agent": agent,
+                "visual_tokenizer": vit,
+                "detokenizer": detok,
+                "start_image": start_image(),
+                "opening_text": huge,
+                "story_steps": 1,
+                **GEN,
+            },
+        )
     assert not [c for c in comfy.calls if c[0] in ("ProgressBar", "text")]  # refused before the story started
     with pytest.raises(InputError, match="SeedStory Story Start: " + pattern):
         run("SeedStoryStoryStart", {"agent": agent, "opening_text": huge, "features": torch.zeros(1, 64, 256)})
     with pytest.raises(InputError, match=r"'captions \(line 2\)' is \d+ tokens long"):
-        run("SeedStoryGenerateStory", {"agent": agent, "visual_tokenizer": vit, "detokenizer": detok,
-                                       "start_image": start_image(), "opening_text": "Hi.", "story_steps": 2, **GEN,
-                                       "mode": "visualization", "captions": "A short one.\n" + huge})
+        run(
+            "SeedStoryGenerateStory",
+            {
+                "agent": agent,
+                "visual_tokenizer": vit,
+                "detokenizer": detok,
+                "start_image": start_image(),
+                "opening_text": "Hi.",
+                "story_steps": 2,
+                **GEN,
+                "mode": "visualization",
+                "captions": "A short one.\n" + huge,
+            },
+        )
     state, _ = run("SeedStoryStoryStart", {"agent": agent, "opening_text": "Hi.", "features": torch.zeros(1, 64, 256)})
     with pytest.raises(InputError, match=r"SeedStory Story Step: 'text' is \d+ tokens long"):
         run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP, "mode": "visualization", "text": huge})
@@ -237,7 +338,9 @@ def test_long_opening_text_and_captions_are_refused_with_the_limit(comfy):
     while len(agent.tokenizer.encode((at_limit + " " + words).strip())) <= limit:
         at_limit += " " + words
     assert len(agent.tokenizer.encode(at_limit)) <= limit
-    state, _ = run("SeedStoryStoryStart", {"agent": agent, "opening_text": at_limit, "features": torch.zeros(1, 64, 256)})
+    state, _ = run(
+        "SeedStoryStoryStart", {"agent": agent, "opening_text": at_limit, "features": torch.zeros(1, 64, 256)}
+    )
     assert state.sentences == (at_limit,)
 
 
@@ -271,7 +374,9 @@ def test_export_refuses_a_folder_that_is_not_a_previous_export(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "is not a previous tiny_recipe export" in err and "sub, thesis.tex" in err and "--force" in err
     assert "Nothing was deleted" in err
-    assert (precious / "thesis.tex").read_text() == "years of work" and (precious / "sub" / "weights.safetensors").is_file()
+    assert (precious / "thesis.tex").read_text() == "years of work" and (
+        precious / "sub" / "weights.safetensors"
+    ).is_file()
     # the run folder itself, a folder inside it, or one that holds it: refused even with --force
     for bad in (run_dir, run_dir / "stage3", tmp_path):
         with pytest.raises(tiny_recipe.ExportRefused, match="would delete the trained model"):

@@ -9,8 +9,15 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from seedstory_core.cache import (CachePolicy, StoryKVCache, apply_rotation, plan_kept_positions, rotate_into,
-                                  rotate_keys, rotation_tables)
+from seedstory_core.cache import (
+    CachePolicy,
+    StoryKVCache,
+    apply_rotation,
+    plan_kept_positions,
+    rotate_into,
+    rotate_keys,
+    rotation_tables,
+)
 from seedstory_core.cache_plan_cli import plan_from_spec
 from seedstory_core.tiny import tiny_config
 from seedstory_core.tokens import TokenKind
@@ -41,11 +48,22 @@ def image_spans(kinds):
 # ------------------------------------------------------------------ planner
 def test_planner_matches_public_fixture(golden_dir):
     data = json.loads((golden_dir / "sink_ranges_public.json").read_text())
-    spec = {"token_types": data["token_types"], "policy": "multimodal_sink", "window_images": data["window_size"],
-            "n_start": 4, "boi_before": 4, "boi_after": 8, "eoi_before": 8, "eoi_after": 4}
+    spec = {
+        "token_types": data["token_types"],
+        "policy": "multimodal_sink",
+        "window_images": data["window_size"],
+        "n_start": 4,
+        "boi_before": 4,
+        "boi_after": 8,
+        "eoi_before": 8,
+        "eoi_after": 4,
+    }
     kept = plan_from_spec(spec)
     last = data["evictions"][-1]
-    expected = sorted(set(last["sink_after_eviction_global"]) | set(range(last["evicted_image_eoi_global"] + 1, len(data["token_types"]))))
+    expected = sorted(
+        set(last["sink_after_eviction_global"])
+        | set(range(last["evicted_image_eoi_global"] + 1, len(data["token_types"])))
+    )
     assert kept == expected
     # every intermediate eviction agrees too: replay the stream up to each eviction point
     for ev in data["evictions"]:
@@ -53,20 +71,37 @@ def test_planner_matches_public_fixture(golden_dir):
         kept_then = plan_from_spec({**spec, "token_types": data["token_types"][:end]})
         sink = set(ev["sink_after_eviction_global"])
         assert sink <= set(kept_then)
-        assert [p for p in kept_then if p <= ev["evicted_image_eoi_global"]] == sorted(sink - set(range(ev["evicted_image_eoi_global"] + 1, end)))
+        assert [p for p in kept_then if p <= ev["evicted_image_eoi_global"]] == sorted(
+            sink - set(range(ev["evicted_image_eoi_global"] + 1, end))
+        )
 
 
 def test_planner_cli(tmp_path, golden_dir):
     data = json.loads((golden_dir / "sink_ranges_public.json").read_text())
-    spec = {"token_types": data["token_types"], "policy": "multimodal_sink", "window_images": 2, "n_start": 4,
-            "boi_before": 4, "boi_after": 8, "eoi_before": 8, "eoi_after": 4}
+    spec = {
+        "token_types": data["token_types"],
+        "policy": "multimodal_sink",
+        "window_images": 2,
+        "n_start": 4,
+        "boi_before": 4,
+        "boi_after": 8,
+        "eoi_before": 8,
+        "eoi_after": 4,
+    }
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(spec))
-    out = subprocess.run([sys.executable, "-m", "seedstory_core.cache_plan_cli", "plan", str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "seedstory_core.cache_plan_cli", "plan", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(out.stdout)["kept"] == plan_from_spec(spec)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"token_types": ["BOS", "X1"]}))
-    res = subprocess.run([sys.executable, "-m", "seedstory_core.cache_plan_cli", "plan", str(bad)], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "seedstory_core.cache_plan_cli", "plan", str(bad)], capture_output=True, text=True
+    )
     assert res.returncode == 2 and "Unknown token label" in res.stderr
 
 
@@ -228,7 +263,9 @@ def test_dense_chunks_equal_full_encode(tiny_llama):
     with torch.no_grad():
         full = tiny_llama.model(input_ids=ids).last_hidden_state
         cache = StoryKVCache(4, CachePolicy(kind="dense"), tiny_llama.model.rotary_emb.inv_freq)
-        parts = [feed(tiny_llama, cache, ids[:, a:b], [K.TEXT] * (b - a)) for a, b in [(0, 30), (30, 31), (31, 70), (70, 90)]]
+        parts = [
+            feed(tiny_llama, cache, ids[:, a:b], [K.TEXT] * (b - a)) for a, b in [(0, 30), (30, 31), (31, 70), (70, 90)]
+        ]
     assert (torch.cat(parts, 1) - full).abs().max() < 1e-5
 
 

@@ -16,8 +16,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_official_chunking():
-    recs = [{"id": "a", "images": [f"{i}.jpg" for i in range(30)], "captions": [f"c{i}" for i in range(30)], "orders": list(range(30))},
-            {"id": "b", "images": [f"{i}.jpg" for i in range(25)], "captions": [f"d{i}" for i in range(25)]}]
+    recs = [
+        {
+            "id": "a",
+            "images": [f"{i}.jpg" for i in range(30)],
+            "captions": [f"c{i}" for i in range(30)],
+            "orders": list(range(30)),
+        },
+        {"id": "b", "images": [f"{i}.jpg" for i in range(25)], "captions": [f"d{i}" for i in range(25)]},
+    ]
     chunks = chunk_stories(recs, 10)
     assert len(chunks) == 5  # 3 + 2: the incomplete trailing chunk is dropped
     assert [c["id"] for c in chunks] == [0, 0, 0, 1, 1]  # id = index of the source story
@@ -62,8 +69,12 @@ def test_every_caption_parses_to_the_drawn_attributes(seed):
 
 def test_cli_writes_a_storystream_folder(tmp_path):
     out = tmp_path / "mini"
-    subprocess.run([sys.executable, "-m", "seedstory_core.data.mini", "--seed", "5", "--stories", "2", "--out", str(out)],
-                   check=True, cwd=REPO, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "seedstory_core.data.mini", "--seed", "5", "--stories", "2", "--out", str(out)],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
     stories = [json.loads(l) for l in (out / "stories.jsonl").read_text().splitlines()]
     chunks = [json.loads(l) for l in (out / "chunks10.jsonl").read_text().splitlines()]
     assert len(stories) == 2 and len(chunks) == 6

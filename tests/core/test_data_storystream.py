@@ -6,19 +6,33 @@ import pytest
 from PIL import Image
 
 from seedstory_core.data.storystream import (
-    StoryStreamError, chunk_stories, iter_jsonl, load_image, main, read_jsonl, write_jsonl,
+    StoryStreamError,
+    chunk_stories,
+    iter_jsonl,
+    load_image,
+    main,
+    read_jsonl,
+    write_jsonl,
 )
 
 
 def _story(i, n=30):
-    return {"id": f"s{i}", "images": [f"s{i}/{f}.jpg" for f in range(n)],
-            "captions": [f"caption {i}-{f}" for f in range(n)], "orders": list(range(n))}
+    return {
+        "id": f"s{i}",
+        "images": [f"s{i}/{f}.jpg" for f in range(n)],
+        "captions": [f"caption {i}-{f}" for f in range(n)],
+        "orders": list(range(n)),
+    }
 
 
 def test_read_resolves_paths_and_drops_empty(tmp_path):
     p = tmp_path / "a.jsonl"
-    lines = [json.dumps(_story(0)), "", json.dumps({"id": "e", "images": [], "captions": []}),
-             repr(_story(1, 3))]  # build_story.py writes Python repr lines
+    lines = [
+        json.dumps(_story(0)),
+        "",
+        json.dumps({"id": "e", "images": [], "captions": []}),
+        repr(_story(1, 3)),
+    ]  # build_story.py writes Python repr lines
     p.write_text("\n".join(lines) + "\n")
     recs = list(read_jsonl(p, image_dir=tmp_path / "img"))
     assert [r["id"] for r in recs] == ["s0", "s1"]
@@ -27,12 +41,15 @@ def test_read_resolves_paths_and_drops_empty(tmp_path):
     assert [r["images"][0] for r in iter_jsonl(p)] == ["s0/0.jpg", "s1/0.jpg"]  # raw paths untouched
 
 
-@pytest.mark.parametrize("bad, msg", [
-    ('{"id": 1, "images": ["a"], "captions": [', "malformed JSON"),
-    ('{"id": 1, "images": ["a", "b"], "captions": ["x"]}', "2 images but 1 captions"),
-    ('[1, 2]', "expected a JSON object"),
-    ('{"id": 1, "images": ["a"], "captions": [3]}', "caption 0"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        ('{"id": 1, "images": ["a"], "captions": [', "malformed JSON"),
+        ('{"id": 1, "images": ["a", "b"], "captions": ["x"]}', "2 images but 1 captions"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"id": 1, "images": ["a"], "captions": [3]}', "caption 0"),
+    ],
+)
 def test_malformed_lines_name_the_line(tmp_path, bad, msg):
     p = tmp_path / "b.jsonl"
     p.write_text(json.dumps(_story(0)) + "\n\n" + bad + "\n")

@@ -18,8 +18,8 @@ def fixture(golden_dir):
     tensors = load_file(str(golden_dir / "detok_resampler_public.safetensors"))
     meta = json.loads((golden_dir / "detok_resampler_public.json").read_text())
     sd = {k: v for k, v in tensors.items() if not k.startswith(("input.", "output."))}
-    inputs = {k[len("input."):]: v for k, v in tensors.items() if k.startswith("input.")}
-    expected = {k[len("output."):]: v for k, v in tensors.items() if k.startswith("output.")}
+    inputs = {k[len("input.") :]: v for k, v in tensors.items() if k.startswith("input.")}
+    expected = {k[len("output.") :]: v for k, v in tensors.items() if k.startswith("output.")}
     return meta, sd, inputs, expected
 
 
@@ -30,7 +30,9 @@ def test_golden_parity_all_outputs(fixture):
     for name, value in out.items():
         assert value.shape == expected[name].shape, name
         assert torch.allclose(value, expected[name], rtol=RTOL, atol=ATOL), (
-            name, (value - expected[name]).abs().max().item())
+            name,
+            (value - expected[name]).abs().max().item(),
+        )
 
 
 def test_shapes_follow_constructor_kwargs(fixture):
@@ -78,8 +80,11 @@ def test_official_keys_and_shapes_equal_manifest(reference):
 
 
 def test_wrong_input_width_is_a_clear_error():
-    model = ResamplerXLV2(DetokenizerResamplerConfig(dim=32, depth=1, dim_head=8, heads=4, num_queries=4,
-                                                     embedding_dim=16, output1_dim=8, output2_dim=8))
+    model = ResamplerXLV2(
+        DetokenizerResamplerConfig(
+            dim=32, depth=1, dim_head=8, heads=4, num_queries=4, embedding_dim=16, output1_dim=8, output2_dim=8
+        )
+    )
     with pytest.raises(ValueError, match=r"expected features of shape \(B, T, 16\), found \(1, 5, 12\)"):
         model(torch.randn(1, 5, 12))
     prompt, pooled = model(torch.randn(3, 5, 16))

@@ -27,8 +27,11 @@ def official_meta():
 
 def test_official_unet_kv_equals_derived_manifest(official_meta, reference):
     manifest = json.loads((reference / "manifests" / "manifest_detok_unet_kv_DERIVED.json").read_text())
-    ours = {f"unet.{k}": list(v.shape) for k, v in official_meta.unet.state_dict().items()
-            if k.endswith(("to_k.weight", "to_v.weight"))}
+    ours = {
+        f"unet.{k}": list(v.shape)
+        for k, v in official_meta.unet.state_dict().items()
+        if k.endswith(("to_k.weight", "to_v.weight"))
+    }
     assert len(ours) == 280
     assert ours == {k: list(v) for k, v in manifest.items()}
 
@@ -38,8 +41,10 @@ def test_official_trainable_set_is_manifest_resampler_plus_kv(official_meta, ref
     res = json.loads((reference / "manifests" / "manifest_detok_resampler.json").read_text())
     trainable = official_meta.trainable_parameters()
     assert set(trainable) == set(kv) | set(res)
-    assert {k: list(v.shape) for k, v in trainable.items()} == {**{k: list(v) for k, v in kv.items()},
-                                                                **{k: list(v) for k, v in res.items()}}
+    assert {k: list(v.shape) for k, v in trainable.items()} == {
+        **{k: list(v) for k, v in kv.items()},
+        **{k: list(v) for k, v in res.items()},
+    }
     assert sum(p.numel() for p in trainable.values()) == 606_832_896  # docs/reference.md §4.2: 61,245,696 + 545,587,200
 
 
@@ -51,8 +56,15 @@ def test_official_unet_and_vae_configs(official_meta):
     assert official_meta.vae_scale_factor == 8
     s = official_meta.scheduler.config
     assert type(official_meta.scheduler).__name__ == "EulerDiscreteScheduler"
-    assert (s.beta_schedule, s.beta_start, s.beta_end, s.num_train_timesteps, s.prediction_type,
-            s.timestep_spacing, s.steps_offset) == ("scaled_linear", 0.00085, 0.012, 1000, "epsilon", "leading", 1)
+    assert (
+        s.beta_schedule,
+        s.beta_start,
+        s.beta_end,
+        s.num_train_timesteps,
+        s.prediction_type,
+        s.timestep_spacing,
+        s.steps_offset,
+    ) == ("scaled_linear", 0.00085, 0.012, 1000, "epsilon", "leading", 1)
 
 
 def test_state_dict_holds_only_resampler_and_unet(official_meta):
@@ -64,7 +76,10 @@ def test_tiny_configs_chain_with_tiny_resampler():
     cfgs = load_sdxl_configs("sdxl_tiny")
     r = tiny_config().detokenizer.resampler
     assert cfgs["unet"]["cross_attention_dim"] == r.output1_dim + r.output2_dim == 96
-    assert cfgs["unet"]["projection_class_embeddings_input_dim"] == 6 * cfgs["unet"]["addition_time_embed_dim"] + r.output2_dim
+    assert (
+        cfgs["unet"]["projection_class_embeddings_input_dim"]
+        == 6 * cfgs["unet"]["addition_time_embed_dim"] + r.output2_dim
+    )
 
 
 def test_mismatched_preset_is_rejected():
@@ -137,7 +152,9 @@ def test_seeds_and_frames_change_the_image(tiny):
     assert (base - other_seed).abs().max() > 1e-3
     assert (base - other_frame).abs().max() > 1e-3
     # Batched frames [0, 3] draw the same noise as the single-frame calls.
-    both = det.generate(one.expand(2, -1, -1), uncond, num_inference_steps=STEPS, seed=0, frame_index=[0, 3], output="tensor")
+    both = det.generate(
+        one.expand(2, -1, -1), uncond, num_inference_steps=STEPS, seed=0, frame_index=[0, 3], output="tensor"
+    )
     assert torch.allclose(both[0], base[0], atol=1e-4) and torch.allclose(both[1], other_frame[0], atol=1e-4)
 
 
@@ -152,8 +169,15 @@ def test_same_noise_every_frame_reproduces_official_quirk(tiny):
     assert torch.equal(per_frame[0], lat[0]) and not torch.equal(per_frame[1], per_frame[0])
     assert not torch.equal(per_frame[2], per_frame[1])
     same_feats = feats[:1].expand(2, -1, -1)
-    quirk = det.generate(same_feats, uncond, num_inference_steps=STEPS, seed=42, frame_index=[0, 5],
-                         same_noise_every_frame=True, output="tensor")
+    quirk = det.generate(
+        same_feats,
+        uncond,
+        num_inference_steps=STEPS,
+        seed=42,
+        frame_index=[0, 5],
+        same_noise_every_frame=True,
+        output="tensor",
+    )
     assert torch.allclose(quirk[0], quirk[1], atol=1e-6)
     default = det.generate(same_feats, uncond, num_inference_steps=STEPS, seed=42, frame_index=[0, 5], output="tensor")
     assert (default[0] - default[1]).abs().max() > 1e-3
@@ -284,9 +308,14 @@ def test_vit_file_is_wrong_kind(saved):
     _, base, _, root = saved
     from safetensors.torch import save_file
 
-    vit = {"conv1.weight": torch.zeros(8, 3, 14, 14), "positional_embedding": torch.zeros(4, 8),
-           "transformer.resblocks.0.ln_1.weight": torch.ones(8), "attn_pool.query": torch.zeros(4, 8),
-           "ln_post.weight": torch.ones(8), "proj": torch.zeros(8, 8)}
+    vit = {
+        "conv1.weight": torch.zeros(8, 3, 14, 14),
+        "positional_embedding": torch.zeros(4, 8),
+        "transformer.resblocks.0.ln_1.weight": torch.ones(8),
+        "attn_pool.query": torch.zeros(4, 8),
+        "ln_post.weight": torch.ones(8),
+        "proj": torch.zeros(8, 8),
+    }
     path = root / "vit.safetensors"
     save_file(vit, str(path))
     with pytest.raises(WrongCheckpointKindError, match="visual_tokenizer"):
@@ -306,8 +335,11 @@ def test_single_file_without_sdxl_layout_is_clear_error(saved):
     _, _, adapter, root = saved
     from safetensors.torch import save_file
 
-    junk = {"model.diffusion_model.foo.weight": torch.zeros(2), "first_stage_model.bar.weight": torch.zeros(2),
-            "conditioner.embedders.0.x": torch.zeros(2)}
+    junk = {
+        "model.diffusion_model.foo.weight": torch.zeros(2),
+        "first_stage_model.bar.weight": torch.zeros(2),
+        "conditioner.embedders.0.x": torch.zeros(2),
+    }
     path = root / "junk_single.safetensors"
     save_file(junk, str(path))
     with pytest.raises(CheckpointMismatchError):

@@ -14,14 +14,16 @@ from safetensors.torch import load_file, save_file
 from seedstory_core.bundle import load_visual_tokenizer
 from seedstory_core.checkpoints import CheckpointMismatchError, UnsafeCheckpointError, WrongCheckpointKindError
 from seedstory_core.config import VisualTokenizerConfig
-from seedstory_core.golden import find_fixtures, run_fixture
+from seedstory_core.golden import find_fixtures
 from seedstory_core.visual_tokenizer import QwenVisualTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "seedstory_core.golden", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "seedstory_core.golden", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_check_passes_on_public_set(golden_dir):
@@ -29,9 +31,15 @@ def test_check_passes_on_public_set(golden_dir):
     assert res.returncode == 0, res.stdout + res.stderr
     lines = [l for l in res.stdout.splitlines() if l.startswith(("ok", "FAIL"))]
     assert lines and all(l.startswith("ok") for l in lines)
-    for needle in ("vit_public output.features", "agent_public output.forward.lm_loss", "agent_public output.generate.generate_ids",
-                   "agent_public output.generate.img_gen_feat", "detok_resampler_public output.pooled_prompt_embeds",
-                   "resampler_in_public output.y", "resampler_out_public output.y"):
+    for needle in (
+        "vit_public output.features",
+        "agent_public output.forward.lm_loss",
+        "agent_public output.generate.generate_ids",
+        "agent_public output.generate.img_gen_feat",
+        "detok_resampler_public output.pooled_prompt_embeds",
+        "resampler_in_public output.y",
+        "resampler_out_public output.y",
+    ):
         assert any(needle in l for l in lines), needle
 
 
@@ -120,7 +128,9 @@ def test_vit_loader_roundtrip_and_errors(tmp_path):
     no_pos = {k: v for k, v in sd.items() if k != "attn_pool.pos_embed"}
     save_file(no_pos, str(tmp_path / "nopos.safetensors"))
     loaded2, report2 = load_visual_tokenizer(tmp_path / "nopos.safetensors", cfg)
-    assert report2.missing == ["attn_pool.pos_embed"] and torch.allclose(loaded2.attn_pool.pos_embed, model.attn_pool.pos_embed)
+    assert report2.missing == ["attn_pool.pos_embed"] and torch.allclose(
+        loaded2.attn_pool.pos_embed, model.attn_pool.pos_embed
+    )
     # wrong shape
     wrong = dict(sd)
     wrong["proj"] = torch.zeros(64, 64)
@@ -128,7 +138,10 @@ def test_vit_loader_roundtrip_and_errors(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"proj: expected shape \(128, 128\), found \(64, 64\)"):
         load_visual_tokenizer(tmp_path / "wrong.safetensors", cfg)
     # wrong model (an agent-like file)
-    save_file({"llm.base_model.model.lm_head.weight": torch.zeros(2, 2), "input_resampler.query": torch.zeros(2, 2)}, str(tmp_path / "agent.safetensors"))
+    save_file(
+        {"llm.base_model.model.lm_head.weight": torch.zeros(2, 2), "input_resampler.query": torch.zeros(2, 2)},
+        str(tmp_path / "agent.safetensors"),
+    )
     with pytest.raises(WrongCheckpointKindError, match="looks like a agent checkpoint|looks like an? agent"):
         load_visual_tokenizer(tmp_path / "agent.safetensors", cfg)
 

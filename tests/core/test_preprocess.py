@@ -158,7 +158,7 @@ def test_keep_ratio_against_independent_pil(hw):
         nw, nh = int(S * w / h), S
     resized = np.asarray(Image.fromarray(u8).resize((nw, nh), resample=Image.Resampling.BILINEAR))
     top, left = int(round((nh - S) / 2.0)), int(round((nw - S) / 2.0))
-    expected = _normalise_np(resized[top:top + S, left:left + S])
+    expected = _normalise_np(resized[top : top + S, left : left + S])
     np.testing.assert_allclose(x[0].numpy(), expected, rtol=0, atol=1e-6)
     squash = preprocess_images(Image.fromarray(u8), image_size=S, mode="squash")
     if h != w:
@@ -171,7 +171,7 @@ def test_keep_ratio_crop_offsets_use_round_half_even(width, left):
     # as torchvision's CenterCrop): 13/2 = 6.5 -> 6, 15/2 = 7.5 -> 8, 1/2 = 0.5 -> 0.
     u8 = _rgb(S, width, seed=width)
     x = preprocess_images(u8, image_size=S, mode="keep_ratio")
-    assert (_unnormalise_u8(x[0]) == u8[:, left:left + S]).all()
+    assert (_unnormalise_u8(x[0]) == u8[:, left : left + S]).all()
 
 
 def test_same_size_squash_is_identity():

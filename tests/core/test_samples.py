@@ -54,7 +54,7 @@ class ToyTokenizer:
 def golden(golden_dir):
     meta = json.loads((golden_dir / "agent_public.json").read_text())
     tensors = load_file(str(golden_dir / "agent_public.safetensors"))
-    inputs = {k[len("input.forward."):]: v for k, v in tensors.items() if k.startswith("input.forward.")}
+    inputs = {k[len("input.forward.") :]: v for k, v in tensors.items() if k.startswith("input.forward.")}
     return meta, inputs
 
 
@@ -74,8 +74,18 @@ def test_golden_training_batch_exact(golden):
         instr, resp = builder.texts(spec["captions"], k)
         assert instr + resp == spec["text"]
         samples.append(s)
-    batch = collate(samples, tok.pad_id, pad_to=tb["max_length"], images=[torch.zeros(len(s.embeds_cmp_mask), 1) for s in samples])
-    for name in ("input_ids", "attention_mask", "labels", "ids_gen_mask", "ids_cmp_mask", "embeds_gen_mask", "embeds_cmp_mask"):
+    batch = collate(
+        samples, tok.pad_id, pad_to=tb["max_length"], images=[torch.zeros(len(s.embeds_cmp_mask), 1) for s in samples]
+    )
+    for name in (
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "ids_gen_mask",
+        "ids_cmp_mask",
+        "embeds_gen_mask",
+        "embeds_cmp_mask",
+    ):
         want = inputs[name]
         got = batch[name].to(want.dtype)
         assert torch.equal(got, want), name
@@ -86,7 +96,12 @@ def _sample_with_real_tokenizer(k=2, max_length=1280):
     from seedstory_core.tiny import default_tiny_tokenizer
 
     tok = default_tiny_tokenizer()
-    caps = ["George the pig runs to the park.", "Peppa smiles at George.", "They find a red ball!", "Later, they go home."]
+    caps = [
+        "George the pig runs to the park.",
+        "Peppa smiles at George.",
+        "They find a red ball!",
+        "Later, they go home.",
+    ]
     return tok, caps, StorySampleBuilder(tok, max_length=max_length).build(caps, k)
 
 
@@ -100,14 +115,16 @@ def test_layout_and_masks_real_tokenizer():
     bois = (ids == boi).nonzero().flatten().tolist()
     assert len(bois) == 4
     last_boi = bois[-1]
-    resp_start = len([tok.bos_id] + tok.encode_prompt(caps[0] + img + "[INST]" + caps[1] + img + "[INST]" + caps[2] + img))
+    resp_start = len(
+        [tok.bos_id] + tok.encode_prompt(caps[0] + img + "[INST]" + caps[1] + img + "[INST]" + caps[2] + img)
+    )
     labels = torch.tensor(s.labels)
     assert (labels[:resp_start] == IGNORE_INDEX).all()
     # loss on [INST] + caption_{k+1} + target BOI + EOS; target IMG tokens and EOI ignored
-    assert labels[resp_start:last_boi + 1].tolist() == s.input_ids[resp_start:last_boi + 1]
-    assert (labels[last_boi + 1:-1] == IGNORE_INDEX).all() and len(labels[last_boi + 1:-1]) == len(img_ids) + 1
+    assert labels[resp_start : last_boi + 1].tolist() == s.input_ids[resp_start : last_boi + 1]
+    assert (labels[last_boi + 1 : -1] == IGNORE_INDEX).all() and len(labels[last_boi + 1 : -1]) == len(img_ids) + 1
     assert labels[-1].item() == tok.eos_id
-    assert s.input_ids[resp_start:resp_start + len(tok.inst_ids)] == list(tok.inst_ids)
+    assert s.input_ids[resp_start : resp_start + len(tok.inst_ids)] == list(tok.inst_ids)
     cmp, gen = torch.tensor(s.ids_cmp_mask), torch.tensor(s.ids_gen_mask)
     is_img = torch.tensor([i in img_ids for i in s.input_ids])
     assert torch.equal(cmp | gen, is_img) and not (cmp & gen).any()

@@ -8,7 +8,7 @@ import torch
 
 from seedstory_core.agent import SeedStoryAgent
 from seedstory_core.cache import CachePolicy, plan_kept_positions
-from seedstory_core.generation import forward_chunk, image_query_pass, new_cache
+from seedstory_core.generation import forward_chunk, image_query_pass
 from seedstory_core.reencode import ReencodePolicy, ReencodeWindow
 from seedstory_core.story import (
     DecodingSettings,
@@ -45,8 +45,9 @@ def start_features():
 
 
 def start(engine, feats, **policy):
-    return engine.start("Tom the cat sat in the garden.", features=feats,
-                        settings=StorySettings(policy=CachePolicy(**policy)))
+    return engine.start(
+        "Tom the cat sat in the garden.", features=feats, settings=StorySettings(policy=CachePolicy(**policy))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,11 @@ def reencode_engine(engine):
 
 
 def start_reencode(engine, feats, window_images):
-    return engine.start("Tom the cat sat in the garden.", features=feats,
-                        settings=StorySettings(policy=ReencodePolicy(window_images=window_images)))
+    return engine.start(
+        "Tom the cat sat in the garden.",
+        features=feats,
+        settings=StorySettings(policy=ReencodePolicy(window_images=window_images)),
+    )
 
 
 def run_story(engine, state, n, decoding=FAST):
@@ -185,7 +189,7 @@ def test_visualization_mode_draws_the_given_sentence(engine, start_features):
     res = engine.step(state, text="The dog ran to the park.", mode="visualization", decoding=FAST)
     tok = engine.tokenizer
     expected = tok.encode("[INST]The dog ran to the park.")
-    new = list(res.state.token_ids[len(state.token_ids):])
+    new = list(res.state.token_ids[len(state.token_ids) :])
     assert new[: len(expected)] == expected
     assert new[len(expected)] == engine.image.boi
     assert res.sentence == "The dog ran to the park."
@@ -229,8 +233,9 @@ def test_run_with_progress_and_context_override(engine, start_features):
         seen.append((i, n, result.sentence))
         return torch.zeros_like(result.features)
 
-    final, results = engine.run(state, 3, decoding=FAST, on_frame=on_frame,
-                                on_text=lambda i, partial: streamed.append(i))
+    final, results = engine.run(
+        state, 3, decoding=FAST, on_frame=on_frame, on_text=lambda i, partial: streamed.append(i)
+    )
     assert [(i, n) for i, n, _ in seen] == [(1, 3), (2, 3), (3, 3)] and final.step == 3 and len(results) == 3
     assert [s for _, _, s in seen] == [r.sentence for r in results] and set(streamed) <= {1, 2, 3}
     plain, plain_results = engine.run(state, 3, decoding=FAST)
@@ -238,17 +243,23 @@ def test_run_with_progress_and_context_override(engine, start_features):
     # the loop is step() in order: the same as stepping by hand, with the returned features stored in the context
     by_hand = state
     for i in range(3):
-        by_hand = engine.step(by_hand, decoding=FAST,
-                              context_features=None if i == 0 else torch.zeros_like(results[i - 1].features)).state
+        by_hand = engine.step(
+            by_hand, decoding=FAST, context_features=None if i == 0 else torch.zeros_like(results[i - 1].features)
+        ).state
     assert by_hand.token_ids == final.token_ids
-    assert plain.token_ids != final.token_ids or all(  # zeroed context features change the story or its features
-        not torch.equal(a.features, b.features) for a, b in zip(results[1:], plain_results[1:]))
+    assert (
+        plain.token_ids != final.token_ids
+        or all(  # zeroed context features change the story or its features
+            not torch.equal(a.features, b.features) for a, b in zip(results[1:], plain_results[1:])
+        )
+    )
 
 
 def test_run_texts_steer_or_give_the_sentences(engine, start_features):
     state = start(engine, start_features, kind="dense")
-    final, results = engine.run(state, 2, texts=["The dog barks.", "Tom runs home."], mode="visualization",
-                                decoding=FAST)
+    final, results = engine.run(
+        state, 2, texts=["The dog barks.", "Tom runs home."], mode="visualization", decoding=FAST
+    )
     assert [r.sentence for r in results] == ["The dog barks.", "Tom runs home."]
     with pytest.raises(ValueError, match="one sentence per step"):
         engine.run(state, 3, texts=["only one"], mode="visualization", decoding=FAST)
@@ -257,8 +268,10 @@ def test_run_texts_steer_or_give_the_sentences(engine, start_features):
 
 
 def test_reencode_policy_has_its_own_engine_and_context(engine, reencode_engine, start_features):
-    assert type(reencode_engine).__name__ == "ReencodeStoryEngine" and type(engine_for(CachePolicy(), engine.agent,
-                                                                                        engine.tokenizer)) is StoryEngine
+    assert (
+        type(reencode_engine).__name__ == "ReencodeStoryEngine"
+        and type(engine_for(CachePolicy(), engine.agent, engine.tokenizer)) is StoryEngine
+    )
     state = start_reencode(reencode_engine, start_features, 2)
     assert isinstance(state.context, ReencodeWindow) and state.kv_length == 0 and state.next_logits is None
     for _ in range(3):

@@ -21,8 +21,9 @@ def test_pair_frames_intro_extra_and_missing():
 
 def test_write_storybook_files_and_escaping(tmp_path):
     frames = [Image.new("RGB", (8, 8), (255, 0, 0)), np.zeros((8, 8, 3), np.uint8)]
-    book = write_storybook(tmp_path / "b", frames, ["<b>Intro</b>", "one", "two & three"], title="T <x>",
-                           state={"step": 1})
+    book = write_storybook(
+        tmp_path / "b", frames, ["<b>Intro</b>", "one", "two & three"], title="T <x>", state={"step": 1}
+    )
     assert book.files == ["frame_000.png", "frame_001.png"] and book.intro == "<b>Intro</b>"
     page = book.index.read_text()
     assert "&lt;b&gt;Intro&lt;/b&gt;" in page and "two &amp; three" in page and "T &lt;x&gt;" in page
@@ -44,8 +45,9 @@ def _start_picture(tmp_path):
     from seedstory_core.data import mini
 
     story = mini.generate_story(5, 0, frames=3)
-    picture = mini.render_story({**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]},
-                                size=64)[0]
+    picture = mini.render_story(
+        {**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64
+    )[0]
     picture.save(tmp_path / "start.png")
     return story
 
@@ -56,9 +58,26 @@ def test_tell_command_writes_a_storybook(tmp_path, capsys):
 
     story = _start_picture(tmp_path)
     (tmp_path / "caps.txt").write_text(story["captions"][1] + "\n")
-    rc = main(["--model", str(TINY), "--image", str(tmp_path / "start.png"), "--text", story["captions"][0],
-               "--frames", "1", "--diffusion-steps", "2", "--mode", "visualization", "--captions",
-               str(tmp_path / "caps.txt"), "--out", str(tmp_path / "book")])
+    rc = main(
+        [
+            "--model",
+            str(TINY),
+            "--image",
+            str(tmp_path / "start.png"),
+            "--text",
+            story["captions"][0],
+            "--frames",
+            "1",
+            "--diffusion-steps",
+            "2",
+            "--mode",
+            "visualization",
+            "--captions",
+            str(tmp_path / "caps.txt"),
+            "--out",
+            str(tmp_path / "book"),
+        ]
+    )
     out = capsys.readouterr().out.splitlines()
     assert rc == 0 and out[-1] == str(tmp_path / "book" / "index.html")
     saved = json.loads((tmp_path / "book" / "story.json").read_text())
@@ -70,10 +89,34 @@ def test_tell_command_refuses_missing_captions_before_loading(tmp_path, capsys):
     from seedstory_core.tell import main
 
     _start_picture(tmp_path)
-    rc = main(["--model", str(tmp_path / "no-model"), "--image", str(tmp_path / "start.png"), "--text", "Hi.",
-               "--frames", "2", "--mode", "visualization", "--out", str(tmp_path / "book")])
+    rc = main(
+        [
+            "--model",
+            str(tmp_path / "no-model"),
+            "--image",
+            str(tmp_path / "start.png"),
+            "--text",
+            "Hi.",
+            "--frames",
+            "2",
+            "--mode",
+            "visualization",
+            "--out",
+            str(tmp_path / "book"),
+        ]
+    )
     assert rc == 2 and "needs 2 non-empty lines" in capsys.readouterr().err
-    rc = main(["--model", str(tmp_path / "no-model"), "--image", str(tmp_path / "start.png"), "--text", "Hi.",
-               "--out", str(tmp_path / "book")])
+    rc = main(
+        [
+            "--model",
+            str(tmp_path / "no-model"),
+            "--image",
+            str(tmp_path / "start.png"),
+            "--text",
+            "Hi.",
+            "--out",
+            str(tmp_path / "book"),
+        ]
+    )
     assert rc == 2 and "not a complete seedstory model folder" in capsys.readouterr().err
     assert not (tmp_path / "book").exists()

@@ -40,8 +40,8 @@ def test_every_caption_parses_to_ground_truth():
                 n_pron += any(w in cap.split() for w in ("He", "She", "They"))
             # each 10-frame chunk parses on its own (anchor frames restate the state)
             for c in range(3):
-                sub = mini.parse_story(st["captions"][10 * c: 10 * c + 10])
-                assert [x["present"] for x in sub] == [x["present"] for x in st["attributes"][10 * c: 10 * c + 10]]
+                sub = mini.parse_story(st["captions"][10 * c : 10 * c + 10])
+                assert [x["present"] for x in sub] == [x["present"] for x in st["attributes"][10 * c : 10 * c + 10]]
     assert n_pron > 100  # pronouns are common
 
 

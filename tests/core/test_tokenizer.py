@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Realistic captions: leading capitals, punctuation, apostrophes, quotes, numbers, a non-ASCII word.
 CAPTIONS = [
     "George and his friend Pedro are playing in the garden.",
-    "\"Look, Daddy Pig!\" George shouts, pointing at 3 big, muddy puddles.",
+    '"Look, Daddy Pig!" George shouts, pointing at 3 big, muddy puddles.',
     "It's raining now; George's boots are red, and Peppa's are yellow.",
     "At 10 o'clock, they visit Grandpa Pig's boat (it is called 'The Sea Dog').",
     "Suddenly, a café owner waves: 'Hello!' Everyone laughs - even Mummy Pig.",
@@ -85,8 +85,13 @@ def test_image_token_ids_helpers():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(boi=1, eoi=1, img=(3,)), dict(boi=-1, eoi=2, img=(3,)), dict(boi=1, eoi=2, img=()),
-               dict(boi=1, eoi=2, img=(3.0,))]
+    "kwargs",
+    [
+        dict(boi=1, eoi=1, img=(3,)),
+        dict(boi=-1, eoi=2, img=(3,)),
+        dict(boi=1, eoi=2, img=()),
+        dict(boi=1, eoi=2, img=(3.0,)),
+    ],
 )
 def test_image_token_ids_rejects_bad_ids(kwargs):
     with pytest.raises(ValueError, match="ImageTokens: expected"):
@@ -390,13 +395,26 @@ def test_sentencepiece_folder_legacy_behaviour(tmp_path):
     try:
         import sentencepiece as spm
     except ImportError:
-        require_or_skip("sentencepiece is not installed (requirements-comfyui.txt installs it: scripts/setup_env.sh)",
-                        "SEEDSTORY_REQUIRE_SENTENCEPIECE")
+        require_or_skip(
+            "sentencepiece is not installed (requirements-comfyui.txt installs it: scripts/setup_env.sh)",
+            "SEEDSTORY_REQUIRE_SENTENCEPIECE",
+        )
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tiny_story_corpus()), model_writer=model, vocab_size=400, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        add_dummy_prefix=True, remove_extra_whitespaces=False, split_digits=True, minloglevel=2,
+        sentence_iterator=iter(tiny_story_corpus()),
+        model_writer=model,
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        minloglevel=2,
     )
     folder = tmp_path / "spm"
     folder.mkdir()

@@ -29,8 +29,8 @@ def _load_fixture(golden_dir, name="vit_public"):
     tensors = load_file(str(golden_dir / f"{name}.safetensors"))
     meta = json.loads((golden_dir / f"{name}.json").read_text())
     sd = {k: v for k, v in tensors.items() if not k.startswith(("input.", "output."))}
-    inputs = {k[len("input."):]: v for k, v in tensors.items() if k.startswith("input.")}
-    expected = {k[len("output."):]: v for k, v in tensors.items() if k.startswith("output.")}
+    inputs = {k[len("input.") :]: v for k, v in tensors.items() if k.startswith("input.")}
+    expected = {k[len("output.") :]: v for k, v in tensors.items() if k.startswith("output.")}
     return meta, sd, inputs, expected
 
 
@@ -40,7 +40,9 @@ def vit_fixture(golden_dir):
 
 
 def _small_config(**kw):
-    base = dict(image_size=56, patch_size=14, width=32, layers=2, heads=4, mlp_ratio=4.9231, n_queries=4, output_dim=128)
+    base = dict(
+        image_size=56, patch_size=14, width=32, layers=2, heads=4, mlp_ratio=4.9231, n_queries=4, output_dim=128
+    )
     base.update(kw)
     return VisualTokenizerConfig(**base)
 
@@ -242,8 +244,16 @@ def test_invalid_config_raises(kw, match):
 
 def test_config_from_constructor_kwargs():
     cfg = config_from_constructor_kwargs(
-        {"image_size": 448, "patch_size": 14, "width": 1664, "layers": 48, "heads": 16, "mlp_ratio": 4.9231,
-         "output_dim": 4096, 'image_start_id"': 151857}
+        {
+            "image_size": 448,
+            "patch_size": 14,
+            "width": 1664,
+            "layers": 48,
+            "heads": 16,
+            "mlp_ratio": 4.9231,
+            "output_dim": 4096,
+            'image_start_id"': 151857,
+        }
     )
     assert cfg == official_config().visual_tokenizer
     assert config_from_constructor_kwargs({"width": 64}, layernorm_eps=1e-5).layernorm_eps == 1e-5

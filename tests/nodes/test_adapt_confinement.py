@@ -53,20 +53,23 @@ def _nothing_trained(env, name="adapted_test"):
 
 
 # ------------------------------------------------------------------------------------------------ data_folder
-@pytest.mark.parametrize("make_value, words", [
-    (lambda t: str(t / "outside" / "mini"), ["absolute path"]),
-    (lambda t: str(t / "outside" / "mini" / "stories.jsonl"), ["absolute path"]),
-    (lambda t: "~/mini", ["'~'"]),
-    (lambda t: "../outside/mini", ["made of dots only"]),
-    (lambda t: "mini/../../outside/mini", ["made of dots only"]),
-    (lambda t: " .. /outside/mini", ["made of dots only"]),
-    (lambda t: "mini\\..\\..\\outside\\mini", ["made of dots only"]),
-    (lambda t: "\u2025/outside/mini", ["made of dots only"]),
-    (lambda t: "C:\\data\\mini", ["drive letter"]),
-    (lambda t: "escape", ["outside", "symbolic link"]),              # input/escape -> tmp/outside/mini
-    (lambda t: "escape/stories.jsonl", ["outside", "symbolic link"]),
-    (lambda t: "mini\x00", ["NUL"]),
-])
+@pytest.mark.parametrize(
+    "make_value, words",
+    [
+        (lambda t: str(t / "outside" / "mini"), ["absolute path"]),
+        (lambda t: str(t / "outside" / "mini" / "stories.jsonl"), ["absolute path"]),
+        (lambda t: "~/mini", ["'~'"]),
+        (lambda t: "../outside/mini", ["made of dots only"]),
+        (lambda t: "mini/../../outside/mini", ["made of dots only"]),
+        (lambda t: " .. /outside/mini", ["made of dots only"]),
+        (lambda t: "mini\\..\\..\\outside\\mini", ["made of dots only"]),
+        (lambda t: "\u2025/outside/mini", ["made of dots only"]),
+        (lambda t: "C:\\data\\mini", ["drive letter"]),
+        (lambda t: "escape", ["outside", "symbolic link"]),  # input/escape -> tmp/outside/mini
+        (lambda t: "escape/stories.jsonl", ["outside", "symbolic link"]),
+        (lambda t: "mini\x00", ["NUL"]),
+    ],
+)
 def test_data_folder_outside_the_input_folder_is_refused(env, make_value, words):
     (env.tmp / "input" / "escape").symlink_to(env.tmp / "outside" / "mini")
     value = make_value(env.tmp)
@@ -96,14 +99,17 @@ def test_tooltip_and_docstring_state_the_rule():
 
 
 # ------------------------------------------------------------------------------------------------ image paths
-@pytest.mark.parametrize("make_path, words", [
-    (lambda t: str(t / "outside" / "mini" / "images" / "mini-s1-00000" / "00.png"), ["absolute path"]),
-    (lambda t: "../../outside/mini/images/mini-s1-00000/00.png", ["made of dots only"]),
-    (lambda t: "mini-s0-00000/../../../outside/mini/images/mini-s1-00000/00.png", ["made of dots only"]),
-    (lambda t: "~/00.png", ["'~'"]),
-    (lambda t: "evil.png", ["outside", "symbolic link"]),   # input/mini/images/evil.png -> an outside image
-    (lambda t: "evil_dir/00.png", ["outside", "symbolic link"]),
-])
+@pytest.mark.parametrize(
+    "make_path, words",
+    [
+        (lambda t: str(t / "outside" / "mini" / "images" / "mini-s1-00000" / "00.png"), ["absolute path"]),
+        (lambda t: "../../outside/mini/images/mini-s1-00000/00.png", ["made of dots only"]),
+        (lambda t: "mini-s0-00000/../../../outside/mini/images/mini-s1-00000/00.png", ["made of dots only"]),
+        (lambda t: "~/00.png", ["'~'"]),
+        (lambda t: "evil.png", ["outside", "symbolic link"]),  # input/mini/images/evil.png -> an outside image
+        (lambda t: "evil_dir/00.png", ["outside", "symbolic link"]),
+    ],
+)
 def test_image_paths_in_the_jsonl_must_stay_inside(env, make_path, words):
     images = env.tmp / "input" / "mini" / "images"
     (images / "evil.png").symlink_to(env.tmp / "outside" / "mini" / "images" / "mini-s1-00000" / "00.png")
@@ -150,8 +156,9 @@ def test_corrupt_image_is_named_with_what_to_do(env):
     with pytest.raises(InputError) as err:
         run(NODE, _kwargs(agent, vit, detok))
     msg = str(err.value)
-    assert ("image mini/images/mini-s0-00001/03.png (in ComfyUI's input folder, listed in mini/stories.jsonl "
-            "line 2)") in msg
+    assert (
+        "image mini/images/mini-s0-00001/03.png (in ComfyUI's input folder, listed in mini/stories.jsonl line 2)"
+    ) in msg
     assert "UnidentifiedImageError" in msg and "Expected a PNG/JPEG/WebP picture" in msg
     assert "replace the file or remove its story" in msg and str(env.tmp) not in msg
     _nothing_trained(env)
@@ -167,8 +174,11 @@ def test_truncated_image_is_caught_before_training(env):
 
 def test_missing_image_and_malformed_line_are_named(env):
     good = _rewrite_first_image(env, "mini-s0-00000/99.png")
-    with pytest.raises(InputError, match=r"image 'mini-s0-00000/99\.png' listed in mini/stories\.jsonl line 1 not "
-                                         r"found .*add the image or fix the path"):
+    with pytest.raises(
+        InputError,
+        match=r"image 'mini-s0-00000/99\.png' listed in mini/stories\.jsonl line 1 not "
+        r"found .*add the image or fix the path",
+    ):
         training.load_data_records(training.resolve_data_folder("mini", node=N), node=N)
     _rewrite_first_image(env, good)
     path = _jsonl(env)

@@ -20,8 +20,17 @@ NODE = "SeedStoryAdaptDetokenizer"
 
 
 def _kwargs(agent, vit, detok, **over):
-    kw = dict(agent=agent, visual_tokenizer=vit, detokenizer=detok, data_folder="mini", steps=2,
-              learning_rate=1e-3, batch_size=2, seed=0, output_name="adapted_test")
+    kw = dict(
+        agent=agent,
+        visual_tokenizer=vit,
+        detokenizer=detok,
+        data_folder="mini",
+        steps=2,
+        learning_rate=1e-3,
+        batch_size=2,
+        seed=0,
+        output_name="adapted_test",
+    )
     kw.update(over)
     return kw
 
@@ -40,7 +49,9 @@ def test_adapt_writes_adapter_changes_trainable_weights_and_keeps_input(adapt_en
     # the adapter file, where the De-tokenizer Loader lists it
     target = adapt_env.tmp / "models" / "seed_story" / "detokenizer" / "adapted_test.safetensors"
     assert Path(path) == target and target.is_file()
-    assert "adapted_test.safetensors" in NODES["SeedStoryDetokenizerLoader"].INPUT_TYPES()["required"]["adapter_name"][0]
+    assert (
+        "adapted_test.safetensors" in NODES["SeedStoryDetokenizerLoader"].INPUT_TYPES()["required"]["adapter_name"][0]
+    )
     from safetensors.torch import load_file
 
     saved = load_file(str(target))
@@ -64,9 +75,21 @@ def test_adapt_writes_adapter_changes_trainable_weights_and_keeps_input(adapt_en
     progress = [c for c in adapt_env.calls if c[0] == "progress"]
     assert progress[-1][1:] == (2, 2)
     features = torch.randn(1, *detok.uncond_features.shape[-2:], generator=torch.Generator().manual_seed(0))
-    images = run("SeedStoryDetokenize", {"detokenizer": adapted, "features": features, "steps": 2,
-                                         "guidance_scale": 1.0, "scheduler": "euler", "seed": 0, "frame_index": 0,
-                                         "same_noise": False, "width": 0, "height": 0})[0]
+    images = run(
+        "SeedStoryDetokenize",
+        {
+            "detokenizer": adapted,
+            "features": features,
+            "steps": 2,
+            "guidance_scale": 1.0,
+            "scheduler": "euler",
+            "seed": 0,
+            "frame_index": 0,
+            "same_noise": False,
+            "width": 0,
+            "height": 0,
+        },
+    )[0]
     assert images.shape == (1, 64, 64, 3) and torch.isfinite(images).all()
 
 
@@ -101,8 +124,9 @@ def test_adapt_clear_errors(adapt_env):
 @pytest.mark.comfyui
 def test_adapt_workflow_on_a_real_server(comfy_server):
     prompt = json.loads((API_DIR / f"{WORKFLOW}.json").read_text())
-    up = comfy_server.upload_image((REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(),
-                                   name="seedstory_start.png")
+    up = comfy_server.upload_image(
+        (REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(), name="seedstory_start.png"
+    )
     assert up["name"] == "seedstory_start.png"
     adapt = next(k for k, v in prompt.items() if v["class_type"] == NODE)
     data = prompt[adapt]["inputs"]["data_folder"]

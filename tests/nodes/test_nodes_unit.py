@@ -14,8 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.comfy_stubs import (NODES, STEP, InputError, Interrupted, glue, models, pack, run, start_image, tiny,
-                                       write_component_folders)
+from tests.support.comfy_stubs import (
+    NODES,
+    STEP,
+    InputError,
+    Interrupted,
+    glue,
+    models,
+    pack,
+    run,
+    start_image,
+    tiny,
+    write_component_folders,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +55,13 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 def test_node_contract(node_id):
     cls = NODES[node_id]
     assert node_id.startswith("SeedStory") and node_id in pack.NODE_DISPLAY_NAME_MAPPINGS
-    assert cls.CATEGORY.startswith("SEED-Story/") and cls.CATEGORY.split("/")[1] in ("loaders", "story", "render", "output", "training")
+    assert cls.CATEGORY.startswith("SEED-Story/") and cls.CATEGORY.split("/")[1] in (
+        "loaders",
+        "story",
+        "render",
+        "output",
+        "training",
+    )
     assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 40
     assert callable(getattr(cls, cls.FUNCTION))
     spec = cls.INPUT_TYPES()
@@ -112,23 +129,48 @@ def test_tiny_story_through_node_functions(comfy):
     agent, vit, detok, info = tiny()
     assert "random weights" in info
     assert ("ModelPatcher", ["agent"]) in comfy.calls and ("ModelPatcher", ["detokenizer", "vae"]) in comfy.calls
-    (feats,) = run("SeedStoryViTTokenize", {"visual_tokenizer": vit, "image": torch.rand(2, 50, 70, 3), "resize_mode": "squash"})
+    (feats,) = run(
+        "SeedStoryViTTokenize", {"visual_tokenizer": vit, "image": torch.rand(2, 50, 70, 3), "resize_mode": "squash"}
+    )
     assert feats.shape == (2, 64, 256) and feats.device.type == "cpu"
     assert any(c[0] == "load_models_gpu" and c[2] is True for c in comfy.calls)
     (settings,) = run("SeedStoryStorySettings", {"cache_policy": "multimodal_sink", "window_images": 2})
-    state0, f0 = run("SeedStoryStoryStart", {"agent": agent, "opening_text": "A cat sails a boat.", "batch_index": 1,
-                                             "features": feats, "settings": settings})
+    state0, f0 = run(
+        "SeedStoryStoryStart",
+        {
+            "agent": agent,
+            "opening_text": "A cat sails a boat.",
+            "batch_index": 1,
+            "features": feats,
+            "settings": settings,
+        },
+    )
     assert torch.equal(f0, feats[1:2])
     assert state0.step == 0 and state0.sentences == ("A cat sails a boat.",)
     s1, sent1, f1 = run("SeedStoryStoryStep", {"agent": agent, "state": state0, **STEP})
-    s2, sent2, f2 = run("SeedStoryStoryStep", {"agent": agent, "state": s1, **STEP, "text": "Then", "decoding": "sample"})
+    s2, sent2, f2 = run(
+        "SeedStoryStoryStep", {"agent": agent, "state": s1, **STEP, "text": "Then", "decoding": "sample"}
+    )
     assert s2.step == 2 and f2.shape == (1, 64, 256) and "\n" not in sent1
-    s3, sent3, _ = run("SeedStoryStoryStep", {"agent": agent, "state": s2, **STEP, "mode": "visualization",
-                                              "text": "The cat waves."})
+    s3, sent3, _ = run(
+        "SeedStoryStoryStep", {"agent": agent, "state": s2, **STEP, "mode": "visualization", "text": "The cat waves."}
+    )
     assert sent3 == "The cat waves."
-    (img,) = run("SeedStoryDetokenize", {"detokenizer": detok, "features": torch.cat([f1, f2]), "steps": 2,
-                                         "guidance_scale": 3.0, "scheduler": "euler", "seed": 1, "frame_index": 1,
-                                         "same_noise": False, "width": 0, "height": 0})
+    (img,) = run(
+        "SeedStoryDetokenize",
+        {
+            "detokenizer": detok,
+            "features": torch.cat([f1, f2]),
+            "steps": 2,
+            "guidance_scale": 3.0,
+            "scheduler": "euler",
+            "seed": 1,
+            "frame_index": 1,
+            "same_noise": False,
+            "width": 0,
+            "height": 0,
+        },
+    )
     assert img.shape == (2, 64, 64, 3) and 0 <= float(img.min()) and float(img.max()) <= 1
     assert [c for c in comfy.calls if c[0] == "progress"][-1][1:] == (2, 2)
     pos, neg = run("SeedStoryFeaturesToConditioning", {"detokenizer": detok, "features": f1, "width": 64, "height": 64})
@@ -136,10 +178,26 @@ def test_tiny_story_through_node_functions(comfy):
     assert neg[0][0].shape == (1, 16, 96) and pos[0][1]["width"] == 64
 
     comfy.calls.clear()
-    images, sentences, final = run("SeedStoryGenerateStory", {
-        "agent": agent, "visual_tokenizer": vit, "detokenizer": detok, "start_image": start_image(c=4),
-        "opening_text": "A cat sails a boat.", "story_steps": 2, **STEP, "diffusion_steps": 2, "guidance_scale": 2.0,
-        "scheduler": "euler", "width": 0, "height": 0, "same_noise": False, "captions": "", "unique_id": "17"})
+    images, sentences, final = run(
+        "SeedStoryGenerateStory",
+        {
+            "agent": agent,
+            "visual_tokenizer": vit,
+            "detokenizer": detok,
+            "start_image": start_image(c=4),
+            "opening_text": "A cat sails a boat.",
+            "story_steps": 2,
+            **STEP,
+            "diffusion_steps": 2,
+            "guidance_scale": 2.0,
+            "scheduler": "euler",
+            "width": 0,
+            "height": 0,
+            "same_noise": False,
+            "captions": "",
+            "unique_id": "17",
+        },
+    )
     assert images.shape == (3, 64, 64, 3) and final.step == 2
     assert len(sentences.split("\n")) == 3 and sentences.split("\n")[0] == "A cat sails a boat."
     assert ("ProgressBar", 4) in comfy.calls
@@ -148,8 +206,16 @@ def test_tiny_story_through_node_functions(comfy):
     assert texts and all(c[1] == "17" and c[3] == "client-1" for c in texts)
     assert texts[-1][2].startswith("0. A cat sails a boat.") and texts[-1][2].count("\n") == 2
 
-    out = run("SeedStorySaveStory", {"images": images, "filename_prefix": "stories/cat", "title": "Cat <b>",
-                                     "sentences": sentences, "state": final})
+    out = run(
+        "SeedStorySaveStory",
+        {
+            "images": images,
+            "filename_prefix": "stories/cat",
+            "title": "Cat <b>",
+            "sentences": sentences,
+            "state": final,
+        },
+    )
     index = Path(out["result"][0])
     assert index.name == "index.html" and index.parent.name == "cat_00001"
     story = json.loads((index.parent / "story.json").read_text())
@@ -158,7 +224,9 @@ def test_tiny_story_through_node_functions(comfy):
     assert "Cat &lt;b&gt;" in index.read_text()
     assert out["ui"]["images"][0] == {"filename": "frame_000.png", "subfolder": "stories/cat_00001", "type": "output"}
     assert isinstance(out["ui"]["text"], list)
-    out2 = run("SeedStorySaveStory", {"images": images[:2], "filename_prefix": "stories/cat", "title": "t", "state": s1})
+    out2 = run(
+        "SeedStorySaveStory", {"images": images[:2], "filename_prefix": "stories/cat", "title": "t", "state": s1}
+    )
     assert Path(out2["result"][0]).parent.name == "cat_00002"
     assert json.loads((Path(out2["result"][0]).parent / "story.json").read_text())["frames"][1]["sentence"] == sent1
 
@@ -167,8 +235,9 @@ def test_inputs_are_not_mutated_and_branches_are_independent(comfy):
     agent, vit, detok, _ = tiny()
     image = start_image()
     image_copy = image.clone()
-    state0, _ = run("SeedStoryStoryStart", {"agent": agent, "opening_text": "One day.", "image": image,
-                                            "visual_tokenizer": vit})
+    state0, _ = run(
+        "SeedStoryStoryStart", {"agent": agent, "opening_text": "One day.", "image": image, "visual_tokenizer": vit}
+    )
     assert torch.equal(image, image_copy)
     snap = (state0.token_ids, state0.kinds, state0.sentences, state0.kv_length, state0.last_features.clone())
     a1 = run("SeedStoryStoryStep", {"agent": agent, "state": state0, **STEP})
@@ -182,16 +251,30 @@ def test_inputs_are_not_mutated_and_branches_are_independent(comfy):
     assert b_alone[1] == b1[1] and torch.equal(b_alone[2], b1[2])
     assert a2[0].step == 2 and b1[0].step == 1
     feats = a1[2].clone()
-    run("SeedStoryDetokenize", {"detokenizer": detok, "features": a1[2], "steps": 1, "guidance_scale": 2.0,
-                                "scheduler": "euler", "seed": 0, "frame_index": 0, "same_noise": False,
-                                "width": 0, "height": 0})
+    run(
+        "SeedStoryDetokenize",
+        {
+            "detokenizer": detok,
+            "features": a1[2],
+            "steps": 1,
+            "guidance_scale": 2.0,
+            "scheduler": "euler",
+            "seed": 0,
+            "frame_index": 0,
+            "same_noise": False,
+            "width": 0,
+            "height": 0,
+        },
+    )
     assert torch.equal(a1[2], feats)
 
 
 @pytest.mark.parametrize("shape", [(1, 33, 47, 1), (1, 20, 300, 2), (1, 64, 64, 4), (3, 9, 9, 3)])
 def test_images_of_any_mode_and_size(comfy, shape):
     agent, vit, _detok, _ = tiny()
-    (feats,) = run("SeedStoryViTTokenize", {"visual_tokenizer": vit, "image": torch.rand(*shape), "resize_mode": "keep_ratio"})
+    (feats,) = run(
+        "SeedStoryViTTokenize", {"visual_tokenizer": vit, "image": torch.rand(*shape), "resize_mode": "keep_ratio"}
+    )
     assert feats.shape == (shape[0], 64, 256)
 
 
@@ -206,7 +289,9 @@ def test_clear_errors_for_bad_inputs(comfy):
     with pytest.raises(InputError, match="opening_text.*empty"):
         run("SeedStoryStoryStart", {"agent": agent, "opening_text": " ", "features": torch.zeros(1, 64, 256)})
     with pytest.raises(InputError, match="'agent' expects a SEEDSTORY_AGENT.*found the text 'not-an-agent'"):
-        run("SeedStoryStoryStart", {"agent": "not-an-agent", "opening_text": "Hi.", "features": torch.zeros(1, 64, 256)})
+        run(
+            "SeedStoryStoryStart", {"agent": "not-an-agent", "opening_text": "Hi.", "features": torch.zeros(1, 64, 256)}
+        )
     with pytest.raises(InputError, match="'state' expects a SEEDSTORY_STATE"):
         run("SeedStoryStoryStep", {"agent": agent, "state": 3, **STEP})
     with pytest.raises(InputError, match="no start image"):
@@ -214,26 +299,68 @@ def test_clear_errors_for_bad_inputs(comfy):
     with pytest.raises(InputError, match="no 'visual_tokenizer'"):
         run("SeedStoryStoryStart", {"agent": agent, "opening_text": "Hi.", "image": start_image()})
     with pytest.raises(InputError, match=r"IMAGE batch \[B, H, W, C\].*\(1, 64, 64\)"):
-        run("SeedStoryViTTokenize", {"visual_tokenizer": vit, "image": torch.rand(1, 1, 64, 64)[0], "resize_mode": "squash"})
+        run(
+            "SeedStoryViTTokenize",
+            {"visual_tokenizer": vit, "image": torch.rand(1, 1, 64, 64)[0], "resize_mode": "squash"},
+        )
     with pytest.raises(InputError, match="width 4096, but this model expects 256"):
         run("SeedStoryStoryStart", {"agent": agent, "opening_text": "Hi.", "features": torch.zeros(1, 256, 4096)})
     with pytest.raises(InputError, match="expects SEEDSTORY_IMAGE_FEATURES"):
-        run("SeedStoryDetokenize", {"detokenizer": detok, "features": [1, 2], "steps": 1, "guidance_scale": 1.0,
-                                    "scheduler": "euler", "seed": 0, "frame_index": 0, "same_noise": False,
-                                    "width": 0, "height": 0})
+        run(
+            "SeedStoryDetokenize",
+            {
+                "detokenizer": detok,
+                "features": [1, 2],
+                "steps": 1,
+                "guidance_scale": 1.0,
+                "scheduler": "euler",
+                "seed": 0,
+                "frame_index": 0,
+                "same_noise": False,
+                "width": 0,
+                "height": 0,
+            },
+        )
     with pytest.raises(InputError, match="multiples of 8"):
-        run("SeedStoryDetokenize", {"detokenizer": detok, "features": torch.zeros(1, 64, 256), "steps": 1,
-                                    "guidance_scale": 1.0, "scheduler": "euler", "seed": 0, "frame_index": 0,
-                                    "same_noise": False, "width": 60, "height": 64})
+        run(
+            "SeedStoryDetokenize",
+            {
+                "detokenizer": detok,
+                "features": torch.zeros(1, 64, 256),
+                "steps": 1,
+                "guidance_scale": 1.0,
+                "scheduler": "euler",
+                "seed": 0,
+                "frame_index": 0,
+                "same_noise": False,
+                "width": 60,
+                "height": 64,
+            },
+        )
     state, _ = run("SeedStoryStoryStart", {"agent": agent, "opening_text": "Hi.", "features": torch.zeros(1, 64, 256)})
     with pytest.raises(InputError, match="visualization mode.*'text' is empty"):
         run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP, "mode": "visualization"})
     with pytest.raises(InputError, match="one caption per step.*story_steps=3.*1 non-empty"):
-        run("SeedStoryGenerateStory", {"agent": agent, "visual_tokenizer": vit, "detokenizer": detok,
-                                       "start_image": start_image(), "opening_text": "Hi.", "story_steps": 3, **STEP,
-                                       "mode": "visualization", "diffusion_steps": 1, "guidance_scale": 1.0,
-                                       "scheduler": "euler", "width": 0, "height": 0, "same_noise": False,
-                                       "captions": "only one\n\n"})
+        run(
+            "SeedStoryGenerateStory",
+            {
+                "agent": agent,
+                "visual_tokenizer": vit,
+                "detokenizer": detok,
+                "start_image": start_image(),
+                "opening_text": "Hi.",
+                "story_steps": 3,
+                **STEP,
+                "mode": "visualization",
+                "diffusion_steps": 1,
+                "guidance_scale": 1.0,
+                "scheduler": "euler",
+                "width": 0,
+                "height": 0,
+                "same_noise": False,
+                "captions": "only one\n\n",
+            },
+        )
     with pytest.raises(InputError, match="filename_prefix"):
         run("SeedStorySaveStory", {"images": torch.rand(1, 8, 8, 3), "filename_prefix": "../x", "title": "t"})
 
@@ -244,35 +371,106 @@ def test_component_loaders_from_model_folders(comfy):
     assert "tiny/model.safetensors" in req["agent_name"][0] and "oops_vit.safetensors" in req["agent_name"][0]
     assert req["base_llm"][0] == ["none"]
     assert "seed_story/sdxl/tiny-sdxl" in NODES["SeedStoryDetokenizerLoader"].INPUT_TYPES()["required"]["sdxl_base"][0]
-    (vit,) = run("SeedStoryVisualTokenizerLoader", {"vit_name": "tiny/vit.safetensors", "config": "auto",
-                                                    "precision": "fp32", "device": "cpu"})
-    (agent,) = run("SeedStoryAgentLoader", {"agent_name": "tiny/model.safetensors", "tokenizer_name": "tiny",
-                                            "base_llm": "none", "config": "auto", "precision": "auto", "device": "auto"})
-    (detok,) = run("SeedStoryDetokenizerLoader", {"visual_tokenizer": vit, "adapter_name": "tiny/adapter.safetensors",
-                                                  "sdxl_base": "seed_story/sdxl/tiny-sdxl", "config": "auto",
-                                                  "precision": "auto", "device": "auto"})
+    (vit,) = run(
+        "SeedStoryVisualTokenizerLoader",
+        {"vit_name": "tiny/vit.safetensors", "config": "auto", "precision": "fp32", "device": "cpu"},
+    )
+    (agent,) = run(
+        "SeedStoryAgentLoader",
+        {
+            "agent_name": "tiny/model.safetensors",
+            "tokenizer_name": "tiny",
+            "base_llm": "none",
+            "config": "auto",
+            "precision": "auto",
+            "device": "auto",
+        },
+    )
+    (detok,) = run(
+        "SeedStoryDetokenizerLoader",
+        {
+            "visual_tokenizer": vit,
+            "adapter_name": "tiny/adapter.safetensors",
+            "sdxl_base": "seed_story/sdxl/tiny-sdxl",
+            "config": "auto",
+            "precision": "auto",
+            "device": "auto",
+        },
+    )
     assert torch.allclose(detok.uncond_features, bundle.uncond_features.float(), atol=1e-5)
-    state, _ = run("SeedStoryStoryStart", {"agent": agent, "opening_text": "Hello there.", "image": start_image(),
-                                           "visual_tokenizer": vit})
+    state, _ = run(
+        "SeedStoryStoryStart",
+        {"agent": agent, "opening_text": "Hello there.", "image": start_image(), "visual_tokenizer": vit},
+    )
     _, _, feats = run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP})
-    (img,) = run("SeedStoryDetokenize", {"detokenizer": detok, "features": feats, "steps": 1, "guidance_scale": 2.0,
-                                         "scheduler": "ddim", "seed": 0, "frame_index": 0, "same_noise": True,
-                                         "width": 32, "height": 48})
+    (img,) = run(
+        "SeedStoryDetokenize",
+        {
+            "detokenizer": detok,
+            "features": feats,
+            "steps": 1,
+            "guidance_scale": 2.0,
+            "scheduler": "ddim",
+            "seed": 0,
+            "frame_index": 0,
+            "same_noise": True,
+            "width": 32,
+            "height": 48,
+        },
+    )
     assert img.shape == (1, 48, 32, 3)
     # identical loader call: our cache answers, nothing is read again
     counts = dict(models.LOAD_COUNTS)
-    (agent2,) = run("SeedStoryAgentLoader", {"agent_name": "tiny/model.safetensors", "tokenizer_name": "tiny",
-                                             "base_llm": "none", "config": "auto", "precision": "auto", "device": "auto"})
+    (agent2,) = run(
+        "SeedStoryAgentLoader",
+        {
+            "agent_name": "tiny/model.safetensors",
+            "tokenizer_name": "tiny",
+            "base_llm": "none",
+            "config": "auto",
+            "precision": "auto",
+            "device": "auto",
+        },
+    )
     assert agent2 is agent and dict(models.LOAD_COUNTS) == counts
-    with pytest.raises(InputError, match=r"SeedStory Agent Loader: could not load the agent:.*looks like a visual_tokenizer checkpoint"):
-        run("SeedStoryAgentLoader", {"agent_name": "oops_vit.safetensors", "tokenizer_name": "tiny", "base_llm": "none",
-                                     "config": "tiny", "precision": "auto", "device": "auto"})
+    with pytest.raises(
+        InputError, match=r"SeedStory Agent Loader: could not load the agent:.*looks like a visual_tokenizer checkpoint"
+    ):
+        run(
+            "SeedStoryAgentLoader",
+            {
+                "agent_name": "oops_vit.safetensors",
+                "tokenizer_name": "tiny",
+                "base_llm": "none",
+                "config": "tiny",
+                "precision": "auto",
+                "device": "auto",
+            },
+        )
     with pytest.raises(InputError, match="not found in the 'seed_story_agent' model folders"):
-        run("SeedStoryAgentLoader", {"agent_name": "missing.bin", "tokenizer_name": "tiny", "base_llm": "none",
-                                     "config": "tiny", "precision": "auto", "device": "auto"})
+        run(
+            "SeedStoryAgentLoader",
+            {
+                "agent_name": "missing.bin",
+                "tokenizer_name": "tiny",
+                "base_llm": "none",
+                "config": "tiny",
+                "precision": "auto",
+                "device": "auto",
+            },
+        )
     with pytest.raises(InputError, match="has 1066 tokens but the agent config \\(official\\) expects"):
-        run("SeedStoryAgentLoader", {"agent_name": "tiny/model.safetensors", "tokenizer_name": "tiny",
-                                     "base_llm": "none", "config": "official", "precision": "auto", "device": "auto"})
+        run(
+            "SeedStoryAgentLoader",
+            {
+                "agent_name": "tiny/model.safetensors",
+                "tokenizer_name": "tiny",
+                "base_llm": "none",
+                "config": "official",
+                "precision": "auto",
+                "device": "auto",
+            },
+        )
 
 
 # ------------------------------------------------------------------------------------------------ caching / memory
@@ -294,7 +492,21 @@ def test_interrupt_stops_generate_story(comfy):
     agent, vit, detok, _ = tiny()
     comfy.interrupt_after = 3
     with pytest.raises(Interrupted):
-        run("SeedStoryGenerateStory", {"agent": agent, "visual_tokenizer": vit, "detokenizer": detok,
-                                       "start_image": start_image(), "opening_text": "Hi.", "story_steps": 5, **STEP,
-                                       "diffusion_steps": 2, "guidance_scale": 1.0, "scheduler": "euler",
-                                       "width": 0, "height": 0, "same_noise": False})
+        run(
+            "SeedStoryGenerateStory",
+            {
+                "agent": agent,
+                "visual_tokenizer": vit,
+                "detokenizer": detok,
+                "start_image": start_image(),
+                "opening_text": "Hi.",
+                "story_steps": 5,
+                **STEP,
+                "diffusion_steps": 2,
+                "guidance_scale": 1.0,
+                "scheduler": "euler",
+                "width": 0,
+                "height": 0,
+                "same_noise": False,
+            },
+        )

@@ -39,11 +39,11 @@ def sandbox(tmp_path, monkeypatch):
     out = box / "deep" / "a" / "b" / "output"
     (out / "sub").mkdir(parents=True)
     (box / "outside").mkdir()
-    (out / "link").symlink_to(box / "outside")                    # a folder inside output that leads outside
-    (out / "linkup").symlink_to("..")                             # relative link to output's parent
-    (out / "dangling").symlink_to(box / "outside" / "not_yet")    # dangling, would be created outside
-    (out / "inner").symlink_to(out / "sub")                       # a link that stays inside: allowed
-    (out / "sub" / "deeplink").symlink_to(box / "deep")           # nested escape
+    (out / "link").symlink_to(box / "outside")  # a folder inside output that leads outside
+    (out / "linkup").symlink_to("..")  # relative link to output's parent
+    (out / "dangling").symlink_to(box / "outside" / "not_yet")  # dangling, would be created outside
+    (out / "inner").symlink_to(out / "sub")  # a link that stays inside: allowed
+    (out / "sub" / "deeplink").symlink_to(box / "deep")  # nested escape
     fp = types.ModuleType("folder_paths")
     fp.get_output_directory = lambda: str(out)
     monkeypatch.setitem(sys.modules, "folder_paths", fp)
@@ -72,29 +72,137 @@ def save(prefix, images=IMAGES):
 
 
 # ------------------------------------------------------------------------------------------------ prefixes
-DOTS = ["..", " ..", ".. ", " .. ", "\t..", "..\t", "...", ". .", "\u2024\u2024", "\u2025", "\uff0e\uff0e",
-        ".\u2024", "\uff0e.", "%2e%2e", "%2E%2E", ".%2e", "\u2026"]
+DOTS = [
+    "..",
+    " ..",
+    ".. ",
+    " .. ",
+    "\t..",
+    "..\t",
+    "...",
+    ". .",
+    "\u2024\u2024",
+    "\u2025",
+    "\uff0e\uff0e",
+    ".\u2024",
+    "\uff0e.",
+    "%2e%2e",
+    "%2E%2E",
+    ".%2e",
+    "\u2026",
+]
 SEPS = ["/", "\\", " / ", "\uff0f", "\uff3c", "%2f", "%5c", "\u2215", "\u2044"]
 TAILS = ["x", "x/", "\u7ae5\u8bdd"]
-ROOTS = ["/", "\\", "C:\\", "C:", "c:/", "\\\\server\\share\\", "//", "~/", "~", "\uff0f", "\uff3c", "file:///",
-         " /", "\t/", "\\\\?\\C:\\", "\uff23:\\"]
+ROOTS = [
+    "/",
+    "\\",
+    "C:\\",
+    "C:",
+    "c:/",
+    "\\\\server\\share\\",
+    "//",
+    "~/",
+    "~",
+    "\uff0f",
+    "\uff3c",
+    "file:///",
+    " /",
+    "\t/",
+    "\\\\?\\C:\\",
+    "\uff23:\\",
+]
 ROOT_TAILS = ["x", "tmp/x", "..\\x"]
 SPECIAL = [
-    "a/ ../ ../ ../x", "a/ .. / .. /x", "a/ ..\\ ..\\x", "..", "../x", "a/../../x", "%2e%2e%2fx",
-    "%2e%2e%2f%2e%2e%2f%2e%2e%2fx", "..%2fx", "a\x00b", "a/\x00/../x", "\x00", "x" * 300, "a/" + "y" * 101,
-    "a/" + "y" * 100, "\u7ae5" * 70, "/".join(["d"] * 110), "CON", "nul.txt/x", "com1", "a<b", "a|b", "a?b",
-    "a*b", 'a"b', "a:b", "\u202eevil", "seedstory/", "seedstory\\", "seedstory/ ", "", " ", "/", ".", "./",
-    "./x", "a/./b", "link/x", "link", "dangling/x", "linkup/x", "linkup/output/x", "inner/x", "sub/deeplink/x",
-    "sub/x", "\u7ae5\u8bdd/\u6545\u4e8b", "caf\u00e9", "cafe\u0301", "\uff53\uff54\uff4f\uff52\uff59", "a\tb/x",
-    "a/b\n/x", "x.", "x. ", "seedstory/story",
+    "a/ ../ ../ ../x",
+    "a/ .. / .. /x",
+    "a/ ..\\ ..\\x",
+    "..",
+    "../x",
+    "a/../../x",
+    "%2e%2e%2fx",
+    "%2e%2e%2f%2e%2e%2f%2e%2e%2fx",
+    "..%2fx",
+    "a\x00b",
+    "a/\x00/../x",
+    "\x00",
+    "x" * 300,
+    "a/" + "y" * 101,
+    "a/" + "y" * 100,
+    "\u7ae5" * 70,
+    "/".join(["d"] * 110),
+    "CON",
+    "nul.txt/x",
+    "com1",
+    "a<b",
+    "a|b",
+    "a?b",
+    "a*b",
+    'a"b',
+    "a:b",
+    "\u202eevil",
+    "seedstory/",
+    "seedstory\\",
+    "seedstory/ ",
+    "",
+    " ",
+    "/",
+    ".",
+    "./",
+    "./x",
+    "a/./b",
+    "link/x",
+    "link",
+    "dangling/x",
+    "linkup/x",
+    "linkup/output/x",
+    "inner/x",
+    "sub/deeplink/x",
+    "sub/x",
+    "\u7ae5\u8bdd/\u6545\u4e8b",
+    "caf\u00e9",
+    "cafe\u0301",
+    "\uff53\uff54\uff4f\uff52\uff59",
+    "a\tb/x",
+    "a/b\n/x",
+    "x.",
+    "x. ",
+    "seedstory/story",
 ]
-PIECES = ["a", "b", "\u00e9", "\u7ae5", " ", "\t", ".", "..", "/", "\\", "%", "%2e", "%2f", ":", "C:", "~",
-          "\uff0e", "\uff0f", "\u2024", "\u2025", "\x00", "\u2215", "*", "link", "linkup", "inner", "-", "_"]
+PIECES = [
+    "a",
+    "b",
+    "\u00e9",
+    "\u7ae5",
+    " ",
+    "\t",
+    ".",
+    "..",
+    "/",
+    "\\",
+    "%",
+    "%2e",
+    "%2f",
+    ":",
+    "C:",
+    "~",
+    "\uff0e",
+    "\uff0f",
+    "\u2024",
+    "\u2025",
+    "\x00",
+    "\u2215",
+    "*",
+    "link",
+    "linkup",
+    "inner",
+    "-",
+    "_",
+]
 
 
 def hostile_prefixes():
     out = []
-    for dots in DOTS:                      # a<sep><dots><sep><dots><sep><tail>
+    for dots in DOTS:  # a<sep><dots><sep><dots><sep><tail>
         for sep in SEPS:
             for tail in TAILS:
                 out.append(f"a{sep}{dots}{sep}{dots}{sep}{tail}")
@@ -114,8 +222,16 @@ def hostile_prefixes():
 
 
 PREFIXES = hostile_prefixes()
-MUST_REFUSE = [p for p in SPECIAL[:12]] + ["link/x", "link", "dangling/x", "linkup/x", "sub/deeplink/x",
-                                             "x" * 300, "", "CON"]
+MUST_REFUSE = [p for p in SPECIAL[:12]] + [
+    "link/x",
+    "link",
+    "dangling/x",
+    "linkup/x",
+    "sub/deeplink/x",
+    "x" * 300,
+    "",
+    "CON",
+]
 
 
 def test_fuzz_nothing_lands_outside_the_output_folder(sandbox):
@@ -126,8 +242,10 @@ def test_fuzz_nothing_lands_outside_the_output_folder(sandbox):
     for prefix in PREFIXES:
         verdict = SaveStory.VALIDATE_INPUTS(filename_prefix=prefix)
         if verdict is not True:
-            assert isinstance(verdict, str) and "filename_prefix" in verdict and "Expected" in verdict, \
-                (prefix, verdict)
+            assert isinstance(verdict, str) and "filename_prefix" in verdict and "Expected" in verdict, (
+                prefix,
+                verdict,
+            )
             refused[prefix] = verdict
             with pytest.raises(InputError, match="filename_prefix"):  # the run-time check refuses it too
                 save(prefix)
@@ -154,19 +272,22 @@ def test_fuzz_nothing_lands_outside_the_output_folder(sandbox):
     print(f"\n{len(PREFIXES)} prefixes: {len(refused)} refused at validation, {len(saved)} saved inside")
 
 
-@pytest.mark.parametrize("prefix, expected", [
-    ("seedstory/story", "seedstory/story_00001"),
-    ("seedstory/", "seedstory/story_00001"),           # trailing '/': a folder, default name 'story'
-    ("seedstory\\", "seedstory/story_00001"),
-    ("\u7ae5\u8bdd/\u6545\u4e8b", "\u7ae5\u8bdd/\u6545\u4e8b_00001"),   # non-ASCII kept
-    ("caf\u00e9", "caf\u00e9_00001"),
-    ("cafe\u0301", "caf\u00e9_00001"),                 # NFKC: composed form
-    (" a / b ", "a/b_00001"),                          # spaces around names stripped
-    ("a/./b", "a/b_00001"),
-    ("x. ", "x_00001"),                                # trailing dots dropped (Windows would drop them)
-    ("inner/x", "inner/x_00001"),                      # a symlink that stays inside is fine
-    ("a/" + "y" * 100, "a/" + "y" * 100 + "_00001"),   # exactly at the limit
-])
+@pytest.mark.parametrize(
+    "prefix, expected",
+    [
+        ("seedstory/story", "seedstory/story_00001"),
+        ("seedstory/", "seedstory/story_00001"),  # trailing '/': a folder, default name 'story'
+        ("seedstory\\", "seedstory/story_00001"),
+        ("\u7ae5\u8bdd/\u6545\u4e8b", "\u7ae5\u8bdd/\u6545\u4e8b_00001"),  # non-ASCII kept
+        ("caf\u00e9", "caf\u00e9_00001"),
+        ("cafe\u0301", "caf\u00e9_00001"),  # NFKC: composed form
+        (" a / b ", "a/b_00001"),  # spaces around names stripped
+        ("a/./b", "a/b_00001"),
+        ("x. ", "x_00001"),  # trailing dots dropped (Windows would drop them)
+        ("inner/x", "inner/x_00001"),  # a symlink that stays inside is fine
+        ("a/" + "y" * 100, "a/" + "y" * 100 + "_00001"),  # exactly at the limit
+    ],
+)
 def test_accepted_prefixes_keep_their_name(sandbox, prefix, expected):
     _box, out = sandbox
     assert SaveStory.VALIDATE_INPUTS(filename_prefix=prefix) is True
@@ -175,24 +296,27 @@ def test_accepted_prefixes_keep_their_name(sandbox, prefix, expected):
     assert (out / expected / "index.html").is_file() and Path(res["result"][0]) == out / expected / "index.html"
 
 
-@pytest.mark.parametrize("prefix, words", [
-    ("a/ ../ ../ ../x", ["'..'", "parent folder"]),
-    ("/etc/x", ["absolute path"]),
-    ("C:\\x", ["drive letter"]),
-    ("C:x", ["drive letter"]),
-    ("~/x", ["home folder"]),
-    ("a\x00b", ["NUL"]),
-    ("a\tb/x", ["control character"]),
-    ("a/. ./x", ["made of dots only"]),
-    ("%2e%2e%2fx", ["'%'"]),
-    ("x" * 300, ["300 characters", "limit is 100 characters"]),
-    ("/".join(["d"] * 110), ["219 characters", "limit is 200"]),
-    ("link/x", ["outside", "symbolic link"]),
-    ("", ["empty"]),
-    ("/", ["absolute path"]),
-    ("./", ["names nothing"]),
-    ("CON", ["reserved device name"]),
-])
+@pytest.mark.parametrize(
+    "prefix, words",
+    [
+        ("a/ ../ ../ ../x", ["'..'", "parent folder"]),
+        ("/etc/x", ["absolute path"]),
+        ("C:\\x", ["drive letter"]),
+        ("C:x", ["drive letter"]),
+        ("~/x", ["home folder"]),
+        ("a\x00b", ["NUL"]),
+        ("a\tb/x", ["control character"]),
+        ("a/. ./x", ["made of dots only"]),
+        ("%2e%2e%2fx", ["'%'"]),
+        ("x" * 300, ["300 characters", "limit is 100 characters"]),
+        ("/".join(["d"] * 110), ["219 characters", "limit is 200"]),
+        ("link/x", ["outside", "symbolic link"]),
+        ("", ["empty"]),
+        ("/", ["absolute path"]),
+        ("./", ["names nothing"]),
+        ("CON", ["reserved device name"]),
+    ],
+)
 def test_refusals_say_what_was_expected_and_what_to_do(sandbox, prefix, words):
     msg = SaveStory.VALIDATE_INPUTS(filename_prefix=prefix)
     assert isinstance(msg, str) and msg.startswith("SeedStory Save Story: filename_prefix"), msg
@@ -213,20 +337,23 @@ def test_validate_inputs_outside_comfyui_checks_the_text_and_a_linked_prefix_pas
 def test_symlink_swapped_in_after_validation_is_caught_at_run_time(sandbox):
     box, out = sandbox
     assert SaveStory.VALIDATE_INPUTS(filename_prefix="later/x") is True
-    (out / "later").symlink_to(box / "outside")                 # appears between validation and execution
+    (out / "later").symlink_to(box / "outside")  # appears between validation and execution
     with pytest.raises(InputError, match="outside"):
         save("later/x")
     assert not any((box / "outside").iterdir())
 
 
 # ------------------------------------------------------------------------------------------------ pixels
-@pytest.mark.parametrize("images, words", [
-    ((torch.rand(2, 8, 8, 3) * 255).to(torch.uint8), ["uint8", "float pixel values in [0, 1]", "divide by 255"]),
-    (torch.ones(1, 8, 8, 3, dtype=torch.int64), ["int64", "values 1..1"]),
-    (torch.ones(1, 8, 8, 3, dtype=torch.bool), ["bool"]),
-    (torch.full((1, 8, 8, 3), float("nan")), ["192 NaN", "frame(s) [0]", "fp32"]),
-    (torch.cat([torch.rand(1, 8, 8, 3), torch.full((1, 8, 8, 3), float("inf"))]), ["192 infinite", "frame(s) [1]"]),
-])
+@pytest.mark.parametrize(
+    "images, words",
+    [
+        ((torch.rand(2, 8, 8, 3) * 255).to(torch.uint8), ["uint8", "float pixel values in [0, 1]", "divide by 255"]),
+        (torch.ones(1, 8, 8, 3, dtype=torch.int64), ["int64", "values 1..1"]),
+        (torch.ones(1, 8, 8, 3, dtype=torch.bool), ["bool"]),
+        (torch.full((1, 8, 8, 3), float("nan")), ["192 NaN", "frame(s) [0]", "fp32"]),
+        (torch.cat([torch.rand(1, 8, 8, 3), torch.full((1, 8, 8, 3), float("inf"))]), ["192 infinite", "frame(s) [1]"]),
+    ],
+)
 def test_integer_and_non_finite_images_are_refused_and_write_nothing(sandbox, images, words):
     _box, out = sandbox
     before = snapshot(out)

@@ -46,10 +46,21 @@ def test_serves_storybook_files(output):
 
 
 HOSTILE = [
-    "../secret/index.html", "seedstory/../../secret/index.html", "/etc/passwd", "//etc/passwd",
-    "seedstory/story_00001/../../../secret/index.html", "..\\secret\\index.html", "C:/Windows/win.ini",
-    "~/index.html", "seedstory/story_00001/index.html\x00.png", "seedstory/ .. / .. /secret/index.html",
-    "\uff0e\uff0e/secret/index.html", "seedstory/escape/index.html", "", " ", "seedstory/story_00001/\n",
+    "../secret/index.html",
+    "seedstory/../../secret/index.html",
+    "/etc/passwd",
+    "//etc/passwd",
+    "seedstory/story_00001/../../../secret/index.html",
+    "..\\secret\\index.html",
+    "C:/Windows/win.ini",
+    "~/index.html",
+    "seedstory/story_00001/index.html\x00.png",
+    "seedstory/ .. / .. /secret/index.html",
+    "\uff0e\uff0e/secret/index.html",
+    "seedstory/escape/index.html",
+    "",
+    " ",
+    "seedstory/story_00001/\n",
 ]
 
 
@@ -66,8 +77,9 @@ def test_refuses_files_that_are_not_storybook_files(output, rel):
         routes.resolve_storybook_file(output, rel)
 
 
-@pytest.mark.parametrize("rel", ["other/index.html", "seedstory/story_00002/index.html",
-                                 "seedstory/story_00001/frame_009.png"])
+@pytest.mark.parametrize(
+    "rel", ["other/index.html", "seedstory/story_00002/index.html", "seedstory/story_00001/frame_009.png"]
+)
 def test_missing_or_non_storybook_is_not_found(output, rel):
     with pytest.raises(routes.StorybookNotFound):
         routes.resolve_storybook_file(output, rel)

@@ -17,9 +17,20 @@ RATIO_LINE = re.compile(r"^[a-z0-9_]+: (-?\d+\.\d+|nan)$")
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    args = ["--smoke", "--policies", "dense,window,multimodal_sink,default,reencode_window", "--out-dir", str(out),
-            "--docs", str(out / "benchmarks.md"), "--img-dir", str(out / "img")]
-    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=str(REPO), capture_output=True, text=True, timeout=900)
+    args = [
+        "--smoke",
+        "--policies",
+        "dense,window,multimodal_sink,default,reencode_window",
+        "--out-dir",
+        str(out),
+        "--docs",
+        str(out / "benchmarks.md"),
+        "--img-dir",
+        str(out / "img"),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=str(REPO), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stdout
 
@@ -58,7 +69,9 @@ def test_kv_bytes_dense_grows_window_flat(smoke):
     flat = window[w:]
     assert len(flat) >= 2 and len(set(flat)) == 1
     assert window[-1] < dense[-1]
-    assert all(int(r["kv_bytes"]) == 0 and int(r["kv_bytes_work"]) > 0 for r in steps if r["policy"] == "reencode_window")
+    assert all(
+        int(r["kv_bytes"]) == 0 and int(r["kv_bytes_work"]) > 0 for r in steps if r["policy"] == "reencode_window"
+    )
 
 
 def test_ratio_lines_printed_last_in_order(smoke):
@@ -92,8 +105,10 @@ def test_quality_hook_writes_the_ablation_rows(tmp_path, monkeypatch):
 
     def fake_ablation(model_dir, **kw):
         calls.update(kw, model_dir=model_dir)
-        return {p: {f"{m}x": {"attribute_agreement": 0.5 / m, "pixel_l1": 0.1 * m} for m in kw["length_multiples"]}
-                for p in kw["policies"]}
+        return {
+            p: {f"{m}x": {"attribute_agreement": 0.5 / m, "pixel_l1": 0.1 * m} for m in kw["length_multiples"]}
+            for p in kw["policies"]
+        }
 
     monkeypatch.setattr(te, "long_story_ablation", fake_ablation)
     cfg = eb.BenchConfig(out_dir=tmp_path)
@@ -109,7 +124,11 @@ def test_quality_hook_writes_the_ablation_rows(tmp_path, monkeypatch):
 def test_default_run_writes_no_tracked_file_and_update_docs_does():
     cfg = eb.config_from_args(eb.parse_args(["--quick"]))
     tracked = {eb.TRACKED_RESULTS, eb.TRACKED_DOCS, eb.TRACKED_IMG}
-    assert cfg.out_dir == eb.DEFAULT_OUT and cfg.docs_path.parent == eb.DEFAULT_OUT and cfg.img_dir.parent == eb.DEFAULT_OUT
+    assert (
+        cfg.out_dir == eb.DEFAULT_OUT
+        and cfg.docs_path.parent == eb.DEFAULT_OUT
+        and cfg.img_dir.parent == eb.DEFAULT_OUT
+    )
     assert not tracked & {cfg.out_dir, cfg.docs_path, cfg.img_dir}
     assert "out/" in (REPO / "bench" / ".gitignore").read_text().split()
     cfg = eb.config_from_args(eb.parse_args(["--quick", "--update-docs"]))
@@ -128,7 +147,10 @@ def test_smoke_docs_render_from_the_run_folder(smoke):
 def test_full_size_analytic_counts():
     from bench import full_size
 
-    rows = {r["policy"]: r for r in full_size.full_size_rows(frame=50, sentence_tokens=24, window_images=8, default_max_sink_images=8)}
+    rows = {
+        r["policy"]: r
+        for r in full_size.full_size_rows(frame=50, sentence_tokens=24, window_images=8, default_max_sink_images=8)
+    }
     per_token = 2 * 32 * 32 * 128 * 2  # K+V, 32 layers, 32 KV heads, 128 dims, bf16
     assert rows["dense"]["kv_tokens"] == 1 + 24 + 66 + 50 * 24 + 49 * 66  # start + 50 sentences + 49 stored images
     assert rows["dense"]["kv_bytes"] == rows["dense"]["kv_tokens"] * per_token
@@ -139,32 +161,86 @@ def test_full_size_analytic_counts():
     assert rows["multimodal_sink"]["kv_tokens"] - rows["sink"]["kv_tokens"] == 24 * evicted - 3
     assert rows["default"]["kv_tokens"] - rows["sink"]["kv_tokens"] == 24 * 8 - 3
     assert rows["default"]["kv_bytes"] / rows["dense"]["kv_bytes"] <= 0.3
-    assert rows["dense"]["attn_flops"] > rows["multimodal_sink"]["attn_flops"] > rows["default"]["attn_flops"] > rows["window"]["attn_flops"]
-    assert rows["reencode_window"]["reencode_tokens"] > 0 and rows["reencode_window"]["attn_flops"] > rows["window"]["attn_flops"]
+    assert (
+        rows["dense"]["attn_flops"]
+        > rows["multimodal_sink"]["attn_flops"]
+        > rows["default"]["attn_flops"]
+        > rows["window"]["attn_flops"]
+    )
+    assert (
+        rows["reencode_window"]["reencode_tokens"] > 0
+        and rows["reencode_window"]["attn_flops"] > rows["window"]["attn_flops"]
+    )
     assert rows["multimodal_sink"]["paper_minus_dense_gb"] == round(31.82 - 37.99, 2)
 
 
 def test_full_size_command_runs_on_cpu_with_one_layer(tmp_path):
     """The documented GPU command (--preset full --random-weights) runs end to end on the CPU with one layer."""
-    args = ["--smoke", "--preset", "full", "--random-weights", "--layers", "1", "--policies", "default",
-            "--lengths", "1,2", "--sentence-tokens", "2", "--skip-extras", "--out-dir", str(tmp_path), "--docs", "",
-            "--img-dir", ""]
-    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=str(REPO), capture_output=True, text=True, timeout=1800)
+    args = [
+        "--smoke",
+        "--preset",
+        "full",
+        "--random-weights",
+        "--layers",
+        "1",
+        "--policies",
+        "default",
+        "--lengths",
+        "1,2",
+        "--sentence-tokens",
+        "2",
+        "--skip-extras",
+        "--out-dir",
+        str(tmp_path),
+        "--docs",
+        "",
+        "--img-dir",
+        "",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=str(REPO), capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read(tmp_path / "engine_smoke_full_summary.csv")
     assert {r["policy"] for r in rows} == {"default"} and {int(r["frames"]) for r in rows} == {1, 2}
     assert all(int(r["kv_bytes"]) > 0 for r in rows)
-    assert "preset=full" in proc.stderr and proc.stdout.strip().splitlines()[-5].startswith("decode_ms_per_token_over_plain_transformers: ")
+    assert "preset=full" in proc.stderr and proc.stdout.strip().splitlines()[-5].startswith(
+        "decode_ms_per_token_over_plain_transformers: "
+    )
 
 
 def test_story_step_runs_and_splits_mllm_and_detokenizer(tmp_path):
     """bench.story_step end to end at a toy step count: every loop row, MLLM + de-tokenizer = total, CSV written."""
     from bench import story_step
 
-    assert story_step.main(["--models", "bundled", "--frames", "2", "--window-images", "1", "--official-steps", "2",
-                            "--fast-steps", "1", "--sentence-tokens", "3", "--skip-quality", "--out-dir", str(tmp_path)]) == 0
+    assert (
+        story_step.main(
+            [
+                "--models",
+                "bundled",
+                "--frames",
+                "2",
+                "--window-images",
+                "1",
+                "--official-steps",
+                "2",
+                "--fast-steps",
+                "1",
+                "--sentence-tokens",
+                "3",
+                "--skip-quality",
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     rows = read(tmp_path / "story_step.csv")
-    assert [(r["loop"], r["scheduler"]) for r in rows] == [("official", "euler"), ("ours", "euler"), ("ours", "dpmpp_2m")]
+    assert [(r["loop"], r["scheduler"]) for r in rows] == [
+        ("official", "euler"),
+        ("ours", "euler"),
+        ("ours", "dpmpp_2m"),
+    ]
     for r in rows:
         assert abs(float(r["mllm_s"]) + float(r["detok_s"]) - float(r["total_s"])) < 1e-4
         assert 0 < float(r["mllm_share"]) < 1
@@ -177,11 +253,17 @@ def test_long_story_ablation_table_pairs_each_story_with_the_uncapped_sink():
 
     base = [0.2, 0.5, 0.4, 0.9, 0.3, 0.6]
     better = [b + 0.1 for b in base]
-    result = {p: {"1x": {"attribute_agreement": sum(v) / len(v), "pixel_l1": 0.1, "attribute_agreement_per_story": v}}
-              for p, v in (("multimodal_sink", base), ("window", better))}
+    result = {
+        p: {"1x": {"attribute_agreement": sum(v) / len(v), "pixel_l1": 0.1, "attribute_agreement_per_story": v}}
+        for p, v in (("multimodal_sink", base), ("window", better))
+    }
     rows = {r["policy"]: r for r in table_rows(result, "teacher_forced", seed=7, judge_sha256="abc")}
     assert rows["multimodal_sink"]["diff_vs_uncapped"] == 0.0
     w = rows["window"]
-    assert w["diff_vs_uncapped"] == pytest.approx(0.1) and w["ci_low"] == pytest.approx(0.1) and w["ci_high"] == pytest.approx(0.1)
+    assert (
+        w["diff_vs_uncapped"] == pytest.approx(0.1)
+        and w["ci_low"] == pytest.approx(0.1)
+        and w["ci_high"] == pytest.approx(0.1)
+    )
     assert w["agreement_ci_low"] < w["agreement"] < w["agreement_ci_high"]
     assert (w["seed"], w["judge_sha256"], w["stories"]) == (7, "abc", 6)

@@ -38,14 +38,16 @@ def csv_numbers():
 def matches(token: str, values) -> bool:
     decimals = len(token.split(".")[1]) if "." in token else 0
     target = float(token)
-    tol = 0.5 * 10 ** -decimals + 1e-12
+    tol = 0.5 * 10**-decimals + 1e-12
     return any(abs(v * s - target) <= tol for v in values for s in SCALES)
 
 
 @pytest.fixture(scope="module")
 def page():
     if not PAGE.is_file() or not any(RESULTS.glob("engine_*_run.csv")):
-        pytest.fail("docs/benchmarks.md or bench/results/engine_*_run.csv is missing: run `python -m bench --quick --update-docs`")
+        pytest.fail(
+            "docs/benchmarks.md or bench/results/engine_*_run.csv is missing: run `python -m bench --quick --update-docs`"
+        )
     return PAGE.read_text()
 
 
@@ -74,8 +76,13 @@ def test_stale_statements_are_gone(page):
     assert "max(64" not in page and "89 MiB" not in page
     assert "also use the one-pass forward" not in page  # the re-encode baseline forces its image tokens
     assert "kv_bytes_multimodal_sink_over_dense_at_50:" not in page.split("## The five ratios")[1].split("##")[0]
-    for key in ("decode_ms_per_token_over_plain_transformers", "step50_over_step5_default", "kv_bytes_default_over_dense_at_50",
-                "reencode_over_multimodal_sink", "forced_over_onepass_image_queries"):
+    for key in (
+        "decode_ms_per_token_over_plain_transformers",
+        "step50_over_step5_default",
+        "kv_bytes_default_over_dense_at_50",
+        "reencode_over_multimodal_sink",
+        "forced_over_onepass_image_queries",
+    ):
         assert f"`{key}`" in page
     # the page says plainly what of the GPU command has run: nothing, or the measured section with what it missed
     assert "has NOT run" in page or ("## Full size on a GPU" in page and "Not measured on the GPU" in page)

@@ -47,37 +47,74 @@ def _accelerate_help(cmd: list[str]) -> list[str]:
 COMMANDS = [
     (r"^bash scripts/demo\.sh$", "test", "CI entry (README top block, owned by the lead)"),
     (r"^bash scripts/setup_env\.sh( --venv DIR)?$", "test", "CI entry: creates the venv every test run uses"),
-    (r"^bash scripts/setup_browser\.sh( --check| --no-apt)*$", "test", "tests/browser/test_browser.py::browser_missing (its "
-                                                                   "skip reason names it)"),
+    (
+        r"^bash scripts/setup_browser\.sh( --check| --no-apt)*$",
+        "test",
+        "tests/browser/test_browser.py::browser_missing (its skip reason names it)",
+    ),
     (r"^\.venv/bin/python -m pytest", "test", "CI: the test run itself"),
-    (r"^bash scripts/test\.sh( --lane (current|classic|oldest))?$", "test",
-     "tests/server/test_comfyui_server.py::test_ci_runs_the_readme_test_command (.ci/run runs it)"),
-    (r"^\.venv/bin/python scripts/comfy_server\.py (start|stop)$", "test",
-     "tests/server/test_comfyui_server.py (the same module, scripts/comfy_server.py, starts every test server)"),
+    (
+        r"^bash scripts/test\.sh( --lane (current|classic|oldest))?$",
+        "test",
+        "tests/server/test_comfyui_server.py::test_ci_runs_the_readme_test_command (.ci/run runs it)",
+    ),
+    (
+        r"^\.venv/bin/python scripts/comfy_server\.py (start|stop)$",
+        "test",
+        "tests/server/test_comfyui_server.py (the same module, scripts/comfy_server.py, starts every test server)",
+    ),
     (r"^python scripts/gen_node_docs\.py( --check| --stdout)?$", "run", None),
     (r"^python -m seedstory_core\.(convert|golden|sink|data\.mini) --help$", "run", None),
     (r"^python -m seedstory_client\.batch --help$", "run", None),
-    (r"^python -m training\.(vae|stage0_visual_tokenizer|stage1_detokenizer|stage2_instruction|stage3_adaptation) --help$", "run", None),
-    (r"^python -m seedstory_core\.convert (vit|agent|detokenizer) \S+ \S+", "help",
-     "tests/core/test_agent_checkpoints.py::test_convert_cli_round_trip runs the converter on a real file"),
+    (
+        r"^python -m training\.(vae|stage0_visual_tokenizer|stage1_detokenizer|stage2_instruction|stage3_adaptation) --help$",
+        "run",
+        None,
+    ),
+    (
+        r"^python -m seedstory_core\.convert (vit|agent|detokenizer) \S+ \S+",
+        "help",
+        "tests/core/test_agent_checkpoints.py::test_convert_cli_round_trip runs the converter on a real file",
+    ),
     (r"^python -m seedstory_core\.data\.mini ", "help", None),
-    (r"^python -m training\.(vae|stage1_detokenizer|stage2_instruction|stage3_adaptation) --data ", "help",
-     "tests/training/test_training.py::test_stage2_resume_in_new_process_matches_uninterrupted runs the stage CLIs"),
-    (r"^python -m training\.stage0_visual_tokenizer --(data|measure) ", "help",
-     "tests/training/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs stage 0 from its CLI arguments "
-     "and its measurement; tests/training/test_stage0.py runs train_stage0 and measure_bundles"),
-    (r"^accelerate launch --config_file training/configs/\S+\.yaml -m training\.", "help",
-     "tests/training/test_training.py::test_accelerate_configs_parse parses the configs"),
-    (r"^python -m training\.tiny_recipe ", "help",
-     "tests/training/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs the whole recipe at 1% scale"),
-    (r"^python -m seedstory_core\.tell ", "help",
-     "tests/core/test_storybook_writer.py::test_tell_command_writes_a_storybook runs the command on the bundled model"),
-    (r"^python -m training\.evaluate ", "help",
-     "tests/training/test_evaluate.py::test_evaluate_cli_runs_on_a_small_model runs the evaluation CLI"),
+    (
+        r"^python -m training\.(vae|stage1_detokenizer|stage2_instruction|stage3_adaptation) --data ",
+        "help",
+        "tests/training/test_training.py::test_stage2_resume_in_new_process_matches_uninterrupted runs the stage CLIs",
+    ),
+    (
+        r"^python -m training\.stage0_visual_tokenizer --(data|measure) ",
+        "help",
+        "tests/training/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs stage 0 from its CLI arguments "
+        "and its measurement; tests/training/test_stage0.py runs train_stage0 and measure_bundles",
+    ),
+    (
+        r"^accelerate launch --config_file training/configs/\S+\.yaml -m training\.",
+        "help",
+        "tests/training/test_training.py::test_accelerate_configs_parse parses the configs",
+    ),
+    (
+        r"^python -m training\.tiny_recipe ",
+        "help",
+        "tests/training/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs the whole recipe at 1% scale",
+    ),
+    (
+        r"^python -m seedstory_core\.tell ",
+        "help",
+        "tests/core/test_storybook_writer.py::test_tell_command_writes_a_storybook runs the command on the bundled model",
+    ),
+    (
+        r"^python -m training\.evaluate ",
+        "help",
+        "tests/training/test_evaluate.py::test_evaluate_cli_runs_on_a_small_model runs the evaluation CLI",
+    ),
     (r"^hf download ", "help", "network: Hugging Face downloads are not run by tests"),
     (r"^seedstory-batch ", "help", "seedstory_client/batch.py (python -m seedstory_client.batch)"),
-    (r"^python -m seedstory_client\.batch \S+\.jsonl ", "help",
-     "tests/project/test_docs.py::test_api_command_from_readme_against_real_server runs the batch client as written"),
+    (
+        r"^python -m seedstory_client\.batch \S+\.jsonl ",
+        "help",
+        "tests/project/test_docs.py::test_api_command_from_readme_against_real_server runs the batch client as written",
+    ),
     (r"^python -c .*\| curl -s -X POST http://127\.0\.0\.1:8188/prompt ", "server", None),
 ]
 
@@ -225,13 +262,19 @@ def test_documented_command_is_exercised(where, cmd):
         elif argv[:2] == ["hf", "download"]:
             hf = shutil.which("hf") or str(Path(PY).parent / "hf")
             if not os.path.exists(hf):
-                require_or_skip("the `hf` CLI is not installed (huggingface_hub installs it; scripts/setup_env.sh)",
-                                "SEEDSTORY_REQUIRE_HF_CLI")
+                require_or_skip(
+                    "the `hf` CLI is not installed (huggingface_hub installs it; scripts/setup_env.sh)",
+                    "SEEDSTORY_REQUIRE_HF_CLI",
+                )
             help_cmd = [hf, "download", "--help"]
         else:
             pytest.fail(f"no --help recipe for `{cmd}`")
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "COLUMNS": "200", "NO_COLOR": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "COLUMNS": "200",
+            "NO_COLOR": "1",
+        }
         proc = subprocess.run(help_cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180, env=env)
         assert proc.returncode == 0, f"`{' '.join(help_cmd)}` exited {proc.returncode}: {proc.stderr[-2000:]}"
         help_text = proc.stdout + proc.stderr
@@ -269,8 +312,9 @@ def test_api_command_from_readme_against_real_server(comfy_dir, tmp_path):
     assert batch, "README shows the batch command"
     if shutil.which("curl") is None:
         # scripts/setup_env.sh installs curl (through scripts/setup_browser.sh): required under CI=true
-        require_or_skip("curl is not installed (apt-get install curl, or bash scripts/setup_browser.sh)",
-                        "SEEDSTORY_REQUIRE_CURL")
+        require_or_skip(
+            "curl is not installed (apt-get install curl, or bash scripts/setup_browser.sh)", "SEEDSTORY_REQUIRE_CURL"
+        )
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 8188)) == 0:
             if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -295,8 +339,11 @@ def test_api_command_from_readme_against_real_server(comfy_dir, tmp_path):
             deadline = time.monotonic() + 300
             entry = None
             while time.monotonic() < deadline:
-                entry = requests.get(f"http://127.0.0.1:8188/history/{answer['prompt_id']}",
-                                     timeout=30).json().get(answer["prompt_id"])
+                entry = (
+                    requests.get(f"http://127.0.0.1:8188/history/{answer['prompt_id']}", timeout=30)
+                    .json()
+                    .get(answer["prompt_id"])
+                )
                 if entry and entry.get("status", {}).get("completed") is not None:
                     break
                 time.sleep(0.5)
@@ -306,8 +353,18 @@ def test_api_command_from_readme_against_real_server(comfy_dir, tmp_path):
             page = requests.get("http://127.0.0.1:8188/seedstory/storybook/" + quote(book), timeout=30)
             assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
         jobs = tmp_path / "jobs.jsonl"
-        jobs.write_text(json.dumps({"id": "readme", "image": str(REPO_ROOT / "workflows/assets/seedstory_start.png"),
-                                    "text": "A small boat leaves the harbour.", "frames": 2, "seed": 3}) + "\n")
+        jobs.write_text(
+            json.dumps(
+                {
+                    "id": "readme",
+                    "image": str(REPO_ROOT / "workflows/assets/seedstory_start.png"),
+                    "text": "A small boat leaves the harbour.",
+                    "frames": 2,
+                    "seed": 3,
+                }
+            )
+            + "\n"
+        )
         argv = shlex.split(batch[0])
         argv[0] = PY
         argv[argv.index("jobs.jsonl")] = str(jobs)
@@ -317,5 +374,10 @@ def test_api_command_from_readme_against_real_server(comfy_dir, tmp_path):
         assert (tmp_path / "out" / "summary.json").is_file()
         assert proc.stdout.strip().splitlines()[-1].endswith("index.html"), proc.stdout
     finally:
-        subprocess.run([PY, "scripts/comfy_server.py", "stop", "--state", str(state)], cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=120)
+        subprocess.run(
+            [PY, "scripts/comfy_server.py", "stop", "--state", str(state)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )

@@ -61,8 +61,21 @@ def test_requirements_txt_matches_project_dependencies():
 def test_requirements_cover_the_runtime_imports():
     """Every third-party module imported by the pack's runtime code (nodes/, seedstory_core/, training/) comes from
     requirements.txt or from what ComfyUI itself installs (torch, torchvision)."""
-    provided = {"torch", "torchvision", "transformers", "tokenizers", "sentencepiece", "diffusers", "peft",
-                "accelerate", "safetensors", "huggingface_hub", "numpy", "PIL", "tqdm"}
+    provided = {
+        "torch",
+        "torchvision",
+        "transformers",
+        "tokenizers",
+        "sentencepiece",
+        "diffusers",
+        "peft",
+        "accelerate",
+        "safetensors",
+        "huggingface_hub",
+        "numpy",
+        "PIL",
+        "tqdm",
+    }
     dist_of = {"PIL": "pillow", "huggingface_hub": "huggingface-hub"}
     reqs = _req_names((REPO / "requirements.txt").read_text().splitlines())
     for mod in provided - {"torch", "torchvision"}:
@@ -120,13 +133,15 @@ def test_client_extra_holds_the_http_libraries_and_the_dev_requirements_match_th
 def test_seedstory_core_imports_no_http_library():
     """Every seedstory_core module, imported in a fresh interpreter, leaves requests and websocket (websocket-client)
     out of sys.modules; and no seedstory_core file imports them (or another HTTP library) itself."""
-    code = ("import importlib, json, pkgutil, sys\n"
-            "import seedstory_core\n"
-            "mods = [m.name for m in pkgutil.walk_packages(seedstory_core.__path__, 'seedstory_core.')]\n"
-            "for m in mods:\n"
-            "    importlib.import_module(m)\n"
-            "http = [n for n in ('requests', 'websocket') if n in sys.modules]\n"
-            "print(json.dumps({'modules': mods, 'http': http}))\n")
+    code = (
+        "import importlib, json, pkgutil, sys\n"
+        "import seedstory_core\n"
+        "mods = [m.name for m in pkgutil.walk_packages(seedstory_core.__path__, 'seedstory_core.')]\n"
+        "for m in mods:\n"
+        "    importlib.import_module(m)\n"
+        "http = [n for n in ('requests', 'websocket') if n in sys.modules]\n"
+        "print(json.dumps({'modules': mods, 'http': http}))\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -136,27 +151,48 @@ def test_seedstory_core_imports_no_http_library():
     assert "seedstory_core.story" in out["modules"] and len(out["modules"]) >= 10, out["modules"]
     assert out["http"] == [], f"importing seedstory_core loaded {out['http']}"
     direct = _third_party_imports(("seedstory_core",), {"seedstory_core"})
-    http = {m: where for m, where in direct.items()
-            if m in {"requests", "websocket", "urllib3", "httpx", "aiohttp", "seedstory_client"}}
+    http = {
+        m: where
+        for m, where in direct.items()
+        if m in {"requests", "websocket", "urllib3", "httpx", "aiohttp", "seedstory_client"}
+    }
     assert not http, f"seedstory_core imports an HTTP library or the client: {http}"
 
 
 def test_comfy_node_validate(tmp_path):
     exe = shutil.which("comfy", path=str(Path(sys.executable).parent)) or shutil.which("comfy")
     if exe is None:
-        require_or_skip("comfy-cli is not installed (requirements-dev.txt; scripts/setup_env.sh installs it)",
-                        "SEEDSTORY_REQUIRE_COMFY_CLI")
+        require_or_skip(
+            "comfy-cli is not installed (requirements-dev.txt; scripts/setup_env.sh installs it)",
+            "SEEDSTORY_REQUIRE_COMFY_CLI",
+        )
     env = dict(os.environ, HOME=str(tmp_path), COMFY_CLI_NO_REMOTE_REFRESH="1")
-    res = subprocess.run([exe, "--skip-prompt", "--no-enable-telemetry", "node", "validate"], cwd=REPO,
-                         capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(
+        [exe, "--skip-prompt", "--no-enable-telemetry", "node", "validate"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert "Security warnings found" not in out, out
 
 
 def test_pack_layout():
-    for path in ("nodes", "seedstory_core", "training", "workflows", "tests", "__init__.py", "pyproject.toml",
-                 "requirements.txt", "web/seedstory.js", "web/icon.png"):
+    for path in (
+        "nodes",
+        "seedstory_core",
+        "training",
+        "workflows",
+        "tests",
+        "__init__.py",
+        "pyproject.toml",
+        "requirements.txt",
+        "web/seedstory.js",
+        "web/icon.png",
+    ):
         assert (REPO / path).exists(), path
 
 
@@ -170,8 +206,14 @@ def test_pack_copy_is_what_a_user_gets(tmp_path):
     target.symlink_to(REPO)  # what older versions of provision_comfyui.sh left behind
     copy_pack(target)
     assert target.is_dir() and not target.is_symlink()
-    for rel in ("__init__.py", "requirements.txt", "nodes/__init__.py", "seedstory_core/__init__.py",
-                "web/docs/SeedStoryGenerateStory.md", "models/seedstory-tiny/seedstory_config.json"):
+    for rel in (
+        "__init__.py",
+        "requirements.txt",
+        "nodes/__init__.py",
+        "seedstory_core/__init__.py",
+        "web/docs/SeedStoryGenerateStory.md",
+        "models/seedstory-tiny/seedstory_config.json",
+    ):
         assert (target / rel).is_file(), rel
     for rel in (".venv", ".comfyui", ".git", "tests/browser/node_modules"):
         assert not (target / rel).exists(), rel
@@ -197,15 +239,36 @@ def test_pip_install_gives_the_seedstory_batch_command(tmp_path):
 
     src = copy_pack(tmp_path / "src")
     target = tmp_path / "target"
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "--isolated", "--quiet", "--no-deps", "--target",
-                          str(target), str(src)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--isolated",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if res.returncode != 0 and "Could not find a version" in res.stderr and os.environ.get("CI") != "true":
         pytest.skip(f"no package index for the build requirements: {res.stderr[-500:]}")
     assert res.returncode == 0, res.stderr[-3000:]
     exe = target / "bin" / "seedstory-batch"
     assert exe.is_file()
-    run = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=str(target)), cwd=tmp_path)
+    run = subprocess.run(
+        [str(exe), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(target)),
+        cwd=tmp_path,
+    )
     assert run.returncode == 0 and "usage: seedstory-batch" in run.stdout, run.stderr
     assert (target / "seedstory_client" / "batch.py").is_file() and not (target / "nodes").exists()
     assert (target / "seedstory_core" / "story.py").is_file() and not (target / "seedstory_core" / "batch.py").exists()

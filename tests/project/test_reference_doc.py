@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = REPO_ROOT / "docs" / "reference.md"
@@ -39,7 +37,7 @@ def _sections() -> Dict[str, str]:
     for i, m in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
         assert m.group(2) not in out, f"docs/reference.md: section §{m.group(2)} appears twice"
-        out[m.group(2)] = text[m.start():end]
+        out[m.group(2)] = text[m.start() : end]
     return out
 
 
@@ -49,9 +47,14 @@ def _tracked_text_files() -> List[Path]:
         out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, check=True, capture_output=True).stdout
         names = [REPO_ROOT / n for n in out.decode("utf-8").split("\0") if n]
     except (OSError, subprocess.CalledProcessError):
-        names = [p for p in REPO_ROOT.rglob("*")
-                 if not any(part.startswith(".") or part in ("node_modules", "__pycache__")
-                            for part in p.relative_to(REPO_ROOT).parts)]
+        names = [
+            p
+            for p in REPO_ROOT.rglob("*")
+            if not any(
+                part.startswith(".") or part in ("node_modules", "__pycache__")
+                for part in p.relative_to(REPO_ROOT).parts
+            )
+        ]
     return [p for p in names if p.suffix in TEXT_SUFFIXES and p.is_file()]
 
 
@@ -73,7 +76,7 @@ def _citations() -> List[Tuple[str, int, str, str | None, Tuple[int, int] | None
         rel = path.relative_to(REPO_ROOT).as_posix()
         for lineno, line in enumerate(_read(path).splitlines(), 1):
             for m in re.finditer(r"reference\.md (?=§)", line):
-                clause = re.split(r"[);]", line[m.end():], maxsplit=1)[0]
+                clause = re.split(r"[);]", line[m.end() :], maxsplit=1)[0]
                 for item in ITEM.finditer(clause):
                     steps = None
                     if item.group(3):
@@ -144,4 +147,6 @@ def test_no_file_cites_the_out_of_repository_spec():
         for lineno, line in enumerate(_read(path).splitlines(), 1):
             if OLD_CITATION.search(line):
                 left.append(f"{rel}:{lineno}: {line.strip()[:120]}")
-    assert not left, "citations of the old, out-of-repository specification (cite docs/reference.md §N):\n" + "\n".join(left)
+    assert not left, "citations of the old, out-of-repository specification (cite docs/reference.md §N):\n" + "\n".join(
+        left
+    )

@@ -86,8 +86,9 @@ def _message_pieces(cell: str) -> list[str]:
 def test_the_document_has_rows():
     rows = _rows()
     assert len(rows) >= 40, f"docs/reliability.md has only {len(rows)} table rows"
-    assert all(TEST_REF.search(tests) for _, _, tests in rows), \
-        [n for n, _, tests in rows if not TEST_REF.search(tests)]
+    assert all(TEST_REF.search(tests) for _, _, tests in rows), [
+        n for n, _, tests in rows if not TEST_REF.search(tests)
+    ]
 
 
 @pytest.mark.parametrize("lineno,message,tests", _rows(), ids=lambda v: str(v)[:40] if isinstance(v, int) else None)
@@ -97,8 +98,11 @@ def test_row_is_kept_true(lineno, message, tests):
     for ref in refs:
         path = REPO_ROOT / "tests" / ref["file"]
         assert path.is_file(), f"line {lineno}: {path} does not exist"
-        names = {n.name for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        names = {
+            n.name
+            for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+        }
         assert ref["name"] in names, f"line {lineno}: {ref['file']} has no test {ref['name']}"
     if message.startswith(FOREIGN):
         return
@@ -106,8 +110,10 @@ def test_row_is_kept_true(lineno, message, tests):
     assert pieces, f"line {lineno}: no message in backticks: {message!r}"
     strings = _code_strings() + tuple(s for ref in refs for s in _file_strings(REPO_ROOT / "tests" / ref["file"]))
     missing = [p for p in pieces if not any(p in s for s in strings)]
-    assert not missing, (f"docs/reliability.md line {lineno}: neither the pack's code nor the cited tests hold "
-                         f"{missing}; update the document to what users now see")
+    assert not missing, (
+        f"docs/reliability.md line {lineno}: neither the pack's code nor the cited tests hold "
+        f"{missing}; update the document to what users now see"
+    )
 
 
 def test_checker_catches_a_reworded_message():
@@ -115,4 +121,6 @@ def test_checker_catches_a_reworded_message():
     strings = _code_strings()
     assert not any("this sentence is in no error message of the pack" in s for s in strings)
     assert _message_pieces("`abc <x> this piece is long enough … tail piece is long enough`") == [
-        "this piece is long enough", "tail piece is long enough"]
+        "this piece is long enough",
+        "tail piece is long enough",
+    ]

@@ -15,12 +15,24 @@ MISSING = "/nonexistent/seedstory-missing-component"
 
 #: (test id, env that hides the component, words the reason must contain)
 CASES = [
-    ("tests/core/test_agent_checkpoints.py::test_full_size_meta_keys_equal_official_manifest",
-     {"SEEDSTORY_REFERENCE": MISSING}, "reference material not found", "SEEDSTORY_REQUIRE_REFERENCE"),
-    ("tests/core/test_tokenizer.py::test_real_base_and_image_ids",
-     {"SEEDSTORY_LLAMA2_TOKENIZER": MISSING}, "real LLaMA-2 tokenizer not found", "SEEDSTORY_REQUIRE_LLAMA_TOKENIZER"),
-    ("tests/browser/test_browser.py::test_template_browser_lists_every_workflow",
-     {"CHROMIUM": MISSING}, "browser unavailable: Chromium not found", "SEEDSTORY_REQUIRE_BROWSER"),
+    (
+        "tests/core/test_agent_checkpoints.py::test_full_size_meta_keys_equal_official_manifest",
+        {"SEEDSTORY_REFERENCE": MISSING},
+        "reference material not found",
+        "SEEDSTORY_REQUIRE_REFERENCE",
+    ),
+    (
+        "tests/core/test_tokenizer.py::test_real_base_and_image_ids",
+        {"SEEDSTORY_LLAMA2_TOKENIZER": MISSING},
+        "real LLaMA-2 tokenizer not found",
+        "SEEDSTORY_REQUIRE_LLAMA_TOKENIZER",
+    ),
+    (
+        "tests/browser/test_browser.py::test_template_browser_lists_every_workflow",
+        {"CHROMIUM": MISSING},
+        "browser unavailable: Chromium not found",
+        "SEEDSTORY_REQUIRE_BROWSER",
+    ),
 ]
 
 
@@ -29,11 +41,16 @@ IDS = [c[0] for c in CASES]
 
 
 def _child(env_extra: dict) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k != "CI" and not k.startswith("SEEDSTORY_REQUIRE_")}
+    env = {k: v for k, v in os.environ.items() if k != "CI" and not k.startswith("SEEDSTORY_REQUIRE_")}
     env.update(HIDE, **env_extra)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider", *IDS],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider", *IDS],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_missing_components_skip_locally_and_fail_in_ci():

@@ -14,7 +14,6 @@ UI -> API conversion rule (what ComfyUI's frontend ``graphToPrompt`` does for V1
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from tests.support.pack_loader import load_pack
@@ -35,17 +34,33 @@ CORE_SPECS = {
     "PreviewImage": ({"required": {"images": ("IMAGE",)}, "hidden": {"prompt": "PROMPT"}}, ()),
     "SaveImage": ({"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}}, ()),
     "CheckpointLoaderSimple": ({"required": {"ckpt_name": ([],)}}, ("MODEL", "CLIP", "VAE")),
-    "EmptyLatentImage": ({"required": {"width": ("INT", {"default": 512, "min": 16, "max": 16384}),
-                                       "height": ("INT", {"default": 512, "min": 16, "max": 16384}),
-                                       "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})}}, ("LATENT",)),
-    "KSampler": ({"required": {
-        "model": ("MODEL",),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
-        "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0}),
-        "sampler_name": ([],), "scheduler": ([],),
-        "positive": ("CONDITIONING",), "negative": ("CONDITIONING",), "latent_image": ("LATENT",),
-        "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0})}}, ("LATENT",)),
+    "EmptyLatentImage": (
+        {
+            "required": {
+                "width": ("INT", {"default": 512, "min": 16, "max": 16384}),
+                "height": ("INT", {"default": 512, "min": 16, "max": 16384}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+            }
+        },
+        ("LATENT",),
+    ),
+    "KSampler": (
+        {
+            "required": {
+                "model": ("MODEL",),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0}),
+                "sampler_name": ([],),
+                "scheduler": ([],),
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "latent_image": ("LATENT",),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0}),
+            }
+        },
+        ("LATENT",),
+    ),
     "VAEDecode": ({"required": {"samples": ("LATENT",), "vae": ("VAE",)}}, ("IMAGE",)),
 }
 
@@ -104,8 +119,11 @@ def ui_to_api(ui: dict, specs: dict) -> dict:
                 inputs[name] = list(links[linked[name]])
         if pos != len(values):
             raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widget values, {pos} used")
-        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
-                                "_meta": {"title": node.get("title") or node["type"]}}
+        api[str(node["id"])] = {
+            "class_type": node["type"],
+            "inputs": inputs,
+            "_meta": {"title": node.get("title") or node["type"]},
+        }
     return api
 
 
@@ -148,7 +166,9 @@ def test_ui_workflow_is_consistent_and_valid(path):
         for name, kind, opts, optional in ordered_inputs(input_types):
             socket = next((i for i in node.get("inputs", []) if i["name"] == name), None)
             if not is_widget(kind, opts) and not optional:
-                assert socket is not None and socket["link"] is not None, f"{path.name}: node {node['id']} '{name}' unconnected"
+                assert socket is not None and socket["link"] is not None, (
+                    f"{path.name}: node {node['id']} '{name}' unconnected"
+                )
         assert [o["type"] for o in node.get("outputs", [])] == list(returns), (path.name, node["id"])
     api = ui_to_api(ui, specs)
     for node_id, entry in api.items():

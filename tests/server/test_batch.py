@@ -43,14 +43,19 @@ def write_jobs(path: Path, *objs) -> Path:
 def test_parse_job_fields_and_defaults(tmp_path):
     (tmp_path / "start.png").write_bytes(START_PNG.read_bytes())
     f = tmp_path / "jobs.jsonl"
-    f.write_text("\n".join([
-        json.dumps({"image": "start.png", "text": "Hi.", "frames": 2, "seed": 5}),
-        "# a comment",
-        "",
-        json.dumps({"id": "caps", "image": "start.png", "text": "Hi.", "captions": ["One.", "Two.", "Three."]}),
-        "{not json",
-        json.dumps({"id": "bad", "image": "missing.png", "text": 3, "frames": 0, "seed": -1, "colour": 1}),
-    ]) + "\n")
+    f.write_text(
+        "\n".join(
+            [
+                json.dumps({"image": "start.png", "text": "Hi.", "frames": 2, "seed": 5}),
+                "# a comment",
+                "",
+                json.dumps({"id": "caps", "image": "start.png", "text": "Hi.", "captions": ["One.", "Two.", "Three."]}),
+                "{not json",
+                json.dumps({"id": "bad", "image": "missing.png", "text": 3, "frames": 0, "seed": -1, "colour": 1}),
+            ]
+        )
+        + "\n"
+    )
     jobs = B.load_jobs(f)
     assert [j.id for j in jobs] == ["1", "caps", "5", "bad"]  # default id = line number
     assert jobs[0].image == tmp_path / "start.png" and jobs[0].frames == 2 and jobs[0].seed == 5
@@ -63,8 +68,11 @@ def test_parse_job_fields_and_defaults(tmp_path):
 
 
 def test_duplicate_ids_are_a_usage_error(tmp_path):
-    f = write_jobs(tmp_path / "j.jsonl", {"id": "x", "image": str(START_PNG), "text": "a"},
-                   {"id": "x", "image": str(START_PNG), "text": "b"})
+    f = write_jobs(
+        tmp_path / "j.jsonl",
+        {"id": "x", "image": str(START_PNG), "text": "a"},
+        {"id": "x", "image": str(START_PNG), "text": "b"},
+    )
     with pytest.raises(ValueError, match="duplicate job id 'x'"):
         B.load_jobs(f)
 
@@ -118,22 +126,52 @@ def test_override_validation():
 
 
 def test_node_errors_are_described():
-    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                      "details": ""},
-            "node_errors": {"3": {"class_type": "SeedStoryGenerateStory", "dependent_outputs": ["4"], "errors": [
-                {"type": "custom_validation_failed", "message": "Custom validation failed for node",
-                 "details": "opening_text - is empty", "extra_info": {"input_name": "opening_text"}}]},
-                "1": {"class_type": "EmptyImage", "errors": [
-                    {"type": "value_smaller_than_min", "message": "Value 0 smaller than min of 1",
-                     "details": "width", "extra_info": {"input_name": "width"}}]}}}
+    body = {
+        "error": {
+            "type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation",
+            "details": "",
+        },
+        "node_errors": {
+            "3": {
+                "class_type": "SeedStoryGenerateStory",
+                "dependent_outputs": ["4"],
+                "errors": [
+                    {
+                        "type": "custom_validation_failed",
+                        "message": "Custom validation failed for node",
+                        "details": "opening_text - is empty",
+                        "extra_info": {"input_name": "opening_text"},
+                    }
+                ],
+            },
+            "1": {
+                "class_type": "EmptyImage",
+                "errors": [
+                    {
+                        "type": "value_smaller_than_min",
+                        "message": "Value 0 smaller than min of 1",
+                        "details": "width",
+                        "extra_info": {"input_name": "width"},
+                    }
+                ],
+            },
+        },
+    }
     lines = describe_node_errors(body["node_errors"])
-    assert lines == ["node 1 (EmptyImage) input 'width': Value 0 smaller than min of 1",
-                     "node 3 (SeedStoryGenerateStory) input 'opening_text': Custom validation failed for node: "
-                     "opening_text - is empty"]
+    assert lines == [
+        "node 1 (EmptyImage) input 'width': Value 0 smaller than min of 1",
+        "node 3 (SeedStoryGenerateStory) input 'opening_text': Custom validation failed for node: "
+        "opening_text - is empty",
+    ]
     err = PromptRefused(400, body)
     assert str(err).startswith("Prompt outputs failed validation: node 1 (EmptyImage)")
-    assert describe_execution_error({"node_id": "3", "node_type": "X", "exception_type": "ValueError",
-                                       "exception_message": "boom\n"}) == "node 3 (X) raised ValueError: boom"
+    assert (
+        describe_execution_error(
+            {"node_id": "3", "node_type": "X", "exception_type": "ValueError", "exception_message": "boom\n"}
+        )
+        == "node 3 (X) raised ValueError: boom"
+    )
 
 
 def test_help_documents_everything(capsys):
@@ -141,8 +179,21 @@ def test_help_documents_everything(capsys):
         B.main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for word in ("--server", "--template", "--force", "--retries", "--backoff", "--timeout", "overrides",
-                 "captions", "summary.json", "RESUME", "EXIT CODE", "interrupted", "node_errors"):
+    for word in (
+        "--server",
+        "--template",
+        "--force",
+        "--retries",
+        "--backoff",
+        "--timeout",
+        "overrides",
+        "captions",
+        "summary.json",
+        "RESUME",
+        "EXIT CODE",
+        "interrupted",
+        "node_errors",
+    ):
         assert word in out, word
 
 
@@ -205,8 +256,10 @@ class FakeTransport:
         self.posted.append((pid, prompt))
         self.running.append(pid)
         n = prompt["3"]["inputs"]["story_steps"] * prompt["3"]["inputs"]["diffusion_steps"]
-        self.frames = [json.dumps({"type": "progress", "data": {"prompt_id": pid, "node": "3", "value": i + 1,
-                                                                   "max": n}}) for i in range(n)]
+        self.frames = [
+            json.dumps({"type": "progress", "data": {"prompt_id": pid, "node": "3", "value": i + 1, "max": n}})
+            for i in range(n)
+        ]
         self.frames.append(json.dumps({"type": "executing", "data": {"prompt_id": pid, "node": None}}))
         return {"prompt_id": pid, "number": len(self.posted), "node_errors": {}}
 
@@ -215,9 +268,10 @@ class FakeTransport:
         n = prompt["3"]["inputs"]["story_steps"] + 1
         sub = f"seedstory_batch/x/story_{len(self.histories) + 1:05d}"
         imgs = [{"filename": f"frame_{i:03d}.png", "subfolder": sub, "type": "output"} for i in range(n)]
-        self.histories[pid] = {"outputs": {"4": {"images": imgs, "text": ["one\ntwo"],
-                                                  "storybook": [sub + "/index.html"]}},
-                               "status": {"status_str": "success", "completed": True, "messages": []}}
+        self.histories[pid] = {
+            "outputs": {"4": {"images": imgs, "text": ["one\ntwo"], "storybook": [sub + "/index.html"]}},
+            "status": {"status_str": "success", "completed": True, "messages": []},
+        }
         self.running.remove(pid)
 
     def next_frame(self):
@@ -367,10 +421,12 @@ def test_stop_marks_jobs_interrupted(tmp_path):
     class Interruptible(FakeTransport):
         def cancel(self, pid):
             self.interrupted = pid
-            self.frames = [json.dumps({"type": "execution_interrupted",
-                                       "data": {"prompt_id": pid, "node_id": "3", "node_type": "X"}})]
-            self.histories[pid] = {"outputs": {}, "status": {"status_str": "error", "completed": False,
-                                                              "messages": []}}
+            self.frames = [
+                json.dumps(
+                    {"type": "execution_interrupted", "data": {"prompt_id": pid, "node_id": "3", "node_type": "X"}}
+                )
+            ]
+            self.histories[pid] = {"outputs": {}, "status": {"status_str": "error", "completed": False, "messages": []}}
 
     stop = threading.Event()
     fake = Interruptible(delay=0.01)
@@ -379,8 +435,14 @@ def test_stop_marks_jobs_interrupted(tmp_path):
     threading.Timer(0.03, stop.set).start()
     rec = runner.run(job(id="j", frames=5, overrides={"3.diffusion_steps": 4}))
     assert rec["status"] == "interrupted" and fake.interrupted == rec["prompt_id"], rec
-    data = B.run_batch([job(id="k")], ["http://fake"], opts, transport_factory=lambda u: FakeTransport(u),
-                       stop=stop, log=lambda m: None)
+    data = B.run_batch(
+        [job(id="k")],
+        ["http://fake"],
+        opts,
+        transport_factory=lambda u: FakeTransport(u),
+        stop=stop,
+        log=lambda m: None,
+    )
     assert data["jobs"]["k"]["status"] == "interrupted" and "stopped" in data["jobs"]["k"]["error"]
 
 
@@ -404,22 +466,47 @@ FAST = {"3.diffusion_steps": 2}
 def test_cli_end_to_end_with_an_invalid_job_then_resume(comfy_server, tmp_path):
     jobs = write_jobs(
         tmp_path / "jobs.jsonl",
-        {"id": "boat", "image": str(START_PNG), "text": "A little boat leaves the harbour.", "frames": 2, "seed": 3,
-         "overrides": FAST},
+        {
+            "id": "boat",
+            "image": str(START_PNG),
+            "text": "A little boat leaves the harbour.",
+            "frames": 2,
+            "seed": 3,
+            "overrides": FAST,
+        },
         {"id": "empty", "image": str(START_PNG), "text": "   ", "frames": 2, "seed": 1, "overrides": FAST},
-        {"id": "caps", "image": str(START_PNG), "text": "George woke up.", "captions": ["He ate.", "He played."],
-         "seed": 2, "overrides": {"SeedStory Generate Story.diffusion_steps": 2, "SeedStory Save Story.title": "C"}},
+        {
+            "id": "caps",
+            "image": str(START_PNG),
+            "text": "George woke up.",
+            "captions": ["He ate.", "He played."],
+            "seed": 2,
+            "overrides": {"SeedStory Generate Story.diffusion_steps": 2, "SeedStory Save Story.title": "C"},
+        },
         {"id": "typo", "image": str(START_PNG), "text": "Hello.", "frames": 1, "overrides": {"3.diffusion_stepz": 2}},
     )
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "seedstory_client.batch", str(jobs), "-o", str(out), "-s", comfy_server.base_url,
-           "--print-storybooks", "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
-                          env=cli_env())
+    cmd = [
+        sys.executable,
+        "-m",
+        "seedstory_client.batch",
+        str(jobs),
+        "-o",
+        str(out),
+        "-s",
+        comfy_server.base_url,
+        "--print-storybooks",
+        "--no-progress",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=cli_env())
     assert proc.returncode == 1, proc.stderr  # some jobs invalid
     recs = _summary(out)
-    assert {k: r["status"] for k, r in recs.items()} == {"boat": "ok", "empty": "invalid", "caps": "ok",
-                                                           "typo": "invalid"}, proc.stderr
+    assert {k: r["status"] for k, r in recs.items()} == {
+        "boat": "ok",
+        "empty": "invalid",
+        "caps": "ok",
+        "typo": "invalid",
+    }, proc.stderr
     # the refused job: node_errors details, clearly reported
     empty = recs["empty"]
     assert empty["node_errors"]["3"]["class_type"] == "SeedStoryGenerateStory"
@@ -443,8 +530,7 @@ def test_cli_end_to_end_with_an_invalid_job_then_resume(comfy_server, tmp_path):
     assert proc.stdout.split() == [recs["boat"]["storybook"], recs["caps"]["storybook"]]
 
     # resume: the ok jobs are skipped, the invalid ones tried again (and still invalid)
-    proc2 = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
-                          env=cli_env())
+    proc2 = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=cli_env())
     assert proc2.returncode == 1
     recs2 = _summary(out)
     for jid in ("boat", "caps"):
@@ -475,8 +561,9 @@ def test_two_servers_then_restart_mid_job(comfy_server, tmp_path):
         # long enough (12 frames x 4 diffusion steps, several seconds on 2 idle cores) to be still running half a
         # second after it started, short enough to run again in time on a busy machine
         long = job(id="restart", frames=12, seed=1, overrides={"3.diffusion_steps": 4})
-        opts = B.Options(out_dir=tmp_path / "restart", progress=False,
-                         retry=B.RetryPolicy(retries=10, backoff=0.5, max_backoff=8.0))
+        opts = B.Options(
+            out_dir=tmp_path / "restart", progress=False, retry=B.RetryPolicy(retries=10, backoff=0.5, max_backoff=8.0)
+        )
         result: dict = {}
         runner = threading.Thread(target=lambda: result.update(B.run_batch([long], [second.base_url], opts)))
         runner.start()

@@ -47,8 +47,18 @@ START_PNG = REPO_ROOT / "workflows" / "assets" / "seedstory_start.png"
 
 
 def job(jid: str, image: Path = START_PNG, **kw) -> B.Job:
-    return B.parse_job({"id": jid, "image": str(image), "text": "A boat sails.", "frames": 1,
-                        "overrides": {"3.diffusion_steps": 1}, **kw}, 1, REPO_ROOT)
+    return B.parse_job(
+        {
+            "id": jid,
+            "image": str(image),
+            "text": "A boat sails.",
+            "frames": 1,
+            "overrides": {"3.diffusion_steps": 1},
+            **kw,
+        },
+        1,
+        REPO_ROOT,
+    )
 
 
 def opts_for(tmp_path: Path, retries: int = 2, **kw):
@@ -86,7 +96,9 @@ class MiniComfy:
                 pass
 
             def _send(self, status, body, ctype="application/json"):
-                data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+                data = (
+                    body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+                )
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
@@ -153,13 +165,18 @@ class MiniComfy:
             prompt = json.loads(body)["prompt"]
             pid = f"p{len(self.prompts)}"
             self.prompts[pid] = prompt
-            prefix = next(v["inputs"]["filename_prefix"] for v in prompt.values()
-                          if v["class_type"] == B.SAVE_CLASS)
+            prefix = next(v["inputs"]["filename_prefix"] for v in prompt.values() if v["class_type"] == B.SAVE_CLASS)
             sub = f"{prefix.rsplit('/', 1)[0]}/story_00001"
             self.history[pid] = {
-                "outputs": {"4": {"images": [{"filename": "frame_000.png", "subfolder": sub, "type": "output"}],
-                                  "text": ["one"], "storybook": [sub + "/index.html"]}},
-                "status": {"status_str": "success", "completed": True, "messages": []}}
+                "outputs": {
+                    "4": {
+                        "images": [{"filename": "frame_000.png", "subfolder": sub, "type": "output"}],
+                        "text": ["one"],
+                        "storybook": [sub + "/index.html"],
+                    }
+                },
+                "status": {"status_str": "success", "completed": True, "messages": []},
+            }
             return 200, {"prompt_id": pid, "number": len(self.prompts), "node_errors": {}}
         if method == "GET" and path.startswith("/history/"):
             pid = path.rsplit("/", 1)[1]
@@ -258,8 +275,9 @@ def test_http_error_and_local_oserror_from_any_transport_are_not_connection_loss
 
     fake = Flaky()
     opts, sleeps = opts_for(tmp_path)
-    data = B.run_batch([job("h"), job("f"), job("ok")], ["http://fake"], opts, transport_factory=lambda u: fake,
-                       log=lambda m: None)
+    data = B.run_batch(
+        [job("h"), job("f"), job("ok")], ["http://fake"], opts, transport_factory=lambda u: fake, log=lambda m: None
+    )
     recs = data["jobs"]
     assert recs["h"]["status"] == "error" and "HTTPError" in recs["h"]["error"] and "502" in recs["h"]["error"]
     assert recs["f"]["status"] == "error" and "Permission denied" in recs["f"]["error"]
@@ -267,25 +285,28 @@ def test_http_error_and_local_oserror_from_any_transport_are_not_connection_loss
     assert sleeps == [] and fake.connects == 3
 
 
-@pytest.mark.parametrize("exc, expected", [
-    (ConnectionRefusedError(111, "Connection refused"), True),
-    (ConnectionResetError(104, "Connection reset by peer"), True),
-    (TimeoutError("timed out"), True),
-    (socket.gaierror(-2, "Name or service not known"), True),
-    (OSError(101, "Network is unreachable"), True),
-    (requests.ConnectionError("refused"), True),
-    (requests.ReadTimeout("read timed out"), True),
-    (websocket.WebSocketConnectionClosedException("lost"), True),
-    (websocket.WebSocketTimeoutException("timed out"), True),
-    (requests.HTTPError("500 Server Error"), False),
-    (HTTPFailure("GET", "/queue", 500, "boom"), False),
-    (websocket.WebSocketBadStatusException("Handshake status %d %s", 403, "Forbidden"), False),
-    (FileNotFoundError(2, "No such file or directory", "/x/start.png"), False),
-    (PermissionError(13, "Permission denied", "/x/out"), False),
-    (IsADirectoryError(21, "Is a directory", "/x/start.png"), False),
-    (OSError(28, "No space left on device"), False),
-    (ValueError("bad json"), False),
-])
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (ConnectionRefusedError(111, "Connection refused"), True),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (TimeoutError("timed out"), True),
+        (socket.gaierror(-2, "Name or service not known"), True),
+        (OSError(101, "Network is unreachable"), True),
+        (requests.ConnectionError("refused"), True),
+        (requests.ReadTimeout("read timed out"), True),
+        (websocket.WebSocketConnectionClosedException("lost"), True),
+        (websocket.WebSocketTimeoutException("timed out"), True),
+        (requests.HTTPError("500 Server Error"), False),
+        (HTTPFailure("GET", "/queue", 500, "boom"), False),
+        (websocket.WebSocketBadStatusException("Handshake status %d %s", 403, "Forbidden"), False),
+        (FileNotFoundError(2, "No such file or directory", "/x/start.png"), False),
+        (PermissionError(13, "Permission denied", "/x/out"), False),
+        (IsADirectoryError(21, "Is a directory", "/x/start.png"), False),
+        (OSError(28, "No space left on device"), False),
+        (ValueError("bad json"), False),
+    ],
+)
 def test_is_connection_error(exc, expected):
     assert is_connection_error(exc) is expected
 
@@ -319,8 +340,10 @@ def test_start_image_gone_or_a_folder_is_a_job_error_naming_the_file(mini, tmp_p
     for jid, path, why in (("gone", gone, "No such file or directory"), ("folder", folder, "Is a directory")):
         r = recs[jid]
         assert r["status"] == "error" and r["file"] == str(path), r
-        assert r["error"] == f"cannot read the start image {path}: {why} " \
-                             f"({'FileNotFoundError' if jid == 'gone' else 'IsADirectoryError'})"
+        assert (
+            r["error"] == f"cannot read the start image {path}: {why} "
+            f"({'FileNotFoundError' if jid == 'gone' else 'IsADirectoryError'})"
+        )
         assert not r.get("server_gone")
     assert mini.count("POST", "/upload/image") == 1 and sleeps == []
     assert any(f"job gone: ERROR ({mini.base_url}): cannot read the start image {gone}" in m for m in logs)
@@ -355,14 +378,17 @@ def test_refused_connections_are_retried_then_the_rest_name_the_servers_tried(tm
 
 
 # ================================================================================================ summary.json
-@pytest.mark.parametrize("content, why", [
-    (b'{"jobs": {"a": {"status": "ok"', "not valid JSON"),
-    (b"", "not valid JSON"),
-    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
-    (b"[1, 2]", "a JSON list, not an object"),
-    (b'{"jobs": []}', "its 'jobs' is a list"),
-    (b'{"jobs": {"a": 3}}', "some job records are not objects"),
-])
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b'{"jobs": {"a": {"status": "ok"', "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+        (b"[1, 2]", "a JSON list, not an object"),
+        (b'{"jobs": []}', "its 'jobs' is a list"),
+        (b'{"jobs": {"a": 3}}', "some job records are not objects"),
+    ],
+)
 def test_corrupt_summary_is_kept_as_a_backup_with_a_warning(tmp_path, content, why):
     from tests.server.test_batch import FakeTransport
 
@@ -406,8 +432,10 @@ def test_summary_write_failure_is_reported_and_retried(tmp_path, monkeypatch):
     data = B.run_batch([job("a"), job("b")], ["http://fake"], opts, transport_factory=FakeTransport, log=logs.append)
     summary = tmp_path / "out" / "summary.json"
     err = [m for m in logs if "ERROR" in m]
-    assert err == [f"[batch] ERROR: cannot write the file {summary}: No space left on device (OSError); "
-                   "job a's record is kept in memory and written with the next update"]
+    assert err == [
+        f"[batch] ERROR: cannot write the file {summary}: No space left on device (OSError); "
+        "job a's record is kept in memory and written with the next update"
+    ]
     on_disk = json.loads(summary.read_text())["jobs"]
     assert {j: r["status"] for j, r in on_disk.items()} == {"a": "ok", "b": "ok"}, "the next write caught up"
     assert "write_error" not in data
@@ -473,10 +501,27 @@ class Running:
             f.frames = []
         elif self.on_interrupt == "stop":
             f.running.remove(pid)
-            f.frames = [json.dumps({"type": "execution_interrupted",
-                                    "data": {"prompt_id": pid, "node_id": "3", "node_type": "SeedStoryGenerateStory"}})]
-            f.histories[pid] = {"outputs": {}, "status": {"status_str": "error", "completed": False, "messages": [
-                ["execution_interrupted", {"prompt_id": pid, "node_id": "3", "node_type": "SeedStoryGenerateStory"}]]}}
+            f.frames = [
+                json.dumps(
+                    {
+                        "type": "execution_interrupted",
+                        "data": {"prompt_id": pid, "node_id": "3", "node_type": "SeedStoryGenerateStory"},
+                    }
+                )
+            ]
+            f.histories[pid] = {
+                "outputs": {},
+                "status": {
+                    "status_str": "error",
+                    "completed": False,
+                    "messages": [
+                        [
+                            "execution_interrupted",
+                            {"prompt_id": pid, "node_id": "3", "node_type": "SeedStoryGenerateStory"},
+                        ]
+                    ],
+                },
+            }
         elif self.on_interrupt == "finish":
             f._complete(pid)
             f.frames = []
@@ -522,7 +567,9 @@ def test_first_ctrl_c_interrupts_the_prompt_records_it_and_writes_the_summary(tm
     assert on_disk["stopped"] == "Ctrl-C" and on_disk["counts"] == {"interrupted": 2}
     long, nxt = on_disk["jobs"]["long"], on_disk["jobs"]["next"]
     assert long["status"] == "interrupted" and long["prompt_id"] == pid
-    assert long["error"] == f"interrupted (Ctrl-C) at node 3 (SeedStoryGenerateStory); prompt {pid} stopped on http://fake"
+    assert (
+        long["error"] == f"interrupted (Ctrl-C) at node 3 (SeedStoryGenerateStory); prompt {pid} stopped on http://fake"
+    )
     assert nxt["status"] == "interrupted" and nxt["error"].startswith("not run: stopped (Ctrl-C) before it started")
     assert any("Ctrl-C: interrupting the running prompt(s)" in m and "press Ctrl-C again" in m for m in logs)
     assert data["stopped"] == "Ctrl-C"
@@ -542,8 +589,9 @@ def test_second_ctrl_c_aborts_at_once_and_still_records_the_job(tmp_path):
     on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
     pid = srv.fake.posted[0][0]
     assert on_disk["stopped"] == "Ctrl-C (aborted)" and on_disk["counts"] == {"interrupted": 2}
-    assert on_disk["jobs"]["long"]["error"].startswith(f"aborted by a second Ctrl-C while running; prompt {pid} "
-                                                       "on http://fake: an interrupt was sent")
+    assert on_disk["jobs"]["long"]["error"].startswith(
+        f"aborted by a second Ctrl-C while running; prompt {pid} on http://fake: an interrupt was sent"
+    )
     assert on_disk["jobs"]["next"]["error"].startswith("not run: stopped (Ctrl-C)")
     assert srv.interrupts.count(pid) >= 2, "the first press and the abort both sent an interrupt"
     assert took < 3.0, f"a second Ctrl-C must not wait for the server ({took:.1f} s)"
@@ -554,13 +602,15 @@ def test_ctrl_c_when_the_server_does_not_stop_the_prompt(tmp_path):
     srv = Running("ignore")
     opts, _ = opts_for(tmp_path, interrupt_grace=0.5)
     _sigint_when(lambda: srv.fake.running)
-    data = B.run_batch(_long_jobs()[:1], ["http://fake"], opts, transport_factory=lambda u: srv.fake,
-                       log=lambda m: None)
+    data = B.run_batch(
+        _long_jobs()[:1], ["http://fake"], opts, transport_factory=lambda u: srv.fake, log=lambda m: None
+    )
     pid = srv.fake.posted[0][0]
     rec = data["jobs"]["long"]
     assert rec["status"] == "interrupted" and data["stopped"] == "Ctrl-C"
-    assert rec["error"] == (f"interrupted (Ctrl-C): the interrupt was sent but prompt {pid} was still running on "
-                            "http://fake after 0.5 s")
+    assert rec["error"] == (
+        f"interrupted (Ctrl-C): the interrupt was sent but prompt {pid} was still running on http://fake after 0.5 s"
+    )
     assert len(srv.interrupts) >= 1
 
 
@@ -568,21 +618,22 @@ def test_ctrl_c_takes_a_pending_prompt_out_of_the_queue(tmp_path):
     srv = Running(pending=True)
     opts, _ = opts_for(tmp_path)
     _sigint_when(lambda: srv.fake.running)
-    data = B.run_batch(_long_jobs()[:1], ["http://fake"], opts, transport_factory=lambda u: srv.fake,
-                       log=lambda m: None)
+    data = B.run_batch(
+        _long_jobs()[:1], ["http://fake"], opts, transport_factory=lambda u: srv.fake, log=lambda m: None
+    )
     pid = srv.fake.posted[0][0]
     rec = data["jobs"]["long"]
     assert rec["status"] == "interrupted" and srv.interrupts[0] == pid and not srv.fake.running
-    assert rec["error"] == (f"interrupted (Ctrl-C): prompt {pid} was taken out of the queue of http://fake "
-                            "before it ran")
+    assert rec["error"] == (
+        f"interrupted (Ctrl-C): prompt {pid} was taken out of the queue of http://fake before it ran"
+    )
 
 
 def test_ctrl_c_keeps_a_prompt_that_finished_anyway(tmp_path):
     srv = Running("finish")
     opts, _ = opts_for(tmp_path)
     _sigint_when(lambda: srv.fake.running)
-    data = B.run_batch(_long_jobs(), ["http://fake"], opts, transport_factory=lambda u: srv.fake,
-                       log=lambda m: None)
+    data = B.run_batch(_long_jobs(), ["http://fake"], opts, transport_factory=lambda u: srv.fake, log=lambda m: None)
     rec = data["jobs"]["long"]
     assert rec["status"] == "ok" and rec["outputs"] and all(Path(p).is_file() for p in rec["outputs"]), rec
     assert data["jobs"]["next"]["status"] == "interrupted" and data["stopped"] == "Ctrl-C"
@@ -666,17 +717,32 @@ LONG = {"3.diffusion_steps": 8}  # with 30 frames: far longer than the few secon
 
 @pytest.mark.comfyui
 def test_real_ctrl_c_interrupts_the_prompt_on_the_server_and_records_the_job(comfy_server, tmp_path):
-    jobs = _write_jobs(tmp_path / "jobs.jsonl", [
-        {"id": "long", "image": str(START_PNG), "text": "A long trip.", "frames": 30, "seed": 1, "overrides": LONG},
-        {"id": "next", "image": str(START_PNG), "text": "Another.", "frames": 1, "seed": 2,
-         "overrides": {"3.diffusion_steps": 1}},
-    ])
+    jobs = _write_jobs(
+        tmp_path / "jobs.jsonl",
+        [
+            {"id": "long", "image": str(START_PNG), "text": "A long trip.", "frames": 30, "seed": 1, "overrides": LONG},
+            {
+                "id": "next",
+                "image": str(START_PNG),
+                "text": "Another.",
+                "frames": 1,
+                "seed": 2,
+                "overrides": {"3.diffusion_steps": 1},
+            },
+        ],
+    )
     client = comfy_server  # a ComfyClient of the session server
     out = tmp_path / "out"
 
     # ---- one Ctrl-C: the prompt is interrupted on the server, the job recorded, exit 130
-    proc = subprocess.Popen(_cli(jobs, out, comfy_server.base_url), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli(jobs, out, comfy_server.base_url),
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         pid = _running_prompt(client, proc)
         time.sleep(1.0)
@@ -692,8 +758,9 @@ def test_real_ctrl_c_interrupts_the_prompt_on_the_server_and_records_the_job(com
     recs = _summary(out)
     assert set(recs) == {"long", "next"}, "no job vanishes from summary.json"
     assert recs["long"]["status"] == "interrupted" and recs["long"]["prompt_id"] == pid, recs["long"]
-    assert recs["long"]["error"] == (f"interrupted (Ctrl-C) at node 3 (SeedStoryGenerateStory); prompt {pid} "
-                                     f"stopped on {comfy_server.base_url}")
+    assert recs["long"]["error"] == (
+        f"interrupted (Ctrl-C) at node 3 (SeedStoryGenerateStory); prompt {pid} stopped on {comfy_server.base_url}"
+    )
     assert recs["next"]["status"] == "interrupted" and recs["next"]["error"].startswith("not run: stopped (Ctrl-C)")
     assert json.loads((out / "summary.json").read_text())["stopped"] == "Ctrl-C"
     # the server: not running or queued any more, its history says interrupted, nothing saved for the job
@@ -708,8 +775,14 @@ def test_real_ctrl_c_interrupts_the_prompt_on_the_server_and_records_the_job(com
 
     # ---- two Ctrl-C: out at once; the running job is still recorded and the server still told to stop
     out2 = tmp_path / "out2"
-    proc = subprocess.Popen(_cli(jobs, out2, comfy_server.base_url), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli(jobs, out2, comfy_server.base_url),
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         pid2 = _running_prompt(client, proc)
         assert pid2 != pid
@@ -750,16 +823,33 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
 
     t_start = time.monotonic()
     ids = [f"j{i:02d}" for i in range(N_JOBS)]
-    jobs = _write_jobs(tmp_path / "jobs.jsonl", [
-        {"id": jid, "image": str(START_PNG), "text": f"Story number {i}.", "frames": 1, "seed": i,
-         "overrides": {"3.diffusion_steps": 1}} for i, jid in enumerate(ids)])
+    jobs = _write_jobs(
+        tmp_path / "jobs.jsonl",
+        [
+            {
+                "id": jid,
+                "image": str(START_PNG),
+                "text": f"Story number {i}.",
+                "frames": 1,
+                "seed": i,
+                "overrides": {"3.diffusion_steps": 1},
+            }
+            for i, jid in enumerate(ids)
+        ],
+    )
     out = tmp_path / "out"
     a = start(comfy_server.comfy_dir, python=sys.executable, scratch_dir=tmp_path / "srvA")
     b = None
     try:
         # ---- run 1 on A, killed mid-batch
-        proc = subprocess.Popen(_cli(jobs, out, a.base_url, extra=["--retries", "1", "--backoff", "0.5"]),
-                                cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _cli(jobs, out, a.base_url, extra=["--retries", "1", "--backoff", "0.5"]),
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         client_a = a.client()
         try:
             deadline = time.monotonic() + 600
@@ -794,8 +884,9 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
 
         # ---- run 2 (resume) on a new server B
         b = start(comfy_server.comfy_dir, python=sys.executable, scratch_dir=tmp_path / "srvB")
-        proc2 = subprocess.run(_cli(jobs, out, b.base_url), cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
-                               timeout=900)
+        proc2 = subprocess.run(
+            _cli(jobs, out, b.base_url), cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=900
+        )
         assert proc2.returncode == 0, proc2.stderr[-3000:]
         recs2 = _summary(out)
         assert {j: r["status"] for j, r in recs2.items()} == {j: "ok" for j in ids}
@@ -830,8 +921,10 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
         assert len(ok1) <= log_a.count("Prompt executed in") <= len(ok1) + 1
         assert log_b.count("got prompt") == len(rerun) == log_b.count("Prompt executed in")
         hist_b = b.client().history()
-        prefixes_b = sorted(next(n["inputs"]["filename_prefix"] for n in e["prompt"][2].values()
-                                 if n["class_type"] == B.SAVE_CLASS) for e in hist_b.values())
+        prefixes_b = sorted(
+            next(n["inputs"]["filename_prefix"] for n in e["prompt"][2].values() if n["class_type"] == B.SAVE_CLASS)
+            for e in hist_b.values()
+        )
         assert prefixes_b == [f"seedstory_batch/{j}/story" for j in rerun]
         assert all("execution_success" in _message_kinds(e) for e in hist_b.values())
 
@@ -851,8 +944,10 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
         for log in (log_a, log_b):
             first_done = log.index("Prompt executed in")
             assert "Requested to load" in log[:first_done] and "Requested to load" not in log[first_done:]
-        print(f"\n[kill -9] {len(ok1)} ok on A before the kill, {len(rerun)} resumed on B; "
-              f"{t_killed - t_start:.0f} s to the kill, {time.monotonic() - t_start:.0f} s in all")
+        print(
+            f"\n[kill -9] {len(ok1)} ok on A before the kill, {len(rerun)} resumed on B; "
+            f"{t_killed - t_start:.0f} s to the kill, {time.monotonic() - t_start:.0f} s in all"
+        )
     finally:
         if b is not None:
             b.stop()

@@ -100,7 +100,13 @@ def test_api_workflow_matches_object_info(server, name):
                 assert info[api(name)[src]["class_type"]]["output"][slot] == kind, (name, node_id, inp)
             elif isinstance(kind, list) and kind and inp not in ("image", "ckpt_name"):
                 if not kind[0].endswith((".bin", ".pt", ".safetensors")) and inp not in (
-                        "vit_name", "agent_name", "tokenizer_name", "base_llm", "adapter_name", "sdxl_base"):
+                    "vit_name",
+                    "agent_name",
+                    "tokenizer_name",
+                    "base_llm",
+                    "adapter_name",
+                    "sdxl_base",
+                ):
                     assert value in kind, (name, node_id, inp, value)
         for req in spec.get("required", {}):
             assert req in node["inputs"], (name, node_id, req)
@@ -167,10 +173,14 @@ def test_bad_inputs_give_clear_errors(server):
     assert "empty" in errors[0]["details"]
 
     bad = {
-        "1": {"class_type": "SeedStoryStoryStart", "inputs": {"agent": "not-an-agent", "opening_text": "Hello.",
-                                                               "batch_index": 0}},
-        "2": {"class_type": "SeedStorySaveStory", "inputs": {"images": ["3", 0], "filename_prefix": "seedstory/bad",
-                                                              "title": "t", "state": ["1", 0]}},
+        "1": {
+            "class_type": "SeedStoryStoryStart",
+            "inputs": {"agent": "not-an-agent", "opening_text": "Hello.", "batch_index": 0},
+        },
+        "2": {
+            "class_type": "SeedStorySaveStory",
+            "inputs": {"images": ["3", 0], "filename_prefix": "seedstory/bad", "title": "t", "state": ["1", 0]},
+        },
         "3": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
     }
     res = server.run(bad, timeout=120)
@@ -187,9 +197,10 @@ def test_bad_values_and_files_are_refused_by_comfyui_with_the_input_named(server
     fail in Generate Story with our message."""
     prompt = api("seedstory_tiny_story")
     for name, value, kind, message in (
-            ("story_steps", 0, "value_smaller_than_min", "Value 0 smaller than min of 1"),
-            ("story_steps", 201, "value_bigger_than_max", "Value 201 bigger than max of 200"),
-            ("diffusion_steps", 0, "value_smaller_than_min", "Value 0 smaller than min of 1")):
+        ("story_steps", 0, "value_smaller_than_min", "Value 0 smaller than min of 1"),
+        ("story_steps", 201, "value_bigger_than_max", "Value 201 bigger than max of 200"),
+        ("diffusion_steps", 0, "value_smaller_than_min", "Value 0 smaller than min of 1"),
+    ):
         bad = copy.deepcopy(prompt)
         bad["3"]["inputs"][name] = value
         with pytest.raises(server.PromptError) as err:
@@ -197,14 +208,28 @@ def test_bad_values_and_files_are_refused_by_comfyui_with_the_input_named(server
         [e] = [e for e in err.value.node_errors["3"]["errors"] if e["type"] == kind]
         assert e["details"] == name and e["message"] == message, e
 
-    loader = {"1": {"class_type": "SeedStoryAgentLoader",
-                    "inputs": {"agent_name": "no_such_agent.safetensors", "tokenizer_name": "no_such_tokenizer",
-                               "base_llm": "none", "config": "auto", "precision": "auto", "device": "auto"}},
-              "2": {"class_type": "SeedStoryStoryStart",
-                    "inputs": {"agent": ["1", 0], "opening_text": "Hi.", "batch_index": 0}},
-              "3": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
-              "4": {"class_type": "SeedStorySaveStory", "inputs": {"images": ["3", 0], "filename_prefix": "seedstory/x",
-                                                                    "title": "t", "state": ["2", 0]}}}
+    loader = {
+        "1": {
+            "class_type": "SeedStoryAgentLoader",
+            "inputs": {
+                "agent_name": "no_such_agent.safetensors",
+                "tokenizer_name": "no_such_tokenizer",
+                "base_llm": "none",
+                "config": "auto",
+                "precision": "auto",
+                "device": "auto",
+            },
+        },
+        "2": {
+            "class_type": "SeedStoryStoryStart",
+            "inputs": {"agent": ["1", 0], "opening_text": "Hi.", "batch_index": 0},
+        },
+        "3": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "4": {
+            "class_type": "SeedStorySaveStory",
+            "inputs": {"images": ["3", 0], "filename_prefix": "seedstory/x", "title": "t", "state": ["2", 0]},
+        },
+    }
     with pytest.raises(server.PromptError) as err:
         server.queue_prompt(loader)
     errors = {e["details"].split(":")[0]: e for e in err.value.node_errors["1"]["errors"]}
@@ -232,7 +257,9 @@ def test_bad_values_and_files_are_refused_by_comfyui_with_the_input_named(server
     long["3"]["inputs"]["opening_text"] = ("Max and Zoe are at the beach. " * 700)[:20000]
     res = server.run(long, timeout=120)
     assert res.status == "error" and res.error["node_id"] == "3", res.error
-    assert "'opening_text' is" in res.error["exception_message"] and "at most 446 tokens" in res.error["exception_message"]
+    assert (
+        "'opening_text' is" in res.error["exception_message"] and "at most 446 tokens" in res.error["exception_message"]
+    )
 
 
 def test_interrupt_stops_a_long_story_then_requeue_completes(server):
@@ -277,8 +304,10 @@ def test_two_branches_equal_isolated_runs(server):
     b_text, b_frames = _branch_outputs(server, both, "16")
     assert a_text.splitlines()[:3] == b_text.splitlines()[:3]  # shared opening + steps 1-2
     assert np.array_equal(a_frames[0], b_frames[0]) and np.array_equal(a_frames[1], b_frames[1])
-    for drop, save_id, text, frames in ((("7", "11", "14", "16"), "15", a_text, a_frames),
-                                        (("6", "10", "13", "15"), "16", b_text, b_frames)):
+    for drop, save_id, text, frames in (
+        (("7", "11", "14", "16"), "15", a_text, a_frames),
+        (("6", "10", "13", "15"), "16", b_text, b_frames),
+    ):
         server.free(unload_models=True, free_memory=True)  # drop ComfyUI's caches: everything re-runs
         time.sleep(1.0)
         alone = run_ok(server, _subgraph(prompt, drop))

@@ -27,8 +27,10 @@ PY_WARNING = re.compile(r"\b[A-Z]\w*Warning: ")
 def empty_image_to_save(width=64, height=48, color=0xFF0000, prefix="seedstory_smoke"):
     """API-format core workflow: EmptyImage -> SaveImage."""
     return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": width, "height": height, "batch_size": 1, "color": color}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": width, "height": height, "batch_size": 1, "color": color},
+        },
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
     }
 
@@ -48,7 +50,8 @@ def test_pack_imported_without_failure(comfy_server):
     pack_lines = [line for line in log.splitlines() if re.search(r"custom_nodes[/\\]seedstory\b", line)]
     assert any("seconds" in line for line in pack_lines), (
         f"custom_nodes/seedstory not in ComfyUI's import times; log {comfy_server.log_path}:\n"
-        + comfy_server.log_tail())
+        + comfy_server.log_tail()
+    )
     bad = [line for line in pack_lines if "IMPORT FAILED" in line or "Skip" in line]
     assert not bad, f"the pack failed to import: {bad}; log {comfy_server.log_path}:\n{comfy_server.log_tail()}"
     assert "Traceback" not in "\n".join(
@@ -155,8 +158,9 @@ def test_fresh_server_loads_every_node_and_logs_no_warning(comfy_dir, tmp_path):
         info = client.object_info()
         missing = sorted(set(pack.NODE_CLASS_MAPPINGS) - set(info))
         assert not missing, f"nodes missing from /object_info: {missing}; log {server.log_path}"
-        client.upload_image((REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(),
-                            name="seedstory_start.png")
+        client.upload_image(
+            (REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(), name="seedstory_start.png"
+        )
         prompt = json.loads((REPO_ROOT / "workflows" / "api" / "seedstory_tiny_story.json").read_text())
         res = client.run(prompt, timeout=300)
         assert res.status == "success", res.error
@@ -169,8 +173,7 @@ def test_fresh_server_loads_every_node_and_logs_no_warning(comfy_dir, tmp_path):
     log = server.log_text()
     lines = log.splitlines()
     assert any(re.search(r"custom_nodes[/\\]seedstory\b", l) and "seconds" in l for l in lines), log[-3000:]
-    bad = [l for l in lines if "Traceback" in l or "IMPORT FAILED" in l or PY_WARNING.search(l)
-           or "[WARNING]" in l]
+    bad = [l for l in lines if "Traceback" in l or "IMPORT FAILED" in l or PY_WARNING.search(l) or "[WARNING]" in l]
     assert not bad, f"the server log has tracebacks or warnings ({server.log_path}):\n" + "\n".join(bad[:20])
 
 
@@ -204,11 +207,16 @@ def check_storybook_route(client, storybook: str, output_dir: Path) -> None:
         assert client.get(prefix + quote(frame)).content.startswith(PNG_SIGNATURE)
     secret = output_dir.parent / "secret.txt"
     secret.write_text("not for the browser")
-    hostile = ["/seedstory/storybook/../secret.txt", "/seedstory/storybook/%2e%2e/secret.txt",
-               "/seedstory/storybook/%2e%2e%2fsecret.txt", "/seedstory/storybook/..%2f..%2fetc%2fpasswd",
-               "/seedstory/storybook/%2fetc%2fpasswd", "/seedstory/storybook/seedstory%00.png",
-               "/seedstory/storybook/" + quote(storybook.rsplit("/", 1)[0] + "/../../../secret.txt"),
-               "/api/seedstory/storybook/%2e%2e/%2e%2e/secret.txt"]
+    hostile = [
+        "/seedstory/storybook/../secret.txt",
+        "/seedstory/storybook/%2e%2e/secret.txt",
+        "/seedstory/storybook/%2e%2e%2fsecret.txt",
+        "/seedstory/storybook/..%2f..%2fetc%2fpasswd",
+        "/seedstory/storybook/%2fetc%2fpasswd",
+        "/seedstory/storybook/seedstory%00.png",
+        "/seedstory/storybook/" + quote(storybook.rsplit("/", 1)[0] + "/../../../secret.txt"),
+        "/api/seedstory/storybook/%2e%2e/%2e%2e/secret.txt",
+    ]
     for path in hostile:
         status, _kind, body = _raw_get(client.base_url, path)
         assert status in (400, 403, 404), (path, status)

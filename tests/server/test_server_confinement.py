@@ -19,8 +19,15 @@ pytest_plugins = ["tests.support.comfy_harness"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_STORY = REPO_ROOT / "workflows" / "api" / "seedstory_tiny_story.json"
-HOSTILE = ["a/ ../ ../ ../x", "a/ .. / .. /x", "a/ ..\\ ..\\x", "/tmp/x", "%2e%2e%2fx", "x" * 300,
-           "seedstory_escape_link/x"]
+HOSTILE = [
+    "a/ ../ ../ ../x",
+    "a/ .. / .. /x",
+    "a/ ..\\ ..\\x",
+    "/tmp/x",
+    "%2e%2e%2fx",
+    "x" * 300,
+    "seedstory_escape_link/x",
+]
 
 
 def _tree(root: Path) -> dict:
@@ -87,8 +94,10 @@ def test_non_ascii_prefix_is_kept_and_saved_inside(comfy_server):
     output = Path(comfy_server.output_dir)
     prompt = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 2, "color": 0x336699}},
-        "2": {"class_type": "SeedStorySaveStory",
-              "inputs": {"images": ["1", 0], "filename_prefix": "\u7ae5\u8bdd/\u6545\u4e8b", "title": "t"}},
+        "2": {
+            "class_type": "SeedStorySaveStory",
+            "inputs": {"images": ["1", 0], "filename_prefix": "\u7ae5\u8bdd/\u6545\u4e8b", "title": "t"},
+        },
     }
     res = comfy_server.run(prompt, timeout=120)
     assert res.status == "success", f"error={json.dumps(res.error)[:2000]}\n{comfy_server.log_tail(30)}"
@@ -114,13 +123,18 @@ def test_adapt_node_refuses_data_outside_the_input_folder_on_the_server(comfy_se
     link = inp / "adapt_escape_link"
     if not link.is_symlink():
         link.symlink_to(outside)
-    comfy_server.upload_image((REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(),
-                              name="seedstory_start.png")
+    comfy_server.upload_image(
+        (REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(), name="seedstory_start.png"
+    )
     prompt = json.loads(ADAPT.read_text(encoding="utf-8"))
     adapt = next(k for k, v in prompt.items() if v["class_type"] == "SeedStoryAdaptDetokenizer")
     before = _tree(Path(comfy_server.output_dir))
-    for value, words in [("/etc", "it is an absolute path"), ("~/data", "'~' (a home folder) is not allowed"),
-                         ("../adapt_outside", "is made of dots only"), ("adapt_escape_link", "which is outside")]:
+    for value, words in [
+        ("/etc", "it is an absolute path"),
+        ("~/data", "'~' (a home folder) is not allowed"),
+        ("../adapt_outside", "is made of dots only"),
+        ("adapt_escape_link", "which is outside"),
+    ]:
         bad = copy.deepcopy(prompt)
         bad[adapt]["inputs"]["data_folder"] = value
         res = comfy_server.run(bad, timeout=300)

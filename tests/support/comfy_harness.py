@@ -59,16 +59,29 @@ __all__ = ["ComfyHarness", "comfy_server"]
 
 # Modules ComfyUI imports at start-up (from its requirements.txt). torchaudio: 0.30.0 does not start without it
 # (0.3.75 only logs IMPORT FAILED for its audio nodes), so it is checked once the version is known.
-_COMFY_RUNTIME_MODULES = ("aiohttp", "comfyui_frontend_package", "torchvision", "yaml",
-                          "sqlalchemy", "alembic", "av", "scipy", "einops", "torchsde", "kornia", "spandrel")
+_COMFY_RUNTIME_MODULES = (
+    "aiohttp",
+    "comfyui_frontend_package",
+    "torchvision",
+    "yaml",
+    "sqlalchemy",
+    "alembic",
+    "av",
+    "scipy",
+    "einops",
+    "torchsde",
+    "kornia",
+    "spandrel",
+)
 #: The ComfyUI release provisioned when COMFYUI_DIR is not set (scripts/provision_comfyui.sh --version).
 DEFAULT_COMFYUI_VERSION = "0.30.0"
 
 
 def _must_run() -> bool:
     truthy = {"1", "true", "yes"}
-    return (os.environ.get("CI", "").lower() in truthy
-            or os.environ.get("SEEDSTORY_REQUIRE_COMFYUI", "").lower() in truthy)
+    return (
+        os.environ.get("CI", "").lower() in truthy or os.environ.get("SEEDSTORY_REQUIRE_COMFYUI", "").lower() in truthy
+    )
 
 
 def _unavailable(reason: str):
@@ -136,8 +149,10 @@ def _start(comfy_dir: Path, extra: list[str], scratch: Path) -> "ComfyHarness":
     except ComfyServerError as e:
         pytest.fail(f"ComfyUI did not start: {e}", pytrace=False)
     harness = ComfyHarness(server)
-    sys.stderr.write(f"\n[comfy_harness] ComfyUI {harness.comfy_version} {server.base_url} (pid {server.pid}) "
-                     f"{' '.join(extra)}, log {server.log_path}\n")
+    sys.stderr.write(
+        f"\n[comfy_harness] ComfyUI {harness.comfy_version} {server.base_url} (pid {server.pid}) "
+        f"{' '.join(extra)}, log {server.log_path}\n"
+    )
     return harness
 
 
@@ -157,8 +172,10 @@ def comfy_dir() -> Path:
         _unavailable(f"modules {missing} are not installed in {sys.prefix}; run scripts/setup_env.sh")
     path = provision_comfyui()
     if comfyui_version(path) != "0.3.75" and importlib.util.find_spec("torchaudio") is None:
-        _unavailable(f"ComfyUI {comfyui_version(path)} needs torchaudio, which is not installed in {sys.prefix}; "
-                     "run scripts/setup_env.sh (or SEEDSTORY_COMFYUI_VERSION=0.3.75 for the oldest release)")
+        _unavailable(
+            f"ComfyUI {comfyui_version(path)} needs torchaudio, which is not installed in {sys.prefix}; "
+            "run scripts/setup_env.sh (or SEEDSTORY_COMFYUI_VERSION=0.3.75 for the oldest release)"
+        )
     return path
 
 

@@ -60,8 +60,9 @@ def make_stubs(tmp: Path):
     mm.should_use_fp16 = lambda device=None, **kw: False
     mm.should_use_bf16 = lambda device=None, **kw: False
 
-    def load_models_gpu(models_, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
-                        force_full_load=False):
+    def load_models_gpu(
+        models_, memory_required=0, force_patch_weights=False, minimum_memory_required=None, force_full_load=False
+    ):
         rec.calls.append(("load_models_gpu", len(models_), force_full_load))
 
     def throw():
@@ -146,8 +147,14 @@ def make_stubs(tmp: Path):
 
     PromptServer.instance = PromptServer()
     srv.PromptServer = PromptServer
-    mods = {"comfy": comfy, "comfy.model_management": mm, "comfy.model_patcher": mp, "comfy.utils": ut,
-            "folder_paths": fp, "server": srv}
+    mods = {
+        "comfy": comfy,
+        "comfy.model_management": mm,
+        "comfy.model_patcher": mp,
+        "comfy.utils": ut,
+        "folder_paths": fp,
+        "server": srv,
+    }
     return mods, rec
 
 
@@ -166,8 +173,16 @@ def start_image(h=80, w=96, c=3, seed=1):
     return torch.rand(1, h, w, c, generator=g)
 
 
-STEP = dict(mode="generation", decoding="greedy", temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.0,
-            max_sentence_tokens=6, seed=0)
+STEP = dict(
+    mode="generation",
+    decoding="greedy",
+    temperature=0.7,
+    top_p=0.9,
+    top_k=0,
+    repetition_penalty=1.0,
+    max_sentence_tokens=6,
+    seed=0,
+)
 
 
 def write_component_folders(root: Path):

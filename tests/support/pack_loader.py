@@ -15,8 +15,9 @@ def load_pack():
     """The pack module (``__init__.py`` with its ``nodes`` subpackage); imported on first call, then reused."""
     if PACK in sys.modules:
         return sys.modules[PACK]
-    spec = importlib.util.spec_from_file_location(PACK, REPO_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(REPO_ROOT)])
+    spec = importlib.util.spec_from_file_location(
+        PACK, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
     mod = importlib.util.module_from_spec(spec)
     sys.modules[PACK] = mod
     spec.loader.exec_module(mod)

@@ -44,9 +44,24 @@ STEPS = 5
 
 #: stage -> (module, entry function, extra CLI options, exported component compared)
 STAGES = {
-    "stage1": ("training.stage1_detokenizer", "train_stage1", ["--unet-train", "full", "--cond-dropout", "0.3"], "detokenizer"),
-    "stage2": ("training.stage2_instruction", "train_stage2", ["--train-base", "--text-loss", "all", "--lora-dropout", "0"], "agent"),
-    "stage3": ("training.stage3_adaptation", "train_stage3", ["--grad-accum", "2", "--cond-dropout", "0.3"], "detokenizer"),
+    "stage1": (
+        "training.stage1_detokenizer",
+        "train_stage1",
+        ["--unet-train", "full", "--cond-dropout", "0.3"],
+        "detokenizer",
+    ),
+    "stage2": (
+        "training.stage2_instruction",
+        "train_stage2",
+        ["--train-base", "--text-loss", "all", "--lora-dropout", "0"],
+        "agent",
+    ),
+    "stage3": (
+        "training.stage3_adaptation",
+        "train_stage3",
+        ["--grad-accum", "2", "--cond-dropout", "0.3"],
+        "detokenizer",
+    ),
 }
 
 
@@ -60,8 +75,24 @@ def data_dir(tmp_path_factory):
 
 
 def _common(data_dir, init_bundle, extra):
-    return ["--data", str(data_dir), "--init", f"bundle:{init_bundle}", "--max-steps", str(STEPS), "--warmup-steps", "1",
-            "--lr", "1e-3", "--no-progress", "--resume", "none", "--seed", "3", *extra]
+    return [
+        "--data",
+        str(data_dir),
+        "--init",
+        f"bundle:{init_bundle}",
+        "--max-steps",
+        str(STEPS),
+        "--warmup-steps",
+        "1",
+        "--lr",
+        "1e-3",
+        "--no-progress",
+        "--resume",
+        "none",
+        "--seed",
+        "3",
+        *extra,
+    ]
 
 
 def _log(folder):
@@ -70,17 +101,33 @@ def _log(folder):
 
 
 def _launch_env():
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("ACCELERATE_") and k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ACCELERATE_")
+        and k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
 def _launch(module, args, num_processes=2):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
-           "--num_processes", str(num_processes), "-m", module, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIG),
+        "--num_processes",
+        str(num_processes),
+        "-m",
+        module,
+        *args,
+    ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_launch_env(), timeout=600)
-    assert out.returncode == 0, f"accelerate launch failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    assert out.returncode == 0, (
+        f"accelerate launch failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    )
     return out
 
 
@@ -136,10 +183,14 @@ def test_two_processes_match_one_process_at_the_same_global_batch(stage, tmp_pat
     diff = sum(float((a[k].float() - b[k].float()).pow(2).sum()) for k in a) ** 0.5
     update = sum(float((a[k].float() - init[k].float()).pow(2).sum()) for k in a) ** 0.5
     worst = max((float((a[k].float() - b[k].float()).abs().max()), k) for k in a)
-    print(f"[{stage}] losses 1 proc {[round(float(r['loss']), 6) for r in log1]}; max relative loss difference "
-          f"{rel:.2g}; ||w1 - w2|| / ||w1 - w0|| = {diff / update:.2g}")
-    assert diff <= WEIGHT_RTOL * update, (f"{stage}: ||w1 - w2|| = {diff:.3g} vs the update ||w1 - w0|| = {update:.3g} "
-                                          f"(largest element difference {worst[0]:.3g} at {worst[1]})")
+    print(
+        f"[{stage}] losses 1 proc {[round(float(r['loss']), 6) for r in log1]}; max relative loss difference "
+        f"{rel:.2g}; ||w1 - w2|| / ||w1 - w0|| = {diff / update:.2g}"
+    )
+    assert diff <= WEIGHT_RTOL * update, (
+        f"{stage}: ||w1 - w2|| = {diff:.3g} vs the update ||w1 - w0|| = {update:.3g} "
+        f"(largest element difference {worst[0]:.3g} at {worst[1]})"
+    )
     # complete checkpoint folders only (no .tmp-* left by either rank); --keep-checkpoints 2 keeps the stop point
     expected = ["step-2", f"step-{STEPS}"] if stage == "stage1" else [f"step-{STEPS}"]
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == expected
@@ -160,8 +211,14 @@ def test_half_batch_control_differs(tmp_path, data_dir, init_bundle):
 
 # ---------------------------------------------------------------------------------------------- in-process sharding
 def _fake_accelerator(rank, world):
-    return SimpleNamespace(process_index=rank, num_processes=world, device=torch.device("cpu"), mixed_precision="no",
-                           autocast=contextlib.nullcontext, distributed_type=None)
+    return SimpleNamespace(
+        process_index=rank,
+        num_processes=world,
+        device=torch.device("cpu"),
+        mixed_precision="no",
+        autocast=contextlib.nullcontext,
+        distributed_type=None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +236,9 @@ def _batches(task_cls, parser, extra, data_dir, init_bundle, world, batch_size, 
 
     for mod in (s1, s2):  # one bundle load for the module, a fresh copy per task
         monkeypatch.setattr(mod, "load_init_bundle", lambda init, seed=0: copy.deepcopy(bundle))
-    args = resolve_args(parser(), _common(data_dir, init_bundle, extra) + ["--batch-size", str(batch_size), "--out", "unused"])
+    args = resolve_args(
+        parser(), _common(data_dir, init_bundle, extra) + ["--batch-size", str(batch_size), "--out", "unused"]
+    )
     out = []
     for rank in range(world):
         task = task_cls(args, _fake_accelerator(rank, world))
@@ -220,7 +279,11 @@ def test_stage2_rank_slices_and_token_weights(data_dir, init_bundle, loaded_bund
     for p, k in zip(parts, n):
         assert p["lm_weight"] == pytest.approx(k * 2 / total) and p["rec_weight"] == pytest.approx(1.0)
     # row by row, the real (unpadded) tokens and labels of rank 0 then rank 1 are the one-process rows
-    rows = [(p["input_ids"][i], p["labels"][i], p["attention_mask"][i]) for p in parts for i in range(p["input_ids"].shape[0])]
+    rows = [
+        (p["input_ids"][i], p["labels"][i], p["attention_mask"][i])
+        for p in parts
+        for i in range(p["input_ids"].shape[0])
+    ]
     assert len(rows) == single["input_ids"].shape[0]
     for i, (ids, labels, mask) in enumerate(rows):
         n_real = int(mask.sum())

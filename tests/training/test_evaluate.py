@@ -21,8 +21,24 @@ def test_evaluate_cli_runs_on_a_small_model(tmp_path):
 
     model = tmp_path / "model"
     random_tiny_bundle(0).save(model)
-    out = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(model), "--stories", "1",
-                          "--no-ablation", "--diffusion-steps", "1"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.evaluate",
+            "--model",
+            str(model),
+            "--stories",
+            "1",
+            "--no-ablation",
+            "--diffusion-steps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("score", "parse_rate", "coherence", "consistency", "visualization_agreement"):
@@ -39,12 +55,20 @@ def test_evaluate_cli_runs_on_a_small_model(tmp_path):
 def test_attribute_agreement_on_hand_built_cases():
     """Known answers of the judge's per-frame agreement (0.5 scene + 0.5 Jaccard of the cast)."""
     both = ["George", "Ben"]
-    assert attribute_agreement({"background": "forest", "present": both}, {"background": "forest", "present": both}) == 1.0
-    assert attribute_agreement({"background": "beach", "present": both}, {"background": "forest", "present": both}) == 0.5
-    assert attribute_agreement({"background": "forest", "present": ["George"]},
-                               {"background": "forest", "present": both}) == 0.75  # 0.5 + 0.5 * |{G}| / |{G, B}|
+    assert (
+        attribute_agreement({"background": "forest", "present": both}, {"background": "forest", "present": both}) == 1.0
+    )
+    assert (
+        attribute_agreement({"background": "beach", "present": both}, {"background": "forest", "present": both}) == 0.5
+    )
+    assert (
+        attribute_agreement({"background": "forest", "present": ["George"]}, {"background": "forest", "present": both})
+        == 0.75
+    )  # 0.5 + 0.5 * |{G}| / |{G, B}|
     assert attribute_agreement({"background": "park", "present": []}, {"background": "park", "present": []}) == 1.0
-    assert attribute_agreement({"background": "park", "present": ["Max"]}, {"background": "beach", "present": []}) == 0.0
+    assert (
+        attribute_agreement({"background": "park", "present": ["Max"]}, {"background": "beach", "present": []}) == 0.0
+    )
 
 
 def test_pixel_distance_is_the_mean_absolute_difference():

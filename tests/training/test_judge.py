@@ -33,9 +33,13 @@ def judge():
 
 def _reading(attrs):
     """A perfect judge reading of frame attributes."""
-    return {"background": attrs["background"], "present": list(attrs["present"]),
-            "slots": {s: n for n, s in attrs["positions"].items()}, "action": attrs["action"],
-            "object": attrs["objects"][0]["name"] if attrs["objects"] else None}
+    return {
+        "background": attrs["background"],
+        "present": list(attrs["present"]),
+        "slots": {s: n for n, s in attrs["positions"].items()},
+        "action": attrs["action"],
+        "object": attrs["objects"][0]["name"] if attrs["objects"] else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- the judge itself
@@ -78,7 +82,11 @@ def test_the_judge_reads_frames_it_never_saw(judge):
 
 # ------------------------------------------------------------------------------------- per-frame judgement (rules)
 OPEN = "George and Lily are at the park."
-PARK_GL = {"background": "park", "present": ["George", "Lily"], "slots": {"left": "George", "center": None, "right": "Lily"}}
+PARK_GL = {
+    "background": "park",
+    "present": ["George", "Lily"],
+    "slots": {"left": "George", "center": None, "right": "Lily"},
+}
 
 
 def test_a_good_frame_scores_one():
@@ -117,16 +125,19 @@ def test_the_wrong_cast_in_the_picture_scores_zero():
     assert not jm.judge_frame("Lily jumps.", [OPEN], None)["ok"]  # no image at all
 
 
-@pytest.mark.parametrize("sentence, why", [
-    ("Max jumps.", "act but are not on stage"),
-    ("Lily comes to say hello.", "already on stage"),
-    ("Max goes home.", "not on stage"),
-    ("George and Lily go home.", "everybody leaves"),
-    ("George plays with the kite.", "not on stage"),
-    ("George and Lily eat the cake.", "cake is not on stage"),
-    ("George and Lily walk to the park.", "already at"),
-    ("George is at the beach.", "restates the place"),
-])
+@pytest.mark.parametrize(
+    "sentence, why",
+    [
+        ("Max jumps.", "act but are not on stage"),
+        ("Lily comes to say hello.", "already on stage"),
+        ("Max goes home.", "not on stage"),
+        ("George and Lily go home.", "everybody leaves"),
+        ("George plays with the kite.", "not on stage"),
+        ("George and Lily eat the cake.", "cake is not on stage"),
+        ("George and Lily walk to the park.", "already at"),
+        ("George is at the beach.", "restates the place"),
+    ],
+)
 def test_story_rule_breaks_score_zero(sentence, why):
     story = [OPEN, "Lily jumps."]
     state = mini.sentence_attributes(sentence, story)
@@ -165,7 +176,9 @@ def test_consistency_uses_the_pictures():
     states = mini.parse_story(story["captions"])
     readings = [_reading(a) for a in story["attributes"]]
     assert jm.picture_consistency(states, readings) == 1.0
-    swapped = [dict(r, slots={s: ("Ben" if i % 2 else n) for s, n in r["slots"].items()}) for i, r in enumerate(readings)]
+    swapped = [
+        dict(r, slots={s: ("Ben" if i % 2 else n) for s, n in r["slots"].items()}) for i, r in enumerate(readings)
+    ]
     assert jm.picture_consistency(states, swapped) < 0.6  # every other frame draws someone else at their place
     empty = [dict(r, slots={}) for r in readings]
     assert jm.picture_consistency(states, empty) == 0.0
@@ -240,16 +253,33 @@ def test_score_interval_contains_the_mean_and_narrows_with_stories():
 
 # ----------------------------------------------------------------------------------------------------- the CLI
 def test_cli_prints_one_json_object_last_with_the_judge_hash(judge):
-    out = subprocess.run([sys.executable, "-m", "training.evaluate", "--seed", "1000", "--stories", "2",
-                          "--baseline", "copy_first"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "training.evaluate", "--seed", "1000", "--stories", "2", "--baseline", "copy_first"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["system"] == "copy_first" and result["judge"]["sha256"] == judge.sha256
-    for key in ("score", "score_ci95", "parse_rate", "distinct_sentence_rate", "coherence", "visualization_agreement",
-                "consistency"):
+    for key in (
+        "score",
+        "score_ci95",
+        "parse_rate",
+        "distinct_sentence_rate",
+        "coherence",
+        "visualization_agreement",
+        "consistency",
+    ):
         assert key in result
-    bad = subprocess.run([sys.executable, "-m", "training.evaluate", "--baseline", "nonsense"], capture_output=True,
-                         text=True, cwd=REPO, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "training.evaluate", "--baseline", "nonsense"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "copy_first" in bad.stderr
 
 

@@ -15,8 +15,9 @@ def _accel(dt, n=1, device="cpu"):
 @pytest.mark.parametrize("env,name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")])
 def test_launch_mismatch_is_refused(monkeypatch, env, name):
     monkeypatch.setenv(env, "true")
-    with pytest.raises(RuntimeError, match=f"accelerate launch requested {name} .* but the Accelerator runs "
-                                           "MULTI_CPU on cpu") as e:
+    with pytest.raises(
+        RuntimeError, match=f"accelerate launch requested {name} .* but the Accelerator runs MULTI_CPU on cpu"
+    ) as e:
         _check_distributed_request(_accel(DistributedType.MULTI_CPU, 2), 2)
     assert "cpu_ddp.yaml" in str(e.value)
 

@@ -14,8 +14,13 @@ def _vit_weights(folder):
 def test_attribute_tokens_keep_who_is_where_and_who_holds_what():
     from training.stage0_visual_tokenizer import attribute_tokens, attribute_vocabulary
 
-    a = {"background": "park", "present": ["George", "Lily"], "objects": [{"name": "kite", "holder": "George"}],
-         "action": "walk", "actors": ["George"]}
+    a = {
+        "background": "park",
+        "present": ["George", "Lily"],
+        "objects": [{"name": "kite", "holder": "George"}],
+        "action": "walk",
+        "actors": ["George"],
+    }
     b = dict(a, objects=[{"name": "kite", "holder": "Lily"}])
     c = dict(a, actors=["Lily"])
     ta, tb, tc = attribute_tokens(a), attribute_tokens(b), attribute_tokens(c)
@@ -40,8 +45,19 @@ def stage0_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("stage0")
     records = mini.make_records(seed=0, stories=4)
-    metrics = train_stage0({"records": records, "init": "tiny", "out": str(out), "max_steps": 16, "batch_size": 32,
-                            "lr": 2e-3, "warmup_steps": 2, "seed": 0, "no_progress": True})
+    metrics = train_stage0(
+        {
+            "records": records,
+            "init": "tiny",
+            "out": str(out),
+            "max_steps": 16,
+            "batch_size": 32,
+            "lr": 2e-3,
+            "warmup_steps": 2,
+            "seed": 0,
+            "no_progress": True,
+        }
+    )
     return out, records, metrics
 
 
@@ -67,8 +83,18 @@ def test_stage1_keeps_the_stage0_visual_tokenizer_frozen(stage0_run, tmp_path):
     from training.stage1_detokenizer import train_stage1
 
     out, records, _ = stage0_run
-    train_stage1({"records": records, "init": f"bundle:{out / 'model'}", "out": str(tmp_path / "s1"), "max_steps": 2,
-                  "batch_size": 2, "unet_train": "full", "seed": 0, "no_progress": True})
+    train_stage1(
+        {
+            "records": records,
+            "init": f"bundle:{out / 'model'}",
+            "out": str(tmp_path / "s1"),
+            "max_steps": 2,
+            "batch_size": 2,
+            "unet_train": "full",
+            "seed": 0,
+            "no_progress": True,
+        }
+    )
     written, after = _vit_weights(out / "model"), _vit_weights(tmp_path / "s1" / "model")
     assert written.keys() == after.keys()
     assert all(torch.equal(written[k], after[k]) for k in written)

@@ -22,9 +22,27 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
 
     export = tmp_path / "export"
     run = tmp_path / "run"
-    res = subprocess.run([sys.executable, "-m", "training.tiny_recipe", "--out", str(run), "--stories", "4",
-                          "--scale", "0.01", "--measure-stories", "2", "--export", str(export)], cwd=REPO, capture_output=True,
-                         text=True, timeout=900)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.tiny_recipe",
+            "--out",
+            str(run),
+            "--stories",
+            "4",
+            "--scale",
+            "0.01",
+            "--measure-stories",
+            "2",
+            "--export",
+            str(export),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     record = json.loads((export / "recipe.json").read_text())
     assert set(record["stages"]) >= {"data", "init", "stage0", "vae", "stage1", "stage2", "stage2b", "stage3", "export"}
@@ -43,7 +61,9 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
     assert any(not torch.equal(init[k], stage0[k]) for k in stage0)
 
 
-@pytest.mark.skipif(not BUNDLED.exists(), reason="the bundled tiny model (models/seedstory-tiny) is not in this checkout")
+@pytest.mark.skipif(
+    not BUNDLED.exists(), reason="the bundled tiny model (models/seedstory-tiny) is not in this checkout"
+)
 def test_bundled_model_loads_and_tells_a_story():
     from seedstory_core.bundle import SeedStoryBundle
     from seedstory_core.data import mini
@@ -65,7 +85,9 @@ def test_bundled_model_loads_and_tells_a_story():
     assert frame.size == (64, 64)
 
 
-@pytest.mark.skipif(not BUNDLED.exists(), reason="the bundled tiny model (models/seedstory-tiny) is not in this checkout")
+@pytest.mark.skipif(
+    not BUNDLED.exists(), reason="the bundled tiny model (models/seedstory-tiny) is not in this checkout"
+)
 def test_bundled_model_keeps_its_measured_quality():
     """A short held-out evaluation (3 stories of seed 1000, no ablation) stays near the model card's numbers; a
     loader or engine regression (wrong latent statistics, broken cache, wrong tokenizer) drops it to ~0."""

@@ -108,8 +108,14 @@ def test_accelerate_configs_parse():
 
 
 def test_cli_help():
-    out = subprocess.run([sys.executable, "-m", "training.stage2_instruction", "--help"], cwd=REPO,
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "training.stage2_instruction", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     assert out.returncode == 0 and "--train-base" in out.stdout and "--grad-accum" in out.stdout
 
 
@@ -138,7 +144,9 @@ def test_vae_export_calibrates_unit_variance_latents(tmp_path, records, init_bun
     per_channel = z.permute(1, 0, 2, 3).reshape(4, -1)
     assert per_channel.mean(1).abs().max() < 0.35 and (per_channel.std(1) - 1).abs().max() < 0.35
     # an untouched VAE (calibration off) keeps SD-XL's scaling
-    m0 = train_vae(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path / "raw"), calibration_frames=0))
+    m0 = train_vae(
+        dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path / "raw"), calibration_frames=0)
+    )
     raw = _load(m0["model"]).detokenizer.vae
     assert raw.config.scaling_factor == pytest.approx(0.13025) and getattr(raw.config, "latents_std", None) is None
 
@@ -154,7 +162,9 @@ def test_normalize_latents_inverts_the_sdxl_pipeline_decode_transform():
     cfg = SimpleNamespace(scaling_factor=0.5, latents_mean=[0.1, -0.2, 0.3, 1.0], latents_std=[2.0, 0.5, 1.0, 4.0])
     n = normalize_latents(SimpleNamespace(config=cfg), z)
     # StableDiffusionXLPipeline before vae.decode: latents * latents_std / scaling_factor + latents_mean
-    back = n * torch.tensor(cfg.latents_std).view(1, 4, 1, 1) / cfg.scaling_factor + torch.tensor(cfg.latents_mean).view(1, 4, 1, 1)
+    back = n * torch.tensor(cfg.latents_std).view(1, 4, 1, 1) / cfg.scaling_factor + torch.tensor(
+        cfg.latents_mean
+    ).view(1, 4, 1, 1)
     assert torch.allclose(back, z, atol=1e-6)
 
 
@@ -165,8 +175,12 @@ def test_cond_dropout_replaces_whole_samples_with_the_unconditional_features():
 
     uncond = torch.randn(1, 5, 8)
     feats = torch.randn(64, 5, 8)
-    fake = SimpleNamespace(args=SimpleNamespace(cond_dropout=0.0), bundle=SimpleNamespace(uncond_features=uncond),
-                           global_batch_size=64, local_slice=slice(0, 64))  # one process
+    fake = SimpleNamespace(
+        args=SimpleNamespace(cond_dropout=0.0),
+        bundle=SimpleNamespace(uncond_features=uncond),
+        global_batch_size=64,
+        local_slice=slice(0, 64),
+    )  # one process
     assert DetokenizerTask.drop_condition(fake, feats, torch.Generator().manual_seed(0)) is feats
     fake.args.cond_dropout = 0.5
     out = DetokenizerTask.drop_condition(fake, feats, torch.Generator().manual_seed(0))
@@ -193,8 +207,18 @@ def test_stage1_kv_changes_exactly_the_official_set(tmp_path, records, init_bund
 def test_stage1_lora_exports_merged_unet(tmp_path, records, init_bundle):
     from training.stage1_detokenizer import train_stage1
 
-    m = train_stage1(dict(FAST, max_steps=1, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path),
-                          unet_train="lora", lora_rank=4, lr=1e-2))
+    m = train_stage1(
+        dict(
+            FAST,
+            max_steps=1,
+            records=records,
+            init=f"bundle:{init_bundle}",
+            out=str(tmp_path),
+            unet_train="lora",
+            lora_rank=4,
+            lr=1e-2,
+        )
+    )
     assert any("lora_" in n for n in m["trainable"])
     before, after = _sd(_load(init_bundle).detokenizer.unet), _sd(_load(m["model"]).detokenizer.unet)
     assert set(before) == set(after)  # plain UNet keys, LoRA merged
@@ -234,8 +258,17 @@ def test_stage2_rec_loss_scale_weights_only_the_regression_loss(tmp_path, record
 def test_stage2_train_base_trains_base_weights(tmp_path, records, init_bundle):
     from training.stage2_instruction import train_stage2
 
-    m = train_stage2(dict(FAST, max_steps=1, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path),
-                          train_base=True, no_export=True))
+    m = train_stage2(
+        dict(
+            FAST,
+            max_steps=1,
+            records=records,
+            init=f"bundle:{init_bundle}",
+            out=str(tmp_path),
+            train_base=True,
+            no_export=True,
+        )
+    )
     assert any(n.endswith("q_proj.base_layer.weight") for n in m["trainable"])
 
 
@@ -253,10 +286,18 @@ def test_stage3_cancel_stops_cleanly_with_checkpoint(tmp_path, records, init_bun
     from training.stage3_adaptation import run_stage3
 
     seen = []
-    m = run_stage3(records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), max_steps=10, batch_size=1,
-                   grad_accum=1, warmup_steps=0, resume="none",
-                   progress=lambda step, total, loss: seen.append((step, total, loss)),
-                   cancel=lambda: len(seen) >= 2)
+    m = run_stage3(
+        records=records,
+        init=f"bundle:{init_bundle}",
+        out=str(tmp_path),
+        max_steps=10,
+        batch_size=1,
+        grad_accum=1,
+        warmup_steps=0,
+        resume="none",
+        progress=lambda step, total, loss: seen.append((step, total, loss)),
+        cancel=lambda: len(seen) >= 2,
+    )
     assert m["cancelled"] and m["step"] == 2
     assert [s[:2] for s in seen] == [(1, 10), (2, 10)] and all(math.isfinite(s[2]) for s in seen)
     assert Path(m["checkpoint"]).name == "step-2" and (Path(m["checkpoint"]) / "trainer_state.json").is_file()
@@ -267,15 +308,30 @@ def test_stage3_cancel_stops_cleanly_with_checkpoint(tmp_path, records, init_bun
 # ---------------------------------------------------------------------------------------------- resume
 def _run_cli(module, args):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
 def test_stage2_resume_in_new_process_matches_uninterrupted(tmp_path, data_dir, init_bundle):
     """4 steps straight vs 2 steps + checkpoint + a NEW process that resumes for 2 more (LoRA dropout on)."""
-    common = ["--data", str(data_dir), "--init", f"bundle:{init_bundle}", "--max-steps", "4", "--batch-size", "2",
-              "--warmup-steps", "2", "--no-progress", "--grad-accum", "2"]
+    common = [
+        "--data",
+        str(data_dir),
+        "--init",
+        f"bundle:{init_bundle}",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--warmup-steps",
+        "2",
+        "--no-progress",
+        "--grad-accum",
+        "2",
+    ]
     _run_cli("training.stage2_instruction", common + ["--out", str(tmp_path / "straight")])
     _run_cli("training.stage2_instruction", common + ["--out", str(tmp_path / "split"), "--stop-after", "2"])
     assert (tmp_path / "split" / "checkpoints" / "step-2").is_dir() and not (tmp_path / "split" / "model").exists()

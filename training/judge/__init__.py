@@ -48,12 +48,22 @@ JUDGE_CHECK_SEED = 501
 SLOT_NAMES = ("left", "center", "right")
 NOBODY = "nobody"
 
-__all__ = ["FrameJudge", "load_judge", "train_judge", "judge_accuracy", "frame_labels", "pixel_hash",
-           "JUDGE_TRAIN_SEED", "JUDGE_CHECK_SEED", "SLOT_NAMES"]
+__all__ = [
+    "FrameJudge",
+    "load_judge",
+    "train_judge",
+    "judge_accuracy",
+    "frame_labels",
+    "pixel_hash",
+    "JUDGE_TRAIN_SEED",
+    "JUDGE_CHECK_SEED",
+    "SLOT_NAMES",
+]
 
 
 def _mini():
     from seedstory_core.data import mini
+
     return mini
 
 
@@ -97,9 +107,12 @@ class FrameJudge(nn.Module):
         self.actions = list(mini.ACTIONS)
         self.objects = list(mini.OBJECT_NAMES)
         self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(64, 96, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(3, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 96, 3, stride=2, padding=1),
+            nn.ReLU(),
             nn.AdaptiveAvgPool2d((2, 3)),
         )
         feat = 96 * 2 * 3
@@ -132,12 +145,20 @@ class FrameJudge(nn.Module):
         act, obj = out["action"].argmax(1), out["object"].argmax(1)
         res = []
         for i in range(x.shape[0]):
-            slots = {s: (self.characters[int(sl[i, j]) - 1] if int(sl[i, j]) > 0 else None) for j, s in enumerate(SLOT_NAMES)}
+            slots = {
+                s: (self.characters[int(sl[i, j]) - 1] if int(sl[i, j]) > 0 else None) for j, s in enumerate(SLOT_NAMES)
+            }
             named = [n for n in slots.values() if n is not None]
             present = [c for c in self.characters if c in named]
-            res.append({"background": self.scenes[int(bg[i])], "slots": slots, "present": present,
-                        "action": self.actions[int(act[i])],
-                        "object": self.objects[int(obj[i]) - 1] if int(obj[i]) > 0 else None})
+            res.append(
+                {
+                    "background": self.scenes[int(bg[i])],
+                    "slots": slots,
+                    "present": present,
+                    "action": self.actions[int(act[i])],
+                    "object": self.objects[int(obj[i]) - 1] if int(obj[i]) > 0 else None,
+                }
+            )
         return res
 
 
@@ -150,7 +171,9 @@ def frame_labels(attrs: Dict) -> Dict[str, object]:
     return {
         "background": mini.SCENES.index(attrs["background"]),
         "slots": [0 if by_slot.get(s) is None else 1 + mini.CHARACTER_NAMES.index(by_slot[s]) for s in SLOT_NAMES],
-        "action": mini.ACTIONS.index(attrs.get("action") or "stand") if attrs.get("actors") else mini.ACTIONS.index("stand"),
+        "action": mini.ACTIONS.index(attrs.get("action") or "stand")
+        if attrs.get("actors")
+        else mini.ACTIONS.index("stand"),
         "object": 0 if not objects else 1 + mini.OBJECT_NAMES.index(objects[0]["name"]),
     }
 
@@ -174,9 +197,12 @@ def _dataset(seed: int, stories: int, exclude: Optional[set] = None):
 
 
 def _loss(out, y) -> torch.Tensor:
-    return (F.cross_entropy(out["background"], y["background"])
-            + F.cross_entropy(out["slots"].reshape(-1, out["slots"].shape[-1]), y["slots"].reshape(-1))
-            + F.cross_entropy(out["action"], y["action"]) + F.cross_entropy(out["object"], y["object"]))
+    return (
+        F.cross_entropy(out["background"], y["background"])
+        + F.cross_entropy(out["slots"].reshape(-1, out["slots"].shape[-1]), y["slots"].reshape(-1))
+        + F.cross_entropy(out["action"], y["action"])
+        + F.cross_entropy(out["object"], y["object"])
+    )
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -189,8 +215,9 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (x + std * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 
 
-def train_judge(seed: int = JUDGE_TRAIN_SEED, stories: int = 120, epochs: int = 30, lr: float = 3e-3,
-                batch: int = 64, log=None):
+def train_judge(
+    seed: int = JUDGE_TRAIN_SEED, stories: int = 120, epochs: int = 30, lr: float = 3e-3, batch: int = 64, log=None
+):
     """Train the judge on real frames of ``stories`` stories of ``seed`` (deterministic for a fixed thread count).
 
     Returns (judge in eval mode, set of pixel hashes of its training frames)."""
@@ -219,8 +246,9 @@ def train_judge(seed: int = JUDGE_TRAIN_SEED, stories: int = 120, epochs: int = 
 
 
 @torch.no_grad()
-def judge_accuracy(judge: FrameJudge, seed: int = JUDGE_CHECK_SEED, stories: int = 40,
-                   exclude: Optional[set] = None) -> Dict[str, float]:
+def judge_accuracy(
+    judge: FrameJudge, seed: int = JUDGE_CHECK_SEED, stories: int = 40, exclude: Optional[set] = None
+) -> Dict[str, float]:
     """Accuracy on real frames of ``seed`` not pixel-identical to any hash in ``exclude`` (the training frames).
 
     Keys: ``frames`` (scored), ``frames_dropped_identical``, ``background``, ``present_exact`` (the set of characters
@@ -235,8 +263,12 @@ def judge_accuracy(judge: FrameJudge, seed: int = JUDGE_CHECK_SEED, stories: int
     true_sets = (y["slots"].unsqueeze(2) == torch.arange(1, 6).view(1, 1, 5)).any(1)
     present = (pred_sets == true_sets).all(1)
     return {
-        "seed": seed, "stories": stories, "frames": int(len(x)), "frames_dropped_identical": len(all_hashes) - int(len(x)),
-        "background": float(bg.float().mean()), "present_exact": float(present.float().mean()),
+        "seed": seed,
+        "stories": stories,
+        "frames": int(len(x)),
+        "frames_dropped_identical": len(all_hashes) - int(len(x)),
+        "background": float(bg.float().mean()),
+        "present_exact": float(present.float().mean()),
         "slots_exact": float(slots.float().mean()),
         "action": float((out["action"].argmax(1) == y["action"]).float().mean()),
         "object": float((out["object"].argmax(1) == y["object"]).float().mean()),
@@ -259,8 +291,14 @@ def save_judge(judge: FrameJudge, folder, meta: Dict) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(folder / WEIGHTS))
-    meta = dict(meta, sha256=sha256_of(folder / WEIGHTS), scenes=judge.scenes, characters=judge.characters,
-                actions=judge.actions, objects=judge.objects)
+    meta = dict(
+        meta,
+        sha256=sha256_of(folder / WEIGHTS),
+        scenes=judge.scenes,
+        characters=judge.characters,
+        actions=judge.actions,
+        objects=judge.objects,
+    )
     (folder / META).write_text(json.dumps(meta, indent=1) + "\n")
     return folder
 
@@ -279,14 +317,18 @@ def load_judge(folder=HERE, verify: bool = True) -> FrameJudge:
     folder = Path(folder)
     weights, meta_path = folder / WEIGHTS, folder / META
     if not weights.is_file() or not meta_path.is_file():
-        raise FileNotFoundError(f"judge folder {folder}: expected {WEIGHTS} and {META}; rebuild them with "
-                                "`python -m training.judge --out training/judge`")
+        raise FileNotFoundError(
+            f"judge folder {folder}: expected {WEIGHTS} and {META}; rebuild them with "
+            "`python -m training.judge --out training/judge`"
+        )
     meta = json.loads(meta_path.read_text())
     if verify:
         digest = sha256_of(weights)
         if digest != meta.get("sha256"):
-            raise ValueError(f"{weights}: sha256 {digest} differs from the {meta.get('sha256')} recorded in {meta_path}; "
-                             "the judge must not change silently — rebuild both with `python -m training.judge`")
+            raise ValueError(
+                f"{weights}: sha256 {digest} differs from the {meta.get('sha256')} recorded in {meta_path}; "
+                "the judge must not change silently — rebuild both with `python -m training.judge`"
+            )
     judge = FrameJudge()
     for key in ("scenes", "characters", "actions", "objects"):
         if meta.get(key) != getattr(judge, key):
@@ -298,8 +340,12 @@ def load_judge(folder=HERE, verify: bool = True) -> FrameJudge:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.judge", description="Train the evaluation's fixed frame judge.")
-    ap.add_argument("--out", type=Path, default=HERE, help="folder for judge.safetensors + judge.json (default: training/judge)")
+    ap = argparse.ArgumentParser(
+        prog="python -m training.judge", description="Train the evaluation's fixed frame judge."
+    )
+    ap.add_argument(
+        "--out", type=Path, default=HERE, help="folder for judge.safetensors + judge.json (default: training/judge)"
+    )
     ap.add_argument("--seed", type=int, default=JUDGE_TRAIN_SEED)
     ap.add_argument("--stories", type=int, default=120)
     ap.add_argument("--epochs", type=int, default=30)
@@ -307,16 +353,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--check-stories", type=int, default=40)
     a = ap.parse_args(argv)
     if a.seed == 0 or a.seed >= 1000 or a.check_seed == a.seed:
-        print(f"refusing seed {a.seed} / check seed {a.check_seed}: the judge must not train on the model's training seed "
-              "(0) or an evaluation seed (>= 1000), and must be checked on another seed", file=sys.stderr)
+        print(
+            f"refusing seed {a.seed} / check seed {a.check_seed}: the judge must not train on the model's training seed "
+            "(0) or an evaluation seed (>= 1000), and must be checked on another seed",
+            file=sys.stderr,
+        )
         return 2
     torch.set_num_threads(1)
     t0 = time.time()
     judge, hashes = train_judge(a.seed, a.stories, a.epochs, log=lambda m: print(m, file=sys.stderr, flush=True))
     acc = judge_accuracy(judge, a.check_seed, a.check_stories, exclude=hashes)
-    meta = {"command": "python -m training.judge --out training/judge" + ("" if a.seed == JUDGE_TRAIN_SEED else f" --seed {a.seed}"),
-            "train_seed": a.seed, "train_stories": a.stories, "train_frames_unique": len(hashes), "epochs": a.epochs,
-            "accuracy_unseen_frames": acc, "seconds": round(time.time() - t0, 1)}
+    meta = {
+        "command": "python -m training.judge --out training/judge"
+        + ("" if a.seed == JUDGE_TRAIN_SEED else f" --seed {a.seed}"),
+        "train_seed": a.seed,
+        "train_stories": a.stories,
+        "train_frames_unique": len(hashes),
+        "epochs": a.epochs,
+        "accuracy_unseen_frames": acc,
+        "seconds": round(time.time() - t0, 1),
+    }
     save_judge(judge, a.out, meta)
     print(json.dumps(json.loads((Path(a.out) / META).read_text())))
     return 0

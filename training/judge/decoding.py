@@ -74,6 +74,7 @@ def no_repeat_ngram(size: int):
         procs = original.__func__(decoding)
         if procs is None:
             from transformers import LogitsProcessorList
+
             procs = LogitsProcessorList()
         if decoding.repetition_penalty == _NGRAM_SENTINEL:
             procs = type(procs)([p for p in procs if not isinstance(p, RepetitionPenaltyLogitsProcessor)])
@@ -87,8 +88,16 @@ def no_repeat_ngram(size: int):
         StoryEngine._warpers = original
 
 
-def measure(settings: Sequence[str], seed: int, stories: int, frames: int, diffusion_steps: int = 10,
-            model_dir=None, log=None, render: bool = True) -> Dict[str, Dict]:
+def measure(
+    settings: Sequence[str],
+    seed: int,
+    stories: int,
+    frames: int,
+    diffusion_steps: int = 10,
+    model_dir=None,
+    log=None,
+    render: bool = True,
+) -> Dict[str, Dict]:
     """Score each decoding setting on the same held-out stories; returns {setting: {key: mean, key_ci95: [lo, hi],
     "samples": first story's sentences}}. ``render=False``: the text checks only (``parse_rate``,
     ``distinct_sentence_rate``, ``continuity_rate`` and ``text_score`` = all three pass); the sentences do not depend
@@ -98,8 +107,11 @@ def measure(settings: Sequence[str], seed: int, stories: int, frames: int, diffu
     from training.judge import metrics as jm
 
     bundle, judge = load_model(model_dir), load_judge()
-    keys = ("score", "parse_rate", "distinct_sentence_rate", "continuity_rate", "shown_rate", "coherence", "consistency") \
-        if render else ("text_score", "parse_rate", "distinct_sentence_rate", "continuity_rate")
+    keys = (
+        ("score", "parse_rate", "distinct_sentence_rate", "continuity_rate", "shown_rate", "coherence", "consistency")
+        if render
+        else ("text_score", "parse_rate", "distinct_sentence_rate", "continuity_rate")
+    )
     out = {}
     for name in settings:
         t0 = time.time()
@@ -109,16 +121,19 @@ def measure(settings: Sequence[str], seed: int, stories: int, frames: int, diffu
         with no_repeat_ngram(ngram):
             for k in range(stories):
                 story = mini.generate_story(seed, k, frames=max(30, frames))
-                sentences, images = generate_story(bundle, story, frames, diffusion_steps=diffusion_steps, seed=seed,
-                                                   decoding=decoding, render=render)
+                sentences, images = generate_story(
+                    bundle, story, frames, diffusion_steps=diffusion_steps, seed=seed, decoding=decoding, render=render
+                )
                 if render:
                     m = jm.story_metrics(sentences, judge.predict(images))
                 else:
                     judged = [jm.judge_frame(s, sentences[:i], None) for i, s in enumerate(sentences) if i > 0]
-                    m = {"parse_rate": np.mean([j["parsed"] for j in judged]),
-                         "distinct_sentence_rate": np.mean([j["new"] for j in judged]),
-                         "continuity_rate": np.mean([j["continuous"] for j in judged]),
-                         "text_score": np.mean([j["parsed"] and j["new"] and j["continuous"] for j in judged])}
+                    m = {
+                        "parse_rate": np.mean([j["parsed"] for j in judged]),
+                        "distinct_sentence_rate": np.mean([j["new"] for j in judged]),
+                        "continuity_rate": np.mean([j["continuous"] for j in judged]),
+                        "text_score": np.mean([j["parsed"] and j["new"] and j["continuous"] for j in judged]),
+                    }
                 for key in keys:
                     vals[key].append(m[key])
                 samples = samples or sentences
@@ -131,9 +146,11 @@ def measure(settings: Sequence[str], seed: int, stories: int, frames: int, diffu
         out[name] = res
         if log:
             head = "score" if render else "text_score"
-            log(f"{name:>18}: {head} {res[head]:.3f} {res[head + '_ci95']}  parse {res['parse_rate']:.3f} "
+            log(
+                f"{name:>18}: {head} {res[head]:.3f} {res[head + '_ci95']}  parse {res['parse_rate']:.3f} "
                 f"{res['parse_rate_ci95']}  distinct {res['distinct_sentence_rate']:.3f} {res['distinct_sentence_rate_ci95']}"
-                f"  ({res['seconds']} s)")
+                f"  ({res['seconds']} s)"
+            )
     return out
 
 
@@ -154,10 +171,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             decoding_for(n)  # fail early on a bad name
         except ValueError as e:
             ap.error(str(e))
-    res = measure(names, a.seed, a.stories, a.frames, a.diffusion_steps, a.model,
-                  log=lambda m: print(m, file=sys.stderr, flush=True), render=not a.no_render)
-    print(json.dumps({"seed": a.seed, "stories": a.stories, "frames": a.frames, "rendered": not a.no_render,
-                      "results": res}))
+    res = measure(
+        names,
+        a.seed,
+        a.stories,
+        a.frames,
+        a.diffusion_steps,
+        a.model,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+        render=not a.no_render,
+    )
+    print(
+        json.dumps(
+            {"seed": a.seed, "stories": a.stories, "frames": a.frames, "rendered": not a.no_render, "results": res}
+        )
+    )
     return 0
 
 

@@ -32,6 +32,7 @@ _SPACE = re.compile(r"\s+")
 
 def _mini():
     from seedstory_core.data import mini
+
     return mini
 
 
@@ -151,11 +152,21 @@ def judge_frame(sentence: str, history: Sequence[str], reading: Optional[Dict]) 
             cast |= set(a["present"])
     violations = continuity_violations(sentence, ctx, cast) if parsed else None
     continuous = parsed and not violations
-    shown = bool(parsed and reading is not None and reading["background"] == attrs["background"]
-                 and set(reading["present"]) == set(attrs["present"]))
-    return {"parsed": parsed, "new": new, "continuous": continuous, "shown": shown,
-            "ok": parsed and new and continuous and shown, "stated": attrs if parsed else None,
-            "violations": list(violations or [])}
+    shown = bool(
+        parsed
+        and reading is not None
+        and reading["background"] == attrs["background"]
+        and set(reading["present"]) == set(attrs["present"])
+    )
+    return {
+        "parsed": parsed,
+        "new": new,
+        "continuous": continuous,
+        "shown": shown,
+        "ok": parsed and new and continuous and shown,
+        "stated": attrs if parsed else None,
+        "violations": list(violations or []),
+    }
 
 
 def _jaccard(a, b) -> float:
@@ -165,7 +176,9 @@ def _jaccard(a, b) -> float:
 
 def attribute_agreement(reading: Dict, attrs: Dict) -> float:
     """0.5 x (scene matches) + 0.5 x Jaccard(characters present), between a reading and frame attributes."""
-    return 0.5 * float(reading["background"] == attrs["background"]) + 0.5 * _jaccard(reading["present"], attrs["present"])
+    return 0.5 * float(reading["background"] == attrs["background"]) + 0.5 * _jaccard(
+        reading["present"], attrs["present"]
+    )
 
 
 def picture_consistency(states: Sequence[Optional[Dict]], readings: Sequence[Dict]) -> float:
@@ -191,7 +204,7 @@ def picture_consistency(states: Sequence[Optional[Dict]], readings: Sequence[Dic
     for ids in seen.values():
         if len(ids) < 2:
             continue
-        pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
+        pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
         per_char.append(float(np.mean([a is not None and a == b for a, b in pairs])))
     return float(np.mean(per_char)) if per_char else 0.0
 
@@ -209,8 +222,10 @@ def story_metrics(sentences: Sequence[str], readings: Sequence[Dict]) -> Dict[st
     use, see its accuracy in ``judge.json``).
     """
     if len(sentences) != len(readings) or len(sentences) < 2:
-        raise ValueError(f"expected the opening + >= 1 generated frame with one reading each, got {len(sentences)} "
-                         f"sentences and {len(readings)} readings")
+        raise ValueError(
+            f"expected the opening + >= 1 generated frame with one reading each, got {len(sentences)} "
+            f"sentences and {len(readings)} readings"
+        )
     judged = [judge_frame(s, sentences[:i], readings[i]) for i, s in enumerate(sentences) if i > 0]
     strict = []
     for j, rd in zip(judged, readings[1:]):
@@ -233,7 +248,9 @@ def story_metrics(sentences: Sequence[str], readings: Sequence[Dict]) -> Dict[st
     }
 
 
-def bootstrap_ci(values: Sequence[float], resamples: int = 2000, seed: int = 0, level: float = 0.95) -> Tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> Tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (one value per story), resampling stories with
     replacement ``resamples`` times with ``numpy.random.default_rng(seed)``. One value gives (v, v).
 

@@ -3,6 +3,7 @@
 For each pair ``A:B`` (JSON names in this folder, same seed and stories), the per-story difference A - B of every
 per-story key, its mean and a 95% percentile bootstrap interval over stories
 (:func:`training.judge.metrics.bootstrap_ci`, 2000 resamples, seed 0). Prints one JSON object."""
+
 import json
 import sys
 from pathlib import Path

@@ -2,13 +2,22 @@
 
 Each NAME is a JSON written by ``python -m training.evaluate`` (its last stdout line); a row gives every key with
 its 95% bootstrap interval over stories (LABEL replaces the file name in the first column)."""
+
 import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-KEYS = ("score", "parse_rate", "distinct_sentence_rate", "continuity_rate", "shown_rate", "coherence", "consistency",
-        "visualization_agreement")
+KEYS = (
+    "score",
+    "parse_rate",
+    "distinct_sentence_rate",
+    "continuity_rate",
+    "shown_rate",
+    "coherence",
+    "consistency",
+    "visualization_agreement",
+)
 
 
 def cell(r, k):
