@@ -2,7 +2,8 @@
 uncapped multimodal sink (the paper's rule) against capped ones, with paired bootstrap intervals.
 
     python -m bench.cap_ablation [--caps 2,4,8] [--stories 12] [--out-dir bench/out]
-    python -m bench.cap_ablation --caps "" --policies dense,window,sink --csv-name long_story_ablation.csv  # all four policies
+    # all four policies:
+    python -m bench.cap_ablation --caps "" --policies dense,window,sink --csv-name long_story_ablation.csv
 
 Held-out StoryStream-mini stories are visualized (ground-truth captions) for 3x the training length with the
 bundled tiny model, free-running and teacher-forced; the judge is the evaluation's fixed judge

@@ -1,7 +1,7 @@
 """Render ``docs/benchmarks.md`` from the CSV files of one results folder — nothing else.
 
-Every number in the generated page is read from a CSV of that folder (``tests/project/test_bench_docs.py`` checks it), so
-the page can never drift from the measurements. The CSVs and the commands that write them:
+Every number in the generated page is read from a CSV of that folder (``tests/project/test_bench_docs.py`` checks it),
+so the page can never drift from the measurements. The CSVs and the commands that write them:
 
 * ``engine_<mode>_<preset>_{run,summary,steps,ratios}.csv``, ``paper_table8.csv``, ``full_size.csv`` —
   ``python -m bench --quick`` (``--update-docs`` writes them to ``bench/results/`` and regenerates this page);
@@ -96,8 +96,8 @@ def _gpu_section(folder: Path) -> List[str]:
         return []
     L = ["## Full size on a GPU (random weights, measured once)\n"]
     L.append(
-        f"Machine: {run['machine']}. The full SEED-Story agent ({run['preset']} preset, {run['dtype']}, random weights, "
-        "LoRA merged for inference), two runs within one session's GPU time.\n"
+        f"Machine: {run['machine']}. The full SEED-Story agent ({run['preset']} preset, {run['dtype']}, "
+        "random weights, LoRA merged for inference), two runs within one session's GPU time.\n"
     )
     if stories:
         L.append(
@@ -125,7 +125,8 @@ def _gpu_section(folder: Path) -> List[str]:
         f"{_f(ratios.get('decode_plain_ms_per_token'), 1)} at {ratios.get('decode_cache_tokens')} cached tokens |"
     )
     L.append(
-        f"| `reencode_over_multimodal_sink` (frame 10) | {_f(ratios.get('paired_reencode_over_multimodal_sink_ratio'), 3)} | "
+        "| `reencode_over_multimodal_sink` (frame 10) | "
+        f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio'), 3)} | "
         f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_min'), 3)} – "
         f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_max'), 3)} | the official loop's step over ours "
         f"({_f(ratios.get('paired_reencode_over_multimodal_sink_hi_s'), 3)} s vs "
@@ -204,7 +205,8 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         "forced_over_onepass_image_queries",
     ):
         L.append(
-            f"| `{key}` | {_f(ratios.get(key), 4)} | {ratios.get('target_op_' + key, '')} {ratios.get('target_' + key, '')} |"
+            f"| `{key}` | {_f(ratios.get(key), 4)} | "
+            f"{ratios.get('target_op_' + key, '')} {ratios.get('target_' + key, '')} |"
         )
     L.append("")
     L.append(
@@ -212,7 +214,8 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         "transformers `LlamaForCausalLM` with the same config and a `DynamicCache` of the same length (same "
         "process, threads, dtype; paired, interleaved repeats, median of per-repeat ratios). "
         f"Ours {_f(ratios.get('decode_ours_ms_per_token'), 3)} ms/token vs plain "
-        f"{_f(ratios.get('decode_plain_transformers_ms_per_token'), 3)} ms/token at {ratios.get('decode_cache_tokens')} "
+        f"{_f(ratios.get('decode_plain_transformers_ms_per_token'), 3)} ms/token at "
+        f"{ratios.get('decode_cache_tokens')} "
         f"cached tokens (`{run.get('decode_policy')}` story at frame {hi}; {run['decode_reps']} repeats of "
         f"{run['decode_tokens']} tokens; per-repeat ratio range {_f(ratios.get('decode_ratio_min'), 3)}–"
         f"{_f(ratios.get('decode_ratio_max'), 3)})."
@@ -228,14 +231,15 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         f"{_f(ratios.get('paired_default_ratio_min'), 3)}–{_f(ratios.get('paired_default_ratio_max'), 3)}); the "
         f"unpaired ratio of the table medians is `step{hi}_over_step{lo}_default` below. The floor for any cache that "
         f"keeps the last {run['window_images']} images is the plain window policy, measured the same way: "
-        f"`step{hi}_over_step{lo}_window_paired` = {_f(ratios.get(f'step{hi}_over_step{lo}_window_paired'), 3)}. On this "
+        f"`step{hi}_over_step{lo}_window_paired` = {_f(ratios.get(f'step{hi}_over_step{lo}_window_paired'), 3)}. "
+        "On this "
         f"preset attention over the context is a large share of a step, so the window's own growth (frame {lo} holds "
         f"{_get_kv(summary, 'window', lo)} tokens, frame {hi} {_get_kv(summary, 'window', hi)}) sets that floor."
     )
     L.append(
-        f"- `reencode_over_multimodal_sink`: the official loop (the window prompt re-encoded from scratch every step and "
-        f"the image tokens forced one decode step at a time, as `gen_george.py` does) over our paper-rule multimodal "
-        f"sink (uncapped), per step at frame {hi}; paired like the step ratio ("
+        "- `reencode_over_multimodal_sink`: the official loop (the window prompt re-encoded from scratch every step "
+        "and the image tokens forced one decode step at a time, as `gen_george.py` does) over our paper-rule "
+        f"multimodal sink (uncapped), per step at frame {hi}; paired like the step ratio ("
         f"{ratios.get('paired_reencode_over_multimodal_sink_pairs', '—')} pairs, range "
         f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_min'), 3)}–"
         f"{_f(ratios.get('paired_reencode_over_multimodal_sink_ratio_max'), 3)}); the unpaired ratio of the table "
@@ -243,15 +247,16 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
     )
     L.append(
         f"- `forced_over_onepass_image_queries`: the image queries decoded token by token (decoder forwards only, the "
-        f"cheapest forced loop) over our single forward, at frame {hi} ({ratios.get('image_queries_context_tokens')} cached "
-        f"tokens; max |Δfeatures| = {float(ratios.get('image_queries_max_abs_diff', 'nan')):.2e}).\n"
+        f"cheapest forced loop) over our single forward, at frame {hi} ({ratios.get('image_queries_context_tokens')} "
+        f"cached tokens; max |Δfeatures| = {float(ratios.get('image_queries_max_abs_diff', 'nan')):.2e}).\n"
     )
 
     # ---------------------------------------------------------------- settings
     L.append("## Machine and settings\n")
     L.append(f"- {run['machine']}")
     L.append(
-        f"- preset `{run['preset']}` (random weights), mode `{run['mode']}`, frames {run['lengths'].replace(' ', ', ')}, "
+        f"- preset `{run['preset']}` (random weights), mode `{run['mode']}`, "
+        f"frames {run['lengths'].replace(' ', ', ')}, "
         f"{run['sentence_tokens']} text tokens per step (BOI/EOS rows of the random lm_head zeroed, so every step "
         f"decodes exactly that many), window {run['window_images']} images, {run['reps']} interleaved repeats "
         f"after a {run['warmup_steps']}-step warm-up; table values are medians over repeats × the last "
@@ -269,7 +274,8 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         "`reencode_window` forced token by token like the official loop), **other** = building the new state.\n"
     )
     L.append(
-        "| policy | frame | total | prefill | decode | image | other | min–max total | KV tokens | KV bytes | cumulative (s) |"
+        "| policy | frame | total | prefill | decode | image | other | min–max total | KV tokens | KV bytes "
+        "| cumulative (s) |"
     )
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in summary:
@@ -277,7 +283,8 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         L.append(
             f"| {r['policy']} | {r['frames']} | {_f(r['total_s'], 1, 1e3)} | {_f(r['prefill_s'], 1, 1e3)} | "
             f"{_f(r['decode_s'], 1, 1e3)} | {_f(r['image_s'], 1, 1e3)} | {_f(r['other_s'], 1, 1e3)} | "
-            f"{_f(r['total_s_min'], 0, 1e3)}–{_f(r['total_s_max'], 0, 1e3)} | {'(window)' if re_ else r['kv_tokens']} | "
+            f"{_f(r['total_s_min'], 0, 1e3)}–{_f(r['total_s_max'], 0, 1e3)} | "
+            f"{'(window)' if re_ else r['kv_tokens']} | "
             f"{_mib(r['kv_bytes_work'] if re_ else r['kv_bytes'])} | {_f(r['cumulative_s'], 2)} |"
         )
     L.append("")
@@ -335,9 +342,9 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
             f"({rows[0]['layers']} layers, {rows[0]['kv_heads']} KV heads × {rows[0]['head_dim']} dims, "
             f"{rows[0]['dtype_bytes']}-byte KV), {rows[0]['sentence_tokens']} text tokens per sentence, window "
             f"{rows[0]['window_images']} images, at frame {rows[0]['frame']}. Token counts come from the engine's "
-            "own eviction rule (`plan_kept_positions`); KV bytes = (keys + values) × layers × KV heads × head dim × bytes × "
-            "tokens; attention FLOPs per step = the two attention matmuls (QKᵀ and AV, a multiply-add counted as "
-            "two FLOPs) × layers × heads × head dim × Σ over the step's queries of the keys they attend to "
+            "own eviction rule (`plan_kept_positions`); KV bytes = (keys + values) × layers × KV heads × head dim × "
+            "bytes × tokens; attention FLOPs per step = the two attention matmuls (QKᵀ and AV, a multiply-add "
+            "counted as two FLOPs) × layers × heads × head dim × Σ over the step's queries of the keys they attend to "
             "(projections/MLP excluded — equal for every policy except the re-encode, whose prompt length is "
             "listed). Paper memory is the whole process "
             "(weights, SD-XL, activations), so compare differences, not totals.\n"
@@ -350,7 +357,8 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         for r in rows:
             L.append(
                 f"| {r['policy']} | {r['kv_tokens']} | {_f(r['kv_bytes'], 3, 1 / 2**30)} | "
-                f"{_f(r['kv_bytes_minus_dense'], 3, 1 / 2**30)} | {_f(r['attn_flops'], 2, 1e-9)} | {r['reencode_tokens']} | "
+                f"{_f(r['kv_bytes_minus_dense'], 3, 1 / 2**30)} | {_f(r['attn_flops'], 2, 1e-9)} | "
+                f"{r['reencode_tokens']} | "
                 f"{r['paper_memory_gb'] or '—'} | {r['paper_minus_dense_gb'] or '—'} |"
             )
         L.append("")
@@ -379,13 +387,15 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
             "check below.\n"
         )
         L.append(
-            "| model | loop | solver | steps | frames | MLLM (s) | de-tokenizer (s) | total (s) | MLLM share | total / ours |"
+            "| model | loop | solver | steps | frames | MLLM (s) | de-tokenizer (s) | total (s) | MLLM share "
+            "| total / ours |"
         )
         L.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             L.append(
-                f"| {r['model']} | {r['loop']} | {r['scheduler']} | {r['steps']} | {r['frames']} | {_f(r['mllm_s'], 4)} | "
-                f"{_f(r['detok_s'], 4)} | {_f(r['total_s'], 4)} | {_f(r['mllm_share'], 3)} | {_f(r['total_over_ours'], 3)} |"
+                f"| {r['model']} | {r['loop']} | {r['scheduler']} | {r['steps']} | {r['frames']} | "
+                f"{_f(r['mllm_s'], 4)} | {_f(r['detok_s'], 4)} | {_f(r['total_s'], 4)} | {_f(r['mllm_share'], 3)} | "
+                f"{_f(r['total_over_ours'], 3)} |"
             )
         L.append("")
     sq = folder / "solver_quality.csv"
@@ -402,7 +412,8 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         for r in rows:
             L.append(
                 f"| {r['scheduler']} | {r['steps']} | {r['frames']} | {_f(r['agreement'], 4)} | "
-                f"{_f(r['agreement_minus_official'], 4)} | {_f(r['pixel_l1_vs_official'], 4)} | {_f(r['s_per_frame'], 4)} |"
+                f"{_f(r['agreement_minus_official'], 4)} | {_f(r['pixel_l1_vs_official'], 4)} | "
+                f"{_f(r['s_per_frame'], 4)} |"
             )
         L.append("")
 

@@ -911,7 +911,8 @@ def _fmt_bytes(n) -> str:
 def quality_mode(model_dir: str, cfg: BenchConfig, log=print) -> int:
     """Quality side of Table 8 at 1x / 2x / 3x the training length with a trained bundle: ground-truth captions
     visualized under each cache policy, scored against the ground-truth frames (attribute agreement read by the
-    evaluation's fixed judge, ``training/judge``; pixel L1) — the tiny-world stand-ins for the paper's CLIP score and FID."""
+    evaluation's fixed judge, ``training/judge``; pixel L1) — the tiny-world stand-ins for the paper's CLIP score and
+    FID."""
     try:
         from training.evaluate import long_story_ablation  # type: ignore
     except ImportError as exc:
@@ -938,7 +939,8 @@ def quality_mode(model_dir: str, cfg: BenchConfig, log=print) -> int:
     ]
     for r in rows:
         log(
-            f"  {r['policy']:16s} {r['length']}: attribute agreement {r['attribute_agreement']:.3f}, pixel L1 {r['pixel_l1']:.3f}"
+            f"  {r['policy']:16s} {r['length']}: attribute agreement {r['attribute_agreement']:.3f}, "
+            f"pixel L1 {r['pixel_l1']:.3f}"
         )
     cols = ["policy", "length", "attribute_agreement", "pixel_l1"]
     write_csv(cfg.out_dir / "quality.csv", rows, cols)
@@ -971,7 +973,8 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
         if cfg.extras and (iq_policy, hi) in states and states[(iq_policy, hi)].kv_length > 0:
             iq = measure_image_queries(engine, states[(iq_policy, hi)], cfg)
             log(
-                f"  image queries ({iq_policy}, frame {hi}): one-pass {1000 * iq['onepass_s']:.2f} ms, forced {1000 * iq['forced_s']:.2f} ms"
+                f"  image queries ({iq_policy}, frame {hi}): one-pass {1000 * iq['onepass_s']:.2f} ms, "
+                f"forced {1000 * iq['forced_s']:.2f} ms"
             )
         decode = None
         dec_policy = next(
@@ -982,7 +985,8 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
             decode["policy"] = dec_policy
             log(
                 f"  decode ({dec_policy}, frame {hi}, {decode['cache_tokens']} cached tokens): ours "
-                f"{decode['ours_ms_per_token']:.3f} ms/token, plain transformers {decode['plain_ms_per_token']:.3f} ms/token"
+                f"{decode['ours_ms_per_token']:.3f} ms/token, "
+                f"plain transformers {decode['plain_ms_per_token']:.3f} ms/token"
             )
         pairs = {}
         lo = min(cfg.lengths)
@@ -995,7 +999,8 @@ def run(cfg: BenchConfig, *, command: str = "python -m bench", log=print) -> Dic
         if cfg.extras and mm_prev is not None and re_prev is not None:
             pairs["reencode_over_multimodal_sink"] = measure_state_pair(engine, mm_prev, re_prev, cfg)
             log(
-                f"  paired steps frame {hi}: reencode_window / multimodal_sink = {pairs['reencode_over_multimodal_sink']['ratio']:.3f}"
+                f"  paired steps frame {hi}: reencode_window / multimodal_sink = "
+                f"{pairs['reencode_over_multimodal_sink']['ratio']:.3f}"
             )
     states.pop((iq_policy, hi), None)
     memory = measure_memory(cfg, log) if cfg.memory and not str(cfg.device).startswith("cuda") else {}
@@ -1199,7 +1204,10 @@ def main(argv=None) -> int:
         if args.update_docs:
             cfg.out_dir = TRACKED_RESULTS
         return quality_mode(args.model, cfg)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
     argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
     run(cfg, command=f"python -m bench {argv_s}".strip(), log=log)
     return 0

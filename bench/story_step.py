@@ -2,8 +2,8 @@
 
     python -m bench.story_step [--frames 12] [--fast-steps 20] [--quality-frames 40] [--out-dir bench/out]
 
-Models: the ``tiny`` preset with random weights (``seedstory_core.tiny.random_tiny_bundle``) and the bundled trained model
-(``models/seedstory-tiny``). Loops, per frame (one :meth:`StoryEngine.step` + one rendering of its features):
+Models: the ``tiny`` preset with random weights (``seedstory_core.tiny.random_tiny_bundle``) and the bundled trained
+model (``models/seedstory-tiny``). Loops, per frame (one :meth:`StoryEngine.step` + one rendering of its features):
 
 * ``official`` — the official ``gen_george.py`` loop: the window prompt re-encoded from scratch every step, the image
   tokens forced one decode step at a time (``ReencodePolicy``), rendered with the official
@@ -300,7 +300,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = REPO / "bench" / "results" if args.update_docs else Path(args.out_dir)
-    log = lambda m: print(m, file=sys.stderr, flush=True)
+
+    def log(m):
+        print(m, file=sys.stderr, flush=True)
+
     rows = []
     if not args.skip_steps:
         rows = whole_step_rows(

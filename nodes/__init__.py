@@ -52,7 +52,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
 }
 
 #: Other words users search for: ComfyUI 0.30.0 sends ``SEARCH_ALIASES`` as ``search_aliases`` in /object_info and
-#: its node search matches them (0.3.75 ignores the attribute). One table here, set on the classes below, so the node files stay untouched.
+#: its node search matches them (0.3.75 ignores the attribute). One table here, set on the classes below, so the node
+#: files stay untouched.
 SEARCH_ALIASES = {
     "SeedStoryTinyModelLoader": ["story", "storybook", "comic", "storyboard", "seed story", "load story model"],
     "SeedStoryVisualTokenizerLoader": ["load vit", "qwen-vl vit", "visual encoder", "seed story"],

@@ -109,8 +109,8 @@ class SeedStoryVisualTokenizerLoader:
                 "vit_name": (
                     glue.list_files("seed_story_visual_tokenizer"),
                     {
-                        "tooltip": "Visual tokenizer weights in models/seed_story/visual_tokenizer (official: qwen_vit_G.pt; "
-                        ".safetensors copies are loaded without pickle)."
+                        "tooltip": "Visual tokenizer weights in models/seed_story/visual_tokenizer "
+                        "(official: qwen_vit_G.pt; .safetensors copies are loaded without pickle)."
                     },
                 ),
                 "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
@@ -158,23 +158,24 @@ class SeedStoryAgentLoader:
                 "agent_name": (
                     glue.list_files("seed_story_agent"),
                     {
-                        "tooltip": "Agent weights in models/seed_story/agent: the official pytorch_model.bin, a .safetensors "
-                        "file, or model.safetensors(.index.json) written by seedstory (agent_config.json next to it)."
+                        "tooltip": "Agent weights in models/seed_story/agent: the official pytorch_model.bin, "
+                        "a .safetensors file, or model.safetensors(.index.json) written by seedstory "
+                        "(agent_config.json next to it)."
                     },
                 ),
                 "tokenizer_name": (
                     glue.list_subfolders("seed_story_tokenizer"),
                     {
-                        "tooltip": "Tokenizer folder in models/seed_story/tokenizer (official: cvlm_llama2_tokenizer, the "
-                        "LLaMA-2 tokenizer with the 66 image tokens)."
+                        "tooltip": "Tokenizer folder in models/seed_story/tokenizer (official: cvlm_llama2_tokenizer, "
+                        "the LLaMA-2 tokenizer with the 66 image tokens)."
                     },
                 ),
                 "base_llm": (
                     [NONE] + glue.list_subfolders("seed_story_llm", depth=1) + glue.list_files("seed_story_llm"),
                     {
                         "default": NONE,
-                        "tooltip": "Base LLaMA weights (folder in models/seed_story/llm, e.g. Llama-2-7b-hf) for agent files "
-                        "that hold only the trainable LoRA/resampler tensors. none = the agent file is complete.",
+                        "tooltip": "Base LLaMA weights (folder in models/seed_story/llm, e.g. Llama-2-7b-hf) for agent "
+                        "files that hold only the trainable LoRA/resampler tensors. none = the agent file is complete.",
                     },
                 ),
                 "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
@@ -289,21 +290,22 @@ class SeedStoryDetokenizerLoader:
                 "visual_tokenizer": (
                     VISUAL_TOKENIZER,
                     {
-                        "tooltip": "The visual tokenizer of the same model; used once to compute the unconditional features."
+                        "tooltip": "The visual tokenizer of the same model; used once to compute the unconditional "
+                        "features."
                     },
                 ),
                 "adapter_name": (
                     glue.list_files("seed_story_detokenizer"),
                     {
-                        "tooltip": "De-tokenizer adapter in models/seed_story/detokenizer (official: pytorch_model.bin with "
-                        "resampler.* and unet.*to_k/to_v keys)."
+                        "tooltip": "De-tokenizer adapter in models/seed_story/detokenizer (official: pytorch_model.bin "
+                        "with resampler.* and unet.*to_k/to_v keys)."
                     },
                 ),
                 "sdxl_base": (
                     sdxl_choices(),
                     {
-                        "tooltip": "SD-XL base 1.0: a single file in models/checkpoints (sd_xl_base_1.0.safetensors) or a "
-                        "diffusers folder (with unet/ and vae/) in models/seed_story/sdxl or models/diffusers."
+                        "tooltip": "SD-XL base 1.0: a single file in models/checkpoints (sd_xl_base_1.0.safetensors) "
+                        "or a diffusers folder (with unet/ and vae/) in models/seed_story/sdxl or models/diffusers."
                     },
                 ),
                 "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
@@ -434,7 +436,10 @@ class SeedStoryTinyModelLoader:
 
             if fingerprint == "random":
                 bundle = random_tiny_bundle(int(random_seed)).to(offload_device, dtype)
-                info = f"tiny SEED-Story model with random weights (seed {int(random_seed)}); no trained bundle at {glue.TINY_BUNDLE_DIR}"
+                info = (
+                    f"tiny SEED-Story model with random weights (seed {int(random_seed)}); "
+                    f"no trained bundle at {glue.TINY_BUNDLE_DIR}"
+                )
             else:
                 bundle = SeedStoryBundle.load(glue.TINY_BUNDLE_DIR, device=offload_device, dtype=dtype)
                 info = f"trained tiny SEED-Story model from {glue.TINY_BUNDLE_DIR}"

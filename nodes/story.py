@@ -165,8 +165,8 @@ class SeedStoryViTTokenize:
                     list(RESIZE_CHOICES),
                     {
                         "default": "squash",
-                        "tooltip": "squash = resize to a square ignoring the aspect ratio (official inference); keep_ratio = "
-                        "resize the short side and centre-crop (official stage-3 training).",
+                        "tooltip": "squash = resize to a square ignoring the aspect ratio (official inference); "
+                        "keep_ratio = resize the short side and centre-crop (official stage-3 training).",
                     },
                 ),
             }
@@ -217,9 +217,9 @@ class SeedStoryStorySettings:
                     list(POLICY_CHOICES),
                     {
                         "default": "multimodal_sink",
-                        "tooltip": "multimodal_sink = paper default; sink = first tokens + window (StreamingLLM); window = "
-                        "last W images only; dense = keep everything (memory grows); reencode_window = official "
-                        "baseline, re-encode the window every step.",
+                        "tooltip": "multimodal_sink = paper default; sink = first tokens + window (StreamingLLM); "
+                        "window = last W images only; dense = keep everything (memory grows); "
+                        "reencode_window = official baseline, re-encode the window every step.",
                     },
                 ),
                 "window_images": (
@@ -292,8 +292,8 @@ class SeedStoryStorySettings:
                     list(POSITION_MODES),
                     {
                         "default": "rerotate",
-                        "tooltip": "rerotate = kept keys are re-rotated to consecutive positions (like transformers' SinkCache); "
-                        "original = keep their original positions.",
+                        "tooltip": "rerotate = kept keys are re-rotated to consecutive positions "
+                        "(like transformers' SinkCache); original = keep their original positions.",
                     },
                 ),
             }
@@ -437,7 +437,8 @@ class SeedStoryStoryStart:
                 "features": (
                     FEATURES,
                     {
-                        "tooltip": "Features of the start image (from ViT Tokenize). Give these OR image + visual_tokenizer."
+                        "tooltip": "Features of the start image (from ViT Tokenize). "
+                        "Give these OR image + visual_tokenizer."
                     },
                 ),
                 "image": ("IMAGE", {"tooltip": "The start picture (any size/mode); needs visual_tokenizer."}),

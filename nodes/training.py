@@ -388,7 +388,8 @@ class SeedStoryAdaptDetokenizer:
                 "visual_tokenizer": (
                     VISUAL_TOKENIZER,
                     {
-                        "tooltip": "The visual tokenizer of the same model (frozen; encodes the story frames for the agent)."
+                        "tooltip": "The visual tokenizer of the same model "
+                        "(frozen; encodes the story frames for the agent)."
                     },
                 ),
                 "detokenizer": (
@@ -451,8 +452,8 @@ class SeedStoryAdaptDetokenizer:
                     "STRING",
                     {
                         "default": "seedstory_adapted",
-                        "tooltip": "File name of the adapter in models/seed_story/detokenizer (.safetensors is added; an "
-                        "existing file of that name is replaced).",
+                        "tooltip": "File name of the adapter in models/seed_story/detokenizer "
+                        "(.safetensors is added; an existing file of that name is replaced).",
                     },
                 ),
             }

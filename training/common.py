@@ -1,4 +1,5 @@
-"""Shared machinery of the SEED-Story training stages (docs/reference.md §6 "Common setup"), built on HuggingFace accelerate.
+"""Shared machinery of the SEED-Story training stages (docs/reference.md §6 "Common setup"), built on HuggingFace
+accelerate.
 
 One loop (:func:`run_training`) drives every stage; a stage is a :class:`StageTask` that builds its models, draws
 micro-batches and computes the loss. The loop provides:

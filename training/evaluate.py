@@ -93,10 +93,10 @@ def load_judge():
     return _load()
 
 
-#: classifier-free guidance of every rendered frame. The official default is 7.5 (docs/reference.md §4.2); for the tiny model 3.0
-#: renders the agent's regressed features better (measured on the earlier, stage-2-only tiny agent: held-out
-#: coherence 0.468 at 3.0 vs 0.392 at 7.5), although 7.5 is better on ground-truth ViT features: guidance amplifies
-#: the regression's errors too.
+#: classifier-free guidance of every rendered frame. The official default is 7.5 (docs/reference.md §4.2); for the
+#: tiny model 3.0 renders the agent's regressed features better (measured on the earlier, stage-2-only tiny agent:
+#: held-out coherence 0.468 at 3.0 vs 0.392 at 7.5), although 7.5 is better on ground-truth ViT features: guidance
+#: amplifies the regression's errors too.
 GUIDANCE_SCALE = 3.0
 
 

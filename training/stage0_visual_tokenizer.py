@@ -1,11 +1,11 @@
 """Stage 0 (models built from scratch): pretrain the visual tokenizer CLIP-style, then it stays frozen.
 
-SEED-Story's visual tokenizer is Qwen-VL's pretrained ViT-G, frozen in every stage (docs/reference.md §1, §6). A tiny bundle
-built from scratch (``seedstory_core.tiny.random_tiny_bundle``) has a RANDOM ViT instead, whose features hardly separate the
-characters (cosine ~0.99 between consecutive frames with a different cast), so neither the stage-2 regression nor
-the de-tokenizer can learn who is who. This stage gives the tiny ViT what pretraining gives the real one: it trains
-the whole :class:`~seedstory_core.visual_tokenizer.QwenVisualTokenizer` with a symmetric contrastive (CLIP/InfoNCE)
-loss between
+SEED-Story's visual tokenizer is Qwen-VL's pretrained ViT-G, frozen in every stage (docs/reference.md §1, §6). A tiny
+bundle built from scratch (``seedstory_core.tiny.random_tiny_bundle``) has a RANDOM ViT instead, whose features hardly
+separate the characters (cosine ~0.99 between consecutive frames with a different cast), so neither the stage-2
+regression nor the de-tokenizer can learn who is who. This stage gives the tiny ViT what pretraining gives the real
+one: it trains the whole :class:`~seedstory_core.visual_tokenizer.QwenVisualTokenizer` with a symmetric contrastive
+(CLIP/InfoNCE) loss between
 
 * the **pooled ViT output**: ``features.mean(dim=1)`` of the (B, n_queries, output_dim) features stage 1/2 read,
   L2-normalised; no projection head, so the features themselves must separate what the text separates; and
@@ -132,7 +132,8 @@ class AttributeTextEncoder(nn.Module):
 
 
 def pooled_features(vit: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, S, S) CLIP-normalised pixels -> (B, output_dim) mean over the ViT's n_queries output tokens (not normalised)."""
+    """(B, 3, S, S) CLIP-normalised pixels -> (B, output_dim) mean over the ViT's n_queries output tokens
+    (not normalised)."""
     return vit(pixels).float().mean(dim=1)
 
 
@@ -268,7 +269,9 @@ def train_stage0(
     progress: Optional[Callable[[int, int, float], None]] = None,
     cancel: Optional[Callable[[], bool]] = None,
 ) -> Dict[str, Any]:
-    """Run stage 0 (see the module doc). ``args``: CLI list, dict or Namespace. Returns :func:`run_training`'s metrics."""
+    """Run stage 0 (see the module doc). ``args``: CLI list, dict or Namespace.
+
+    Returns :func:`run_training`'s metrics."""
     ns = resolve_args(build_parser(), args)
     return run_training(Stage0Task, ns, progress=progress, cancel=cancel)
 

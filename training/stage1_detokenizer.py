@@ -1,4 +1,5 @@
-"""Stage 1: de-tokenizer pretraining -- ViT features -> ResamplerXLV2 -> SD-XL UNet, epsilon-MSE (docs/reference.md §4.2, §6).
+"""Stage 1: de-tokenizer pretraining -- ViT features -> ResamplerXLV2 -> SD-XL UNet, epsilon-MSE
+(docs/reference.md §4.2, §6).
 
 The official stage 1 is not in the SEED-Story repository (it comes from SEED-X, recipe UNKNOWN); from the
 checkpoint sizes it trains the same ``SDXLAdapter`` subset as stage 3. Per micro-batch:

@@ -165,8 +165,14 @@ def check_export_target(export: Path, run: Path, *, force: bool = False) -> List
     """
     target, run_dir = export.resolve(), run.resolve()
     if target == run_dir or run_dir.is_relative_to(target) or target.is_relative_to(run_dir):
+        if target == run_dir:
+            where = "the run folder"
+        elif target.is_relative_to(run_dir):
+            where = "inside the run folder"
+        else:
+            where = "a folder that holds the run folder"
         raise ExportRefused(
-            f"--export {export}: it is {'the run folder' if target == run_dir else 'inside the run folder' if target.is_relative_to(run_dir) else 'a folder that holds the run folder'} "
+            f"--export {export}: it is {where} "
             f"(--out {run}); replacing it would delete the trained model it copies. Export to a separate folder, "
             "e.g. models/seedstory-tiny."
         )

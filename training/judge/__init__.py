@@ -354,8 +354,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = ap.parse_args(argv)
     if a.seed == 0 or a.seed >= 1000 or a.check_seed == a.seed:
         print(
-            f"refusing seed {a.seed} / check seed {a.check_seed}: the judge must not train on the model's training seed "
-            "(0) or an evaluation seed (>= 1000), and must be checked on another seed",
+            f"refusing seed {a.seed} / check seed {a.check_seed}: the judge must not train on the model's training "
+            "seed (0) or an evaluation seed (>= 1000), and must be checked on another seed",
             file=sys.stderr,
         )
         return 2

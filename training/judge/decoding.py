@@ -148,7 +148,8 @@ def measure(
             head = "score" if render else "text_score"
             log(
                 f"{name:>18}: {head} {res[head]:.3f} {res[head + '_ci95']}  parse {res['parse_rate']:.3f} "
-                f"{res['parse_rate_ci95']}  distinct {res['distinct_sentence_rate']:.3f} {res['distinct_sentence_rate_ci95']}"
+                f"{res['parse_rate_ci95']}  distinct {res['distinct_sentence_rate']:.3f} "
+                f"{res['distinct_sentence_rate_ci95']}"
                 f"  ({res['seconds']} s)"
             )
     return out
