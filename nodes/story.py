@@ -28,7 +28,6 @@ from .models import (
 from .render import RENDER_TOOLTIPS, render_features
 
 DECODING_CHOICES = ("greedy", "sample")
-RESIZE_CHOICES = ("squash", "keep_ratio")
 MAX_SEED = 2**63 - 1
 
 #: Appended to every free-text tooltip (the rule: max_text_tokens).
@@ -157,12 +156,14 @@ class SeedStoryViTTokenize:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from seedstory_core.preprocess import RESIZE_MODES
+
         return {
             "required": {
                 "visual_tokenizer": (VISUAL_TOKENIZER, {"tooltip": "The visual tokenizer (from a SeedStory loader)."}),
                 "image": ("IMAGE", {"tooltip": "One or more pictures; any size, RGB/RGBA/grayscale."}),
                 "resize_mode": (
-                    list(RESIZE_CHOICES),
+                    list(RESIZE_MODES),
                     {
                         "default": "squash",
                         "tooltip": "squash = resize to a square ignoring the aspect ratio (official inference); "
