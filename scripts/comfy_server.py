@@ -12,7 +12,8 @@ Library use (the tests do this)::
 
 CLI (a server for you to use, like a hand-started ComfyUI)::
 
-    python scripts/comfy_server.py start [--comfy-dir DIR] [--port N|auto] [--scratch-dir DIR] [--state FILE] [-- ARGS...]
+    python scripts/comfy_server.py start [--comfy-dir DIR] [--port N|auto] [--scratch-dir DIR] [--state FILE]
+                                         [-- ARGS...]
     python scripts/comfy_server.py status [--state FILE]
     python scripts/comfy_server.py stop [--state FILE]
 
@@ -242,8 +243,9 @@ def start(
             (default: a new temporary folder).
         timeout: seconds to wait for the server to answer.
         env: extra environment variables for the server.
-        pack: (default True) make ``scratch_dir`` ComfyUI's base directory (``--base-directory``: its ``custom_nodes`` and
-            ``models`` are used instead of the tree's) and COPY this pack into ``scratch_dir/custom_nodes/seedstory``
+        pack: (default True) make ``scratch_dir`` ComfyUI's base directory (``--base-directory``: its
+            ``custom_nodes`` and ``models`` are used instead of the tree's) and COPY this pack into
+            ``scratch_dir/custom_nodes/seedstory``
             (scripts/install_pack.py) -- the pack exactly as a user installs it, isolated from other servers
             and from whatever the ComfyUI tree's own ``custom_nodes`` holds. False: the tree's own
             ``custom_nodes`` and ``models`` (the CLI's ``start``).

@@ -8,8 +8,8 @@ served from the pack's WEB_DIRECTORY).
     python scripts/gen_node_docs.py --stdout   # print docs/nodes.md
 
 The pack imports ComfyUI lazily, so the node classes import in a plain venv. Combos that ComfyUI fills from model
-folders (``folder_paths``) are empty here; they are documented by the folder their tooltip names. tests/project/test_docs.py
-regenerates the page in memory and fails when the committed one differs.
+folders (``folder_paths``) are empty here; they are documented by the folder their tooltip names.
+tests/project/test_docs.py regenerates the page in memory and fails when the committed one differs.
 """
 
 from __future__ import annotations
@@ -190,7 +190,8 @@ def _render_all() -> dict:
         '"SeedStory"). Every input and output also has this text as its tooltip in ComfyUI, and each node\'s '
         "section is also its page in ComfyUI's node help panel (web/docs/).",
         "",
-        "Model-file combos are filled by ComfyUI from the folders named in their tooltips (see [models.md](models.md)); "
+        "Model-file combos are filled by ComfyUI from the folders named in their tooltips "
+        "(see [models.md](models.md)); "
         'they are listed as "combo (files found by ComfyUI)" here. Sockets take a link from another node; '
         "everything else is a widget.",
         "",

@@ -5,7 +5,8 @@
 
 ComfyUI serves every file of the pack's workflows/ folder under /api/workflow_templates/<pack>/, and its frontend
 shows <name>.jpg next to <name>.json in the template browser. tests/browser/test_browser.py refreshes the screenshots
-(SEEDSTORY_UPDATE_DOCS_IMG=1) and then runs this script; tests/project/test_workflows.py checks one thumbnail per workflow.
+(SEEDSTORY_UPDATE_DOCS_IMG=1) and then runs this script; tests/project/test_workflows.py checks one thumbnail per
+workflow.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ jobs.jsonl has one JSON object per line (blank lines and lines starting with '#'
 
     {"id": "boat", "image": "start.png", "text": "A little red boat sets out.", "frames": 3, "seed": 7}
     {"image": "start.png", "text": "George woke up.", "captions": ["He ate.", "He played."], "seed": 1}
-    {"image": "start.png", "text": "Hi.", "frames": 2, "overrides": {"3.diffusion_steps": 4, "SeedStory Save Story.title": "T"}}
+    {"image": "start.png", "text": "Hi.", "overrides": {"3.diffusion_steps": 4, "SeedStory Save Story.title": "T"}}
 
 For every job: the start image is uploaded (POST /upload/image, a per-job name, overwrite), the API-format
 template is filled (LoadImage.image, SeedStoryGenerateStory.opening_text/story_steps/seed/captions/mode,

@@ -65,7 +65,8 @@ AGENT_WEIGHTS_PATTERN = "model{suffix}.safetensors"
 
 # ---------------------------------------------------------------------------------------------------- losses
 def cosine_loss(rec: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Official reconstruction loss: mean over all tokens of ``1 - cos(rec, target)`` along the last dim (docs/reference.md §2.5).
+    """Official reconstruction loss: mean over all tokens of ``1 - cos(rec, target)`` along the last dim
+    (docs/reference.md §2.5).
 
     Args:
         rec, target: (N, T, D) float tensors of the same shape.
@@ -114,7 +115,8 @@ def _check_right_padding(attention_mask: Optional[torch.Tensor], input_ids: torc
         rows = bad.nonzero().flatten().tolist()
         raise ValueError(
             f"attention_mask rows {rows} are not right-padded (a padded 0 is followed by a real 1). The official "
-            "SEED-Story attention ignores the padding mask and is causal-only (docs/reference.md §2.2, §8.9), which is only "
+            "SEED-Story attention ignores the padding mask and is causal-only (docs/reference.md §2.2, §8.9), "
+            "which is only "
             "correct with right padding. Pad on the right (tokenizer.padding_side='right')."
         )
 
@@ -176,7 +178,8 @@ class SeedStoryAgent(nn.Module):
         for label, rc in (("input_resampler", config.input_resampler), ("output_resampler", config.output_resampler)):
             if rc.embed_dim != hidden:
                 raise ValueError(
-                    f"AgentConfig.{label}.embed_dim={rc.embed_dim} but llm.hidden_size={hidden}; they must be equal (docs/reference.md §2.3)."
+                    f"AgentConfig.{label}.embed_dim={rc.embed_dim} but llm.hidden_size={hidden}; "
+                    "they must be equal (docs/reference.md §2.3)."
                 )
         llama_config = config.llm.to_transformers()
         llama_config._attn_implementation = "sdpa"
@@ -218,7 +221,8 @@ class SeedStoryAgent(nn.Module):
     # ------------------------------------------------------------------ accessors
     @property
     def decoder(self) -> nn.Module:
-        """The LoRA-wrapped transformers ``LlamaModel`` (``llm.base_model.model.model``): embeddings, layers, final norm."""
+        """The LoRA-wrapped transformers ``LlamaModel`` (``llm.base_model.model.model``): embeddings, layers,
+        final norm."""
         return self.llm.base_model.model.model
 
     @property
@@ -247,7 +251,8 @@ class SeedStoryAgent(nn.Module):
     def _write_image_embeds(
         self, embeds: torch.Tensor, ids_cmp_mask: torch.Tensor, image_embeds_lm: torch.Tensor
     ) -> torch.Tensor:
-        """Return ``embeds`` with ``image_embeds_lm`` (N, n_img, D) written at the True positions of ``ids_cmp_mask``."""
+        """Return ``embeds`` with ``image_embeds_lm`` (N, n_img, D) written at the True positions of
+        ``ids_cmp_mask``."""
         if ids_cmp_mask.shape != embeds.shape[:2]:
             raise ValueError(
                 f"ids_cmp_mask shape {tuple(ids_cmp_mask.shape)} != input_ids shape {tuple(embeds.shape[:2])}; "
@@ -318,7 +323,8 @@ class SeedStoryAgent(nn.Module):
         Args:
             input_ids: (B, L) int64.
             attention_mask: (B, L) 0/1, right padding only. It is checked but NOT given to the LLM: the official
-                attention is causal-only (docs/reference.md §2.2, §8.9); logits at pads are those of pads attending to the past.
+                attention is causal-only (docs/reference.md §2.2, §8.9); logits at pads are those of pads attending
+                to the past.
             labels: (B, L) int64 with -100 = ignore; None -> ``lm_loss`` is None and not part of the total.
             image_embeds: (N_img, T_vit, D) ViT features of every image of the batch (or None).
             embeds_gen_mask / embeds_cmp_mask: (N_img,) bool: target / input images. ``embeds_cmp_mask=None``
@@ -358,7 +364,8 @@ class SeedStoryAgent(nn.Module):
             for name, m in (("embeds_cmp_mask", embeds_cmp_mask), ("embeds_gen_mask", embeds_gen_mask)):
                 if m.shape != (n_all,):
                     raise ValueError(
-                        f"{name} must have shape ({n_all},) (one flag per image of image_embeds), found {tuple(m.shape)}"
+                        f"{name} must have shape ({n_all},) (one flag per image of image_embeds), "
+                        f"found {tuple(m.shape)}"
                     )
         else:
             image_embeds_lm = None
@@ -443,7 +450,8 @@ class SeedStoryAgent(nn.Module):
         cfg = self.rotary_emb.config
         if self.rotary_emb.rope_type != "default":
             raise NotImplementedError(
-                f"Only the default RoPE is supported (Llama-2, docs/reference.md §2.2); found {self.rotary_emb.rope_type!r}"
+                "Only the default RoPE is supported (Llama-2, docs/reference.md §2.2); "
+                f"found {self.rotary_emb.rope_type!r}"
             )
         with torch.device("cpu"):
             inv_freq, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg)
@@ -481,8 +489,8 @@ class SeedStoryAgent(nn.Module):
         """Recompute non-persistent / frozen constants after a meta build + assign-load.
 
         Recomputes the RoPE ``inv_freq`` (float32) and, where they are still on the meta device, the resamplers'
-        frozen sin-cos ``pos_embed`` tables (docs/reference.md §2.3). ``device`` defaults to the device of the first loaded
-        parameter (else torch's default device).
+        frozen sin-cos ``pos_embed`` tables (docs/reference.md §2.3). ``device`` defaults to the device of the first
+        loaded parameter (else torch's default device).
 
         Raises: CheckpointMismatchError if any parameter or buffer is still on the meta device afterwards (names
         the keys and says which file provides them).

@@ -7,7 +7,8 @@ model and the training stages use it)::
     tokenizer/                        SeedStoryTokenizer.save (tokenizer.json + the 66 image tokens)
     visual_tokenizer/model.safetensors   ViT state dict, official key names (= qwen_vit_G.pt keys)
     agent/                            SeedStoryAgent.save_pretrained (model.safetensors + agent_config.json)
-    detokenizer/adapter.safetensors   resampler.* + unet.*to_k/to_v (the official adapter layout, docs/reference.md §4.2)
+    detokenizer/adapter.safetensors   resampler.* + unet.*to_k/to_v (the official adapter layout,
+                                      docs/reference.md §4.2)
     detokenizer/sdxl/                 diffusers folder (unet/, vae/, scheduler/) standing in for SD-XL base
 
 The official release is not a bundle: load its files with the per-component loaders (see
@@ -164,6 +165,7 @@ class SeedStoryBundle:
         )
         if tokenizer.vocab_size != config.agent.llm.vocab_size:
             raise ValueError(
-                f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the agent expects {config.agent.llm.vocab_size}"
+                f"{folder}: tokenizer has {tokenizer.vocab_size} tokens "
+                f"but the agent expects {config.agent.llm.vocab_size}"
             )
         return cls(config, tokenizer, vit, agent.eval(), detok.eval())

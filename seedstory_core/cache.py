@@ -12,8 +12,9 @@ Policies (paper §3.2 and Fig. 4 right; docs/reference.md §3.2 "Sink policy not
 
 An image "leaves the window" when it completes (its EOI is stored) and more than ``window_images`` complete images
 exist; eviction runs right after the chunk holding that EOI (so the EOI's own logits still saw everything).
-The same rule drives the planner (:func:`plan_kept_positions`, used by ``python -m seedstory_core.cache_plan_cli plan``) and
-:class:`StoryKVCache`, so the planner is exactly what the engine keeps.
+The same rule drives the planner (:func:`plan_kept_positions`, used by
+``python -m seedstory_core.cache_plan_cli plan``) and :class:`StoryKVCache`, so the planner is exactly what the engine
+keeps.
 
 Positions after eviction (``positions`` setting):
 
@@ -436,7 +437,8 @@ class StoryKVCache(Cache):
             lengths = {layer.length for layer in self.layers if layer.is_initialized}
             if lengths and lengths != {start_len + len(kinds)}:
                 raise RuntimeError(
-                    f"StoryKVCache: the forward stored {sorted(lengths)} entries per layer, expected {start_len + len(kinds)}; "
+                    f"StoryKVCache: the forward stored {sorted(lengths)} entries per layer, "
+                    f"expected {start_len + len(kinds)}; "
                     "pass this cache as past_key_values and feed exactly the tokens announced to chunk()."
                 )
         except BaseException:

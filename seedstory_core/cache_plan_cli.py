@@ -1,4 +1,5 @@
-"""Command line: ``python -m seedstory_core.cache_plan_cli plan FILE`` prints which story positions a cache policy keeps.
+"""Command line: ``python -m seedstory_core.cache_plan_cli plan FILE`` prints which story positions a cache policy
+keeps.
 
 FILE is JSON ``{"token_types": [...], "policy": "multimodal_sink", "window_images": W, "n_start": 4,
 "boi_before": 4, "boi_after": 8, "eoi_before": 8, "eoi_after": 4}`` (optional ``max_sink_images``); labels as in
@@ -32,7 +33,9 @@ def plan_from_spec(spec: dict) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m seedstory_core.cache_plan_cli", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m seedstory_core.cache_plan_cli", description=" ".join(__doc__.split("\n\n")[0].split())
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help="print the kept positions for a token stream and policy")
     plan.add_argument("file", help="planner JSON file, or - for stdin")

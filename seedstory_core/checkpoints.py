@@ -132,7 +132,10 @@ def _safetensors_detail(path: Path, err: BaseException) -> str:
                 if 8 + n + end > size:
                     return f"its header describes {8 + n + end} bytes of data, the file has only {size}"
             elif size >= 8 and 8 + n > size:
-                return f"cut short or not safetensors: the first 8 bytes announce a {n}-byte header, the file has {size} bytes"
+                return (
+                    f"cut short or not safetensors: the first 8 bytes announce a {n}-byte header, "
+                    f"the file has {size} bytes"
+                )
     except (OSError, ValueError, TypeError, KeyError, IndexError):
         pass
     return _detail(err)

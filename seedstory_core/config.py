@@ -118,7 +118,10 @@ class LoraSettings(_JsonMixin):
 
 @dataclass(frozen=True)
 class LlamaSettings(_JsonMixin):
-    """The LLaMA decoder (transformers ``LlamaConfig`` fields; docs/reference.md §2.2). ``vocab_size`` is after the resize."""
+    """The LLaMA decoder (transformers ``LlamaConfig`` fields; docs/reference.md §2.2).
+
+    ``vocab_size`` is after the resize.
+    """
 
     vocab_size: int = 32066
     hidden_size: int = 4096
@@ -291,11 +294,13 @@ class SeedStoryConfig(_JsonMixin):
                 problems.append(f"{label}={value} but agent.llm.hidden_size={hidden}")
         if a.output_resampler.num_queries != v.n_queries:
             problems.append(
-                f"agent.output_resampler.grid_size**2={a.output_resampler.num_queries} but visual_tokenizer.n_queries={v.n_queries}"
+                f"agent.output_resampler.grid_size**2={a.output_resampler.num_queries} "
+                f"but visual_tokenizer.n_queries={v.n_queries}"
             )
         if a.input_resampler.num_queries != a.image_tokens.num_img_tokens:
             problems.append(
-                f"agent.input_resampler.grid_size**2={a.input_resampler.num_queries} but image_tokens.num_img_tokens={a.image_tokens.num_img_tokens}"
+                f"agent.input_resampler.grid_size**2={a.input_resampler.num_queries} "
+                f"but image_tokens.num_img_tokens={a.image_tokens.num_img_tokens}"
             )
         if int(math.isqrt(v.n_queries)) ** 2 != v.n_queries:
             problems.append(f"visual_tokenizer.n_queries={v.n_queries} is not a square")
@@ -306,5 +311,6 @@ class SeedStoryConfig(_JsonMixin):
 
 # ---------------------------------------------------------------------- the official sizes
 def official_config() -> SeedStoryConfig:
-    """Full-size SEED-Story (docs/reference.md §1, §2, §4): ViT-G 448, Llama-2-7b + LoRA r16, SD-XL base de-tokenizer."""
+    """Full-size SEED-Story (docs/reference.md §1, §2, §4): ViT-G 448, Llama-2-7b + LoRA r16, SD-XL base
+    de-tokenizer."""
     return SeedStoryConfig(name="official").validate()

@@ -57,8 +57,8 @@ def _identity_rules(kind: str) -> Callable[[], List[KeyRule]]:
 
 
 #: kind -> function returning the official -> ours :class:`KeyRule` list recorded in ``key_map.json``. The ViT
-#: (``qwen_vit_G.pt``, docs/reference.md §1) and de-tokenizer modules use the official names; their loader modules may register
-#: their own rules here.
+#: (``qwen_vit_G.pt``, docs/reference.md §1) and de-tokenizer modules use the official names; their loader modules
+#: may register their own rules here.
 KEY_RULE_PROVIDERS: Dict[str, Callable[[], List[KeyRule]]] = {
     "agent": _agent_rules,
     "vit": _identity_rules("vit"),
@@ -235,7 +235,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the process exit code (0 ok, 2 on a reported error)."""
     parser = argparse.ArgumentParser(
         prog="python -m seedstory_core.convert",
-        description="Convert an official SEED-Story checkpoint (.bin/.pt) to safetensors, keeping the official key names.",
+        description=(
+            "Convert an official SEED-Story checkpoint (.bin/.pt) to safetensors, keeping the official key names."
+        ),
     )
     parser.add_argument("kind", choices=sorted(KINDS), help="which component the file holds")
     parser.add_argument("input", help="official checkpoint file (e.g. pytorch_model.bin, qwen_vit_G.pt)")

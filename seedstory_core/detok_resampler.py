@@ -10,8 +10,9 @@ Parameter names equal the official state-dict keys (``latents``, ``proj_in.*``, 
 to_kv,to_out}.*``, ``layers.{i}.1.{0,1,3}.*``, ``norm_out.*``, ``unet_proj_1/2.*``, ``unet_attnpool.*``), so an
 official SDXLAdapter checkpoint loads after stripping its ``resampler.`` prefix, with no key map.
 
-Official quirk kept on purpose (docs/reference.md §4.1 step 2, §8 item 2): ``forward`` starts with ``F.normalize(x)`` using the
-default ``dim=1``, i.e. an L2 normalisation over the **token** axis (per channel), not over the channel axis.
+Official quirk kept on purpose (docs/reference.md §4.1 step 2, §8 item 2): ``forward`` starts with ``F.normalize(x)``
+using the default ``dim=1``, i.e. an L2 normalisation over the **token** axis (per channel), not over the channel
+axis.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ class AttentionPool2d(nn.Module):
 
 
 class ResamplerXLV2(nn.Module):
-    """SEED-Story's de-tokenizer resampler (official ``src.models_ipa.resampler.ResamplerXLV2``; docs/reference.md §4.1).
+    """SEED-Story's de-tokenizer resampler (official ``src.models_ipa.resampler.ResamplerXLV2``;
+    docs/reference.md §4.1).
 
     Args:
         config: :class:`~seedstory_core.config.DetokenizerResamplerConfig` (official: dim 1024, depth 4,

@@ -1,7 +1,8 @@
-"""SEED-Story de-tokenizer: ViT-space features -> ``ResamplerXLV2`` -> SD-XL UNet + VAE -> images (docs/reference.md §4).
+"""SEED-Story de-tokenizer: ViT-space features -> ``ResamplerXLV2`` -> SD-XL UNet + VAE -> images
+(docs/reference.md §4).
 
-:class:`SeedStoryDetokenizer` mirrors the official ``SDXLAdapter`` (docs/reference.md §4.2): its ``nn.Module`` state dict holds
-exactly ``resampler.*`` and ``unet.*`` -- the naming of the official de-tokenizer checkpoint
+:class:`SeedStoryDetokenizer` mirrors the official ``SDXLAdapter`` (docs/reference.md §4.2): its ``nn.Module`` state
+dict holds exactly ``resampler.*`` and ``unet.*`` -- the naming of the official de-tokenizer checkpoint
 (``pretrained/detokenizer/.../pytorch_model.bin``: 62 ``resampler.*`` keys + the 280 UNet ``to_k``/``to_v``
 weights). The VAE and the scheduler are plain attributes, not submodules, so they never enter that state dict
 (officially they are separate objects too); ``.to()`` / ``.half()`` still move the VAE along (see ``_apply``).
@@ -106,8 +107,8 @@ def load_sdxl_configs(preset: str) -> Dict[str, dict]:
 def make_scheduler(name: str, base_config: Mapping):
     """Build a fresh diffusers scheduler ``name`` (one of :data:`SCHEDULER_NAMES`) from ``base_config``.
 
-    ``euler`` with the SD-XL base config is the official choice (docs/reference.md §4.2). Raises ``ValueError`` for an unknown
-    name and ``ImportError`` when ``lms`` is asked for without scipy installed.
+    ``euler`` with the SD-XL base config is the official choice (docs/reference.md §4.2). Raises ``ValueError`` for an
+    unknown name and ``ImportError`` when ``lms`` is asked for without scipy installed.
     """
     import diffusers
 
@@ -127,8 +128,9 @@ def make_scheduler(name: str, base_config: Mapping):
 def frame_seed(seed: int, frame_index: int) -> int:
     """Deterministic per-frame noise seed derived from ``(seed, frame_index)``.
 
-    Frame 0 uses ``seed`` itself (so seed 42, frame 0 draws the same noise as the official code, docs/reference.md §4.2); frame
-    k > 0 uses a 63-bit hash of ``(seed, k)`` (numpy ``SeedSequence``), stable across platforms and versions.
+    Frame 0 uses ``seed`` itself (so seed 42, frame 0 draws the same noise as the official code,
+    docs/reference.md §4.2); frame k > 0 uses a 63-bit hash of ``(seed, k)`` (numpy ``SeedSequence``), stable across
+    platforms and versions.
     Raises ``ValueError`` for negative or non-integer values.
     """
     for label, value in (("seed", seed), ("frame_index", frame_index)):
@@ -141,7 +143,8 @@ def frame_seed(seed: int, frame_index: int) -> int:
 
 
 def is_trainable_unet_key(name: str) -> bool:
-    """True for UNet parameter names of a module ending in ``to_k`` / ``to_v`` (attn1 and attn2; docs/reference.md §4.2)."""
+    """True for UNet parameter names of a module ending in ``to_k`` / ``to_v`` (attn1 and attn2;
+    docs/reference.md §4.2)."""
     module = name.rsplit(".", 1)[0]
     return module.endswith(("to_k", "to_v"))
 
@@ -155,7 +158,8 @@ def normalize_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """Raw VAE latents (B, C, h, w) -> the diffusion model's latent space, the exact inverse of what diffusers'
     ``StableDiffusionXLPipeline`` applies before decoding.
 
-    SD-XL's VAE: ``latents * scaling_factor`` (0.13025, docs/reference.md §4.2/§6: ``latent_dist.sample() * scaling_factor``).
+    SD-XL's VAE: ``latents * scaling_factor`` (0.13025, docs/reference.md §4.2/§6:
+    ``latent_dist.sample() * scaling_factor``).
     A VAE whose config also carries per-channel ``latents_mean`` / ``latents_std`` (diffusers' convention, set by
     :func:`calibrate_vae_latents` for the tiny VAE trained from scratch):
     ``(latents - mean) * scaling_factor / std``. Same dtype/device as ``latents``.
@@ -254,7 +258,8 @@ def _find_diffusers_weights(folder: Path, component: str) -> Path:
             return sub / name
     raise FileNotFoundError(
         f"No {component} weights in {sub}: expected one of {list(_DIFFUSERS_WEIGHT_NAMES)}. Point sdxl_base at a "
-        "diffusers SD-XL base folder (with unet/ and vae/) or at a single-file checkpoint such as sd_xl_base_1.0.safetensors."
+        "diffusers SD-XL base folder (with unet/ and vae/) or at a single-file checkpoint such as "
+        "sd_xl_base_1.0.safetensors."
     )
 
 
@@ -363,7 +368,8 @@ class SeedStoryDetokenizer(nn.Module):
         Args:
             adapter_path: the official de-tokenizer ``pytorch_model.bin`` (read with ``weights_only=True``) or our
                 ``.safetensors``: keys ``resampler.*`` (62 officially) and ``unet.*`` -- at least every UNet
-                ``to_k``/``to_v`` weight (280 officially, docs/reference.md §4.2); a full ``unet.*`` set is accepted too.
+                ``to_k``/``to_v`` weight (280 officially, docs/reference.md §4.2); a full ``unet.*`` set is
+                accepted too.
             sdxl_base: either a diffusers SD-XL base folder (``unet/``, ``vae/``; weights
                 ``diffusion_pytorch_model[.fp16].safetensors`` or ``.bin``) or a single-file checkpoint such as
                 ``sd_xl_base_1.0.safetensors`` (converted with diffusers' own single-file mapping functions against
@@ -427,7 +433,8 @@ class SeedStoryDetokenizer(nn.Module):
         if lacking:
             raise CheckpointMismatchError(
                 f"{src}: lacks {len(lacking)} of the {len(kv_keys)} UNet to_k/to_v weights (e.g. unet.{lacking[0]}); "
-                "a de-tokenizer file must carry all of them (docs/reference.md §4.2). Pick the complete adapter checkpoint."
+                "a de-tokenizer file must carry all of them (docs/reference.md §4.2). "
+                "Pick the complete adapter checkpoint."
             )
         report = apply_state_dict(resampler, res_sd, source=src)
         report.loaded = [f"resampler.{k}" for k in report.loaded]
@@ -496,9 +503,9 @@ class SeedStoryDetokenizer(nn.Module):
 
     # ------------------------------------------------------------------ adapter weights
     def trainable_parameters(self) -> "OrderedDict[str, nn.Parameter]":
-        """Stage-1/3 trainable set (docs/reference.md §4.2, §6): every resampler parameter and the weight of every UNet module
-        whose name ends in ``to_k`` or ``to_v`` (attn1 and attn2). Returns name -> Parameter in state-dict naming
-        (``resampler.*``, ``unet.*``); 62 + 280 tensors at official size."""
+        """Stage-1/3 trainable set (docs/reference.md §4.2, §6): every resampler parameter and the weight of every
+        UNet module whose name ends in ``to_k`` or ``to_v`` (attn1 and attn2). Returns name -> Parameter in
+        state-dict naming (``resampler.*``, ``unet.*``); 62 + 280 tensors at official size."""
         out: "OrderedDict[str, nn.Parameter]" = OrderedDict()
         for name, p in self.resampler.named_parameters():
             out[f"resampler.{name}"] = p
@@ -566,7 +573,8 @@ class SeedStoryDetokenizer(nn.Module):
 
         One ``torch.Generator`` per frame, created on ``device`` (default: the UNet's device) and seeded with
         :func:`frame_seed` ``(seed, frame_i)``, or with ``seed`` itself for every frame when
-        ``same_noise_every_frame`` (the official behaviour: a fresh ``manual_seed(seed)`` per frame, docs/reference.md §4.2).
+        ``same_noise_every_frame`` (the official behaviour: a fresh ``manual_seed(seed)`` per frame,
+        docs/reference.md §4.2).
         Frame indices: ``frame_index + i`` for an int, or the given list (length ``batch``). Draws exactly as
         diffusers' pipeline would (``randn_tensor`` with a list of generators). Returns (latents, generators); the
         generators are then also used by stochastic schedulers.
@@ -611,8 +619,8 @@ class SeedStoryDetokenizer(nn.Module):
         Args:
             features: (B, T, E) features of the frames to draw (float; moved to the model's device/dtype).
             uncond_features: (1, T, E) or (B, T, E) -- the ViT features of an all-zero CLIP-normalised image
-                (docs/reference.md §4.2); ``encode(uncond_features)`` gives the negative prompt and pooled embeddings. May be
-                ``None`` only when ``guidance_scale <= 1`` (no classifier-free guidance).
+                (docs/reference.md §4.2); ``encode(uncond_features)`` gives the negative prompt and pooled
+                embeddings. May be ``None`` only when ``guidance_scale <= 1`` (no classifier-free guidance).
             num_inference_steps: sampler steps (official default 30; the official scripts use 50).
             guidance_scale: CFG scale (official 7.5).
             scheduler: one of :data:`SCHEDULER_NAMES`, built from the base (SD-XL Euler) scheduler config.

@@ -120,8 +120,8 @@ def image_query_pass(
     """The image queries: [BOI, IMG_0..IMG_{n-1}] (+ EOI when ``commit``) with their word embeddings.
 
     ``forced=False`` (the engine): ONE forward over the whole run — once BOI is chosen the rest is fixed.
-    ``forced=True`` (the official loop, docs/reference.md §2.6): one decode step per token, computing the logits of every step
-    as HF ``generate`` with the forcing processor does; used by the ``reencode_window`` baseline.
+    ``forced=True`` (the official loop, docs/reference.md §2.6): one decode step per token, computing the logits of
+    every step as HF ``generate`` with the forcing processor does; used by the ``reencode_window`` baseline.
 
     Returns ``{'hidden': (1, n, D) hidden states at the IMG input positions, 'features': (1, T, D)
     output_resampler(hidden), 'all_hidden': hidden states of every fed token}``. With ``commit=False`` the cache

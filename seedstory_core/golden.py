@@ -58,7 +58,8 @@ def agent_config_from_golden_meta(meta: Mapping[str, Any]) -> AgentConfig:
     for section in ("llama_config", "lora_config", "input_resampler", "output_resampler"):
         if section not in src:
             raise KeyError(
-                f"golden agent meta has no '{section}' section (looked in {'constructor_kwargs' if 'constructor_kwargs' in meta else 'the top level'})"
+                f"golden agent meta has no '{section}' section "
+                f"(looked in {'constructor_kwargs' if 'constructor_kwargs' in meta else 'the top level'})"
             )
     llama = dict(src["llama_config"])
     if llama.get("hidden_act", "silu") != "silu":
@@ -250,8 +251,8 @@ def official_generate(
         if token == eos_id or len(generated) >= max_new_tokens:
             break
         if token == image.boi and one_pass:
-            # The run after BOI is fixed: IMG_0..IMG_{n-1}, EOI (docs/reference.md §2.6). Feed it in one forward: BOI and the
-            # forced tokens (the last one only when generation continues after it).
+            # The run after BOI is fixed: IMG_0..IMG_{n-1}, EOI (docs/reference.md §2.6). Feed it in one forward:
+            # BOI and the forced tokens (the last one only when generation continues after it).
             forced = [*image.img, image.eoi][: max_new_tokens - len(generated)]
             continues = len(generated) + len(forced) < max_new_tokens
             feed = [token] + (forced if continues else forced[:-1])
@@ -451,13 +452,15 @@ def compare(fixture_dir: Path, out_dir: Path) -> bool:
                     err = (got.double() - exp.double()).abs().max().item() if exp.numel() else 0.0
                     passed = bool(torch.allclose(got.to(exp.dtype), exp, rtol=rtol, atol=atol))
                     print(
-                        f"{'ok  ' if passed else 'FAIL'} {name} {key}: max abs err {err:.3e} (rtol {rtol:g}, atol {atol:g})"
+                        f"{'ok  ' if passed else 'FAIL'} {name} {key}: "
+                        f"max abs err {err:.3e} (rtol {rtol:g}, atol {atol:g})"
                     )
                 else:
                     passed = torch.equal(got.to(exp.dtype), exp)
                     err = 0.0 if passed else float((got.long() - exp.long()).abs().max()) if got.numel() else 0.0
                     print(
-                        f"{'ok  ' if passed else 'FAIL'} {name} {key}: exact {'match' if passed else f'mismatch (max abs diff {err:g})'}"
+                        f"{'ok  ' if passed else 'FAIL'} {name} {key}: "
+                        f"exact {'match' if passed else f'mismatch (max abs diff {err:g})'}"
                     )
                 ok &= passed
     return ok

@@ -81,7 +81,8 @@ _BASE_INV_FREQ_RE = re.compile(r"model\.layers\.(\d+)\.self_attn\.rotary_emb\.in
 
 # ---------------------------------------------------------------------------------------------------- key maps
 def agent_key_rules(target_modules: Sequence[str] = OFFICIAL_TARGET_MODULES) -> List[KeyRule]:
-    """Official (peft 0.4.0 / ``modeling_llama_xformer``) -> our key rules for the agent (docs/reference.md §2.4, §8.11).
+    """Official (peft 0.4.0 / ``modeling_llama_xformer``) -> our key rules for the agent
+    (docs/reference.md §2.4, §8.11).
 
     Keys not matched by any rule are identical in both namings (LoRA A/B, norm copies, embeddings, lm_head,
     resamplers). The ``inv_freq`` rule maps every per-layer official buffer onto our single RoPE table; loaders
@@ -92,7 +93,10 @@ def agent_key_rules(target_modules: Sequence[str] = OFFICIAL_TARGET_MODULES) -> 
         KeyRule(
             official=rf"(llm\.base_model\.model\.model\.layers\.\d+\.(?:self_attn|mlp)\.(?:{names}))\.(weight|bias)",
             ours=r"\1.base_layer.\2",
-            note="peft 0.4.0 keeps a LoRA-wrapped Linear's frozen weight as <proj>.weight; peft>=0.7 as <proj>.base_layer.weight",
+            note=(
+                "peft 0.4.0 keeps a LoRA-wrapped Linear's frozen weight as <proj>.weight; "
+                "peft>=0.7 as <proj>.base_layer.weight"
+            ),
         ),
         KeyRule(
             official=r"llm\.base_model\.model\.model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
@@ -169,7 +173,8 @@ def _verify_inv_freq(agent: "SeedStoryAgent", key: str, value: torch.Tensor, sou
     value = value.detach().to("cpu")
     if tuple(value.shape) != tuple(ours.shape):
         raise CheckpointMismatchError(
-            f"{source}: {key}: expected shape {tuple(ours.shape)} (head_dim/2 RoPE frequencies), found {tuple(value.shape)}. "
+            f"{source}: {key}: expected shape {tuple(ours.shape)} (head_dim/2 RoPE frequencies), "
+            f"found {tuple(value.shape)}. "
             "The file is for a model with another head size; pick the matching config."
         )
     if value.dtype in (torch.float16, torch.bfloat16):
@@ -178,7 +183,8 @@ def _verify_inv_freq(agent: "SeedStoryAgent", key: str, value: torch.Tensor, sou
     if not diff <= INV_FREQ_TOLERANCE:
         raise CheckpointMismatchError(
             f"{source}: {key} differs from this model's RoPE inv_freq by {diff:.3g} (> {INV_FREQ_TOLERANCE}). "
-            f"The checkpoint was made with another RoPE base/head size (config rope_theta={agent.config.llm.rope_theta}); "
+            "The checkpoint was made with another RoPE base/head size "
+            f"(config rope_theta={agent.config.llm.rope_theta}); "
             "pick the matching config."
         )
 
@@ -232,7 +238,8 @@ def load_official_state_dict(
 
     Accepts the full official state dict (856 keys at full size), the released trainable-only ``.bin``
     (``manifest_agent_trainable.json``: LoRA, norm copies, embeddings, lm_head, resamplers, inv_freq buffers),
-    a file converted by ``python -m seedstory_core.convert agent`` or one written by :meth:`SeedStoryAgent.save_pretrained`.
+    a file converted by ``python -m seedstory_core.convert agent`` or one written by
+    :meth:`SeedStoryAgent.save_pretrained`.
 
     * Keys are mapped with :data:`AGENT_KEY_RULES`; shapes are checked against the official names
       (``CheckpointMismatchError`` names file, key, expected and found shape).
@@ -281,7 +288,8 @@ def load_official_state_dict(
     bad_layers = [k for k in consumed if (m := _OFFICIAL_INV_FREQ_RE.fullmatch(k)) and int(m.group(1)) >= n_layers]
     if bad_layers:
         raise CheckpointMismatchError(
-            f"{source}: {bad_layers[0]} belongs to a layer this {n_layers}-layer model does not have; pick the matching config."
+            f"{source}: {bad_layers[0]} belongs to a layer this {n_layers}-layer model does not have; "
+            "pick the matching config."
         )
     # shape check in the file's own naming
     expected_by_file_key = {}
@@ -359,7 +367,8 @@ def load_official_state_dict(
             if not res.query.is_meta:
                 res.reset_pos_embed()
         notes.append(
-            "resampler pos_embed missing from the file: recomputed (frozen deterministic sin-cos table, docs/reference.md §2.3)"
+            "resampler pos_embed missing from the file: recomputed "
+            "(frozen deterministic sin-cos table, docs/reference.md §2.3)"
         )
     agent.materialize_constants(device)
     if consumed:
@@ -427,7 +436,8 @@ def _load_base_llama(
                 targets = base_key_targets(agent, bkey, own_keys)
                 if not targets:
                     raise CheckpointMismatchError(
-                        f"{shard}: key {bkey} has no place in the agent's LLaMA (expected keys model.* / lm_head.weight "
+                        f"{shard}: key {bkey} has no place in the agent's LLaMA "
+                        "(expected keys model.* / lm_head.weight "
                         "of a LlamaForCausalLM). Is base_llama a Llama-2-7b-hf folder?"
                     )
                 wanted = [t for t in targets if t in needed]
@@ -443,12 +453,14 @@ def _load_base_llama(
                             and tensor.shape[0] < exp[0]
                         ):
                             raise CheckpointMismatchError(
-                                f"{shard}: {bkey} has {tensor.shape[0]} rows but the agent needs {exp[0]} (base vocabulary + "
-                                f"BOI/EOI/IMG tokens, docs/reference.md §2.1). The image-token rows exist only in {AGENT_CHECKPOINT_HINT}, "
+                                f"{shard}: {bkey} has {tensor.shape[0]} rows but the agent needs {exp[0]} "
+                                "(base vocabulary + BOI/EOI/IMG tokens, docs/reference.md §2.1). "
+                                f"The image-token rows exist only in {AGENT_CHECKPOINT_HINT}, "
                                 f"which must contain {ours_to_official_key(tkey)}."
                             )
                         raise CheckpointMismatchError(
-                            f"{shard}: {bkey} (-> {ours_to_official_key(tkey)}): expected shape {exp}, found {tuple(tensor.shape)}. "
+                            f"{shard}: {bkey} (-> {ours_to_official_key(tkey)}): expected shape {exp}, "
+                            f"found {tuple(tensor.shape)}. "
                             "base_llama is a model of another size than the config."
                         )
                     used += 1
@@ -464,7 +476,8 @@ def _load_base_llama(
         )
     if superseded:
         notes.append(
-            f"{superseded} base_llama tensor(s) superseded by the agent file (e.g. full-vocabulary embed_tokens / lm_head, norm copies)"
+            f"{superseded} base_llama tensor(s) superseded by the agent file "
+            "(e.g. full-vocabulary embed_tokens / lm_head, norm copies)"
         )
     return notes
 

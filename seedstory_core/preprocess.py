@@ -57,7 +57,8 @@ def _quantise_float(arr: np.ndarray, what: str) -> np.ndarray:
     """float array in 0..1 -> uint8 via round(x * 255), clipped. Rejects NaN/inf and values far outside 0..1."""
     if not np.isfinite(arr).all():
         raise ValueError(
-            f"{what}: expected finite pixel values in 0..1, found NaN or inf; clean the image (e.g. torch.nan_to_num) first."
+            f"{what}: expected finite pixel values in 0..1, found NaN or inf; "
+            "clean the image (e.g. torch.nan_to_num) first."
         )
     lo, hi = float(arr.min()), float(arr.max())
     if lo < -_FLOAT_RANGE_SLACK or hi > 1.0 + _FLOAT_RANGE_SLACK:
@@ -238,8 +239,9 @@ def preprocess_images(
     Args:
         images: anything :func:`to_pil_images` accepts.
         image_size: output side S (448 officially; use the model's ``config.image_size``).
-        mode: ``'squash'`` — ``Resize((S, S))`` bilinear (docs/reference.md §1 ``qwen_448_transform``, inference / stage 2);
-            ``'keep_ratio'`` — short side to S, then centre crop S x S (docs/reference.md §1, stage-3 transform).
+        mode: ``'squash'`` — ``Resize((S, S))`` bilinear (docs/reference.md §1 ``qwen_448_transform``, inference /
+            stage 2); ``'keep_ratio'`` — short side to S, then centre crop S x S (docs/reference.md §1, stage-3
+            transform).
         mean, std: per-channel normalisation (CLIP values by default).
 
     Returns:

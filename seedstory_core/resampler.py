@@ -24,8 +24,9 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> torch.Tensor:
     """Fixed 2-D sine-cosine position table, as the official (MAE-style) ``get_2d_sincos_pos_embed``.
 
     Returns a float32 tensor of shape (grid_size**2, embed_dim). The first half of the channels encodes the
-    column-varying meshgrid coordinate, the second half the row-varying one (official channel order); each half is [sin | cos] over
-    ``embed_dim // 4`` frequencies 1 / 10000**(i / (embed_dim/4)). Raises ``ValueError`` if embed_dim % 4 != 0.
+    column-varying meshgrid coordinate, the second half the row-varying one (official channel order); each half is
+    [sin | cos] over ``embed_dim // 4`` frequencies 1 / 10000**(i / (embed_dim/4)). Raises ``ValueError`` if
+    embed_dim % 4 != 0.
     """
     if embed_dim % 4:
         raise ValueError(f"sincos_pos_embed_2d needs embed_dim divisible by 4, got {embed_dim}")

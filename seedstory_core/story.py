@@ -5,8 +5,8 @@ Prompt layout exactly as training (docs/reference.md §5): ``[BOS] cap0 <img>IMG
 
 1. If the previous step left an image pending, store it in the context: one forward of
    [BOI, 64 input-resampler embeddings, EOI] on top of the kept cache (the official context uses the *regressed*
-   features of the generated image, docs/reference.md §3.1 step 2; pass ``context_features`` to use e.g. the ViT features of the
-   rendered picture instead). The cache policy evicts right after this image completes.
+   features of the generated image, docs/reference.md §3.1 step 2; pass ``context_features`` to use e.g. the ViT
+   features of the rendered picture instead). The cache policy evicts right after this image completes.
 2. Text: decode token by token (greedy by default like the official; sampling optional), each token prefilled on
    top of the cache. Optional user text is prefilled first (``[INST]`` + text): it steers the sentence
    (generation mode) or replaces it (visualization mode: BOI is forced right after it — the StoryGPT-V task).
@@ -73,7 +73,8 @@ class DecodingSettings:
     """How the next sentence is decoded.
 
     Attributes:
-        do_sample: False = greedy (the official default, docs/reference.md §2.6); True = sampling with the settings below.
+        do_sample: False = greedy (the official default, docs/reference.md §2.6); True = sampling with the settings
+            below.
         temperature, top_p, top_k, repetition_penalty: standard transformers logits warpers (top_k 0 = off).
         seed: sampling seed; the generator is seeded from (seed, story step) so branches are reproducible.
         max_sentence_tokens: text tokens before BOI is forced.
@@ -403,7 +404,8 @@ class StoryEngine:
         expected_d = self.agent.config.input_resampler.kv_dim
         if features.shape[0] != 1 or features.shape[-1] != expected_d:
             raise ValueError(
-                f"image features must have shape (1, T, {expected_d}) (one image of visual-tokenizer features), got {tuple(features.shape)}"
+                f"image features must have shape (1, T, {expected_d}) (one image of visual-tokenizer features), "
+                f"got {tuple(features.shape)}"
             )
         return features.to(device=self.device, dtype=self.dtype)
 

@@ -176,8 +176,9 @@ def build_tiny_tokenizer(
     from ``texts``, then (if the trainer yields
     fewer) deterministic filler pieces ``<unused_NNNNN>`` (never produced by encoding) up to EXACTLY
     ``vocab_size``; then the image tokens at ids ``vocab_size`` .. ``vocab_size + 2 + n - 1`` in the order BOI,
-    EOI, IMG_0.. (docs/reference.md §2.1). Normalisation is LLaMA's legacy one (``Prepend('▁')`` + ``Replace(' ', '▁')``) with a
-    ``'▁'``-splitting pre-tokenizer, so text after an image tag gets a dummy prefix and the chunk-independence
+    EOI, IMG_0.. (docs/reference.md §2.1). Normalisation is LLaMA's legacy one (``Prepend('▁')`` +
+    ``Replace(' ', '▁')``) with a ``'▁'``-splitting pre-tokenizer, so text after an image tag gets a dummy prefix and
+    the chunk-independence
     property holds. Deterministic for the same inputs. Characters never seen in ``texts`` are encoded with byte
     fallback.
 

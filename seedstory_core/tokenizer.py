@@ -1,4 +1,5 @@
-"""The SEED-Story text tokenizer: LLaMA-2 (legacy sentencepiece behaviour) + 66 image tokens (docs/reference.md §2.1, §3.1, §5).
+"""The SEED-Story text tokenizer: LLaMA-2 (legacy sentencepiece behaviour) + 66 image tokens
+(docs/reference.md §2.1, §3.1, §5).
 
 SEED-Story uses the slow ``LlamaTokenizer`` of transformers 4.34 (``legacy=True``) with 2 + 64 added tokens:
 BOI ``<img>``, EOI ``</img>`` and ``<img_00000>`` .. ``<img_00063>``. The official code never hard-codes their ids
@@ -46,7 +47,8 @@ __all__ = [
 
 #: The instruction marker put before every caption but the first (docs/reference.md §3.1, §5).
 INST = "[INST]"
-#: The official text-cleaning regex (docs/reference.md §3.1): every ``<...>`` tag and the whitespace around it becomes one space.
+#: The official text-cleaning regex (docs/reference.md §3.1): every ``<...>`` tag and the whitespace around it
+#: becomes one space.
 CLEAN_TEXT_PATTERN = re.compile(r"\s*<[^>]*>\s*")
 
 _UNK, _BOS, _EOS = "<unk>", "<s>", "</s>"
@@ -78,7 +80,8 @@ def _added_token(content: str, special: bool = False):
 
 
 class SeedStoryTokenizer:
-    """LLaMA tokenizer + SEED-Story image tokens, with the official prompt conventions (docs/reference.md §2.1, §3.1, §5).
+    """LLaMA tokenizer + SEED-Story image tokens, with the official prompt conventions
+    (docs/reference.md §2.1, §3.1, §5).
 
     Wraps a transformers tokenizer: a fast ``PreTrainedTokenizerFast`` (from ``tokenizer.json``) or the slow
     sentencepiece backend (from ``tokenizer.model``, ``legacy=True``). Build it with :meth:`from_folder`,
@@ -123,7 +126,8 @@ class SeedStoryTokenizer:
         ``tokenizer.json`` is preferred (fast backend); otherwise ``tokenizer.model`` is loaded with the slow
         sentencepiece backend in legacy mode (needs the ``sentencepiece`` package), and the tokens listed in an
         ``added_tokens.json`` are re-added in id order. Image tokens absent from the folder are added after the
-        base vocabulary in the order BOI, EOI, IMG_0..IMG_{n-1} (docs/reference.md §2.1); present ones are read and verified.
+        base vocabulary in the order BOI, EOI, IMG_0..IMG_{n-1} (docs/reference.md §2.1); present ones are read and
+        verified.
 
         Args:
             path (str | Path): the folder.
@@ -151,7 +155,8 @@ class SeedStoryTokenizer:
         if model_file.is_file():
             return cls(_load_sentencepiece_folder(folder), image_tokens)
         raise FileNotFoundError(
-            f"expected tokenizer.json or tokenizer.model in {folder}, found {sorted(p.name for p in folder.iterdir())}. "
+            f"expected tokenizer.json or tokenizer.model in {folder}, "
+            f"found {sorted(p.name for p in folder.iterdir())}. "
             "Point to a LLaMA tokenizer folder (for LLaMA-2 run scripts/fetch_llama2_tokenizer.sh)."
         )
 
@@ -243,7 +248,8 @@ class SeedStoryTokenizer:
 
     @property
     def pad_id(self) -> int:
-        """The tokenizer's pad id if it has one, else ``<unk>`` = 0 (docs/reference.md §2.1: value unknown, probably 0)."""
+        """The tokenizer's pad id if it has one, else ``<unk>`` = 0 (docs/reference.md §2.1: value unknown,
+        probably 0)."""
         pad = self._tok.pad_token_id
         if pad is not None:
             return int(pad)
@@ -507,7 +513,8 @@ class SeedStoryTokenizer:
         if got != want:
             raise TokenizerError(
                 "expected the legacy LLaMA chunking (text after an image tag tokenized like a fresh text, as in "
-                f"SEED-Story training, docs/reference.md §5), found {self._tok.convert_ids_to_tokens(got[66:-66])} instead of "
+                "SEED-Story training, docs/reference.md §5), "
+                f"found {self._tok.convert_ids_to_tokens(got[66:-66])} instead of "
                 f"{self._tok.convert_ids_to_tokens(want[66:-66])}. The image tokens are probably registered with "
                 "normalized=True; rebuild the folder from the base LLaMA tokenizer with SeedStoryTokenizer.from_folder."
             )

@@ -1,4 +1,5 @@
-"""The vocabulary of a story stream: the kind of each token and the ids of the image tokens (docs/reference.md §2.1, §5).
+"""The vocabulary of a story stream: the kind of each token and the ids of the image tokens
+(docs/reference.md §2.1, §5).
 
 A SEED-Story stream is ``[BOS] caption_0 <img> IMG_0 .. IMG_{n-1} </img> [INST] caption_1 <img> ...``: every
 image is one *image segment* of ``n + 2`` tokens, BOI, the ``n`` IMG tokens (64 officially) and EOI.

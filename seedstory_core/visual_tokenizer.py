@@ -2,8 +2,8 @@
 
 :class:`QwenVisualTokenizer` reproduces the official ``VisionTransformerWithAttnPool`` (``src/models/qwen_visual.py``,
 a verbatim copy of Qwen-VL's ``visual.py``). Parameter names equal the official state-dict keys, so the released
-``qwen_vit_G.pt`` (594 keys, no prefix, docs/reference.md §1 "The weight file") loads with ``load_state_dict(strict=True)``
-and no key map:
+``qwen_vit_G.pt`` (594 keys, no prefix, docs/reference.md §1 "The weight file") loads with
+``load_state_dict(strict=True)`` and no key map:
 
 * ``conv1.weight`` (no bias), ``positional_embedding`` (always 256 x width, a 16x16 grid), ``ln_pre.*``
 * ``transformer.resblocks.{i}.{ln_1,ln_2}.*``, ``transformer.resblocks.{i}.attn.{in_proj,out_proj}.*``,
@@ -36,12 +36,14 @@ __all__ = [
     "POSITIONAL_EMBEDDING_ROWS",
 ]
 
-#: The official ``positional_embedding`` always has 256 rows (a 16x16 grid), whatever the image size (docs/reference.md §1 step 2).
+#: The official ``positional_embedding`` always has 256 rows (a 16x16 grid), whatever the image size
+#: (docs/reference.md §1 step 2).
 POSITIONAL_EMBEDDING_ROWS = 256
 
 
 class VisualAttention(nn.Module):
-    """Qwen-VL ``VisualAttention``: self-attention with a fused, per-head interleaved ``in_proj`` (docs/reference.md §1 step 4).
+    """Qwen-VL ``VisualAttention``: self-attention with a fused, per-head interleaved ``in_proj``
+    (docs/reference.md §1 step 4).
 
     Args:
         width: model width D. heads: number of heads H; ``D % H == 0``, head dim hd = D // H.
@@ -79,7 +81,8 @@ class VisualAttention(nn.Module):
 
 
 class VisualMLP(nn.Module):
-    """``c_fc`` Linear(D -> M) -> exact (erf) GELU -> ``c_proj`` Linear(M -> D); M = int(D * mlp_ratio) (docs/reference.md §1 step 4).
+    """``c_fc`` Linear(D -> M) -> exact (erf) GELU -> ``c_proj`` Linear(M -> D); M = int(D * mlp_ratio)
+    (docs/reference.md §1 step 4).
 
     Forward: x (..., D) -> (..., D).
     """
@@ -138,9 +141,9 @@ class QwenVisualTokenizer(nn.Module):
         (as the official code does).
         Returns (B, n_queries, output_dim) in the parameter dtype.
 
-    Steps (docs/reference.md §1): conv1 patchify (no bias) -> + positional_embedding (256 rows, bicubic-resized to grid x grid)
-    -> ln_pre -> ``layers`` pre-LN blocks -> attn_pool (QwenResampler, grid sqrt(n_queries), output_dim // 128
-    heads, kv_proj width -> output_dim) -> ln_post -> x @ proj.
+    Steps (docs/reference.md §1): conv1 patchify (no bias) -> + positional_embedding (256 rows, bicubic-resized to
+    grid x grid) -> ln_pre -> ``layers`` pre-LN blocks -> attn_pool (QwenResampler, grid sqrt(n_queries),
+    output_dim // 128 heads, kv_proj width -> output_dim) -> ln_post -> x @ proj.
 
     Raises:
         ValueError: at construction when ``n_queries`` is not a square, ``width % heads != 0``,
@@ -205,7 +208,8 @@ class QwenVisualTokenizer(nn.Module):
         expected = f"(B, 3, {s}, {s}) float CLIP-normalised pixels"
         if not isinstance(pixel_values, torch.Tensor):
             raise ValueError(
-                f"QwenVisualTokenizer expected a torch.Tensor of shape {expected}, found {type(pixel_values).__name__}; "
+                f"QwenVisualTokenizer expected a torch.Tensor of shape {expected}, "
+                f"found {type(pixel_values).__name__}; "
                 "use encode_images() for PIL images / ComfyUI IMAGE tensors."
             )
         shape = tuple(pixel_values.shape)
@@ -301,7 +305,8 @@ class QwenVisualTokenizer(nn.Module):
         return self(pixels.to(device=ref.device, dtype=ref.dtype))
 
     def reset_non_persistent(self) -> None:
-        """Recompute deterministic constants: the attn_pool's frozen 2-D sin-cos ``pos_embed`` (docs/reference.md §1 step 5).
+        """Recompute deterministic constants: the attn_pool's frozen 2-D sin-cos ``pos_embed``
+        (docs/reference.md §1 step 5).
 
         Call after building on the ``meta`` device and ``to_empty()`` when the checkpoint does not carry
         ``attn_pool.pos_embed`` (the official file does; loading it afterwards overrides this value anyway).
@@ -335,13 +340,15 @@ GOLDEN_OUTPUT_NAMES = (
 def config_from_constructor_kwargs(kwargs: Mapping, layernorm_eps: Optional[float] = None) -> VisualTokenizerConfig:
     """Map official ``VisionTransformerWithAttnPool`` constructor arguments onto a :class:`VisualTokenizerConfig`.
 
-    Keys that are not config fields (e.g. the stray ``image_start_id"`` of the official YAML, docs/reference.md §1) are ignored.
+    Keys that are not config fields (e.g. the stray ``image_start_id"`` of the official YAML, docs/reference.md §1) are
+    ignored.
     ``layernorm_eps`` (when given and not in ``kwargs``) sets the LayerNorm eps; otherwise the config default 1e-6.
     Raises ``ValueError`` when ``kwargs`` is not a mapping.
     """
     if not isinstance(kwargs, Mapping):
         raise ValueError(
-            f"constructor_kwargs must be a dict of VisionTransformerWithAttnPool arguments, found {type(kwargs).__name__}."
+            "constructor_kwargs must be a dict of VisionTransformerWithAttnPool arguments, "
+            f"found {type(kwargs).__name__}."
         )
     names = {f.name for f in dataclasses.fields(VisualTokenizerConfig)}
     picked = {k: v for k, v in kwargs.items() if k in names}

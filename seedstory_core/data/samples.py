@@ -1,4 +1,5 @@
-"""SEED-Story training samples: random-length story prefixes (docs/reference.md §5 "Building one sample") + stage-3 extras.
+"""SEED-Story training samples: random-length story prefixes (docs/reference.md §5 "Building one sample") + stage-3
+extras.
 
 One sample of a story with n frames (captions ``c_0..c_{n-1}``), for a drawn ``k = rng.randint(0, n - 2)``::
 
