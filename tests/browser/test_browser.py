@@ -15,17 +15,19 @@ For every workflows/*.json:
   * the frontend's own ``app.graphToPrompt()`` gives exactly the API twin in workflows/api/ (class types, inputs,
     links; ``_meta`` ignored);
   * a screenshot of the canvas.
-And one test loads the tiny-model story the same way, queues it from the UI (the Run button), waits for the frames to show up in the
-Save Story node, and screenshots the canvas and the storybook page it wrote. And one test opens the frontend's
-node help for a SeedStory node (select it, the selection toolbox's Info button: the right side panel's Info tab,
-which fetches /extensions/seedstory/docs/<NodeId>.md from our WEB_DIRECTORY) and checks that it shows our page.
+And one test loads the tiny-model story the same way, queues it from the UI (the Run button), waits for the frames
+to show up in the Save Story node, and screenshots the canvas and the storybook page it wrote. And one test opens the
+frontend's node help for a SeedStory node (select it, the selection toolbox's Info button: the right side panel's
+Info tab, which fetches /extensions/seedstory/docs/<NodeId>.md from our WEB_DIRECTORY) and checks that it shows our
+page.
 
 Screenshots go to this run's pytest temp folder; they are copied to docs/img/ (workflow_<name>.png,
 workflow_seedstory_tiny_story_run.png, storybook_sample.png, node_help_panel.png) when a file there is missing or
 ``SEEDSTORY_UPDATE_DOCS_IMG=1`` -- so a plain test run never dirties the checkout.
 
 Without Chromium / Node / playwright-core the module is skipped with the reason, except under ``CI=true`` (or
-``SEEDSTORY_REQUIRE_BROWSER=1`` / ``SEEDSTORY_REQUIRE_ALL=1``), where that is a failure (conftest.require_or_skip). Marks: ``comfyui`` and ``browser``.
+``SEEDSTORY_REQUIRE_BROWSER=1`` / ``SEEDSTORY_REQUIRE_ALL=1``), where that is a failure (conftest.require_or_skip).
+Marks: ``comfyui`` and ``browser``.
 """
 
 from __future__ import annotations
@@ -165,7 +167,8 @@ def strip(prompt: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ every workflow
 @pytest.fixture(scope="module")
 def loaded(server, browser, tmp_path_factory):
-    """One browser session: each workflow loaded by a click in the template browser, described, converted, screenshot."""
+    """One browser session: each workflow loaded by a click in the template browser, described, converted,
+    screenshot."""
     shots = tmp_path_factory.mktemp("browser_shots")
     _INFO.update(server.object_info())  # what this server offers (model-file combos)
     t0 = time.monotonic()
@@ -246,7 +249,8 @@ def test_workflow_loads_with_no_missing_nodes_and_saved_widget_values(loaded, na
         assert node["registered"], f"{where} is missing in the frontend (not in /object_info?)"
         if node["has_errors"]:
             # frontend 1.47 flags a model combo whose file is not on this server; only the workflows that need
-            # external weights (tests/support/workflows.py NEEDS_EXTERNAL_WEIGHTS) may have those, and only on such a combo
+            # external weights (tests/support/workflows.py NEEDS_EXTERNAL_WEIGHTS) may have those, and only on
+            # such a combo
             missing = _missing_model_values(server_info(), saved["type"], node)
             assert name in NEEDS_EXTERNAL_WEIGHTS and missing, f"{where} is flagged with errors"
         assert node["mode"] == saved.get("mode", 0), where

@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from seedstory_core.agent import SeedStoryAgent, cosine_loss
-from seedstory_core.config import AgentConfig, ImageTokenSettings, LlamaSettings, LoraSettings, ResamplerConfig
+from seedstory_core.config import AgentConfig
 from seedstory_core.golden import agent_config_from_golden_meta, golden_agent_forward, load_golden_agent
+from tests.support.configs import small_config
+from tests.support.golden import load_fixture
 
 RTOL, ATOL = 1e-4, 1e-5
 GOLDEN_OUTPUTS = (
@@ -28,12 +29,7 @@ GOLDEN_OUTPUTS = (
 # ---------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def golden(golden_dir):
-    tensors = load_file(str(golden_dir / "agent_public.safetensors"))
-    meta = json.loads((golden_dir / "agent_public.json").read_text())
-    sd = {k: v for k, v in tensors.items() if not k.startswith(("input.", "output."))}
-    inputs = {k[len("input.") :]: v for k, v in tensors.items() if k.startswith("input.")}
-    expected = {k[len("output.") :]: v for k, v in tensors.items() if k.startswith("output.")}
-    return meta, sd, inputs, expected
+    return load_fixture(golden_dir, "agent_public")
 
 
 def forward_kwargs(inputs):
@@ -48,25 +44,6 @@ def forward_kwargs(inputs):
         "ids_cmp_mask",
     )
     return {n: inputs[f"forward.{n}"] for n in names}
-
-
-def small_config(base_vocab=50, n_img=4, vit_grid=4, hidden=64) -> AgentConfig:
-    """A fast agent config (2 layers) with the official structure."""
-    return AgentConfig(
-        llm=LlamaSettings(
-            vocab_size=base_vocab + 2 + n_img,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=256,
-        ),
-        lora=LoraSettings(r=4, lora_alpha=8, lora_dropout=0.0),
-        input_resampler=ResamplerConfig(grid_size=int(n_img**0.5), embed_dim=hidden, num_heads=4, kv_dim=hidden),
-        output_resampler=ResamplerConfig(grid_size=vit_grid, embed_dim=hidden, num_heads=4, kv_dim=hidden),
-        image_tokens=ImageTokenSettings(num_img_tokens=n_img),
-    )
 
 
 def randomize(agent: SeedStoryAgent, seed: int = 0) -> SeedStoryAgent:
@@ -86,7 +63,8 @@ def randomize(agent: SeedStoryAgent, seed: int = 0) -> SeedStoryAgent:
 
 
 def make_batch(cfg: AgentConfig, seed: int = 0):
-    """Two right-padded samples laid out as the official collate: [BOS] cap <img> IMG.. </img> [INST] cap <img> IMG.. </img> [EOS] pad.
+    """Two right-padded samples laid out as the official collate:
+    [BOS] cap <img> IMG.. </img> [INST] cap <img> IMG.. </img> [EOS] pad.
 
     Sample 0: one input image + one target; sample 1: two input images + one target.
     """
@@ -272,7 +250,8 @@ def test_embed_inputs_places_features_and_checks_counts():
 
 
 def test_forward_matches_manual_computation():
-    """Independent recomputation of docs/reference.md §2.5 on a random small agent (CE over labels, cos loss at gen positions)."""
+    """Independent recomputation of docs/reference.md §2.5 on a random small agent (CE over labels, cos loss at gen
+    positions)."""
     cfg = small_config()
     agent = randomize(SeedStoryAgent.build(cfg), seed=3).eval()
     b = make_batch(cfg, seed=1)
@@ -347,7 +326,7 @@ def test_cosine_loss_shape_check():
     assert cosine_loss(torch.ones(1, 4, 8), torch.ones(1, 4, 8)).item() == pytest.approx(0.0, abs=1e-6)
 
 
-# ---------------------------------------------------------------------------------------------------- merged inference decoder
+# --------------------------------------------------------------------------------------------- merged inference decoder
 def _decode_hidden(decoder, embeds):
     return decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state
 

@@ -1,5 +1,5 @@
-"""Agent checkpoints: official key compatibility (docs/reference.md §2.4, docs/reference.md §10 "Key naming"), trainable-only files +
-base Llama folder, safe loading, the convert CLI, and peak-RAM of meta construction."""
+"""Agent checkpoints: official key compatibility (docs/reference.md §2.4, docs/reference.md §10 "Key naming"),
+trainable-only files + base Llama folder, safe loading, the convert CLI, and peak-RAM of meta construction."""
 
 import json
 import os
@@ -19,14 +19,7 @@ from seedstory_core.checkpoints import (
     WrongCheckpointKindError,
     read_state_dict,
 )
-from seedstory_core.config import (
-    AgentConfig,
-    ImageTokenSettings,
-    LlamaSettings,
-    LoraSettings,
-    ResamplerConfig,
-    official_config,
-)
+from seedstory_core.config import LlamaSettings, official_config
 from seedstory_core.convert import main as convert_main, parse_size
 from seedstory_core.official_agent import (
     AGENT_KEY_RULES,
@@ -35,30 +28,13 @@ from seedstory_core.official_agent import (
     official_trainable_keys,
     ours_to_official_key,
 )
+from tests.support.configs import small_config
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def small_config(base_vocab=50, n_img=4, vit_grid=4, hidden=64) -> AgentConfig:
-    return AgentConfig(
-        llm=LlamaSettings(
-            vocab_size=base_vocab + 2 + n_img,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=256,
-        ),
-        lora=LoraSettings(r=4, lora_alpha=8, lora_dropout=0.0),
-        input_resampler=ResamplerConfig(grid_size=int(n_img**0.5), embed_dim=hidden, num_heads=4, kv_dim=hidden),
-        output_resampler=ResamplerConfig(grid_size=vit_grid, embed_dim=hidden, num_heads=4, kv_dim=hidden),
-        image_tokens=ImageTokenSettings(num_img_tokens=n_img),
-    )
-
-
 def random_agent(cfg, seed=0) -> SeedStoryAgent:
     agent = SeedStoryAgent.build(cfg)
     gen = torch.Generator().manual_seed(seed)
@@ -173,7 +149,7 @@ def test_key_rules_map_official_names(golden_dir):
     assert len(AGENT_KEY_RULES) == 2
 
 
-# ---------------------------------------------------------------------------------------------------- trainable-only + base
+# ------------------------------------------------------------------------------------------------ trainable-only + base
 @pytest.mark.parametrize("shard", ["10GB", "40KB"])
 def test_trainable_only_file_plus_base_llama_reproduces_model(tmp_path, shard):
     cfg = small_config()

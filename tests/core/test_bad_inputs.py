@@ -7,7 +7,8 @@
 * the sentence-length limit in tokens (nodes.story.max_text_tokens) on the opening text, captions and Story Step text;
 * ``python -m training.tiny_recipe --export`` refuses to replace a folder that is not a previous export.
 
-Node functions run with the stand-ins for ``comfy``/``folder_paths`` of tests/support/comfy_stubs.py (fixture ``comfy``).
+Node functions run with the stand-ins for ``comfy``/``folder_paths`` of tests/support/comfy_stubs.py
+(fixture ``comfy``).
 """
 
 from __future__ import annotations

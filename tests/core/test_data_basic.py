@@ -75,7 +75,7 @@ def test_cli_writes_a_storystream_folder(tmp_path):
         cwd=REPO,
         capture_output=True,
     )
-    stories = [json.loads(l) for l in (out / "stories.jsonl").read_text().splitlines()]
-    chunks = [json.loads(l) for l in (out / "chunks10.jsonl").read_text().splitlines()]
+    stories = [json.loads(line) for line in (out / "stories.jsonl").read_text().splitlines()]
+    chunks = [json.loads(line) for line in (out / "chunks10.jsonl").read_text().splitlines()]
     assert len(stories) == 2 and len(chunks) == 6
     assert all((out / "images" / p).is_file() for p in stories[0]["images"])

@@ -73,7 +73,7 @@ def test_chunk_cli_and_load_image(tmp_path):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl([_story(0), _story(1)], src)
     assert main(["chunk", str(src), str(dst), "--len", "10"]) == 0
-    out = [json.loads(l) for l in dst.read_text().splitlines()]
+    out = [json.loads(line) for line in dst.read_text().splitlines()]
     assert len(out) == 6 and out[3]["id"] == 1 and "orders" not in out[0]
     im = Image.new("L", (8, 6), 100)
     im.save(tmp_path / "x.png")

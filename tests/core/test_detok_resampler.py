@@ -1,26 +1,22 @@
-"""ResamplerXLV2 (docs/reference.md §4.1): golden parity with the official class, the token-axis normalisation quirk, key names."""
+"""ResamplerXLV2 (docs/reference.md §4.1): golden parity with the official class, the token-axis normalisation
+quirk, key names."""
 
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from seedstory_core.config import DetokenizerResamplerConfig
 from seedstory_core.detok_resampler import ResamplerXLV2, golden_detok_resampler
+from tests.support.golden import load_fixture
 
 RTOL, ATOL = 1e-4, 1e-5
 
 
 @pytest.fixture(scope="module")
 def fixture(golden_dir):
-    tensors = load_file(str(golden_dir / "detok_resampler_public.safetensors"))
-    meta = json.loads((golden_dir / "detok_resampler_public.json").read_text())
-    sd = {k: v for k, v in tensors.items() if not k.startswith(("input.", "output."))}
-    inputs = {k[len("input.") :]: v for k, v in tensors.items() if k.startswith("input.")}
-    expected = {k[len("output.") :]: v for k, v in tensors.items() if k.startswith("output.")}
-    return meta, sd, inputs, expected
+    return load_fixture(golden_dir, "detok_resampler_public")
 
 
 def test_golden_parity_all_outputs(fixture):

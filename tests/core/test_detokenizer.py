@@ -1,4 +1,5 @@
-"""SeedStoryDetokenizer (docs/reference.md §4.2): official layout on meta, tiny end-to-end generation, loading and its errors."""
+"""SeedStoryDetokenizer (docs/reference.md §4.2): official layout on meta, tiny end-to-end generation, loading and
+its errors."""
 
 import json
 
@@ -239,6 +240,15 @@ def saved(tmp_path_factory):
     return det, base, adapter, root
 
 
+def _save(root, name, tensors):
+    """``tensors`` written to ``root / name`` as a .safetensors file; returns that path."""
+    from safetensors.torch import save_file
+
+    path = root / name
+    save_file(tensors, str(path))
+    return path
+
+
 def test_adapter_round_trip_diffusers_folder(saved):
     det, base, adapter, _ = saved
     loaded = SeedStoryDetokenizer.from_pretrained(adapter, base, tiny_config().detokenizer)
@@ -269,10 +279,7 @@ def test_pickled_official_format_loads(saved):
 
 def test_full_unet_adapter_is_accepted(saved):
     det, base, _, root = saved
-    from safetensors.torch import save_file
-
-    path = root / "full.safetensors"
-    save_file({k: v.contiguous() for k, v in det.state_dict().items()}, str(path))
+    path = _save(root, "full.safetensors", {k: v.contiguous() for k, v in det.state_dict().items()})
     loaded = SeedStoryDetokenizer.from_pretrained(path, base, tiny_config().detokenizer)
     assert loaded.load_report.missing == []
     assert torch.equal(loaded.unet.conv_in.weight, det.unet.conv_in.weight)
@@ -280,13 +287,10 @@ def test_full_unet_adapter_is_accepted(saved):
 
 def test_wrong_shape_names_key_and_shapes(saved):
     det, base, _, root = saved
-    from safetensors.torch import save_file
-
     sd = {k: v.contiguous() for k, v in det.adapter_state_dict().items()}
     key = "resampler.proj_in.weight"
     sd[key] = torch.zeros(128, 100)
-    path = root / "bad_shape.safetensors"
-    save_file(sd, str(path))
+    path = _save(root, "bad_shape.safetensors", sd)
     with pytest.raises(CheckpointMismatchError) as err:
         SeedStoryDetokenizer.from_pretrained(path, base, tiny_config().detokenizer)
     msg = str(err.value)
@@ -295,19 +299,14 @@ def test_wrong_shape_names_key_and_shapes(saved):
 
 def test_missing_kv_weights_rejected(saved):
     det, base, _, root = saved
-    from safetensors.torch import save_file
-
     sd = {k: v.contiguous() for k, v in det.adapter_state_dict().items() if "attn2.to_v" not in k}
-    path = root / "no_v.safetensors"
-    save_file(sd, str(path))
+    path = _save(root, "no_v.safetensors", sd)
     with pytest.raises(CheckpointMismatchError, match="to_k/to_v"):
         SeedStoryDetokenizer.from_pretrained(path, base, tiny_config().detokenizer)
 
 
 def test_vit_file_is_wrong_kind(saved):
     _, base, _, root = saved
-    from safetensors.torch import save_file
-
     vit = {
         "conv1.weight": torch.zeros(8, 3, 14, 14),
         "positional_embedding": torch.zeros(4, 8),
@@ -316,8 +315,7 @@ def test_vit_file_is_wrong_kind(saved):
         "ln_post.weight": torch.ones(8),
         "proj": torch.zeros(8, 8),
     }
-    path = root / "vit.safetensors"
-    save_file(vit, str(path))
+    path = _save(root, "vit.safetensors", vit)
     with pytest.raises(WrongCheckpointKindError, match="visual_tokenizer"):
         SeedStoryDetokenizer.from_pretrained(path, base, tiny_config().detokenizer)
 
@@ -333,15 +331,12 @@ def test_sdxl_base_must_be_sdxl(saved):
 
 def test_single_file_without_sdxl_layout_is_clear_error(saved):
     _, _, adapter, root = saved
-    from safetensors.torch import save_file
-
     junk = {
         "model.diffusion_model.foo.weight": torch.zeros(2),
         "first_stage_model.bar.weight": torch.zeros(2),
         "conditioner.embedders.0.x": torch.zeros(2),
     }
-    path = root / "junk_single.safetensors"
-    save_file(junk, str(path))
+    path = _save(root, "junk_single.safetensors", junk)
     with pytest.raises(CheckpointMismatchError):
         SeedStoryDetokenizer.from_pretrained(adapter, path, tiny_config().detokenizer)
 

@@ -29,8 +29,8 @@ def cli(*args, cwd=REPO):
 def test_check_passes_on_public_set(golden_dir):
     res = cli("check", golden_dir)
     assert res.returncode == 0, res.stdout + res.stderr
-    lines = [l for l in res.stdout.splitlines() if l.startswith(("ok", "FAIL"))]
-    assert lines and all(l.startswith("ok") for l in lines)
+    lines = [line for line in res.stdout.splitlines() if line.startswith(("ok", "FAIL"))]
+    assert lines and all(line.startswith("ok") for line in lines)
     for needle in (
         "vit_public output.features",
         "agent_public output.forward.lm_loss",
@@ -40,7 +40,7 @@ def test_check_passes_on_public_set(golden_dir):
         "resampler_in_public output.y",
         "resampler_out_public output.y",
     ):
-        assert any(needle in l for l in lines), needle
+        assert any(needle in line for line in lines), needle
 
 
 def strip_outputs(src: Path, dst: Path) -> None:

@@ -111,7 +111,7 @@ def test_layout_and_masks_real_tokenizer():
     full = caps[0] + img + "[INST]" + caps[1] + img + "[INST]" + caps[2] + img + "[INST]" + caps[3] + img
     ids = torch.tensor(s.input_ids)
     assert s.input_ids == [tok.bos_id] + tok.encode_prompt(full) + [tok.eos_id]
-    boi, eoi, img_ids = tok.image_ids.boi, tok.image_ids.eoi, set(tok.image_ids.img)
+    boi, img_ids = tok.image_ids.boi, set(tok.image_ids.img)
     bois = (ids == boi).nonzero().flatten().tolist()
     assert len(bois) == 4
     last_boi = bois[-1]
@@ -226,7 +226,7 @@ def test_text_loss_all_labels_every_caption_after_the_first_image():
     assert not img & set(labelled)  # image tokens and EOI are never labels
     cap0 = tok.encode(caps[0])
     first_eoi = dense.input_ids.index(tok.image_ids.eoi)
-    assert all(l == IGNORE_INDEX for l in dense.labels[: first_eoi + 1])  # BOS, caption 0, its image: no loss
+    assert all(label == IGNORE_INDEX for label in dense.labels[: first_eoi + 1])  # BOS, caption 0, its image: no loss
     for cap in caps[1:]:
         ids = tok.encode("[INST]" + cap)
         start = next(i for i in range(len(dense.input_ids)) if dense.input_ids[i : i + len(ids)] == ids)

@@ -90,5 +90,5 @@ def test_cli_writes_storystream_layout(tmp_path):
     assert [r["id"] for r in recs] == ["mini-s4-00000", "mini-s4-00001"]
     assert len(recs[0]["images"]) == 20 and (tmp_path / "images" / "mini-s4-00001" / "19.png").is_file()
     assert recs[0]["images"][3].endswith("mini-s4-00000/03.png") and len(recs[0]["attributes"]) == 20
-    chunks = [json.loads(l) for l in (tmp_path / "chunks10.jsonl").read_text().splitlines()]
+    chunks = [json.loads(line) for line in (tmp_path / "chunks10.jsonl").read_text().splitlines()]
     assert [c["id"] for c in chunks] == [0, 0, 1, 1] and len(chunks[3]["attributes"]) == 10

@@ -43,8 +43,8 @@ def llama2() -> SeedStoryTokenizer:
     folder = llama2_folder()
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
         require_or_skip(
-            f"real LLaMA-2 tokenizer not found at {folder}; run scripts/fetch_llama2_tokenizer.sh (scripts/setup_env.sh "
-            "does) or set SEEDSTORY_LLAMA2_TOKENIZER",
+            f"real LLaMA-2 tokenizer not found at {folder}; run scripts/fetch_llama2_tokenizer.sh "
+            "(scripts/setup_env.sh does) or set SEEDSTORY_LLAMA2_TOKENIZER",
             "SEEDSTORY_REQUIRE_LLAMA_TOKENIZER",
         )
     return SeedStoryTokenizer.from_folder(folder)
@@ -188,7 +188,8 @@ def test_real_chunk_independence_with_trailing_image(llama2):
 
 
 def test_real_window_cut_matches_training_layout(llama2):
-    # gen_george.py's window (docs/reference.md §3.1 step 5): cut after the first '</img>' plus len('[INST]') characters.
+    # gen_george.py's window (docs/reference.md §3.1 step 5): cut after the first '</img>' plus len('[INST]')
+    # characters.
     prompt = story_prompt(llama2, CAPTIONS[:3]) + llama2.image_token_string()
     cut = prompt[prompt.index("</img>") + len("</img>") + len("[INST]") :]
     assert cut.startswith(CAPTIONS[1])

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from seedstory_core.config import VisualTokenizerConfig, official_config
 from seedstory_core.preprocess import preprocess_images
@@ -21,22 +20,14 @@ from seedstory_core.visual_tokenizer import (
     config_from_constructor_kwargs,
     golden_vit,
 )
+from tests.support.golden import load_fixture
 
 RTOL, ATOL = 1e-4, 1e-5
 
 
-def _load_fixture(golden_dir, name="vit_public"):
-    tensors = load_file(str(golden_dir / f"{name}.safetensors"))
-    meta = json.loads((golden_dir / f"{name}.json").read_text())
-    sd = {k: v for k, v in tensors.items() if not k.startswith(("input.", "output."))}
-    inputs = {k[len("input.") :]: v for k, v in tensors.items() if k.startswith("input.")}
-    expected = {k[len("output.") :]: v for k, v in tensors.items() if k.startswith("output.")}
-    return meta, sd, inputs, expected
-
-
 @pytest.fixture(scope="module")
 def vit_fixture(golden_dir):
-    return _load_fixture(golden_dir)
+    return load_fixture(golden_dir, "vit_public")
 
 
 def _small_config(**kw):

@@ -2,9 +2,9 @@
 
 ``data_folder`` and every image path in its .jsonl must resolve inside the input folder (no absolute paths, no
 ``~``, no ``..``, no symbolic link leading out); a corrupt image is named (relative to the input folder) before any
-training. Stand-ins for ComfyUI as in tests/nodes/test_adaptation_node.py (``adapt_env``, tests/conftest.py: input folder = tmp/input with a
-2-story StoryStream-mini set in input/mini). Files outside the input folder are real, readable data, so a refusal
-can only come from the confinement rule.
+training. Stand-ins for ComfyUI as in tests/nodes/test_adaptation_node.py (``adapt_env``, tests/conftest.py: input
+folder = tmp/input with a 2-story StoryStream-mini set in input/mini). Files outside the input folder are real,
+readable data, so a refusal can only come from the confinement rule.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Pure-python tests of the SeedStory node classes (no ComfyUI): stand-ins for ``comfy``, ``folder_paths`` and
-``server`` (tests/support/comfy_stubs.py) are put into ``sys.modules`` by the ``comfy`` fixture (tests/conftest.py); node functions run under ``torch.inference_mode``
-like ComfyUI runs them."""
+``server`` (tests/support/comfy_stubs.py) are put into ``sys.modules`` by the ``comfy`` fixture (tests/conftest.py);
+node functions run under ``torch.inference_mode`` like ComfyUI runs them."""
 
 from __future__ import annotations
 

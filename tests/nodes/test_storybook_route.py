@@ -1,7 +1,8 @@
 """The storybook route (nodes/routes.py): serves storybook files from the output folder only, refuses hostile paths.
 
-The pure resolver is tested here without ComfyUI; tests/server/test_comfyui_server.py::test_storybook_route_on_real_server
-asks a real server over HTTP (raw, un-normalised URLs included).
+The pure resolver is tested here without ComfyUI;
+tests/server/test_comfyui_server.py::test_storybook_route_on_real_server asks a real server over HTTP (raw,
+un-normalised URLs included).
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ def matches(token: str, values) -> bool:
 def page():
     if not PAGE.is_file() or not any(RESULTS.glob("engine_*_run.csv")):
         pytest.fail(
-            "docs/benchmarks.md or bench/results/engine_*_run.csv is missing: run `python -m bench --quick --update-docs`"
+            "docs/benchmarks.md or bench/results/engine_*_run.csv is missing: "
+            "run `python -m bench --quick --update-docs`"
         )
     return PAGE.read_text()
 

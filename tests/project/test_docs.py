@@ -67,7 +67,8 @@ COMMANDS = [
     (r"^python -m seedstory_core\.(convert|golden|sink|data\.mini) --help$", "run", None),
     (r"^python -m seedstory_client\.batch --help$", "run", None),
     (
-        r"^python -m training\.(vae|stage0_visual_tokenizer|stage1_detokenizer|stage2_instruction|stage3_adaptation) --help$",
+        r"^python -m training\.(vae|stage0_visual_tokenizer|stage1_detokenizer|stage2_instruction|stage3_adaptation)"
+        r" --help$",
         "run",
         None,
     ),
@@ -85,8 +86,8 @@ COMMANDS = [
     (
         r"^python -m training\.stage0_visual_tokenizer --(data|measure) ",
         "help",
-        "tests/training/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs stage 0 from its CLI arguments "
-        "and its measurement; tests/training/test_stage0.py runs train_stage0 and measure_bundles",
+        "tests/training/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs stage 0 from its "
+        "CLI arguments and its measurement; tests/training/test_stage0.py runs train_stage0 and measure_bundles",
     ),
     (
         r"^accelerate launch --config_file training/configs/\S+\.yaml -m training\.",
@@ -96,12 +97,14 @@ COMMANDS = [
     (
         r"^python -m training\.tiny_recipe ",
         "help",
-        "tests/training/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs the whole recipe at 1% scale",
+        "tests/training/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs the whole recipe "
+        "at 1% scale",
     ),
     (
         r"^python -m seedstory_core\.tell ",
         "help",
-        "tests/core/test_storybook_writer.py::test_tell_command_writes_a_storybook runs the command on the bundled model",
+        "tests/core/test_storybook_writer.py::test_tell_command_writes_a_storybook runs the command on the bundled "
+        "model",
     ),
     (
         r"^python -m training\.evaluate ",

@@ -99,7 +99,7 @@ def extra_ui_values(kind, opts) -> int:
 
 def ui_to_api(ui: dict, specs: dict) -> dict:
     """Convert a UI-format workflow to the API format (module docstring)."""
-    links = {l[0]: (str(l[1]), int(l[2])) for l in ui["links"]}
+    links = {link[0]: (str(link[1]), int(link[2])) for link in ui["links"]}
     api = {}
     for node in ui["nodes"]:
         if node["type"] in VIRTUAL or node.get("mode", 0) in (2, 4):
@@ -145,7 +145,7 @@ def test_ui_workflow_is_consistent_and_valid(path):
     assert ui["version"] == 0.4 and isinstance(ui.get("extra"), dict) and isinstance(ui.get("groups"), list)
     nodes = {n["id"]: n for n in ui["nodes"]}
     assert len(nodes) == len(ui["nodes"]) and ui["last_node_id"] >= max(nodes)
-    assert ui["last_link_id"] >= max((l[0] for l in ui["links"]), default=0)
+    assert ui["last_link_id"] >= max((link[0] for link in ui["links"]), default=0)
     assert any(n["type"] in VIRTUAL for n in ui["nodes"]), "every example explains itself in a note node"
     for link_id, src, src_slot, dst, dst_slot, ltype in ui["links"]:
         s, d = nodes[src], nodes[dst]
@@ -225,7 +225,8 @@ def test_start_image_asset_is_shipped():
 
 
 def test_every_ui_workflow_has_a_template_thumbnail():
-    """workflows/<name>.jpg (scripts/make_thumbnails.py, from the browser tests' screenshot) for the template browser."""
+    """workflows/<name>.jpg (scripts/make_thumbnails.py, from the browser tests' screenshot) for the template
+    browser."""
     from PIL import Image
 
     for path in sorted(WORKFLOWS.glob("*.json")):

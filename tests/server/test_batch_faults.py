@@ -666,6 +666,18 @@ def _cli(jobs_file: Path, out: Path, *servers: str, extra=()) -> list:
     return cmd + list(extra)
 
 
+def _start_batch(cwd: Path, jobs_file: Path, out: Path, *servers: str, extra=()) -> subprocess.Popen:
+    """``seedstory-batch`` started in the background (text pipes for stdout and stderr)."""
+    return subprocess.Popen(
+        _cli(jobs_file, out, *servers, extra=extra),
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _write_jobs(path: Path, objs) -> Path:
     path.write_text("".join(json.dumps(o) + "\n" for o in objs))
     return path
@@ -699,6 +711,25 @@ def _gone_from_queue(client, prompt_id, timeout=30.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def _ctrl_c_running_prompt(client, proc, presses: int, timeout: float):
+    """Once the server runs the batch's prompt (and 1 s more), Ctrl-C (SIGINT) ``presses`` times, 0.3 s apart, and
+    wait for the batch process to end. Returns (the running prompt's id, the process's stderr, seconds from the last
+    press to its end); the process is killed if it is still running when this returns or fails."""
+    try:
+        pid = _running_prompt(client, proc)
+        time.sleep(1.0)
+        for press in range(presses):
+            if press:
+                time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=timeout)
+        return pid, err, time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _message_kinds(entry: dict) -> list:
@@ -735,24 +766,8 @@ def test_real_ctrl_c_interrupts_the_prompt_on_the_server_and_records_the_job(com
     out = tmp_path / "out"
 
     # ---- one Ctrl-C: the prompt is interrupted on the server, the job recorded, exit 130
-    proc = subprocess.Popen(
-        _cli(jobs, out, comfy_server.base_url),
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        pid = _running_prompt(client, proc)
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=120)
-        took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = _start_batch(tmp_path, jobs, out, comfy_server.base_url)
+    pid, err, took = _ctrl_c_running_prompt(client, proc, presses=1, timeout=120)
     assert proc.returncode == B.EXIT_INTERRUPTED, err
     assert "Ctrl-C: interrupting the running prompt(s)" in err
     recs = _summary(out)
@@ -775,27 +790,9 @@ def test_real_ctrl_c_interrupts_the_prompt_on_the_server_and_records_the_job(com
 
     # ---- two Ctrl-C: out at once; the running job is still recorded and the server still told to stop
     out2 = tmp_path / "out2"
-    proc = subprocess.Popen(
-        _cli(jobs, out2, comfy_server.base_url),
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        pid2 = _running_prompt(client, proc)
-        assert pid2 != pid
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=60)
-        took2 = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = _start_batch(tmp_path, jobs, out2, comfy_server.base_url)
+    pid2, err, took2 = _ctrl_c_running_prompt(client, proc, presses=2, timeout=60)
+    assert pid2 != pid
     assert proc.returncode == B.EXIT_INTERRUPTED, err
     assert took2 < 5.0, f"a second Ctrl-C must quit at once (took {took2:.1f} s)"
     recs = _summary(out2)
@@ -842,14 +839,7 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
     b = None
     try:
         # ---- run 1 on A, killed mid-batch
-        proc = subprocess.Popen(
-            _cli(jobs, out, a.base_url, extra=["--retries", "1", "--backoff", "0.5"]),
-            cwd=tmp_path,
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = _start_batch(tmp_path, jobs, out, a.base_url, extra=["--retries", "1", "--backoff", "0.5"])
         client_a = a.client()
         try:
             deadline = time.monotonic() + 600

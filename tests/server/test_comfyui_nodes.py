@@ -1,8 +1,9 @@
-"""The SeedStory nodes and example workflows on a REAL ComfyUI server (fixture ``comfy_server``, tests/support/comfy_harness.py).
+"""The SeedStory nodes and example workflows on a REAL ComfyUI server (fixture ``comfy_server``,
+tests/support/comfy_harness.py).
 
 Everything runs the bundled tiny model at 64 px with 2-4 diffusion steps, so the module stays within a few minutes
-on 2 CPU cores. Workflows that need external weights (tests/support/workflows.py NEEDS_EXTERNAL_WEIGHTS) are only validated
-against /object_info, not queued.
+on 2 CPU cores. Workflows that need external weights (tests/support/workflows.py NEEDS_EXTERNAL_WEIGHTS) are only
+validated against /object_info, not queued.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def test_object_info_lists_every_seedstory_node(server):
     pack = load_pack()
     info = server.object_info()
     log = server.log_text()
-    assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if "seedstory" in l), server.log_tail()
+    assert "IMPORT FAILED" not in "\n".join(line for line in log.splitlines() if "seedstory" in line), server.log_tail()
     for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
         assert node_id in info, f"{node_id} missing from /object_info; log:\n{server.log_tail()}"
         entry = info[node_id]

@@ -172,8 +172,12 @@ def test_fresh_server_loads_every_node_and_logs_no_warning(comfy_dir, tmp_path):
         server.stop()
     log = server.log_text()
     lines = log.splitlines()
-    assert any(re.search(r"custom_nodes[/\\]seedstory\b", l) and "seconds" in l for l in lines), log[-3000:]
-    bad = [l for l in lines if "Traceback" in l or "IMPORT FAILED" in l or PY_WARNING.search(l) or "[WARNING]" in l]
+    assert any(re.search(r"custom_nodes[/\\]seedstory\b", line) and "seconds" in line for line in lines), log[-3000:]
+    bad = [
+        line
+        for line in lines
+        if "Traceback" in line or "IMPORT FAILED" in line or PY_WARNING.search(line) or "[WARNING]" in line
+    ]
     assert not bad, f"the server log has tracebacks or warnings ({server.log_path}):\n" + "\n".join(bad[:20])
 
 

@@ -90,8 +90,8 @@ def test_trained_model_scores_above_a_random_one():
     the model would score them alike. Measured on the previous (random-ViT) bundle (1 story, 2 diffusion steps):
     parse rate 1.0 vs 0.0, continuity 1.0 vs 0.0, coherence 0.40 vs 0.0, visualization agreement 0.505 vs 0.361,
     pixel L1 0.149 vs 0.297. (The headline ``score`` was 0 for both at 2 diffusion steps: the judge read no frame as
-    the stated place and cast, so it is not compared here; tests/training/test_judge.py checks the score on the ground truth
-    and the baselines.)"""
+    the stated place and cast, so it is not compared here; tests/training/test_judge.py checks the score on the
+    ground truth and the baselines.)"""
     from training.evaluate import DEFAULT_MODEL, evaluate
 
     if not (DEFAULT_MODEL / "seedstory_config.json").is_file():
@@ -127,7 +127,10 @@ def test_teacher_forcing_puts_ground_truth_frames_in_the_context():
     _, free = generate_story(bundle, story, 4, **kw)
     _, forced = generate_story(bundle, story, 4, context_features=frame_features(bundle, gt), **kw)
     _, again = generate_story(bundle, story, 4, context_features=frame_features(bundle, gt), **kw)
-    px = lambda im: np.asarray(im, dtype=np.int16)
+
+    def px(im):
+        return np.asarray(im, dtype=np.int16)
+
     assert np.array_equal(px(free[1]), px(forced[1]))  # nothing forced before frame 1 is drawn
     assert not np.array_equal(px(free[2]), px(forced[2]))  # frame 2 sees gt[1], not the regressed frame 1
     assert all(np.array_equal(px(a), px(b)) for a, b in zip(forced, again))  # deterministic

@@ -55,7 +55,9 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
     # the exported (frozen) visual tokenizer is exactly what stage 0 wrote, and stage 0 changed the random one
     from safetensors.torch import load_file
 
-    vit = lambda folder: load_file(str(folder / "visual_tokenizer" / "model.safetensors"))
+    def vit(folder):
+        return load_file(str(folder / "visual_tokenizer" / "model.safetensors"))
+
     exported, stage0, init = vit(export), vit(run / "stage0" / "model"), vit(run / "init")
     assert exported.keys() == stage0.keys() and all(torch.equal(exported[k], stage0[k]) for k in stage0)
     assert any(not torch.equal(init[k], stage0[k]) for k in stage0)
