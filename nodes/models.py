@@ -174,6 +174,25 @@ def require(value, cls, *, node: str, name: str, socket: str, hint: str):
     return value
 
 
+#: The model sockets: the wrapper class each carries, and its socket type.
+_MODEL_SOCKETS = {
+    "agent": (AgentModel, AGENT),
+    "visual_tokenizer": (VisualTokenizerModel, VISUAL_TOKENIZER),
+    "detokenizer": (DetokenizerModel, DETOKENIZER),
+}
+
+
+def require_model(value, kind: str, *, node: str, name: Optional[str] = None):
+    """:func:`require` for a model socket: ``kind`` is ``agent``, ``visual_tokenizer`` or ``detokenizer`` (the
+    loader output to connect); ``name`` is the input's name (default: ``kind``).
+
+    Raises:
+        SeedStoryInputError: ``value`` is not that model (e.g. a constant typed into the socket).
+    """
+    cls, socket = _MODEL_SOCKETS[kind]
+    return require(value, cls, node=node, name=name or kind, socket=socket, hint=f"{kind} output of a SeedStory loader")
+
+
 def check_text(value, *, node: str, name: str, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise SeedStoryInputError(f"{node}: input '{name}' expects text (STRING), but found {_found(value)}.")

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import torch
 
 from . import comfy_glue as glue
-from .models import DETOKENIZER, FEATURES, DetokenizerModel, SeedStoryInputError, check_features, require
+from .models import DETOKENIZER, FEATURES, DetokenizerModel, SeedStoryInputError, check_features, require_model
 
 RENDER_TOOLTIPS = {
     "steps": "Diffusion steps per frame (official 30-50; the tiny model needs only 2-4).",
@@ -125,14 +125,7 @@ class SeedStoryDetokenize:
         height=0,
     ):
         node = "SeedStory De-tokenize"
-        detok = require(
-            detokenizer,
-            DetokenizerModel,
-            node=node,
-            name="detokenizer",
-            socket=DETOKENIZER,
-            hint="detokenizer output of a SeedStory loader",
-        )
+        detok = require_model(detokenizer, "detokenizer", node=node)
         feats = check_features(features, node=node, name="features", dim=detok.feature_dim)
         progress = glue.Progress(int(steps))
         images = render_features(
@@ -200,14 +193,7 @@ class SeedStoryFeaturesToConditioning:
 
     def convert(self, detokenizer, features, width=1024, height=1024):
         node = "SeedStory Features to Conditioning"
-        detok = require(
-            detokenizer,
-            DetokenizerModel,
-            node=node,
-            name="detokenizer",
-            socket=DETOKENIZER,
-            hint="detokenizer output of a SeedStory loader",
-        )
+        detok = require_model(detokenizer, "detokenizer", node=node)
         feats = check_features(features, node=node, name="features", dim=detok.feature_dim)
         module = detok.loaded()
         with torch.no_grad():

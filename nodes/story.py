@@ -15,14 +15,13 @@ from .models import (
     STATE,
     VISUAL_TOKENIZER,
     AgentModel,
-    DetokenizerModel,
     SeedStoryInputError,
-    VisualTokenizerModel,
     check_features,
     check_image,
     check_text,
     image_to_rgb,
     require,
+    require_model,
     resize_image,
 )
 from .render import RENDER_TOOLTIPS, render_features
@@ -175,14 +174,7 @@ class SeedStoryViTTokenize:
 
     def encode(self, visual_tokenizer, image, resize_mode="squash"):
         node = "SeedStory ViT Tokenize"
-        vit = require(
-            visual_tokenizer,
-            VisualTokenizerModel,
-            node=node,
-            name="visual_tokenizer",
-            socket=VISUAL_TOKENIZER,
-            hint="visual_tokenizer output of a SeedStory loader",
-        )
+        vit = require_model(visual_tokenizer, "visual_tokenizer", node=node)
         img = check_image(image, node=node, name="image")
         module = vit.loaded()
         try:
@@ -456,9 +448,7 @@ class SeedStoryStoryStart:
         self, agent, opening_text, batch_index=0, features=None, image=None, visual_tokenizer=None, settings=None
     ):
         node = "SeedStory Story Start"
-        agent = require(
-            agent, AgentModel, node=node, name="agent", socket=AGENT, hint="agent output of a SeedStory loader"
-        )
+        agent = require_model(agent, "agent", node=node)
         text = check_text_length(
             agent, check_text(opening_text, node=node, name="opening_text"), node=node, name="opening_text"
         )
@@ -484,14 +474,7 @@ def _start_features(node, agent: AgentModel, features, image, visual_tokenizer, 
                 f"{node}: an 'image' was connected but no 'visual_tokenizer'; connect the "
                 "visual_tokenizer output of the loader so the picture can be encoded."
             )
-        vit = require(
-            visual_tokenizer,
-            VisualTokenizerModel,
-            node=node,
-            name="visual_tokenizer",
-            socket=VISUAL_TOKENIZER,
-            hint="visual_tokenizer output of a SeedStory loader",
-        )
+        vit = require_model(visual_tokenizer, "visual_tokenizer", node=node)
         if batch_index >= img.shape[0]:
             raise SeedStoryInputError(
                 f"{node}: batch_index {batch_index} but the image batch has {img.shape[0]} image(s)."
@@ -582,9 +565,7 @@ class SeedStoryStoryStep:
         context_features=None,
     ):
         node = "SeedStory Story Step"
-        agent = require(
-            agent, AgentModel, node=node, name="agent", socket=AGENT, hint="agent output of a SeedStory loader"
-        )
+        agent = require_model(agent, "agent", node=node)
         state = _check_state(state, node)
         text = check_text(text if text is not None else "", node=node, name="text", allow_empty=True)
         check_text_length(agent, text, node=node, name="text")
@@ -743,25 +724,9 @@ class SeedStoryGenerateStory:
         unique_id=None,
     ):
         node = "SeedStory Generate Story"
-        agent = require(
-            agent, AgentModel, node=node, name="agent", socket=AGENT, hint="agent output of a SeedStory loader"
-        )
-        vit = require(
-            visual_tokenizer,
-            VisualTokenizerModel,
-            node=node,
-            name="visual_tokenizer",
-            socket=VISUAL_TOKENIZER,
-            hint="visual_tokenizer output of a SeedStory loader",
-        )
-        detok = require(
-            detokenizer,
-            DetokenizerModel,
-            node=node,
-            name="detokenizer",
-            socket=DETOKENIZER,
-            hint="detokenizer output of a SeedStory loader",
-        )
+        agent = require_model(agent, "agent", node=node)
+        vit = require_model(visual_tokenizer, "visual_tokenizer", node=node)
+        detok = require_model(detokenizer, "detokenizer", node=node)
         img = check_image(start_image, node=node, name="start_image")
         if img.shape[0] != 1:
             raise SeedStoryInputError(

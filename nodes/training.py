@@ -23,7 +23,7 @@ from .models import (
     DetokenizerModel,
     SeedStoryInputError,
     VisualTokenizerModel,
-    require,
+    require_model,
 )
 from .paths import check_relative, resolve_inside
 
@@ -494,25 +494,9 @@ class SeedStoryAdaptDetokenizer:
             InterruptProcessingException: Cancel pressed (a resumable checkpoint stays in the temp folder).
         """
         node = "SeedStory Adapt De-tokenizer"
-        agent = require(
-            agent, AgentModel, node=node, name="agent", socket=AGENT, hint="agent output of a SeedStory loader"
-        )
-        vit = require(
-            visual_tokenizer,
-            VisualTokenizerModel,
-            node=node,
-            name="visual_tokenizer",
-            socket=VISUAL_TOKENIZER,
-            hint="visual_tokenizer output of a SeedStory loader",
-        )
-        detok = require(
-            detokenizer,
-            DetokenizerModel,
-            node=node,
-            name="detokenizer",
-            socket=DETOKENIZER,
-            hint="detokenizer output of a SeedStory loader",
-        )
+        agent = require_model(agent, "agent", node=node)
+        vit = require_model(visual_tokenizer, "visual_tokenizer", node=node)
+        detok = require_model(detokenizer, "detokenizer", node=node)
         data = resolve_data_folder(data_folder, node=node)
         name = _check_output_name(output_name, node=node)
         records = load_data_records(data, node=node)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import CheckpointMismatchError, LoadReport, group_by_prefix, read_state_dict, require_kind
-from .config import AgentConfig
+from .config import AgentConfig, torch_dtype
 from .official_agent import (
     AGENT_CHECKPOINT_HINT,
     BASE_CHECKPOINT_HINT,
@@ -84,20 +84,6 @@ def cosine_loss(rec: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _as_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-    }
-    if dtype not in names:
-        raise ValueError(f"Unknown dtype {dtype!r}; expected a torch.dtype or one of {sorted(names)}")
-    return names[dtype]
 
 
 def _check_right_padding(attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor) -> None:
@@ -173,7 +159,7 @@ class SeedStoryAgent(nn.Module):
         from peft import LoraConfig, get_peft_model
         from transformers import LlamaForCausalLM
 
-        dtype = _as_dtype(dtype)
+        dtype = torch_dtype(dtype)
         hidden = config.llm.hidden_size
         for label, rc in (("input_resampler", config.input_resampler), ("output_resampler", config.output_resampler)):
             if rc.embed_dim != hidden:

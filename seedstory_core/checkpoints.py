@@ -201,6 +201,23 @@ def open_safetensors(path: PathLike, *, device: Union[str, torch.device] = "cpu"
 
 
 # ---------------------------------------------------------------------------------------------------- reading
+#: The file names a Hugging Face-style model folder holds its weights under, in the order they are looked for.
+STANDARD_CHECKPOINT_NAMES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+
+
+def standard_checkpoint_file(folder: PathLike) -> Optional[Path]:
+    """The first of :data:`STANDARD_CHECKPOINT_NAMES` present in ``folder``, or None."""
+    for name in STANDARD_CHECKPOINT_NAMES:
+        if (Path(folder) / name).exists():
+            return Path(folder) / name
+    return None
+
+
 def read_state_dict(path: PathLike, *, device: Union[str, torch.device] = "cpu") -> "OrderedDict[str, torch.Tensor]":
     """Read every tensor of a checkpoint file (or of a sharded checkpoint folder / index JSON).
 
@@ -222,14 +239,9 @@ def read_state_dict(path: PathLike, *, device: Union[str, torch.device] = "cpu")
     """
     path = Path(path)
     if path.is_dir():
-        for name in (
-            "model.safetensors.index.json",
-            "model.safetensors",
-            "pytorch_model.bin.index.json",
-            "pytorch_model.bin",
-        ):
-            if (path / name).exists():
-                return read_state_dict(path / name, device=device)
+        found = standard_checkpoint_file(path)
+        if found is not None:
+            return read_state_dict(found, device=device)
         candidates = sorted(p.name for p in path.iterdir() if p.suffix in SAFETENSORS_EXTS + PICKLE_EXTS)
         if len(candidates) == 1:
             return read_state_dict(path / candidates[0], device=device)

@@ -314,3 +314,27 @@ def official_config() -> SeedStoryConfig:
     """Full-size SEED-Story (docs/reference.md §1, §2, §4): ViT-G 448, Llama-2-7b + LoRA r16, SD-XL base
     de-tokenizer."""
     return SeedStoryConfig(name="official").validate()
+
+
+def torch_dtype(dtype):
+    """A ``torch.dtype`` from its name (``fp32``/``float32``, ``fp16``/``float16``, ``bf16``/``bfloat16``); a
+    ``torch.dtype`` or None is returned as it is.
+
+    Raises:
+        ValueError: an unknown name (the message lists the accepted ones).
+    """
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+    }
+    if dtype not in names:
+        raise ValueError(f"Unknown dtype {dtype!r}; expected a torch.dtype or one of {sorted(names)}")
+    return names[dtype]

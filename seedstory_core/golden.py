@@ -131,7 +131,7 @@ def load_golden_agent(
     return agent
 
 
-_GOLDEN_FORWARD_INPUTS = (
+GOLDEN_FORWARD_INPUTS = (
     "input_ids",
     "attention_mask",
     "labels",
@@ -163,7 +163,7 @@ def golden_agent_forward(
     """
     agent = load_golden_agent(meta, state_dict)
     kwargs = {}
-    for name in _GOLDEN_FORWARD_INPUTS:
+    for name in GOLDEN_FORWARD_INPUTS:
         for key in (f"forward.{name}", f"input.forward.{name}"):
             if key in inputs:
                 kwargs[name] = inputs[key]

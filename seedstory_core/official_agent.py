@@ -45,6 +45,7 @@ from .checkpoints import (
     open_safetensors,
     read_state_dict,
     require_kind,
+    standard_checkpoint_file,
 )
 
 if TYPE_CHECKING:  # the agent module imports this one; the type is for annotations only
@@ -487,14 +488,9 @@ def _llama_shards(path) -> Tuple[List[Path], List[str]]:
     """Shard files and all keys of a Llama checkpoint folder / file / index JSON."""
     path = Path(path)
     if path.is_dir():
-        for name in (
-            "model.safetensors.index.json",
-            "model.safetensors",
-            "pytorch_model.bin.index.json",
-            "pytorch_model.bin",
-        ):
-            if (path / name).exists():
-                return _llama_shards(path / name)
+        found = standard_checkpoint_file(path)
+        if found is not None:
+            return _llama_shards(found)
         raise FileNotFoundError(
             f"No Llama weights in {path}: expected model.safetensors(.index.json) or pytorch_model.bin(.index.json) "
             "(a Llama-2-7b-hf folder)."

@@ -349,22 +349,12 @@ def long_story_ablation(
     ``per_story_agreement`` adds each story's mean attribute agreement per segment
     (``attribute_agreement_per_story``, for bootstrap intervals).
     """
+    from seedstory_core.config import torch_dtype
     from seedstory_core.data import mini
     from training.judge.metrics import attribute_agreement
 
     bundle = bundle or load_model(model_dir)
-    if isinstance(dtype, str):
-        names = {
-            "fp32": torch.float32,
-            "float32": torch.float32,
-            "fp16": torch.float16,
-            "float16": torch.float16,
-            "bf16": torch.bfloat16,
-            "bfloat16": torch.bfloat16,
-        }
-        if dtype not in names:
-            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
-        dtype = names[dtype]
+    dtype = torch_dtype(dtype)
     if device is not None or dtype is not None:
         bundle.to(device, dtype)
     judge = judge or load_judge()

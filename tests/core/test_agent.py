@@ -10,7 +10,12 @@ import torch
 
 from seedstory_core.agent import SeedStoryAgent, cosine_loss
 from seedstory_core.config import AgentConfig
-from seedstory_core.golden import agent_config_from_golden_meta, golden_agent_forward, load_golden_agent
+from seedstory_core.golden import (
+    GOLDEN_FORWARD_INPUTS,
+    agent_config_from_golden_meta,
+    golden_agent_forward,
+    load_golden_agent,
+)
 from tests.support.configs import small_config
 from tests.support.golden import load_fixture
 
@@ -33,17 +38,7 @@ def golden(golden_dir):
 
 
 def forward_kwargs(inputs):
-    names = (
-        "input_ids",
-        "attention_mask",
-        "labels",
-        "image_embeds",
-        "embeds_gen_mask",
-        "embeds_cmp_mask",
-        "ids_gen_mask",
-        "ids_cmp_mask",
-    )
-    return {n: inputs[f"forward.{n}"] for n in names}
+    return {n: inputs[f"forward.{n}"] for n in GOLDEN_FORWARD_INPUTS}
 
 
 def randomize(agent: SeedStoryAgent, seed: int = 0) -> SeedStoryAgent:
