@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.comfy_stubs import NODES, Interrupted, make_mini, models, run, tiny
+from tests.support.comfy_stubs import NODES, Interrupted, detokenize_inputs, make_mini, models, run, tiny
 from tests.support.workflows import API_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -77,18 +77,7 @@ def test_adapt_writes_adapter_changes_trainable_weights_and_keeps_input(adapt_en
     features = torch.randn(1, *detok.uncond_features.shape[-2:], generator=torch.Generator().manual_seed(0))
     images = run(
         "SeedStoryDetokenize",
-        {
-            "detokenizer": adapted,
-            "features": features,
-            "steps": 2,
-            "guidance_scale": 1.0,
-            "scheduler": "euler",
-            "seed": 0,
-            "frame_index": 0,
-            "same_noise": False,
-            "width": 0,
-            "height": 0,
-        },
+        detokenize_inputs(adapted, features, steps=2, guidance_scale=1.0),
     )[0]
     assert images.shape == (1, 64, 64, 3) and torch.isfinite(images).all()
 

@@ -19,6 +19,8 @@ from tests.support.comfy_stubs import (
     STEP,
     InputError,
     Interrupted,
+    detokenize_inputs,
+    generate_inputs,
     glue,
     models,
     pack,
@@ -158,18 +160,7 @@ def test_tiny_story_through_node_functions(comfy):
     assert sent3 == "The cat waves."
     (img,) = run(
         "SeedStoryDetokenize",
-        {
-            "detokenizer": detok,
-            "features": torch.cat([f1, f2]),
-            "steps": 2,
-            "guidance_scale": 3.0,
-            "scheduler": "euler",
-            "seed": 1,
-            "frame_index": 1,
-            "same_noise": False,
-            "width": 0,
-            "height": 0,
-        },
+        detokenize_inputs(detok, torch.cat([f1, f2]), steps=2, guidance_scale=3.0, seed=1, frame_index=1),
     )
     assert img.shape == (2, 64, 64, 3) and 0 <= float(img.min()) and float(img.max()) <= 1
     assert [c for c in comfy.calls if c[0] == "progress"][-1][1:] == (2, 2)
@@ -180,23 +171,15 @@ def test_tiny_story_through_node_functions(comfy):
     comfy.calls.clear()
     images, sentences, final = run(
         "SeedStoryGenerateStory",
-        {
-            "agent": agent,
-            "visual_tokenizer": vit,
-            "detokenizer": detok,
-            "start_image": start_image(c=4),
-            "opening_text": "A cat sails a boat.",
-            "story_steps": 2,
-            **STEP,
-            "diffusion_steps": 2,
-            "guidance_scale": 2.0,
-            "scheduler": "euler",
-            "width": 0,
-            "height": 0,
-            "same_noise": False,
-            "captions": "",
-            "unique_id": "17",
-        },
+        generate_inputs(
+            agent,
+            vit,
+            detok,
+            start_image=start_image(c=4),
+            opening_text="A cat sails a boat.",
+            diffusion_steps=2,
+            unique_id="17",
+        ),
     )
     assert images.shape == (3, 64, 64, 3) and final.step == 2
     assert len(sentences.split("\n")) == 3 and sentences.split("\n")[0] == "A cat sails a boat."
@@ -253,18 +236,7 @@ def test_inputs_are_not_mutated_and_branches_are_independent(comfy):
     feats = a1[2].clone()
     run(
         "SeedStoryDetokenize",
-        {
-            "detokenizer": detok,
-            "features": a1[2],
-            "steps": 1,
-            "guidance_scale": 2.0,
-            "scheduler": "euler",
-            "seed": 0,
-            "frame_index": 0,
-            "same_noise": False,
-            "width": 0,
-            "height": 0,
-        },
+        detokenize_inputs(detok, a1[2]),
     )
     assert torch.equal(a1[2], feats)
 
@@ -308,34 +280,12 @@ def test_clear_errors_for_bad_inputs(comfy):
     with pytest.raises(InputError, match="expects SEEDSTORY_IMAGE_FEATURES"):
         run(
             "SeedStoryDetokenize",
-            {
-                "detokenizer": detok,
-                "features": [1, 2],
-                "steps": 1,
-                "guidance_scale": 1.0,
-                "scheduler": "euler",
-                "seed": 0,
-                "frame_index": 0,
-                "same_noise": False,
-                "width": 0,
-                "height": 0,
-            },
+            detokenize_inputs(detok, [1, 2], guidance_scale=1.0),
         )
     with pytest.raises(InputError, match="multiples of 8"):
         run(
             "SeedStoryDetokenize",
-            {
-                "detokenizer": detok,
-                "features": torch.zeros(1, 64, 256),
-                "steps": 1,
-                "guidance_scale": 1.0,
-                "scheduler": "euler",
-                "seed": 0,
-                "frame_index": 0,
-                "same_noise": False,
-                "width": 60,
-                "height": 64,
-            },
+            detokenize_inputs(detok, torch.zeros(1, 64, 256), guidance_scale=1.0, width=60, height=64),
         )
     state, _ = run("SeedStoryStoryStart", {"agent": agent, "opening_text": "Hi.", "features": torch.zeros(1, 64, 256)})
     with pytest.raises(InputError, match="visualization mode.*'text' is empty"):
@@ -343,23 +293,9 @@ def test_clear_errors_for_bad_inputs(comfy):
     with pytest.raises(InputError, match="one caption per step.*story_steps=3.*1 non-empty"):
         run(
             "SeedStoryGenerateStory",
-            {
-                "agent": agent,
-                "visual_tokenizer": vit,
-                "detokenizer": detok,
-                "start_image": start_image(),
-                "opening_text": "Hi.",
-                "story_steps": 3,
-                **STEP,
-                "mode": "visualization",
-                "diffusion_steps": 1,
-                "guidance_scale": 1.0,
-                "scheduler": "euler",
-                "width": 0,
-                "height": 0,
-                "same_noise": False,
-                "captions": "only one\n\n",
-            },
+            generate_inputs(
+                agent, vit, detok, story_steps=3, mode="visualization", guidance_scale=1.0, captions="only one\n\n"
+            ),
         )
     with pytest.raises(InputError, match="filename_prefix"):
         run("SeedStorySaveStory", {"images": torch.rand(1, 8, 8, 3), "filename_prefix": "../x", "title": "t"})
@@ -405,18 +341,7 @@ def test_component_loaders_from_model_folders(comfy):
     _, _, feats = run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP})
     (img,) = run(
         "SeedStoryDetokenize",
-        {
-            "detokenizer": detok,
-            "features": feats,
-            "steps": 1,
-            "guidance_scale": 2.0,
-            "scheduler": "ddim",
-            "seed": 0,
-            "frame_index": 0,
-            "same_noise": True,
-            "width": 32,
-            "height": 48,
-        },
+        detokenize_inputs(detok, feats, scheduler="ddim", same_noise=True, width=32, height=48),
     )
     assert img.shape == (1, 48, 32, 3)
     # identical loader call: our cache answers, nothing is read again
@@ -494,19 +419,5 @@ def test_interrupt_stops_generate_story(comfy):
     with pytest.raises(Interrupted):
         run(
             "SeedStoryGenerateStory",
-            {
-                "agent": agent,
-                "visual_tokenizer": vit,
-                "detokenizer": detok,
-                "start_image": start_image(),
-                "opening_text": "Hi.",
-                "story_steps": 5,
-                **STEP,
-                "diffusion_steps": 2,
-                "guidance_scale": 1.0,
-                "scheduler": "euler",
-                "width": 0,
-                "height": 0,
-                "same_noise": False,
-            },
+            generate_inputs(agent, vit, detok, story_steps=5, diffusion_steps=2, guidance_scale=1.0),
         )

@@ -185,6 +185,47 @@ STEP = dict(
 )
 
 
+def detokenize_inputs(detokenizer, features, **overrides) -> dict:
+    """De-tokenize's inputs: one euler step at guidance 2.0, seed 0, frame 0, native size; ``overrides`` win."""
+    inputs = dict(
+        detokenizer=detokenizer,
+        features=features,
+        steps=1,
+        guidance_scale=2.0,
+        scheduler="euler",
+        seed=0,
+        frame_index=0,
+        same_noise=False,
+        width=0,
+        height=0,
+    )
+    inputs.update(overrides)
+    return inputs
+
+
+def generate_inputs(agent, visual_tokenizer, detokenizer, **overrides) -> dict:
+    """Generate Story's inputs for the tiny model: :data:`STEP` decoding, 2 steps of one diffusion step each from
+    :func:`start_image` and "Hi."; ``overrides`` win."""
+    inputs = dict(
+        agent=agent,
+        visual_tokenizer=visual_tokenizer,
+        detokenizer=detokenizer,
+        start_image=start_image(),
+        opening_text="Hi.",
+        story_steps=2,
+        **STEP,
+        diffusion_steps=1,
+        guidance_scale=2.0,
+        scheduler="euler",
+        width=0,
+        height=0,
+        same_noise=False,
+        captions="",
+    )
+    inputs.update(overrides)
+    return inputs
+
+
 def write_component_folders(root: Path):
     """The tiny bundle saved, then laid out like a user would in models/seed_story/... (configs next to files)."""
     from seedstory_core.tiny import random_tiny_bundle
