@@ -946,7 +946,9 @@ def run_batch(
     """Run ``jobs`` over ``servers`` (one worker thread per server, a shared queue). Returns the summary dict.
 
     A worker whose server stays unreachable puts its job back for the other workers (once per server) and
-    retires; the job fails only when no server is left (the rest are recorded "not run", naming the servers).
+    retires; the job fails only when no server is left (the rest are recorded "not run", naming the servers). A
+    worker that finds the queue empty waits while another worker still runs a job (it may be handed back), so a
+    job is never left behind by a live server.
 
     Ctrl-C (when called from the main thread with ``handle_sigint``; SIGINT's handler is restored on return): the
     first one stops the batch cleanly -- running prompts are interrupted on their servers and recorded
@@ -990,29 +992,47 @@ def run_batch(
     remaining = [len(servers)]
     all_done = threading.Event()
 
+    busy = [0]  # workers running a job: a job can still come back to the queue while one is
+
+    def next_job() -> Optional[Tuple[Job, set]]:
+        """The next queued job (counted busy atomically with taking it); None when the batch has nothing left
+        for this worker: the queue is empty and no other worker runs a job that could be handed back."""
+        while not stop.is_set():
+            with alive_lock:
+                try:
+                    item = todo.get_nowait()
+                    busy[0] += 1
+                    return item
+                except queue.Empty:
+                    if busy[0] == 0:
+                        return None
+            stop.wait(0.02)
+        return None
+
     def worker(pos: int, server: str) -> None:
         try:
             runner = JobRunner(transport_factory(server), opts, position=pos, stop=stop, log=log)
             runners.append(runner)
-            while not stop.is_set():
+            while (item := next_job()) is not None:
+                job, tried = item
                 try:
-                    job, tried = todo.get_nowait()
-                except queue.Empty:
-                    return
-                rec = runner.run(job)
-                if rec.get("server_gone"):
-                    tried.add(server)
-                    with alive_lock:
-                        alive[server] = False
-                        others = [s for s, ok in alive.items() if ok and s not in tried]
-                    if others:
-                        log(f"[batch] job {job.id}: {server} is gone; handing the job to another server")
-                        todo.put((job, tried))
+                    rec = runner.run(job)
+                    if rec.get("server_gone"):
+                        tried.add(server)
+                        with alive_lock:
+                            alive[server] = False
+                            others = [s for s, ok in alive.items() if ok and s not in tried]
+                        if others:
+                            log(f"[batch] job {job.id}: {server} is gone; handing the job to another server")
+                            todo.put((job, tried))  # before this worker stops counting as busy
+                            return
+                    _report(rec, log)
+                    summary.record(rec)
+                    if rec.get("server_gone"):
                         return
-                _report(rec, log)
-                summary.record(rec)
-                if rec.get("server_gone"):
-                    return
+                finally:
+                    with alive_lock:
+                        busy[0] -= 1
         except Exception as e:  # noqa: BLE001 - a bug here must not hang the batch
             log(f"[batch] worker for {server} failed: {type(e).__name__}: {e}")
         finally:

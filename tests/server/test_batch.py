@@ -417,6 +417,29 @@ def test_dead_server_hands_jobs_to_the_others(tmp_path):
     assert all("unreachable" in r["error"] or "no reachable server" in r["error"] for r in data["jobs"].values())
 
 
+def test_a_job_handed_back_late_still_reaches_the_live_server(tmp_path):
+    """The dead server's worker holds the only job and fails slowly; the live server's worker starts only then, finds
+    the queue empty, and must wait for the hand-back instead of retiring (a race that once failed ~1 run in 13)."""
+    took = threading.Event()
+
+    class SlowDown(FakeTransport):
+        def connect_ws(self):
+            took.set()  # the job is taken: let the live worker start
+            time.sleep(0.3)
+            return super().connect_ws()
+
+    fakes = {"http://down": SlowDown("http://down", down=True), "http://up": FakeTransport("http://up")}
+
+    def factory(url):
+        if url == "http://up":
+            assert took.wait(10), "the dead server's worker never took the job"
+        return fakes[url]
+
+    opts, _ = fake_opts(tmp_path, retries=0)
+    data = B.run_batch([job(id="only", frames=1)], list(fakes), opts, transport_factory=factory, log=lambda m: None)
+    assert data["jobs"]["only"]["status"] == "ok" and data["jobs"]["only"]["server"] == "http://up"
+
+
 def test_stop_marks_jobs_interrupted(tmp_path):
     class Interruptible(FakeTransport):
         def cancel(self, pid):
