@@ -325,22 +325,12 @@ def _training_bundle(agent: AgentModel, vit: VisualTokenizerModel, detok: Detoke
 
 
 def _trainable_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``module`` whose parameters and buffers are new fp32 (floating) tensors made outside inference
-    mode: ComfyUI loads models under ``torch.inference_mode()``, and an inference tensor can never require grad.
-    Call it outside inference mode."""
-    twin = copy.deepcopy(module)
-    with torch.no_grad():
-        for sub in twin.modules():
-            for name, p in sub._parameters.items():
-                if p is not None:
-                    t = p.detach().clone()
-                    sub._parameters[name] = torch.nn.Parameter(
-                        t.float() if t.is_floating_point() else t, requires_grad=False
-                    )
-            for name, b in sub._buffers.items():
-                if b is not None:
-                    sub._buffers[name] = b.detach().clone().float() if b.is_floating_point() else b.clone()
-    return twin
+    """An fp32 copy of ``module`` that can be trained. Call it outside inference mode: ComfyUI loads models under
+    ``torch.inference_mode()``, an inference tensor can never require grad, and a deep copy made outside inference
+    mode holds normal tensors."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("_trainable_copy must be called outside torch.inference_mode()")
+    return copy.deepcopy(module).float()
 
 
 def _like_input(trained: torch.nn.Module, original: torch.nn.Module) -> torch.nn.Module:

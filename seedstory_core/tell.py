@@ -94,9 +94,7 @@ def tell(args: argparse.Namespace, *, log=print) -> Path:
     picture.load()
     picture = picture.convert("RGB")
     settings = StorySettings.for_choice(
-        args.policy,
-        window_images=args.window_images,
-        **({"max_sink_images": args.max_sink_images or None} if args.policy == "multimodal_sink" else {}),
+        args.policy, window_images=args.window_images, max_sink_images=args.max_sink_images or None
     )
     decoding = DecodingSettings(
         do_sample=args.sample,

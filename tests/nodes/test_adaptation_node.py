@@ -135,3 +135,24 @@ def test_adapt_workflow_on_a_real_server(comfy_server):
     listed = info["SeedStoryDetokenizerLoader"]["input"]["required"]["adapter_name"][0]
     assert name in listed, listed
     assert info[NODE]["output_node"] is True
+
+
+def test_trainable_copy_and_cast_back_leave_the_input_de_tokenizer_as_it_was():
+    import sys
+
+    from tests.support.pack_loader import PACK
+
+    training = sys.modules[f"{PACK}.nodes.training"]
+    with torch.inference_mode():  # ComfyUI loads models under inference mode
+        original = torch.nn.Linear(3, 3).to(torch.float16)
+    with torch.inference_mode(False):
+        copy = training._trainable_copy(original)
+        assert copy.weight.dtype == torch.float32 and not copy.weight.is_inference()
+        copy.weight.requires_grad_(True)  # an inference tensor would refuse this
+        with torch.no_grad():
+            copy.weight.add_(1.0)
+    back = training._like_input(copy, original)
+    assert back.weight.dtype == torch.float16 and not back.weight.requires_grad
+    assert not torch.equal(back.weight, original.weight) and original.weight.dtype == torch.float16
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
+        training._trainable_copy(original)
