@@ -152,6 +152,22 @@ class StoryBatches:
         self.vit = vit
         self.vit_mode = vit_mode
         self.dropped = 0
+        own = getattr(args, "own_context", None)
+        self.own_context_prob = float(getattr(args, "own_context_prob", 0.0) or 0.0)
+        if not 0.0 <= self.own_context_prob <= 1.0:
+            raise ValueError(f"--own-context-prob must be in [0, 1], found {self.own_context_prob}.")
+        if self.own_context_prob > 0.0 and not own:
+            raise ValueError(
+                f"--own-context-prob {self.own_context_prob} needs --own-context FILE (python -m training.rollout)."
+            )
+        if own:
+            from .rollout import OwnContext
+
+            self.own = OwnContext(own)
+            for r in range(len(self.records)):  # fail before training, not at the first unlucky draw
+                self.own.get(self.images.key(r, 0), len(self.records[r]["images"]) - 1)
+        else:
+            self.own = None
 
     def features(self, r: int, f: int) -> torch.Tensor:
         def compute():
@@ -159,8 +175,18 @@ class StoryBatches:
 
         return self.cache.get((self.images.key(r, f), "vit", self.vit_mode), compute)
 
+    def context_features(self, r: int, f: int, sample) -> torch.Tensor:
+        """(T, D) features of frame ``f`` of record ``r`` in ``sample``: the visual tokenizer's features of the true
+        frame, or -- for a context image after the first of a sample marked ``own_context`` -- the agent's own
+        rolled-out regressed features (:mod:`training.rollout`, scheduled sampling). Targets are always true."""
+        if sample.extras.get("own_context") and 0 < f < sample.image_indices[-1]:
+            return self.own.get(self.images.key(r, 0), f)
+        return self.features(r, f)
+
     def pick(self, rng: random.Random, n: int) -> List[Tuple[int, Any]]:
-        """``n`` (record index, :class:`StorySample`) pairs drawn from ``rng`` (token ids only, no images)."""
+        """``n`` (record index, :class:`StorySample`) pairs drawn from ``rng`` (token ids only, no images). With
+        ``--own-context`` each sample is marked (``extras['own_context']``) with probability ``--own-context-prob``,
+        an extra draw from ``rng`` that is made only when an own-context file is given."""
         picks = []
         while len(picks) < int(n):
             for _ in range(MAX_TRIES):
@@ -173,13 +199,15 @@ class StoryBatches:
                 raise ValueError(
                     f"no sample shorter than --max-length {self.args.max_length} in {MAX_TRIES} draws; raise it."
                 )
+            if self.own is not None and rng.random() < self.own_context_prob:
+                s.extras["own_context"] = True
             picks.append((r, s))
         return picks
 
     def load(self, picks: List[Tuple[int, Any]]):
         """-> (samples, per-sample feature stacks (k_i + 2, T, D), [(record, frame) of each target])."""
         samples = [s for _, s in picks]
-        feats = [torch.stack([self.features(r, f) for f in s.image_indices]) for r, s in picks]
+        feats = [torch.stack([self.context_features(r, f, s) for f in s.image_indices]) for r, s in picks]
         targets = [(r, s.image_indices[-1]) for r, s in picks]
         return samples, feats, targets
 
@@ -207,6 +235,19 @@ def add_story_arguments(p) -> None:
         default="last",
         help="'last' (official): loss on the last caption only; 'all': on every [INST] caption and BOI after "
         "the first image (more text signal for models trained from scratch)",
+    )
+    g.add_argument(
+        "--own-context",
+        default=None,
+        help="own_context.safetensors (or its folder) of `python -m training.rollout`: the agent's free-running "
+        "regressed features of every training frame (scheduled sampling against exposure bias)",
+    )
+    g.add_argument(
+        "--own-context-prob",
+        type=float,
+        default=0.0,
+        help="probability that a sample's context images after the first are the rolled-out features instead of "
+        "the true frames' (needs --own-context; targets stay true)",
     )
     g.add_argument(
         "--pad-to-max-length",

@@ -1,4 +1,4 @@
-"""One command that trains the bundled tiny SEED-Story model on StoryStream-mini (CPU, ~1 hour on 2 cores).
+"""One command that trains the bundled tiny SEED-Story model on StoryStream-mini (CPU, ~1.5 hours on 2 cores).
 
     python -m training.tiny_recipe --out runs/tiny --export models/seedstory-tiny
 
@@ -20,13 +20,21 @@ Steps (each a normal training entry point, resumable; ``--scale`` multiplies eve
             (``--train-base``: LoRA alone cannot teach a random LLaMA a language) and the text loss on every caption
             (``--text-loss all``: with the official last-caption-only loss the tiny model learned the marginal
             caption distribution and ignored the story context in 900 steps — every greedy sentence was the same).
+4a. rollout — the stage-2 agent continues every training story in visualization mode from its true first frame;
+            its regressed features of frames 1.. are saved (``training.rollout``). The next phase puts them in
+            place of the true context images (scheduled sampling, :data:`OWN_CONTEXT`): at inference the context
+            holds the agent's own features, and teacher-forced training alone left a large exposure bias.
 4b. stage2b — a short second phase of stage 2 from the stage-2 model with the regression loss weighted x10
-            (``--rec-loss-scale 10``, 300 steps, lr 2e-4, seed + 1): once the LM loss has settled, the emphasis
-            brings the regressed features closer to what the sentence says.
-5. stage3 — de-tokenizer adaptation on the frozen stage-2 agent's regressed features (agent in eval mode; the same
-            10% condition dropout, so adaptation keeps the unconditional branch).
-6. export — the final bundle and a held-out demo start frame/sentence. No judge ships with a model: the evaluation
-            (``python -m training.evaluate``) uses its own fixed judge (``training/judge``).
+            (``--rec-loss-scale 10``, 300 steps, lr 2e-4, seed + 1), half of its samples with the rollout's
+            context: once the LM loss has settled, the emphasis brings the regressed features closer to what the
+            sentence says.
+4c. rollout2, stage2c, rollout3, stage2d — the same again from the stage-2b and then the stage-2c agent (DAgger
+            rounds 2 and 3: each agent's own features differ from its predecessor's; seeds + 2, + 3).
+5. stage3 — de-tokenizer adaptation on the frozen agent's regressed features (agent in eval mode; the same 10%
+            condition dropout, so adaptation keeps the unconditional branch). NOT in the default ``--stages``: on
+            this model it brought no gain (docs/training.md "Tiny model recipe"); add it to run it.
+6. export — the bundle of the last trained step and a held-out demo start frame/sentence. No judge ships with a
+            model: the evaluation (``python -m training.evaluate``) uses its own fixed judge (``training/judge``).
 
 Wall-clock per stage and the final losses are written to ``RUN/recipe.json`` and the model card.
 
@@ -49,6 +57,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from training.rollout import OWN_CONTEXT_FILE
+
 #: (stage, extra CLI arguments) — step counts are scaled by --scale
 STAGES = {
     "stage0": ["--max-steps", "500", "--batch-size", "128", "--lr", "1e-3", "--warmup-steps", "25"],
@@ -57,7 +67,7 @@ STAGES = {
         "--unet-train",
         "full",
         "--max-steps",
-        "2400",
+        "4000",
         "--batch-size",
         "16",
         "--lr",
@@ -82,7 +92,7 @@ STAGES = {
         "--warmup-steps",
         "50",
     ],
-    # a continuation of stage 2 (same trainer) with the regression loss emphasised
+    # continuations of stage 2 (same trainer) with the regression loss emphasised (and scheduled sampling, OWN_CONTEXT)
     "stage2b": [
         "--train-base",
         "--text-loss",
@@ -113,15 +123,27 @@ STAGES = {
         "0.1",
     ],
 }
+STAGES["stage2c"] = list(STAGES["stage2b"])  # scheduled-sampling rounds 2 and 3: the same phase, a new rollout
+STAGES["stage2d"] = list(STAGES["stage2b"])
 #: training steps in order: (step name, trainer module, entry function, seed offset)
 TRAIN_STEPS = (
     ("stage0", "training.stage0_visual_tokenizer", "train_stage0", 0),
     ("vae", "training.vae", "train_vae", 0),
     ("stage1", "training.stage1_detokenizer", "train_stage1", 0),
     ("stage2", "training.stage2_instruction", "train_stage2", 0),
+    ("rollout", "training.rollout", "rollout", 0),
     ("stage2b", "training.stage2_instruction", "train_stage2", 1),
+    ("rollout2", "training.rollout", "rollout", 0),
+    ("stage2c", "training.stage2_instruction", "train_stage2", 2),
+    ("rollout3", "training.rollout", "rollout", 0),
+    ("stage2d", "training.stage2_instruction", "train_stage2", 3),
     ("stage3", "training.stage3_adaptation", "train_stage3", 0),
 )
+#: scheduled sampling: per step, (the rollout it reads, the probability that a sample's context images after the
+#: first are the agent's own rolled-out features, ``training.rollout``, instead of the true frames'). Added only when
+#: that rollout exists (leave the rollouts out of --stages to train on true contexts only). Probabilities chosen on
+#: seed 1000: 0.5 drew better frames than 1.0 in the second round (docs/training.md).
+OWN_CONTEXT = {"stage2b": ("rollout", "0.5"), "stage2c": ("rollout2", "0.5"), "stage2d": ("rollout3", "0.5")}
 HELD_OUT_SEED = 1000
 #: What an export writes (top-level names); anything else in a previous export is the user's and is kept.
 EXPORT_ENTRIES = (
@@ -237,8 +259,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (smoke runs)")
     parser.add_argument(
         "--stages",
-        default="data,init,stage0,vae,stage1,stage2,stage2b,stage3,export",
-        help="comma list of steps to run (without stage0 the later stages use the random ViT)",
+        default="data,init,stage0,vae,stage1,stage2,rollout,stage2b,rollout2,stage2c,rollout3,stage2d,export",
+        help="comma list of steps to run (without stage0 the later stages use the random ViT; add stage3 before "
+        "export for de-tokenizer adaptation)",
     )
     parser.add_argument(
         "--measure-stories",
@@ -294,12 +317,20 @@ def main(argv=None) -> int:
     previous = run / "init"
     for name, module_name, entry, seed_offset in TRAIN_STEPS:
         out = run / name
+        start_bundle = previous / "model" if previous.name != "init" else previous
+        if module_name == "training.rollout":
+            if name in steps:
+                from training.rollout import rollout
+
+                t0 = time.time()
+                meta = rollout(start_bundle, data_dir, out)
+                done(name, t0, records=meta["records"], model=meta["model"])
+            continue  # no model: the next stage starts from the same bundle
         if name in steps:
             import importlib
 
             t0 = time.time()
             train = getattr(importlib.import_module(module_name), entry)
-            start_bundle = previous / "model" if previous.name != "init" else previous
             cli = [
                 "--data",
                 str(data_dir),
@@ -312,6 +343,9 @@ def main(argv=None) -> int:
                 "--save-every",
                 "200",
             ] + _scaled(STAGES[name], args.scale)
+            if name in OWN_CONTEXT and (run / OWN_CONTEXT[name][0] / OWN_CONTEXT_FILE).is_file():
+                own = run / OWN_CONTEXT[name][0] / OWN_CONTEXT_FILE
+                cli += ["--own-context", str(own), "--own-context-prob", OWN_CONTEXT[name][1]]
             metrics = train(cli)
             extra = {}
             if name == "stage0" and args.measure_stories > 0:
@@ -337,7 +371,9 @@ def main(argv=None) -> int:
 
     if "export" in steps and args.export is not None:
         t0 = time.time()
-        final = run / "stage3" / "model"
+        final = previous / "model"  # the last trained step's bundle
+        if not final.is_dir():
+            raise SystemExit(f"[tiny_recipe] export: no trained model in {previous}; run the training steps first.")
         target = args.export
         keep = check_export_target(target, run, force=args.force)  # again: the folder may have changed meanwhile
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -358,3 +358,150 @@ def test_stage1_resume_matches_uninterrupted(tmp_path, records, init_bundle):
     a, b = _sd(_load(straight["model"]).detokenizer), _sd(_load(second["model"]).detokenizer)
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k
+
+
+# ---------------------------------------------------------------- scheduled sampling (training.rollout, --own-context)
+def test_rollout_records_free_running_features_not_teacher_forced(tmp_path, records, init_bundle):
+    """The rollout's frame f is regressed with the agent's OWN earlier features in the context: frame 1 equals a
+    teacher-forced step (only the true first frame precedes it), frame 2 does not (frame 1 differs)."""
+    from safetensors.torch import load_file
+
+    from seedstory_core.cache import CachePolicy
+    from seedstory_core.story import StorySettings
+    from training.common import ImageSource
+    from training.rollout import OWN_CONTEXT_FILE, rollout
+
+    meta = rollout(init_bundle, None, tmp_path, records=records)
+    assert meta["records"] == len(records)
+    saved = load_file(str(tmp_path / OWN_CONTEXT_FILE))
+    bundle = _load(init_bundle)
+    src = ImageSource(records, None)
+    assert set(saved) == {src.key(r, 0) for r in range(len(records))}
+    rec = records[0]
+
+    def vit(i):
+        return bundle.visual_tokenizer.encode_images([rec["images"][i]], mode="squash")[:1].float()
+
+    T, D = vit(0).shape[1:]
+    for r, r_rec in enumerate(records):
+        t = saved[src.key(r, 0)]
+        assert t.shape == (len(r_rec["images"]) - 1, T, D) and t.dtype == torch.float16
+    # teacher forcing: the TRUE features of frame 1 replace the regressed ones in the context
+    settings = StorySettings(policy=CachePolicy(kind="multimodal_sink", window_images=len(rec["images"])))
+    engine = bundle.engine(settings.policy)
+    state = engine.start(rec["captions"][0], features=vit(0), settings=settings)
+
+    def teacher(i, n, res):
+        return vit(i) if i == 1 else None
+
+    _, tf = engine.run(state, 2, texts=rec["captions"][1:3], mode="visualization", on_frame=teacher)
+    own = saved[src.key(0, 0)].float()
+    assert torch.allclose(own[0], tf[0].features[0].float(), atol=2e-3)
+    assert not torch.allclose(own[1], tf[1].features[0].float(), atol=2e-3)
+
+
+def test_rollout_workers_do_not_change_the_features(tmp_path, records, init_bundle):
+    """Every story is rolled out single-threaded by one process: 1 and 2 worker processes agree bit for bit."""
+    from safetensors.torch import load_file
+
+    from training.rollout import OWN_CONTEXT_FILE, rollout
+
+    one = rollout(init_bundle, None, tmp_path / "one", records=records, workers=1)
+    two = rollout(init_bundle, None, tmp_path / "two", records=records, workers=2)
+    assert (one["workers"], two["workers"]) == (1, 2)
+    a, b = load_file(str(tmp_path / "one" / OWN_CONTEXT_FILE)), load_file(str(tmp_path / "two" / OWN_CONTEXT_FILE))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_own_context_replaces_only_context_images_after_the_first(tmp_path, records, init_bundle):
+    """--own-context-prob 1: every context image but the first comes from the rollout; the first frame and the
+    target stay the true frames' features. Prob 0 (or no file) keeps every image true."""
+    import random
+    from argparse import Namespace
+
+    from training.rollout import OwnContext, rollout
+    from training.stage2_instruction import StoryBatches
+
+    rollout(init_bundle, None, tmp_path / "ro", records=records)
+    bundle = _load(init_bundle)
+
+    def batches(**kw):
+        args = Namespace(
+            data=None,
+            records=records,
+            image_root=None,
+            max_records=0,
+            no_feature_cache=False,
+            max_length=1280,
+            text_loss="all",
+            pad_to_max_length=False,
+            batch_size=2,
+            **kw,
+        )
+        return StoryBatches(args, bundle.tokenizer, bundle.visual_tokenizer, "squash")
+
+    own = OwnContext(tmp_path / "ro")
+    sb = batches(own_context=str(tmp_path / "ro"), own_context_prob=1.0)
+    plain = batches(own_context=None, own_context_prob=0.0)
+    seen_context = False
+    for seed in range(8):
+        picks = sb.pick(random.Random(seed), 2)
+        samples, feats, _ = sb.load(picks)
+        for (r, s), f in zip(picks, feats):
+            assert s.extras.get("own_context") is True
+            key = sb.images.key(r, 0)
+            for j, frame in enumerate(s.image_indices):
+                true = plain.features(r, frame)
+                if 0 < frame < s.image_indices[-1]:
+                    seen_context = True
+                    assert torch.equal(f[j], own.get(key, frame)) and not torch.equal(f[j], true)
+                else:
+                    assert torch.equal(f[j], true)
+    assert seen_context
+    # probability 0 with a file: nothing is marked
+    zero = batches(own_context=str(tmp_path / "ro"), own_context_prob=0.0)
+    assert not any(s.extras.get("own_context") for _, s in zero.pick(random.Random(3), 8))
+    with pytest.raises(ValueError, match="needs --own-context"):
+        batches(own_context=None, own_context_prob=0.5)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        batches(own_context=str(tmp_path / "ro"), own_context_prob=1.5)
+    with pytest.raises(FileNotFoundError, match="training.rollout"):
+        batches(own_context=str(tmp_path / "missing"), own_context_prob=0.5)
+
+
+def test_own_context_must_cover_every_record(tmp_path, records, init_bundle):
+    from argparse import Namespace
+
+    from training.rollout import rollout
+    from training.stage2_instruction import StoryBatches
+
+    rollout(init_bundle, None, tmp_path, records=records[:1])
+    bundle = _load(init_bundle)
+    args = Namespace(
+        data=None,
+        records=records,
+        image_root=None,
+        max_records=0,
+        no_feature_cache=False,
+        max_length=1280,
+        text_loss="all",
+        pad_to_max_length=False,
+        batch_size=2,
+        own_context=str(tmp_path),
+        own_context_prob=0.5,
+    )
+    with pytest.raises(KeyError, match="no rollout for record"):
+        StoryBatches(args, bundle.tokenizer, bundle.visual_tokenizer, "squash")
+
+
+def test_stage2_and_stage3_train_with_own_context(tmp_path, records, init_bundle):
+    from training.rollout import rollout
+    from training.stage2_instruction import train_stage2
+    from training.stage3_adaptation import train_stage3
+
+    rollout(init_bundle, None, tmp_path / "ro", records=records)
+    own = dict(own_context=str(tmp_path / "ro"), own_context_prob=1.0)
+    m2 = train_stage2(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path / "s2"), **own))
+    assert m2["steps_run"] == 2
+    m3 = train_stage3(dict(FAST, records=records, init=f"bundle:{m2['model']}", out=str(tmp_path / "s3"), **own))
+    assert m3["steps_run"] == 2
