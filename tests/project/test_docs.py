@@ -67,8 +67,8 @@ COMMANDS = [
     (r"^python -m seedstory_core\.(convert|golden|sink|data\.mini) --help$", "run", None),
     (r"^python -m seedstory_client\.batch --help$", "run", None),
     (
-        r"^python -m training\.(vae|stage0_visual_tokenizer|stage1_detokenizer|stage2_instruction|stage3_adaptation)"
-        r" --help$",
+        r"^python -m training\.(vae|stage0_visual_tokenizer|stage1_detokenizer|stage2_instruction|stage3_adaptation"
+        r"|rollout) --help$",
         "run",
         None,
     ),
@@ -82,6 +82,12 @@ COMMANDS = [
         r"^python -m training\.(vae|stage1_detokenizer|stage2_instruction|stage3_adaptation) --data ",
         "help",
         "tests/training/test_training.py::test_stage2_resume_in_new_process_matches_uninterrupted runs the stage CLIs",
+    ),
+    (
+        r"^python -m training\.rollout --model ",
+        "help",
+        "tests/training/test_tiny_recipe.py::test_recipe_smoke_run_exports_a_loadable_bundle runs the rollouts of the "
+        "recipe; tests/training/test_training.py::test_rollout_records_free_running_features_not_teacher_forced",
     ),
     (
         r"^python -m training\.stage0_visual_tokenizer --(data|measure) ",

