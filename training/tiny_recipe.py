@@ -343,9 +343,11 @@ def main(argv=None) -> int:
                 "--save-every",
                 "200",
             ] + _scaled(STAGES[name], args.scale)
-            if name in OWN_CONTEXT and (run / OWN_CONTEXT[name][0] / OWN_CONTEXT_FILE).is_file():
-                own = run / OWN_CONTEXT[name][0] / OWN_CONTEXT_FILE
-                cli += ["--own-context", str(own), "--own-context-prob", OWN_CONTEXT[name][1]]
+            if name in OWN_CONTEXT:
+                rollout_step, prob = OWN_CONTEXT[name]
+                own = run / rollout_step / OWN_CONTEXT_FILE
+                if own.is_file():
+                    cli += ["--own-context", str(own), "--own-context-prob", prob]
             metrics = train(cli)
             extra = {}
             if name == "stage0" and args.measure_stories > 0:

@@ -361,6 +361,27 @@ def test_stage1_resume_matches_uninterrupted(tmp_path, records, init_bundle):
 
 
 # ---------------------------------------------------------------- scheduled sampling (training.rollout, --own-context)
+def _story_batches(records, bundle, **own):
+    """Stage-2 StoryBatches over in-memory ``records`` with the CLI defaults; ``own`` = own_context(_prob)."""
+    from argparse import Namespace
+
+    from training.stage2_instruction import StoryBatches
+
+    args = Namespace(
+        data=None,
+        records=records,
+        image_root=None,
+        max_records=0,
+        no_feature_cache=False,
+        max_length=1280,
+        text_loss="all",
+        pad_to_max_length=False,
+        batch_size=2,
+        **own,
+    )
+    return StoryBatches(args, bundle.tokenizer, bundle.visual_tokenizer, "squash")
+
+
 def test_rollout_records_free_running_features_not_teacher_forced(tmp_path, records, init_bundle):
     """The rollout's frame f is regressed with the agent's OWN earlier features in the context: frame 1 equals a
     teacher-forced step (only the true first frame precedes it), frame 2 does not (frame 1 differs)."""
@@ -417,28 +438,14 @@ def test_own_context_replaces_only_context_images_after_the_first(tmp_path, reco
     """--own-context-prob 1: every context image but the first comes from the rollout; the first frame and the
     target stay the true frames' features. Prob 0 (or no file) keeps every image true."""
     import random
-    from argparse import Namespace
 
     from training.rollout import OwnContext, rollout
-    from training.stage2_instruction import StoryBatches
 
     rollout(init_bundle, None, tmp_path / "ro", records=records)
     bundle = _load(init_bundle)
 
     def batches(**kw):
-        args = Namespace(
-            data=None,
-            records=records,
-            image_root=None,
-            max_records=0,
-            no_feature_cache=False,
-            max_length=1280,
-            text_loss="all",
-            pad_to_max_length=False,
-            batch_size=2,
-            **kw,
-        )
-        return StoryBatches(args, bundle.tokenizer, bundle.visual_tokenizer, "squash")
+        return _story_batches(records, bundle, **kw)
 
     own = OwnContext(tmp_path / "ro")
     sb = batches(own_context=str(tmp_path / "ro"), own_context_prob=1.0)
@@ -470,28 +477,11 @@ def test_own_context_replaces_only_context_images_after_the_first(tmp_path, reco
 
 
 def test_own_context_must_cover_every_record(tmp_path, records, init_bundle):
-    from argparse import Namespace
-
     from training.rollout import rollout
-    from training.stage2_instruction import StoryBatches
 
     rollout(init_bundle, None, tmp_path, records=records[:1])
-    bundle = _load(init_bundle)
-    args = Namespace(
-        data=None,
-        records=records,
-        image_root=None,
-        max_records=0,
-        no_feature_cache=False,
-        max_length=1280,
-        text_loss="all",
-        pad_to_max_length=False,
-        batch_size=2,
-        own_context=str(tmp_path),
-        own_context_prob=0.5,
-    )
     with pytest.raises(KeyError, match="no rollout for record"):
-        StoryBatches(args, bundle.tokenizer, bundle.visual_tokenizer, "squash")
+        _story_batches(records, _load(init_bundle), own_context=str(tmp_path), own_context_prob=0.5)
 
 
 def test_stage2_and_stage3_train_with_own_context(tmp_path, records, init_bundle):
