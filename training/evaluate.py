@@ -31,6 +31,8 @@ no model ships or brings its own judge. Keys of the JSON object (definitions: do
 * ``visualization_agreement`` — visualization mode (ground-truth captions given): judge reading of each drawn frame
   vs the ground-truth attributes. ``gt_distance`` keeps it (``attribute_agreement``) with the pixel L1 to the
   ground-truth frames and ``visualization_coherence`` (reading vs what the given captions state).
+  ``visualization_background`` / ``visualization_cast``: its two halves apart (the place read right, 0/1; the
+  Jaccard of the characters read and present), since a system can win one and lose the other.
 * ``ci95`` — the bootstrap interval of every per-story key; ``per_story`` — the per-story values.
 * ``ablation`` / ``ablation_teacher_forced`` (models only, unless ``--no-ablation``) — the long-story ablation
   (paper §5.4, Table 8): the four cache policies, window = the training length, visualizing 3x the training length;
@@ -226,7 +228,15 @@ def evaluate(
     judge = load_judge()
     bundle = None if baseline else load_model(model_dir, random_init=random_init)
     per_story: Dict[str, List[float]] = {
-        k: [] for k in STORY_KEYS + ("visualization_agreement", "visualization_coherence", "pixel_l1")
+        k: []
+        for k in STORY_KEYS
+        + (
+            "visualization_agreement",
+            "visualization_background",
+            "visualization_cast",
+            "visualization_coherence",
+            "pixel_l1",
+        )
     }
     samples = []
     for k in range(stories):
@@ -259,9 +269,10 @@ def evaluate(
         for key in STORY_KEYS:
             per_story[key].append(m[key])
         v_read = judge.predict(v_img[1:])
-        per_story["visualization_agreement"].append(
-            float(np.mean([jm.attribute_agreement(r, a) for r, a in zip(v_read, story["attributes"][1:frames])]))
-        )
+        parts = np.array([jm.agreement_parts(r, a) for r, a in zip(v_read, story["attributes"][1:frames])])
+        per_story["visualization_agreement"].append(float(np.mean(0.5 * parts[:, 0] + 0.5 * parts[:, 1])))
+        per_story["visualization_background"].append(float(np.mean(parts[:, 0])))
+        per_story["visualization_cast"].append(float(np.mean(parts[:, 1])))
         per_story["pixel_l1"].append(float(np.mean([_pixel_distance(a, b) for a, b in zip(v_img[1:], gt[1:])])))
         stated = mini.parse_story(story["captions"][:frames])[1:]  # what the given captions state
         per_story["visualization_coherence"].append(
@@ -288,6 +299,8 @@ def evaluate(
         "score_ci95": ci["score"],
         **{key: mean[key] for key in STORY_KEYS if key != "score"},
         "visualization_agreement": mean["visualization_agreement"],
+        "visualization_background": mean["visualization_background"],
+        "visualization_cast": mean["visualization_cast"],
         "gt_distance": {
             "pixel_l1": mean["pixel_l1"],
             "attribute_agreement": mean["visualization_agreement"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.judge.metrics import attribute_agreement
+from training.judge.metrics import agreement_parts, attribute_agreement
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,15 @@ def test_evaluate_cli_runs_on_a_small_model(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    for key in ("score", "parse_rate", "coherence", "consistency", "visualization_agreement"):
+    for key in (
+        "score",
+        "parse_rate",
+        "coherence",
+        "consistency",
+        "visualization_agreement",
+        "visualization_background",
+        "visualization_cast",
+    ):
         assert 0.0 <= result[key] <= 1.0, (key, result)
     for key in ("pixel_l1", "attribute_agreement", "visualization_coherence"):
         assert 0.0 <= result["gt_distance"][key] <= 1.0, (key, result)
@@ -68,6 +76,17 @@ def test_attribute_agreement_on_hand_built_cases():
     assert attribute_agreement({"background": "park", "present": []}, {"background": "park", "present": []}) == 1.0
     assert (
         attribute_agreement({"background": "park", "present": ["Max"]}, {"background": "beach", "present": []}) == 0.0
+    )
+    # its two halves, reported apart as visualization_background / visualization_cast
+    assert agreement_parts(
+        {"background": "forest", "present": ["George"]}, {"background": "forest", "present": both}
+    ) == (
+        1.0,
+        0.5,
+    )
+    assert agreement_parts({"background": "beach", "present": both}, {"background": "forest", "present": both}) == (
+        0.0,
+        1.0,
     )
 
 

@@ -232,6 +232,24 @@ def test_copying_and_retrieval_score_low(baselines):
     assert baselines["retrieval"]["continuity_rate"] < 0.5
 
 
+def test_visualization_agreement_is_the_mean_of_its_halves(baselines):
+    """Per story, visualization_agreement = 0.5 x visualization_background + 0.5 x visualization_cast (per-story
+    values are rounded to 4 places); the ceiling reads both halves right, and copying the start frame loses the place
+    where the story moves (StoryStream-mini stories change place, seed 1000 included)."""
+    for name, r in baselines.items():
+        ps = r["per_story"]
+        for va, bg, cast in zip(
+            ps["visualization_agreement"], ps["visualization_background"], ps["visualization_cast"]
+        ):
+            assert abs(va - (0.5 * bg + 0.5 * cast)) < 2e-4, name
+        assert (
+            abs(r["visualization_agreement"] - 0.5 * (r["visualization_background"] + r["visualization_cast"])) < 1e-9
+        )
+    gt, copy = baselines["ground_truth"], baselines["copy_first"]
+    assert gt["visualization_background"] > 0.95 and gt["visualization_cast"] > 0.9, gt
+    assert copy["visualization_background"] < gt["visualization_background"] - 0.1, copy
+
+
 def test_score_interval_contains_the_mean_and_narrows_with_stories():
     """score_ci95 and ci95 bracket the mean; with 6x the stories the intervals of retrieval's varied metrics are
     narrower (the ground truth's first stories all score 1: a zero-width interval). Measured widths, 4 -> 24

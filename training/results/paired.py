@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-KEYS = ("score", "shown_rate", "coherence", "consistency", "visualization_agreement")
+#: compared when both evaluations have them (the visualization halves are in evaluations made after they were added)
+KEYS = (
+    "score",
+    "shown_rate",
+    "coherence",
+    "consistency",
+    "visualization_agreement",
+    "visualization_background",
+    "visualization_cast",
+)
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parents[1]))
@@ -22,7 +31,7 @@ if __name__ == "__main__":
         if (a["seed"], a["stories"]) != (b["seed"], b["stories"]):
             raise SystemExit(f"{pair}: different stories ({a['seed']}/{a['stories']} vs {b['seed']}/{b['stories']})")
         res = {}
-        for k in KEYS:
+        for k in (k for k in KEYS if k in a["per_story"] and k in b["per_story"]):
             d = [x - y for x, y in zip(a["per_story"][k], b["per_story"][k])]
             lo, hi = bootstrap_ci(d)
             res[k] = {"mean": round(sum(d) / len(d), 4), "ci95": [round(lo, 4), round(hi, 4)]}

@@ -1,7 +1,9 @@
-"""Markdown rows from the evaluation JSONs in this folder: python training/results/table.py [LABEL=]NAME ...
+"""Markdown rows from the evaluation JSONs in this folder: python training/results/table.py [--keys K,...] NAME ...
 
-Each NAME is a JSON written by ``python -m training.evaluate`` (its last stdout line); a row gives every key with
-its 95% bootstrap interval over stories (LABEL replaces the file name in the first column)."""
+Each NAME ([LABEL=]FILE) is a JSON written by ``python -m training.evaluate`` (its last stdout line); a row gives
+every key with its 95% bootstrap interval over stories (LABEL replaces the file name in the first column).
+``--keys`` picks the columns (default :data:`KEYS`; e.g.
+``visualization_agreement,visualization_background,visualization_cast``)."""
 
 import json
 import sys
@@ -21,15 +23,20 @@ KEYS = (
 
 
 def cell(r, k):
+    if k not in r:  # an older evaluation, made before the key existed
+        return "—"
     v = r[k]
     lo, hi = r["score_ci95"] if k == "score" else r["ci95"][k]
     return f"{v:.3f} [{lo:.2f}, {hi:.2f}]"
 
 
 if __name__ == "__main__":
-    print("| seed | system | " + " | ".join(KEYS) + " |")
-    print("|---|---|" + "---|" * len(KEYS))
-    for arg in sys.argv[1:]:
+    args, keys = sys.argv[1:], KEYS
+    if args[:1] == ["--keys"]:
+        keys, args = tuple(args[1].split(",")), args[2:]
+    print("| seed | system | " + " | ".join(keys) + " |")
+    print("|---|---|" + "---|" * len(keys))
+    for arg in args:
         label, _, name = arg.rpartition("=")
         r = json.loads((HERE / f"{name}.json").read_text())
-        print(f"| {r['seed']} | {label or name} | " + " | ".join(cell(r, k) for k in KEYS) + " |")
+        print(f"| {r['seed']} | {label or name} | " + " | ".join(cell(r, k) for k in keys) + " |")
