@@ -1,8 +1,12 @@
-"""One command that trains the bundled tiny SEED-Story model on StoryStream-mini (CPU, ~1.5 hours on 2 cores).
+"""One command that trains the bundled tiny SEED-Story model on StoryStream-mini (CPU, 2 cores; times: the model card).
 
     python -m training.tiny_recipe --out runs/tiny --export models/seedstory-tiny
 
-Steps (each a normal training entry point, resumable; ``--scale`` multiplies every step count for smoke runs):
+Steps (each a normal training entry point, resumable; ``--scale`` multiplies every step count for smoke runs). After
+stage 0 and the VAE the recipe has two independent branches from the same bundle: the de-tokenizer's (stage 1) and
+the agent's (stage 2 and the scheduled-sampling rounds, which never read the de-tokenizer). With ``--jobs 2`` (the
+default) stage 1 trains in a second process beside them; ``assemble`` joins the two. Each process keeps torch's
+thread count, so ``--jobs 1`` (one step after the other) gives the same weights.
 
 0. data   — StoryStream-mini, ``--stories`` stories of 30 frames (seed ``--data-seed``), chunked into 10-frame
             stories as the official data (docs/reference.md §5).
@@ -30,11 +34,13 @@ Steps (each a normal training entry point, resumable; ``--scale`` multiplies eve
             sentence says.
 4c. rollout2, stage2c, rollout3, stage2d — the same again from the stage-2b and then the stage-2c agent (DAgger
             rounds 2 and 3: each agent's own features differ from its predecessor's; seeds + 2, + 3).
+4d. assemble — the last agent step's bundle with stage 1's de-tokenizer (``RUN/assemble/model``).
 5. stage3 — de-tokenizer adaptation on the frozen agent's regressed features (agent in eval mode; the same 10%
             condition dropout, so adaptation keeps the unconditional branch). NOT in the default ``--stages``: on
             this model it brought no gain (docs/training.md "Tiny model recipe"); add it to run it.
-6. export — the bundle of the last trained step and a held-out demo start frame/sentence. No judge ships with a
-            model: the evaluation (``python -m training.evaluate``) uses its own fixed judge (``training/judge``).
+6. export — the assembled bundle (stage 3's when stage 3 was run) and a held-out demo start frame/sentence. No
+            judge ships with a model: the evaluation (``python -m training.evaluate``) uses its own fixed judge
+            (``training/judge``).
 
 Wall-clock per stage and the final losses are written to ``RUN/recipe.json`` and the model card.
 
@@ -55,7 +61,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from training.rollout import OWN_CONTEXT_FILE
 
@@ -139,6 +145,10 @@ TRAIN_STEPS = (
     ("stage2d", "training.stage2_instruction", "train_stage2", 3),
     ("stage3", "training.stage3_adaptation", "train_stage3", 0),
 )
+#: the agent's branch, in order (stage 2 and the scheduled-sampling rounds): it never reads the de-tokenizer, so it runs
+#: beside stage 1 with ``--jobs 2`` (each process keeps torch's thread count, so the weights are the same as one after
+#: the other; tested at 1% scale)
+AGENT_STEPS = ("stage2", "rollout", "stage2b", "rollout2", "stage2c", "rollout3", "stage2d")
 #: scheduled sampling: per step, (the rollout it reads, the probability that a sample's context images after the
 #: first are the agent's own rolled-out features, ``training.rollout``, instead of the true frames'). Added only when
 #: that rollout exists (leave the rollouts out of --stages to train on true contexts only). Probabilities chosen on
@@ -226,6 +236,70 @@ def _scaled(args: List[str], scale: float) -> List[str]:
     return out
 
 
+def _train_step(name: str, run: Path, start_bundle: Path, seed: int, scale: float, measure_stories: int) -> Dict:
+    """Run the training step ``name`` of :data:`TRAIN_STEPS` from ``start_bundle`` into ``run/name``; returns its
+    ``recipe.json`` entry. Runs in the recipe's process or in the second one (``--jobs 2``): everything it needs is in
+    its arguments and the run folder."""
+    import importlib
+
+    module_name, entry, seed_offset = next((m, e, o) for n, m, e, o in TRAIN_STEPS if n == name)
+    out, data_dir = run / name, run / "data"
+    t0 = time.time()
+    cli = [
+        "--data",
+        str(data_dir),
+        "--init",
+        f"bundle:{start_bundle}",
+        "--out",
+        str(out),
+        "--seed",
+        str(seed + seed_offset),
+        "--save-every",
+        "200",
+    ] + _scaled(STAGES[name], scale)
+    if name in OWN_CONTEXT:
+        rollout_step, prob = OWN_CONTEXT[name]
+        own = run / rollout_step / OWN_CONTEXT_FILE
+        if own.is_file():
+            cli += ["--own-context", str(own), "--own-context-prob", prob]
+    metrics = getattr(importlib.import_module(module_name), entry)(cli)
+    extra = {}
+    if name == "stage0" and measure_stories > 0:
+        from training.stage0_visual_tokenizer import measure_bundles, training_frame_hashes
+
+        t_m = time.time()
+        extra["features"] = measure_bundles(
+            [str(start_bundle), str(out / "model")],
+            exclude_hashes=training_frame_hashes(data_dir),
+            stories=measure_stories,
+        )
+        extra["features"]["seconds"] = round(time.time() - t_m, 1)
+    return {
+        "seconds": round(time.time() - t0, 1),
+        "args": cli,
+        "losses": _last_losses(out),
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+        **extra,
+    }
+
+
+def assemble_bundle(agent_bundle: Path, detokenizer_bundle: Optional[Path], out: Path) -> Path:
+    """Write ``out``: the bundle ``agent_bundle`` (agent, tokenizer, visual tokenizer, config) with the
+    ``detokenizer/`` folder of ``detokenizer_bundle`` (unchanged when None). The agent's steps (stage 2, the
+    rollouts, 2b-2d) never read the de-tokenizer and stage 1 never changes anything else, so the two branches are
+    trained apart and joined here. Returns ``out``; an existing ``out`` is replaced."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(agent_bundle, tmp)
+    if detokenizer_bundle is not None and Path(detokenizer_bundle).resolve() != Path(agent_bundle).resolve():
+        shutil.rmtree(tmp / "detokenizer")
+        shutil.copytree(Path(detokenizer_bundle) / "detokenizer", tmp / "detokenizer")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 def _last_losses(run_dir: Path) -> Dict[str, float]:
     import csv
 
@@ -270,6 +344,14 @@ def main(argv=None) -> int:
         help="stories per seed for stage 0's before/after feature measurement (0 = skip it)",
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="2 (default): stage 1 (the de-tokenizer) trains in a second process beside the agent's steps, which never "
+        "read it; 1: one step after the other. Same weights either way.",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="let --export replace a non-empty folder that is not a previous export (all of it)",
@@ -291,8 +373,8 @@ def main(argv=None) -> int:
     steps = [s.strip() for s in args.stages.split(",") if s.strip()]
     data_dir = run / "data"
 
-    def done(name, t0, **extra):
-        record["stages"][name] = {"seconds": round(time.time() - t0, 1), **extra}
+    def done(name, t0=None, entry=None, **extra):
+        record["stages"][name] = entry if entry is not None else {"seconds": round(time.time() - t0, 1), **extra}
         record_path.write_text(json.dumps(record, indent=2))
         print(f"[tiny_recipe] {name}: {record['stages'][name]['seconds']} s", flush=True)
 
@@ -314,68 +396,63 @@ def main(argv=None) -> int:
         bundle.save(run / "init")
         done("init", t0, vocab=tokenizer.vocab_size)
 
-    previous = run / "init"
-    for name, module_name, entry, seed_offset in TRAIN_STEPS:
-        out = run / name
-        start_bundle = previous / "model" if previous.name != "init" else previous
-        if module_name == "training.rollout":
+    def model_of(name: str) -> Optional[Path]:
+        folder = run / name / "model"
+        return folder if folder.is_dir() else None
+
+    # branch 0 (one after the other): stage 0 (the visual tokenizer), then the VAE, each from the bundle before it
+    base = run / "init"
+    for name in ("stage0", "vae"):
+        if name in steps:
+            done(name, entry=_train_step(name, run, base, args.seed, args.scale, args.measure_stories))
+        base = model_of(name) or base  # a step left out and never run (e.g. stage0) is skipped
+    # then two independent branches from `base`: the de-tokenizer's (stage 1) and the agent's (stage 2, the
+    # scheduled-sampling rounds); with --jobs 2, stage 1 runs in a second process beside the agent's steps
+    pending = None
+    if "stage1" in steps:
+        if args.jobs > 1 and any(name in steps for name in AGENT_STEPS):
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            pending = pool.submit(_train_step, "stage1", run, base, args.seed, args.scale, 0)
+            print("[tiny_recipe] stage1: started in a second process (--jobs 2)", flush=True)
+        else:
+            done("stage1", entry=_train_step("stage1", run, base, args.seed, args.scale, 0))
+    agent = base
+    for name in AGENT_STEPS:
+        if pending is not None and pending.done():
+            pending.result()  # a failed stage 1 stops the recipe now, not after the agent's steps
+        if name.startswith("rollout"):
             if name in steps:
                 from training.rollout import rollout
 
                 t0 = time.time()
-                meta = rollout(start_bundle, data_dir, out)
+                meta = rollout(agent, data_dir, run / name)
                 done(name, t0, records=meta["records"], model=meta["model"])
             continue  # no model: the next stage starts from the same bundle
         if name in steps:
-            import importlib
-
-            t0 = time.time()
-            train = getattr(importlib.import_module(module_name), entry)
-            cli = [
-                "--data",
-                str(data_dir),
-                "--init",
-                f"bundle:{start_bundle}",
-                "--out",
-                str(out),
-                "--seed",
-                str(args.seed + seed_offset),
-                "--save-every",
-                "200",
-            ] + _scaled(STAGES[name], args.scale)
-            if name in OWN_CONTEXT:
-                rollout_step, prob = OWN_CONTEXT[name]
-                own = run / rollout_step / OWN_CONTEXT_FILE
-                if own.is_file():
-                    cli += ["--own-context", str(own), "--own-context-prob", prob]
-            metrics = train(cli)
-            extra = {}
-            if name == "stage0" and args.measure_stories > 0:
-                from training.stage0_visual_tokenizer import measure_bundles, training_frame_hashes
-
-                t_m = time.time()
-                extra["features"] = measure_bundles(
-                    [str(start_bundle), str(out / "model")],
-                    exclude_hashes=training_frame_hashes(data_dir),
-                    stories=args.measure_stories,
-                )
-                extra["features"]["seconds"] = round(time.time() - t_m, 1)
-            done(
-                name,
-                t0,
-                args=cli,
-                losses=_last_losses(out),
-                metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-                **extra,
-            )
-        if name in steps or (out / "model").is_dir():
-            previous = out  # a step left out and never run (e.g. stage0) is skipped: the next one starts from before it
+            done(name, entry=_train_step(name, run, agent, args.seed, args.scale, 0))
+        agent = model_of(name) or agent
+    if pending is not None:
+        done("stage1", entry=pending.result())
+        pool.shutdown()
+    # the join: the agent's last bundle with stage 1's de-tokenizer (stage 3 adapts that de-tokenizer to the agent)
+    previous = None
+    if "stage3" in steps or "export" in steps:
+        t0 = time.time()
+        detokenizer = model_of("stage1")
+        if not agent.is_dir():
+            raise SystemExit(f"[tiny_recipe] no model in {agent}: run the training steps first (see --stages).")
+        previous = assemble_bundle(agent, detokenizer, (run / "assemble" / "model"))
+        done("assemble", t0, agent=str(agent), detokenizer=str(detokenizer or agent))
+        if "stage3" in steps:
+            done("stage3", entry=_train_step("stage3", run, previous, args.seed, args.scale, 0))
+        previous = model_of("stage3") or previous
 
     if "export" in steps and args.export is not None:
         t0 = time.time()
-        final = previous / "model"  # the last trained step's bundle
-        if not final.is_dir():
-            raise SystemExit(f"[tiny_recipe] export: no trained model in {previous}; run the training steps first.")
+        final = previous  # stage 3's bundle if it was ever run, else the assembled one
         target = args.export
         keep = check_export_target(target, run, force=args.force)  # again: the folder may have changed meanwhile
         target.parent.mkdir(parents=True, exist_ok=True)

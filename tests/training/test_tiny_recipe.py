@@ -18,11 +18,9 @@ BUNDLED = REPO / "models" / "seedstory-tiny"
 QUALITY_FLOOR = {"parse_rate": 0.75, "coherence": 0.5, "visualization_agreement": 0.5}
 
 
-def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
-    from seedstory_core.bundle import SeedStoryBundle
-
-    export = tmp_path / "export"
-    run = tmp_path / "run"
+def _smoke_run(folder: Path, jobs: int):
+    """The whole recipe at 1% scale on 4 stories into ``folder/run``, exported to ``folder/export``."""
+    export, run = folder / "export", folder / "run"
     res = subprocess.run(
         [
             sys.executable,
@@ -36,6 +34,8 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
             "0.01",
             "--measure-stories",
             "2",
+            "--jobs",
+            str(jobs),
             "--export",
             str(export),
         ],
@@ -45,9 +45,38 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
         timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]
+    return run, export, res.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The default run (--jobs 2: stage 1 in a second process beside the agent's steps)."""
+    return _smoke_run(tmp_path_factory.mktemp("jobs2"), 2)
+
+
+def _tensors(path: Path):
+    from safetensors.torch import load_file
+
+    return {str(f.relative_to(path)): load_file(str(f)) for f in sorted(path.rglob("*.safetensors"))}
+
+
+def _same_tensors(a: Path, b: Path) -> bool:
+    ta, tb = _tensors(a), _tensors(b)
+    return (
+        bool(ta)
+        and ta.keys() == tb.keys()
+        and all(x.keys() == tb[f].keys() and all(torch.equal(x[k], tb[f][k]) for k in x) for f, x in ta.items())
+    )
+
+
+def test_recipe_smoke_run_exports_a_loadable_bundle(smoke):
+    from seedstory_core.bundle import SeedStoryBundle
+
+    run, export, stdout = smoke
+    assert "stage1: started in a second process" in stdout
     record = json.loads((export / "recipe.json").read_text())
     steps = {"data", "init", "stage0", "vae", "stage1", "stage2", "rollout", "stage2b", "rollout2", "stage2c"}
-    steps |= {"rollout3", "stage2d", "export"}
+    steps |= {"rollout3", "stage2d", "assemble", "export"}
     assert set(record["stages"]) >= steps and "stage3" not in record["stages"]  # stage 3 is opt-in
     # scheduled sampling: each phase reads the rollout of the agent it starts from
     rounds = (("stage2b", "rollout", "stage2"), ("stage2c", "rollout2", "stage2b"), ("stage2d", "rollout3", "stage2c"))
@@ -56,6 +85,13 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
         assert cli[cli.index("--own-context") + 1] == str(run / ro / "own_context.safetensors")
         assert cli[cli.index("--init") + 1] == f"bundle:{run / start / 'model'}"
         assert record["stages"][ro]["model"] == str(run / start / "model")
+    # the two branches start from the same bundle (the VAE's) and the assembled bundle joins them
+    for branch in ("stage1", "stage2"):
+        cli = record["stages"][branch]["args"]
+        assert cli[cli.index("--init") + 1] == f"bundle:{run / 'vae' / 'model'}", branch
+    assert record["stages"]["assemble"]["agent"] == str(run / "stage2d" / "model")
+    assert record["stages"]["assemble"]["detokenizer"] == str(run / "stage1" / "model")
+    assert _same_tensors(export / "detokenizer", run / "stage1" / "model" / "detokenizer")
     # the export is the last trained step's bundle (stage 2d): same agent weights
     from safetensors.torch import load_file as _load_file
 
@@ -77,6 +113,16 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(tmp_path):
     exported, stage0, init = vit(export), vit(run / "stage0" / "model"), vit(run / "init")
     assert exported.keys() == stage0.keys() and all(torch.equal(exported[k], stage0[k]) for k in stage0)
     assert any(not torch.equal(init[k], stage0[k]) for k in stage0)
+
+
+def test_one_process_or_two_give_the_same_weights(smoke, tmp_path):
+    """--jobs 1 (every step one after the other) and --jobs 2 (stage 1 beside the agent's steps) train bit-identical
+    bundles: the agent's steps never read the de-tokenizer, and each process keeps torch's thread count."""
+    _, export2, _ = smoke
+    _, export1, stdout1 = _smoke_run(tmp_path, 1)
+    assert "second process" not in stdout1
+    for part in ("agent", "detokenizer", "visual_tokenizer"):
+        assert _same_tensors(export1 / part, export2 / part), part
 
 
 @pytest.mark.skipif(
