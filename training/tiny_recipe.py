@@ -438,8 +438,9 @@ def main(argv=None) -> int:
         done("stage1", entry=pending.result())
         pool.shutdown()
     # the join: the agent's last bundle with stage 1's de-tokenizer (stage 3 adapts that de-tokenizer to the agent)
+    # (an export alone of a run whose stage 3 exists takes stage 3's bundle as it is: nothing to join)
     previous = None
-    if "stage3" in steps or "export" in steps:
+    if "stage3" in steps or ("export" in steps and model_of("stage3") is None):
         t0 = time.time()
         detokenizer = model_of("stage1")
         if not agent.is_dir():
@@ -448,7 +449,7 @@ def main(argv=None) -> int:
         done("assemble", t0, agent=str(agent), detokenizer=str(detokenizer or agent))
         if "stage3" in steps:
             done("stage3", entry=_train_step("stage3", run, previous, args.seed, args.scale, 0))
-        previous = model_of("stage3") or previous
+    previous = model_of("stage3") or previous
 
     if "export" in steps and args.export is not None:
         t0 = time.time()
