@@ -44,6 +44,9 @@ DECODING_TOOLTIPS = {
     "repetition_penalty": "Penalise tokens already used in the story (1 = off, the official setting; the default 1.2 "
     "keeps greedy stories from looping, see docs/evaluation.md).",
     "max_sentence_tokens": "Longest sentence in tokens; the image is started after this many text tokens.",
+    "no_repeat_sentences": "On (the default): a sentence that comes out as a copy of an earlier sentence of the story "
+    "is written again, starting with another word (at most 3 tries). Off = the official decoding. Your own text is "
+    "kept as typed.",
     "seed": "Seed for sampling (text) and, in Generate Story, for the de-tokenizer noise (frame i uses (seed, i)).",
 }
 
@@ -78,12 +81,35 @@ def decoding_inputs(default_max_tokens: int = 100):
     }
 
 
-def make_decoding(decoding, temperature, top_p, top_k, repetition_penalty, max_sentence_tokens, seed, node):
-    """DecodingSettings from a node's decoding inputs (``repetition_penalty=None``: the pack's default)."""
-    from seedstory_core.story import DEFAULT_REPETITION_PENALTY, DecodingSettings
+def no_repeat_input():
+    """The optional ``no_repeat_sentences`` toggle (optional, so workflows and API jobs saved before it still load;
+    missing = the pack's default, :data:`seedstory_core.story.DEFAULT_NO_REPEAT_SENTENCES`)."""
+    from seedstory_core.story import DEFAULT_NO_REPEAT_SENTENCES
+
+    return {
+        "no_repeat_sentences": (
+            "BOOLEAN",
+            {"default": DEFAULT_NO_REPEAT_SENTENCES, "tooltip": DECODING_TOOLTIPS["no_repeat_sentences"]},
+        )
+    }
+
+
+def make_decoding(
+    decoding, temperature, top_p, top_k, repetition_penalty, max_sentence_tokens, seed, node, no_repeat_sentences=None
+):
+    """DecodingSettings from a node's decoding inputs (``repetition_penalty`` / ``no_repeat_sentences`` None: the
+    pack's defaults). Raises SeedStoryInputError for a bad value."""
+    from seedstory_core.story import DEFAULT_NO_REPEAT_SENTENCES, DEFAULT_REPETITION_PENALTY, DecodingSettings
 
     if repetition_penalty is None:
         repetition_penalty = DEFAULT_REPETITION_PENALTY
+    if no_repeat_sentences is None:
+        no_repeat_sentences = DEFAULT_NO_REPEAT_SENTENCES
+    if not isinstance(no_repeat_sentences, bool):
+        raise SeedStoryInputError(
+            f"{node}: no_repeat_sentences must be true or false, found {no_repeat_sentences!r}. Tick or untick the "
+            "toggle (API jobs: send a JSON boolean)."
+        )
     if decoding not in DECODING_CHOICES:
         raise SeedStoryInputError(f"{node}: decoding must be one of {DECODING_CHOICES}, found {decoding!r}.")
     try:
@@ -95,6 +121,7 @@ def make_decoding(decoding, temperature, top_p, top_k, repetition_penalty, max_s
             repetition_penalty=float(repetition_penalty),
             seed=int(seed),
             max_sentence_tokens=int(max_sentence_tokens),
+            no_repeat_sentences=no_repeat_sentences,
         )
     except ValueError as err:
         raise SeedStoryInputError(f"{node}: {err}") from err
@@ -546,6 +573,7 @@ class SeedStoryStoryStep:
                         "features (e.g. ViT Tokenize of the rendered frame)."
                     },
                 ),
+                **no_repeat_input(),
             },
         }
 
@@ -563,6 +591,7 @@ class SeedStoryStoryStep:
         seed=0,
         text="",
         context_features=None,
+        no_repeat_sentences=None,
     ):
         node = "SeedStory Story Step"
         agent = require_model(agent, "agent", node=node)
@@ -583,7 +612,17 @@ class SeedStoryStoryStep:
                     f"{node}: 'context_features' holds features of {ctx.shape[0]} images, but they replace the one "
                     "previous image of this story. Encode a single picture (e.g. ImageFromBatch before ViT Tokenize)."
                 )
-        dec = make_decoding(decoding, temperature, top_p, top_k, repetition_penalty, max_sentence_tokens, seed, node)
+        dec = make_decoding(
+            decoding,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            max_sentence_tokens,
+            seed,
+            node,
+            no_repeat_sentences=no_repeat_sentences,
+        )
         engine = agent.engine(policy=state.settings.policy)
         try:
             result = engine.step(
@@ -689,6 +728,7 @@ class SeedStoryGenerateStory:
                     },
                 ),
                 "settings": (SETTINGS, {"tooltip": "Cache policy and window (default: multimodal sink, W=8)."}),
+                **no_repeat_input(),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -721,6 +761,7 @@ class SeedStoryGenerateStory:
         same_noise=False,
         captions="",
         settings=None,
+        no_repeat_sentences=None,
         unique_id=None,
     ):
         node = "SeedStory Generate Story"
@@ -753,7 +794,17 @@ class SeedStoryGenerateStory:
                     f"{node}: visualization mode needs one caption per step: story_steps={n} but 'captions' has "
                     f"{len(lines)} non-empty line(s). Add lines or lower story_steps."
                 )
-        dec = make_decoding(decoding, temperature, top_p, top_k, repetition_penalty, max_sentence_tokens, seed, node)
+        dec = make_decoding(
+            decoding,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            max_sentence_tokens,
+            seed,
+            node,
+            no_repeat_sentences=no_repeat_sentences,
+        )
         if detok.feature_dim != agent.feature_dim:
             raise SeedStoryInputError(
                 f"{node}: the de-tokenizer takes features of width {detok.feature_dim} but the "

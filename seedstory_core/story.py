@@ -33,7 +33,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -66,6 +66,18 @@ class StoryCancelled(RuntimeError):
 #: did not loop on held-out StoryStream-mini seeds (docs/evaluation.md, "Decoding that does not loop").
 #: ``DecodingSettings()`` keeps the official 1.0.
 DEFAULT_REPETITION_PENALTY = 1.2
+#: ``no_repeat_sentences``: how often a sentence that copies an earlier one is decoded again before it is kept.
+MAX_SENTENCE_RETRIES = 3
+#: The pack's sentence rule (the nodes' and ``tell``'s default): a generated sentence never repeats an earlier sentence
+#: of its story (docs/evaluation.md, "Decoding that does not loop"). ``DecodingSettings()`` keeps it off, as the
+#: official loop has no such rule.
+DEFAULT_NO_REPEAT_SENTENCES = True
+
+
+def sentence_key(sentence: str) -> str:
+    """A sentence as compared for repeats: whitespace runs collapsed, stripped; case and punctuation kept (the
+    evaluation's notion of a repeated sentence, docs/evaluation.md)."""
+    return " ".join(str(sentence).split())
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,10 @@ class DecodingSettings:
         max_sentence_tokens: text tokens before BOI is forced.
         suppress_image_tokens: ``neg_inf`` (default: IMG/EOI can never start inside text) or ``official``
             (scores set to 0.0, docs/reference.md §2.6).
+        no_repeat_sentences: True = a sentence that comes out as a copy of an earlier sentence of the story
+            (:func:`sentence_key`) is decoded again, starting with another first word (at most
+            :data:`MAX_SENTENCE_RETRIES` times; ``StoryEngine._decode_sentence``). The user's text prefix is kept.
+            False (default) = the official decoding.
     """
 
     do_sample: bool = False
@@ -90,6 +106,7 @@ class DecodingSettings:
     seed: int = 0
     max_sentence_tokens: int = 100
     suppress_image_tokens: str = "neg_inf"
+    no_repeat_sentences: bool = False
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -98,6 +115,8 @@ class DecodingSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0 or self.max_sentence_tokens < 0 or self.repetition_penalty <= 0:
             raise ValueError("top_k and max_sentence_tokens must be >= 0 and repetition_penalty > 0")
+        if not isinstance(self.no_repeat_sentences, bool):
+            raise ValueError(f"no_repeat_sentences must be True or False, got {self.no_repeat_sentences!r}")
 
 
 #: The pack's default cap on sink images (``CachePolicy.max_sink_images`` of ``StorySettings()``): the multimodal
@@ -551,7 +570,9 @@ class StoryEngine:
             if on_text is not None:
                 on_text(self._clean(sentence_ids))
         if mode == "generation":
-            forced_boi = self._decode_text(state, cache, logits, sentence_ids, decoding, check_cancel, on_text)
+            forced_boi, cache = self._decode_sentence(
+                state, cache, logits, sentence_ids, decoding, check_cancel, on_text
+            )
         check_cancel()
         features = self._image_queries(cache)
         check_cancel()
@@ -597,10 +618,39 @@ class StoryEngine:
         """The context the new state keeps: the working cache, which holds the sentence."""
         return cache
 
+    def _decode_sentence(self, state, cache, logits, sentence_ids, decoding: DecodingSettings, check_cancel, on_text):
+        """Decode the sentence (:meth:`_decode_text`), under ``decoding.no_repeat_sentences`` again while it copies an
+        earlier sentence of the story. Returns (BOI forced, the working cache holding the kept attempt).
+
+        The rule: a finished sentence equal to an earlier one (:func:`sentence_key`) is discarded and decoded again
+        from the same point with its first own word's token banned at that position (the first token after the
+        user's text and the ``[INST]`` the model writes), so the model starts the sentence another way; at most
+        :data:`MAX_SENTENCE_RETRIES` times, then the last attempt is kept. Each attempt works on a fork of the cache
+        (copy-on-write, docs/architecture.md), so a discarded attempt leaves nothing behind.
+        """
+        if not decoding.no_repeat_sentences:
+            return self._decode_text(state, cache, logits, sentence_ids, decoding, check_cancel, on_text), cache
+        earlier = {sentence_key(s) for s in state.sentences}
+        given = list(sentence_ids)
+        inst = list(self.tokenizer.inst_ids)
+        bans: Dict[int, set] = {}
+        for attempt in range(MAX_SENTENCE_RETRIES + 1):
+            ids, work = list(given), cache.fork()
+            forced = self._decode_text(state, work, logits, ids, decoding, check_cancel, on_text, bans=bans)
+            if sentence_key(self._clean(ids)) not in earlier or attempt == MAX_SENTENCE_RETRIES:
+                break
+            first = len(given) + (len(inst) if ids[len(given) : len(given) + len(inst)] == inst else 0)
+            if first >= len(ids):  # nothing of its own to change (the user's text is the whole sentence)
+                break
+            bans.setdefault(first, set()).add(ids[first])
+        sentence_ids[:] = ids
+        return forced, work
+
     def _decode_text(
-        self, state, cache, logits, sentence_ids, decoding: DecodingSettings, check_cancel, on_text
+        self, state, cache, logits, sentence_ids, decoding: DecodingSettings, check_cancel, on_text, bans=None
     ) -> bool:
-        """Decode text tokens until BOI (appending them to ``sentence_ids``); returns True if BOI was forced."""
+        """Decode text tokens until BOI (appending them to ``sentence_ids``); returns True if BOI was forced.
+        ``bans``: {position in ``sentence_ids``: token ids that may not be chosen there}."""
         rule = ImageTokenRule(self.image, suppress=decoding.suppress_image_tokens)
         processors = self._warpers(decoding)
         generator = None
@@ -621,6 +671,11 @@ class StoryEngine:
             if processors is not None:
                 context = torch.tensor([history + sentence_ids], dtype=torch.long)
                 scores = processors(context, scores.unsqueeze(0).cpu())[0]
+            if bans and len(sentence_ids) in bans:
+                scores = scores.clone()
+                scores[torch.tensor(sorted(bans[len(sentence_ids)]), dtype=torch.long, device=scores.device)] = float(
+                    "-inf"
+                )
             if decoding.do_sample:
                 probs = torch.softmax(scores.float().cpu(), dim=-1)
                 token = int(torch.multinomial(probs, 1, generator=generator))

@@ -10,7 +10,8 @@ frame. ``--captions FILE`` gives one line per frame: the sentences to draw (``--
 beginnings of the sentences (generation; an empty line leaves a sentence free). Prints the sentences as they are
 written and, last, the path of ``index.html``. Exit status 2 with a message on bad input.
 
-Decoding defaults are the pack's (greedy, repetition penalty :data:`~seedstory_core.story.DEFAULT_REPETITION_PENALTY`);
+Decoding defaults are the pack's (greedy, repetition penalty :data:`~seedstory_core.story.DEFAULT_REPETITION_PENALTY`,
+no sentence copied from earlier in the story; ``--allow-repeats`` turns that rule off);
 the cache policy defaults to the pack's default (:func:`~seedstory_core.story.default_policy`). The device is the
 first CUDA device when there is one, else the CPU (``--device`` chooses).
 """
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--repetition-penalty", type=float, default=DEFAULT_REPETITION_PENALTY)
+    p.add_argument(
+        "--allow-repeats",
+        action="store_true",
+        help="turn off the pack's rule that a sentence never copies an earlier one of the story (official decoding)",
+    )
     p.add_argument("--max-sentence-tokens", type=int, default=100)
     p.add_argument("--diffusion-steps", type=int, default=30, help="de-tokenizer denoising steps per frame")
     p.add_argument("--guidance-scale", type=float, default=7.5)
@@ -103,6 +109,7 @@ def tell(args: argparse.Namespace, *, log=print) -> Path:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
         max_sentence_tokens=args.max_sentence_tokens,
+        no_repeat_sentences=not args.allow_repeats,
     )
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bundle = SeedStoryBundle.load(args.model, device=device)

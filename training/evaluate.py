@@ -1,7 +1,8 @@
 """Evaluate a SEED-Story model (or a trivial baseline) on held-out StoryStream-mini stories; prints one JSON object.
 
     python -m training.evaluate [--model DIR] --seed S --stories N [--baseline copy_first|retrieval|ground_truth]
-                                [--frames 10] [--repetition-penalty R] [--sample --temperature T --top-p P]
+                                [--frames 10] [--repetition-penalty R] [--no-repeat-sentences]
+                                [--sample --temperature T --top-p P]
                                 [--random-init] [--no-ablation]
 
 ``--model`` defaults to the bundled tiny model (``models/seedstory-tiny``); ``--random-init`` evaluates a randomly
@@ -449,6 +450,11 @@ def main(argv=None) -> int:
         help="classifier-free guidance of the rendered frames (default 3.0; official 7.5)",
     )
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="decoding: repetition penalty (1 = off)")
+    parser.add_argument(
+        "--no-repeat-sentences",
+        action="store_true",
+        help="decoding: a sentence that copies an earlier one of its story is decoded again (the pack's default rule)",
+    )
     parser.add_argument("--sample", action="store_true", help="decoding: sample instead of greedy")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -463,6 +469,7 @@ def main(argv=None) -> int:
         top_p=args.top_p,
         top_k=args.top_k,
         repetition_penalty=args.repetition_penalty,
+        no_repeat_sentences=args.no_repeat_sentences,
         seed=args.decode_seed,
         max_sentence_tokens=40,
     )

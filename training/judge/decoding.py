@@ -11,7 +11,8 @@ Settings (names): ``greedy``; ``repK`` = repetition penalty K over the story's t
 repetition_penalty``); ``ngramN`` = no N-gram of text tokens repeated within the story (transformers'
 ``NoRepeatNGramLogitsProcessor`` over the story's text history — ``DecodingSettings`` has no such field, so this
 tool adds the processor to the engine's warpers for the run; it changes nothing on disk); ``sampleT`` = sampling at
-temperature T with top-p 0.9 (seeded); ``sampleT+repK`` = both.
+temperature T with top-p 0.9 (seeded); ``nosent`` = ``DecodingSettings.no_repeat_sentences`` (a sentence that copies
+an earlier one is decoded again with another first word); parts join with ``+`` (``rep1.2+nosent``).
 """
 
 from __future__ import annotations
@@ -50,11 +51,16 @@ def decoding_for(name: str, seed: int = 0):
             ngram = int(m.group(1))
             kw.setdefault("repetition_penalty", _NGRAM_SENTINEL)
             continue
+        if part == "nosent":
+            kw["no_repeat_sentences"] = True
+            continue
         m = re.fullmatch(r"sample([0-9.]+)", part)
         if m:
             kw.update(do_sample=True, temperature=float(m.group(1)), top_p=0.9)
             continue
-        raise ValueError(f"unknown decoding setting {part!r} in {name!r} (greedy, repK, ngramN, sampleT, joined by +)")
+        raise ValueError(
+            f"unknown decoding setting {part!r} in {name!r} (greedy, repK, ngramN, sampleT, nosent, joined by +)"
+        )
     return DecodingSettings(**kw), ngram
 
 

@@ -1,0 +1,115 @@
+"""The no-repeated-sentence decoding rule (DecodingSettings.no_repeat_sentences, StoryEngine._decode_sentence).
+
+Runs on the bundled tiny model: greedy decoding without a repetition penalty loops on it ("She plays with the
+umbrella." eight times), which is what the rule is for.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seedstory_core.story import MAX_SENTENCE_RETRIES, DecodingSettings, sentence_key
+
+TINY = Path(__file__).resolve().parents[2] / "models" / "seedstory-tiny"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from seedstory_core.bundle import SeedStoryBundle
+
+    torch.manual_seed(0)
+    return SeedStoryBundle.load(TINY)
+
+
+def _start(engine, k):
+    from seedstory_core.data import mini
+
+    story = mini.generate_story(5, k, frames=3)
+    picture = mini.render_story(
+        {**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64
+    )[0]
+    return engine.start(story["captions"][0], image=picture)
+
+
+def _story(engine, state, rule, steps=9, penalty=1.0):
+    decoding = DecodingSettings(repetition_penalty=penalty, no_repeat_sentences=rule, max_sentence_tokens=40)
+    _, results = engine.run(state, steps, decoding=decoding)
+    return [state.sentences[0]] + [r.sentence for r in results]
+
+
+def _repeats(sentences):
+    return len(sentences) - len({sentence_key(s) for s in sentences})
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_the_rule_removes_the_loops_and_changes_nothing_before_the_first_repeat(bundle, k):
+    engine = bundle.engine()
+    state = _start(engine, k)
+    plain = _story(engine, state, rule=False)
+    ruled = _story(engine, state, rule=True)
+    assert _repeats(plain) >= 3, plain  # the setting loops without the rule, so this test exercises it
+    first = next(i for i, s in enumerate(plain) if s in plain[:i])
+    assert ruled[:first] == plain[:first]
+    assert ruled[first] != plain[first]
+    assert _repeats(ruled) == 0, ruled
+    # the rule writes sentences, not fragments: each one is a real StoryStream-mini sentence ending in a full stop
+    assert all(s.endswith(".") and len(s.split()) >= 2 for s in ruled), ruled
+
+
+def test_off_is_the_plain_decoding_and_the_input_state_is_untouched(bundle):
+    engine = bundle.engine()
+    state = _start(engine, 0)
+    before = (state.token_ids, state.sentences, state.context.length)
+    once = _story(engine, state, rule=False, steps=4)
+    _story(engine, state, rule=True, steps=4)
+    assert (state.token_ids, state.sentences, state.context.length) == before
+    assert _story(engine, state, rule=False, steps=4) == once
+
+
+def test_retries_stop_after_the_limit_and_each_bans_the_first_word(bundle, monkeypatch):
+    engine = bundle.engine()
+    state = _start(engine, 0)
+    copy = engine._text_ids(state.sentences[0], instruction=True)
+    seen = []
+
+    def always_the_same(self, state, cache, logits, sentence_ids, decoding, check_cancel, on_text, bans=None):
+        seen.append({p: set(b) for p, b in (bans or {}).items()})
+        sentence_ids.extend(copy)
+        return False
+
+    monkeypatch.setattr(type(engine), "_decode_text", always_the_same)
+    result = engine.step(state, decoding=DecodingSettings(no_repeat_sentences=True, max_sentence_tokens=40))
+    assert len(seen) == MAX_SENTENCE_RETRIES + 1  # the first attempt and the retries, then the copy is kept
+    first = len(engine.tokenizer.inst_ids)  # the token after the [INST] the model writes
+    assert seen[0] == {} and seen[1] == {first: {copy[first]}}
+    assert sentence_key(result.sentence) == sentence_key(state.sentences[0])
+    seen.clear()
+    engine.step(state, decoding=DecodingSettings(no_repeat_sentences=False, max_sentence_tokens=40))
+    assert seen == [{}]
+
+
+def test_a_users_text_is_kept_even_when_it_is_an_earlier_sentence(bundle):
+    engine = bundle.engine()
+    state = _start(engine, 0)
+    given = state.sentences[0]
+    result = engine.step(state, text=given, decoding=DecodingSettings(no_repeat_sentences=True, max_sentence_tokens=40))
+    assert result.sentence.startswith(given.rstrip(".").split()[0])
+    assert result.state.step == state.step + 1
+
+
+def test_bad_setting_is_refused():
+    with pytest.raises(ValueError, match="no_repeat_sentences must be True or False"):
+        DecodingSettings(no_repeat_sentences="yes")
+    assert sentence_key("  She  waves. ") == "She waves." and sentence_key("she waves.") != "She waves."
+
+
+def test_tell_keeps_the_rule_unless_asked_and_the_evaluation_can_turn_it_on():
+    from seedstory_core.tell import build_parser
+    from training.judge.decoding import decoding_for
+
+    base = ["--model", "m", "--image", "i.png", "--text", "t", "--out", "o"]
+    assert build_parser().parse_args(base).allow_repeats is False
+    assert build_parser().parse_args(base + ["--allow-repeats"]).allow_repeats is True
+    assert decoding_for("rep1.2+nosent")[0].no_repeat_sentences is True
+    assert decoding_for("rep1.2")[0].no_repeat_sentences is False
