@@ -113,3 +113,18 @@ def test_tell_keeps_the_rule_unless_asked_and_the_evaluation_can_turn_it_on():
     assert build_parser().parse_args(base + ["--allow-repeats"]).allow_repeats is True
     assert decoding_for("rep1.2+nosent")[0].no_repeat_sentences is True
     assert decoding_for("rep1.2")[0].no_repeat_sentences is False
+
+
+def test_the_official_loop_engine_keeps_the_rule_too(bundle):
+    from seedstory_core.reencode import ReencodePolicy
+    from seedstory_core.story import StorySettings
+
+    kv = bundle.engine()
+    settings = StorySettings(policy=ReencodePolicy(window_images=8))
+    official = bundle.engine(settings.policy)
+    assert type(official).__name__ == "ReencodeStoryEngine"
+    state = official.start(_start(kv, 0).sentences[0], features=_start(kv, 0).last_features, settings=settings)
+    plain = _story(official, state, rule=False, steps=6)
+    ruled = _story(official, state, rule=True, steps=6)
+    assert _repeats(plain) >= 2 and _repeats(ruled) == 0, (plain, ruled)
+    assert ruled == _story(kv, _start(kv, 0), rule=True, steps=6)  # nothing evicted yet: the same story

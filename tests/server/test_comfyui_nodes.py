@@ -316,3 +316,27 @@ def test_two_branches_equal_isolated_runs(server):
         got_text, got_frames = _branch_outputs(server, alone, save_id)
         assert got_text == text
         assert len(got_frames) == len(frames) and all(np.array_equal(x, y) for x, y in zip(got_frames, frames))
+
+
+def test_no_repeat_toggle_through_the_server_old_jobs_and_odd_values(server):
+    """The optional no_repeat_sentences toggle over POST /prompt: an API job saved before it existed (input absent)
+    validates and gets the rule; false turns it off. ComfyUI itself converts a BOOLEAN with bool(), so a string
+    'false' arrives as True and an empty string as False (its rule for every BOOLEAN, not ours)."""
+    prompt = api("seedstory_tiny_story")
+    gen = prompt["3"]["inputs"]
+    gen.update(story_steps=7, repetition_penalty=1.0, diffusion_steps=1)  # greedy without the penalty loops
+
+    def sentences(value):
+        job = copy.deepcopy(prompt)
+        if value is None:
+            del job["3"]["inputs"]["no_repeat_sentences"]
+        else:
+            job["3"]["inputs"]["no_repeat_sentences"] = value
+        text = run_ok(server, job).outputs()["4"]["text"][0].splitlines()
+        return [line.strip() for line in text if line.strip()]
+
+    off = sentences(False)
+    assert len(off) - len(set(off)) >= 2, off  # the setting repeats without the rule, so the rule is exercised
+    old_job = sentences(None)
+    assert len(old_job) == len(off) and len(set(old_job)) == len(old_job), old_job
+    assert sentences("false") == old_job and sentences("") == off
