@@ -3,10 +3,11 @@
     python -m training.tiny_recipe --out runs/tiny --export models/seedstory-tiny
 
 Steps (each a normal training entry point, resumable; ``--scale`` multiplies every step count for smoke runs). After
-stage 0 and the VAE the recipe has two independent branches from the same bundle: the de-tokenizer's (stage 1) and
-the agent's (stage 2 and the scheduled-sampling rounds, which never read the de-tokenizer). With ``--jobs 2`` (the
-default) stage 1 trains in a second process beside them; ``assemble`` joins the two. Each process keeps torch's
-thread count, so ``--jobs 1`` (one step after the other) gives the same weights.
+stage 0 the recipe has two independent branches from stage 0's bundle: the de-tokenizer's (the VAE, stage 1, and the
+cast-corrupted context, which needs only the frozen visual tokenizer) and the agent's (stage 2 and the
+scheduled-sampling phases, which never read the de-tokenizer). With ``--jobs 2`` (the default) the first branch runs
+in a second process beside the second; stage 2e waits for the corrupted context, and ``assemble`` joins the two. Each
+process keeps torch's thread count, so ``--jobs 1`` (one step after the other) gives the same weights.
 
 0. data   — StoryStream-mini, ``--stories`` stories of 30 frames (seed ``--data-seed``), chunked into 10-frame
             stories as the official data (docs/reference.md §5).
@@ -19,7 +20,8 @@ thread count, so ``--jobs 1`` (one step after the other) gives the same weights.
 2. vae    — the tiny VAE learns to reconstruct frames (a random VAE has no usable latent space; SD-XL's is given);
             at export its latents are calibrated to unit variance (per-channel latents_mean/latents_std).
 3. stage1 — de-tokenizer pretraining: ViT features -> ResamplerXLV2 -> UNet (full UNet: it starts random), with 10%
-            condition dropout to the unconditional (all-zero image) features so classifier-free guidance works.
+            condition dropout to the unconditional (all-zero image) features so classifier-free guidance works;
+            8000 steps (it runs beside the agent's branch, which is longer).
 4. stage2 — instruction tuning on random-length story prefixes (CE + per-token cosine), base LLaMA trained too
             (``--train-base``: LoRA alone cannot teach a random LLaMA a language) and the text loss on every caption
             (``--text-loss all``: with the official last-caption-only loss the tiny model learned the marginal
@@ -34,7 +36,12 @@ thread count, so ``--jobs 1`` (one step after the other) gives the same weights.
             sentence says.
 4c. rollout2, stage2c, rollout3, stage2d — the same again from the stage-2b and then the stage-2c agent (DAgger
             rounds 2 and 3: each agent's own features differ from its predecessor's; seeds + 2, + 3).
-4d. assemble — the last agent step's bundle with stage 1's de-tokenizer (``RUN/assemble/model``).
+4d. corrupt, stage2e — :mod:`training.corrupt_context` re-draws every training story's context frames with one
+            character's presence flipped (a character who enters later is removed; for 2/3 of the records the frames
+            are first taken from another 10-frame window of the same story, :data:`CORRUPT_OTHER_WINDOW_PROB`), and
+            a last 300-step phase puts them in half of its samples: free-running, the agent lost characters that
+            entered after the first frame, and once lost they stayed lost (seed + 4).
+4e. assemble — the last agent step's bundle with stage 1's de-tokenizer (``RUN/assemble/model``).
 5. stage3 — de-tokenizer adaptation on the frozen agent's regressed features (agent in eval mode; the same 10%
             condition dropout, so adaptation keeps the unconditional branch). NOT in the default ``--stages``: on
             this model it brought no gain (docs/training.md "Tiny model recipe"); add it to run it.
@@ -73,7 +80,7 @@ STAGES = {
         "--unet-train",
         "full",
         "--max-steps",
-        "4000",
+        "8000",
         "--batch-size",
         "16",
         "--lr",
@@ -131,6 +138,7 @@ STAGES = {
 }
 STAGES["stage2c"] = list(STAGES["stage2b"])  # scheduled-sampling rounds 2 and 3: the same phase, a new rollout
 STAGES["stage2d"] = list(STAGES["stage2b"])
+STAGES["stage2e"] = list(STAGES["stage2b"])  # the same phase on the cast-corrupted context (training.corrupt_context)
 #: training steps in order: (step name, trainer module, entry function, seed offset)
 TRAIN_STEPS = (
     ("stage0", "training.stage0_visual_tokenizer", "train_stage0", 0),
@@ -143,17 +151,30 @@ TRAIN_STEPS = (
     ("stage2c", "training.stage2_instruction", "train_stage2", 2),
     ("rollout3", "training.rollout", "rollout", 0),
     ("stage2d", "training.stage2_instruction", "train_stage2", 3),
+    ("stage2e", "training.stage2_instruction", "train_stage2", 4),
     ("stage3", "training.stage3_adaptation", "train_stage3", 0),
 )
 #: the agent's branch, in order (stage 2 and the scheduled-sampling rounds): it never reads the de-tokenizer, so it runs
 #: beside stage 1 with ``--jobs 2`` (each process keeps torch's thread count, so the weights are the same as one after
 #: the other; tested at 1% scale)
-AGENT_STEPS = ("stage2", "rollout", "stage2b", "rollout2", "stage2c", "rollout3", "stage2d")
+AGENT_STEPS = ("stage2", "rollout", "stage2b", "rollout2", "stage2c", "rollout3", "stage2d", "stage2e")
+#: the second branch, in order: the VAE, the de-tokenizer (stage 1) and the cast-corrupted context; none of them
+#: reads the agent, and the agent's steps read only the corrupted context (stage 2e waits for it)
+DETOKENIZER_STEPS = ("vae", "stage1", "corrupt")
 #: scheduled sampling: per step, (the rollout it reads, the probability that a sample's context images after the
 #: first are the agent's own rolled-out features, ``training.rollout``, instead of the true frames'). Added only when
 #: that rollout exists (leave the rollouts out of --stages to train on true contexts only). Probabilities chosen on
 #: seed 1000: 0.5 drew better frames than 1.0 in the second round (docs/training.md).
-OWN_CONTEXT = {"stage2b": ("rollout", "0.5"), "stage2c": ("rollout2", "0.5"), "stage2d": ("rollout3", "0.5")}
+OWN_CONTEXT = {
+    "stage2b": ("rollout", "0.5"),
+    "stage2c": ("rollout2", "0.5"),
+    "stage2d": ("rollout3", "0.5"),
+    "stage2e": ("corrupt", "0.5"),
+}
+#: the corrupted context (training.corrupt_context): share of records whose context frames come from another 10-frame
+#: window of the same story before the cast is flipped (chosen on seed 1000: docs/training.md, "Characters who enter
+#: later")
+CORRUPT_OTHER_WINDOW_PROB = 0.667
 HELD_OUT_SEED = 1000
 #: What an export writes (top-level names); anything else in a previous export is the user's and is kept.
 EXPORT_ENTRIES = (
@@ -283,6 +304,29 @@ def _train_step(name: str, run: Path, start_bundle: Path, seed: int, scale: floa
     }
 
 
+def _detokenizer_branch(run: Path, vit_bundle: Path, seed: int, scale: float, steps: List[str]) -> List:
+    """The second branch (:data:`DETOKENIZER_STEPS` that are in ``steps``, in order): the VAE from ``vit_bundle``
+    (stage 0's bundle), stage 1 from the VAE's bundle, then the cast-corrupted context encoded by ``vit_bundle``'s
+    frozen visual tokenizer (:mod:`training.corrupt_context`, seed ``seed``). Returns ``[(name, recipe.json entry)]``.
+    Runs in the recipe's process (``--jobs 1``) or in the second one (``--jobs 2``)."""
+    entries = []
+    base = vit_bundle
+    for name in ("vae", "stage1"):
+        if name in steps:
+            entries.append((name, _train_step(name, run, base, seed, scale, 0)))
+        folder = run / name / "model"
+        base = folder if folder.is_dir() else base
+    if "corrupt" in steps:
+        from training.corrupt_context import corrupt_context
+
+        t0 = time.time()
+        meta = corrupt_context(
+            vit_bundle, run / "data", run / "corrupt", seed=seed, other_window_prob=CORRUPT_OTHER_WINDOW_PROB
+        )
+        entries.append(("corrupt", {"seconds": round(time.time() - t0, 1), **meta}))
+    return entries
+
+
 def assemble_bundle(agent_bundle: Path, detokenizer_bundle: Optional[Path], out: Path) -> Path:
     """Write ``out``: the bundle ``agent_bundle`` (agent, tokenizer, visual tokenizer, config) with the
     ``detokenizer/`` folder of ``detokenizer_bundle`` (unchanged when None). The agent's steps (stage 2, the
@@ -333,7 +377,8 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (smoke runs)")
     parser.add_argument(
         "--stages",
-        default="data,init,stage0,vae,stage1,stage2,rollout,stage2b,rollout2,stage2c,rollout3,stage2d,export",
+        default="data,init,stage0,vae,stage1,corrupt,stage2,rollout,stage2b,rollout2,stage2c,rollout3,stage2d,stage2e,"
+        "export",
         help="comma list of steps to run (without stage0 the later stages use the random ViT; add stage3 before "
         "export for de-tokenizer adaptation)",
     )
@@ -348,8 +393,8 @@ def main(argv=None) -> int:
         type=int,
         choices=(1, 2),
         default=2,
-        help="2 (default): stage 1 (the de-tokenizer) trains in a second process beside the agent's steps, which never "
-        "read it; 1: one step after the other. Same weights either way.",
+        help="2 (default): the VAE, stage 1 (the de-tokenizer) and the corrupted context run in a second process "
+        "beside the agent's steps, which never read the first two; 1: one step after the other. Same weights.",
     )
     parser.add_argument(
         "--force",
@@ -400,29 +445,42 @@ def main(argv=None) -> int:
         folder = run / name / "model"
         return folder if folder.is_dir() else None
 
-    # branch 0 (one after the other): stage 0 (the visual tokenizer), then the VAE, each from the bundle before it
+    # stage 0 (the visual tokenizer) first: every later step keeps it frozen
     base = run / "init"
-    for name in ("stage0", "vae"):
-        if name in steps:
-            done(name, entry=_train_step(name, run, base, args.seed, args.scale, args.measure_stories))
-        base = model_of(name) or base  # a step left out and never run (e.g. stage0) is skipped
-    # then two independent branches from `base`: the de-tokenizer's (stage 1) and the agent's (stage 2, the
-    # scheduled-sampling rounds); with --jobs 2, stage 1 runs in a second process beside the agent's steps
+    if "stage0" in steps:
+        done("stage0", entry=_train_step("stage0", run, base, args.seed, args.scale, args.measure_stories))
+    base = model_of("stage0") or base  # a step left out and never run is skipped
+    # then two independent branches from stage 0's bundle: the VAE, the de-tokenizer (stage 1) and the corrupted
+    # context (DETOKENIZER_STEPS), and the agent's (stage 2 and the scheduled-sampling phases, AGENT_STEPS); with
+    # --jobs 2 the first runs in a second process beside the agent's steps
     pending = None
-    if "stage1" in steps:
+    branch = [name for name in DETOKENIZER_STEPS if name in steps]
+    if branch:
         if args.jobs > 1 and any(name in steps for name in AGENT_STEPS):
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
             pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-            pending = pool.submit(_train_step, "stage1", run, base, args.seed, args.scale, 0)
-            print("[tiny_recipe] stage1: started in a second process (--jobs 2)", flush=True)
+            pending = pool.submit(_detokenizer_branch, run, base, args.seed, args.scale, branch)
+            print(f"[tiny_recipe] {','.join(branch)}: started in a second process (--jobs 2)", flush=True)
         else:
-            done("stage1", entry=_train_step("stage1", run, base, args.seed, args.scale, 0))
+            for name, entry in _detokenizer_branch(run, base, args.seed, args.scale, branch):
+                done(name, entry=entry)
+
+    def join_branch():
+        nonlocal pending
+        if pending is not None:
+            for name, entry in pending.result():
+                done(name, entry=entry)
+            pool.shutdown()
+            pending = None
+
     agent = base
     for name in AGENT_STEPS:
         if pending is not None and pending.done():
-            pending.result()  # a failed stage 1 stops the recipe now, not after the agent's steps
+            join_branch()  # a failed branch stops the recipe now, not after the agent's steps
+        if name in OWN_CONTEXT and OWN_CONTEXT[name][0] == "corrupt" and name in steps:
+            join_branch()  # stage 2e reads the corrupted context the second branch writes last
         if name.startswith("rollout"):
             if name in steps:
                 from training.rollout import rollout
@@ -434,9 +492,7 @@ def main(argv=None) -> int:
         if name in steps:
             done(name, entry=_train_step(name, run, agent, args.seed, args.scale, 0))
         agent = model_of(name) or agent
-    if pending is not None:
-        done("stage1", entry=pending.result())
-        pool.shutdown()
+    join_branch()
     # the join: the agent's last bundle with stage 1's de-tokenizer (stage 3 adapts that de-tokenizer to the agent)
     # (an export alone of a run whose stage 3 exists takes stage 3's bundle as it is: nothing to join)
     previous = None
