@@ -20,6 +20,11 @@ touched):
   when 2 or more are present, with probability 0.5 when 1 is), or else an absent one is added (at most 3 are on
   stage).
 
+With ``--other-window-prob P`` (the recipe: 0.667), a record's context frames are first taken, with probability P,
+from another 10-frame window of the same story (a record with the same ``id``), and the flip is applied to those;
+the record's own first frame stays. A context that disagrees with the sentences in place as well as cast teaches the
+agent to follow the sentences (docs/training.md tells how the share was found).
+
 A removed character's object and action go with him; the frames are re-drawn by the StoryStream-mini renderer from
 the changed attributes (the same code that drew the data) and encoded by the bundle's visual tokenizer with the
 stage-2 transform (``squash``). Frames the change does not touch are the true frames' features.
