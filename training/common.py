@@ -219,11 +219,14 @@ def read_records(
     return records, root
 
 
-def load_records(data=None, records=None, image_root=None, max_records: int = 0) -> Tuple[List[dict], Optional[Path]]:
+def load_records(
+    data=None, records=None, image_root=None, max_records: int = 0, keep: Tuple[str, ...] = ()
+) -> Tuple[List[dict], Optional[Path]]:
     """Story records ``{id, images: [paths or PIL images], captions: [...]}`` and the image root folder.
 
     ``records`` (a list of dicts, e.g. built in memory) wins over ``data`` (folder or jsonl file). Records with
-    fewer than 2 frames or mismatched image/caption counts are skipped.
+    fewer than 2 frames or mismatched image/caption counts are skipped. ``keep``: further keys copied from each record
+    when present (e.g. ``("attributes",)`` for StoryStream-mini's per-frame attributes).
     """
     records, root = read_records(data, records, image_root)
     out = []
@@ -231,7 +234,7 @@ def load_records(data=None, records=None, image_root=None, max_records: int = 0)
         images, captions = list(r.get("images", [])), list(r.get("captions", []))
         if len(images) < 2 or len(images) != len(captions):
             continue
-        out.append({"id": r.get("id", i), "images": images, "captions": captions})
+        out.append({"id": r.get("id", i), "images": images, "captions": captions, **{k: r[k] for k in keep if k in r}})
     if max_records:
         out = out[: int(max_records)]
     if not out:

@@ -49,7 +49,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .rollout import OWN_CONTEXT_FILE
+from .rollout import write_own_context
 
 
 def corrupt_cast(attributes: Sequence[Dict], rng: np.random.Generator) -> Tuple[List[Dict], Dict]:
@@ -104,28 +104,20 @@ def corrupt_cast(attributes: Sequence[Dict], rng: np.random.Generator) -> Tuple[
 
 
 def _records_with_attributes(data, records: Optional[List[dict]]):
-    """(records as :func:`training.common.load_records` gives them, their attributes, image root)."""
-    from .common import read_records
+    """(records as :func:`training.common.load_records` gives them, their per-frame attributes, image root)."""
+    from .common import load_records
 
-    raw, root = read_records(data, records, None)
-    kept, attrs = [], []
-    for i, r in enumerate(raw):
-        images, captions = list(r.get("images", [])), list(r.get("captions", []))
-        if len(images) < 2 or len(images) != len(captions):
-            continue  # load_records skips these too, so the keys line up with what stage 2 reads
-        a = r.get("attributes")
-        if not isinstance(a, list) or len(a) != len(images):
+    kept, root = load_records(data, records, None, keep=("attributes",))
+    for r in kept:
+        a, n = r.get("attributes"), len(r["images"])
+        if not isinstance(a, list) or len(a) != n:
+            found = f"{len(a)} for {n} frames" if isinstance(a, list) else type(a).__name__
             raise ValueError(
-                f"corrupt_context: record {r.get('id', i)!r} has no per-frame 'attributes' (found "
-                f"{type(a).__name__}{'' if not isinstance(a, list) else f' of {len(a)} for {len(images)} frames'}). "
-                "Only StoryStream-mini data (python -m seedstory_core.data.mini) carries them; for other data use the "
+                f"corrupt_context: record {r['id']!r} has no per-frame 'attributes' (found {found}). Only "
+                "StoryStream-mini data (python -m seedstory_core.data.mini) carries them; for other data use the "
                 "rollouts (python -m training.rollout) alone."
             )
-        kept.append({"id": r.get("id", i), "images": images, "captions": captions})
-        attrs.append(a)
-    if not kept:
-        raise ValueError("corrupt_context: no usable story records (each needs >= 2 images and as many captions).")
-    return kept, attrs, root
+    return kept, [r["attributes"] for r in kept], root
 
 
 @torch.no_grad()
@@ -147,8 +139,6 @@ def corrupt_context(
     outside [0, 1].
     """
     from PIL import Image
-    from safetensors.torch import save_file
-
     from seedstory_core.bundle import SeedStoryBundle
     from seedstory_core.data import mini
 
@@ -183,21 +173,17 @@ def corrupt_context(
         tensors[images.key(r, 0)] = (
             bundle.visual_tokenizer.encode_images(frames, mode="squash").float().cpu().to(torch.float16).contiguous()
         )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / OWN_CONTEXT_FILE))
-    meta = {
-        "model": str(model),
-        "data": str(data) if data is not None else "records in memory",
-        "records": len(kept),
-        "kinds": kinds,
-        "other_window": swapped,
-        "other_window_prob": float(other_window_prob),
-        "seed": int(seed),
-        "seconds": round(time.time() - t0, 1),
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    return meta
+    return write_own_context(
+        out,
+        tensors,
+        model=model,
+        data=data,
+        seconds=time.time() - t0,
+        kinds=kinds,
+        other_window=swapped,
+        other_window_prob=float(other_window_prob),
+        seed=int(seed),
+    )
 
 
 def main(argv=None) -> int:

@@ -108,8 +108,6 @@ def rollout(
     single-threaded process, so the features do not depend on the number of workers (stories are independent;
     ``tests/training/test_training.py`` checks 1 vs 2 workers bit for bit).
     """
-    from safetensors.torch import save_file
-
     from .common import ImageSource, load_records
 
     t0 = time.time()
@@ -149,15 +147,24 @@ def rollout(
                 if progress is not None:
                     progress(len(done), len(records))
     tensors = {keys[r]: done[r] for r in range(len(records))}
+    return write_own_context(out, tensors, model=model, data=data, workers=n_workers, seconds=time.time() - t0)
+
+
+def write_own_context(out, tensors: Dict[str, torch.Tensor], *, model, data, seconds: float, **extra) -> Dict:
+    """Write ``out/own_context.safetensors`` (``tensors``: record key -> (n - 1, T, D) float16) and ``out/meta.json``
+    (model, data, records, ``extra``, seconds); returns the meta dict. Shared by the rollouts and
+    :mod:`training.corrupt_context`, whose files stage 2 reads alike (``--own-context``)."""
+    from safetensors.torch import save_file
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / OWN_CONTEXT_FILE))
     meta = {
         "model": str(model),
         "data": str(data) if data is not None else "records in memory",
-        "records": len(records),
-        "workers": n_workers,
-        "seconds": round(time.time() - t0, 1),
+        "records": len(tensors),
+        **extra,
+        "seconds": round(seconds, 1),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
