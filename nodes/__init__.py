@@ -1,4 +1,11 @@
-"""SeedStory ComfyUI nodes (classic V1 API). Importing this package never imports ComfyUI modules."""
+"""SeedStory ComfyUI nodes (ComfyUI's V1 node API; why V1: docs/architecture.md, "Nodes").
+
+One table, :data:`NODES`: every node class declares its own id (``NODE_ID``), display name (``DISPLAY_NAME``) and
+search aliases (``SEARCH_ALIASES``, the other words users search for: ComfyUI 0.30.0 sends them as
+``search_aliases`` in /object_info and its node search matches them; 0.3.75 ignores the attribute). ComfyUI's two
+mappings are derived from it. Importing this package never imports ComfyUI modules (nodes/comfy_glue.py does,
+lazily).
+"""
 
 from .loaders import (
     SeedStoryAgentLoader,
@@ -8,79 +15,31 @@ from .loaders import (
 )
 from .output import SeedStoryFreeMemory, SeedStorySaveStory
 from .render import SeedStoryDetokenize, SeedStoryFeaturesToConditioning
-from .story import (
-    SeedStoryGenerateStory,
+from .settings import SeedStoryStorySettings
+from .story import SeedStoryGenerateStory, SeedStoryStoryStart, SeedStoryStoryStep, SeedStoryViTTokenize
+from .training import SeedStoryAdaptDetokenizer
+
+#: Every node of the pack, in the order of the node library and docs/nodes.md.
+NODES = (
+    SeedStoryTinyModelLoader,
+    SeedStoryVisualTokenizerLoader,
+    SeedStoryAgentLoader,
+    SeedStoryDetokenizerLoader,
+    SeedStoryViTTokenize,
     SeedStoryStorySettings,
     SeedStoryStoryStart,
     SeedStoryStoryStep,
-    SeedStoryViTTokenize,
+    SeedStoryGenerateStory,
+    SeedStoryDetokenize,
+    SeedStoryFeaturesToConditioning,
+    SeedStorySaveStory,
+    SeedStoryFreeMemory,
+    SeedStoryAdaptDetokenizer,
 )
-from .training import SeedStoryAdaptDetokenizer
 
-NODE_CLASS_MAPPINGS = {
-    "SeedStoryTinyModelLoader": SeedStoryTinyModelLoader,
-    "SeedStoryVisualTokenizerLoader": SeedStoryVisualTokenizerLoader,
-    "SeedStoryAgentLoader": SeedStoryAgentLoader,
-    "SeedStoryDetokenizerLoader": SeedStoryDetokenizerLoader,
-    "SeedStoryViTTokenize": SeedStoryViTTokenize,
-    "SeedStoryStorySettings": SeedStoryStorySettings,
-    "SeedStoryStoryStart": SeedStoryStoryStart,
-    "SeedStoryStoryStep": SeedStoryStoryStep,
-    "SeedStoryGenerateStory": SeedStoryGenerateStory,
-    "SeedStoryDetokenize": SeedStoryDetokenize,
-    "SeedStoryFeaturesToConditioning": SeedStoryFeaturesToConditioning,
-    "SeedStorySaveStory": SeedStorySaveStory,
-    "SeedStoryFreeMemory": SeedStoryFreeMemory,
-    "SeedStoryAdaptDetokenizer": SeedStoryAdaptDetokenizer,
-}
+NODE_CLASS_MAPPINGS = {cls.NODE_ID: cls for cls in NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {cls.NODE_ID: cls.DISPLAY_NAME for cls in NODES}
+if len(NODE_CLASS_MAPPINGS) != len(NODES):  # pragma: no cover - a copy-paste slip in a NODE_ID
+    raise RuntimeError(f"duplicate SeedStory node ids: {sorted(cls.NODE_ID for cls in NODES)}")
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "SeedStoryTinyModelLoader": "SeedStory Tiny Model Loader",
-    "SeedStoryVisualTokenizerLoader": "SeedStory Visual Tokenizer Loader",
-    "SeedStoryAgentLoader": "SeedStory Agent Loader",
-    "SeedStoryDetokenizerLoader": "SeedStory De-tokenizer Loader",
-    "SeedStoryViTTokenize": "SeedStory ViT Tokenize",
-    "SeedStoryStorySettings": "SeedStory Story Settings",
-    "SeedStoryStoryStart": "SeedStory Story Start",
-    "SeedStoryStoryStep": "SeedStory Story Step",
-    "SeedStoryGenerateStory": "SeedStory Generate Story",
-    "SeedStoryDetokenize": "SeedStory De-tokenize",
-    "SeedStoryFeaturesToConditioning": "SeedStory Features to Conditioning",
-    "SeedStorySaveStory": "SeedStory Save Story",
-    "SeedStoryFreeMemory": "SeedStory Free Memory",
-    "SeedStoryAdaptDetokenizer": "SeedStory Adapt De-tokenizer",
-}
-
-#: Other words users search for: ComfyUI 0.30.0 sends ``SEARCH_ALIASES`` as ``search_aliases`` in /object_info and
-#: its node search matches them (0.3.75 ignores the attribute). One table here, set on the classes below, so the node
-#: files stay untouched.
-SEARCH_ALIASES = {
-    "SeedStoryTinyModelLoader": ["story", "storybook", "comic", "storyboard", "seed story", "load story model"],
-    "SeedStoryVisualTokenizerLoader": ["load vit", "qwen-vl vit", "visual encoder", "seed story"],
-    "SeedStoryAgentLoader": ["load llm", "llama lora", "story model", "mllm", "seed story"],
-    "SeedStoryDetokenizerLoader": ["load detokenizer", "sdxl unet", "seed story"],
-    "SeedStoryViTTokenize": ["encode image", "image features", "clip vision encode"],
-    "SeedStoryStorySettings": ["attention sink", "kv cache", "sliding window", "long story"],
-    "SeedStoryStoryStart": ["story", "comic", "storyboard", "begin story", "first panel"],
-    "SeedStoryStoryStep": ["story", "comic", "storyboard", "next panel", "continue story", "branch"],
-    "SeedStoryGenerateStory": [
-        "story",
-        "comic",
-        "storyboard",
-        "storybook",
-        "picture book",
-        "illustrated story",
-        "narrative",
-        "panels",
-    ],
-    "SeedStoryDetokenize": ["render", "decode features", "image from features", "story frames"],
-    "SeedStoryFeaturesToConditioning": ["conditioning", "sdxl", "ksampler", "image prompt"],
-    "SeedStorySaveStory": ["save", "storybook", "comic", "storyboard", "html", "picture book"],
-    "SeedStoryFreeMemory": ["unload models", "clear cache", "free vram", "free memory"],
-    "SeedStoryAdaptDetokenizer": ["train", "fine-tune", "finetune", "training", "adapt"],
-}
-
-for _node_id, _aliases in SEARCH_ALIASES.items():
-    NODE_CLASS_MAPPINGS[_node_id].SEARCH_ALIASES = list(_aliases)
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "SEARCH_ALIASES"]
+__all__ = ["NODES", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

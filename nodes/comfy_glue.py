@@ -1,15 +1,30 @@
-"""Every contact with ComfyUI in one small module; ``comfy``, ``folder_paths`` and ``server`` are imported lazily.
+"""The pack's one door to ComfyUI: every contact with ComfyUI goes through this module.
+
+``comfy``, ``comfy_execution``, ``folder_paths``, ``server`` and ``aiohttp`` (ComfyUI's web server) are imported
+lazily, inside the functions below, and only here: the pack imports (and its node tests run) without ComfyUI.
+What the rest of the pack uses:
+
+* folders: :func:`register_folders`, :func:`folder_dirs`, :func:`list_files`, :func:`list_subfolders`,
+  :func:`full_path` (model folders), :func:`in_comfyui`, :func:`input_directory`, :func:`output_directory`,
+  :func:`temp_directory`;
+* devices and models: :func:`resolve_device`, :func:`resolve_dtype`, :func:`intermediate_device`,
+  :func:`make_patcher`, :func:`load_models`, :func:`unload_all_models`, :func:`request_cache_reset`;
+* progress and interruption: :class:`Progress`, :func:`check_interrupted`, :func:`cancel_callback`,
+  :func:`interrupt_probe`, :func:`raise_interrupted`, :func:`text_streamer`;
+* the web server: :func:`register_get_route`, :func:`http_text`, :func:`http_file`.
 
 Outside ComfyUI (plain pytest) the helpers degrade gracefully: no progress hook, no interruption, no model
-management; tests put stand-ins for ``comfy.*`` / ``folder_paths`` / ``server`` into ``sys.modules`` when they want
-to check the calls.
+management, no routes; tests put stand-ins for ``comfy.*`` / ``folder_paths`` / ``server`` into ``sys.modules`` when
+they want to check the calls.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+import tempfile
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -51,6 +66,11 @@ def _optional(name: str):
 def model_management():
     """``comfy.model_management`` or None outside ComfyUI."""
     return _optional("comfy.model_management")
+
+
+def in_comfyui() -> bool:
+    """True when ComfyUI's ``folder_paths`` can be imported (the pack runs inside a ComfyUI server)."""
+    return _optional("folder_paths") is not None
 
 
 # ---------------------------------------------------------------------------------------------- folders
@@ -233,6 +253,16 @@ def load_models(patchers: Iterable[Any]) -> None:
     mm.load_models_gpu(ps, force_full_load=True)
 
 
+def unload_all_models() -> bool:
+    """Unload every model from ComfyUI's model management and empty the device cache; False outside ComfyUI."""
+    mm = model_management()
+    if mm is None:
+        return False
+    mm.unload_all_models()
+    mm.soft_empty_cache()
+    return True
+
+
 def request_cache_reset() -> bool:
     """Ask ComfyUI to unload models and drop its node output caches once the current prompt ends (what
     POST /free {"unload_models": true, "free_memory": true} does). Returns False outside ComfyUI."""
@@ -258,6 +288,41 @@ def cancel_callback() -> bool:
     """For ``StoryEngine(cancel=...)``: raises ComfyUI's interrupt exception itself, otherwise returns False."""
     check_interrupted()
     return False
+
+
+def interrupt_probe() -> Tuple[Callable[[], bool], List[BaseException]]:
+    """A cancel check that does not raise: ``(cancel, seen)``; ``cancel()`` returns True once the user pressed
+    Cancel (for loops that must stop cleanly, e.g. training, which then saves a checkpoint). On an older ComfyUI
+    without ``processing_interrupted`` the throwing check is used and the exception it consumed lands in ``seen``,
+    for :func:`raise_interrupted`. Outside ComfyUI ``cancel()`` is always False."""
+    seen: List[BaseException] = []
+
+    def cancel() -> bool:
+        mm = model_management()
+        if mm is None:
+            return False
+        probe = getattr(mm, "processing_interrupted", None)
+        if probe is not None:
+            return bool(probe())
+        try:  # older ComfyUI: the throwing check (clears the flag, so keep the exception)
+            mm.throw_exception_if_processing_interrupted()
+        except Exception as err:  # InterruptProcessingException
+            seen.append(err)
+            return True
+        return False
+
+    return cancel, seen
+
+
+def raise_interrupted(seen: List[BaseException], node: str) -> None:
+    """Raise ComfyUI's InterruptProcessingException after :func:`interrupt_probe` said True (clearing the flag),
+    or the one the probe consumed; a RuntimeError naming ``node`` outside ComfyUI."""
+    check_interrupted()  # raises InterruptProcessingException and clears the flag
+    if seen:
+        raise seen[0]
+    mm = model_management()
+    exc = getattr(mm, "InterruptProcessingException", None) if mm is not None else None
+    raise (exc() if exc is not None else RuntimeError(f"{node}: interrupted"))
 
 
 class Progress:
@@ -303,8 +368,64 @@ def text_streamer(node_id: Optional[str]) -> Optional[Callable[[str], None]]:
     return send
 
 
+# ---------------------------------------------------------------------------------------------- user folders
 def output_directory() -> str:
+    """ComfyUI's output folder (``folder_paths.get_output_directory()``).
+
+    Raises:
+        RuntimeError: outside ComfyUI (Save Story writes only there).
+    """
     fp = _optional("folder_paths")
     if fp is None:
         raise RuntimeError("ComfyUI's folder_paths is not available: SeedStory Save Story must run inside ComfyUI.")
     return fp.get_output_directory()
+
+
+def input_directory(node: str) -> Path:
+    """ComfyUI's input folder, resolved (``folder_paths.get_input_directory()``).
+
+    Raises:
+        RuntimeError: outside ComfyUI (no ``folder_paths``): ``node`` reads only from that folder.
+    """
+    fp = _optional("folder_paths")
+    if fp is None or not hasattr(fp, "get_input_directory"):
+        raise RuntimeError(
+            f"{node}: ComfyUI's folder_paths is not available; the node reads its training data "
+            "only from ComfyUI's input folder and must run inside ComfyUI."
+        )
+    return Path(os.path.realpath(fp.get_input_directory()))
+
+
+def temp_directory() -> str:
+    """ComfyUI's temp folder (cleared when ComfyUI starts), or the system's temp folder outside ComfyUI."""
+    fp = _optional("folder_paths")
+    if fp is not None and hasattr(fp, "get_temp_directory"):
+        return fp.get_temp_directory()
+    return tempfile.gettempdir()
+
+
+# ---------------------------------------------------------------------------------------------- web server
+def register_get_route(pattern: str, handler: Callable[[Any], Awaitable[Any]]) -> bool:
+    """Add ``GET pattern`` (an aiohttp route pattern, e.g. ``/seedstory/storybook/{path:.+}``) to ComfyUI's server;
+    ComfyUI also mounts it under ``/api``. ``handler(request)`` is an aiohttp handler that answers with
+    :func:`http_text` / :func:`http_file`. Returns False when ComfyUI's server is not there (tests, scripts)."""
+    srv = _optional("server")
+    instance = getattr(getattr(srv, "PromptServer", None), "instance", None)
+    if instance is None:
+        return False
+    instance.routes.get(pattern)(handler)
+    return True
+
+
+def http_text(status: int, text: str):
+    """An aiohttp text answer (for a route handler)."""
+    from aiohttp import web
+
+    return web.Response(status=status, text=text)
+
+
+def http_file(path, headers: Dict[str, str]):
+    """An aiohttp answer that streams the file at ``path`` with ``headers`` (for a route handler)."""
+    from aiohttp import web
+
+    return web.FileResponse(path, headers=headers)

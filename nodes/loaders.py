@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
 import torch
+
+from seedstory_core.agent import AGENT_CONFIG_FILENAME, SeedStoryAgent
+from seedstory_core.bundle import SeedStoryBundle, load_visual_tokenizer
+from seedstory_core.checkpoints import CheckpointError
+from seedstory_core.config import CONFIG_FILENAME, AgentConfig, SeedStoryConfig, official_config
+from seedstory_core.detokenizer import SeedStoryDetokenizer
+from seedstory_core.preprocess import zero_image_pixels
+from seedstory_core.tiny import random_tiny_bundle, tiny_config
+from seedstory_core.tokenizer import SeedStoryTokenizer
 
 from . import comfy_glue as glue
 from .models import (
@@ -38,9 +48,6 @@ def _device_inputs():
 
 
 def _resolve_config(choice: str, path: str):
-    from seedstory_core.config import CONFIG_FILENAME, SeedStoryConfig, official_config
-    from seedstory_core.tiny import tiny_config
-
     if choice == "official":
         return official_config()
     if choice == "tiny":
@@ -56,8 +63,6 @@ def _resolve_config(choice: str, path: str):
 
 def _loading_errors(node: str, what: str, fn):
     """Run ``fn``; turn the core library's file errors into one clear node error."""
-    from seedstory_core.checkpoints import CheckpointError
-
     try:
         return fn()
     except (CheckpointError, FileNotFoundError, OSError, ValueError, KeyError) as err:
@@ -72,23 +77,11 @@ def _placement(precision: str, device: str):
     return load_device, offload_device, dtype
 
 
-def _vit_wrapper(module, config, source, load_device, offload_device) -> VisualTokenizerModel:
-    patcher = glue.make_patcher(load_device, offload_device, visual_tokenizer=module)
-    return VisualTokenizerModel(module, patcher, config, source)
-
-
-def _agent_wrapper(module, tokenizer, config, source, load_device, offload_device) -> AgentModel:
-    patcher = glue.make_patcher(load_device, offload_device, agent=module)
-    return AgentModel(module, patcher, tokenizer, config, source)
-
-
-def _detok_wrapper(module, config, uncond, source, load_device, offload_device) -> DetokenizerModel:
-    patcher = glue.make_patcher(load_device, offload_device, detokenizer=module, vae=getattr(module, "vae", None))
-    return DetokenizerModel(module, patcher, config, uncond.detach().float().cpu(), source)
-
-
 # ---------------------------------------------------------------------------------------------- visual tokenizer
 class SeedStoryVisualTokenizerLoader:
+    NODE_ID = "SeedStoryVisualTokenizerLoader"
+    DISPLAY_NAME = "SeedStory Visual Tokenizer Loader"
+    SEARCH_ALIASES = ["load vit", "qwen-vl vit", "visual encoder", "seed story"]
     DESCRIPTION = (
         "Loads the SEED-Story visual tokenizer (the Qwen-VL ViT-G that turns a picture into 64 feature "
         "vectors) from ComfyUI/models/seed_story/visual_tokenizer, e.g. qwen_vit_G.pt of the official "
@@ -119,7 +112,7 @@ class SeedStoryVisualTokenizerLoader:
         }
 
     def load(self, vit_name, config="auto", precision="auto", device="auto"):
-        node = "SeedStory Visual Tokenizer Loader"
+        node = self.DISPLAY_NAME
         path = _loading_errors(
             node, "visual tokenizer", lambda: glue.full_path("seed_story_visual_tokenizer", vit_name)
         )
@@ -127,17 +120,18 @@ class SeedStoryVisualTokenizerLoader:
         key = (os.path.realpath(path), os.path.getmtime(path), config, str(load_device), str(dtype))
 
         def load():
-            from seedstory_core.bundle import load_visual_tokenizer
-
             cfg = _resolve_config(config, path)
             module, _report = load_visual_tokenizer(path, cfg.visual_tokenizer, device=offload_device, dtype=dtype)
-            return _vit_wrapper(module, cfg.visual_tokenizer, vit_name, load_device, offload_device)
+            return VisualTokenizerModel.wrap(module, cfg.visual_tokenizer, vit_name, load_device, offload_device)
 
         return (cached_load("visual_tokenizer", key, lambda: _loading_errors(node, "visual tokenizer", load)),)
 
 
 # ---------------------------------------------------------------------------------------------- agent
 class SeedStoryAgentLoader:
+    NODE_ID = "SeedStoryAgentLoader"
+    DISPLAY_NAME = "SeedStory Agent Loader"
+    SEARCH_ALIASES = ["load llm", "llama lora", "story model", "mllm", "seed story"]
     DESCRIPTION = (
         "Loads the SEED-Story MLLM agent (LLaMA-2 + LoRA + input/output resamplers) that writes the story "
         "and regresses each next image's features. Agent weights from models/seed_story/agent (official: "
@@ -184,7 +178,7 @@ class SeedStoryAgentLoader:
         }
 
     def load(self, agent_name, tokenizer_name, base_llm=NONE, config="auto", precision="auto", device="auto"):
-        node = "SeedStory Agent Loader"
+        node = self.DISPLAY_NAME
         path = _loading_errors(node, "agent", lambda: glue.full_path("seed_story_agent", agent_name))
         tok_path = _loading_errors(
             node, "tokenizer", lambda: glue.full_path("seed_story_tokenizer", tokenizer_name, folder=True)
@@ -204,9 +198,6 @@ class SeedStoryAgentLoader:
         )
 
         def load():
-            from seedstory_core.agent import SeedStoryAgent
-            from seedstory_core.tokenizer import SeedStoryTokenizer
-
             agent_cfg, cfg_name = _agent_config(config, path)
             tokenizer = SeedStoryTokenizer.from_folder(tok_path, agent_cfg.image_tokens)
             if tokenizer.vocab_size != agent_cfg.llm.vocab_size:
@@ -218,18 +209,13 @@ class SeedStoryAgentLoader:
             module, _report = SeedStoryAgent.from_pretrained(
                 path, agent_cfg, base_llama=llm_path, device=offload_device, dtype=dtype
             )
-            return _agent_wrapper(module.eval(), tokenizer, agent_cfg, agent_name, load_device, offload_device)
+            return AgentModel.wrap(module.eval(), tokenizer, agent_cfg, agent_name, load_device, offload_device)
 
         return (cached_load("agent", key, lambda: _loading_errors(node, "agent", load)),)
 
 
 def _agent_config(choice: str, path: str):
     """(AgentConfig, name): auto prefers agent_config.json next to the weights (written by seedstory)."""
-    import json
-
-    from seedstory_core.agent import AGENT_CONFIG_FILENAME
-    from seedstory_core.config import AgentConfig
-
     here = path if os.path.isdir(path) else os.path.dirname(path)
     if choice == "auto" and os.path.isfile(os.path.join(here, AGENT_CONFIG_FILENAME)):
         with open(os.path.join(here, AGENT_CONFIG_FILENAME), encoding="utf-8") as f:
@@ -270,6 +256,9 @@ def resolve_sdxl(choice: str) -> str:
 
 
 class SeedStoryDetokenizerLoader:
+    NODE_ID = "SeedStoryDetokenizerLoader"
+    DISPLAY_NAME = "SeedStory De-tokenizer Loader"
+    SEARCH_ALIASES = ["load detokenizer", "sdxl unet", "seed story"]
     DESCRIPTION = (
         "Loads the SEED-Story de-tokenizer: the adapter (resampler + adapted UNet to_k/to_v; official: "
         "detokenizer pytorch_model.bin) from models/seed_story/detokenizer on top of SD-XL base "
@@ -314,7 +303,7 @@ class SeedStoryDetokenizerLoader:
         }
 
     def load(self, visual_tokenizer, adapter_name, sdxl_base, config="auto", precision="auto", device="auto"):
-        node = "SeedStory De-tokenizer Loader"
+        node = self.DISPLAY_NAME
         vit = require(
             visual_tokenizer,
             VisualTokenizerModel,
@@ -339,8 +328,6 @@ class SeedStoryDetokenizerLoader:
         )
 
         def load():
-            from seedstory_core.detokenizer import SeedStoryDetokenizer
-
             cfg = _resolve_config(config, path)
             if cfg.detokenizer.resampler.embedding_dim != vit.config.output_dim:
                 raise SeedStoryInputError(
@@ -352,7 +339,7 @@ class SeedStoryDetokenizerLoader:
                 path, base, cfg.detokenizer, device=offload_device, dtype=dtype
             )
             uncond = uncond_features(vit)
-            return _detok_wrapper(module, cfg.detokenizer, uncond, adapter_name, load_device, offload_device)
+            return DetokenizerModel.wrap(module, cfg.detokenizer, uncond, adapter_name, load_device, offload_device)
 
         return (cached_load("detokenizer", key, lambda: _loading_errors(node, "de-tokenizer", load)),)
 
@@ -360,8 +347,6 @@ class SeedStoryDetokenizerLoader:
 @torch.no_grad()
 def uncond_features(vit: VisualTokenizerModel) -> torch.Tensor:
     """ViT features of an all-zero CLIP-normalised image (the de-tokenizer's negative branch), float32 on CPU."""
-    from seedstory_core.preprocess import zero_image_pixels
-
     module = vit.loaded()
     pixels = zero_image_pixels(vit.config.image_size)
     return module(pixels.to(device=module.device, dtype=module.dtype)).float().cpu()
@@ -370,8 +355,6 @@ def uncond_features(vit: VisualTokenizerModel) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- tiny bundle
 def tiny_bundle_fingerprint(folder: str = None) -> str:
     """'random' or the bundle folder + mtimes of its files (changes when the trained tiny model lands)."""
-    from seedstory_core.config import CONFIG_FILENAME
-
     folder = folder or glue.TINY_BUNDLE_DIR
     if not os.path.isfile(os.path.join(folder, CONFIG_FILENAME)):
         return "random"
@@ -384,6 +367,9 @@ def tiny_bundle_fingerprint(folder: str = None) -> str:
 
 
 class SeedStoryTinyModelLoader:
+    NODE_ID = "SeedStoryTinyModelLoader"
+    DISPLAY_NAME = "SeedStory Tiny Model Loader"
+    SEARCH_ALIASES = ["story", "storybook", "comic", "storyboard", "seed story", "load story model"]
     DESCRIPTION = (
         "One click: the bundled tiny SEED-Story model (agent, visual tokenizer, de-tokenizer) for demos "
         "and tests; runs on a CPU in seconds at 64x64 px. Loads the trained bundle in "
@@ -425,15 +411,12 @@ class SeedStoryTinyModelLoader:
         return tiny_bundle_fingerprint()
 
     def load(self, random_seed=0, precision="auto", device="auto"):
-        node = "SeedStory Tiny Model Loader"
+        node = self.DISPLAY_NAME
         load_device, offload_device, dtype = _placement(precision, device)
         fingerprint = tiny_bundle_fingerprint()
         key = (fingerprint, int(random_seed) if fingerprint == "random" else None, str(load_device), str(dtype))
 
         def load():
-            from seedstory_core.bundle import SeedStoryBundle
-            from seedstory_core.tiny import random_tiny_bundle
-
             if fingerprint == "random":
                 bundle = random_tiny_bundle(int(random_seed)).to(offload_device, dtype)
                 info = (
@@ -445,13 +428,13 @@ class SeedStoryTinyModelLoader:
                 info = f"trained tiny SEED-Story model from {glue.TINY_BUNDLE_DIR}"
             source = "tiny (random)" if fingerprint == "random" else "tiny (trained)"
             cfg = bundle.config
-            agent = _agent_wrapper(
+            agent = AgentModel.wrap(
                 bundle.agent.eval(), bundle.tokenizer, cfg.agent, source, load_device, offload_device
             )
-            vit = _vit_wrapper(
+            vit = VisualTokenizerModel.wrap(
                 bundle.visual_tokenizer.eval(), cfg.visual_tokenizer, source, load_device, offload_device
             )
-            detok = _detok_wrapper(
+            detok = DetokenizerModel.wrap(
                 bundle.detokenizer.eval(), cfg.detokenizer, bundle.uncond_features, source, load_device, offload_device
             )
             return agent, vit, detok, info

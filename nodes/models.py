@@ -11,6 +11,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from seedstory_core.story import default_policy, engine_for
+
 from . import comfy_glue as glue
 
 # Socket types (namespaced custom types, never "*": they connect only to the sockets meant for them).
@@ -45,6 +47,11 @@ class VisualTokenizerModel:
     config: Any  # VisualTokenizerConfig
     source: str
 
+    @classmethod
+    def wrap(cls, module, config, source: str, load_device, offload_device) -> "VisualTokenizerModel":
+        """The socket value for a loaded visual tokenizer: ``module`` with a ComfyUI ModelPatcher over it."""
+        return cls(module, glue.make_patcher(load_device, offload_device, visual_tokenizer=module), config, source)
+
     def loaded(self) -> torch.nn.Module:
         glue.load_models([self.patcher])
         return self.module
@@ -66,12 +73,15 @@ class AgentModel:
     config: Any  # AgentConfig
     source: str
 
+    @classmethod
+    def wrap(cls, module, tokenizer, config, source: str, load_device, offload_device) -> "AgentModel":
+        """The socket value for a loaded agent: ``module`` with its tokenizer and a ComfyUI ModelPatcher."""
+        return cls(module, glue.make_patcher(load_device, offload_device, agent=module), tokenizer, config, source)
+
     def engine(self, visual_tokenizer: Optional[VisualTokenizerModel] = None, policy=None):
         """The story engine over the loaded (on-device) agent, and the visual tokenizer when given, for ``policy``
         (a story's ``settings.policy``; default: the pack's default policy), see
         :func:`seedstory_core.story.engine_for`."""
-        from seedstory_core.story import default_policy, engine_for
-
         self.ensure_loaded(visual_tokenizer)
         return engine_for(
             policy if policy is not None else default_policy(),
@@ -106,6 +116,13 @@ class DetokenizerModel:
     config: Any  # DetokenizerConfig
     uncond_features: torch.Tensor
     source: str
+
+    @classmethod
+    def wrap(cls, module, config, uncond: torch.Tensor, source: str, load_device, offload_device) -> "DetokenizerModel":
+        """The socket value for a loaded de-tokenizer: ``module`` (and its VAE, which is not a submodule) under one
+        ComfyUI ModelPatcher; ``uncond`` (1, T, D) is kept as float32 on the CPU."""
+        patcher = glue.make_patcher(load_device, offload_device, detokenizer=module, vae=getattr(module, "vae", None))
+        return cls(module, patcher, config, uncond.detach().float().cpu(), source)
 
     def loaded(self) -> torch.nn.Module:
         glue.load_models([self.patcher])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import re
 import unicodedata
@@ -10,6 +11,9 @@ from typing import Tuple
 
 import numpy as np
 import torch
+
+from seedstory_core.story import StoryState
+from seedstory_core.storybook import write_storybook
 
 from . import comfy_glue as glue
 from .models import STATE, SeedStoryInputError, check_image, clear_cache, image_to_rgb
@@ -141,6 +145,9 @@ PREFIX_TOOLTIP = (
 
 
 class SeedStorySaveStory:
+    NODE_ID = "SeedStorySaveStory"
+    DISPLAY_NAME = NODE_NAME
+    SEARCH_ALIASES = ["save", "storybook", "comic", "storyboard", "html", "picture book"]
     DESCRIPTION = (
         "Saves a storybook into ComfyUI's output folder (never outside it): a new sub-folder per story "
         "with index.html (frames and sentences, open it in a browser), story.json and the PNG frames; "
@@ -194,9 +201,8 @@ class SeedStorySaveStory:
         if filename_prefix is None:
             return True
         try:
-            fp = glue._optional("folder_paths")
-            if fp is not None:
-                check_prefix_in(fp.get_output_directory(), filename_prefix)
+            if glue.in_comfyui():
+                check_prefix_in(glue.output_directory(), filename_prefix)
             else:
                 parse_prefix(filename_prefix)
         except SeedStoryInputError as err:
@@ -212,7 +218,7 @@ class SeedStorySaveStory:
         Raises:
             SeedStoryInputError: bad prefix, integer or non-finite images, wrong input types; nothing is written.
         """
-        node = NODE_NAME
+        node = self.DISPLAY_NAME
         root = glue.output_directory()
         rel_dir, name = check_prefix_in(root, filename_prefix, node)
         images = check_image(images, node=node, name="images")
@@ -220,8 +226,6 @@ class SeedStorySaveStory:
         imgs = image_to_rgb(images)
         meta = {}
         if state is not None:
-            from seedstory_core.story import StoryState
-
             if not isinstance(state, StoryState):
                 raise SeedStoryInputError(
                     f"{node}: input 'state' expects a {STATE}, but found a {type(state).__name__}."
@@ -249,8 +253,6 @@ class SeedStorySaveStory:
         resolve_inside(
             root, sub, node=node, what="filename_prefix", example=PREFIX_EXAMPLE, folder=OUTPUT_FOLDER
         )  # after creating it
-        from seedstory_core.storybook import write_storybook
-
         arr = (imgs.detach().cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
         book = write_storybook(os.path.join(root, sub), list(arr), lines, title=title, state=meta)
         ui_images = [{"filename": f, "subfolder": sub, "type": "output"} for f in book.files]
@@ -260,6 +262,9 @@ class SeedStorySaveStory:
 
 
 class SeedStoryFreeMemory:
+    NODE_ID = "SeedStoryFreeMemory"
+    DISPLAY_NAME = "SeedStory Free Memory"
+    SEARCH_ALIASES = ["unload models", "clear cache", "free vram", "free memory"]
     DESCRIPTION = (
         "Frees memory: unloads every model from ComfyUI's model management (unload_all_models + "
         "soft_empty_cache), drops SeedStory's own model cache and asks ComfyUI to clear cached node "
@@ -303,17 +308,12 @@ class SeedStoryFreeMemory:
     def free(self, clear_node_cache=True, after=None):
         n = clear_cache()
         parts = [f"SeedStory model cache: {n} entr{'y' if n == 1 else 'ies'} dropped"]
-        mm = glue.model_management()
-        if mm is not None:
-            mm.unload_all_models()
-            mm.soft_empty_cache()
+        if glue.unload_all_models():
             parts.append("ComfyUI models unloaded")
         if clear_node_cache:
             done = glue.request_cache_reset()
             if done:
                 parts.append("node output caches cleared after this run")
-        import gc
-
         gc.collect()
         report = "; ".join(parts)
         return {"ui": {"text": [report]}, "result": (report,)}

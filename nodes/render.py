@@ -6,6 +6,8 @@ from typing import Callable, Optional
 
 import torch
 
+from seedstory_core.detokenizer import SCHEDULER_NAMES
+
 from . import comfy_glue as glue
 from .models import DETOKENIZER, FEATURES, DetokenizerModel, SeedStoryInputError, check_features, require_model
 
@@ -22,12 +24,6 @@ RENDER_TOOLTIPS = {
 }
 
 
-def _scheduler_names():
-    from seedstory_core.detokenizer import SCHEDULER_NAMES
-
-    return SCHEDULER_NAMES
-
-
 def render_features(
     detok: DetokenizerModel,
     features: torch.Tensor,
@@ -40,12 +36,18 @@ def render_features(
     same_noise: bool,
     width: int,
     height: int,
+    node: str,
     on_step: Optional[Callable[[int, int], None]] = None,
-    node: str = "SeedStory De-tokenize",
 ) -> torch.Tensor:
-    """Render (B, T, D) features -> IMAGE [B, H, W, 3] float 0..1 on ComfyUI's intermediate device."""
-    if scheduler not in _scheduler_names():
-        raise SeedStoryInputError(f"{node}: scheduler must be one of {list(_scheduler_names())}, found {scheduler!r}.")
+    """Render (B, T, D) features -> IMAGE [B, H, W, 3] float 0..1 on ComfyUI's intermediate device.
+
+    ``node`` (the calling node's name) starts the error messages.
+
+    Raises:
+        SeedStoryInputError: an unknown scheduler or a size the de-tokenizer refuses.
+    """
+    if scheduler not in SCHEDULER_NAMES:
+        raise SeedStoryInputError(f"{node}: scheduler must be one of {list(SCHEDULER_NAMES)}, found {scheduler!r}.")
     module = detok.loaded()
 
     def callback(step, total):
@@ -74,6 +76,9 @@ def render_features(
 
 
 class SeedStoryDetokenize:
+    NODE_ID = "SeedStoryDetokenize"
+    DISPLAY_NAME = "SeedStory De-tokenize"
+    SEARCH_ALIASES = ["render", "decode features", "image from features", "story frames"]
     DESCRIPTION = (
         "Renders SEED-Story image features into pictures with the de-tokenizer (resampler -> SD-XL UNet "
         "-> VAE). A batch of features gives a batch of images; progress is shown per diffusion step."
@@ -99,7 +104,7 @@ class SeedStoryDetokenize:
                     "FLOAT",
                     {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": t["guidance_scale"]},
                 ),
-                "scheduler": (list(_scheduler_names()), {"default": "euler", "tooltip": t["scheduler"]}),
+                "scheduler": (list(SCHEDULER_NAMES), {"default": "euler", "tooltip": t["scheduler"]}),
                 "seed": (
                     "INT",
                     {"default": 42, "min": 0, "max": 2**63 - 1, "control_after_generate": True, "tooltip": t["seed"]},
@@ -124,7 +129,7 @@ class SeedStoryDetokenize:
         width=0,
         height=0,
     ):
-        node = "SeedStory De-tokenize"
+        node = self.DISPLAY_NAME
         detok = require_model(detokenizer, "detokenizer", node=node)
         feats = check_features(features, node=node, name="features", dim=detok.feature_dim)
         progress = glue.Progress(int(steps))
@@ -146,6 +151,9 @@ class SeedStoryDetokenize:
 
 
 class SeedStoryFeaturesToConditioning:
+    NODE_ID = "SeedStoryFeaturesToConditioning"
+    DISPLAY_NAME = "SeedStory Features to Conditioning"
+    SEARCH_ALIASES = ["conditioning", "sdxl", "ksampler", "image prompt"]
     DESCRIPTION = (
         "Turns SEED-Story image features into SD-XL CONDITIONING (the de-tokenizer resampler's prompt "
         "embeddings + pooled vector) so the native KSampler / VAE Decode can render frames with an SD-XL "
@@ -192,7 +200,7 @@ class SeedStoryFeaturesToConditioning:
         }
 
     def convert(self, detokenizer, features, width=1024, height=1024):
-        node = "SeedStory Features to Conditioning"
+        node = self.DISPLAY_NAME
         detok = require_model(detokenizer, "detokenizer", node=node)
         feats = check_features(features, node=node, name="features", dim=detok.feature_dim)
         module = detok.loaded()

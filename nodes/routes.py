@@ -9,8 +9,8 @@ as a download, so the page cannot be opened through it), ``story.json`` and the 
 * only ``.html``, ``.json`` and ``.png`` files, and only in a folder that holds a ``story.json`` (a storybook);
 * a refused path answers 400 with the reason, a missing file 404.
 
-The route is registered when ComfyUI imports the pack (:func:`register`, which imports ComfyUI's ``server`` and
-``folder_paths`` lazily and does nothing without them). :func:`resolve_storybook_file` is the pure part, tested
+The route is registered when ComfyUI imports the pack (:func:`register`, through ComfyUI's one door,
+:mod:`nodes.comfy_glue`, which does nothing outside ComfyUI). :func:`resolve_storybook_file` is the pure part, tested
 without ComfyUI.
 """
 
@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Tuple
 
+from . import comfy_glue as glue
 from .models import SeedStoryInputError
 from .paths import OutsideFolderError, resolve_inside
 
@@ -83,35 +84,24 @@ def client_message(err: Exception) -> str:
     return str(err)
 
 
-def register() -> bool:
-    """Add the route to ComfyUI's server (once). Returns False when ComfyUI's server is not there."""
-    global _registered
-    if _registered:
-        return True
+async def _serve(request):
+    """The route's handler: a storybook file, 400 with the reason for a refused path, 404 for a missing one."""
     try:
-        import folder_paths
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return False
-    instance = getattr(PromptServer, "instance", None)
-    if instance is None:
-        return False
+        path, kind = resolve_storybook_file(glue.output_directory(), request.match_info["path"])
+    except SeedStoryInputError as e:
+        # a client's bad request, not a server fault: the full reason (it may name absolute server paths) is
+        # logged at INFO level only
+        logging.info("%s", e)
+        return glue.http_text(400, client_message(e))
+    except StorybookNotFound as e:
+        return glue.http_text(404, str(e))
+    return glue.http_file(path, {"Content-Type": kind, "Content-Disposition": "inline", "Cache-Control": "no-cache"})
 
-    @instance.routes.get(ROUTE)
-    async def seedstory_storybook(request):
-        try:
-            path, kind = resolve_storybook_file(folder_paths.get_output_directory(), request.match_info["path"])
-        except SeedStoryInputError as e:
-            # a client's bad request, not a server fault: the full reason (it may name absolute server paths) is
-            # logged at INFO level only
-            logging.info("%s", e)
-            return web.Response(status=400, text=client_message(e))
-        except StorybookNotFound as e:
-            return web.Response(status=404, text=str(e))
-        return web.FileResponse(
-            path, headers={"Content-Type": kind, "Content-Disposition": "inline", "Cache-Control": "no-cache"}
-        )
 
-    _registered = True
-    return True
+def register() -> bool:
+    """Add the route to ComfyUI's server (once, through :func:`nodes.comfy_glue.register_get_route`). Returns False
+    when ComfyUI's server is not there."""
+    global _registered
+    if not _registered:
+        _registered = glue.register_get_route(ROUTE, _serve)
+    return _registered

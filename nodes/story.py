@@ -1,12 +1,24 @@
-"""Story nodes: ViT Tokenize, Story Settings, Story Start, Story Step, Generate Story."""
+"""Story nodes: ViT Tokenize, Story Start, Story Step, Generate Story.
+
+Each node checks its inputs, asks the core library (:mod:`seedstory_core.rules`, :mod:`seedstory_core.story`) to do
+the work, and turns the library's errors into messages that name the node; the model's rules (sentence length,
+caption count, feature width) live in :mod:`seedstory_core.rules`. The Story Settings node and the decoding inputs
+are in :mod:`nodes.settings`.
+"""
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
+from seedstory_core.detokenizer import SCHEDULER_NAMES
+from seedstory_core.preprocess import RESIZE_MODES
+from seedstory_core.rules import StoryRuleError, check_mode, check_story_run, check_text_length
+from seedstory_core.story import STORY_MODES, StoryState
+
 from . import comfy_glue as glue
+from .inputs import bool_input, choice_input, float_input, int_input, socket_input, text_input
 from .models import (
     AGENT,
     DETOKENIZER,
@@ -15,6 +27,7 @@ from .models import (
     STATE,
     VISUAL_TOKENIZER,
     AgentModel,
+    DetokenizerModel,
     SeedStoryInputError,
     check_features,
     check_image,
@@ -25,119 +38,25 @@ from .models import (
     resize_image,
 )
 from .render import RENDER_TOOLTIPS, render_features
+from .settings import check_settings, decoding_inputs, make_decoding, no_repeat_input
 
-DECODING_CHOICES = ("greedy", "sample")
-MAX_SEED = 2**63 - 1
-
-#: Appended to every free-text tooltip (the rule: max_text_tokens).
+#: Appended to every free-text tooltip (the rule: seedstory_core.rules.max_text_tokens).
 LIMIT_TIP = (
     " At most max_position_embeddings / 8 - 66 tokens per sentence: 446 tokens (~1,500 characters) for the "
     "tiny and the official model."
 )
 
-DECODING_TOOLTIPS = {
-    "decoding": "greedy = always the most likely token (the official setting, deterministic); sample = draw tokens "
-    "with temperature / top_p / top_k (varies with the seed).",
-    "temperature": "Sampling only: <1 makes the text more predictable, >1 more surprising.",
-    "top_p": "Sampling only: keep the smallest set of tokens whose probabilities add up to top_p (1 = off).",
-    "top_k": "Sampling only: keep the k most likely tokens (0 = off).",
-    "repetition_penalty": "Penalise tokens already used in the story (1 = off, the official setting; the default 1.2 "
-    "keeps greedy stories from looping, see docs/evaluation.md).",
-    "max_sentence_tokens": "Longest sentence in tokens; the image is started after this many text tokens.",
-    "no_repeat_sentences": "On (the default): a sentence that comes out as a copy of an earlier sentence of the story "
-    "is written again, starting with another word (at most 3 tries). Off = the official decoding. Your own text is "
-    "kept as typed.",
-    "seed": "Seed for sampling (text) and, in Generate Story, for the de-tokenizer noise (frame i uses (seed, i)).",
-}
 
-
-def decoding_inputs(default_max_tokens: int = 100):
-    from seedstory_core.story import DEFAULT_REPETITION_PENALTY
-
-    t = DECODING_TOOLTIPS
-    return {
-        "decoding": (list(DECODING_CHOICES), {"default": "greedy", "tooltip": t["decoding"]}),
-        "temperature": ("FLOAT", {"default": 0.7, "min": 0.01, "max": 5.0, "step": 0.01, "tooltip": t["temperature"]}),
-        "top_p": ("FLOAT", {"default": 0.9, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": t["top_p"]}),
-        "top_k": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": t["top_k"]}),
-        "repetition_penalty": (
-            "FLOAT",
-            {
-                "default": DEFAULT_REPETITION_PENALTY,
-                "min": 0.5,
-                "max": 3.0,
-                "step": 0.01,
-                "tooltip": t["repetition_penalty"],
-            },
-        ),
-        "max_sentence_tokens": (
-            "INT",
-            {"default": default_max_tokens, "min": 1, "max": 1024, "tooltip": t["max_sentence_tokens"]},
-        ),
-        "seed": (
-            "INT",
-            {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True, "tooltip": t["seed"]},
-        ),
-    }
-
-
-def no_repeat_input():
-    """The optional ``no_repeat_sentences`` toggle (optional, so workflows and API jobs saved before it still load;
-    missing = the pack's default, :data:`seedstory_core.story.DEFAULT_NO_REPEAT_SENTENCES`)."""
-    from seedstory_core.story import DEFAULT_NO_REPEAT_SENTENCES
-
-    return {
-        "no_repeat_sentences": (
-            "BOOLEAN",
-            {"default": DEFAULT_NO_REPEAT_SENTENCES, "tooltip": DECODING_TOOLTIPS["no_repeat_sentences"]},
-        )
-    }
-
-
-def make_decoding(
-    decoding, temperature, top_p, top_k, repetition_penalty, max_sentence_tokens, seed, node, no_repeat_sentences=None
-):
-    """DecodingSettings from a node's decoding inputs (``repetition_penalty`` / ``no_repeat_sentences`` None: the
-    pack's defaults). Raises SeedStoryInputError for a bad value."""
-    from seedstory_core.story import DEFAULT_NO_REPEAT_SENTENCES, DEFAULT_REPETITION_PENALTY, DecodingSettings
-
-    if repetition_penalty is None:
-        repetition_penalty = DEFAULT_REPETITION_PENALTY
-    if no_repeat_sentences is None:
-        no_repeat_sentences = DEFAULT_NO_REPEAT_SENTENCES
-    if not isinstance(no_repeat_sentences, bool):
-        raise SeedStoryInputError(
-            f"{node}: no_repeat_sentences must be true or false, found {no_repeat_sentences!r}. Tick or untick the "
-            "toggle (API jobs: send a JSON boolean)."
-        )
-    if decoding not in DECODING_CHOICES:
-        raise SeedStoryInputError(f"{node}: decoding must be one of {DECODING_CHOICES}, found {decoding!r}.")
+def _rules(node: str, check: Callable, *args, **kwargs):
+    """Run a :mod:`seedstory_core.rules` check; its :class:`StoryRuleError` becomes this node's input error."""
     try:
-        return DecodingSettings(
-            do_sample=decoding == "sample",
-            temperature=float(temperature),
-            top_p=float(top_p),
-            top_k=int(top_k),
-            repetition_penalty=float(repetition_penalty),
-            seed=int(seed),
-            max_sentence_tokens=int(max_sentence_tokens),
-            no_repeat_sentences=no_repeat_sentences,
-        )
-    except ValueError as err:
-        raise SeedStoryInputError(f"{node}: {err}") from err
+        return check(*args, **kwargs)
+    except StoryRuleError as err:
+        raise SeedStoryInputError(f"{node}: {err}") from None
 
 
-def story_modes():
-    """The step modes, defined by the core library (seedstory_core.story.STORY_MODES; imported when needed so
-    that loading the pack stays light)."""
-    from seedstory_core.story import STORY_MODES
-
-    return STORY_MODES
-
-
-def _check_mode(mode, node: str) -> None:
-    if mode not in story_modes():
-        raise SeedStoryInputError(f"{node}: mode must be one of {story_modes()}, found {mode!r}.")
+def _text_length(node: str, agent: AgentModel, text: str, name: str) -> str:
+    return _rules(node, check_text_length, agent.tokenizer, agent.config, text, name=name)
 
 
 def _one_line(text: str) -> str:
@@ -145,8 +64,6 @@ def _one_line(text: str) -> str:
 
 
 def _check_state(state, node):
-    from seedstory_core.story import StoryState
-
     return require(
         state,
         StoryState,
@@ -168,202 +85,6 @@ def _features_out(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(glue.intermediate_device(), torch.float32)
 
 
-# ---------------------------------------------------------------------------------------------- ViT tokenize
-class SeedStoryViTTokenize:
-    DESCRIPTION = (
-        "Encodes pictures with the visual tokenizer into SEED-Story image features (64 vectors per image, "
-        "the space the agent reads and writes). A batch of images gives a batch of features."
-    )
-    CATEGORY = "SEED-Story/story"
-    FUNCTION = "encode"
-    RETURN_TYPES = (FEATURES,)
-    RETURN_NAMES = ("features",)
-    OUTPUT_TOOLTIPS = ("Image features (B, 64, D), one row block per input image.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        from seedstory_core.preprocess import RESIZE_MODES
-
-        return {
-            "required": {
-                "visual_tokenizer": (VISUAL_TOKENIZER, {"tooltip": "The visual tokenizer (from a SeedStory loader)."}),
-                "image": ("IMAGE", {"tooltip": "One or more pictures; any size, RGB/RGBA/grayscale."}),
-                "resize_mode": (
-                    list(RESIZE_MODES),
-                    {
-                        "default": "squash",
-                        "tooltip": "squash = resize to a square ignoring the aspect ratio (official inference); "
-                        "keep_ratio = resize the short side and centre-crop (official stage-3 training).",
-                    },
-                ),
-            }
-        }
-
-    def encode(self, visual_tokenizer, image, resize_mode="squash"):
-        node = "SeedStory ViT Tokenize"
-        vit = require_model(visual_tokenizer, "visual_tokenizer", node=node)
-        img = check_image(image, node=node, name="image")
-        module = vit.loaded()
-        try:
-            feats = module.encode_images(img, mode=resize_mode)
-        except ValueError as err:
-            raise SeedStoryInputError(f"{node}: {err}") from err
-        return (_features_out(feats),)
-
-
-# ---------------------------------------------------------------------------------------------- settings
-class SeedStoryStorySettings:
-    DESCRIPTION = (
-        "Story-level settings for Story Start / Generate Story: how the agent's KV cache forgets old "
-        "frames. multimodal_sink (the paper's attention sink, default) keeps the first tokens, a window "
-        "of the last W images and the tokens around older images' BOI/EOI (by default of the most recent "
-        "few, so the cache stays bounded; max_sink_images 0 = every one, the paper's rule); reencode_window is the "
-        "official code's baseline (re-encodes the last W images every step, no KV reuse)."
-    )
-    CATEGORY = "SEED-Story/story"
-    FUNCTION = "make"
-    RETURN_TYPES = (SETTINGS,)
-    RETURN_NAMES = ("settings",)
-    OUTPUT_TOOLTIPS = ("Story settings, for the optional settings input of Story Start or Generate Story.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        from seedstory_core.cache import POSITION_MODES
-        from seedstory_core.story import DEFAULT_MAX_SINK_IMAGES, POLICY_CHOICES
-
-        return {
-            "required": {
-                "cache_policy": (
-                    list(POLICY_CHOICES),
-                    {
-                        "default": "multimodal_sink",
-                        "tooltip": "multimodal_sink = paper default; sink = first tokens + window (StreamingLLM); "
-                        "window = last W images only; dense = keep everything (memory grows); "
-                        "reencode_window = official baseline, re-encode the window every step.",
-                    },
-                ),
-                "window_images": (
-                    "INT",
-                    {
-                        "default": 8,
-                        "min": 1,
-                        "max": 256,
-                        "tooltip": "W: how many recent images (with their sentences) stay fully in the cache.",
-                    },
-                ),
-                "n_start": (
-                    "INT",
-                    {
-                        "default": 4,
-                        "min": 0,
-                        "max": 256,
-                        "tooltip": "Tokens always kept from the very start of the story (sink policies).",
-                    },
-                ),
-                "boi_before": (
-                    "INT",
-                    {
-                        "default": 4,
-                        "min": 0,
-                        "max": 64,
-                        "tooltip": "multimodal_sink: tokens kept before each evicted image's BOI.",
-                    },
-                ),
-                "boi_after": (
-                    "INT",
-                    {
-                        "default": 8,
-                        "min": 0,
-                        "max": 64,
-                        "tooltip": "multimodal_sink: tokens kept from each evicted image's BOI on.",
-                    },
-                ),
-                "eoi_before": (
-                    "INT",
-                    {
-                        "default": 8,
-                        "min": 0,
-                        "max": 64,
-                        "tooltip": "multimodal_sink: tokens kept up to each evicted image's EOI.",
-                    },
-                ),
-                "eoi_after": (
-                    "INT",
-                    {
-                        "default": 4,
-                        "min": 0,
-                        "max": 64,
-                        "tooltip": "multimodal_sink: tokens kept after each evicted image's EOI.",
-                    },
-                ),
-                "max_sink_images": (
-                    "INT",
-                    {
-                        "default": DEFAULT_MAX_SINK_IMAGES,
-                        "min": 0,
-                        "max": 4096,
-                        "tooltip": "multimodal_sink: keep the sink tokens of at most this many evicted images "
-                        f"(default {DEFAULT_MAX_SINK_IMAGES} = the pack's bounded default, "
-                        "seedstory_core.story.DEFAULT_MAX_SINK_IMAGES, chosen by the long-story "
-                        "ablation in docs/benchmarks.md; 0 = all, the paper's unbounded rule).",
-                    },
-                ),
-                "positions": (
-                    list(POSITION_MODES),
-                    {
-                        "default": "rerotate",
-                        "tooltip": "rerotate = kept keys are re-rotated to consecutive positions "
-                        "(like transformers' SinkCache); original = keep their original positions.",
-                    },
-                ),
-            }
-        }
-
-    def make(
-        self,
-        cache_policy="multimodal_sink",
-        window_images=8,
-        n_start=4,
-        boi_before=4,
-        boi_after=8,
-        eoi_before=8,
-        eoi_after=4,
-        max_sink_images=None,
-        positions="rerotate",
-    ):
-        from seedstory_core.story import DEFAULT_MAX_SINK_IMAGES, StorySettings
-
-        node = "SeedStory Story Settings"
-        if max_sink_images is None:
-            max_sink_images = DEFAULT_MAX_SINK_IMAGES
-        try:
-            return (
-                StorySettings.for_choice(
-                    cache_policy,
-                    window_images=int(window_images),
-                    n_start=int(n_start),
-                    boi_before=int(boi_before),
-                    boi_after=int(boi_after),
-                    eoi_before=int(eoi_before),
-                    eoi_after=int(eoi_after),
-                    max_sink_images=int(max_sink_images) or None,
-                    positions=positions,
-                ),
-            )
-        except ValueError as err:
-            raise SeedStoryInputError(f"{node}: {err}") from err
-
-
-def _check_settings(settings, node):
-    from seedstory_core.story import StorySettings
-
-    if settings is None:
-        return StorySettings()
-    return require(
-        settings, StorySettings, node=node, name="settings", socket=SETTINGS, hint="SeedStory Story Settings output"
-    )
-
-
 def _validate_text(node: str, name: str, value) -> object:
     """VALIDATE_INPUTS helper: True, or the message ComfyUI shows in node_errors."""
     if value is None:  # linked input: checked at run time
@@ -376,45 +97,62 @@ def _validate_text(node: str, name: str, value) -> object:
     return True
 
 
-def max_text_tokens(config) -> int:
-    """The longest sentence (opening text, a caption, a Story Step text) a SeedStory node accepts, in tokens.
+# ---------------------------------------------------------------------------------------------- ViT tokenize
+class SeedStoryViTTokenize:
+    NODE_ID = "SeedStoryViTTokenize"
+    DISPLAY_NAME = "SeedStory ViT Tokenize"
+    SEARCH_ALIASES = ["encode image", "image features", "clip vision encode"]
+    DESCRIPTION = (
+        "Encodes pictures with the visual tokenizer into SEED-Story image features (64 vectors per image, "
+        "the space the agent reads and writes). A batch of images gives a batch of features."
+    )
+    CATEGORY = "SEED-Story/story"
+    FUNCTION = "encode"
+    RETURN_TYPES = (FEATURES,)
+    RETURN_NAMES = ("features",)
+    OUTPUT_TOOLTIPS = ("Image features (B, 64, D), one row block per input image.",)
 
-    Rule: ``max_position_embeddings // 8 - (num_img_tokens + 2)``. The agent's cache holds a window of 8 frames by
-    default (Story Settings), each one sentence plus the image's ``num_img_tokens + 2`` tokens (BOI, IMG x n, EOI),
-    so one frame may use an eighth of the position range the model was built for. Both the bundled tiny model and
-    SEED-Story-George have ``max_position_embeddings = 4096`` and 64 image tokens: 446 tokens (the official
-    training stories average ~60 text tokens per frame: max_length 1280 for 10 frames of 66 image tokens + text).
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "visual_tokenizer": socket_input(VISUAL_TOKENIZER, "The visual tokenizer (from a SeedStory loader)."),
+                "image": socket_input("IMAGE", "One or more pictures; any size, RGB/RGBA/grayscale."),
+                "resize_mode": choice_input(
+                    RESIZE_MODES,
+                    "squash",
+                    "squash = resize to a square ignoring the aspect ratio (official inference); "
+                    "keep_ratio = resize the short side and centre-crop (official stage-3 training).",
+                ),
+            }
+        }
 
-    Args: config: the agent's ``AgentConfig`` (``llm.max_position_embeddings``, ``image_tokens.num_img_tokens``).
-    Returns: the limit in tokens of the agent's tokenizer (>= 16 for any config).
-    """
-    positions = int(config.llm.max_position_embeddings)
-    return max(16, positions // 8 - (int(config.image_tokens.num_img_tokens) + 2))
-
-
-def check_text_length(agent: AgentModel, text: str, *, node: str, name: str) -> str:
-    """Raise SeedStoryInputError when ``text`` is longer than :func:`max_text_tokens` of ``agent``; returns it.
-
-    Counted with the agent's own tokenizer on the stripped text (what the engine feeds the model)."""
-    text = str(text)
-    if not text.strip():
-        return text
-    limit = max_text_tokens(agent.config)
-    n = len(agent.tokenizer.encode(text.strip()))
-    if n > limit:
-        per_token = len(text.strip()) / n
-        raise SeedStoryInputError(
-            f"{node}: '{name}' is {n} tokens long ({len(text.strip())} characters), but this model takes at most "
-            f"{limit} tokens per sentence (max_position_embeddings {agent.config.llm.max_position_embeddings} / 8 - "
-            f"{int(agent.config.image_tokens.num_img_tokens) + 2} image tokens). Shorten it to about "
-            f"{int(limit * per_token)} characters; a story is told one sentence per frame, so put the rest in the "
-            "following steps (captions, or the text of Story Step)."
-        )
-    return text
+    def encode(self, visual_tokenizer, image, resize_mode="squash"):
+        node = self.DISPLAY_NAME
+        vit = require_model(visual_tokenizer, "visual_tokenizer", node=node)
+        img = check_image(image, node=node, name="image")
+        module = vit.loaded()
+        try:
+            feats = module.encode_images(img, mode=resize_mode)
+        except ValueError as err:
+            raise SeedStoryInputError(f"{node}: {err}") from err
+        return (_features_out(feats),)
 
 
 # ---------------------------------------------------------------------------------------------- start
+OPENING_TOOLTIP = "The opening sentence (caption of the start image)." + LIMIT_TIP
+
+
+def opening_text_input() -> dict:
+    """The ``opening_text`` box of Story Start and Generate Story."""
+    placeholder = "The sentence that goes with the start image"
+    return {"opening_text": text_input(OPENING_TOOLTIP, placeholder=placeholder)}
+
+
 class SeedStoryStoryStart:
+    NODE_ID = "SeedStoryStoryStart"
+    DISPLAY_NAME = "SeedStory Story Start"
+    SEARCH_ALIASES = ["story", "comic", "storyboard", "begin story", "first panel"]
     DESCRIPTION = (
         "Starts a story: the start picture (as features, or an IMAGE plus the visual tokenizer) and its "
         "sentence go into the agent's context ([BOS] sentence <img>...</img>). Returns the story state "
@@ -433,53 +171,31 @@ class SeedStoryStoryStart:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "agent": (AGENT, {"tooltip": "The story agent (SeedStory Agent Loader or Tiny Model Loader)."}),
-                "opening_text": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "placeholder": "The sentence that goes with the start image",
-                        "tooltip": "The opening sentence (caption of the start image)." + LIMIT_TIP,
-                    },
-                ),
-                "batch_index": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 4095,
-                        "tooltip": "Which image of the batch starts the story (0 = the first).",
-                    },
-                ),
+                "agent": socket_input(AGENT, "The story agent (SeedStory Agent Loader or Tiny Model Loader)."),
+                **opening_text_input(),
+                "batch_index": int_input(0, 0, 4095, "Which image of the batch starts the story (0 = the first)."),
             },
             "optional": {
-                "features": (
-                    FEATURES,
-                    {
-                        "tooltip": "Features of the start image (from ViT Tokenize). "
-                        "Give these OR image + visual_tokenizer."
-                    },
+                "features": socket_input(
+                    FEATURES, "Features of the start image (from ViT Tokenize). Give these OR image + visual_tokenizer."
                 ),
-                "image": ("IMAGE", {"tooltip": "The start picture (any size/mode); needs visual_tokenizer."}),
-                "visual_tokenizer": (VISUAL_TOKENIZER, {"tooltip": "Encodes the image input."}),
-                "settings": (SETTINGS, {"tooltip": "Cache policy and window (default: multimodal sink, W=8)."}),
+                "image": socket_input("IMAGE", "The start picture (any size/mode); needs visual_tokenizer."),
+                "visual_tokenizer": socket_input(VISUAL_TOKENIZER, "Encodes the image input."),
+                "settings": socket_input(SETTINGS, "Cache policy and window (default: multimodal sink, W=8)."),
             },
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, opening_text=None):
-        return _validate_text("SeedStory Story Start", "opening_text", opening_text)
+        return _validate_text(cls.DISPLAY_NAME, "opening_text", opening_text)
 
     def start(
         self, agent, opening_text, batch_index=0, features=None, image=None, visual_tokenizer=None, settings=None
     ):
-        node = "SeedStory Story Start"
+        node = self.DISPLAY_NAME
         agent = require_model(agent, "agent", node=node)
-        text = check_text_length(
-            agent, check_text(opening_text, node=node, name="opening_text"), node=node, name="opening_text"
-        )
-        story_settings = _check_settings(settings, node)
+        text = _text_length(node, agent, check_text(opening_text, node=node, name="opening_text"), "opening_text")
+        story_settings = check_settings(settings, node)
         feats = _start_features(node, agent, features, image, visual_tokenizer, int(batch_index))
         engine = agent.engine(policy=story_settings.policy)
         try:
@@ -523,7 +239,33 @@ def _start_features(node, agent: AgentModel, features, image, visual_tokenizer, 
 
 
 # ---------------------------------------------------------------------------------------------- step
+STEP_TOOLTIPS = {
+    "mode": "generation = the agent writes the sentence (your text, if any, is its beginning); "
+    "visualization = your text is the sentence and the agent only draws it.",
+    "text": "Your text for this step: the start of the sentence (generation) or "
+    "the whole sentence (visualization, required). Empty = none." + LIMIT_TIP,
+    "context_features": "Optional: features to store for the previous image instead of its regressed "
+    "features (e.g. ViT Tokenize of the rendered frame).",
+}
+
+
+def _context_features(node: str, agent: AgentModel, context_features) -> Optional[torch.Tensor]:
+    """Story Step's optional ``context_features``: one image's features of the agent's width, or None."""
+    if context_features is None:
+        return None
+    ctx = check_features(context_features, node=node, name="context_features", dim=agent.feature_dim)
+    if ctx.shape[0] != 1:
+        raise SeedStoryInputError(
+            f"{node}: 'context_features' holds features of {ctx.shape[0]} images, but they replace the one "
+            "previous image of this story. Encode a single picture (e.g. ImageFromBatch before ViT Tokenize)."
+        )
+    return ctx
+
+
 class SeedStoryStoryStep:
+    NODE_ID = "SeedStoryStoryStep"
+    DISPLAY_NAME = "SeedStory Story Step"
+    SEARCH_ALIASES = ["story", "comic", "storyboard", "next panel", "continue story", "branch"]
     DESCRIPTION = (
         "One story step: the agent writes the next sentence (or takes yours in visualization mode) and "
         "regresses the next image's features. Chain steps to continue the story (the attention-sink KV "
@@ -544,35 +286,14 @@ class SeedStoryStoryStep:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "agent": (AGENT, {"tooltip": "The same agent that started the story."}),
-                "state": (STATE, {"tooltip": "The story so far (Story Start, Story Step or Generate Story)."}),
-                "mode": (
-                    list(story_modes()),
-                    {
-                        "default": "generation",
-                        "tooltip": "generation = the agent writes the sentence (your text, if any, is its beginning); "
-                        "visualization = your text is the sentence and the agent only draws it.",
-                    },
-                ),
+                "agent": socket_input(AGENT, "The same agent that started the story."),
+                "state": socket_input(STATE, "The story so far (Story Start, Story Step or Generate Story)."),
+                "mode": choice_input(STORY_MODES, "generation", STEP_TOOLTIPS["mode"]),
                 **decoding_inputs(),
             },
             "optional": {
-                "text": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "tooltip": "Your text for this step: the start of the sentence (generation) or "
-                        "the whole sentence (visualization, required). Empty = none." + LIMIT_TIP,
-                    },
-                ),
-                "context_features": (
-                    FEATURES,
-                    {
-                        "tooltip": "Optional: features to store for the previous image instead of its regressed "
-                        "features (e.g. ViT Tokenize of the rendered frame)."
-                    },
-                ),
+                "text": text_input(STEP_TOOLTIPS["text"]),
+                "context_features": socket_input(FEATURES, STEP_TOOLTIPS["context_features"]),
                 **no_repeat_input(),
             },
         }
@@ -593,25 +314,18 @@ class SeedStoryStoryStep:
         context_features=None,
         no_repeat_sentences=None,
     ):
-        node = "SeedStory Story Step"
+        node = self.DISPLAY_NAME
         agent = require_model(agent, "agent", node=node)
         state = _check_state(state, node)
         text = check_text(text if text is not None else "", node=node, name="text", allow_empty=True)
-        check_text_length(agent, text, node=node, name="text")
-        _check_mode(mode, node)
+        _text_length(node, agent, text, "text")
+        _rules(node, check_mode, mode)
         if mode == "visualization" and not text.strip():
             raise SeedStoryInputError(
                 f"{node}: visualization mode draws your sentence, but 'text' is empty. Type "
                 "the sentence for this frame or switch mode to generation."
             )
-        ctx = None
-        if context_features is not None:
-            ctx = check_features(context_features, node=node, name="context_features", dim=agent.feature_dim)
-            if ctx.shape[0] != 1:
-                raise SeedStoryInputError(
-                    f"{node}: 'context_features' holds features of {ctx.shape[0]} images, but they replace the one "
-                    "previous image of this story. Encode a single picture (e.g. ImageFromBatch before ViT Tokenize)."
-                )
+        ctx = _context_features(node, agent, context_features)
         dec = make_decoding(
             decoding,
             temperature,
@@ -621,7 +335,7 @@ class SeedStoryStoryStep:
             max_sentence_tokens,
             seed,
             node,
-            no_repeat_sentences=no_repeat_sentences,
+            no_repeat_sentences,
         )
         engine = agent.engine(policy=state.settings.policy)
         try:
@@ -639,7 +353,136 @@ class SeedStoryStoryStep:
 
 
 # ---------------------------------------------------------------------------------------------- generate
+GENERATE_TOOLTIPS = {
+    "start_image": "The first picture of the story: one image (a batch is refused; pick one with ImageFromBatch).",
+    "story_steps": "How many new frames (sentence + image) to generate.",
+    "mode": "generation = the agent writes the story (captions, if given, start each sentence); "
+    "visualization = the agent draws your captions (one per line, one per step).",
+    "captions": "One line per step. visualization: the sentences to draw (at least "
+    "story_steps lines); generation: optional beginnings (empty line = free)." + LIMIT_TIP,
+}
+
+
+def render_inputs() -> dict:
+    """Generate Story's de-tokenizer inputs (the same widgets as De-tokenize's)."""
+    t = RENDER_TOOLTIPS
+    return {
+        "diffusion_steps": int_input(30, 1, 200, t["steps"]),
+        "guidance_scale": float_input(7.5, 0.0, 30.0, 0.1, t["guidance_scale"]),
+        "scheduler": choice_input(SCHEDULER_NAMES, "euler", t["scheduler"]),
+        "width": int_input(0, 0, 4096, t["width"], step=8),
+        "height": int_input(0, 0, 4096, t["height"], step=8),
+        "same_noise": bool_input(False, t["same_noise"]),
+    }
+
+
+def render_options(detok: DetokenizerModel, steps, guidance_scale, scheduler, seed, same_noise, width, height) -> dict:
+    """Generate Story's render inputs as :func:`nodes.render.render_features` keywords (size 0 = the model's)."""
+    return dict(
+        steps=int(steps),
+        guidance_scale=float(guidance_scale),
+        scheduler=scheduler,
+        seed=int(seed),
+        same_noise=bool(same_noise),
+        width=int(width) or detok.native_size,
+        height=int(height) or detok.native_size,
+    )
+
+
+class StoryFrames:
+    """What Generate Story collects while the story loop runs: the sentences (shown on the node as they are
+    written), the rendered frames ([1, H, W, 3] float each) and the progress over every frame's diffusion steps.
+
+    :meth:`on_frame` is the loop's per-frame callback (:meth:`seedstory_core.story.StoryEngine.run`): it renders the
+    frame's regressed features with the de-tokenizer (noise of (seed, frame)), then reloads the agent, which the
+    render may have offloaded.
+    """
+
+    def __init__(self, node: str, agent, vit, detok: DetokenizerModel, render: dict, steps: int, stream=None):
+        self.node, self.agent, self.vit, self.detok = node, agent, vit, detok
+        self.render = render  # render_features keyword arguments except features, frame_index, on_step, node
+        self.stream = stream
+        self.progress = glue.Progress(steps * int(render["steps"]))
+        self.sentences: List[str] = []
+        self.frames: List[torch.Tensor] = []
+
+    def begin(self, engine, opening_text: str, start_image: torch.Tensor, settings) -> StoryState:
+        """Start the story from the picture (encoded by the engine's visual tokenizer) and its sentence; the start
+        picture, resized to the render size, is frame 0."""
+        try:
+            features = engine.visual_tokenizer.encode_images(start_image)
+            state = engine.start(opening_text, features=features, settings=settings)
+        except ValueError as err:
+            raise SeedStoryInputError(f"{self.node}: {err}") from err
+        self.sentences.append(_one_line(opening_text))
+        self.frames.append(resize_image(image_to_rgb(start_image), self.render["height"], self.render["width"]))
+        self.show()
+        return state
+
+    def run(self, engine, state: StoryState, steps: int, texts: List[str], mode: str, decoding) -> StoryState:
+        """The story loop (:meth:`seedstory_core.story.StoryEngine.run`), rendering every frame; Cancel stops it.
+
+        Raises:
+            SeedStoryInputError: a step refused its input (the message names the step).
+        """
+        glue.check_interrupted()
+        try:
+            state, _ = engine.run(
+                state,
+                steps,
+                texts=texts,
+                mode=mode,
+                decoding=decoding,
+                cancel=glue.cancel_callback,
+                on_text=self.on_text if self.stream is not None else None,
+                on_frame=self.on_frame,
+            )
+        except ValueError as err:
+            raise SeedStoryInputError(f"{self.node}: step {len(self.sentences)}: {err}") from err
+        return state
+
+    def show(self, partial: Optional[str] = None) -> None:
+        if self.stream is None:
+            return
+        shown = list(self.sentences) + ([_one_line(partial)] if partial is not None else [])
+        self.stream("\n".join(f"{i}. {s}" for i, s in enumerate(shown)))
+
+    def on_text(self, _frame: int, partial: str) -> None:
+        self.show(partial)
+
+    def on_frame(self, i: int, _total: int, result) -> None:
+        self.sentences.append(_one_line(result.sentence))
+        self.show()
+        done = (i - 1) * int(self.render["steps"])
+        image = render_features(
+            self.detok,
+            result.features,
+            frame_index=i,
+            on_step=lambda s, _t: self.progress.set(done + s),
+            node=self.node,
+            **self.render,
+        )
+        self.frames.append(image)
+        self.agent.ensure_loaded(self.vit)
+        return None
+
+    def images(self) -> torch.Tensor:
+        return torch.cat([f.to(self.frames[0].device) for f in self.frames], dim=0)
+
+
 class SeedStoryGenerateStory:
+    NODE_ID = "SeedStoryGenerateStory"
+    DISPLAY_NAME = "SeedStory Generate Story"
+    SEARCH_ALIASES = [
+        "story",
+        "comic",
+        "storyboard",
+        "storybook",
+        "picture book",
+        "illustrated story",
+        "narrative",
+        "panels",
+    ]
     DESCRIPTION = (
         "The whole story in one node: from a start picture and its sentence, the agent writes N more "
         "sentences and images (each new sentence appears on the node as it is written) and the "
@@ -658,76 +501,22 @@ class SeedStoryGenerateStory:
 
     @classmethod
     def INPUT_TYPES(cls):
-        dec = decoding_inputs(default_max_tokens=100)
+        t = GENERATE_TOOLTIPS
         return {
             "required": {
-                "agent": (AGENT, {"tooltip": "The story agent."}),
-                "visual_tokenizer": (VISUAL_TOKENIZER, {"tooltip": "Encodes the start image."}),
-                "detokenizer": (DETOKENIZER, {"tooltip": "Renders every frame."}),
-                "start_image": (
-                    "IMAGE",
-                    {
-                        "tooltip": "The first picture of the story: one image (a batch is refused; "
-                        "pick one with ImageFromBatch)."
-                    },
-                ),
-                "opening_text": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "placeholder": "The sentence that goes with the start image",
-                        "tooltip": "The opening sentence (caption of the start image)." + LIMIT_TIP,
-                    },
-                ),
-                "story_steps": (
-                    "INT",
-                    {
-                        "default": 4,
-                        "min": 1,
-                        "max": 200,
-                        "tooltip": "How many new frames (sentence + image) to generate.",
-                    },
-                ),
-                "mode": (
-                    list(story_modes()),
-                    {
-                        "default": "generation",
-                        "tooltip": "generation = the agent writes the story (captions, if given, start each sentence); "
-                        "visualization = the agent draws your captions (one per line, one per step).",
-                    },
-                ),
-                **dec,
-                "diffusion_steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": RENDER_TOOLTIPS["steps"]}),
-                "guidance_scale": (
-                    "FLOAT",
-                    {
-                        "default": 7.5,
-                        "min": 0.0,
-                        "max": 30.0,
-                        "step": 0.1,
-                        "tooltip": RENDER_TOOLTIPS["guidance_scale"],
-                    },
-                ),
-                "scheduler": (list(_scheduler_names()), {"default": "euler", "tooltip": RENDER_TOOLTIPS["scheduler"]}),
-                "width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": RENDER_TOOLTIPS["width"]}),
-                "height": (
-                    "INT",
-                    {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": RENDER_TOOLTIPS["height"]},
-                ),
-                "same_noise": ("BOOLEAN", {"default": False, "tooltip": RENDER_TOOLTIPS["same_noise"]}),
+                "agent": socket_input(AGENT, "The story agent."),
+                "visual_tokenizer": socket_input(VISUAL_TOKENIZER, "Encodes the start image."),
+                "detokenizer": socket_input(DETOKENIZER, "Renders every frame."),
+                "start_image": socket_input("IMAGE", t["start_image"]),
+                **opening_text_input(),
+                "story_steps": int_input(4, 1, 200, t["story_steps"]),
+                "mode": choice_input(STORY_MODES, "generation", t["mode"]),
+                **decoding_inputs(default_max_tokens=100),
+                **render_inputs(),
             },
             "optional": {
-                "captions": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "tooltip": "One line per step. visualization: the sentences to draw (at least "
-                        "story_steps lines); generation: optional beginnings (empty line = free)." + LIMIT_TIP,
-                    },
-                ),
-                "settings": (SETTINGS, {"tooltip": "Cache policy and window (default: multimodal sink, W=8)."}),
+                "captions": text_input(t["captions"]),
+                "settings": socket_input(SETTINGS, "Cache policy and window (default: multimodal sink, W=8)."),
                 **no_repeat_input(),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
@@ -735,7 +524,7 @@ class SeedStoryGenerateStory:
 
     @classmethod
     def VALIDATE_INPUTS(cls, opening_text=None):
-        return _validate_text("SeedStory Generate Story", "opening_text", opening_text)
+        return _validate_text(cls.DISPLAY_NAME, "opening_text", opening_text)
 
     def generate(
         self,
@@ -764,36 +553,15 @@ class SeedStoryGenerateStory:
         no_repeat_sentences=None,
         unique_id=None,
     ):
-        node = "SeedStory Generate Story"
+        node = self.DISPLAY_NAME
         agent = require_model(agent, "agent", node=node)
         vit = require_model(visual_tokenizer, "visual_tokenizer", node=node)
         detok = require_model(detokenizer, "detokenizer", node=node)
-        img = check_image(start_image, node=node, name="start_image")
-        if img.shape[0] != 1:
-            raise SeedStoryInputError(
-                f"{node}: 'start_image' is a batch of {img.shape[0]} images, but Generate Story tells one story from "
-                "one start picture (its state output carries one story). Pick the picture with ComfyUI's "
-                "ImageFromBatch node (batch_index, length 1), or queue one prompt per picture (seedstory-batch does "
-                "that from a JSONL file). Nothing was generated."
-            )
-        text = check_text_length(
-            agent, check_text(opening_text, node=node, name="opening_text"), node=node, name="opening_text"
-        )
-        story_settings = _check_settings(settings, node)
+        img = _one_start_image(node, start_image)
+        text = check_text(opening_text, node=node, name="opening_text")
+        story_settings = check_settings(settings, node)
         n = int(story_steps)
-        if n < 1:
-            raise SeedStoryInputError(f"{node}: story_steps must be >= 1, found {n}.")
-        _check_mode(mode, node)
-        lines = [line.strip() for line in str(captions or "").splitlines()]
-        for k, line in enumerate(lines):
-            check_text_length(agent, line, node=node, name=f"captions (line {k + 1})")
-        if mode == "visualization":
-            lines = [line for line in lines if line]
-            if len(lines) < n:
-                raise SeedStoryInputError(
-                    f"{node}: visualization mode needs one caption per step: story_steps={n} but 'captions' has "
-                    f"{len(lines)} non-empty line(s). Add lines or lower story_steps."
-                )
+        run = _check_run(node, agent, detok, text, n, mode, captions)
         dec = make_decoding(
             decoding,
             temperature,
@@ -803,78 +571,41 @@ class SeedStoryGenerateStory:
             max_sentence_tokens,
             seed,
             node,
-            no_repeat_sentences=no_repeat_sentences,
+            no_repeat_sentences,
         )
-        if detok.feature_dim != agent.feature_dim:
-            raise SeedStoryInputError(
-                f"{node}: the de-tokenizer takes features of width {detok.feature_dim} but the "
-                f"agent makes {agent.feature_dim}; load both from the same model."
-            )
-        w = int(width) or detok.native_size
-        h = int(height) or detok.native_size
-
-        stream = glue.text_streamer(unique_id)
-        progress = glue.Progress(n * int(diffusion_steps))
+        render = render_options(detok, diffusion_steps, guidance_scale, scheduler, seed, same_noise, width, height)
+        story = StoryFrames(node, agent, vit, detok, render, n, stream=glue.text_streamer(unique_id))
         engine = agent.engine(vit, policy=story_settings.policy)
-        try:
-            feats = vit.module.encode_images(img)
-            state = engine.start(text, features=feats, settings=story_settings)
-        except ValueError as err:
-            raise SeedStoryInputError(f"{node}: {err}") from err
-        sentences: List[str] = [_one_line(text)]
-        frames = [resize_image(image_to_rgb(img), h, w)]
-
-        def show(partial: Optional[str] = None):
-            if stream is None:
-                return
-            shown = list(sentences) + ([_one_line(partial)] if partial is not None else [])
-            stream("\n".join(f"{i}. {s}" for i, s in enumerate(shown)))
-
-        def on_frame(i: int, _total: int, result) -> None:
-            """Render frame i (progress over the diffusion steps of every frame), then reload the agent, which the
-            render may have offloaded."""
-            sentences.append(_one_line(result.sentence))
-            show()
-            done = (i - 1) * int(diffusion_steps)
-            frames.append(
-                render_features(
-                    detok,
-                    result.features,
-                    steps=int(diffusion_steps),
-                    guidance_scale=float(guidance_scale),
-                    scheduler=scheduler,
-                    seed=int(seed),
-                    frame_index=i,
-                    same_noise=bool(same_noise),
-                    width=w,
-                    height=h,
-                    on_step=lambda s, _t: progress.set(done + s),
-                    node=node,
-                )
-            )
-            agent.ensure_loaded(vit)
-            return None
-
-        show()
-        glue.check_interrupted()
-        try:
-            state, _ = engine.run(
-                state,
-                n,
-                texts=lines,
-                mode=mode,
-                decoding=dec,
-                cancel=glue.cancel_callback,
-                on_text=(lambda _i, partial: show(partial)) if stream is not None else None,
-                on_frame=on_frame,
-            )
-        except ValueError as err:
-            raise SeedStoryInputError(f"{node}: step {len(sentences)}: {err}") from err
-        images = torch.cat([f.to(frames[0].device) for f in frames], dim=0)
-        return (images, "\n".join(sentences), state)
+        state = story.begin(engine, text, img, story_settings)
+        state = story.run(engine, state, n, run.texts, mode, dec)
+        return (story.images(), "\n".join(story.sentences), state)
 
 
-def _scheduler_names():
-    from seedstory_core.detokenizer import SCHEDULER_NAMES
+def _check_run(node: str, agent: AgentModel, detok: DetokenizerModel, text: str, steps: int, mode, captions):
+    """The model's rules for Generate Story's run (:func:`seedstory_core.rules.check_story_run`): the opening text's
+    and every caption line's length, the caption count in visualization mode, the de-tokenizer's feature width."""
+    lines = str(captions or "").splitlines()
+    return _rules(
+        node,
+        check_story_run,
+        agent.tokenizer,
+        agent.config,
+        opening_text=text,
+        steps=steps,
+        mode=mode,
+        captions=lines,
+        detokenizer_width=detok.feature_dim,
+    )
 
-    return SCHEDULER_NAMES
+
+def _one_start_image(node: str, start_image) -> torch.Tensor:
+    """Generate Story's start picture: exactly one IMAGE."""
+    img = check_image(start_image, node=node, name="start_image")
+    if img.shape[0] != 1:
+        raise SeedStoryInputError(
+            f"{node}: 'start_image' is a batch of {img.shape[0]} images, but Generate Story tells one story from "
+            "one start picture (its state output carries one story). Pick the picture with ComfyUI's "
+            "ImageFromBatch node (batch_index, length 1), or queue one prompt per picture (seedstory-batch does "
+            "that from a JSONL file). Nothing was generated."
+        )
+    return img

@@ -1,4 +1,9 @@
-"""Training nodes: stage 3 (de-tokenizer adaptation to the agent's regressed features) inside ComfyUI."""
+"""Training nodes: stage 3 (de-tokenizer adaptation to the agent's regressed features) inside ComfyUI.
+
+The node reads a StoryStream folder (:func:`seedstory_core.data.storystream.find_jsonl`, ``parse_line``,
+``image_candidates``) confined to ComfyUI's input folder (nodes/paths.py), trains with
+:func:`training.stage3_adaptation.run_stage3` and saves the adapter where the De-tokenizer Loader lists it.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,19 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import List
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from seedstory_core.bundle import SeedStoryBundle
+from seedstory_core.config import SeedStoryConfig
+from seedstory_core.data.storystream import MIN_FRAMES, StoryStreamError, find_jsonl, image_candidates, parse_line
+
+from ..training.stage3_adaptation import run_stage3
 from . import comfy_glue as glue
+from .inputs import float_input, int_input, line_input, socket_input
 from .models import (
     AGENT,
     DETOKENIZER,
@@ -33,30 +43,11 @@ DATA_COMMAND = "python -m seedstory_core.data.mini --seed 0 --stories 8 --out Co
 OFFICIAL_WARMUP, OFFICIAL_STEPS = 500, 1600
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")
 
-
-def _folder_paths():
-    return glue._optional("folder_paths")
-
-
 INPUT_FOLDER = "ComfyUI's input folder"
 DATA_EXAMPLE = "storystream_mini"
+IMAGE_EXAMPLE = "images/story_0/00.png"
 #: Errors PIL raises for a file that is not a readable image (UnidentifiedImageError is an OSError).
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError)
-
-
-def input_directory(node: str) -> Path:
-    """ComfyUI's input folder, resolved (``folder_paths.get_input_directory()``).
-
-    Raises:
-        RuntimeError: outside ComfyUI (no ``folder_paths``): the node reads only from that folder.
-    """
-    fp = _folder_paths()
-    if fp is None or not hasattr(fp, "get_input_directory"):
-        raise RuntimeError(
-            f"{node}: ComfyUI's folder_paths is not available; the node reads its training data "
-            "only from ComfyUI's input folder and must run inside ComfyUI."
-        )
-    return Path(os.path.realpath(fp.get_input_directory()))
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -85,7 +76,7 @@ def resolve_data_folder(data_folder: str, *, node: str) -> Path:
             f"{node}: input 'data_folder' is empty. Give a StoryStream-format folder (a .jsonl of stories + their "
             f"images) inside ComfyUI's input folder, e.g. make one with: {DATA_COMMAND}"
         )
-    root = input_directory(node)
+    root = glue.input_directory(node)
     try:
         path = resolve_inside(
             root, data_folder, node=node, what="data_folder", example=DATA_EXAMPLE, folder=INPUT_FOLDER
@@ -117,38 +108,69 @@ def resolve_data_folder(data_folder: str, *, node: str) -> Path:
     return path
 
 
+def _confined_image(root: Path, jsonl: Path, item, where: str, node: str) -> Path:
+    """The image ``item`` of a record (relative to the .jsonl's folder or its images/ folder, see
+    :func:`seedstory_core.data.storystream.image_candidates`), resolved and confined to the input folder."""
+    what = f"image path in {where}"
+    check_relative(item, node=node, what=what, example=IMAGE_EXAMPLE, folder=INPUT_FOLDER)
+    candidates = image_candidates(jsonl.parent, item)
+    for cand in candidates:
+        if os.path.lexists(cand):
+            found = resolve_inside(
+                root, _rel(cand, root), node=node, what=what, example=IMAGE_EXAMPLE, folder=INPUT_FOLDER
+            )
+            if found.is_file():
+                return found
+    raise SeedStoryInputError(
+        f"{node}: image {item!r} listed in {where} not found (looked for "
+        f"{' and '.join(_rel(c, root) for c in candidates)} in ComfyUI's input folder). Expected "
+        f"image paths relative to the .jsonl's folder or its images/ folder; add the image or fix "
+        f"the path."
+    )
+
+
+def _verify_image(found: Path, root: Path, where: str, jsonl_rel: str, node: str) -> None:
+    """Open ``found`` with PIL's ``verify()``; a file that is not a readable image is refused, named relative to the
+    input folder."""
+    try:
+        with Image.open(found) as im:
+            im.verify()
+    except (UnidentifiedImageError, *_IMAGE_ERRORS) as err:
+        shown = _rel(found, root)
+        detail = str(err).replace(str(found), shown)
+        raise SeedStoryInputError(
+            f"{node}: image {shown} (in ComfyUI's input folder, listed in {where}) is "
+            f"not a readable image ({type(err).__name__}: {detail}). Expected a PNG/JPEG/WebP picture; "
+            f"replace the file or remove its story from {jsonl_rel}."
+        ) from None
+
+
 def load_data_records(data: Path, *, node: str) -> List[dict]:
     """The training records of ``data`` with every image path confined to ComfyUI's input folder and checked.
 
-    Reads the .jsonl the training picks (``chunks10.jsonl``, ``stories.jsonl`` or the only ``*.jsonl``; the file
-    itself when ``data`` is one) line by line. Image paths are relative to the .jsonl's folder or its ``images/``
-    sub-folder (as the training reads them); absolute paths, ``~``, ``..`` and symlinks leading outside the input
-    folder are refused. Every image is opened and verified with PIL, so a corrupt file is reported before training.
+    Reads the .jsonl the training picks (:func:`seedstory_core.data.storystream.find_jsonl`; the file itself when
+    ``data`` is one) line by line (:func:`seedstory_core.data.storystream.parse_line`). Image paths are relative to
+    the .jsonl's folder or its ``images/`` sub-folder (as the training reads them); absolute paths, ``~``, ``..``
+    and symlinks leading outside the input folder are refused. Every image is opened and verified with PIL, so a
+    corrupt file is reported before training.
 
     Returns:
         list[dict]: ``{"id", "images": [absolute resolved paths], "captions": [str]}`` for every story with at least
-        two frames (shorter ones are skipped, as the training does).
+        :data:`~seedstory_core.data.storystream.MIN_FRAMES` frames (shorter ones are skipped, as the training does).
 
     Raises:
         SeedStoryInputError: malformed line (file and line number), an image path that is not confined, a missing
             or unreadable image (named relative to the input folder), or no usable story.
     """
-    from PIL import UnidentifiedImageError
-
-    from seedstory_core.data.storystream import StoryStreamError, parse_line
-
-    from ..training.common import _find_jsonl
-
-    root = input_directory(node)
+    root = glue.input_directory(node)
     try:
-        jsonl = data if data.is_file() else _find_jsonl(data)
+        jsonl = data if data.is_file() else find_jsonl(data)
     except FileNotFoundError as err:
         raise SeedStoryInputError(
             f"{node}: {err}. Keep one story file in the folder (or name the .jsonl file in data_folder)."
         ) from None
     jsonl_rel = _rel(jsonl, root)
-    bases = [jsonl.parent, jsonl.parent / "images"]
-    records, checked = [], {}
+    records, checked = [], set()
     with open(jsonl, "r", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             where = f"{jsonl_rel} line {lineno}"
@@ -159,47 +181,14 @@ def load_data_records(data: Path, *, node: str) -> List[dict]:
                     f"{node}: the training data is malformed: {err}. Expected one JSON object per line "
                     f'{{"images": [relative paths], "captions": [texts]}}; fix or remove that line.'
                 ) from None
-            if rec is None or len(rec["images"]) < 2:
+            if rec is None or len(rec["images"]) < MIN_FRAMES:
                 continue
             images = []
             for item in rec["images"]:
-                what = f"image path in {where}"
-                check_relative(item, node=node, what=what, example="images/story_0/00.png", folder=INPUT_FOLDER)
-                found = None
-                for base in bases:
-                    cand = base / item
-                    if os.path.lexists(cand):
-                        found = resolve_inside(
-                            root,
-                            _rel(cand, root),
-                            node=node,
-                            what=what,
-                            example="images/story_0/00.png",
-                            folder=INPUT_FOLDER,
-                        )
-                        if found.is_file():
-                            break
-                        found = None
-                if found is None:
-                    raise SeedStoryInputError(
-                        f"{node}: image {item!r} listed in {where} not found (looked for "
-                        f"{' and '.join(_rel(b / item, root) for b in bases)} in ComfyUI's input folder). Expected "
-                        f"image paths relative to the .jsonl's folder or its images/ folder; add the image or fix "
-                        f"the path."
-                    )
+                found = _confined_image(root, jsonl, item, where, node)
                 if found not in checked:
-                    try:
-                        with Image.open(found) as im:
-                            im.verify()
-                    except (UnidentifiedImageError, *_IMAGE_ERRORS) as err:
-                        shown = _rel(found, root)
-                        detail = str(err).replace(str(found), shown)
-                        raise SeedStoryInputError(
-                            f"{node}: image {shown} (in ComfyUI's input folder, listed in {where}) is "
-                            f"not a readable image ({type(err).__name__}: {detail}). Expected a PNG/JPEG/WebP picture; "
-                            f"replace the file or remove its story from {jsonl_rel}."
-                        ) from None
-                    checked[found] = True
+                    _verify_image(found, root, where, jsonl_rel, node)
+                    checked.add(found)
                 images.append(str(found))
             records.append({"id": rec.get("id", len(records)), "images": images, "captions": list(rec["captions"])})
     if not records:
@@ -212,8 +201,6 @@ def load_data_records(data: Path, *, node: str) -> List[dict]:
 
 def _is_image_error(err: BaseException) -> bool:
     """True for errors PIL raises while decoding a damaged image (not for disk or memory errors)."""
-    from PIL import UnidentifiedImageError
-
     if isinstance(err, (UnidentifiedImageError, SyntaxError, struct.error, Image.DecompressionBombError)):
         return True
     text = str(err).lower()
@@ -258,42 +245,10 @@ def adapter_directory() -> Path:
 
 def _run_directory(output_name: str) -> Path:
     """Where the run's checkpoints and train_log.csv go: ComfyUI's temp folder (cleared when ComfyUI starts)."""
-    fp = _folder_paths()
-    base = fp.get_temp_directory() if fp is not None and hasattr(fp, "get_temp_directory") else tempfile.gettempdir()
-    return Path(base) / "seedstory_adapt" / output_name
+    return Path(glue.temp_directory()) / "seedstory_adapt" / output_name
 
 
-def _interrupt_probe():
-    """(cancel callback for run_stage3, list that receives the interruption exception if the probe consumed it)."""
-    seen = []
-
-    def cancel() -> bool:
-        mm = glue.model_management()
-        if mm is None:
-            return False
-        probe = getattr(mm, "processing_interrupted", None)
-        if probe is not None:
-            return bool(probe())
-        try:  # older ComfyUI: the throwing check (clears the flag, so keep the exception)
-            mm.throw_exception_if_processing_interrupted()
-        except Exception as err:  # InterruptProcessingException
-            seen.append(err)
-            return True
-        return False
-
-    return cancel, seen
-
-
-def _raise_interrupted(seen) -> None:
-    glue.check_interrupted()  # raises InterruptProcessingException and clears the flag
-    if seen:
-        raise seen[0]
-    mm = glue.model_management()
-    exc = getattr(mm, "InterruptProcessingException", None) if mm is not None else None
-    raise (exc() if exc is not None else RuntimeError("SeedStory Adapt De-tokenizer: interrupted"))
-
-
-def _training_bundle(agent: AgentModel, vit: VisualTokenizerModel, detok: DetokenizerModel):
+def _training_bundle(agent: AgentModel, vit: VisualTokenizerModel, detok: DetokenizerModel, node: str):
     """The loaded models as one in-memory SeedStoryBundle for stage 3: the agent and visual tokenizer as they are
     (frozen, never changed in place), and an fp32 COPY of the de-tokenizer, which stage 3 trains in place (the input
     de-tokenizer stays as it was; trainable weights are kept in fp32 as in the training stages).
@@ -301,9 +256,6 @@ def _training_bundle(agent: AgentModel, vit: VisualTokenizerModel, detok: Detoke
     Raises:
         SeedStoryInputError: the three models do not belong to one model (their configurations disagree).
     """
-    from seedstory_core.bundle import SeedStoryBundle
-    from seedstory_core.config import SeedStoryConfig
-
     config = SeedStoryConfig(
         name=f"comfyui ({detok.source})", visual_tokenizer=vit.config, agent=agent.config, detokenizer=detok.config
     )
@@ -311,7 +263,7 @@ def _training_bundle(agent: AgentModel, vit: VisualTokenizerModel, detok: Detoke
         config.validate()
     except ValueError as err:
         raise SeedStoryInputError(
-            f"SeedStory Adapt De-tokenizer: the agent, visual tokenizer and de-tokenizer do not belong to one model "
+            f"{node}: the agent, visual tokenizer and de-tokenizer do not belong to one model "
             f"({err}). Connect the three outputs of the same model (e.g. all from the Tiny Model Loader)."
         ) from err
     return SeedStoryBundle(
@@ -343,7 +295,79 @@ def _like_input(trained: torch.nn.Module, original: torch.nn.Module) -> torch.nn
     return trained.requires_grad_(False)
 
 
+def _save_adapter(module: torch.nn.Module, name: str) -> Path:
+    """Write ``models/seed_story/detokenizer/<name>.safetensors`` atomically (a temporary file, then a rename)."""
+    target = adapter_directory() / f"{name}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_target = target.with_name(f".{name}.tmp.safetensors")
+    module.save_adapter(tmp_target)
+    os.replace(tmp_target, target)
+    return target
+
+
+def _undecodable_image_error(node: str, records: List[dict], err: BaseException) -> SeedStoryInputError:
+    """The message for an image that passed PIL's verify() but failed to decode during training."""
+    culprit = _find_undecodable(records)
+    named = (
+        f"image {_rel(Path(culprit), glue.input_directory(node))} (in ComfyUI's input folder)"
+        if culprit
+        else "an image of the training data"
+    )
+    return SeedStoryInputError(
+        f"{node}: {named} could not be decoded during training ({type(err).__name__}: {err}). "
+        f"Expected complete PNG/JPEG/WebP pictures; re-export the damaged image (e.g. a truncated "
+        f"download) or remove its story from the .jsonl."
+    )
+
+
+def _adapted_model(detok: DetokenizerModel, module: torch.nn.Module, source: str) -> DetokenizerModel:
+    """The adapted de-tokenizer socket value: the trained module on the input de-tokenizer's devices."""
+    if detok.patcher is not None:
+        load_device, offload_device = detok.patcher.load_device, detok.patcher.offload_device
+    else:
+        load_device = offload_device = torch.device("cpu")
+    return DetokenizerModel.wrap(
+        module.eval(), detok.config, detok.uncond_features, source, load_device, offload_device
+    )
+
+
+def _summary(metrics: dict, data: Path, target: Path) -> str:
+    """The text the node shows after training: steps, first and final loss, where the adapter was saved."""
+    loss = metrics.get("loss")
+    first = metrics["losses"][0] if metrics.get("losses") else None
+    return (
+        f"adapted for {metrics['steps_run']} steps on {data.name}: final loss {loss:.4f}"
+        + (f" (first {first:.4f})" if first is not None else "")
+        + f"\nsaved {target}"
+    )
+
+
+ADAPT_TOOLTIPS = {
+    "agent": "The trained story agent (stage 2); frozen, it gives the regressed image "
+    "features the de-tokenizer learns to render.",
+    "visual_tokenizer": "The visual tokenizer of the same model (frozen; encodes the story frames for the agent).",
+    "detokenizer": "The de-tokenizer to adapt (stage 1 result); copied, the input is never changed.",
+    "data_folder": "StoryStream-format training data inside ComfyUI's input folder: a folder with "
+    "chunks10.jsonl / stories.jsonl (or a single .jsonl) and its images, or a .jsonl file, "
+    "given relative to the input folder. Only the input folder is read: absolute paths, '~', "
+    "'..' and symbolic links leading outside it are refused, also for the image paths in the "
+    ".jsonl (relative to its folder or its images/ folder). Every image is checked before "
+    "training. Make a small set with: " + DATA_COMMAND,
+    "steps": "Optimizer steps (official 1600; a few are enough to try the tiny model). "
+    "Warmup and cosine decay follow the official schedule scaled to this count.",
+    "learning_rate": "AdamW learning rate (official 1e-4, weight decay 0.03).",
+    "batch_size": "Story samples per optimizer step (official: 4 per GPU x 4 gradient "
+    "accumulation; larger needs more memory).",
+    "seed": "Seed of the data order and the diffusion noise (same seed + data = same run).",
+    "output_name": "File name of the adapter in models/seed_story/detokenizer "
+    "(.safetensors is added; an existing file of that name is replaced).",
+}
+
+
 class SeedStoryAdaptDetokenizer:
+    NODE_ID = "SeedStoryAdaptDetokenizer"
+    DISPLAY_NAME = "SeedStory Adapt De-tokenizer"
+    SEARCH_ALIASES = ["train", "fine-tune", "finetune", "training", "adapt"]
     DESCRIPTION = (
         "Stage 3 of SEED-Story training inside ComfyUI: adapts the de-tokenizer (resampler + UNet "
         "to_k/to_v) to the image features the frozen agent REGRESSES, so frames rendered from story "
@@ -366,86 +390,18 @@ class SeedStoryAdaptDetokenizer:
 
     @classmethod
     def INPUT_TYPES(cls):
+        t = ADAPT_TOOLTIPS
         return {
             "required": {
-                "agent": (
-                    AGENT,
-                    {
-                        "tooltip": "The trained story agent (stage 2); frozen, it gives the regressed image "
-                        "features the de-tokenizer learns to render."
-                    },
-                ),
-                "visual_tokenizer": (
-                    VISUAL_TOKENIZER,
-                    {
-                        "tooltip": "The visual tokenizer of the same model "
-                        "(frozen; encodes the story frames for the agent)."
-                    },
-                ),
-                "detokenizer": (
-                    DETOKENIZER,
-                    {"tooltip": "The de-tokenizer to adapt (stage 1 result); copied, the input is never changed."},
-                ),
-                "data_folder": (
-                    "STRING",
-                    {
-                        "default": "storystream_mini",
-                        "tooltip": "StoryStream-format training data inside ComfyUI's input folder: a folder with "
-                        "chunks10.jsonl / stories.jsonl (or a single .jsonl) and its images, or a .jsonl file, "
-                        "given relative to the input folder. Only the input folder is read: absolute paths, '~', "
-                        "'..' and symbolic links leading outside it are refused, also for the image paths in the "
-                        ".jsonl (relative to its folder or its images/ folder). Every image is checked before "
-                        "training. Make a small set with: " + DATA_COMMAND,
-                    },
-                ),
-                "steps": (
-                    "INT",
-                    {
-                        "default": 20,
-                        "min": 1,
-                        "max": 100000,
-                        "tooltip": "Optimizer steps (official 1600; a few are enough to try the tiny model). "
-                        "Warmup and cosine decay follow the official schedule scaled to this count.",
-                    },
-                ),
-                "learning_rate": (
-                    "FLOAT",
-                    {
-                        "default": 1e-4,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.00001,
-                        "tooltip": "AdamW learning rate (official 1e-4, weight decay 0.03).",
-                    },
-                ),
-                "batch_size": (
-                    "INT",
-                    {
-                        "default": 4,
-                        "min": 1,
-                        "max": 256,
-                        "tooltip": "Story samples per optimizer step (official: 4 per GPU x 4 gradient "
-                        "accumulation; larger needs more memory).",
-                    },
-                ),
-                "seed": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 2**31 - 1,
-                        "control_after_generate": True,
-                        "tooltip": "Seed of the data order and the diffusion noise (same seed + data = same run).",
-                    },
-                ),
-                "output_name": (
-                    "STRING",
-                    {
-                        "default": "seedstory_adapted",
-                        "tooltip": "File name of the adapter in models/seed_story/detokenizer "
-                        "(.safetensors is added; an existing file of that name is replaced).",
-                    },
-                ),
+                "agent": socket_input(AGENT, t["agent"]),
+                "visual_tokenizer": socket_input(VISUAL_TOKENIZER, t["visual_tokenizer"]),
+                "detokenizer": socket_input(DETOKENIZER, t["detokenizer"]),
+                "data_folder": line_input(DATA_EXAMPLE, t["data_folder"]),
+                "steps": int_input(20, 1, 100000, t["steps"]),
+                "learning_rate": float_input(1e-4, 0.0, 1.0, 0.00001, t["learning_rate"]),
+                "batch_size": int_input(4, 1, 256, t["batch_size"]),
+                "seed": int_input(0, 0, 2**31 - 1, t["seed"], control_after_generate=True),
+                "output_name": line_input("seedstory_adapted", t["output_name"]),
             }
         }
 
@@ -453,7 +409,7 @@ class SeedStoryAdaptDetokenizer:
     def IS_CHANGED(cls, data_folder="", **_kwargs):
         # re-train when the data changes (same inputs otherwise = ComfyUI's cached result)
         try:
-            path = resolve_data_folder(data_folder, node="SeedStory Adapt De-tokenizer")
+            path = resolve_data_folder(data_folder, node=cls.DISPLAY_NAME)
         except Exception:
             return ""
         files = [path] if path.is_file() else sorted(path.glob("*.jsonl"))
@@ -483,7 +439,7 @@ class SeedStoryAdaptDetokenizer:
                 images (named relative to the input folder); the input models are never changed.
             InterruptProcessingException: Cancel pressed (a resumable checkpoint stays in the temp folder).
         """
-        node = "SeedStory Adapt De-tokenizer"
+        node = self.DISPLAY_NAME
         agent = require_model(agent, "agent", node=node)
         vit = require_model(visual_tokenizer, "visual_tokenizer", node=node)
         detok = require_model(detokenizer, "detokenizer", node=node)
@@ -494,23 +450,10 @@ class SeedStoryAdaptDetokenizer:
         if steps < 1 or batch_size < 1:
             raise SeedStoryInputError(f"{node}: steps and batch_size must be >= 1, found {steps} and {batch_size}.")
         glue.check_interrupted()
-
-        from ..training.stage3_adaptation import run_stage3
-
-        run_dir = _run_directory(name)
-        progress = glue.Progress(steps)
-        stream = glue.text_streamer(None)
-        cancel, seen = _interrupt_probe()
-
-        def on_step(step, total, loss):
-            progress.set(step)
-            if stream is not None:
-                stream(f"step {step}/{total}  loss {loss:.4f}")
-
         options = dict(
             data=str(data),
             records=records,
-            out=str(run_dir),
+            out=str(_run_directory(name)),
             max_steps=steps,
             batch_size=batch_size,
             grad_accum=1,
@@ -522,57 +465,49 @@ class SeedStoryAdaptDetokenizer:
             no_export=True,
             warmup_steps=min(OFFICIAL_WARMUP, steps * OFFICIAL_WARMUP // OFFICIAL_STEPS),
         )
+        bundle, metrics = self._train(node, agent, vit, detok, options)
+        module = _like_input(bundle.detokenizer, detok.module)  # the trained copy
+        target = _save_adapter(module, name)
+        out = _adapted_model(detok, module, f"{name}.safetensors")
+        summary = _summary(metrics, data, target)
+        return {"ui": {"text": [summary]}, "result": (out, str(target))}
+
+    @staticmethod
+    def _train(node: str, agent, vit, detok, options: dict):
+        """Stage 3 on a trainable copy of the de-tokenizer, with the node's progress bar, streamed losses and
+        Cancel; returns (the bundle holding the trained copy, the run's metrics).
+
+        Raises:
+            SeedStoryInputError: the data or an image fails during training.
+            InterruptProcessingException: Cancel pressed (the run's checkpoint stays in ComfyUI's temp folder).
+        """
+        progress = glue.Progress(options["max_steps"])
+        stream = glue.text_streamer(None)
+        cancel, seen = glue.interrupt_probe()
+
+        def on_step(step, total, loss):
+            progress.set(step)
+            if stream is not None:
+                stream(f"step {step}/{total}  loss {loss:.4f}")
+
+        run_dir = Path(options["out"])
         if run_dir.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         # ComfyUI runs nodes under torch.inference_mode(): training needs autograd and normal tensors.
         with torch.inference_mode(False), torch.enable_grad():
-            bundle = _training_bundle(agent, vit, detok)
+            bundle = _training_bundle(agent, vit, detok, node)
             try:
                 metrics = run_stage3(init=bundle, progress=on_step, cancel=cancel, **options)
             except (FileNotFoundError, ValueError) as err:
-                raise SeedStoryInputError(f"{node}: training on {data} failed: {err}") from err
+                raise SeedStoryInputError(f"{node}: training on {options['data']} failed: {err}") from err
             except _IMAGE_ERRORS as err:  # an image that passed PIL's verify() but does not decode
                 if not _is_image_error(err):
                     raise
-                culprit = _find_undecodable(records)
-                root = input_directory(node)
-                named = (
-                    f"image {_rel(Path(culprit), root)} (in ComfyUI's input folder)"
-                    if culprit
-                    else "an image of the training data"
-                )
-                raise SeedStoryInputError(
-                    f"{node}: {named} could not be decoded during training ({type(err).__name__}: {err}). "
-                    f"Expected complete PNG/JPEG/WebP pictures; re-export the damaged image (e.g. a truncated "
-                    f"download) or remove its story from the .jsonl."
-                ) from err
+                raise _undecodable_image_error(node, options["records"], err) from err
         if metrics.get("cancelled"):
+            steps = options["max_steps"]
             print(
                 f"[seedstory] {node}: cancelled at step {metrics['step']}/{steps}; checkpoint {metrics['checkpoint']}"
             )
-            _raise_interrupted(seen)
-
-        module = _like_input(bundle.detokenizer, detok.module)  # the trained copy
-        target = adapter_directory() / f"{name}.safetensors"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp_target = target.with_name(f".{name}.tmp.safetensors")
-        module.save_adapter(tmp_target)
-        os.replace(tmp_target, target)
-
-        from .loaders import _detok_wrapper
-
-        if detok.patcher is not None:
-            load_device, offload_device = detok.patcher.load_device, detok.patcher.offload_device
-        else:
-            load_device = offload_device = torch.device("cpu")
-        out = _detok_wrapper(
-            module.eval(), detok.config, detok.uncond_features, f"{name}.safetensors", load_device, offload_device
-        )
-        loss = metrics.get("loss")
-        first = metrics["losses"][0] if metrics.get("losses") else None
-        summary = (
-            f"adapted for {metrics['steps_run']} steps on {data.name}: final loss {loss:.4f}"
-            + (f" (first {first:.4f})" if first is not None else "")
-            + f"\nsaved {target}"
-        )
-        return {"ui": {"text": [summary]}, "result": (out, str(target))}
+            glue.raise_interrupted(seen, node)
+        return bundle, metrics

@@ -24,11 +24,22 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
+from PIL import Image
+
+from .bundle import SeedStoryBundle
+from .rules import check_story_run, story_texts
+from .story import (
+    DEFAULT_MAX_SINK_IMAGES,
+    DEFAULT_REPETITION_PENALTY,
+    POLICY_CHOICES,
+    STORY_MODES,
+    DecodingSettings,
+    StorySettings,
+)
+from .storybook import write_storybook
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .story import DEFAULT_MAX_SINK_IMAGES, DEFAULT_REPETITION_PENALTY, POLICY_CHOICES, STORY_MODES
-
     p = argparse.ArgumentParser(prog="python -m seedstory_core.tell", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model folder (e.g. models/seedstory-tiny)")
     p.add_argument("--image", required=True, help="the start picture (PNG/JPEG/WebP)")
@@ -80,22 +91,11 @@ def tell(args: argparse.Namespace, *, log=print) -> Path:
 
     Raises:
         FileNotFoundError: a missing model folder, picture or captions file.
-        ValueError: bad text, settings or captions (e.g. fewer captions than frames in visualization mode).
+        ValueError: bad text, settings or captions: a model rule (:func:`seedstory_core.rules.check_story_run`:
+            sentence length, fewer captions than frames in visualization mode), checked before the model runs.
     """
-    from PIL import Image
-
-    from .bundle import SeedStoryBundle
-    from .story import DecodingSettings, StorySettings
-    from .storybook import write_storybook
-
-    if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
     captions = _read_captions(args.captions)
-    if args.mode == "visualization" and len([c for c in captions or [] if c][: args.frames]) < args.frames:
-        raise ValueError(
-            f"visualization draws one caption per frame: --frames {args.frames} needs {args.frames} "
-            f"non-empty lines in --captions, found {len([c for c in captions or [] if c])}"
-        )
+    story_texts(captions, args.frames, args.mode, captions_name="--captions", steps_name="--frames")  # before loading
     picture = Image.open(args.image)
     picture.load()
     picture = picture.convert("RGB")
@@ -113,6 +113,17 @@ def tell(args: argparse.Namespace, *, log=print) -> Path:
     )
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bundle = SeedStoryBundle.load(args.model, device=device)
+    run = check_story_run(
+        bundle.tokenizer,
+        bundle.config.agent,
+        opening_text=args.text,
+        steps=args.frames,
+        mode=args.mode,
+        captions=captions,
+        opening_name="--text",
+        captions_name="--captions",
+        steps_name="--frames",
+    )
     engine = bundle.engine(settings.policy)
     state = engine.start(args.text, image=picture, settings=settings)
     log(f"0. {state.sentences[0]}")
@@ -132,7 +143,7 @@ def tell(args: argparse.Namespace, *, log=print) -> Path:
         )
         return None
 
-    state, _ = engine.run(state, args.frames, texts=captions, mode=args.mode, decoding=decoding, on_frame=on_frame)
+    state, _ = engine.run(state, args.frames, texts=run.texts, mode=args.mode, decoding=decoding, on_frame=on_frame)
     book = write_storybook(
         args.out,
         frames,

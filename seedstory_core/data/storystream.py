@@ -17,7 +17,9 @@ Official quirks handled:
 
 :func:`chunk_stories` reproduces ``chunk_data.py``: chunks of ``chunk_len`` (10) consecutive frames, incomplete
 trailing chunks dropped (a 30-frame story gives exactly 3 chunks), ``id`` = index of the source story, ``orders``
-dropped. CLI::
+dropped. A StoryStream *folder* (the training stages' ``--data``, the Adapt De-tokenizer node's ``data_folder``) holds
+one such jsonl (:func:`find_jsonl`) and its images (:func:`image_candidates`); :func:`read_records` /
+:func:`load_records` read it as the training stages do. CLI::
 
     python -m seedstory_core.data.storystream chunk IN.jsonl OUT.jsonl --len 10 [--keep attributes]
 """
@@ -30,7 +32,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
@@ -42,10 +44,22 @@ __all__ = [
     "write_jsonl",
     "load_image",
     "chunk_stories",
+    "JSONL_NAMES",
+    "MIN_FRAMES",
+    "find_jsonl",
+    "image_candidates",
+    "read_records",
+    "load_records",
     "main",
 ]
 
 PathLike = Union[str, Path]
+#: The story file of a StoryStream folder, in order of preference (the official 10-frame chunks first); a folder
+#: with neither must hold exactly one ``*.jsonl``.
+JSONL_NAMES = ("chunks10.jsonl", "stories.jsonl")
+#: Stories with fewer frames are skipped by the training stages and the Adapt De-tokenizer node (a training sample
+#: needs a context frame and a target frame).
+MIN_FRAMES = 2
 
 
 class StoryStreamError(ValueError):
@@ -205,6 +219,111 @@ def chunk_stories(
                     chunk[key] = list(rec[key][start : start + chunk_len])
             out.append(chunk)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- folders
+def find_jsonl(folder: PathLike) -> Path:
+    """The story file of a StoryStream folder: the first of :data:`JSONL_NAMES` that exists, else its only ``*.jsonl``.
+
+    Raises:
+        FileNotFoundError: neither name exists and the folder holds zero or several ``*.jsonl`` files (the message
+            lists them).
+    """
+    folder = Path(folder)
+    for name in JSONL_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.jsonl"))
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(
+        f"{folder}: expected chunks10.jsonl, stories.jsonl or a single *.jsonl, found {[f.name for f in found]}"
+    )
+
+
+def image_candidates(root: Optional[PathLike], item: PathLike) -> List[Path]:
+    """Where the frame ``item`` of a record is looked for, in order: an absolute path as it is; a relative one under
+    the image root (the jsonl's folder) and under its ``images/`` sub-folder (the StoryStream-mini layout); without
+    a root, the path as given."""
+    path = Path(item)
+    if path.is_absolute() or root is None:
+        return [path]
+    root = Path(root)
+    return [root / path, root / "images" / path]
+
+
+def read_records(
+    data: Optional[PathLike] = None,
+    records: Optional[List[dict]] = None,
+    image_root: Optional[PathLike] = None,
+    *,
+    what: str = "",
+    hint: str = "StoryStream folder or .jsonl",
+) -> Tuple[List[dict], Optional[Path]]:
+    """The raw records and the image root: ``records`` as given, else every non-blank line of ``data`` (a folder's
+    jsonl, see :func:`find_jsonl`, or a .jsonl file) with the image root defaulting to that file's folder.
+
+    Args:
+        data: a StoryStream folder or .jsonl file.
+        records: records built in memory (win over ``data``).
+        image_root: folder relative image paths are resolved against (see :func:`image_candidates`).
+        what: prefix of the messages (e.g. ``"stage 0: "``).
+        hint: what the caller expects, named in the message when nothing is given.
+
+    Returns:
+        (list of record dicts as stored, image root or None).
+
+    Raises:
+        ValueError: neither ``data`` nor ``records``.
+        FileNotFoundError: the jsonl is missing (see :func:`find_jsonl`).
+    """
+    root = Path(image_root) if image_root else None
+    if records is None:
+        if data is None:
+            raise ValueError(f"{what}no training data: pass --data ({hint}) or records=[...].")
+        path = Path(data)
+        jsonl = find_jsonl(path) if path.is_dir() else path
+        if not jsonl.is_file():
+            raise FileNotFoundError(f"{what}training data not found: {jsonl}")
+        records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+        root = root or jsonl.parent
+    return records, root
+
+
+def load_records(
+    data: Optional[PathLike] = None,
+    records: Optional[List[dict]] = None,
+    image_root: Optional[PathLike] = None,
+    max_records: int = 0,
+    keep: Tuple[str, ...] = (),
+) -> Tuple[List[dict], Optional[Path]]:
+    """Story records ``{id, images: [paths or PIL images], captions: [...]}`` and the image root folder, as the
+    training stages read them (:func:`read_records`).
+
+    Records with fewer than :data:`MIN_FRAMES` frames or mismatched image/caption counts are skipped.
+
+    Args:
+        data, records, image_root: see :func:`read_records`.
+        max_records: keep only the first N usable records (0 = all).
+        keep: further keys copied from each record when present (e.g. ``("attributes",)`` for StoryStream-mini's
+            per-frame attributes).
+
+    Raises:
+        ValueError: no usable record; see also :func:`read_records`.
+        FileNotFoundError: see :func:`read_records`.
+    """
+    records, root = read_records(data, records, image_root)
+    out = []
+    for i, r in enumerate(records):
+        images, captions = list(r.get("images", [])), list(r.get("captions", []))
+        if len(images) < MIN_FRAMES or len(images) != len(captions):
+            continue
+        out.append({"id": r.get("id", i), "images": images, "captions": captions, **{k: r[k] for k in keep if k in r}})
+    if max_records:
+        out = out[: int(max_records)]
+    if not out:
+        raise ValueError("no usable story records (each needs >= 2 images and as many captions).")
+    return out, root
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

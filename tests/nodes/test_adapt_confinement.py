@@ -188,7 +188,7 @@ def test_missing_image_and_malformed_line_are_named(env):
 
 
 def test_outside_comfyui_the_node_says_it_needs_the_input_folder(monkeypatch):
-    monkeypatch.setattr(training, "_folder_paths", lambda: None)
+    monkeypatch.setitem(sys.modules, "folder_paths", None)  # ComfyUI's module cannot be imported
     with pytest.raises(RuntimeError, match="input folder"):
         training.resolve_data_folder("mini", node=N)
 

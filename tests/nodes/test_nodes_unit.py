@@ -424,15 +424,15 @@ def test_interrupt_stops_generate_story(comfy):
 
 
 def test_no_repeat_sentences_is_an_optional_toggle_on_by_default(comfy):
-    story = sys.modules[f"{pack.__name__}.nodes.story"]
+    settings = sys.modules[f"{pack.__name__}.nodes.settings"]
     for node_id in ("SeedStoryStoryStep", "SeedStoryGenerateStory"):
         optional = NODES[node_id].INPUT_TYPES()["optional"]
         kind, opts = optional["no_repeat_sentences"]  # optional: jobs saved before the toggle existed still run
         assert kind == "BOOLEAN" and opts["default"] is True and "copy" in opts["tooltip"]
-    assert story.make_decoding("greedy", 0.7, 0.9, 0, None, 40, 0, "n").no_repeat_sentences is True
-    assert story.make_decoding("greedy", 0.7, 0.9, 0, None, 40, 0, "n", False).no_repeat_sentences is False
+    assert settings.make_decoding("greedy", 0.7, 0.9, 0, None, 40, 0, "n").no_repeat_sentences is True
+    assert settings.make_decoding("greedy", 0.7, 0.9, 0, None, 40, 0, "n", False).no_repeat_sentences is False
     with pytest.raises(InputError, match="no_repeat_sentences must be true or false, found 'yes'"):
-        story.make_decoding("greedy", 0.7, 0.9, 0, None, 40, 0, "n", "yes")
+        settings.make_decoding("greedy", 0.7, 0.9, 0, None, 40, 0, "n", "yes")
     agent, _, _, _ = tiny()
     state, _ = run("SeedStoryStoryStart", {"agent": agent, "opening_text": "Hi.", "features": torch.zeros(1, 64, 256)})
     with pytest.raises(InputError, match="no_repeat_sentences must be true or false"):
