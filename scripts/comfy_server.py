@@ -1,33 +1,16 @@
-"""Start/stop a real ComfyUI server (ports, logs, scratch folders, the pack's copy in custom_nodes).
-
-Talking to it is :mod:`seedstory_client` (``ComfyClient``: HTTP + websocket); this module only manages the process.
-
-Library use (the tests do this)::
-
-    from comfy_server import start
-    with start("/path/to/ComfyUI") as server:          # free port on 127.0.0.1, --cpu
-        client = server.client()                        # a seedstory_client.client.ComfyClient
-        result = client.run({"1": {...}, "2": {...}})   # POST /prompt + follow /ws
-        png = client.view(**result.images()[0])         # GET /view
-
-CLI (a server for you to use, like a hand-started ComfyUI)::
+"""Start/stop a ComfyUI server for seedstory: the command line of :mod:`seedstory_client.launcher`.
 
     python scripts/comfy_server.py start [--comfy-dir DIR] [--port N|auto] [--scratch-dir DIR] [--state FILE]
                                          [-- ARGS...]
     python scripts/comfy_server.py status [--state FILE]
     python scripts/comfy_server.py stop [--state FILE]
 
-``start`` leaves the server running in the background on 127.0.0.1:8188 (``--port auto``: a free port) and
-writes its pid, URL, log and folders to the state file (default ``<repo>/.comfyui/server.json``); ``stop`` reads
-it. ``--comfy-dir`` defaults to ``$COMFYUI_DIR``, else ``<repo>/.comfyui/ComfyUI-0.30.0``. It uses the ComfyUI
-tree's own ``input/`` and ``output/`` folders (storybooks land in ``<ComfyUI>/output/seedstory/``), and in a tree
-that scripts/provision_comfyui.sh made it first refreshes the pack's copy in ``custom_nodes/seedstory``. With
-``--scratch-dir DIR`` the input/output/temp/user folders are DIR's instead (the demo does this).
-
-The tests use :func:`start` with a scratch folder per server: ``input/ output/ temp/ user/``, a file SQLite
-database (``sqlite:///:memory:`` gives cross-thread errors in 0.3.75) and, with ``pack=True``, ComfyUI's
-``--base-directory`` with the pack copied into its ``custom_nodes``, so test runs never touch the ComfyUI tree.
-Needs the ``client`` extra (``requests``, ``websocket-client``) for :mod:`seedstory_client`.
+``start`` leaves the server running in the background on 127.0.0.1:8188 (``--port auto``: a free port), prints
+its URL on stdout (URL, PID, log and folders on stderr) and writes them to the state file (default
+``<repo>/.comfyui/server.json``); ``status`` prints the state as JSON (exit 1 when the server is not running);
+``stop`` stops it and deletes the state file. ``--comfy-dir`` defaults to ``$COMFYUI_DIR``, else
+``<repo>/.comfyui/ComfyUI-0.30.0``. The details (folders, the pack's copy) are in the launcher's docstring.
+Needs the ``client`` extra (``requests``, ``websocket-client``).
 """
 
 from __future__ import annotations
@@ -35,342 +18,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.append(str(REPO_ROOT))  # seedstory_client, when run as `python scripts/comfy_server.py`
 
-from seedstory_client.client import ComfyClient, connection_errors  # noqa: E402
-from seedstory_client.errors import HTTPFailure  # noqa: E402
-
-DEFAULT_COMFY_DIR = REPO_ROOT / ".comfyui" / "ComfyUI-0.30.0"
-DEFAULT_STATE_FILE = REPO_ROOT / ".comfyui" / "server.json"
-DEFAULT_PORT = 8188  # ComfyUI's own default; the README's API examples use it
-HOST = "127.0.0.1"
-
-
-class ComfyServerError(RuntimeError):
-    """The server did not start, died, or did not answer in time."""
+from seedstory_client.launcher import (  # noqa: E402
+    DEFAULT_COMFY_DIR,
+    DEFAULT_PORT,
+    DEFAULT_STATE_FILE,
+    recorded_server,
+    start_detached,
+    stop_recorded,
+)
 
 
-# --------------------------------------------------------------------------------------
-# Server process
-# --------------------------------------------------------------------------------------
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _supports_flag(comfy_dir: Path, flag: str) -> bool:
-    try:
-        return flag in (comfy_dir / "comfy" / "cli_args.py").read_text(encoding="utf-8")
-    except OSError:
-        return False
-
-
-def _tail(path: Path, n: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
-
-
-@dataclass
-class ServerHandle:
-    """A running ComfyUI server started by :func:`start`."""
-
-    comfy_dir: Path
-    port: int
-    process: subprocess.Popen | None
-    pid: int
-    log_path: Path
-    scratch_dir: Path
-    command: list[str] = field(default_factory=list)
-    host: str = HOST
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    own_folders: bool = False
-
-    @property
-    def _folders(self) -> Path:
-        return self.comfy_dir if self.own_folders else self.scratch_dir
-
-    @property
-    def input_dir(self) -> Path:
-        return self._folders / "input"
-
-    @property
-    def output_dir(self) -> Path:
-        return self._folders / "output"
-
-    @property
-    def temp_dir(self) -> Path:
-        # ComfyUI appends "temp" to --temp-directory; its own default is <tree>/temp
-        return self.comfy_dir / "temp" if self.own_folders else self.scratch_dir / "temp" / "temp"
-
-    @property
-    def user_dir(self) -> Path:
-        return self._folders / "user"
-
-    def client(self, client_id: str | None = None) -> ComfyClient:
-        """A :class:`seedstory_client.client.ComfyClient` for this server."""
-        return ComfyClient(self.base_url, client_id=client_id)
-
-    def is_running(self) -> bool:
-        if self.process is not None:
-            return self.process.poll() is None
-        return _pid_alive(self.pid)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM the server's process group, SIGKILL after ``timeout`` s. Returns the exit code."""
-        return _stop_pid(self.pid, self.process, timeout)
-
-    def to_json(self) -> dict:
-        return {
-            "pid": self.pid,
-            "port": self.port,
-            "base_url": self.base_url,
-            "comfy_dir": str(self.comfy_dir),
-            "log_path": str(self.log_path),
-            "scratch_dir": str(self.scratch_dir),
-            "command": self.command,
-            "own_folders": self.own_folders,
-        }
-
-    def __enter__(self) -> "ServerHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours still "exists"; treat it as dead
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _is_our_server(pid: int, port: int) -> bool:
-    """The pid still runs ComfyUI's main.py on ``port`` (guards against pid reuse)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
-    except OSError:
-        return True  # no /proc: trust the pid
-    return b"main.py" in args and str(port).encode() in args
-
-
-def _stop_pid(pid: int, process: subprocess.Popen | None, timeout: float) -> int | None:
-    def signal_group(sig: int) -> None:
-        try:
-            os.killpg(pid, sig)  # started with start_new_session=True: pgid == pid
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            os.kill(pid, sig)
-
-    def wait(t: float) -> bool:
-        if process is not None:
-            try:
-                process.wait(t)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
-        end = time.monotonic() + t
-        while time.monotonic() < end:
-            if not _pid_alive(pid):
-                return True
-            time.sleep(0.2)
-        return not _pid_alive(pid)
-
-    if process is not None and process.poll() is not None:
-        return process.returncode
-    signal_group(signal.SIGTERM)
-    if not wait(timeout):
-        signal_group(signal.SIGKILL)
-        wait(10)
-    return process.returncode if process is not None else None
-
-
-def start(
-    comfy_dir: str | os.PathLike,
-    port: int | None = None,
-    extra_args: Sequence[str] = (),
-    *,
-    python: str | None = None,
-    scratch_dir: str | os.PathLike | None = None,
-    timeout: float = 300.0,
-    env: Mapping[str, str] | None = None,
-    pack: bool = True,
-    own_folders: bool = False,
-) -> ServerHandle:
-    """Start ComfyUI from ``comfy_dir`` and wait until ``GET /object_info`` answers.
-
-    Args:
-        comfy_dir: the ComfyUI tree (has ``main.py``).
-        port: TCP port on 127.0.0.1; ``None`` picks a free one (retried if it gets taken).
-        extra_args: more ``main.py`` arguments (e.g. ``["--cache-none"]``).
-        python: interpreter to run it with (default: this one, ``sys.executable``).
-        scratch_dir: where input/output/temp/user, the database and ``comfyui.log`` go
-            (default: a new temporary folder).
-        timeout: seconds to wait for the server to answer.
-        env: extra environment variables for the server.
-        pack: (default True) make ``scratch_dir`` ComfyUI's base directory (``--base-directory``: its
-            ``custom_nodes`` and ``models`` are used instead of the tree's) and COPY this pack into
-            ``scratch_dir/custom_nodes/seedstory``
-            (scripts/install_pack.py) -- the pack exactly as a user installs it, isolated from other servers
-            and from whatever the ComfyUI tree's own ``custom_nodes`` holds. False: the tree's own
-            ``custom_nodes`` and ``models`` (the CLI's ``start``).
-        own_folders: use the ComfyUI tree's own ``input/``, ``output/``, ``temp/`` and ``user/`` folders (as a
-            user's hand-started ComfyUI does) instead of scratch ones; the log still goes to ``scratch_dir``.
-
-    Returns:
-        A :class:`ServerHandle`; call ``stop()`` (or use it as a context manager).
-
-    Raises:
-        ComfyServerError: the server exited or did not answer in time (message has the log tail).
-    """
-    comfy_dir = Path(comfy_dir).resolve()
-    if not (comfy_dir / "main.py").is_file():
-        raise ComfyServerError(f"{comfy_dir} is not a ComfyUI folder (no main.py)")
-    scratch = Path(scratch_dir) if scratch_dir else Path(tempfile.mkdtemp(prefix="comfyui-run-"))
-    scratch = scratch.resolve()
-    for sub in ("input", "output", "temp", "user"):
-        (scratch / sub).mkdir(parents=True, exist_ok=True)
-    if pack:
-        from install_pack import copy_pack  # scripts/ is on sys.path when this module is imported
-
-        copy_pack(scratch / "custom_nodes" / "seedstory")
-        (scratch / "models").mkdir(exist_ok=True)
-
-    attempts = 1 if port is not None else 3
-    last_error: Exception | None = None
-    for attempt in range(attempts):
-        chosen = port if port is not None else free_port()
-        try:
-            return _start_once(comfy_dir, chosen, extra_args, python, scratch, timeout, env, attempt, pack, own_folders)
-        except _PortTaken as e:
-            last_error = e
-    raise ComfyServerError(f"could not bind a port for ComfyUI: {last_error}")
-
-
-class _PortTaken(ComfyServerError):
-    pass
-
-
-def _start_once(
-    comfy_dir, port, extra_args, python, scratch, timeout, env, attempt, pack=False, own_folders=False
-) -> ServerHandle:
-    log_path = scratch / ("comfyui.log" if attempt == 0 else f"comfyui.{attempt}.log")
-    cmd = [
-        python or sys.executable,
-        "-u",
-        "main.py",
-        "--listen",
-        HOST,
-        "--port",
-        str(port),
-        "--cpu",
-        "--disable-auto-launch",
-    ]
-    if pack:
-        cmd += ["--base-directory", str(scratch)]
-    if not own_folders:
-        cmd += [
-            "--input-directory",
-            str(scratch / "input"),
-            "--output-directory",
-            str(scratch / "output"),
-            "--temp-directory",
-            str(scratch / "temp"),
-            "--user-directory",
-            str(scratch / "user"),
-        ]
-        if _supports_flag(comfy_dir, "--database-url"):
-            cmd += ["--database-url", f"sqlite:///{scratch / 'comfyui.db'}"]
-    cmd += list(extra_args)
-    proc_env = dict(os.environ)
-    proc_env["PYTHONUNBUFFERED"] = "1"
-    proc_env.pop("PYTEST_CURRENT_TEST", None)
-    # ComfyUI loads the pack from custom_nodes only: never from this repository through PYTHONPATH (the tests
-    # export it for their own subprocesses, see tests/support/comfy_harness.py)
-    here = {str(REPO_ROOT), str(REPO_ROOT.resolve())}
-    kept = [p for p in proc_env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in here]
-    if kept:
-        proc_env["PYTHONPATH"] = os.pathsep.join(kept)
-    else:
-        proc_env.pop("PYTHONPATH", None)
-    if env:
-        proc_env.update(env)
-    with open(log_path, "wb") as log:
-        log.write(("$ " + " ".join(cmd) + "\n").encode())
-        log.flush()
-        process = subprocess.Popen(
-            cmd,
-            cwd=comfy_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=proc_env,
-            start_new_session=True,
-        )
-    handle = ServerHandle(comfy_dir, port, process, process.pid, log_path, scratch, cmd, own_folders=own_folders)
-    probe = ComfyClient(handle.base_url, timeout=10)
-    deadline = time.monotonic() + timeout
-    while True:
-        code = process.poll()
-        if code is not None:
-            tail = _tail(log_path)
-            if "address already in use" in tail.lower() or "errno 98" in tail.lower():
-                raise _PortTaken(f"port {port} taken")
-            raise ComfyServerError(f"ComfyUI exited with code {code} before answering; log {log_path}:\n{tail}")
-        try:
-            if isinstance(probe.object_info(), dict):
-                return handle
-        except (HTTPFailure, ValueError, *connection_errors()):
-            pass
-        if time.monotonic() > deadline:
-            handle.stop()
-            raise ComfyServerError(
-                f"ComfyUI did not answer GET /object_info within {timeout:.0f} s; log {log_path}:\n{_tail(log_path)}"
-            )
-        time.sleep(0.5)
-
-
-# --------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------
-
-
-def _cli(argv: Iterable[str] | None = None) -> int:
+def main(argv: Iterable[str] | None = None) -> int:
+    """Run ``start``, ``stop`` or ``status`` (see the module docstring); returns the exit code."""
     p = argparse.ArgumentParser(description="Start/stop a ComfyUI server for seedstory.")
     sub = p.add_subparsers(dest="cmd", required=True)
     ps = sub.add_parser("start", help="start in the background; prints URL, PID, log")
@@ -389,25 +56,14 @@ def _cli(argv: Iterable[str] | None = None) -> int:
     state = Path(a.state)
 
     if a.cmd == "start":
-        if state.exists():
-            old = json.loads(state.read_text())
-            if _pid_alive(old["pid"]) and _is_our_server(old["pid"], old["port"]):
-                print(f"already running: {old['base_url']} (pid {old['pid']}, state {state})", file=sys.stderr)
-                print(old["base_url"])
-                return 0
+        old = recorded_server(state)
+        if old is not None and old["running"]:
+            print(f"already running: {old['base_url']} (pid {old['pid']}, state {state})", file=sys.stderr)
+            print(old["base_url"])
+            return 0
         extra = [x for x in a.extra if x != "--"]
         port = None if a.port == "auto" else int(a.port)
-        comfy = Path(a.comfy_dir)
-        if (comfy / ".seedstory_provisioned").is_file():  # ours, not a user's own ComfyUI: refresh the pack copy
-            from install_pack import copy_pack
-
-            copy_pack(comfy / "custom_nodes" / "seedstory")
-        own = a.scratch_dir is None
-        scratch = a.scratch_dir or str(state.parent / "server_logs")
-        h = start(comfy, port, extra, scratch_dir=scratch, timeout=a.timeout, pack=False, own_folders=own)
-        h.process = None  # leave it running after we exit
-        state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps(h.to_json(), indent=2))
+        h = start_detached(a.comfy_dir, port, extra, state=state, scratch_dir=a.scratch_dir, timeout=a.timeout)
         print(
             f"ComfyUI running at {h.base_url} (pid {h.pid})\n  log:    {h.log_path}\n"
             f"  input:  {h.input_dir}\n  output: {h.output_dir}\n  state:  {state}",
@@ -416,22 +72,22 @@ def _cli(argv: Iterable[str] | None = None) -> int:
         print(h.base_url)
         return 0
 
-    if not state.exists():
+    if a.cmd == "status":
+        info = recorded_server(state)
+    else:
+        info = stop_recorded(state)
+    if info is None:
         print(f"no server state at {state}", file=sys.stderr)
         return 0 if a.cmd == "stop" else 1
-    info = json.loads(state.read_text())
-    alive = _pid_alive(info["pid"]) and _is_our_server(info["pid"], info["port"])
     if a.cmd == "status":
-        print(json.dumps({**info, "running": alive}, indent=2))
-        return 0 if alive else 1
-    if alive:
-        _stop_pid(info["pid"], None, 20.0)
+        print(json.dumps(info, indent=2))
+        return 0 if info["running"] else 1
+    if info["running"]:
         print(f"stopped ComfyUI pid {info['pid']} ({info['base_url']})", file=sys.stderr)
     else:
         print(f"ComfyUI pid {info['pid']} was not running", file=sys.stderr)
-    state.unlink()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_cli())
+    sys.exit(main())

@@ -5,7 +5,13 @@ Modules:
     ``ServerGone``) and one-line descriptions of a server's error answers (no HTTP library needed);
   * :mod:`seedstory_client.client` -- ``ComfyClient`` (queue a prompt, history, object_info, view, upload,
     interrupt, free; the websocket follower) and ``is_connection_error``;
-  * :mod:`seedstory_client.batch` -- the ``seedstory-batch`` tool (``python -m seedstory_client.batch --help``).
+  * :mod:`seedstory_client.batch` -- the ``seedstory-batch`` tool (``python -m seedstory_client.batch --help``), a
+    package: ``jobs`` (the JSONL file), ``prompt`` (templates), ``summary`` (OUT/summary.json), ``runner`` (the
+    servers, retries, Ctrl-C) and ``cli``;
+  * :mod:`seedstory_client.launcher` -- start/stop a real ComfyUI server (``start``, ``ServerHandle``, the state file
+    of ``scripts/comfy_server.py``), with this pack copied into its ``custom_nodes`` by
+    :mod:`seedstory_client.install` (``copy_pack``; ``scripts/install_pack.py``). Both find the pack as the checkout
+    holding this package.
 
 A peer of :mod:`seedstory_core`, which never imports it: the nodes run inside ComfyUI and need no HTTP client.
 Needs the ``client`` extra (``requests``, ``websocket-client``): ``pip install '.[client]'``.

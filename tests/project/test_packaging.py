@@ -2,6 +2,8 @@
 requirement lists agree (requirements.txt, [project] dependencies, the `client` and `test` extras,
 requirements-dev.txt); seedstory_core imports no HTTP library."""
 
+import ast
+import json
 import os
 import re
 import shutil
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import require_or_skip
+
+from seedstory_client.install import EXCLUDE_DIRS, copy_pack
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,8 +94,6 @@ def test_requirements_cover_the_runtime_imports():
 def _third_party_imports(folders, local) -> dict:
     """{top-level module: first file importing it} of the absolute imports in ``folders`` that are neither the
     standard library nor in ``local``."""
-    import ast
-
     found = {}
     for folder in folders:
         for path in sorted((REPO / folder).rglob("*.py")):
@@ -145,8 +147,6 @@ def test_seedstory_core_imports_no_http_library():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    import json
-
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert "seedstory_core.story" in out["modules"] and len(out["modules"]) >= 10, out["modules"]
     assert out["http"] == [], f"importing seedstory_core loaded {out['http']}"
@@ -197,10 +197,8 @@ def test_pack_layout():
 
 
 def test_pack_copy_is_what_a_user_gets(tmp_path):
-    """scripts/install_pack.py copies the pack (no symlink, no environments or caches) and replaces old copies."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from install_pack import copy_pack
-
+    """scripts/install_pack.py (seedstory_client.install.copy_pack) copies the pack (no symlink, no environments or
+    caches) and replaces old copies."""
     target = tmp_path / "custom_nodes" / "seedstory"
     target.parent.mkdir()
     target.symlink_to(REPO)  # what older versions of provision_comfyui.sh left behind
@@ -225,8 +223,6 @@ def test_pack_copy_is_what_a_user_gets(tmp_path):
     with pytest.raises(ValueError):
         copy_pack(REPO)
     # the provisioned ComfyUIs live in the repository's (never copied) .comfyui folder: allowed there
-    from install_pack import EXCLUDE_DIRS
-
     assert ".comfyui" in EXCLUDE_DIRS
 
 
@@ -234,9 +230,6 @@ def test_pip_install_gives_the_seedstory_batch_command(tmp_path):
     """README: `pip install '.[client]'` (in a venv of the user's choice) gives the `seedstory-batch` command.
     Installed here with --no-deps into a target folder, from a copy of the pack (so no build/ folder lands in the
     checkout); the client's own packages come from this environment."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from install_pack import copy_pack
-
     src = copy_pack(tmp_path / "src")
     target = tmp_path / "target"
     res = subprocess.run(
@@ -270,5 +263,5 @@ def test_pip_install_gives_the_seedstory_batch_command(tmp_path):
         cwd=tmp_path,
     )
     assert run.returncode == 0 and "usage: seedstory-batch" in run.stdout, run.stderr
-    assert (target / "seedstory_client" / "batch.py").is_file() and not (target / "nodes").exists()
+    assert (target / "seedstory_client" / "batch" / "cli.py").is_file() and not (target / "nodes").exists()
     assert (target / "seedstory_core" / "story.py").is_file() and not (target / "seedstory_core" / "batch.py").exists()

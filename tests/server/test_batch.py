@@ -1,4 +1,4 @@
-"""seedstory-batch (seedstory_client/batch.py).
+"""seedstory-batch (the package seedstory_client/batch/).
 
 Two parts:
   * pure unit tests (no ComfyUI): job parsing, template filling, override validation, node_errors messages,
@@ -22,6 +22,7 @@ import pytest
 import websocket
 
 from seedstory_client import batch as B
+from seedstory_client import launcher
 from seedstory_client.errors import PromptRefused, describe_execution_error, describe_node_errors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -564,10 +565,7 @@ def test_cli_end_to_end_with_an_invalid_job_then_resume(comfy_server, tmp_path):
 
 @pytest.mark.comfyui
 def test_two_servers_then_restart_mid_job(comfy_server, tmp_path):
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    from comfy_server import start
-
-    second = start(comfy_server.comfy_dir, python=sys.executable, scratch_dir=tmp_path / "srv2")
+    second = launcher.start(comfy_server.comfy_dir, python=sys.executable, scratch_dir=tmp_path / "srv2")
     try:
         servers = [comfy_server.base_url, second.base_url]
         jobs = [job(id=f"m{i}", frames=1, seed=i, overrides=FAST) for i in range(4)]
@@ -601,7 +599,9 @@ def test_two_servers_then_restart_mid_job(comfy_server, tmp_path):
         second.stop()
         ran_before = sum(1 for r in recs.values() if r["server"] == second.base_url)  # the 4-job batch's share
         assert killed_log.read_text().count("Prompt executed") == ran_before, "the job finished before the stop"
-        second = start(comfy_server.comfy_dir, port=port, python=sys.executable, scratch_dir=tmp_path / "srv2b")
+        second = launcher.start(
+            comfy_server.comfy_dir, port=port, python=sys.executable, scratch_dir=tmp_path / "srv2b"
+        )
         runner.join(timeout=400)
         assert not runner.is_alive()
         rec = result["jobs"]["restart"]

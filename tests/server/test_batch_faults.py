@@ -38,9 +38,14 @@ import requests
 import websocket
 
 from seedstory_client import batch as B
+from seedstory_client import launcher
+from seedstory_client.batch import summary as batch_summary
 from seedstory_client.client import ComfyClient, is_connection_error
 from seedstory_client.errors import HTTPFailure
-from tests.server.test_batch import cli_env  # one copy of the subprocess environment, with the fake transport
+from tests.server.test_batch import (  # one copy of the subprocess environment and of the fake transport
+    FakeTransport,
+    cli_env,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_PNG = REPO_ROOT / "workflows" / "assets" / "seedstory_start.png"
@@ -261,7 +266,6 @@ def test_http_4xx_on_view_history_and_prompt_are_job_errors_with_status_and_body
 
 def test_http_error_and_local_oserror_from_any_transport_are_not_connection_loss(tmp_path):
     """requests.HTTPError and PermissionError are OSErrors: they must still be job errors, not retried."""
-    from tests.server.test_batch import FakeTransport
 
     class Flaky(FakeTransport):
         def upload_image(self, data, name):
@@ -390,8 +394,6 @@ def test_refused_connections_are_retried_then_the_rest_name_the_servers_tried(tm
     ],
 )
 def test_corrupt_summary_is_kept_as_a_backup_with_a_warning(tmp_path, content, why):
-    from tests.server.test_batch import FakeTransport
-
     out = tmp_path / "out"
     out.mkdir()
     (out / "summary.json").write_bytes(content)
@@ -415,9 +417,7 @@ def test_corrupt_summary_is_kept_as_a_backup_with_a_warning(tmp_path, content, w
 
 
 def test_summary_write_failure_is_reported_and_retried(tmp_path, monkeypatch):
-    from tests.server.test_batch import FakeTransport
-
-    real = B._atomic_write
+    real = batch_summary.atomic_write
     fails = []
 
     def flaky(path, data):
@@ -426,7 +426,7 @@ def test_summary_write_failure_is_reported_and_retried(tmp_path, monkeypatch):
             raise B.LocalFileError(path, "write", OSError(28, "No space left on device"))
         return real(path, data)
 
-    monkeypatch.setattr(B, "_atomic_write", flaky)
+    monkeypatch.setattr(batch_summary, "atomic_write", flaky)  # the summary's writes only
     opts, _ = opts_for(tmp_path)
     logs: list = []
     data = B.run_batch([job("a"), job("b")], ["http://fake"], opts, transport_factory=FakeTransport, log=logs.append)
@@ -470,8 +470,6 @@ class Running:
     ``pending``: the prompt waits in queue_pending (behind another client's prompt) until interrupted."""
 
     def __init__(self, on_interrupt="stop", pending=False, base_url="http://fake"):
-        from tests.server.test_batch import FakeTransport
-
         self.fake = FakeTransport(base_url, delay=0.02)
         self.fake.cancel = self.cancel
         self.fake.queue_state = self.queue_state
@@ -737,8 +735,8 @@ def _message_kinds(entry: dict) -> list:
 
 
 def _kill9(server) -> None:
-    """``kill -9`` of a server started by comfy_server.start (its own process group), like a crash or the OOM
-    killer: no shutdown code runs. (Local helper: ServerHandle.stop() sends SIGTERM first.)"""
+    """``kill -9`` of a server started by seedstory_client.launcher.start (its own process group), like a crash or the
+    OOM killer: no shutdown code runs. (Local helper: ServerHandle.stop() sends SIGTERM first.)"""
     os.killpg(server.pid, signal.SIGKILL)
     server.process.wait(timeout=30)
 
@@ -815,9 +813,6 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
     ``seedstory-batch`` again on the same OUT finish the rest. Checked: every job ok in summary.json, the done
     ones skipped, each job's files exactly once locally and on the servers, no finished job executed again
     (the servers' logs and histories), and the model loader node ran once per server life."""
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    from comfy_server import start
-
     t_start = time.monotonic()
     ids = [f"j{i:02d}" for i in range(N_JOBS)]
     jobs = _write_jobs(
@@ -835,7 +830,7 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
         ],
     )
     out = tmp_path / "out"
-    a = start(comfy_server.comfy_dir, python=sys.executable, scratch_dir=tmp_path / "srvA")
+    a = launcher.start(comfy_server.comfy_dir, python=sys.executable, scratch_dir=tmp_path / "srvA")
     b = None
     try:
         # ---- run 1 on A, killed mid-batch
@@ -873,7 +868,7 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
         assert recs1[ids[0]]["status"] == "ok"  # the first job (the one that loaded the model) finished on A
 
         # ---- run 2 (resume) on a new server B
-        b = start(comfy_server.comfy_dir, python=sys.executable, scratch_dir=tmp_path / "srvB")
+        b = launcher.start(comfy_server.comfy_dir, python=sys.executable, scratch_dir=tmp_path / "srvB")
         proc2 = subprocess.run(
             _cli(jobs, out, b.base_url), cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=900
         )

@@ -3,15 +3,20 @@ as a copy in its custom_nodes (fixture: comfy_harness)."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import re
 import sys
 import uuid
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import pytest
 from PIL import Image
+
+from seedstory_client import launcher
+from tests.support.pack_loader import load_pack
 
 # The session fixture ``comfy_server`` comes from tests/support/comfy_harness.py.
 # Registering it here is harmless when tests/conftest.py registers it too.
@@ -19,7 +24,6 @@ pytest_plugins = ["tests.support.comfy_harness"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
 #: A Python warning as the warnings module prints it ("path:line: FutureWarning: ...").
 PY_WARNING = re.compile(r"\b[A-Z]\w*Warning: ")
 
@@ -143,13 +147,9 @@ def test_fresh_server_loads_every_node_and_logs_no_warning(comfy_dir, tmp_path):
     """A server of its own (a fresh scratch base directory, the pack COPIED into its custom_nodes, nothing
     pip-installed but ComfyUI's and the pack's requirements): all 14 nodes load, the tiny story runs, and the log has
     no traceback, no IMPORT FAILED and no warning (e.g. transformers' deprecated-argument FutureWarning)."""
-    from comfy_server import start
-
-    from tests.support.pack_loader import load_pack
-
     pack = load_pack()
     assert len(pack.NODE_CLASS_MAPPINGS) == 14
-    server = start(comfy_dir, python=sys.executable, scratch_dir=tmp_path / "fresh", pack=True)
+    server = launcher.start(comfy_dir, python=sys.executable, scratch_dir=tmp_path / "fresh", pack=True)
     try:
         installed = tmp_path / "fresh" / "custom_nodes" / "seedstory"
         assert installed.is_dir() and not installed.is_symlink()
@@ -183,9 +183,6 @@ def test_fresh_server_loads_every_node_and_logs_no_warning(comfy_dir, tmp_path):
 
 def _raw_get(base_url: str, raw_path: str) -> tuple[int, str, bytes]:
     """GET with the path sent exactly as given (no client-side '..' normalisation)."""
-    import http.client
-    from urllib.parse import urlsplit
-
     u = urlsplit(base_url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     try:
@@ -199,8 +196,6 @@ def _raw_get(base_url: str, raw_path: str) -> tuple[int, str, bytes]:
 
 def check_storybook_route(client, storybook: str, output_dir: Path) -> None:
     """The storybook page opens inline from the pack's route (also under /api); hostile paths never get a file."""
-    from urllib.parse import quote
-
     assert (output_dir / storybook).is_file()
     for prefix in ("/seedstory/storybook/", "/api/seedstory/storybook/"):
         r = client.get(prefix + quote(storybook))
@@ -231,8 +226,6 @@ def check_storybook_route(client, storybook: str, output_dir: Path) -> None:
 def test_in_app_help_pages_and_search_aliases_are_served(comfy_server):
     """WEB_DIRECTORY: every node's help page (web/docs/<NodeId>.md) and the Save Story extension are served where the
     frontend looks for them; on ComfyUI >= 0.30 /object_info carries the search aliases."""
-    from tests.support.pack_loader import load_pack
-
     pack = load_pack()
     exts = comfy_server.get("/extensions").json()
     assert "/extensions/seedstory/seedstory.js" in exts, exts

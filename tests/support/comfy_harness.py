@@ -14,7 +14,7 @@ The fixture ``comfy_server``:
   2. starts it with this interpreter (``sys.executable``, whose environment holds ComfyUI's requirements.txt
      and this pack's requirements.txt, see scripts/setup_env.sh; the pack itself is not pip-installed) on a
      free 127.0.0.1 port with ``--cpu`` and a scratch ``--base-directory`` holding input/output/temp/user/models
-     and ``custom_nodes/seedstory``, a COPY of this pack (scripts/install_pack.py), so every test session tests
+     and ``custom_nodes/seedstory``, a COPY of this pack (seedstory_client.install), so every test session tests
      exactly what a user installs and never touches the ComfyUI tree;
   3. yields a :class:`ComfyHarness` (a ``seedstory_client`` ``ComfyClient`` plus ``output_dir``, ``input_dir``,
      ``log_path``, ``log_text()``, ``server``, ``comfy_version``);
@@ -38,22 +38,19 @@ from pathlib import Path
 
 import pytest
 
+from seedstory_client.client import ComfyClient
+from seedstory_client.errors import PromptRefused
+from seedstory_client.launcher import ComfyServerError, ServerHandle, start
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
 # The pack is not pip-installed (scripts/setup_env.sh): pytest puts the repository on sys.path (pyproject
 # `pythonpath`), and this puts it on PYTHONPATH for the Python subprocesses tests start (`python -m
-# seedstory_client.batch` from a temp folder, ...). comfy_server.start() removes it again for ComfyUI itself, which
-# must load the pack only from its copy in custom_nodes.
+# seedstory_client.batch` from a temp folder, ...). seedstory_client.launcher.start() removes it again for ComfyUI
+# itself, which must load the pack only from its copy in custom_nodes.
 _pp = os.environ.get("PYTHONPATH", "")
 if str(REPO_ROOT) not in _pp.split(os.pathsep):
     os.environ["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + _pp if _pp else "")
-
-from comfy_server import ComfyServerError, ServerHandle, start  # noqa: E402
-
-from seedstory_client.client import ComfyClient  # noqa: E402
-from seedstory_client.errors import PromptRefused  # noqa: E402
 
 __all__ = ["ComfyHarness", "comfy_server"]
 

@@ -1,0 +1,145 @@
+"""seedstory-batch: run many SEED-Story jobs through one or more ComfyUI servers (HTTP API + websocket).
+
+Usage::
+
+    seedstory-batch jobs.jsonl -o OUT [--server URL ...] [--template FILE] [--force] ...
+    python -m seedstory_client.batch --help
+
+jobs.jsonl has one JSON object per line (blank lines and lines starting with '#' are ignored)::
+
+    {"id": "boat", "image": "start.png", "text": "A little red boat sets out.", "frames": 3, "seed": 7}
+    {"image": "start.png", "text": "George woke up.", "captions": ["He ate.", "He played."], "seed": 1}
+    {"image": "start.png", "text": "Hi.", "overrides": {"3.diffusion_steps": 4, "SeedStory Save Story.title": "T"}}
+
+For every job: the start image is uploaded (POST /upload/image, a per-job name, overwrite), the API-format
+template is filled (LoadImage.image, SeedStoryGenerateStory.opening_text/story_steps/seed/captions/mode,
+SeedStorySaveStory.filename_prefix, then the overrides), the prompt is queued (POST /prompt), followed over the
+websocket (a tqdm bar over frames x diffusion steps), and its outputs (/history -> /view: the frames, the texts
+and the storybook's index.html + story.json) are downloaded into OUT/<job id>/. OUT/summary.json is rewritten
+after every job. All HTTP and websocket traffic goes through :class:`seedstory_client.client.ComfyClient` (one per
+server); besides that client's ``requests`` and ``websocket-client`` it needs only ``tqdm``.
+
+Faults (each keeps every job in summary.json):
+  * Ctrl-C: the first one interrupts the running prompt(s) on the server(s) (``POST /queue {"delete": [id]}``
+    then ``POST /interrupt {"prompt_id": id}``), records them ``interrupted``, writes the summary and exits 130;
+    a second Ctrl-C quits at once (still recording the running jobs as ``interrupted``).
+  * Connection errors (refused, reset, timeouts, a dropped websocket) are retried with backoff; a server that
+    stays unreachable hands its job to another server or, when none is left, the rest are ``not run``.
+  * An HTTP error answer (4xx/5xx) is a job error with its status and body (``http_status``, ``http_body``); a
+    local file that cannot be read or written is a job error naming the file. Neither retires the server.
+  * A summary.json that cannot be parsed is kept as ``summary.json.corrupt-<time>`` with a warning.
+
+Modules (the package re-exports their public names, e.g. ``from seedstory_client.batch import run_batch``):
+  * :mod:`.jobs` -- the JSONL job file: ``Job``, ``parse_job``, ``load_jobs``, ``safe_name``, the job statuses;
+  * :mod:`.prompt` -- the templates and ``build_prompt`` (filling, ``apply_overrides``, ``total_progress``);
+  * :mod:`.summary` -- OUT/summary.json (``Summary``, ``load_summary``, ``is_done``) and atomic writes;
+  * :mod:`.runner` -- ``JobRunner`` (one server), ``run_batch`` (all servers, Ctrl-C), ``Options``, ``RetryPolicy``;
+  * :mod:`.cli` -- ``build_parser`` and ``main``: the ``seedstory-batch`` command (also ``python -m
+    seedstory_client.batch``, :mod:`.__main__`).
+"""
+
+from .cli import (
+    DEFAULT_SERVER,
+    EXIT_INTERRUPTED,
+    EXIT_JOBS_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    build_parser,
+    main,
+)
+from .jobs import (
+    ERROR,
+    INTERRUPTED,
+    INVALID,
+    OK,
+    Job,
+    JobInvalid,
+    LocalFileError,
+    is_int,
+    load_jobs,
+    parse_job,
+    read_start_image,
+    safe_name,
+)
+from .prompt import (
+    CAPTIONS_TEMPLATE,
+    DEFAULT_TEMPLATE,
+    DEFAULT_TEMPLATE_DIR,
+    GENERATE_CLASS,
+    LOAD_IMAGE_CLASS,
+    PACKAGE_ROOT,
+    SAVE_CLASS,
+    allowed_inputs,
+    apply_overrides,
+    build_prompt,
+    job_prefix,
+    load_template,
+    nodes_of,
+    resolve_node,
+    resolve_template,
+    total_progress,
+    upload_name,
+)
+from .runner import INTERRUPT_GRACE_S, JobRunner, Options, RetryPolicy, run_batch
+from .summary import (
+    SUMMARY_NAME,
+    Summary,
+    SummaryError,
+    atomic_write,
+    is_done,
+    load_summary,
+    make_dir,
+    stderr_log,
+)
+
+__all__ = [
+    "CAPTIONS_TEMPLATE",
+    "DEFAULT_SERVER",
+    "DEFAULT_TEMPLATE",
+    "DEFAULT_TEMPLATE_DIR",
+    "ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_JOBS_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "GENERATE_CLASS",
+    "INTERRUPTED",
+    "INTERRUPT_GRACE_S",
+    "INVALID",
+    "Job",
+    "JobInvalid",
+    "JobRunner",
+    "LOAD_IMAGE_CLASS",
+    "LocalFileError",
+    "OK",
+    "Options",
+    "PACKAGE_ROOT",
+    "RetryPolicy",
+    "SAVE_CLASS",
+    "SUMMARY_NAME",
+    "Summary",
+    "SummaryError",
+    "allowed_inputs",
+    "apply_overrides",
+    "atomic_write",
+    "build_parser",
+    "build_prompt",
+    "is_done",
+    "is_int",
+    "job_prefix",
+    "load_jobs",
+    "load_summary",
+    "load_template",
+    "main",
+    "make_dir",
+    "nodes_of",
+    "parse_job",
+    "read_start_image",
+    "resolve_node",
+    "resolve_template",
+    "run_batch",
+    "safe_name",
+    "stderr_log",
+    "total_progress",
+    "upload_name",
+]
