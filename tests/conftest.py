@@ -26,6 +26,9 @@ from typing import NoReturn, Optional
 import pytest
 import torch
 
+from seedstory_core.tiny import random_tiny_bundle
+from tests.support.comfy_stubs import glue, make_mini, make_stubs, models
+
 # The real-ComfyUI session fixture `comfy_server` (tests/support/comfy_harness.py); one server per test session.
 pytest_plugins = ["tests.support.comfy_harness"]
 
@@ -102,8 +105,6 @@ def _seed_and_threads():
 @pytest.fixture(scope="session")
 def init_bundle(tmp_path_factory):
     """A random tiny bundle saved to disk (the ``--init bundle:DIR`` of the training-stage tests)."""
-    from seedstory_core.tiny import random_tiny_bundle
-
     folder = tmp_path_factory.mktemp("init") / "bundle"
     random_tiny_bundle(0).save(folder)
     return folder
@@ -114,8 +115,6 @@ def comfy(tmp_path, monkeypatch):
     """The ComfyUI stand-ins (tests/support/comfy_stubs.py) in ``sys.modules`` for one test, model folders and the
     output folder under ``tmp_path``, the pack's loader cache cleared before and after; yields the ``Recorder``
     (``tmp`` and ``folder_paths`` added)."""
-    from tests.support.comfy_stubs import glue, make_stubs, models
-
     mods, rec = make_stubs(tmp_path)
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
@@ -131,8 +130,6 @@ def comfy(tmp_path, monkeypatch):
 @pytest.fixture
 def adapt_env(comfy, tmp_path):
     """The stand-ins plus ComfyUI's input/temp folders and the non-throwing interrupt probe."""
-    from tests.support.comfy_stubs import make_mini
-
     fp = comfy.folder_paths
     (tmp_path / "input").mkdir()
     fp.get_input_directory = lambda: str(tmp_path / "input")

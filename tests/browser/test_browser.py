@@ -43,6 +43,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.make_thumbnails import thumbnail
 from tests.conftest import require_or_skip
 from tests.support.workflows import API_DIR, NEEDS_EXTERNAL_WEIGHTS, WORKFLOWS
 
@@ -140,9 +141,6 @@ def publish(shot: Path, name: str) -> None:
         shutil.copyfile(shot, dest)
         workflow = WORKFLOWS / (name[len("workflow_") : -len(".png")] + ".json")
         if name.startswith("workflow_") and workflow.is_file():  # its template-browser thumbnail too
-            sys.path.insert(0, str(REPO_ROOT / "scripts"))
-            from make_thumbnails import thumbnail
-
             thumbnail(dest, workflow.with_suffix(".jpg"))
 
 

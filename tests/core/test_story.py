@@ -11,6 +11,8 @@ from seedstory_core.cache import CachePolicy, plan_kept_positions
 from seedstory_core.generation import forward_chunk, image_query_pass
 from seedstory_core.reencode import ReencodePolicy, ReencodeWindow
 from seedstory_core.story import (
+    DEFAULT_MAX_SINK_IMAGES,
+    default_policy,
     DecodingSettings,
     StoryCancelled,
     StoryEngine,
@@ -307,8 +309,6 @@ def test_state_made_in_inference_mode_steps_outside_it(engine, start_features):
 
 
 def test_default_settings_are_bounded_and_the_paper_rule_stays_selectable():
-    from seedstory_core.story import DEFAULT_MAX_SINK_IMAGES, default_policy
-
     default = StorySettings().policy
     assert default == default_policy() and default.kind == "multimodal_sink"
     assert default.max_sink_images == DEFAULT_MAX_SINK_IMAGES >= 1

@@ -9,6 +9,7 @@ readable data, so a refusal can only come from the confinement rule.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.nodes.test_adaptation_node import NODE, _kwargs
 from tests.support.comfy_stubs import PACK, make_mini, models, run, tiny
@@ -195,10 +197,6 @@ def test_outside_comfyui_the_node_says_it_needs_the_input_folder(monkeypatch):
 
 def test_truncated_jpeg_that_passes_verify_is_named_when_training_reads_it(env):
     """PIL's verify() does not decode JPEG data: a truncated JPEG is found when training opens it, and named."""
-    import io
-
-    from PIL import Image
-
     images = sorted((env.tmp / "input" / "mini" / "images").rglob("*.png"))
     for p in images:  # every frame a truncated JPEG (the file name does not matter to PIL)
         buf = io.BytesIO()

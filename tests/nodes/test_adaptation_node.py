@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.support.comfy_stubs import NODES, Interrupted, detokenize_inputs, make_mini, models, run, tiny
+from tests.support.pack_loader import PACK
 from tests.support.workflows import API_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,8 +55,6 @@ def test_adapt_writes_adapter_changes_trainable_weights_and_keeps_input(adapt_en
     assert (
         "adapted_test.safetensors" in NODES["SeedStoryDetokenizerLoader"].INPUT_TYPES()["required"]["adapter_name"][0]
     )
-    from safetensors.torch import load_file
-
     saved = load_file(str(target))
     trainable = detok.module.trainable_parameters()
     assert set(saved) == set(trainable) and any(k.startswith("resampler.") for k in saved)
@@ -138,10 +139,6 @@ def test_adapt_workflow_on_a_real_server(comfy_server):
 
 
 def test_trainable_copy_and_cast_back_leave_the_input_de_tokenizer_as_it_was():
-    import sys
-
-    from tests.support.pack_loader import PACK
-
     training = sys.modules[f"{PACK}.nodes.training"]
     with torch.inference_mode():  # ComfyUI loads models under inference mode
         original = torch.nn.Linear(3, 3).to(torch.float16)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tests.support.pack_loader import PACK, load_pack
 
 pack = load_pack()
@@ -367,8 +368,6 @@ def test_integer_and_non_finite_images_are_refused_and_write_nothing(sandbox, im
 
 def test_out_of_range_float_pixels_are_clipped_as_documented(sandbox):
     _box, out = sandbox
-    from PIL import Image
-
     img = torch.zeros(1, 2, 2, 3)
     img[0, 0, 0] = 1.7
     img[0, 1, 1] = -0.3

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 from tests.support.pack_loader import load_pack
 from tests.support.workflows import API_DIR, NEEDS_EXTERNAL_WEIGHTS, WORKFLOWS
 
@@ -215,8 +216,6 @@ def test_api_twin_matches_ui(path):
 
 
 def test_start_image_asset_is_shipped():
-    from PIL import Image
-
     asset = WORKFLOWS / "assets" / "seedstory_start.png"
     img = Image.open(asset)
     assert img.size[0] >= 64 and img.mode in ("RGB", "RGBA")
@@ -227,8 +226,6 @@ def test_start_image_asset_is_shipped():
 def test_every_ui_workflow_has_a_template_thumbnail():
     """workflows/<name>.jpg (scripts/make_thumbnails.py, from the browser tests' screenshot) for the template
     browser."""
-    from PIL import Image
-
     for path in sorted(WORKFLOWS.glob("*.json")):
         thumb = path.with_suffix(".jpg")
         assert thumb.is_file(), f"{path.name} has no thumbnail: run python scripts/make_thumbnails.py"

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.comfy_stubs import make_mini
 from tests.support.pack_loader import load_pack
 from tests.support.workflows import API_DIR, NEEDS_EXTERNAL_WEIGHTS, WORKFLOWS
 
@@ -41,8 +42,6 @@ def server(comfy_server):
     up = comfy_server.upload_image(START_PNG.read_bytes(), name="seedstory_start.png")
     assert up["name"] == "seedstory_start.png"
     # the adaptation workflow (6) reads a small StoryStream-mini folder from the input folder
-    from tests.support.comfy_stubs import make_mini
-
     make_mini(Path(comfy_server.input_dir) / "storystream_mini")
     return comfy_server
 

@@ -17,11 +17,15 @@ Importing this module imports the pack (tests/support/pack_loader.py) under the 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import types
 from pathlib import Path
 
 import torch
+
+from seedstory_core.data.mini import generate_dataset
+from seedstory_core.tiny import random_tiny_bundle
 
 from tests.support.pack_loader import PACK, load_pack
 
@@ -228,14 +232,10 @@ def generate_inputs(agent, visual_tokenizer, detokenizer, **overrides) -> dict:
 
 def write_component_folders(root: Path):
     """The tiny bundle saved, then laid out like a user would in models/seed_story/... (configs next to files)."""
-    from seedstory_core.tiny import random_tiny_bundle
-
     with torch.inference_mode(False):
         bundle = random_tiny_bundle(3)
         saved = bundle.save(root / "bundle")
     ss = root / "models" / "seed_story"
-    import shutil
-
     (ss / "visual_tokenizer" / "tiny").mkdir(parents=True)
     shutil.copy(saved / "visual_tokenizer" / "model.safetensors", ss / "visual_tokenizer" / "tiny" / "vit.safetensors")
     shutil.copy(saved / "seedstory_config.json", ss / "visual_tokenizer" / "tiny")
@@ -252,7 +252,5 @@ def write_component_folders(root: Path):
 
 def make_mini(folder: Path, seed: int = 0) -> Path:
     """A 2-story StoryStream-mini set (64 px, 6 frames, chunks of 3) written to ``folder``; returns ``folder``."""
-    from seedstory_core.data.mini import generate_dataset
-
     generate_dataset(folder, seed=seed, stories=2, size=64, frames=6, chunk_len=3)
     return folder
