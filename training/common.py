@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -43,17 +44,25 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
+from PIL import Image
 from torch import nn
+from tqdm.auto import tqdm
+
+from seedstory_core.bundle import SeedStoryBundle
+from seedstory_core.data.storystream import image_candidates
+from seedstory_core.tiny import random_tiny_bundle
 
 __all__ = [
     "cosine_with_floor",
     "make_lr_lambda",
     "base_parser",
     "resolve_args",
-    "load_records",
     "ImageSource",
     "FeatureCache",
     "load_init_bundle",
@@ -62,6 +71,7 @@ __all__ = [
     "latest_checkpoint",
     "micro_rng",
     "rank_weight",
+    "check_distributed_request",
 ]
 
 CSV_FIELDS = ("step", "loss", "lm_loss", "rec_loss", "lr", "grad_norm", "seconds")
@@ -185,63 +195,6 @@ def resolve_args(
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _find_jsonl(folder: Path) -> Path:
-    for name in ("chunks10.jsonl", "stories.jsonl"):
-        if (folder / name).is_file():
-            return folder / name
-    found = sorted(folder.glob("*.jsonl"))
-    if len(found) == 1:
-        return found[0]
-    raise FileNotFoundError(
-        f"{folder}: expected chunks10.jsonl, stories.jsonl or a single *.jsonl, found {[f.name for f in found]}"
-    )
-
-
-def read_records(
-    data=None, records=None, image_root=None, *, what: str = "", hint: str = "StoryStream folder or .jsonl"
-) -> Tuple[List[dict], Optional[Path]]:
-    """The raw records and image root: ``records`` as given, else every line of ``data`` (a folder's jsonl, see
-    :func:`_find_jsonl`, or a .jsonl file) with the image root defaulting to that file's folder.
-
-    Raises ValueError when neither is given, FileNotFoundError when the jsonl is missing; ``what`` prefixes the
-    messages (e.g. "stage 0: "), ``hint`` names the expected data.
-    """
-    root = Path(image_root) if image_root else None
-    if records is None:
-        if data is None:
-            raise ValueError(f"{what}no training data: pass --data ({hint}) or records=[...].")
-        path = Path(data)
-        jsonl = _find_jsonl(path) if path.is_dir() else path
-        if not jsonl.is_file():
-            raise FileNotFoundError(f"{what}training data not found: {jsonl}")
-        records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
-        root = root or jsonl.parent
-    return records, root
-
-
-def load_records(
-    data=None, records=None, image_root=None, max_records: int = 0, keep: Tuple[str, ...] = ()
-) -> Tuple[List[dict], Optional[Path]]:
-    """Story records ``{id, images: [paths or PIL images], captions: [...]}`` and the image root folder.
-
-    ``records`` (a list of dicts, e.g. built in memory) wins over ``data`` (folder or jsonl file). Records with
-    fewer than 2 frames or mismatched image/caption counts are skipped. ``keep``: further keys copied from each record
-    when present (e.g. ``("attributes",)`` for StoryStream-mini's per-frame attributes).
-    """
-    records, root = read_records(data, records, image_root)
-    out = []
-    for i, r in enumerate(records):
-        images, captions = list(r.get("images", [])), list(r.get("captions", []))
-        if len(images) < 2 or len(images) != len(captions):
-            continue
-        out.append({"id": r.get("id", i), "images": images, "captions": captions, **{k: r[k] for k in keep if k in r}})
-    if max_records:
-        out = out[: int(max_records)]
-    if not out:
-        raise ValueError("no usable story records (each needs >= 2 images and as many captions).")
-    return out, root
-
-
 class ImageSource:
     """Opens record frames (PIL, RGB) and names them with a stable key for the caches."""
 
@@ -254,15 +207,10 @@ class ImageSource:
         return str(item) if isinstance(item, (str, os.PathLike)) else f"mem:{self.records[r]['id']}:{r}:{f}"
 
     def open(self, r: int, f: int):
-        from PIL import Image
-
         item = self.records[r]["images"][f]
         if isinstance(item, Image.Image):
             return item.convert("RGB")
-        path = Path(item)
-        candidates = (
-            [path] if path.is_absolute() else [self.root / path, self.root / "images" / path] if self.root else [path]
-        )
+        candidates = image_candidates(self.root, item)
         for c in candidates:
             if c.is_file():
                 with Image.open(c) as img:
@@ -318,9 +266,6 @@ def load_init_bundle(init, seed: int = 0):
     Raises:
         FileNotFoundError: ``PATH`` is not a complete bundle folder.
     """
-    from seedstory_core.bundle import SeedStoryBundle
-    from seedstory_core.tiny import random_tiny_bundle
-
     if isinstance(init, SeedStoryBundle):
         return init
     if init == "tiny":
@@ -416,8 +361,6 @@ def latest_checkpoint(out: Path) -> Optional[Path]:
 def _json_value(value) -> str:
     """How a checkpoint records an argument JSON cannot hold: an in-memory init bundle by its kind (not by its
     repr, which lists every module), anything else (paths ...) as text."""
-    from seedstory_core.bundle import SeedStoryBundle
-
     return "<in-memory SeedStoryBundle>" if isinstance(value, SeedStoryBundle) else str(value)
 
 
@@ -458,8 +401,6 @@ def _read_csv(path: Path) -> List[dict]:
 def _reset_accelerate_state() -> None:
     """Allow another Accelerator (other settings) later in the same process (ComfyUI, tests)."""
     try:
-        from accelerate.state import AcceleratorState, GradientState
-
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
     except Exception:  # pragma: no cover - best effort, private API
@@ -467,10 +408,6 @@ def _reset_accelerate_state() -> None:
 
 
 def _make_accelerator(args):
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
-    import importlib.util
-
     out = Path(args.out)
     trackers = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else None
 
@@ -493,19 +430,20 @@ def _make_accelerator(args):
         # form a gloo process group only with cpu=True (accelerate's MULTI_CPU): training/configs/cpu_ddp.yaml.
         _reset_accelerate_state()
         accelerator = make(True)
-    _check_distributed_request(accelerator, launched)
+    check_distributed_request(accelerator, launched)
     return accelerator, trackers
 
 
-def _check_distributed_request(accelerator, launched: int) -> None:
+def check_distributed_request(accelerator, launched: int) -> None:
     """Refuse a launch whose requested backend accelerate did not set up (instead of silently running another one).
 
     Raises RuntimeError when ``accelerate launch`` asked for FSDP or DeepSpeed (``ACCELERATE_USE_FSDP`` /
     ``ACCELERATE_USE_DEEPSPEED``) but the Accelerator runs something else -- e.g. FSDP on the CPU, where accelerate
     (1.x) only enables FSDP for GPU-like devices and would run plain MULTI_CPU DDP -- or when the launcher started
-    ``launched`` processes and the Accelerator sees a different number."""
-    from accelerate.utils import DistributedType
+    ``launched`` processes and the Accelerator sees a different number.
 
+    Called by :func:`run_training` on every Accelerator it makes; ``accelerator`` needs only ``distributed_type``,
+    ``num_processes`` and ``device`` (a stand-in object will do)."""
     dt = accelerator.distributed_type
     for env, want in (
         ("ACCELERATE_USE_FSDP", DistributedType.FSDP),
@@ -558,9 +496,6 @@ def run_training(
 
 
 def _run(task_factory, args, accelerator, trackers, out: Path, progress, cancel) -> Dict[str, Any]:
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-
     set_seed(int(args.seed))
     task = task_factory(args, accelerator)
     params = task.trainable_parameters()

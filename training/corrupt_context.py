@@ -48,7 +48,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 
+from seedstory_core.bundle import SeedStoryBundle
+from seedstory_core.data import mini
+from seedstory_core.data.storystream import load_records
+
+from .common import ImageSource
 from .rollout import write_own_context
 
 
@@ -63,8 +69,6 @@ def corrupt_cast(attributes: Sequence[Dict], rng: np.random.Generator) -> Tuple[
     "from_frame"}``). Frames the change does not touch are the input dicts themselves.
     Raises: ValueError for fewer than 2 frames.
     """
-    from seedstory_core.data import mini
-
     n = len(attributes)
     if n < 2:
         raise ValueError(f"corrupt_cast: a record needs at least 2 frames, found {n}.")
@@ -104,9 +108,8 @@ def corrupt_cast(attributes: Sequence[Dict], rng: np.random.Generator) -> Tuple[
 
 
 def _records_with_attributes(data, records: Optional[List[dict]]):
-    """(records as :func:`training.common.load_records` gives them, their per-frame attributes, image root)."""
-    from .common import load_records
-
+    """(records as :func:`seedstory_core.data.storystream.load_records` gives them, their per-frame attributes,
+    image root)."""
     kept, root = load_records(data, records, None, keep=("attributes",))
     for r in kept:
         a, n = r.get("attributes"), len(r["images"])
@@ -138,12 +141,6 @@ def corrupt_context(
     Raises: FileNotFoundError for a missing bundle, ValueError for data without attributes or a probability
     outside [0, 1].
     """
-    from PIL import Image
-    from seedstory_core.bundle import SeedStoryBundle
-    from seedstory_core.data import mini
-
-    from .common import ImageSource
-
     t0 = time.time()
     if not 0.0 <= float(other_window_prob) <= 1.0:
         raise ValueError(f"corrupt_context: other_window_prob must be in [0, 1], found {other_window_prob}.")

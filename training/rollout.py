@@ -24,13 +24,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from seedstory_core.bundle import SeedStoryBundle
+from seedstory_core.cache import CachePolicy
+from seedstory_core.data.storystream import load_records
+from seedstory_core.story import StorySettings
+
+from .common import ImageSource
 
 OWN_CONTEXT_FILE = "own_context.safetensors"
 
@@ -49,9 +61,6 @@ def rollout_record(bundle, captions: List[str], first_features: torch.Tensor) ->
 
     Raises: ValueError for fewer than 2 captions.
     """
-    from seedstory_core.cache import CachePolicy
-    from seedstory_core.story import StorySettings
-
     if len(captions) < 2:
         raise ValueError(f"rollout_record: a story needs at least 2 captions, found {len(captions)}.")
     n = len(captions)
@@ -66,8 +75,6 @@ _WORKER: Dict[str, object] = {}
 
 
 def _worker_init(model) -> None:
-    from seedstory_core.bundle import SeedStoryBundle
-
     torch.set_num_threads(1)
     bundle = SeedStoryBundle.load(Path(model))
     bundle.agent.eval()
@@ -80,8 +87,6 @@ def _rollout_one(bundle, images, records, r: int) -> torch.Tensor:
 
 
 def _worker_chunk(job):
-    from .common import ImageSource
-
     records, root, indices = job
     images = ImageSource(records, root)
     return [(r, _rollout_one(_WORKER["bundle"], images, records, r)) for r in indices]
@@ -99,17 +104,16 @@ def rollout(
 ) -> Dict[str, object]:
     """Roll the agent at ``model`` (bundle folder) out over every record of ``data`` and write ``out``.
 
-    ``data``: a training-data folder or .jsonl, or ``records`` in memory (:func:`training.common.load_records`, as
-    the stages' ``--data`` / ``records=``); every record is keyed by its first frame's cache key. The first frame's
-    features use the stage-2 transform (``squash``), as the training batches do. Returns the meta dict written to
-    ``out/meta.json``. Raises ValueError / FileNotFoundError for missing data or model.
+    ``data``: a training-data folder or .jsonl, or ``records`` in memory
+    (:func:`seedstory_core.data.storystream.load_records`, as the stages' ``--data`` / ``records=``); every record
+    is keyed by its first frame's cache key. The first frame's features use the stage-2 transform (``squash``), as
+    the training batches do. Returns the meta dict written to ``out/meta.json``. Raises ValueError /
+    FileNotFoundError for missing data or model.
 
     ``workers``: processes (0 = one per CPU core, at most one per record). Every story is rolled out by one
     single-threaded process, so the features do not depend on the number of workers (stories are independent;
     ``tests/training/test_training.py`` checks 1 vs 2 workers bit for bit).
     """
-    from .common import ImageSource, load_records
-
     t0 = time.time()
     if not Path(model).is_dir():
         raise FileNotFoundError(f"rollout: model bundle folder not found: {model}")
@@ -133,9 +137,6 @@ def rollout(
             _WORKER.clear()
             torch.set_num_threads(threads)
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
         size = max(1, min(8, len(records) // n_workers))
         chunks = [list(range(a, min(a + size, len(records)))) for a in range(0, len(records), size)]
         ctx = mp.get_context("spawn")  # no forked torch state
@@ -154,8 +155,6 @@ def write_own_context(out, tensors: Dict[str, torch.Tensor], *, model, data, sec
     """Write ``out/own_context.safetensors`` (``tensors``: record key -> (n - 1, T, D) float16) and ``out/meta.json``
     (model, data, records, ``extra``, seconds); returns the meta dict. Shared by the rollouts and
     :mod:`training.corrupt_context`, whose files stage 2 reads alike (``--own-context``)."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / OWN_CONTEXT_FILE))
@@ -177,8 +176,6 @@ class OwnContext:
     for a record the file does not cover."""
 
     def __init__(self, path):
-        from safetensors import safe_open
-
         path = Path(path)
         if path.is_dir():
             path = path / OWN_CONTEXT_FILE
@@ -212,8 +209,6 @@ def main(argv=None) -> int:
     p.add_argument("--max-records", type=int, default=0, help="roll out only the first N records (0 = all)")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = one per CPU core)")
     args = p.parse_args(argv)
-    from tqdm import tqdm
-
     bar = tqdm(desc="rollout", unit="story")
 
     def progress(i, total):

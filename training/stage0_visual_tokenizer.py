@@ -42,6 +42,7 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import random
@@ -51,7 +52,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
+
+from seedstory_core.data import mini
+from seedstory_core.data.storystream import read_records
+from seedstory_core.preprocess import preprocess_images
 
 from .common import (
     StageTask,
@@ -61,7 +67,6 @@ from .common import (
     load_init_bundle,
     resolve_args,
     run_training,
-    read_records,
 )
 
 DEFAULTS = dict(
@@ -81,8 +86,6 @@ DEFAULTS = dict(
 # ---------------------------------------------------------------------------------------------- the text side
 def attribute_vocabulary() -> List[str]:
     """Every compound token of :func:`attribute_tokens` for StoryStream-mini (fixed by the world, not the data)."""
-    from seedstory_core.data import mini
-
     vocab = [f"scene:{s}" for s in mini.SCENES]
     for name in mini.CHARACTER_NAMES:
         vocab += [f"{name}@{slot}" for slot in mini.SLOTS]
@@ -101,9 +104,7 @@ def attribute_tokens(attrs: Mapping[str, Any]) -> List[str]:
         'scene:park']`` (a character who is not an actor stands, as :func:`~seedstory_core.data.mini.render_frame`
         draws it).
     """
-    from seedstory_core.data.mini import slot_layout
-
-    positions = attrs.get("positions") or slot_layout(attrs.get("present", []))
+    positions = attrs.get("positions") or mini.slot_layout(attrs.get("present", []))
     actors = set(attrs.get("actors") or [])
     action = attrs.get("action") or "stand"
     toks = [f"scene:{attrs['background']}"]
@@ -211,8 +212,6 @@ class Stage0Task(StageTask):
 
     def pixels(self, r: int, f: int) -> torch.Tensor:
         """(3, S, S) float32 CLIP-normalised frame (squash), cached as float16 in RAM."""
-        from seedstory_core.preprocess import preprocess_images
-
         key = self.images.key(r, f)
         if key not in self._pixels:
             self._pixels[key] = preprocess_images([self.images.open(r, f)], image_size=self.image_size, mode="squash")[
@@ -242,8 +241,6 @@ class Stage0Task(StageTask):
         return [n[len("vit.") :] for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("vit.")]
 
     def export(self, folder: Path, state_dict: Optional[Mapping[str, torch.Tensor]]) -> None:
-        from safetensors.torch import save_file
-
         self.model.vit.eval()
         self.bundle.save(folder)
         save_file(
@@ -284,8 +281,6 @@ def _frame_hash(img) -> str:
 @torch.no_grad()
 def _encode(vit, images, batch: int = 64) -> torch.Tensor:
     """(N, n_queries, output_dim) float32 ViT features of PIL frames (squash transform, as at inference)."""
-    from seedstory_core.preprocess import preprocess_images
-
     vit = vit.eval()
     out = []
     for i in range(0, len(images), batch):
@@ -323,7 +318,6 @@ def measure_bundles(
 
     Returns ``{"frames": {...counts}, "bundles": {path: metrics}}``.
     """
-    from seedstory_core.data import mini
 
     def frames(seed):
         imgs, casts, stories_ = [], [], []
@@ -390,8 +384,6 @@ def measure_bundles(
 
 
 def _measure_parser():
-    import argparse
-
     p = argparse.ArgumentParser(
         prog="python -m training.stage0_visual_tokenizer --measure",
         description="Second mode: measure how well bundles' visual tokenizers separate casts.",

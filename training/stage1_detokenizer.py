@@ -28,6 +28,7 @@ Usage::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 from pathlib import Path
@@ -35,7 +36,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import DistributedType
 from torch import nn
+
+from seedstory_core.data.samples import sd_target
+from seedstory_core.data.storystream import load_records
+from seedstory_core.detokenizer import SeedStoryDetokenizer, is_trainable_unet_key, normalize_latents
 
 from .common import (
     entry_main,
@@ -46,7 +52,6 @@ from .common import (
     frozen_dtype,
     frozen_module,
     load_init_bundle,
-    load_records,
     resolve_args,
     run_training,
 )
@@ -92,8 +97,6 @@ class DetokTrainModule(nn.Module):
 
 def merged_unet(unet: nn.Module) -> nn.Module:
     """A plain diffusers UNet with any peft LoRA merged into its weights (for export); the input is unchanged."""
-    import copy
-
     if not any("lora_" in n for n, _ in unet.named_parameters()):
         return unet
     from diffusers import UNet2DConditionModel
@@ -174,8 +177,6 @@ class DetokenizerTask(StageTask):
 
     @staticmethod
     def _configure_unet(unet, args) -> None:
-        from seedstory_core.detokenizer import is_trainable_unet_key
-
         if args.unet_train == "full":
             unet.requires_grad_(True)
         elif args.unet_train == "kv":
@@ -198,8 +199,6 @@ class DetokenizerTask(StageTask):
     # ------------------------------------------------------------------ per-image frozen results
     def frame(self, r: int, f: int):
         """(ViT features (T, D) cpu, sd_image (3, S, S), time_ids (6,)) of one frame, cached."""
-        from seedstory_core.data.samples import sd_target
-
         key = (self.images.key(r, f), self.vit_mode, self.size, bool(self.args.official_crop_swap))
 
         def compute():
@@ -225,8 +224,6 @@ class DetokenizerTask(StageTask):
 
         ``sd_images`` (B, 3, S, S) / ``time_ids`` (B, 6) are this rank's slice of the global micro-batch; the random
         draws (posterior eps, noise, t) are made for the global batch and sliced (see :meth:`_global_randn`)."""
-        from seedstory_core.detokenizer import normalize_latents
-
         x = sd_images.to(self.device, torch.float32)
         dist = self.vae.encode(x).latent_dist
         eps = self._global_randn(dist.mean.shape, gen)
@@ -267,9 +264,6 @@ class DetokenizerTask(StageTask):
         return [n for n, p in self.model.named_parameters() if p.requires_grad]
 
     def export(self, folder: Path, state_dict: Optional[Mapping[str, torch.Tensor]]) -> None:
-        from accelerate.utils import DistributedType
-        from seedstory_core.detokenizer import SeedStoryDetokenizer
-
         if state_dict is not None and self.accelerator.distributed_type == DistributedType.FSDP:
             self.model.load_state_dict(state_dict)
         d = self.detok

@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
+
+from seedstory_core.data.samples import StorySampleBuilder
+from seedstory_core.data.samples import collate as collate_samples
+from seedstory_core.data.storystream import load_records
 
 from .common import (
     entry_main,
@@ -40,11 +45,11 @@ from .common import (
     base_parser,
     frozen_dtype,
     load_init_bundle,
-    load_records,
     rank_weight,
     resolve_args,
     run_training,
 )
+from .rollout import OwnContext
 
 DEFAULTS = dict(
     max_steps=6000,
@@ -140,8 +145,6 @@ class StoryBatches:
     """Random story-prefix batches (docs/reference.md §5) with cached frozen ViT features; shared by stages 2 and 3."""
 
     def __init__(self, args, tokenizer, vit, vit_mode: str):
-        from seedstory_core.data.samples import StorySampleBuilder
-
         self.args = args
         self.records, root = load_records(args.data, getattr(args, "records", None), args.image_root, args.max_records)
         self.images = ImageSource(self.records, root)
@@ -161,8 +164,6 @@ class StoryBatches:
                 f"--own-context-prob {self.own_context_prob} needs --own-context FILE (python -m training.rollout)."
             )
         if own:
-            from .rollout import OwnContext
-
             self.own = OwnContext(own)
             for r in range(len(self.records)):  # fail before training, not at the first unlucky draw
                 self.own.get(self.images.key(r, 0), len(self.records[r]["images"]) - 1)
@@ -218,10 +219,8 @@ class StoryBatches:
         return self.load(picks if keep is None else picks[keep])
 
     def collate(self, samples, feats):
-        from seedstory_core.data.samples import collate
-
         pad_to = int(self.args.max_length) if self.args.pad_to_max_length else None
-        return collate(samples, self.builder.pad_id, pad_to=pad_to, images=feats)
+        return collate_samples(samples, self.builder.pad_id, pad_to=pad_to, images=feats)
 
 
 def add_story_arguments(p) -> None:
@@ -309,8 +308,6 @@ class InstructionTask(StageTask):
         return [n for n, p in self.agent.named_parameters() if p.requires_grad]
 
     def export(self, folder: Path, state_dict: Optional[Mapping[str, torch.Tensor]]) -> None:
-        from accelerate.utils import DistributedType
-
         if state_dict is not None and self.accelerator.distributed_type == DistributedType.FSDP:
             self.model.load_state_dict(state_dict)
         if self.args.gradient_checkpointing:

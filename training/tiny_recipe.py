@@ -46,8 +46,8 @@ process keeps torch's thread count, so ``--jobs 1`` (one step after the other) g
             condition dropout, so adaptation keeps the unconditional branch). NOT in the default ``--stages``: on
             this model it brought no gain (docs/training.md "Tiny model recipe"); add it to run it.
 6. export — the assembled bundle (stage 3's when stage 3 was run) and a held-out demo start frame/sentence. No
-            judge ships with a model: the evaluation (``python -m training.evaluate``) uses its own fixed judge
-            (``training/judge``).
+            judge ships with a model: the evaluation (``python -m evaluation.evaluate``) uses its own fixed judge
+            (``evaluation/judge``).
 
 Wall-clock per stage and the final losses are written to ``RUN/recipe.json`` and the model card.
 
@@ -61,16 +61,27 @@ folder.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from training.rollout import OWN_CONTEXT_FILE
+from seedstory_core.data import mini
+from seedstory_core.tiny import build_tiny_tokenizer, random_tiny_bundle
+from training.corrupt_context import corrupt_context
+from training.rollout import OWN_CONTEXT_FILE, rollout
+from training.stage0_visual_tokenizer import measure_bundles, train_stage0, training_frame_hashes
+from training.stage1_detokenizer import train_stage1
+from training.stage2_instruction import train_stage2
+from training.stage3_adaptation import train_stage3
+from training.vae import train_vae
 
 #: (stage, extra CLI arguments) — step counts are scaled by --scale
 STAGES = {
@@ -139,20 +150,20 @@ STAGES = {
 STAGES["stage2c"] = list(STAGES["stage2b"])  # scheduled-sampling rounds 2 and 3: the same phase, a new rollout
 STAGES["stage2d"] = list(STAGES["stage2b"])
 STAGES["stage2e"] = list(STAGES["stage2b"])  # the same phase on the cast-corrupted context (training.corrupt_context)
-#: training steps in order: (step name, trainer module, entry function, seed offset)
+#: training steps in order: (step name, entry function of the trainer module, seed offset)
 TRAIN_STEPS = (
-    ("stage0", "training.stage0_visual_tokenizer", "train_stage0", 0),
-    ("vae", "training.vae", "train_vae", 0),
-    ("stage1", "training.stage1_detokenizer", "train_stage1", 0),
-    ("stage2", "training.stage2_instruction", "train_stage2", 0),
-    ("rollout", "training.rollout", "rollout", 0),
-    ("stage2b", "training.stage2_instruction", "train_stage2", 1),
-    ("rollout2", "training.rollout", "rollout", 0),
-    ("stage2c", "training.stage2_instruction", "train_stage2", 2),
-    ("rollout3", "training.rollout", "rollout", 0),
-    ("stage2d", "training.stage2_instruction", "train_stage2", 3),
-    ("stage2e", "training.stage2_instruction", "train_stage2", 4),
-    ("stage3", "training.stage3_adaptation", "train_stage3", 0),
+    ("stage0", train_stage0, 0),
+    ("vae", train_vae, 0),
+    ("stage1", train_stage1, 0),
+    ("stage2", train_stage2, 0),
+    ("rollout", rollout, 0),
+    ("stage2b", train_stage2, 1),
+    ("rollout2", rollout, 0),
+    ("stage2c", train_stage2, 2),
+    ("rollout3", rollout, 0),
+    ("stage2d", train_stage2, 3),
+    ("stage2e", train_stage2, 4),
+    ("stage3", train_stage3, 0),
 )
 #: the agent's branch, in order (stage 2 and the scheduled-sampling rounds): it never reads the de-tokenizer, so it runs
 #: beside stage 1 with ``--jobs 2`` (each process keeps torch's thread count, so the weights are the same as one after
@@ -248,7 +259,9 @@ def check_export_target(export: Path, run: Path, *, force: bool = False) -> List
     )
 
 
-def _scaled(args: List[str], scale: float) -> List[str]:
+def scaled_args(args: List[str], scale: float) -> List[str]:
+    """A copy of the CLI arguments ``args`` (a :data:`STAGES` entry) with the values of ``--max-steps`` and
+    ``--warmup-steps`` multiplied by ``scale`` (``--scale``) and rounded, at least 1."""
     out = list(args)
     for flag in ("--max-steps", "--warmup-steps"):
         if flag in out:
@@ -261,9 +274,7 @@ def _train_step(name: str, run: Path, start_bundle: Path, seed: int, scale: floa
     """Run the training step ``name`` of :data:`TRAIN_STEPS` from ``start_bundle`` into ``run/name``; returns its
     ``recipe.json`` entry. Runs in the recipe's process or in the second one (``--jobs 2``): everything it needs is in
     its arguments and the run folder."""
-    import importlib
-
-    module_name, entry, seed_offset = next((m, e, o) for n, m, e, o in TRAIN_STEPS if n == name)
+    entry, seed_offset = next((e, o) for n, e, o in TRAIN_STEPS if n == name)
     out, data_dir = run / name, run / "data"
     t0 = time.time()
     cli = [
@@ -277,17 +288,15 @@ def _train_step(name: str, run: Path, start_bundle: Path, seed: int, scale: floa
         str(seed + seed_offset),
         "--save-every",
         "200",
-    ] + _scaled(STAGES[name], scale)
+    ] + scaled_args(STAGES[name], scale)
     if name in OWN_CONTEXT:
         rollout_step, prob = OWN_CONTEXT[name]
         own = run / rollout_step / OWN_CONTEXT_FILE
         if own.is_file():
             cli += ["--own-context", str(own), "--own-context-prob", prob]
-    metrics = getattr(importlib.import_module(module_name), entry)(cli)
+    metrics = entry(cli)
     extra = {}
     if name == "stage0" and measure_stories > 0:
-        from training.stage0_visual_tokenizer import measure_bundles, training_frame_hashes
-
         t_m = time.time()
         extra["features"] = measure_bundles(
             [str(start_bundle), str(out / "model")],
@@ -317,8 +326,6 @@ def _detokenizer_branch(run: Path, vit_bundle: Path, seed: int, scale: float, st
         folder = run / name / "model"
         base = folder if folder.is_dir() else base
     if "corrupt" in steps:
-        from training.corrupt_context import corrupt_context
-
         t0 = time.time()
         meta = corrupt_context(
             vit_bundle, run / "data", run / "corrupt", seed=seed, other_window_prob=CORRUPT_OTHER_WINDOW_PROB
@@ -345,8 +352,6 @@ def assemble_bundle(agent_bundle: Path, detokenizer_bundle: Optional[Path], out:
 
 
 def _last_losses(run_dir: Path) -> Dict[str, float]:
-    import csv
-
     log = run_dir / "train_log.csv"
     if not log.is_file():
         return {}
@@ -408,9 +413,6 @@ def main(argv=None) -> int:
         except ExportRefused as err:
             parser.error(str(err))
 
-    from seedstory_core.data import mini
-    from seedstory_core.tiny import build_tiny_tokenizer, random_tiny_bundle
-
     run = args.out
     run.mkdir(parents=True, exist_ok=True)
     record_path = run / "recipe.json"
@@ -457,9 +459,6 @@ def main(argv=None) -> int:
     branch = [name for name in DETOKENIZER_STEPS if name in steps]
     if branch:
         if args.jobs > 1 and any(name in steps for name in AGENT_STEPS):
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
             pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
             pending = pool.submit(_detokenizer_branch, run, base, args.seed, args.scale, branch)
             print(f"[tiny_recipe] {','.join(branch)}: started in a second process (--jobs 2)", flush=True)
@@ -483,8 +482,6 @@ def main(argv=None) -> int:
             join_branch()  # stage 2e reads the corrupted context the second branch writes last
         if name.startswith("rollout"):
             if name in steps:
-                from training.rollout import rollout
-
                 t0 = time.time()
                 meta = rollout(agent, data_dir, run / name)
                 done(name, t0, records=meta["records"], model=meta["model"])

@@ -25,7 +25,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import DistributedType
 from torch import nn
+
+from seedstory_core.data.samples import sd_target
+from seedstory_core.data.storystream import load_records
+from seedstory_core.detokenizer import calibrate_vae_latents
 
 from .common import (
     entry_main,
@@ -34,7 +39,6 @@ from .common import (
     StageTask,
     base_parser,
     load_init_bundle,
-    load_records,
     resolve_args,
     run_training,
 )
@@ -89,8 +93,6 @@ class VAETask(StageTask):
         self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     def frame(self, r: int, f: int) -> torch.Tensor:
-        from seedstory_core.data.samples import sd_target
-
         return self.cache.get(
             (self.images.key(r, f), "sd", self.size), lambda: sd_target(self.images.open(r, f), self.size)[0]
         )
@@ -112,16 +114,12 @@ class VAETask(StageTask):
         return [n[len("vae.") :] for n, p in self.model.named_parameters() if p.requires_grad]
 
     def export(self, folder: Path, state_dict: Optional[Mapping[str, torch.Tensor]]) -> None:
-        from accelerate.utils import DistributedType
-
         if state_dict is not None and self.accelerator.distributed_type == DistributedType.FSDP:
             self.model.load_state_dict(state_dict)
         self.model.vae.disable_gradient_checkpointing() if self.args.gradient_checkpointing else None
         self.model.vae.eval()
         n = int(self.args.calibration_frames)
         if n > 0:
-            from seedstory_core.detokenizer import calibrate_vae_latents
-
             rng = random.Random(self.args.seed)
             picks = [
                 (r, rng.randrange(len(self.records[r]["images"])))

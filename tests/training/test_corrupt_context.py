@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from seedstory_core.bundle import SeedStoryBundle
 from seedstory_core.data import mini
+from training.common import ImageSource
+from training.corrupt_context import corrupt_cast, corrupt_context
+from training.rollout import OWN_CONTEXT_FILE, OwnContext
 
 
 def _story_with_entry():
@@ -29,8 +34,6 @@ def _story_without_entry():
 
 
 def test_an_entering_character_is_removed_from_the_drawn_frame_on():
-    from training.corrupt_context import corrupt_cast
-
     attrs = _story_with_entry()["attributes"]
     first = set(attrs[0]["present"])
     for seed in range(30):
@@ -52,8 +55,6 @@ def test_an_entering_character_is_removed_from_the_drawn_frame_on():
 
 
 def test_without_an_entry_a_present_character_is_dropped_or_an_absent_one_added():
-    from training.corrupt_context import corrupt_cast
-
     attrs = _story_without_entry()["attributes"]
     kinds = set()
     for seed in range(60):
@@ -71,8 +72,6 @@ def test_without_an_entry_a_present_character_is_dropped_or_an_absent_one_added(
 
 
 def test_too_short_record_is_refused():
-    from training.corrupt_context import corrupt_cast
-
     with pytest.raises(ValueError, match="at least 2 frames"):
         corrupt_cast(_story_with_entry()["attributes"][:1], np.random.default_rng(0))
 
@@ -80,13 +79,6 @@ def test_too_short_record_is_refused():
 def test_features_file_matches_the_rollout_format_and_is_seeded(tmp_path, init_bundle):
     """One (n-1, T, D) float16 tensor per record keyed like the rollouts; untouched frames are exactly the true
     frames' squash features, changed frames are the re-drawn frames'; the same seed gives the same file."""
-    from safetensors.torch import load_file
-
-    from seedstory_core.bundle import SeedStoryBundle
-    from training.common import ImageSource
-    from training.corrupt_context import corrupt_cast, corrupt_context
-    from training.rollout import OWN_CONTEXT_FILE, OwnContext
-
     records = mini.make_records(0, 3, size=64, frames=5)
     meta = corrupt_context(init_bundle, None, tmp_path / "a", seed=3, records=records)
     corrupt_context(init_bundle, None, tmp_path / "b", seed=3, records=records)
@@ -125,8 +117,6 @@ def test_features_file_matches_the_rollout_format_and_is_seeded(tmp_path, init_b
 
 
 def test_data_without_attributes_is_refused_with_what_to_do(tmp_path, init_bundle):
-    from training.corrupt_context import corrupt_context
-
     records = [{k: v for k, v in r.items() if k != "attributes"} for r in mini.make_records(0, 2, size=64, frames=3)]
     with pytest.raises(ValueError, match="attributes.*training.rollout"):
         corrupt_context(init_bundle, None, tmp_path, records=records)
@@ -136,13 +126,6 @@ def test_data_without_attributes_is_refused_with_what_to_do(tmp_path, init_bundl
 def test_other_window_takes_the_context_from_another_window_of_the_same_story(tmp_path, init_bundle):
     """other_window_prob=1: each record's context frames are another window (same id) of its story, cast-flipped;
     0 draws nothing extra, so it equals the default file."""
-    from safetensors.torch import load_file
-
-    from seedstory_core.bundle import SeedStoryBundle
-    from training.common import ImageSource
-    from training.corrupt_context import corrupt_cast, corrupt_context
-    from training.rollout import OWN_CONTEXT_FILE
-
     story = mini.make_records(0, 1, size=64, frames=15)[0]
     records = [
         {k: story[k][5 * w : 5 * w + 5] for k in ("images", "captions", "attributes")} | {"id": story["id"]}

@@ -23,18 +23,24 @@ half would train on) differs from the 4-sample curve far beyond the tolerance.
 Wall time: ~2-3 minutes on 2 CPU cores (each launch imports torch/diffusers/transformers in 2 processes).
 """
 
+import contextlib
+import copy
 import csv
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-import contextlib
 
 import pytest
 import torch
 
+import training.stage1_detokenizer as s1
+import training.stage2_instruction as s2
 from seedstory_core.bundle import SeedStoryBundle
+from seedstory_core.data import mini
+from training.common import micro_rng, rank_weight, resolve_args
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "training" / "configs" / "cpu_ddp.yaml"
@@ -67,8 +73,6 @@ STAGES = {
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from seedstory_core.data import mini
-
     root = tmp_path_factory.mktemp("mini")
     mini.generate_dataset(root, seed=0, stories=4, size=64, frames=6, chunk_len=6)
     return root
@@ -148,8 +152,6 @@ def _compare_logs(one, two, what):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_two_processes_match_one_process_at_the_same_global_batch(stage, tmp_path, data_dir, init_bundle):
-    import importlib
-
     module, entry, extra, component = STAGES[stage]
     common = _common(data_dir, init_bundle, extra)
     train = getattr(importlib.import_module(module), entry)
@@ -199,11 +201,9 @@ def test_two_processes_match_one_process_at_the_same_global_batch(stage, tmp_pat
 def test_half_batch_control_differs(tmp_path, data_dir, init_bundle):
     """The control: 1 process x batch 2 (the first half of the global batch only) is NOT the 4-sample curve, so the
     comparison above fails when the ranks do not split the global batch."""
-    from training.stage1_detokenizer import train_stage1
-
     common = _common(data_dir, init_bundle, STAGES["stage1"][2])
-    train_stage1(common + ["--batch-size", "4", "--out", str(tmp_path / "full"), "--no-export"])
-    train_stage1(common + ["--batch-size", "2", "--out", str(tmp_path / "half"), "--no-export"])
+    s1.train_stage1(common + ["--batch-size", "4", "--out", str(tmp_path / "full"), "--no-export"])
+    s1.train_stage1(common + ["--batch-size", "2", "--out", str(tmp_path / "half"), "--no-export"])
     full, half = _log(tmp_path / "full"), _log(tmp_path / "half")
     diffs = [abs(float(x["loss"]) - float(y["loss"])) / abs(float(x["loss"])) for x, y in zip(full, half)]
     assert max(diffs) > 1000 * LOSS_RTOL, diffs
@@ -228,12 +228,6 @@ def loaded_bundle(init_bundle):
 
 def _batches(task_cls, parser, extra, data_dir, init_bundle, world, batch_size, bundle, monkeypatch):
     """The step-0 micro-batch of every rank, built as ``run_training`` does (without launching processes)."""
-    import copy
-
-    import training.stage1_detokenizer as s1
-    import training.stage2_instruction as s2
-    from training.common import micro_rng, resolve_args
-
     for mod in (s1, s2):  # one bundle load for the module, a fresh copy per task
         monkeypatch.setattr(mod, "load_init_bundle", lambda init, seed=0: copy.deepcopy(bundle))
     args = resolve_args(
@@ -252,11 +246,13 @@ def _batches(task_cls, parser, extra, data_dir, init_bundle, world, batch_size, 
 def test_rank_slices_concatenate_to_the_single_process_batch(data_dir, init_bundle, loaded_bundle, monkeypatch):
     """Stage 1 (stage 3 shares the code; the launch test covers it end to end): rank 0 + rank 1 micro-batches
     (B=2 each) == the one-process micro-batch (B=4), tensor by tensor, noise and condition dropout included."""
-    from training.stage1_detokenizer import DetokenizerTask as task_cls, build_parser
-
     extra = STAGES["stage1"][2]
-    (single,) = _batches(task_cls, build_parser, extra, data_dir, init_bundle, 1, 4, loaded_bundle, monkeypatch)
-    parts = _batches(task_cls, build_parser, extra, data_dir, init_bundle, 2, 2, loaded_bundle, monkeypatch)
+    (single,) = _batches(
+        s1.DetokenizerTask, s1.build_parser, extra, data_dir, init_bundle, 1, 4, loaded_bundle, monkeypatch
+    )
+    parts = _batches(
+        s1.DetokenizerTask, s1.build_parser, extra, data_dir, init_bundle, 2, 2, loaded_bundle, monkeypatch
+    )
     assert single.keys() == parts[0].keys() == parts[1].keys()
     for k in single:
         joined = torch.cat([parts[0][k], parts[1][k]])
@@ -267,11 +263,13 @@ def test_rank_slices_concatenate_to_the_single_process_batch(data_dir, init_bund
 def test_stage2_rank_slices_and_token_weights(data_dir, init_bundle, loaded_bundle, monkeypatch):
     """Stage 2: the ranks' samples are the one-process samples; their loss weights make the rank mean of the
     per-rank mean CE equal the global token mean (the ranks hold different numbers of label tokens)."""
-    from training.stage2_instruction import InstructionTask, build_parser
-
     extra = STAGES["stage2"][2]
-    (single,) = _batches(InstructionTask, build_parser, extra, data_dir, init_bundle, 1, 4, loaded_bundle, monkeypatch)
-    parts = _batches(InstructionTask, build_parser, extra, data_dir, init_bundle, 2, 2, loaded_bundle, monkeypatch)
+    (single,) = _batches(
+        s2.InstructionTask, s2.build_parser, extra, data_dir, init_bundle, 1, 4, loaded_bundle, monkeypatch
+    )
+    parts = _batches(
+        s2.InstructionTask, s2.build_parser, extra, data_dir, init_bundle, 2, 2, loaded_bundle, monkeypatch
+    )
     assert "lm_weight" not in single
     n = [int((p["labels"][:, 1:] != -100).sum()) for p in parts]
     total = int((single["labels"][:, 1:] != -100).sum())
@@ -295,8 +293,6 @@ def test_stage2_rank_slices_and_token_weights(data_dir, init_bundle, loaded_bund
 
 
 def test_rank_weight():
-    from training.common import rank_weight
-
     assert rank_weight(7, 7, 1) == 1.0
     assert rank_weight(3, 10, 2) == pytest.approx(0.6) and rank_weight(7, 10, 2) == pytest.approx(1.4)
     assert rank_weight(0, 0, 2) == 0.0

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 from accelerate.utils import DistributedType
 
-from training.common import _check_distributed_request
+from training.common import check_distributed_request
 
 
 def _accel(dt, n=1, device="cpu"):
@@ -18,17 +18,17 @@ def test_launch_mismatch_is_refused(monkeypatch, env, name):
     with pytest.raises(
         RuntimeError, match=f"accelerate launch requested {name} .* but the Accelerator runs MULTI_CPU on cpu"
     ) as e:
-        _check_distributed_request(_accel(DistributedType.MULTI_CPU, 2), 2)
+        check_distributed_request(_accel(DistributedType.MULTI_CPU, 2), 2)
     assert "cpu_ddp.yaml" in str(e.value)
 
 
 def test_matching_launches_pass_and_a_process_count_mismatch_is_refused(monkeypatch):
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
-    _check_distributed_request(_accel(DistributedType.MULTI_CPU, 2), 2)
-    _check_distributed_request(_accel(DistributedType.NO, 1), 1)
+    check_distributed_request(_accel(DistributedType.MULTI_CPU, 2), 2)
+    check_distributed_request(_accel(DistributedType.NO, 1), 1)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    _check_distributed_request(_accel(DistributedType.FSDP, 2, "cuda:0"), 2)
+    check_distributed_request(_accel(DistributedType.FSDP, 2, "cuda:0"), 2)
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     with pytest.raises(RuntimeError, match="the launcher started 2 processes"):
-        _check_distributed_request(_accel(DistributedType.NO, 1), 2)
+        check_distributed_request(_accel(DistributedType.NO, 1), 2)

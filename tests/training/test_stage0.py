@@ -5,6 +5,15 @@ import torch
 from safetensors.torch import load_file
 
 from seedstory_core.data import mini
+from seedstory_core.tiny import random_tiny_bundle
+from training.stage0_visual_tokenizer import (
+    attribute_tokens,
+    attribute_vocabulary,
+    load_attribute_records,
+    measure_bundles,
+    train_stage0,
+)
+from training.stage1_detokenizer import train_stage1
 
 
 def _vit_weights(folder):
@@ -12,8 +21,6 @@ def _vit_weights(folder):
 
 
 def test_attribute_tokens_keep_who_is_where_and_who_holds_what():
-    from training.stage0_visual_tokenizer import attribute_tokens, attribute_vocabulary
-
     a = {
         "background": "park",
         "present": ["George", "Lily"],
@@ -32,8 +39,6 @@ def test_attribute_tokens_keep_who_is_where_and_who_holds_what():
 
 
 def test_records_without_attributes_are_refused_with_a_hint():
-    from training.stage0_visual_tokenizer import load_attribute_records
-
     records = [{"id": 0, "images": ["a.png", "b.png"], "captions": ["x", "y"]}]
     with pytest.raises(ValueError, match="attributes"):
         load_attribute_records(records=records)
@@ -41,8 +46,6 @@ def test_records_without_attributes_are_refused_with_a_hint():
 
 @pytest.fixture(scope="module")
 def stage0_run(tmp_path_factory):
-    from training.stage0_visual_tokenizer import train_stage0
-
     out = tmp_path_factory.mktemp("stage0")
     records = mini.make_records(seed=0, stories=4)
     metrics = train_stage0(
@@ -69,8 +72,6 @@ def test_a_few_steps_lower_the_contrastive_loss(stage0_run):
     assert (out / "model" / "visual_tokenizer" / "model.safetensors").is_file()
     assert (out / "text_encoder.safetensors").is_file()
     # the whole ViT was trained (no part left at its random init)
-    from seedstory_core.tiny import random_tiny_bundle
-
     init = random_tiny_bundle(0).visual_tokenizer.state_dict()
     trained = _vit_weights(out / "model")
     assert metrics["trainable"] and all(n in trained for n in metrics["trainable"])
@@ -80,8 +81,6 @@ def test_a_few_steps_lower_the_contrastive_loss(stage0_run):
 
 def test_stage1_keeps_the_stage0_visual_tokenizer_frozen(stage0_run, tmp_path):
     """Stage 1 started from stage 0's bundle encodes with exactly stage 0's ViT and exports it unchanged."""
-    from training.stage1_detokenizer import train_stage1
-
     out, records, _ = stage0_run
     train_stage1(
         {
@@ -101,8 +100,6 @@ def test_stage1_keeps_the_stage0_visual_tokenizer_frozen(stage0_run, tmp_path):
 
 
 def test_measure_reports_cast_separation(stage0_run):
-    from training.stage0_visual_tokenizer import measure_bundles
-
     out, _, _ = stage0_run
     res = measure_bundles(["tiny", str(out / "model")], stories=3, epochs=50)
     assert res["frames"]["test_frames_kept"] > 0 and res["frames"]["diff_cast_pairs"] > 0

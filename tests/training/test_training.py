@@ -1,20 +1,37 @@
 """Training stages on the tiny preset (a few optimizer steps each): exactly the trainable tensors change, frozen
 ones stay bit-identical, outputs load as bundles, resume == uninterrupted run, stage-3 cancel, configs parse."""
 
+import csv
 import json
 import math
 import os
+import random
 import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
 from PIL import Image
+from safetensors.torch import load_file
 
 from seedstory_core.bundle import SeedStoryBundle
+from seedstory_core.cache import CachePolicy
+from seedstory_core.data.samples import sd_target
+from seedstory_core.detokenizer import is_trainable_unet_key, normalize_latents
+from seedstory_core.story import StorySettings
 from seedstory_core.tiny import tiny_story_corpus
+from training.common import ImageSource, cosine_with_floor
+from training.rollout import OWN_CONTEXT_FILE, OwnContext, rollout
+from training.stage1_detokenizer import DetokenizerTask, train_stage1
+from training.stage2_instruction import StoryBatches, is_official_trainable, train_stage2
+from training.stage3_adaptation import run_stage3, train_stage3
+from training.vae import train_vae
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = dict(max_steps=2, batch_size=2, warmup_steps=0, no_progress=True, resume="none")
@@ -77,8 +94,6 @@ def _check_identical(a, b, what):
 
 # ---------------------------------------------------------------------------------------------- schedule / configs
 def test_cosine_with_floor_schedule():
-    from training.common import cosine_with_floor
-
     assert cosine_with_floor(0, 100, 1000, 0.05) == 0.0
     assert cosine_with_floor(50, 100, 1000, 0.05) == pytest.approx(0.5)
     assert cosine_with_floor(100, 100, 1000, 0.05) == pytest.approx(1.0)
@@ -88,9 +103,6 @@ def test_cosine_with_floor_schedule():
 
 
 def test_accelerate_configs_parse():
-    from accelerate.commands.config.config_args import load_config_from_file
-    from accelerate.utils import DistributedType
-
     cfg = REPO / "training" / "configs"
     cpu = load_config_from_file(str(cfg / "accelerate_cpu.yaml"))
     assert cpu.distributed_type == DistributedType.NO and cpu.use_cpu
@@ -121,8 +133,6 @@ def test_cli_help():
 
 # ---------------------------------------------------------------------------------------------- stages
 def test_vae_stage_trains_only_the_vae(tmp_path, records, init_bundle):
-    from training.vae import train_vae
-
     m = train_vae(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), lr=1e-3))
     before, after = _load(init_bundle), _load(m["model"])
     _check_changed(_sd(before.detokenizer.vae), _sd(after.detokenizer.vae), m["trainable"], "vae")
@@ -131,10 +141,6 @@ def test_vae_stage_trains_only_the_vae(tmp_path, records, init_bundle):
 
 
 def test_vae_export_calibrates_unit_variance_latents(tmp_path, records, init_bundle):
-    from seedstory_core.data.samples import sd_target
-    from seedstory_core.detokenizer import normalize_latents
-    from training.vae import train_vae
-
     m = train_vae(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), lr=1e-3))
     vae = _load(m["model"]).detokenizer.vae  # the loader takes the latent statistics from the saved vae/config.json
     assert vae.config.scaling_factor == 1.0 and len(vae.config.latents_mean) == len(vae.config.latents_std) == 4
@@ -152,10 +158,6 @@ def test_vae_export_calibrates_unit_variance_latents(tmp_path, records, init_bun
 
 
 def test_normalize_latents_inverts_the_sdxl_pipeline_decode_transform():
-    from types import SimpleNamespace
-
-    from seedstory_core.detokenizer import normalize_latents
-
     z = torch.randn(2, 4, 3, 3)
     plain = SimpleNamespace(config=SimpleNamespace(scaling_factor=0.13025))
     assert torch.equal(normalize_latents(plain, z), z * 0.13025)
@@ -169,10 +171,6 @@ def test_normalize_latents_inverts_the_sdxl_pipeline_decode_transform():
 
 
 def test_cond_dropout_replaces_whole_samples_with_the_unconditional_features():
-    from types import SimpleNamespace
-
-    from training.stage1_detokenizer import DetokenizerTask
-
     uncond = torch.randn(1, 5, 8)
     feats = torch.randn(64, 5, 8)
     fake = SimpleNamespace(
@@ -192,9 +190,6 @@ def test_cond_dropout_replaces_whole_samples_with_the_unconditional_features():
 
 
 def test_stage1_kv_changes_exactly_the_official_set(tmp_path, records, init_bundle):
-    from seedstory_core.detokenizer import is_trainable_unet_key
-    from training.stage1_detokenizer import train_stage1
-
     m = train_stage1(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), unet_train="kv"))
     assert all(n.startswith("resampler.") or is_trainable_unet_key(n) for n in m["trainable"])
     before, after = _load(init_bundle), _load(m["model"])
@@ -205,8 +200,6 @@ def test_stage1_kv_changes_exactly_the_official_set(tmp_path, records, init_bund
 
 
 def test_stage1_lora_exports_merged_unet(tmp_path, records, init_bundle):
-    from training.stage1_detokenizer import train_stage1
-
     m = train_stage1(
         dict(
             FAST,
@@ -227,8 +220,6 @@ def test_stage1_lora_exports_merged_unet(tmp_path, records, init_bundle):
 
 
 def test_stage2_changes_exactly_the_official_set(tmp_path, records, init_bundle):
-    from training.stage2_instruction import is_official_trainable, train_stage2
-
     m = train_stage2(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path)))
     assert all(is_official_trainable(n) for n in m["trainable"])
     assert any("lora_A" in n for n in m["trainable"]) and any("embed_tokens" in n for n in m["trainable"])
@@ -242,10 +233,6 @@ def test_stage2_changes_exactly_the_official_set(tmp_path, records, init_bundle)
 
 
 def test_stage2_rec_loss_scale_weights_only_the_regression_loss(tmp_path, records, init_bundle):
-    import csv
-
-    from training.stage2_instruction import train_stage2
-
     m = train_stage2(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), rec_loss_scale=4.0))
     rows = list(csv.DictReader((tmp_path / "train_log.csv").open()))
     assert len(rows) == 2
@@ -256,8 +243,6 @@ def test_stage2_rec_loss_scale_weights_only_the_regression_loss(tmp_path, record
 
 
 def test_stage2_train_base_trains_base_weights(tmp_path, records, init_bundle):
-    from training.stage2_instruction import train_stage2
-
     m = train_stage2(
         dict(
             FAST,
@@ -273,8 +258,6 @@ def test_stage2_train_base_trains_base_weights(tmp_path, records, init_bundle):
 
 
 def test_stage3_changes_only_the_adapter(tmp_path, records, init_bundle):
-    from training.stage3_adaptation import train_stage3
-
     m = train_stage3(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path), grad_accum=2))
     before, after = _load(init_bundle), _load(m["model"])
     _check_changed(_sd(before.detokenizer), _sd(after.detokenizer), m["trainable"], "detokenizer")
@@ -283,8 +266,6 @@ def test_stage3_changes_only_the_adapter(tmp_path, records, init_bundle):
 
 
 def test_stage3_cancel_stops_cleanly_with_checkpoint(tmp_path, records, init_bundle):
-    from training.stage3_adaptation import run_stage3
-
     seen = []
     m = run_stage3(
         records=records,
@@ -346,8 +327,6 @@ def test_stage2_resume_in_new_process_matches_uninterrupted(tmp_path, data_dir, 
 
 def test_stage1_resume_matches_uninterrupted(tmp_path, records, init_bundle):
     """Diffusion noise / timesteps are keyed by step: 3 straight == 1 + resume (new Accelerator) + 2."""
-    from training.stage1_detokenizer import train_stage1
-
     kw = dict(FAST, max_steps=3, records=records, init=f"bundle:{init_bundle}", unet_train="full", warmup_steps=1)
     straight = train_stage1(dict(kw, out=str(tmp_path / "a")))
     first = train_stage1(dict(kw, out=str(tmp_path / "b"), stop_after=1))
@@ -363,10 +342,6 @@ def test_stage1_resume_matches_uninterrupted(tmp_path, records, init_bundle):
 # ---------------------------------------------------------------- scheduled sampling (training.rollout, --own-context)
 def _story_batches(records, bundle, **own):
     """Stage-2 StoryBatches over in-memory ``records`` with the CLI defaults; ``own`` = own_context(_prob)."""
-    from argparse import Namespace
-
-    from training.stage2_instruction import StoryBatches
-
     args = Namespace(
         data=None,
         records=records,
@@ -385,13 +360,6 @@ def _story_batches(records, bundle, **own):
 def test_rollout_records_free_running_features_not_teacher_forced(tmp_path, records, init_bundle):
     """The rollout's frame f is regressed with the agent's OWN earlier features in the context: frame 1 equals a
     teacher-forced step (only the true first frame precedes it), frame 2 does not (frame 1 differs)."""
-    from safetensors.torch import load_file
-
-    from seedstory_core.cache import CachePolicy
-    from seedstory_core.story import StorySettings
-    from training.common import ImageSource
-    from training.rollout import OWN_CONTEXT_FILE, rollout
-
     meta = rollout(init_bundle, None, tmp_path, records=records)
     assert meta["records"] == len(records)
     saved = load_file(str(tmp_path / OWN_CONTEXT_FILE))
@@ -423,10 +391,6 @@ def test_rollout_records_free_running_features_not_teacher_forced(tmp_path, reco
 
 def test_rollout_workers_do_not_change_the_features(tmp_path, records, init_bundle):
     """Every story is rolled out single-threaded by one process: 1 and 2 worker processes agree bit for bit."""
-    from safetensors.torch import load_file
-
-    from training.rollout import OWN_CONTEXT_FILE, rollout
-
     one = rollout(init_bundle, None, tmp_path / "one", records=records, workers=1)
     two = rollout(init_bundle, None, tmp_path / "two", records=records, workers=2)
     assert (one["workers"], two["workers"]) == (1, 2)
@@ -437,10 +401,6 @@ def test_rollout_workers_do_not_change_the_features(tmp_path, records, init_bund
 def test_own_context_replaces_only_context_images_after_the_first(tmp_path, records, init_bundle):
     """--own-context-prob 1: every context image but the first comes from the rollout; the first frame and the
     target stay the true frames' features. Prob 0 (or no file) keeps every image true."""
-    import random
-
-    from training.rollout import OwnContext, rollout
-
     rollout(init_bundle, None, tmp_path / "ro", records=records)
     bundle = _load(init_bundle)
 
@@ -477,18 +437,12 @@ def test_own_context_replaces_only_context_images_after_the_first(tmp_path, reco
 
 
 def test_own_context_must_cover_every_record(tmp_path, records, init_bundle):
-    from training.rollout import rollout
-
     rollout(init_bundle, None, tmp_path, records=records[:1])
     with pytest.raises(KeyError, match="no rollout for record"):
         _story_batches(records, _load(init_bundle), own_context=str(tmp_path), own_context_prob=0.5)
 
 
 def test_stage2_and_stage3_train_with_own_context(tmp_path, records, init_bundle):
-    from training.rollout import rollout
-    from training.stage2_instruction import train_stage2
-    from training.stage3_adaptation import train_stage3
-
     rollout(init_bundle, None, tmp_path / "ro", records=records)
     own = dict(own_context=str(tmp_path / "ro"), own_context_prob=1.0)
     m2 = train_stage2(dict(FAST, records=records, init=f"bundle:{init_bundle}", out=str(tmp_path / "s2"), **own))
