@@ -14,8 +14,8 @@ import torch
 
 from seedstory_core.detokenizer import SCHEDULER_NAMES
 from seedstory_core.preprocess import RESIZE_MODES
-from seedstory_core.rules import StoryRuleError, check_mode, check_story_run, check_text_length
-from seedstory_core.story import STORY_MODES, StoryState
+from seedstory_core.rules import STORY_MODES, StoryRuleError, check_mode, check_story_run, check_text_length
+from seedstory_core.story import StoryState
 
 from . import comfy_glue as glue
 from .inputs import bool_input, choice_input, float_input, int_input, socket_input, text_input

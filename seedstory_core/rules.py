@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from .config import AgentConfig
-from .story import STORY_MODES
 
 __all__ = [
+    "STORY_MODES",
     "StoryRuleError",
     "StoryRun",
     "max_text_tokens",
@@ -34,6 +34,11 @@ __all__ = [
     "check_feature_width",
     "check_story_run",
 ]
+
+
+#: What a story step does: ``generation`` (the agent writes the sentence, then draws it) or ``visualization`` (the
+#: agent draws a sentence it is given, the StoryGPT-V task, docs/reference.md §3.2).
+STORY_MODES = ("generation", "visualization")
 
 
 class StoryRuleError(ValueError):
@@ -95,7 +100,7 @@ def check_text_length(tokenizer, config: AgentConfig, text: str, *, name: str) -
 
 
 def check_mode(mode: str) -> str:
-    """``mode`` must be one of :data:`seedstory_core.story.STORY_MODES`; returns it.
+    """``mode`` must be one of :data:`STORY_MODES`; returns it.
 
     Raises:
         StoryRuleError: an unknown mode.
@@ -122,7 +127,7 @@ def story_texts(
     Args:
         captions: the user's lines (None = none).
         steps: how many frames the run adds (>= 1).
-        mode: one of :data:`seedstory_core.story.STORY_MODES`.
+        mode: one of :data:`STORY_MODES`.
         captions_name, steps_name: the inputs' names as the user knows them, quoted in messages.
 
     Returns:
@@ -190,7 +195,7 @@ def check_story_run(
         tokenizer, config: the agent's tokenizer and :class:`~seedstory_core.config.AgentConfig`.
         opening_text: the sentence of the start picture.
         steps: frames to add (>= 1).
-        mode: ``generation`` or ``visualization`` (:data:`seedstory_core.story.STORY_MODES`).
+        mode: ``generation`` or ``visualization`` (:data:`STORY_MODES`).
         captions: one line per step (see :func:`story_texts`), or None.
         detokenizer_width: the de-tokenizer's feature width, or None when nothing is rendered.
         opening_name, captions_name, steps_name: the inputs' names as the user knows them.

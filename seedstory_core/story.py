@@ -36,6 +36,14 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from .cache import POLICIES, CachePolicy, StoryKVCache
 from .generation import (
@@ -47,11 +55,9 @@ from .generation import (
     new_cache,
 )
 from .reencode import REENCODE_WINDOW, ReencodePolicy, ReencodeWindow
+from .rules import check_mode, story_texts
 from .tokens import TokenKind, image_segment_kinds
 
-#: What a story step does: ``generation`` (the agent writes the sentence, then draws it) or ``visualization`` (the
-#: agent draws a sentence it is given, the StoryGPT-V task).
-STORY_MODES = ("generation", "visualization")
 #: ``StoryEngine(merge_lora=None)`` merges the LoRA deltas into an inference copy of the projections when that copy
 #: takes at most this many bytes (the tiny model: ~2 MB; full-size SEED-Story in bf16: ~12.9 GB, not merged unless
 #: ``merge_lora=True``).
@@ -259,8 +265,6 @@ class StoryState:
 
     def save(self, path) -> Path:
         """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (everything else); returns the JSON path."""
-        from safetensors.torch import save_file
-
         base = Path(path)
         if base.suffix in (".json", ".safetensors"):
             base = base.with_suffix("")
@@ -302,8 +306,6 @@ class StoryState:
         Raises:
             ValueError: the files are not a seedstory story state.
         """
-        from safetensors.torch import load_file
-
         base = Path(path)
         if base.suffix in (".json", ".safetensors"):
             base = base.with_suffix("")
@@ -527,7 +529,7 @@ class StoryEngine:
             state: the story so far (not modified).
             text: user text. Generation mode: optional, steers the sentence (prefilled after ``[INST]``, the model
                 continues it). Visualization mode: required, the sentence itself (the model only draws).
-            mode: one of :data:`STORY_MODES`.
+            mode: one of :data:`seedstory_core.rules.STORY_MODES`.
             decoding: :class:`DecodingSettings`.
             context_features: (1, T, D) features to store for the previous step's image instead of its regressed
                 features (e.g. the visual tokenizer's features of the rendered picture).
@@ -541,8 +543,7 @@ class StoryEngine:
             StoryCancelled: ``cancel()`` returned True (the input state is unchanged).
         """
         self._check(state)
-        if mode not in STORY_MODES:
-            raise ValueError(f"mode must be one of {STORY_MODES}, got {mode!r}")
+        check_mode(mode)
         if mode == "visualization" and (text is None or not str(text).strip()):
             raise ValueError("visualization mode needs the sentence to draw (text=...)")
         if context_features is not None and state.pending_image is None:
@@ -695,14 +696,6 @@ class StoryEngine:
 
     @staticmethod
     def _warpers(decoding: DecodingSettings):
-        from transformers import (
-            LogitsProcessorList,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
         procs = LogitsProcessorList()
         if decoding.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(decoding.repetition_penalty))
@@ -737,7 +730,7 @@ class StoryEngine:
             n_steps: frames to add (>= 0).
             texts: per step, the user text of :meth:`step` or None: in generation mode optional beginnings of the
                 sentences (None or '' = free); in visualization mode the sentences to draw (one per step, required).
-            mode: one of :data:`STORY_MODES`, for every step.
+            mode: one of :data:`seedstory_core.rules.STORY_MODES`, for every step.
             decoding: :class:`DecodingSettings`.
             cancel: polled inside every step; returning True raises :class:`StoryCancelled`. A callback may also
                 raise its own exception (ComfyUI's interrupt does), which propagates unchanged.
@@ -756,11 +749,8 @@ class StoryEngine:
         """
         if n_steps < 0:
             raise ValueError("n_steps must be >= 0")
-        if mode not in STORY_MODES:
-            raise ValueError(f"mode must be one of {STORY_MODES}, got {mode!r}")
-        texts = list(texts) if texts is not None else []
-        if mode == "visualization" and len([t for t in texts[:n_steps] if t and str(t).strip()]) < n_steps:
-            raise ValueError(f"visualization needs one sentence per step: got {len(texts)} texts for {n_steps} steps")
+        check_mode(mode)
+        texts = story_texts(texts, n_steps, mode, captions_name="texts", steps_name="n_steps") if n_steps else []
         results: List[StepResult] = []
         override = None
         for i in range(n_steps):
@@ -855,3 +845,67 @@ def engine_for(
     except KeyError:
         raise TypeError(f"expected a CachePolicy or ReencodePolicy, got {type(policy).__name__}") from None
     return cls(agent, tokenizer, visual_tokenizer, merge_lora=merge_lora)
+
+
+class PolicyEngines:
+    """Stories under any policy over one agent and tokenizer: one engine per policy type, made on first use.
+
+    :meth:`start`, :meth:`step` and :meth:`run` go to the engine that runs the story's policy (:func:`engine_for`:
+    :class:`StoryEngine` for the KV-cache policies, :class:`ReencodeStoryEngine` for the official loop), so one object
+    runs the stories of every policy side by side (the benchmarks compare them). The engines share the agent, the
+    tokenizer, the visual tokenizer and ``merge_lora``: ``None`` (auto) is decided by the first engine made and kept
+    for the others, so every engine decodes through the same decoder.
+
+    Args:
+        agent: :class:`~seedstory_core.agent.SeedStoryAgent`, as for :class:`StoryEngine`.
+        tokenizer: :class:`~seedstory_core.tokenizer.SeedStoryTokenizer` with the 66 image tokens.
+        visual_tokenizer: optional visual tokenizer (to start from a picture rather than from features).
+        merge_lora: ``StoryEngine(merge_lora=...)`` of every engine (None = auto).
+
+    Raises (from :meth:`engine`, :meth:`start`, :meth:`step`, :meth:`run`):
+        TypeError: a policy that is neither a :class:`CachePolicy` nor a :class:`ReencodePolicy`, or a state that is
+            not a :class:`StoryState`.
+        ValueError: what the engine itself raises (bad text, features, model fingerprint, ...).
+    """
+
+    def __init__(self, agent, tokenizer, visual_tokenizer=None, *, merge_lora: Optional[bool] = None):
+        self.agent = agent
+        self.tokenizer = tokenizer
+        self.visual_tokenizer = visual_tokenizer
+        self.merge_lora = merge_lora
+        self._engines: Dict[type, StoryEngine] = {}
+
+    def engine(self, policy: Union[CachePolicy, ReencodePolicy]) -> StoryEngine:
+        """The engine that runs ``policy`` (made by :func:`engine_for` the first time its policy type is asked for).
+
+        Raises:
+            TypeError: ``policy`` is neither a :class:`CachePolicy` nor a :class:`ReencodePolicy`.
+        """
+        key = type(policy)
+        if key not in self._engines:
+            engine = engine_for(policy, self.agent, self.tokenizer, self.visual_tokenizer, merge_lora=self.merge_lora)
+            self.merge_lora = engine.merge_lora  # auto is decided once, for every engine
+            self._engines[key] = engine
+        return self._engines[key]
+
+    def start(self, text: str, *, settings: Optional[StorySettings] = None, **kwargs) -> StoryState:
+        """:meth:`StoryEngine.start` on the engine of ``settings.policy`` (default ``StorySettings()``); ``kwargs``:
+        ``image=`` or ``features=``."""
+        settings = settings if settings is not None else StorySettings()
+        return self.engine(settings.policy).start(text, settings=settings, **kwargs)
+
+    def step(self, state: StoryState, **kwargs) -> StepResult:
+        """:meth:`StoryEngine.step` on the engine of the state's policy (same keyword arguments)."""
+        return self.engine(self._policy_of(state)).step(state, **kwargs)
+
+    def run(self, state: StoryState, n_steps: int, **kwargs) -> Tuple[StoryState, List[StepResult]]:
+        """:meth:`StoryEngine.run` on the engine of the state's policy (same keyword arguments)."""
+        return self.engine(self._policy_of(state)).run(state, n_steps, **kwargs)
+
+    @staticmethod
+    def _policy_of(state: StoryState) -> Union[CachePolicy, ReencodePolicy]:
+        if not isinstance(state, StoryState):
+            raise TypeError(
+                f"expected a StoryState (from PolicyEngines.start or a previous step), got {type(state).__name__}"
+            )
+        return state.settings.policy

@@ -27,12 +27,11 @@ import torch
 from PIL import Image
 
 from .bundle import SeedStoryBundle
-from .rules import check_story_run, story_texts
+from .rules import STORY_MODES, check_story_run, story_texts
 from .story import (
     DEFAULT_MAX_SINK_IMAGES,
     DEFAULT_REPETITION_PENALTY,
     POLICY_CHOICES,
-    STORY_MODES,
     DecodingSettings,
     StorySettings,
 )

@@ -263,7 +263,7 @@ def test_run_texts_steer_or_give_the_sentences(engine, start_features):
         state, 2, texts=["The dog barks.", "Tom runs home."], mode="visualization", decoding=FAST
     )
     assert [r.sentence for r in results] == ["The dog barks.", "Tom runs home."]
-    with pytest.raises(ValueError, match="one sentence per step"):
+    with pytest.raises(ValueError, match="one caption per step: n_steps=3 needs 3 non-empty lines in 'texts'"):
         engine.run(state, 3, texts=["only one"], mode="visualization", decoding=FAST)
     _, steered = engine.run(state, 2, texts=["", "Tom"], decoding=FAST)
     assert steered[1].sentence.startswith("Tom")
