@@ -1,4 +1,4 @@
-"""Choose the default sink-image cap: the long-story ablation (``training.evaluate.long_story_ablation``) of the
+"""Choose the default sink-image cap: the long-story ablation (``evaluation.evaluate.long_story_ablation``) of the
 uncapped multimodal sink (the paper's rule) against capped ones, with paired bootstrap intervals.
 
     python -m bench.cap_ablation [--caps 2,4,8] [--stories 12] [--out-dir bench/out]
@@ -7,7 +7,7 @@ uncapped multimodal sink (the paper's rule) against capped ones, with paired boo
 
 Held-out StoryStream-mini stories are visualized (ground-truth captions) for 3x the training length with the
 bundled tiny model, free-running and teacher-forced; the judge is the evaluation's fixed judge
-(``training.evaluate.load_judge()``, ``training/judge``; its sha256 is written into every row). Each story's mean
+(``evaluation.judge.load_judge()``, ``evaluation/judge``; its sha256 is written into every row). Each story's mean
 attribute agreement per segment (1x/2x/3x) is compared with the uncapped sink on the same story: the table gives
 each policy's mean agreement with a 95% percentile bootstrap interval over stories, and the mean paired difference
 with its interval (10,000 resamples, seed 0). Writes ``<csv-name>`` and a JSON of the same stem (per-story values)
@@ -17,7 +17,7 @@ into the output folder (never into tracked files).
 from __future__ import annotations
 
 import argparse
-import csv
+import hashlib
 import json
 import sys
 import time
@@ -25,6 +25,12 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
+import torch
+
+from bench.report import write_csv
+from evaluation.evaluate import long_story_ablation
+from evaluation.judge import load_judge
+from evaluation.stories import DEFAULT_MODEL, TRAIN_LENGTH, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = (
@@ -105,9 +111,7 @@ def table_rows(
 
 def agent_sha256(model_dir=None) -> str:
     """sha256 of the agent weights of the bundle evaluated (which model a table row comes from)."""
-    import hashlib
-
-    folder = Path(model_dir) if model_dir else REPO / "models" / "seedstory-tiny"
+    folder = Path(model_dir) if model_dir else DEFAULT_MODEL
     h = hashlib.sha256()
     for path in sorted((folder / "agent").glob("*.safetensors")):
         h.update(path.read_bytes())
@@ -135,6 +139,7 @@ def command_line(args) -> str:
 
 
 def main(argv=None) -> int:
+    """``python -m bench.cap_ablation``: the ablation of every policy and cap, written as CSV + JSON. Returns 0."""
     ap = argparse.ArgumentParser(prog="python -m bench.cap_ablation", description=__doc__.split("\n")[0])
     ap.add_argument("--caps", default="2,8", help="comma list of sink-image caps K")
     ap.add_argument(
@@ -151,12 +156,6 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="teacher_forced,free_running")
     ap.add_argument("--out-dir", default=str(REPO / "bench" / "out"))
     args = ap.parse_args(argv)
-    import torch
-
-    from training.evaluate import load_judge, load_model, long_story_ablation
-
-    from training.evaluate import TRAIN_LENGTH
-
     torch.set_num_threads(1)
     window = TRAIN_LENGTH if args.window_images is None else args.window_images
     policies = ["multimodal_sink"] + [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -196,10 +195,7 @@ def main(argv=None) -> int:
             model_agent_sha256=agent_sha256(args.model),
             command=command_line(args),
         )
-    with open(out / args.csv_name, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(COLUMNS))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / args.csv_name, rows, COLUMNS)
     judge = getattr(probe, "sha256", None)
     (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "judge_sha256": judge, "result": raw}, indent=1))
     for r in rows:

@@ -26,7 +26,7 @@ DOCS = REPO / "docs" / "benchmarks.md"
 
 
 GPU = RESULTS / "gpu_h200"
-#: the progress lines ``measure_steps`` prints: "  rep 0 dense            50 frames in 108.6 s"
+#: the progress lines ``bench.measure.measure_steps`` prints: "  rep 0 dense            50 frames in 108.6 s"
 _STORY_LINE = re.compile(r"^\s*rep (\d+) (\S+)\s+(\d+) frames in ([\d.]+) s\s*$")
 
 
@@ -63,7 +63,7 @@ def _ablation_intro(rows: List[Dict[str, str]], extra: str) -> List[str]:
         f"{rows[0].get('seed', '')}): the tiny model with agent weights sha256 "
         f"`{(rows[0].get('model_agent_sha256') or '')[:16]}…` visualizes held-out stories (ground-truth captions) "
         "for 3x the training length, teacher-forced (the true frames' features in the context) and free-running "
-        "(its own regressed features); the evaluation's fixed judge (`training/judge`, sha256 "
+        "(its own regressed features); the evaluation's fixed judge (`evaluation/judge`, sha256 "
         f"`{judge[:16]}…`) scores every frame against the true attributes (`agreement`, with a "
         f"{_f(rows[0]['ci_level'], 0, 100)}% percentile bootstrap interval over stories). Window "
         f"{rows[0].get('window_images') or '—'} images (the training length). `Δ vs uncapped` is paired per story "
@@ -147,6 +147,7 @@ def _gpu_section(folder: Path) -> List[str]:
 
 
 def read_csv(path: Path) -> List[Dict[str, str]]:
+    """The rows of a CSV file as dicts (header = keys, values as strings)."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
@@ -405,7 +406,7 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         L.append(
             "Written by `python -m bench.story_step`: held-out StoryStream-mini frames, their true ViT features "
             "rendered by the bundled de-tokenizer (the model before the stage-0 retrain) with each solver; the "
-            "fixed judge's (`training/judge`) agreement with the frames' true attributes.\n"
+            "fixed judge's (`evaluation/judge`) agreement with the frames' true attributes.\n"
         )
         L.append("| solver | steps | frames | judge agreement | − official | pixel L1 vs official render | s / frame |")
         L.append("|---|---:|---:|---:|---:|---:|---:|")
@@ -447,7 +448,7 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         L.append("## Quality side of Table 8 (trained tiny model)\n")
         L.append(
             "Written by `python -m bench --model models/seedstory-tiny --update-docs` "
-            "(`training.evaluate.long_story_ablation`, free-running, the bundled model at the time of the run).\n"
+            "(`evaluation.evaluate.long_story_ablation`, free-running, the bundled model at the time of the run).\n"
         )
         L.append("| policy | length | attribute agreement | pixel L1 |")
         L.append("|---|---|---:|---:|")
@@ -466,7 +467,7 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
         "the GPU memory per policy."
     )
     L.append(
-        "- The quality judge is the evaluation's fixed frame classifier for the tiny world (`training/judge`, "
+        "- The quality judge is the evaluation's fixed frame classifier for the tiny world (`evaluation/judge`, "
         "docs/evaluation.md), a stand-in for the paper's FID / CLIP score."
     )
     return "\n".join(L) + "\n"

@@ -30,7 +30,12 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from bench.config import DEFAULT_CHOICE, POLICIES
+from bench.report import write_csv
 from seedstory_core.cache import CachePolicy, select_kept
+from seedstory_core.config import official_config
+from seedstory_core.reencode import REENCODE_WINDOW
+from seedstory_core.story import StorySettings
 from seedstory_core.tokens import TokenKind, image_segment_kinds
 
 #: Table 8 of the paper (GPU memory, GB) for the policies it lists.
@@ -97,7 +102,7 @@ def step_costs(
     """Kept KV tokens after step ``frame`` and the attention "query × key" count of that step (see module doc)."""
     image = _image(n_img)
     text = [TokenKind.TEXT] * sentence_tokens
-    if policy == "reencode_window":
+    if policy == REENCODE_WINDOW:
         # window prompt at step N: the last `window_images` images with their captions + the new sentence
         prompt = 1 + min(frame, window_images) * (sentence_tokens + len(image))
         qk = prompt * (prompt + 1) // 2  # causal re-encode
@@ -133,10 +138,8 @@ def full_size_rows(
     dtype_bytes: int = 2,
     default_max_sink_images: Optional[int] = None,
 ) -> List[dict]:
-    """One row per policy (dense, window, sink, multimodal_sink, default, reencode_window) at ``frame``."""
-    from seedstory_core.config import official_config
-    from seedstory_core.story import StorySettings
-
+    """One row per policy of :data:`bench.config.POLICIES` (dense, window, sink, multimodal_sink, default,
+    reencode_window) at ``frame``."""
     llm = official_config().agent.llm
     layers, heads = llm.num_hidden_layers, llm.num_attention_heads
     kv_heads = llm.num_key_value_heads or heads
@@ -146,9 +149,10 @@ def full_size_rows(
         default_max_sink_images = StorySettings().policy.max_sink_images
     per_token = 2 * layers * kv_heads * head_dim * dtype_bytes
     rows = []
-    for name in ("dense", "window", "sink", "multimodal_sink", "default", "reencode_window"):
-        kind = "multimodal_sink" if name == "default" else name
-        cap = default_max_sink_images if name == "default" else None
+    default_kind = StorySettings().policy.kind
+    for name in POLICIES:
+        kind = default_kind if name == DEFAULT_CHOICE else name
+        cap = default_max_sink_images if name == DEFAULT_CHOICE else None
         c = step_costs(
             kind, frame, sentence_tokens=sentence_tokens, window_images=window_images, n_img=n_img, max_sink_images=cap
         )
@@ -180,16 +184,12 @@ def full_size_rows(
 
 
 def write(rows: List[dict], path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(COLUMNS))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    """Write :func:`full_size_rows` rows as a CSV (:data:`COLUMNS`) to ``path``; returns it."""
+    return write_csv(path, rows, COLUMNS)
 
 
 def main(argv=None) -> int:
+    """``python -m bench.full_size``: the table printed as CSV, or written to ``--out``. Returns 0."""
     ap = argparse.ArgumentParser(prog="python -m bench.full_size", description=__doc__.split("\n")[0])
     ap.add_argument("--frame", type=int, default=50)
     ap.add_argument("--sentence-tokens", type=int, default=24)

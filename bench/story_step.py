@@ -13,11 +13,11 @@ model (``models/seedstory-tiny``). Loops, per frame (one :meth:`StoryEngine.step
   ``--fast-steps``).
 
 Every loop decodes the same fixed number of text tokens (``max_sentence_tokens``; the random model's BOI/EOS rows
-are zeroed as in ``bench.engine_bench``; the trained model stops at its own BOI, so its sentences vary). The table
-gives medians over the frames after the window is full (frames > ``window_images``, else all frames).
+are zeroed as in ``bench.measure.build_engine``; the trained model stops at its own BOI, so its sentences vary). The
+table gives medians over the frames after the window is full (frames > ``window_images``, else all frames).
 
 Solver quality (``solver_quality.csv``): held-out StoryStream-mini frames, their *true* visual-tokenizer features
-rendered by the bundled de-tokenizer with each solver; the evaluation's fixed judge (``training/judge``) reads every
+rendered by the bundled de-tokenizer with each solver; the evaluation's fixed judge (``evaluation/judge``) reads every
 rendered frame and its agreement with the frame's true attributes is averaged. The fast solver must stay within 0.01
 of the official one.
 
@@ -27,14 +27,26 @@ Writes ``story_step.csv`` and ``solver_quality.csv`` into ``--out-dir`` (``--upd
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import torch
+
+from bench import docs
+from bench.config import DEFAULT_CHOICE, settings_for
+from bench.report import write_csv
+from evaluation.judge import load_judge
+from evaluation.metrics import attribute_agreement
+from evaluation.stories import DEFAULT_MODEL
+from seedstory_core.bundle import SeedStoryBundle
+from seedstory_core.data import mini
+from seedstory_core.reencode import REENCODE_WINDOW
+from seedstory_core.story import DecodingSettings
+from seedstory_core.tiny import random_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = dict(scheduler="euler", steps=50, guidance=7.5)
@@ -62,11 +74,8 @@ QUALITY_COLUMNS = (
 
 
 def _bundles(which: List[str]):
-    from seedstory_core.bundle import SeedStoryBundle
-    from seedstory_core.tiny import random_tiny_bundle
-
     out = {}
-    trained = SeedStoryBundle.load(REPO / "models" / "seedstory-tiny")
+    trained = SeedStoryBundle.load(DEFAULT_MODEL)
     if "tiny-random" in which:
         torch.manual_seed(0)
         rnd = random_tiny_bundle(0, tokenizer=trained.tokenizer)
@@ -94,21 +103,11 @@ def run_loop(
     guidance: float,
 ) -> Dict[str, List[float]]:
     """Per-frame (mllm_s, detok_s) of one story of ``frames`` steps from a held-out StoryStream-mini start."""
-    import dataclasses
-
-    from seedstory_core.data import mini
-    from seedstory_core.reencode import ReencodePolicy
-    from seedstory_core.story import DecodingSettings, StorySettings
-
     story = mini.generate_story(1001, 0, frames=2)
     start = mini.render_story(
         {**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64
     )[0]
-    if official:
-        settings = StorySettings(policy=ReencodePolicy(window_images=window_images))
-    else:
-        default = StorySettings()
-        settings = dataclasses.replace(default, policy=dataclasses.replace(default.policy, window_images=window_images))
+    settings = settings_for(REENCODE_WINDOW if official else DEFAULT_CHOICE, window_images)
     engine = bundle.engine(settings.policy)
     state = engine.start(story["captions"][0], image=start, settings=settings)
     decoding = DecodingSettings(max_sentence_tokens=sentence_tokens)
@@ -144,6 +143,8 @@ def whole_step_rows(
     official_steps: int = OFFICIAL["steps"],
     log=print,
 ):
+    """Rows of :data:`STEP_COLUMNS`: for each model, the official loop and ours (official solver, then DPM-Solver++
+    with ``fast_steps``), median MLLM and de-tokenizer seconds per frame after the window is full."""
     loops = [
         ("official", True, OFFICIAL["scheduler"], official_steps),
         ("ours", False, OFFICIAL["scheduler"], official_steps),
@@ -208,14 +209,7 @@ def solver_quality_rows(
 ):
     """Render true visual-tokenizer features of held-out frames with the official solver and each candidate
     ``(scheduler, steps)``; one row each (same noise per frame for every solver)."""
-    import numpy as np
-
-    from seedstory_core.bundle import SeedStoryBundle
-    from seedstory_core.data import mini
-    from training.evaluate import load_judge
-    from training.judge.metrics import attribute_agreement
-
-    bundle = SeedStoryBundle.load(REPO / "models" / "seedstory-tiny")
+    bundle = SeedStoryBundle.load(DEFAULT_MODEL)
     judge = load_judge()
     frames, attrs = [], []
     k = 0
@@ -266,15 +260,8 @@ def solver_quality_rows(
     return rows
 
 
-def write(rows, columns, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns))
-        w.writeheader()
-        w.writerows(rows)
-
-
 def main(argv=None) -> int:
+    """``python -m bench.story_step``: the whole-step and solver-quality tables (module docstring). Returns 0."""
     ap = argparse.ArgumentParser(prog="python -m bench.story_step", description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="tiny-random,bundled")
     ap.add_argument("--frames", type=int, default=12)
@@ -315,7 +302,7 @@ def main(argv=None) -> int:
             official_steps=args.official_steps,
             log=log,
         )
-        write(rows, STEP_COLUMNS, out / "story_step.csv")
+        write_csv(out / "story_step.csv", rows, STEP_COLUMNS)
     if not args.skip_quality:
         cands = (
             [(c.split(":")[0], int(c.split(":")[1])) for c in args.quality_candidates.split(",")]
@@ -325,10 +312,8 @@ def main(argv=None) -> int:
         q = solver_quality_rows(
             quality_frames=args.quality_frames, candidates=cands, official_steps=args.official_steps, log=log
         )
-        write(q, QUALITY_COLUMNS, out / "solver_quality.csv")
+        write_csv(out / "solver_quality.csv", q, QUALITY_COLUMNS)
     if args.update_docs:
-        from bench import docs
-
         docs.write_docs(out)
     for r in rows:
         print(",".join(str(r[c]) for c in STEP_COLUMNS))

@@ -39,6 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import (
     LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -102,6 +103,9 @@ class DecodingSettings:
             (:func:`sentence_key`) is decoded again, starting with another first word (at most
             :data:`MAX_SENTENCE_RETRIES` times; ``StoryEngine._decode_sentence``). The user's text prefix is kept.
             False (default) = the official decoding.
+        no_repeat_ngram_size: N > 0 = no N-gram of text tokens repeats within the story (transformers'
+            ``NoRepeatNGramLogitsProcessor`` over the story's text history); 0 (default) = off. Measured by
+            ``python -m evaluation.decoding`` (docs/evaluation.md); the pack does not use it.
     """
 
     do_sample: bool = False
@@ -113,6 +117,7 @@ class DecodingSettings:
     max_sentence_tokens: int = 100
     suppress_image_tokens: str = "neg_inf"
     no_repeat_sentences: bool = False
+    no_repeat_ngram_size: int = 0
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -123,6 +128,8 @@ class DecodingSettings:
             raise ValueError("top_k and max_sentence_tokens must be >= 0 and repetition_penalty > 0")
         if not isinstance(self.no_repeat_sentences, bool):
             raise ValueError(f"no_repeat_sentences must be True or False, got {self.no_repeat_sentences!r}")
+        if not isinstance(self.no_repeat_ngram_size, int) or self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be an int >= 0, got {self.no_repeat_ngram_size!r}")
 
 
 #: The pack's default cap on sink images (``CachePolicy.max_sink_images`` of ``StorySettings()``): the multimodal
@@ -433,13 +440,13 @@ class StoryEngine:
     def _embed(self, ids: Sequence[int]) -> torch.Tensor:
         return self.agent.embed_tokens(torch.tensor([list(ids)], dtype=torch.long, device=self.device))
 
-    def _image_embeds(self, features: torch.Tensor) -> torch.Tensor:
+    def image_embeds(self, features: torch.Tensor) -> torch.Tensor:
         """[BOI, input_resampler(features) (n rows), EOI] embeddings, (1, n+2, D)."""
         boi_eoi = self._embed([self.image.boi, self.image.eoi])
         img = self.agent.input_resampler(features)
         return torch.cat([boi_eoi[:, :1], img, boi_eoi[:, 1:]], dim=1)
 
-    def _image_kinds(self) -> List[int]:
+    def image_kinds(self) -> List[int]:
         return image_segment_kinds(len(self.image.img))
 
     def _image_ids(self) -> List[int]:
@@ -495,7 +502,7 @@ class StoryEngine:
         self._run = self.inference_model()
         text_ids = self._text_ids(text, instruction=False)
         ids = [self.tokenizer.bos_id] + text_ids + self._image_ids()
-        kinds = [TokenKind.BOS] + [TokenKind.TEXT] * len(text_ids) + self._image_kinds()
+        kinds = [TokenKind.BOS] + [TokenKind.TEXT] * len(text_ids) + self.image_kinds()
         context, logits = self._start_context(ids, kinds, feats, settings.policy)
         return StoryState(
             settings=settings,
@@ -579,7 +586,7 @@ class StoryEngine:
         check_cancel()
 
         new_ids = state.token_ids + tuple(sentence_ids) + tuple(self._image_ids())
-        new_kinds = state.kinds + (TokenKind.TEXT,) * len(sentence_ids) + tuple(self._image_kinds())
+        new_kinds = state.kinds + (TokenKind.TEXT,) * len(sentence_ids) + tuple(self.image_kinds())
         sentence = self._clean(sentence_ids)
         new_state = dataclasses.replace(
             state,
@@ -598,7 +605,7 @@ class StoryEngine:
     def _start_context(self, ids, kinds, feats, policy):
         """Prefill ``[BOS] cap0 <img>…</img>`` into a new cache: (cache, logits after EOI)."""
         cache = new_cache(self._run, policy)
-        embeds = torch.cat([self._embed(ids[: -len(self._image_ids())]), self._image_embeds(feats)], dim=1)
+        embeds = torch.cat([self._embed(ids[: -len(self._image_ids())]), self.image_embeds(feats)], dim=1)
         hidden = forward_chunk(self._run, cache, embeds, kinds)
         return cache, logits_at(self._run, hidden[0, -1])
 
@@ -608,7 +615,7 @@ class StoryEngine:
         cache = state.context.fork()
         if pending is None:
             return cache, state.next_logits, None
-        hidden = forward_chunk(self._run, cache, self._image_embeds(pending), self._image_kinds())
+        hidden = forward_chunk(self._run, cache, self.image_embeds(pending), self.image_kinds())
         return cache, logits_at(self._run, hidden[0, -1]), None
 
     def _image_queries(self, cache: StoryKVCache) -> torch.Tensor:
@@ -653,13 +660,13 @@ class StoryEngine:
         """Decode text tokens until BOI (appending them to ``sentence_ids``); returns True if BOI was forced.
         ``bans``: {position in ``sentence_ids``: token ids that may not be chosen there}."""
         rule = ImageTokenRule(self.image, suppress=decoding.suppress_image_tokens)
-        processors = self._warpers(decoding)
+        processors = self.logits_processors(decoding)
         generator = None
         if decoding.do_sample:
             generator = torch.Generator(device="cpu").manual_seed((decoding.seed * 1_000_003 + state.step) % (2**63))
         history = (
             [t for t, k in zip(state.token_ids, state.kinds) if k == TokenKind.TEXT]
-            if decoding.repetition_penalty != 1.0
+            if decoding.repetition_penalty != 1.0 or decoding.no_repeat_ngram_size
             else []
         )
         last = self.image.eoi
@@ -695,7 +702,10 @@ class StoryEngine:
                 on_text(self._clean(sentence_ids))
 
     @staticmethod
-    def _warpers(decoding: DecodingSettings):
+    def logits_processors(decoding: DecodingSettings) -> Optional[LogitsProcessorList]:
+        """The transformers logits processors of ``decoding``, applied to every text token's scores over the story's
+        text history (repetition penalty, then the sampling warpers, then the no-repeat n-gram rule), or None when
+        there are none (plain greedy)."""
         procs = LogitsProcessorList()
         if decoding.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(decoding.repetition_penalty))
@@ -706,6 +716,8 @@ class StoryEngine:
                 procs.append(TopKLogitsWarper(decoding.top_k))
             if decoding.top_p < 1.0:
                 procs.append(TopPLogitsWarper(decoding.top_p))
+        if decoding.no_repeat_ngram_size:
+            procs.append(NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size))
         return procs if len(procs) else None
 
     # ------------------------------------------------------------------ run
@@ -792,7 +804,7 @@ class ReencodeStoryEngine(StoryEngine):
         w_ids, w_kinds, w_feats = list(window.ids), list(window.kinds), list(window.features)
         if pending is not None:
             w_ids += self._image_ids()
-            w_kinds += self._image_kinds()
+            w_kinds += self.image_kinds()
             w_feats.append(pending)
         inst = list(self.tokenizer.inst_ids)
         while len(w_feats) > state.settings.policy.window_images:

@@ -9,22 +9,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from seedstory_core.story import MAX_SENTENCE_RETRIES, DecodingSettings, sentence_key
+from evaluation.decoding import decoding_for
+from seedstory_core.bundle import SeedStoryBundle
+from seedstory_core.data import mini
+from seedstory_core.reencode import ReencodePolicy
+from seedstory_core.story import MAX_SENTENCE_RETRIES, DecodingSettings, StorySettings, sentence_key
+from seedstory_core.tell import build_parser
 
 TINY = Path(__file__).resolve().parents[2] / "models" / "seedstory-tiny"
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    from seedstory_core.bundle import SeedStoryBundle
-
     torch.manual_seed(0)
     return SeedStoryBundle.load(TINY)
 
 
 def _start(engine, k):
-    from seedstory_core.data import mini
-
     story = mini.generate_story(5, k, frames=3)
     picture = mini.render_story(
         {**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64
@@ -107,20 +108,14 @@ def test_bad_setting_is_refused():
 
 
 def test_tell_keeps_the_rule_unless_asked_and_the_evaluation_can_turn_it_on():
-    from seedstory_core.tell import build_parser
-    from training.judge.decoding import decoding_for
-
     base = ["--model", "m", "--image", "i.png", "--text", "t", "--out", "o"]
     assert build_parser().parse_args(base).allow_repeats is False
     assert build_parser().parse_args(base + ["--allow-repeats"]).allow_repeats is True
-    assert decoding_for("rep1.2+nosent")[0].no_repeat_sentences is True
-    assert decoding_for("rep1.2")[0].no_repeat_sentences is False
+    assert decoding_for("rep1.2+nosent").no_repeat_sentences is True
+    assert decoding_for("rep1.2").no_repeat_sentences is False
 
 
 def test_the_official_loop_engine_keeps_the_rule_too(bundle):
-    from seedstory_core.reencode import ReencodePolicy
-    from seedstory_core.story import StorySettings
-
     kv = bundle.engine()
     settings = StorySettings(policy=ReencodePolicy(window_images=8))
     official = bundle.engine(settings.policy)

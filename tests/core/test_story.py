@@ -98,7 +98,7 @@ def test_one_pass_image_queries_equal_forced_decoding(engine, start_features):
     agent, image = engine.agent, engine.image
     cache = state.context.fork()
     with torch.no_grad():
-        forward_chunk(agent, cache, engine._image_embeds(state.pending_image), engine._image_kinds())
+        forward_chunk(agent, cache, engine.image_embeds(state.pending_image), engine.image_kinds())
         one = image_query_pass(agent, cache, image, commit=False)
         assert cache.length == state.context.length + 66  # look-ahead pass left the cache as it was
         forced = []

@@ -1,4 +1,5 @@
-"""Smoke run of the story-engine benchmark (bench/engine_bench.py): tiny preset, 2 policies, frames 3 and 6."""
+"""Smoke run of the story-engine benchmark (python -m bench: bench/engine_bench.py runs bench/config.py,
+bench/measure.py and bench/report.py): tiny preset, 5 policies, frames 3 and 6."""
 
 import csv
 import re
@@ -8,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from bench import config, docs, full_size, report, story_step
 from bench import engine_bench as eb
+from bench.cap_ablation import table_rows
+from evaluation import evaluate as evaluation
 
 REPO = Path(__file__).resolve().parents[2]
 RATIO_LINE = re.compile(r"^[a-z0-9_]+: (-?\d+\.\d+|nan)$")
@@ -43,13 +47,13 @@ def read(path):
 def test_csv_columns_and_equal_work(smoke):
     out, _ = smoke
     steps = read(out / "engine_smoke_tiny_steps.csv")
-    assert tuple(steps[0].keys()) == eb.STEP_COLUMNS
+    assert tuple(steps[0].keys()) == report.STEP_COLUMNS
     summary = read(out / "engine_smoke_tiny_summary.csv")
-    assert tuple(summary[0].keys()) == eb.SUMMARY_COLUMNS
+    assert tuple(summary[0].keys()) == report.SUMMARY_COLUMNS
     assert {r["policy"] for r in steps} == {"dense", "window", "multimodal_sink", "default", "reencode_window"}
     assert {int(r["frames"]) for r in summary} == {3, 6}
     # fixed sentence length: every step decodes exactly max_sentence_tokens text tokens
-    assert {int(r["text_tokens"]) for r in steps} == {eb.BENCH_CONFIG_BY_MODE["smoke"]["sentence_tokens"]}
+    assert {int(r["text_tokens"]) for r in steps} == {config.BENCH_CONFIG_BY_MODE["smoke"]["sentence_tokens"]}
     for r in steps:
         parts = sum(float(r[k]) for k in ("prefill_s", "decode_s", "image_s", "other_s"))
         assert abs(parts - float(r["total_s"])) < 1e-4
@@ -64,7 +68,7 @@ def test_kv_bytes_dense_grows_window_flat(smoke):
     dense = [int(r["kv_bytes"]) for r in steps if r["policy"] == "dense"]
     window = [int(r["kv_bytes"]) for r in steps if r["policy"] == "window"]
     assert all(b > a for a, b in zip(dense, dense[1:]))
-    w = eb.BENCH_CONFIG_BY_MODE["smoke"]["window_images"]
+    w = config.BENCH_CONFIG_BY_MODE["smoke"]["window_images"]
     # window: evicting from the frame whose context holds > w images (start image + w frames) -> flat afterwards
     flat = window[w:]
     assert len(flat) >= 2 and len(set(flat)) == 1
@@ -77,7 +81,7 @@ def test_kv_bytes_dense_grows_window_flat(smoke):
 def test_ratio_lines_printed_last_in_order(smoke):
     out, stdout = smoke
     lines = stdout.strip().splitlines()
-    assert [ln.split(":")[0] for ln in lines[-5:]] == list(eb.RATIO_KEYS)
+    assert [ln.split(":")[0] for ln in lines[-5:]] == list(report.RATIO_KEYS)
     for ln in lines:
         assert RATIO_LINE.match(ln), ln
     values = dict(ln.split(": ") for ln in lines)
@@ -91,16 +95,14 @@ def test_ratio_lines_printed_last_in_order(smoke):
 
 
 def test_ratio_format_function():
-    head = {k: 1.5 for k in eb.RATIO_KEYS}
-    lines = eb.format_ratio_lines(head, [("step50_over_step5_dense", 1.25)])
-    assert lines[-5:] == [f"{k}: 1.5000" for k in eb.RATIO_KEYS]
-    assert eb.RATIO_KEYS[0] == "decode_ms_per_token_over_plain_transformers"
+    head = {k: 1.5 for k in report.RATIO_KEYS}
+    lines = report.format_ratio_lines(head, [("step50_over_step5_dense", 1.25)])
+    assert lines[-5:] == [f"{k}: 1.5000" for k in report.RATIO_KEYS]
+    assert report.RATIO_KEYS[0] == "decode_ms_per_token_over_plain_transformers"
     assert lines[0] == "step50_over_step5_dense: 1.2500"
 
 
 def test_quality_hook_writes_the_ablation_rows(tmp_path, monkeypatch):
-    import training.evaluate as te
-
     calls = {}
 
     def fake_ablation(model_dir, **kw):
@@ -110,8 +112,8 @@ def test_quality_hook_writes_the_ablation_rows(tmp_path, monkeypatch):
             for p in kw["policies"]
         }
 
-    monkeypatch.setattr(te, "long_story_ablation", fake_ablation)
-    cfg = eb.BenchConfig(out_dir=tmp_path)
+    monkeypatch.setattr(evaluation, "long_story_ablation", fake_ablation)
+    cfg = config.BenchConfig(out_dir=tmp_path)
     messages = []
     assert eb.quality_mode("some/model", cfg, log=messages.append) == 0
     assert calls["model_dir"] == "some/model" and "reencode_window" not in calls["policies"]
@@ -122,31 +124,31 @@ def test_quality_hook_writes_the_ablation_rows(tmp_path, monkeypatch):
 
 
 def test_default_run_writes_no_tracked_file_and_update_docs_does():
-    cfg = eb.config_from_args(eb.parse_args(["--quick"]))
-    tracked = {eb.TRACKED_RESULTS, eb.TRACKED_DOCS, eb.TRACKED_IMG}
+    cfg = config.config_from_args(config.parse_args(["--quick"]))
+    tracked = {config.TRACKED_RESULTS, config.TRACKED_DOCS, config.TRACKED_IMG}
     assert (
-        cfg.out_dir == eb.DEFAULT_OUT
-        and cfg.docs_path.parent == eb.DEFAULT_OUT
-        and cfg.img_dir.parent == eb.DEFAULT_OUT
+        cfg.out_dir == config.DEFAULT_OUT
+        and cfg.docs_path.parent == config.DEFAULT_OUT
+        and cfg.img_dir.parent == config.DEFAULT_OUT
     )
     assert not tracked & {cfg.out_dir, cfg.docs_path, cfg.img_dir}
     assert "out/" in (REPO / "bench" / ".gitignore").read_text().split()
-    cfg = eb.config_from_args(eb.parse_args(["--quick", "--update-docs"]))
-    assert (cfg.out_dir, cfg.docs_path, cfg.img_dir) == (eb.TRACKED_RESULTS, eb.TRACKED_DOCS, eb.TRACKED_IMG)
+    cfg = config.config_from_args(config.parse_args(["--quick", "--update-docs"]))
+    assert (cfg.out_dir, cfg.docs_path, cfg.img_dir) == (
+        config.TRACKED_RESULTS,
+        config.TRACKED_DOCS,
+        config.TRACKED_IMG,
+    )
 
 
 def test_smoke_docs_render_from_the_run_folder(smoke):
     out, _ = smoke
     page = (out / "benchmarks.md").read_text()
-    from bench import docs
-
     assert page == docs.render(out, img_rel="img")
     assert (out / "full_size.csv").is_file() and (out / "paper_table8.csv").is_file()
 
 
 def test_full_size_analytic_counts():
-    from bench import full_size
-
     rows = {
         r["policy"]: r
         for r in full_size.full_size_rows(frame=50, sentence_tokens=24, window_images=8, default_max_sink_images=8)
@@ -211,8 +213,6 @@ def test_full_size_command_runs_on_cpu_with_one_layer(tmp_path):
 
 def test_story_step_runs_and_splits_mllm_and_detokenizer(tmp_path):
     """bench.story_step end to end at a toy step count: every loop row, MLLM + de-tokenizer = total, CSV written."""
-    from bench import story_step
-
     assert (
         story_step.main(
             [
@@ -249,8 +249,6 @@ def test_story_step_runs_and_splits_mllm_and_detokenizer(tmp_path):
 def test_long_story_ablation_table_pairs_each_story_with_the_uncapped_sink():
     """bench.cap_ablation.table_rows: per-policy means with intervals, and paired differences against the uncapped
     multimodal sink story by story (a policy better on every story by 0.1 has its whole interval above 0)."""
-    from bench.cap_ablation import table_rows
-
     base = [0.2, 0.5, 0.4, 0.9, 0.3, 0.6]
     better = [b + 0.1 for b in base]
     result = {

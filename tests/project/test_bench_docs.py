@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import docs
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
 PAGE = REPO / "docs" / "benchmarks.md"
@@ -53,8 +55,6 @@ def page():
 
 
 def test_page_is_exactly_the_render_of_the_tracked_csvs(page):
-    from bench import docs
-
     assert docs.render(RESULTS) == page, "docs/benchmarks.md differs from its CSVs: rerun `python -m bench.docs`"
 
 

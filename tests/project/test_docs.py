@@ -12,21 +12,26 @@ An unmatched command fails: add a rule (or a test) when you document a new comma
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import socket
 import shutil
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+import requests
+
+from scripts import gen_node_docs
 from tests.conftest import require_or_skip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-import gen_node_docs  # noqa: E402
 
 DOC_FILES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 PY = sys.executable
@@ -61,7 +66,8 @@ COMMANDS = [
     (
         r"^\.venv/bin/python scripts/comfy_server\.py (start|stop)$",
         "test",
-        "tests/server/test_comfyui_server.py (the same module, scripts/comfy_server.py, starts every test server)",
+        "tests/server/test_comfyui_server.py (scripts/comfy_server.py's library, seedstory_client.launcher, starts "
+        "every test server)",
     ),
     (r"^python scripts/gen_node_docs\.py( --check| --stdout)?$", "run", None),
     (r"^python -m seedstory_core\.(convert|golden|sink|data\.mini) --help$", "run", None),
@@ -113,12 +119,12 @@ COMMANDS = [
         "model",
     ),
     (
-        r"^python -m training\.evaluate ",
+        r"^python -m evaluation\.evaluate ",
         "help",
-        "tests/training/test_evaluate.py::test_evaluate_cli_runs_on_a_small_model runs the evaluation CLI",
+        "tests/evaluation/test_evaluate.py::test_evaluate_cli_runs_on_a_small_model runs the evaluation CLI",
     ),
     (r"^hf download ", "help", "network: Hugging Face downloads are not run by tests"),
-    (r"^seedstory-batch ", "help", "seedstory_client/batch.py (python -m seedstory_client.batch)"),
+    (r"^seedstory-batch ", "help", "seedstory_client/batch/ (python -m seedstory_client.batch)"),
     (
         r"^python -m seedstory_client\.batch \S+\.jsonl ",
         "help",
@@ -182,12 +188,9 @@ def test_nodes_md_is_up_to_date():
 
 def test_every_node_has_search_aliases():
     pack = gen_node_docs.load_pack()
-    from importlib import import_module
-
-    table = import_module(f"{gen_node_docs.PACK}.nodes").SEARCH_ALIASES
-    assert set(table) == set(pack.NODE_CLASS_MAPPINGS)
     for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
-        assert cls.SEARCH_ALIASES == table[node_id] and all(isinstance(a, str) and a for a in cls.SEARCH_ALIASES)
+        assert cls.NODE_ID == node_id and pack.NODE_DISPLAY_NAME_MAPPINGS[node_id] == cls.DISPLAY_NAME
+        assert cls.SEARCH_ALIASES and all(isinstance(a, str) and a for a in cls.SEARCH_ALIASES), node_id
     assert {"story", "comic", "storyboard"} <= set(pack.NODE_CLASS_MAPPINGS["SeedStoryGenerateStory"].SEARCH_ALIASES)
 
 
@@ -209,8 +212,6 @@ def test_nodes_md_documents_every_node_and_input():
 
 def test_nodes_md_does_not_depend_on_importable_comfyui(monkeypatch):
     """Stand-in ComfyUI modules in sys.modules (as the unit tests put there) must not change the page."""
-    import types
-
     fake = types.ModuleType("folder_paths")
     fake.get_filename_list = lambda name: ["should_not_appear.safetensors"]
     fake.models_dir = "/nonexistent"
@@ -309,12 +310,6 @@ def test_api_command_from_readme_against_real_server(comfy_dir, tmp_path):
     8188, the ComfyUI tree's own input/ and output/ folders), the start picture copied into its input/ folder, the
     `POST /prompt` one-liner unchanged, the storybook in output/seedstory/ and its page from the pack's route, then
     the batch command from the README."""
-    import json
-    import socket
-    from urllib.parse import quote
-
-    import requests
-
     cmds = [c for _f, c in ALL if rule_for(c) and rule_for(c)[0] == "server"]
     assert cmds, "README shows the POST /prompt example"
     batch = [c for _f, c in ALL if c.startswith("python -m seedstory_client.batch jobs.jsonl")]

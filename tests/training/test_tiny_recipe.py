@@ -7,11 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from evaluation.evaluate import evaluate
+from seedstory_core.bundle import SeedStoryBundle
+from seedstory_core.data import mini
+from seedstory_core.story import DecodingSettings
+from training.stage2_instruction import train_stage2
+from training.tiny_recipe import STAGES, scaled_args
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "models" / "seedstory-tiny"
 #: floors for the 3-story check below (greedy with repetition penalty 1.2). Measured on the bundled model (3 stories,
-#: seed 1000, the fixed judge; training/results/cc_model_rp12_1000_3.json): parse rate 1.0, coherence 0.68,
+#: seed 1000, the fixed judge; evaluation/results/cc_model_rp12_1000_3.json): parse rate 1.0, coherence 0.68,
 #: visualization agreement 0.87 (plain greedy: 0.96 / 0.86 / 0.87, cc_model_greedy_1000_3.json); a random-init model
 #: of the same size scores 0.0 / 0.0 / ~0.2. The margin absorbs float differences between torch builds (greedy
 #: decoding can flip a token).
@@ -55,8 +64,6 @@ def smoke(tmp_path_factory):
 
 
 def _tensors(path: Path):
-    from safetensors.torch import load_file
-
     return {str(f.relative_to(path)): load_file(str(f)) for f in sorted(path.rglob("*.safetensors"))}
 
 
@@ -70,8 +77,6 @@ def _same_tensors(a: Path, b: Path) -> bool:
 
 
 def test_recipe_smoke_run_exports_a_loadable_bundle(smoke):
-    from seedstory_core.bundle import SeedStoryBundle
-
     run, export, stdout = smoke
     assert "vae,stage1,corrupt: started in a second process" in stdout
     record = json.loads((export / "recipe.json").read_text())
@@ -99,10 +104,8 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(smoke):
     assert record["stages"]["assemble"]["detokenizer"] == str(run / "stage1" / "model")
     assert _same_tensors(export / "detokenizer", run / "stage1" / "model" / "detokenizer")
     # the export is the last trained step's bundle (stage 2e): same agent weights
-    from safetensors.torch import load_file as _load_file
-
-    exported_agent = _load_file(str(export / "agent" / "model.safetensors"))
-    last_agent = _load_file(str(run / "stage2e" / "model" / "agent" / "model.safetensors"))
+    exported_agent = load_file(str(export / "agent" / "model.safetensors"))
+    last_agent = load_file(str(run / "stage2e" / "model" / "agent" / "model.safetensors"))
     assert all(torch.equal(exported_agent[k], last_agent[k]) for k in last_agent)
     features = record["stages"]["stage0"]["features"]["bundles"]
     assert len(features) == 2 and all(0.0 <= m["probe_cast_exact"] <= 1.0 for m in features.values())
@@ -110,9 +113,8 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(smoke):
     assert bundle.tokenizer.vocab_size == bundle.config.agent.llm.vocab_size
     assert (export / "demo_start.png").is_file() and (export / "demo_start.txt").read_text().strip()
     assert not (export / "probe").exists()  # no model ships its own judge
-    # the exported (frozen) visual tokenizer is exactly what stage 0 wrote, and stage 0 changed the random one
-    from safetensors.torch import load_file
 
+    # the exported (frozen) visual tokenizer is exactly what stage 0 wrote, and stage 0 changed the random one
     def vit(folder):
         return load_file(str(folder / "visual_tokenizer" / "model.safetensors"))
 
@@ -135,14 +137,11 @@ def test_one_process_or_two_give_the_same_weights(smoke, tmp_path):
 def test_the_agent_does_not_depend_on_the_vae_it_starts_beside(smoke, tmp_path):
     """Stage 2 from stage 0's bundle (this recipe) and from the VAE's bundle (the recipe before the VAE moved into the
     second branch) train the same agent bit for bit: the agent's steps never read the de-tokenizer or its VAE."""
-    from training.stage2_instruction import train_stage2
-    from training.tiny_recipe import STAGES, _scaled
-
     run, _, _ = smoke
     record = json.loads((run / "recipe.json").read_text())
     cli = record["stages"]["stage2"]["args"]
     assert cli[cli.index("--init") + 1] == f"bundle:{run / 'stage0' / 'model'}"
-    args = ["--data", str(run / "data"), "--seed", "0", "--save-every", "200"] + _scaled(STAGES["stage2"], 0.01)
+    args = ["--data", str(run / "data"), "--seed", "0", "--save-every", "200"] + scaled_args(STAGES["stage2"], 0.01)
     train_stage2(args + ["--init", f"bundle:{run / 'vae' / 'model'}", "--out", str(tmp_path / "from_vae")])
     assert _same_tensors(run / "stage2" / "model" / "agent", tmp_path / "from_vae" / "model" / "agent")
     assert not _same_tensors(run / "vae" / "model" / "detokenizer", run / "stage0" / "model" / "detokenizer")
@@ -152,11 +151,6 @@ def test_the_agent_does_not_depend_on_the_vae_it_starts_beside(smoke, tmp_path):
     not BUNDLED.exists(), reason="the bundled tiny model (models/seedstory-tiny) is not in this checkout"
 )
 def test_bundled_model_loads_and_tells_a_story():
-    from seedstory_core.bundle import SeedStoryBundle
-    from seedstory_core.data import mini
-    from seedstory_core.story import DecodingSettings
-    from PIL import Image
-
     bundle = SeedStoryBundle.load(BUNDLED)
     engine = bundle.engine()
     start = Image.open(BUNDLED / "demo_start.png")
@@ -178,11 +172,6 @@ def test_bundled_model_loads_and_tells_a_story():
 def test_bundled_model_keeps_its_measured_quality():
     """A short held-out evaluation (3 stories of seed 1000, no ablation) stays near the model card's numbers; a
     loader or engine regression (wrong latent statistics, broken cache, wrong tokenizer) drops it to ~0."""
-    import torch
-
-    from seedstory_core.story import DecodingSettings
-    from training.evaluate import evaluate
-
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

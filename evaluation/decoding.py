@@ -1,18 +1,18 @@
 """Which decoding setting stops the tiny model's stories from looping? A measurement, scored by the fixed judge.
 
-    python -m training.judge.decoding --seed 1000 --stories 16 --frames 20 [--settings greedy,rep1.2,...] [--no-render]
+    python -m evaluation.decoding --seed 1000 --stories 16 --frames 20 [--settings greedy,rep1.2,...] [--no-render]
 
 For each setting, stories ``0..N-1`` of ``--seed`` are continued from their real first frame and sentence for
 ``--frames - 1`` frames (generation mode, multimodal sink, 10 diffusion steps, guidance 3, as the evaluation), and
-scored with :func:`training.judge.metrics.story_metrics`; each key gets a bootstrap interval over stories. Prints one
+scored with :func:`evaluation.metrics.story_metrics`; each key gets a bootstrap interval over stories. Prints one
 JSON object (last on stdout) and a table on stderr.
 
 Settings (names): ``greedy``; ``repK`` = repetition penalty K over the story's text tokens (``DecodingSettings.
-repetition_penalty``); ``ngramN`` = no N-gram of text tokens repeated within the story (transformers'
-``NoRepeatNGramLogitsProcessor`` over the story's text history — ``DecodingSettings`` has no such field, so this
-tool adds the processor to the engine's warpers for the run; it changes nothing on disk); ``sampleT`` = sampling at
-temperature T with top-p 0.9 (seeded); ``nosent`` = ``DecodingSettings.no_repeat_sentences`` (a sentence that copies
-an earlier one is decoded again with another first word); parts join with ``+`` (``rep1.2+nosent``).
+repetition_penalty``); ``ngramN`` = no N-gram of text tokens repeated within the story
+(``DecodingSettings.no_repeat_ngram_size``: transformers' ``NoRepeatNGramLogitsProcessor`` over the story's text
+history); ``sampleT`` = sampling at temperature T with top-p 0.9 (seeded); ``nosent`` =
+``DecodingSettings.no_repeat_sentences`` (a sentence that copies an earlier one is decoded again with another first
+word); parts join with ``+`` (``rep1.2+nosent``).
 """
 
 from __future__ import annotations
@@ -22,23 +22,27 @@ import json
 import re
 import sys
 import time
-from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from evaluation import metrics as jm
+from evaluation.judge import load_judge
+from evaluation.stories import generate_story, load_model
+from seedstory_core.data import mini
+from seedstory_core.story import DecodingSettings
+
 DEFAULT_SETTINGS = ("greedy", "rep1.2", "rep1.5", "ngram4", "ngram6", "sample0.7", "sample1.0", "sample0.7+rep1.2")
-_NGRAM_SENTINEL = 1.0 + 1e-9  # marks "pass the story's history to the warpers" without a real penalty
 
 
 def decoding_for(name: str, seed: int = 0):
-    """(DecodingSettings, no-repeat n-gram size or 0) for a setting name (module docstring).
-    Raises ValueError for an unknown name."""
-    from seedstory_core.story import DecodingSettings
+    """The DecodingSettings of a setting name (module docstring).
 
+    Raises:
+        ValueError: an unknown name.
+    """
     kw = dict(max_sentence_tokens=40, seed=seed)
-    ngram = 0
     for part in name.split("+"):
         if part == "greedy":
             continue
@@ -48,8 +52,7 @@ def decoding_for(name: str, seed: int = 0):
             continue
         m = re.fullmatch(r"ngram([0-9]+)", part)
         if m:
-            ngram = int(m.group(1))
-            kw.setdefault("repetition_penalty", _NGRAM_SENTINEL)
+            kw["no_repeat_ngram_size"] = int(m.group(1))
             continue
         if part == "nosent":
             kw["no_repeat_sentences"] = True
@@ -61,37 +64,7 @@ def decoding_for(name: str, seed: int = 0):
         raise ValueError(
             f"unknown decoding setting {part!r} in {name!r} (greedy, repK, ngramN, sampleT, nosent, joined by +)"
         )
-    return DecodingSettings(**kw), ngram
-
-
-@contextmanager
-def no_repeat_ngram(size: int):
-    """Temporarily add ``NoRepeatNGramLogitsProcessor(size)`` to ``StoryEngine``'s text warpers (0 = no change)."""
-    from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
-
-    from seedstory_core.story import StoryEngine
-
-    if not size:
-        yield
-        return
-    original = StoryEngine.__dict__["_warpers"]
-
-    def warpers(decoding):
-        procs = original.__func__(decoding)
-        if procs is None:
-            from transformers import LogitsProcessorList
-
-            procs = LogitsProcessorList()
-        if decoding.repetition_penalty == _NGRAM_SENTINEL:
-            procs = type(procs)([p for p in procs if not isinstance(p, RepetitionPenaltyLogitsProcessor)])
-        procs.append(NoRepeatNGramLogitsProcessor(size))
-        return procs
-
-    StoryEngine._warpers = staticmethod(warpers)
-    try:
-        yield
-    finally:
-        StoryEngine._warpers = original
+    return DecodingSettings(**kw)
 
 
 def measure(
@@ -108,10 +81,6 @@ def measure(
     "samples": first story's sentences}}. ``render=False``: the text checks only (``parse_rate``,
     ``distinct_sentence_rate``, ``continuity_rate`` and ``text_score`` = all three pass); the sentences do not depend
     on rendering, which is most of the time."""
-    from seedstory_core.data import mini
-    from training.evaluate import generate_story, load_judge, load_model
-    from training.judge import metrics as jm
-
     bundle, judge = load_model(model_dir), load_judge()
     keys = (
         ("score", "parse_rate", "distinct_sentence_rate", "continuity_rate", "shown_rate", "coherence", "consistency")
@@ -121,28 +90,27 @@ def measure(
     out = {}
     for name in settings:
         t0 = time.time()
-        decoding, ngram = decoding_for(name, seed)
+        decoding = decoding_for(name, seed)
         vals: Dict[str, List[float]] = {k: [] for k in keys}
         samples = None
-        with no_repeat_ngram(ngram):
-            for k in range(stories):
-                story = mini.generate_story(seed, k, frames=max(30, frames))
-                sentences, images = generate_story(
-                    bundle, story, frames, diffusion_steps=diffusion_steps, seed=seed, decoding=decoding, render=render
-                )
-                if render:
-                    m = jm.story_metrics(sentences, judge.predict(images))
-                else:
-                    judged = [jm.judge_frame(s, sentences[:i], None) for i, s in enumerate(sentences) if i > 0]
-                    m = {
-                        "parse_rate": np.mean([j["parsed"] for j in judged]),
-                        "distinct_sentence_rate": np.mean([j["new"] for j in judged]),
-                        "continuity_rate": np.mean([j["continuous"] for j in judged]),
-                        "text_score": np.mean([j["parsed"] and j["new"] and j["continuous"] for j in judged]),
-                    }
-                for key in keys:
-                    vals[key].append(m[key])
-                samples = samples or sentences
+        for k in range(stories):
+            story = mini.generate_story(seed, k, frames=max(30, frames))
+            sentences, images = generate_story(
+                bundle, story, frames, diffusion_steps=diffusion_steps, seed=seed, decoding=decoding, render=render
+            )
+            if render:
+                m = jm.story_metrics(sentences, judge.predict(images))
+            else:
+                judged = [jm.judge_frame(s, sentences[:i], None) for i, s in enumerate(sentences) if i > 0]
+                m = {
+                    "parse_rate": np.mean([j["parsed"] for j in judged]),
+                    "distinct_sentence_rate": np.mean([j["new"] for j in judged]),
+                    "continuity_rate": np.mean([j["continuous"] for j in judged]),
+                    "text_score": np.mean([j["parsed"] and j["new"] and j["continuous"] for j in judged]),
+                }
+            for key in keys:
+                vals[key].append(m[key])
+            samples = samples or sentences
         res = {}
         for key, v in vals.items():
             res[key] = float(np.mean(v))
@@ -162,7 +130,9 @@ def measure(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.judge.decoding", description=__doc__.split("\n")[0])
+    """``python -m evaluation.decoding``: measure the settings, print the JSON last. Returns 0 (a bad setting name
+    exits through argparse, status 2)."""
+    ap = argparse.ArgumentParser(prog="python -m evaluation.decoding", description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--stories", type=int, default=16)
     ap.add_argument("--frames", type=int, default=20)

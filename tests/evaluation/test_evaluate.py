@@ -1,15 +1,22 @@
-"""The evaluation (training/evaluate.py: values, not just keys; its fixed judge and story metrics are tested in
-tests/training/test_judge.py)."""
+"""The evaluation (evaluation/evaluate.py and evaluation/stories.py: values, not just keys; its fixed judge and story
+metrics are tested in tests/evaluation/test_judge.py)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from training.judge.metrics import agreement_parts, attribute_agreement
+from evaluation.evaluate import evaluate
+from evaluation.metrics import agreement_parts, attribute_agreement
+from evaluation.stories import DEFAULT_MODEL, frame_features, generate_story, pixel_distance
+from seedstory_core.data import mini
+from seedstory_core.tiny import random_tiny_bundle
+from tests.conftest import require_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,15 +24,13 @@ REPO = Path(__file__).resolve().parents[2]
 def test_evaluate_cli_runs_on_a_small_model(tmp_path):
     """A random-init model through the CLI: every metric is a fraction in [0, 1], and a model that writes no
     StoryStream-mini sentence scores ~0 on everything the judge reads from its sentences."""
-    from seedstory_core.tiny import random_tiny_bundle
-
     model = tmp_path / "model"
     random_tiny_bundle(0).save(model)
     out = subprocess.run(
         [
             sys.executable,
             "-m",
-            "training.evaluate",
+            "evaluation.evaluate",
             "--model",
             str(model),
             "--stories",
@@ -91,16 +96,12 @@ def test_attribute_agreement_on_hand_built_cases():
 
 
 def test_pixel_distance_is_the_mean_absolute_difference():
-    from PIL import Image
-
-    from training.evaluate import _pixel_distance
-
     black, white = Image.new("RGB", (8, 8), (0, 0, 0)), Image.new("RGB", (8, 8), (255, 255, 255))
     half = Image.new("RGB", (8, 8), (255, 0, 0))
-    assert _pixel_distance(black, black) == 0.0
-    assert _pixel_distance(black, white) == 1.0
-    assert _pixel_distance(half, black) == pytest.approx(1 / 3)
-    assert _pixel_distance(Image.new("RGB", (16, 16), (255, 255, 255)), black) == 1.0  # resized to the reference
+    assert pixel_distance(black, black) == 0.0
+    assert pixel_distance(black, white) == 1.0
+    assert pixel_distance(half, black) == pytest.approx(1 / 3)
+    assert pixel_distance(Image.new("RGB", (16, 16), (255, 255, 255)), black) == 1.0  # resized to the reference
 
 
 def test_trained_model_scores_above_a_random_one():
@@ -111,11 +112,7 @@ def test_trained_model_scores_above_a_random_one():
     0.73 vs 0.38, pixel L1 0.093 vs 0.254, score 0.22 vs 0.0. (At 2 diffusion steps the current de-tokenizer's frames
     are too rough for the judge: coherence 0.13. A random model writes no parsable sentence, so its coherence and
     score are 0.)"""
-    from training.evaluate import DEFAULT_MODEL, evaluate
-
     if not (DEFAULT_MODEL / "seedstory_config.json").is_file():
-        from tests.conftest import require_or_skip
-
         require_or_skip(f"the bundled tiny model is not in this checkout ({DEFAULT_MODEL})")
     kw = dict(seed=1000, stories=1, ablation=False, diffusion_steps=10)
     trained = evaluate(DEFAULT_MODEL, **kw)
@@ -133,12 +130,6 @@ def test_trained_model_scores_above_a_random_one():
 def test_teacher_forcing_puts_ground_truth_frames_in_the_context():
     """generate_story(context_features=...) replaces the agent's regressed features of frame i-1 with the visual
     tokenizer's features of the given frame: frame 1 is drawn from the same context either way, later frames not."""
-    import numpy as np
-
-    from seedstory_core.tiny import random_tiny_bundle
-    from seedstory_core.data import mini
-    from training.evaluate import frame_features, generate_story
-
     torch.manual_seed(0)
     bundle = random_tiny_bundle(0)
     story = mini.generate_story(1001, 0, frames=4)

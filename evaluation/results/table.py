@@ -1,6 +1,6 @@
-"""Markdown rows from the evaluation JSONs in this folder: python training/results/table.py [--keys K,...] NAME ...
+"""Markdown rows from the evaluation JSONs in this folder: python evaluation/results/table.py [--keys K,...] NAME ...
 
-Each NAME ([LABEL=]FILE) is a JSON written by ``python -m training.evaluate`` (its last stdout line); a row gives
+Each NAME ([LABEL=]FILE) is a JSON written by ``python -m evaluation.evaluate`` (its last stdout line); a row gives
 every key with its 95% bootstrap interval over stories (LABEL replaces the file name in the first column).
 ``--keys`` picks the columns (default :data:`KEYS`; e.g.
 ``visualization_agreement,visualization_background,visualization_cast``)."""
@@ -23,6 +23,7 @@ KEYS = (
 
 
 def cell(r, k):
+    """One table cell: key ``k`` of evaluation ``r`` with its interval ("—" when the evaluation lacks it)."""
     if k not in r:  # an older evaluation, made before the key existed
         return "—"
     v = r[k]

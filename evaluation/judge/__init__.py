@@ -1,10 +1,10 @@
 """The fixed judge of the StoryStream-mini evaluation: one frame classifier that ships with the evaluation.
 
-Every model is scored by the same judge: ``training/judge/judge.safetensors`` with its metadata
-``training/judge/judge.json`` (the sha256 of the weights, the seeds and the measured accuracy). A model's own
+Every model is scored by the same judge: ``evaluation/judge/judge.safetensors`` with its metadata
+``evaluation/judge/judge.json`` (the sha256 of the weights, the seeds and the measured accuracy). A model's own
 ``probe/`` folder is never read. Rebuild it with::
 
-    python -m training.judge --out training/judge
+    python -m evaluation.judge --out evaluation/judge
 
 (deterministic on one thread; trained on real StoryStream-mini frames of :data:`JUDGE_TRAIN_SEED`, a seed that no
 model training (seed 0), no earlier probe (seed 7) and no evaluation seed (1000 and up) uses; its accuracy is
@@ -19,7 +19,7 @@ The judge reads, from one (3, 64, 64) frame:
 * ``action``: the pose of the acting characters (one of ``mini.ACTIONS``; ``stand`` when nobody acts);
 * ``object``: the object in the frame (one of ``mini.OBJECT_NAMES`` or None).
 
-The scoring rules built on these readings are in :mod:`training.judge.metrics`.
+The scoring rules built on these readings are in :mod:`evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from seedstory_core.data import mini
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = "judge.safetensors"
@@ -59,12 +62,6 @@ __all__ = [
     "JUDGE_CHECK_SEED",
     "SLOT_NAMES",
 ]
-
-
-def _mini():
-    from seedstory_core.data import mini
-
-    return mini
 
 
 def to_batch(images, size: int = 64) -> torch.Tensor:
@@ -101,7 +98,6 @@ class FrameJudge(nn.Module):
 
     def __init__(self):
         super().__init__()
-        mini = _mini()
         self.scenes = list(mini.SCENES)
         self.characters = list(mini.CHARACTER_NAMES)
         self.actions = list(mini.ACTIONS)
@@ -164,7 +160,6 @@ class FrameJudge(nn.Module):
 
 def frame_labels(attrs: Dict) -> Dict[str, object]:
     """Class indices of one frame's ground-truth attributes (``mini`` frame dict) for the judge's heads."""
-    mini = _mini()
     positions = attrs.get("positions") or mini.slot_layout(attrs.get("present", []))
     by_slot = {s: n for n, s in positions.items()}
     objects = attrs.get("objects") or []
@@ -181,7 +176,6 @@ def frame_labels(attrs: Dict) -> Dict[str, object]:
 def _dataset(seed: int, stories: int, exclude: Optional[set] = None):
     """Frames of ``stories`` stories of ``seed`` (30 frames each): (x, labels dict of tensors, hashes); frames whose
     pixel hash is in ``exclude`` are left out."""
-    mini = _mini()
     images, labels, hashes = [], [], []
     for k in range(stories):
         story = mini.generate_story(seed, k)
@@ -277,6 +271,7 @@ def judge_accuracy(
 
 
 def sha256_of(path) -> str:
+    """Hex sha256 of the file at ``path``."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -286,8 +281,6 @@ def sha256_of(path) -> str:
 
 def save_judge(judge: FrameJudge, folder, meta: Dict) -> Path:
     """Write ``judge.safetensors`` and ``judge.json`` (``meta`` + the weights' sha256) into ``folder``."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(folder / WEIGHTS))
@@ -304,22 +297,20 @@ def save_judge(judge: FrameJudge, folder, meta: Dict) -> Path:
 
 
 def load_judge(folder=HERE, verify: bool = True) -> FrameJudge:
-    """The saved judge (default: the one shipped in ``training/judge/``), in eval mode.
+    """The saved judge (default: the one shipped in ``evaluation/judge/``), in eval mode.
 
     Raises:
         FileNotFoundError: ``folder`` lacks ``judge.safetensors`` or ``judge.json`` (rebuild with
-            ``python -m training.judge --out training/judge``).
+            ``python -m evaluation.judge --out evaluation/judge``).
         ValueError: the weights' sha256 differs from the one ``judge.json`` records (the judge was changed without
             its metadata; scores would not be comparable), or the label lists differ from ``mini``'s.
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     weights, meta_path = folder / WEIGHTS, folder / META
     if not weights.is_file() or not meta_path.is_file():
         raise FileNotFoundError(
             f"judge folder {folder}: expected {WEIGHTS} and {META}; rebuild them with "
-            "`python -m training.judge --out training/judge`"
+            "`python -m evaluation.judge --out evaluation/judge`"
         )
     meta = json.loads(meta_path.read_text())
     if verify:
@@ -327,7 +318,7 @@ def load_judge(folder=HERE, verify: bool = True) -> FrameJudge:
         if digest != meta.get("sha256"):
             raise ValueError(
                 f"{weights}: sha256 {digest} differs from the {meta.get('sha256')} recorded in {meta_path}; "
-                "the judge must not change silently — rebuild both with `python -m training.judge`"
+                "the judge must not change silently — rebuild both with `python -m evaluation.judge`"
             )
     judge = FrameJudge()
     for key in ("scenes", "characters", "actions", "objects"):
@@ -340,11 +331,12 @@ def load_judge(folder=HERE, verify: bool = True) -> FrameJudge:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m evaluation.judge``: train, measure and save the judge. Returns 0, or 2 for a refused seed."""
     ap = argparse.ArgumentParser(
-        prog="python -m training.judge", description="Train the evaluation's fixed frame judge."
+        prog="python -m evaluation.judge", description="Train the evaluation's fixed frame judge."
     )
     ap.add_argument(
-        "--out", type=Path, default=HERE, help="folder for judge.safetensors + judge.json (default: training/judge)"
+        "--out", type=Path, default=HERE, help="folder for judge.safetensors + judge.json (default: evaluation/judge)"
     )
     ap.add_argument("--seed", type=int, default=JUDGE_TRAIN_SEED)
     ap.add_argument("--stories", type=int, default=120)
@@ -364,7 +356,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     judge, hashes = train_judge(a.seed, a.stories, a.epochs, log=lambda m: print(m, file=sys.stderr, flush=True))
     acc = judge_accuracy(judge, a.check_seed, a.check_stories, exclude=hashes)
     meta = {
-        "command": "python -m training.judge --out training/judge"
+        "command": "python -m evaluation.judge --out evaluation/judge"
         + ("" if a.seed == JUDGE_TRAIN_SEED else f" --seed {a.seed}"),
         "train_seed": a.seed,
         "train_stories": a.stories,

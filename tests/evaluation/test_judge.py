@@ -1,5 +1,5 @@
-"""The evaluation's fixed judge (training/judge) and its headline score: pinned on the trivial baselines, the
-per-frame rules on hand-built cases, the bootstrap interval, and the CLI (training/evaluate.py)."""
+"""The evaluation's fixed judge (evaluation/judge) and its headline score: pinned on the trivial baselines, the
+per-frame rules on hand-built cases, the bootstrap interval, and the CLI (evaluation/evaluate.py)."""
 
 import json
 import shutil
@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation import metrics as jm
+from evaluation.evaluate import evaluate
+from evaluation.judge import JUDGE_CHECK_SEED, JUDGE_TRAIN_SEED, load_judge, pixel_hash
 from seedstory_core.data import mini
-from training.judge import JUDGE_CHECK_SEED, JUDGE_TRAIN_SEED, load_judge, pixel_hash
-from training.judge import metrics as jm
+from seedstory_core.tiny import random_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]
-JUDGE_DIR = REPO / "training" / "judge"
+JUDGE_DIR = REPO / "evaluation" / "judge"
 #: thresholds from measurement with the shipped judge (docs/evaluation.md). 10 stories of seed 1000: ground truth
 #: 0.978 (its own sentences repeat now and then: 0.947 with a perfect reader on 100 stories), copy_first 0.000
 #: (every sentence repeats the opening), retrieval 0.011. 30 stories of seeds 2000 / 3000: ground truth 0.944 /
@@ -211,8 +213,6 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks():
 # --------------------------------------------------------------------------------------- the baselines (pinned)
 @pytest.fixture(scope="module")
 def baselines(judge):
-    from training.evaluate import evaluate
-
     return {b: evaluate(seed=1000, stories=10, baseline=b) for b in ("ground_truth", "copy_first", "retrieval")}
 
 
@@ -254,8 +254,6 @@ def test_score_interval_contains_the_mean_and_narrows_with_stories():
     """score_ci95 and ci95 bracket the mean; with 6x the stories the intervals of retrieval's varied metrics are
     narrower (the ground truth's first stories all score 1: a zero-width interval). Measured widths, 4 -> 24
     stories: score 0.083 -> 0.032, coherence 0.123 -> 0.089, continuity 0.278 -> 0.125."""
-    from training.evaluate import evaluate
-
     few = evaluate(seed=1000, stories=4, baseline="retrieval")
     many = evaluate(seed=1000, stories=24, baseline="retrieval")
     for r in (few, many):
@@ -272,7 +270,7 @@ def test_score_interval_contains_the_mean_and_narrows_with_stories():
 # ----------------------------------------------------------------------------------------------------- the CLI
 def test_cli_prints_one_json_object_last_with_the_judge_hash(judge):
     out = subprocess.run(
-        [sys.executable, "-m", "training.evaluate", "--seed", "1000", "--stories", "2", "--baseline", "copy_first"],
+        [sys.executable, "-m", "evaluation.evaluate", "--seed", "1000", "--stories", "2", "--baseline", "copy_first"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -292,7 +290,7 @@ def test_cli_prints_one_json_object_last_with_the_judge_hash(judge):
     ):
         assert key in result
     bad = subprocess.run(
-        [sys.executable, "-m", "training.evaluate", "--baseline", "nonsense"],
+        [sys.executable, "-m", "evaluation.evaluate", "--baseline", "nonsense"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -303,9 +301,6 @@ def test_cli_prints_one_json_object_last_with_the_judge_hash(judge):
 
 def test_a_models_own_probe_is_never_used(tmp_path, judge):
     """A model folder that ships a (broken) probe/ is still judged by the fixed judge."""
-    from seedstory_core.tiny import random_tiny_bundle
-    from training.evaluate import evaluate
-
     model = tmp_path / "model"
     random_tiny_bundle(0).save(model)
     (model / "probe").mkdir()
@@ -313,23 +308,3 @@ def test_a_models_own_probe_is_never_used(tmp_path, judge):
     result = evaluate(model, seed=1000, stories=1, frames=3, ablation=False, diffusion_steps=1)
     assert result["judge"]["sha256"] == judge.sha256
     assert result["system"] == "model" and 0.0 <= result["score"] <= 1.0
-
-
-def test_decoding_setting_names():
-    """The decoding measurement's setting names map to DecodingSettings (and an n-gram rule it adds for the run)."""
-    from seedstory_core.story import StoryEngine
-    from training.judge.decoding import decoding_for, no_repeat_ngram
-
-    d, n = decoding_for("greedy")
-    assert not d.do_sample and d.repetition_penalty == 1.0 and n == 0
-    d, n = decoding_for("sample0.7+rep1.2", seed=3)
-    assert d.do_sample and d.temperature == 0.7 and d.top_p == 0.9 and d.repetition_penalty == 1.2 and d.seed == 3
-    d, n = decoding_for("ngram6")
-    assert n == 6
-    with pytest.raises(ValueError, match="unknown decoding setting"):
-        decoding_for("rep")
-    before = StoryEngine.__dict__["_warpers"]
-    with no_repeat_ngram(4):
-        procs = StoryEngine._warpers(d)
-        assert [type(p).__name__ for p in procs] == ["NoRepeatNGramLogitsProcessor"]
-    assert StoryEngine.__dict__["_warpers"] is before  # restored

@@ -1,11 +1,11 @@
-"""The two helpers that turn evaluation JSONs into the tables of the model card (training/results/)."""
+"""The two helpers that turn evaluation JSONs into the tables of the model card (evaluation/results/)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[2] / "training" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "evaluation" / "results"
 
 
 def _run(script, *args):

@@ -1,9 +1,9 @@
 """Evaluate a SEED-Story model (or a trivial baseline) on held-out StoryStream-mini stories; prints one JSON object.
 
-    python -m training.evaluate [--model DIR] --seed S --stories N [--baseline copy_first|retrieval|ground_truth]
-                                [--frames 10] [--repetition-penalty R] [--no-repeat-sentences]
-                                [--sample --temperature T --top-p P]
-                                [--random-init] [--no-ablation]
+    python -m evaluation.evaluate [--model DIR] --seed S --stories N [--baseline copy_first|retrieval|ground_truth]
+                                  [--frames 10] [--repetition-penalty R] [--no-repeat-sentences]
+                                  [--sample --temperature T --top-p P]
+                                  [--random-init] [--no-ablation]
 
 ``--model`` defaults to the bundled tiny model (``models/seedstory-tiny``); ``--random-init`` evaluates a randomly
 initialised model of the same size and tokenizer. ``--baseline`` scores a trivial story-teller instead of a model:
@@ -16,9 +16,9 @@ initialised model of the same size and tokenizer. ``--baseline`` scores a trivia
 Held-out stories are stories ``0..N-1`` of ``--seed`` (``seedstory_core.data.mini``; seeds select disjoint
 stories). Each continues from its real first frame and sentence for ``--frames - 1`` generated frames.
 
-Every system is scored by ONE fixed judge, ``training/judge/`` (:mod:`training.judge`; its sha256 is in the JSON);
-no model ships or brings its own judge. Keys of the JSON object (definitions: docs/evaluation.md,
-:mod:`training.judge.metrics`):
+Every system is scored by ONE fixed judge, ``evaluation/judge/`` (:mod:`evaluation.judge`; its sha256 is in the
+JSON); no model ships or brings its own judge. Keys of the JSON object (definitions: docs/evaluation.md,
+:mod:`evaluation.metrics`):
 
 * ``score`` — the headline: per story, the fraction of generated frames whose sentence parses, repeats no earlier
   sentence, follows the story rules from the story so far, and whose image the judge reads as the place and cast the
@@ -46,21 +46,35 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "models" / "seedstory-tiny"
-TRAIN_LENGTH = 10  # frames per training story (10-frame chunks, docs/reference.md §5)
-POLICIES = ("dense", "window", "sink", "multimodal_sink")
+from evaluation import metrics as jm
+from evaluation.judge import HERE as JUDGE_DIR
+from evaluation.judge import load_judge
+from evaluation.stories import (
+    DEFAULT_MODEL,
+    GUIDANCE_SCALE,
+    TRAIN_LENGTH,
+    frame_features,
+    generate_story,
+    load_model,
+    pixel_distance,
+)
+from seedstory_core.cache import POLICIES, CachePolicy
+from seedstory_core.config import torch_dtype
+from seedstory_core.data import mini
+from seedstory_core.story import DecodingSettings
+
 BASELINES = ("copy_first", "retrieval", "ground_truth")
 #: the tiny recipe's training data: StoryStream-mini seed 0, 400 stories (the retrieval baseline's pool)
 TRAIN_SEED, TRAIN_STORIES = 0, 400
 BOOTSTRAP_RESAMPLES = 2000
-#: per-story keys of :func:`training.judge.metrics.story_metrics` that the JSON reports with an interval
+#: per-story keys of :func:`evaluation.metrics.story_metrics` that the JSON reports with an interval
 STORY_KEYS = (
     "score",
     "score_strict",
@@ -73,114 +87,9 @@ STORY_KEYS = (
 )
 
 
-def load_model(model_dir: Optional[Path] = None, *, random_init: bool = False, seed: int = 0):
-    """The bundle at ``model_dir`` (default: the bundled tiny model), or a random model of the same size/tokenizer."""
-    from seedstory_core.bundle import SeedStoryBundle
-    from seedstory_core.tiny import random_tiny_bundle
-
-    path = Path(model_dir) if model_dir else DEFAULT_MODEL
-    bundle = SeedStoryBundle.load(path)
-    if random_init:
-        random = random_tiny_bundle(seed, tokenizer=bundle.tokenizer)
-        # a random de-tokenizer cannot draw at all; keep the trained renderer so the baseline isolates the MLLM
-        random.detokenizer = bundle.detokenizer
-        random.uncond_features = random.compute_uncond_features()
-        return random
-    return bundle
-
-
-def load_judge():
-    """The evaluation's fixed judge (``training/judge/``, sha256-checked; see :mod:`training.judge`)."""
-    from training.judge import load_judge as _load
-
-    return _load()
-
-
-#: classifier-free guidance of every rendered frame. The official default is 7.5 (docs/reference.md §4.2); for the
-#: tiny model 3.0 renders the agent's regressed features better (measured on the earlier, stage-2-only tiny agent:
-#: held-out coherence 0.468 at 3.0 vs 0.392 at 7.5), although 7.5 is better on ground-truth ViT features: guidance
-#: amplifies the regression's errors too.
-GUIDANCE_SCALE = 3.0
-
-
-def _pixel_distance(a, b) -> float:
-    x = np.asarray(a.convert("RGB").resize(b.size), dtype=np.float32) / 255.0
-    y = np.asarray(b.convert("RGB"), dtype=np.float32) / 255.0
-    return float(np.abs(x - y).mean())
-
-
-@torch.no_grad()
-def generate_story(
-    bundle,
-    story: dict,
-    frames: int,
-    *,
-    policy=None,
-    captions: Optional[Sequence[str]] = None,
-    diffusion_steps: int = 10,
-    seed: int = 0,
-    max_sentence_tokens: int = 40,
-    guidance_scale: float = GUIDANCE_SCALE,
-    context_features: Optional[Sequence[torch.Tensor]] = None,
-    decoding=None,
-    render: bool = True,
-):
-    """Continue a held-out story from its first frame and sentence; returns (sentences, PIL frames).
-
-    ``captions`` (visualization mode): the sentences to draw for frames 1..frames-1.
-    ``context_features`` (teacher forcing): per frame, (1, T, D) visual-tokenizer features (:func:`frame_features`)
-    that replace the agent's regressed features of frame i-1 in the context before frame i is drawn
-    (``StoryEngine.step(context_features=...)``), so every step sees a correct story so far; None = the agent's own
-    regressed features stay in the context.
-    ``decoding``: a ``DecodingSettings`` (default: greedy with ``max_sentence_tokens``).
-    ``render=False``: draw nothing (frames 1.. are None); the sentences are the same, since the context holds the
-    agent's regressed features, not the drawn frames.
-    """
-    from seedstory_core.cache import CachePolicy
-    from seedstory_core.data import mini
-    from seedstory_core.story import DecodingSettings, StorySettings
-
-    settings = StorySettings(policy=policy or CachePolicy(kind="multimodal_sink", window_images=TRAIN_LENGTH))
-    engine = bundle.engine(settings.policy)
-    start_img = mini.render_story(
-        {**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64
-    )[0]
-    state = engine.start(story["captions"][0], image=start_img, settings=settings)
-    decoding = decoding or DecodingSettings(max_sentence_tokens=max_sentence_tokens)
-    images = [start_img]
-
-    def on_frame(i, _total, result):
-        images.append(
-            bundle.render(
-                result.features, frame_index=i, steps=diffusion_steps, guidance_scale=guidance_scale, seed=seed
-            )
-            if render
-            else None
-        )
-        return context_features[i] if context_features is not None and i < frames - 1 else None
-
-    _, results = engine.run(
-        state,
-        frames - 1,
-        texts=list(captions) if captions is not None else None,
-        mode="visualization" if captions is not None else "generation",
-        decoding=decoding,
-        on_frame=on_frame,
-    )
-    return [story["captions"][0]] + [r.sentence for r in results], images
-
-
-@torch.no_grad()
-def frame_features(bundle, frames) -> List[torch.Tensor]:
-    """(1, T, D) visual-tokenizer features of each PIL frame, for ``generate_story(context_features=...)``."""
-    return [bundle.visual_tokenizer.encode_images(frame)[:1] for frame in frames]
-
-
 def baseline_story(kind: str, story: dict, frames: int, seed: int, index: int):
     """A trivial story-teller's continuation of ``story`` (see the module docstring): (sentences, PIL frames), the
     opening sentence and real first frame first, ``frames`` of each. Raises ValueError for an unknown ``kind``."""
-    from seedstory_core.data import mini
-
     gt = mini.render_story({**story, "attributes": story["attributes"][:frames]}, size=64)
     if kind == "ground_truth":
         return list(story["captions"][:frames]), gt
@@ -218,9 +127,6 @@ def evaluate(
     ``baseline``: one of :data:`BASELINES` to score a trivial story-teller instead of the model (no model is loaded,
     no ablation). ``decoding``: ``DecodingSettings`` of the generated sentences (default greedy, 40 tokens).
     Raises ValueError for an unknown baseline or fewer than 2 frames / 1 story."""
-    from seedstory_core.data import mini
-    from training.judge import metrics as jm
-
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"--baseline must be one of {BASELINES}, got {baseline!r}")
     if frames < 2 or stories < 1:
@@ -274,7 +180,7 @@ def evaluate(
         per_story["visualization_agreement"].append(float(np.mean(0.5 * parts[:, 0] + 0.5 * parts[:, 1])))
         per_story["visualization_background"].append(float(np.mean(parts[:, 0])))
         per_story["visualization_cast"].append(float(np.mean(parts[:, 1])))
-        per_story["pixel_l1"].append(float(np.mean([_pixel_distance(a, b) for a, b in zip(v_img[1:], gt[1:])])))
+        per_story["pixel_l1"].append(float(np.mean([pixel_distance(a, b) for a, b in zip(v_img[1:], gt[1:])])))
         stated = mini.parse_story(story["captions"][:frames])[1:]  # what the given captions state
         per_story["visualization_coherence"].append(
             float(np.mean([jm.attribute_agreement(r, a) if a.get("parsed") else 0.0 for r, a in zip(v_read, stated)]))
@@ -292,7 +198,7 @@ def evaluate(
         "stories": stories,
         "frames_per_story": frames,
         "judge": {
-            "path": str(Path(jm.__file__).parent),
+            "path": str(JUDGE_DIR),
             "sha256": judge.sha256,
             "accuracy_unseen_frames": judge.meta.get("accuracy_unseen_frames"),
         },
@@ -312,9 +218,6 @@ def evaluate(
         "sample_sentences": samples,
     }
     if not baseline:
-        from dataclasses import asdict
-        from seedstory_core.story import DecodingSettings
-
         result.update(
             diffusion_steps=diffusion_steps,
             guidance_scale=guidance_scale,
@@ -363,10 +266,6 @@ def long_story_ablation(
     ``per_story_agreement`` adds each story's mean attribute agreement per segment
     (``attribute_agreement_per_story``, for bootstrap intervals).
     """
-    from seedstory_core.config import torch_dtype
-    from seedstory_core.data import mini
-    from training.judge.metrics import attribute_agreement
-
     bundle = bundle or load_model(model_dir)
     dtype = torch_dtype(dtype)
     if device is not None or dtype is not None:
@@ -401,8 +300,8 @@ def long_story_ablation(
             for i in range(1, total):
                 m = (i - 1) // TRAIN_LENGTH + 1
                 if m in seg:
-                    seg[m]["pixel_l1"].append(_pixel_distance(images[i], gt[i]))
-                    seg[m]["attribute_agreement"].append(attribute_agreement(preds[i - 1], story["attributes"][i]))
+                    seg[m]["pixel_l1"].append(pixel_distance(images[i], gt[i]))
+                    seg[m]["attribute_agreement"].append(jm.attribute_agreement(preds[i - 1], story["attributes"][i]))
             for m in length_multiples:  # this story's mean agreement per segment (for bootstrap intervals)
                 per_story[m].append(float(np.mean(seg[m]["attribute_agreement"][n_before[m] :])))
         out[policy] = {f"{m}x": {k: float(np.mean(v)) for k, v in vals.items()} for m, vals in seg.items()}
@@ -416,8 +315,6 @@ def policy_from_name(name: str, window_images: int):
     """A cache policy from an ablation name: a policy kind (``dense``, ``window``, ``sink``, ``multimodal_sink``) or
     ``multimodal_sink:K`` = the multimodal sink keeping the sink tokens of only the K most recent evicted images
     (``CachePolicy.max_sink_images``). Raises ``ValueError`` for anything else."""
-    from seedstory_core.cache import CachePolicy
-
     kind, _, cap = str(name).partition(":")
     if cap and kind != "multimodal_sink":
         raise ValueError(f"policy {name!r}: only multimodal_sink takes a sink-image cap (multimodal_sink:K)")
@@ -429,7 +326,8 @@ def policy_from_name(name: str, window_images: int):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    """``python -m evaluation.evaluate``: run :func:`evaluate` with the options, print its JSON. Returns 0."""
+    parser = argparse.ArgumentParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="model bundle folder (default: models/seedstory-tiny)")
     parser.add_argument("--seed", type=int, default=1000, help="held-out StoryStream-mini seed (training used 0)")
     parser.add_argument("--stories", type=int, default=10)
@@ -461,8 +359,6 @@ def main(argv=None) -> int:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--decode-seed", type=int, default=0, help="sampling seed")
     args = parser.parse_args(argv)
-    from seedstory_core.story import DecodingSettings
-
     decoding = DecodingSettings(
         do_sample=args.sample,
         temperature=args.temperature,

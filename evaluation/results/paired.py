@@ -1,8 +1,9 @@
-"""Paired differences between two evaluations of the same held-out stories: python training/results/paired.py A B [...]
+"""Paired differences between two evaluations of the same held-out stories:
+python evaluation/results/paired.py A:B [...]
 
 For each pair ``A:B`` (JSON names in this folder, same seed and stories), the per-story difference A - B of every
 per-story key, its mean and a 95% percentile bootstrap interval over stories
-(:func:`training.judge.metrics.bootstrap_ci`, 2000 resamples, seed 0). Prints one JSON object."""
+(:func:`evaluation.metrics.bootstrap_ci`, 2000 resamples, seed 0). Prints one JSON object."""
 
 import json
 import sys
@@ -22,7 +23,7 @@ KEYS = (
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parents[1]))
-    from training.judge.metrics import bootstrap_ci
+    from evaluation.metrics import bootstrap_ci
 
     out = {}
     for pair in sys.argv[1:]:

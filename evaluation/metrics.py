@@ -23,17 +23,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from seedstory_core.data import mini
+
 #: the story generator never puts more than this many distinct characters in one story (its cast is 2-4).
 MAX_CAST = 4
 #: sentence kinds that may move the story to another place ("openers").
 OPENERS = ("at", "travel")
 _SPACE = re.compile(r"\s+")
-
-
-def _mini():
-    from seedstory_core.data import mini
-
-    return mini
 
 
 def normalise(sentence: str) -> str:
@@ -43,7 +39,7 @@ def normalise(sentence: str) -> str:
 
 def context_of(history: Sequence[str]):
     """The ``mini.StoryContext`` after the captions in ``history`` (unparsable ones leave it unchanged)."""
-    return _mini()._as_context(list(history))
+    return mini._as_context(list(history))
 
 
 def continuity_violations(caption: str, ctx, cast_so_far: Sequence[str] = ()) -> Optional[List[str]]:
@@ -73,7 +69,6 @@ def continuity_violations(caption: str, ctx, cast_so_far: Sequence[str] = ()) ->
     Returns:
         the list of broken rules (empty: consistent), or None when the caption does not parse.
     """
-    mini = _mini()
     ctx = ctx.copy()
     sentences = [s for s in mini._SENT_SPLIT.split(str(caption).strip()) if s]
     if not sentences:
@@ -141,7 +136,6 @@ def judge_frame(sentence: str, history: Sequence[str], reading: Optional[Dict]) 
         ``{"parsed", "new", "continuous", "shown", "ok": bool, "stated": frame attributes or None,
         "violations": [str]}``.
     """
-    mini = _mini()
     ctx = context_of(history)
     attrs = mini.sentence_attributes(sentence, ctx) if sentence else {"parsed": False}
     parsed = bool(attrs.get("parsed"))
@@ -241,7 +235,7 @@ def story_metrics(sentences: Sequence[str], readings: Sequence[Dict]) -> Dict[st
         st = j["stated"]
         extra = st is not None and rd.get("object") == (st["objects"][0]["name"] if st["objects"] else None)
         strict.append(j["ok"] and extra)
-    stated0 = _mini().sentence_attributes(sentences[0], [])
+    stated0 = mini.sentence_attributes(sentences[0], [])
     states = [stated0 if stated0.get("parsed") else None] + [j["stated"] for j in judged]
     coherence = [attribute_agreement(rd, j["stated"]) if j["stated"] else 0.0 for j, rd in zip(judged, readings[1:])]
     return {
