@@ -17,6 +17,7 @@ import torch
 from seedstory_core.bundle import SeedStoryBundle
 from seedstory_core.cache import CachePolicy
 from seedstory_core.data import mini
+from seedstory_core.rules import check_story_run
 from seedstory_core.story import DecodingSettings, StorySettings
 from seedstory_core.tiny import random_tiny_bundle
 
@@ -76,7 +77,21 @@ def generate_story(
     ``decoding``: a ``DecodingSettings`` (default: greedy with ``max_sentence_tokens``).
     ``render=False``: draw nothing (frames 1.. are None); the sentences are the same, since the context holds the
     agent's regressed features, not the drawn frames.
+
+    Raises:
+        StoryRuleError: the story breaks a model rule (:func:`seedstory_core.rules.check_story_run`: a sentence over
+            the token limit, fewer captions than frames in visualization mode), before any model work.
     """
+    mode = "visualization" if captions is not None else "generation"
+    run = check_story_run(
+        bundle.tokenizer,
+        bundle.config.agent,
+        opening_text=story["captions"][0],
+        steps=frames - 1,
+        mode=mode,
+        captions=captions,
+        detokenizer_width=int(bundle.config.detokenizer.resampler.embedding_dim) if render else None,
+    )
     settings = StorySettings(policy=policy or CachePolicy(kind="multimodal_sink", window_images=TRAIN_LENGTH))
     engine = bundle.engine(settings.policy)
     start_img = mini.render_story(
@@ -99,8 +114,8 @@ def generate_story(
     _, results = engine.run(
         state,
         frames - 1,
-        texts=list(captions) if captions is not None else None,
-        mode="visualization" if captions is not None else "generation",
+        texts=run.texts,
+        mode=mode,
         decoding=decoding,
         on_frame=on_frame,
     )
