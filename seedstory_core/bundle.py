@@ -22,9 +22,16 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from safetensors.torch import save_file
 
+from .agent import SeedStoryAgent
 from .checkpoints import apply_state_dict, read_state_dict, require_kind
 from .config import CONFIG_FILENAME, SeedStoryConfig, VisualTokenizerConfig
+from .detokenizer import SeedStoryDetokenizer
+from .preprocess import zero_image_pixels
+from .story import default_policy, engine_for
+from .tokenizer import SeedStoryTokenizer
+from .visual_tokenizer import QwenVisualTokenizer
 
 PathLike = Union[str, Path]
 
@@ -37,8 +44,6 @@ def load_visual_tokenizer(path: PathLike, config: VisualTokenizerConfig, *, devi
     Returns ``(model, LoadReport)``; the model is in eval mode. Raises ``WrongCheckpointKindError`` for a file of
     another model.
     """
-    from .visual_tokenizer import QwenVisualTokenizer
-
     path = Path(path)
     state = read_state_dict(path)
     require_kind(list(state), "visual_tokenizer", path)
@@ -70,8 +75,6 @@ class SeedStoryBundle:
 
     @torch.no_grad()
     def compute_uncond_features(self) -> torch.Tensor:
-        from .preprocess import zero_image_pixels
-
         vit = self.visual_tokenizer
         pixels = zero_image_pixels(self.config.visual_tokenizer.image_size)
         return vit(pixels.to(device=vit.device, dtype=vit.dtype))
@@ -80,8 +83,6 @@ class SeedStoryBundle:
         """The story engine over this bundle's agent, tokenizer and ViT that runs ``policy`` (a
         :class:`~seedstory_core.cache.CachePolicy` or :class:`~seedstory_core.reencode.ReencodePolicy`; default
         the pack's default policy): see :func:`seedstory_core.story.engine_for`."""
-        from .story import default_policy, engine_for
-
         return engine_for(
             policy if policy is not None else default_policy(), self.agent, self.tokenizer, self.visual_tokenizer
         )
@@ -112,8 +113,6 @@ class SeedStoryBundle:
     # ------------------------------------------------------------------ persistence
     def save(self, folder: PathLike) -> Path:
         """Write the bundle layout (module docstring) into ``folder``; returns the folder."""
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save(folder)
@@ -135,10 +134,6 @@ class SeedStoryBundle:
     @classmethod
     def load(cls, folder: PathLike, *, device=None, dtype=None) -> "SeedStoryBundle":
         """Read a bundle folder. Raises ``FileNotFoundError`` naming the missing part."""
-        from .agent import SeedStoryAgent
-        from .detokenizer import SeedStoryDetokenizer
-        from .tokenizer import SeedStoryTokenizer
-
         folder = Path(folder)
         for part in (
             CONFIG_FILENAME,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 PathLike = Union[str, os.PathLike]
 
@@ -190,8 +191,6 @@ def corrupt_pickle(path: PathLike, err: Optional[BaseException]) -> CorruptCheck
 def open_safetensors(path: PathLike, *, device: Union[str, torch.device] = "cpu"):
     """``safetensors.safe_open(path, framework="pt", device=device)``, with a damaged file reported as
     :class:`CorruptCheckpointError` (the header is read and checked against the file size when opened)."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         return safe_open(str(path), framework="pt", device=str(device))
     except (SafetensorError, OSError, ValueError) as err:

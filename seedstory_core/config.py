@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+import torch
+from transformers import LlamaConfig
+
 CONFIG_FILENAME = "seedstory_config.json"
 
 
@@ -138,8 +141,6 @@ class LlamaSettings(_JsonMixin):
 
     def to_transformers(self):
         """Return a ``transformers.LlamaConfig`` (untied lm_head, silu, no attention/MLP bias)."""
-        from transformers import LlamaConfig
-
         kwargs = self.to_dict()
         rope_theta = kwargs.pop("rope_theta")
         cfg = LlamaConfig(
@@ -323,8 +324,6 @@ def torch_dtype(dtype):
     Raises:
         ValueError: an unknown name (the message lists the accepted ones).
     """
-    import torch
-
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     names = {

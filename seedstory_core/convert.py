@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors.torch import save_file
 
 from .checkpoints import CheckpointError, KeyRule, apply_key_rules, read_state_dict, require_kind
+from .official_agent import agent_key_rules
 
 __all__ = ["KINDS", "KEY_RULE_PROVIDERS", "parse_size", "convert_checkpoint", "main", "KEY_MAP_FILENAME"]
 
@@ -40,12 +43,6 @@ KEY_MAP_FILENAME = "key_map.json"
 KINDS = {"vit": "visual_tokenizer", "agent": "agent", "detokenizer": "detokenizer"}
 DTYPES = {"keep": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _KEEP_FP32 = re.compile(r".*rotary_emb\.inv_freq")
-
-
-def _agent_rules() -> List[KeyRule]:
-    from .official_agent import agent_key_rules
-
-    return agent_key_rules()
 
 
 def _identity_rules(kind: str) -> Callable[[], List[KeyRule]]:
@@ -60,7 +57,7 @@ def _identity_rules(kind: str) -> Callable[[], List[KeyRule]]:
 #: (``qwen_vit_G.pt``, docs/reference.md §1) and de-tokenizer modules use the official names; their loader modules
 #: may register their own rules here.
 KEY_RULE_PROVIDERS: Dict[str, Callable[[], List[KeyRule]]] = {
-    "agent": _agent_rules,
+    "agent": agent_key_rules,
     "vit": _identity_rules("vit"),
     "detokenizer": _identity_rules("detokenizer"),
 }
@@ -140,9 +137,6 @@ def convert_checkpoint(
         WrongCheckpointKindError: the file is another model's checkpoint.
         FileExistsError: output_dir already holds converted files and ``overwrite`` is False.
     """
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-
     if kind not in KINDS:
         raise ValueError(f"Unknown kind {kind!r}; choose one of {sorted(KINDS)}")
     if dtype not in DTYPES:

@@ -13,12 +13,15 @@ official SDXLAdapter checkpoint loads after stripping its ``resampler.`` prefix,
 Official quirk kept on purpose (docs/reference.md §4.1 step 2, §8 item 2): ``forward`` starts with ``F.normalize(x)``
 using the default ``dim=1``, i.e. an L2 normalisation over the **token** axis (per channel), not over the channel
 axis.
+
+The golden-fixture adapter (:func:`seedstory_core.golden.golden_detok_resampler`) lives with the other golden
+adapters in :mod:`seedstory_core.golden`, which imports this module.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +34,6 @@ __all__ = [
     "feed_forward",
     "AttentionPool2d",
     "ResamplerXLV2",
-    "golden_detok_resampler",
 ]
 
 
@@ -213,30 +215,3 @@ class ResamplerXLV2(nn.Module):
         """x: (B, T, embedding_dim) -> (prompt_embeds (B, Q, out1 + out2), pooled (B, out2)). Spec §4.1."""
         prompt_embeds, pooled, _ = self.forward_with_intermediates(x)
         return prompt_embeds, pooled
-
-
-def golden_detok_resampler(
-    meta: Mapping, state_dict: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]
-) -> Dict[str, torch.Tensor]:
-    """Run a ``detok_resampler`` golden fixture (docs/reference.md §10) through :class:`ResamplerXLV2`.
-
-    Args:
-        meta: the fixture's JSON sidecar; ``meta['constructor_kwargs']`` holds the official constructor arguments.
-        state_dict: module-level weights (no ``resampler.`` prefix), loaded with ``strict=True``.
-        inputs: ``{'x': (B, T, embedding_dim) float tensor}`` (the fixture's ``input.*`` entries, prefix removed).
-
-    Returns:
-        ``{'prompt_embeds': (B, Q, out1 + out2), 'pooled_prompt_embeds': (B, out2),
-        'intermediate.hidden_embeds': (B, Q, dim)}`` in float32 (fixture output names without ``output.``).
-
-    Raises:
-        KeyError: ``constructor_kwargs`` or ``x`` is missing. RuntimeError: the weights do not load strictly.
-    """
-    cfg = DetokenizerResamplerConfig.from_dict(meta["constructor_kwargs"])
-    with torch.device("meta"):
-        model = ResamplerXLV2(cfg)
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True, assign=True)
-    model.eval()
-    with torch.no_grad():
-        prompt_embeds, pooled, h = model.forward_with_intermediates(inputs["x"].float())
-    return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled, "intermediate.hidden_embeds": h}

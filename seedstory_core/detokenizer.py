@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from .checkpoints import (
@@ -520,8 +521,6 @@ class SeedStoryDetokenizer(nn.Module):
 
     def save_adapter(self, path: PathLike) -> Path:
         """Write :meth:`adapter_state_dict` to a ``.safetensors`` file (contiguous CPU copies); returns the path."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         if path.suffix != ".safetensors":
             raise ValueError(

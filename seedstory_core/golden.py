@@ -15,15 +15,19 @@ Fixture kinds (``fixture`` field of the sidecar): ``vit``, ``resampler_in``, ``r
 ``detok_resampler``, ``agent`` (forward losses and the official greedy ``generate`` through the story engine's
 decoding primitives). Sidecars without tensors (``sink_ranges``) are skipped by ``run``.
 
-This module also holds everything that exists only for agent parity: building and loading an agent from a
-golden sidecar (:func:`agent_config_from_golden_meta`, :func:`load_golden_agent`), its ``forward`` case
-(:func:`golden_agent_forward`) and the official greedy ``generate`` (:func:`official_generate`, on the story
-engine's decoding primitives of :mod:`seedstory_core.generation`).
+This module holds every golden-parity adapter (what maps the official modules' test vectors onto ours): the ViT
+(:func:`golden_vit`, :func:`vit_config_from_constructor_kwargs`), the de-tokenizer resampler
+(:func:`golden_detok_resampler`), the agent resamplers (:func:`run_resampler`) and everything that exists only for
+agent parity: building and loading an agent from a golden sidecar (:func:`agent_config_from_golden_meta`,
+:func:`load_golden_agent`), its ``forward`` case (:func:`golden_agent_forward`) and the official greedy
+``generate`` (:func:`official_generate`, on the story engine's decoding primitives of
+:mod:`seedstory_core.generation`). It imports the model modules; they never import it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -31,14 +35,26 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from .agent import SeedStoryAgent
 from .cache import CachePolicy
 from .checkpoints import CheckpointMismatchError
-from .config import AgentConfig, ImageTokenSettings, LlamaSettings, LoraSettings, ResamplerConfig
+from .config import (
+    AgentConfig,
+    DetokenizerResamplerConfig,
+    ImageTokenSettings,
+    LlamaSettings,
+    LoraSettings,
+    ResamplerConfig,
+    VisualTokenizerConfig,
+)
+from .detok_resampler import ResamplerXLV2
 from .generation import ImageTokenRule, forward_chunk, logits_at, new_cache
-from .official_agent import load_official_state_dict
+from .resampler import QwenResampler
 from .tokens import ImageTokens, TokenKind
+from .visual_tokenizer import QwenVisualTokenizer
 
 Tensors = Dict[str, torch.Tensor]
 
@@ -124,7 +140,7 @@ def load_golden_agent(
     sd = _strip_fixture_keys(state_dict)
     if device is not None:
         sd = {k: v.to(device) for k, v in sd.items()}
-    report = load_official_state_dict(agent, sd, source="golden agent fixture")
+    report = agent.load_official_state_dict(sd, source="golden agent fixture")
     if report.missing or report.unexpected:
         raise CheckpointMismatchError(f"golden agent fixture did not load strictly:\n{report.summary()}")
     agent.eval()
@@ -300,8 +316,6 @@ def _split(tensors: Tensors) -> Tuple[Tensors, Tensors]:
 
 def run_resampler(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
     """resampler_in / resampler_out: ``y = QwenResampler(x)`` (docs/reference.md §2.3)."""
-    from .resampler import QwenResampler
-
     kwargs = {
         k: v for k, v in meta["constructor_kwargs"].items() if k in ("grid_size", "embed_dim", "num_heads", "kv_dim")
     }
@@ -311,16 +325,97 @@ def run_resampler(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
         return {"y": module(inputs["x"].float())}
 
 
-def run_vit(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
-    from .visual_tokenizer import golden_vit
+# ---------------------------------------------------------------------------------------------------- ViT fixtures
+#: The outputs of a ``vit`` fixture (names without ``output.``), as :func:`golden_vit` returns them.
+GOLDEN_VIT_OUTPUT_NAMES = (
+    "features",
+    "intermediate.ln_pre_out",
+    "intermediate.transformer_out",
+    "intermediate.attn_pool_out",
+)
 
-    return golden_vit(meta, state, inputs)
+
+def vit_config_from_constructor_kwargs(kwargs: Mapping, layernorm_eps: Optional[float] = None) -> VisualTokenizerConfig:
+    """Map official ``VisionTransformerWithAttnPool`` constructor arguments onto a :class:`VisualTokenizerConfig`.
+
+    Keys that are not config fields (e.g. the stray ``image_start_id"`` of the official YAML, docs/reference.md §1) are
+    ignored.
+    ``layernorm_eps`` (when given and not in ``kwargs``) sets the LayerNorm eps; otherwise the config default 1e-6.
+    Raises ``ValueError`` when ``kwargs`` is not a mapping.
+    """
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(
+            "constructor_kwargs must be a dict of VisionTransformerWithAttnPool arguments, "
+            f"found {type(kwargs).__name__}."
+        )
+    names = {f.name for f in dataclasses.fields(VisualTokenizerConfig)}
+    picked = {k: v for k, v in kwargs.items() if k in names}
+    if layernorm_eps is not None and "layernorm_eps" not in picked:
+        picked["layernorm_eps"] = float(layernorm_eps)
+    return VisualTokenizerConfig(**picked)
 
 
-def run_detok_resampler(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
-    from .detok_resampler import golden_detok_resampler
+def golden_vit(
+    meta: dict, state_dict: Dict[str, torch.Tensor], inputs: Dict[str, torch.Tensor]
+) -> Dict[str, torch.Tensor]:
+    """Run a ``vit`` golden fixture through :class:`QwenVisualTokenizer` (docs/reference.md §10, §1).
 
-    return golden_detok_resampler(meta, state, inputs)
+    Args:
+        meta: the fixture JSON; ``meta['constructor_kwargs']`` gives the sizes (non-config keys ignored) and
+            ``meta['derived']['vit_layernorm_eps']`` (if present) the LayerNorm eps.
+        state_dict: the fixture's weights (keys without ``input.``/``output.``), loaded with ``strict=True``.
+        inputs: the fixture inputs without the ``input.`` prefix; needs ``'pixel_values'`` (B, 3, S, S) float.
+
+    Returns:
+        dict of float32 CPU tensors ``'features'``, ``'intermediate.ln_pre_out'``,
+        ``'intermediate.transformer_out'``, ``'intermediate.attn_pool_out'`` (fixture names without ``output.``).
+
+    Raises:
+        KeyError: ``constructor_kwargs`` or ``pixel_values`` missing. RuntimeError: the state dict does not load
+        strictly (missing / unexpected keys or wrong shapes).
+    """
+    if "constructor_kwargs" not in meta:
+        raise KeyError(f"golden_vit: the fixture JSON has no 'constructor_kwargs' (keys found: {sorted(meta)}).")
+    if "pixel_values" not in inputs:
+        raise KeyError(
+            f"golden_vit: inputs need 'pixel_values' (found {sorted(inputs)}); strip the 'input.' prefix first."
+        )
+    eps = (meta.get("derived") or {}).get("vit_layernorm_eps")
+    config = vit_config_from_constructor_kwargs(meta["constructor_kwargs"], layernorm_eps=eps)
+    model = QwenVisualTokenizer(config)
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    model = model.float().eval()
+    with torch.no_grad():
+        out = model.forward_with_intermediates(inputs["pixel_values"].float())
+    return {k: out[k].detach().float().cpu() for k in GOLDEN_VIT_OUTPUT_NAMES}
+
+
+# ---------------------------------------------------------------------------------------------------- detok fixtures
+def golden_detok_resampler(
+    meta: Mapping, state_dict: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]
+) -> Dict[str, torch.Tensor]:
+    """Run a ``detok_resampler`` golden fixture (docs/reference.md §10) through :class:`ResamplerXLV2`.
+
+    Args:
+        meta: the fixture's JSON sidecar; ``meta['constructor_kwargs']`` holds the official constructor arguments.
+        state_dict: module-level weights (no ``resampler.`` prefix), loaded with ``strict=True``.
+        inputs: ``{'x': (B, T, embedding_dim) float tensor}`` (the fixture's ``input.*`` entries, prefix removed).
+
+    Returns:
+        ``{'prompt_embeds': (B, Q, out1 + out2), 'pooled_prompt_embeds': (B, out2),
+        'intermediate.hidden_embeds': (B, Q, dim)}`` in float32 (fixture output names without ``output.``).
+
+    Raises:
+        KeyError: ``constructor_kwargs`` or ``x`` is missing. RuntimeError: the weights do not load strictly.
+    """
+    cfg = DetokenizerResamplerConfig.from_dict(meta["constructor_kwargs"])
+    with torch.device("meta"):
+        model = ResamplerXLV2(cfg)
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True, assign=True)
+    model.eval()
+    with torch.no_grad():
+        prompt_embeds, pooled, h = model.forward_with_intermediates(inputs["x"].float())
+    return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled, "intermediate.hidden_embeds": h}
 
 
 def run_agent(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
@@ -359,10 +454,10 @@ def run_agent(meta: dict, state: Tensors, inputs: Tensors) -> Tensors:
 
 
 RUNNERS: Dict[str, Callable[[dict, Tensors, Tensors], Tensors]] = {
-    "vit": run_vit,
+    "vit": golden_vit,
     "resampler_in": run_resampler,
     "resampler_out": run_resampler,
-    "detok_resampler": run_detok_resampler,
+    "detok_resampler": golden_detok_resampler,
     "agent": run_agent,
 }
 
@@ -387,8 +482,6 @@ def find_fixtures(fixture_dir: Path) -> List[Tuple[str, Path, Path]]:
 
 def run_fixture(sidecar: Path, tensors_path: Path) -> Tensors:
     """Run one fixture; returns ``output.*`` tensors. Only ``input.*`` and state-dict tensors are read."""
-    from safetensors import safe_open
-
     meta = json.loads(sidecar.read_text())
     kind = meta["fixture"]
     if kind not in RUNNERS:
@@ -406,8 +499,6 @@ def run_fixture(sidecar: Path, tensors_path: Path) -> Tensors:
 
 def run(fixture_dir: Path, out_dir: Path, *, verbose: bool = True) -> List[str]:
     """Run every fixture of ``fixture_dir``, writing ``out_dir/<name>.safetensors``; returns the names."""
-    from safetensors.torch import save_file
-
     out_dir.mkdir(parents=True, exist_ok=True)
     names = []
     fixtures = find_fixtures(fixture_dir)
@@ -424,9 +515,6 @@ def run(fixture_dir: Path, out_dir: Path, *, verbose: bool = True) -> List[str]:
 
 def compare(fixture_dir: Path, out_dir: Path) -> bool:
     """Compare produced outputs with the fixtures' ``output.*``; prints one line per output; True if all pass."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     ok = True
     for name, sidecar, tensors_path in find_fixtures(fixture_dir):
         meta = json.loads(sidecar.read_text())

@@ -1,25 +1,35 @@
-"""Loading the official SEED-Story agent checkpoint and the base Llama-2 weights into a :class:`SeedStoryAgent`.
+"""The official SEED-Story agent checkpoint and the base Llama-2 weights: key maps, checks and tensor streams for
+:class:`~seedstory_core.agent.SeedStoryAgent`.
 
 Source facts: docs/reference.md §2.4 (checkpoint keys), §8 quirk 11 (peft 0.4.0 key naming); the golden
 fixture README ("Key naming").
 
 The model itself (:class:`~seedstory_core.agent.SeedStoryAgent`) has this project's module names, which differ
 from an official checkpoint only where the peft / transformers versions differ. This module knows those
-differences and the official files:
+differences and the official files.
+
+Dependency direction: :mod:`seedstory_core.agent` imports this module, never the reverse. The agent's loaders
+(``SeedStoryAgent.from_pretrained``, ``save_pretrained(official_names=True)``, ``build``) are the public API the
+nodes, the training and the benchmarks call, so the agent has to reach this code; this module therefore never
+touches the module. It works on plain data: an :class:`AgentLayout` (the agent's key -> shape map, layer count,
+LoRA targets and RoPE table) and tensors. It maps and checks keys and hands back tensors under our key names plus
+the :class:`~seedstory_core.checkpoints.LoadReport`; the agent assigns them (onto its meta-built parameters, chunk
+by chunk: no second copy of the weights) and materialises its constants
+(:meth:`SeedStoryAgent.load_official_state_dict <seedstory_core.agent.SeedStoryAgent.load_official_state_dict>`).
 
 * :data:`AGENT_KEY_RULES` / :func:`official_to_ours_key_map` / :func:`ours_to_official_key` — the key maps
   (peft >= 0.7 ``<proj>.base_layer.weight`` vs peft 0.4.0 ``<proj>.weight``; the official per-layer RoPE
   ``inv_freq`` buffers vs transformers 5's single non-persistent table).
-* :func:`official_state_dict` / :func:`official_trainable_keys` — an agent's weights in official naming (what
-  the converter and ``SeedStoryAgent.save_pretrained(official_names=True)`` write), incl. the released
-  trainable-only key set.
-* :func:`load_official_state_dict` — load an agent state dict in official or our naming into an agent (built on
-  the meta device or materialised), verifying every official ``inv_freq`` buffer against the model's RoPE table,
-  and streaming the frozen base weights the released ``.bin`` lacks from a Llama-2-7b-hf folder
-  (:func:`base_key_targets` says where each base key goes).
+* :func:`to_official_state_dict` — an agent state dict in official naming (what the converter and
+  ``SeedStoryAgent.save_pretrained(official_names=True)`` write), incl. the released trainable-only key set.
+* :func:`plan_official_load` -> :class:`OfficialAgentLoad` — check an agent state dict in official or our naming
+  against an :class:`AgentLayout` (shapes, unknown keys, every official ``inv_freq`` buffer against the RoPE
+  table, missing tensors and the file that provides them), then stream its tensors followed by the frozen base
+  weights the released ``.bin`` lacks, read shard by shard from a Llama-2-7b-hf folder (:func:`base_key_targets`
+  says where each base key goes).
+* :func:`base_llama_shards` / :func:`iter_shard_tensors` — the base Llama files.
 
 Files are read through :mod:`seedstory_core.checkpoints` (safe pickle loading, safetensors, kind detection).
-:meth:`SeedStoryAgent.from_pretrained` reads a file or folder and calls :func:`load_official_state_dict`.
 """
 
 from __future__ import annotations
@@ -27,8 +37,9 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -39,7 +50,6 @@ from .checkpoints import (
     PICKLE_EXTS,
     SAFETENSORS_EXTS,
     apply_key_rules,
-    apply_state_dict,
     check_shapes,
     group_by_prefix,
     open_safetensors,
@@ -48,22 +58,23 @@ from .checkpoints import (
     standard_checkpoint_file,
 )
 
-if TYPE_CHECKING:  # the agent module imports this one; the type is for annotations only
-    from .agent import SeedStoryAgent
-
 __all__ = [
     "AGENT_KEY_RULES",
     "OFFICIAL_TARGET_MODULES",
     "INV_FREQ_TOLERANCE",
     "AGENT_CHECKPOINT_HINT",
     "BASE_CHECKPOINT_HINT",
+    "AgentLayout",
+    "OfficialAgentLoad",
     "agent_key_rules",
     "official_to_ours_key_map",
     "ours_to_official_key",
-    "official_state_dict",
-    "official_trainable_keys",
-    "load_official_state_dict",
+    "to_official_state_dict",
+    "verify_inv_freq",
+    "plan_official_load",
     "base_key_targets",
+    "base_llama_shards",
+    "iter_shard_tensors",
 ]
 
 OFFICIAL_TARGET_MODULES = ("q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "down_proj", "up_proj")
@@ -78,6 +89,28 @@ _DECODER_PREFIX = _LLM_PREFIX + "model."
 _OUR_INV_FREQ_KEY = _DECODER_PREFIX + "rotary_emb.inv_freq"
 _OFFICIAL_INV_FREQ_RE = re.compile(r"llm\.base_model\.model\.model\.layers\.(\d+)\.self_attn\.rotary_emb\.inv_freq")
 _BASE_INV_FREQ_RE = re.compile(r"model\.layers\.(\d+)\.self_attn\.rotary_emb\.inv_freq")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: a tensor field has no truth value to compare by
+class AgentLayout:
+    """What reading and writing official checkpoints needs to know about an agent: plain data, no module.
+
+    Made by :meth:`SeedStoryAgent.checkpoint_layout <seedstory_core.agent.SeedStoryAgent.checkpoint_layout>`.
+
+    Attributes:
+        shapes: our state-dict key -> shape of every parameter and persistent buffer (of a meta-built or a
+            materialised agent).
+        num_layers: decoder layers (``config.llm.num_hidden_layers``).
+        target_modules: the LoRA target projections (``config.lora.target_modules``).
+        inv_freq: the RoPE inverse frequencies the config implies, (head_dim // 2,) float32 on the CPU.
+        rope_theta: the config's RoPE base (named in messages).
+    """
+
+    shapes: Mapping[str, Tuple[int, ...]]
+    num_layers: int
+    target_modules: Tuple[str, ...]
+    inv_freq: torch.Tensor
+    rope_theta: float
 
 
 # ---------------------------------------------------------------------------------------------------- key maps
@@ -124,30 +157,39 @@ def ours_to_official_key(key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- official naming
-def official_state_dict(agent: "SeedStoryAgent", *, trainable_only: bool = False) -> "OrderedDict[str, torch.Tensor]":
-    """Our weights in official ``ContinuousLVLM`` naming (peft 0.4.0; docs/reference.md §2.4), ready to save.
+def to_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    inv_freq: torch.Tensor,
+    num_layers: int,
+    trainable: Optional[Collection[str]] = None,
+) -> "OrderedDict[str, torch.Tensor]":
+    """An agent state dict (our naming) in official ``ContinuousLVLM`` naming (peft 0.4.0; docs/reference.md §2.4),
+    ready to save.
 
-    Adds the per-layer ``self_attn.rotary_emb.inv_freq`` buffers (float32, regenerated from our RoPE table)
-    and drops peft's ``.base_layer`` level. On a meta-built agent the tensors are meta (shapes only).
+    Adds the per-layer ``self_attn.rotary_emb.inv_freq`` buffers (float32, copies of ``inv_freq``) and drops peft's
+    ``.base_layer`` level. Meta tensors stay meta (shapes only).
 
     Args:
-        agent: a built :class:`~seedstory_core.agent.SeedStoryAgent` (meta or materialised).
-        trainable_only: only what the released ``zero_to_fp32`` ``.bin`` presumably holds (docs/reference.md §2.4,
-            ``manifest_agent_trainable.json``): the tensors trainable in the official run (LoRA A/B, both norm
-            copies -- peft 0.4.0 leaves ``original_module`` trainable --, ``embed_tokens``, ``lm_head``, both
-            resamplers except ``pos_embed``) plus the persistent ``inv_freq`` buffers.
+        state_dict: our key -> tensor (``SeedStoryAgent.state_dict()``), in module order.
+        inv_freq: the model's RoPE table (head_dim // 2,), any dtype / device (meta gives meta entries).
+        num_layers: decoder layers (one ``inv_freq`` entry each).
+        trainable: None for every tensor; else our names of the parameters that are trainable
+            (``requires_grad``) and only what the released ``zero_to_fp32`` ``.bin`` presumably holds is kept
+            (docs/reference.md §2.4, ``manifest_agent_trainable.json``): the tensors trainable in the official run
+            (LoRA A/B, both norm copies -- peft 0.4.0 leaves ``original_module`` trainable --, ``embed_tokens``,
+            ``lm_head``, both resamplers except ``pos_embed``) plus the persistent ``inv_freq`` buffers.
 
-    Returns: OrderedDict official key -> tensor (detached, sharing storage with the module, except inv_freq).
+    Returns: OrderedDict official key -> tensor (the given tensors themselves, except the inv_freq copies).
     """
-    trainable = {n for n, p in agent.named_parameters() if p.requires_grad}
-    inv = agent.rotary_emb.inv_freq
     inv = (
-        inv.detach().float().clone() if not inv.is_meta else torch.empty(inv.shape, device="meta", dtype=torch.float32)
+        inv_freq.detach().float().clone()
+        if not inv_freq.is_meta
+        else torch.empty(inv_freq.shape, device="meta", dtype=torch.float32)
     )
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    n_layers = agent.config.llm.num_hidden_layers
-    for key, tensor in agent.state_dict().items():
-        if trainable_only and key not in trainable and ".original_module." not in key:
+    for key, tensor in state_dict.items():
+        if trainable is not None and key not in trainable and ".original_module." not in key:
             continue
         out[ours_to_official_key(key)] = tensor
         # place each layer's inv_freq after its o_proj entries, as the official module order does
@@ -157,20 +199,22 @@ def official_state_dict(agent: "SeedStoryAgent", *, trainable_only: bool = False
         if m:
             out[f"{_DECODER_PREFIX}layers.{m.group(1)}.self_attn.rotary_emb.inv_freq"] = inv.clone()
     missing_inv = [
-        i for i in range(n_layers) if f"{_DECODER_PREFIX}layers.{i}.self_attn.rotary_emb.inv_freq" not in out
+        i for i in range(num_layers) if f"{_DECODER_PREFIX}layers.{i}.self_attn.rotary_emb.inv_freq" not in out
     ]
     for i in missing_inv:  # targets without o_proj: append at the end
         out[f"{_DECODER_PREFIX}layers.{i}.self_attn.rotary_emb.inv_freq"] = inv.clone()
     return out
 
 
-def official_trainable_keys(agent: "SeedStoryAgent") -> List[str]:
-    """Official names of the tensors that are trainable in the official run (see :func:`official_state_dict`)."""
-    return [k for k in official_state_dict(agent, trainable_only=True) if not k.endswith("rotary_emb.inv_freq")]
+def verify_inv_freq(layout: AgentLayout, key: str, value: torch.Tensor, source: str) -> None:
+    """Check a file's RoPE ``inv_freq`` entry against the layout's table (docs/reference.md §2.4, §8.11).
 
+    Half-precision values are compared after rounding ours to their dtype.
 
-def _verify_inv_freq(agent: "SeedStoryAgent", key: str, value: torch.Tensor, source: str) -> None:
-    ours = agent.expected_inv_freq()
+    Raises: CheckpointMismatchError (naming ``source`` and ``key``) on another shape (head size) or a difference
+    above :data:`INV_FREQ_TOLERANCE` (RoPE base).
+    """
+    ours = layout.inv_freq
     value = value.detach().to("cpu")
     if tuple(value.shape) != tuple(ours.shape):
         raise CheckpointMismatchError(
@@ -185,107 +229,63 @@ def _verify_inv_freq(agent: "SeedStoryAgent", key: str, value: torch.Tensor, sou
         raise CheckpointMismatchError(
             f"{source}: {key} differs from this model's RoPE inv_freq by {diff:.3g} (> {INV_FREQ_TOLERANCE}). "
             "The checkpoint was made with another RoPE base/head size "
-            f"(config rope_theta={agent.config.llm.rope_theta}); "
+            f"(config rope_theta={layout.rope_theta}); "
             "pick the matching config."
         )
 
 
+def _official_names(keys: Iterable[str], depth: int) -> str:
+    return ", ".join(f"{p} ({n})" for p, n in group_by_prefix([ours_to_official_key(k) for k in keys], depth).items())
+
+
 # ---------------------------------------------------------------------------------------------------- loading
-def _load_items(
-    agent: "SeedStoryAgent",
-    items: Iterable[Tuple[str, torch.Tensor]],
-    *,
-    source: str,
-    device,
-    loaded: List[str],
-    chunk_bytes: int = 512 * 2**20,
-) -> None:
-    """Cast each (our_key, tensor) to the module's dtype / target device and assign it, chunk by chunk."""
-    own = agent.state_dict(keep_vars=True)
-    chunk: Dict[str, torch.Tensor] = {}
-    size = 0
-
-    def flush():
-        nonlocal chunk, size
-        if chunk:
-            rep = apply_state_dict(agent, chunk, source=source, allowed_missing=lambda k: True, strict_unexpected=True)
-            loaded.extend(rep.loaded)
-        chunk, size = {}, 0
-
-    for key, tensor in items:
-        target = own.get(key)
-        if target is None:
-            raise CheckpointMismatchError(
-                f"{source}: key {key} has no place in the agent model (internal key-map error)."
-            )
-        dev = target.device if not target.is_meta else (device if device is not None else tensor.device)
-        dt = target.dtype if (tensor.is_floating_point() and target.is_floating_point()) else tensor.dtype
-        chunk[key] = tensor.to(device=dev, dtype=dt)
-        size += chunk[key].numel() * chunk[key].element_size()
-        if size >= chunk_bytes:
-            flush()
-    flush()
-
-
-def load_official_state_dict(
-    agent: "SeedStoryAgent",
+def plan_official_load(
     state_dict: Mapping[str, torch.Tensor],
+    layout: AgentLayout,
     *,
     source: str,
     base_llama=None,
-    device=None,
-) -> LoadReport:
-    """Load an agent checkpoint in official (peft 0.4.0) or our naming, plus base LLaMA weights if needed.
+) -> "OfficialAgentLoad":
+    """Check an agent checkpoint in official (peft 0.4.0) or our naming against ``layout``; nothing is copied.
 
     Accepts the full official state dict (856 keys at full size), the released trainable-only ``.bin``
     (``manifest_agent_trainable.json``: LoRA, norm copies, embeddings, lm_head, resamplers, inv_freq buffers),
     a file converted by ``python -m seedstory_core.convert agent`` or one written by
-    :meth:`SeedStoryAgent.save_pretrained`.
+    ``SeedStoryAgent.save_pretrained``.
 
     * Keys are mapped with :data:`AGENT_KEY_RULES`; shapes are checked against the official names
       (``CheckpointMismatchError`` names file, key, expected and found shape).
-    * Every ``...rotary_emb.inv_freq`` entry is compared with the model's own RoPE table (raise beyond 1e-6;
-      half-precision files are compared after rounding ours) and recorded in ``report.consumed``.
+    * Every ``...rotary_emb.inv_freq`` entry is compared with the layout's RoPE table (:func:`verify_inv_freq`)
+      and recorded in ``consumed``.
     * Frozen base weights missing from the file (``q_proj.weight`` ..., and norms / embeddings / lm_head if
-      absent) come from ``base_llama``: a Llama-2-7b-hf folder or file (``model.safetensors(.index.json)`` or
-      ``pytorch_model.bin(.index.json)``, keys ``model.*`` / ``lm_head.weight``), streamed shard by shard. Its
-      norm weights fill both peft copies; its embed_tokens / lm_head (32000 rows officially) are used only if
-      the agent file lacks them, and only when they already have ``vocab_size`` rows (the image-token rows
-      exist only in the agent file).
-    * A missing resampler ``pos_embed`` is recomputed (deterministic frozen sin-cos table; documented).
-
-    Works on a meta-built agent (tensors are assigned, never copied: no second copy of the weights) and on a
-    materialised one (values copied in place). Calls :meth:`SeedStoryAgent.materialize_constants` at the end.
+      absent) must come from ``base_llama`` (see :meth:`OfficialAgentLoad.tensor_groups`).
+    * A missing resampler ``pos_embed`` is allowed (a deterministic frozen sin-cos table the agent recomputes).
 
     Args:
-        agent: the :class:`~seedstory_core.agent.SeedStoryAgent` to fill, built from the matching config
-            (``SeedStoryAgent.build(config, meta=True)`` avoids a second copy of the weights).
         state_dict: key -> tensor (official or our naming).
+        layout: the agent's :class:`AgentLayout` (built from the matching config).
         source: file name for messages.
         base_llama: path of the base Llama weights (folder or file) or None.
-        device: where tensors of a meta-built agent are placed (default: the tensors' own device).
 
-    Returns: :class:`LoadReport` (our key names in loaded / missing; official inv_freq keys in consumed).
+    Returns: :class:`OfficialAgentLoad` (our key -> file tensor, the keys the base weights provide).
 
     Raises:
         WrongCheckpointKindError: the file is not an agent checkpoint (e.g. a ViT file).
-        CheckpointMismatchError: shape mismatch, unknown keys, RoPE mismatch, or keys missing that no given
-            file provides (the message names the file that would provide them).
+        CheckpointMismatchError: shape mismatch, unknown keys, two namings mixed, RoPE mismatch, or keys missing
+            that no given file provides (the message names the file that would provide them).
     """
     keys = list(state_dict.keys())
     require_kind(keys, "agent", source)
-    own = agent.state_dict(keep_vars=True)
-    own_shapes = {k: tuple(v.shape) for k, v in own.items()}
-    target_modules = tuple(agent.config.lora.target_modules)
+    own_shapes = layout.shapes
 
     consumed: List[str] = []
     payload: Dict[str, torch.Tensor] = {}
     inv_keys = [k for k in keys if _OFFICIAL_INV_FREQ_RE.fullmatch(k) or k == _OUR_INV_FREQ_KEY]
-    mapping = official_to_ours_key_map([k for k in keys if k not in set(inv_keys)], target_modules)
+    mapping = official_to_ours_key_map([k for k in keys if k not in set(inv_keys)], layout.target_modules)
     for key in inv_keys:
-        _verify_inv_freq(agent, key, state_dict[key], source)
+        verify_inv_freq(layout, key, state_dict[key], source)
         consumed.append(key)
-    n_layers = agent.config.llm.num_hidden_layers
+    n_layers = layout.num_layers
     bad_layers = [k for k in consumed if (m := _OFFICIAL_INV_FREQ_RE.fullmatch(k)) and int(m.group(1)) >= n_layers]
     if bad_layers:
         raise CheckpointMismatchError(
@@ -322,66 +322,190 @@ def load_official_state_dict(
     if agent_only:
         raise CheckpointMismatchError(
             f"{source}: {len(agent_only)} agent tensor(s) are missing: "
-            + ", ".join(
-                f"{p} ({n})" for p, n in group_by_prefix([ours_to_official_key(k) for k in agent_only], 5).items()
-            )
+            + _official_names(agent_only, 5)
             + f" (e.g. {ours_to_official_key(agent_only[0])}). Only {AGENT_CHECKPOINT_HINT} provides them; "
             "the file is incomplete or for another LoRA config."
         )
     if base_needed and base_llama is None:
         raise CheckpointMismatchError(
             f"{source}: {len(base_needed)} frozen base LLaMA tensor(s) are missing: "
-            + ", ".join(
-                f"{p} ({n})" for p, n in group_by_prefix([ours_to_official_key(k) for k in base_needed], 5).items()
-            )
+            + _official_names(base_needed, 5)
             + f" (e.g. {ours_to_official_key(base_needed[0])}). The agent file holds only the trainable tensors "
             f"(docs/reference.md §2.4); they come from {BASE_CHECKPOINT_HINT}."
         )
-
-    loaded: List[str] = []
-    notes: List[str] = []
-    if device is None:
-        device = agent.loaded_device()
-    _load_items(agent, payload.items(), source=source, device=device, loaded=loaded)
-    sources = [str(source)]
-    if base_needed:
-        base_report = _load_base_llama(
-            agent, base_llama, set(base_needed), device=device, loaded=loaded, consumed=consumed
-        )
-        notes.extend(base_report)
-        sources.append(str(base_llama))
-        still = sorted(set(base_needed) - set(loaded))
-        if still:
-            raise CheckpointMismatchError(
-                f"{base_llama}: {len(still)} base tensor(s) still missing after reading the base LLaMA weights: "
-                + ", ".join(
-                    f"{p} ({n})" for p, n in group_by_prefix([ours_to_official_key(k) for k in still], 5).items()
-                )
-                + f" (e.g. {ours_to_official_key(still[0])}). Check that base_llama is the Llama-2-7b-hf the agent "
-                f"was trained on, or use {AGENT_CHECKPOINT_HINT} that contains them."
-            )
-    elif base_llama is not None:
-        notes.append(f"base_llama {base_llama} was not needed: the agent file is complete")
-    if pos_embed_missing:
-        for key in pos_embed_missing:
-            res = agent.input_resampler if key.startswith("input_") else agent.output_resampler
-            if not res.query.is_meta:
-                res.reset_pos_embed()
-        notes.append(
-            "resampler pos_embed missing from the file: recomputed "
-            "(frozen deterministic sin-cos table, docs/reference.md §2.3)"
-        )
-    agent.materialize_constants(device)
-    if consumed:
-        notes.append(f"{len(consumed)} RoPE inv_freq buffer(s) checked against the model's table and not stored")
-    return LoadReport(
-        source=" + ".join(sources),
-        loaded=sorted(set(loaded)),
-        missing=sorted(pos_embed_missing),
-        unexpected=[],
+    return OfficialAgentLoad(
+        layout,
+        source=str(source),
+        base_llama=base_llama,
+        payload=payload,
+        base_needed=base_needed,
+        pos_embed_missing=pos_embed_missing,
         consumed=consumed,
-        notes=notes,
     )
+
+
+class OfficialAgentLoad:
+    """A checked plan for filling an agent from an agent checkpoint plus, where needed, the base Llama weights.
+
+    Made by :func:`plan_official_load`. The agent assigns the tensors of :meth:`tensor_groups` (our key names;
+    the agent file first, then each base shard, read while it is consumed) and then asks :meth:`report` for the
+    :class:`~seedstory_core.checkpoints.LoadReport` (docs/reference.md §2.4).
+
+    Attributes:
+        layout: the agent's :class:`AgentLayout`.
+        source: the agent file (for messages).
+        base_llama: the base Llama folder / file, or None.
+        payload: our key -> tensor from the agent file (the file's own tensors: nothing is copied).
+        base_needed: our keys that come from ``base_llama``.
+        pos_embed_missing: resampler ``pos_embed`` keys absent from the file (the agent recomputes them).
+        consumed: ``inv_freq`` keys checked against the RoPE table and not stored (base ones as ``path:key``).
+    """
+
+    def __init__(
+        self,
+        layout: AgentLayout,
+        *,
+        source: str,
+        base_llama,
+        payload: Dict[str, torch.Tensor],
+        base_needed: List[str],
+        pos_embed_missing: List[str],
+        consumed: List[str],
+    ):
+        self.layout = layout
+        self.source = source
+        self.base_llama = base_llama
+        self.payload = payload
+        self.base_needed = base_needed
+        self.pos_embed_missing = pos_embed_missing
+        self.consumed = consumed
+        self._base_used = 0
+        self._base_superseded = 0
+
+    def tensor_groups(self, device=None) -> Iterator[Tuple[str, Iterable[Tuple[str, torch.Tensor]]]]:
+        """``(source, items)`` pairs to assign in this order; ``items`` yields (our key, tensor).
+
+        First the agent file's tensors (as stored), then, when base weights are needed, one group per shard of
+        ``base_llama`` (``model.safetensors(.index.json)`` or ``pytorch_model.bin(.index.json)``, keys ``model.*`` /
+        ``lm_head.weight``), read one tensor at a time onto ``device`` (default: the CPU) while it is consumed:
+        assign each group before taking the next. A base norm weight fills both peft copies; the base
+        embed_tokens / lm_head (32000 rows officially) are used only if the agent file lacks them, and only when
+        they already have ``vocab_size`` rows (the image-token rows exist only in the agent file); base tensors the
+        agent file already holds are skipped (counted as superseded). Base ``inv_freq`` buffers are verified
+        (:func:`verify_inv_freq`) and added to :attr:`consumed`.
+
+        Raises (while iterating): FileNotFoundError / CorruptCheckpointError for missing or damaged base files,
+        WrongCheckpointKindError when ``base_llama`` is not a Llama checkpoint, CheckpointMismatchError for base
+        keys with no place in the agent, wrong shapes, too few vocabulary rows or a RoPE mismatch.
+        """
+        yield self.source, self.payload.items()
+        if not self.base_needed:
+            return
+        shards, all_keys = base_llama_shards(self.base_llama)
+        require_kind(all_keys, "llama", self.base_llama)
+        needed = set(self.base_needed)
+        for shard in shards:
+            yield str(shard), self._base_items(shard, needed, device)
+
+    def _base_items(self, shard: Path, needed: set, device) -> Iterator[Tuple[str, torch.Tensor]]:
+        own = self.layout.shapes
+        for bkey, tensor in iter_shard_tensors(shard, device=device):
+            if _BASE_INV_FREQ_RE.fullmatch(bkey):
+                verify_inv_freq(self.layout, bkey, tensor, str(shard))
+                self.consumed.append(f"{self.base_llama}:{bkey}")
+                continue
+            targets = base_key_targets(bkey, own)
+            if not targets:
+                raise CheckpointMismatchError(
+                    f"{shard}: key {bkey} has no place in the agent's LLaMA "
+                    "(expected keys model.* / lm_head.weight "
+                    "of a LlamaForCausalLM). Is base_llama a Llama-2-7b-hf folder?"
+                )
+            wanted = [t for t in targets if t in needed]
+            if not wanted:
+                self._base_superseded += 1
+                continue
+            for tkey in wanted:
+                exp = tuple(own[tkey])
+                if tuple(tensor.shape) != exp:
+                    if (
+                        tkey.endswith(("embed_tokens.weight", "lm_head.weight"))
+                        and tensor.shape[1:] == exp[1:]
+                        and tensor.shape[0] < exp[0]
+                    ):
+                        raise CheckpointMismatchError(
+                            f"{shard}: {bkey} has {tensor.shape[0]} rows but the agent needs {exp[0]} "
+                            "(base vocabulary + BOI/EOI/IMG tokens, docs/reference.md §2.1). "
+                            f"The image-token rows exist only in {AGENT_CHECKPOINT_HINT}, "
+                            f"which must contain {ours_to_official_key(tkey)}."
+                        )
+                    raise CheckpointMismatchError(
+                        f"{shard}: {bkey} (-> {ours_to_official_key(tkey)}): expected shape {exp}, "
+                        f"found {tuple(tensor.shape)}. "
+                        "base_llama is a model of another size than the config."
+                    )
+                self._base_used += 1
+                yield tkey, tensor
+
+    def report(self, loaded: Sequence[str]) -> LoadReport:
+        """The :class:`LoadReport` once every group of :meth:`tensor_groups` is assigned.
+
+        Args:
+            loaded: our keys that were assigned.
+
+        Returns: the report (our key names in loaded / missing -- the recomputed ``pos_embed`` --; ``inv_freq``
+        keys in consumed; notes on the base weights, pos_embed and RoPE).
+
+        Raises: CheckpointMismatchError when base tensors are still missing after reading ``base_llama``.
+        """
+        notes: List[str] = []
+        sources = [self.source]
+        if self.base_needed:
+            notes.append(f"{self._base_used} frozen tensor(s) taken from base_llama {self.base_llama}")
+            loaded_set = set(loaded)
+            from_base_copies = sorted(
+                k for k in self.base_needed if ".modules_to_save.default." in k and k in loaded_set
+            )
+            if from_base_copies:
+                notes.append(
+                    f"{len(from_base_copies)} trained norm copies (modules_to_save) were absent from the agent file "
+                    "and were initialised from the base norms, as peft does before training: check that this is "
+                    "intended"
+                )
+            if self._base_superseded:
+                notes.append(
+                    f"{self._base_superseded} base_llama tensor(s) superseded by the agent file "
+                    "(e.g. full-vocabulary embed_tokens / lm_head, norm copies)"
+                )
+            sources.append(str(self.base_llama))
+            still = sorted(set(self.base_needed) - loaded_set)
+            if still:
+                raise CheckpointMismatchError(
+                    f"{self.base_llama}: {len(still)} base tensor(s) still missing after reading the base LLaMA "
+                    "weights: "
+                    + _official_names(still, 5)
+                    + f" (e.g. {ours_to_official_key(still[0])}). Check that base_llama is the Llama-2-7b-hf the "
+                    f"agent was trained on, or use {AGENT_CHECKPOINT_HINT} that contains them."
+                )
+        elif self.base_llama is not None:
+            notes.append(f"base_llama {self.base_llama} was not needed: the agent file is complete")
+        if self.pos_embed_missing:
+            notes.append(
+                "resampler pos_embed missing from the file: recomputed "
+                "(frozen deterministic sin-cos table, docs/reference.md §2.3)"
+            )
+        if self.consumed:
+            notes.append(
+                f"{len(self.consumed)} RoPE inv_freq buffer(s) checked against the model's table and not stored"
+            )
+        return LoadReport(
+            source=" + ".join(sources),
+            loaded=sorted(set(loaded)),
+            missing=sorted(self.pos_embed_missing),
+            unexpected=[],
+            consumed=self.consumed,
+            notes=notes,
+        )
 
 
 def _base_providable(key: str) -> bool:
@@ -396,14 +520,18 @@ def _base_providable(key: str) -> bool:
     )
 
 
-def base_key_targets(agent: "SeedStoryAgent", base_key: str, own_keys: Optional[Iterable[str]] = None) -> List[str]:
-    """Where a key of a plain Llama checkpoint (``model.*`` / ``lm_head.weight``) goes in ``agent``.
+def base_key_targets(base_key: str, own_keys: Collection[str]) -> List[str]:
+    """Where a key of a plain Llama checkpoint (``model.*`` / ``lm_head.weight``) goes in the agent.
+
+    Args:
+        base_key: the Llama checkpoint's key.
+        own_keys: the agent's state-dict keys (e.g. :attr:`AgentLayout.shapes`; a set or mapping is fastest).
 
     Returns our keys (empty list when it has no place): ``model.layers.i.self_attn.q_proj.weight`` ->
     ``llm.base_model.model.model.layers.i.self_attn.q_proj.base_layer.weight``; a norm weight -> both its
     ``original_module`` and ``modules_to_save.default`` copies; embeddings / lm_head -> themselves.
     """
-    own = set(own_keys) if own_keys is not None else set(agent.state_dict(keep_vars=True))
+    own = own_keys
     key = _LLM_PREFIX + base_key
     if key in own:
         return [key]
@@ -415,82 +543,26 @@ def base_key_targets(agent: "SeedStoryAgent", base_key: str, own_keys: Optional[
     return []
 
 
-def _load_base_llama(
-    agent: "SeedStoryAgent", base_llama, needed: set, *, device, loaded: List[str], consumed: List[str]
-) -> List[str]:
-    notes: List[str] = []
-    shards, all_keys = _llama_shards(base_llama)
-    require_kind(all_keys, "llama", base_llama)
-    own = agent.state_dict(keep_vars=True)
-    own_keys = set(own)
-    used = 0
-    superseded = 0
-    for shard in shards:
-
-        def items():
-            nonlocal used, superseded
-            for bkey, tensor in _iter_tensors(shard, device=device):
-                if _BASE_INV_FREQ_RE.fullmatch(bkey):
-                    _verify_inv_freq(agent, bkey, tensor, str(shard))
-                    consumed.append(f"{base_llama}:{bkey}")
-                    continue
-                targets = base_key_targets(agent, bkey, own_keys)
-                if not targets:
-                    raise CheckpointMismatchError(
-                        f"{shard}: key {bkey} has no place in the agent's LLaMA "
-                        "(expected keys model.* / lm_head.weight "
-                        "of a LlamaForCausalLM). Is base_llama a Llama-2-7b-hf folder?"
-                    )
-                wanted = [t for t in targets if t in needed]
-                if not wanted:
-                    superseded += 1
-                    continue
-                for tkey in wanted:
-                    exp = tuple(own[tkey].shape)
-                    if tuple(tensor.shape) != exp:
-                        if (
-                            tkey.endswith(("embed_tokens.weight", "lm_head.weight"))
-                            and tensor.shape[1:] == exp[1:]
-                            and tensor.shape[0] < exp[0]
-                        ):
-                            raise CheckpointMismatchError(
-                                f"{shard}: {bkey} has {tensor.shape[0]} rows but the agent needs {exp[0]} "
-                                "(base vocabulary + BOI/EOI/IMG tokens, docs/reference.md §2.1). "
-                                f"The image-token rows exist only in {AGENT_CHECKPOINT_HINT}, "
-                                f"which must contain {ours_to_official_key(tkey)}."
-                            )
-                        raise CheckpointMismatchError(
-                            f"{shard}: {bkey} (-> {ours_to_official_key(tkey)}): expected shape {exp}, "
-                            f"found {tuple(tensor.shape)}. "
-                            "base_llama is a model of another size than the config."
-                        )
-                    used += 1
-                    yield tkey, tensor
-
-        _load_items(agent, items(), source=str(shard), device=device, loaded=loaded)
-    notes.append(f"{used} frozen tensor(s) taken from base_llama {base_llama}")
-    from_base_copies = sorted(k for k in needed if ".modules_to_save.default." in k and k in loaded)
-    if from_base_copies:
-        notes.append(
-            f"{len(from_base_copies)} trained norm copies (modules_to_save) were absent from the agent file and were "
-            "initialised from the base norms, as peft does before training: check that this is intended"
-        )
-    if superseded:
-        notes.append(
-            f"{superseded} base_llama tensor(s) superseded by the agent file "
-            "(e.g. full-vocabulary embed_tokens / lm_head, norm copies)"
-        )
-    return notes
-
-
 # ---------------------------------------------------------------------------------------------------- base llama files
-def _llama_shards(path) -> Tuple[List[Path], List[str]]:
-    """Shard files and all keys of a Llama checkpoint folder / file / index JSON."""
+def base_llama_shards(path) -> Tuple[List[Path], List[str]]:
+    """Shard files and all keys of a Llama checkpoint folder / file / index JSON (the base Llama-2-7b-hf weights).
+
+    Args:
+        path: a folder holding ``model.safetensors(.index.json)`` or ``pytorch_model.bin(.index.json)``, one of
+            those files, or a shard index JSON.
+
+    Returns: (shard paths in name order, every key of the checkpoint).
+
+    Raises:
+        FileNotFoundError: no weights in the folder, a missing file or a shard the index lists.
+        CorruptCheckpointError: a damaged safetensors / pickle file.
+        CheckpointMismatchError: an index without a ``weight_map`` or an unsupported file type.
+    """
     path = Path(path)
     if path.is_dir():
         found = standard_checkpoint_file(path)
         if found is not None:
-            return _llama_shards(found)
+            return base_llama_shards(found)
         raise FileNotFoundError(
             f"No Llama weights in {path}: expected model.safetensors(.index.json) or pytorch_model.bin(.index.json) "
             "(a Llama-2-7b-hf folder)."
@@ -517,8 +589,13 @@ def _llama_shards(path) -> Tuple[List[Path], List[str]]:
     )
 
 
-def _iter_tensors(shard: Path, *, device=None) -> Iterator[Tuple[str, torch.Tensor]]:
-    """Yield (key, tensor) of one shard, one tensor at a time for safetensors (pickles: via read_state_dict, mmap)."""
+def iter_shard_tensors(shard: Path, *, device=None) -> Iterator[Tuple[str, torch.Tensor]]:
+    """Yield (key, tensor) of one checkpoint shard onto ``device`` (default: the CPU): one tensor at a time for
+    safetensors; pickles are read with :func:`~seedstory_core.checkpoints.read_state_dict` (``weights_only``,
+    memory-mapped) and released entry by entry.
+
+    Raises: CorruptCheckpointError for a damaged file; UnsafeCheckpointError for a pickle that would run code.
+    """
     if shard.suffix in SAFETENSORS_EXTS:
         with open_safetensors(shard, device=device if device is not None else "cpu") as handle:
             for key in handle.keys():

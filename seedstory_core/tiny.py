@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import json
 import string
-from typing import TYPE_CHECKING, Iterable, List, Optional
+from typing import Iterable, List, Optional
 
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from .agent import SeedStoryAgent
+from .bundle import SeedStoryBundle
 from .config import (
     AgentConfig,
     DetokenizerConfig,
@@ -30,10 +35,9 @@ from .config import (
     SeedStoryConfig,
     VisualTokenizerConfig,
 )
-from .tokenizer import _BOS, _EOS, _UNK, INST, SeedStoryTokenizer, _added_token, _wrap_fast
-
-if TYPE_CHECKING:  # imported when called: the corpus, tokenizer and sizes need neither torch nor the models
-    from .bundle import SeedStoryBundle
+from .detokenizer import SeedStoryDetokenizer
+from .tokenizer import BOS_TOKEN, EOS_TOKEN, INST, UNK_TOKEN, SeedStoryTokenizer, added_token, wrap_fast_tokenizer
+from .visual_tokenizer import QwenVisualTokenizer
 
 __all__ = [
     "tiny_story_corpus",
@@ -195,8 +199,6 @@ def build_tiny_tokenizer(
         ValueError: if ``texts`` is empty or holds no non-empty str, or ``vocab_size`` is too small.
         TypeError: if an element of ``texts`` is not a str.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
     lines = []
     for t in texts:
         if not isinstance(t, str):
@@ -208,7 +210,7 @@ def build_tiny_tokenizer(
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise TypeError(f"build_tiny_tokenizer: expected vocab_size to be an int, found {type(vocab_size).__name__}.")
 
-    specials = [_UNK, _BOS, _EOS]
+    specials = [UNK_TOKEN, BOS_TOKEN, EOS_TOKEN]
     byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
     corpus_chars = {c for line in lines for c in line.replace(" ", _SPIECE_UNDERLINE)}
     alphabet = sorted(corpus_chars | set(_BASE_ALPHABET) | {_SPIECE_UNDERLINE})
@@ -226,7 +228,7 @@ def build_tiny_tokenizer(
     pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPIECE_UNDERLINE, prepend_scheme="never", split=True)
 
     # 1. learn characters + merges (the trainer's vocab holds the 3 specials, the alphabet and the merges).
-    trainer_model = Tokenizer(models.BPE(unk_token=_UNK))
+    trainer_model = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
     trainer_model.normalizer = normalizer
     trainer_model.pre_tokenizer = pre_tokenizer
     trainer = trainers.BpeTrainer(
@@ -262,7 +264,7 @@ def build_tiny_tokenizer(
     model = models.BPE(
         vocab={p: i for i, p in enumerate(pieces)},
         merges=[tuple(m.split(" ")) for m in merges],
-        unk_token=_UNK,
+        unk_token=UNK_TOKEN,
         fuse_unk=True,
         byte_fallback=True,
     )
@@ -272,8 +274,8 @@ def build_tiny_tokenizer(
     backend.decoder = decoders.Sequence(
         [decoders.Replace(_SPIECE_UNDERLINE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
-    backend.add_special_tokens([_added_token(s, special=True) for s in specials])
-    tok = SeedStoryTokenizer(_wrap_fast(backend, source="build_tiny_tokenizer"), image_tokens)
+    backend.add_special_tokens([added_token(s, special=True) for s in specials])
+    tok = SeedStoryTokenizer(wrap_fast_tokenizer(backend, source="build_tiny_tokenizer"), image_tokens)
     if tok.base_vocab_size != vocab_size:
         raise ValueError(
             f"build_tiny_tokenizer: expected a base vocabulary of {vocab_size}, found {tok.base_vocab_size}."
@@ -363,7 +365,7 @@ def tiny_config(base_vocab: int = 1000) -> SeedStoryConfig:
 
 def random_tiny_bundle(
     seed: int = 0, *, base_vocab: int = 1000, tokenizer: Optional[SeedStoryTokenizer] = None
-) -> "SeedStoryBundle":
+) -> SeedStoryBundle:
     """A seeded random-weight tiny model (tests, the demo before a trained model exists, training init).
 
     Args:
@@ -378,13 +380,6 @@ def random_tiny_bundle(
 
     Raises: ValueError if ``base_vocab`` is too small for the tiny corpus (see :func:`build_tiny_tokenizer`).
     """
-    import torch
-
-    from .agent import SeedStoryAgent
-    from .bundle import SeedStoryBundle
-    from .detokenizer import SeedStoryDetokenizer
-    from .visual_tokenizer import QwenVisualTokenizer
-
     if tokenizer is None:
         tokenizer = default_tiny_tokenizer(base_vocab)
     base_vocab = tokenizer.vocab_size - 2 - tokenizer.num_img_tokens

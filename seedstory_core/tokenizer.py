@@ -25,7 +25,8 @@ The fast (``tokenizers``) backend reproduces this when the image tokens are regi
 sentencepiece backend of transformers (``legacy=True``) does it natively.
 
 :func:`seedstory_core.tiny.build_tiny_tokenizer` trains a small LLaMA-like tokenizer with the same properties, for
-tests and tiny models.
+tests and tiny models, from the public building blocks here: :data:`UNK_TOKEN` / :data:`BOS_TOKEN` /
+:data:`EOS_TOKEN`, :func:`added_token` and :func:`wrap_fast_tokenizer`.
 """
 
 from __future__ import annotations
@@ -35,14 +36,31 @@ import re
 from pathlib import Path
 from typing import Iterable, List, Sequence, Tuple, Union
 
+from tokenizers import AddedToken, Tokenizer
+from transformers import PreTrainedTokenizerFast
+
 from .config import ImageTokenSettings
 from .tokens import ImageTokens
+
+try:  # the slow sentencepiece backend is optional: only a folder holding tokenizer.model alone needs it
+    import sentencepiece  # noqa: F401
+    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+
+    _SENTENCEPIECE_IMPORT_ERROR = None
+except ImportError as _exc:
+    SentencePieceBackend = None
+    _SENTENCEPIECE_IMPORT_ERROR = _exc
 
 __all__ = [
     "SeedStoryTokenizer",
     "TokenizerError",
     "INST",
     "CLEAN_TEXT_PATTERN",
+    "UNK_TOKEN",
+    "BOS_TOKEN",
+    "EOS_TOKEN",
+    "added_token",
+    "wrap_fast_tokenizer",
 ]
 
 #: The instruction marker put before every caption but the first (docs/reference.md §3.1, §5).
@@ -51,7 +69,8 @@ INST = "[INST]"
 #: becomes one space.
 CLEAN_TEXT_PATTERN = re.compile(r"\s*<[^>]*>\s*")
 
-_UNK, _BOS, _EOS = "<unk>", "<s>", "</s>"
+#: LLaMA's unknown / begin / end of sequence tokens (ids 0, 1, 2 in LLaMA-2, docs/reference.md §2.1).
+UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<unk>", "<s>", "</s>"
 
 PathLike = Union[str, Path]
 
@@ -71,11 +90,20 @@ def _image_token_strings(settings: ImageTokenSettings) -> List[str]:
     return strings
 
 
-def _added_token(content: str, special: bool = False):
-    from tokenizers import AddedToken
+def added_token(content: str, special: bool = False) -> AddedToken:
+    """A ``tokenizers.AddedToken`` registered the legacy LLaMA way (docs/reference.md §2.1, §5).
 
-    # normalized=False: the text is split on the token BEFORE normalisation, so every text chunk gets its own
-    # dummy-prefix '▁' exactly like the legacy slow LlamaTokenizer (module docstring).
+    ``normalized=False``: the text is split on the token BEFORE normalisation, so every text chunk gets its own
+    dummy-prefix ``'▁'`` exactly like the legacy slow ``LlamaTokenizer`` (module docstring); no stripping, not
+    single-word.
+
+    Args:
+        content (str): the token string (e.g. ``'<img>'`` or ``'<s>'``).
+        special (bool): register it as a special token (``<unk>``, ``<s>``, ``</s>``); image tokens are not.
+
+    Returns:
+        tokenizers.AddedToken
+    """
     return AddedToken(content, single_word=False, lstrip=False, rstrip=False, normalized=False, special=special)
 
 
@@ -177,8 +205,6 @@ class SeedStoryTokenizer:
             FileNotFoundError: if the file does not exist.
             TokenizerError: if the file cannot be parsed, lacks ``<s>``/``</s>``, or see the class docstring.
         """
-        from tokenizers import Tokenizer
-
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(
@@ -192,7 +218,7 @@ class SeedStoryTokenizer:
                 f"could not parse {file} as a HuggingFace tokenizer.json ({exc}). Re-create it, e.g. with "
                 "scripts/fetch_llama2_tokenizer.sh."
             ) from exc
-        return cls(_wrap_fast(backend, source=str(file)), image_tokens)
+        return cls(wrap_fast_tokenizer(backend, source=str(file)), image_tokens)
 
     def save(self, folder: PathLike) -> Path:
         """Write the tokenizer (with its image tokens) to ``folder`` so :meth:`from_folder` re-reads the same ids.
@@ -471,11 +497,9 @@ class SeedStoryTokenizer:
             )
         start = len(self._tok)
         if _is_sentencepiece(self._tok):
-            from tokenizers import AddedToken
-
             tokens = [AddedToken(s, lstrip=False, rstrip=False, normalized=False, special=False) for s in strings]
         else:
-            tokens = [_added_token(s) for s in strings]
+            tokens = [added_token(s) for s in strings]
         added = self._tok.add_tokens(tokens)
         if added != len(strings) or len(self._tok) != start + len(strings):
             raise TokenizerError(
@@ -523,19 +547,34 @@ class SeedStoryTokenizer:
 # ---------------------------------------------------------------------- backends
 
 
-def _wrap_fast(backend, source: str):
-    """Wrap a ``tokenizers.Tokenizer`` in transformers' ``PreTrainedTokenizerFast`` without changing it."""
-    from transformers import PreTrainedTokenizerFast
+def wrap_fast_tokenizer(backend: Tokenizer, source: str) -> PreTrainedTokenizerFast:
+    """Wrap a ``tokenizers.Tokenizer`` in transformers' ``PreTrainedTokenizerFast`` without changing it.
 
+    BOS / EOS are :data:`BOS_TOKEN` / :data:`EOS_TOKEN` (and UNK :data:`UNK_TOKEN` when the vocabulary has it);
+    ``clean_up_tokenization_spaces=False`` (docs/reference.md §2.1, §3.1).
+
+    Args:
+        backend (tokenizers.Tokenizer): the trained / loaded tokenizer.
+        source (str): where it came from (a file name or a function name), for the error message.
+
+    Returns:
+        transformers.PreTrainedTokenizerFast, ready for :class:`SeedStoryTokenizer`.
+
+    Raises:
+        TokenizerError: if the vocabulary lacks ``<s>`` or ``</s>``.
+    """
     vocab = backend.get_vocab(with_added_tokens=True)
-    missing = [t for t in (_BOS, _EOS) if t not in vocab]
+    missing = [t for t in (BOS_TOKEN, EOS_TOKEN) if t not in vocab]
     if missing:
         raise TokenizerError(
-            f"expected a LLaMA-style tokenizer with {_BOS!r} and {_EOS!r}, found none of {missing} in {source}."
+            f"expected a LLaMA-style tokenizer with {BOS_TOKEN!r} and {EOS_TOKEN!r}, found none of {missing} in "
+            f"{source}."
         )
-    kwargs = dict(tokenizer_object=backend, bos_token=_BOS, eos_token=_EOS, clean_up_tokenization_spaces=False)
-    if _UNK in vocab:
-        kwargs["unk_token"] = _UNK
+    kwargs = dict(
+        tokenizer_object=backend, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, clean_up_tokenization_spaces=False
+    )
+    if UNK_TOKEN in vocab:
+        kwargs["unk_token"] = UNK_TOKEN
     return PreTrainedTokenizerFast(**kwargs)
 
 
@@ -545,26 +584,21 @@ def _is_sentencepiece(tok) -> bool:
 
 def _load_sentencepiece_folder(folder: Path):
     """The slow sentencepiece LLaMA tokenizer (legacy=True) from ``tokenizer.model`` + ``added_tokens.json``."""
-    try:
-        import sentencepiece  # noqa: F401
-        from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
-    except ImportError as exc:
+    if SentencePieceBackend is None:
         raise ImportError(
             f"{folder} holds only tokenizer.model, which needs the 'sentencepiece' package: pip install "
             "sentencepiece (or provide a tokenizer.json)."
-        ) from exc
+        ) from _SENTENCEPIECE_IMPORT_ERROR
     tok = SentencePieceBackend(
         vocab_file=str(folder / "tokenizer.model"),
         legacy=True,
-        unk_token=_UNK,
-        bos_token=_BOS,
-        eos_token=_EOS,
+        unk_token=UNK_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
         clean_up_tokenization_spaces=False,
     )
     added_file = folder / "added_tokens.json"
     if added_file.is_file():
-        from tokenizers import AddedToken
-
         try:
             added = json.loads(added_file.read_text(encoding="utf-8"))
             items = sorted((int(i), str(s)) for s, i in added.items())

@@ -10,20 +10,21 @@ a verbatim copy of Qwen-VL's ``visual.py``). Parameter names equal the official 
   ``transformer.resblocks.{i}.mlp.{c_fc,c_proj}.*``
 * ``attn_pool.*`` (a :class:`~seedstory_core.resampler.QwenResampler`), ``ln_post.*``, ``proj``
 
-:func:`golden_vit` runs a golden fixture (``golden/vit_*.json`` + ``.safetensors``) through this module.
+:func:`seedstory_core.golden.golden_vit` runs a golden fixture (``golden/vit_*.json`` + ``.safetensors``) through
+this module (the golden adapters import the model modules, never the reverse).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Dict, Mapping, Optional
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ResamplerConfig, VisualTokenizerConfig
+from .preprocess import preprocess_images
 from .resampler import QwenResampler, resize_pos_embed
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "ResidualAttentionBlock",
     "VisualTransformer",
     "QwenVisualTokenizer",
-    "golden_vit",
     "POSITIONAL_EMBEDDING_ROWS",
 ]
 
@@ -298,8 +298,6 @@ class QwenVisualTokenizer(nn.Module):
         Raises:
             ValueError: for invalid images or mode (from :func:`~seedstory_core.preprocess.preprocess_images`).
         """
-        from .preprocess import preprocess_images
-
         pixels = preprocess_images(images, image_size=self.config.image_size, mode=mode)
         ref = self._param_ref()
         return self(pixels.to(device=ref.device, dtype=ref.dtype))
@@ -326,67 +324,3 @@ class QwenVisualTokenizer(nn.Module):
     def dtype(self) -> torch.dtype:
         """Dtype of the parameters."""
         return self._param_ref().dtype
-
-
-# ---------------------------------------------------------------------- golden fixtures
-GOLDEN_OUTPUT_NAMES = (
-    "features",
-    "intermediate.ln_pre_out",
-    "intermediate.transformer_out",
-    "intermediate.attn_pool_out",
-)
-
-
-def config_from_constructor_kwargs(kwargs: Mapping, layernorm_eps: Optional[float] = None) -> VisualTokenizerConfig:
-    """Map official ``VisionTransformerWithAttnPool`` constructor arguments onto a :class:`VisualTokenizerConfig`.
-
-    Keys that are not config fields (e.g. the stray ``image_start_id"`` of the official YAML, docs/reference.md §1) are
-    ignored.
-    ``layernorm_eps`` (when given and not in ``kwargs``) sets the LayerNorm eps; otherwise the config default 1e-6.
-    Raises ``ValueError`` when ``kwargs`` is not a mapping.
-    """
-    if not isinstance(kwargs, Mapping):
-        raise ValueError(
-            "constructor_kwargs must be a dict of VisionTransformerWithAttnPool arguments, "
-            f"found {type(kwargs).__name__}."
-        )
-    names = {f.name for f in dataclasses.fields(VisualTokenizerConfig)}
-    picked = {k: v for k, v in kwargs.items() if k in names}
-    if layernorm_eps is not None and "layernorm_eps" not in picked:
-        picked["layernorm_eps"] = float(layernorm_eps)
-    return VisualTokenizerConfig(**picked)
-
-
-def golden_vit(
-    meta: dict, state_dict: Dict[str, torch.Tensor], inputs: Dict[str, torch.Tensor]
-) -> Dict[str, torch.Tensor]:
-    """Run a ``vit`` golden fixture through :class:`QwenVisualTokenizer` (docs/reference.md §10, §1).
-
-    Args:
-        meta: the fixture JSON; ``meta['constructor_kwargs']`` gives the sizes (non-config keys ignored) and
-            ``meta['derived']['vit_layernorm_eps']`` (if present) the LayerNorm eps.
-        state_dict: the fixture's weights (keys without ``input.``/``output.``), loaded with ``strict=True``.
-        inputs: the fixture inputs without the ``input.`` prefix; needs ``'pixel_values'`` (B, 3, S, S) float.
-
-    Returns:
-        dict of float32 CPU tensors ``'features'``, ``'intermediate.ln_pre_out'``,
-        ``'intermediate.transformer_out'``, ``'intermediate.attn_pool_out'`` (fixture names without ``output.``).
-
-    Raises:
-        KeyError: ``constructor_kwargs`` or ``pixel_values`` missing. RuntimeError: the state dict does not load
-        strictly (missing / unexpected keys or wrong shapes).
-    """
-    if "constructor_kwargs" not in meta:
-        raise KeyError(f"golden_vit: the fixture JSON has no 'constructor_kwargs' (keys found: {sorted(meta)}).")
-    if "pixel_values" not in inputs:
-        raise KeyError(
-            f"golden_vit: inputs need 'pixel_values' (found {sorted(inputs)}); strip the 'input.' prefix first."
-        )
-    eps = (meta.get("derived") or {}).get("vit_layernorm_eps")
-    config = config_from_constructor_kwargs(meta["constructor_kwargs"], layernorm_eps=eps)
-    model = QwenVisualTokenizer(config)
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
-    model = model.float().eval()
-    with torch.no_grad():
-        out = model.forward_with_intermediates(inputs["pixel_values"].float())
-    return {k: out[k].detach().float().cpu() for k in GOLDEN_OUTPUT_NAMES}

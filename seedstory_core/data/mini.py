@@ -56,6 +56,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .storystream import chunk_stories, write_jsonl
+
 __all__ = [
     "Character",
     "CHARACTERS",
@@ -836,8 +838,6 @@ def generate_dataset(
     out_dir, seed: int, stories: int, size: int = 64, frames: int = 30, chunk_len: int = 10
 ) -> Dict[str, Any]:
     """Write a StoryStream-mini dataset (see the module doc for the layout). Returns a summary dict."""
-    from .storystream import chunk_stories, write_jsonl
-
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 __all__ = [
     "IGNORE_INDEX",
@@ -284,8 +285,6 @@ def sd_target(image, size: int, *, official_crop_swap: bool = False) -> Tuple[to
     Returns:
         ``(sd_image (3, S, S) float32 in [-1, 1], time_ids (6,) float32)``.
     """
-    from PIL import Image
-
     img = image.convert("RGB")
     w, h = img.size
     new_h, new_w, top, left = crop_geometry(h, w, size)

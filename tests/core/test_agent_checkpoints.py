@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import LlamaForCausalLM
 
 from seedstory_core.agent import SeedStoryAgent
 from seedstory_core.checkpoints import (
@@ -21,13 +22,7 @@ from seedstory_core.checkpoints import (
 )
 from seedstory_core.config import LlamaSettings, official_config
 from seedstory_core.convert import main as convert_main, parse_size
-from seedstory_core.official_agent import (
-    AGENT_KEY_RULES,
-    load_official_state_dict,
-    official_state_dict,
-    official_trainable_keys,
-    ours_to_official_key,
-)
+from seedstory_core.official_agent import AGENT_KEY_RULES, official_to_ours_key_map, ours_to_official_key
 from tests.support.configs import small_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,8 +79,6 @@ def save_base_llama(agent: SeedStoryAgent, folder: Path, base_vocab: int, max_sh
     """A Llama-2-7b-hf-style folder (transformers save_pretrained, safetensors) holding the agent's frozen base:
     linear weights, the ``original_module`` norm copies (the base norms, as after official wrapping) and the
     first ``base_vocab`` rows of embed_tokens / lm_head."""
-    from transformers import LlamaForCausalLM
-
     cfg = agent.config.llm
     lc = LlamaSettings(**{**cfg.to_dict(), "vocab_size": base_vocab}).to_transformers()
     llama = LlamaForCausalLM(lc)
@@ -109,13 +102,13 @@ def test_full_size_meta_keys_equal_official_manifest(reference):
     trainable_manifest = json.loads((reference / "manifests" / "manifest_agent_trainable.json").read_text())
     agent = SeedStoryAgent.build(official_config().agent, meta=True)
     assert all(p.is_meta for p in agent.parameters())
-    sd = official_state_dict(agent)
+    sd = agent.official_state_dict()
     assert len(sd) == len(manifest) == 856
     assert {k: list(v.shape) for k, v in sd.items()} == manifest
-    trainable_sd = official_state_dict(agent, trainable_only=True)
+    trainable_sd = agent.official_state_dict(trainable_only=True)
     expected = dict(trainable_manifest["trainable_params"], **trainable_manifest["persistent_buffers"])
     assert {k: list(v.shape) for k, v in trainable_sd.items()} == expected
-    assert sorted(official_trainable_keys(agent)) == sorted(trainable_manifest["trainable_params"])
+    assert sorted(agent.official_trainable_keys()) == sorted(trainable_manifest["trainable_params"])
     # our own requires_grad set = official minus the never-used original_module copies (peft >= 0.14 freezes them)
     ours = {ours_to_official_key(n) for n, p in agent.named_parameters() if p.requires_grad}
     assert ours == {k for k in trainable_manifest["trainable_params"] if ".original_module." not in k}
@@ -130,8 +123,6 @@ def test_full_size_meta_keys_equal_official_manifest(reference):
 
 
 def test_key_rules_map_official_names(golden_dir):
-    from seedstory_core.official_agent import official_to_ours_key_map
-
     keys = json.loads((golden_dir / "agent_public.json").read_text())["state_dict"].keys()
     mapping = official_to_ours_key_map(keys)
     assert (
@@ -156,7 +147,7 @@ def test_trainable_only_file_plus_base_llama_reproduces_model(tmp_path, shard):
     full = random_agent(cfg, seed=1)
     batch = batch_for(cfg)
     ref = outputs(full, batch)
-    trainable = {k: v.clone() for k, v in official_state_dict(full, trainable_only=True).items()}
+    trainable = {k: v.clone() for k, v in full.official_state_dict(trainable_only=True).items()}
     assert not any(k.endswith("pos_embed") or k.endswith("q_proj.weight") for k in trainable)
     save_file(trainable, str(tmp_path / "agent_trainable.safetensors"))
     base_vocab = cfg.llm.vocab_size - 6
@@ -174,17 +165,17 @@ def test_trainable_only_file_plus_base_llama_reproduces_model(tmp_path, shard):
 def test_missing_base_or_agent_tensors_name_the_providing_file(tmp_path):
     cfg = small_config()
     full = random_agent(cfg)
-    trainable = dict(official_state_dict(full, trainable_only=True))
+    trainable = dict(full.official_state_dict(trainable_only=True))
     with pytest.raises(CheckpointMismatchError, match="Llama-2-7b-hf"):
-        load_official_state_dict(SeedStoryAgent.build(cfg, meta=True), trainable, source="agent.bin")
+        SeedStoryAgent.build(cfg, meta=True).load_official_state_dict(trainable, source="agent.bin")
     no_lora = {k: v for k, v in trainable.items() if "layers.1.mlp.up_proj.lora_B" not in k}
     with pytest.raises(CheckpointMismatchError, match=r"agent.bin.*up_proj\.lora_B.*SEED-Story agent checkpoint"):
-        load_official_state_dict(SeedStoryAgent.build(cfg, meta=True), no_lora, source="agent.bin")
+        SeedStoryAgent.build(cfg, meta=True).load_official_state_dict(no_lora, source="agent.bin")
     # embeddings absent from the agent file: the base has only base_vocab rows -> image-token rows are missing
     base = save_base_llama(full, tmp_path / "llama", cfg.llm.vocab_size - 6)
     no_embed = {k: v for k, v in trainable.items() if not k.endswith("embed_tokens.weight")}
     with pytest.raises(CheckpointMismatchError, match="image-token rows"):
-        load_official_state_dict(SeedStoryAgent.build(cfg, meta=True), no_embed, source="agent.bin", base_llama=base)
+        SeedStoryAgent.build(cfg, meta=True).load_official_state_dict(no_embed, source="agent.bin", base_llama=base)
 
 
 def test_full_official_dict_loads_strictly_into_meta_and_materialised_agents():
@@ -192,31 +183,31 @@ def test_full_official_dict_loads_strictly_into_meta_and_materialised_agents():
     full = random_agent(cfg, seed=2)
     batch = batch_for(cfg)
     ref = outputs(full, batch)
-    sd = {k: v.clone() for k, v in official_state_dict(full).items()}
+    sd = {k: v.clone() for k, v in full.official_state_dict().items()}
     for agent in (SeedStoryAgent.build(cfg, meta=True), SeedStoryAgent.build(cfg)):
-        report = load_official_state_dict(agent, sd, source="full.bin")
+        report = agent.load_official_state_dict(sd, source="full.bin")
         assert report.missing == [] and report.unexpected == []
         assert_same(outputs(agent.eval(), batch), ref)
 
 
 def test_wrong_shape_names_file_key_and_shapes():
     cfg = small_config()
-    sd = dict(official_state_dict(random_agent(cfg)))
+    sd = dict(random_agent(cfg).official_state_dict())
     key = "llm.base_model.model.model.layers.0.self_attn.k_proj.lora_A.default.weight"
     sd[key] = torch.zeros(8, cfg.llm.hidden_size)
     with pytest.raises(CheckpointMismatchError) as err:
-        load_official_state_dict(SeedStoryAgent.build(cfg, meta=True), sd, source="my_agent.bin")
+        SeedStoryAgent.build(cfg, meta=True).load_official_state_dict(sd, source="my_agent.bin")
     msg = str(err.value)
     assert "my_agent.bin" in msg and key in msg and "(4, 64)" in msg and "(8, 64)" in msg
 
 
 def test_inv_freq_mismatch_raises():
     cfg = small_config()
-    sd = dict(official_state_dict(random_agent(cfg)))
+    sd = dict(random_agent(cfg).official_state_dict())
     key = "llm.base_model.model.model.layers.1.self_attn.rotary_emb.inv_freq"
     sd[key] = sd[key] * 1.001
     with pytest.raises(CheckpointMismatchError, match="RoPE"):
-        load_official_state_dict(SeedStoryAgent.build(cfg, meta=True), sd, source="a.bin")
+        SeedStoryAgent.build(cfg, meta=True).load_official_state_dict(sd, source="a.bin")
 
 
 def test_vit_file_is_refused(tmp_path):
@@ -230,7 +221,7 @@ def test_vit_file_is_refused(tmp_path):
     with pytest.raises(WrongCheckpointKindError, match="visual_tokenizer"):
         SeedStoryAgent.from_pretrained(tmp_path / "qwen_vit_G.safetensors", small_config())
     with pytest.raises(WrongCheckpointKindError):
-        load_official_state_dict(SeedStoryAgent.build(small_config(), meta=True), vit_like, source="vit.pt")
+        SeedStoryAgent.build(small_config(), meta=True).load_official_state_dict(vit_like, source="vit.pt")
 
 
 def _write_malicious_pickle(path: Path, marker: Path) -> None:
@@ -280,7 +271,7 @@ def test_convert_cli_round_trip(tmp_path):
     batch = batch_for(cfg)
     ref = outputs(full, batch)
     bin_path = tmp_path / "pytorch_model.bin"
-    torch.save({k: v.clone() for k, v in official_state_dict(full).items()}, bin_path)
+    torch.save({k: v.clone() for k, v in full.official_state_dict().items()}, bin_path)
     out_dir = tmp_path / "converted"
     proc = subprocess.run(
         [PY, "-m", "seedstory_core.convert", "agent", str(bin_path), str(out_dir), "--shard-size", "50KB"],
@@ -366,9 +357,8 @@ def test_peak_ram_of_meta_build_and_tiny_save_load(tmp_path):
         import torch
         from seedstory_core.agent import SeedStoryAgent
         from seedstory_core.config import official_config
-        from seedstory_core.official_agent import official_state_dict
         agent = SeedStoryAgent.build(official_config().agent, meta=True, dtype=torch.bfloat16)
-        sd = official_state_dict(agent)
+        sd = agent.official_state_dict()
         assert len(sd) == 856
         n = sum(p.numel() for p in agent.parameters())
         assert n > 6.9e9, n

@@ -4,7 +4,8 @@
   format), a text or HTML file or a Git LFS pointer under a weights name, a file of the other format -- through
   :func:`seedstory_core.checkpoints.read_state_dict`, the base-Llama shard reader and the loader nodes;
 * image batches where a node tells one story (Generate Story refuses; Story Start has ``batch_index``);
-* the sentence-length limit in tokens (nodes.story.max_text_tokens) on the opening text, captions and Story Step text;
+* the sentence-length limit in tokens (seedstory_core.rules.max_text_tokens) on the opening text, captions and Story
+  Step text;
 * ``python -m training.tiny_recipe --export`` refuses to replace a folder that is not a previous export.
 
 Node functions run with the stand-ins for ``comfy``/``folder_paths`` of tests/support/comfy_stubs.py
@@ -13,6 +14,7 @@ Node functions run with the stand-ins for ``comfy``/``folder_paths`` of tests/su
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -20,22 +22,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from seedstory_core.bundle import SeedStoryBundle
 from seedstory_core.checkpoints import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
     read_keys_and_shapes,
     read_state_dict,
 )
-from tests.support.comfy_stubs import NODES, STEP, InputError, run, start_image, tiny
+from seedstory_core.config import official_config
+from seedstory_core.official_agent import base_llama_shards, iter_shard_tensors
+from seedstory_core.rules import max_text_tokens
+from seedstory_core.tiny import random_tiny_bundle, tiny_config
+from tests.support.comfy_stubs import NODES, STEP, InputError, run, start_image, tiny, write_component_folders
+from training import tiny_recipe
 
 story_nodes = sys.modules[NODES["SeedStoryGenerateStory"].__module__]
 
 
 # ------------------------------------------------------------------------------------------------ damaged files
 def _good(tmp: Path):
-    from safetensors.torch import save_file
-
     tensors = {"w": torch.arange(4096, dtype=torch.float32).reshape(64, 64), "b": torch.ones(64)}
     save_file(tensors, str(tmp / "good.safetensors"))
     torch.save(tensors, str(tmp / "good.bin"))
@@ -152,25 +159,21 @@ def test_good_files_still_load_and_unsafe_pickles_are_still_refused(tmp_path):
 
 
 def test_corrupt_shard_index_and_base_llama_files(tmp_path):
-    from seedstory_core.official_agent import _iter_tensors, _llama_shards
-
     (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-00001.safet')
     with pytest.raises(CorruptCheckpointError, match="not a valid shard index.*weight_map"):
         read_state_dict(tmp_path / "model.safetensors.index.json")
     _good(tmp_path)
     _cut(tmp_path / "good.safetensors", tmp_path / "llama.safetensors")
     with pytest.raises(CorruptCheckpointError, match="llama.safetensors is not a valid safetensors file"):
-        _llama_shards(tmp_path / "llama.safetensors")
+        base_llama_shards(tmp_path / "llama.safetensors")
     with pytest.raises(CorruptCheckpointError, match="llama.safetensors is not a valid safetensors file"):
-        list(_iter_tensors(tmp_path / "llama.safetensors"))
+        list(iter_shard_tensors(tmp_path / "llama.safetensors"))
     _cut(tmp_path / "good.bin", tmp_path / "pytorch_model.bin")
     with pytest.raises(CorruptCheckpointError, match="pytorch_model.bin is not a valid PyTorch checkpoint"):
-        _llama_shards(tmp_path / "pytorch_model.bin")
+        base_llama_shards(tmp_path / "pytorch_model.bin")
 
 
 def test_loader_nodes_report_damaged_files(comfy, tmp_path):
-    from tests.support.comfy_stubs import write_component_folders
-
     write_component_folders(comfy.tmp)
     agents = comfy.tmp / "models" / "seed_story" / "agent"
     vits = comfy.tmp / "models" / "seed_story" / "visual_tokenizer"
@@ -269,16 +272,10 @@ def test_story_start_picks_batch_index_and_step_refuses_batched_context(comfy):
 
 # ------------------------------------------------------------------------------------------------ text length
 def test_text_limit_is_derived_from_the_model_config():
-    from seedstory_core.config import official_config
-    from seedstory_core.tiny import tiny_config
-
-    max_text_tokens = story_nodes.max_text_tokens
     official, small = official_config().agent, tiny_config().agent
     for cfg in (official, small):
         assert max_text_tokens(cfg) == cfg.llm.max_position_embeddings // 8 - (cfg.image_tokens.num_img_tokens + 2)
     assert max_text_tokens(official) == 446  # 4096 / 8 - 66
-    import dataclasses
-
     short = dataclasses.replace(small, llm=dataclasses.replace(small.llm, max_position_embeddings=1024))
     assert max_text_tokens(short) == 62
     assert "446 tokens" in story_nodes.LIMIT_TIP
@@ -289,7 +286,7 @@ def test_text_limit_is_derived_from_the_model_config():
 
 def test_long_opening_text_and_captions_are_refused_with_the_limit(comfy):
     agent, vit, detok, _ = tiny()
-    limit = story_nodes.max_text_tokens(agent.config)
+    limit = max_text_tokens(agent.config)
     huge = ("Max and Zoe are at the beach. " * 700)[:20000]
     n = len(agent.tokenizer.encode(huge.strip()))
     assert n > limit
@@ -348,22 +345,16 @@ def test_long_opening_text_and_captions_are_refused_with_the_limit(comfy):
 # ------------------------------------------------------------------------------------------------ tiny_recipe --export
 def _fake_run(tmp: Path) -> Path:
     """A run folder with only what the export stage reads (stage3/model: the trained bundle)."""
-    from seedstory_core.tiny import random_tiny_bundle
-
     run_dir = tmp / "run"
     random_tiny_bundle(0).save(run_dir / "stage3" / "model")
     return run_dir
 
 
 def _export(run_dir: Path, target: Path, *extra: str) -> int:
-    from training import tiny_recipe
-
     return tiny_recipe.main(["--out", str(run_dir), "--stages", "export", "--export", str(target), *extra])
 
 
 def test_export_refuses_a_folder_that_is_not_a_previous_export(tmp_path, capsys):
-    from training import tiny_recipe
-
     run_dir = _fake_run(tmp_path)
     precious = tmp_path / "my_models"
     (precious / "sub").mkdir(parents=True)
@@ -393,9 +384,6 @@ def test_export_refuses_a_folder_that_is_not_a_previous_export(tmp_path, capsys)
 
 
 def test_export_replaces_a_previous_export_and_keeps_the_users_files(tmp_path, capsys):
-    from seedstory_core.bundle import SeedStoryBundle
-    from training import tiny_recipe
-
     run_dir = _fake_run(tmp_path)
     target = tmp_path / "models" / "seedstory-tiny"
     assert _export(run_dir, target) == 0  # a new folder

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from seedstory_core.config import DetokenizerResamplerConfig
-from seedstory_core.detok_resampler import ResamplerXLV2, golden_detok_resampler
+from seedstory_core.detok_resampler import ResamplerXLV2
+from seedstory_core.golden import golden_detok_resampler
 from tests.support.golden import load_fixture
 
 RTOL, ATOL = 1e-4, 1e-5

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from seedstory_core.checkpoints import CheckpointMismatchError, WrongCheckpointKindError
 from seedstory_core.config import DetokenizerConfig
@@ -242,8 +243,6 @@ def saved(tmp_path_factory):
 
 def _save(root, name, tensors):
     """``tensors`` written to ``root / name`` as a .safetensors file; returns that path."""
-    from safetensors.torch import save_file
-
     path = root / name
     save_file(tensors, str(path))
     return path

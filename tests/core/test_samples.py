@@ -20,6 +20,7 @@ from seedstory_core.data.samples import (
     sd_target,
     sd_time_ids,
 )
+from seedstory_core.tiny import default_tiny_tokenizer
 
 
 class ToyTokenizer:
@@ -93,8 +94,6 @@ def test_golden_training_batch_exact(golden):
 
 
 def _sample_with_real_tokenizer(k=2, max_length=1280):
-    from seedstory_core.tiny import default_tiny_tokenizer
-
     tok = default_tiny_tokenizer()
     caps = [
         "George the pig runs to the park.",
@@ -208,9 +207,6 @@ def test_sd_target_crops_the_centre_and_maps_to_minus1_1():
 
 
 def test_text_loss_all_labels_every_caption_after_the_first_image():
-    from seedstory_core.data.samples import IGNORE_INDEX, StorySampleBuilder
-    from seedstory_core.tiny import default_tiny_tokenizer
-
     tok = default_tiny_tokenizer()
     caps = ["Tom is at the park.", "He jumps.", "Lily comes.", "They dance."]
     last = StorySampleBuilder(tok).build(caps, 2)

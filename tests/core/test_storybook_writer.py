@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from seedstory_core.data import mini
 from seedstory_core.storybook import pair_frames, write_storybook
+from seedstory_core.tell import main as tell_main
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "models" / "seedstory-tiny"
@@ -42,8 +44,6 @@ def test_write_storybook_refuses_bad_frames_and_writes_nothing(tmp_path):
 
 
 def _start_picture(tmp_path):
-    from seedstory_core.data import mini
-
     story = mini.generate_story(5, 0, frames=3)
     picture = mini.render_story(
         {**story, "captions": story["captions"][:1], "attributes": story["attributes"][:1]}, size=64
@@ -54,11 +54,9 @@ def _start_picture(tmp_path):
 
 @pytest.mark.slow
 def test_tell_command_writes_a_storybook(tmp_path, capsys):
-    from seedstory_core.tell import main
-
     story = _start_picture(tmp_path)
     (tmp_path / "caps.txt").write_text(story["captions"][1] + "\n")
-    rc = main(
+    rc = tell_main(
         [
             "--model",
             str(TINY),
@@ -86,10 +84,8 @@ def test_tell_command_writes_a_storybook(tmp_path, capsys):
 
 
 def test_tell_command_refuses_missing_captions_before_loading(tmp_path, capsys):
-    from seedstory_core.tell import main
-
     _start_picture(tmp_path)
-    rc = main(
+    rc = tell_main(
         [
             "--model",
             str(tmp_path / "no-model"),
@@ -106,7 +102,7 @@ def test_tell_command_refuses_missing_captions_before_loading(tmp_path, capsys):
         ]
     )
     assert rc == 2 and "needs 2 non-empty lines" in capsys.readouterr().err
-    rc = main(
+    rc = tell_main(
         [
             "--model",
             str(tmp_path / "no-model"),

@@ -5,6 +5,7 @@ written by scripts/fetch_llama2_tokenizer.sh. They skip (with that hint) when it
 ``CI=true`` or ``SEEDSTORY_REQUIRE_LLAMA_TOKENIZER=1``, where that is a failure (conftest.require_or_skip).
 """
 
+import hashlib
 import io
 import json
 import os
@@ -13,12 +14,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tests.conftest import require_or_skip
 
 from seedstory_core.config import ImageTokenSettings
 from seedstory_core.tiny import build_tiny_tokenizer, default_tiny_tokenizer, tiny_story_corpus
 from seedstory_core.tokenizer import SeedStoryTokenizer, TokenizerError
 from seedstory_core.tokens import ImageTokens, TokenKind, image_segment_kinds
+
+try:  # optional: only the slow-backend test needs it
+    import sentencepiece as spm
+except ImportError:
+    spm = None
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -273,8 +280,6 @@ def test_tiny_deterministic_in_process_and_across_processes(tiny):
         "t=d();import hashlib,sys;"
         "sys.stdout.write(hashlib.sha256(t.hf_tokenizer.backend_tokenizer.to_str().encode()).hexdigest())"
     )
-    import hashlib
-
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120
     ).stdout
@@ -351,8 +356,6 @@ def test_encode_and_decode_errors(tiny):
 
 
 def test_decode_accepts_tensors(tiny):
-    import torch
-
     ids = tiny.encode("George runs.")
     assert tiny.decode(torch.tensor(ids)) == "George runs."
     with pytest.raises(ValueError, match="1-D"):
@@ -393,9 +396,7 @@ def test_normalized_image_tokens_are_reported(tiny, tmp_path):
 
 
 def test_sentencepiece_folder_legacy_behaviour(tmp_path):
-    try:
-        import sentencepiece as spm
-    except ImportError:
+    if spm is None:
         require_or_skip(
             "sentencepiece is not installed (requirements-comfyui.txt installs it: scripts/setup_env.sh)",
             "SEEDSTORY_REQUIRE_SENTENCEPIECE",

@@ -10,16 +10,11 @@ import torch
 from PIL import Image
 
 from seedstory_core.config import VisualTokenizerConfig, official_config
-from seedstory_core.preprocess import preprocess_images
+from seedstory_core.golden import GOLDEN_VIT_OUTPUT_NAMES, golden_vit, vit_config_from_constructor_kwargs
+from seedstory_core.preprocess import CLIP_MEAN, CLIP_STD, preprocess_images
 from seedstory_core.resampler import sincos_pos_embed_2d
 from seedstory_core.tiny import tiny_config
-from seedstory_core.visual_tokenizer import (
-    GOLDEN_OUTPUT_NAMES,
-    QwenVisualTokenizer,
-    VisualAttention,
-    config_from_constructor_kwargs,
-    golden_vit,
-)
+from seedstory_core.visual_tokenizer import QwenVisualTokenizer, VisualAttention
 from tests.support.golden import load_fixture
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -42,10 +37,10 @@ def _small_config(**kw):
 def test_golden_parity_all_outputs(vit_fixture):
     meta, sd, inputs, expected = vit_fixture
     out = golden_vit(meta, sd, inputs)
-    assert set(out) == set(GOLDEN_OUTPUT_NAMES)
+    assert set(out) == set(GOLDEN_VIT_OUTPUT_NAMES)
     # every fixture output is covered
-    assert set(expected) == set(GOLDEN_OUTPUT_NAMES)
-    for name in GOLDEN_OUTPUT_NAMES:
+    assert set(expected) == set(GOLDEN_VIT_OUTPUT_NAMES)
+    for name in GOLDEN_VIT_OUTPUT_NAMES:
         assert out[name].shape == expected[name].shape, name
         assert out[name].dtype == torch.float32
         assert torch.allclose(out[name], expected[name], rtol=RTOL, atol=ATOL), (
@@ -73,8 +68,6 @@ def test_golden_vit_strict_load_rejects_missing_keys(vit_fixture):
 
 def test_golden_pixel_values_match_preprocess_normalisation(vit_fixture):
     # pixel_values_01 normalised with the CLIP constants reproduces pixel_values (docs/reference.md §1 "Preprocessing").
-    from seedstory_core.preprocess import CLIP_MEAN, CLIP_STD
-
     _, _, inputs, _ = vit_fixture
     mean = torch.tensor(CLIP_MEAN)[:, None, None]
     std = torch.tensor(CLIP_STD)[:, None, None]
@@ -233,8 +226,8 @@ def test_invalid_config_raises(kw, match):
         QwenVisualTokenizer(_small_config(**kw))
 
 
-def test_config_from_constructor_kwargs():
-    cfg = config_from_constructor_kwargs(
+def test_vit_config_from_constructor_kwargs():
+    cfg = vit_config_from_constructor_kwargs(
         {
             "image_size": 448,
             "patch_size": 14,
@@ -247,7 +240,7 @@ def test_config_from_constructor_kwargs():
         }
     )
     assert cfg == official_config().visual_tokenizer
-    assert config_from_constructor_kwargs({"width": 64}, layernorm_eps=1e-5).layernorm_eps == 1e-5
+    assert vit_config_from_constructor_kwargs({"width": 64}, layernorm_eps=1e-5).layernorm_eps == 1e-5
 
 
 # ---------------------------------------------------------------------- conveniences
