@@ -12,10 +12,10 @@ Also here: the fixtures more than one test folder uses -- ``comfy`` and ``adapt_
 tests/support/comfy_stubs.py put into ``sys.modules`` for one test) and ``init_bundle``.
 
 Layout: tests/core (seedstory_core), tests/nodes (nodes/ with the stand-ins, no server), tests/server (a real
-ComfyUI server and the batch client), tests/browser, tests/training, tests/project (docs, packaging, workflows,
-benchmarks, these skip rules); shared helpers in tests/support. Every folder is a package (``tests.core.test_agent``
-...), so helpers are imported by their full name (``from tests.support.comfy_stubs import run``) and no folder name
-can shadow a real module (a bare ``import server`` must keep failing outside ComfyUI).
+ComfyUI server and the batch client), tests/browser, tests/training, tests/evaluation, tests/project (docs,
+packaging, workflows, benchmarks, these skip rules); shared helpers in tests/support. Every folder is a package
+(``tests.core.test_agent`` ...), so helpers are imported by their full name (``from tests.support.comfy_stubs import
+run``) and no folder name can shadow a real module (a bare ``import server`` must keep failing outside ComfyUI).
 """
 
 import os

@@ -84,7 +84,7 @@ def test_requirements_cover_the_runtime_imports():
     reqs = _req_names((REPO / "requirements.txt").read_text().splitlines())
     for mod in provided - {"torch", "torchvision"}:
         assert dist_of.get(mod, mod).lower().replace("_", "-") in reqs, mod
-    local = {"seedstory_core", "training", "nodes", "bench"}
+    local = {"seedstory_core", "training", "evaluation", "nodes", "bench"}
     ComfyUI = {"comfy", "folder_paths", "server", "comfy_api", "node_helpers", "latent_preview", "aiohttp"}
     found = _third_party_imports(("nodes", "seedstory_core", "training"), local | ComfyUI)
     missing = {m: where for m, where in found.items() if m not in provided}
