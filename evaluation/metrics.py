@@ -39,7 +39,7 @@ def normalise(sentence: str) -> str:
 
 def context_of(history: Sequence[str]):
     """The ``mini.StoryContext`` after the captions in ``history`` (unparsable ones leave it unchanged)."""
-    return mini._as_context(list(history))
+    return mini.story_context(list(history))
 
 
 def continuity_violations(caption: str, ctx, cast_so_far: Sequence[str] = ()) -> Optional[List[str]]:
@@ -70,7 +70,7 @@ def continuity_violations(caption: str, ctx, cast_so_far: Sequence[str] = ()) ->
         the list of broken rules (empty: consistent), or None when the caption does not parse.
     """
     ctx = ctx.copy()
-    sentences = [s for s in mini._SENT_SPLIT.split(str(caption).strip()) if s]
+    sentences = mini.split_sentences(caption)
     if not sentences:
         return None
     broken: List[str] = []
@@ -115,7 +115,7 @@ def continuity_violations(caption: str, ctx, cast_so_far: Sequence[str] = ()) ->
                     broken.append(f"'{s}': only {held['holder']} can put the {held['name']} away")
             elif kind in ("jump", "wave", "dance", "sleep", "walk") and not set(subj) <= here:
                 broken.append(f"'{s}': {sorted(set(subj) - here)} act but are not on stage")
-        if mini._apply_sentence(p, ctx) is None:
+        if mini.apply_sentence(p, ctx) is None:
             return None  # more than 3 on stage: the parser refuses it too
         cast |= set(ctx.present)
     if len(cast) > MAX_CAST:

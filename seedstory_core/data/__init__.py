@@ -7,7 +7,7 @@ Submodules (import them directly):
   ``generate_dataset``, ``parse_sentence``, ``sentence_attributes``, ``parse_story``);
 * :mod:`seedstory_core.data.samples` - the training sample builder (docs/reference.md §5) and collate.
 
-Frames are judged by the evaluation's one fixed judge, ``training/judge`` (not part of this package).
+Frames are judged by the evaluation's one fixed judge, ``evaluation/judge`` (not part of this package).
 """
 
 from .storystream import StoryStreamError, chunk_stories, iter_jsonl, load_image, read_jsonl, write_jsonl

@@ -211,6 +211,11 @@ _PATTERNS = _compile_patterns()
 _SENT_SPLIT = re.compile(r"(?<=\.)\s+")
 
 
+def split_sentences(caption: str) -> List[str]:
+    """The sentences of a caption (split after each full stop), without empty pieces."""
+    return [s for s in _SENT_SPLIT.split(str(caption).strip()) if s]
+
+
 def _join_names(names: Sequence[str]) -> str:
     names = list(names)
     if len(names) == 1:
@@ -275,7 +280,16 @@ class StoryContext:
                 self.last_f = n
 
 
-def _as_context(context) -> StoryContext:
+def story_context(context) -> StoryContext:
+    """The story's state of the grammar (who is on stage, where, holding what) as a new :class:`StoryContext`.
+
+    Args:
+        context: ``None`` (a story that has not begun), a :class:`StoryContext` (copied), or the list of previous
+            captions (applied in order; captions that do not parse leave it unchanged).
+
+    Raises:
+        TypeError: anything else.
+    """
     if context is None:
         return StoryContext()
     if isinstance(context, StoryContext):
@@ -304,7 +318,7 @@ def parse_sentence(text: str, context=None) -> Optional[Dict[str, Any]]:
         sentence is not in the grammar, the verb does not agree with the subject, a pronoun cannot be resolved,
         the possessive does not match the subject, or a name repeats.
     """
-    ctx = _as_context(context)
+    ctx = story_context(context)
     text = text.strip()
     for kind, number, rx in _PATTERNS:
         m = rx.match(text)
@@ -349,8 +363,9 @@ def _canon(names) -> List[str]:
     return sorted(set(names), key=_CHAR_INDEX.__getitem__)
 
 
-def _apply_sentence(p: Dict[str, Any], ctx: StoryContext) -> Optional[Tuple[Optional[str], List[str]]]:
-    """Update ``ctx`` in place with a parsed sentence; returns (action, actors) or None if inconsistent."""
+def apply_sentence(p: Dict[str, Any], ctx: StoryContext) -> Optional[Tuple[Optional[str], List[str]]]:
+    """Update ``ctx`` in place with a sentence parsed by :func:`parse_sentence`; returns (action, actors), or None
+    when the sentence is inconsistent with the story (e.g. more than 3 characters on stage)."""
     kind, subj = p["kind"], p["subject"]
     action, actors = p["action"], (list(subj) if p["action"] else [])
     if kind in ("at", "travel"):
@@ -390,7 +405,7 @@ def _frame_attrs(ctx: StoryContext, action: Optional[str], actors: List[str]) ->
 def _apply_caption(caption: str, ctx: StoryContext):
     """Apply a whole caption to a copy of ``ctx``; returns (new ctx, frame attrs, parses) or None if unparsable."""
     ctx = ctx.copy()
-    sentences = [s for s in _SENT_SPLIT.split(caption.strip()) if s]
+    sentences = split_sentences(caption)
     if not sentences:
         return None
     action, actors, parses = None, [], []
@@ -398,7 +413,7 @@ def _apply_caption(caption: str, ctx: StoryContext):
         p = parse_sentence(s, ctx)
         if p is None:
             return None
-        res = _apply_sentence(p, ctx)
+        res = apply_sentence(p, ctx)
         if res is None:
             return None
         if res[0] is not None:
@@ -419,7 +434,7 @@ def sentence_attributes(text: str, context=None) -> Dict[str, Any]:
         "mentioned": [names, pronouns resolved]}``. When the caption does not parse, ``parsed`` is False and the
         state is the context's (unchanged), with ``action`` "stand" and no mentions.
     """
-    ctx = _as_context(context)
+    ctx = story_context(context)
     res = _apply_caption(text, ctx)
     if res is None:
         out = _frame_attrs(ctx, None, [])
@@ -543,7 +558,7 @@ def generate_story(seed: int, index: int, frames: int = 30, anchor_every: int = 
         def say(kind, names, allow_pronoun, scene=None, obj=None):
             sent = w.sentence(kind, names, allow_pronoun, scene=scene, obj=obj)
             parsed = parse_sentence(sent, w.ctx)
-            if parsed is None or _apply_sentence(parsed, w.ctx) is None:
+            if parsed is None or apply_sentence(parsed, w.ctx) is None:
                 raise AssertionError(f"generated sentence does not parse: {sent!r} ({story_id(seed, index)})")
             sents.append(sent)
 

@@ -88,6 +88,42 @@ def test_no_private_name_is_imported_across_packages():
     assert not wrong, "\n".join(wrong)
 
 
+def _imported_names(path: Path, package: str):
+    """{local name: source module} for every name ``path`` imports from another package of the repository."""
+    names = {}
+    for module, level, imported, _line in _imports(path):
+        target = _absolute(path, module, level)
+        top = target.split(".")[0]
+        if top == package or top not in PACKAGES:
+            continue
+        if imported:
+            names.update({n: f"{target}.{n}" for n in imported if n != "*"})
+        else:
+            names[target.split(".")[0]] = target
+    return names
+
+
+def test_no_private_attribute_of_another_package_is_used():
+    """``mini._helper(...)`` or ``StoryEngine._method`` on a name imported from another package is a private import
+    by another road."""
+    wrong = []
+    for package in PACKAGES:
+        for path in _files(package):
+            names = _imported_names(path, package)
+            if not names:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id in names
+                ):
+                    wrong.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value.id}.{node.attr}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_comfyui_is_imported_by_comfy_glue_only():
     glue = REPO / "nodes" / "comfy_glue.py"
     wrong = [
