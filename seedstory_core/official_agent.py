@@ -11,7 +11,7 @@ differences and the official files.
 Dependency direction: :mod:`seedstory_core.agent` imports this module, never the reverse. The agent's loaders
 (``SeedStoryAgent.from_pretrained``, ``save_pretrained(official_names=True)``, ``build``) are the public API the
 nodes, the training and the benchmarks call, so the agent has to reach this code; this module therefore never
-touches the module. It works on plain data: an :class:`AgentLayout` (the agent's key -> shape map, layer count,
+touches the model class. It works on plain data: an :class:`AgentLayout` (the agent's key -> shape map, layer count,
 LoRA targets and RoPE table) and tensors. It maps and checks keys and hands back tensors under our key names plus
 the :class:`~seedstory_core.checkpoints.LoadReport`; the agent assigns them (onto its meta-built parameters, chunk
 by chunk: no second copy of the weights) and materialises its constants
