@@ -29,7 +29,8 @@ Faults (each keeps every job in summary.json):
     local file that cannot be read or written is a job error naming the file. Neither retires the server.
   * A summary.json that cannot be parsed is kept as ``summary.json.corrupt-<time>`` with a warning.
 
-Modules (the package re-exports their public names, e.g. ``from seedstory_client.batch import run_batch``):
+Modules (the package re-exports what a caller uses, e.g. ``from seedstory_client.batch import run_batch``;
+helpers stay in their module):
   * :mod:`.jobs` -- the JSONL job file: ``Job``, ``parse_job``, ``load_jobs``, ``safe_name``, the job statuses;
   * :mod:`.prompt` -- the templates and ``build_prompt`` (filling, ``apply_overrides``, ``total_progress``);
   * :mod:`.summary` -- OUT/summary.json (``Summary``, ``load_summary``, ``is_done``) and atomic writes;
@@ -55,10 +56,8 @@ from .jobs import (
     Job,
     JobInvalid,
     LocalFileError,
-    is_int,
     load_jobs,
     parse_job,
-    read_start_image,
     safe_name,
 )
 from .prompt import (
@@ -67,29 +66,21 @@ from .prompt import (
     DEFAULT_TEMPLATE_DIR,
     GENERATE_CLASS,
     LOAD_IMAGE_CLASS,
-    PACKAGE_ROOT,
     SAVE_CLASS,
     allowed_inputs,
     apply_overrides,
     build_prompt,
-    job_prefix,
     load_template,
-    nodes_of,
-    resolve_node,
     resolve_template,
     total_progress,
-    upload_name,
 )
 from .runner import INTERRUPT_GRACE_S, JobRunner, Options, RetryPolicy, run_batch
 from .summary import (
     SUMMARY_NAME,
     Summary,
     SummaryError,
-    atomic_write,
     is_done,
     load_summary,
-    make_dir,
-    stderr_log,
 )
 
 __all__ = [
@@ -113,7 +104,6 @@ __all__ = [
     "LocalFileError",
     "OK",
     "Options",
-    "PACKAGE_ROOT",
     "RetryPolicy",
     "SAVE_CLASS",
     "SUMMARY_NAME",
@@ -121,25 +111,16 @@ __all__ = [
     "SummaryError",
     "allowed_inputs",
     "apply_overrides",
-    "atomic_write",
     "build_parser",
     "build_prompt",
     "is_done",
-    "is_int",
-    "job_prefix",
     "load_jobs",
     "load_summary",
     "load_template",
     "main",
-    "make_dir",
-    "nodes_of",
     "parse_job",
-    "read_start_image",
-    "resolve_node",
     "resolve_template",
     "run_batch",
     "safe_name",
-    "stderr_log",
     "total_progress",
-    "upload_name",
 ]

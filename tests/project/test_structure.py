@@ -65,8 +65,6 @@ def test_packages_depend_one_way():
         for path in _files(package):
             for module, level, _names, line in _imports(path):
                 top = _absolute(path, module, level).split(".")[0]
-                if level and top == "":  # `from .. import x` at the pack root (nodes -> training)
-                    top = module.split(".")[0]
                 if top in PACKAGES and top != package and top not in allowed:
                     wrong.append(f"{path.relative_to(REPO)}:{line} imports {top}")
                 if package == "seedstory_client" and top in ("torch", "seedstory_core", "transformers", "diffusers"):
