@@ -146,6 +146,49 @@ def _gpu_section(folder: Path) -> List[str]:
     return L
 
 
+def _decode_section(folder: Path) -> List[str]:
+    """``decode.csv`` (bench/decode_bench.py): the compiled static-shape decode step against plain transformers."""
+    d = _kv(folder / "decode.csv")
+    if not d:
+        return []
+    return [
+        "## Compiled decode (static shapes over the eviction cache)\n",
+        f"Written by `python -m bench --quick` (`bench/decode_bench.py`, `seedstory_core/static_decode.py`): "
+        f"{d['preset']} preset on {d['device']} ({d['dtype']}, {d['threads']} thread), a story at frame {d['frames']} "
+        f"({d['cache_tokens']} cached tokens, static capacity {d['capacity']}), {d['tokens']} greedy tokens x "
+        f"{d['reps']} interleaved repeats, medians; compile time is excluded from the per-token figures.\n",
+        "| compiled ms/token | eager (our cache) ms/token | plain transformers ms/token | "
+        "**decode_compiled_over_plain_transformers** (min..max over repeats) | compiled / eager | compile s |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {_f(d['compiled_ms_per_token'], 2)} | {_f(d['eager_ms_per_token'], 2)} | {_f(d['plain_ms_per_token'], 2)} "
+        f"| **{_f(d['decode_compiled_over_plain_transformers'])}** ({_f(d['decode_compiled_over_plain_min'])}.."
+        f"{_f(d['decode_compiled_over_plain_max'])}) | {_f(d['decode_compiled_over_eager'])} "
+        f"| {_f(d['compile_s'], 1)} |",
+        "",
+        "Compiled and eager decoding give the same tokens (tests/core/test_static_decode.py). The GPU figure against "
+        "the bandwidth floor (`python -m bench.decode_bench --device cuda --preset full`) has not been measured: no "
+        "GPU was lent when this was written.\n",
+    ]
+
+
+def _redo_section(folder: Path) -> List[str]:
+    """``redo.csv`` (bench/redo_bench.py): redo one frame of a finished story against re-running it."""
+    d = _kv(folder / "redo.csv")
+    if not d:
+        return []
+    rows = [f"| {k} | {_f(v, 3)} |" for k, v in d.items()]
+    return [
+        "## Redo one frame against re-running the story\n",
+        "Written by `python -m bench --quick` (`bench/redo_bench.py`, `seedstory_core/redo.py`): the bundled tiny "
+        "model, a 12-frame story, frame 5 redone; CPU time of one torch thread (wall time on a shared machine is "
+        "too noisy). `redo_over_rerun` <= 0.6 is the target.\n",
+        "| measure | value |",
+        "|---|---:|",
+        *rows,
+        "",
+    ]
+
+
 def read_csv(path: Path) -> List[Dict[str, str]]:
     """The rows of a CSV file as dicts (header = keys, values as strings)."""
     with open(path, newline="") as f:
@@ -441,6 +484,8 @@ def render(folder: Path = RESULTS, img_rel: Optional[str] = "img") -> str:
             "tokens; `multimodal_sink` adds the tokens around every evicted image's BOI and EOI.",
         )
         L += _ablation_table(rows)
+
+    L += _decode_section(folder) + _redo_section(folder)
 
     qa = folder / "quality.csv"
     if qa.is_file():

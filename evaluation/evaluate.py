@@ -3,7 +3,7 @@
     python -m evaluation.evaluate [--model DIR] --seed S --stories N [--baseline copy_first|retrieval|ground_truth]
                                   [--frames 10] [--repetition-penalty R] [--no-repeat-sentences]
                                   [--sample --temperature T --top-p P]
-                                  [--random-init] [--no-ablation]
+                                  [--random-init] [--no-ablation] [--weight-dtype default|fp8_e4m3fn|int8]
 
 ``--model`` defaults to the bundled tiny model (``models/seedstory-tiny``); ``--random-init`` evaluates a randomly
 initialised model of the same size and tokenizer. ``--baseline`` scores a trivial story-teller instead of a model:
@@ -121,11 +121,13 @@ def evaluate(
     frames: int = TRAIN_LENGTH,
     decoding=None,
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
+    weight_dtype: str = "default",
 ) -> Dict:
     """Run the whole evaluation; returns the JSON-ready dict (see the module docstring).
 
     ``baseline``: one of :data:`BASELINES` to score a trivial story-teller instead of the model (no model is loaded,
     no ablation). ``decoding``: ``DecodingSettings`` of the generated sentences (default greedy, 40 tokens).
+    ``weight_dtype``: the model's weight storage (``default``, ``fp8_e4m3fn``, ``int8``; :func:`load_model`).
     Raises ValueError for an unknown baseline or fewer than 2 frames / 1 story."""
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"--baseline must be one of {BASELINES}, got {baseline!r}")
@@ -133,7 +135,7 @@ def evaluate(
         raise ValueError(f"need frames >= 2 and stories >= 1, got frames={frames}, stories={stories}")
     t0 = time.time()
     judge = load_judge()
-    bundle = None if baseline else load_model(model_dir, random_init=random_init)
+    bundle = None if baseline else load_model(model_dir, random_init=random_init, weight_dtype=weight_dtype)
     per_story: Dict[str, List[float]] = {
         k: []
         for k in STORY_KEYS
@@ -222,6 +224,7 @@ def evaluate(
             diffusion_steps=diffusion_steps,
             guidance_scale=guidance_scale,
             decoding=asdict(decoding or DecodingSettings(max_sentence_tokens=40)),
+            weight_dtype=weight_dtype,
         )
         if ablation:
             for key, forced in (("ablation", False), ("ablation_teacher_forced", True)):
@@ -358,6 +361,12 @@ def main(argv=None) -> int:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--decode-seed", type=int, default=0, help="sampling seed")
+    parser.add_argument(
+        "--weight-dtype",
+        choices=("default", "fp8_e4m3fn", "int8"),
+        default="default",
+        help="weight storage of the model (as the Tiny Model Loader's weight_dtype; docs/models.md)",
+    )
     args = parser.parse_args(argv)
     decoding = DecodingSettings(
         do_sample=args.sample,
@@ -382,6 +391,7 @@ def main(argv=None) -> int:
         guidance_scale=args.guidance_scale,
         frames=args.frames,
         decoding=decoding,
+        weight_dtype=args.weight_dtype,
     )
     print(json.dumps(result))
     return 0

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from seedstory_core import quant
 from seedstory_core.bundle import SeedStoryBundle
 from seedstory_core.cache import CachePolicy
 from seedstory_core.data import mini
@@ -31,10 +32,19 @@ TRAIN_LENGTH = 10  # frames per training story (10-frame chunks, docs/reference.
 GUIDANCE_SCALE = 3.0
 
 
-def load_model(model_dir: Optional[Path] = None, *, random_init: bool = False, seed: int = 0):
-    """The bundle at ``model_dir`` (default: the bundled tiny model), or a random model of the same size/tokenizer."""
+def load_model(
+    model_dir: Optional[Path] = None, *, random_init: bool = False, seed: int = 0, weight_dtype: str = quant.DEFAULT
+):
+    """The bundle at ``model_dir`` (default: the bundled tiny model), or a random model of the same size/tokenizer.
+
+    ``weight_dtype``: how the weights are stored (:func:`seedstory_core.quant.store_bundle_weights`, as the Tiny
+    Model Loader's input: ``default``, ``fp8_e4m3fn`` (agent, ViT and UNet blocks) or ``int8`` (agent and ViT;
+    the UNet stays default)); compute stays in the bundle's dtype. Raises ValueError for another value."""
+    quant.check_storage(weight_dtype)
     path = Path(model_dir) if model_dir else DEFAULT_MODEL
     bundle = SeedStoryBundle.load(path)
+    if weight_dtype != quant.DEFAULT:
+        quant.store_bundle_weights(bundle, weight_dtype)
     if random_init:
         random = random_tiny_bundle(seed, tokenizer=bundle.tokenizer)
         # a random de-tokenizer cannot draw at all; keep the trained renderer so the baseline isolates the MLLM

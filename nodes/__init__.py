@@ -13,7 +13,9 @@ from .loaders import (
     SeedStoryTinyModelLoader,
     SeedStoryVisualTokenizerLoader,
 )
+from .examples import SeedStoryExamplePicture
 from .output import SeedStoryFreeMemory, SeedStorySaveStory
+from .redo import SeedStoryRedoFrame
 from .render import SeedStoryDetokenize, SeedStoryFeaturesToConditioning
 from .settings import SeedStoryStorySettings
 from .story import SeedStoryGenerateStory, SeedStoryStoryStart, SeedStoryStoryStep, SeedStoryViTTokenize
@@ -25,11 +27,13 @@ NODES = (
     SeedStoryVisualTokenizerLoader,
     SeedStoryAgentLoader,
     SeedStoryDetokenizerLoader,
+    SeedStoryExamplePicture,
     SeedStoryViTTokenize,
     SeedStoryStorySettings,
     SeedStoryStoryStart,
     SeedStoryStoryStep,
     SeedStoryGenerateStory,
+    SeedStoryRedoFrame,
     SeedStoryDetokenize,
     SeedStoryFeaturesToConditioning,
     SeedStorySaveStory,

@@ -28,6 +28,8 @@ from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tup
 
 import torch
 
+from seedstory_core import quant
+
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The bundled tiny model (written by the training issue); the tiny loader falls back to random weights.
 TINY_BUNDLE_DIR = os.path.join(PACK_ROOT, "models", "seedstory-tiny")
@@ -210,14 +212,36 @@ class ModuleHolder(torch.nn.Module):
 
     ModelPatcher walks ``model.modules()`` and sets/deletes bookkeeping attributes on every module; peft's
     ``ModulesToSaveWrapper`` forwards attribute lookups to its inner module, so ``del m.comfy_patched_weights``
-    raised inside ``unload_all_models`` and killed ComfyUI's prompt worker thread (seen with POST /free). Hidden
-    modules are only ever moved whole (we always load with ``force_full_load=True``); the size is passed explicitly.
-    Our modules also expose read-only ``device`` properties that ModelPatcher would try to overwrite.
+    raised inside ``unload_all_models`` and killed ComfyUI's prompt worker thread (seen with POST /free). So
+    ``named_modules()`` shows ComfyUI only the *leaf* modules that hold tensors (never a wrapper), under their
+    ``<kind>.<path>`` names, and attribute lookups reach the hidden modules by those names (ComfyUI's
+    ``get_key_weight``). ComfyUI's partial loading (``ModelPatcher.load`` with a memory budget) then moves the leaves
+    that fit; the cast layers of :mod:`seedstory_core.quant` (``comfy_cast_weights``) may stay on the offload
+    device, and :func:`make_patcher` moves everything else (buffers, other leaves, tensors of non-leaf modules) to
+    the load device after each load. The size is passed explicitly. Our modules also expose read-only ``device``
+    properties that ModelPatcher would try to overwrite, which is why they are never its attributes.
     """
 
     def __init__(self, **modules: torch.nn.Module):
         super().__init__()
         object.__setattr__(self, "hidden", {k: m for k, m in modules.items() if m is not None})
+
+    def __getattr__(self, name: str):
+        hidden = self.__dict__.get("hidden", {})
+        if name in hidden:
+            return hidden[name]
+        return super().__getattr__(name)
+
+    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True):
+        seen = set()
+        for kind, module in self.hidden.items():
+            for name, m in module.named_modules(prefix=f"{prefix}.{kind}" if prefix else kind):
+                if next(m.children(), None) is not None or id(m) in seen:
+                    continue
+                if next(m.parameters(recurse=False), None) is None and next(m.buffers(recurse=False), None) is None:
+                    continue
+                seen.add(id(m))
+                yield name, m
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -226,31 +250,76 @@ class ModuleHolder(torch.nn.Module):
         return self
 
     def nbytes(self) -> int:
-        seen, total = set(), 0
-        for m in self.hidden.values():
-            for t in list(m.parameters()) + list(m.buffers()):
-                if t.data_ptr() not in seen:
-                    seen.add(t.data_ptr())
-                    total += t.numel() * t.element_size()
-        return total
+        return quant.module_bytes(*self.hidden.values())
+
+    def finish_load(self, device: torch.device) -> int:
+        """Move every tensor ComfyUI's (partial) load left behind to ``device``, except the weights of cast layers
+        (``comfy_cast_weights``), which run from wherever they are. Returns the number of tensors moved."""
+        moved = 0
+        for module in self.hidden.values():
+            for m in module.modules():
+                cast = hasattr(m, "comfy_cast_weights")
+                for name, p in list(m.named_parameters(recurse=False)):
+                    if not cast and p.device != device:
+                        p.data = p.data.to(device)
+                        moved += 1
+                for name, b in list(m.named_buffers(recurse=False)):
+                    if not cast and b.device != device:
+                        m._buffers[name] = b.to(device)
+                        moved += 1
+        return moved
+
+
+def _finish_load(patcher, device_to, *_args) -> None:
+    if device_to is not None and isinstance(patcher.model, ModuleHolder):
+        patcher.model.finish_load(torch.device(device_to))
 
 
 def make_patcher(load_device: torch.device, offload_device: torch.device, **modules: torch.nn.Module):
-    """A ``comfy.model_patcher.ModelPatcher`` over ``modules`` (None outside ComfyUI)."""
+    """A ``comfy.model_patcher.ModelPatcher`` over ``modules`` (None outside ComfyUI), ready for ComfyUI's partial
+    loading: the weight blocks of each module (:func:`seedstory_core.quant.weight_blocks`) become cast layers,
+    and an ``ON_LOAD`` callback completes every load (:meth:`ModuleHolder.finish_load`)."""
     mp = _optional("comfy.model_patcher")
     if mp is None:
         return None
+    for module in modules.values():
+        if module is not None:
+            try:
+                quant.make_blocks_castable(module)
+            except TypeError:  # not one of our three models (e.g. the VAE): always loaded whole
+                pass
     holder = ModuleHolder(**modules)
-    return mp.ModelPatcher(holder, load_device=load_device, offload_device=offload_device, size=max(holder.nbytes(), 1))
+    size = max(holder.nbytes(), 1)
+    patcher = mp.ModelPatcher(holder, load_device=load_device, offload_device=offload_device, size=size)
+    ext = _optional("comfy.patcher_extension")
+    if ext is not None and hasattr(patcher, "add_callback"):
+        patcher.add_callback(ext.CallbacksMP.ON_LOAD, _finish_load)
+    return patcher
 
 
 def load_models(patchers: Iterable[Any]) -> None:
-    """Ask ComfyUI to put the models on their load device (fully; our layers are not comfy.ops layers)."""
+    """Ask ComfyUI to put the models on their load device: fully when they fit, partially (the cast layers of the
+    weight blocks left on the offload device) under ``--lowvram`` / ``--novram`` or when VRAM is short."""
     mm = model_management()
     ps = [p for p in patchers if p is not None]
     if mm is None or not ps:
         return
-    mm.load_models_gpu(ps, force_full_load=True)
+    mm.load_models_gpu(ps)
+
+
+def loaded_state(patcher) -> Optional[Dict[str, Any]]:
+    """What ComfyUI's model management says about ``patcher`` now: ``{'loaded': bool (in its loaded-models list),
+    'lowvram': bool (partially loaded), 'loaded_bytes': int, 'total_bytes': int}``; None outside ComfyUI."""
+    mm = model_management()
+    if mm is None or patcher is None:
+        return None
+    loaded = any(m is patcher for m in mm.loaded_models())
+    return {
+        "loaded": loaded,
+        "lowvram": bool(getattr(patcher.model, "model_lowvram", False)),
+        "loaded_bytes": int(patcher.loaded_size()),
+        "total_bytes": int(patcher.model_size()),
+    }
 
 
 def unload_all_models() -> bool:

@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from seedstory_core import quant
 from seedstory_core.agent import AGENT_CONFIG_FILENAME, SeedStoryAgent
 from seedstory_core.bundle import SeedStoryBundle, load_visual_tokenizer
 from seedstory_core.checkpoints import CheckpointError
@@ -40,11 +41,31 @@ CONFIG_TOOLTIP = (
 NONE = "none"
 
 
+WEIGHT_DTYPE_TOOLTIP = (
+    "How the big weight matrices are stored (like ComfyUI's weight_dtype). default = in the precision above. "
+    "fp8_e4m3fn = 1 byte per weight, cast per layer to the precision above (about half of fp16). int8 = weight-only "
+    "int8 through torchao (about half of fp16; runs on the CPU too). Measured quality cost and memory per card: "
+    "docs/models.md."
+)
+
+
 def _device_inputs():
     return {
         "precision": (list(glue.PRECISIONS), {"default": "auto", "tooltip": glue.PRECISION_TOOLTIP}),
         "device": (list(glue.DEVICES), {"default": "auto", "tooltip": glue.DEVICE_TOOLTIP}),
     }
+
+
+def _weight_dtype_input(choices=quant.WEIGHT_STORAGES, tooltip: str = WEIGHT_DTYPE_TOOLTIP):
+    return {"weight_dtype": (list(choices), {"default": quant.DEFAULT, "tooltip": tooltip})}
+
+
+def _storage(node: str, weight_dtype: str, choices=quant.WEIGHT_STORAGES) -> str:
+    if weight_dtype not in choices:
+        raise SeedStoryInputError(
+            f"{node}: weight_dtype must be one of {list(choices)}, found {weight_dtype!r}. Pick one of those."
+        )
+    return weight_dtype
 
 
 def _resolve_config(choice: str, path: str):
@@ -108,20 +129,23 @@ class SeedStoryVisualTokenizerLoader:
                 ),
                 "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
                 **_device_inputs(),
+                **_weight_dtype_input(),
             }
         }
 
-    def load(self, vit_name, config="auto", precision="auto", device="auto"):
+    def load(self, vit_name, config="auto", precision="auto", device="auto", weight_dtype=quant.DEFAULT):
         node = self.DISPLAY_NAME
+        storage = _storage(node, weight_dtype)
         path = _loading_errors(
             node, "visual tokenizer", lambda: glue.full_path("seed_story_visual_tokenizer", vit_name)
         )
         load_device, offload_device, dtype = _placement(precision, device)
-        key = (os.path.realpath(path), os.path.getmtime(path), config, str(load_device), str(dtype))
+        key = (os.path.realpath(path), os.path.getmtime(path), config, str(load_device), str(dtype), storage)
 
         def load():
             cfg = _resolve_config(config, path)
             module, _report = load_visual_tokenizer(path, cfg.visual_tokenizer, device=offload_device, dtype=dtype)
+            quant.store_weights(module, storage)
             return VisualTokenizerModel.wrap(module, cfg.visual_tokenizer, vit_name, load_device, offload_device)
 
         return (cached_load("visual_tokenizer", key, lambda: _loading_errors(node, "visual tokenizer", load)),)
@@ -174,11 +198,22 @@ class SeedStoryAgentLoader:
                 ),
                 "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
                 **_device_inputs(),
+                **_weight_dtype_input(),
             }
         }
 
-    def load(self, agent_name, tokenizer_name, base_llm=NONE, config="auto", precision="auto", device="auto"):
+    def load(
+        self,
+        agent_name,
+        tokenizer_name,
+        base_llm=NONE,
+        config="auto",
+        precision="auto",
+        device="auto",
+        weight_dtype=quant.DEFAULT,
+    ):
         node = self.DISPLAY_NAME
+        storage = _storage(node, weight_dtype)
         path = _loading_errors(node, "agent", lambda: glue.full_path("seed_story_agent", agent_name))
         tok_path = _loading_errors(
             node, "tokenizer", lambda: glue.full_path("seed_story_tokenizer", tokenizer_name, folder=True)
@@ -195,6 +230,7 @@ class SeedStoryAgentLoader:
             config,
             str(load_device),
             str(dtype),
+            storage,
         )
 
         def load():
@@ -209,6 +245,7 @@ class SeedStoryAgentLoader:
             module, _report = SeedStoryAgent.from_pretrained(
                 path, agent_cfg, base_llama=llm_path, device=offload_device, dtype=dtype
             )
+            module.quantize_weights(storage)
             return AgentModel.wrap(module.eval(), tokenizer, agent_cfg, agent_name, load_device, offload_device)
 
         return (cached_load("agent", key, lambda: _loading_errors(node, "agent", load)),)
@@ -255,6 +292,13 @@ def resolve_sdxl(choice: str) -> str:
     )
 
 
+UNET_WEIGHT_DTYPE_TOOLTIP = (
+    "How the SD-XL UNet's blocks are stored (ComfyUI's weight_dtype). default = in the precision above. fp8_e4m3fn "
+    "= 1 byte per weight (linear and conv layers), cast per layer to the precision above. The resampler and the VAE "
+    "keep the precision above. Quality cost and memory per card: docs/models.md."
+)
+
+
 class SeedStoryDetokenizerLoader:
     NODE_ID = "SeedStoryDetokenizerLoader"
     DISPLAY_NAME = "SeedStory De-tokenizer Loader"
@@ -299,11 +343,22 @@ class SeedStoryDetokenizerLoader:
                 ),
                 "config": (list(CONFIG_CHOICES), {"default": "auto", "tooltip": CONFIG_TOOLTIP}),
                 **_device_inputs(),
+                **_weight_dtype_input(quant.UNET_WEIGHT_STORAGES, UNET_WEIGHT_DTYPE_TOOLTIP),
             }
         }
 
-    def load(self, visual_tokenizer, adapter_name, sdxl_base, config="auto", precision="auto", device="auto"):
+    def load(
+        self,
+        visual_tokenizer,
+        adapter_name,
+        sdxl_base,
+        config="auto",
+        precision="auto",
+        device="auto",
+        weight_dtype=quant.DEFAULT,
+    ):
         node = self.DISPLAY_NAME
+        storage = _storage(node, weight_dtype, quant.UNET_WEIGHT_STORAGES)
         vit = require(
             visual_tokenizer,
             VisualTokenizerModel,
@@ -325,6 +380,7 @@ class SeedStoryDetokenizerLoader:
             config,
             str(load_device),
             str(dtype),
+            storage,
         )
 
         def load():
@@ -338,6 +394,7 @@ class SeedStoryDetokenizerLoader:
             module = SeedStoryDetokenizer.from_pretrained(
                 path, base, cfg.detokenizer, device=offload_device, dtype=dtype
             )
+            quant.store_weights(module, storage)
             uncond = uncond_features(vit)
             return DetokenizerModel.wrap(module, cfg.detokenizer, uncond, adapter_name, load_device, offload_device)
 
@@ -364,6 +421,13 @@ def tiny_bundle_fingerprint(folder: str = None) -> str:
             p = os.path.join(root, f)
             parts.append(f"{os.path.relpath(p, folder)}:{os.path.getmtime(p)}:{os.path.getsize(p)}")
     return "|".join(parts)
+
+
+TINY_WEIGHT_DTYPE_TOOLTIP = (
+    "How the tiny model's big weight matrices are stored: default, fp8_e4m3fn or int8 for the agent and the visual "
+    "tokenizer; the de-tokenizer's UNet gets fp8_e4m3fn with fp8 and stays default otherwise (as on the "
+    "De-tokenizer Loader, which has no int8)."
+)
 
 
 class SeedStoryTinyModelLoader:
@@ -402,19 +466,27 @@ class SeedStoryTinyModelLoader:
                     },
                 ),
                 **_device_inputs(),
+                **_weight_dtype_input(tooltip=TINY_WEIGHT_DTYPE_TOOLTIP),
             }
         }
 
     @classmethod
-    def IS_CHANGED(cls, random_seed=0, precision="auto", device="auto"):
+    def IS_CHANGED(cls, random_seed=0, precision="auto", device="auto", weight_dtype=quant.DEFAULT):
         # Re-run when the trained bundle appears or changes; identical otherwise (so ComfyUI's cache works).
         return tiny_bundle_fingerprint()
 
-    def load(self, random_seed=0, precision="auto", device="auto"):
+    def load(self, random_seed=0, precision="auto", device="auto", weight_dtype=quant.DEFAULT):
         node = self.DISPLAY_NAME
+        storage = _storage(node, weight_dtype)
         load_device, offload_device, dtype = _placement(precision, device)
         fingerprint = tiny_bundle_fingerprint()
-        key = (fingerprint, int(random_seed) if fingerprint == "random" else None, str(load_device), str(dtype))
+        key = (
+            fingerprint,
+            int(random_seed) if fingerprint == "random" else None,
+            str(load_device),
+            str(dtype),
+            storage,
+        )
 
         def load():
             if fingerprint == "random":
@@ -426,7 +498,11 @@ class SeedStoryTinyModelLoader:
             else:
                 bundle = SeedStoryBundle.load(glue.TINY_BUNDLE_DIR, device=offload_device, dtype=dtype)
                 info = f"trained tiny SEED-Story model from {glue.TINY_BUNDLE_DIR}"
+            quant.store_bundle_weights(bundle, storage)
             source = "tiny (random)" if fingerprint == "random" else "tiny (trained)"
+            if storage != quant.DEFAULT:
+                source += f", {storage}"
+                info += f"; weights stored as {storage}"
             cfg = bundle.config
             agent = AgentModel.wrap(
                 bundle.agent.eval(), bundle.tokenizer, cfg.agent, source, load_device, offload_device

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from seedstory_core import quant
 from seedstory_core.story import default_policy, engine_for
 
 from . import comfy_glue as glue
@@ -29,13 +30,8 @@ class SeedStoryInputError(ValueError):
 
 
 def _module_bytes(*modules) -> int:
-    total = 0
-    for m in modules:
-        if m is None:
-            continue
-        for t in list(m.parameters()) + list(m.buffers()):
-            total += t.numel() * t.element_size()
-    return total
+    # stored (fp8 / torchao int8) weights counted at their real size, shared tensors once
+    return quant.module_bytes(*modules)
 
 
 @dataclass(eq=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from seedstory_core.detokenizer import SCHEDULER_NAMES
 
 from . import comfy_glue as glue
+from .inputs import check_widgets, require_widgets
 from .models import DETOKENIZER, FEATURES, DetokenizerModel, SeedStoryInputError, check_features, require_model
 
 RENDER_TOOLTIPS = {
@@ -22,6 +24,28 @@ RENDER_TOOLTIPS = {
     "width": "Output width in pixels, a multiple of 8 (0 = the model's native size: 1024 official, 64 tiny).",
     "height": "Output height in pixels, a multiple of 8 (0 = the model's native size: 1024 official, 64 tiny).",
 }
+
+
+def check_render_values(node: str, detok: DetokenizerModel, *, guidance_scale, width: int, height: int) -> None:
+    """The render values a node checks before any model work: a finite guidance scale, and a size (pixels, after 0
+    was replaced by the native size) that is a positive multiple of the de-tokenizer's VAE factor (8 for SD-XL and
+    the tiny model). Validation already refused non-multiples of the widgets' step (8); this also holds for a linked
+    value and a de-tokenizer of another factor.
+
+    Raises:
+        SeedStoryInputError: ``"<node>: ..."`` with the value found and one to use.
+    """
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+        raise SeedStoryInputError(
+            f"{node}: 'guidance_scale' must be a finite number (official 7.5; <= 1 turns guidance off), found "
+            f"{guidance_scale!r}."
+        )
+    f = int(getattr(detok.module, "vae_scale_factor", 8))
+    if width <= 0 or height <= 0 or width % f or height % f:
+        raise SeedStoryInputError(
+            f"{node}: width and height must be positive multiples of {f} (the de-tokenizer's VAE factor), found "
+            f"{width}x{height}; use {max(f, width // f * f)}x{max(f, height // f * f)}. Nothing was rendered."
+        )
 
 
 def render_features(
@@ -44,10 +68,12 @@ def render_features(
     ``node`` (the calling node's name) starts the error messages.
 
     Raises:
-        SeedStoryInputError: an unknown scheduler or a size the de-tokenizer refuses.
+        SeedStoryInputError: an unknown scheduler, a guidance scale that is not finite or a size the de-tokenizer
+            refuses (:func:`check_render_values`), before any model work.
     """
     if scheduler not in SCHEDULER_NAMES:
         raise SeedStoryInputError(f"{node}: scheduler must be one of {list(SCHEDULER_NAMES)}, found {scheduler!r}.")
+    check_render_values(node, detok, guidance_scale=guidance_scale, width=int(width), height=int(height))
     module = detok.loaded()
 
     def callback(step, total):
@@ -116,6 +142,11 @@ class SeedStoryDetokenize:
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, guidance_scale=None, width=None, height=None):
+        # naming them skips ComfyUI's own min/max check: check_widgets redoes it (nodes/inputs.py)
+        return check_widgets(cls, guidance_scale=guidance_scale, width=width, height=height)
+
     def render(
         self,
         detokenizer,
@@ -130,6 +161,7 @@ class SeedStoryDetokenize:
         height=0,
     ):
         node = self.DISPLAY_NAME
+        require_widgets(self.__class__, guidance_scale=guidance_scale)  # the size: render_features, for the model
         detok = require_model(detokenizer, "detokenizer", node=node)
         feats = check_features(features, node=node, name="features", dim=detok.feature_dim)
         progress = glue.Progress(int(steps))
@@ -199,8 +231,13 @@ class SeedStoryFeaturesToConditioning:
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None):
+        return check_widgets(cls, width=width, height=height)
+
     def convert(self, detokenizer, features, width=1024, height=1024):
         node = self.DISPLAY_NAME
+        require_widgets(self.__class__, width=width, height=height)
         detok = require_model(detokenizer, "detokenizer", node=node)
         feats = check_features(features, node=node, name="features", dim=detok.feature_dim)
         module = detok.loaded()

@@ -3,6 +3,8 @@ that Story Step and Generate Story share (greedy/sampling, repetition penalty, t
 
 from __future__ import annotations
 
+from typing import Optional
+
 from seedstory_core.cache import POSITION_MODES
 from seedstory_core.story import (
     DEFAULT_MAX_SINK_IMAGES,
@@ -13,7 +15,7 @@ from seedstory_core.story import (
     StorySettings,
 )
 
-from .inputs import bool_input, choice_input, float_input, int_input
+from .inputs import bool_input, choice_input, float_input, int_input, spec_problem
 from .models import SETTINGS, SeedStoryInputError, require
 
 DECODING_CHOICES = ("greedy", "sample")
@@ -62,7 +64,8 @@ def make_decoding(
     pack's defaults).
 
     Raises:
-        SeedStoryInputError: a bad value (the message names ``node`` and the input).
+        SeedStoryInputError: a bad value (the message names ``node`` and the input): NaN, infinite or out of its
+            widget's range included (a linked value skips ComfyUI's range check).
     """
     if repetition_penalty is None:
         repetition_penalty = DEFAULT_REPETITION_PENALTY
@@ -75,6 +78,9 @@ def make_decoding(
         )
     if decoding not in DECODING_CHOICES:
         raise SeedStoryInputError(f"{node}: decoding must be one of {DECODING_CHOICES}, found {decoding!r}.")
+    check_decoding_values(
+        node, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, top_k=top_k
+    )
     try:
         return DecodingSettings(
             do_sample=decoding == "sample",
@@ -88,6 +94,28 @@ def make_decoding(
         )
     except ValueError as err:
         raise SeedStoryInputError(f"{node}: {err}") from err
+
+
+def decoding_problem(**values) -> Optional[str]:
+    """The first decoding value (by input name: temperature, top_p, top_k, repetition_penalty, ...) outside its
+    widget's spec (:func:`nodes.inputs.spec_problem`: NaN, infinity, out of range), or None. None values pass."""
+    specs = decoding_inputs()
+    for name, value in values.items():
+        problem = spec_problem(specs.get(name), name, value)
+        if problem is not None:
+            return problem
+    return None
+
+
+def check_decoding_values(node: str, **values) -> None:
+    """:func:`decoding_problem` as an error when a node runs.
+
+    Raises:
+        SeedStoryInputError: ``"<node>: <problem>"``.
+    """
+    problem = decoding_problem(**values)
+    if problem is not None:
+        raise SeedStoryInputError(f"{node}: {problem}")
 
 
 def check_settings(settings, node: str) -> StorySettings:

@@ -14,11 +14,20 @@ import torch
 
 from seedstory_core.detokenizer import SCHEDULER_NAMES
 from seedstory_core.preprocess import RESIZE_MODES
-from seedstory_core.rules import STORY_MODES, StoryRuleError, check_mode, check_story_run, check_text_length
+from seedstory_core.rules import (
+    STORY_MODES,
+    StoryRuleError,
+    check_clean_text,
+    check_mode,
+    check_story_run,
+    check_text_chars,
+    check_text_length,
+)
+from seedstory_core.redo import StoryRecord
 from seedstory_core.story import StoryState
 
 from . import comfy_glue as glue
-from .inputs import bool_input, choice_input, float_input, int_input, socket_input, text_input
+from .inputs import bool_input, check_widgets, choice_input, float_input, int_input, socket_input, text_input
 from .models import (
     AGENT,
     DETOKENIZER,
@@ -37,7 +46,7 @@ from .models import (
     require_model,
     resize_image,
 )
-from .render import RENDER_TOOLTIPS, render_features
+from .render import RENDER_TOOLTIPS, check_render_values, render_features
 from .settings import check_settings, decoding_inputs, make_decoding, no_repeat_input
 
 #: Appended to every free-text tooltip (the rule: seedstory_core.rules.max_text_tokens).
@@ -56,6 +65,9 @@ def _rules(node: str, check: Callable, *args, **kwargs):
 
 
 def _text_length(node: str, agent: AgentModel, text: str, name: str) -> str:
+    """A story text when the node runs: not over the bound in characters, clean, within the limit in tokens."""
+    _rules(node, check_text_chars, text, name)
+    _rules(node, check_clean_text, text, name)
     return _rules(node, check_text_length, agent.tokenizer, agent.config, text, name=name)
 
 
@@ -85,16 +97,36 @@ def _features_out(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(glue.intermediate_device(), torch.float32)
 
 
-def _validate_text(node: str, name: str, value) -> object:
-    """VALIDATE_INPUTS helper: True, or the message ComfyUI shows in node_errors."""
+def _validate_text(node: str, name: str, value, *, allow_empty: bool = False, lines: bool = False) -> object:
+    """VALIDATE_INPUTS helper: True, or the message ComfyUI shows in node_errors. A story text must not be empty
+    (unless ``allow_empty``), be surely over the token limit (:func:`seedstory_core.rules.check_text_chars`; the exact
+    count needs the agent's tokenizer, at run time) or hold lone surrogates or control characters
+    (:func:`seedstory_core.rules.check_clean_text`); with ``lines`` each line is one sentence (captions)."""
     if value is None:  # linked input: checked at run time
         return True
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
         return (
             f"{node}: '{name}' is empty. Type the sentence that goes with the start image "
             "(e.g. 'George walked to the park.')."
         )
+    parts = [(f"{name} (line {k + 1})", line) for k, line in enumerate(value.splitlines())] if lines else []
+    try:
+        for part, text in parts or [(name, value)]:
+            check_text_chars(text, part)
+            check_clean_text(text, part)
+    except StoryRuleError as err:
+        return f"{node}: {err}"
     return True
+
+
+def _validate_all(node_cls, texts: dict, widgets: dict) -> object:
+    """VALIDATE_INPUTS of the story nodes: the story texts (``{name: (value, options of _validate_text)}``) first,
+    then the numeric widgets (:func:`nodes.inputs.check_widgets`: NaN, infinity, range, multiples)."""
+    for name, (value, options) in texts.items():
+        verdict = _validate_text(node_cls.DISPLAY_NAME, name, value, **options)
+        if verdict is not True:
+            return verdict
+    return check_widgets(node_cls, **widgets)
 
 
 # ---------------------------------------------------------------------------------------------- ViT tokenize
@@ -298,6 +330,12 @@ class SeedStoryStoryStep:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, text=None, temperature=None, top_p=None, repetition_penalty=None):
+        # naming the FLOAT inputs skips ComfyUI's own min/max check for them: check_widgets redoes it
+        widgets = dict(temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
+        return _validate_all(cls, {"text": (text, {"allow_empty": True})}, widgets)
+
     def step(
         self,
         agent,
@@ -353,6 +391,10 @@ class SeedStoryStoryStep:
 
 
 # ---------------------------------------------------------------------------------------------- generate
+#: The socket type of Generate Story's ``story`` output: the finished story as a redo needs it
+#: (:class:`seedstory_core.redo.StoryRecord`), the input of SeedStory Redo Frame (nodes/redo.py).
+STORY = "SEEDSTORY_STORY"
+
 GENERATE_TOOLTIPS = {
     "start_image": "The first picture of the story: one image (a batch is refused; pick one with ImageFromBatch).",
     "story_steps": "How many new frames (sentence + image) to generate.",
@@ -405,6 +447,7 @@ class StoryFrames:
         self.progress = glue.Progress(steps * int(render["steps"]))
         self.sentences: List[str] = []
         self.frames: List[torch.Tensor] = []
+        self.results: list = []  # every step's StepResult (its state is the state before the next frame)
 
     def begin(self, engine, opening_text: str, start_image: torch.Tensor, settings) -> StoryState:
         """Start the story from the picture (encoded by the engine's visual tokenizer) and its sentence; the start
@@ -451,6 +494,7 @@ class StoryFrames:
         self.show(partial)
 
     def on_frame(self, i: int, _total: int, result) -> None:
+        self.results.append(result)
         self.sentences.append(_one_line(result.sentence))
         self.show()
         done = (i - 1) * int(self.render["steps"])
@@ -487,16 +531,19 @@ class SeedStoryGenerateStory:
         "The whole story in one node: from a start picture and its sentence, the agent writes N more "
         "sentences and images (each new sentence appears on the node as it is written) and the "
         "de-tokenizer renders every frame. Outputs the frames (start + N), the sentences (one per line) "
-        "and the final state (continue it with Story Step). Cancel stops it cleanly."
+        "and the final state (continue it with Story Step). Cancel stops it cleanly. The story output "
+        "lets SeedStory Redo Frame redo one frame without re-running the story."
     )
     CATEGORY = "SEED-Story/story"
     FUNCTION = "generate"
-    RETURN_TYPES = ("IMAGE", "STRING", STATE)
-    RETURN_NAMES = ("images", "sentences", "state")
+    RETURN_TYPES = ("IMAGE", "STRING", STATE, STORY)
+    RETURN_NAMES = ("images", "sentences", "state", "story")
     OUTPUT_TOOLTIPS = (
         "Frames: the start image (resized to the render size) followed by the N generated frames.",
         "The opening sentence and the N generated sentences, one per line.",
         "The final story state.",
+        "The finished story for SeedStory Redo Frame: the state before every frame, the sentences, the frames and "
+        "the settings (redo one frame without re-running the story).",
     )
 
     @classmethod
@@ -523,8 +570,22 @@ class SeedStoryGenerateStory:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, opening_text=None):
-        return _validate_text(cls.DISPLAY_NAME, "opening_text", opening_text)
+    def VALIDATE_INPUTS(
+        cls,
+        opening_text=None,
+        captions=None,
+        temperature=None,
+        top_p=None,
+        repetition_penalty=None,
+        guidance_scale=None,
+        width=None,
+        height=None,
+    ):
+        # naming the FLOAT and size inputs skips ComfyUI's own min/max check for them: check_widgets redoes it
+        texts = {"opening_text": (opening_text, {}), "captions": (captions, {"allow_empty": True, "lines": True})}
+        widgets = dict(temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
+        widgets.update(guidance_scale=guidance_scale, width=width, height=height)
+        return _validate_all(cls, texts, widgets)
 
     def generate(
         self,
@@ -574,11 +635,17 @@ class SeedStoryGenerateStory:
             no_repeat_sentences,
         )
         render = render_options(detok, diffusion_steps, guidance_scale, scheduler, seed, same_noise, width, height)
+        check_render_values(node, detok, guidance_scale=guidance_scale, width=render["width"], height=render["height"])
         story = StoryFrames(node, agent, vit, detok, render, n, stream=glue.text_streamer(unique_id))
         engine = agent.engine(vit, policy=story_settings.policy)
-        state = story.begin(engine, text, img, story_settings)
-        state = story.run(engine, state, n, run.texts, mode, dec)
-        return (story.images(), "\n".join(story.sentences), state)
+        start = story.begin(engine, text, img, story_settings)
+        state = story.run(engine, start, n, run.texts, mode, dec)
+        images = story.images()
+        frames = images.split(1)  # views of the output: the record adds no copy of the pictures
+        record = StoryRecord.from_run(
+            start, story.results, frames, mode=mode, texts=run.texts, decoding=dec, render=render
+        )
+        return (images, "\n".join(story.sentences), state, record)
 
 
 def _check_run(node: str, agent: AgentModel, detok: DetokenizerModel, text: str, steps: int, mode, captions):

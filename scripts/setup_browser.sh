@@ -4,6 +4,8 @@
 #   bash scripts/setup_browser.sh [--no-apt] [--check]
 #
 #   0. Debian `curl` (the README's API example runs as written)  -- skipped when curl is on PATH
+#      Debian `poppler-utils` (pdftoppm, pdftotext: the PDF tests render story.pdf and read its text layer)
+#                                                          -- skipped when pdftoppm and pdftotext are on PATH
 #   1. Debian `chromium` (apt-get; as root, or with sudo)  -- skipped when $CHROMIUM or /usr/bin/chromium runs
 #   2. npm `playwright-core` at the version pinned in tests/browser/package.json + package-lock.json, with `npm ci`
 #      into tests/browser/node_modules (git-ignored)        -- skipped when that version is already there.
@@ -50,6 +52,19 @@ if ! command -v curl >/dev/null 2>&1; then
   "${SUDO[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq curl >/dev/null
 fi
+
+# 0. poppler-utils (tests/core/test_pages_pdf.py, tests/server/test_storybook_pages_server.py) ------------------
+if ! command -v pdftoppm >/dev/null 2>&1 || ! command -v pdftotext >/dev/null 2>&1; then
+  (( CHECK_ONLY )) && die "pdftoppm/pdftotext not found (Debian poppler-utils)"
+  (( USE_APT )) || die "pdftoppm/pdftotext not found; run: apt-get update && apt-get install -y poppler-utils"
+  SUDO=()
+  [[ $(id -u) -ne 0 ]] && SUDO=(sudo)
+  log "installing Debian poppler-utils: apt-get install -y poppler-utils"
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq poppler-utils >/dev/null
+  command -v pdftoppm >/dev/null || die "apt-get installed poppler-utils but pdftoppm is not on PATH"
+fi
+log "poppler: $(pdftoppm -v 2>&1 | head -1)"
 
 # 1. chromium --------------------------------------------------------------------------------
 chromium_ok() { [[ -x "$CHROMIUM" ]] && "$CHROMIUM" --version >/dev/null 2>&1; }

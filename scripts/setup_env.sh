@@ -19,7 +19,7 @@
 #   7. scripts/fetch_llama2_tokenizer.sh            (when that script exists)
 #   8. scripts/setup_browser.sh                     (Debian chromium + npm playwright-core)
 # Steps 4-6 run under a constraints file that keeps the torch trio pinned.
-# For the `seedstory-batch` command: `pip install '.[client]'` (see README).
+# For the `seedstory-batch` command elsewhere: `pip install ./seedstory_client` (its own light distribution; README).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -36,8 +36,8 @@ try:
     import websocket  # websocket-client
 except ImportError as _missing:  # pragma: no cover - depends on the environment
     raise ImportError(
-        f"seedstory_client needs requests and websocket-client ({_missing}); install the 'client' "
-        "extra: pip install '.[client]'"
+        f"seedstory_client needs requests and websocket-client ({_missing}); install the client: "
+        "pip install ./seedstory_client (from the seedstory folder)"
     ) from _missing
 
 from .errors import HTTPFailure, PromptRefused

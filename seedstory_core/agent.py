@@ -66,6 +66,7 @@ from .checkpoints import (
     require_kind,
 )
 from .config import AgentConfig, torch_dtype
+from . import quant
 from .official_agent import (
     AGENT_CHECKPOINT_HINT,
     BASE_CHECKPOINT_HINT,
@@ -723,6 +724,26 @@ class SeedStoryAgent(nn.Module):
         (folder / AGENT_CONFIG_FILENAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
         return folder
 
+    # ------------------------------------------------------------------ weight storage
+    def quantize_weights(self, storage: str) -> int:
+        """Store the decoder layers' projection weights (q/k/v/o/gate/up/down: the frozen LoRA base weights, about
+        95% of the agent) in ``storage`` (:data:`seedstory_core.quant.WEIGHT_STORAGES`: ``default``,
+        ``fp8_e4m3fn``, ``int8``), in place; embeddings, lm_head, norms, LoRA A/B and the resamplers keep their
+        dtype, which stays the compute dtype. For inference: the merged-LoRA decoder (:meth:`inference_decoder`)
+        re-stores its merged weights the same way; saving or training a stored agent is not supported.
+        Returns the number of layers converted (docs/models.md "Weight storage").
+
+        Raises:
+            ValueError: unknown ``storage``.
+            ImportError: ``int8`` without torchao.
+        """
+        return quant.store_weights(self, storage)
+
+    @property
+    def weight_storage(self) -> str:
+        """``default``, ``fp8_e4m3fn`` or ``int8``: how the decoder's projection weights are stored."""
+        return quant.model_storage(self.decoder.layers)
+
     # ------------------------------------------------------------------ inference: merged LoRA decoder
     def lora_merge_bytes(self) -> int:
         """Bytes a merged-LoRA inference decoder (:meth:`inference_decoder`) allocates: one copy of every
@@ -731,7 +752,7 @@ class SeedStoryAgent(nn.Module):
         for _, module in self.decoder.named_modules():
             base = getattr(module, "base_layer", None)
             if base is not None and hasattr(module, "lora_A") and not base.weight.is_meta:
-                total += base.weight.numel() * base.weight.element_size()
+                total += quant.tensor_bytes(base.weight)
         return total
 
     def _merge_sources(self):
@@ -761,6 +782,7 @@ class SeedStoryAgent(nn.Module):
                     (
                         name,
                         sig(base.weight),
+                        quant.storage_of(base),
                         bool(module.merged),
                         bool(module.disable_adapters),
                         adapters,
@@ -826,7 +848,10 @@ class SeedStoryAgent(nn.Module):
                     continue
                 _, module, adapters = item
                 base = module.base_layer
-                weight = base.weight.detach().clone()
+                storage = quant.storage_of(base)
+                # a stored (fp8/int8) base weight is merged in the compute dtype, then stored the same way again
+                dtype = base.weight.dtype if storage == quant.DEFAULT else self.lm_head.weight.dtype
+                weight = quant.dequantized_weight(base, dtype)
                 for a in adapters:
                     if getattr(module, "use_dora", {}).get(a, False):
                         raise NotImplementedError("inference_decoder: DoRA adapters cannot be merged here")
@@ -835,6 +860,9 @@ class SeedStoryAgent(nn.Module):
                 linear.weight = nn.Parameter(weight, requires_grad=False)
                 if base.bias is not None:
                     linear.bias = base.bias
+                quant.quantize_module(linear, storage)
+                if isinstance(base, quant.CastLinear) and storage == quant.DEFAULT:
+                    quant.make_castable(linear)
                 setattr(parent, leaf, linear)
             merged.embed_tokens = self.decoder.embed_tokens
             merged.rotary_emb = self.rotary_emb

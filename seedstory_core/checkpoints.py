@@ -145,7 +145,10 @@ def _safetensors_detail(path: Path, err: BaseException) -> str:
 def corrupt_safetensors(path: PathLike, err: BaseException) -> CorruptCheckpointError:
     """The error for a ``.safetensors`` file the reader refused (``err``: the reader's own exception)."""
     path = Path(path)
-    known = _looks_like(_head(path), safetensors_name=True)
+    head = _head(path)
+    # A safetensors layout (8-byte length, then the JSON header's "{") is judged by its header length against the
+    # file size before any sniffing: a length whose low byte is 0x80 (1 file in 256) looks like a pickle's PROTO.
+    known = None if head[8:9] == b"{" else _looks_like(head, safetensors_name=True)
     what, todo = (
         (f"it is {known[0]}", known[1]) if known else (f"truncated or corrupt: {_safetensors_detail(path, err)}", _REDO)
     )

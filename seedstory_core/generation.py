@@ -5,6 +5,8 @@
 * :func:`image_query_pass` — the 64 image queries in ONE forward: once BOI is chosen the next tokens
   (IMG_0..IMG_{n-1}, EOI) are fixed, so the hidden states at the IMG positions are computed together instead of
   by 66 forced decode steps; they equal forced decoding to fp32 rounding (tested).
+* :func:`forward_chunk` runs one committed token through the compiled static-shape step of
+  :mod:`seedstory_core.static_decode` where that is enabled for the decoder (off by default).
 * :class:`ImageTokenRule` — the official ``AutoImageTokenGenerationProcessor``: after BOI/IMG_j the next image token
   is forced (score = max + 10); otherwise IMG/EOI scores are set to 0.0 (official) or -inf (``suppress='neg_inf'``).
 
@@ -20,6 +22,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from .cache import CachePolicy, StoryKVCache
+from .static_decode import static_decoder_for
 from .tokens import ImageTokens, image_segment_kinds
 
 
@@ -97,8 +100,15 @@ def forward_chunk(
         kinds: n TokenKind values.
 
     Returns (1, n, D) final-norm hidden states.
+
+    A single committed token on a decoder with static decoding enabled
+    (:func:`~seedstory_core.static_decode.enable_static_decode`) runs the compiled static-shape step instead (same
+    result, same cache afterwards).
     """
     decoder = decoder_of(agent)
+    static = static_decoder_for(decoder) if commit and embeds.shape[1] == 1 else None
+    if static is not None:
+        return static.step(cache, embeds, kinds)
     with cache.chunk(kinds, commit=commit) as position_ids:
         out = decoder(
             inputs_embeds=embeds,

@@ -1,5 +1,6 @@
-// SeedStory: after Save Story runs, show its sentences on the node and a button that opens the storybook page
-// (served by the pack's route GET /seedstory/storybook/<folder>/index.html, nodes/routes.py).
+// SeedStory: after Save Story runs, show its sentences on the node, a button that opens the storybook page
+// (served by the pack's route GET /seedstory/storybook/<folder>/index.html, nodes/routes.py) and, when the node
+// wrote one (input pdf), a button that opens the PDF (GET /seedstory/storybook/<folder>/story.pdf).
 // The frames themselves are shown by ComfyUI from the node's "images" output.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -34,6 +35,16 @@ app.registerExtension({
         button.serialize = false;
       }
       this.seedstoryBook = book || null;
+      const pdf = (message?.pdf || [])[0];
+      let pdfButton = this.widgets?.find((w) => w.name === "open PDF");
+      if (pdf && !pdfButton) {
+        pdfButton = this.addWidget("button", "open PDF", null, () => {
+          if (this.seedstoryPdf) window.open(storybookUrl(this.seedstoryPdf), "_blank");
+        });
+        pdfButton.serialize = false;
+      }
+      if (pdfButton) pdfButton.disabled = !pdf;
+      this.seedstoryPdf = pdf || null;
       this.setDirtyCanvas?.(true, true);
     };
   },

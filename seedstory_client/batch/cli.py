@@ -10,13 +10,22 @@ from typing import Optional, Sequence
 
 from .jobs import OK, LocalFileError, load_jobs
 from .prompt import CAPTIONS_TEMPLATE, DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_DIR, resolve_template
-from .runner import Options, RetryPolicy, run_batch
+from .runner import STOP_SIGNALS, Options, RetryPolicy, run_batch
 from .summary import SUMMARY_NAME, SummaryError, stderr_log
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 
-# exit codes
+# exit codes; a batch stopped by a signal exits 128 + its number, as a shell reports a process that the signal ended
 EXIT_OK, EXIT_JOBS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_SIGHUP, EXIT_SIGTERM = 129, 143
+
+
+def exit_code_for(stopped: str) -> int:
+    """The exit code of a batch stopped by ``stopped`` ("Ctrl-C", "SIGTERM", "SIGHUP", with or without
+    " (aborted)"): 128 + the signal's number (130, 143, 129); EXIT_INTERRUPTED for anything else."""
+    name = stopped.split(" (", 1)[0]
+    codes = {label: 128 + int(signum) for signum, label in STOP_SIGNALS.items()}
+    return codes.get(name, EXIT_INTERRUPTED)
 
 
 def _positive_float(s: str) -> float:
@@ -44,16 +53,25 @@ JOBS FILE (JSONL, one object per line; blank and '#' lines are ignored):
              {{"3.diffusion_steps": 4, "SeedStory Save Story.title": "My story"}};
              an override naming a missing node/input makes the job 'invalid' (not queued)
   template   per-job template (same rules as --template)
+  layout     Save Story's page layout: "storybook", "comic" or "strip" (its 'layout' input)
+  pdf        true/false: Save Story also writes a PDF (its 'pdf' input); layout and pdf need a server
+             whose Save Story has these inputs (checked against /object_info before queueing)
+  A job is 'invalid' (never queued) when its image is not a PNG, JPEG, WebP, BMP, GIF or TIFF picture
+  that Pillow can read (the picture is re-encoded as PNG before the upload: no other file's bytes leave
+  this machine; an animated picture sends its first frame), or when its id cannot name its folder: only
+  dots, a Windows device name (CON, PRN, AUX, NUL, COM0-9, LPT0-9, also with an extension) or
+  summary.json (the client's own file). A jobs file that is not UTF-8 text is refused as a whole (exit 2).
 
 TEMPLATES: API-format workflows (ComfyUI 'Export (API)'); a file path or a name in {DEFAULT_TEMPLATE_DIR}.
   Filled by class: LoadImage.image <- the uploaded start image; SeedStoryGenerateStory.opening_text/
   story_steps/seed (+ captions, mode=visualization); SeedStorySaveStory.filename_prefix <-
-  seedstory_batch/<id>/story.
+  seedstory_batch/<id>/story (+ layout, pdf when the job sets them).
 
 OUTPUT: OUT/<id>/ gets the frames (frame_000.png ...), index.html + story.json (the storybook),
-  story.txt, prompt.json and history.json; OUT/summary.json has per job: status (ok | error | invalid |
-  interrupted), error (with node_errors details: node id, class_type, input, message), seconds, outputs,
-  storybook (path under the server's output folder), local_storybook, prompt_id, server, attempts.
+  story.pdf (with "pdf": true), story.txt, prompt.json and history.json; OUT/summary.json has per job:
+  status (ok | error | invalid | interrupted), error (with node_errors details: node id, class_type,
+  input, message), seconds, outputs, storybook (path under the server's output folder), local_storybook,
+  pdf + local_pdf (with "pdf": true), prompt_id, server, attempts.
   'invalid' = refused before running (bad job line, bad override, server validation/node_errors).
 
   An HTTP error answer (4xx/5xx) makes that job 'error' with http_status and http_body; a local file that
@@ -66,13 +84,16 @@ RETRIES: only on connection loss (refused, reset, timeout, dropped websocket) th
   exponential backoff, asks /queue (and /history) about the prompt before queueing it again, at most
   --retries times per job; with several servers, a job whose server stays down is handed to another
   server; when none is left the remaining jobs are 'error' ("not run: no reachable server (tried URL...)").
-CTRL-C: the first Ctrl-C interrupts the running prompt(s) on the server(s) (removed from the queue if still
-  pending), records them 'interrupted', records the queued jobs 'interrupted' (not run), writes
-  summary.json and exits 130; run the same command again to resume. A second Ctrl-C quits at once
-  (running jobs still recorded 'interrupted').
+CTRL-C, SIGTERM, SIGHUP: the first one interrupts the running prompt(s) on the server(s) (removed from the
+  queue if still pending), records them 'interrupted', records the queued jobs 'interrupted' (not run),
+  writes summary.json ("stopped": "Ctrl-C" | "SIGTERM" | "SIGHUP") and exits 130 / 143 / 129; run the same
+  command again to resume. A second one quits at once (running jobs still recorded 'interrupted').
+  kill -9 cannot be caught: the running prompt goes on on the server, the job has no record (or its
+  previous one), and the next run queues it again.
 SERVERS: --server is repeatable; one worker thread per server pulls jobs from a shared queue.
 EXIT CODE: 0 all jobs ok (or skipped); 1 some job failed/invalid/interrupted; 2 usage error (also: an
-  unreadable summary.json); 130 stopped by Ctrl-C.
+  unreadable summary.json, a jobs file that is not UTF-8 text); 130 stopped by Ctrl-C; 143 by SIGTERM;
+  129 by SIGHUP. A missing package (requests, websocket-client, Pillow) stops it before anything runs.
 """,
     )
     p.add_argument("jobs", help="JSONL job file")
@@ -106,7 +127,7 @@ EXIT CODE: 0 all jobs ok (or skipped); 1 some job failed/invalid/interrupted; 2 
         default=3600.0,
         help="per-job limit in s; the prompt is interrupted after it (default: %(default)s)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (tqdm, optional: none without it)")
     p.add_argument(
         "--print-storybooks",
         action="store_true",
@@ -149,8 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LocalFileError as e:  # the output folder itself
         print(f"seedstory-batch: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:  # second Ctrl-C: run_batch has recorded what it could
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # a second stop signal (BatchAborted): run_batch has recorded what it could
+        return exit_code_for(getattr(e, "reason", "Ctrl-C"))
     recs = [data["jobs"].get(j.id) or {} for j in jobs]
     failed = [r for r in recs if r.get("status") != OK]
     stderr_log(f"[batch] done: {data.get('counts')}; summary {Path(args.out) / SUMMARY_NAME}")
@@ -159,5 +180,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if r.get("status") == OK and r.get("storybook"):
                 print(r["storybook"], flush=True)
     if data.get("stopped"):
-        return EXIT_INTERRUPTED
+        return exit_code_for(data["stopped"])
     return EXIT_JOBS_FAILED if failed or data.get("write_error") else EXIT_OK

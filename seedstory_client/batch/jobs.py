@@ -1,7 +1,9 @@
 """seedstory-batch jobs: the JSONL job file, one :class:`Job` per line, and the job-level errors.
 
-A line that cannot be used becomes a Job with ``invalid`` set (the batch records it ``invalid`` and goes on);
-:func:`load_jobs` raises only for problems of the whole file (duplicate ids, ids that map to one folder name).
+A line that cannot be used becomes a Job with ``invalid`` set (the batch records it ``invalid`` and goes on):
+unknown or ill-typed fields, a start image that is not a picture (:mod:`.image`), a job id that cannot name its
+folder OUT/<id>/ (:func:`id_problem`), a ``layout`` or ``pdf`` of the wrong kind. :func:`load_jobs` raises only for
+problems of the whole file (not UTF-8 text, duplicate ids, ids that map to one folder name).
 """
 
 from __future__ import annotations
@@ -12,8 +14,18 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .image import NotAPicture, encode_png, picture_problem
+
 # statuses in summary.json
 OK, ERROR, INVALID, INTERRUPTED = "ok", "error", "invalid", "interrupted"
+
+# the client's own file in OUT/ (with its "<name>.corrupt-<time>" and "<name>.tmp<pid>_<thread>" companions): no job
+# folder may take its name
+SUMMARY_NAME = "summary.json"
+# Save Story's page layouts (job field "layout"; the node's "layout" input, issue 27)
+LAYOUTS = ("storybook", "comic", "strip")
+# names Windows reserves for devices, with or without an extension (CON, CON.txt, ...): no file or folder there
+WINDOWS_DEVICE_NAMES = frozenset(["CON", "PRN", "AUX", "NUL"] + [f"{p}{i}" for p in ("COM", "LPT") for i in range(10)])
 
 
 class JobInvalid(ValueError):
@@ -46,10 +58,12 @@ class Job:
     captions: Optional[List[str]] = None
     overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
     template: Optional[str] = None  # per-job template (optional field "template")
+    layout: Optional[str] = None  # Save Story's "layout" input (one of LAYOUTS)
+    pdf: Optional[bool] = None  # Save Story's "pdf" input
     invalid: Optional[str] = None  # set when the line itself is unusable
 
 
-_JOB_KEYS = {"id", "image", "text", "frames", "seed", "captions", "overrides", "template"}
+_JOB_KEYS = {"id", "image", "text", "frames", "seed", "captions", "overrides", "template", "layout", "pdf"}
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -57,6 +71,30 @@ def safe_name(job_id: str) -> str:
     """A file-system-safe version of a job id (used for OUT/<id>/, upload names and filename prefixes)."""
     s = _SAFE.sub("_", str(job_id)).strip("._") or "job"
     return s[:80]
+
+
+def id_problem(job_id: str) -> Optional[str]:
+    """Why ``job_id`` cannot name the job's folder OUT/<id>/ (None when it can): only dots (``.``, ``..``), a name
+    Windows reserves for a device (CON, NUL, COM1, LPT1, ... also with an extension), or the name of the client's
+    own file OUT/summary.json (or its ``.corrupt-*`` / ``.tmp*`` companions). Compared without case, as on Windows
+    and macOS file systems."""
+    raw = str(job_id).strip()
+    if raw and set(raw) <= {"."}:
+        return f"the id {raw!r} names no folder ('.' and '..' are the folder itself and its parent)"
+    folder = safe_name(job_id)
+    stem = folder.split(".", 1)[0].rstrip(" ").upper()
+    if stem in WINDOWS_DEVICE_NAMES:
+        return (
+            f"the id {job_id!r} is a device name that Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9, also "
+            "with an extension): no folder can have that name there"
+        )
+    low = folder.lower()
+    if low == SUMMARY_NAME or low.startswith(SUMMARY_NAME + "."):
+        return (
+            f"the id {job_id!r} would name its folder OUT/{folder}, the name of seedstory-batch's own file "
+            "summary.json (and its copies summary.json.corrupt-*, summary.json.tmp*)"
+        )
+    return None
 
 
 def is_int(v) -> bool:
@@ -75,6 +113,8 @@ def parse_job(obj: Any, line: int, base_dir: Path) -> Job:
         problems.append(f"unknown field(s) {unknown} (known: {sorted(_JOB_KEYS)})")
     if ("id" in obj and not isinstance(obj["id"], (str, int))) or str(job.id).strip() == "":
         problems.append(f"'id' must be a non-empty string or integer, got {obj.get('id')!r}")
+    elif (why := id_problem(job.id)) is not None:
+        problems.append(f"{why}; choose another id")
     image = obj.get("image")
     if not isinstance(image, str) or not image:
         problems.append("'image' (path to the start image) is required")
@@ -85,6 +125,8 @@ def parse_job(obj: Any, line: int, base_dir: Path) -> Job:
         job.image = p
         if not p.is_file():
             problems.append(f"image {image!r} not found (looked at {p})")
+        elif (why := picture_problem(p)) is not None:
+            problems.append(why)
     text = obj.get("text")
     if not isinstance(text, str):
         problems.append("'text' (the opening sentence) is required and must be a string")
@@ -125,17 +167,55 @@ def parse_job(obj: Any, line: int, base_dir: Path) -> Job:
             problems.append("'template' must be a path")
         else:
             job.template = obj["template"]
+    if "layout" in obj and obj["layout"] is not None:
+        if obj["layout"] not in LAYOUTS:
+            problems.append(f"'layout' must be one of {', '.join(map(repr, LAYOUTS))}, got {obj['layout']!r}")
+        else:
+            job.layout = obj["layout"]
+    if "pdf" in obj and obj["pdf"] is not None:
+        if not isinstance(obj["pdf"], bool):
+            problems.append(f"'pdf' must be true or false, got {obj['pdf']!r}")
+        else:
+            job.pdf = obj["pdf"]
     if problems:
         job.invalid = f"job {job.id} (line {line}): " + "; ".join(problems)
     return job
 
 
+def read_lines(path: Path) -> List[str]:
+    """The lines of a JSONL file (split at newlines only, a UTF-8 byte-order mark dropped, ``\\r`` stripped).
+
+    Raises ValueError naming the file (and the line) when it is not UTF-8 text: a NUL byte (a binary file) or bytes
+    that are not UTF-8; OSError when it cannot be read."""
+    data = Path(path).read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ValueError(
+            f"{path} is not a text file (a NUL byte at line {line}, byte {nul}): a jobs file is JSON Lines, UTF-8 "
+            "text with one job object per line"
+        )
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path} line {n} is not UTF-8 text ({e.reason} at byte {e.start} of the line): a jobs file is "
+                "JSON Lines, UTF-8 text with one job object per line; save it as UTF-8"
+            ) from None
+    return lines
+
+
 def load_jobs(path: Path) -> List[Job]:
-    """Read a JSONL job file. Unparseable lines become invalid jobs; duplicate ids are an error (ValueError)."""
+    """Read a JSONL job file. Unparseable lines become invalid jobs; a file that is not UTF-8 text, duplicate ids
+    and ids that map to one folder are errors of the whole file (ValueError naming the file)."""
     path = Path(path)
     base = path.resolve().parent
     jobs: List[Job] = []
-    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, raw in enumerate(read_lines(path), start=1):
         s = raw.strip()
         if not s or s.startswith("#"):
             continue
@@ -160,8 +240,14 @@ def load_jobs(path: Path) -> List[Job]:
 
 
 def read_start_image(job: Job) -> bytes:
-    """The bytes of the job's start image. Raises LocalFileError naming the file (a job error, not a lost server)."""
+    """The job's start image as PNG bytes (:func:`.image.encode_png`: decoded and re-encoded, so only its pixels are
+    uploaded). Raises LocalFileError naming the file when it cannot be read (a job error, not a lost server), and
+    JobInvalid when it is not a picture (any more)."""
     try:
-        return Path(job.image).read_bytes()
+        data = Path(job.image).read_bytes()
     except OSError as e:
         raise LocalFileError(job.image, "read", e, "start image") from None
+    try:
+        return encode_png(data, Path(job.image))
+    except NotAPicture as e:
+        raise JobInvalid(f"job {job.id} (line {job.line}): {e}") from None

@@ -1,7 +1,8 @@
 """seedstory-batch prompts: the API-format templates and how a job fills one.
 
 :func:`build_prompt` copies a template and fills it by node class (LoadImage.image, SeedStoryGenerateStory's
-opening_text/story_steps/seed/captions/mode, SeedStorySaveStory.filename_prefix), then applies the job's overrides
+opening_text/story_steps/seed/captions/mode, SeedStorySaveStory.filename_prefix and, when the job sets them,
+layout/pdf), then applies the job's overrides
 (``"<node id or title>.<input>": value``); anything that cannot be applied raises :class:`JobInvalid`.
 """
 
@@ -120,8 +121,53 @@ def job_prefix(job: Job) -> str:
 
 
 def upload_name(job: Job, data: bytes) -> str:
-    ext = (job.image.suffix.lower() if job.image else "") or ".png"
-    return f"seedstory_batch_{safe_name(job.id)}_{hashlib.sha256(data).hexdigest()[:10]}{ext}"
+    """The start image's name in the server's input folder: per job and per content (``data``: the PNG that is
+    uploaded, :func:`.jobs.read_start_image`)."""
+    return f"seedstory_batch_{safe_name(job.id)}_{hashlib.sha256(data).hexdigest()[:10]}.png"
+
+
+def input_choices(node: dict, name: str, object_info: Optional[dict] = None) -> Optional[list]:
+    """The values /object_info lists for a choice (COMBO) input ``name`` of ``node`` (None: unknown or not a
+    choice). Both spellings: ``[[values...], {...}]`` and ``["COMBO", {"options": [...]}]``."""
+    info = (object_info or {}).get(node.get("class_type")) or {}
+    for section in ("required", "optional"):
+        spec = ((info.get("input") or {}).get(section) or {}).get(name)
+        if not isinstance(spec, (list, tuple)) or not spec:
+            continue
+        if isinstance(spec[0], list):
+            return list(spec[0])
+        if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+            return list(spec[1].get("options") or []) or None
+    return None
+
+
+def set_save_inputs(prompt: dict, saves: List[str], job: Job, object_info: Optional[dict] = None) -> None:
+    """Set the job's ``layout`` and ``pdf`` (when given) on every Save Story node of ``prompt``. Raises JobInvalid
+    when a Save Story node has no such input (the server's pack predates them: checked against /object_info, else
+    the template) or the server does not offer the layout."""
+    wanted = {k: v for k, v in (("layout", job.layout), ("pdf", job.pdf)) if v is not None}
+    if not wanted:
+        return
+    if not saves:
+        raise JobInvalid(f"job {job.id} (line {job.line}): {sorted(wanted)} need a {SAVE_CLASS} node in the template")
+    problems = []
+    for nid in saves:
+        node = prompt[nid]
+        ok = allowed_inputs(node, object_info)
+        for name, value in wanted.items():
+            if name not in ok:
+                problems.append(
+                    f"the job sets {name!r} but node {nid} ({SAVE_CLASS}) has no input {name!r} on this server "
+                    f"(inputs: {', '.join(sorted(ok))}); update the seedstory pack on the server, or drop {name!r}"
+                )
+                continue
+            choices = input_choices(node, name, object_info) if name == "layout" else None
+            if choices is not None and value not in choices:
+                problems.append(f"'layout' {value!r} is not offered by node {nid} ({SAVE_CLASS}) (choices: {choices})")
+                continue
+            node.setdefault("inputs", {})[name] = value
+    if problems:
+        raise JobInvalid(f"job {job.id} (line {job.line}): " + "; ".join(problems))
 
 
 def build_prompt(
@@ -152,6 +198,7 @@ def build_prompt(
             inp["mode"] = "visualization"
     for nid in saves:
         prompt[nid]["inputs"]["filename_prefix"] = job_prefix(job) if len(saves) == 1 else f"{job_prefix(job)}_{nid}"
+    set_save_inputs(prompt, saves, job, object_info)
     apply_overrides(prompt, job.overrides, object_info)
     return prompt
 

@@ -2,8 +2,8 @@
 
 One job: upload the start image, queue the filled prompt, follow it over the websocket (a tqdm bar), download its
 outputs into OUT/<job id>/. Connection losses are retried with backoff (:class:`RetryPolicy`); a server that stays
-unreachable hands its job to another one. Ctrl-C: the first press interrupts the running prompts on their servers
-and records them ``interrupted``; a second one aborts at once.
+unreachable hands its job to another one. Ctrl-C, SIGTERM, SIGHUP (:data:`STOP_SIGNALS`): the first one interrupts the
+running prompts on their servers and records them ``interrupted``; a second one aborts at once.
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ import dataclasses
 import json
 import queue
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-from tqdm import tqdm
 
 from ..client import ComfyClient, is_connection_error, read_message
 from ..errors import (
@@ -40,10 +37,28 @@ from .prompt import (
     total_progress,
     upload_name,
 )
-from .summary import Summary, atomic_write, is_done, make_dir, stderr_log
+from .progress import progress_bar, stderr_log
+from .summary import Summary, atomic_write, is_done, make_dir
 
 # after a first Ctrl-C: how long to wait for the server to confirm that it stopped the prompt
 INTERRUPT_GRACE_S = 20.0
+# the signals that stop a batch cleanly (as the first Ctrl-C does) and the name each one is recorded under: Ctrl-C,
+# and what `docker stop`, systemd, `timeout` and `kill` send (SIGTERM), or a closed terminal (SIGHUP; not on Windows)
+STOP_SIGNALS = {
+    getattr(signal, name): label
+    for name, label in (("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM"), ("SIGHUP", "SIGHUP"))
+    if hasattr(signal, name)
+}
+STOP_REQUESTED = "stop requested"  # the batch was stopped through run_batch's ``stop`` event, not by a signal
+
+
+class BatchAborted(KeyboardInterrupt):
+    """A second stop signal: run_batch recorded what it could and gives up at once. ``reason``: the first signal's
+    name ("Ctrl-C", "SIGTERM", "SIGHUP"), which sets the exit code (seedstory_client.batch.cli.exit_code_for)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclasses.dataclass
@@ -89,12 +104,14 @@ class JobRunner:
         position: int = 0,
         stop: Optional[threading.Event] = None,
         log: Callable[[str], None] = None,
+        why: Optional[Callable[[], str]] = None,
     ):
         self.t = transport
         self.opts = opts
         self.position = position
         self.stop = stop or threading.Event()
         self.log = log or stderr_log
+        self.why = why or (lambda: "Ctrl-C")  # what set ``stop`` ("Ctrl-C", "SIGTERM", ...), for the messages
         self._object_info: Optional[dict] = None
         self.current: Optional[dict] = None
 
@@ -112,15 +129,7 @@ class JobRunner:
     def _bar(self, job: Job, total: int):
         if not self.opts.progress:
             return None
-        return tqdm(
-            total=total or None,
-            desc=f"job {job.id}",
-            unit="step",
-            position=self.position,
-            leave=False,
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
+        return progress_bar(total, f"job {job.id}", self.position)
 
     def _wait(self, seconds: float) -> None:
         pol = self.opts.retry
@@ -195,7 +204,7 @@ class JobRunner:
                 where = (
                     f"; prompt {rec['prompt_id']} may still be queued on {self.t.base_url}" if rec["prompt_id"] else ""
                 )
-                raise ExecutionFailed(INTERRUPTED, f"stopped (Ctrl-C) before the job finished{where}")
+                raise ExecutionFailed(INTERRUPTED, f"stopped ({self.why()}) before the job finished{where}")
             try:
                 ws = self.t.connect_ws()
                 try:
@@ -283,13 +292,13 @@ class JobRunner:
                 return entry
             raise ExecutionFailed(
                 INTERRUPTED,
-                f"interrupted (Ctrl-C): prompt {prompt_id} was taken out of the "
+                f"interrupted ({self.why()}): prompt {prompt_id} was taken out of the "
                 f"queue of {self.t.base_url} before it ran",
             )
         if time.monotonic() - sent_at > self.opts.interrupt_grace:
             raise ExecutionFailed(
                 INTERRUPTED,
-                f"interrupted (Ctrl-C): the interrupt was sent but prompt {prompt_id} "
+                f"interrupted ({self.why()}): the interrupt was sent but prompt {prompt_id} "
                 f"was still {state} on {self.t.base_url} after "
                 f"{self.opts.interrupt_grace:g} s",
             )
@@ -365,7 +374,7 @@ class JobRunner:
         if ws_failure is not None:
             kind, data = ws_failure
             if kind == "interrupted" or self.stop.is_set():
-                by = "interrupted (Ctrl-C)" if self.stop.is_set() else "interrupted on the server"
+                by = f"interrupted ({self.why()})" if self.stop.is_set() else "interrupted on the server"
                 raise ExecutionFailed(
                     INTERRUPTED,
                     f"{by} at node {data.get('node_id')} ({data.get('node_type')}); "
@@ -396,6 +405,11 @@ class JobRunner:
                 refs.append({"filename": "story.json", "subfolder": sub, "type": "output"})
                 rec["storybook"] = str(book)
                 rec["local_storybook"] = str(dest / "index.html")
+            for pdf in out.get("pdf") or []:  # Save Story with pdf=true (the job's "pdf" field)
+                sub, _, fname = str(pdf).rpartition("/")
+                refs.append({"filename": fname, "subfolder": sub, "type": "output"})
+                rec["pdf"] = str(pdf)
+                rec["local_pdf"] = str(dest / Path(fname).name)
             for ref in refs:
                 name = Path(ref["filename"]).name
                 data = self.t.view(ref["filename"], ref.get("subfolder", ""), ref.get("type", "output"))
@@ -415,34 +429,40 @@ class JobRunner:
 
 
 class _CtrlC:
-    """Ctrl-C policy of run_batch: the first press sets ``stop`` (every worker interrupts its prompt on the server,
-    records the job ``interrupted`` and ends; the summary is written); the second asks for an abort at once.
+    """Stop-signal policy of run_batch (Ctrl-C = SIGINT, SIGTERM, SIGHUP: :data:`STOP_SIGNALS`): the first one sets
+    ``stop`` (every worker interrupts its prompt on the server, records the job ``interrupted`` and ends; the summary
+    is written); a second one (of any of them) asks for an abort at once. ``reason`` names the first one.
 
-    As a SIGINT handler it never raises on the first press, so the main thread is not disturbed while it waits for
+    As a signal handler it never raises on the first signal, so the main thread is not disturbed while it waits for
     the workers (in Python 3.11 a KeyboardInterrupt inside ``Thread.join()`` marks the still-running thread as
-    finished, which is how jobs used to vanish from summary.json); it raises KeyboardInterrupt on the second.
+    finished, which is how jobs used to vanish from summary.json); it raises BatchAborted on the second.
     """
 
     def __init__(self, stop: threading.Event, log: Callable[[str], None]):
         self.stop = stop
         self.log = log
         self.presses = 0
+        self.reason: Optional[str] = None  # the first signal's name
+        self.last: Optional[str] = None  # the latest signal's name
 
-    def press(self) -> bool:
-        """Count one Ctrl-C; True when the batch must abort now (second press)."""
+    def press(self, label: str = "Ctrl-C") -> bool:
+        """Count one stop signal named ``label``; True when the batch must abort now (second signal)."""
         self.presses += 1
+        self.last = label
         if self.presses == 1:
+            self.reason = label
+            again = "Ctrl-C" if label == "Ctrl-C" else f"Ctrl-C or {label}"
             self.log(
-                "[batch] Ctrl-C: interrupting the running prompt(s) on the server(s), then writing the summary "
-                "(press Ctrl-C again to quit at once)"
+                f"[batch] {label}: interrupting the running prompt(s) on the server(s), then writing the summary "
+                f"(press {again} again to quit at once)"
             )
             self.stop.set()
             return False
         return True
 
     def __call__(self, signum, frame) -> None:
-        if self.press():
-            raise KeyboardInterrupt
+        if self.press(STOP_SIGNALS.get(signum, f"signal {signum}")):
+            raise BatchAborted(self.reason or "Ctrl-C")
 
 
 def run_batch(
@@ -463,18 +483,23 @@ def run_batch(
     worker that finds the queue empty waits while another worker still runs a job (it may be handed back), so a
     job is never left behind by a live server.
 
-    Ctrl-C (when called from the main thread with ``handle_sigint``; SIGINT's handler is restored on return): the
-    first one stops the batch cleanly -- running prompts are interrupted on their servers and recorded
-    ``interrupted``, queued jobs are recorded ``interrupted`` ("not run"), the summary gets ``"stopped": "Ctrl-C"``.
-    A second Ctrl-C records the running jobs as ``interrupted`` (a best-effort interrupt is sent, for at most
-    about 1.5 s), writes the summary and raises KeyboardInterrupt. Setting ``stop`` from elsewhere stops the batch
-    like a first Ctrl-C (``"stopped": "stop requested"``).
+    Ctrl-C, SIGTERM and SIGHUP (:data:`STOP_SIGNALS`; handled when called from the main thread with
+    ``handle_sigint``, the previous handlers are restored on return): the first one stops the batch cleanly --
+    running prompts are interrupted on their servers and recorded ``interrupted``, queued jobs are recorded
+    ``interrupted`` ("not run"), the summary gets ``"stopped": "<name>"`` (``Ctrl-C``, ``SIGTERM``, ``SIGHUP``). A
+    second one records the running jobs as ``interrupted`` (a best-effort interrupt is sent, for at most about
+    1.5 s), writes the summary (``"<name> (aborted)"``) and raises BatchAborted (a KeyboardInterrupt). Setting
+    ``stop`` from elsewhere stops the batch like a first Ctrl-C (``"stopped": "stop requested"``).
     """
     opts.out_dir = Path(opts.out_dir)
     make_dir(opts.out_dir)
     summary = Summary(opts.out_dir, jobs_file, servers, log)
     stop = stop or threading.Event()
     ctrl_c = _CtrlC(stop, log)
+
+    def why() -> str:
+        return ctrl_c.reason or STOP_REQUESTED
+
     todo: "queue.Queue[Tuple[Job, set]]" = queue.Queue()
     for job in jobs:
         prev = summary.data["jobs"].get(job.id)
@@ -524,7 +549,7 @@ def run_batch(
 
     def worker(pos: int, server: str) -> None:
         try:
-            runner = JobRunner(transport_factory(server), opts, position=pos, stop=stop, log=log)
+            runner = JobRunner(transport_factory(server), opts, position=pos, stop=stop, log=log, why=why)
             runners.append(runner)
             while (item := next_job()) is not None:
                 job, tried = item
@@ -554,13 +579,13 @@ def run_batch(
                 if remaining[0] <= 0:
                     all_done.set()
 
-    installed, old_handler = False, None
+    old_handlers: Dict[int, Any] = {}
     if handle_sigint and threading.current_thread() is threading.main_thread():
-        try:
-            old_handler = signal.signal(signal.SIGINT, ctrl_c)
-            installed = True
-        except (ValueError, OSError):  # not allowed here (embedded interpreter, ...): KeyboardInterrupt path below
-            pass
+        for signum in STOP_SIGNALS:
+            try:
+                old_handlers[signum] = signal.signal(signum, ctrl_c)
+            except (ValueError, OSError):  # not allowed here (embedded interpreter, ...): KeyboardInterrupt path below
+                pass
     try:
         threads = [
             threading.Thread(target=worker, args=(i, s), name=f"seedstory-batch-{i}", daemon=True)
@@ -573,19 +598,19 @@ def run_batch(
         while not all_done.is_set():
             try:
                 all_done.wait(0.25)  # never Thread.join(): see _CtrlC
-            except KeyboardInterrupt:
-                # our handler raises only on the second press; without it, Python's raises on every press
-                if not installed and not ctrl_c.press():
+            except KeyboardInterrupt as e:
+                # our handler raises only on the second signal; without it, Python's raises on every Ctrl-C
+                if not isinstance(e, BatchAborted) and not ctrl_c.press():
                     continue
-                _abort(runners, todo, summary, jobs, log)
-                raise
+                _abort(runners, todo, summary, jobs, log, ctrl_c.reason or "Ctrl-C", ctrl_c.last or "Ctrl-C")
+                raise BatchAborted(ctrl_c.reason or "Ctrl-C") from None
     finally:
-        if installed:
-            signal.signal(signal.SIGINT, old_handler)
-    _record_left_over(todo, summary, stop, alive)
+        for signum, old in old_handlers.items():
+            signal.signal(signum, old)
+    _record_left_over(todo, summary, stop, alive, why=why())
     stopped = None
     if stop.is_set():
-        stopped = "Ctrl-C" if ctrl_c.presses else "stop requested"
+        stopped = why()
     summary.finish([j.id for j in jobs], stopped=stopped)
     if summary.write_error:
         summary.data["write_error"] = summary.write_error
@@ -593,7 +618,12 @@ def run_batch(
 
 
 def _record_left_over(
-    todo: "queue.Queue", summary: Summary, stop: threading.Event, alive: Dict[str, bool], timeout: float = -1
+    todo: "queue.Queue",
+    summary: Summary,
+    stop: threading.Event,
+    alive: Dict[str, bool],
+    timeout: float = -1,
+    why: str = "Ctrl-C",
 ) -> None:
     """Record the jobs still in the queue: 'interrupted' (stopped) or 'error' (every server gone)."""
     gone = sorted(s for s, ok in alive.items() if not ok)
@@ -603,7 +633,7 @@ def _record_left_over(
         except queue.Empty:
             break
         if stop.is_set():
-            st, msg = INTERRUPTED, "not run: stopped (Ctrl-C) before it started; run the same command again to resume"
+            st, msg = INTERRUPTED, f"not run: stopped ({why}) before it started; run the same command again to resume"
         else:
             names = sorted(set(tried) | set(gone)) or sorted(alive)
             st, msg = (
@@ -629,10 +659,17 @@ def _record_left_over(
 
 
 def _abort(
-    runners: Sequence[JobRunner], todo: "queue.Queue", summary: Summary, jobs: Sequence[Job], log: Callable[[str], None]
+    runners: Sequence[JobRunner],
+    todo: "queue.Queue",
+    summary: Summary,
+    jobs: Sequence[Job],
+    log: Callable[[str], None],
+    reason: str = "Ctrl-C",
+    second: str = "Ctrl-C",
 ) -> None:
-    """Second Ctrl-C: send a last interrupt for every running prompt (at most ~1.5 s in all, in the background),
-    record those jobs 'interrupted' and the queued ones 'not run', write the summary. Never blocks for long."""
+    """Second stop signal (``reason``: the first one's name, ``second``: this one's): send a last interrupt for
+    every running prompt (at most ~1.5 s in all, in the background), record those jobs 'interrupted' and the queued
+    ones 'not run', write the summary. Never blocks for long."""
     running = [(r, dict(r.current)) for r in list(runners) if r.current is not None]
     done = threading.Event()
 
@@ -654,15 +691,15 @@ def _abort(
             if pid
             else "it had not been queued yet"
         )
-        rec.update(status=INTERRUPTED, error=f"aborted by a second Ctrl-C while running; {where}")
+        rec.update(status=INTERRUPTED, error=f"aborted by a second {second} while running; {where}")
         rec.setdefault("seconds", 0.0)
         summary.record(rec, timeout=1.0)
     stop = threading.Event()
     stop.set()
-    _record_left_over(todo, summary, stop, {}, timeout=1.0)
-    summary.finish([j.id for j in jobs], stopped="Ctrl-C (aborted)", timeout=1.0)
+    _record_left_over(todo, summary, stop, {}, timeout=1.0, why=reason)
+    summary.finish([j.id for j in jobs], stopped=f"{reason} (aborted)", timeout=1.0)
     log(
-        f"[batch] aborted (second Ctrl-C): {len(running)} running job(s) recorded as interrupted; "
+        f"[batch] aborted (second {second}): {len(running)} running job(s) recorded as interrupted; "
         f"summary {summary.path}"
     )
 

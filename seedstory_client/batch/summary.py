@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
-from tqdm import tqdm
-
-from .jobs import OK, LocalFileError
-
-SUMMARY_NAME = "summary.json"
+from .jobs import OK, SUMMARY_NAME, LocalFileError
+from .progress import stderr_log
 
 
 class SummaryError(RuntimeError):
@@ -45,14 +41,6 @@ def atomic_write(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise LocalFileError(path, "write", e) from None
-
-
-def stderr_log(msg: str) -> None:
-    """The default log: one line on stderr (through tqdm, so that it does not break the progress bars)."""
-    try:
-        tqdm.write(msg, file=sys.stderr)
-    except Exception:  # noqa: BLE001
-        print(msg, file=sys.stderr, flush=True)
 
 
 def _corrupt_backup_path(path: Path) -> Path:

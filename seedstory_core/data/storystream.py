@@ -32,12 +32,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
 __all__ = [
     "StoryStreamError",
+    "MAX_LINE_BYTES",
+    "iter_lines",
     "parse_line",
     "iter_jsonl",
     "read_jsonl",
@@ -62,8 +64,70 @@ JSONL_NAMES = ("chunks10.jsonl", "stories.jsonl")
 MIN_FRAMES = 2
 
 
+#: The longest StoryStream line read, in bytes (1 MiB). A line holds one story: an official chunk of 10 frames is
+#: 10 image paths and 10 one-sentence captions (at most 446 tokens, about 1,500 characters, each), a few kB; a line
+#: over this is refused without being read whole, so a damaged or hostile file cannot fill the memory.
+MAX_LINE_BYTES = 1 << 20
+
+
 class StoryStreamError(ValueError):
     """A StoryStream jsonl line is malformed; the message names the file and the 1-based line number."""
+
+
+def iter_lines(
+    path: PathLike,
+    *,
+    where: Optional[str] = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    on_line: Optional[Callable[[], None]] = None,
+) -> Iterator[Tuple[int, str]]:
+    """The lines of a jsonl file as ``(1-based line number, text without its line end)``, read with a cap.
+
+    The file is read in binary, one ``readline(max_line_bytes + 1)`` at a time, so at most ``max_line_bytes + 1``
+    bytes of a line are ever held: an over-long line is refused as soon as its first ``max_line_bytes + 1`` bytes
+    are read, never materialised whole. Each line is decoded as UTF-8 (a leading byte-order mark is dropped).
+
+    Args:
+        path: the .jsonl file.
+        where: how messages name the file (default: ``str(path)``).
+        max_line_bytes: the longest line accepted, in bytes without the line end (default :data:`MAX_LINE_BYTES`).
+        on_line: called before each line is read (e.g. a Cancel check that raises); None = nothing.
+
+    Yields:
+        (int, str): the line number and the decoded line.
+
+    Raises:
+        StoryStreamError: a line longer than ``max_line_bytes`` (named by file and line number, with the cap and
+            what to do), or bytes that are not UTF-8 (file, line, column of the first bad byte).
+        FileNotFoundError, OSError: the file cannot be opened or read.
+    """
+    shown = where if where is not None else str(path)
+    with open(path, "rb") as fh:
+        lineno = 0
+        while True:
+            if on_line is not None:
+                on_line()
+            raw = fh.readline(max_line_bytes + 1)
+            if not raw:
+                return
+            lineno += 1
+            body = raw.rstrip(b"\r\n")
+            if len(body) > max_line_bytes:
+                raise StoryStreamError(
+                    f"{shown} line {lineno}: longer than {max_line_bytes:,} bytes (the longest StoryStream line "
+                    "read; a line holds one story: its image paths and one-sentence captions). Split long stories "
+                    "into chunks (python -m seedstory_core.data.storystream chunk IN OUT --len 10) and keep each "
+                    "caption to one sentence."
+                )
+            if lineno == 1 and body.startswith(b"\xef\xbb\xbf"):
+                body = body[3:]
+            try:
+                yield lineno, body.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise StoryStreamError(
+                    f"{shown} line {lineno}: not UTF-8 text (byte 0x{body[err.start]:02x} at column {err.start + 1} "
+                    f"cannot be decoded: {err.reason}). Save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+                ) from None
 
 
 def parse_line(line: str, where: str = "<line>") -> Optional[Dict[str, Any]]:
@@ -126,11 +190,10 @@ def iter_jsonl(path: PathLike) -> Iterator[Dict[str, Any]]:
         FileNotFoundError: if ``path`` does not exist.
     """
     path = Path(path)
-    with open(path, "r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            rec = parse_line(line, where=f"{path}:{lineno}")
-            if rec is not None:
-                yield rec
+    for lineno, line in iter_lines(path):
+        rec = parse_line(line, where=f"{path}:{lineno}")
+        if rec is not None:
+            yield rec
 
 
 def _default_image_dir(path: Path) -> Path:
@@ -252,6 +315,13 @@ def image_candidates(root: Optional[PathLike], item: PathLike) -> List[Path]:
     return [root / path, root / "images" / path]
 
 
+def _json_line(line: str, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise StoryStreamError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+
+
 def read_records(
     data: Optional[PathLike] = None,
     records: Optional[List[dict]] = None,
@@ -275,6 +345,8 @@ def read_records(
 
     Raises:
         ValueError: neither ``data`` nor ``records``.
+        StoryStreamError: a line that is not JSON, not UTF-8 or longer than :data:`MAX_LINE_BYTES` (file and line
+            named, see :func:`iter_lines`).
         FileNotFoundError: the jsonl is missing (see :func:`find_jsonl`).
     """
     root = Path(image_root) if image_root else None
@@ -285,7 +357,7 @@ def read_records(
         jsonl = find_jsonl(path) if path.is_dir() else path
         if not jsonl.is_file():
             raise FileNotFoundError(f"{what}training data not found: {jsonl}")
-        records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = [_json_line(line, f"{jsonl}:{n}") for n, line in iter_lines(jsonl) if line.strip()]
         root = root or jsonl.parent
     return records, root
 

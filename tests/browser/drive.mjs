@@ -5,7 +5,7 @@
 // job (JSON on stdin):
 //   { "base": "http://127.0.0.1:PORT",        // the ComfyUI server (tests: fixture comfy_server)
 //     "chromium": "/usr/bin/chromium",         // optional; else $CHROMIUM or /usr/bin/chromium
-//     "action": "check" | "queue" | "shot" | "help",
+//     "action": "check" | "queue" | "shot" | "help" | "redo" | "runtemplates",
 //     check: "module": "seedstory", "workflows": [names], "shots": DIR
 //       -> per workflow: load it from the template browser as a user does (sidebar Templates button, the dialog's
 //          Extensions > <module> category, a click on the workflow's card; see loadTemplate), list the nodes
@@ -22,6 +22,13 @@
 //          toolbox's Info button (frontend >= 1.3x: opens the right side panel's Info tab, which renders the node's
 //          help page fetched from /extensions/<pack>/docs/<NodeId>.md), waits until the panel shows every "expect"
 //          text, screenshots the page; returns the panel's text, the docs URLs fetched (with status) and the panel box
+//     redo: "url": a storybook page, "frame": k, "shot": PNG, "timeout_ms"
+//       -> opens the storybook, clicks frame k's "redo" button (nodes/assets/redo.js), waits until the page has
+//          navigated to the new storybook (or shows the redo's error), screenshots it; returns both pages' images,
+//          the POST /prompt response and the requests the page made
+//     runtemplates: "module", "workflows": [names], "timeout_ms"
+//       -> for each workflow: load it from the template browser (as in check), click Run, wait for the prompt
+//          in /api/history; returns per workflow the HTTP status of POST /api/prompt and the run's status/error
 //   }
 // Prints one JSON object on stdout; errors -> {"error": "..."} and exit code 1.
 // Only the server's own origin is reachable: every other request (api.comfy.org, fonts, ...) is aborted so runs
@@ -385,10 +392,115 @@ async function actionHelp(job, log) {
   }
 }
 
+// What a storybook page shows: its title, its images, its redo buttons.
+async function storybookInfo(page) {
+  return page.evaluate(() => ({
+    url: location.href,
+    title: document.title,
+    images: [...document.images].map((im) => [im.complete, im.naturalWidth, im.getAttribute('src')]),
+    redo_buttons: [...document.querySelectorAll('button.seedstory-redo')].map((b) => b.dataset.frame),
+  }));
+}
+
+async function actionRedo(job, log) {
+  const browser = await openBrowser(job);
+  try {
+    const [width, height] = job.viewport || [1000, 1100];
+    const page = await browser.newPage({ viewport: { width, height } });
+    page.on('console', (m) => { if (m.type() === 'error') log.console_errors.push(m.text().slice(0, 500)); });
+    page.on('pageerror', (e) => log.page_errors.push(String(e && e.stack || e).slice(0, 1000)));
+    const requests = [];  // what the page asked the server for (prompt.json, POST /prompt, /history polls)
+    page.on('response', (r) => {
+      const u = new URL(r.url());
+      if (/(^|\/)(prompt\.json|prompt|redo\.js)$/.test(u.pathname) || u.pathname.startsWith('/history/')) {
+        requests.push({ path: u.pathname, method: r.request().method(), status: r.status(),
+          content_type: r.headers()['content-type'] || '' });
+      }
+    });
+    await page.goto(job.url, { waitUntil: 'load', timeout: 60000 });
+    const before = await storybookInfo(page);
+    const button = page.locator(`button.seedstory-redo[data-frame="${job.frame}"]`);
+    await button.waitFor({ state: 'visible', timeout: 30000 });
+    const posted = page.waitForResponse((r) => new URL(r.url()).pathname === '/prompt'
+      && r.request().method() === 'POST', { timeout: 30000 });
+    const t0 = Date.now();
+    await button.click();
+    const promptResponse = await (await posted).json();
+    const timeout = job.timeout_ms || 180000;
+    const moved = page.waitForURL((u) => u.href !== job.url && u.pathname.startsWith('/seedstory/storybook/'),
+      { timeout, waitUntil: 'load' }).then(() => 'navigated');
+    const failed = page.waitForSelector('#seedstory-redo-status[data-state="error"]', { timeout })
+      .then(() => 'error').catch(() => 'navigated');
+    if (await Promise.race([moved, failed]) === 'error') {
+      const text = await page.locator('#seedstory-redo-status').innerText();
+      throw new Error(`the redo failed on the page: ${text}`);
+    }
+    await moved;
+    const ms = Date.now() - t0;
+    await page.waitForFunction(() => [...document.images].every((im) => im.complete), null, { timeout: 30000 });
+    const after = await storybookInfo(page);
+    fs.mkdirSync(path.dirname(job.shot), { recursive: true });
+    await page.screenshot({ path: job.shot, fullPage: !!job.full_page });
+    return { before, after, prompt_response: promptResponse, requests, redo_ms: ms, screenshot: job.shot };
+  } finally {
+    await browser.close();
+  }
+}
+
+// Polls GET /api/history/<id> until the prompt is done; its status and error, in short.
+async function waitHistory(base, id, timeout) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const r = await fetch(`${base}/api/history/${id}`);
+    const entry = r.ok ? (await r.json())[id] : null;
+    const st = entry && entry.status;
+    if (st && (st.completed || st.status_str === 'error')) {
+      const err = (st.messages || []).find((m) => m[0] === 'execution_error');
+      return { status: st.status_str, error: err ? { node_type: err[1].node_type,
+        message: String(err[1].exception_message).slice(0, 1500) } : null,
+      outputs: Object.keys(entry.outputs || {}) };
+    }
+    if (Date.now() > deadline) return { status: 'timeout' };
+    await new Promise((res) => setTimeout(res, 500));
+  }
+}
+
+async function actionRunTemplates(job, log) {
+  await presetSettings(job.base);
+  const browser = await openBrowser(job);
+  const results = {};
+  try {
+    const page = await openComfy(browser, job.base, log);
+    const seen = watchTemplateRequests(page, job.module);
+    for (const name of job.workflows) {
+      const load = await loadTemplate(page, job.module, name, seen);
+      if (load.http_status !== 200) { results[name] = { load }; continue; }
+      const button = page.getByRole('button', { name: 'Run', exact: true })
+        .or(page.getByRole('button', { name: 'Queue Prompt', exact: true })).first();
+      await button.waitFor({ state: 'visible', timeout: 30000 });
+      const posted = page.waitForResponse((r) => r.url().endsWith('/api/prompt') && r.request().method() === 'POST',
+        { timeout: 30000 });
+      await button.click();
+      const res = await posted;
+      const body = await res.json();
+      const run = body.prompt_id && res.ok ? await waitHistory(job.base, body.prompt_id, job.timeout_ms || 240000)
+        : { status: 'refused', node_errors: body.node_errors || {}, error: body.error || null };
+      results[name] = { load: { via: load.via, http_status: load.http_status, active_workflow: load.active_workflow },
+        http_status: res.status(), ...run };
+      // a refused prompt opens the frontend's error dialog: close it before the next template
+      for (let i = 0; i < 2; i += 1) { await page.keyboard.press('Escape'); await page.waitForTimeout(200); }
+    }
+  } finally {
+    await browser.close();
+  }
+  return { workflows: results };
+}
+
 async function main() {
   const job = JSON.parse(await readStdin());
   const log = { blocked: [], console_errors: [], page_errors: [] };
-  const actions = { check: actionCheck, queue: actionQueue, shot: actionShot, help: actionHelp };
+  const actions = { check: actionCheck, queue: actionQueue, shot: actionShot, help: actionHelp, redo: actionRedo,
+    runtemplates: actionRunTemplates };
   if (!actions[job.action]) throw new Error(`unknown action ${job.action}`);
   const t0 = Date.now();
   const out = await actions[job.action](job, log);

@@ -13,7 +13,7 @@ For every workflows/*.json:
   * no node is missing (every type registered from /object_info, no missing-nodes dialog, no node errors) and
     every widget shows the value saved in the file;
   * the frontend's own ``app.graphToPrompt()`` gives exactly the API twin in workflows/api/ (class types, inputs,
-    links; ``_meta`` ignored);
+    links; ``_meta`` ignored), the UI's SeedStory Example Picture being the twin's Load Image of the same file;
   * a screenshot of the canvas.
 And one test loads the tiny-model story the same way, queues it from the UI (the Run button), waits for the frames
 to show up in the Save Story node, and screenshots the canvas and the storybook page it wrote. And one test opens the
@@ -45,6 +45,7 @@ import pytest
 
 from scripts.make_thumbnails import thumbnail
 from tests.conftest import require_or_skip
+from tests.support.start_picture import as_api_twin
 from tests.support.workflows import API_DIR, NEEDS_EXTERNAL_WEIGHTS, WORKFLOWS
 
 pytest_plugins = ["tests.support.comfy_harness"]
@@ -267,7 +268,8 @@ def test_workflow_loads_with_no_missing_nodes_and_saved_widget_values(loaded, na
 
 @pytest.mark.parametrize("name", NAMES)
 def test_frontend_graph_to_prompt_equals_the_api_twin(loaded, name):
-    got = loaded["workflows"][name]["prompt"]
+    # the UI's SeedStory Example Picture is Load Image in the API twin (tests/support/start_picture.py)
+    got = as_api_twin(loaded["workflows"][name]["prompt"])
     twin = json.loads((API_DIR / f"{name}.json").read_text())
     got_s, twin_s = strip(got), strip(twin)
     assert sorted(got_s) == sorted(twin_s), f"{name}: node ids differ: frontend {sorted(got_s)}, twin {sorted(twin_s)}"

@@ -128,6 +128,28 @@ BAD_FILES = [
 ]
 
 
+def _header_length_starting_0x80(tmp: Path) -> Path:
+    """A real safetensors file whose 8-byte little-endian header length has 0x80 as its first byte (the pickle
+    PROTO opcode), cut short in its tensor data."""
+    tensors = {"w": torch.arange(4096, dtype=torch.float32).reshape(64, 64)}
+    path = tmp / "x80.safetensors"
+    for pad in range(512):
+        save_file(tensors, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            return _cut(path, tmp / "x80_cut.safetensors", 0.6)
+    raise AssertionError("no padding gave a header length starting with 0x80")
+
+
+BAD_FILES.append(
+    (
+        "x80_cut.safetensors",
+        _header_length_starting_0x80,
+        r"x80_cut\.safetensors is not a valid safetensors file \(truncated or corrupt: its header describes \d+ "
+        r"bytes of data, the file has only \d+;.*Re-download the file",
+    )
+)
+
+
 @pytest.mark.parametrize("name,make,pattern", BAD_FILES, ids=[b[0] for b in BAD_FILES])
 def test_damaged_checkpoint_files_give_clear_errors(tmp_path, name, make, pattern):
     _good(tmp_path)
@@ -235,7 +257,7 @@ def test_generate_story_refuses_an_image_batch(comfy):
             },
         )
     assert not [c for c in comfy.calls if c[0] in ("load_models_gpu", "ProgressBar", "text")]  # nothing ran
-    images, sentences, state = run(
+    images, sentences, state, _story = run(
         "SeedStoryGenerateStory",
         {
             "agent": agent,
@@ -287,7 +309,7 @@ def test_text_limit_is_derived_from_the_model_config():
 def test_long_opening_text_and_captions_are_refused_with_the_limit(comfy):
     agent, vit, detok, _ = tiny()
     limit = max_text_tokens(agent.config)
-    huge = ("Max and Zoe are at the beach. " * 700)[:20000]
+    huge = ("Max and Zoe are at the beach. " * 700)[:6000]  # over 446 tokens, under the 7,136-character bound
     n = len(agent.tokenizer.encode(huge.strip()))
     assert n > limit
     pattern = (

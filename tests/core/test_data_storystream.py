@@ -6,9 +6,12 @@ import pytest
 from PIL import Image
 
 from seedstory_core.data.storystream import (
+    MAX_LINE_BYTES,
     StoryStreamError,
     chunk_stories,
     iter_jsonl,
+    iter_lines,
+    load_records,
     load_image,
     main,
     read_jsonl,
@@ -79,3 +82,25 @@ def test_chunk_cli_and_load_image(tmp_path):
     im.save(tmp_path / "x.png")
     got = load_image(tmp_path / "x.png")
     assert got.mode == "RGB" and got.size == (8, 6)
+
+
+def test_iter_lines_caps_lines_and_names_bad_bytes(tmp_path):
+    """Lines are read with a cap (an over-long one is refused after MAX_LINE_BYTES + 1 bytes, never whole), decoded
+    as UTF-8 with the file, line and column named; iter_jsonl and load_records (the training CLI) read through it."""
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n\n{"b": "caf\xc3\xa9"}')
+    assert list(iter_lines(path)) == [(1, '{"a": 1}'), (2, ""), (3, '{"b": "caf\u00e9"}')]
+    calls = []
+    list(iter_lines(path, on_line=lambda: calls.append(1)))
+    assert len(calls) == 4  # before every line, and before the end
+
+    path.write_bytes(b"short\n" + b"x" * (MAX_LINE_BYTES + 10) + b"\nlater\n")
+    with pytest.raises(StoryStreamError, match=r"^s\.jsonl line 2: longer than 1,048,576 bytes .*chunk IN OUT"):
+        list(iter_lines(path, where="s.jsonl"))
+    assert [n for n, _ in iter_lines(path, max_line_bytes=MAX_LINE_BYTES + 10)] == [1, 2, 3]
+
+    story = json.dumps(_story(0, 3))
+    path.write_bytes(story.encode() + b"\n" + story.replace("caption", "caf\u00e9").encode("latin-1") + b"\n")
+    for read in (lambda: list(iter_lines(path)), lambda: list(iter_jsonl(path)), lambda: load_records(path)):
+        with pytest.raises(StoryStreamError, match=rf"{path}:? line 2: not UTF-8 text \(byte 0xe9 at column \d+"):
+            read()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.support.comfy_stubs import NODES, Interrupted, detokenize_inputs, make_mini, models, run, tiny
+from tests.support.comfy_stubs import NODES, Interrupted, detokenize_inputs, models, run, tiny
 from tests.support.pack_loader import PACK
 from tests.support.workflows import API_DIR
 
@@ -119,8 +119,8 @@ def test_adapt_workflow_on_a_real_server(comfy_server):
     )
     assert up["name"] == "seedstory_start.png"
     adapt = next(k for k, v in prompt.items() if v["class_type"] == NODE)
-    data = prompt[adapt]["inputs"]["data_folder"]
-    make_mini(Path(comfy_server.input_dir) / data)
+    # the template trains on the pack's example data (generated into the temp folder), so it runs on a fresh install
+    assert prompt[adapt]["inputs"]["data_folder"] == sys.modules[f"{PACK}.nodes.training"].EXAMPLE_DATA
     prompt = copy.deepcopy(prompt)
     prompt[adapt]["inputs"]["steps"] = 2
     res = comfy_server.run(prompt, timeout=300)
@@ -153,3 +153,25 @@ def test_trainable_copy_and_cast_back_leave_the_input_de_tokenizer_as_it_was():
     assert not torch.equal(back.weight, original.weight) and original.weight.dtype == torch.float16
     with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
         training._trainable_copy(original)
+
+
+def test_example_data_is_generated_once_into_the_temp_folder_and_trains(adapt_env):
+    """data_folder "(example) storystream_mini": the pack's StoryStream-mini in ComfyUI's temp folder, made on first
+    use (validation does not make it), read with the image confinement rooted there; the input folder is untouched."""
+    training = sys.modules[f"{PACK}.nodes.training"]
+    node = NODES[NODE]
+    assert node.VALIDATE_INPUTS(data_folder=training.EXAMPLE_DATA) is True
+    temp = Path(training.glue.temp_directory()) / "seedstory_example_data"
+    assert not temp.exists() or not any(temp.glob("storystream_mini_*/meta.json"))
+    agent, vit, detok, _ = tiny()
+    out = run(NODE, _kwargs(agent, vit, detok, data_folder=training.EXAMPLE_DATA, steps=1))
+    _adapted, path = out["result"]
+    assert "final loss" in out["ui"]["text"][0]
+    made = list(temp.glob("storystream_mini_*/meta.json"))
+    assert len(made) == 1 and json.loads(made[0].read_text())["stories"] == training.EXAMPLE_STORIES
+    assert Path(path).is_file()
+    before = made[0].stat().st_mtime_ns
+    training.resolve_data_folder(training.EXAMPLE_DATA, node="t")  # second use: not regenerated
+    assert made[0].stat().st_mtime_ns == before
+    inp = Path(training.glue.input_directory("t"))
+    assert not list(inp.rglob("storystream_mini_*")), "the example data must not be written into the input folder"

@@ -88,6 +88,8 @@ def test_node_contract(node_id):
     hidden = spec.get("hidden", {})
     if node_id == "SeedStoryGenerateStory":
         assert hidden == {"unique_id": "UNIQUE_ID"}
+    elif node_id == "SeedStorySaveStory":  # prompt.json for the storybook page's redo buttons
+        assert hidden == {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}
     else:
         assert "UNIQUE_ID" not in hidden.values()
     for hook in ("IS_CHANGED", "VALIDATE_INPUTS"):
@@ -135,7 +137,7 @@ def test_tiny_story_through_node_functions(comfy):
         "SeedStoryViTTokenize", {"visual_tokenizer": vit, "image": torch.rand(2, 50, 70, 3), "resize_mode": "squash"}
     )
     assert feats.shape == (2, 64, 256) and feats.device.type == "cpu"
-    assert any(c[0] == "load_models_gpu" and c[2] is True for c in comfy.calls)
+    assert any(c[0] == "load_models_gpu" for c in comfy.calls)
     (settings,) = run("SeedStoryStorySettings", {"cache_policy": "multimodal_sink", "window_images": 2})
     state0, f0 = run(
         "SeedStoryStoryStart",
@@ -169,7 +171,7 @@ def test_tiny_story_through_node_functions(comfy):
     assert neg[0][0].shape == (1, 16, 96) and pos[0][1]["width"] == 64
 
     comfy.calls.clear()
-    images, sentences, final = run(
+    images, sentences, final, _story = run(
         "SeedStoryGenerateStory",
         generate_inputs(
             agent,

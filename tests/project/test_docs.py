@@ -72,6 +72,7 @@ COMMANDS = [
     (r"^python scripts/gen_node_docs\.py( --check| --stdout)?$", "run", None),
     (r"^python -m seedstory_core\.(convert|golden|sink|data\.mini) --help$", "run", None),
     (r"^python -m seedstory_client\.batch --help$", "run", None),
+    (r"^python evaluation/results/(paired|table)\.py \S", "run", None),
     (
         r"^python -m training\.(vae|stage0_visual_tokenizer|stage1_detokenizer|stage2_instruction|stage3_adaptation"
         r"|rollout) --help$",

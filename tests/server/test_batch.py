@@ -10,6 +10,7 @@ Two parts:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import websocket
+from PIL import Image
 
 from seedstory_client import batch as B
 from seedstory_client import launcher
@@ -468,6 +470,224 @@ def test_stop_marks_jobs_interrupted(tmp_path):
         log=lambda m: None,
     )
     assert data["jobs"]["k"]["status"] == "interrupted" and "stopped" in data["jobs"]["k"]["error"]
+
+
+# ------------------------------------------------------------------------------------------------ hostile job files
+class Recording(FakeTransport):
+    """FakeTransport that keeps the bytes of every upload."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.uploaded: dict = {}
+
+    def upload_image(self, data, name):
+        self.uploaded[name] = data
+        return super().upload_image(data, name)
+
+
+def _run_fake(tmp_path, jobs, fake=None):
+    fake = fake or Recording()
+    opts, _ = fake_opts(tmp_path)
+    data = B.run_batch(jobs, ["http://fake"], opts, transport_factory=lambda u: fake, log=lambda m: None)
+    return data, fake
+
+
+def test_a_file_that_is_not_a_picture_is_refused_and_never_uploaded(tmp_path):
+    """A job's image must be a picture: a text file (here a copy of a passwd-like file, also under a .png name) is
+    refused when the jobs file is read, naming the file; nothing is uploaded or queued."""
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\nsecret-token-123\n")
+    fake_png = tmp_path / "holiday.png"
+    fake_png.write_bytes(secret.read_bytes())
+    f = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "a", "image": str(secret), "text": "Hi."},
+        {"id": "b", "image": "holiday.png", "text": "Hi."},
+        {"id": "ok", "image": str(START_PNG), "text": "Hi.", "frames": 1, "overrides": {"3.diffusion_steps": 1}},
+    )
+    jobs = B.load_jobs(f)
+    for j, path in zip(jobs[:2], (secret, fake_png), strict=True):
+        assert j.invalid == (
+            f"job {j.id} (line {j.line}): image {path} is not a PNG, JPEG, WebP, BMP, GIF or TIFF picture that "
+            "Pillow can read (not a picture); only such pictures are uploaded, re-encoded as PNG, so the file never "
+            "leaves this machine: give the path of a picture"
+        ), j.invalid
+    data, fake = _run_fake(tmp_path, jobs)
+    assert {k: r["status"] for k, r in data["jobs"].items()} == {"a": "invalid", "b": "invalid", "ok": "ok"}
+    assert len(fake.uploaded) == 1 and len(fake.posted) == 1
+    assert not any(b"secret-token-123" in d for d in fake.uploaded.values())
+
+
+def test_the_start_image_is_re_encoded_as_png_before_the_upload(tmp_path):
+    """Only pixels leave the machine: a JPEG with EXIF (orientation, a GPS-like comment) is uploaded as a PNG of
+    its upright pixels, without the EXIF; the upload's name ends in .png."""
+    src = Image.new("RGB", (40, 20), (200, 30, 30))
+    src.paste((10, 200, 10), (0, 0, 10, 20))  # a green band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    exif[0x010E] = "GPS 48.8584N 2.2945E private"  # ImageDescription
+    path = tmp_path / "photo.jpg"
+    src.save(path, format="JPEG", exif=exif, quality=95)
+    data, fake = _run_fake(tmp_path, [job(id="p", image=str(path), frames=1, overrides={"3.diffusion_steps": 1})])
+    assert data["jobs"]["p"]["status"] == "ok", data["jobs"]["p"]
+    ((name, sent),) = fake.uploaded.items()
+    assert name.startswith("seedstory_batch_p_") and name.endswith(".png")
+    assert sent.startswith(b"\x89PNG\r\n\x1a\n") and sent != path.read_bytes()
+    assert b"private" not in sent and b"Exif" not in sent
+    got = Image.open(io.BytesIO(sent))
+    assert got.format == "PNG" and got.size == (20, 40), got.size  # EXIF orientation applied (as LoadImage does)
+    assert got.getpixel((10, 2))[1] > 150  # the green band is now on top
+    assert fake.posted[0][1]["2"]["inputs"]["image"] == name
+
+
+def test_a_truncated_picture_is_refused_before_the_upload(tmp_path):
+    """A JPEG cut in half passes the quick check when the jobs file is read, but not the decoding before the
+    upload: the job is 'invalid' naming the file, nothing is uploaded or queued."""
+    path = tmp_path / "cut.jpg"
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="JPEG")
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    data, fake = _run_fake(tmp_path, [job(id="cut", image=str(path), frames=1)])
+    rec = data["jobs"]["cut"]
+    assert rec["status"] == "invalid" and rec["error"].startswith(
+        f"job cut (line 1): image {path} is not a PNG, JPEG, WebP, BMP, GIF or TIFF picture that Pillow can read ("
+    ), rec
+    assert fake.uploaded == {} and fake.posted == []
+
+
+@pytest.mark.parametrize(
+    "jid,why",
+    [
+        ("CON", "is a device name that Windows reserves"),
+        ("nul.txt", "is a device name that Windows reserves"),
+        ("com1", "is a device name that Windows reserves"),
+        ("LPT9", "is a device name that Windows reserves"),
+        (".", "names no folder"),
+        ("..", "names no folder"),
+        ("summary.json", "the name of seedstory-batch's own file summary.json"),
+        ("Summary.JSON", "the name of seedstory-batch's own file summary.json"),
+        ("summary.json.corrupt-20250101T000000", "the name of seedstory-batch's own file summary.json"),
+    ],
+)
+def test_reserved_job_ids_are_refused_before_queueing(tmp_path, jid, why):
+    """Ids that cannot name OUT/<id>/ are refused when the jobs file is read, naming the id and the line -- and
+    never with a word about filename_prefix; nothing is queued and OUT/summary.json stays a file."""
+    f = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "fine", "image": str(START_PNG), "text": "Hi.", "frames": 1, "overrides": {"3.diffusion_steps": 1}},
+        {"id": jid, "image": str(START_PNG), "text": "Hi."},
+    )
+    bad = B.load_jobs(f)[1]
+    assert bad.invalid.startswith(f"job {jid} (line 2): the id {jid!r} ") and why in bad.invalid, bad.invalid
+    assert bad.invalid.endswith("; choose another id") and "filename_prefix" not in bad.invalid
+    data, fake = _run_fake(tmp_path, B.load_jobs(f))
+    assert data["jobs"][jid]["status"] == "invalid" and data["jobs"]["fine"]["status"] == "ok"
+    assert len(fake.posted) == 1 and fake.posted[0][1]["4"]["inputs"]["filename_prefix"] == "seedstory_batch/fine/story"
+    assert (tmp_path / "out" / "summary.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fine", "summary.json"]
+    assert B.id_problem("console") is None and B.id_problem("summary") is None and B.id_problem("a.b") is None
+
+
+def test_a_jobs_file_that_is_not_utf8_text_names_the_file_and_line(tmp_path, capsys):
+    good = json.dumps({"id": "a", "image": str(START_PNG), "text": "Hi."}).encode()
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes(good + b"\n" + json.dumps({"text": "x"}).encode().replace(b"x", b"caf\xe9") + b"\n")
+    binary = tmp_path / "picture.jsonl"
+    binary.write_bytes(START_PNG.read_bytes())
+    nul = tmp_path / "nul.jsonl"
+    nul.write_bytes(good + b"\n\n" + b'{"id": "b"\x00}\n')
+    assert B.main([str(latin), "-o", str(tmp_path / "o1")]) == B.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{latin} line 2 is not UTF-8 text (invalid continuation byte at byte " in err, err
+    assert "save it as UTF-8" in err and "codec" not in err
+    assert B.main([str(binary), "-o", str(tmp_path / "o2")]) == B.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"seedstory-batch: {binary} " in err and ("not UTF-8 text" in err or "not a text file" in err), err
+    assert B.main([str(nul), "-o", str(tmp_path / "o3")]) == B.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{nul} is not a text file (a NUL byte at line 3, byte " in err, err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+    # a UTF-8 byte-order mark (Windows editors) and CRLF line ends are fine
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + good + b"\r\n")
+    assert [j.id for j in B.load_jobs(bom)] == ["a"] and B.load_jobs(bom)[0].invalid is None
+
+
+SAVE_INFO = {
+    "SeedStorySaveStory": {
+        "input": {
+            "required": {"images": ["IMAGE", {}], "filename_prefix": ["STRING", {}], "title": ["STRING", {}]},
+            "optional": {"layout": [["storybook", "comic", "strip"], {}], "pdf": ["BOOLEAN", {"default": False}]},
+        }
+    }
+}
+
+
+def _without_page_inputs(template: dict) -> dict:
+    """A copy of ``template`` whose Save Story sets neither layout nor pdf (as exported before those inputs)."""
+    t = json.loads(json.dumps(template))
+    for name in ("layout", "pdf"):
+        t["4"]["inputs"].pop(name, None)
+    return t
+
+
+def test_layout_and_pdf_fields_set_the_save_story_inputs():
+    j = job(layout="comic", pdf=True)
+    assert j.invalid is None and (j.layout, j.pdf) == ("comic", True)
+    bare = _without_page_inputs(TINY)
+    p = B.build_prompt(bare, j, "x.png", object_info=SAVE_INFO)
+    assert p["4"]["inputs"]["layout"] == "comic" and p["4"]["inputs"]["pdf"] is True
+    p = B.build_prompt(bare, job(layout="strip"), "x.png", object_info=SAVE_INFO)
+    assert p["4"]["inputs"]["layout"] == "strip" and "pdf" not in p["4"]["inputs"]
+    p = B.build_prompt(bare, job(), "x.png", object_info=SAVE_INFO)
+    assert "layout" not in p["4"]["inputs"] and "pdf" not in p["4"]["inputs"]  # the node's (or template's) own
+    p = B.build_prompt(TINY, job(layout="storybook", pdf=False), "x.png", object_info=SAVE_INFO)
+    assert p["4"]["inputs"]["layout"] == "storybook" and p["4"]["inputs"]["pdf"] is False  # the job wins
+    # the new ComfyUI spelling of a choice input is read too
+    combo = json.loads(json.dumps(SAVE_INFO))
+    combo["SeedStorySaveStory"]["input"]["optional"]["layout"] = ["COMBO", {"options": ["storybook", "comic"]}]
+    with pytest.raises(B.JobInvalid, match=r"'layout' 'strip' is not offered by node 4 \(SeedStorySaveStory\)"):
+        B.build_prompt(TINY, job(layout="strip"), "x.png", object_info=combo)
+
+
+def test_bad_layout_or_pdf_is_refused_before_queueing(tmp_path):
+    bad = job(id="b", layout="poster", pdf="yes")
+    assert "'layout' must be one of 'storybook', 'comic', 'strip', got 'poster'" in bad.invalid
+    assert "'pdf' must be true or false, got 'yes'" in bad.invalid
+    # a server whose Save Story has no such input (an older pack): refused with the input named, not queued
+    with pytest.raises(B.JobInvalid) as e:
+        B.build_prompt(_without_page_inputs(TINY), job(id="old", pdf=True), "x.png", object_info={})
+    assert str(e.value).startswith("job old (line 1): the job sets 'pdf' but node 4 (SeedStorySaveStory) has no ")
+    assert "update the seedstory pack on the server, or drop 'pdf'" in str(e.value)
+    old = tmp_path / "old_template.json"
+    old.write_text(json.dumps(_without_page_inputs(TINY)))
+    data, fake = _run_fake(tmp_path, [bad, job(id="old", layout="comic", frames=1, template=str(old))])
+    assert {k: r["status"] for k, r in data["jobs"].items()} == {"b": "invalid", "old": "invalid"}
+    assert "has no input 'layout' on this server" in data["jobs"]["old"]["error"]
+    assert fake.posted == []
+
+
+def test_a_job_with_pdf_downloads_the_pdf(tmp_path):
+    """Save Story lists the PDF it wrote in its output "pdf": the client downloads it next to the storybook."""
+
+    class WithPdf(Recording):
+        def object_info(self):
+            return SAVE_INFO
+
+        def _complete(self, pid):
+            super()._complete(pid)
+            out = self.histories[pid]["outputs"]["4"]
+            if dict(self.posted)[pid]["4"]["inputs"].get("pdf"):
+                out["pdf"] = [out["storybook"][0].replace("index.html", "story.pdf")]
+
+    data, fake = _run_fake(
+        tmp_path, [job(id="p", frames=1, layout="comic", pdf=True, overrides={"3.diffusion_steps": 1})], WithPdf()
+    )
+    rec = data["jobs"]["p"]
+    assert rec["status"] == "ok" and rec["pdf"].endswith("/story.pdf"), rec
+    assert Path(rec["local_pdf"]) == tmp_path / "out" / "p" / "story.pdf" and Path(rec["local_pdf"]).is_file()
+    assert str(tmp_path / "out" / "p" / "story.pdf") in rec["outputs"]
+    assert fake.posted[0][1]["4"]["inputs"]["layout"] == "comic" and fake.posted[0][1]["4"]["inputs"]["pdf"] is True
 
 
 # ================================================================================================ real server

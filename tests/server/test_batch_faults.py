@@ -656,6 +656,180 @@ def test_interrupt_deletes_from_the_queue_then_interrupts_that_prompt(mini):
     assert sent == [("POST", "/queue", {"delete": ["abc"]}), ("POST", "/interrupt", {"prompt_id": "abc"})]
 
 
+# ================================================================================================ SIGTERM, SIGHUP
+def _signal_when(cond, signum, times=1, gap=0.3):
+    """Send ``signum`` to this process once ``cond()`` holds (never, if it does not within 20 s)."""
+
+    def go():
+        deadline = time.monotonic() + 20
+        while not cond():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        for i in range(times):
+            if i:
+                time.sleep(gap)
+            os.kill(os.getpid(), signum)
+
+    th = threading.Thread(target=go, daemon=True)
+    th.start()
+    return th
+
+
+class _Guard:
+    """While a test runs, a harmless handler for ``signum`` (recording it), so that a run_batch that does not handle
+    the signal (the old client) fails the test's assertions instead of ending pytest."""
+
+    def __init__(self, signum):
+        self.signum, self.caught = signum, []
+
+    def __enter__(self):
+        self.handler = lambda s, f: self.caught.append(s)
+        self.old = signal.signal(self.signum, self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(self.signum, self.old)
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_like_the_first_ctrl_c(tmp_path, name):
+    """What `docker stop`, systemd and `timeout` send (SIGTERM), or a closed terminal (SIGHUP): the running prompt
+    is interrupted on the server, the job recorded ``interrupted``, the queued one "not run", summary.json written
+    with ``"stopped": "<signal>"``; the test's own handler is back afterwards."""
+    signum = getattr(signal, name)
+    srv = Running("stop")
+    opts, _ = opts_for(tmp_path)
+    logs: list = []
+    with _Guard(signum) as guard:
+        _signal_when(lambda: srv.fake.running, signum)
+        t0 = time.monotonic()
+        data = B.run_batch(_long_jobs(), ["http://fake"], opts, transport_factory=lambda u: srv.fake, log=logs.append)
+        took = time.monotonic() - t0
+        assert guard.caught == [], "run_batch did not handle the signal"
+        assert signal.getsignal(signum) is guard.handler, "the previous handler is restored"
+    assert took < 10
+    pid = srv.fake.posted[0][0]
+    assert srv.interrupts and set(srv.interrupts) == {pid} and len(srv.fake.posted) == 1
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk["stopped"] == name and on_disk["counts"] == {"interrupted": 2} and data["stopped"] == name
+    long, nxt = on_disk["jobs"]["long"], on_disk["jobs"]["next"]
+    assert (
+        long["error"] == f"interrupted ({name}) at node 3 (SeedStoryGenerateStory); prompt {pid} stopped on http://fake"
+    )
+    assert nxt["error"] == f"not run: stopped ({name}) before it started; run the same command again to resume"
+    assert any(
+        f"{name}: interrupting the running prompt(s)" in m and f"press Ctrl-C or {name} again" in m for m in logs
+    )
+
+
+def test_a_second_sigterm_aborts_at_once_and_main_exits_143(tmp_path, monkeypatch, capsys):
+    """Through the command's main(): SIGTERM twice (the server never confirms the interrupt) quits at once with
+    exit 143, the job recorded; SIGTERM once exits 143 after the server stopped the prompt, SIGHUP once 129."""
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs_file.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": j.id,
+                    "image": str(START_PNG),
+                    "text": "A boat sails.",
+                    "frames": j.frames,
+                    "overrides": j.overrides,
+                }
+            )
+            + "\n"
+            for j in _long_jobs()
+        )
+    )
+    real_run_batch = B.cli.run_batch
+    for name, times, on_interrupt, code, stopped in (
+        ("SIGTERM", 2, "ignore", 143, "SIGTERM (aborted)"),
+        ("SIGTERM", 1, "stop", 143, "SIGTERM"),
+        ("SIGHUP", 1, "stop", 129, "SIGHUP"),
+    ):
+        srv = Running(on_interrupt)
+        signum = getattr(signal, name)
+
+        def fake_run(jobs, servers, opts, srv=srv, **kw):
+            opts.interrupt_grace = 3.0
+            return real_run_batch(jobs, servers, opts, transport_factory=lambda u: srv.fake, **kw)
+
+        monkeypatch.setattr(B.cli, "run_batch", fake_run)
+        out = tmp_path / f"out_{name}_{times}"
+        with _Guard(signum) as guard:
+            _signal_when(lambda srv=srv: srv.fake.running, signum, times=times)
+            t0 = time.monotonic()
+            rc = B.main([str(jobs_file), "-o", str(out), "-s", "http://fake", "--no-progress"])
+            took = time.monotonic() - t0
+        assert guard.caught == [] and rc == code, (name, times, rc, capsys.readouterr().err[-2000:])
+        on_disk = json.loads((out / "summary.json").read_text())
+        assert on_disk["stopped"] == stopped and on_disk["jobs"]["long"]["status"] == "interrupted"
+        if times == 2:
+            assert took < 3.0, f"a second SIGTERM must not wait for the server ({took:.1f} s)"
+            assert on_disk["jobs"]["long"]["error"].startswith("aborted by a second SIGTERM while running; prompt ")
+    assert B.EXIT_SIGTERM == 143 and B.EXIT_SIGHUP == 129 and B.EXIT_INTERRUPTED == 130
+
+
+# ================================================================================================ dependencies
+# for MiniComfy (no websocket): the client's websocket stays silent, so the runner polls /history (SilentWS)
+_SILENT_WS = """
+import time, websocket
+from seedstory_client.client import ComfyClient
+class _Silent:
+    def settimeout(self, t): pass
+    def recv(self):
+        time.sleep(0.01)
+        raise websocket.WebSocketTimeoutException("idle")
+    def close(self): pass
+ComfyClient.connect_ws = lambda self, timeout=30.0: _Silent()
+"""
+
+
+def _batch_without(modules, jobs_file: Path, out: Path, url: str, silent_ws=False) -> subprocess.CompletedProcess:
+    """``python -m seedstory_client.batch`` in a fresh interpreter in which ``modules`` cannot be imported (as if
+    they were not installed: ``sys.modules[name] = None`` makes ``import name`` raise ImportError); ``silent_ws``
+    for MiniComfy."""
+    code = (
+        "import runpy, sys\n"
+        f"for name in {list(modules)!r}:\n"
+        "    sys.modules[name] = None\n"
+        + (_SILENT_WS if silent_ws else "")
+        + f"sys.argv = ['seedstory-batch'] + {[str(jobs_file), '-o', str(out), '-s', url]!r}\n"
+        "runpy.run_module('seedstory_client.batch', run_name='__main__', alter_sys=True)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=out.parent, env=cli_env(), capture_output=True, text=True, timeout=120
+    )
+
+
+def test_without_tqdm_the_batch_still_runs(mini, tmp_path):
+    """tqdm only draws progress bars: without it the batch runs (progress on), the job is downloaded."""
+    jobs = _write_jobs(
+        tmp_path / "jobs.jsonl",
+        [{"id": "a", "image": str(START_PNG), "text": "Hi.", "frames": 1, "overrides": {"3.diffusion_steps": 1}}],
+    )
+    res = _batch_without(["tqdm"], jobs, tmp_path / "out", mini.base_url, silent_ws=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _summary(tmp_path / "out")["a"]["status"] == "ok"
+    assert "job a: ok" in res.stderr
+
+
+def test_a_missing_package_stops_the_batch_before_anything_is_queued(mini, tmp_path):
+    """websocket-client and Pillow missing: one message names both (and how to install them) before the jobs file
+    is even read; the server gets no request at all, no output folder is made."""
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "image": str(START_PNG), "text": "Hi.", "frames": 1}])
+    res = _batch_without(["websocket", "PIL"], jobs, tmp_path / "out", mini.base_url)
+    assert res.returncode != 0
+    assert (
+        "seedstory-batch needs the Python package(s) websocket-client (module websocket), Pillow (module PIL), "
+        "which " in res.stderr
+    ), res.stderr[-3000:]
+    assert "cannot import; nothing was run. Install the client: pip install ./seedstory_client" in res.stderr
+    assert "-m pip install websocket-client Pillow" in res.stderr
+    assert mini.requests == [] and not (tmp_path / "out").exists()
+
+
 # ================================================================================================ real server
 def _cli(jobs_file: Path, out: Path, *servers: str, extra=()) -> list:
     cmd = [sys.executable, "-m", "seedstory_client.batch", str(jobs_file), "-o", str(out), "--no-progress"]
@@ -881,7 +1055,10 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
         assert all(recs2[j]["server"] == b.base_url for j in rerun)
 
         # ---- local files: each job's outputs exactly once, nothing half-written
-        expected = ["frame_000.png", "frame_001.png", "index.html", "story.json", "story.txt"]
+        pdf = B.load_template(B.DEFAULT_TEMPLATE_DIR / B.DEFAULT_TEMPLATE)["4"]["inputs"].get("pdf")
+        expected = sorted(
+            ["frame_000.png", "frame_001.png", "index.html", "story.json", "story.txt"] + (["story.pdf"] if pdf else [])
+        )
         for j in ids:
             r = recs2[j]
             assert sorted(Path(p).name for p in r["outputs"]) == expected, r["outputs"]
@@ -937,3 +1114,168 @@ def test_kill9_mid_batch_then_resume_runs_every_job_exactly_once(comfy_server, t
         if b is not None:
             b.stop()
         a.stop()
+
+
+def _books(server, jid: str) -> list:
+    """The storybooks the server saved for job ``jid`` (its Save Story folders)."""
+    return sorted((server.output_dir / "seedstory_batch" / jid).glob("story_*/index.html"))
+
+
+@pytest.mark.comfyui
+def test_real_sigterm_interrupts_the_prompt_records_the_job_and_resume_does_not_duplicate(comfy_server, tmp_path):
+    """``seedstory-batch`` in a subprocess gets SIGTERM (what `docker stop`, systemd and `timeout` send) while its
+    long prompt runs: exit 143, the job ``interrupted`` in summary.json, the server's queue empty and its history
+    interrupted within seconds, nothing saved. The resume (the long job shortened) saves each job's storybook once."""
+    first = [
+        {"id": "long", "image": str(START_PNG), "text": "A long trip.", "frames": 30, "seed": 1, "overrides": LONG},
+        {"id": "next", "image": str(START_PNG), "text": "Another.", "frames": 1, "overrides": {"3.diffusion_steps": 1}},
+    ]
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", first)
+    client, out = comfy_server, tmp_path / "out"
+    proc = _start_batch(tmp_path, jobs, out, comfy_server.base_url)
+    try:
+        pid = _running_prompt(client, proc)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == B.EXIT_SIGTERM == 143, err
+    assert "SIGTERM: interrupting the running prompt(s)" in err
+    data = json.loads((out / "summary.json").read_text())
+    recs = data["jobs"]
+    assert data["stopped"] == "SIGTERM" and set(recs) == {"long", "next"}
+    assert recs["long"]["status"] == "interrupted" and recs["long"]["prompt_id"] == pid
+    assert recs["long"]["error"] == (
+        f"interrupted (SIGTERM) at node 3 (SeedStoryGenerateStory); prompt {pid} stopped on {comfy_server.base_url}"
+    )
+    assert recs["next"]["error"].startswith("not run: stopped (SIGTERM) before it started")
+    assert _gone_from_queue(client, pid, timeout=5)
+    q = client.queue_state()
+    assert q["queue_running"] == [] and q["queue_pending"] == [], q
+    kinds = _message_kinds(client.history(pid)[pid])
+    assert "execution_interrupted" in kinds and "execution_success" not in kinds, kinds
+    assert _books(comfy_server, "long") == []
+
+    # resume: the same ids; the long job made short so that the test stays quick
+    first[0].update(frames=1, overrides={"3.diffusion_steps": 1})
+    _write_jobs(jobs, first)
+    proc2 = subprocess.run(
+        _cli(jobs, out, comfy_server.base_url), cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    recs2 = _summary(out)
+    assert {j: r["status"] for j, r in recs2.items()} == {"long": "ok", "next": "ok"}
+    assert len(_books(comfy_server, "long")) == 1 and len(_books(comfy_server, "next")) == 1
+    print(f"\n[sigterm] exit {proc.returncode} {took:.1f} s after SIGTERM")
+
+
+@pytest.mark.comfyui
+def test_real_kill9_of_the_client_then_resume_queues_the_job_again(comfy_server, tmp_path):
+    """``kill -9`` of seedstory-batch cannot be caught (kept as it was): no record is written for the running job,
+    the prompt runs on to its end on the server, and the resume queues the same prompt again -- the job ends ``ok``
+    once in summary.json and OUT/; the server ran it anew (two storybooks) or served it from its cache."""
+    jobs = _write_jobs(
+        tmp_path / "jobs.jsonl",
+        [
+            {
+                "id": "k9",
+                "image": str(START_PNG),
+                "text": "A cat naps.",
+                "frames": 6,
+                "overrides": {"3.diffusion_steps": 3},
+            }
+        ],
+    )
+    client, out = comfy_server, tmp_path / "out"
+    proc = _start_batch(tmp_path, jobs, out, comfy_server.base_url)
+    try:
+        pid = _running_prompt(client, proc)
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert "k9" not in _summary(out), "a killed client writes nothing more"
+    assert _gone_from_queue(client, pid, timeout=300), "the orphaned prompt runs to its end"
+    assert "execution_success" in _message_kinds(client.history(pid)[pid])
+    proc2 = subprocess.run(
+        _cli(jobs, out, comfy_server.base_url), cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    rec = _summary(out)["k9"]
+    assert rec["status"] == "ok" and rec["prompt_id"] != pid
+    assert sorted(p.name for p in (out / "k9").glob("frame_*.png")) == [f"frame_{i:03d}.png" for i in range(7)]
+    # the same prompt again: ComfyUI ran it anew (a second storybook) or served it from its cache (the orphan's)
+    again = client.history(rec["prompt_id"])[rec["prompt_id"]]
+    assert again["prompt"][2] == client.history(pid)[pid]["prompt"][2]
+    books = [str(p.relative_to(comfy_server.output_dir)) for p in _books(comfy_server, "k9")]
+    assert rec["storybook"] in books and 1 <= len(books) <= 2, (rec["storybook"], books)
+
+
+@pytest.mark.comfyui
+def test_real_hostile_jobs_are_refused_before_queueing(comfy_server, tmp_path):
+    """Against a real server: a non-picture image (a passwd-like file), ids CON and summary.json, a bad layout --
+    each 'invalid' before queueing, the file's bytes never uploaded nor readable through GET /view; a binary jobs
+    file exits 2 naming it; a job with layout "comic" and pdf true gets both inputs on Save Story and its PDF."""
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\nsecret-token-456\n")
+    good = {"image": str(START_PNG), "text": "A red kite.", "frames": 1, "overrides": {"3.diffusion_steps": 1}}
+    jobs = _write_jobs(
+        tmp_path / "jobs.jsonl",
+        [
+            {**good, "id": "leak", "image": str(secret)},
+            {**good, "id": "CON"},
+            {**good, "id": "summary.json"},
+            {**good, "id": "poster", "layout": "poster"},
+            {**good, "id": "comic", "layout": "comic", "pdf": True},
+        ],
+    )
+    client, out = comfy_server, tmp_path / "out"
+    prompts_before = comfy_server.log_text().count("got prompt")
+    proc = subprocess.run(
+        _cli(jobs, out, comfy_server.base_url), cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == B.EXIT_JOBS_FAILED, proc.stderr[-3000:]
+    recs = _summary(out)
+    assert {j: r["status"] for j, r in recs.items()} == {
+        "leak": "invalid",
+        "CON": "invalid",
+        "summary.json": "invalid",
+        "poster": "invalid",
+        "comic": "ok",
+    }, proc.stderr[-3000:]
+    assert f"image {secret} is not a PNG, JPEG, WebP, BMP, GIF or TIFF picture" in recs["leak"]["error"]
+    assert recs["CON"]["error"].startswith("job CON (line 2): the id 'CON' is a device name that Windows reserves")
+    assert recs["summary.json"]["error"].startswith("job summary.json (line 3): the id 'summary.json' would name")
+    assert "'layout' must be one of 'storybook', 'comic', 'strip', got 'poster'" in recs["poster"]["error"]
+    assert not any("filename_prefix" in r["error"] for r in recs.values() if r["error"])
+    assert all(r["prompt_id"] is None for j, r in recs.items() if j != "comic")
+    assert comfy_server.log_text().count("got prompt") == prompts_before + 1  # the comic job only
+    # nothing of the secret reached the server
+    assert not [p for p in comfy_server.input_dir.rglob("*") if p.is_file() and b"secret-token-456" in p.read_bytes()]
+    assert not list(comfy_server.input_dir.glob("seedstory_batch_leak*"))
+    assert client.get("/view", params={"filename": "passwd", "type": "input"}).status_code == 404
+    assert (out / "summary.json").is_file() and not (out / "CON").exists()
+    # the comic job: both inputs reached Save Story, the PDF came back
+    entry = client.history(recs["comic"]["prompt_id"])[recs["comic"]["prompt_id"]]
+    save = next(n["inputs"] for n in entry["prompt"][2].values() if n["class_type"] == B.SAVE_CLASS)
+    assert save["layout"] == "comic" and save["pdf"] is True
+    assert Path(recs["comic"]["local_pdf"]).read_bytes().startswith(b"%PDF")
+    # a binary jobs file: refused as a whole, naming the file; nothing queued
+    binary = tmp_path / "start.jsonl"
+    binary.write_bytes(START_PNG.read_bytes())
+    proc = subprocess.run(
+        _cli(binary, tmp_path / "out2", comfy_server.base_url),
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == B.EXIT_USAGE and f"seedstory-batch: {binary} " in proc.stderr, proc.stderr
+    assert "codec" not in proc.stderr and comfy_server.log_text().count("got prompt") == prompts_before + 1

@@ -1,5 +1,8 @@
-"""Save Story's filename_prefix on a real ComfyUI server: hostile prefixes are refused at validation (HTTP 400,
-before anything runs), nothing is written outside (or inside) the output folder; a non-ASCII prefix is kept.
+"""Hostile inputs on a real ComfyUI server. Save Story's filename_prefix: hostile prefixes are refused at
+validation (HTTP 400, before anything runs), nothing is written outside (or inside) the output folder; a non-ASCII
+prefix is kept. Generate Story and Adapt De-tokenizer (issue 25): width 13, NaN floats, over-long texts, lone
+surrogates and bad data folders are refused at validation with nothing queued; Adapt refuses a 50 MB line quickly
+and stops within 2 s of /interrupt while it reads.
 
 Fixture ``comfy_server`` (tests/support/comfy_harness.py): a real ComfyUI with this pack linked; skipped with the reason
 when ComfyUI is unavailable, an error under ``CI=true``.
@@ -14,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.support.comfy_stubs import make_mini
 
 pytest_plugins = ["tests.support.comfy_harness"]
 
@@ -112,10 +117,24 @@ def test_non_ascii_prefix_is_kept_and_saved_inside(comfy_server):
 ADAPT = REPO_ROOT / "workflows" / "api" / "seedstory_adapt_detokenizer.json"
 
 
+def _refused(comfy_server, prompt: dict, node: str, input_name: str) -> str:
+    """POST /prompt must answer HTTP 400 with one custom_validation_failed error on ``node`` naming
+    ``input_name``; returns its details."""
+    raw = json.dumps({"prompt": prompt, "client_id": comfy_server.client_id})  # NaN/Infinity as Python's json writes
+    r = comfy_server.post("/prompt", data=raw.encode("utf-8"), headers={"Content-Type": "application/json"})
+    body = r.json()
+    assert r.status_code == 400, (input_name, r.status_code, json.dumps(body)[:1500])
+    errors = body["node_errors"][node]["errors"]
+    assert any(e["type"] == "custom_validation_failed" for e in errors), errors
+    mine = [e for e in errors if e["extra_info"]["input_name"] == input_name]
+    assert mine, errors
+    return mine[0]["details"]
+
+
 @pytest.mark.comfyui
 def test_adapt_node_refuses_data_outside_the_input_folder_on_the_server(comfy_server):
-    """Through /prompt on a real server: absolute, '~', '..' and a link out of the input folder are refused with
-    the node's message before any training, and nothing is written."""
+    """Through /prompt on a real server: absolute, '~', '..' and a link out of the input folder are refused at
+    validation (HTTP 400, nothing queued) with the node's message, and nothing is written."""
     inp = Path(comfy_server.input_dir)
     outside = inp.parent / "adapt_outside"
     outside.mkdir(exist_ok=True)
@@ -128,18 +147,122 @@ def test_adapt_node_refuses_data_outside_the_input_folder_on_the_server(comfy_se
     )
     prompt = json.loads(ADAPT.read_text(encoding="utf-8"))
     adapt = next(k for k, v in prompt.items() if v["class_type"] == "SeedStoryAdaptDetokenizer")
-    before = _tree(Path(comfy_server.output_dir))
+    before, history = _tree(Path(comfy_server.output_dir)), set(comfy_server.history())
     for value, words in [
         ("/etc", "it is an absolute path"),
         ("~/data", "'~' (a home folder) is not allowed"),
         ("../adapt_outside", "is made of dots only"),
         ("adapt_escape_link", "which is outside"),
+        ("no_such_folder", "not found"),
     ]:
         bad = copy.deepcopy(prompt)
         bad[adapt]["inputs"]["data_folder"] = value
-        res = comfy_server.run(bad, timeout=300)
-        assert res.status == "error", (value, res.status)
-        message = res.error.get("exception_message", "")
-        assert "data_folder" in message and words in message and "ComfyUI's input folder" in message, message
-        assert res.error.get("node_id") == adapt and not res.progress, (value, res.progress[:3])
+        message = _refused(comfy_server, bad, adapt, "data_folder")
+        assert message.startswith("data_folder - SeedStory Adapt De-tokenizer: "), message
+        assert words in message and "ComfyUI's input folder" in message, message
+    bad = copy.deepcopy(prompt)
+    bad[adapt]["inputs"]["data_folder"] = _data_folder(comfy_server, "adapt_good", lambda rec: [json.dumps(rec)] * 2)
+    bad[adapt]["inputs"]["learning_rate"] = float("nan")
+    assert "'learning_rate' must be a finite number" in _refused(comfy_server, bad, adapt, "learning_rate")
+    assert set(comfy_server.history()) == history
+    queue = comfy_server.queue_state()
+    assert not queue["queue_running"] and not queue["queue_pending"], queue
     assert _tree(Path(comfy_server.output_dir)) == before
+
+
+@pytest.mark.comfyui
+def test_hostile_story_inputs_are_refused_at_validation(comfy_server):
+    """Width 13, a NaN or infinite float, a text surely over the token limit, a lone surrogate or a control
+    character: POST /prompt answers HTTP 400 naming the input, and nothing is queued."""
+    comfy_server.upload_image(
+        (REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(), name="seedstory_start.png"
+    )
+    prompt = json.loads(TINY_STORY.read_text(encoding="utf-8"))
+    gen = next(k for k, v in prompt.items() if v["class_type"] == "SeedStoryGenerateStory")
+    history = set(comfy_server.history())
+    for name, value, words in [
+        ("width", 13, "'width' must be a multiple of 8, found 13; use 8 or 16."),
+        ("width", 4104, "'width' must be between 0 and 4096, found 4104."),
+        ("guidance_scale", float("nan"), "'guidance_scale' must be a finite number between 0.0 and 30.0, found nan"),
+        ("temperature", float("inf"), "'temperature' must be a finite number"),
+        ("opening_text", "Max waves. " * 1000, "'opening_text' is 10,999 characters long, surely more than the 446"),
+        ("opening_text", "Max\ud800 waves.", "'opening_text' has a lone surrogate U+D800 at character 4"),
+        ("captions", "A.\nB\x07.", "'captions (line 2)' has the control character U+0007 at character 2"),
+    ]:
+        bad = copy.deepcopy(prompt)
+        bad[gen]["inputs"][name] = value
+        details = _refused(comfy_server, bad, gen, name)
+        assert f"SeedStory Generate Story: {words}" in details, details
+    assert set(comfy_server.history()) == history
+    queue = comfy_server.queue_state()
+    assert not queue["queue_running"] and not queue["queue_pending"], queue
+
+
+def _adapt_on(comfy_server, folder: str) -> dict:
+    comfy_server.upload_image(
+        (REPO_ROOT / "workflows" / "assets" / "seedstory_start.png").read_bytes(), name="seedstory_start.png"
+    )
+    prompt = json.loads(ADAPT.read_text(encoding="utf-8"))
+    adapt = next(k for k, v in prompt.items() if v["class_type"] == "SeedStoryAdaptDetokenizer")
+    prompt[adapt]["inputs"].update(data_folder=folder, steps=1, output_name="hostile_data")
+    return prompt
+
+
+def _data_folder(comfy_server, folder: str, lines) -> str:
+    mini = Path(comfy_server.input_dir) / f"{folder}_images"
+    if not mini.exists():
+        make_mini(mini)
+    rec = json.loads((mini / "stories.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    path = Path(comfy_server.input_dir) / folder
+    path.mkdir(exist_ok=True)
+    if not (path / "images").exists():
+        (path / "images").symlink_to(mini / "images")
+    with open(path / "stories.jsonl", "w", encoding="utf-8") as fh:
+        for line in lines(rec):
+            fh.write(line + "\n")
+    return folder
+
+
+@pytest.mark.comfyui
+def test_adapt_refuses_a_50_mb_line_quickly(comfy_server):
+    def lines(rec):
+        rec = dict(rec, captions=["George waves. " * (50_000_000 // 14)] + rec["captions"][1:])
+        return [json.dumps(rec)]
+
+    prompt = _adapt_on(comfy_server, _data_folder(comfy_server, "adapt_huge_line", lines))
+    t0 = time.perf_counter()
+    res = comfy_server.run(prompt, timeout=300)
+    elapsed = time.perf_counter() - t0
+    assert res.status == "error", res.status
+    message = res.error.get("exception_message", "")
+    assert "adapt_huge_line/stories.jsonl line 1: longer than 1,048,576 bytes" in message, message
+    print(f"\n50 MB line refused; the prompt (tiny model load included) took {elapsed:.1f} s")
+    assert elapsed < 60 and not res.progress
+
+
+@pytest.mark.comfyui
+def test_interrupt_stops_adapt_while_it_reads(comfy_server):
+    """/interrupt while Adapt reads a long .jsonl (every caption tokenized, every line's images confined): the
+    node stops within 2 s."""
+    prompt = _adapt_on(
+        comfy_server, _data_folder(comfy_server, "adapt_long_read", lambda rec: [json.dumps(rec)] * 8000)
+    )
+    adapt = next(k for k, v in prompt.items() if v["class_type"] == "SeedStoryAdaptDetokenizer")
+    sent = {}
+
+    def on_event(res, message, _binary):
+        if not message:
+            return
+        if message.get("type") == "executing" and message["data"].get("node") == adapt and "at" not in sent:
+            time.sleep(1.0)  # well into the reading (8,000 lines take tens of seconds)
+            sent["at"] = time.perf_counter()
+            comfy_server.interrupt()
+        elif message.get("type") in ("execution_interrupted", "execution_error") and "end" not in sent:
+            sent["end"] = time.perf_counter()
+
+    res = comfy_server.run(prompt, timeout=600, on_event=on_event)
+    stopped = sent["end"] - sent["at"]
+    print(f"\nAdapt stopped {stopped:.2f} s after /interrupt")
+    assert res.status == "interrupted", (res.status, res.error)
+    assert res.interrupted.get("node_id") == adapt, res.interrupted
+    assert stopped < 2.0
