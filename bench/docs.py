@@ -176,7 +176,15 @@ def _redo_section(folder: Path) -> List[str]:
     d = _kv(folder / "redo.csv")
     if not d:
         return []
-    rows = [f"| {k} | {_f(v, 3)} |" for k, v in d.items()]
+
+    def shown(v: str) -> str:
+        try:
+            x = float(v)
+        except ValueError:
+            return f"`{v}`"
+        return str(int(x)) if x.is_integer() else f"{x:.3f}"
+
+    rows = [f"| {k} | {shown(v)} |" for k, v in d.items()]
     return [
         "## Redo one frame against re-running the story\n",
         "Written by `python -m bench --quick` (`bench/redo_bench.py`, `seedstory_core/redo.py`): the bundled tiny "
