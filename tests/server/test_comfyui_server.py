@@ -233,7 +233,7 @@ def test_in_app_help_pages_and_search_aliases_are_served(comfy_server):
     for node_id in pack.NODE_CLASS_MAPPINGS:
         r = comfy_server.get(f"/extensions/seedstory/docs/{node_id}.md")
         assert r.status_code == 200, (node_id, r.status_code)
-        assert r.text == (REPO_ROOT / "web" / "docs" / f"{node_id}.md").read_text(encoding="utf-8")
+        assert r.content.decode("utf-8") == (REPO_ROOT / "web" / "docs" / f"{node_id}.md").read_text(encoding="utf-8")
     info = comfy_server.object_info("SeedStoryGenerateStory")["SeedStoryGenerateStory"]
     if "search_aliases" in info or comfy_server.comfy_version != "0.3.75":
         assert {"story", "comic", "storyboard"} <= set(info["search_aliases"]), info.get("search_aliases")
