@@ -528,21 +528,7 @@ class Running:
 def _sigint_when(cond, times=1, gap=0.3):
     """Send SIGINT to this process (as a terminal's Ctrl-C does) once ``cond()`` holds (never, if it does not hold
     within 20 s: the test then fails on its own assertions instead of pytest being interrupted)."""
-
-    def go():
-        deadline = time.monotonic() + 20
-        while not cond():
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.01)
-        for i in range(times):
-            if i:
-                time.sleep(gap)
-            os.kill(os.getpid(), signal.SIGINT)
-
-    th = threading.Thread(target=go, daemon=True)
-    th.start()
-    return th
+    return _signal_when(cond, signal.SIGINT, times=times, gap=gap)
 
 
 def _long_jobs():
