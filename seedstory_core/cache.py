@@ -10,6 +10,10 @@ Policies (paper §3.2 and Fig. 4 right; docs/reference.md §3.2 "Sink policy not
   [BOI-``boi_before``, BOI+``boi_after``) and [EOI-``eoi_before``, EOI+``eoi_after``) (clipped, overlaps counted
   once); plus the window. Defaults n=4, W=8 images, 4/8/8/4 (docs/reference.md §3.2).
 
+**Pinned tokens** (the cast sheet, :mod:`seedstory_core.cast`): a story may pin the tokens at its very start (BOS and
+the cast block). Every policy keeps them whatever happens, images among them never count in the window or the sink,
+and :meth:`CachePolicy.token_bound` / :func:`plan_kept_positions` take their number (``pinned``).
+
 An image "leaves the window" when it completes (its EOI is stored) and more than ``window_images`` complete images
 exist; eviction runs right after the chunk holding that EOI (so the EOI's own logits still saw everything).
 The same rule drives the planner (:func:`plan_kept_positions`, used by
@@ -92,15 +96,17 @@ class CachePolicy:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    def token_bound(self, tokens_per_image_segment: int) -> Optional[int]:
+    def token_bound(self, tokens_per_image_segment: int, pinned: int = 0) -> Optional[int]:
         """Upper bound on the kept length for any story length, or None for ``dense``.
 
-        ``tokens_per_image_segment`` = the longest caption + image (BOI, IMG*n, EOI) segment in tokens.
+        ``tokens_per_image_segment`` = the longest caption + image (BOI, IMG*n, EOI) segment in tokens; ``pinned`` =
+        the story's pinned tokens (BOS + the cast block, :mod:`seedstory_core.cast`; 0 without a cast sheet), always
+        kept.
         """
         if self.kind == "dense":
             return None
         window = (self.window_images + 1) * tokens_per_image_segment
-        start = self.n_start if self.kind in ("sink", "multimodal_sink") else 0
+        start = max(self.n_start, int(pinned)) if self.kind in ("sink", "multimodal_sink") else int(pinned)
         if self.kind != "multimodal_sink":
             return start + window
         per_image = self.boi_before + self.boi_after + self.eoi_before + self.eoi_after
@@ -122,13 +128,17 @@ def _completed_images(positions: Sequence[int], kinds: Sequence[int]) -> List[Tu
     return images
 
 
-def select_kept(policy: CachePolicy, kept: Sequence[int], images: Sequence[Tuple[int, int]]) -> List[int]:
+def select_kept(
+    policy: CachePolicy, kept: Sequence[int], images: Sequence[Tuple[int, int]], pinned: int = 0
+) -> List[int]:
     """Apply one eviction: which of the currently kept original positions survive.
 
     Args:
         policy: the cache policy.
         kept: sorted original positions currently stored.
-        images: (boi, eoi) of every complete image of the story so far (evicted ones included), in order.
+        images: (boi, eoi) of every complete story image so far (evicted ones included; pinned images are not
+            story images), in order.
+        pinned: positions ``0..pinned-1`` are pinned (BOS + the cast block) and always survive.
 
     Returns the sorted surviving positions (a subset of ``kept``); unchanged when nothing has to be evicted.
     """
@@ -136,7 +146,7 @@ def select_kept(policy: CachePolicy, kept: Sequence[int], images: Sequence[Tuple
         return list(kept)
     evicted = list(images[: len(images) - policy.window_images])
     window_start = evicted[-1][1] + 1
-    keep = set()
+    keep = set(range(int(pinned)))
     if policy.kind in ("sink", "multimodal_sink"):
         keep.update(range(policy.n_start))
     if policy.kind == "multimodal_sink":
@@ -153,24 +163,27 @@ def select_kept(policy: CachePolicy, kept: Sequence[int], images: Sequence[Tuple
     return [p for p in kept if p >= window_start or p in keep]
 
 
-def plan_kept_positions(kinds: Sequence[int], policy: CachePolicy) -> List[int]:
+def plan_kept_positions(kinds: Sequence[int], policy: CachePolicy, pinned: int = 0) -> List[int]:
     """Original positions kept after processing a whole stream, evicting after each image completes.
 
     ``kinds`` are :class:`TokenKind` values of the full, un-windowed story stream (BOS, text, BOI, IMG, EOI).
-    This simulates exactly what :class:`StoryKVCache` does when the stream is appended chunk by chunk with each
-    image ending a chunk.
+    ``pinned``: the first ``pinned`` entries (BOS + a cast block) are pinned: always kept, and their images are not
+    story images. This simulates exactly what :class:`StoryKVCache` does when the stream is appended chunk by chunk
+    with each image ending a chunk.
     """
     kept: List[int] = []
     images: List[Tuple[int, int]] = []
     open_boi = None
     for pos, kind in enumerate(kinds):
         kept.append(pos)
+        if pos < pinned:
+            continue
         if kind == TokenKind.BOI:
             open_boi = pos
         elif kind == TokenKind.EOI and open_boi is not None:
             images.append((open_boi, pos))
             open_boi = None
-            kept = select_kept(policy, kept, images)
+            kept = select_kept(policy, kept, images, pinned)
     return kept
 
 
@@ -348,6 +361,7 @@ class CacheMeta:
     next_position: int = 0  # story position of the next token
     open_boi: Optional[int] = None  # story position of a BOI whose EOI has not been stored yet
     evictions: int = 0
+    pinned: int = 0  # story positions 0..pinned-1 are pinned (BOS + the cast block): always kept, not story images
 
 
 class StoryKVCache(Cache):
@@ -418,17 +432,27 @@ class StoryKVCache(Cache):
         return torch.arange(start, start + count, dtype=torch.long).unsqueeze(0)
 
     @contextlib.contextmanager
-    def chunk(self, kinds: Sequence[int], *, commit: bool = True) -> Iterator[torch.Tensor]:
+    def chunk(self, kinds: Sequence[int], *, commit: bool = True, pin: int = 0) -> Iterator[torch.Tensor]:
         """Context for one decoder forward over ``len(kinds)`` new tokens; yields their position ids (1, n).
 
         On normal exit with ``commit=True`` the tokens are recorded and the policy is applied; with
         ``commit=False`` (or on an exception) the layers are cropped back, leaving the cache as before.
+        ``pin``: the first ``pin`` of these tokens are pinned (always kept; images among them are not story images).
+        Only the start of a story can be pinned: ``pin`` > 0 needs every token stored so far to be pinned.
+
+        Raises:
+            RuntimeError: nested chunks. ValueError: no tokens, or a bad ``pin``.
         """
         if self._pending is not None:
             raise RuntimeError("StoryKVCache.chunk() cannot be nested")
         kinds = tuple(int(k) for k in kinds)
         if not kinds:
             raise ValueError("StoryKVCache.chunk() needs at least one token")
+        if pin and (not 0 <= pin <= len(kinds) or self.meta.pinned != self.meta.next_position or not commit):
+            raise ValueError(
+                f"StoryKVCache.chunk(pin={pin}): only the first tokens of a story can be pinned (this chunk has "
+                f"{len(kinds)} tokens, {self.meta.next_position - self.meta.pinned} unpinned tokens are stored)"
+            )
         start_len = self.length
         self._pending = kinds
         try:
@@ -449,7 +473,7 @@ class StoryKVCache(Cache):
         if not commit:
             self._rollback(start_len)
             return
-        self._commit(kinds, position_ids[0].tolist())
+        self._commit(kinds, position_ids[0].tolist(), pin)
 
     def rollback(self, snapshot: CacheMeta) -> None:
         """Return to an earlier ``self.meta`` snapshot of this same view (tokens appended since are dropped).
@@ -466,15 +490,17 @@ class StoryKVCache(Cache):
             if layer.is_initialized and layer.length > length:
                 layer.crop(length)
 
-    def _commit(self, kinds: Tuple[int, ...], rope_positions: List[int]) -> None:
+    def _commit(self, kinds: Tuple[int, ...], rope_positions: List[int], pin: int = 0) -> None:
         meta = self.meta
         start = meta.next_position
         images = meta.images
         open_boi = meta.open_boi
         completed = False
-        if TokenKind.BOI in kinds or TokenKind.EOI in kinds:
+        if TokenKind.BOI in kinds[pin:] or TokenKind.EOI in kinds[pin:]:
             images = list(images)
             for offset, kind in enumerate(kinds):
+                if offset < pin:
+                    continue
                 if kind == TokenKind.BOI:
                     open_boi = start + offset
                 elif kind == TokenKind.EOI and open_boi is not None:
@@ -490,13 +516,14 @@ class StoryKVCache(Cache):
             images=images,
             next_position=start + len(kinds),
             open_boi=open_boi,
+            pinned=meta.pinned + int(pin),
         )
         if completed:
             self._evict()
 
     def _evict(self) -> None:
         meta = self.meta
-        survivors = select_kept(self.policy, meta.positions, meta.images)
+        survivors = select_kept(self.policy, meta.positions, meta.images, meta.pinned)
         if len(survivors) == len(meta.positions):
             return
         index_of = {p: i for i, p in enumerate(meta.positions)}
@@ -589,6 +616,7 @@ class StoryKVCache(Cache):
             "next_position": m.next_position,
             "open_boi": m.open_boi,
             "evictions": m.evictions,
+            "pinned": m.pinned,
         }
 
     @classmethod
@@ -609,6 +637,7 @@ class StoryKVCache(Cache):
             next_position=int(meta["next_position"]),
             open_boi=meta["open_boi"],
             evictions=int(meta["evictions"]),
+            pinned=int(meta.get("pinned", 0)),
         )
         lengths = {layer.length for layer in layers if layer.is_initialized}
         if lengths and lengths != {len(cache_meta.positions)}:

@@ -2,7 +2,8 @@
 keeps.
 
 FILE is JSON ``{"token_types": [...], "policy": "multimodal_sink", "window_images": W, "n_start": 4,
-"boi_before": 4, "boi_after": 8, "eoi_before": 8, "eoi_after": 4}`` (optional ``max_sink_images``); labels as in
+"boi_before": 4, "boi_after": 8, "eoi_before": 8, "eoi_after": 4}`` (optional ``max_sink_images``, and ``pinned``: the
+story's pinned tokens at its start, BOS + a cast block, ``StoryState.cast_tokens``); labels as in
 golden/sink_ranges_*.json (BOS, T*, BOI*, IMG*, EOI*). Prints ``{"kept": [...]}``: the sorted original positions
 kept after the whole stream is processed, evicting after each image completes — computed by the same
 :func:`seedstory_core.cache.plan_kept_positions` rule that :class:`~seedstory_core.cache.StoryKVCache` applies.
@@ -27,9 +28,12 @@ def plan_from_spec(spec: dict) -> list:
     if not isinstance(labels, list):
         raise ValueError(f'"token_types" must be a list of labels, found {type(labels).__name__}')
     kinds = [TokenKind.from_label(x) for x in labels]
-    policy_fields = {k: v for k, v in spec.items() if k != "token_types"}
+    policy_fields = {k: v for k, v in spec.items() if k not in ("token_types", "pinned")}
     policy = CachePolicy.from_dict(policy_fields)
-    return plan_kept_positions(kinds, policy)
+    pinned = spec.get("pinned", 0)
+    if isinstance(pinned, bool) or not isinstance(pinned, int) or not 0 <= pinned <= len(kinds):
+        raise ValueError(f'"pinned" must be an int in [0, {len(kinds)}] (tokens at the start), found {pinned!r}')
+    return plan_kept_positions(kinds, policy, pinned=pinned)
 
 
 def main(argv=None) -> int:

@@ -89,7 +89,7 @@ def cache_kwarg(decoder) -> str:
 
 
 def forward_chunk(
-    agent, cache: StoryKVCache, embeds: torch.Tensor, kinds: Sequence[int], *, commit: bool = True
+    agent, cache: StoryKVCache, embeds: torch.Tensor, kinds: Sequence[int], *, commit: bool = True, pin: int = 0
 ) -> torch.Tensor:
     """Run the LoRA LLaMA over new tokens on top of ``cache``.
 
@@ -98,6 +98,7 @@ def forward_chunk(
         cache: the story cache; extended in place when ``commit`` (else restored after the pass).
         embeds: (1, n, D) input embeddings of the new tokens, in the decoder's dtype/device.
         kinds: n TokenKind values.
+        pin: the first ``pin`` tokens are pinned (the story's BOS + cast block; :meth:`StoryKVCache.chunk`).
 
     Returns (1, n, D) final-norm hidden states.
 
@@ -106,10 +107,10 @@ def forward_chunk(
     result, same cache afterwards).
     """
     decoder = decoder_of(agent)
-    static = static_decoder_for(decoder) if commit and embeds.shape[1] == 1 else None
+    static = static_decoder_for(decoder) if commit and embeds.shape[1] == 1 and not pin else None
     if static is not None:
         return static.step(cache, embeds, kinds)
-    with cache.chunk(kinds, commit=commit) as position_ids:
+    with cache.chunk(kinds, commit=commit, pin=pin) as position_ids:
         out = decoder(
             inputs_embeds=embeds,
             position_ids=position_ids.to(embeds.device),

@@ -54,11 +54,16 @@ class ReencodeWindow:
         ids: token ids of the window prompt.
         kinds: their :class:`~seedstory_core.tokens.TokenKind` values.
         features: one (1, T, D) visual-tokenizer feature tensor per image in the window, in order.
+        pinned: the first ``pinned`` ids are the story's cast block (:mod:`seedstory_core.cast`), re-encoded at every
+            step and never dropped with the oldest images; 0 without a cast sheet.
+        pinned_images: how many of ``features`` (the first ones) are the cast block's pictures.
     """
 
     ids: Tuple[int, ...] = ()
     kinds: Tuple[int, ...] = ()
     features: Tuple[torch.Tensor, ...] = ()
+    pinned: int = 0
+    pinned_images: int = 0
 
     #: Tokens kept in a KV cache between steps: none (the prompt is re-encoded).
     length = 0
@@ -69,7 +74,13 @@ class ReencodeWindow:
 
     def to(self, device=None, dtype=None) -> "ReencodeWindow":
         """A copy with the features on ``device`` (cast to ``dtype`` when given)."""
-        return ReencodeWindow(self.ids, self.kinds, tuple(t.to(device=device, dtype=dtype) for t in self.features))
+        return ReencodeWindow(
+            self.ids,
+            self.kinds,
+            tuple(t.to(device=device, dtype=dtype) for t in self.features),
+            self.pinned,
+            self.pinned_images,
+        )
 
     def tensors(self) -> Dict[str, torch.Tensor]:
         """The tensors to save: ``features.<i>``."""
@@ -77,7 +88,13 @@ class ReencodeWindow:
 
     def meta_dict(self) -> dict:
         """Everything else to save (JSON)."""
-        return {"ids": list(self.ids), "kinds": list(self.kinds), "num_features": len(self.features)}
+        return {
+            "ids": list(self.ids),
+            "kinds": list(self.kinds),
+            "num_features": len(self.features),
+            "pinned": self.pinned,
+            "pinned_images": self.pinned_images,
+        }
 
     @classmethod
     def from_saved(
@@ -88,4 +105,6 @@ class ReencodeWindow:
             tuple(meta["ids"]),
             tuple(meta["kinds"]),
             tuple(tensors[f"features.{i}"] for i in range(int(meta["num_features"]))),
+            int(meta.get("pinned", 0)),
+            int(meta.get("pinned_images", 0)),
         )

@@ -45,18 +45,22 @@ DEFAULT_BUCKET = 512
 _REGISTRY: "weakref.WeakKeyDictionary[nn.Module, StaticDecoder]" = weakref.WeakKeyDictionary()
 
 
-def capacity_for_policy(policy: CachePolicy, segment_tokens: int, step_tokens: int) -> Optional[int]:
+def capacity_for_policy(
+    policy: CachePolicy, segment_tokens: int, step_tokens: int, pinned_tokens: int = 0
+) -> Optional[int]:
     """Slots a static mirror needs for a whole story under ``policy``, or None when the policy has no bound.
 
     Args:
         policy: the story's cache policy.
         segment_tokens: the longest caption + image segment in tokens (what :meth:`CachePolicy.token_bound` takes).
         step_tokens: the most tokens one story step adds before its eviction can run (text + image segment).
+        pinned_tokens: the story's pinned tokens (BOS + its cast block, ``StoryState.cast_tokens``; 0 without a cast
+            sheet), which every policy keeps.
 
-    Returns ``policy.token_bound(segment_tokens) + step_tokens`` (tokens), None for ``dense`` or an uncapped
-    ``multimodal_sink`` (then :class:`StaticDecoder` rounds up to buckets).
+    Returns ``policy.token_bound(segment_tokens, pinned_tokens) + step_tokens`` (tokens), None for ``dense`` or an
+    uncapped ``multimodal_sink`` (then :class:`StaticDecoder` rounds up to buckets).
     """
-    bound = policy.token_bound(int(segment_tokens))
+    bound = policy.token_bound(int(segment_tokens), int(pinned_tokens))
     return None if bound is None else bound + int(step_tokens)
 
 

@@ -47,6 +47,7 @@ from transformers import (
 )
 
 from .cache import POLICIES, CachePolicy, StoryKVCache
+from .cast import CastSheet, cast_block_ids
 from .generation import (
     ImageTokenRule,
     InferenceModel,
@@ -213,6 +214,9 @@ class StoryState:
             always None for the re-encode loop, which computes them at the next step).
         pending_image: (1, T, D) regressed features of the last generated image, not yet in the context.
         last_features: (1, T, D) features of the newest image (the start image after :meth:`StoryEngine.start`).
+        cast: the story's :class:`~seedstory_core.cast.CastSheet` (None without one).
+        cast_tokens: how many tokens at the start of ``token_ids`` are pinned (BOS + the cast block); 0 without a
+            cast sheet. Every policy keeps them (:mod:`seedstory_core.cast`).
     """
 
     settings: StorySettings
@@ -225,13 +229,15 @@ class StoryState:
     next_logits: Optional[torch.Tensor]
     pending_image: Optional[torch.Tensor]
     last_features: torch.Tensor
+    cast: Optional[CastSheet] = None
+    cast_tokens: int = 0
 
     # ------------------------------------------------------------------ reporting
     def get_ram_usage(self) -> int:
         """Bytes held by this state's tensors (context, features, logits). Used by ComfyUI's RAM cache."""
         total = self.context.nbytes()
         seen = set()
-        for t in (self.next_logits, self.pending_image, self.last_features):
+        for t in (self.next_logits, self.pending_image, self.last_features, *(self.cast.features if self.cast else ())):
             if t is not None and t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
                 total += t.numel() * t.element_size()
@@ -244,8 +250,8 @@ class StoryState:
 
     @property
     def num_images(self) -> int:
-        """Images in the story so far (the start image and every generated one)."""
-        return self.kinds.count(TokenKind.EOI)
+        """Images in the story so far (the start image and every generated one; the cast sheet's are not counted)."""
+        return self.kinds[self.cast_tokens :].count(TokenKind.EOI)
 
     def __repr__(self) -> str:
         return (
@@ -268,6 +274,7 @@ class StoryState:
             next_logits=None if self.next_logits is None else self.next_logits.to(device=device),
             pending_image=mv(self.pending_image),
             last_features=mv(self.last_features),
+            cast=None if self.cast is None else self.cast.to(device, dtype),
         )
 
     def save(self, path) -> Path:
@@ -286,6 +293,8 @@ class StoryState:
             tensors["pending_image"] = self.pending_image.contiguous()
         context_type = next(name for name, cls in _CONTEXT_TYPES.items() if isinstance(self.context, cls))
         tensors.update({f"context.{k}": v for k, v in self.context.tensors().items()})
+        for i, f in enumerate(self.cast.features if self.cast is not None else ()):
+            tensors[f"cast.{i}"] = f.contiguous()
         inv_freq = getattr(self.context, "inv_freq", None)
         if inv_freq is not None:
             tensors["context_inv_freq"] = inv_freq.to(torch.float64)
@@ -300,6 +309,8 @@ class StoryState:
             "pending_is_last": pending_is_last,
             "context_type": context_type,
             "context": self.context.meta_dict(),
+            "cast": None if self.cast is None else list(self.cast.names),
+            "cast_tokens": self.cast_tokens,
         }
         save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(base.with_suffix(".safetensors")))
         json_path = base.with_suffix(".json")
@@ -336,6 +347,10 @@ class StoryState:
             next_logits=tensors.get("next_logits"),
             pending_image=tensors["last_features"] if meta.get("pending_is_last") else tensors.get("pending_image"),
             last_features=tensors["last_features"],
+            cast=None
+            if not meta.get("cast")
+            else CastSheet(tuple(meta["cast"]), tuple(tensors[f"cast.{i}"] for i in range(len(meta["cast"])))),
+            cast_tokens=int(meta.get("cast_tokens", 0)),
         )
 
 
@@ -479,6 +494,7 @@ class StoryEngine:
         image=None,
         features: Optional[torch.Tensor] = None,
         settings: Optional[StorySettings] = None,
+        cast: Optional[CastSheet] = None,
     ) -> StoryState:
         """Begin a story from a starting image (or its visual-tokenizer features) and its sentence.
 
@@ -488,22 +504,31 @@ class StoryEngine:
             features: (1, T, D) visual-tokenizer features of the start image.
             settings: :class:`StorySettings` (default ``StorySettings()``); its policy must be one this engine runs
                 (see :func:`engine_for`).
+            cast: a :class:`~seedstory_core.cast.CastSheet`: its block ``<name>:<img>…</img>`` per character goes
+                between BOS and the opening sentence and is pinned (every policy keeps it; docs/characters.md).
 
-        Returns the initial :class:`StoryState` with ``[BOS] cap0 <img>…</img>`` in its context.
+        Returns the initial :class:`StoryState` with ``[BOS] (cast block) cap0 <img>…</img>`` in its context.
 
         Raises:
-            ValueError: bad text, features or image; a policy this engine does not run.
+            ValueError: bad text, features, image or cast features; a policy this engine does not run.
         """
         settings = settings if settings is not None else StorySettings()
         self._check_policy(settings.policy)
         if (image is None) == (features is None):
             raise ValueError("start() needs exactly one of image= or features=")
+        if cast is not None and not isinstance(cast, CastSheet):
+            raise ValueError(f"cast must be a seedstory_core.cast.CastSheet, got {type(cast).__name__}")
         feats = self._features(self._encode_start_image(image) if image is not None else features)
+        if cast is not None:
+            cast = CastSheet(cast.names, tuple(self._features(f) for f in cast.features))
         self._run = self.inference_model()
         text_ids = self._text_ids(text, instruction=False)
-        ids = [self.tokenizer.bos_id] + text_ids + self._image_ids()
-        kinds = [TokenKind.BOS] + [TokenKind.TEXT] * len(text_ids) + self.image_kinds()
-        context, logits = self._start_context(ids, kinds, feats, settings.policy)
+        cast_ids, cast_kinds, _ = cast_block_ids(self.tokenizer, cast.names) if cast is not None else ([], [], [])
+        ids = [self.tokenizer.bos_id] + cast_ids + text_ids + self._image_ids()
+        kinds = [TokenKind.BOS] + cast_kinds + [TokenKind.TEXT] * len(text_ids) + self.image_kinds()
+        pin = 1 + len(cast_ids) if cast is not None else 0
+        images = list(cast.features if cast is not None else ()) + [feats]
+        context, logits = self._start_context(ids, kinds, images, settings.policy, pin)
         return StoryState(
             settings=settings,
             model_key=self.model_key,
@@ -515,6 +540,8 @@ class StoryEngine:
             next_logits=logits,
             pending_image=None,
             last_features=feats,
+            cast=cast,
+            cast_tokens=pin,
         )
 
     # ------------------------------------------------------------------ step
@@ -602,11 +629,26 @@ class StoryEngine:
         return StepResult(new_state, sentence, features, forced_boi)
 
     # ------------------------------------------------------------------ the context (KV-cache policies)
-    def _start_context(self, ids, kinds, feats, policy):
-        """Prefill ``[BOS] cap0 <img>…</img>`` into a new cache: (cache, logits after EOI)."""
+    def _prompt_embeds(self, ids: Sequence[int], kinds: Sequence[int], images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(1, n, D) input embeddings of a prompt: token embeddings with every image's IMG positions (in order)
+        replaced by the input resampler's output for ``images`` ((1, T, D) features each)."""
+        embeds = self._embed(ids)
+        img_positions = [i for i, k in enumerate(kinds) if k == TokenKind.IMG]
+        if images:
+            img_embeds = self.agent.input_resampler(torch.cat(list(images), dim=0)).reshape(-1, embeds.shape[-1])
+            embeds = embeds.clone()
+            embeds[0, img_positions] = img_embeds.to(embeds.dtype)
+        return embeds
+
+    def _start_context(self, ids, kinds, images, policy, pin: int = 0):
+        """Prefill ``[BOS] (cast block) cap0 <img>…</img>`` into a new cache, the first ``pin`` tokens pinned:
+        (cache, logits after EOI)."""
         cache = new_cache(self._run, policy)
-        embeds = torch.cat([self._embed(ids[: -len(self._image_ids())]), self.image_embeds(feats)], dim=1)
-        hidden = forward_chunk(self._run, cache, embeds, kinds)
+        if len(images) == 1:
+            embeds = torch.cat([self._embed(ids[: -len(self._image_ids())]), self.image_embeds(images[0])], dim=1)
+        else:
+            embeds = self._prompt_embeds(ids, kinds, images)
+        hidden = forward_chunk(self._run, cache, embeds, kinds, pin=pin)
         return cache, logits_at(self._run, hidden[0, -1])
 
     def _open_step(self, state: StoryState, pending: Optional[torch.Tensor]):
@@ -664,8 +706,12 @@ class StoryEngine:
         generator = None
         if decoding.do_sample:
             generator = torch.Generator(device="cpu").manual_seed((decoding.seed * 1_000_003 + state.step) % (2**63))
-        history = (
-            [t for t, k in zip(state.token_ids, state.kinds) if k == TokenKind.TEXT]
+        history = (  # the story's text (the cast block's names are not story text)
+            [
+                t
+                for t, k in zip(state.token_ids[state.cast_tokens :], state.kinds[state.cast_tokens :])
+                if k == TokenKind.TEXT
+            ]
             if decoding.repetition_penalty != 1.0 or decoding.no_repeat_ngram_size
             else []
         )
@@ -794,14 +840,17 @@ class ReencodeStoryEngine(StoryEngine):
 
     policy_type = ReencodePolicy
 
-    def _start_context(self, ids, kinds, feats, policy):
-        return ReencodeWindow(tuple(ids[1:]), tuple(kinds[1:]), (feats,)), None
+    def _start_context(self, ids, kinds, images, policy, pin: int = 0):
+        pinned = max(0, int(pin) - 1)  # the cast block without BOS
+        return ReencodeWindow(tuple(ids[1:]), tuple(kinds[1:]), tuple(images), pinned, len(images) - 1), None
 
     def _open_step(self, state: StoryState, pending: Optional[torch.Tensor]):
         """Re-encode ``[BOS] + window prompt`` (with the pending image, oldest images dropped) into a fresh dense
         cache (docs/reference.md §3.1 steps 4-6). Returns (cache, logits, the new window)."""
         window = state.context
-        w_ids, w_kinds, w_feats = list(window.ids), list(window.kinds), list(window.features)
+        p, pi = window.pinned, window.pinned_images  # the cast block: re-encoded every step, never dropped
+        p_ids, p_kinds, p_feats = list(window.ids[:p]), list(window.kinds[:p]), list(window.features[:pi])
+        w_ids, w_kinds, w_feats = list(window.ids[p:]), list(window.kinds[p:]), list(window.features[pi:])
         if pending is not None:
             w_ids += self._image_ids()
             w_kinds += self.image_kinds()
@@ -814,23 +863,23 @@ class ReencodeStoryEngine(StoryEngine):
                 w_ids, w_kinds = w_ids[len(inst) :], w_kinds[len(inst) :]
             w_feats.pop(0)
         cache = new_cache(self._run, CachePolicy(kind="dense"))
-        ids = [self.tokenizer.bos_id] + w_ids
-        kinds = [TokenKind.BOS] + w_kinds
-        embeds = self._embed(ids)
-        img_positions = [i for i, k in enumerate(kinds) if k == TokenKind.IMG]
-        if w_feats:
-            img_embeds = self.agent.input_resampler(torch.cat(w_feats, dim=0)).reshape(-1, embeds.shape[-1])
-            embeds = embeds.clone()
-            embeds[0, img_positions] = img_embeds.to(embeds.dtype)
+        ids = [self.tokenizer.bos_id] + p_ids + w_ids
+        kinds = [TokenKind.BOS] + p_kinds + w_kinds
+        embeds = self._prompt_embeds(ids, kinds, p_feats + w_feats)
         hidden = forward_chunk(self._run, cache, embeds, kinds)
-        return cache, logits_at(self._run, hidden[0, -1]), ReencodeWindow(tuple(w_ids), tuple(w_kinds), tuple(w_feats))
+        carry = ReencodeWindow(tuple(p_ids + w_ids), tuple(p_kinds + w_kinds), tuple(p_feats + w_feats), p, pi)
+        return cache, logits_at(self._run, hidden[0, -1]), carry
 
     def _image_queries(self, cache: StoryKVCache) -> torch.Tensor:
         return image_query_pass(self._run, cache, self.image, commit=False, forced=True)["features"]
 
     def _close_step(self, cache: StoryKVCache, carry: ReencodeWindow, sentence_ids: List[int]):
         return ReencodeWindow(
-            carry.ids + tuple(sentence_ids), carry.kinds + (TokenKind.TEXT,) * len(sentence_ids), carry.features
+            carry.ids + tuple(sentence_ids),
+            carry.kinds + (TokenKind.TEXT,) * len(sentence_ids),
+            carry.features,
+            carry.pinned,
+            carry.pinned_images,
         )
 
 

@@ -206,8 +206,25 @@ class ImageSource:
         item = self.records[r]["images"][f]
         return str(item) if isinstance(item, (str, os.PathLike)) else f"mem:{self.records[r]['id']}:{r}:{f}"
 
+    def cast_key(self, r: int, name: str) -> str:
+        """The cache key of the cast-sheet picture of ``name`` in record ``r`` (``record["cast"]``)."""
+        item = self._cast_item(r, name)
+        return str(item) if isinstance(item, (str, os.PathLike)) else f"mem:{self.records[r]['id']}:{r}:cast:{name}"
+
+    def _cast_item(self, r: int, name: str):
+        for entry in self.records[r].get("cast") or []:
+            if entry.get("name") == name:
+                return entry["image"]
+        raise KeyError(f"record {self.records[r].get('id')} has no cast picture of {name!r}")
+
+    def open_cast(self, r: int, name: str):
+        """The cast-sheet picture of ``name`` in record ``r`` (PIL, RGB). Raises KeyError / FileNotFoundError."""
+        return self._open_item(self._cast_item(r, name), r)
+
     def open(self, r: int, f: int):
-        item = self.records[r]["images"][f]
+        return self._open_item(self.records[r]["images"][f], r)
+
+    def _open_item(self, item, r: int):
         if isinstance(item, Image.Image):
             return item.convert("RGB")
         candidates = image_candidates(self.root, item)

@@ -58,13 +58,17 @@ from .common import ImageSource
 from .rollout import write_own_context
 
 
-def corrupt_cast(attributes: Sequence[Dict], rng: np.random.Generator) -> Tuple[List[Dict], Dict]:
+def corrupt_cast(
+    attributes: Sequence[Dict], rng: np.random.Generator, looks: Optional[Dict[str, Dict]] = None
+) -> Tuple[List[Dict], Dict]:
     """One record's context attributes with one character's presence flipped (the rule in the module docstring).
 
     Args:
         attributes: the record's n >= 2 per-frame StoryStream-mini attribute dicts (``present``, ``positions``,
             ``objects``, ``actors``, ...), frame 0 first.
         rng: the record's generator.
+        looks: the story's looks (``{name: {"colour", "accessory"}}``, StoryStream-mini's record ``looks``): an added
+            character is drawn with its look in this story (else with the look any frame gives it, else its fixed one).
     Returns: (attributes of frames 1..n-1 with the change applied, ``{"kind": "entered"|"drop"|"add", "character",
     "from_frame"}``). Frames the change does not touch are the input dicts themselves.
     Raises: ValueError for fewer than 2 frames.
@@ -87,6 +91,10 @@ def corrupt_cast(attributes: Sequence[Dict], rng: np.random.Generator) -> Tuple[
         else:
             absent = [c for c in order if c not in present]
             who, kind = absent[int(rng.integers(len(absent)))], "add"
+    known = {}
+    for a in attributes:
+        known.update(a.get("looks") or {})
+    known.update(looks or {})
     out = []
     for f in range(1, n):
         a = attributes[f]
@@ -102,6 +110,7 @@ def corrupt_cast(attributes: Sequence[Dict], rng: np.random.Generator) -> Tuple[
                 "positions": mini.slot_layout(present),
                 "objects": [o for o in a.get("objects", []) if o.get("holder") in present],
                 "actors": [c for c in a.get("actors", []) if c in present],
+                "looks": {c: known[c] for c in present if c in known},
             }
         out.append(a)
     return out, {"kind": kind, "character": who, "from_frame": s}
@@ -110,7 +119,7 @@ def corrupt_cast(attributes: Sequence[Dict], rng: np.random.Generator) -> Tuple[
 def _records_with_attributes(data, records: Optional[List[dict]]):
     """(records as :func:`seedstory_core.data.storystream.load_records` gives them, their per-frame attributes,
     image root)."""
-    kept, root = load_records(data, records, None, keep=("attributes",))
+    kept, root = load_records(data, records, None, keep=("attributes", "looks"))
     for r in kept:
         a, n = r.get("attributes"), len(r["images"])
         if not isinstance(a, list) or len(a) != n:
@@ -160,7 +169,7 @@ def corrupt_context(
         if others and other_window_prob > 0 and rng.random() < other_window_prob:  # no draw at 0
             src = others[int(rng.integers(len(others)))]
             swapped += 1
-        changed, info = corrupt_cast(attrs[src], rng)
+        changed, info = corrupt_cast(attrs[src], rng, kept[src].get("looks"))
         kinds[info["kind"]] += 1
         frames: List[Image.Image] = []
         for f in range(1, len(record["images"])):

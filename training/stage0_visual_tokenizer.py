@@ -91,6 +91,8 @@ def attribute_vocabulary() -> List[str]:
         vocab += [f"{name}@{slot}" for slot in mini.SLOTS]
         vocab += [f"{name}:{a}" for a in mini.ACTIONS]
         vocab += [f"{obj}@{name}" for obj in mini.OBJECT_NAMES]
+        vocab += [f"{name}~{colour}" for colour in mini.LOOK_COLOURS]
+        vocab += [f"{name}^{acc}" for acc in mini.ACCESSORIES]
     return vocab
 
 
@@ -100,9 +102,10 @@ def attribute_tokens(attrs: Mapping[str, Any]) -> List[str]:
     Args:
         attrs: ``{"background", "present", "positions"?, "objects", "action", "actors"}`` (mini's frame dict).
     Returns:
-        sorted list of tokens, e.g. ``['George:walk', 'George@left', 'Lily:stand', 'Lily@right', 'kite@George',
-        'scene:park']`` (a character who is not an actor stands, as :func:`~seedstory_core.data.mini.render_frame`
-        draws it).
+        sorted list of tokens, e.g. ``['George:walk', 'George@left', 'George^hat', 'George~red', 'Lily:stand',
+        'Lily@right', 'Lily^bow', 'Lily~pink', 'kite@George', 'scene:park']`` (``~colour`` and ``^accessory``: the
+        frame's ``looks``, when it has them; a character who is not an actor stands, as
+        :func:`~seedstory_core.data.mini.render_frame` draws it).
     """
     positions = attrs.get("positions") or mini.slot_layout(attrs.get("present", []))
     actors = set(attrs.get("actors") or [])
@@ -113,6 +116,9 @@ def attribute_tokens(attrs: Mapping[str, Any]) -> List[str]:
         toks.append(f"{name}:{action if name in actors else 'stand'}")
     for o in attrs.get("objects", []):
         toks.append(f"{o['name']}@{o['holder']}")
+    for name, look in (attrs.get("looks") or {}).items():  # per-story looks (StoryStream-mini looks="story")
+        if name in positions:
+            toks += [f"{name}~{look['colour']}", f"{name}^{look['accessory']}"]
     return sorted(toks)
 
 

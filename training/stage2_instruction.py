@@ -146,7 +146,9 @@ class StoryBatches:
 
     def __init__(self, args, tokenizer, vit, vit_mode: str):
         self.args = args
-        self.records, root = load_records(args.data, getattr(args, "records", None), args.image_root, args.max_records)
+        self.records, root = load_records(
+            args.data, getattr(args, "records", None), args.image_root, args.max_records, keep=("cast",)
+        )
         self.images = ImageSource(self.records, root)
         self.cache = FeatureCache(not args.no_feature_cache)
         self.builder = StorySampleBuilder(
@@ -155,6 +157,9 @@ class StoryBatches:
         self.vit = vit
         self.vit_mode = vit_mode
         self.dropped = 0
+        self.cast_prob = float(getattr(args, "cast_prob", 0.0) or 0.0)
+        if not 0.0 <= self.cast_prob <= 1.0:
+            raise ValueError(f"--cast-prob must be in [0, 1], found {self.cast_prob}.")
         own = getattr(args, "own_context", None)
         self.own_context_prob = float(getattr(args, "own_context_prob", 0.0) or 0.0)
         if not 0.0 <= self.own_context_prob <= 1.0:
@@ -176,6 +181,14 @@ class StoryBatches:
 
         return self.cache.get((self.images.key(r, f), "vit", self.vit_mode), compute)
 
+    def cast_features(self, r: int, name: str) -> torch.Tensor:
+        """(T, D) features of the cast-sheet picture of ``name`` in record ``r`` (frozen visual tokenizer)."""
+
+        def compute():
+            return self.vit.encode_images([self.images.open_cast(r, name)], mode=self.vit_mode)[0].float().cpu()
+
+        return self.cache.get((self.images.cast_key(r, name), "vit", self.vit_mode), compute)
+
     def context_features(self, r: int, f: int, sample) -> torch.Tensor:
         """(T, D) features of frame ``f`` of record ``r`` in ``sample``: the visual tokenizer's features of the true
         frame, or -- for a context image after the first of a sample marked ``own_context`` -- the agent's own
@@ -192,7 +205,10 @@ class StoryBatches:
         while len(picks) < int(n):
             for _ in range(MAX_TRIES):
                 r = rng.randrange(len(self.records))
-                s = self.builder.sample(self.records[r]["captions"], rng)
+                cast = ()
+                if self.cast_prob > 0.0 and self.records[r].get("cast") and rng.random() < self.cast_prob:
+                    cast = [c["name"] for c in self.records[r]["cast"]]
+                s = self.builder.sample(self.records[r]["captions"], rng, cast=cast)
                 if s is not None:
                     break
                 self.dropped += 1
@@ -208,7 +224,13 @@ class StoryBatches:
     def load(self, picks: List[Tuple[int, Any]]):
         """-> (samples, per-sample feature stacks (k_i + 2, T, D), [(record, frame) of each target])."""
         samples = [s for _, s in picks]
-        feats = [torch.stack([self.context_features(r, f, s) for f in s.image_indices]) for r, s in picks]
+        feats = [
+            torch.stack(
+                [self.cast_features(r, name) for name in s.cast]
+                + [self.context_features(r, f, s) for f in s.image_indices]
+            )
+            for r, s in picks
+        ]
         targets = [(r, s.image_indices[-1]) for r, s in picks]
         return samples, feats, targets
 
@@ -247,6 +269,14 @@ def add_story_arguments(p) -> None:
         default=0.0,
         help="probability that a sample's context images after the first are the rolled-out features instead of "
         "the true frames' (needs --own-context; targets stay true)",
+    )
+    g.add_argument(
+        "--cast-prob",
+        type=float,
+        default=0.0,
+        help="probability that a sample starts with its story's cast sheet (records with a 'cast' list, e.g. "
+        "StoryStream-mini): the pinned block '<name>:<image>' per character before the first caption "
+        "(seedstory_core.cast); 0 = never (official)",
     )
     g.add_argument(
         "--pad-to-max-length",

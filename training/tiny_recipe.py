@@ -115,6 +115,8 @@ STAGES = {
         "5e-4",
         "--warmup-steps",
         "50",
+        "--cast-prob",
+        "0.5",
     ],
     # continuations of stage 2 (same trainer) with the regression loss emphasised (and scheduled sampling, OWN_CONTEXT)
     "stage2b": [
@@ -131,6 +133,8 @@ STAGES = {
         "10",
         "--rec-loss-scale",
         "10",
+        "--cast-prob",
+        "0.5",
     ],
     "stage3": [
         "--max-steps",
@@ -382,8 +386,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (smoke runs)")
     parser.add_argument(
         "--stages",
-        default="data,init,stage0,vae,stage1,corrupt,stage2,rollout,stage2b,rollout2,stage2c,rollout3,stage2d,stage2e,"
-        "export",
+        default="data,init,stage0,vae,stage1,corrupt,stage2,rollout,stage2b,stage2e,export",
         help="comma list of steps to run (without stage0 the later stages use the random ViT; add stage3 before "
         "export for de-tokenizer adaptation)",
     )

@@ -61,6 +61,13 @@ from .storystream import chunk_stories, write_jsonl
 __all__ = [
     "Character",
     "CHARACTERS",
+    "LOOK_COLOURS",
+    "ACCESSORIES",
+    "LOOK_MODES",
+    "FIXED_LOOKS",
+    "story_looks",
+    "render_cast_picture",
+    "cast_pictures",
     "CHARACTER_NAMES",
     "SCENES",
     "SCENE_PHRASES",
@@ -135,6 +142,28 @@ ACTIONS: Tuple[str, ...] = ("stand", "walk", "jump", "wave", "dance", "sleep", "
 SLOTS: Tuple[str, ...] = ("left", "center", "right")
 _SLOT_X = {"left": 0.2, "center": 0.5, "right": 0.8}
 MAX_PRESENT = 3
+
+#: Body colours a story may give its characters (``looks="story"``): name -> flat RGB. Distinct from each other,
+#: from the objects' colours and from the backgrounds, so a frame shows exactly which colour each body has.
+LOOK_COLOURS: Dict[str, Tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "pink": (230, 60, 180),
+    "orange": (255, 130, 0),
+    "purple": (130, 50, 200),
+    "teal": (0, 150, 150),
+    "lime": (170, 230, 40),
+}
+#: Accessories a story may give its characters (``looks="story"``); drawn on top of the body.
+ACCESSORIES: Tuple[str, ...] = ("hat", "bow", "glasses", "crown", "cap")
+#: The worlds :func:`generate_story` draws: ``story`` (default: every story draws its characters' colours and
+#: accessories, so a look can only be drawn right by carrying it from earlier pictures) or ``fixed`` (every character
+#: always has its one look of :data:`CHARACTERS`, the world of earlier releases).
+LOOK_MODES = ("story", "fixed")
+#: The fixed look of each character (``looks="fixed"``): ``{"colour": name, "accessory": name}``.
+FIXED_LOOKS: Dict[str, Dict[str, str]] = {
+    c.name: {"colour": next(k for k, v in LOOK_COLOURS.items() if v == c.colour), "accessory": c.accessory}
+    for c in CHARACTERS
+}
 
 
 def slot_layout(present: Sequence[str]) -> Dict[str, str]:
@@ -528,7 +557,35 @@ def _subset(rng, names, lo=1, hi=None):
     return _canon([names[i] for i in idx])
 
 
-def generate_story(seed: int, index: int, frames: int = 30, anchor_every: int = 10) -> Dict[str, Any]:
+def story_looks(seed: int, index: int, looks: str = "story") -> Dict[str, Dict[str, str]]:
+    """The look of every character in story ``index`` of ``seed``: ``{name: {"colour", "accessory"}}``.
+
+    ``looks="story"``: drawn from the story's own look RNG (PCG64 seeded with ``SeedSequence([seed, index, 1])``,
+    independent of the plot's RNG, so a story's plot is the same in both worlds): the five characters get five
+    different colours of :data:`LOOK_COLOURS` and five different accessories of :data:`ACCESSORIES`.
+    ``looks="fixed"``: :data:`FIXED_LOOKS`.
+
+    Raises:
+        ValueError: ``looks`` not in :data:`LOOK_MODES`, or a negative seed/index.
+    """
+    if looks not in LOOK_MODES:
+        raise ValueError(f"looks must be one of {LOOK_MODES}, found {looks!r}")
+    if looks == "fixed":
+        return {n: dict(v) for n, v in FIXED_LOOKS.items()}
+    story_rng(seed, index)  # validates seed and index
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(index), 1])))
+    colours = list(LOOK_COLOURS)
+    col = rng.permutation(len(colours))[: len(CHARACTERS)]
+    acc = rng.permutation(len(ACCESSORIES))
+    return {
+        c.name: {"colour": colours[int(col[i])], "accessory": ACCESSORIES[int(acc[i])]}
+        for i, c in enumerate(CHARACTERS)
+    }
+
+
+def generate_story(
+    seed: int, index: int, frames: int = 30, anchor_every: int = 10, looks: str = "story"
+) -> Dict[str, Any]:
     """Generate story ``index`` of ``seed`` (text and ground truth only; see :func:`render_story` for images).
 
     Args:
@@ -536,12 +593,20 @@ def generate_story(seed: int, index: int, frames: int = 30, anchor_every: int = 
         frames: number of frames (>= 1).
         anchor_every: frames ``f % anchor_every == 0`` restate scene, characters and objects without pronouns,
             so every chunk of that length parses on its own (0 disables anchors after frame 0).
+        looks: ``story`` (default: per-story colours and accessories, :func:`story_looks`) or ``fixed`` (every
+            character's one look, the world of earlier releases). Captions never state a look.
 
     Returns:
-        dict: ``{"id", "captions": [str], "attributes": [frame dicts]}``.
+        dict: ``{"id", "captions": [str], "attributes": [frame dicts], "cast": [names, canonical order],
+        "looks": {name: {"colour", "accessory"}} of the cast, "world": looks}``. Every frame dict carries
+        ``"looks"``: the look of each character present (its per-frame ground truth).
+
+    Raises:
+        ValueError: ``frames`` < 1, or a bad ``looks`` / seed / index.
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, found {frames}")
+    all_looks = story_looks(seed, index, looks)
     rng = story_rng(seed, index)
     cast = _subset(rng, CHARACTER_NAMES, lo=2, hi=4)
     w = _Writer(rng)
@@ -631,8 +696,16 @@ def generate_story(seed: int, index: int, frames: int = 30, anchor_every: int = 
         scene = new_ctx.scene
         since_travel += 1
         captions.append(caption)
+        attrs["looks"] = {n: dict(all_looks[n]) for n in attrs["present"]}
         attributes.append(attrs)
-    return {"id": story_id(seed, index), "captions": captions, "attributes": attributes}
+    return {
+        "id": story_id(seed, index),
+        "captions": captions,
+        "attributes": attributes,
+        "cast": list(cast),
+        "looks": {n: dict(all_looks[n]) for n in cast},
+        "world": looks,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -713,8 +786,13 @@ def _draw_object(d: ImageDraw.ImageDraw, name: str, cx: float, top: float, S: in
         d.pieslice([*P(cx - 0.14, top - 0.3), *P(cx + 0.14, top - 0.04)], 180, 360, fill=col)
 
 
-def _draw_character(d: ImageDraw.ImageDraw, c: Character, cx: float, action: str, S: int) -> float:
-    """Draw a character centred at x=cx; returns the y of its body top (fraction of S)."""
+def _draw_character(
+    d: ImageDraw.ImageDraw, c: Character, cx: float, action: str, S: int, look: Optional[Dict[str, str]] = None
+) -> float:
+    """Draw a character centred at x=cx with ``look`` (default its fixed one); returns the y of its body top
+    (fraction of S)."""
+    look = look or FIXED_LOOKS[c.name]
+    colour, accessory = LOOK_COLOURS[look["colour"]], look["accessory"]
     P = lambda x, y: (int(round(x * S)), int(round(y * S)))  # noqa: E731
     lw = max(1, S // 40)
     hw, h = 0.11, 0.26
@@ -743,7 +821,7 @@ def _draw_character(d: ImageDraw.ImageDraw, c: Character, cx: float, action: str
             x0 = cx + sgn * hw * 0.8
             d.line([P(x0, top + 0.12), P(x0 + sgn * 0.08, top + 0.12 + dy)], fill=_BLACK, width=lw)
     # body
-    col = c.colour
+    col = colour
     if c.shape == "circle":
         d.ellipse([*P(cx - hw - 0.01, top), *P(cx + hw + 0.01, bottom)], fill=col)
     elif c.shape == "square":
@@ -766,7 +844,7 @@ def _draw_character(d: ImageDraw.ImageDraw, c: Character, cx: float, action: str
         else:
             d.ellipse([*P(ex - er, ey - er), *P(ex + er, ey + er)], fill=_WHITE)
             d.rectangle([*P(ex - 0.008, ey - 0.008), *P(ex + 0.008, ey + 0.008)], fill=_BLACK)
-    if c.accessory == "glasses" and action != "sleep":
+    if accessory == "glasses" and action != "sleep":
         for dx in (-0.04, 0.04):
             d.ellipse(
                 [*P(cx + dx - er - 0.01, ey - er - 0.01), *P(cx + dx + er + 0.01, ey + er + 0.01)],
@@ -776,14 +854,14 @@ def _draw_character(d: ImageDraw.ImageDraw, c: Character, cx: float, action: str
     if action == "eat":
         d.ellipse([*P(cx - 0.025, ey + 0.06), *P(cx + 0.025, ey + 0.1)], fill=_BLACK)
     # accessory on top
-    if c.accessory == "hat":
+    if accessory == "hat":
         d.rectangle([*P(cx - 0.1, top + 0.005), *P(cx + 0.1, top + 0.025)], fill=_BLACK)
         d.rectangle([*P(cx - 0.06, top - 0.1), *P(cx + 0.06, top + 0.01)], fill=_BLACK)
-    elif c.accessory == "bow":
+    elif accessory == "bow":
         tx, ty = cx, top - 0.02
         d.polygon([P(tx, ty), P(tx - 0.07, ty - 0.05), P(tx - 0.07, ty + 0.04)], fill=(255, 170, 210))
         d.polygon([P(tx, ty), P(tx + 0.07, ty - 0.05), P(tx + 0.07, ty + 0.04)], fill=(255, 170, 210))
-    elif c.accessory == "crown":
+    elif accessory == "crown":
         ty = top - 0.02
         d.polygon(
             [
@@ -797,7 +875,7 @@ def _draw_character(d: ImageDraw.ImageDraw, c: Character, cx: float, action: str
             ],
             fill=(230, 190, 0),
         )
-    elif c.accessory == "cap":
+    elif accessory == "cap":
         d.pieslice([*P(cx - 0.08, top - 0.07), *P(cx + 0.08, top + 0.05)], 180, 360, fill=(40, 60, 200))
         d.rectangle([*P(cx, top - 0.015), *P(cx + 0.13, top - 0.005)], fill=(40, 60, 200))
     return top
@@ -805,7 +883,8 @@ def _draw_character(d: ImageDraw.ImageDraw, c: Character, cx: float, action: str
 
 def render_frame(attrs: Dict[str, Any], size: int = 64) -> Image.Image:
     """Draw one frame from its attributes (``background``, ``positions``/``present``, ``objects``, ``action``,
-    ``actors``). Pure PIL, no anti-aliasing: every character/object colour appears exactly in the image."""
+    ``actors``, and ``looks``: ``{name: {"colour", "accessory"}}``, a character without one has its fixed look).
+    Pure PIL, no anti-aliasing: every character/object colour appears exactly in the image."""
     if not (32 <= int(size) <= 512):
         raise ValueError(f"size must be in [32, 512], found {size}")
     S = int(size)
@@ -823,7 +902,7 @@ def render_frame(attrs: Dict[str, Any], size: int = 64) -> Image.Image:
         # ground objects are drawn first so the character stands behind them
         if held.get(name) in ("ball", "cake"):
             _draw_object(d, held[name], cx, 0.5, S)
-        tops[name] = _draw_character(d, _CHAR[name], cx, a, S)
+        tops[name] = _draw_character(d, _CHAR[name], cx, a, S, (attrs.get("looks") or {}).get(name))
         if held.get(name) not in (None, "ball", "cake"):
             _draw_object(d, held[name], cx, tops[name], S)
     return img
@@ -834,31 +913,74 @@ def render_story(story: Dict[str, Any], size: int = 64) -> List[Image.Image]:
     return [render_frame(a, size) for a in story["attributes"]]
 
 
+#: Background of a cast-sheet picture (:func:`render_cast_picture`): plain light grey, no place.
+CAST_BACKGROUND = (225, 225, 225)
+
+
+def render_cast_picture(name: str, look: Optional[Dict[str, str]] = None, size: int = 64) -> Image.Image:
+    """A cast-sheet reference picture: character ``name`` standing alone in the centre, with ``look`` (default its
+    fixed look), on a plain :data:`CAST_BACKGROUND` (no place). What the Story Cast node is given for a character.
+
+    Raises:
+        ValueError: an unknown name, look or size.
+    """
+    if name not in _CHAR:
+        raise ValueError(f"unknown character {name!r}; StoryStream-mini has {CHARACTER_NAMES}")
+    if look is not None and (look.get("colour") not in LOOK_COLOURS or look.get("accessory") not in ACCESSORIES):
+        raise ValueError(f"look must be {{'colour': one of {tuple(LOOK_COLOURS)}, 'accessory': one of {ACCESSORIES}}}")
+    if not (32 <= int(size) <= 512):
+        raise ValueError(f"size must be in [32, 512], found {size}")
+    S = int(size)
+    img = Image.new("RGB", (S, S), CAST_BACKGROUND)
+    _draw_character(ImageDraw.Draw(img), _CHAR[name], 0.5, "stand", S, look)
+    return img
+
+
+def cast_pictures(story: Dict[str, Any], size: int = 64) -> List[Tuple[str, Image.Image]]:
+    """The cast sheet of a story: ``[(name, picture)]`` for every character of ``story["cast"]`` (canonical order),
+    drawn with the story's looks (:func:`render_cast_picture`)."""
+    looks = story.get("looks") or {}
+    return [(n, render_cast_picture(n, looks.get(n), size)) for n in story.get("cast", [])]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Datasets
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def make_records(seed: int, stories: int, size: int = 64, frames: int = 30, start: int = 0) -> List[Dict[str, Any]]:
-    """In-memory StoryStream-mini records ``{"id", "images": [PIL], "captions", "attributes"}`` (no disk I/O)."""
+def make_records(
+    seed: int, stories: int, size: int = 64, frames: int = 30, start: int = 0, looks: str = "story"
+) -> List[Dict[str, Any]]:
+    """In-memory StoryStream-mini records ``{"id", "images": [PIL], "captions", "attributes", "looks",
+    "cast": [{"name", "image": PIL}]}`` (no disk I/O)."""
     out = []
     for k in range(start, start + stories):
-        st = generate_story(seed, k, frames)
-        st["images"] = render_story(st, size)
-        out.append({"id": st["id"], "images": st["images"], "captions": st["captions"], "attributes": st["attributes"]})
+        st = generate_story(seed, k, frames, looks=looks)
+        out.append(
+            {
+                "id": st["id"],
+                "images": render_story(st, size),
+                "captions": st["captions"],
+                "attributes": st["attributes"],
+                "looks": st["looks"],
+                "cast": [{"name": n, "image": im} for n, im in cast_pictures(st, size)],
+            }
+        )
     return out
 
 
 def generate_dataset(
-    out_dir, seed: int, stories: int, size: int = 64, frames: int = 30, chunk_len: int = 10
+    out_dir, seed: int, stories: int, size: int = 64, frames: int = 30, chunk_len: int = 10, looks: str = "story"
 ) -> Dict[str, Any]:
-    """Write a StoryStream-mini dataset (see the module doc for the layout). Returns a summary dict."""
+    """Write a StoryStream-mini dataset (see the module doc for the layout; ``looks``: :func:`generate_story`).
+    Every record also lists its cast sheet, ``"cast": [{"name", "image"}]`` (``images/<id>/cast_<name>.png``,
+    :func:`render_cast_picture`), and ``"looks"``. Returns a summary dict."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     records = []
     for k in range(stories):
-        st = generate_story(seed, k, frames, anchor_every=chunk_len)
+        st = generate_story(seed, k, frames, anchor_every=chunk_len, looks=looks)
         sdir = out / "images" / st["id"]
         sdir.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -866,6 +988,11 @@ def generate_dataset(
             rel = f"{st['id']}/{f:02d}.png"
             render_frame(a, size).save(out / "images" / rel, optimize=False, compress_level=1)
             paths.append(rel)
+        cast = []
+        for name, im in cast_pictures(st, size):
+            rel = f"{st['id']}/cast_{name}.png"
+            im.save(out / "images" / rel, optimize=False, compress_level=1)
+            cast.append({"name": name, "image": rel})
         records.append(
             {
                 "id": st["id"],
@@ -873,10 +1000,12 @@ def generate_dataset(
                 "captions": st["captions"],
                 "orders": list(range(frames)),
                 "attributes": st["attributes"],
+                "looks": st["looks"],
+                "cast": cast,
             }
         )
     write_jsonl(records, out / "stories.jsonl")
-    chunks = chunk_stories(records, chunk_len, keep=("attributes", "source_id"))
+    chunks = chunk_stories(records, chunk_len, keep=("attributes", "source_id"), keep_whole=("cast", "looks"))
     write_jsonl(chunks, out / f"chunks{chunk_len}.jsonl")
     meta = {
         "generator": "seedstory_core.data.mini",
@@ -885,6 +1014,7 @@ def generate_dataset(
         "frames": frames,
         "size": size,
         "chunk_len": chunk_len,
+        "looks": looks,
         "characters": [c.__dict__ for c in CHARACTERS],
         "scenes": list(SCENES),
         "objects": list(OBJECT_NAMES),
@@ -904,8 +1034,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--size", type=int, default=64, help="image size in px (64-96 recommended)")
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--chunk-len", type=int, default=10)
+    ap.add_argument(
+        "--looks",
+        choices=LOOK_MODES,
+        default="story",
+        help="story (default): every story draws its characters' colours and accessories; fixed: one look each",
+    )
     a = ap.parse_args(argv)
-    info = generate_dataset(a.out, a.seed, a.stories, a.size, a.frames, a.chunk_len)
+    info = generate_dataset(a.out, a.seed, a.stories, a.size, a.frames, a.chunk_len, looks=a.looks)
     print(f"{info['stories']} stories, {info['chunks']} chunks -> {info['out']} in {info['seconds']:.1f} s")
     return 0
 

@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..cast import cast_block_ids, check_cast_names
+
 __all__ = [
     "IGNORE_INDEX",
     "StorySample",
@@ -81,6 +83,9 @@ class StorySample:
     k: int
     image_indices: List[int]
     extras: Dict[str, Any] = field(default_factory=dict)
+    #: names of the cast-sheet pictures pinned before the story (seedstory_core.cast), in order; their features come
+    #: first in the sample's image stack, before the frames of ``image_indices``
+    cast: List[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -125,17 +130,23 @@ class StorySampleBuilder:
         response = INST + captions[k + 1] + img
         return instruction, response
 
-    def build(self, captions: Sequence[str], k: int) -> Optional[StorySample]:
+    def build(self, captions: Sequence[str], k: int, cast: Sequence[str] = ()) -> Optional[StorySample]:
         """The sample for story ``captions`` with ``k + 1`` given images; None when it is too long (dropped).
 
-        Raises ValueError when ``k`` is out of ``[0, len(captions) - 2]``.
+        ``cast``: names of a cast sheet (:mod:`seedstory_core.cast`) whose block ``<name>:<img>..</img>`` (built by
+        :func:`~seedstory_core.cast.cast_block_ids`, as at inference) sits between BOS and the first caption; never
+        labelled, its images are context images (``embeds_cmp_mask``) ahead of the story's.
+
+        Raises ValueError when ``k`` is out of ``[0, len(captions) - 2]`` or a cast name is invalid.
         """
         n = len(captions)
         if not 0 <= k <= n - 2:
             raise ValueError(f"StorySampleBuilder.build: k must be in [0, {n - 2}] for {n} captions, found {k}.")
         tok = self.tokenizer
+        cast = list(check_cast_names(cast)) if cast else []
+        cast_ids = cast_block_ids(tok, cast)[0] if cast else []
         instruction, response = self.texts(captions, k)
-        instr_ids = [int(i) for i in tok.encode_prompt(instruction)]
+        instr_ids = cast_ids + [int(i) for i in tok.encode_prompt(instruction)]
         resp_ids = [int(i) for i in tok.encode_prompt(response)]
         input_ids = [int(tok.bos_id)] + instr_ids + resp_ids + [int(tok.eos_id)]
         if len(input_ids) >= self.max_length:
@@ -143,8 +154,9 @@ class StorySampleBuilder:
         n_instr = 1 + len(instr_ids)
         resp_labels = [IGNORE_INDEX if (i in self._img_ids or i == self._eoi) else i for i in resp_ids]
         instr_labels = [IGNORE_INDEX] * n_instr
-        if self.text_loss == "all" and self._eoi in instr_ids:
-            first_eoi = 1 + instr_ids.index(self._eoi)  # position in input_ids (after BOS)
+        if self.text_loss == "all" and self._eoi in instr_ids[len(cast_ids) :]:
+            # position in input_ids (after BOS) of the first story image's EOI (the cast block is never labelled)
+            first_eoi = 1 + len(cast_ids) + instr_ids[len(cast_ids) :].index(self._eoi)
             instr_labels = [
                 IGNORE_INDEX if (pos <= first_eoi or t in self._img_ids or t == self._eoi) else t
                 for pos, t in enumerate([int(tok.bos_id)] + instr_ids)
@@ -154,9 +166,10 @@ class StorySampleBuilder:
         ids_cmp = [flag and pos < n_instr for pos, flag in enumerate(is_img)]
         ids_gen = [flag and n_instr <= pos for pos, flag in enumerate(is_img)]
         n_img_tok = len(self._img_ids)
-        if sum(ids_cmp) != (k + 1) * n_img_tok or sum(ids_gen) != n_img_tok:
+        n_given = len(cast) + k + 1
+        if sum(ids_cmp) != n_given * n_img_tok or sum(ids_gen) != n_img_tok:
             raise ValueError(
-                f"StorySampleBuilder: expected {(k + 1) * n_img_tok} input and {n_img_tok} target IMG positions, "
+                f"StorySampleBuilder: expected {n_given * n_img_tok} input and {n_img_tok} target IMG positions, "
                 f"found {sum(ids_cmp)} and {sum(ids_gen)}; a caption probably contains image tags."
             )
         return StorySample(
@@ -164,16 +177,20 @@ class StorySampleBuilder:
             labels=labels,
             ids_cmp_mask=ids_cmp,
             ids_gen_mask=ids_gen,
-            embeds_cmp_mask=[True] * (k + 1) + [False],
-            embeds_gen_mask=[False] * (k + 1) + [True],
+            embeds_cmp_mask=[True] * n_given + [False],
+            embeds_gen_mask=[False] * n_given + [True],
             k=k,
             image_indices=list(range(k + 2)),
+            cast=cast,
         )
 
-    def sample(self, captions: Sequence[str], rng: random.Random, max_tries: int = 1) -> Optional[StorySample]:
-        """Draw k with :func:`draw_k` and :meth:`build`; retries up to ``max_tries`` draws when too long."""
+    def sample(
+        self, captions: Sequence[str], rng: random.Random, max_tries: int = 1, cast: Sequence[str] = ()
+    ) -> Optional[StorySample]:
+        """Draw k with :func:`draw_k` and :meth:`build` (with the cast block of ``cast``, if any); retries up to
+        ``max_tries`` draws when too long."""
         for _ in range(max(1, max_tries)):
-            out = self.build(captions, draw_k(len(captions), rng))
+            out = self.build(captions, draw_k(len(captions), rng), cast=cast)
             if out is not None:
                 return out
         return None

@@ -245,7 +245,7 @@ def load_image(path: Union[PathLike, Image.Image]) -> Image.Image:
 
 
 def chunk_stories(
-    records: Iterable[Dict[str, Any]], chunk_len: int = 10, keep: Sequence[str] = ()
+    records: Iterable[Dict[str, Any]], chunk_len: int = 10, keep: Sequence[str] = (), keep_whole: Sequence[str] = ()
 ) -> List[Dict[str, Any]]:
     """The official chunker (``chunk_data.py``, docs/reference.md §5).
 
@@ -259,6 +259,8 @@ def chunk_stories(
         keep: extra keys to carry, an extension for StoryStream-mini: a per-frame list key (e.g.
             ``"attributes"``) is sliced like the captions; ``"source_id"`` adds the source record's ``id``.
             Empty (the default) reproduces the official output exactly.
+        keep_whole: story-level keys copied unchanged into every chunk of the story (e.g. StoryStream-mini's cast
+            sheet ``"cast"`` and ``"looks"``).
 
     Returns:
         list[dict]
@@ -280,6 +282,9 @@ def chunk_stories(
                     chunk["source_id"] = rec.get("id")
                 elif isinstance(rec.get(key), list) and len(rec[key]) == len(images):
                     chunk[key] = list(rec[key][start : start + chunk_len])
+            for key in keep_whole:
+                if key in rec:
+                    chunk[key] = rec[key]
             out.append(chunk)
     return out
 

@@ -3,7 +3,9 @@
 import hashlib
 import json
 
+
 import numpy as np
+import pytest
 
 from seedstory_core.data import mini
 from seedstory_core.data.storystream import read_jsonl
@@ -70,15 +72,18 @@ def test_rendering_matches_attributes():
                 img = np.asarray(mini.render_frame(a, size))
                 assert img.shape == (size, size, 3)
                 cols = {tuple(c) for c in img.reshape(-1, 3)}
-                counts = {c.name: int((img == np.array(c.colour)).all(-1).sum()) for c in mini.CHARACTERS}
-                for c in mini.CHARACTERS:
-                    if c.name in a["present"]:
-                        assert counts[c.name] > 0.02 * size * size, (c.name, a)
+                looks = st["looks"]  # the story's looks: every cast member's colour is its own
+                colour = {n: np.array(mini.LOOK_COLOURS[looks[n]["colour"]]) for n in looks}
+                counts = {n: int((img == colour[n]).all(-1).sum()) for n in looks}
+                for name in looks:
+                    if name in a["present"]:
+                        assert a["looks"][name] == looks[name]  # per-frame ground truth of the look
+                        assert counts[name] > 0.02 * size * size, (name, a)
                     else:
-                        assert counts[c.name] == 0, (c.name, a)
-                    if c.name in a["positions"]:  # drawn in its slot's third of the frame
-                        xs = np.nonzero((img == np.array(c.colour)).all(-1))[1] / size
-                        lo = {"left": 0.0, "center": 1 / 3, "right": 2 / 3}[a["positions"][c.name]]
+                        assert counts[name] == 0, (name, a)
+                    if name in a["positions"]:  # drawn in its slot's third of the frame
+                        xs = np.nonzero((img == colour[name]).all(-1))[1] / size
+                        lo = {"left": 0.0, "center": 1 / 3, "right": 2 / 3}[a["positions"][name]]
                         assert lo - 0.02 <= np.median(xs) <= lo + 1 / 3 + 0.02
                 for name, (_, col) in mini.OBJECTS.items():
                     assert (tuple(col) in cols) == (name in [o["name"] for o in a["objects"]]), (name, a)
@@ -92,3 +97,56 @@ def test_cli_writes_storystream_layout(tmp_path):
     assert recs[0]["images"][3].endswith("mini-s4-00000/03.png") and len(recs[0]["attributes"]) == 20
     chunks = [json.loads(line) for line in (tmp_path / "chunks10.jsonl").read_text().splitlines()]
     assert [c["id"] for c in chunks] == [0, 0, 1, 1] and len(chunks[3]["attributes"]) == 10
+
+
+def test_looks_are_drawn_per_story_and_the_fixed_world_is_kept():
+    stories = [mini.generate_story(6, k) for k in range(30)]
+    # a look is the story's: the same character gets different colours and accessories across stories
+    for name in mini.CHARACTER_NAMES:
+        seen = {(s["looks"][name]["colour"], s["looks"][name]["accessory"]) for s in stories if name in s["looks"]}
+        assert len(seen) >= 4, (name, seen)
+    for st in stories:
+        cols = [v["colour"] for v in st["looks"].values()]
+        accs = [v["accessory"] for v in st["looks"].values()]
+        assert len(set(cols)) == len(cols) and len(set(accs)) == len(accs)  # distinct within a story
+        assert sorted(st["looks"]) == sorted(st["cast"]) and st["world"] == "story"
+        for a in st["attributes"]:
+            assert set(a["looks"]) == set(a["present"])
+    # the fixed world: the same plot (its own RNG draws the looks), every character's one look
+    fixed = mini.generate_story(6, 3, looks="fixed")
+    assert fixed["captions"] == stories[3]["captions"]
+    assert all(fixed["looks"][n] == mini.FIXED_LOOKS[n] for n in fixed["cast"])
+    img = np.asarray(mini.render_frame(fixed["attributes"][0]))
+    for n in fixed["attributes"][0]["present"]:
+        c = next(ch for ch in mini.CHARACTERS if ch.name == n)
+        assert (img == np.array(c.colour)).all(-1).sum() > 50
+    with pytest.raises(ValueError, match="looks must be one of"):
+        mini.generate_story(6, 3, looks="random")
+
+
+def test_cast_pictures_show_one_character_with_the_story_look():
+    st = mini.generate_story(7, 2)
+    sheet = mini.cast_pictures(st)
+    assert [n for n, _ in sheet] == st["cast"]
+    for name, pic in sheet:
+        arr = np.asarray(pic)
+        colour = np.array(mini.LOOK_COLOURS[st["looks"][name]["colour"]])
+        assert (arr == colour).all(-1).sum() > 100
+        others = [v["colour"] for n, v in st["looks"].items() if n != name]
+        for other in others:
+            assert (arr == np.array(mini.LOOK_COLOURS[other])).all(-1).sum() == 0
+        assert tuple(arr[0, 0]) == mini.CAST_BACKGROUND  # no place
+    with pytest.raises(ValueError, match="unknown character"):
+        mini.render_cast_picture("Nobody")
+
+
+def test_dataset_records_carry_the_cast_sheet(tmp_path):
+    mini.generate_dataset(tmp_path, seed=8, stories=2, frames=20)
+    recs = list(read_jsonl(tmp_path / "stories.jsonl"))
+    assert [c["name"] for c in recs[0]["cast"]] == mini.generate_story(8, 0, 20)["cast"]
+    assert all((tmp_path / "images" / c["image"]).is_file() for c in recs[0]["cast"])
+    chunks = [json.loads(line) for line in (tmp_path / "chunks10.jsonl").read_text().splitlines()]
+    assert (
+        chunks[0]["cast"] == chunks[1]["cast"]
+        and chunks[0]["looks"] == json.loads((tmp_path / "stories.jsonl").read_text().splitlines()[0])["looks"]
+    )
