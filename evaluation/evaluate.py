@@ -1,17 +1,30 @@
 """Evaluate a SEED-Story model (or a trivial baseline) on held-out StoryStream-mini stories; prints one JSON object.
 
-    python -m evaluation.evaluate [--model DIR] --seed S --stories N [--baseline copy_first|retrieval|ground_truth]
-                                  [--frames 10] [--repetition-penalty R] [--no-repeat-sentences]
-                                  [--sample --temperature T --top-p P]
+    python -m evaluation.evaluate [--model DIR] --seed S --stories N
+                                  [--baseline copy_first|retrieval|ground_truth|static_start|rule_based|
+                                              ground_truth_detok]
+                                  [--frames 10] [--repetition-penalty R] [--allow-repeat-sentences]
+                                  [--sample --temperature T --top-p P] [--cast] [--retry N --retry-threshold T]
                                   [--random-init] [--no-ablation] [--weight-dtype default|fp8_e4m3fn|int8]
 
 ``--model`` defaults to the bundled tiny model (``models/seedstory-tiny``); ``--random-init`` evaluates a randomly
-initialised model of the same size and tokenizer. ``--baseline`` scores a trivial story-teller instead of a model:
+initialised model of the same size and tokenizer. ``--baseline`` scores a trivial story-teller instead of a model
+(:mod:`evaluation.baselines`):
 
 * ``copy_first`` — every frame is the start frame and every sentence the opening sentence;
 * ``retrieval`` — random (frame, caption) pairs of the training data (seed 0, the recipe's 400 stories), drawn with
-  ``numpy.random.default_rng([seed, story])``;
-* ``ground_truth`` — the held-out story's own continuation (the metric's ceiling).
+  ``numpy.random.default_rng([seed, story, 1])``;
+* ``ground_truth`` — the held-out story's own continuation (the metric's ceiling);
+* ``static_start`` — the start frame every step, with valid, continuous, new action sentences;
+* ``rule_based`` — a random walk of the world's grammar drawn by the renderer with the true looks (a second ceiling);
+* ``ground_truth_detok`` — the true frames through the model's visual tokenizer and de-tokenizer, the true sentences
+  (the drawing pipeline's ceiling; loads the model).
+
+Decoding defaults to the pack's (:data:`evaluation.stories.PACK_DECODING`: greedy, repetition penalty 1.2, no
+sentence repeats an earlier one of its story, 40 tokens); ``--repetition-penalty 1.0 --allow-repeat-sentences`` is
+the official decoding. ``--cast`` pins each story's cast sheet (its characters' pictures with the story's looks) in the
+context; ``--retry N`` redraws a frame whose characters do not look like their reference up to N times
+(``--retry-threshold``, :mod:`seedstory_core.consistency`).
 
 Held-out stories are stories ``0..N-1`` of ``--seed`` (``seedstory_core.data.mini``; seeds select disjoint
 stories). Each continues from its real first frame and sentence for ``--frames - 1`` generated frames.
@@ -21,10 +34,17 @@ JSON); no model ships or brings its own judge. Keys of the JSON object (definiti
 :mod:`evaluation.metrics`):
 
 * ``score`` — the headline: per story, the fraction of generated frames whose sentence parses, repeats no earlier
-  sentence, follows the story rules from the story so far, and whose image the judge reads as the place and cast the
-  sentence states; mean over stories. ``score_ci95``: percentile bootstrap over stories (2000 resamples, seeded).
+  sentence, follows the story rules from the story so far, and whose image the judge reads as what the sentence
+  states (the place, the cast, each character's true look, the stated action and object; :mod:`evaluation.metrics`);
+  mean over stories. ``score_ci95``: percentile bootstrap over stories (2000 resamples, seeded).
 * ``parse_rate``, ``distinct_sentence_rate`` (generated sentences that repeat no earlier one), ``continuity_rate``,
-  ``shown_rate`` (the image check alone), ``score_strict`` (also the judge's object reading).
+  ``shown_rate`` (the image check alone) and its parts ``shown_place_rate``, ``shown_cast_rate``, ``shown_look_rate``,
+  ``shown_action_object_rate``; ``score_strict`` (kept for earlier callers).
+* ``look_accuracy`` / ``look_consistency`` — is each character drawn with its true look (all five characters' looks
+  of the story, ``mini.story_looks``), and with the look of its reference (the cast sheet's with ``--cast``, else its
+  first appearance); None for a story without a pair (left out of the mean and interval, ``look_stories`` counts).
+* ``retry`` (with ``--retry``) — the retry's cost in generation mode: frames checked, frames redrawn, redraws,
+  seconds.
 * ``coherence`` — image–text agreement: judge reading vs the stated scene and cast (0.5 scene + 0.5 Jaccard of the
   characters; an unparsable sentence scores 0).
 * ``consistency`` — from the pictures: does the figure at each named character's position read as the same
@@ -46,33 +66,36 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from evaluation import baselines as bl
 from evaluation import metrics as jm
+from evaluation.baselines import BASELINES, MODEL_BASELINES, TRAIN_SEED, TRAIN_STORIES  # noqa: F401 (re-exported)
 from evaluation.judge import HERE as JUDGE_DIR
 from evaluation.judge import load_judge
 from evaluation.stories import (
     DEFAULT_MODEL,
     GUIDANCE_SCALE,
+    PACK_DECODING,
     TRAIN_LENGTH,
     frame_features,
     generate_story,
     load_model,
     pixel_distance,
+    run_story,
+    true_looks,
 )
 from seedstory_core.cache import POLICIES, CachePolicy
 from seedstory_core.config import torch_dtype
+from seedstory_core.consistency import DEFAULT_RETRY_THRESHOLD, RetrySettings
 from seedstory_core.data import mini
-from seedstory_core.story import DecodingSettings
+from seedstory_core.story import DEFAULT_NO_REPEAT_SENTENCES, DEFAULT_REPETITION_PENALTY, DecodingSettings
 
-BASELINES = ("copy_first", "retrieval", "ground_truth")
-#: the tiny recipe's training data: StoryStream-mini seed 0, 400 stories (the retrieval baseline's pool)
-TRAIN_SEED, TRAIN_STORIES = 0, 400
 BOOTSTRAP_RESAMPLES = 2000
 #: per-story keys of :func:`evaluation.metrics.story_metrics` that the JSON reports with an interval
 STORY_KEYS = (
@@ -82,29 +105,22 @@ STORY_KEYS = (
     "distinct_sentence_rate",
     "continuity_rate",
     "shown_rate",
+    "shown_place_rate",
+    "shown_cast_rate",
+    "shown_look_rate",
+    "shown_action_object_rate",
     "coherence",
     "consistency",
 )
+#: per-story keys that may be None for a story (no look pair): mean and interval over the stories that have one
+LOOK_KEYS = ("look_consistency", "look_accuracy")
 
 
-def baseline_story(kind: str, story: dict, frames: int, seed: int, index: int):
-    """A trivial story-teller's continuation of ``story`` (see the module docstring): (sentences, PIL frames), the
-    opening sentence and real first frame first, ``frames`` of each. Raises ValueError for an unknown ``kind``."""
-    gt = mini.render_story({**story, "attributes": story["attributes"][:frames]}, size=64)
-    if kind == "ground_truth":
-        return list(story["captions"][:frames]), gt
-    if kind == "copy_first":
-        return [story["captions"][0]] * frames, [gt[0]] * frames
-    if kind == "retrieval":
-        rng = np.random.default_rng([int(seed), int(index), 1])
-        sentences, images = [story["captions"][0]], [gt[0]]
-        for _ in range(1, frames):
-            pick = mini.generate_story(TRAIN_SEED, int(rng.integers(TRAIN_STORIES)), frames=30)
-            f = int(rng.integers(30))
-            sentences.append(pick["captions"][f])
-            images.append(mini.render_frame(pick["attributes"][f], size=64))
-        return sentences, images
-    raise ValueError(f"baseline must be one of {BASELINES}, got {kind!r}")
+def baseline_story(kind: str, story: dict, frames: int, seed: int, index: int, **kwargs):
+    """A trivial story-teller's continuation of ``story`` (:func:`evaluation.baselines.baseline_story`; ``bundle=``
+    for ``ground_truth_detok``): (sentences, PIL frames), the opening sentence and real first frame first, ``frames``
+    of each. Raises ValueError for an unknown ``kind``."""
+    return bl.baseline_story(kind, story, frames, seed, index, **kwargs)
 
 
 def evaluate(
@@ -122,23 +138,32 @@ def evaluate(
     decoding=None,
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
     weight_dtype: str = "default",
+    cast: bool = False,
+    retry: Optional[RetrySettings] = None,
 ) -> Dict:
     """Run the whole evaluation; returns the JSON-ready dict (see the module docstring).
 
     ``baseline``: one of :data:`BASELINES` to score a trivial story-teller instead of the model (no model is loaded,
-    no ablation). ``decoding``: ``DecodingSettings`` of the generated sentences (default greedy, 40 tokens).
+    except for ``ground_truth_detok``; no ablation). ``decoding``: ``DecodingSettings`` of the generated sentences
+    (default greedy, 40 tokens: the official decoding; the CLI defaults to :data:`PACK_DECODING`).
     ``weight_dtype``: the model's weight storage (``default``, ``fp8_e4m3fn``, ``int8``; :func:`load_model`).
-    Raises ValueError for an unknown baseline or fewer than 2 frames / 1 story."""
+    ``cast``: pin each story's cast sheet in the context (``look_consistency`` then compares with its looks).
+    ``retry``: the consistency retry's settings (None: off).
+    Raises ValueError for an unknown baseline, fewer than 2 frames / 1 story, or cast / retry with a baseline."""
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"--baseline must be one of {BASELINES}, got {baseline!r}")
     if frames < 2 or stories < 1:
         raise ValueError(f"need frames >= 2 and stories >= 1, got frames={frames}, stories={stories}")
+    if baseline is not None and (cast or retry is not None):
+        raise ValueError("--cast and --retry change how the model tells the story; a baseline takes neither")
     t0 = time.time()
     judge = load_judge()
-    bundle = None if baseline else load_model(model_dir, random_init=random_init, weight_dtype=weight_dtype)
-    per_story: Dict[str, List[float]] = {
+    needs_model = baseline is None or baseline in MODEL_BASELINES
+    bundle = load_model(model_dir, random_init=random_init, weight_dtype=weight_dtype) if needs_model else None
+    per_story: Dict[str, List[Optional[float]]] = {
         k: []
         for k in STORY_KEYS
+        + LOOK_KEYS
         + (
             "visualization_agreement",
             "visualization_background",
@@ -147,36 +172,41 @@ def evaluate(
             "pixel_l1",
         )
     }
-    samples = []
+    samples, retry_reports = [], []
     for k in range(stories):
         story = mini.generate_story(seed, k, frames=max(30, frames))
         gt = mini.render_story({**story, "attributes": story["attributes"][:frames]}, size=64)
         if baseline:
-            sentences, images = baseline_story(baseline, story, frames, seed, k)
-            _, v_img = baseline_story(baseline, story, frames, seed, k)  # the baselines ignore given captions
+            sentences, images = baseline_story(
+                baseline,
+                story,
+                frames,
+                seed,
+                k,
+                bundle=bundle,
+                diffusion_steps=diffusion_steps,
+                guidance_scale=guidance_scale,
+            )
+            v_img = images  # the baselines ignore given captions
         else:
-            sentences, images = generate_story(
-                bundle,
-                story,
-                frames,
+            kw = dict(
                 diffusion_steps=diffusion_steps,
                 seed=seed,
                 guidance_scale=guidance_scale,
                 decoding=decoding,
+                cast=cast,
+                retry=retry,
             )
-            _, v_img = generate_story(
-                bundle,
-                story,
-                frames,
-                captions=story["captions"][1:frames],
-                diffusion_steps=diffusion_steps,
-                seed=seed,
-                guidance_scale=guidance_scale,
-                decoding=decoding,
-            )
-        m = jm.story_metrics(sentences, judge.predict(images))
-        for key in STORY_KEYS:
-            per_story[key].append(m[key])
+            run = run_story(bundle, story, frames, **kw)
+            sentences, images = run.sentences, run.frames
+            if run.retry is not None:
+                retry_reports.append(run.retry.to_dict())
+            _, v_img = generate_story(bundle, story, frames, captions=story["captions"][1:frames], **kw)
+        m = jm.story_metrics(
+            sentences, judge.predict(images), looks=true_looks(story), reference_looks=story["looks"] if cast else None
+        )
+        for key in STORY_KEYS + LOOK_KEYS:
+            per_story[key].append(m.get(key))
         v_read = judge.predict(v_img[1:])
         parts = np.array([jm.agreement_parts(r, a) for r, a in zip(v_read, story["attributes"][1:frames])])
         per_story["visualization_agreement"].append(float(np.mean(0.5 * parts[:, 0] + 0.5 * parts[:, 1])))
@@ -189,9 +219,11 @@ def evaluate(
         )
         if k < 2:
             samples.append(sentences)
-    mean = {key: float(np.mean(v)) for key, v in per_story.items()}
+    present = {key: [x for x in v if x is not None] for key, v in per_story.items()}
+    mean = {key: (float(np.mean(v)) if v else None) for key, v in present.items()}
     ci = {
-        key: [round(x, 4) for x in jm.bootstrap_ci(v, bootstrap_resamples, seed=seed)] for key, v in per_story.items()
+        key: ([round(x, 4) for x in jm.bootstrap_ci(v, bootstrap_resamples, seed=seed)] if v else None)
+        for key, v in present.items()
     }
     result = {
         "system": baseline or ("random_init" if random_init else "model"),
@@ -207,6 +239,8 @@ def evaluate(
         "score": mean["score"],
         "score_ci95": ci["score"],
         **{key: mean[key] for key in STORY_KEYS if key != "score"},
+        **{key: mean[key] for key in LOOK_KEYS},
+        "look_stories": {key: len(present[key]) for key in LOOK_KEYS},
         "visualization_agreement": mean["visualization_agreement"],
         "visualization_background": mean["visualization_background"],
         "visualization_cast": mean["visualization_cast"],
@@ -216,16 +250,29 @@ def evaluate(
             "visualization_coherence": mean["visualization_coherence"],
         },
         "ci95": ci,
-        "per_story": {key: [round(x, 4) for x in v] for key, v in per_story.items()},
+        "per_story": {key: [None if x is None else round(x, 4) for x in v] for key, v in per_story.items()},
         "sample_sentences": samples,
     }
+    if baseline in MODEL_BASELINES:
+        result.update(
+            model=str(model_dir or DEFAULT_MODEL), diffusion_steps=diffusion_steps, guidance_scale=guidance_scale
+        )
     if not baseline:
         result.update(
             diffusion_steps=diffusion_steps,
             guidance_scale=guidance_scale,
             decoding=asdict(decoding or DecodingSettings(max_sentence_tokens=40)),
             weight_dtype=weight_dtype,
+            cast=cast,
         )
+        if retry is not None:
+            result["retry"] = {
+                "settings": asdict(retry),
+                **{
+                    key: round(sum(r[key] for r in retry_reports), 3)
+                    for key in ("frames", "frames_checked", "frames_redrawn", "redraws", "seconds")
+                },
+            }
         if ablation:
             for key, forced in (("ablation", False), ("ablation_teacher_forced", True)):
                 result[key] = long_story_ablation(
@@ -328,8 +375,8 @@ def policy_from_name(name: str, window_images: int):
     return CachePolicy(kind=kind, window_images=window_images, max_sink_images=max_sink)
 
 
-def main(argv=None) -> int:
-    """``python -m evaluation.evaluate``: run :func:`evaluate` with the options, print its JSON. Returns 0."""
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's options (module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="model bundle folder (default: models/seedstory-tiny)")
     parser.add_argument("--seed", type=int, default=1000, help="held-out StoryStream-mini seed (training used 0)")
@@ -350,11 +397,25 @@ def main(argv=None) -> int:
         default=GUIDANCE_SCALE,
         help="classifier-free guidance of the rendered frames (default 3.0; official 7.5)",
     )
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="decoding: repetition penalty (1 = off)")
     parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=DEFAULT_REPETITION_PENALTY,
+        help=f"decoding: repetition penalty (default {DEFAULT_REPETITION_PENALTY}, the pack's; 1 = off, the official)",
+    )
+    repeat = parser.add_mutually_exclusive_group()
+    repeat.add_argument(
         "--no-repeat-sentences",
+        dest="no_repeat_sentences",
         action="store_true",
-        help="decoding: a sentence that copies an earlier one of its story is decoded again (the pack's default rule)",
+        default=DEFAULT_NO_REPEAT_SENTENCES,
+        help="decoding: a sentence that copies an earlier one of its story is decoded again (the pack's rule; default)",
+    )
+    repeat.add_argument(
+        "--allow-repeat-sentences",
+        dest="no_repeat_sentences",
+        action="store_false",
+        help="decoding: keep a sentence that copies an earlier one (the official decoding)",
     )
     parser.add_argument("--sample", action="store_true", help="decoding: sample instead of greedy")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -367,8 +428,23 @@ def main(argv=None) -> int:
         default="default",
         help="weight storage of the model (as the Tiny Model Loader's weight_dtype; docs/models.md)",
     )
-    args = parser.parse_args(argv)
-    decoding = DecodingSettings(
+    parser.add_argument("--cast", action="store_true", help="pin each story's cast sheet in the context")
+    parser.add_argument(
+        "--retry", type=int, default=0, metavar="N", help="consistency retry: redraw a frame up to N times (0 = off)"
+    )
+    parser.add_argument(
+        "--retry-threshold",
+        type=float,
+        default=DEFAULT_RETRY_THRESHOLD,
+        help=f"consistency retry: redraw below this look similarity (default {DEFAULT_RETRY_THRESHOLD})",
+    )
+    return parser
+
+
+def cli_decoding(args) -> DecodingSettings:
+    """The decoding the CLI's options ask for (no option: :data:`PACK_DECODING`, the pack's)."""
+    return replace(
+        PACK_DECODING,
         do_sample=args.sample,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -378,6 +454,19 @@ def main(argv=None) -> int:
         seed=args.decode_seed,
         max_sentence_tokens=40,
     )
+
+
+def main(argv=None) -> int:
+    """``python -m evaluation.evaluate``: run :func:`evaluate` with the options, print its JSON. Returns 0."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.baseline and (args.cast or args.retry):
+        parser.error("--cast and --retry apply to the model, not to a --baseline")
+    try:
+        retry = RetrySettings(args.retry_threshold, args.retry) if args.retry else None
+    except ValueError as e:
+        parser.error(str(e))
+    decoding = cli_decoding(args)
     torch.set_num_threads(1)
     result = evaluate(
         args.model,
@@ -392,6 +481,8 @@ def main(argv=None) -> int:
         frames=args.frames,
         decoding=decoding,
         weight_dtype=args.weight_dtype,
+        cast=args.cast,
+        retry=retry,
     )
     print(json.dumps(result))
     return 0

@@ -9,11 +9,42 @@ all four checks pass (:func:`judge_frame`):
    (compared after collapsing whitespace);
 3. **continuous** — it follows StoryStream-mini's story rules from the state the story so far left
    (:func:`continuity_violations`);
-4. **shown** — the judge's reading of ``x_i`` shows the place and the cast the sentence states (the scene, and
-   the exact set of characters on stage after the sentence).
+4. **shown** — the judge's reading of ``x_i`` (``FrameJudge.predict``) shows what the sentence, with the story so
+   far, states. Four parts, all required (each is also returned and reported as a rate):
+
+   a. ``shown_place`` — the place: the reading's ``background`` is the stated scene;
+   b. ``shown_cast`` — the cast: the reading's ``present`` is exactly the set of characters on stage after the
+      sentence;
+   c. ``shown_look`` — each character on stage looks as it does in this story: the reading's look
+      (``looks[slot]``: body colour AND accessory) at the character's stated (canonical) slot equals the story's
+      true look ``looks[name]`` (the ``looks`` argument: ``{name: {"colour", "accessory"}}``, e.g.
+      ``mini.story_looks(seed, index)``). Skipped (true) when ``looks`` is None; a character with no entry in
+      ``looks`` is not look-checked, so callers should pass every character's look, not only the cast's;
+   d. ``shown_action_object`` — the action and the object: when the stated frame has actors (a sentence with an
+      action: ``jumps``, ``waves``, ``walks to``, ``plays with``, ...), the reading's pose (``poses[slot]``) at
+      each actor's stated slot is the stated action; and the reading's ``object`` is the stated object (None when
+      no object is on stage). Characters who do not act are not pose-checked.
 
 The story's ``score`` is the mean over its generated frames; the evaluation's ``score`` is the mean over stories
-and ``score_ci95`` a bootstrap interval over stories (:func:`bootstrap_ci`).
+and ``score_ci95`` a bootstrap interval over stories (:func:`bootstrap_ci`). ``score_strict`` is kept for callers
+of earlier releases, where it added the object check to the score; the object is now part of ``shown``, so
+``score_strict`` equals ``score``.
+
+``story_metrics`` also reports each part's rate (``shown_place_rate``, ``shown_cast_rate``, ``shown_look_rate``,
+``shown_action_object_rate``; an unparsable sentence's frame counts as not shown in each).
+
+Looks across a story (:func:`story_metrics`; pairs = (generated frame, character on stage per its parsed
+sentence), the look read at the character's stated slot; a slot read as empty has no look and never agrees):
+
+* ``look_accuracy`` — the fraction of pairs whose read look (colour and accessory) is the story's true look
+  ``looks[name]``; None when ``looks`` is None (or no pair has a true look);
+* ``look_consistency`` — does a character keep its look: the fraction of pairs whose read look equals the
+  character's reference look, which is ``reference_looks[name]`` when given (the cast sheet's looks, passed by the
+  evaluation when the model was given a cast sheet; a character missing from it falls back to the next rule) and
+  otherwise the look the judge read at the character's FIRST appearance in the story (the opening frame counts;
+  that first appearance is the reference, not a scored pair; if the judge reads nobody at the character's slot
+  there, the next appearance where it reads a figure is the reference). Pairs without a reference are skipped;
+  None when no pair is left.
 """
 
 from __future__ import annotations
@@ -123,18 +154,69 @@ def continuity_violations(caption: str, ctx, cast_so_far: Sequence[str] = ()) ->
     return broken
 
 
-def judge_frame(sentence: str, history: Sequence[str], reading: Optional[Dict]) -> Dict:
+def _read_look(reading: Optional[Dict], slot: Optional[str]) -> Optional[Dict[str, str]]:
+    """The look (``{"colour", "accessory"}``) a reading shows at ``slot``, or None (no reading, no look readings,
+    or nobody read there)."""
+    if reading is None or slot is None:
+        return None
+    look = (reading.get("looks") or {}).get(slot)
+    if not look:
+        return None
+    return {"colour": look.get("colour"), "accessory": look.get("accessory")}
+
+
+def _same_look(read: Optional[Dict[str, str]], true: Optional[Dict[str, str]]) -> bool:
+    """Colour and accessory both equal (a missing look never agrees)."""
+    return (
+        read is not None
+        and true is not None
+        and read.get("colour") == true.get("colour")
+        and read.get("accessory") == true.get("accessory")
+    )
+
+
+def shown_parts(attrs: Dict, reading: Optional[Dict], looks: Optional[Dict[str, Dict[str, str]]] = None) -> Dict:
+    """The four parts of the ``shown`` check (module docstring, check 4) for stated frame attributes ``attrs``
+    (``mini.sentence_attributes``, parsed) and a judge reading (None: nothing is shown).
+
+    Returns ``{"shown_place", "shown_cast", "shown_look", "shown_action_object": bool}``."""
+    if reading is None or not attrs.get("parsed", True):
+        return {"shown_place": False, "shown_cast": False, "shown_look": False, "shown_action_object": False}
+    positions = attrs.get("positions") or mini.slot_layout(attrs.get("present", []))
+    place = reading.get("background") == attrs["background"]
+    cast = set(reading.get("present") or []) == set(attrs["present"])
+    look = looks is None or all(
+        _same_look(_read_look(reading, positions.get(name)), looks[name]) for name in attrs["present"] if name in looks
+    )
+    poses = reading.get("poses") or {}
+    action = attrs.get("action") or "stand"
+    acted = all(poses.get(positions.get(name)) == action for name in attrs.get("actors") or [])
+    stated_object = attrs["objects"][0]["name"] if attrs.get("objects") else None
+    obj = reading.get("object") == stated_object
+    return {"shown_place": place, "shown_cast": cast, "shown_look": bool(look), "shown_action_object": acted and obj}
+
+
+def judge_frame(
+    sentence: str,
+    history: Sequence[str],
+    reading: Optional[Dict],
+    looks: Optional[Dict[str, Dict[str, str]]] = None,
+) -> Dict:
     """The per-frame judgement (module docstring).
 
     Args:
         sentence: the frame's generated sentence.
         history: the story's earlier sentences, the opening one first.
-        reading: the judge's reading of the frame's image (``FrameJudge.predict`` item: at least ``background`` and
-            ``present``), or None when there is no image (the ``shown`` check fails).
+        reading: the judge's reading of the frame's image (a ``FrameJudge.predict`` item: ``background``,
+            ``present``, ``looks`` and ``poses`` by slot, ``object``), or None when there is no image (the ``shown``
+            check fails).
+        looks: the story's true looks, ``{name: {"colour", "accessory"}}`` (``mini.story_looks``); None skips the
+            look check.
 
     Returns:
-        ``{"parsed", "new", "continuous", "shown", "ok": bool, "stated": frame attributes or None,
-        "violations": [str]}``.
+        ``{"parsed", "new", "continuous", "shown", "shown_place", "shown_cast", "shown_look",
+        "shown_action_object", "ok": bool, "stated": frame attributes or None, "violations": [str]}``; ``shown`` is
+        the AND of its four parts, ``ok`` of parsed, new, continuous and shown.
     """
     ctx = context_of(history)
     attrs = mini.sentence_attributes(sentence, ctx) if sentence else {"parsed": False}
@@ -146,17 +228,14 @@ def judge_frame(sentence: str, history: Sequence[str], reading: Optional[Dict]) 
             cast |= set(a["present"])
     violations = continuity_violations(sentence, ctx, cast) if parsed else None
     continuous = parsed and not violations
-    shown = bool(
-        parsed
-        and reading is not None
-        and reading["background"] == attrs["background"]
-        and set(reading["present"]) == set(attrs["present"])
-    )
+    parts = shown_parts(attrs, reading, looks) if parsed else shown_parts({}, None)
+    shown = all(parts.values())
     return {
         "parsed": parsed,
         "new": new,
         "continuous": continuous,
         "shown": shown,
+        **parts,
         "ok": parsed and new and continuous and shown,
         "stated": attrs if parsed else None,
         "violations": list(violations or []),
@@ -212,42 +291,99 @@ def picture_consistency(states: Sequence[Optional[Dict]], readings: Sequence[Dic
     return float(np.mean(per_char)) if per_char else 0.0
 
 
-def story_metrics(sentences: Sequence[str], readings: Sequence[Dict]) -> Dict[str, float]:
+def look_scores(
+    states: Sequence[Optional[Dict]],
+    readings: Sequence[Optional[Dict]],
+    looks: Optional[Dict[str, Dict[str, str]]] = None,
+    reference_looks: Optional[Dict[str, Dict[str, str]]] = None,
+) -> Dict[str, Optional[float]]:
+    """``look_accuracy`` and ``look_consistency`` of one story (module docstring).
+
+    Args:
+        states: per frame, the opening frame first, the stated attributes (``mini.sentence_attributes``) or None
+            (unparsable: no pair, and no first appearance).
+        readings: per frame, the judge's reading (``looks`` by slot) or None.
+        looks: the story's true looks (None: ``look_accuracy`` is None).
+        reference_looks: the cast sheet's looks (None: every reference is the first appearance's reading).
+
+    Returns ``{"look_accuracy": float | None, "look_consistency": float | None}``; frame 0 (the opening) is never
+    scored.
+    """
+    accuracy: List[bool] = []
+    consistency: List[bool] = []
+    first: Dict[str, Dict[str, str]] = {}  # the look read at each character's first appearance
+    for i, (st, rd) in enumerate(zip(states, readings)):
+        if st is None:
+            continue
+        positions = st.get("positions") or mini.slot_layout(st.get("present", []))
+        for name in st.get("present", []):
+            read = _read_look(rd, positions.get(name))
+            if i > 0 and looks is not None and looks.get(name) is not None:
+                accuracy.append(_same_look(read, looks[name]))
+            if reference_looks is not None and reference_looks.get(name) is not None:
+                if i > 0:
+                    consistency.append(_same_look(read, reference_looks[name]))
+            elif name in first:
+                if i > 0:
+                    consistency.append(_same_look(read, first[name]))
+            elif read is not None:
+                first[name] = read  # the reference: not a scored pair
+    return {
+        "look_accuracy": float(np.mean(accuracy)) if looks is not None and accuracy else None,
+        "look_consistency": float(np.mean(consistency)) if consistency else None,
+    }
+
+
+def story_metrics(
+    sentences: Sequence[str],
+    readings: Sequence[Dict],
+    looks: Optional[Dict[str, Dict[str, str]]] = None,
+    reference_looks: Optional[Dict[str, Dict[str, str]]] = None,
+) -> Dict[str, Optional[float]]:
     """Generation-mode metrics of one story.
 
     Args:
         sentences: the opening sentence then one per generated frame (n + 1 in all).
         readings: the judge's readings of all n + 1 frames, the opening frame first.
+        looks: the story's true looks ``{name: {"colour", "accessory"}}`` (``mini.story_looks``; pass every
+            character's, not only the cast's); None skips the look check of ``shown`` and gives
+            ``look_accuracy`` None.
+        reference_looks: the looks of the cast sheet the model was given, if any (``look_consistency``'s
+            reference; None: the first appearance's reading).
 
     Returns ``{"score", "score_strict", "parse_rate", "distinct_sentence_rate", "continuity_rate", "shown_rate",
-    "coherence", "consistency"}``, each in 0..1, and ``"frames"`` (n). ``score_strict`` also requires the judge to
-    read the stated object (or none) in the picture (a diagnostic; the judge's action reading is too unreliable to
-    use, see its accuracy in ``judge.json``).
+    "shown_place_rate", "shown_cast_rate", "shown_look_rate", "shown_action_object_rate", "coherence",
+    "consistency"}``, each in 0..1, ``"look_accuracy"`` and ``"look_consistency"`` (in 0..1, or None: see
+    :func:`look_scores`) and ``"frames"`` (n). ``score_strict`` equals ``score`` (kept for earlier callers: the
+    object check it added is now part of ``shown``). A ``shown_*_rate`` counts an unparsable sentence's frame as
+    not shown.
     """
     if len(sentences) != len(readings) or len(sentences) < 2:
         raise ValueError(
             f"expected the opening + >= 1 generated frame with one reading each, got {len(sentences)} "
             f"sentences and {len(readings)} readings"
         )
-    judged = [judge_frame(s, sentences[:i], readings[i]) for i, s in enumerate(sentences) if i > 0]
-    strict = []
-    for j, rd in zip(judged, readings[1:]):
-        st = j["stated"]
-        extra = st is not None and rd.get("object") == (st["objects"][0]["name"] if st["objects"] else None)
-        strict.append(j["ok"] and extra)
+    judged = [judge_frame(s, sentences[:i], readings[i], looks) for i, s in enumerate(sentences) if i > 0]
     stated0 = mini.sentence_attributes(sentences[0], [])
     states = [stated0 if stated0.get("parsed") else None] + [j["stated"] for j in judged]
     coherence = [attribute_agreement(rd, j["stated"]) if j["stated"] else 0.0 for j, rd in zip(judged, readings[1:])]
+    score = float(np.mean([j["ok"] for j in judged]))
+    rate = lambda key: float(np.mean([j[key] for j in judged]))  # noqa: E731
     return {
         "frames": len(judged),
-        "score": float(np.mean([j["ok"] for j in judged])),
-        "score_strict": float(np.mean(strict)),
-        "parse_rate": float(np.mean([j["parsed"] for j in judged])),
-        "distinct_sentence_rate": float(np.mean([j["new"] for j in judged])),
-        "continuity_rate": float(np.mean([j["continuous"] for j in judged])),
-        "shown_rate": float(np.mean([j["shown"] for j in judged])),
+        "score": score,
+        "score_strict": score,
+        "parse_rate": rate("parsed"),
+        "distinct_sentence_rate": rate("new"),
+        "continuity_rate": rate("continuous"),
+        "shown_rate": rate("shown"),
+        "shown_place_rate": rate("shown_place"),
+        "shown_cast_rate": rate("shown_cast"),
+        "shown_look_rate": rate("shown_look"),
+        "shown_action_object_rate": rate("shown_action_object"),
         "coherence": float(np.mean(coherence)),
         "consistency": picture_consistency(states, readings),
+        **look_scores(states, readings, looks, reference_looks),
     }
 
 

@@ -13,6 +13,7 @@ from .loaders import (
     SeedStoryTinyModelLoader,
     SeedStoryVisualTokenizerLoader,
 )
+from .cast import SeedStoryStoryCast
 from .examples import SeedStoryExamplePicture
 from .output import SeedStoryFreeMemory, SeedStorySaveStory
 from .redo import SeedStoryRedoFrame
@@ -30,6 +31,7 @@ NODES = (
     SeedStoryExamplePicture,
     SeedStoryViTTokenize,
     SeedStoryStorySettings,
+    SeedStoryStoryCast,
     SeedStoryStoryStart,
     SeedStoryStoryStep,
     SeedStoryGenerateStory,

@@ -27,6 +27,10 @@ PACK_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PICTURES: Dict[str, Tuple[str, Optional[str]]] = {
     "seedstory_start.png": ("workflows/assets/seedstory_start.png", None),
     "demo_start.png": ("models/seedstory-tiny/demo_start.png", "models/seedstory-tiny/demo_start.txt"),
+    # the cast sheet of the start picture's story (Max and Zoe at the beach): seedstory_core.data.mini.cast_pictures
+    # (mini.generate_story(1000, 0, looks="fixed")), the looks seedstory_start.png shows
+    "seedstory_cast_max.png": ("workflows/assets/seedstory_cast_max.png", None),
+    "seedstory_cast_zoe.png": ("workflows/assets/seedstory_cast_zoe.png", None),
 }
 DEFAULT_PICTURE = "seedstory_start.png"
 
@@ -73,8 +77,10 @@ class SeedStoryExamplePicture:
     SEARCH_ALIASES = ["example image", "start image", "demo picture", "sample image", "start picture"]
     DESCRIPTION = (
         "A start picture that ships with the pack (workflows/assets/seedstory_start.png, the tiny model's "
-        "demo_start.png), read from the pack's folder: nothing needs to be in ComfyUI's input folder, so the "
-        "example workflows run right after installing. For your own picture use ComfyUI's Load Image."
+        "demo_start.png), or a cast-sheet picture of its characters (seedstory_cast_max.png, "
+        "seedstory_cast_zoe.png, for Story Cast), read from the pack's folder: nothing needs to be in ComfyUI's "
+        "input folder, so the example workflows run right after installing. For your own picture use ComfyUI's "
+        "Load Image."
     )
     CATEGORY = "SEED-Story/loaders"
     FUNCTION = "load"
@@ -87,7 +93,7 @@ class SeedStoryExamplePicture:
 
     @classmethod
     def INPUT_TYPES(cls):
-        tip = "A start picture bundled with the pack: " + "; ".join(
+        tip = "A picture bundled with the pack: " + "; ".join(
             f"{name} ({path})" for name, (path, _s) in EXAMPLE_PICTURES.items()
         )
         return {"required": {"picture": choice_input(list(EXAMPLE_PICTURES), DEFAULT_PICTURE, tip)}}

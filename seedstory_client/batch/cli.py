@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .jobs import OK, LocalFileError, load_jobs
+from .jobs import MAX_CAST, MAX_NAME_CHARS, OK, LocalFileError, load_jobs
 from .prompt import CAPTIONS_TEMPLATE, DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_DIR, resolve_template
 from .runner import STOP_SIGNALS, Options, RetryPolicy, run_batch
 from .summary import SUMMARY_NAME, SummaryError, stderr_log
@@ -56,6 +56,11 @@ JOBS FILE (JSONL, one object per line; blank and '#' lines are ignored):
   layout     Save Story's page layout: "storybook", "comic" or "strip" (its 'layout' input)
   pdf        true/false: Save Story also writes a PDF (its 'pdf' input); layout and pdf need a server
              whose Save Story has these inputs (checked against /object_info before queueing)
+  cast       the story's cast sheet: [{{"name": "Max", "image": "max.png"}}, ...], 1 to {MAX_CAST} characters with
+             distinct names (one line, at most {MAX_NAME_CHARS} characters, no ':', '<' or '>'); each picture
+             is checked and uploaded like the start image (paths relative to the JSONL file's folder). The
+             prompt gains a LoadImage per picture and a SeedStoryStoryCast node wired to Generate Story's
+             'cast' input (replacing a Story Cast node of the template); needs a server whose pack has them
   A job is 'invalid' (never queued) when its image is not a PNG, JPEG, WebP, BMP, GIF or TIFF picture
   that Pillow can read (the picture is re-encoded as PNG before the upload: no other file's bytes leave
   this machine; an animated picture sends its first frame), or when its id cannot name its folder: only
@@ -63,7 +68,8 @@ JOBS FILE (JSONL, one object per line; blank and '#' lines are ignored):
   summary.json (the client's own file). A jobs file that is not UTF-8 text is refused as a whole (exit 2).
 
 TEMPLATES: API-format workflows (ComfyUI 'Export (API)'); a file path or a name in {DEFAULT_TEMPLATE_DIR}.
-  Filled by class: LoadImage.image <- the uploaded start image; SeedStoryGenerateStory.opening_text/
+  Filled by class: LoadImage.image <- the uploaded start image (except the LoadImage nodes that feed a
+  Story Cast node: the template's own cast pictures, or the job's cast); SeedStoryGenerateStory.opening_text/
   story_steps/seed (+ captions, mode=visualization); SeedStorySaveStory.filename_prefix <-
   seedstory_batch/<id>/story (+ layout, pdf when the job sets them).
 

@@ -2,8 +2,9 @@
 
 A line that cannot be used becomes a Job with ``invalid`` set (the batch records it ``invalid`` and goes on):
 unknown or ill-typed fields, a start image that is not a picture (:mod:`.image`), a job id that cannot name its
-folder OUT/<id>/ (:func:`id_problem`), a ``layout`` or ``pdf`` of the wrong kind. :func:`load_jobs` raises only for
-problems of the whole file (not UTF-8 text, duplicate ids, ids that map to one folder name).
+folder OUT/<id>/ (:func:`id_problem`), a ``layout`` or ``pdf`` of the wrong kind, a ``cast`` that breaks the cast
+sheet's rules (:func:`cast_problems`). :func:`load_jobs` raises only for problems of the whole file (not UTF-8 text,
+duplicate ids, ids that map to one folder name).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .image import NotAPicture, encode_png, picture_problem
 
@@ -24,6 +25,11 @@ OK, ERROR, INVALID, INTERRUPTED = "ok", "error", "invalid", "interrupted"
 SUMMARY_NAME = "summary.json"
 # Save Story's page layouts (job field "layout"; the node's "layout" input, issue 27)
 LAYOUTS = ("storybook", "comic", "strip")
+# the cast sheet's rules (job field "cast"; seedstory_core.cast MAX_CAST and MAX_NAME_CHARS, which this light client
+# cannot import: tests/server/test_batch_cast.py keeps them equal)
+MAX_CAST = 5
+MAX_NAME_CHARS = 40
+CAST_NAME_FORBIDDEN = ":<>\n\r\t"
 # names Windows reserves for devices, with or without an extension (CON, CON.txt, ...): no file or folder there
 WINDOWS_DEVICE_NAMES = frozenset(["CON", "PRN", "AUX", "NUL"] + [f"{p}{i}" for p in ("COM", "LPT") for i in range(10)])
 
@@ -45,6 +51,14 @@ class LocalFileError(RuntimeError):
 
 
 @dataclasses.dataclass
+class CastMember:
+    """One entry of a job's ``cast``: the character's ``name`` and the path of its reference picture."""
+
+    name: str
+    image: Path
+
+
+@dataclasses.dataclass
 class Job:
     """One line of the job file (see the JSONL fields in ``seedstory-batch --help``); ``line`` is its 1-based line
     number, ``invalid`` the reason it cannot be queued (None when it can)."""
@@ -60,10 +74,12 @@ class Job:
     template: Optional[str] = None  # per-job template (optional field "template")
     layout: Optional[str] = None  # Save Story's "layout" input (one of LAYOUTS)
     pdf: Optional[bool] = None  # Save Story's "pdf" input
+    cast: Optional[List[CastMember]] = None  # the cast sheet (Story Cast node wired to Generate Story)
     invalid: Optional[str] = None  # set when the line itself is unusable
 
 
-_JOB_KEYS = {"id", "image", "text", "frames", "seed", "captions", "overrides", "template", "layout", "pdf"}
+_JOB_KEYS = {"id", "image", "text", "frames", "seed", "captions", "overrides", "template", "layout", "pdf", "cast"}
+_CAST_KEYS = {"name", "image"}
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -102,6 +118,67 @@ def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def local_path(value: str, base_dir: Path) -> Path:
+    """A picture path of a job: ``~`` expanded; a relative path is taken in the job file's folder ``base_dir`` (or,
+    when it is not there but exists from the current folder, from there)."""
+    p = Path(value).expanduser()
+    if not p.is_absolute():
+        p = base_dir / p if (base_dir / p).exists() or not p.exists() else p.resolve()
+    return p
+
+
+def cast_problems(value: Any, base_dir: Path) -> Tuple[List[CastMember], List[str]]:
+    """The job field ``cast``: ``[{"name": "Max", "image": "max.png"}, ...]``, 1..:data:`MAX_CAST` entries with
+    distinct one-line names of at most :data:`MAX_NAME_CHARS` characters without ``:``, ``<`` or ``>``, each picture a
+    file Pillow reads as a picture (:func:`.image.picture_problem`; paths as for the start image).
+
+    Returns:
+        (the entries, the problems: each names the field, e.g. ``'cast'[2].name ...``; empty when the cast is good).
+    """
+    if not isinstance(value, list) or not value:
+        return [], [
+            '\'cast\' must be a non-empty list of {"name": ..., "image": ...} objects (one per character), '
+            f"got {value!r}"[:300]
+        ]
+    if len(value) > MAX_CAST:
+        return [], [f"'cast' holds at most {MAX_CAST} characters, got {len(value)}; leave some out"]
+    members, problems = [], []
+    for k, entry in enumerate(value, start=1):
+        where = f"'cast'[{k}]"
+        if not isinstance(entry, dict):
+            problems.append(f'{where} must be an object {{"name": ..., "image": ...}}, got {entry!r}'[:300])
+            continue
+        unknown = sorted(set(entry) - _CAST_KEYS)
+        if unknown:
+            problems.append(f"{where} has unknown field(s) {unknown} (known: ['image', 'name'])")
+        name, image = entry.get("name"), entry.get("image")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{where}.name must be the character's name (a non-empty string), got {name!r}")
+            name = None
+        else:
+            name = name.strip()
+            if len(name) > MAX_NAME_CHARS or any(c in name for c in CAST_NAME_FORBIDDEN):
+                problems.append(
+                    f"{where}.name {name[:60]!r} must be at most {MAX_NAME_CHARS} characters on one line without "
+                    "':', '<' or '>'; shorten or rename it"
+                )
+        if not isinstance(image, str) or not image:
+            problems.append(f"{where}.image (path to the character's picture) is required")
+            continue
+        path = local_path(image, base_dir)
+        if not path.is_file():
+            problems.append(f"{where}.image {image!r} not found (looked at {path})")
+        elif (why := picture_problem(path)) is not None:
+            problems.append(f"{where}.{why}")
+        if name is not None:
+            members.append(CastMember(name, path))
+    names = [m.name for m in members]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(f"'cast' names must be distinct; {repeated} appear more than once: one picture per character")
+    return members, problems
+
+
 def parse_job(obj: Any, line: int, base_dir: Path) -> Job:
     """One JSONL record -> Job (``invalid`` set instead of raising, so the batch goes on)."""
     if not isinstance(obj, dict):
@@ -119,9 +196,7 @@ def parse_job(obj: Any, line: int, base_dir: Path) -> Job:
     if not isinstance(image, str) or not image:
         problems.append("'image' (path to the start image) is required")
     else:
-        p = Path(image).expanduser()
-        if not p.is_absolute():
-            p = base_dir / p if (base_dir / p).exists() or not p.exists() else p.resolve()
+        p = local_path(image, base_dir)
         job.image = p
         if not p.is_file():
             problems.append(f"image {image!r} not found (looked at {p})")
@@ -177,6 +252,10 @@ def parse_job(obj: Any, line: int, base_dir: Path) -> Job:
             problems.append(f"'pdf' must be true or false, got {obj['pdf']!r}")
         else:
             job.pdf = obj["pdf"]
+    if "cast" in obj and obj["cast"] is not None:
+        members, why = cast_problems(obj["cast"], base_dir)
+        problems += why
+        job.cast = members if not why else None
     if problems:
         job.invalid = f"job {job.id} (line {line}): " + "; ".join(problems)
     return job
@@ -251,3 +330,20 @@ def read_start_image(job: Job) -> bytes:
         return encode_png(data, Path(job.image))
     except NotAPicture as e:
         raise JobInvalid(f"job {job.id} (line {job.line}): {e}") from None
+
+
+def read_cast_images(job: Job) -> List[bytes]:
+    """The pictures of the job's ``cast`` as PNG bytes, in order (:func:`.image.encode_png`, as the start image);
+    empty without a cast. Raises LocalFileError naming the picture when one cannot be read, and JobInvalid when one
+    is not a picture (any more)."""
+    out = []
+    for k, member in enumerate(job.cast or [], start=1):
+        try:
+            data = Path(member.image).read_bytes()
+        except OSError as e:
+            raise LocalFileError(member.image, "read", e, f"cast picture {k} ({member.name})") from None
+        try:
+            out.append(encode_png(data, Path(member.image)))
+        except NotAPicture as e:
+            raise JobInvalid(f"job {job.id} (line {job.line}): 'cast'[{k}].{e}") from None
+    return out

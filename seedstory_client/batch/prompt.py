@@ -2,8 +2,12 @@
 
 :func:`build_prompt` copies a template and fills it by node class (LoadImage.image, SeedStoryGenerateStory's
 opening_text/story_steps/seed/captions/mode, SeedStorySaveStory.filename_prefix and, when the job sets them,
-layout/pdf), then applies the job's overrides
+layout/pdf; a job's ``cast`` adds one LoadImage per character and a SeedStoryStoryCast node wired to every Generate
+Story, :func:`add_cast`), then applies the job's overrides
 (``"<node id or title>.<input>": value``); anything that cannot be applied raises :class:`JobInvalid`.
+
+The start image goes into every LoadImage node except those that feed a Story Cast node (the cast pictures:
+:func:`start_image_loads`, :func:`cast_image_loads`).
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import node_sort_key
-from .jobs import Job, JobInvalid, is_int, safe_name
+from .jobs import MAX_CAST, Job, JobInvalid, is_int, safe_name
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE_DIR = PACKAGE_ROOT / "workflows" / "api"
@@ -25,6 +29,7 @@ CAPTIONS_TEMPLATE = "seedstory_visualize_captions.json"
 GENERATE_CLASS = "SeedStoryGenerateStory"
 SAVE_CLASS = "SeedStorySaveStory"
 LOAD_IMAGE_CLASS = "LoadImage"
+STORY_CAST_CLASS = "SeedStoryStoryCast"
 
 
 def resolve_template(name: Optional[str], captions: bool = False) -> Path:
@@ -126,6 +131,100 @@ def upload_name(job: Job, data: bytes) -> str:
     return f"seedstory_batch_{safe_name(job.id)}_{hashlib.sha256(data).hexdigest()[:10]}.png"
 
 
+def cast_upload_name(job: Job, k: int, data: bytes) -> str:
+    """The name of the job's ``k``-th cast picture (1-based) in the server's input folder: per job, slot and
+    content (``data``: the PNG that is uploaded, :func:`.jobs.read_cast_images`)."""
+    return f"seedstory_batch_{safe_name(job.id)}_cast{k}_{hashlib.sha256(data).hexdigest()[:10]}.png"
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def cast_image_loads(prompt: dict) -> List[str]:
+    """The LoadImage nodes that feed a Story Cast node's pictures (``image_1`` .. ``image_5``), in node then slot
+    order."""
+    out: List[str] = []
+    for nid in nodes_of(prompt, STORY_CAST_CLASS):
+        inputs = prompt[nid].get("inputs") or {}
+        for k in range(1, MAX_CAST + 1):
+            link = inputs.get(f"image_{k}")
+            if _is_link(link) and (prompt.get(link[0]) or {}).get("class_type") == LOAD_IMAGE_CLASS:
+                if link[0] not in out:
+                    out.append(link[0])
+    return out
+
+
+def start_image_loads(prompt: dict) -> List[str]:
+    """The LoadImage nodes that take the job's start image: all of them but the cast pictures'."""
+    cast = set(cast_image_loads(prompt))
+    return [nid for nid in nodes_of(prompt, LOAD_IMAGE_CLASS) if nid not in cast]
+
+
+def _next_id(prompt: dict) -> int:
+    return max([int(k) for k in prompt if str(k).isdigit()] + [0]) + 1
+
+
+def add_cast(
+    prompt: dict, gens: List[str], job: Job, cast_names: Sequence[str], object_info: Optional[dict] = None
+) -> str:
+    """Give the Generate Story nodes ``gens`` of ``prompt`` the job's cast sheet (in place): one LoadImage per
+    character (``cast_names``: the pictures' names in the server's input folder) and one Story Cast node, whose
+    visual tokenizer is the first Generate Story's, linked to every Generate Story's ``cast`` input. A Story Cast
+    node already in the template is replaced, with the LoadImage nodes that fed only it. Returns the Story Cast id.
+
+    Raises:
+        JobInvalid: the server's pack has no Story Cast node or Generate Story has no ``cast`` input (checked against
+            /object_info when given), or the Generate Story's visual_tokenizer is not a link.
+    """
+    where = f"job {job.id} (line {job.line}): 'cast'"
+    if object_info:
+        gen_inputs = allowed_inputs({"class_type": GENERATE_CLASS}, object_info)
+        if STORY_CAST_CLASS not in object_info or "cast" not in gen_inputs:
+            raise JobInvalid(
+                f"{where} needs the {STORY_CAST_CLASS} node and the 'cast' input of {GENERATE_CLASS}, which the "
+                "server's seedstory pack does not have; update the seedstory pack on the server, or drop 'cast'"
+            )
+    vit = prompt[gens[0]].get("inputs", {}).get("visual_tokenizer")
+    if not _is_link(vit):
+        raise JobInvalid(f"{where}: node {gens[0]} ({GENERATE_CLASS}) has no linked visual_tokenizer to tokenize it")
+    old_loads = set(cast_image_loads(prompt))
+    for nid in nodes_of(prompt, STORY_CAST_CLASS):
+        del prompt[nid]
+    still_used = {v[0] for node in prompt.values() for v in (node.get("inputs") or {}).values() if _is_link(v)}
+    for nid in old_loads - still_used:
+        del prompt[nid]
+    first = _next_id(prompt)
+    cast_id = str(first + len(job.cast))
+    inputs: Dict[str, Any] = {"visual_tokenizer": list(vit), "resize_mode": "squash"}
+    for k in range(1, MAX_CAST + 1):
+        member = job.cast[k - 1] if k <= len(job.cast) else None
+        if member is not None:
+            load_id = str(first + k - 1)
+            prompt[load_id] = {
+                "class_type": LOAD_IMAGE_CLASS,
+                "inputs": {"image": cast_names[k - 1]},
+                "_meta": {"title": f"Cast: {member.name}"},
+            }
+            inputs[f"image_{k}"] = [load_id, 0]
+        inputs[f"name_{k}"] = member.name if member is not None else ""
+    prompt[cast_id] = {"class_type": STORY_CAST_CLASS, "inputs": inputs, "_meta": {"title": "SeedStory Story Cast"}}
+    for nid in gens:
+        prompt[nid].setdefault("inputs", {})["cast"] = [cast_id, 0]
+    return cast_id
+
+
+def set_images(prompt: dict, start: str, cast: Sequence[str] = ()) -> None:
+    """Put the uploaded pictures' names into ``prompt`` (in place): ``start`` into :func:`start_image_loads`, the
+    job's cast pictures ``cast`` (in order) into :func:`cast_image_loads` (nothing there when ``cast`` is empty: a
+    template's own cast pictures stay)."""
+    for nid in start_image_loads(prompt):
+        prompt[nid]["inputs"]["image"] = start
+    if cast:
+        for nid, name in zip(cast_image_loads(prompt), cast):
+            prompt[nid]["inputs"]["image"] = name
+
+
 def input_choices(node: dict, name: str, object_info: Optional[dict] = None) -> Optional[list]:
     """The values /object_info lists for a choice (COMBO) input ``name`` of ``node`` (None: unknown or not a
     choice). Both spellings: ``[[values...], {...}]`` and ``["COMBO", {"options": [...]}]``."""
@@ -171,19 +270,28 @@ def set_save_inputs(prompt: dict, saves: List[str], job: Job, object_info: Optio
 
 
 def build_prompt(
-    template: dict, job: Job, image_name: Optional[str] = None, object_info: Optional[dict] = None
+    template: dict,
+    job: Job,
+    image_name: Optional[str] = None,
+    object_info: Optional[dict] = None,
+    cast_names: Optional[Sequence[str]] = None,
 ) -> dict:
-    """Fill a copy of the API-format ``template`` for ``job``. Raises JobInvalid."""
+    """Fill a copy of the API-format ``template`` for ``job``: ``image_name`` is the start image's name in the
+    server's input folder, ``cast_names`` those of the job's cast pictures, in order (default: the files' names).
+    Raises JobInvalid."""
     if job.invalid:
         raise JobInvalid(job.invalid)
     prompt = copy.deepcopy(template)
-    loads = nodes_of(prompt, LOAD_IMAGE_CLASS)
+    loads = start_image_loads(prompt)
     gens = nodes_of(prompt, GENERATE_CLASS)
     saves = nodes_of(prompt, SAVE_CLASS)
     if not loads:
         raise JobInvalid(f"the template has no {LOAD_IMAGE_CLASS} node for the start image")
     if not gens:
         raise JobInvalid(f"the template has no {GENERATE_CLASS} node")
+    if job.cast:
+        names = list(cast_names) if cast_names is not None else [m.image.name for m in job.cast]
+        add_cast(prompt, gens, job, names, object_info)
     for nid in loads:
         prompt[nid]["inputs"]["image"] = image_name or (job.image.name if job.image else "")
     for nid in gens:

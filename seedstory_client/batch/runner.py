@@ -1,9 +1,10 @@
 """seedstory-batch runner: runs jobs on ComfyUI servers (:class:`JobRunner` per server, :func:`run_batch` over all).
 
-One job: upload the start image, queue the filled prompt, follow it over the websocket (a tqdm bar), download its
-outputs into OUT/<job id>/. Connection losses are retried with backoff (:class:`RetryPolicy`); a server that stays
-unreachable hands its job to another one. Ctrl-C, SIGTERM, SIGHUP (:data:`STOP_SIGNALS`): the first one interrupts the
-running prompts on their servers and records them ``interrupted``; a second one aborts at once.
+One job: upload the start image (and the cast sheet's pictures), queue the filled prompt, follow it over the websocket
+(a tqdm bar), download its outputs into OUT/<job id>/. Connection losses are retried with backoff
+(:class:`RetryPolicy`); a server that stays unreachable hands its job to another one. Ctrl-C, SIGTERM, SIGHUP
+(:data:`STOP_SIGNALS`): the first one interrupts the running prompts on their servers and records them ``interrupted``;
+a second one aborts at once.
 """
 
 from __future__ import annotations
@@ -27,13 +28,24 @@ from ..errors import (
     describe_node_errors,
     node_sort_key,
 )
-from .jobs import ERROR, INTERRUPTED, INVALID, OK, Job, JobInvalid, LocalFileError, read_start_image, safe_name
+from .jobs import (
+    ERROR,
+    INTERRUPTED,
+    INVALID,
+    OK,
+    Job,
+    JobInvalid,
+    LocalFileError,
+    read_cast_images,
+    read_start_image,
+    safe_name,
+)
 from .prompt import (
-    LOAD_IMAGE_CLASS,
     build_prompt,
+    cast_upload_name,
     load_template,
-    nodes_of,
     resolve_template,
+    set_images,
     total_progress,
     upload_name,
 )
@@ -164,7 +176,8 @@ class JobRunner:
             rec["template"] = str(template_path)
             template = load_template(template_path)
             image_bytes = read_start_image(job)
-            self._run_with_retries(job, template, rec, image_bytes)
+            cast_bytes = read_cast_images(job)
+            self._run_with_retries(job, template, rec, image_bytes, cast_bytes)
             rec["status"] = OK
         except JobInvalid as e:
             rec.update(status=INVALID, error=str(e))
@@ -193,11 +206,20 @@ class JobRunner:
         rec["seconds"] = round(time.monotonic() - t0, 3)
         return rec
 
-    def _run_with_retries(self, job: Job, template: dict, rec: dict, image_bytes: bytes) -> None:
+    def _upload(self, data: bytes, name: str) -> str:
+        """Upload one picture; its name as LoadImage takes it (``subfolder/name`` when the server put it in one)."""
+        up = self.t.upload_image(data, name)
+        uploaded = up.get("name") or name
+        return f"{up['subfolder']}/{uploaded}" if up.get("subfolder") else uploaded
+
+    def _run_with_retries(
+        self, job: Job, template: dict, rec: dict, image_bytes: bytes, cast_bytes: Sequence[bytes] = ()
+    ) -> None:
         pol = self.opts.retry
         last: Optional[BaseException] = None
         prompt: Optional[dict] = None
         name = upload_name(job, image_bytes)
+        cast_names = [cast_upload_name(job, k, data) for k, data in enumerate(cast_bytes, start=1)]
         for attempt in range(pol.retries + 1):
             rec["attempts"] = attempt + 1
             if self.stop.is_set():
@@ -209,7 +231,7 @@ class JobRunner:
                 ws = self.t.connect_ws()
                 try:
                     if prompt is None:
-                        prompt = build_prompt(template, job, name, self.object_info())
+                        prompt = build_prompt(template, job, name, self.object_info(), cast_names=cast_names)
                         rec["total_steps"] = total_progress(prompt)
                     entry = None
                     if rec["prompt_id"]:
@@ -228,12 +250,9 @@ class JobRunner:
                                 )
                                 rec["prompt_id"] = None
                     if rec["prompt_id"] is None:
-                        up = self.t.upload_image(image_bytes, name)
-                        uploaded = up.get("name") or name
-                        if up.get("subfolder"):
-                            uploaded = f"{up['subfolder']}/{uploaded}"
-                        for nid in nodes_of(prompt, LOAD_IMAGE_CLASS):
-                            prompt[nid]["inputs"]["image"] = uploaded
+                        uploaded = self._upload(image_bytes, name)
+                        cast = [self._upload(data, n) for data, n in zip(cast_bytes, cast_names)]
+                        set_images(prompt, uploaded, cast)
                         queued = self.t.queue_prompt(prompt)
                         rec["prompt_id"] = queued["prompt_id"]
                         if queued.get("node_errors"):

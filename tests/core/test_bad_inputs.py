@@ -287,7 +287,7 @@ def test_story_start_picks_batch_index_and_step_refuses_batched_context(comfy):
             {"agent": agent, "opening_text": "Hi.", "batch_index": 3, "image": batch, "visual_tokenizer": vit},
         )
     state, _ = run("SeedStoryStoryStart", {"agent": agent, "opening_text": "Hi.", "features": feats[:1]})
-    first, _, _ = run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP})
+    first, _, _, _ = run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP})
     with pytest.raises(InputError, match=r"'context_features' holds features of 3 images.*one previous image"):
         run("SeedStoryStoryStep", {"agent": agent, "state": first, **STEP, "context_features": feats})
 

@@ -5,6 +5,7 @@ import torch
 
 from seedstory_core.agent import SeedStoryAgent
 from seedstory_core.cache import CachePolicy, plan_kept_positions
+from seedstory_core.cache_plan_cli import plan_from_spec
 from seedstory_core.cast import MAX_CAST, CastSheet, cast_block_ids, check_cast_names
 from seedstory_core.data.samples import StorySampleBuilder
 from seedstory_core.reencode import ReencodePolicy
@@ -145,8 +146,6 @@ def test_bad_cast_sheets_are_refused_with_what_to_do(feats):
 
 
 def test_the_planner_cli_takes_the_pinned_tokens():
-    from seedstory_core.cache_plan_cli import plan_from_spec
-
     def image(i):
         return [f"BOI{i}"] + [f"IMG{i}.{j}" for j in range(4)] + [f"EOI{i}"]
 

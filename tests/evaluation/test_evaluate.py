@@ -4,6 +4,7 @@ metrics are tested in tests/evaluation/test_judge.py)."""
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluation.evaluate import evaluate
+from evaluation.evaluate import build_parser, cli_decoding, evaluate
 from evaluation.metrics import agreement_parts, attribute_agreement
-from evaluation.stories import DEFAULT_MODEL, frame_features, generate_story, pixel_distance
+from evaluation.stories import DEFAULT_MODEL, PACK_DECODING, frame_features, generate_story, pixel_distance
+from seedstory_core.consistency import RetrySettings
 from seedstory_core.data import mini
+from seedstory_core.story import DEFAULT_NO_REPEAT_SENTENCES, DEFAULT_REPETITION_PENALTY, DecodingSettings
 from seedstory_core.tiny import random_tiny_bundle
 from tests.conftest import require_or_skip
 
@@ -62,6 +65,55 @@ def test_evaluate_cli_runs_on_a_small_model(tmp_path):
     assert result["parse_rate"] < 0.2 and result["score"] < 0.2 and result["coherence"] < 0.2, result
     assert result["system"] == "model" and len(result["judge"]["sha256"]) == 64
     assert (result["stories"], result["frames_per_story"], result["diffusion_steps"]) == (1, 10, 1)
+    assert result["decoding"] == asdict(PACK_DECODING)  # the CLI decodes as the pack does
+
+
+def test_cli_decoding_defaults_are_the_packs():
+    """No option = the pack's decoding (repetition penalty 1.2, no repeated sentences, 40 tokens, greedy);
+    ``--repetition-penalty 1.0 --allow-repeat-sentences`` = the official decoding."""
+    parse = build_parser().parse_args
+    default = cli_decoding(parse([]))
+    assert default == PACK_DECODING
+    assert default.repetition_penalty == DEFAULT_REPETITION_PENALTY == 1.2
+    assert default.no_repeat_sentences is DEFAULT_NO_REPEAT_SENTENCES is True
+    assert default.max_sentence_tokens == 40 and not default.do_sample
+    assert cli_decoding(parse(["--repetition-penalty", "1.0", "--allow-repeat-sentences"])) == DecodingSettings(
+        max_sentence_tokens=40
+    )
+    assert cli_decoding(parse(["--no-repeat-sentences"])).no_repeat_sentences is True  # the old flag still works
+    with pytest.raises(SystemExit):
+        parse(["--no-repeat-sentences", "--allow-repeat-sentences"])
+    args = parse(["--cast", "--retry", "2", "--retry-threshold", "0.7", "--baseline", "rule_based"])
+    assert args.cast and args.retry == 2 and args.retry_threshold == 0.7 and args.baseline == "rule_based"
+
+
+def test_new_baselines_tell_valid_stories():
+    """static_start and rule_based write only sentences that parse, follow the rules and are new."""
+    for baseline in ("static_start", "rule_based"):
+        r = evaluate(seed=1000, stories=2, frames=12, baseline=baseline)
+        assert r["system"] == baseline
+        assert r["parse_rate"] == r["continuity_rate"] == r["distinct_sentence_rate"] == 1.0, r
+        for key in ("shown_place_rate", "shown_cast_rate", "shown_look_rate", "shown_action_object_rate"):
+            assert 0.0 <= r[key] <= 1.0 and len(r["ci95"][key]) == 2, key
+
+
+def test_cast_and_retry_run_through_the_evaluation(tmp_path):
+    """--cast and --retry on a random model: the look metrics and the retry's cost are reported; the pipeline's
+    ceiling (ground_truth_detok) draws the true frames with the model's de-tokenizer."""
+    model = tmp_path / "model"
+    random_tiny_bundle(0).save(model)
+    kw = dict(seed=1000, stories=1, frames=3, ablation=False, diffusion_steps=1)
+    r = evaluate(model, cast=True, retry=RetrySettings(1.0, 1), **kw)
+    assert r["cast"] is True and r["decoding"] == asdict(DecodingSettings(max_sentence_tokens=40))
+    retry = r["retry"]
+    assert retry["frames"] == 2 and retry["redraws"] == retry["frames_checked"] >= 1
+    for key in ("look_consistency", "look_accuracy"):
+        assert key in r and key in r["per_story"] and key in r["look_stories"]
+    gt = evaluate(model, baseline="ground_truth_detok", **kw)
+    assert gt["system"] == "ground_truth_detok" and gt["model"] == str(model)
+    assert gt["parse_rate"] == gt["continuity_rate"] == 1.0
+    with pytest.raises(ValueError, match="baseline"):
+        evaluate(model, baseline="copy_first", cast=True, **kw)
 
 
 # ------------------------------------------------------------------------------------------------ hand-built cases
@@ -107,11 +159,9 @@ def test_pixel_distance_is_the_mean_absolute_difference():
 def test_trained_model_scores_above_a_random_one():
     """The same held-out story and the same fixed judge: the bundled (trained) tiny model must beat a random-init
     model of the same size on what it measures from the sentences and the drawn frames; an evaluation that ignored
-    the model would score them alike. Measured on the current bundle (1 story, the evaluation's 10 diffusion
-    steps, greedy): parse rate 1.0 vs 0.0, continuity 1.0 vs 0.0, coherence 0.28 vs 0.0, visualization agreement
-    0.73 vs 0.38, pixel L1 0.093 vs 0.254, score 0.22 vs 0.0. (At 2 diffusion steps the current de-tokenizer's frames
-    are too rough for the judge: coherence 0.13. A random model writes no parsable sentence, so its coherence and
-    score are 0.)"""
+    the model would score them alike. The headline score is not compared: since it checks every look and pose, the
+    bundled model scores about 0.01 on held-out stories (docs/evaluation.md, "Characters who keep their looks") and
+    0 on this one story, like the random model. (A random model writes no parsable sentence, so its coherence is 0.)"""
     if not (DEFAULT_MODEL / "seedstory_config.json").is_file():
         require_or_skip(f"the bundled tiny model is not in this checkout ({DEFAULT_MODEL})")
     kw = dict(seed=1000, stories=1, ablation=False, diffusion_steps=10)
@@ -121,7 +171,6 @@ def test_trained_model_scores_above_a_random_one():
     assert trained["parse_rate"] >= random["parse_rate"] + 0.5, pair
     assert trained["continuity_rate"] >= random["continuity_rate"] + 0.5, pair
     assert trained["coherence"] > random["coherence"] + 0.1, pair
-    assert trained["score"] > random["score"], pair
     assert trained["visualization_agreement"] > random["visualization_agreement"], pair
     assert trained["gt_distance"]["pixel_l1"] < random["gt_distance"]["pixel_l1"], pair
     assert trained["judge"]["sha256"] == random["judge"]["sha256"]

@@ -151,12 +151,12 @@ def test_tiny_story_through_node_functions(comfy):
     )
     assert torch.equal(f0, feats[1:2])
     assert state0.step == 0 and state0.sentences == ("A cat sails a boat.",)
-    s1, sent1, f1 = run("SeedStoryStoryStep", {"agent": agent, "state": state0, **STEP})
-    s2, sent2, f2 = run(
+    s1, sent1, f1, _ = run("SeedStoryStoryStep", {"agent": agent, "state": state0, **STEP})
+    s2, sent2, f2, _ = run(
         "SeedStoryStoryStep", {"agent": agent, "state": s1, **STEP, "text": "Then", "decoding": "sample"}
     )
     assert s2.step == 2 and f2.shape == (1, 64, 256) and "\n" not in sent1
-    s3, sent3, _ = run(
+    s3, sent3, _, _ = run(
         "SeedStoryStoryStep", {"agent": agent, "state": s2, **STEP, "mode": "visualization", "text": "The cat waves."}
     )
     assert sent3 == "The cat waves."
@@ -340,7 +340,7 @@ def test_component_loaders_from_model_folders(comfy):
         "SeedStoryStoryStart",
         {"agent": agent, "opening_text": "Hello there.", "image": start_image(), "visual_tokenizer": vit},
     )
-    _, _, feats = run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP})
+    _, _, feats, _ = run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP})
     (img,) = run(
         "SeedStoryDetokenize",
         detokenize_inputs(detok, feats, scheduler="ddim", same_noise=True, width=32, height=48),
@@ -441,5 +441,5 @@ def test_no_repeat_sentences_is_an_optional_toggle_on_by_default(comfy):
         run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP, "no_repeat_sentences": 1})
     # on or off, a step of the random tiny agent still gives a story one step longer
     for flag in (True, False, None):
-        s1, _, _ = run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP, "no_repeat_sentences": flag})
+        s1, _, _, _ = run("SeedStoryStoryStep", {"agent": agent, "state": state, **STEP, "no_repeat_sentences": flag})
         assert s1.step == state.step + 1

@@ -80,7 +80,8 @@ def test_example_picture_reads_the_bundled_pictures_without_the_input_folder(com
         demo.shape[0] == 1 and demo_sentence == (REPO_ROOT / "models/seedstory-tiny/demo_start.txt").read_text().strip()
     )
     spec = NODES["SeedStoryExamplePicture"].INPUT_TYPES()["required"]["picture"]
-    assert spec[0] == ["seedstory_start.png", "demo_start.png"] and spec[1]["default"] == "seedstory_start.png"
+    assert spec[0] == ["seedstory_start.png", "demo_start.png", "seedstory_cast_max.png", "seedstory_cast_zoe.png"]
+    assert spec[1]["default"] == "seedstory_start.png"
     with pytest.raises(InputError, match=r"'picture' must be one of the pack's example pictures.*Load Image"):
         run("SeedStoryExamplePicture", {"picture": "mine.png"})
     examples = sys.modules[NODES["SeedStoryExamplePicture"].__module__]

@@ -145,10 +145,10 @@ def test_ci_runs_the_readme_test_command():
 @pytest.mark.comfyui
 def test_fresh_server_loads_every_node_and_logs_no_warning(comfy_dir, tmp_path):
     """A server of its own (a fresh scratch base directory, the pack COPIED into its custom_nodes, nothing
-    pip-installed but ComfyUI's and the pack's requirements): all 16 nodes load, the tiny story runs, and the log has
+    pip-installed but ComfyUI's and the pack's requirements): all 17 nodes load, the tiny story runs, and the log has
     no traceback, no IMPORT FAILED and no warning (e.g. transformers' deprecated-argument FutureWarning)."""
     pack = load_pack()
-    assert len(pack.NODE_CLASS_MAPPINGS) == 16
+    assert len(pack.NODE_CLASS_MAPPINGS) == 17
     server = launcher.start(comfy_dir, python=sys.executable, scratch_dir=tmp_path / "fresh", pack=True)
     try:
         installed = tmp_path / "fresh" / "custom_nodes" / "seedstory"
