@@ -97,7 +97,7 @@ def realise(kind: str, names: Sequence[str], subject: Optional[str] = None, scen
     (default: the names in canonical order), e.g. ``realise("bring", ["Lily"], obj="kite")`` ->
     ``"Lily brings her green kite."``."""
     names = _canon(names)
-    sing, plur = mini._VERBS[kind]
+    sing, plur = mini.VERBS[kind]
     poss = "their" if len(names) > 1 else ("his" if _GENDER[names[0]] == "m" else "her")
     vp = (sing if len(names) == 1 else plur).format(
         scene=mini.SCENE_PHRASES.get(scene, ""), obj=obj or "", adj=mini.OBJECTS[obj][0] if obj else "", poss=poss

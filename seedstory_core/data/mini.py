@@ -73,6 +73,7 @@ __all__ = [
     "SCENE_PHRASES",
     "OBJECTS",
     "ACTIONS",
+    "VERBS",
     "SLOTS",
     "StoryContext",
     "story_id",
@@ -217,6 +218,10 @@ _KIND_ACTION = {
     "sleep": "sleep",
     "walk": "walk",
 }
+
+#: The grammar's verb phrases: sentence kind -> (singular, plural) template (``{scene}``, ``{obj}``, ``{adj}``,
+#: ``{poss}`` slots), read-only; used by generators of valid sentences (e.g. the evaluation's baselines).
+VERBS: Dict[str, Tuple[str, str]] = dict(_VERBS)
 
 _NAME_RE = "|".join(CHARACTER_NAMES)
 _SUBJ_RE = rf"(?P<subj>He|She|They|(?:{_NAME_RE})(?:(?:, (?:{_NAME_RE}))* and (?:{_NAME_RE}))?)"

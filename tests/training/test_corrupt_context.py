@@ -93,7 +93,7 @@ def test_features_file_matches_the_rollout_format_and_is_seeded(tmp_path, init_b
     for r, rec in enumerate(records):
         t = a[src.key(r, 0)]
         assert t.shape == (4, T, D) and t.dtype == torch.float16
-        changed, _ = corrupt_cast(rec["attributes"], np.random.default_rng([3, r]))
+        changed, _ = corrupt_cast(rec["attributes"], np.random.default_rng([3, r]), rec["looks"])
         for f in range(1, 5):
             frame = (
                 rec["images"][f]
