@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from seedstory_core.agent import SeedStoryAgent
 from seedstory_core.cache import CachePolicy, plan_kept_positions
 from seedstory_core.cache_plan_cli import plan_from_spec
 from seedstory_core.cast import MAX_CAST, CastSheet, cast_block_ids, check_cast_names
 from seedstory_core.data.samples import StorySampleBuilder
 from seedstory_core.reencode import ReencodePolicy
 from seedstory_core.story import DecodingSettings, StoryEngine, StorySettings, StoryState, engine_for
-from seedstory_core.tiny import default_tiny_tokenizer, tiny_config
+from seedstory_core.tiny import default_tiny_tokenizer
+from tests.support.agents import lora_tiny_agent
 
 FAST = DecodingSettings(max_sentence_tokens=5)
 OPENING = "Tom the cat sat in the garden."
@@ -18,12 +18,7 @@ OPENING = "Tom the cat sat in the garden."
 
 @pytest.fixture(scope="module")
 def engine():
-    torch.manual_seed(0)
-    agent = SeedStoryAgent.build(tiny_config().agent).eval()
-    with torch.no_grad():
-        for name, p in agent.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    agent = lora_tiny_agent(0)
     return StoryEngine(agent, default_tiny_tokenizer(1000))
 
 

@@ -20,6 +20,7 @@ from seedstory_core.static_decode import (
 from seedstory_core.story import DecodingSettings, StoryEngine, StorySettings
 from seedstory_core.tiny import default_tiny_tokenizer, tiny_config
 from seedstory_core.tokens import TokenKind
+from tests.support.agents import lora_tiny_agent
 
 # window of 2 images: the story evicts (and re-rotates) from its third frame on; a repetition penalty so the
 # engine's logits processors run too
@@ -29,12 +30,7 @@ STEPS = 5
 
 @pytest.fixture(scope="module")
 def engine():
-    torch.manual_seed(0)
-    agent = SeedStoryAgent.build(tiny_config().agent).eval()
-    with torch.no_grad():
-        for name, p in agent.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    agent = lora_tiny_agent(0)
     return StoryEngine(agent, default_tiny_tokenizer(1000))
 
 

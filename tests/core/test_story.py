@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from seedstory_core.agent import SeedStoryAgent
 from seedstory_core.cache import CachePolicy, plan_kept_positions
 from seedstory_core.generation import forward_chunk, image_query_pass
 from seedstory_core.reencode import ReencodePolicy, ReencodeWindow
@@ -20,8 +19,9 @@ from seedstory_core.story import (
     StoryState,
     engine_for,
 )
-from seedstory_core.tiny import default_tiny_tokenizer, tiny_config
+from seedstory_core.tiny import default_tiny_tokenizer
 from seedstory_core.tokens import TokenKind
+from tests.support.agents import lora_tiny_agent
 
 FAST = DecodingSettings(max_sentence_tokens=6)
 SAMPLE = DecodingSettings(do_sample=True, temperature=1.3, top_k=50, top_p=0.95, max_sentence_tokens=6)
@@ -29,14 +29,7 @@ SAMPLE = DecodingSettings(do_sample=True, temperature=1.3, top_k=50, top_p=0.95,
 
 @pytest.fixture(scope="module")
 def engine():
-    torch.manual_seed(0)
-    cfg = tiny_config()
-    agent = SeedStoryAgent.build(cfg.agent).eval()
-    # peft initialises LoRA B to zero; give the adapters weight so they take part in every forward
-    with torch.no_grad():
-        for name, p in agent.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    agent = lora_tiny_agent(0)
     return StoryEngine(agent, default_tiny_tokenizer(1000))
 
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from seedstory_core.agent import SeedStoryAgent
 from seedstory_core.cache import CachePolicy
 from seedstory_core.reencode import ReencodePolicy, ReencodeWindow
 from seedstory_core.story import (
@@ -14,7 +13,8 @@ from seedstory_core.story import (
     StorySettings,
     engine_for,
 )
-from seedstory_core.tiny import default_tiny_tokenizer, tiny_config
+from seedstory_core.tiny import default_tiny_tokenizer
+from tests.support.agents import lora_tiny_agent
 
 FAST = DecodingSettings(max_sentence_tokens=5)
 OPENING = "Tom the cat sat in the garden."
@@ -27,12 +27,7 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def model():
     """(agent, tokenizer, start features) of a random tiny model whose LoRA adapters take part in every forward."""
-    torch.manual_seed(0)
-    agent = SeedStoryAgent.build(tiny_config().agent).eval()
-    with torch.no_grad():
-        for name, p in agent.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    agent = lora_tiny_agent(0)
     return agent, default_tiny_tokenizer(1000), torch.randn(1, 64, 256, generator=torch.Generator().manual_seed(1))
 
 
