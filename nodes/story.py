@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from seedstory_core.consistency import DEFAULT_RETRY_THRESHOLD, MAX_REDRAWS, RetrySettings
+from seedstory_core.consistency import DEFAULT_RETRY_THRESHOLD, MAX_REDRAWS, RetryReport, RetrySettings
 from seedstory_core.detokenizer import SCHEDULER_NAMES
 from seedstory_core.preprocess import RESIZE_MODES
 from seedstory_core.rules import (
@@ -668,6 +668,7 @@ class StoryFrames:
         self.results: list = []  # every step's StepResult (its state is the state before the next frame)
         self.settings = retry
         self.retry: Optional[StoryRetry] = None  # made by begin() when the retry is on
+        self.retry_frames: list = []  # per generated frame: RetryReport.frame_entry (the story record keeps them)
 
     def begin(self, engine, opening_text: str, start_image: torch.Tensor, settings, cast=None) -> StoryState:
         """Start the story from the picture (encoded by the engine's visual tokenizer), its sentence and the cast
@@ -743,7 +744,9 @@ class StoryFrames:
         if self.retry is None:
             image = draw(self.render["seed"], 0)
         else:
-            image = self.retry.draw(result.sentence, draw, self.render["seed"]).picture
+            outcome = self.retry.draw(result.sentence, draw, self.render["seed"])
+            self.retry_frames.append(RetryReport.frame_entry(outcome))
+            image = outcome.picture
         self.frames.append(image)
         self.agent.ensure_loaded(self.vit)
         return None  # the story keeps the regressed features: the retry changes only the picture
@@ -761,7 +764,15 @@ class StoryFrames:
         frames = images.split(1)  # views of the output: the record adds no copy of the pictures
         render = self.render
         record = StoryRecord.from_run(
-            start, self.results, frames, mode=mode, texts=texts, decoding=decoding, render=render
+            start,
+            self.results,
+            frames,
+            mode=mode,
+            texts=texts,
+            decoding=decoding,
+            render=render,
+            retry=self.settings,
+            retry_frames=self.retry_frames if self.retry is not None else (),
         )
         return (images, "\n".join(self.sentences), state, record)
 

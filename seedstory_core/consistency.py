@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -239,6 +239,34 @@ class RetryReport:
             f"retry: {self.frames_redrawn} of {len(self.scores)} frames redrawn "
             f"({self.redraws} redraws, {self.seconds:.1f} s)"
         )
+
+    @staticmethod
+    def frame_entry(outcome: RetryOutcome) -> Dict[str, Any]:
+        """One frame's cost as a plain dict (what a story record keeps per frame): ``score`` (None: nothing
+        checked), ``redraws``, ``seconds``, ``seed`` (the kept drawing's)."""
+        score = None if outcome.score is None else round(float(outcome.score), 4)
+        return {
+            "score": score,
+            "redraws": int(outcome.redraws),
+            "seconds": round(float(outcome.seconds), 3),
+            "seed": int(outcome.seed),
+        }
+
+    @classmethod
+    def from_entries(cls, entries: Sequence[Optional[Mapping[str, Any]]]) -> "RetryReport":
+        """The report of per-frame :meth:`frame_entry` dicts; a None entry (a frame drawn without the retry) is
+        left out."""
+        report = cls()
+        for e in entries:
+            if e is None:
+                continue
+            score = e.get("score")
+            report.frames_checked += score is not None
+            report.frames_redrawn += int(e.get("redraws", 0)) > 0
+            report.redraws += int(e.get("redraws", 0))
+            report.seconds += float(e.get("seconds", 0.0))
+            report.scores.append(score)
+        return report
 
     def to_dict(self) -> Dict[str, Any]:
         return {

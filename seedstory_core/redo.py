@@ -32,8 +32,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .cache import StoryKVCache
+from .consistency import RetryReport, RetrySettings
 from .rules import check_mode
 from .story import DecodingSettings, StepResult, StoryEngine, StoryState
+from .retry_render import StoryRetry
 
 #: How the frames after the redone one are made (:func:`redo_frame`'s ``after``).
 REDO_AFTER = ("keep_sentences", "continue")
@@ -53,9 +55,16 @@ class StoryRecord:
             :meth:`StoryEngine.run` takes them.
         decoding: the run's :class:`~seedstory_core.story.DecodingSettings`.
         render: the render options of the frames (opaque here; a ``seed`` key is replaced by a redo's seed).
+        retry: the consistency retry the story was drawn with (:class:`~seedstory_core.consistency.RetrySettings`;
+            None: off). A redo applies it again to the frames it draws when given an ``encode``
+            (:func:`redo_frame`).
+        retry_frames: empty, or ``N`` per-frame costs of the retry
+            (:meth:`~seedstory_core.consistency.RetryReport.frame_entry` dicts; None = that frame was drawn without
+            it); :meth:`retry_report` sums them.
 
     Raises:
-        ValueError: the lengths do not fit (``N + 1`` states and frames, ``N`` texts, ``N >= 1``), or an unknown mode.
+        ValueError: the lengths do not fit (``N + 1`` states and frames, ``N`` texts, ``N >= 1``, ``retry_frames``
+            empty or ``N``), or an unknown mode.
     """
 
     states: Tuple[StoryState, ...]
@@ -64,6 +73,8 @@ class StoryRecord:
     texts: Tuple[str, ...]
     decoding: DecodingSettings = DecodingSettings()
     render: Mapping[str, Any] = field(default_factory=dict)
+    retry: Optional[RetrySettings] = None
+    retry_frames: Tuple[Optional[Mapping[str, Any]], ...] = ()
 
     def __post_init__(self):
         check_mode(self.mode)
@@ -73,7 +84,12 @@ class StoryRecord:
                 f"a story record needs N + 1 states and frames and at most N texts for N >= 1 steps; got "
                 f"{len(self.states)} states, {len(self.frames)} frames, {len(self.texts)} texts"
             )
+        if len(self.retry_frames) not in (0, n):
+            raise ValueError(
+                f"a story record of {n} steps needs no retry costs or one per step; got {len(self.retry_frames)}"
+            )
         texts = tuple(str(t or "").strip() for t in self.texts) + ("",) * (n - len(self.texts))
+        object.__setattr__(self, "retry_frames", tuple(self.retry_frames))
         object.__setattr__(self, "states", tuple(self.states))
         object.__setattr__(self, "frames", tuple(self.frames))
         object.__setattr__(self, "texts", texts)
@@ -90,8 +106,11 @@ class StoryRecord:
         texts: Sequence[Optional[str]] = (),
         decoding: DecodingSettings = DecodingSettings(),
         render: Optional[Mapping[str, Any]] = None,
+        retry: Optional[RetrySettings] = None,
+        retry_frames: Sequence[Optional[Mapping[str, Any]]] = (),
     ) -> "StoryRecord":
-        """The record of :meth:`StoryEngine.run`'s story: its start state, its step results and the frames."""
+        """The record of :meth:`StoryEngine.run`'s story: its start state, its step results and the frames (and
+        the consistency retry it was drawn with, with its per-frame costs)."""
         return cls(
             states=(start,) + tuple(r.state for r in results),
             frames=tuple(frames),
@@ -99,6 +118,8 @@ class StoryRecord:
             texts=tuple(texts),
             decoding=decoding,
             render=dict(render or {}),
+            retry=retry,
+            retry_frames=tuple(retry_frames),
         )
 
     # ------------------------------------------------------------------ reading
@@ -115,6 +136,13 @@ class StoryRecord:
     def sentences(self) -> Tuple[str, ...]:
         """The N + 1 sentences (the opening one first), from the final state."""
         return self.final_state.sentences
+
+    def retry_report(self) -> Optional[RetryReport]:
+        """What the consistency retry cost over the story's frames as they are now (after any redo), or None when
+        no frame was drawn with it."""
+        if not any(e is not None for e in self.retry_frames):
+            return None
+        return RetryReport.from_entries(self.retry_frames)
 
     def check_frame(self, frame: int) -> int:
         """``frame`` as an int when a redo can rebuild it (1..N).
@@ -180,6 +208,13 @@ def _plan(record: StoryRecord, k: int, frame: int, sentence: Optional[str], afte
     return None, "generation", dataclasses.replace(decoding, max_sentence_tokens=0)
 
 
+def _costs_after_redo(record: StoryRecord, k: int, costs: List[Optional[Mapping[str, Any]]]):
+    """The retry costs of a redo's record: the record's own for frames 1..k-1 (None where it kept none), ``costs``
+    for frames k..N."""
+    before = record.retry_frames[: k - 1] if record.retry_frames else (None,) * (k - 1)
+    return tuple(before) + tuple(costs)
+
+
 def redo_frame(
     engine: StoryEngine,
     record: StoryRecord,
@@ -191,6 +226,7 @@ def redo_frame(
     after: str = "keep_sentences",
     cancel: Optional[Callable[[], bool]] = None,
     on_frame: Optional[Callable[[int, StepResult], None]] = None,
+    encode: Optional[Callable[[Any], torch.Tensor]] = None,
 ) -> StoryRecord:
     """Rebuild frame ``frame`` (k) of ``record`` and the frames after it; a new record (``record`` is untouched).
 
@@ -212,10 +248,17 @@ def redo_frame(
         after: one of :data:`REDO_AFTER`.
         cancel: polled inside every step (:class:`~seedstory_core.story.StoryCancelled`).
         on_frame: ``on_frame(frame_index, result)`` after each new frame is rendered (progress, streaming).
+        encode: ``encode(picture) -> (1, T, D)`` visual-tokenizer features of a frame. When given and the story was
+            drawn with the consistency retry (``record.retry``), every new frame goes through the same retry
+            (:class:`~seedstory_core.retry_render.StoryRetry`, references rebuilt from the frames before k with
+            :meth:`~seedstory_core.retry_render.StoryRetry.resume`), and ``render`` is called as
+            ``render(frame_index, result, seed=s)`` for each drawing (``s``: ``seed`` for the first one, other seeds
+            for the redraws). Without it the new frames are drawn once each and their retry costs are None.
 
     Returns:
         :class:`StoryRecord` with frames 0..k-1 and states 0..k-1 shared with ``record``, the rest new; its ``texts``
-        carry the new sentence of frame k (when given), its decoding and render seed are ``seed``.
+        carry the new sentence of frame k (when given), its decoding and render seed are ``seed``; it keeps
+        ``record.retry`` and the retry costs of frames 1..k-1, with the new frames' costs after them.
 
     Raises:
         ValueError: a frame the story does not have (:meth:`StoryRecord.check_frame`), an unknown ``after``, a seed
@@ -234,10 +277,29 @@ def redo_frame(
         state = state.to(engine.device)
     states: List[StoryState] = []
     frames: List[Any] = []
+    costs: List[Optional[Mapping[str, Any]]] = []
+    retry = None
+    if encode is not None and record.retry is not None:
+        retry = StoryRetry.resume(
+            record.retry,
+            encode,
+            cast=record.states[0].cast,
+            opening=record.sentences[0],
+            start_features=record.states[0].last_features,
+            kept=list(zip(record.sentences[1:k], record.frames[1:k])),
+        )
     for i in range(k, record.steps + 1):
         text, mode, dec = _plan(record, k, i, sentence, after, decoding)
         result = engine.step(state, text=text, mode=mode, decoding=dec, cancel=cancel)
-        frames.append(render(i, result))
+        if retry is None:
+            frames.append(render(i, result))
+            costs.append(None)
+        else:
+            outcome = retry.draw(
+                result.sentence, lambda s, _redraw, i=i, result=result: render(i, result, seed=s), seed
+            )
+            frames.append(outcome.picture)
+            costs.append(RetryReport.frame_entry(outcome))
         if on_frame is not None:
             on_frame(i, result)
         state = result.state
@@ -252,4 +314,6 @@ def redo_frame(
         texts=tuple(texts),
         decoding=decoding,
         render={**record.render, "seed": seed} if "seed" in record.render else record.render,
+        retry=record.retry,
+        retry_frames=_costs_after_redo(record, k, costs) if (record.retry_frames or retry is not None) else (),
     )

@@ -15,7 +15,7 @@ among the kept frames) and the cost of the retry (:class:`~seedstory_core.consis
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -79,6 +79,36 @@ class StoryRetry:
         self.encode = encode
         self.references = LookReferences(cast=cast, names=names)
         self.report = RetryReport()
+
+    @classmethod
+    def resume(
+        cls,
+        settings: RetrySettings,
+        encode: Callable[[Any], torch.Tensor],
+        *,
+        cast: Optional[CastSheet],
+        opening: str,
+        start_features: torch.Tensor,
+        kept: Sequence[Tuple[str, Any]] = (),
+    ) -> "StoryRetry":
+        """The retry of a story whose first frames are already drawn (a redo from frame k): the references are
+        rebuilt as they were when frame k was first drawn.
+
+        Args:
+            settings, encode, cast: as the constructor.
+            opening: the story's opening sentence; ``start_features``: (1, T, D) features of the start picture (the
+                story's first state's ``last_features``), observed first, as Generate Story does.
+            kept: ``(sentence, picture)`` of frames 1..k-1 in order; each picture is encoded with ``encode`` and
+                observed (a character's first appearance is the picture that was kept for it).
+
+        Returns:
+            a :class:`StoryRetry` with an empty :attr:`report` (the cost of the frames drawn from now on).
+        """
+        retry = cls(settings, encode, cast=cast)
+        retry.observe(opening, start_features)
+        for sentence, picture in kept:
+            retry.observe(sentence, encode(picture))
+        return retry
 
     def observe(self, sentence: str, features: torch.Tensor) -> None:
         """Record a frame that is not drawn here (e.g. the start picture with its sentence and (1, T, D) features):

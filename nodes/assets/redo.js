@@ -49,6 +49,10 @@
       },
       _meta: { title: "SeedStory Redo Frame (frame " + frame + ")" },
     };
+    if (source.inputs.visual_tokenizer !== undefined) {
+      // a story drawn with the consistency retry is redone with it, which tokenizes each drawing
+      prompt[node].inputs.visual_tokenizer = source.inputs.visual_tokenizer;
+    }
     save.inputs.images = [node, 0];
     save.inputs.sentences = [node, 1];
     if (Array.isArray(save.inputs.state) && String(save.inputs.state[0]) === sourceId) {

@@ -61,6 +61,8 @@ def test_redo_rewires_save_story_to_a_redo_frame_node_and_chains():
         "seed": 1234,
         "after": "keep_sentences",
         "sentence": "",
+        # Generate Story's visual tokenizer: a story drawn with the consistency retry is redone with it
+        "visual_tokenizer": prompt["3"]["inputs"]["visual_tokenizer"],
     }
     assert p1["4"]["inputs"]["images"] == ["5", 0] and p1["4"]["inputs"]["sentences"] == ["5", 1]
     assert "state" not in p1["4"]["inputs"]  # the old story's state does not describe the redone one
@@ -68,6 +70,7 @@ def test_redo_rewires_save_story_to_a_redo_frame_node_and_chains():
     # a redo of the redone storybook builds on the first redo's story output
     p2 = second["prompt"]
     assert second["node"] == "6" and p2["6"]["inputs"]["story"] == ["5", 2] and p2["6"]["inputs"]["frame"] == 3
+    assert p2["6"]["inputs"]["visual_tokenizer"] == redo["inputs"]["visual_tokenizer"]
     assert p2["4"]["inputs"]["images"] == ["6", 0] and p2["5"] == redo
 
 

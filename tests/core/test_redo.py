@@ -8,7 +8,9 @@ import torch
 
 from seedstory_core.agent import SeedStoryAgent
 from seedstory_core.cache import CachePolicy
+from seedstory_core.consistency import RetryReport, RetrySettings
 from seedstory_core.redo import StoryRecord, redo_frame
+from seedstory_core.retry_render import StoryRetry
 from seedstory_core.story import DecodingSettings, StoryEngine, StorySettings
 from seedstory_core.tiny import default_tiny_tokenizer, tiny_config
 
@@ -150,3 +152,90 @@ def test_record_memory_is_shared_until_the_policy_evicts(engine, feats):
     assert evicting >= 3
     assert windowed.nbytes() > windowed.final_state.context.nbytes(used_only=False) * evicting
     assert windowed.get_ram_usage() > windowed.nbytes()
+
+
+# ------------------------------------------------------------------------------------ the consistency retry in a redo
+RETRY_CAPTIONS = ["Ann came to the garden.", "Tom and Ann played.", "Ann slept.", "Tom ran home."]
+
+
+def seeded_render(i, result, seed=0):
+    """A stand-in de-tokenizer whose drawing depends on the seed: the features plus seeded noise."""
+    gen = torch.Generator().manual_seed(int(seed) * 1000 + i)
+    return result.features.detach() + 0.8 * torch.randn(result.features.shape, generator=gen)
+
+
+def identity_encode(picture):
+    return picture  # the stand-in pictures are feature tensors already
+
+
+def make_retry_record(engine, feats, settings):
+    """A visualization story drawn as Generate Story draws it with the retry: references = the opening picture, then
+    each character's first kept drawing; the record keeps the settings and per-frame costs."""
+
+    start = engine.start("Tom the cat sat in the garden.", features=feats, settings=StorySettings())
+    retry = StoryRetry(settings, identity_encode)
+    retry.observe(start.sentences[0], start.last_features)
+    frames, costs = [feats.clone()], []
+
+    def on_frame(i, _total, result):
+        outcome = retry.draw(result.sentence, lambda s, _r: seeded_render(i, result, seed=s), 7)
+        frames.append(outcome.picture)
+        costs.append(RetryReport.frame_entry(outcome))
+
+    _, results = engine.run(
+        start, len(RETRY_CAPTIONS), texts=RETRY_CAPTIONS, mode="visualization", decoding=GREEDY, on_frame=on_frame
+    )
+    record = StoryRecord.from_run(
+        start,
+        results,
+        frames,
+        mode="visualization",
+        texts=RETRY_CAPTIONS,
+        decoding=GREEDY,
+        render={"seed": 7},
+        retry=settings,
+        retry_frames=costs,
+    )
+    return record, retry.report
+
+
+def test_a_redo_applies_the_storys_retry_with_the_references_it_had(engine, feats):
+    settings = RetrySettings(threshold=0.99, max_redraws=2)  # every checked frame is redrawn
+    record, report = make_retry_record(engine, feats, settings)
+    kept, ran = record.retry_report().to_dict(), report.to_dict()
+    assert kept.pop("seconds") == pytest.approx(ran.pop("seconds"), abs=0.01) and kept == ran
+    # frame 1 brings Ann in (no reference yet: drawn once, nothing checked); frames 2-4 are checked and redrawn twice
+    assert report.scores[0] is None and report.frames_checked == 3 and report.redraws == 6
+    # redo frame 3 ("Ann slept.") with the story's own seed: Ann's reference is her kept drawing in frame 1, rebuilt
+    # from the record, so the retry makes the same choices and the same pictures
+    same = redo_frame(engine, record, 3, seed=7, render=seeded_render, encode=identity_encode)
+    for j in range(3, 5):
+        assert torch.equal(same.frames[j], record.frames[j])
+        assert same.retry_frames[j - 1]["score"] == record.retry_frames[j - 1]["score"]
+        assert same.retry_frames[j - 1]["seed"] == record.retry_frames[j - 1]["seed"]
+    assert same.retry_frames[:2] == record.retry_frames[:2] and same.retry == settings
+    # a new seed: frames 3-4 are redrawn under the retry (their costs are new), 1-2 keep theirs
+    other = redo_frame(engine, record, 3, seed=8, render=seeded_render, encode=identity_encode)
+    assert other.retry_frames[:2] == record.retry_frames[:2]
+    assert all(e["redraws"] == 2 and e["score"] is not None and e["seed"] != 8 for e in other.retry_frames[2:])
+    assert not torch.equal(other.frames[3], record.frames[3])
+    assert other.retry_report().to_dict()["frames"] == 4
+    # without a visual tokenizer's encode the new frames are drawn once and carry no retry cost
+    calls = []
+
+    def once(i, result, seed=None):
+        calls.append((i, seed))
+        return seeded_render(i, result, seed=8)
+
+    plain = redo_frame(engine, record, 3, seed=8, render=once)
+    assert calls == [(3, None), (4, None)]  # one drawing per frame, with the caller's seed
+    assert plain.retry_frames[2:] == (None, None) and plain.retry_report().to_dict()["frames"] == 2
+
+
+def test_retry_costs_must_cover_every_step():
+    engine_ = StoryEngine(_agent(0), default_tiny_tokenizer(1000))
+    torch.manual_seed(1)
+    record, _ = make_retry_record(engine_, torch.randn(1, 64, 256), RetrySettings(threshold=0.99, max_redraws=1))
+    with pytest.raises(ValueError, match="no retry costs or one per step; got 2"):
+        dataclasses.replace(record, retry_frames=record.retry_frames[:2])
+    assert dataclasses.replace(record, retry_frames=()).retry_report() is None

@@ -70,6 +70,45 @@ def test_redo_frame_refusals_name_the_node_and_what_to_give(comfy):
     assert "control character U+001B" in validate(sentence="A \x1b cat.")
 
 
+def test_a_story_drawn_with_the_retry_is_redone_with_it_and_keeps_its_cost(comfy):
+    agent, vit, detok, _ = tiny()
+    captions = "Ann came to the park.\nMax and Ann played.\nAnn waved.\nMax jumped."
+    inputs = generate_inputs(
+        agent,
+        vit,
+        detok,
+        opening_text="Max sat in the park.",
+        story_steps=4,
+        mode="visualization",
+        captions=captions,
+        consistency_retry=1,
+        retry_threshold=0.99,  # every checked frame is redrawn once
+    )
+    images, _, _, story = run("SeedStoryGenerateStory", inputs)
+    assert story.retry is not None and story.retry.max_redraws == 1 and len(story.retry_frames) == 4
+    report = story.retry_report()
+    assert report.frames_checked == 3 and report.redraws == 3  # frame 1 brings Ann in: nothing to compare yet
+    # the redo needs the visual tokenizer to apply the story's retry: refused (nothing lost) without it
+    with pytest.raises(
+        InputError,
+        match=r"SeedStory Redo Frame: this story was drawn with the consistency retry.*"
+        r"Connect the visual_tokenizer output.*Nothing was redone",
+    ):
+        run("SeedStoryRedoFrame", redo_inputs(agent, detok, story, frame=3))
+    new_images, _, new_story = run(
+        "SeedStoryRedoFrame", redo_inputs(agent, detok, story, frame=3, visual_tokenizer=vit)
+    )
+    assert torch.equal(new_images[:3], images[:3])
+    assert new_story.retry_frames[:2] == story.retry_frames[:2]
+    assert all(e["redraws"] == 1 and e["score"] is not None for e in new_story.retry_frames[2:])
+    assert new_story.retry_report().redraws == 3
+    # a story drawn without the retry ignores the input (its frames are drawn once)
+    *_, plain = run("SeedStoryGenerateStory", generate_inputs(agent, vit, detok, story_steps=2))
+    assert plain.retry is None and plain.retry_frames == ()
+    *_, again = run("SeedStoryRedoFrame", redo_inputs(agent, detok, plain, frame=1, visual_tokenizer=vit))
+    assert again.retry_report() is None
+
+
 def test_example_picture_reads_the_bundled_pictures_without_the_input_folder(comfy):
     image, sentence = run("SeedStoryExamplePicture", {"picture": "seedstory_start.png"})
     want = np.asarray(Image.open(REPO_ROOT / "workflows/assets/seedstory_start.png").convert("RGB"), dtype=np.float32)
