@@ -353,6 +353,35 @@ def test_start_image_gone_or_a_folder_is_a_job_error_naming_the_file(mini, tmp_p
     assert any(f"job gone: ERROR ({mini.base_url}): cannot read the start image {gone}" in m for m in logs)
 
 
+def test_a_cast_picture_gone_a_folder_or_no_picture_any_more_fails_its_job_only(mini, tmp_path):
+    """A cast sheet's picture that changes after the jobs file was read: the job fails naming the picture (its
+    number and the character), nothing of it is uploaded or queued, and the other jobs run."""
+    pics = {k: tmp_path / f"{k}.png" for k in ("gone", "folder", "text")}
+    for p in pics.values():
+        p.write_bytes(START_PNG.read_bytes())
+    jobs = [
+        job(k, cast=[{"name": "Max", "image": str(START_PNG)}, {"name": "Zoe", "image": str(p)}])
+        for k, p in pics.items()
+    ] + [job("ok")]
+    assert not any(j.invalid for j in jobs)
+    pics["gone"].unlink()
+    pics["folder"].unlink()
+    pics["folder"].mkdir()
+    pics["text"].write_text("not a picture any more\n")
+    data, sleeps, logs = run_mini(mini, tmp_path, jobs)
+    recs = data["jobs"]
+    assert recs["ok"]["status"] == "ok"
+    for jid, why in (("gone", "No such file or directory"), ("folder", "Is a directory")):
+        r = recs[jid]
+        assert r["status"] == "error" and r["file"] == str(pics[jid]) and not r.get("server_gone"), r
+        assert r["error"].startswith(f"cannot read the cast picture 2 (Zoe) {pics[jid]}: {why}"), r["error"]
+    r = recs["text"]
+    assert r["status"] == "invalid" and r["error"].startswith("job text (line 1): 'cast'[2].image"), r
+    assert "is not a PNG, JPEG, WebP, BMP, GIF or TIFF" in r["error"]
+    # only the good job's start picture was uploaded; nothing of the failed jobs was queued
+    assert mini.count("POST", "/upload/image") == 1 and mini.count("POST", "/prompt") == 1 and sleeps == []
+
+
 def test_blocked_output_folder_is_a_job_error_naming_it(mini, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "blocked").write_text("a file where the job's folder should go")
