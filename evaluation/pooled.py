@@ -11,7 +11,9 @@ Reads ``DIR/<system>_<seed>.json`` (written by ``python -m evaluation.cast_eval`
   bootstrap interval, for :data:`PAIRS`;
 * checks the done-criteria of "characters who stay themselves" (:func:`criteria`) and prints one
   ``PASS``/``FAIL``/``SKIP`` line each;
-* with ``--markdown``, a table of every system x segment (for docs/evaluation.md) and the retry's cost.
+* with ``--markdown``, a table of every system x segment (for docs/evaluation.md) and the retry's cost;
+* with ``--against DIR2`` (the same protocol's files of another bundle, e.g. the previous release), the paired
+  differences this bundle - that one for every system both have, on :data:`VERSUS_METRICS` (:func:`versus`).
 
 ``--out FILE`` also writes everything as one JSON object.
 """
@@ -60,6 +62,17 @@ COLUMNS = (
     ("look_accuracy", "look accuracy"),
     ("visualization_cast", "vis. cast"),
     ("visualization_look_accuracy", "vis. look"),
+)
+#: the metrics ``--against`` compares, per segment
+VERSUS_METRICS = (
+    "score",
+    "shown_cast_rate",
+    "shown_look_rate",
+    "shown_action_object_rate",
+    "look_consistency",
+    "look_accuracy",
+    "visualization_cast",
+    "visualization_look_accuracy",
 )
 PARSE_MIN = 0.9
 DISTINCT_OF_GROUND_TRUTH = 0.85
@@ -115,6 +128,23 @@ def paired(data: Dict[str, List[Dict]], a: str, b: str, segment: str, metric: st
     va, vb = story_values(data[a], segment, metric), story_values(data[b], segment, metric)
     common = [k for k in va if k in vb and va[k] is not None and vb[k] is not None]
     return interval([va[k] - vb[k] for k in common])
+
+
+def versus(
+    data: Dict[str, List[Dict]], other: Dict[str, List[Dict]], metrics: Sequence[str] = VERSUS_METRICS
+) -> Dict[str, Dict]:
+    """This bundle's results minus another bundle's, per system both have, paired by story id (both values not
+    None), keyed ``"system: metric @ segment"`` (segments 1x and 3x; a metric without paired stories is left
+    out)."""
+    out = {}
+    for system in (s for s in SYSTEMS if s in data and s in other):
+        for seg in ("1x", "3x"):
+            for metric in metrics:
+                va, vb = story_values(data[system], seg, metric), story_values(other[system], seg, metric)
+                common = [k for k in va if k in vb and va[k] is not None and vb[k] is not None]
+                if common:
+                    out[f"{system}: {metric} @ {seg}"] = interval([va[k] - vb[k] for k in common])
+    return out
 
 
 def all_pairs(data: Dict[str, List[Dict]]) -> Dict[str, Dict]:
@@ -239,6 +269,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 2000,3000")
     parser.add_argument("--markdown", action="store_true", help="also print the markdown tables")
     parser.add_argument("--out", type=Path, default=None, help="write everything as one JSON object")
+    parser.add_argument(
+        "--against", type=Path, default=None, help="another bundle's results: paired differences this - that"
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     data = load(args.dir, seeds)
@@ -257,6 +290,11 @@ def main(argv=None) -> int:
         print(f"{name}: {d['mean']} [{ci[0]}, {ci[1]}] (n={d['n']})" if ci else f"{name}: no paired stories")
     for name, ok, detail in checks:
         print(f"{'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}: {name} ({detail})")
+    against = versus(data, load(args.against, seeds)) if args.against is not None else None
+    if against is not None:
+        print(f"this bundle - {args.against} (paired by story):")
+        for name, d in against.items():
+            print(f"  {name}: {d['mean']} [{d['ci95'][0]}, {d['ci95'][1]}] (n={d['n']})")
     if args.out:
         args.out.write_text(
             json.dumps(
@@ -266,6 +304,7 @@ def main(argv=None) -> int:
                     "pooled": pool,
                     "paired": pairs,
                     "criteria": [{"name": n, "pass": ok, "detail": d} for n, ok, d in checks],
+                    **({"against": {"dir": str(args.against), "paired": against}} if against is not None else {}),
                 },
                 indent=1,
             )

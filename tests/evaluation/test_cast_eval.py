@@ -268,6 +268,36 @@ def test_pooled_pairs_stories_by_id_across_seeds(tmp_path, capsys):
     assert summary["paired"]["model_cast - model: look_consistency @ 3x"]["mean"] == pytest.approx(0.2)
 
 
+def test_pooled_against_another_bundle_pairs_each_system_by_story(tmp_path, capsys):
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir()
+    old.mkdir()
+    _write_fake_protocol(new)
+    _write_fake_protocol(old)
+    for f in old.glob("model_cast_*.json"):  # the old bundle's model_cast: 0.1 lower look consistency everywhere
+        r = json.loads(f.read_text())
+        for seg in r["segments"].values():
+            seg["per_story"]["look_consistency"] = [
+                None if v is None else v - 0.1 for v in seg["per_story"]["look_consistency"]
+            ]
+        f.write_text(json.dumps(r))
+    (old / "static_start_8.json").unlink()  # a system missing a seed in the other folder is not compared
+    d = pooled.versus(pooled.load(new, [7, 8]), pooled.load(old, [7, 8]))
+    assert (
+        d["model_cast: look_consistency @ 3x"]["mean"] == pytest.approx(0.1)
+        and d["model_cast: look_consistency @ 3x"]["n"] == 10
+    )
+    assert d["model: score @ 1x"]["mean"] == pytest.approx(0.0) and d["model: score @ 1x"]["n"] == 12
+    assert not any(k.startswith("static_start:") for k in d)
+    assert (
+        pooled.main(["--dir", str(new), "--seeds", "7,8", "--against", str(old), "--out", str(tmp_path / "p.json")])
+        == 0
+    )
+    assert f"this bundle - {old} (paired by story):" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "p.json").read_text())
+    assert summary["against"]["paired"]["model_cast: look_consistency @ 1x"]["mean"] == pytest.approx(0.1)
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
