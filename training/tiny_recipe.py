@@ -3,11 +3,11 @@
     python -m training.tiny_recipe --out runs/tiny --export models/seedstory-tiny
 
 Steps (each a normal training entry point, resumable; ``--scale`` multiplies every step count for smoke runs). After
-stage 0 the recipe has two independent branches from stage 0's bundle: the de-tokenizer's (the VAE, stage 1, and the
-cast-corrupted context, which needs only the frozen visual tokenizer) and the agent's (stage 2 and the
-scheduled-sampling phases, which never read the de-tokenizer). With ``--jobs 2`` (the default) the first branch runs
-in a second process beside the second; stage 2e waits for the corrupted context, and ``assemble`` joins the two. Each
-process keeps torch's thread count, so ``--jobs 1`` (one step after the other) gives the same weights.
+stage 0 the recipe has two independent branches from stage 0's bundle: the de-tokenizer's (the VAE and stage 1) and
+the agent's (stage 2, the scheduled-sampling phases and the cast-corrupted context they read, which needs only the
+frozen visual tokenizer; none of them reads the de-tokenizer). With ``--jobs 2`` (the default) the first branch runs
+in a second process beside the second, and ``assemble`` joins the two. Each process keeps torch's thread count, so
+``--jobs 1`` (one step after the other) gives the same weights.
 
 0. data   — StoryStream-mini, ``--stories`` stories of 30 frames (seed ``--data-seed``), chunked into 10-frame
             stories as the official data (docs/reference.md §5).
@@ -36,11 +36,12 @@ process keeps torch's thread count, so ``--jobs 1`` (one step after the other) g
             sentence says.
 4c. rollout2, stage2c, rollout3, stage2d — the same again from the stage-2b and then the stage-2c agent (DAgger
             rounds 2 and 3: each agent's own features differ from its predecessor's; seeds + 2, + 3).
-4d. corrupt, stage2e — :mod:`training.corrupt_context` re-draws every training story's context frames with one
-            character's presence flipped (a character who enters later is removed; for 2/3 of the records the frames
-            are first taken from another 10-frame window of the same story, :data:`CORRUPT_OTHER_WINDOW_PROB`), and
-            a last 300-step phase puts them in half of its samples: free-running, the agent lost characters that
-            entered after the first frame, and once lost they stayed lost (seed + 4).
+4d. corrupt, stage2e — in the agent's branch, just before stage 2e: :mod:`training.corrupt_context` re-draws every
+            training story's context frames with one character's presence flipped (a character who enters later is
+            removed; for 2/3 of the records the frames are first taken from another 10-frame window of the same
+            story, :data:`CORRUPT_OTHER_WINDOW_PROB`), and a last 300-step phase puts them in half of its samples:
+            free-running, the agent lost characters that entered after the first frame, and once lost they stayed
+            lost (seed + 4).
 4e. assemble — the last agent step's bundle with stage 1's de-tokenizer (``RUN/assemble/model``).
 5. stage3 — de-tokenizer adaptation on the frozen agent's regressed features (agent in eval mode; the same 10%
             condition dropout, so adaptation keeps the unconditional branch). NOT in the default ``--stages``: on
@@ -86,7 +87,7 @@ from training.vae import train_vae
 #: (stage, extra CLI arguments) — step counts are scaled by --scale
 STAGES = {
     "stage0": ["--max-steps", "500", "--batch-size", "128", "--lr", "1e-3", "--warmup-steps", "25"],
-    "vae": ["--max-steps", "700", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "20"],
+    "vae": ["--max-steps", "1400", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "20"],
     "stage1": [
         "--unet-train",
         "full",
@@ -173,9 +174,10 @@ TRAIN_STEPS = (
 #: beside stage 1 with ``--jobs 2`` (each process keeps torch's thread count, so the weights are the same as one after
 #: the other; tested at 1% scale)
 AGENT_STEPS = ("stage2", "rollout", "stage2b", "rollout2", "stage2c", "rollout3", "stage2d", "stage2e")
-#: the second branch, in order: the VAE, the de-tokenizer (stage 1) and the cast-corrupted context; none of them
-#: reads the agent, and the agent's steps read only the corrupted context (stage 2e waits for it)
-DETOKENIZER_STEPS = ("vae", "stage1", "corrupt")
+#: the second branch, in order: the VAE and the de-tokenizer (stage 1); neither reads the agent, and the agent's steps
+#: never read them. The cast-corrupted context (``corrupt``, 30 s; it needs only stage 0's frozen visual tokenizer)
+#: is made in the main process just before stage 2e, which reads it, so stage 2e never waits for stage 1.
+DETOKENIZER_STEPS = ("vae", "stage1")
 #: scheduled sampling: per step, (the rollout it reads, the probability that a sample's context images after the
 #: first are the agent's own rolled-out features, ``training.rollout``, instead of the true frames'). Added only when
 #: that rollout exists (leave the rollouts out of --stages to train on true contexts only). Probabilities chosen on
@@ -319,8 +321,7 @@ def _train_step(name: str, run: Path, start_bundle: Path, seed: int, scale: floa
 
 def _detokenizer_branch(run: Path, vit_bundle: Path, seed: int, scale: float, steps: List[str]) -> List:
     """The second branch (:data:`DETOKENIZER_STEPS` that are in ``steps``, in order): the VAE from ``vit_bundle``
-    (stage 0's bundle), stage 1 from the VAE's bundle, then the cast-corrupted context encoded by ``vit_bundle``'s
-    frozen visual tokenizer (:mod:`training.corrupt_context`, seed ``seed``). Returns ``[(name, recipe.json entry)]``.
+    (stage 0's bundle), then stage 1 from the VAE's bundle. Returns ``[(name, recipe.json entry)]``.
     Runs in the recipe's process (``--jobs 1``) or in the second one (``--jobs 2``)."""
     entries = []
     base = vit_bundle
@@ -329,13 +330,17 @@ def _detokenizer_branch(run: Path, vit_bundle: Path, seed: int, scale: float, st
             entries.append((name, _train_step(name, run, base, seed, scale, 0)))
         folder = run / name / "model"
         base = folder if folder.is_dir() else base
-    if "corrupt" in steps:
-        t0 = time.time()
-        meta = corrupt_context(
-            vit_bundle, run / "data", run / "corrupt", seed=seed, other_window_prob=CORRUPT_OTHER_WINDOW_PROB
-        )
-        entries.append(("corrupt", {"seconds": round(time.time() - t0, 1), **meta}))
     return entries
+
+
+def _corrupt_step(run: Path, vit_bundle: Path, seed: int) -> Dict:
+    """The cast-corrupted context of every training story (:mod:`training.corrupt_context`), encoded by
+    ``vit_bundle``'s frozen visual tokenizer (stage 0's) into ``run/corrupt``; returns its ``recipe.json`` entry."""
+    t0 = time.time()
+    meta = corrupt_context(
+        vit_bundle, run / "data", run / "corrupt", seed=seed, other_window_prob=CORRUPT_OTHER_WINDOW_PROB
+    )
+    return {"seconds": round(time.time() - t0, 1), **meta}
 
 
 def assemble_bundle(agent_bundle: Path, detokenizer_bundle: Optional[Path], out: Path) -> Path:
@@ -401,8 +406,8 @@ def main(argv=None) -> int:
         type=int,
         choices=(1, 2),
         default=2,
-        help="2 (default): the VAE, stage 1 (the de-tokenizer) and the corrupted context run in a second process "
-        "beside the agent's steps, which never read the first two; 1: one step after the other. Same weights.",
+        help="2 (default): the VAE and stage 1 (the de-tokenizer) run in a second process beside the agent's steps, "
+        "which never read them; 1: one step after the other. Same weights.",
     )
     parser.add_argument(
         "--force",
@@ -455,9 +460,9 @@ def main(argv=None) -> int:
     if "stage0" in steps:
         done("stage0", entry=_train_step("stage0", run, base, args.seed, args.scale, args.measure_stories))
     base = model_of("stage0") or base  # a step left out and never run is skipped
-    # then two independent branches from stage 0's bundle: the VAE, the de-tokenizer (stage 1) and the corrupted
-    # context (DETOKENIZER_STEPS), and the agent's (stage 2 and the scheduled-sampling phases, AGENT_STEPS); with
-    # --jobs 2 the first runs in a second process beside the agent's steps
+    # then two independent branches from stage 0's bundle: the VAE and the de-tokenizer (stage 1) (DETOKENIZER_STEPS),
+    # and the agent's (stage 2, the scheduled-sampling phases, AGENT_STEPS, and the corrupted context before stage 2e);
+    # with --jobs 2 the first runs in a second process beside the agent's steps
     pending = None
     branch = [name for name in DETOKENIZER_STEPS if name in steps]
     if branch:
@@ -478,11 +483,13 @@ def main(argv=None) -> int:
             pending = None
 
     agent = base
+    corrupt_done = False
     for name in AGENT_STEPS:
         if pending is not None and pending.done():
             join_branch()  # a failed branch stops the recipe now, not after the agent's steps
-        if name in OWN_CONTEXT and OWN_CONTEXT[name][0] == "corrupt" and name in steps:
-            join_branch()  # stage 2e reads the corrupted context the second branch writes last
+        if name in OWN_CONTEXT and OWN_CONTEXT[name][0] == "corrupt" and "corrupt" in steps:
+            done("corrupt", entry=_corrupt_step(run, base, args.seed))  # stage 2e reads it
+            corrupt_done = True
         if name.startswith("rollout"):
             if name in steps:
                 t0 = time.time()
@@ -492,6 +499,8 @@ def main(argv=None) -> int:
         if name in steps:
             done(name, entry=_train_step(name, run, agent, args.seed, args.scale, 0))
         agent = model_of(name) or agent
+    if "corrupt" in steps and not corrupt_done:  # asked for without stage 2e
+        done("corrupt", entry=_corrupt_step(run, base, args.seed))
     join_branch()
     # the join: the agent's last bundle with stage 1's de-tokenizer (stage 3 adapts that de-tokenizer to the agent)
     # (an export alone of a run whose stage 3 exists takes stage 3's bundle as it is: nothing to join)
