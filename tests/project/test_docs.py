@@ -125,6 +125,11 @@ COMMANDS = [
         "tests/evaluation/test_evaluate.py::test_evaluate_cli_runs_on_a_small_model runs the evaluation CLI",
     ),
     (
+        r"^python -m evaluation\.renderer_budget ",
+        "help",
+        "tests/evaluation/test_renderer_budget.py runs the CLI (main) on one story",
+    ),
+    (
         r"^python -m evaluation\.(cast_eval|pooled|tune_retry|hand_check) ",
         "help",
         "tests/evaluation/test_cast_eval.py runs cast_eval and pooled on a random tiny model; tune_retry and "
