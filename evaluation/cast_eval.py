@@ -29,7 +29,11 @@ halves of the visualization agreement of :mod:`evaluation.evaluate`; the "cast h
 Looks: ``look_accuracy`` compares the look read at each character's stated slot with the story's true look (all five
 characters' looks, ``mini.story_looks``); ``look_consistency`` with the cast sheet's look for the cast-sheet systems,
 else with the look read at the character's first appearance (the opening frame counts); see
-:func:`evaluation.metrics.look_scores`, which :func:`judge_story` splits per frame.
+:func:`evaluation.metrics.look_scores`, which :func:`judge_story` splits per frame. ``look_self_consistency`` is the
+first-appearance version for every system, cast sheet or not: with a sheet, ``look_consistency`` is checked against
+the true looks, without one against the model's own first drawing of a character who enters later (a wrong look
+drawn the same way twice passes), so only ``look_self_consistency`` (and ``look_accuracy``) compare the two on the
+same reference.
 
 Writes one JSON per (system, seed), ``OUT/<system>_<seed>.json``; a file that exists is skipped (the run resumes).
 The model is loaded once (per worker with ``--jobs``). Pool seeds and compare systems with
@@ -81,7 +85,9 @@ FRAME_METRICS = {
     "shown_look": "shown_look_rate",
     "shown_action_object": "shown_action_object_rate",
 }
-LOOK_METRICS = ("look_consistency", "look_accuracy")
+#: ``look_self_consistency``: every system against the look read at the character's first appearance, cast sheet or
+#: not (``look_consistency`` uses the sheet when there is one, so cast and no-cast systems differ in reference there)
+LOOK_METRICS = ("look_consistency", "look_accuracy", "look_self_consistency")
 #: visualization mode (the true sentences given, :func:`visualization_frames`): per-frame halves of the agreement
 #: with the true frame, and the look accuracy at the true frame's slots
 VISUALIZATION_FRAME_METRICS = ("visualization_background", "visualization_cast")
@@ -103,7 +109,8 @@ def judge_story(
     story so far (:func:`evaluation.metrics.judge_frame`, ``looks``) and its look pairs.
 
     Returns one dict per generated frame: ``{"frame": i, <every key of FRAME_METRICS>: bool,
-    "look_accuracy": [bool per pair], "look_consistency": [bool per pair]}``. The pairs are those of
+    "look_accuracy": [bool per pair], "look_consistency": [bool per pair], "look_self_consistency": [bool per
+    pair]}``. The pairs are those of
     :func:`evaluation.metrics.look_scores` (pooled over all frames they give its values exactly): (frame, character on
     stage per the parsed sentence); accuracy vs ``looks[name]``; consistency vs ``reference_looks[name]`` when given,
     else vs the look read at the character's first appearance (the opening frame counts; the first appearance where
@@ -115,7 +122,13 @@ def judge_story(
     stated0 = mini.sentence_attributes(sentences[0], [])
     states = [stated0 if stated0.get("parsed") else None] + [j["stated"] for j in judged]
     out = [
-        {"frame": i, **{k: bool(j[k]) for k in FRAME_METRICS}, "look_accuracy": [], "look_consistency": []}
+        {
+            "frame": i,
+            **{k: bool(j[k]) for k in FRAME_METRICS},
+            "look_accuracy": [],
+            "look_consistency": [],
+            "look_self_consistency": [],
+        }
         for i, j in enumerate(judged, start=1)
     ]
     first: Dict[str, Dict[str, str]] = {}
@@ -127,14 +140,18 @@ def judge_story(
             read = jm._read_look(rd, positions.get(name))
             if i > 0 and looks is not None and looks.get(name) is not None:
                 out[i - 1]["look_accuracy"].append(jm._same_look(read, looks[name]))
+            same_as_first = None  # None: this is the first appearance (the reference), not a pair
+            if name in first:
+                same_as_first = jm._same_look(read, first[name])
+            elif read is not None:
+                first[name] = read
+            if i > 0 and same_as_first is not None:
+                out[i - 1]["look_self_consistency"].append(same_as_first)
             if reference_looks is not None and reference_looks.get(name) is not None:
                 if i > 0:
                     out[i - 1]["look_consistency"].append(jm._same_look(read, reference_looks[name]))
-            elif name in first:
-                if i > 0:
-                    out[i - 1]["look_consistency"].append(jm._same_look(read, first[name]))
-            elif read is not None:
-                first[name] = read
+            elif i > 0 and same_as_first is not None:
+                out[i - 1]["look_consistency"].append(same_as_first)
     return out
 
 

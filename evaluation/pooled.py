@@ -37,9 +37,11 @@ PAIRS: Tuple[Tuple[str, str, str, Tuple[str, ...]], ...] = (
     ("model", "copy_first", "score", ("1x", "3x")),
     ("model_cast", "model", "look_consistency", ("1x", "3x")),
     ("model_cast", "model", "look_accuracy", ("1x", "3x")),
+    ("model_cast", "model", "look_self_consistency", ("1x", "3x")),
     ("model_cast", "copy_first", "shown_cast_rate", ("1x",)),
     ("model_cast", "copy_first", "visualization_cast", ("1x",)),
     ("model", "copy_first", "visualization_cast", ("1x",)),
+    ("ground_truth_detok", "copy_first", "visualization_cast", ("1x",)),
     ("model_cast", "model", "visualization_look_accuracy", ("1x", "3x")),
     ("model_cast", "copy_first", "score", ("1x",)),
     ("model_retry", "model", "look_consistency", ("1x", "3x")),
@@ -60,6 +62,7 @@ COLUMNS = (
     ("shown_action_object_rate", "action+object"),
     ("look_consistency", "look consistency"),
     ("look_accuracy", "look accuracy"),
+    ("look_self_consistency", "look vs first"),
     ("visualization_cast", "vis. cast"),
     ("visualization_look_accuracy", "vis. look"),
 )
@@ -71,6 +74,7 @@ VERSUS_METRICS = (
     "shown_action_object_rate",
     "look_consistency",
     "look_accuracy",
+    "look_self_consistency",
     "visualization_cast",
     "visualization_look_accuracy",
 )
@@ -195,6 +199,9 @@ def criteria(data: Dict[str, List[Dict]], pool=None) -> List[Tuple[str, Optional
             out.append((f"model score above {other} @ {seg}", _above(x, y), f"{x and x['ci95']} vs {y and y['ci95']}"))
     d = paired(data, "model_cast", "model", "3x", "look_consistency")
     out.append(("look consistency with cast > without @ 3x", _positive(d), f"paired {d and d['ci95']}"))
+    d = paired(data, "model_cast", "model", "3x", "look_self_consistency")
+    label = "(same reference) look vs first appearance with cast > without @ 3x"
+    out.append((label, _positive(d), f"paired {d and d['ci95']}"))
     for metric in ("shown_cast_rate", "visualization_cast"):
         d = paired(data, "model_cast", "copy_first", "1x", metric)
         out.append((f"cast half ({metric}) of model_cast > copy_first @ 1x", _positive(d), f"paired {d and d['ci95']}"))

@@ -136,6 +136,8 @@ def test_segments_are_sliced_exactly_with_the_full_story_history():
     for key in ce.METRICS:
         if key.startswith("visualization_"):
             assert whole[key] is None, key  # no visualization run merged in
+        elif key == "look_self_consistency":  # without a cast sheet it is look_consistency
+            assert whole[key] == pytest.approx(m["look_consistency"]), key
         else:
             assert whole[key] == pytest.approx(m[key]), key
     # the visualization run, read the same way: the halves and the looks per segment
@@ -170,6 +172,27 @@ def test_look_consistency_is_judged_against_the_first_appearance():
     assert n_pairs(judged2) == n_pairs(judged) - len(opening)
     m = jm.story_metrics(story["captions"], [blank] + readings[1:], looks=looks)
     assert ce.segment_values(judged2, 1, None)["look_consistency"] == pytest.approx(m["look_consistency"])
+
+
+def test_look_self_consistency_uses_the_first_appearance_with_or_without_a_cast_sheet():
+    """A character drawn in a wrong but stable look: against the cast sheet's (true) looks consistency is 0, against
+    its first appearance 1. look_self_consistency is the first-appearance reading for both, so a cast and a no-cast
+    system are compared on the same reference; without a sheet it equals look_consistency pair for pair."""
+    story = mini.generate_story(SEED, 3, frames=30)
+    looks = true_looks(story)
+    readings = [_reading(a, looks, wrong=True) for a in story["attributes"]]
+    readings = [{**r, "background": a["background"]} for r, a in zip(readings, story["attributes"])]
+    ref = {n: dict(v) for n, v in story["looks"].items()}
+    with_sheet = ce.segment_values(ce.judge_story(story["captions"], readings, looks, ref), 1, None)
+    assert with_sheet["look_consistency"] == 0.0 and with_sheet["look_self_consistency"] == 1.0
+    judged = ce.judge_story(story["captions"], readings, looks)
+    assert all(j["look_self_consistency"] == j["look_consistency"] for j in judged)
+    assert sum(len(j["look_self_consistency"]) for j in judged) > 0
+    # a look that changes half-way: the later frames disagree with the first appearance
+    flipped = [_reading(a, looks, wrong=i >= 15) for i, a in enumerate(story["attributes"])]
+    flipped = [{**r, "background": a["background"]} for r, a in zip(flipped, story["attributes"])]
+    late = ce.segment_values(ce.judge_story(story["captions"], flipped, looks, ref), 21, 29)
+    assert late["look_self_consistency"] == 0.0 and late["look_consistency"] == 0.0
 
 
 def test_ground_truth_scores_the_ceiling():
