@@ -110,48 +110,19 @@ def judge_story(
 
     Returns one dict per generated frame: ``{"frame": i, <every key of FRAME_METRICS>: bool,
     "look_accuracy": [bool per pair], "look_consistency": [bool per pair], "look_self_consistency": [bool per
-    pair]}``. The pairs are those of
-    :func:`evaluation.metrics.look_scores` (pooled over all frames they give its values exactly): (frame, character on
-    stage per the parsed sentence); accuracy vs ``looks[name]``; consistency vs ``reference_looks[name]`` when given,
-    else vs the look read at the character's first appearance (the opening frame counts; the first appearance where
-    a figure is read is the reference, not a pair).
+    pair]}``: the pairs of :func:`evaluation.metrics.look_pairs` (the same function
+    :func:`evaluation.metrics.look_scores` pools, so the per-frame lists pooled over the story give its values
+    exactly).
     """
     if len(sentences) != len(readings) or len(sentences) < 2:
         raise ValueError(f"expected n + 1 >= 2 sentences and readings, got {len(sentences)} and {len(readings)}")
     judged = [jm.judge_frame(s, sentences[:i], readings[i], looks) for i, s in enumerate(sentences) if i > 0]
     stated0 = mini.sentence_attributes(sentences[0], [])
     states = [stated0 if stated0.get("parsed") else None] + [j["stated"] for j in judged]
-    out = [
-        {
-            "frame": i,
-            **{k: bool(j[k]) for k in FRAME_METRICS},
-            "look_accuracy": [],
-            "look_consistency": [],
-            "look_self_consistency": [],
-        }
-        for i, j in enumerate(judged, start=1)
-    ]
-    first: Dict[str, Dict[str, str]] = {}
-    for i, (st, rd) in enumerate(zip(states, readings)):
-        if st is None:
-            continue
-        positions = st.get("positions") or mini.slot_layout(st.get("present", []))
-        for name in st.get("present", []):
-            read = jm._read_look(rd, positions.get(name))
-            if i > 0 and looks is not None and looks.get(name) is not None:
-                out[i - 1]["look_accuracy"].append(jm._same_look(read, looks[name]))
-            same_as_first = None  # None: this is the first appearance (the reference), not a pair
-            if name in first:
-                same_as_first = jm._same_look(read, first[name])
-            elif read is not None:
-                first[name] = read
-            if i > 0 and same_as_first is not None:
-                out[i - 1]["look_self_consistency"].append(same_as_first)
-            if reference_looks is not None and reference_looks.get(name) is not None:
-                if i > 0:
-                    out[i - 1]["look_consistency"].append(jm._same_look(read, reference_looks[name]))
-            elif i > 0 and same_as_first is not None:
-                out[i - 1]["look_consistency"].append(same_as_first)
+    out = [{"frame": i, **{k: bool(j[k]) for k in FRAME_METRICS}} for i, j in enumerate(judged, start=1)]
+    pairs = jm.look_pairs(states, readings, looks, reference_looks)
+    for frame in out:
+        frame.update(pairs[frame["frame"]])
     return out
 
 

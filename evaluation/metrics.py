@@ -291,26 +291,35 @@ def picture_consistency(states: Sequence[Optional[Dict]], readings: Sequence[Dic
     return float(np.mean(per_char)) if per_char else 0.0
 
 
-def look_scores(
+LOOK_PAIR_KEYS = ("look_accuracy", "look_consistency", "look_self_consistency")
+
+
+def look_pairs(
     states: Sequence[Optional[Dict]],
     readings: Sequence[Optional[Dict]],
     looks: Optional[Dict[str, Dict[str, str]]] = None,
     reference_looks: Optional[Dict[str, Dict[str, str]]] = None,
-) -> Dict[str, Optional[float]]:
-    """``look_accuracy`` and ``look_consistency`` of one story (module docstring).
+) -> List[Dict[str, List[bool]]]:
+    """The scored look pairs of one story, per frame (module docstring; the one place they are defined).
 
     Args:
         states: per frame, the opening frame first, the stated attributes (``mini.sentence_attributes``) or None
             (unparsable: no pair, and no first appearance).
         readings: per frame, the judge's reading (``looks`` by slot) or None.
-        looks: the story's true looks (None: ``look_accuracy`` is None).
-        reference_looks: the cast sheet's looks (None: every reference is the first appearance's reading).
+        looks: the story's true looks (None: no ``look_accuracy`` pair).
+        reference_looks: the cast sheet's looks (None: every ``look_consistency`` reference is the first appearance's
+            reading).
 
-    Returns ``{"look_accuracy": float | None, "look_consistency": float | None}``; frame 0 (the opening) is never
-    scored.
+    Returns one dict per frame (``len(states)``; frame 0, the opening, never has a pair) of :data:`LOOK_PAIR_KEYS`
+    -> list of bools, one per character on stage per the parsed sentence: ``look_accuracy`` (the look read at its
+    slot is ``looks[name]``), ``look_consistency`` (vs ``reference_looks[name]`` when the sheet has the character,
+    else vs the look read at its first appearance) and ``look_self_consistency`` (always vs the first appearance,
+    sheet or not, so systems with and without a sheet share one reference). A first appearance where a figure is read
+    is the reference, not a pair; the opening frame counts as an appearance.
     """
-    accuracy: List[bool] = []
-    consistency: List[bool] = []
+    if len(states) != len(readings):
+        raise ValueError(f"expected one reading per frame state, got {len(states)} states and {len(readings)} readings")
+    out: List[Dict[str, List[bool]]] = [{k: [] for k in LOOK_PAIR_KEYS} for _ in states]
     first: Dict[str, Dict[str, str]] = {}  # the look read at each character's first appearance
     for i, (st, rd) in enumerate(zip(states, readings)):
         if st is None:
@@ -318,20 +327,41 @@ def look_scores(
         positions = st.get("positions") or mini.slot_layout(st.get("present", []))
         for name in st.get("present", []):
             read = _read_look(rd, positions.get(name))
-            if i > 0 and looks is not None and looks.get(name) is not None:
-                accuracy.append(_same_look(read, looks[name]))
+            same_as_first = _same_look(read, first[name]) if name in first else None  # None: the reference itself
+            if name not in first and read is not None:
+                first[name] = read
+            if i == 0:
+                continue
+            if looks is not None and looks.get(name) is not None:
+                out[i]["look_accuracy"].append(_same_look(read, looks[name]))
+            if same_as_first is not None:
+                out[i]["look_self_consistency"].append(same_as_first)
             if reference_looks is not None and reference_looks.get(name) is not None:
-                if i > 0:
-                    consistency.append(_same_look(read, reference_looks[name]))
-            elif name in first:
-                if i > 0:
-                    consistency.append(_same_look(read, first[name]))
-            elif read is not None:
-                first[name] = read  # the reference: not a scored pair
-    return {
-        "look_accuracy": float(np.mean(accuracy)) if looks is not None and accuracy else None,
-        "look_consistency": float(np.mean(consistency)) if consistency else None,
-    }
+                out[i]["look_consistency"].append(_same_look(read, reference_looks[name]))
+            elif same_as_first is not None:
+                out[i]["look_consistency"].append(same_as_first)
+    return out
+
+
+def look_scores(
+    states: Sequence[Optional[Dict]],
+    readings: Sequence[Optional[Dict]],
+    looks: Optional[Dict[str, Dict[str, str]]] = None,
+    reference_looks: Optional[Dict[str, Dict[str, str]]] = None,
+) -> Dict[str, Optional[float]]:
+    """``look_accuracy`` and ``look_consistency`` of one story: the means of :func:`look_pairs` over all its frames
+    (same arguments).
+
+    Returns ``{"look_accuracy": float | None, "look_consistency": float | None}`` (None when the story has no such
+    pair; ``look_accuracy`` is None without ``looks``); frame 0 (the opening) is never scored.
+    """
+    pairs = look_pairs(states, readings, looks, reference_looks)
+
+    def mean(key: str) -> Optional[float]:
+        flat = [p for f in pairs for p in f[key]]
+        return float(np.mean(flat)) if flat else None
+
+    return {"look_accuracy": mean("look_accuracy"), "look_consistency": mean("look_consistency")}
 
 
 def story_metrics(

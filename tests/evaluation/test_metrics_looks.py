@@ -205,3 +205,27 @@ def test_look_metrics_without_a_scorable_pair_are_none():
     # one generated frame: the opening is the reference, the frame is scored
     m = jm.story_metrics([OPEN, "George jumps."], [r, stated_reading("George jumps.", [OPEN])])
     assert m["look_consistency"] == 1.0 and m["look_accuracy"] is None
+
+
+def test_look_pairs_are_what_look_scores_pools_and_refuse_mismatched_lengths():
+    story = mini.generate_story(1000, 3, frames=12)
+    true = mini.story_looks(1000, 3)
+    drawn = {
+        n: {"colour": "lime" if true[n]["colour"] != "lime" else "red", "accessory": true[n]["accessory"]} for n in true
+    }
+    readings = [perfect_reading(a, true if i % 3 else drawn) for i, a in enumerate(story["attributes"])]
+    states = mini.parse_story(story["captions"])
+    for ref in (None, true, {next(iter(true)): true[next(iter(true))]}):
+        pairs = jm.look_pairs(states, readings, true, ref)
+        assert len(pairs) == len(states) and not any(pairs[0].values())  # the opening is never scored
+        pooled = jm.look_scores(states, readings, true, ref)
+        for key in ("look_accuracy", "look_consistency"):
+            flat = [p for f in pairs for p in f[key]]
+            assert pooled[key] == pytest.approx(sum(flat) / len(flat))
+        # the self-consistency pairs never read the sheet
+        assert [f["look_self_consistency"] for f in pairs] == [
+            f["look_self_consistency"] for f in jm.look_pairs(states, readings, true, None)
+        ]
+    assert 0 < jm.look_scores(states, readings, true)["look_accuracy"] < 1
+    with pytest.raises(ValueError, match="one reading per frame"):
+        jm.look_pairs(states, readings[:-1], true)
