@@ -2,7 +2,7 @@
 "Where the renderer loses the picture").
 
     python -m evaluation.renderer_budget --seed 1000 --stories 20 [--model DIR] [--probe-seed 2000]
-        [--probe-stories 100] [--diffusion-steps 10] [--guidance-scale 3.0] [--out FILE]
+        [--probe-stories 100] [--diffusion-steps 10] [--guidance-scale 3.0] [--out FILE] [--versus OTHER.json]
 
 A model frame reaches the judge through three lossy steps: the visual tokenizer (frame -> (64, D) features), the
 agent's regression of those features, and the de-tokenizer (features -> resampler -> UNet -> VAE decoder -> pixels).
@@ -22,7 +22,10 @@ apart, on held-out StoryStream-mini frames (per-story looks) of ``--seed``, per 
 Per stage and attribute: the rate over frames (``background``; ``slots_exact``: all three positions right;
 ``present_exact``: the set of characters right; ``object``) or over occupied slots (``look_colour``,
 ``look_accessory``, ``pose``: read at the true character's slot), each with a 95% bootstrap interval over stories
-(:func:`evaluation.metrics.bootstrap_ci`). Writes JSON (``--out``) and prints a table.
+(:func:`evaluation.metrics.bootstrap_ci`). Writes JSON (``--out``; it keeps each story's value too) and prints a
+table. ``--versus OTHER.json`` (a result of the same seed and stories, e.g. another de-tokenizer's) also prints the
+paired difference, this run minus OTHER, per stage and attribute, with a 95% bootstrap interval over the stories
+(:func:`paired_differences`): the same frames drawn twice, so far tighter than comparing two intervals.
 """
 
 from __future__ import annotations
@@ -58,7 +61,16 @@ _HEADS = {
     "pose": (3, len(mini.ACTIONS)),
 }
 
-__all__ = ["STAGES", "stage_frames", "correctness", "FeatureProbe", "train_probe", "renderer_budget", "main"]
+__all__ = [
+    "STAGES",
+    "stage_frames",
+    "correctness",
+    "FeatureProbe",
+    "train_probe",
+    "renderer_budget",
+    "paired_differences",
+    "main",
+]
 
 
 def stage_frames(seed: int, stories: int):
@@ -102,8 +114,9 @@ def correctness(logits: Dict[str, torch.Tensor], y: Dict[str, torch.Tensor]) -> 
     return res
 
 
-def summarise(right: Dict[str, np.ndarray], story_of: Sequence[int], seed: int) -> Dict[str, Dict[str, float]]:
-    """Per attribute: ``rate`` (over frames, or over occupied slots) and ``ci95`` (bootstrap over stories)."""
+def summarise(right: Dict[str, np.ndarray], story_of: Sequence[int], seed: int) -> Dict[str, Dict]:
+    """Per attribute: ``rate`` (over frames, or over occupied slots), ``ci95`` (bootstrap over stories) and
+    ``per_story`` (one value per story, in story order; None for a story with no occupied slot)."""
     story_of = np.asarray(story_of)
     stories = sorted(set(story_of.tolist()))
     out = {}
@@ -113,11 +126,48 @@ def summarise(right: Dict[str, np.ndarray], story_of: Sequence[int], seed: int) 
             den = np.array([right["occupied"][story_of == s].sum() for s in stories])
             keep = den > 0
             per_story, rate = num[keep] / den[keep], float(num.sum() / max(den.sum(), 1))
+            listed = [round(float(n / d), 6) if d > 0 else None for n, d in zip(num, den)]
         else:
             per_story = np.array([right[key][story_of == s].mean() for s in stories])
             rate = float(right[key].mean())
+            listed = [round(float(v), 6) for v in per_story]
         lo, hi = bootstrap_ci(per_story, seed=seed)
-        out[key] = {"rate": round(rate, 4), "ci95": [round(lo, 4), round(hi, 4)]}
+        out[key] = {"rate": round(rate, 4), "ci95": [round(lo, 4), round(hi, 4)], "per_story": listed}
+    return out
+
+
+def paired_differences(result: Dict, other: Dict, seed: int = 0) -> Dict[str, Dict[str, Dict]]:
+    """``result`` minus ``other`` (two :func:`renderer_budget` results of the same seed and stories) per stage both
+    have and attribute: ``{"mean": mean over stories of the per-story difference, "ci95": bootstrap interval, "n":
+    stories with a value in both}``.
+
+    Raises ValueError when the seeds or story counts differ, when either lacks per-story values (results written
+    before they were kept), or when the two share no stage."""
+    for key in ("seed", "stories"):
+        if result.get(key) != other.get(key):
+            raise ValueError(
+                f"paired differences need the same {key}: {result.get(key)!r} vs {other.get(key)!r}; "
+                f"re-run one of them with --{key} {other.get(key)}"
+            )
+    shared = [s for s in result["stages"] if s in other["stages"]]
+    if not shared:
+        raise ValueError(f"no stage in common: {list(result['stages'])} vs {list(other['stages'])}")
+    out: Dict[str, Dict[str, Dict]] = {}
+    for stage in shared:
+        out[stage] = {}
+        for key in FRAME_KEYS + SLOT_KEYS:
+            a, b = result["stages"][stage][key].get("per_story"), other["stages"][stage][key].get("per_story")
+            if a is None or b is None:
+                raise ValueError(
+                    f"{stage}/{key}: a result without per-story values (written before they were kept); re-run it"
+                )
+            diffs = [x - y for x, y in zip(a, b) if x is not None and y is not None]
+            lo, hi = bootstrap_ci(diffs, seed=seed)
+            out[stage][key] = {
+                "mean": round(float(np.mean(diffs)), 4),
+                "ci95": [round(lo, 4), round(hi, 4)],
+                "n": len(diffs),
+            }
     return out
 
 
@@ -258,6 +308,16 @@ def table(result: Dict) -> str:
     return "\n".join(lines)
 
 
+def paired_table(diffs: Dict[str, Dict[str, Dict]]) -> str:
+    """A markdown table of :func:`paired_differences` (mean difference and interval per stage and attribute)."""
+    keys = FRAME_KEYS + SLOT_KEYS
+    lines = ["| stage (this - versus) | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for stage, row in diffs.items():
+        cells = [f"{row[k]['mean']:+.3f} [{row[k]['ci95'][0]:+.3f}, {row[k]['ci95'][1]:+.3f}]" for k in keys]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model bundle folder (default: the bundled tiny model)")
@@ -269,7 +329,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--guidance-scale", type=float, default=GUIDANCE_SCALE)
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {','.join(STAGES)}")
     p.add_argument("--out", default=None, help="write the result JSON here")
+    p.add_argument(
+        "--versus",
+        default=None,
+        help="a result JSON of the same --seed and --stories: also print the paired difference (this - it)",
+    )
     args = p.parse_args(argv)
+    versus = None
+    if args.versus:
+        try:
+            versus = json.loads(Path(args.versus).read_text())
+        except (OSError, ValueError) as e:
+            p.error(f"--versus {args.versus}: not a readable result JSON ({e})")
+        for key in ("seed", "stories"):
+            if versus.get(key) != getattr(args, key):
+                p.error(
+                    f"--versus {args.versus} has {key} {versus.get(key)!r}, this run {getattr(args, key)!r}: "
+                    "pass the same"
+                )
     bundle = load_model(Path(args.model) if args.model else None)
     result = renderer_budget(
         bundle,
@@ -288,6 +365,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
+    if versus is not None:
+        diffs = paired_differences(result, versus, seed=args.seed)
+        result["versus"] = {"file": str(args.versus), "model": versus.get("model"), "paired": diffs}
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\npaired difference, this - {args.versus} (mean [95% bootstrap interval over stories]):")
+        print(paired_table(diffs))
     return 0
 
 

@@ -75,15 +75,16 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 class DetokTrainModule(nn.Module):
     """resampler + UNet, the part of the de-tokenizer that is trained (what ``accelerator.prepare`` wraps).
 
-    ``forward(features, noisy, timesteps, time_ids, noise)`` -> ``{'loss': MSE(eps_pred, noise) in fp32}``.
-    Parameter names equal the de-tokenizer's state-dict names (``resampler.*``, ``unet.*``)."""
+    ``forward(features, noisy, timesteps, time_ids, noise, loss_weight=None)`` -> ``{'loss': MSE(eps_pred, noise)
+    in fp32}``; with ``loss_weight`` (B,) fp32 each sample's MSE is weighted (Min-SNR, ``--snr-gamma``) before the
+    batch mean. Parameter names equal the de-tokenizer's state-dict names (``resampler.*``, ``unet.*``)."""
 
     def __init__(self, resampler: nn.Module, unet: nn.Module):
         super().__init__()
         self.resampler = resampler
         self.unet = unet
 
-    def forward(self, features, noisy, timesteps, time_ids, noise):
+    def forward(self, features, noisy, timesteps, time_ids, noise, loss_weight=None):
         ref = self.resampler.latents
         prompt_embeds, pooled = self.resampler(features.to(device=ref.device, dtype=ref.dtype))
         pred = self.unet(
@@ -92,7 +93,25 @@ class DetokTrainModule(nn.Module):
             encoder_hidden_states=prompt_embeds,
             added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
         ).sample
-        return {"loss": F.mse_loss(pred.float(), noise.float(), reduction="mean")}
+        if loss_weight is None:
+            return {"loss": F.mse_loss(pred.float(), noise.float(), reduction="mean")}
+        per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").flatten(1).mean(1)
+        return {"loss": (per_sample * loss_weight.to(per_sample.device, torch.float32)).mean()}
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction: ``min(SNR(t), gamma) / SNR(t)``, (B,) fp32.
+
+    Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy" (eq. 9 for epsilon targets):
+    it caps the weight of the low-noise timesteps, whose epsilon MSE dominates the uniform loss, so the training signal
+    goes more to the mid and high noise levels where the picture's layout is decided. The SNR comes from diffusers'
+    ``compute_snr`` (``alphas_cumprod`` of the DDPM scheduler). ``gamma`` > 0; raises ValueError otherwise."""
+    if not gamma > 0:
+        raise ValueError(f"Min-SNR gamma must be > 0, got {gamma!r} (use --snr-gamma 0 to turn the weighting off)")
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps).float()
+    return torch.clamp(snr, max=float(gamma)) / snr
 
 
 def merged_unet(unet: nn.Module) -> nn.Module:
@@ -132,6 +151,13 @@ def add_detok_arguments(p) -> None:
         help="probability of replacing a sample's features by the unconditional ones (ViT features of the "
         "all-zero image, the CFG negative branch) so guidance has a trained unconditional branch "
         "(official stage 3: none, 0.0; the tiny recipe's stage 1 uses 0.1)",
+    )
+    g.add_argument(
+        "--snr-gamma",
+        type=float,
+        default=0.0,
+        help="Min-SNR-gamma loss weighting (Hang et al. 2023; e.g. 5): each sample's epsilon MSE is weighted by "
+        "min(SNR(t), gamma) / SNR(t). 0 = off, the uniform MSE of the official de-tokenizer training",
     )
     g.add_argument(
         "--official-crop-swap",
@@ -233,7 +259,11 @@ class DetokenizerTask(StageTask):
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (self.global_batch_size,), generator=gen)
         t = t[self.local_slice].to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        return {"noisy": noisy, "timesteps": t, "noise": noise, "time_ids": time_ids.to(self.device, torch.float32)}
+        out = {"noisy": noisy, "timesteps": t, "noise": noise, "time_ids": time_ids.to(self.device, torch.float32)}
+        gamma = float(getattr(self.args, "snr_gamma", 0.0) or 0.0)
+        if gamma > 0:
+            out["loss_weight"] = min_snr_weights(self.noise_scheduler, t, gamma)
+        return out
 
     def batch(self, rng: random.Random, gen: torch.Generator) -> Dict[str, Any]:
         # draw the (record, frame) pairs of the global micro-batch, keep and load this rank's slice

@@ -72,3 +72,54 @@ def test_refusals_and_the_cli_writes_json_and_a_table(tmp_path, capsys):
     lo, hi = result["stages"]["detok"]["slots_exact"]["ci95"]
     assert lo <= result["stages"]["detok"]["slots_exact"]["rate"] <= hi
     assert "| detok |" in capsys.readouterr().out
+
+
+def _result(per_story_by_key, seed=1000, stories=3, stage="detok"):
+    keys = rb.FRAME_KEYS + rb.SLOT_KEYS
+    return {
+        "seed": seed,
+        "stories": stories,
+        "stages": {
+            stage: {
+                k: {"rate": 0.0, "ci95": [0, 0], "per_story": per_story_by_key.get(k, [0.0] * stories)} for k in keys
+            }
+        },
+    }
+
+
+def test_paired_differences_pair_story_by_story_and_refuse_unpaired_results():
+    a = _result({"slots_exact": [1.0, 0.5, 0.0], "pose": [1.0, None, 0.5]})
+    b = _result({"slots_exact": [0.5, 0.5, 0.0], "pose": [0.5, 0.2, None]})
+    d = rb.paired_differences(a, b)["detok"]
+    assert d["slots_exact"]["mean"] == pytest.approx(0.5 / 3, abs=1e-4) and d["slots_exact"]["n"] == 3
+    assert d["pose"] == {"mean": 0.5, "ci95": [0.5, 0.5], "n": 1}  # only the story both have
+    assert d["object"]["mean"] == 0.0
+    lo, hi = d["slots_exact"]["ci95"]
+    assert 0.0 <= lo <= d["slots_exact"]["mean"] <= hi <= 0.5
+    with pytest.raises(ValueError, match="same seed"):
+        rb.paired_differences(a, _result({}, seed=1001))
+    with pytest.raises(ValueError, match="same stories"):
+        rb.paired_differences(a, _result({}, stories=4))
+    with pytest.raises(ValueError, match="no stage in common"):
+        rb.paired_differences(a, _result({}, stage="vae"))
+    old = _result({})
+    del old["stages"]["detok"]["pose"]["per_story"]
+    with pytest.raises(ValueError, match="per-story values"):
+        rb.paired_differences(a, old)
+
+
+def test_cli_versus_prints_the_paired_difference(tmp_path, capsys):
+    first = tmp_path / "a.json"
+    assert rb.main(["--seed", "1000", "--stories", "1", "--stages", "frame", "--out", str(first)]) == 0
+    saved = json.loads(first.read_text())
+    assert len(saved["stages"]["frame"]["slots_exact"]["per_story"]) == 1
+    second = tmp_path / "b.json"
+    capsys.readouterr()
+    argv = ["--seed", "1000", "--stories", "1", "--stages", "frame", "--out", str(second), "--versus", str(first)]
+    assert rb.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "paired difference" in printed and "| frame | +0.000 [+0.000, +0.000]" in printed
+    assert json.loads(second.read_text())["versus"]["paired"]["frame"]["slots_exact"]["mean"] == 0.0
+    with pytest.raises(SystemExit):  # refused before any drawing: another story count
+        rb.main(["--seed", "1000", "--stories", "2", "--stages", "frame", "--versus", str(first)])
+    assert "pass the same" in capsys.readouterr().err
