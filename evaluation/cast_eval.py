@@ -4,7 +4,7 @@
         [--systems model,model_cast,model_retry,model_cast_retry,copy_first,retrieval,static_start,rule_based,
                    ground_truth,ground_truth_detok]
         [--model DIR] [--random-init] [--diffusion-steps 10] [--guidance-scale 3.0]
-        [--retry 2] [--retry-threshold 0.74] [--jobs 2] [--device cpu] [--no-visualization]
+        [--retry 2] [--retry-threshold 0.88] [--jobs 2] [--device cpu] [--no-visualization]
 
 For every system (:data:`SYSTEMS`) and every held-out story ``0..N-1`` of ``--seed``: free-running generation of
 ``--frames`` frames (30 = 3x the training length of 10) from the story's true first frame and sentence, each frame

@@ -21,7 +21,8 @@ in a second process beside the second, and ``assemble`` joins the two. Each proc
             at export its latents are calibrated to unit variance (per-channel latents_mean/latents_std).
 3. stage1 — de-tokenizer pretraining: ViT features -> ResamplerXLV2 -> UNet (full UNet: it starts random), with 10%
             condition dropout to the unconditional (all-zero image) features so classifier-free guidance works;
-            8000 steps (it runs beside the agent's branch, which is longer).
+            12000 steps (it runs beside the agent's branch; 8000 before: the loss was still falling, and the longer run
+            draws the cast, the looks and the object measurably better, docs/training.md "Tiny model recipe").
 4. stage2 — instruction tuning on random-length story prefixes (CE + per-token cosine), base LLaMA trained too
             (``--train-base``: LoRA alone cannot teach a random LLaMA a language) and the text loss on every caption
             (``--text-loss all``: with the official last-caption-only loss the tiny model learned the marginal
@@ -92,7 +93,7 @@ STAGES = {
         "--unet-train",
         "full",
         "--max-steps",
-        "8000",
+        "12000",
         "--batch-size",
         "16",
         "--lr",

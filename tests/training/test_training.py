@@ -250,7 +250,7 @@ def test_diffusion_inputs_carry_min_snr_weights_only_when_asked():
         global_batch_size=64,
         local_slice=slice(0, 64),
     )
-    fake._global_randn = lambda shape, gen: DetokenizerTask._global_randn(fake, shape, gen)
+    fake._global_randn = lambda shape, gen: torch.randn(tuple(shape), generator=gen)  # one process
     x, tids = torch.rand(64, 3, 8, 8) * 2 - 1, torch.zeros(64, 6)
     out = DetokenizerTask.diffusion_inputs(fake, x, tids, torch.Generator().manual_seed(0))
     assert "loss_weight" not in out
