@@ -68,6 +68,7 @@ __all__ = [
     "FeatureProbe",
     "train_probe",
     "renderer_budget",
+    "check_same_frames",
     "paired_differences",
     "main",
 ]
@@ -136,6 +137,17 @@ def summarise(right: Dict[str, np.ndarray], story_of: Sequence[int], seed: int) 
     return out
 
 
+def check_same_frames(result: Dict, other: Dict) -> None:
+    """Raise ValueError unless ``result`` and ``other`` (results, or any dicts with ``seed`` and ``stories``) read the
+    same frames: the same seed and story count, so their per-story values pair up."""
+    for key in ("seed", "stories"):
+        if result.get(key) != other.get(key):
+            raise ValueError(
+                f"paired differences need the same {key}: {result.get(key)!r} vs {other.get(key)!r}; "
+                f"re-run one of them with --{key} {other.get(key)}"
+            )
+
+
 def paired_differences(result: Dict, other: Dict, seed: int = 0) -> Dict[str, Dict[str, Dict]]:
     """``result`` minus ``other`` (two :func:`renderer_budget` results of the same seed and stories) per stage both
     have and attribute: ``{"mean": mean over stories of the per-story difference, "ci95": bootstrap interval, "n":
@@ -143,12 +155,7 @@ def paired_differences(result: Dict, other: Dict, seed: int = 0) -> Dict[str, Di
 
     Raises ValueError when the seeds or story counts differ, when either lacks per-story values (results written
     before they were kept), or when the two share no stage."""
-    for key in ("seed", "stories"):
-        if result.get(key) != other.get(key):
-            raise ValueError(
-                f"paired differences need the same {key}: {result.get(key)!r} vs {other.get(key)!r}; "
-                f"re-run one of them with --{key} {other.get(key)}"
-            )
+    check_same_frames(result, other)
     shared = [s for s in result["stages"] if s in other["stages"]]
     if not shared:
         raise ValueError(f"no stage in common: {list(result['stages'])} vs {list(other['stages'])}")
@@ -341,12 +348,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             versus = json.loads(Path(args.versus).read_text())
         except (OSError, ValueError) as e:
             p.error(f"--versus {args.versus}: not a readable result JSON ({e})")
-        for key in ("seed", "stories"):
-            if versus.get(key) != getattr(args, key):
-                p.error(
-                    f"--versus {args.versus} has {key} {versus.get(key)!r}, this run {getattr(args, key)!r}: "
-                    "pass the same"
-                )
+        try:  # refused before any drawing
+            check_same_frames({"seed": args.seed, "stories": args.stories}, versus)
+        except ValueError as e:
+            p.error(f"--versus {args.versus}: {e}; pass the same")
     bundle = load_model(Path(args.model) if args.model else None)
     result = renderer_budget(
         bundle,
@@ -361,15 +366,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     result["model"] = str(args.model or "models/seedstory-tiny")
+    diffs = paired_differences(result, versus, seed=args.seed) if versus is not None else None
+    if diffs is not None:
+        result["versus"] = {"file": str(args.versus), "model": versus.get("model"), "paired": diffs}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
-    if versus is not None:
-        diffs = paired_differences(result, versus, seed=args.seed)
-        result["versus"] = {"file": str(args.versus), "model": versus.get("model"), "paired": diffs}
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if diffs is not None:
         print(f"\npaired difference, this - {args.versus} (mean [95% bootstrap interval over stories]):")
         print(paired_table(diffs))
     return 0
