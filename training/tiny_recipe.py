@@ -43,7 +43,11 @@ in a second process beside the second, and ``assemble`` joins the two. Each proc
             story, :data:`CORRUPT_OTHER_WINDOW_PROB`), and a last 300-step phase puts them in half of its samples:
             free-running, the agent lost characters that entered after the first frame, and once lost they stayed
             lost (seed + 4).
-4e. assemble — the last agent step's bundle with stage 1's de-tokenizer (``RUN/assemble/model``).
+4e. stage2f, stage2g — two more phases with stage 2's own loss (regression x1, true contexts only) at lr 2e-4, 300
+            steps each, the second from the first's bundle (seeds + 5, + 6): the regression-weighted phases leave the
+            language under-trained, and free-running the agent wrote "Max and Max ..." in about a fifth of its
+            sentences; after these phases about 1 in 70 (docs/training.md, "The language phases").
+4f. assemble — the last agent step's bundle with stage 1's de-tokenizer (``RUN/assemble/model``).
 5. stage3 — de-tokenizer adaptation on the frozen agent's regressed features (agent in eval mode; the same 10%
             condition dropout, so adaptation keeps the unconditional branch). NOT in the default ``--stages``: on
             this model it brought no gain (docs/training.md "Tiny model recipe"); add it to run it.
@@ -156,6 +160,25 @@ STAGES = {
 STAGES["stage2c"] = list(STAGES["stage2b"])  # scheduled-sampling rounds 2 and 3: the same phase, a new rollout
 STAGES["stage2d"] = list(STAGES["stage2b"])
 STAGES["stage2e"] = list(STAGES["stage2b"])  # the same phase on the cast-corrupted context (training.corrupt_context)
+# the language phases, last: stage 2's own settings (regression loss x1, true contexts) at the later phases' lr, twice
+# (the second from the first's bundle, a new seed); free-running, the agent still wrote "Max and Max ..."
+# (docs/training.md, "The language phases")
+STAGES["stage2f"] = [
+    "--train-base",
+    "--text-loss",
+    "all",
+    "--max-steps",
+    "300",
+    "--batch-size",
+    "4",
+    "--lr",
+    "2e-4",
+    "--warmup-steps",
+    "10",
+    "--cast-prob",
+    "0.5",
+]
+STAGES["stage2g"] = list(STAGES["stage2f"])
 #: training steps in order: (step name, entry function of the trainer module, seed offset)
 TRAIN_STEPS = (
     ("stage0", train_stage0, 0),
@@ -169,12 +192,25 @@ TRAIN_STEPS = (
     ("rollout3", rollout, 0),
     ("stage2d", train_stage2, 3),
     ("stage2e", train_stage2, 4),
+    ("stage2f", train_stage2, 5),
+    ("stage2g", train_stage2, 6),
     ("stage3", train_stage3, 0),
 )
 #: the agent's branch, in order (stage 2 and the scheduled-sampling rounds): it never reads the de-tokenizer, so it runs
 #: beside stage 1 with ``--jobs 2`` (each process keeps torch's thread count, so the weights are the same as one after
 #: the other; tested at 1% scale)
-AGENT_STEPS = ("stage2", "rollout", "stage2b", "rollout2", "stage2c", "rollout3", "stage2d", "stage2e")
+AGENT_STEPS = (
+    "stage2",
+    "rollout",
+    "stage2b",
+    "rollout2",
+    "stage2c",
+    "rollout3",
+    "stage2d",
+    "stage2e",
+    "stage2f",
+    "stage2g",
+)
 #: the second branch, in order: the VAE and the de-tokenizer (stage 1); neither reads the agent, and the agent's steps
 #: never read them. The cast-corrupted context (``corrupt``, 30 s; it needs only stage 0's frozen visual tokenizer)
 #: is made in the main process just before stage 2e, which reads it, so stage 2e never waits for stage 1.
@@ -392,7 +428,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (smoke runs)")
     parser.add_argument(
         "--stages",
-        default="data,init,stage0,vae,stage1,corrupt,stage2,rollout,stage2b,stage2e,export",
+        default="data,init,stage0,vae,stage1,corrupt,stage2,rollout,stage2b,stage2e,stage2f,stage2g,export",
         help="comma list of steps to run (without stage0 the later stages use the random ViT; add stage3 before "
         "export for de-tokenizer adaptation)",
     )

@@ -80,14 +80,19 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(smoke):
     assert "vae,stage1: started in a second process" in stdout
     record = json.loads((export / "recipe.json").read_text())
     steps = {"data", "init", "stage0", "vae", "stage1", "stage2", "rollout", "stage2b"}
-    steps |= {"corrupt", "stage2e", "assemble", "export"}
+    steps |= {"corrupt", "stage2e", "stage2f", "stage2g", "assemble", "export"}
     assert set(record["stages"]) >= steps and "stage3" not in record["stages"]  # stage 3 is opt-in
     # one scheduled-sampling round by default since the cast block (rounds 2 and 3 are opt-in via --stages)
     assert not {"rollout2", "stage2c", "rollout3", "stage2d"} & set(record["stages"])
     # every stage-2 phase puts the cast block in half of its samples
-    for phase in ("stage2", "stage2b", "stage2e"):
+    for phase in ("stage2", "stage2b", "stage2e", "stage2f", "stage2g"):
         cli = record["stages"][phase]["args"]
         assert cli[cli.index("--cast-prob") + 1] == "0.5"
+    # the language phases come last: true contexts only, the regression loss at its default weight, chained
+    for phase, start in (("stage2f", "stage2e"), ("stage2g", "stage2f")):
+        cli = record["stages"][phase]["args"]
+        assert "--own-context" not in cli and "--rec-loss-scale" not in cli
+        assert cli[cli.index("--init") + 1] == f"bundle:{run / start / 'model'}"
     # scheduled sampling: each phase reads the rollout of the agent it starts from
     rounds = (("stage2b", "rollout", "stage2"),)
     for phase, ro, start in rounds:
@@ -105,12 +110,12 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(smoke):
     for step, start in (("vae", "stage0"), ("stage1", "vae"), ("stage2", "stage0")):
         cli = record["stages"][step]["args"]
         assert cli[cli.index("--init") + 1] == f"bundle:{run / start / 'model'}", step
-    assert record["stages"]["assemble"]["agent"] == str(run / "stage2e" / "model")
+    assert record["stages"]["assemble"]["agent"] == str(run / "stage2g" / "model")
     assert record["stages"]["assemble"]["detokenizer"] == str(run / "stage1" / "model")
     assert _same_tensors(export / "detokenizer", run / "stage1" / "model" / "detokenizer")
-    # the export is the last trained step's bundle (stage 2e): same agent weights
+    # the export is the last trained step's bundle (stage 2g): same agent weights
     exported_agent = load_file(str(export / "agent" / "model.safetensors"))
-    last_agent = load_file(str(run / "stage2e" / "model" / "agent" / "model.safetensors"))
+    last_agent = load_file(str(run / "stage2g" / "model" / "agent" / "model.safetensors"))
     assert all(torch.equal(exported_agent[k], last_agent[k]) for k in last_agent)
     features = record["stages"]["stage0"]["features"]["bundles"]
     assert len(features) == 2 and all(0.0 <= m["probe_cast_exact"] <= 1.0 for m in features.values())
