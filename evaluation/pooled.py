@@ -69,6 +69,9 @@ COLUMNS = (
 #: the metrics ``--against`` compares, per segment
 VERSUS_METRICS = (
     "score",
+    "parse_rate",
+    "continuity_rate",
+    "shown_place_rate",
     "shown_cast_rate",
     "shown_look_rate",
     "shown_action_object_rate",
