@@ -54,8 +54,8 @@ def test_the_rule_removes_the_loops_and_changes_nothing_before_the_first_repeat(
     assert ruled[:first] == plain[:first]
     assert ruled[first] != plain[first]
     # the rule retries a repeated sentence at most MAX_SENTENCE_RETRIES times, then keeps it: on the bundled model
-    # story 0 ends with no repeat and story 1 with one ("They walk to the beach." after 3 retries), from 6 each
-    assert _repeats(ruled) <= 1 and _repeats(plain) - _repeats(ruled) >= 5, ruled
+    # story 0 ends with no repeat (from 6) and story 1 with one ("They play with the umbrella." after 3 retries, from 5)
+    assert _repeats(ruled) <= 1 and _repeats(plain) - _repeats(ruled) >= 4, ruled
     # the rule writes sentences, not fragments: each one is a real StoryStream-mini sentence ending in a full stop
     assert all(s.endswith(".") and len(s.split()) >= 2 for s in ruled), ruled
 
