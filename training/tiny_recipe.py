@@ -40,7 +40,7 @@ in a second process beside the second, and ``assemble`` joins the two. Each proc
 4d. corrupt, stage2e — in the agent's branch, just before stage 2e: :mod:`training.corrupt_context` re-draws every
             training story's context frames with one character's presence flipped (a character who enters later is
             removed; for 2/3 of the records the frames are first taken from another 10-frame window of the same
-            story, :data:`CORRUPT_OTHER_WINDOW_PROB`), and a last 300-step phase puts them in half of its samples:
+            story, :data:`CORRUPT_OTHER_WINDOW_PROB`), and a 300-step phase puts them in half of its samples:
             free-running, the agent lost characters that entered after the first frame, and once lost they stayed
             lost (seed + 4).
 4e. stage2f, stage2g — two more phases with stage 2's own loss (regression x1, true contexts only) at lr 2e-4, 300
