@@ -163,21 +163,8 @@ STAGES["stage2e"] = list(STAGES["stage2b"])  # the same phase on the cast-corrup
 # the language phases, last: stage 2's own settings (regression loss x1, true contexts) at the later phases' lr, twice
 # (the second from the first's bundle, a new seed); free-running, the agent still wrote "Max and Max ..."
 # (docs/training.md, "The language phases")
-STAGES["stage2f"] = [
-    "--train-base",
-    "--text-loss",
-    "all",
-    "--max-steps",
-    "300",
-    "--batch-size",
-    "4",
-    "--lr",
-    "2e-4",
-    "--warmup-steps",
-    "10",
-    "--cast-prob",
-    "0.5",
-]
+_REC = STAGES["stage2b"].index("--rec-loss-scale")
+STAGES["stage2f"] = STAGES["stage2b"][:_REC] + STAGES["stage2b"][_REC + 2 :]  # stage 2b without the x10 regression
 STAGES["stage2g"] = list(STAGES["stage2f"])
 #: training steps in order: (step name, entry function of the trainer module, seed offset)
 TRAIN_STEPS = (
