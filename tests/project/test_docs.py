@@ -130,6 +130,11 @@ COMMANDS = [
         "tests/evaluation/test_renderer_budget.py runs the CLI (main) on one story",
     ),
     (
+        r"^python -m evaluation\.context_drift ",
+        "help",
+        "tests/evaluation/test_context_drift.py runs the CLI (main) on two short stories",
+    ),
+    (
         r"^python -m evaluation\.(cast_eval|pooled|tune_retry|hand_check) ",
         "help",
         "tests/evaluation/test_cast_eval.py runs cast_eval and pooled on a random tiny model; tune_retry and "
