@@ -50,7 +50,6 @@ import torch.nn.functional as F
 from evaluation.metrics import bootstrap_ci
 from evaluation.stories import TRAIN_LENGTH, cast_sheet, load_model
 from seedstory_core.cache import POLICIES, CachePolicy
-from seedstory_core.cast import CastSheet
 from seedstory_core.data import mini
 from seedstory_core.story import DecodingSettings, StorySettings
 
@@ -66,13 +65,6 @@ WRONG_LOOKS_OFFSET = 5000
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0))
-
-
-def _sheet(bundle, story: dict, looks: Dict[str, Dict[str, str]]) -> CastSheet:
-    pictures = [(n, mini.render_cast_picture(n, looks[n])) for n in story["cast"]]
-    return CastSheet(
-        tuple(n for n, _ in pictures), tuple(bundle.visual_tokenizer.encode_images(p)[:1] for _, p in pictures)
-    )
 
 
 @torch.no_grad()
@@ -114,7 +106,7 @@ def story_drift(
         if cond == "sheet":
             sheet = cast_sheet(bundle, story)
         elif cond == "wrong_sheet":
-            sheet = _sheet(bundle, story, wrong_looks)
+            sheet = cast_sheet(bundle, {**story, "looks": wrong_looks})
         settings = StorySettings(policy=cache_policy)
         engine = bundle.engine(settings.policy)
         state = engine.start(story["captions"][0], image=frames[0], settings=settings, cast=sheet)
