@@ -14,9 +14,13 @@ Conditions (:data:`CONDITIONS`):
 * ``own`` -- the agent's regressed features stay in the context (the pack's loop and the official one, docs/
   reference.md §3.1);
 * ``true`` -- teacher forcing: the visual tokenizer's features of the true frame replace them after every step;
+* ``start`` -- a true but stale picture: the true first frame's features replace them after every step;
 * ``sheet`` -- ``own`` with the story's cast sheet pinned (:func:`evaluation.stories.cast_sheet`);
 * ``wrong_sheet`` -- ``own`` with a cast sheet of the same names drawn with other looks (the looks of story
   ``index +`` :data:`WRONG_LOOKS_OFFSET` of the same seed).
+
+Baselines (:data:`BASELINES`, no agent; their "regressed features" are a copy): ``copy_previous`` -- the true frame
+``i - 1``'s features (what teacher forcing puts last in the context); ``copy_start`` -- the true first frame's.
 
 Per generated frame ``i``:
 
@@ -26,6 +30,9 @@ Per generated frame ``i``:
   pose, place and object unchanged), on the frames where the two drawings differ (a character on stage). Positive:
   the features lean towards the story's own looks. With ``wrong_sheet`` a sheet that is read pulls it towards 0 or
   below; a sheet that is ignored leaves it as ``own``'s.
+* ``cos_context`` -- cosine with the last picture in the agent's context when it regressed frame ``i`` (frame
+  ``i - 1``'s features as stored: its own, the true, or the start frame's): how much of the regression is a copy of
+  that picture (None for the baselines).
 
 Per story the mean over each segment (:data:`SEGMENTS`: ``1x`` frames 1-9, ``2x`` 10-20, ``3x`` 21-29, as the cast
 protocol's ``1x``/``3x``), then the mean over stories with a 95% bootstrap interval (:func:`evaluation.metrics.
@@ -53,12 +60,21 @@ from seedstory_core.cache import POLICIES, CachePolicy
 from seedstory_core.data import mini
 from seedstory_core.story import DecodingSettings, StorySettings
 
-CONDITIONS = ("own", "true", "sheet", "wrong_sheet")
-KEYS = ("cos_true", "look_pull")
+CONDITIONS = ("own", "true", "start", "sheet", "wrong_sheet")
+#: trivial predictions, no agent: the previous true frame's features, the true first frame's features
+BASELINES = ("copy_previous", "copy_start")
+KEYS = ("cos_true", "look_pull", "cos_context")
 #: segment -> (first, last) generated frame, inclusive (frames past the story's end are left out)
 SEGMENTS = {"1x": (1, 9), "2x": (10, 20), "3x": (21, 29)}
 #: the paired differences reported: (a, b) means a minus b, per story
-PAIRS = (("true", "own"), ("sheet", "own"), ("sheet", "wrong_sheet"))
+PAIRS = (
+    ("true", "own"),
+    ("true", "copy_previous"),
+    ("own", "copy_start"),
+    ("start", "own"),
+    ("sheet", "own"),
+    ("sheet", "wrong_sheet"),
+)
 #: the wrong sheet's looks are those of story ``index + WRONG_LOOKS_OFFSET`` of the same seed
 WRONG_LOOKS_OFFSET = 5000
 
@@ -69,7 +85,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def story_drift(
-    bundle, story: dict, conditions: Sequence[str] = CONDITIONS, policy: str = "multimodal_sink"
+    bundle, story: dict, conditions: Sequence[str] = CONDITIONS + BASELINES, policy: str = "multimodal_sink"
 ) -> Dict[str, Dict[str, List]]:
     """Per condition and key, one value per generated frame (index 0 = frame 1; ``look_pull`` is None on frames
     where the wrong looks draw the same picture).
@@ -77,15 +93,15 @@ def story_drift(
     Args:
         bundle: a :class:`~seedstory_core.bundle.SeedStoryBundle`.
         story: a StoryStream-mini story (:func:`seedstory_core.data.mini.generate_story`) of >= 2 frames.
-        conditions: a subset of :data:`CONDITIONS`.
+        conditions: a subset of :data:`CONDITIONS` + :data:`BASELINES`.
         policy: the cache policy's ``kind`` (:data:`seedstory_core.cache.POLICIES`), window = the training length.
 
     Raises:
         ValueError: an unknown condition or policy, or a story of fewer than 2 frames.
     """
-    bad = [c for c in conditions if c not in CONDITIONS]
+    bad = [c for c in conditions if c not in CONDITIONS + BASELINES]
     if bad:
-        raise ValueError(f"unknown condition(s) {bad}; choose from {CONDITIONS}")
+        raise ValueError(f"unknown condition(s) {bad}; choose from {CONDITIONS + BASELINES}")
     cache_policy = CachePolicy(kind=policy, window_images=TRAIN_LENGTH)  # ValueError for an unknown kind
     n = len(story["captions"])
     if n < 2:
@@ -101,7 +117,20 @@ def story_drift(
     wrong_f = [vt.encode_images(mini.render_frame(a, size=64))[:1] for a in wrong_attrs]
     differs = [_cos(t, w) < 0.9999 for t, w in zip(true_f, wrong_f)]
     out: Dict[str, Dict[str, List]] = {}
+
+    def keys_of(feats: List[torch.Tensor], context: List[Optional[torch.Tensor]]) -> Dict[str, List]:
+        cos_true = [_cos(f, true_f[i]) for i, f in enumerate(feats, start=1)]
+        pull = [
+            (c - _cos(f, wrong_f[i])) if differs[i] else None for i, (f, c) in enumerate(zip(feats, cos_true), start=1)
+        ]
+        cos_context = [None if c is None else _cos(f, c) for f, c in zip(feats, context)]
+        return {"cos_true": cos_true, "look_pull": pull, "cos_context": cos_context}
+
     for cond in conditions:
+        if cond in BASELINES:
+            feats = [true_f[i - 1] if cond == "copy_previous" else true_f[0] for i in range(1, n)]
+            out[cond] = keys_of(feats, [None] * len(feats))
+            continue
         sheet = None
         if cond == "sheet":
             sheet = cast_sheet(bundle, story)
@@ -111,10 +140,13 @@ def story_drift(
         engine = bundle.engine(settings.policy)
         state = engine.start(story["captions"][0], image=frames[0], settings=settings, cast=sheet)
         feats: List[torch.Tensor] = []
+        context: List[torch.Tensor] = [true_f[0]]  # the last picture in the context when frame i is regressed
 
         def on_frame(i, _total, result, cond=cond):
             feats.append(result.features)
-            return true_f[i] if cond == "true" else None
+            stored = {"true": true_f[i], "start": true_f[0]}.get(cond)
+            context.append(result.features if stored is None else stored)
+            return stored
 
         engine.run(
             state,
@@ -124,11 +156,7 @@ def story_drift(
             decoding=DecodingSettings(max_sentence_tokens=40),
             on_frame=on_frame,
         )
-        cos_true = [_cos(f, true_f[i]) for i, f in enumerate(feats, start=1)]
-        pull = [
-            (c - _cos(f, wrong_f[i])) if differs[i] else None for i, (f, c) in enumerate(zip(feats, cos_true), start=1)
-        ]
-        out[cond] = {"cos_true": cos_true, "look_pull": pull}
+        out[cond] = keys_of(feats, context[: len(feats)])
     return out
 
 
@@ -156,7 +184,7 @@ def context_drift(
     seed: int = 1000,
     stories: int = 12,
     frames: int = 30,
-    conditions: Sequence[str] = CONDITIONS,
+    conditions: Sequence[str] = CONDITIONS + BASELINES,
     policy: str = "multimodal_sink",
 ) -> Dict:
     """Run :func:`story_drift` on stories ``0..stories-1`` of ``seed`` (``frames`` frames each) and summarise.
@@ -235,7 +263,11 @@ def main(argv=None) -> int:
         default="multimodal_sink",
         help=f"cache policy kind, one of {POLICIES}, window = the training length (default multimodal_sink)",
     )
-    p.add_argument("--conditions", default=",".join(CONDITIONS), help=f"comma-separated subset of {CONDITIONS}")
+    p.add_argument(
+        "--conditions",
+        default=",".join(CONDITIONS + BASELINES),
+        help=f"comma-separated subset of {CONDITIONS + BASELINES}",
+    )
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = p.parse_args(argv)
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]

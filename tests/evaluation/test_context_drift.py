@@ -4,10 +4,15 @@ frame, the bundled agent reads its cast sheet's looks, the segments and pairs, a
 import json
 
 import pytest
+import torch
 
 from evaluation import context_drift as cd
 from evaluation.stories import load_model
 from seedstory_core.data import mini
+
+
+def _cos(a, b):
+    return float(torch.nn.functional.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0))
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +30,24 @@ def test_teacher_forcing_changes_only_the_frames_after_the_first(bundle):
     # afterwards the context differs (own regressed features vs the true frames' features)
     assert all(abs(a - b) > 1e-4 for a, b in zip(own[1:], true[1:])), (own, true)
     assert all(-1.0 <= v <= 1.0 for v in own + true)
+
+
+def test_the_context_picture_and_the_copy_baselines(bundle):
+    story = mini.generate_story(1000, 3, frames=6)
+    run = cd.story_drift(bundle, story, ("own", "start", "copy_previous", "copy_start"))
+    frames = mini.render_story(story, size=64)
+    true_f = [bundle.visual_tokenizer.encode_images(im)[:1] for im in frames]
+    # the baselines are copies: copy_previous predicts frame i-1, copy_start frame 0; no context key for them
+    assert run["copy_previous"]["cos_true"] == pytest.approx([_cos(true_f[i - 1], true_f[i]) for i in range(1, 6)])
+    assert run["copy_start"]["cos_true"] == pytest.approx([_cos(true_f[0], true_f[i]) for i in range(1, 6)])
+    assert run["copy_start"]["cos_context"] == [None] * 5
+    # frame 1: every condition's context ends with the true first frame, so cos_context is the cosine with it
+    own, start = run["own"], run["start"]
+    assert own["cos_context"][0] == pytest.approx(start["cos_context"][0], abs=1e-6)
+    assert own["cos_true"][0] == pytest.approx(start["cos_true"][0], abs=1e-6)
+    # afterwards `start` keeps the stale true first frame last in its context; `own` its own previous features
+    assert own["cos_context"][1:] != pytest.approx(start["cos_context"][1:], abs=1e-4)
+    assert all(-1.0 <= v <= 1.0 for v in own["cos_context"] + start["cos_context"])
 
 
 def test_the_bundled_agent_reads_the_looks_of_its_cast_sheet(bundle):
