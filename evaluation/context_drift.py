@@ -54,7 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.metrics import bootstrap_ci
+from evaluation.cast_eval import summarise
 from evaluation.stories import TRAIN_LENGTH, cast_sheet, load_model
 from seedstory_core.cache import POLICIES, CachePolicy
 from seedstory_core.data import mini
@@ -165,17 +165,9 @@ def _segment_mean(values: Sequence[Optional[float]], first: int, last: int) -> O
     return float(np.mean(picked)) if picked else None
 
 
-def _summary(per_story: List[Optional[float]], seed: int = 0) -> Dict:
-    vals = [v for v in per_story if v is not None]
-    if not vals:
-        return {"mean": None, "ci95": None, "n": 0, "per_story": per_story}
-    lo, hi = bootstrap_ci(vals, seed=seed)
-    return {
-        "mean": round(float(np.mean(vals)), 4),
-        "ci95": [round(lo, 4), round(hi, 4)],
-        "n": len(vals),
-        "per_story": per_story,
-    }
+def _summary(per_story: List[Optional[float]]) -> Dict:
+    """:func:`evaluation.cast_eval.summarise` (bootstrap seed 0) with the per-story values kept."""
+    return {**summarise(per_story, seed=0), "per_story": per_story}
 
 
 def context_drift(
