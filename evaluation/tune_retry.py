@@ -1,13 +1,14 @@
 """Choose the consistency retry's threshold on a tuning seed (never a reported seed); prints one JSON object.
 
-    python -m evaluation.tune_retry [--model DIR] [--seed 1000] [--stories 8] [--frames 30]
+    python -m evaluation.tune_retry [--model DIR] [--seed 1000] [--stories 12] [--frames 30]
 
 For each held-out story of the tuning seed the model writes ``--frames`` frames free-running, with the story's cast
 sheet and without it. Every drawn frame gets the retry's score (:class:`seedstory_core.consistency.LookReferences`:
 the lowest look similarity over the characters its sentence names, against the cast sheet or the first appearance)
 and the judge's verdict on the looks of the characters on stage (all right or not). The chosen threshold is the
 score that best separates the frames with a wrong look from the rest (the highest balanced accuracy over the observed
-scores); the JSON also gives the score quantiles of both groups, so the choice can be checked. The threshold shipped
+scores); the JSON also gives a 95% bootstrap interval of that choice over stories (``threshold_interval``), the
+frames it would redraw and the score quantiles of both groups, so the choice can be checked. The threshold shipped
 as :data:`seedstory_core.consistency.DEFAULT_RETRY_THRESHOLD` is this command's ``threshold`` on seed 1000
 (docs/characters.md).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ from seedstory_core.story import DEFAULT_REPETITION_PENALTY, DecodingSettings, S
 from seedstory_core.cache import CachePolicy
 
 TUNING_SEED = 1000
+#: Resamples of the stories for the threshold's interval.
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def look_right(reading: Dict, attrs: Dict, looks: Dict) -> Optional[bool]:
@@ -78,30 +81,58 @@ def frame_scores(bundle, judge, story: dict, frames: int, cast: bool, seed: int)
     return out
 
 
-def choose_threshold(rows: List[Dict]) -> Dict:
-    """The threshold with the best balanced accuracy at telling wrong looks (score < t) from right ones."""
-    pairs = [(r["score"], r["right"]) for r in rows if r["score"] is not None and r["right"] is not None]
-    if not pairs:
+def best_threshold(scores: np.ndarray, right: np.ndarray) -> Tuple[float, float]:
+    """``(balanced accuracy, threshold)``: the observed score ``t`` with the best balanced accuracy at flagging the
+    frames with a wrong look (``score < t``), the first on ties; ``(0.0, median score)`` when no threshold flags
+    anything right.
+
+    Args:
+        scores: (N,) float retry scores.
+        right: (N,) bool judge verdicts (True: every look right).
+    """
+    cand = np.unique(scores)
+    wrong_sorted, right_sorted = np.sort(scores[~right]), np.sort(scores[right])
+    zeros = np.zeros(len(cand))
+    tpr = np.searchsorted(wrong_sorted, cand, "left") / len(wrong_sorted) if len(wrong_sorted) else zeros
+    tnr = 1.0 - np.searchsorted(right_sorted, cand, "left") / len(right_sorted) if len(right_sorted) else zeros
+    bal = 0.5 * (tpr + tnr)
+    i = int(np.argmax(bal))
+    if bal[i] <= 0.0:
+        return 0.0, float(np.median(scores))
+    return float(bal[i]), float(cand[i])
+
+
+def choose_threshold(rows: List[Dict], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = TUNING_SEED) -> Dict:
+    """The threshold with the best balanced accuracy at telling wrong looks (score < t) from right ones, with a 95%
+    percentile bootstrap interval of that choice over stories (rows carry ``story``; rows without one count as one
+    story). Raises ValueError when no row has both a score and a verdict."""
+    kept = [r for r in rows if r["score"] is not None and r["right"] is not None]
+    if not kept:
         raise ValueError("no frame had both a retry score and a look verdict; raise --stories")
-    scores = np.array([s for s, _ in pairs])
-    right = np.array([bool(r) for _, r in pairs])
-    best = (0.0, float(np.median(scores)))
-    for t in np.unique(scores):
-        flag = scores < t
-        tpr = flag[~right].mean() if (~right).any() else 0.0
-        tnr = (~flag[right]).mean() if right.any() else 0.0
-        bal = 0.5 * (tpr + tnr)
-        if bal > best[0]:
-            best = (float(bal), float(t))
+    scores = np.array([r["score"] for r in kept], dtype=np.float64)
+    right = np.array([bool(r["right"]) for r in kept])
+    story = np.array([r.get("story", 0) for r in kept])
+    bal, threshold = best_threshold(scores, right)
+
+    ids = np.unique(story)
+    members = [np.flatnonzero(story == k) for k in ids]
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for _ in range(resamples):
+        idx = np.concatenate([members[j] for j in rng.integers(0, len(ids), size=len(ids))])
+        chosen.append(best_threshold(scores[idx], right[idx])[1])
+    lo, hi = np.quantile(chosen, [0.025, 0.975])
 
     def q(v):
         return [round(float(x), 4) for x in np.quantile(v, [0.1, 0.25, 0.5, 0.75, 0.9])] if len(v) else None
 
     return {
-        "threshold": round(best[1], 4),
-        "balanced_accuracy": round(best[0], 4),
-        "frames": int(len(pairs)),
+        "threshold": round(threshold, 4),
+        "threshold_interval": [round(float(lo), 4), round(float(hi), 4)],
+        "balanced_accuracy": round(bal, 4),
+        "frames": int(len(kept)),
         "frames_look_wrong": int((~right).sum()),
+        "frames_redrawn_at_threshold": int((scores < threshold).sum()),
         "score_quantiles_right": q(scores[right]),
         "score_quantiles_wrong": q(scores[~right]),
     }
@@ -111,7 +142,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m evaluation.tune_retry", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="model bundle (default: models/seedstory-tiny)")
     ap.add_argument("--seed", type=int, default=TUNING_SEED)
-    ap.add_argument("--stories", type=int, default=8)
+    ap.add_argument("--stories", type=int, default=12)
     ap.add_argument("--frames", type=int, default=30)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -121,7 +152,7 @@ def main(argv=None) -> int:
     for k in range(a.stories):
         story = mini.generate_story(a.seed, k, frames=a.frames)
         for cast in (True, False):
-            rows += frame_scores(bundle, judge, story, a.frames, cast, a.seed)
+            rows += [dict(r, story=k) for r in frame_scores(bundle, judge, story, a.frames, cast, a.seed)]
     result = {"model": str(a.model or DEFAULT_MODEL), "seed": a.seed, "stories": a.stories, **choose_threshold(rows)}
     print(json.dumps(result))
     return 0
