@@ -1,5 +1,6 @@
 """The two helpers that turn evaluation JSONs into the tables of the model card (evaluation/results/)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def test_table_rows_give_each_key_with_its_interval():
 def test_paired_differences_are_per_story_and_skip_missing_keys():
     same = json.loads(_run("paired.py", "ss_model_rp12_5000:ss_model_rp12_5000"))
     diffs = same["ss_model_rp12_5000 - ss_model_rp12_5000"]
-    assert diffs["score"] == {"mean": 0.0, "ci95": [0.0, 0.0]}
+    assert diffs["score"] == {"mean": 0.0, "ci95": [0.0, 0.0], "n": 30}
     a = json.loads((RESULTS / "ss_model_rp12_5000.json").read_text())["per_story"]["score"]
     b = json.loads((RESULTS / "baseline_copy_first_5000.json").read_text())["per_story"]["score"]
     vs_copy = json.loads(_run("paired.py", "ss_model_rp12_5000:baseline_copy_first_5000"))
@@ -49,3 +50,22 @@ def test_table_marks_a_key_an_older_evaluation_lacks():
     assert "visualization_cast" not in r  # made before the visualization halves existed
     row = _run("table.py", "--keys", "visualization_cast", "ss_noss_rp12_2000").splitlines()[2]
     assert row == "| 2000 | ss_noss_rp12_2000 | — |"
+
+
+def test_paired_leaves_out_stories_without_a_value():
+    spec = importlib.util.spec_from_file_location("paired_script", RESULTS / "paired.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a = {"seed": 1, "stories": 4, "per_story": {"look_consistency": [0.5, None, 1.0, 0.0], "score": [1, 1, 1, 1]}}
+    b = {"seed": 1, "stories": 4, "per_story": {"look_consistency": [0.25, 0.5, None, 0.5], "score": [0, 0, 0, 0]}}
+    out = mod.paired(a, b)
+    assert out["look_consistency"]["n"] == 2 and out["look_consistency"]["mean"] == -0.125  # (0.25 - 0.5) / 2
+    assert out["score"] == {"mean": 1.0, "ci95": [1.0, 1.0], "n": 4}
+    none = {"seed": 1, "stories": 4, "per_story": {"look_consistency": [None] * 4}}
+    assert "look_consistency" not in mod.paired(none, b)
+    try:
+        mod.paired(a, dict(b, stories=5))
+    except SystemExit as e:
+        assert "different stories" in str(e)
+    else:
+        raise AssertionError("different story counts were paired")
