@@ -1,16 +1,16 @@
 """Choose the consistency retry's threshold on a tuning seed (never a reported seed); prints one JSON object.
 
-    python -m evaluation.tune_retry [--model DIR] [--seed 1000] [--stories 12] [--frames 30]
+    python -m evaluation.tune_retry [--model DIR] [--seed 1000] [--stories 12] [--first-story 0] [--frames 30]
 
-For each held-out story of the tuning seed the model writes ``--frames`` frames free-running, with the story's cast
-sheet and without it. Every drawn frame gets the retry's score (:class:`seedstory_core.consistency.LookReferences`:
-the lowest look similarity over the characters its sentence names, against the cast sheet or the first appearance)
-and the judge's verdict on the looks of the characters on stage (all right or not). The chosen threshold is the
-score that best separates the frames with a wrong look from the rest (the highest balanced accuracy over the observed
-scores); the JSON also gives a 95% bootstrap interval of that choice over stories (``threshold_interval``), the
-frames it would redraw and the score quantiles of both groups, so the choice can be checked. The threshold shipped
-as :data:`seedstory_core.consistency.DEFAULT_RETRY_THRESHOLD` is this command's ``threshold`` on seed 1000
-(docs/characters.md).
+For each story ``--first-story .. --first-story + --stories - 1`` of the tuning seed the model writes ``--frames``
+frames free-running, with the story's cast sheet and without it. Every drawn frame gets the retry's score
+(:class:`seedstory_core.consistency.LookReferences`: the lowest look similarity over the characters its sentence names,
+against the cast sheet or the first appearance) and the judge's verdict on the looks of the characters on stage (all
+right or not). The chosen threshold is the score that best separates the frames with a wrong look from the rest (the
+highest balanced accuracy over the observed scores); the JSON also gives a 95% bootstrap interval of that choice over
+stories (``threshold_interval``), the frames it would redraw and the score quantiles of both groups, so the choice can
+be checked. The threshold shipped as :data:`seedstory_core.consistency.DEFAULT_RETRY_THRESHOLD` is this command's
+``threshold`` on seed 1000 (docs/characters.md).
 """
 
 from __future__ import annotations
@@ -143,17 +143,26 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="model bundle (default: models/seedstory-tiny)")
     ap.add_argument("--seed", type=int, default=TUNING_SEED)
     ap.add_argument("--stories", type=int, default=12)
+    ap.add_argument("--first-story", type=int, default=0, help="index of the first story (a second, disjoint sample)")
     ap.add_argument("--frames", type=int, default=30)
     a = ap.parse_args(argv)
+    if a.stories < 1 or a.first_story < 0:
+        ap.error(f"--stories must be >= 1 and --first-story >= 0, found {a.stories} and {a.first_story}")
     torch.set_num_threads(1)
     bundle = load_model(a.model)
     judge = load_judge()
     rows: List[Dict] = []
-    for k in range(a.stories):
+    for k in range(a.first_story, a.first_story + a.stories):
         story = mini.generate_story(a.seed, k, frames=a.frames)
         for cast in (True, False):
             rows += [dict(r, story=k) for r in frame_scores(bundle, judge, story, a.frames, cast, a.seed)]
-    result = {"model": str(a.model or DEFAULT_MODEL), "seed": a.seed, "stories": a.stories, **choose_threshold(rows)}
+    result = {
+        "model": str(a.model or DEFAULT_MODEL),
+        "seed": a.seed,
+        "stories": a.stories,
+        "first_story": a.first_story,
+        **choose_threshold(rows),
+    }
     print(json.dumps(result))
     return 0
 

@@ -1,10 +1,13 @@
 """The retry threshold's choice (evaluation.tune_retry): the vectorised search equals a brute-force one, the
 interval covers the choice, and a clean separation is found."""
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
-from evaluation.tune_retry import best_threshold, choose_threshold, look_right
+from evaluation.tune_retry import best_threshold, choose_threshold, look_right, main
 
 
 def _brute(scores, right):
@@ -60,3 +63,26 @@ def test_look_right():
     assert look_right({"looks": {}}, attrs, looks) is False
     assert look_right({"looks": {}}, {"parsed": False}, looks) is None
     assert look_right({"looks": {}}, {"parsed": True, "positions": {}}, looks) is None
+
+
+def test_cli_on_the_bundled_model_with_a_first_story(capsys):
+    """The whole command on one short story of the tuning seed: 5 generated frames with and without the cast sheet
+    (at most 10 scored frames), the chosen threshold inside its interval."""
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--stories", "1", "--first-story", "3", "--frames", "6"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the CLI sets 1 for itself; the rest of the suite keeps its own
+    out = json.loads(capsys.readouterr().out)
+    assert (out["seed"], out["stories"], out["first_story"]) == (1000, 1, 3)
+    assert 1 <= out["frames"] <= 10 and out["frames_look_wrong"] <= out["frames"]
+    lo, hi = out["threshold_interval"]
+    assert lo <= out["threshold"] <= hi and -1.0 <= out["threshold"] <= 1.0
+    assert out["frames_redrawn_at_threshold"] <= out["frames"]
+
+
+@pytest.mark.parametrize("argv", [["--stories", "0"], ["--first-story", "-1"]])
+def test_cli_refuses_an_empty_or_negative_sample(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "--first-story >= 0" in capsys.readouterr().err

@@ -137,8 +137,9 @@ COMMANDS = [
     (
         r"^python -m evaluation\.(cast_eval|pooled|tune_retry|hand_check) ",
         "help",
-        "tests/evaluation/test_cast_eval.py runs cast_eval and pooled on a random tiny model; tune_retry and "
-        "hand_check ran for docs/evaluation.md (outputs in evaluation/results/cast and evaluation/hand_check)",
+        "tests/evaluation/test_cast_eval.py runs cast_eval and pooled on a random tiny model, "
+        "tests/evaluation/test_tune_retry.py runs tune_retry on one short story; hand_check ran for "
+        "docs/evaluation.md (outputs in evaluation/results/cast and evaluation/hand_check)",
     ),
     (r"^hf download ", "help", "network: Hugging Face downloads are not run by tests"),
     (r"^seedstory-batch ", "help", "seedstory_client/batch/ (python -m seedstory_client.batch)"),
