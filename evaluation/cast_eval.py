@@ -49,7 +49,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -246,13 +246,15 @@ def evaluate_system(
     visualization: bool = True,
     model_name: Optional[str] = None,
     log=None,
+    decoding=PACK_DECODING,
 ) -> Dict:
     """Run and score one system on stories ``0..stories-1`` of ``seed``; returns the JSON-ready dict (module
     docstring). ``bundle_loader()`` gives the model bundle (called only for systems that need it; default: the
     bundled tiny model). ``seconds_per_story``: wall seconds of each story (generation, visualization, judging);
     ``generation_seconds_per_story``: the free-running generation alone (the retry's redraws included).
     ``visualization``: also score the system drawing the true sentences (:func:`visualization_frames`; a model
-    system runs twice).
+    system runs twice). ``decoding``: the model systems' ``DecodingSettings`` (default :data:`PACK_DECODING`, the
+    pack's; ``--penalty-window`` changes its ``penalty_window``).
 
     Raises:
         ValueError: an unknown system, fewer than 2 frames or no story.
@@ -283,6 +285,7 @@ def evaluate_system(
             guidance_scale=guidance_scale,
             retry=retry,
             visualization=visualization,
+            decoding=decoding,
         )
         looks = true_looks(story)
         readings = judge.predict(images)
@@ -328,7 +331,7 @@ def evaluate_system(
     if system in MODEL_SYSTEMS or system in MODEL_BASELINES:
         result.update(diffusion_steps=diffusion_steps, guidance_scale=guidance_scale)
     if system in MODEL_SYSTEMS:
-        result["decoding"] = asdict(PACK_DECODING)
+        result["decoding"] = asdict(decoding)
     if retry_reports:
         result["retry"] = {
             "settings": asdict(retry),
@@ -383,6 +386,7 @@ def run_one(system: str, options: Dict) -> Tuple[str, str]:
         retry=RetrySettings(options["retry_threshold"], options["retry"]),
         visualization=options.get("visualization", True),
         model_name=model_name,
+        decoding=replace(PACK_DECODING, penalty_window=int(options.get("penalty_window", 0))),
         log=(lambda msg: print(msg, file=sys.stderr, flush=True)) if options.get("verbose") else None,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -434,6 +438,13 @@ def main(argv=None) -> int:
         action="store_true",
         help="skip the visualization-mode run (the model drawing the true sentences: the visualization_* metrics)",
     )
+    parser.add_argument(
+        "--penalty-window",
+        type=int,
+        default=PACK_DECODING.penalty_window,
+        help="model systems' decoding: the repetition penalty reads the story's last N sentences only (default 0 = the "
+        "whole story, the pack's; docs/evaluation.md, 'A penalty that forgets')",
+    )
     parser.add_argument("--verbose", action="store_true", help="one line per story on stderr")
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -441,6 +452,8 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown systems {unknown}; choose among {', '.join(SYSTEMS)}")
     RetrySettings(args.retry_threshold, args.retry)  # validate before any work
+    if args.penalty_window < 0:
+        parser.error(f"--penalty-window must be >= 0 (sentences; 0 = the whole story), found {args.penalty_window}")
     options = {
         "seed": args.seed,
         "stories": args.stories,
@@ -456,6 +469,7 @@ def main(argv=None) -> int:
         "device": args.device,
         "verbose": args.verbose,
         "visualization": not args.no_visualization,
+        "penalty_window": args.penalty_window,
     }
     torch.set_num_threads(args.threads)
     t0 = time.time()

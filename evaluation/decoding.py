@@ -12,7 +12,12 @@ repetition_penalty``); ``ngramN`` = no N-gram of text tokens repeated within the
 (``DecodingSettings.no_repeat_ngram_size``: transformers' ``NoRepeatNGramLogitsProcessor`` over the story's text
 history); ``sampleT`` = sampling at temperature T with top-p 0.9 (seeded); ``nosent`` =
 ``DecodingSettings.no_repeat_sentences`` (a sentence that copies an earlier one is decoded again with another first
-word); parts join with ``+`` (``rep1.2+nosent``).
+word); ``repK@N`` / ``nosent@N`` = the penalty (and n-gram rule) / the sentence rule over the story's last N
+sentences only (``DecodingSettings.penalty_window`` / ``no_repeat_window``); parts join with ``+``
+(``rep1.2+nosent``, ``rep1.2@8+nosent@8``).
+
+``--no-render`` also reports the text keys per segment of the generated frames (``segments``: ``1x`` = frames 1-9,
+``3x`` = frames 21-29, as ``evaluation.cast_eval``; a segment the stories do not reach is left out).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import numpy as np
 import torch
 
 from evaluation import metrics as jm
+from evaluation.cast_eval import SEGMENTS
 from evaluation.judge import load_judge
+from evaluation.pooled import interval
 from evaluation.stories import generate_story, load_model
 from seedstory_core.data import mini
 from seedstory_core.story import DecodingSettings
@@ -46,25 +53,46 @@ def decoding_for(name: str, seed: int = 0):
     for part in name.split("+"):
         if part == "greedy":
             continue
-        m = re.fullmatch(r"rep([0-9.]+)", part)
+        m = re.fullmatch(r"rep([0-9.]+)(?:@([0-9]+))?", part)
         if m:
             kw["repetition_penalty"] = float(m.group(1))
+            kw["penalty_window"] = int(m.group(2) or 0)
             continue
         m = re.fullmatch(r"ngram([0-9]+)", part)
         if m:
             kw["no_repeat_ngram_size"] = int(m.group(1))
             continue
-        if part == "nosent":
+        m = re.fullmatch(r"nosent(?:@([0-9]+))?", part)
+        if m:
             kw["no_repeat_sentences"] = True
+            kw["no_repeat_window"] = int(m.group(1) or 0)
             continue
         m = re.fullmatch(r"sample([0-9.]+)", part)
         if m:
             kw.update(do_sample=True, temperature=float(m.group(1)), top_p=0.9)
             continue
         raise ValueError(
-            f"unknown decoding setting {part!r} in {name!r} (greedy, repK, ngramN, sampleT, nosent, joined by +)"
+            f"unknown decoding setting {part!r} in {name!r} "
+            "(greedy, repK[@N], ngramN, sampleT, nosent[@N], joined by +)"
         )
     return DecodingSettings(**kw)
+
+
+def text_keys(judged: Sequence[Dict]) -> Dict[str, float]:
+    """The text checks of a story's judged frames (:func:`evaluation.metrics.judge_frame` items, no image): the
+    rates of ``parse_rate``, ``distinct_sentence_rate``, ``continuity_rate`` and ``text_score`` (all three pass).
+
+    Raises:
+        ValueError: no frames.
+    """
+    if not judged:
+        raise ValueError("text_keys needs at least one judged frame, got none")
+    return {
+        "parse_rate": float(np.mean([j["parsed"] for j in judged])),
+        "distinct_sentence_rate": float(np.mean([j["new"] for j in judged])),
+        "continuity_rate": float(np.mean([j["continuous"] for j in judged])),
+        "text_score": float(np.mean([j["parsed"] and j["new"] and j["continuous"] for j in judged])),
+    }
 
 
 def measure(
@@ -76,11 +104,16 @@ def measure(
     model_dir=None,
     log=None,
     render: bool = True,
+    cast: bool = False,
 ) -> Dict[str, Dict]:
-    """Score each decoding setting on the same held-out stories; returns {setting: {key: mean, key_ci95: [lo, hi],
-    "samples": first story's sentences}}. ``render=False``: the text checks only (``parse_rate``,
-    ``distinct_sentence_rate``, ``continuity_rate`` and ``text_score`` = all three pass); the sentences do not depend
-    on rendering, which is most of the time."""
+    """Score each decoding setting on the same held-out stories.
+
+    Returns {setting: {key: mean, key_ci95: [lo, hi], "samples": first story's sentences}} (``segments`` too with
+    ``render=False``). ``render=False``: the text checks only (``parse_rate``, ``distinct_sentence_rate``,
+    ``continuity_rate`` and ``text_score`` = all three pass); the sentences do not depend on rendering, which is most
+    of the time. ``cast``: each story's cast sheet pinned in the context (``evaluation.stories.cast_sheet``), as the
+    ``model_cast`` system of ``evaluation.cast_eval``.
+    """
     bundle, judge = load_model(model_dir), load_judge()
     keys = (
         ("score", "parse_rate", "distinct_sentence_rate", "continuity_rate", "shown_rate", "coherence", "consistency")
@@ -92,22 +125,29 @@ def measure(
         t0 = time.time()
         decoding = decoding_for(name, seed)
         vals: Dict[str, List[float]] = {k: [] for k in keys}
+        seg_vals: Dict[str, Dict[str, List[float]]] = {}
         samples = None
         for k in range(stories):
             story = mini.generate_story(seed, k, frames=max(30, frames))
             sentences, images = generate_story(
-                bundle, story, frames, diffusion_steps=diffusion_steps, seed=seed, decoding=decoding, render=render
+                bundle,
+                story,
+                frames,
+                diffusion_steps=diffusion_steps,
+                seed=seed,
+                decoding=decoding,
+                render=render,
+                cast=cast,
             )
             if render:
                 m = jm.story_metrics(sentences, judge.predict(images))
             else:
                 judged = [jm.judge_frame(s, sentences[:i], None) for i, s in enumerate(sentences) if i > 0]
-                m = {
-                    "parse_rate": np.mean([j["parsed"] for j in judged]),
-                    "distinct_sentence_rate": np.mean([j["new"] for j in judged]),
-                    "continuity_rate": np.mean([j["continuous"] for j in judged]),
-                    "text_score": np.mean([j["parsed"] and j["new"] and j["continuous"] for j in judged]),
-                }
+                m = text_keys(judged)
+                for seg, (a, b) in SEGMENTS.items():
+                    if seg != "all" and len(sentences) > (b or a):
+                        for key, v in text_keys(judged[a - 1 : b]).items():
+                            seg_vals.setdefault(seg, {}).setdefault(key, []).append(v)
             for key in keys:
                 vals[key].append(m[key])
             samples = samples or sentences
@@ -115,6 +155,18 @@ def measure(
         for key, v in vals.items():
             res[key] = float(np.mean(v))
             res[key + "_ci95"] = [round(x, 4) for x in jm.bootstrap_ci(v, seed=seed)]
+        if seg_vals:
+            res["segments"] = {
+                seg: {
+                    key: {
+                        "mean": float(np.mean(v)),
+                        "ci95": [round(x, 4) for x in jm.bootstrap_ci(v, seed=seed)],
+                        "per_story": [round(float(x), 4) for x in v],
+                    }
+                    for key, v in per_key.items()
+                }
+                for seg, per_key in seg_vals.items()
+            }
         res["samples"] = samples
         res["seconds"] = round(time.time() - t0, 1)
         out[name] = res
@@ -129,6 +181,35 @@ def measure(
     return out
 
 
+def paired_segments(results: Dict[str, Dict], against: str) -> Dict[str, Dict[str, Dict[str, Dict]]]:
+    """Every other setting minus ``against``, per segment and text key, paired by story
+    (:func:`evaluation.pooled.interval` of the differences: mean, 95% bootstrap interval, n).
+
+    Args:
+        results: :func:`measure`'s output with ``segments`` (``render=False``).
+        against: the reference setting's name.
+
+    Raises:
+        ValueError: ``against`` is not in ``results``, or a setting has no per-segment values.
+    """
+    if against not in results:
+        raise ValueError(f"--paired-against {against!r} is not one of the measured settings {sorted(results)}")
+    out = {}
+    for name, res in results.items():
+        if name == against:
+            continue
+        if "segments" not in res or "segments" not in results[against]:
+            raise ValueError(f"no per-segment values for {name!r} or {against!r}: measure with render=False")
+        out[name] = {
+            seg: {
+                key: interval(np.subtract(vals["per_story"], results[against]["segments"][seg][key]["per_story"]))
+                for key, vals in per_key.items()
+            }
+            for seg, per_key in res["segments"].items()
+        }
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m evaluation.decoding``: measure the settings, print the JSON last. Returns 0 (a bad setting name
     exits through argparse, status 2)."""
@@ -140,9 +221,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--diffusion-steps", type=int, default=10)
     ap.add_argument("--model", default=None)
     ap.add_argument("--no-render", action="store_true", help="text checks only (no frames drawn, no image score)")
+    ap.add_argument("--cast", action="store_true", help="pin each story's cast sheet in the context")
+    ap.add_argument(
+        "--paired-against",
+        default=None,
+        metavar="SETTING",
+        help="with --no-render: also report every other setting minus this one per segment, paired by story",
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     names = [s.strip() for s in a.settings.split(",") if s.strip()]
+    if a.paired_against is not None and (a.paired_against not in names or not a.no_render):
+        ap.error(f"--paired-against needs --no-render and one of the settings {names}, got {a.paired_against!r}")
     for n in names:
         try:
             decoding_for(n)  # fail early on a bad name
@@ -157,10 +247,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         a.model,
         log=lambda m: print(m, file=sys.stderr, flush=True),
         render=not a.no_render,
+        cast=a.cast,
     )
     print(
         json.dumps(
-            {"seed": a.seed, "stories": a.stories, "frames": a.frames, "rendered": not a.no_render, "results": res}
+            {
+                "seed": a.seed,
+                "stories": a.stories,
+                "frames": a.frames,
+                "rendered": not a.no_render,
+                "cast": a.cast,
+                "results": res,
+                **({"paired": paired_segments(res, a.paired_against)} if a.paired_against else {}),
+            }
         )
     )
     return 0

@@ -20,11 +20,11 @@ initialised model of the same size and tokenizer. ``--baseline`` scores a trivia
 * ``ground_truth_detok`` — the true frames through the model's visual tokenizer and de-tokenizer, the true sentences
   (the drawing pipeline's ceiling; loads the model).
 
-Decoding defaults to the pack's (:data:`evaluation.stories.PACK_DECODING`: greedy, repetition penalty 1.2, no
-sentence repeats an earlier one of its story, 40 tokens); ``--repetition-penalty 1.0 --allow-repeat-sentences`` is
-the official decoding. ``--cast`` pins each story's cast sheet (its characters' pictures with the story's looks) in the
-context; ``--retry N`` redraws a frame whose characters do not look like their reference up to N times
-(``--retry-threshold``, :mod:`seedstory_core.consistency`).
+Decoding defaults to the pack's (:data:`evaluation.stories.PACK_DECODING`: greedy, repetition penalty 1.2 over the whole
+story (``--penalty-window N``: the last N sentences only), no sentence repeats an earlier one of its story, 40 tokens);
+``--repetition-penalty 1.0 --allow-repeat-sentences`` is the official decoding. ``--cast`` pins each story's cast sheet
+(its characters' pictures with the story's looks) in the context; ``--retry N`` redraws a frame whose characters do not
+look like their reference up to N times (``--retry-threshold``, :mod:`seedstory_core.consistency`).
 
 Held-out stories are stories ``0..N-1`` of ``--seed`` (``seedstory_core.data.mini``; seeds select disjoint
 stories). Each continues from its real first frame and sentence for ``--frames - 1`` generated frames.
@@ -94,7 +94,11 @@ from seedstory_core.cache import POLICIES, CachePolicy
 from seedstory_core.config import torch_dtype
 from seedstory_core.consistency import DEFAULT_RETRY_THRESHOLD, RetrySettings
 from seedstory_core.data import mini
-from seedstory_core.story import DEFAULT_NO_REPEAT_SENTENCES, DEFAULT_REPETITION_PENALTY, DecodingSettings
+from seedstory_core.story import (
+    DEFAULT_NO_REPEAT_SENTENCES,
+    DEFAULT_REPETITION_PENALTY,
+    DecodingSettings,
+)
 
 BOOTSTRAP_RESAMPLES = 2000
 #: per-story keys of :func:`evaluation.metrics.story_metrics` that the JSON reports with an interval
@@ -403,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_REPETITION_PENALTY,
         help=f"decoding: repetition penalty (default {DEFAULT_REPETITION_PENALTY}, the pack's; 1 = off, the official)",
     )
+    parser.add_argument(
+        "--penalty-window",
+        type=int,
+        default=PACK_DECODING.penalty_window,
+        help="decoding: the penalty reads the story's last N sentences only (default 0 = the whole story, the pack's)",
+    )
     repeat = parser.add_mutually_exclusive_group()
     repeat.add_argument(
         "--no-repeat-sentences",
@@ -450,6 +460,7 @@ def cli_decoding(args) -> DecodingSettings:
         top_p=args.top_p,
         top_k=args.top_k,
         repetition_penalty=args.repetition_penalty,
+        penalty_window=args.penalty_window,
         no_repeat_sentences=args.no_repeat_sentences,
         seed=args.decode_seed,
         max_sentence_tokens=40,
@@ -464,9 +475,9 @@ def main(argv=None) -> int:
         parser.error("--cast and --retry apply to the model, not to a --baseline")
     try:
         retry = RetrySettings(args.retry_threshold, args.retry) if args.retry else None
+        decoding = cli_decoding(args)
     except ValueError as e:
         parser.error(str(e))
-    decoding = cli_decoding(args)
     torch.set_num_threads(1)
     result = evaluate(
         args.model,

@@ -88,6 +88,32 @@ def sentence_key(sentence: str) -> str:
     return " ".join(str(sentence).split())
 
 
+def text_history(token_ids: Sequence[int], kinds: Sequence[int], sentences: int = 0) -> List[int]:
+    """The text tokens of a story stream, as the repetition penalty and the n-gram rule read them.
+
+    Args:
+        token_ids, kinds: the story stream after the pinned cast block (:class:`StoryState` ``token_ids``/``kinds``
+            from ``cast_tokens`` on); every maximal run of :attr:`TokenKind.TEXT` tokens is one sentence (images,
+            BOS and the other special tokens separate them).
+        sentences: N > 0 = only the last N runs (:attr:`DecodingSettings.penalty_window`); 0 = all.
+
+    Returns:
+        The token ids, oldest first (a list of int).
+    """
+    runs: List[List[int]] = []
+    previous_text = False
+    for t, k in zip(token_ids, kinds):
+        is_text = k == TokenKind.TEXT
+        if is_text:
+            if not previous_text:
+                runs.append([])
+            runs[-1].append(int(t))
+        previous_text = is_text
+    if sentences:
+        runs = runs[-sentences:]
+    return [t for run in runs for t in run]
+
+
 @dataclass(frozen=True)
 class DecodingSettings:
     """How the next sentence is decoded.
@@ -107,6 +133,12 @@ class DecodingSettings:
         no_repeat_ngram_size: N > 0 = no N-gram of text tokens repeats within the story (transformers'
             ``NoRepeatNGramLogitsProcessor`` over the story's text history); 0 (default) = off. Measured by
             ``python -m evaluation.decoding`` (docs/evaluation.md); the pack does not use it.
+        penalty_window: N > 0 = the repetition penalty and the n-gram rule look only at the text of the story's
+            last N sentences (the opening one counts; the sentence being written is always included); 0 (default,
+            and the pack's) = the whole story. Measured by ``python -m evaluation.decoding`` (docs/evaluation.md,
+            "A penalty that forgets"); the pack does not use it.
+        no_repeat_window: N > 0 = ``no_repeat_sentences`` forbids only a copy of one of the story's last N
+            sentences; 0 (default, and the pack's) = of any earlier sentence. Measured likewise; not used.
     """
 
     do_sample: bool = False
@@ -119,6 +151,8 @@ class DecodingSettings:
     suppress_image_tokens: str = "neg_inf"
     no_repeat_sentences: bool = False
     no_repeat_ngram_size: int = 0
+    penalty_window: int = 0
+    no_repeat_window: int = 0
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -131,6 +165,10 @@ class DecodingSettings:
             raise ValueError(f"no_repeat_sentences must be True or False, got {self.no_repeat_sentences!r}")
         if not isinstance(self.no_repeat_ngram_size, int) or self.no_repeat_ngram_size < 0:
             raise ValueError(f"no_repeat_ngram_size must be an int >= 0, got {self.no_repeat_ngram_size!r}")
+        for name in ("penalty_window", "no_repeat_window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0 (sentences; 0 = the whole story), got {value!r}")
 
 
 #: The pack's default cap on sink images (``CachePolicy.max_sink_images`` of ``StorySettings()``): the multimodal
@@ -680,7 +718,8 @@ class StoryEngine:
         """
         if not decoding.no_repeat_sentences:
             return self._decode_text(state, cache, logits, sentence_ids, decoding, check_cancel, on_text), cache
-        earlier = {sentence_key(s) for s in state.sentences}
+        window = decoding.no_repeat_window
+        earlier = {sentence_key(s) for s in (state.sentences[-window:] if window else state.sentences)}
         given = list(sentence_ids)
         inst = list(self.tokenizer.inst_ids)
         bans: Dict[int, set] = {}
@@ -707,11 +746,9 @@ class StoryEngine:
         if decoding.do_sample:
             generator = torch.Generator(device="cpu").manual_seed((decoding.seed * 1_000_003 + state.step) % (2**63))
         history = (  # the story's text (the cast block's names are not story text)
-            [
-                t
-                for t, k in zip(state.token_ids[state.cast_tokens :], state.kinds[state.cast_tokens :])
-                if k == TokenKind.TEXT
-            ]
+            text_history(
+                state.token_ids[state.cast_tokens :], state.kinds[state.cast_tokens :], decoding.penalty_window
+            )
             if decoding.repetition_penalty != 1.0 or decoding.no_repeat_ngram_size
             else []
         )

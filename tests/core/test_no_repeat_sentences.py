@@ -13,7 +13,8 @@ from evaluation.decoding import decoding_for
 from seedstory_core.bundle import SeedStoryBundle
 from seedstory_core.data import mini
 from seedstory_core.reencode import ReencodePolicy
-from seedstory_core.story import MAX_SENTENCE_RETRIES, DecodingSettings, StorySettings, sentence_key
+from seedstory_core.story import MAX_SENTENCE_RETRIES, DecodingSettings, StorySettings, sentence_key, text_history
+from seedstory_core.tokens import TokenKind
 from seedstory_core.tell import build_parser
 
 TINY = Path(__file__).resolve().parents[2] / "models" / "seedstory-tiny"
@@ -125,3 +126,41 @@ def test_the_official_loop_engine_keeps_the_rule_too(bundle):
     ruled = _story(official, state, rule=True, steps=6)
     assert _repeats(plain) >= 2 and _repeats(ruled) == 0, (plain, ruled)
     assert ruled == _story(kv, _start(kv, 0), rule=True, steps=6)  # nothing evicted yet: the same story
+
+
+def test_text_history_keeps_the_last_sentences_text_runs():
+    """The penalty's history: each run of text tokens is a sentence; images and special tokens separate them."""
+    T, G, B = TokenKind.TEXT, TokenKind.IMG, TokenKind.BOI
+    ids = [1, 2, 90, 91, 3, 4, 5, 92, 93, 6]
+    kinds = [T, T, B, G, T, T, T, B, G, T]
+    assert text_history(ids, kinds) == [1, 2, 3, 4, 5, 6]
+    assert text_history(ids, kinds, 0) == [1, 2, 3, 4, 5, 6]
+    assert text_history(ids, kinds, 2) == [3, 4, 5, 6]
+    assert text_history(ids, kinds, 1) == [6]
+    assert text_history(ids, kinds, 10) == [1, 2, 3, 4, 5, 6]
+    assert text_history([], [], 3) == []
+
+
+def test_a_windowed_rule_allows_an_old_sentence_again_and_never_a_recent_one(bundle):
+    """``no_repeat_window=N``: a sentence may copy one written more than N sentences ago, never one of the last N;
+    a window as long as the story is the whole-story rule."""
+    engine = bundle.engine()
+    state = _start(engine, 0)
+    steps = 12
+
+    def run(**kw):
+        decoding = DecodingSettings(no_repeat_sentences=True, max_sentence_tokens=40, **kw)
+        _, results = engine.run(state, steps, decoding=decoding)
+        return [state.sentences[0]] + [r.sentence for r in results]
+
+    whole = run()
+    assert run(no_repeat_window=steps + 1) == whole
+    window = 2
+    windowed = run(no_repeat_window=window)
+    assert windowed != whole  # the window changes this story, so the checks below exercise it
+    for i, s in enumerate(windowed):
+        if i:
+            recent = [sentence_key(x) for x in windowed[max(0, i - window) : i]]
+            # a copy of a recent sentence is kept only after MAX_SENTENCE_RETRIES retries: none on this story
+            assert sentence_key(s) not in recent, (i, windowed)
+    assert _repeats(windowed) > 0  # an older sentence came back: the rule no longer looks that far

@@ -3,7 +3,7 @@
 on a random tiny model."""
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -382,3 +382,19 @@ def test_cast_sheet_and_retry_change_what_they_should():
     assert redrawn.retry.redraws == 2 * redrawn.retry.frames_checked and redrawn.retry.frames_checked >= 1
     with pytest.raises(ValueError, match="render"):
         run_story(bundle, story, 3, retry=RetrySettings(), render=False)
+
+
+def test_cast_eval_penalty_window_reaches_the_model_decoding(tiny_model, tmp_path, capsys):
+    """``--penalty-window N`` is the model systems' ``DecodingSettings.penalty_window`` (recorded in the JSON); a
+    negative one exits 2 before any work."""
+    torch.set_num_threads(1)
+    out = tmp_path / "cast"
+    argv = ["--seed", str(SEED), "--stories", "1", "--frames", "3", "--out", str(out), "--model", str(tiny_model)]
+    argv += ["--systems", "model", "--diffusion-steps", "1", "--no-visualization"]
+    assert ce.main(argv + ["--penalty-window", "2"]) == 0
+    decoding = json.loads((out / f"model_{SEED}.json").read_text())["decoding"]
+    assert decoding == asdict(replace(PACK_DECODING, penalty_window=2))
+    with pytest.raises(SystemExit) as e:
+        ce.main(argv + ["--penalty-window", "-1", "--out", str(tmp_path / "other")])
+    assert e.value.code == 2 and "--penalty-window must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

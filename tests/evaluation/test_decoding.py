@@ -2,7 +2,7 @@
 
 import pytest
 
-from evaluation.decoding import decoding_for
+from evaluation.decoding import decoding_for, main, paired_segments, text_keys
 from seedstory_core.story import DecodingSettings, StoryEngine
 
 
@@ -27,3 +27,61 @@ def test_no_repeat_ngram_is_a_processor_of_the_engine_after_the_others():
     assert names[0] == "RepetitionPenaltyLogitsProcessor" and names[-1] == "NoRepeatNGramLogitsProcessor"
     with pytest.raises(ValueError, match="no_repeat_ngram_size"):
         DecodingSettings(no_repeat_ngram_size=-1)
+
+
+def test_window_setting_names():
+    """``repK@N`` / ``nosent@N`` set the penalty's and the sentence rule's windows; no ``@N`` = the whole story."""
+    d = decoding_for("rep1.2@8+nosent@5")
+    assert (d.repetition_penalty, d.penalty_window, d.no_repeat_sentences, d.no_repeat_window) == (1.2, 8, True, 5)
+    d = decoding_for("rep1.2+nosent")
+    assert (d.penalty_window, d.no_repeat_window) == (0, 0)
+    for bad in ("rep1.2@", "nosent@x", "nosent5"):
+        with pytest.raises(ValueError, match="unknown decoding setting"):
+            decoding_for(bad)
+
+
+@pytest.mark.parametrize("field", ["penalty_window", "no_repeat_window"])
+@pytest.mark.parametrize("value", [-1, 2.0, True, "3"])
+def test_windows_must_be_counts(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be an int >= 0"):
+        DecodingSettings(**{field: value})
+
+
+def test_text_keys_per_segment():
+    judged = [
+        {"parsed": True, "new": True, "continuous": True},
+        {"parsed": True, "new": False, "continuous": True},
+        {"parsed": False, "new": True, "continuous": False},
+        {"parsed": True, "new": True, "continuous": False},
+    ]
+    assert text_keys(judged) == {
+        "parse_rate": 0.75,
+        "distinct_sentence_rate": 0.75,
+        "continuity_rate": 0.5,
+        "text_score": 0.25,
+    }
+    with pytest.raises(ValueError, match="at least one judged frame"):
+        text_keys([])
+
+
+def test_paired_segments_are_differences_by_story():
+    def res(values):
+        return {"segments": {"3x": {"parse_rate": {"per_story": values}}}}
+
+    results = {"a": res([1.0, 0.5, 0.0]), "b": res([0.5, 0.5, 0.5])}
+    out = paired_segments(results, "b")
+    assert list(out) == ["a"]
+    d = out["a"]["3x"]["parse_rate"]
+    assert d["mean"] == 0.0 and d["n"] == 3 and d["ci95"][0] < 0 < d["ci95"][1]
+    with pytest.raises(ValueError, match="not one of the measured settings"):
+        paired_segments(results, "c")
+    with pytest.raises(ValueError, match="no per-segment values"):
+        paired_segments({"a": {}, "b": res([0.5])}, "b")
+
+
+def test_paired_against_needs_text_only_and_a_measured_setting(capsys):
+    for argv in (["--settings", "greedy", "--paired-against", "greedy"], ["--no-render", "--paired-against", "x"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    assert "--paired-against needs --no-render" in capsys.readouterr().err

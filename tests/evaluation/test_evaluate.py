@@ -69,13 +69,16 @@ def test_evaluate_cli_runs_on_a_small_model(tmp_path):
 
 
 def test_cli_decoding_defaults_are_the_packs():
-    """No option = the pack's decoding (repetition penalty 1.2, no repeated sentences, 40 tokens, greedy);
+    """No option = the pack's decoding (repetition penalty 1.2 over the whole story, no repeated sentences, 40 tokens,
+    greedy);
     ``--repetition-penalty 1.0 --allow-repeat-sentences`` = the official decoding."""
     parse = build_parser().parse_args
     default = cli_decoding(parse([]))
     assert default == PACK_DECODING
     assert default.repetition_penalty == DEFAULT_REPETITION_PENALTY == 1.2
     assert default.no_repeat_sentences is DEFAULT_NO_REPEAT_SENTENCES is True
+    assert default.penalty_window == 0
+    assert cli_decoding(parse(["--penalty-window", "10"])).penalty_window == 10
     assert default.max_sentence_tokens == 40 and not default.do_sample
     assert cli_decoding(parse(["--repetition-penalty", "1.0", "--allow-repeat-sentences"])) == DecodingSettings(
         max_sentence_tokens=40
