@@ -27,6 +27,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -36,7 +37,8 @@ from evaluation import metrics as jm
 from evaluation.cast_eval import SEGMENTS
 from evaluation.judge import load_judge
 from evaluation.pooled import interval
-from evaluation.stories import generate_story, load_model
+from evaluation.stories import TRAIN_LENGTH, generate_story, load_model
+from seedstory_core.cache import CachePolicy
 from seedstory_core.data import mini
 from seedstory_core.story import DecodingSettings
 
@@ -105,6 +107,7 @@ def measure(
     log=None,
     render: bool = True,
     cast: bool = False,
+    policy: Optional[CachePolicy] = None,
 ) -> Dict[str, Dict]:
     """Score each decoding setting on the same held-out stories.
 
@@ -112,7 +115,8 @@ def measure(
     ``render=False``). ``render=False``: the text checks only (``parse_rate``, ``distinct_sentence_rate``,
     ``continuity_rate`` and ``text_score`` = all three pass); the sentences do not depend on rendering, which is most
     of the time. ``cast``: each story's cast sheet pinned in the context (``evaluation.stories.cast_sheet``), as the
-    ``model_cast`` system of ``evaluation.cast_eval``.
+    ``model_cast`` system of ``evaluation.cast_eval``. ``policy``: the story's cache policy (default: the
+    evaluation's, a multimodal sink with a 10-image window).
     """
     bundle, judge = load_model(model_dir), load_judge()
     keys = (
@@ -138,6 +142,7 @@ def measure(
                 decoding=decoding,
                 render=render,
                 cast=cast,
+                policy=policy,
             )
             if render:
                 m = jm.story_metrics(sentences, judge.predict(images))
@@ -210,6 +215,35 @@ def paired_segments(results: Dict[str, Dict], against: str) -> Dict[str, Dict[st
     return out
 
 
+def versus_file(results: Dict[str, Dict], other: Dict, seed: int, stories: int) -> Dict[str, Dict]:
+    """Each setting of this run minus the same setting in ``other`` (another run's JSON, e.g. with another cache
+    window), per segment and text key, paired by story over this run's stories ``0..stories-1``.
+
+    Raises:
+        ValueError: ``other`` is of another seed, has fewer stories, or shares no setting with per-segment values.
+    """
+    if other.get("seed") != seed or int(other.get("stories", 0)) < stories:
+        raise ValueError(
+            f"--versus needs a run of seed {seed} with at least {stories} stories, found seed {other.get('seed')} "
+            f"with {other.get('stories')}"
+        )
+    out = {}
+    for name, res in results.items():
+        theirs = other.get("results", {}).get(name, {}).get("segments")
+        if "segments" not in res or not theirs:
+            continue
+        out[name] = {
+            seg: {
+                key: interval(np.subtract(vals["per_story"], theirs[seg][key]["per_story"][:stories]))
+                for key, vals in per_key.items()
+            }
+            for seg, per_key in res["segments"].items()
+        }
+    if not out:
+        raise ValueError("--versus: no setting of this run has per-segment values in the other run")
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m evaluation.decoding``: measure the settings, print the JSON last. Returns 0 (a bad setting name
     exits through argparse, status 2)."""
@@ -222,6 +256,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--no-render", action="store_true", help="text checks only (no frames drawn, no image score)")
     ap.add_argument("--cast", action="store_true", help="pin each story's cast sheet in the context")
+    ap.add_argument(
+        "--versus",
+        default=None,
+        metavar="JSON",
+        help="with --no-render: another run's output (same seed, at least as many stories); each setting minus the "
+        "same setting there, per segment, paired by story",
+    )
+    ap.add_argument(
+        "--window-images",
+        type=int,
+        default=TRAIN_LENGTH,
+        help=f"multimodal sink: images kept in the window (default {TRAIN_LENGTH}, the evaluation's; 0 = a dense "
+        "cache that evicts nothing)",
+    )
     ap.add_argument(
         "--paired-against",
         default=None,
@@ -238,6 +286,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             decoding_for(n)  # fail early on a bad name
         except ValueError as e:
             ap.error(str(e))
+    other = None
+    if a.versus is not None:
+        if not a.no_render:
+            ap.error("--versus needs --no-render (it pairs the per-segment text keys)")
+        try:
+            other = json.loads(Path(a.versus).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            ap.error(f"--versus {a.versus}: cannot read a JSON result ({e})")
+        shared = [n for n in names if "segments" in other.get("results", {}).get(n, {})]
+        if other.get("seed") != a.seed or int(other.get("stories", 0)) < a.stories or not shared:
+            ap.error(
+                f"--versus {a.versus}: expected a --no-render run of seed {a.seed} with at least {a.stories} stories "
+                f"and one of the settings {names}; found seed {other.get('seed')}, {other.get('stories')} stories, "
+                f"settings {sorted(other.get('results', {}))}"
+            )
+    if a.window_images < 0:
+        ap.error(f"--window-images must be >= 0 (0 = a dense cache), found {a.window_images}")
+    policy = (
+        CachePolicy(kind="dense")
+        if a.window_images == 0
+        else CachePolicy(kind="multimodal_sink", window_images=a.window_images)
+    )
     res = measure(
         names,
         a.seed,
@@ -248,6 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log=lambda m: print(m, file=sys.stderr, flush=True),
         render=not a.no_render,
         cast=a.cast,
+        policy=policy,
     )
     print(
         json.dumps(
@@ -257,8 +328,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "frames": a.frames,
                 "rendered": not a.no_render,
                 "cast": a.cast,
+                "window_images": a.window_images,
                 "results": res,
                 **({"paired": paired_segments(res, a.paired_against)} if a.paired_against else {}),
+                **(
+                    {"versus": {"file": a.versus, "paired": versus_file(res, other, a.seed, a.stories)}}
+                    if other
+                    else {}
+                ),
             }
         )
     )

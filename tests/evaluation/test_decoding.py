@@ -1,8 +1,10 @@
 """The decoding measurement (evaluation/decoding.py): its setting names, and the n-gram rule they can ask for."""
 
+import json
+
 import pytest
 
-from evaluation.decoding import decoding_for, main, paired_segments, text_keys
+from evaluation.decoding import decoding_for, main, paired_segments, text_keys, versus_file
 from seedstory_core.story import DecodingSettings, StoryEngine
 
 
@@ -85,3 +87,42 @@ def test_paired_against_needs_text_only_and_a_measured_setting(capsys):
             main(argv)
         assert e.value.code == 2
     assert "--paired-against needs --no-render" in capsys.readouterr().err
+
+
+def test_window_images_must_not_be_negative(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--no-render", "--settings", "greedy", "--window-images", "-1"])
+    assert e.value.code == 2 and "--window-images must be >= 0" in capsys.readouterr().err
+
+
+def test_versus_file_pairs_the_same_setting_over_this_runs_stories():
+    def run(seed, values, name="rep1.2+nosent"):
+        return {
+            "seed": seed,
+            "stories": len(values),
+            "results": {name: {"segments": {"3x": {"parse_rate": {"per_story": values}}}}},
+        }
+
+    this, other = run(1000, [1.0, 0.0]), run(1000, [0.0, 0.0, 1.0])
+    out = versus_file(this["results"], other, 1000, 2)  # the other run's first 2 stories
+    assert (
+        out["rep1.2+nosent"]["3x"]["parse_rate"]["mean"] == 0.5 and out["rep1.2+nosent"]["3x"]["parse_rate"]["n"] == 2
+    )
+    for bad in (run(2000, [0.0, 0.0]), run(1000, [0.0])):
+        with pytest.raises(ValueError, match="--versus needs a run of seed 1000"):
+            versus_file(this["results"], bad, 1000, 2)
+    with pytest.raises(ValueError, match="no setting of this run"):
+        versus_file(this["results"], run(1000, [0.0, 0.0], name="greedy"), 1000, 2)
+
+
+def test_versus_is_checked_before_any_work(tmp_path, capsys):
+    other = tmp_path / "o.json"
+    other.write_text(json.dumps({"seed": 5, "stories": 1, "results": {}}))
+    for argv, message in (
+        (["--settings", "greedy", "--versus", str(other)], "--versus needs --no-render"),
+        (["--no-render", "--settings", "greedy", "--versus", str(tmp_path / "missing.json")], "cannot read"),
+        (["--no-render", "--settings", "greedy", "--versus", str(other)], "expected a --no-render run of seed 1000"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
