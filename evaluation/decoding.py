@@ -186,6 +186,18 @@ def measure(
     return out
 
 
+def _paired(mine: Dict, theirs: Dict) -> Dict[str, Dict[str, Dict]]:
+    """{segment: {key: interval of mine - theirs}} over ``mine``'s stories (``theirs`` may have more: stories
+    ``0..N-1`` of a seed are the same stories in every run)."""
+    return {
+        seg: {
+            key: interval(np.subtract(vals["per_story"], theirs[seg][key]["per_story"][: len(vals["per_story"])]))
+            for key, vals in per_key.items()
+        }
+        for seg, per_key in mine.items()
+    }
+
+
 def paired_segments(results: Dict[str, Dict], against: str) -> Dict[str, Dict[str, Dict[str, Dict]]]:
     """Every other setting minus ``against``, per segment and text key, paired by story
     (:func:`evaluation.pooled.interval` of the differences: mean, 95% bootstrap interval, n).
@@ -205,13 +217,7 @@ def paired_segments(results: Dict[str, Dict], against: str) -> Dict[str, Dict[st
             continue
         if "segments" not in res or "segments" not in results[against]:
             raise ValueError(f"no per-segment values for {name!r} or {against!r}: measure with render=False")
-        out[name] = {
-            seg: {
-                key: interval(np.subtract(vals["per_story"], results[against]["segments"][seg][key]["per_story"]))
-                for key, vals in per_key.items()
-            }
-            for seg, per_key in res["segments"].items()
-        }
+        out[name] = _paired(res["segments"], results[against]["segments"])
     return out
 
 
@@ -232,13 +238,7 @@ def versus_file(results: Dict[str, Dict], other: Dict, seed: int, stories: int) 
         theirs = other.get("results", {}).get(name, {}).get("segments")
         if "segments" not in res or not theirs:
             continue
-        out[name] = {
-            seg: {
-                key: interval(np.subtract(vals["per_story"], theirs[seg][key]["per_story"][:stories]))
-                for key, vals in per_key.items()
-            }
-            for seg, per_key in res["segments"].items()
-        }
+        out[name] = _paired(res["segments"], theirs)
     if not out:
         raise ValueError("--versus: no setting of this run has per-segment values in the other run")
     return out
