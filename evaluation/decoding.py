@@ -281,6 +281,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     names = [s.strip() for s in a.settings.split(",") if s.strip()]
     if a.paired_against is not None and (a.paired_against not in names or not a.no_render):
         ap.error(f"--paired-against needs --no-render and one of the settings {names}, got {a.paired_against!r}")
+    if (a.paired_against is not None or a.versus is not None) and a.frames < 10:
+        ap.error(f"--paired-against and --versus pair the segments, which need --frames >= 10 (1x), found {a.frames}")
     for n in names:
         try:
             decoding_for(n)  # fail early on a bad name

@@ -1,6 +1,7 @@
 """The decoding measurement (evaluation/decoding.py): its setting names, and the n-gram rule they can ask for."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +127,23 @@ def test_versus_is_checked_before_any_work(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_measures_and_pairs_per_segment_on_the_bundled_model(tmp_path, capsys):
+    """The documented text-only run, on one 10-frame story: per-segment keys, the pairing, and --versus against its own
+    output (every difference 0)."""
+    tiny = str(Path(__file__).resolve().parents[2] / "models" / "seedstory-tiny")
+    argv = ["--no-render", "--stories", "1", "--frames", "10", "--model", tiny, "--settings", "rep1.2+nosent,rep1.2@2"]
+    assert main(argv + ["--paired-against", "rep1.2+nosent"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    seg = first["results"]["rep1.2+nosent"]["segments"]
+    assert list(seg) == ["1x"] and len(seg["1x"]["parse_rate"]["per_story"]) == 1
+    assert first["paired"]["rep1.2@2"]["1x"]["parse_rate"]["n"] == 1
+    saved = tmp_path / "first.json"
+    saved.write_text(json.dumps(first))
+    assert main(argv + ["--versus", str(saved), "--window-images", "10"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert all(v["mean"] == 0.0 for v in again["versus"]["paired"]["rep1.2+nosent"]["1x"].values())
+    with pytest.raises(SystemExit) as e:
+        main(["--no-render", "--frames", "5", "--settings", "greedy,rep1.2", "--paired-against", "greedy"])
+    assert e.value.code == 2 and "need --frames >= 10" in capsys.readouterr().err

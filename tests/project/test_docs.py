@@ -141,6 +141,12 @@ COMMANDS = [
         "tests/evaluation/test_tune_retry.py runs tune_retry on one short story; hand_check ran for "
         "docs/evaluation.md (outputs in evaluation/results/cast and evaluation/hand_check)",
     ),
+    (
+        r"^python -m evaluation\.(decoding|next_sentence) ",
+        "help",
+        "tests/evaluation/test_decoding.py and tests/evaluation/test_next_sentence.py run the CLIs on one story of "
+        "the bundled model (outputs: evaluation/results/decoding, evaluation/results/next_sentence)",
+    ),
     (r"^hf download ", "help", "network: Hugging Face downloads are not run by tests"),
     (r"^seedstory-batch ", "help", "seedstory_client/batch/ (python -m seedstory_client.batch)"),
     (
