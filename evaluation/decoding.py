@@ -36,7 +36,7 @@ import torch
 from evaluation import metrics as jm
 from evaluation.cast_eval import SEGMENTS
 from evaluation.judge import load_judge
-from evaluation.pooled import interval
+from evaluation.pooled import paired_segments as paired_segments_of
 from evaluation.stories import TRAIN_LENGTH, generate_story, load_model
 from seedstory_core.cache import CachePolicy
 from seedstory_core.data import mini
@@ -186,21 +186,9 @@ def measure(
     return out
 
 
-def _paired(mine: Dict, theirs: Dict) -> Dict[str, Dict[str, Dict]]:
-    """{segment: {key: interval of mine - theirs}} over ``mine``'s stories (``theirs`` may have more: stories
-    ``0..N-1`` of a seed are the same stories in every run)."""
-    return {
-        seg: {
-            key: interval(np.subtract(vals["per_story"], theirs[seg][key]["per_story"][: len(vals["per_story"])]))
-            for key, vals in per_key.items()
-        }
-        for seg, per_key in mine.items()
-    }
-
-
 def paired_segments(results: Dict[str, Dict], against: str) -> Dict[str, Dict[str, Dict[str, Dict]]]:
     """Every other setting minus ``against``, per segment and text key, paired by story
-    (:func:`evaluation.pooled.interval` of the differences: mean, 95% bootstrap interval, n).
+    (:func:`evaluation.pooled.paired_segments`: mean, 95% bootstrap interval, n).
 
     Args:
         results: :func:`measure`'s output with ``segments`` (``render=False``).
@@ -217,7 +205,7 @@ def paired_segments(results: Dict[str, Dict], against: str) -> Dict[str, Dict[st
             continue
         if "segments" not in res or "segments" not in results[against]:
             raise ValueError(f"no per-segment values for {name!r} or {against!r}: measure with render=False")
-        out[name] = _paired(res["segments"], results[against]["segments"])
+        out[name] = paired_segments_of(res["segments"], results[against]["segments"])
     return out
 
 
@@ -238,7 +226,7 @@ def versus_file(results: Dict[str, Dict], other: Dict, seed: int, stories: int) 
         theirs = other.get("results", {}).get(name, {}).get("segments")
         if "segments" not in res or not theirs:
             continue
-        out[name] = _paired(res["segments"], theirs)
+        out[name] = paired_segments_of(res["segments"], theirs)
     if not out:
         raise ValueError("--versus: no setting of this run has per-segment values in the other run")
     return out

@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from evaluation import metrics as jm
-from evaluation.cast_eval import SEGMENTS
-from evaluation.pooled import interval
+from evaluation.cast_eval import SEGMENTS, segment_values
+from evaluation.pooled import interval, paired_segments
 from evaluation.stories import PACK_DECODING, TRAIN_LENGTH, frame_features, load_model
 from seedstory_core.cache import CachePolicy
 from seedstory_core.data import mini
@@ -53,7 +52,9 @@ def next_sentences(bundle, story: dict, frames: int, pictures: str = "true", dec
         decoding: the ``DecodingSettings`` of the written sentences (default: the pack's).
 
     Returns:
-        One dict per frame ``i`` (in order): ``{"frame": i, "sentence", "parsed": bool, "continuous": bool}``.
+        One dict per frame ``i`` (in order): ``{"frame": i, "sentence"}`` and the keys of
+        :func:`evaluation.metrics.judge_frame` (``parsed``, ``continuous``, ...; no picture, so the ``shown`` keys
+        are False).
 
     Raises:
         ValueError: ``pictures`` not in :data:`PICTURES`, or ``frames`` outside ``[2, len(story)]``.
@@ -75,30 +76,19 @@ def next_sentences(bundle, story: dict, frames: int, pictures: str = "true", dec
         # the previous frame's picture: the start image is already the true one; later, true features or the agent's
         previous = features[i - 1] if features is not None and i > 1 else None
         written = engine.step(state, decoding=decoding, context_features=previous).sentence
-        judged = jm.judge_frame(written, captions[:i], None)
-        out.append(
-            {
-                "frame": i,
-                "sentence": written,
-                "parsed": bool(judged["parsed"]),
-                "continuous": bool(judged["continuous"]),
-            }
-        )
+        out.append({"frame": i, "sentence": written, **jm.judge_frame(written, captions[:i], None)})
         state = engine.step(state, text=captions[i], mode="visualization", context_features=previous).state
     return out
 
 
 def segment_rates(rows: Sequence[Dict]) -> Dict[str, Dict[str, Optional[float]]]:
-    """{segment: {"parse_rate", "continuity_rate"}} of one story's :func:`next_sentences` rows (None where the story
-    does not reach the segment)."""
+    """{segment: {"parse_rate", "continuity_rate"}} of one story's :func:`next_sentences` rows
+    (:func:`evaluation.cast_eval.segment_values`), None where the story does not cover the whole segment."""
     out = {}
     for seg, (a, b) in SEGMENTS.items():
-        picked = [r for r in rows if r["frame"] >= a and (b is None or r["frame"] <= b)]
-        complete = picked and (b is None or picked[-1]["frame"] == b)
-        out[seg] = {
-            "parse_rate": float(np.mean([r["parsed"] for r in picked])) if complete else None,
-            "continuity_rate": float(np.mean([r["continuous"] for r in picked])) if complete else None,
-        }
+        complete = any(r["frame"] == (b or a) for r in rows) and any(r["frame"] == a for r in rows)
+        values = segment_values(rows, a, b) if complete else None
+        out[seg] = {key: values[key] if values else None for key in KEYS}
     return out
 
 
@@ -138,13 +128,7 @@ def versus(result: Dict, other: Dict) -> Dict[str, Dict[str, Dict]]:
             f"--versus needs a result of seed {result['seed']} with {result['stories']} stories, found seed "
             f"{other.get('seed')} with {other.get('stories')}"
         )
-    out = {}
-    for seg, per_key in result["segments"].items():
-        out[seg] = {}
-        for key, vals in per_key.items():
-            pairs = zip(vals["per_story"], other["segments"][seg][key]["per_story"])
-            out[seg][key] = interval([a - b for a, b in pairs if a is not None and b is not None])
-    return out
+    return paired_segments(result["segments"], other["segments"])
 
 
 def main(argv=None) -> int:

@@ -116,6 +116,23 @@ def interval(values: Sequence[float]) -> Dict:
     return {"mean": round(float(np.mean(v)), 4), "ci95": [round(lo, 4), round(hi, 4)], "n": len(v)}
 
 
+def paired_segments(mine: Dict[str, Dict[str, Dict]], theirs: Dict[str, Dict[str, Dict]]) -> Dict[str, Dict[str, Dict]]:
+    """``mine - theirs`` per segment and key, paired by story: ``{segment: {key: interval}}``.
+
+    Args:
+        mine, theirs: ``{segment: {key: {"per_story": [value or None, ...]}}}`` of the same seed, story ``k`` at index
+            ``k`` (``theirs`` may hold more stories: the first ``len(mine's)`` are paired); stories without a value
+            in either are left out.
+    """
+    out: Dict[str, Dict[str, Dict]] = {}
+    for seg, per_key in mine.items():
+        out[seg] = {}
+        for key, vals in per_key.items():
+            pairs = zip(vals["per_story"], theirs[seg][key]["per_story"])
+            out[seg][key] = interval([a - b for a, b in pairs if a is not None and b is not None])
+    return out
+
+
 def pooled(data: Dict[str, List[Dict]]) -> Dict[str, Dict[str, Dict[str, Dict]]]:
     """{system: {segment: {metric: interval of the pooled per-story values}}}."""
     return {

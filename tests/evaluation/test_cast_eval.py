@@ -398,3 +398,12 @@ def test_cast_eval_penalty_window_reaches_the_model_decoding(tiny_model, tmp_pat
         ce.main(argv + ["--penalty-window", "-1", "--out", str(tmp_path / "other")])
     assert e.value.code == 2 and "--penalty-window must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_pooled_paired_segments_pairs_by_index_and_skips_missing_values():
+    """The per-segment pairing evaluation.decoding and evaluation.next_sentence share: story k against story k, over
+    the first run's stories (the second may hold more), a story without a value on either side left out."""
+    mine = {"3x": {"parse_rate": {"per_story": [1.0, None, 0.5]}}}
+    theirs = {"3x": {"parse_rate": {"per_story": [0.5, 0.0, 0.5, 1.0]}}}
+    d = pooled.paired_segments(mine, theirs)["3x"]["parse_rate"]
+    assert d["n"] == 2 and d["mean"] == 0.25

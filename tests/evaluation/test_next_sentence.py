@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from evaluation import next_sentence as ns
+from evaluation.cast_eval import FRAME_METRICS
 from evaluation.stories import load_model
 from seedstory_core.data import mini
 
@@ -36,7 +37,9 @@ def test_one_row_per_frame_judged_against_the_true_sentences(bundle):
 
 
 def test_segment_rates_need_the_whole_segment():
-    rows = [{"frame": i, "parsed": i % 2 == 0, "continuous": True} for i in range(1, 10)]
+    # rows as next_sentences makes them: every judge_frame key (no picture: the shown keys False)
+    blank = {k: False for k in FRAME_METRICS}
+    rows = [{**blank, "frame": i, "parsed": i % 2 == 0, "continuous": True} for i in range(1, 10)]
     rates = ns.segment_rates(rows)
     assert rates["1x"] == {"parse_rate": 4 / 9, "continuity_rate": 1.0}
     assert rates["3x"] == {"parse_rate": None, "continuity_rate": None}
