@@ -50,6 +50,7 @@ from .common import (
     run_training,
 )
 from .rollout import OwnContext
+from . import context_targets
 
 DEFAULTS = dict(
     max_steps=6000,
@@ -127,7 +128,10 @@ class AgentTrainModule(nn.Module):
         self.agent = agent
 
     def forward(self, lm_weight: float = 1.0, rec_weight: float = 1.0, **batch):
-        out = self.agent(**batch, return_recon_image_embeds=False)
+        if context_targets.CONTEXT_POSITIONS in batch:  # --context-targets: one pass, more target images
+            out = context_targets.forward(self.agent, **batch)
+        else:
+            out = self.agent(**batch, return_recon_image_embeds=False)
         if lm_weight == 1.0 and rec_weight == 1.0:
             return {"loss": out["total_loss"], "lm_loss": out["lm_loss"], "rec_loss": out["rec_loss"]}
         lm, rec = out["lm_loss"], out["rec_loss"]
@@ -157,6 +161,10 @@ class StoryBatches:
         self.vit = vit
         self.vit_mode = vit_mode
         self.dropped = 0
+        self.context_targets = int(getattr(args, "context_targets", 0) or 0)
+        if self.context_targets < 0:
+            raise ValueError(f"--context-targets must be >= 0, found {self.context_targets}.")
+        self.num_img_tokens = len(tokenizer.image_ids.img)
         self.cast_prob = float(getattr(args, "cast_prob", 0.0) or 0.0)
         if not 0.0 <= self.cast_prob <= 1.0:
             raise ValueError(f"--cast-prob must be in [0, 1], found {self.cast_prob}.")
@@ -218,6 +226,8 @@ class StoryBatches:
                 )
             if self.own is not None and rng.random() < self.own_context_prob:
                 s.extras["own_context"] = True
+            if self.context_targets:
+                s.extras["context_frames"] = context_targets.choose_frames(s, self.context_targets)
             picks.append((r, s))
         return picks
 
@@ -232,6 +242,10 @@ class StoryBatches:
             for r, s in picks
         ]
         targets = [(r, s.image_indices[-1]) for r, s in picks]
+        for r, s in picks:
+            frames = s.extras.get("context_frames")
+            if frames:  # always the true frames' features, whatever the context holds
+                s.extras["context_features"] = torch.stack([self.features(r, f) for f in frames])
         return samples, feats, targets
 
     def draw(self, rng: random.Random, total: Optional[int] = None, keep: Optional[slice] = None):
@@ -242,7 +256,13 @@ class StoryBatches:
 
     def collate(self, samples, feats):
         pad_to = int(self.args.max_length) if self.args.pad_to_max_length else None
-        return collate_samples(samples, self.builder.pad_id, pad_to=pad_to, images=feats)
+        out = collate_samples(samples, self.builder.pad_id, pad_to=pad_to, images=feats)
+        out.update(
+            context_targets.collate_context(
+                samples, [s.extras.get("context_features") for s in samples], self.num_img_tokens
+            )
+        )
+        return out
 
 
 def add_story_arguments(p) -> None:
@@ -328,7 +348,7 @@ class InstructionTask(StageTask):
                 return sum(1 for x in s.labels[1:] if x != -100)
 
             def n_rec(s):
-                return sum(1 for x in s.embeds_gen_mask if x)
+                return sum(1 for x in s.embeds_gen_mask if x) + len(s.extras.get("context_frames", ()))
 
             b["lm_weight"] = rank_weight(sum(n_lm(s) for _, s in mine), sum(n_lm(s) for _, s in picks), self.world)
             b["rec_weight"] = rank_weight(sum(n_rec(s) for _, s in mine), sum(n_rec(s) for _, s in picks), self.world)
@@ -364,6 +384,13 @@ def build_parser():
         default=None,
         help="LoRA dropout for this run (default: the bundle's agent config, official 0.05); 0 makes the "
         "step deterministic given the data (used to compare 1 process with N processes)",
+    )
+    p.add_argument(
+        "--context-targets",
+        type=int,
+        default=0,
+        help="also regress the last N context images of each sample (after the first), each from the prefix "
+        "before it, in the same forward pass (training/context_targets.py); 0 = official (the last image only)",
     )
     p.add_argument(
         "--rec-loss-scale",
