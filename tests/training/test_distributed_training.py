@@ -41,6 +41,7 @@ import training.stage2_instruction as s2
 from seedstory_core.bundle import SeedStoryBundle
 from seedstory_core.data import mini
 from training.common import micro_rng, rank_weight, resolve_args
+from training.context_targets import CONTEXT_POSITIONS, CONTEXT_TARGETS
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "training" / "configs" / "cpu_ddp.yaml"
@@ -296,3 +297,34 @@ def test_rank_weight():
     assert rank_weight(7, 7, 1) == 1.0
     assert rank_weight(3, 10, 2) == pytest.approx(0.6) and rank_weight(7, 10, 2) == pytest.approx(1.4)
     assert rank_weight(0, 0, 2) == 0.0
+
+
+def test_stage2_context_target_weights_make_the_rank_mean_the_global_mean(
+    data_dir, init_bundle, loaded_bundle, monkeypatch
+):
+    """--context-targets: the ranks' context targets are the one-process ones, and each rank's regression weight
+    counts them, so the rank mean of the weighted per-rank regression losses is the one-process loss (a mean over
+    every target image of the global batch)."""
+    extra = STAGES["stage2"][2] + ["--context-targets", "4"]
+    (single,) = _batches(
+        s2.InstructionTask, s2.build_parser, extra, data_dir, init_bundle, 1, 4, loaded_bundle, monkeypatch
+    )
+    parts = _batches(
+        s2.InstructionTask, s2.build_parser, extra, data_dir, init_bundle, 2, 2, loaded_bundle, monkeypatch
+    )
+
+    def n_targets(b):
+        extra_targets = int((b[CONTEXT_POSITIONS][:, :, 0] >= 0).sum()) if CONTEXT_POSITIONS in b else 0
+        return int(b["embeds_gen_mask"].sum()) + extra_targets
+
+    n, total = [n_targets(p) for p in parts], n_targets(single)
+    assert sum(n) == total and total > 4, (n, total)  # some samples carry context targets
+    for p, k in zip(parts, n):
+        assert p["rec_weight"] == pytest.approx(k * 2 / total)
+    joined = torch.cat([p[CONTEXT_TARGETS] for p in parts if CONTEXT_TARGETS in p])
+    assert torch.equal(joined, single[CONTEXT_TARGETS])
+    module = s2.AgentTrainModule(copy.deepcopy(loaded_bundle.agent).eval())
+    with torch.no_grad():
+        whole = module(**single)["rec_loss"]
+        ranks = [module(**p)["rec_loss"] for p in parts]
+    torch.testing.assert_close(sum(ranks) / 2, whole, rtol=1e-5, atol=1e-6)
