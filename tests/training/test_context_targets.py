@@ -4,15 +4,14 @@ and stage 2 trains with it."""
 
 import csv
 import random
-from argparse import Namespace
 
 import pytest
 import torch
 
 from seedstory_core.tiny import random_tiny_bundle
-from tests.training.test_training import FAST, _records
+from tests.training.test_training import FAST, _records, _story_batches
 from training import context_targets as ct
-from training.stage2_instruction import StoryBatches, train_stage2
+from training.stage2_instruction import train_stage2
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +27,7 @@ def records():
 
 
 def _batches(records, bundle, n):
-    args = Namespace(
-        data=None,
-        records=records,
-        image_root=None,
-        max_records=0,
-        no_feature_cache=False,
-        max_length=1280,
-        text_loss="all",
-        pad_to_max_length=False,
-        batch_size=2,
-        context_targets=n,
-    )
-    return StoryBatches(args, bundle.tokenizer, bundle.visual_tokenizer, "squash")
+    return _story_batches(records, bundle, context_targets=n)
 
 
 def _official_regression(bundle, sb, r, frame, cast=()):
