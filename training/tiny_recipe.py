@@ -46,7 +46,9 @@ in a second process beside the second, and ``assemble`` joins the two. Each proc
 4e. stage2f, stage2g — two more phases with stage 2's own loss (regression x1, true contexts only) at lr 2e-4, 300
             steps each, the second from the first's bundle (seeds + 5, + 6): the regression-weighted phases leave the
             language under-trained, and free-running the agent wrote "Max and Max ..." in about a fifth of its
-            sentences; after these phases about 1 in 70 (docs/training.md, "The language phases").
+            sentences; after these phases about 1 in 70 (docs/training.md, "The language phases"). Stage 2g also
+            regresses the last 8 context images of each sample, each from the prefix before it
+            (``--context-targets 8``, :mod:`training.context_targets`; docs/training.md, "Context targets").
 4f. assemble — the last agent step's bundle with stage 1's de-tokenizer (``RUN/assemble/model``).
 5. stage3 — de-tokenizer adaptation on the frozen agent's regressed features (agent in eval mode; the same 10%
             condition dropout, so adaptation keeps the unconditional branch). NOT in the default ``--stages``: on
@@ -165,7 +167,10 @@ STAGES["stage2e"] = list(STAGES["stage2b"])  # the same phase on the cast-corrup
 # (docs/training.md, "The language phases")
 _REC = STAGES["stage2b"].index("--rec-loss-scale")
 STAGES["stage2f"] = STAGES["stage2b"][:_REC] + STAGES["stage2b"][_REC + 2 :]  # stage 2b without the x10 regression
-STAGES["stage2g"] = list(STAGES["stage2f"])
+# stage 2g also regresses the last 8 context images of each sample (training.context_targets): on seed 1000 it raised
+# parse at 3x from 0.824 to 0.935 and the cast half with the sheet by 0.069 against a same-sample plain phase
+# (docs/training.md, "Context targets")
+STAGES["stage2g"] = list(STAGES["stage2f"]) + ["--context-targets", "8"]
 #: training steps in order: (step name, entry function of the trainer module, seed offset)
 TRAIN_STEPS = (
     ("stage0", train_stage0, 0),

@@ -93,6 +93,11 @@ def test_recipe_smoke_run_exports_a_loadable_bundle(smoke):
         cli = record["stages"][phase]["args"]
         assert "--own-context" not in cli and "--rec-loss-scale" not in cli
         assert cli[cli.index("--init") + 1] == f"bundle:{run / start / 'model'}"
+    # the last phase alone also regresses the last 8 context images of each sample (training.context_targets)
+    cli = record["stages"]["stage2g"]["args"]
+    assert cli[cli.index("--context-targets") + 1] == "8"
+    for phase in ("stage2", "stage2b", "stage2e", "stage2f"):
+        assert "--context-targets" not in record["stages"][phase]["args"], phase
     # scheduled sampling: each phase reads the rollout of the agent it starts from
     rounds = (("stage2b", "rollout", "stage2"),)
     for phase, ro, start in rounds:
