@@ -4,7 +4,8 @@
         [--systems model,model_cast,model_retry,model_cast_retry,copy_first,retrieval,static_start,rule_based,
                    ground_truth,ground_truth_detok]
         [--model DIR] [--random-init] [--diffusion-steps 10] [--guidance-scale 3.0]
-        [--retry 2] [--retry-threshold 0.88] [--jobs 2] [--device cpu] [--no-visualization]
+        [--retry 2] [--retry-threshold 0.60] [--jobs 2] [--device cpu] [--no-visualization]
+        [--penalty-window N] [--context regressed|drawn]
 
 For every system (:data:`SYSTEMS`) and every held-out story ``0..N-1`` of ``--seed``: free-running generation of
 ``--frames`` frames (30 = 3x the training length of 10) from the story's true first frame and sentence, each frame
@@ -18,6 +19,8 @@ Systems: ``model`` (the bundle; the pack's decoding: greedy, repetition penalty 
 tokens; multimodal sink; 10 diffusion steps; guidance as :mod:`evaluation.evaluate`), ``model_cast`` (+ the story's
 cast sheet pinned in the context), ``model_retry`` / ``model_cast_retry`` (+ the consistency retry on every frame:
 ``--retry`` redraws at most, ``--retry-threshold``), and the baselines of :mod:`evaluation.baselines`.
+``--context drawn`` makes the model systems store the visual tokenizer's features of each kept drawing in the context
+instead of the regressed features (docs/evaluation.md, "Feeding the drawn frames back"; not the pack's default).
 
 Visualization mode (unless ``--no-visualization``): each model system also draws the story's TRUE sentences of its
 first :data:`VISUALIZATION_FRAMES` frames (the 1x segment)
@@ -191,11 +194,13 @@ def system_story(
     decoding=PACK_DECODING,
     retry: Optional[RetrySettings] = None,
     visualization: bool = False,
+    feed_drawn: bool = False,
 ):
     """``system``'s continuation of ``story``: (sentences, PIL frames, retry report dict or None, visualization
     frames or None, seconds of the free-running generation). ``visualization``: also draw the true sentences (a model
     system in visualization mode, with its cast sheet and retry; a baseline ignores given sentences: its own
-    frames)."""
+    frames). ``feed_drawn``: a model system's context stores its drawn frames' features
+    (:func:`evaluation.stories.run_story`)."""
     t0 = time.perf_counter()
     if system in MODEL_SYSTEMS:
         cast, with_retry = MODEL_SYSTEMS[system]
@@ -206,6 +211,7 @@ def system_story(
             decoding=decoding,
             cast=cast,
             retry=(retry or RetrySettings()) if with_retry else None,
+            feed_drawn=feed_drawn,
         )
         run = run_story(bundle, story, frames, **kw)
         seconds = time.perf_counter() - t0
@@ -247,6 +253,7 @@ def evaluate_system(
     model_name: Optional[str] = None,
     log=None,
     decoding=PACK_DECODING,
+    feed_drawn: bool = False,
 ) -> Dict:
     """Run and score one system on stories ``0..stories-1`` of ``seed``; returns the JSON-ready dict (module
     docstring). ``bundle_loader()`` gives the model bundle (called only for systems that need it; default: the
@@ -254,7 +261,8 @@ def evaluate_system(
     ``generation_seconds_per_story``: the free-running generation alone (the retry's redraws included).
     ``visualization``: also score the system drawing the true sentences (:func:`visualization_frames`; a model
     system runs twice). ``decoding``: the model systems' ``DecodingSettings`` (default :data:`PACK_DECODING`, the
-    pack's; ``--penalty-window`` changes its ``penalty_window``).
+    pack's; ``--penalty-window`` changes its ``penalty_window``). ``feed_drawn``: the model systems' context stores
+    the visual tokenizer's features of their drawn frames instead of the regressed ones (``--context drawn``).
 
     Raises:
         ValueError: an unknown system, fewer than 2 frames or no story.
@@ -286,6 +294,7 @@ def evaluate_system(
             retry=retry,
             visualization=visualization,
             decoding=decoding,
+            feed_drawn=feed_drawn,
         )
         looks = true_looks(story)
         readings = judge.predict(images)
@@ -332,6 +341,7 @@ def evaluate_system(
         result.update(diffusion_steps=diffusion_steps, guidance_scale=guidance_scale)
     if system in MODEL_SYSTEMS:
         result["decoding"] = asdict(decoding)
+        result["context"] = "drawn" if feed_drawn else "regressed"
     if retry_reports:
         result["retry"] = {
             "settings": asdict(retry),
@@ -387,6 +397,7 @@ def run_one(system: str, options: Dict) -> Tuple[str, str]:
         visualization=options.get("visualization", True),
         model_name=model_name,
         decoding=replace(PACK_DECODING, penalty_window=int(options.get("penalty_window", 0))),
+        feed_drawn=options.get("context", "regressed") == "drawn",
         log=(lambda msg: print(msg, file=sys.stderr, flush=True)) if options.get("verbose") else None,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -445,6 +456,13 @@ def main(argv=None) -> int:
         help="model systems' decoding: the repetition penalty reads the story's last N sentences only (default 0 = the "
         "whole story, the pack's; docs/evaluation.md, 'A penalty that forgets')",
     )
+    parser.add_argument(
+        "--context",
+        choices=("regressed", "drawn"),
+        default="regressed",
+        help="what the model systems' context stores for each generated frame: the agent's regressed features (the "
+        "pack's and the official loop's) or the visual tokenizer's features of the drawn (kept) frame",
+    )
     parser.add_argument("--verbose", action="store_true", help="one line per story on stderr")
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -470,6 +488,7 @@ def main(argv=None) -> int:
         "verbose": args.verbose,
         "visualization": not args.no_visualization,
         "penalty_window": args.penalty_window,
+        "context": args.context,
     }
     torch.set_num_threads(args.threads)
     t0 = time.time()

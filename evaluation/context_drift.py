@@ -3,6 +3,7 @@ features fill the context, and whether it reads the cast sheet (docs/evaluation.
 
     python -m evaluation.context_drift --seed 1000 --stories 12 [--frames 30] [--model DIR] [--policy KIND]
         [--conditions own,true,...] [--out FILE]
+    python -m evaluation.context_drift --versus MINE.json THEIRS.json   # paired by story, e.g. two bundles
 
 Every condition runs the story in visualization mode (the story's own sentences given, its true first frame) with the
 protocol's context policy (multimodal attention sink, window = the training length, 10 images; :mod:`evaluation.
@@ -230,6 +231,35 @@ def context_drift(
     return result
 
 
+def versus(mine: Dict, theirs: Dict) -> Dict:
+    """Paired differences ``mine - theirs`` of two :func:`context_drift` results of the same stories (e.g. two
+    bundles): ``{condition: {segment: {key: summary}}}`` for every condition both have, per story, as the result's own
+    ``pairs`` are computed.
+
+    Raises:
+        ValueError: the two results are not the same seed, stories and frames, or share no condition.
+    """
+    same = ("seed", "stories", "frames")
+    if any(mine.get(k) != theirs.get(k) for k in same):
+        found = [(mine.get(k), theirs.get(k)) for k in same]
+        raise ValueError(f"versus needs the same seed, stories and frames (seed, stories, frames): found {found}")
+    both = [c for c in mine["conditions"] if c in theirs["conditions"]]
+    if not both:
+        raise ValueError("versus: the two results share no condition")
+    out = {}
+    for cond in both:
+        out[cond] = {}
+        for seg in SEGMENTS:
+            out[cond][seg] = {}
+            for key in KEYS:
+                a = mine["conditions"][cond][seg][key]["per_story"]
+                b = theirs["conditions"][cond][seg][key]["per_story"]
+                out[cond][seg][key] = _summary(
+                    [(x - y) if x is not None and y is not None else None for x, y in zip(a, b)]
+                )
+    return out
+
+
 def _fmt(s: Dict) -> str:
     return "—" if s["mean"] is None else f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
 
@@ -261,7 +291,24 @@ def main(argv=None) -> int:
         help=f"comma-separated subset of {CONDITIONS + BASELINES}",
     )
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    p.add_argument(
+        "--versus",
+        nargs=2,
+        type=Path,
+        metavar=("MINE", "THEIRS"),
+        help="run nothing: print the paired differences MINE - THEIRS of two results (JSON) of the same stories",
+    )
     args = p.parse_args(argv)
+    if args.versus:
+        try:
+            mine, theirs = (json.loads(f.read_text()) for f in args.versus)
+            pairs = versus(mine, theirs)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"context_drift --versus: {e}", file=sys.stderr)
+            return 2
+        label = f"{args.versus[0]} - {args.versus[1]}"
+        print(format_table({"conditions": {f"{c} ({label})": v for c, v in pairs.items()}, "pairs": {}}))
+        return 0
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     try:
         result = context_drift(

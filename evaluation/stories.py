@@ -135,6 +135,7 @@ def run_story(
     render: bool = True,
     cast: bool = False,
     retry: Optional[RetrySettings] = None,
+    feed_drawn: bool = False,
 ) -> StoryRun:
     """Continue a held-out story from its first frame and sentence; returns a :class:`StoryRun`.
 
@@ -152,7 +153,11 @@ def run_story(
     with the looks of the characters its sentence names (the cast sheet's pictures with ``cast``, else each
     character's first appearance, the opening frame included) and redrawn with other de-tokenizer seeds while below
     the threshold; the best drawing is kept. Only pictures change: the context keeps the regressed features (or the
-    teacher-forced ones), so the sentences are those of the run without the retry.
+    teacher-forced ones), so the sentences are those of the run without the retry, unless ``feed_drawn``.
+    ``feed_drawn``: the context stores the visual tokenizer's features of each kept drawing instead of the agent's
+    regressed features (``StoryEngine.step(context_features=...)``, as a Story Step wired with ViT Tokenize of the
+    rendered frame does), so the retry's choice reaches the next steps. Needs ``render=True`` and no
+    ``context_features``.
 
     Raises:
         StoryRuleError: the story breaks a model rule (:func:`seedstory_core.rules.check_story_run`: a sentence over
@@ -161,6 +166,8 @@ def run_story(
     """
     if retry is not None and not render:
         raise ValueError("the consistency retry checks drawn frames: it needs render=True")
+    if feed_drawn and (not render or context_features is not None):
+        raise ValueError("feed_drawn stores the drawn frames' features: it needs render=True and no context_features")
     mode = "visualization" if captions is not None else "generation"
     run = check_story_run(
         bundle.tokenizer,
@@ -195,6 +202,8 @@ def run_story(
                     result.features, frame_index=i, steps=diffusion_steps, guidance_scale=guidance_scale, seed=seed
                 )
             )
+            if feed_drawn:
+                return bundle.visual_tokenizer.encode_images(images[-1])[:1] if i < frames - 1 else None
         else:
 
             def draw(s):
@@ -208,6 +217,8 @@ def run_story(
             report.add(outcome)
             refs.observe(sentence, outcome.features)
             images.append(outcome.picture)
+            if feed_drawn:
+                return outcome.features if i < frames - 1 else None
         return context_features[i] if context_features is not None and i < frames - 1 else None
 
     _, results = engine.run(

@@ -17,6 +17,7 @@ from evaluation.judge import SLOT_NAMES, load_judge
 from evaluation.stories import PACK_DECODING, run_story, true_looks
 from seedstory_core.consistency import RetrySettings
 from seedstory_core.data import mini
+from seedstory_core.story import StoryEngine
 from seedstory_core.tiny import random_tiny_bundle
 
 SEED = 1000
@@ -384,16 +385,48 @@ def test_cast_sheet_and_retry_change_what_they_should():
         run_story(bundle, story, 3, retry=RetrySettings(), render=False)
 
 
+@pytest.mark.parametrize("retry", [None, RetrySettings(1.0, 1)])
+def test_feed_drawn_stores_each_kept_drawings_features_in_the_context(monkeypatch, retry):
+    """``feed_drawn``: the features stored for frame i are the visual tokenizer's features of the drawing kept for
+    frame i (with the retry: the redrawn one), not the regressed ones; without it nothing is replaced."""
+    torch.set_num_threads(1)
+    bundle = random_tiny_bundle(0)
+    story = mini.generate_story(SEED, 0, frames=30)
+    stored = []
+    original = StoryEngine.step
+
+    def spy(self, state, **kw):
+        stored.append(kw.get("context_features"))
+        return original(self, state, **kw)
+
+    monkeypatch.setattr(StoryEngine, "step", spy)
+    kw = dict(diffusion_steps=1, seed=3, decoding=PACK_DECODING, retry=retry)
+    plain = run_story(bundle, story, 4, **kw)
+    assert stored == [None, None, None]
+    stored.clear()
+    fed = run_story(bundle, story, 4, feed_drawn=True, **kw)
+    assert stored[0] is None and len(stored) == 3
+    for i in (1, 2):
+        drawn = bundle.visual_tokenizer.encode_images(fed.frames[i])[:1]
+        assert stored[i] is not None and torch.allclose(stored[i], drawn, atol=1e-5)
+    assert fed.sentences[:2] == plain.sentences[:2]  # the first step reads the same context
+    with pytest.raises(ValueError, match="feed_drawn"):
+        run_story(bundle, story, 3, feed_drawn=True, render=False)
+
+
 def test_cast_eval_penalty_window_reaches_the_model_decoding(tiny_model, tmp_path, capsys):
-    """``--penalty-window N`` is the model systems' ``DecodingSettings.penalty_window`` (recorded in the JSON); a
-    negative one exits 2 before any work."""
+    """``--penalty-window N`` is the model systems' ``DecodingSettings.penalty_window`` and ``--context`` what their
+    context stores (both recorded in the JSON); a negative window exits 2 before any work."""
     torch.set_num_threads(1)
     out = tmp_path / "cast"
     argv = ["--seed", str(SEED), "--stories", "1", "--frames", "3", "--out", str(out), "--model", str(tiny_model)]
     argv += ["--systems", "model", "--diffusion-steps", "1", "--no-visualization"]
     assert ce.main(argv + ["--penalty-window", "2"]) == 0
-    decoding = json.loads((out / f"model_{SEED}.json").read_text())["decoding"]
-    assert decoding == asdict(replace(PACK_DECODING, penalty_window=2))
+    result = json.loads((out / f"model_{SEED}.json").read_text())
+    assert result["decoding"] == asdict(replace(PACK_DECODING, penalty_window=2))
+    assert result["context"] == "regressed"
+    assert ce.main(argv + ["--context", "drawn", "--out", str(tmp_path / "drawn")]) == 0
+    assert json.loads((tmp_path / "drawn" / f"model_{SEED}.json").read_text())["context"] == "drawn"
     with pytest.raises(SystemExit) as e:
         ce.main(argv + ["--penalty-window", "-1", "--out", str(tmp_path / "other")])
     assert e.value.code == 2 and "--penalty-window must be >= 0" in capsys.readouterr().err

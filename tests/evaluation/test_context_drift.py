@@ -81,6 +81,34 @@ def test_segments_pairs_and_the_cli(tmp_path, capsys):
     assert "| true - own | cos_true |" in capsys.readouterr().out
 
 
+def test_versus_pairs_two_results_story_by_story(tmp_path, capsys):
+    """``versus`` (``--versus MINE THEIRS``): per-story differences of every shared condition; results of other
+    stories are refused with exit code 2."""
+    mine = tmp_path / "mine.json"
+    assert cd.main(["--stories", "2", "--frames", "12", "--conditions", "own,copy_start", "--out", str(mine)]) == 0
+    result = json.loads(mine.read_text())
+    theirs = json.loads(mine.read_text())
+    # another "bundle": shift the own condition's per-story values
+    for seg in theirs["conditions"]["own"].values():
+        seg["cos_true"]["per_story"] = [None if v is None else v - 0.1 for v in seg["cos_true"]["per_story"]]
+    pairs = cd.versus(result, theirs)
+    assert set(pairs) == {"own", "copy_start"}
+    assert pairs["own"]["1x"]["cos_true"]["per_story"] == pytest.approx([0.1, 0.1])
+    assert pairs["copy_start"]["1x"]["cos_true"]["mean"] == 0.0
+    assert pairs["own"]["3x"]["cos_true"]["n"] == 0  # no 3x frame in a 12-frame story
+    other = tmp_path / "theirs.json"
+    other.write_text(json.dumps(theirs))
+    capsys.readouterr()
+    assert cd.main(["--versus", str(mine), str(other)]) == 0
+    assert "| own (" in capsys.readouterr().out
+    theirs["stories"] = 3
+    other.write_text(json.dumps(theirs))
+    assert cd.main(["--versus", str(mine), str(other)]) == 2
+    assert "same seed, stories and frames" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="share no condition"):
+        cd.versus(result, {**result, "conditions": {}})
+
+
 def test_bad_arguments_are_refused(bundle, capsys):
     with pytest.raises(ValueError, match="unknown condition"):
         cd.story_drift(bundle, mini.generate_story(1000, 0, frames=3), ("own", "dense"))
