@@ -171,6 +171,11 @@ def _summary(per_story: List[Optional[float]]) -> Dict:
     return {**summarise(per_story, seed=0), "per_story": per_story}
 
 
+def _paired(mine: Sequence[Optional[float]], theirs: Sequence[Optional[float]]) -> Dict:
+    """:func:`_summary` of the per-story differences ``mine - theirs`` (None where either value is None)."""
+    return _summary([(x - y) if x is not None and y is not None else None for x, y in zip(mine, theirs)])
+
+
 def context_drift(
     bundle,
     *,
@@ -216,16 +221,7 @@ def context_drift(
     for a, b in PAIRS:
         if a in segs and b in segs:
             result["pairs"][f"{a} - {b}"] = {
-                seg: {
-                    key: _summary(
-                        [
-                            (x - y) if x is not None and y is not None else None
-                            for x, y in zip(segs[a][seg][key], segs[b][seg][key])
-                        ]
-                    )
-                    for key in KEYS
-                }
-                for seg in SEGMENTS
+                seg: {key: _paired(segs[a][seg][key], segs[b][seg][key]) for key in KEYS} for seg in SEGMENTS
             }
     result["seconds"] = round(time.time() - t0, 1)
     return result
@@ -246,18 +242,14 @@ def versus(mine: Dict, theirs: Dict) -> Dict:
     both = [c for c in mine["conditions"] if c in theirs["conditions"]]
     if not both:
         raise ValueError("versus: the two results share no condition")
-    out = {}
-    for cond in both:
-        out[cond] = {}
-        for seg in SEGMENTS:
-            out[cond][seg] = {}
-            for key in KEYS:
-                a = mine["conditions"][cond][seg][key]["per_story"]
-                b = theirs["conditions"][cond][seg][key]["per_story"]
-                out[cond][seg][key] = _summary(
-                    [(x - y) if x is not None and y is not None else None for x, y in zip(a, b)]
-                )
-    return out
+    a, b = mine["conditions"], theirs["conditions"]
+    return {
+        cond: {
+            seg: {key: _paired(a[cond][seg][key]["per_story"], b[cond][seg][key]["per_story"]) for key in KEYS}
+            for seg in SEGMENTS
+        }
+        for cond in both
+    }
 
 
 def _fmt(s: Dict) -> str:
